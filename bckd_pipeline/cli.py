@@ -1,0 +1,251 @@
+"""Command line: parses flags, resolves the preset, calls one stage function. Nothing else."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import BckdError, ConfigError
+
+KD_HELP = "none | kd (Hinton logits) | cwd | bckd | kd+bckd | cwd+bckd"
+
+
+def _pair(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected H,W (two integers, e.g. 96,128), got {text!r}") from None
+    if h < 1 or w < 1:
+        raise argparse.ArgumentTypeError(f"H and W must be positive, got {text!r}")
+    return h, w
+
+
+def _keyval(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    k, v = text.split("=", 1)
+    return k.strip(), v.strip()
+
+
+def _common(p: argparse.ArgumentParser, *, training: bool = True) -> None:
+    from .data import DATA_KINDS
+
+    p.add_argument("--data", help=f"KIND:PATH (kinds: {', '.join(DATA_KINDS)}); default: the preset's (demo data)")
+    p.add_argument("--eval-split", default="val", help="split that metrics are reported on")
+    p.add_argument("--out", type=Path, default=Path("runs/latest"), help="output folder")
+    p.add_argument("--preset", default="demo", help="demo | smoke | camvid: defaults for everything below")
+    p.add_argument("--resize", type=_pair, help="resize every image to H,W first (default: preset)")
+    p.add_argument("--batch-size", type=int, help="default: preset (8)")
+    p.add_argument("--device", default="cuda" if _cuda() else "cpu", help="cpu or cuda[:N]")
+    p.add_argument("--num-workers", type=int, help="data loader workers (default: preset)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    if training:
+        p.add_argument("--train-split", default="train", help="split to train on")
+        p.add_argument("--seed", type=int, default=0, help="seed for weights, data order and augmentation")
+        p.add_argument("--epochs", type=int, help="training length in epochs (default: preset)")
+        p.add_argument("--iters", type=int, help="training length in iterations; wins over --epochs")
+        p.add_argument("--crop", type=_pair, help="random crop H,W for training (default: preset)")
+        p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (poly schedule, power 0.9)")
+        p.add_argument("--weight-decay", type=float, default=5e-4, help="SGD weight decay")
+        p.add_argument("--eval-every", type=int, default=0, help="evaluate every N iterations (0: at the end)")
+        p.add_argument("--pretrained", default="none", help="none | imagenet (downloads encoder weights)")
+
+
+def _distill_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kd", default="bckd", help=KD_HELP)
+    p.add_argument("--no-boundary", action="store_true", help="BCKD ablation: drop the boundary term L_b")
+    p.add_argument("--no-context", action="store_true", help="BCKD ablation: drop the context term L_c")
+    p.add_argument("--no-decay", action="store_true", help="BCKD ablation: no gamma(e) weight decay (Eq. 7)")
+    p.add_argument("--alpha", type=float, default=10.0, help="weight of L_b (Eq. 6)")
+    p.add_argument("--beta", type=float, default=50.0, help="weight of L_c (Eq. 6)")
+    p.add_argument("--kd-temperature", type=float, default=1.0, help="logit KD temperature")
+    p.add_argument("--kd-weight", type=float, default=1.0, help="logit KD weight")
+    p.add_argument("--cwd-temperature", type=float, default=1.0, help="CWD temperature")
+    p.add_argument("--cwd-weight", type=float, default=3.0, help="CWD weight")
+    p.add_argument("--bckd", type=_keyval, action="append", default=[], metavar="KEY=VALUE",
+                   help="any BCKDConfig option, repeatable (e.g. --bckd radius=3 --bckd relation=dot)")
+    p.add_argument("--student-taps", help="comma-separated module names of the student's feature stages")
+    p.add_argument("--teacher-taps", help="comma-separated module names of the teacher's feature stages")
+    p.add_argument("--mfs-images", type=int, help="eval images used for MFS (0 skips it)")
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="bckd-pipeline",
+        description="Distill a compact segmentation student with BCKD and carry it to edge targets.",
+        formatter_class=fmt,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("models", help="list the model presets", formatter_class=fmt)
+
+    p = sub.add_parser("train-teacher", help="train a teacher (or any preset) with cross-entropy", formatter_class=fmt)
+    _common(p)
+    p.add_argument("--model", help="model preset (default: the preset's teacher)")
+
+    p = sub.add_parser("distill", help="distill a student from a teacher checkpoint", formatter_class=fmt)
+    _common(p)
+    p.add_argument("--teacher", type=Path, required=True, help="teacher checkpoint (teacher.pt)")
+    p.add_argument("--student", help="student preset (default: the preset's student)")
+    _distill_flags(p)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint", formatter_class=fmt)
+    _common(p, training=False)
+    p.add_argument("--model", type=Path, required=True, help="checkpoint to evaluate")
+
+    p = sub.add_parser("run", help="the whole pipeline: teacher -> student -> distilled student", formatter_class=fmt)
+    _common(p)
+    p.add_argument("--teacher", type=Path, help="teacher checkpoint; trained on the fly when omitted")
+    p.add_argument("--teacher-model", help="teacher preset when training one (default: the preset's)")
+    p.add_argument("--student", help="student preset (default: the preset's student)")
+    _distill_flags(p)
+    return parser
+
+
+def _data_config(args, preset):
+    from .distill.stage import DataConfig
+
+    spec = args.data or preset.data
+    if not spec:
+        raise ConfigError(f"--preset {preset.name} needs --data KIND:PATH (e.g. --data camvid:../shared/data/camvid).")
+    return DataConfig(
+        spec=spec,
+        train_split=getattr(args, "train_split", "train"),
+        eval_split=args.eval_split,
+        resize=args.resize or preset.resize,
+        crop=getattr(args, "crop", None) or preset.crop,
+        demo_size=preset.demo_size,
+        demo_count=preset.demo_count,
+    )
+
+
+def _train_config(args, preset):
+    from .distill.trainer import TrainConfig
+
+    return TrainConfig(
+        batch_size=args.batch_size or preset.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        eval_every=args.eval_every,
+        seed=args.seed,
+        num_workers=preset.num_workers if args.num_workers is None else args.num_workers,
+        device=args.device,
+    )
+
+
+def _schedule(args, iters, epochs):
+    from .distill.stage import Schedule
+
+    if args.iters or args.epochs:
+        return Schedule(iters=args.iters, epochs=args.epochs)
+    return Schedule(iters=iters, epochs=epochs)
+
+
+def _distill_config(args, preset):
+    from .distill.bckd import BCKDConfig
+    from .distill.task import DistillConfig
+
+    overrides = {**preset.bckd, **dict(args.bckd)}
+    base = {"alpha": args.alpha, "beta": args.beta, "boundary": not args.no_boundary,
+            "context": not args.no_context, "decay": not args.no_decay, "seed": args.seed}
+    if args.no_boundary and args.no_context and "bckd" in args.kd:
+        raise ConfigError("--no-boundary and --no-context together leave BCKD with no term. Drop one of them.")
+    return DistillConfig(
+        kd=args.kd, kd_temperature=args.kd_temperature, kd_weight=args.kd_weight,
+        cwd_temperature=args.cwd_temperature, cwd_weight=args.cwd_weight,
+        bckd=BCKDConfig.from_overrides(overrides, **base),
+    )
+
+
+def _taps(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+def dispatch(args) -> int:
+    from rich.console import Console
+
+    from .presets import get_preset
+
+    console = Console(stderr=True)
+    if args.command == "models":
+        from .distill.models import PRESETS
+
+        for p in PRESETS.values():
+            print(f"{p.name:22s} {p.role:8s} {p.description}")
+        return 0
+
+    preset = get_preset(args.preset)
+    data = _data_config(args, preset)
+    from .distill import stage
+
+    if args.command == "eval":
+        out = stage.check_out_dir(args.out)
+        res = stage.evaluate_checkpoint(args.model, data, out, batch_size=args.batch_size or preset.batch_size,
+                                        device=args.device)
+        console.print(f"mIoU {res.metrics['miou']:.2f} -> {out / 'metrics.json'}")
+        return 0
+
+    train_cfg = _train_config(args, preset)
+    progress = not args.no_progress
+    if args.command == "train-teacher":
+        out = stage.check_out_dir(args.out)
+        res = stage.train_teacher(args.model or preset.teacher, data,
+                                  _schedule(args, preset.teacher_iters, preset.teacher_epochs), train_cfg, out,
+                                  pretrained=args.pretrained, progress=progress)
+        console.print(f"teacher mIoU {res.metrics['miou']:.2f} -> {res.checkpoint}")
+        return 0
+
+    dcfg = _distill_config(args, preset)
+    mfs_images = preset.mfs_images if args.mfs_images is None else args.mfs_images
+    if args.command == "distill":
+        out = stage.check_out_dir(args.out)
+        res = stage.distill(args.teacher, args.student or preset.student, data,
+                            _schedule(args, preset.student_iters, preset.student_epochs), train_cfg, dcfg, out,
+                            student_taps=_taps(args.student_taps), teacher_taps=_taps(args.teacher_taps),
+                            pretrained=args.pretrained, progress=progress, mfs_images=mfs_images)
+        console.print(f"student mIoU {res.metrics['miou']:.2f} (kd={dcfg.kd}) -> {res.checkpoint}")
+        return 0
+
+    from .pipeline import RunConfig, run
+
+    cfg = RunConfig(
+        out=args.out, data=data, train=train_cfg, distill=dcfg,
+        teacher_model=args.teacher_model or preset.teacher, student_model=args.student or preset.student,
+        teacher_schedule=_schedule(args, preset.teacher_iters, preset.teacher_epochs),
+        student_schedule=_schedule(args, preset.student_iters, preset.student_epochs),
+        teacher_checkpoint=args.teacher, mfs_images=mfs_images, progress=progress,
+    )
+    s = run(cfg)
+    t = s["teacher"]["miou"]
+    console.print(
+        f"teacher {'' if t is None else f'{t:.2f}'} | student alone {s['student']['miou']:.2f} | "
+        f"distilled ({s['kd']}) {s['distilled']['miou']:.2f} mIoU -> {Path(args.out) / 'metrics.json'}"
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return dispatch(args)
+    except BckdError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: finished checkpoints are kept; partial files were not written.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

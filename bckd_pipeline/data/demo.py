@@ -1,0 +1,176 @@
+"""A synthetic street scene generated on the fly: the two failure modes BCKD targets, with no download.
+
+Every image is drawn from ``np.random.default_rng((seed, split_id, index))``, so a sample is the same on
+every call and machine, and train and val never share one. Nothing is written to disk.
+
+- Broken boundaries of thin structures: poles are vertical bars 1-3 px wide, wires are sagging,
+  often diagonal curves 1-2 px wide, fences are lattices of 1 px lines (grid or chain-link).
+- Fragmented regions: large textured vehicles and buildings are cut into pieces by poles and fences
+  drawn in front of them (the first pole always crosses a vehicle).
+
+Colours vary per image and overlap between classes (an overcast sky is grey like a building, a
+pole can be any grey), textures (clouds, stripes, windows) and pixel noise are added on top, so
+shape and context matter, not colour alone.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from bckd_pipeline.data.base import DatasetInfo, SegDataset, Transform, check_sample
+from bckd_pipeline.errors import ConfigError, DataError
+
+DEMO_CLASSES = ("ground", "sky", "building", "vehicle", "pole", "wire", "fence")
+GROUND, SKY, BUILDING, VEHICLE, POLE, WIRE, FENCE = range(len(DEMO_CLASSES))
+DEMO_SPLITS = {"train": 0, "val": 1}
+DEMO_COUNTS = {"train": 240, "val": 60}
+MIN_SIZE = 32
+
+
+def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], cell: int) -> np.ndarray:
+    """Unit-scale noise varying over about ``cell`` pixels (bilinear upsampling of a coarse grid)."""
+    h, w = shape
+    coarse = rng.standard_normal((h // cell + 2, w // cell + 2)).astype(np.float32)
+    return np.asarray(Image.fromarray(coarse).resize((w, h), Image.BILINEAR))
+
+
+def _paint(image: np.ndarray, mask: np.ndarray, region: np.ndarray, label: int, colour: np.ndarray) -> None:
+    """Draw ``region`` over what is there: ``colour`` is an RGB triple or an H x W x 3 texture."""
+    mask[region] = label
+    image[region] = colour[region] if colour.ndim == 3 else colour
+
+
+def generate(rng: np.random.Generator, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """One scene of ``size`` (H, W): uint8 RGB image and int64 mask with ids into :data:`DEMO_CLASSES`."""
+    h, w = size
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    image = np.empty((h, w, 3), np.float32)
+    mask = np.empty((h, w), np.int64)
+    horizon = rng.uniform(0.35, 0.6) * h
+
+    # Ground: perspective stripes and blotches; sky: a blue-to-grey gradient with clouds.
+    ground = rng.uniform((60, 55, 45), (150, 145, 130))
+    stripes = np.sin(xx * rng.uniform(0.2, 0.8) + (yy - horizon) * rng.uniform(-0.6, 0.6) + rng.uniform(0, 6))
+    ground_tex = ground + (stripes * rng.uniform(5, 20) + _smooth_noise(rng, size, 8) * 12)[..., None]
+    _paint(image, mask, np.ones((h, w), bool), GROUND, ground_tex)
+    overcast = rng.uniform(0, 1)
+    sky = (1 - overcast) * rng.uniform((70, 120, 170), (140, 190, 250)) + overcast * rng.uniform(120, 210)
+    sky_tex = sky * (0.8 + 0.3 * yy / horizon)[..., None] + (_smooth_noise(rng, size, 16) * 18)[..., None]
+    _paint(image, mask, yy < horizon, SKY, sky_tex)
+
+    for _ in range(rng.integers(1, 4)):
+        x0, top = rng.uniform(-0.1, 0.85) * w, rng.uniform(0.05, 0.8) * horizon
+        region = (xx >= x0) & (xx < x0 + rng.uniform(0.15, 0.4) * w) & (yy >= top)
+        region &= yy < horizon + rng.uniform(0, 0.08) * h
+        period_x, period_y = rng.integers(4, 9), rng.integers(5, 10)
+        windows = (((xx - x0) % period_x) < period_x / 2) & (((yy - top) % period_y) < period_y / 2)
+        wall = rng.uniform(70, 200) * rng.uniform(0.85, 1.15, 3)
+        _paint(image, mask, region, BUILDING, wall * np.where(windows, rng.uniform(0.4, 0.7), 1.0)[..., None])
+
+    vehicles = []
+    for _ in range(rng.integers(1, 3)):
+        cx, half = rng.uniform(0.15, 0.85) * w, rng.uniform(0.12, 0.25) * w
+        bottom = rng.uniform(horizon + 0.2 * h, h - 1)
+        body_h = rng.uniform(0.1, 0.18) * h
+        body = (np.abs(xx - cx) < half) & (yy < bottom) & (yy >= bottom - body_h)
+        cabin_cx = cx + rng.uniform(-0.2, 0.2) * half
+        cabin = (
+            ((xx - cabin_cx) / (0.6 * half)) ** 2 + ((yy - bottom + body_h) / (0.9 * body_h)) ** 2 < 1
+        ) & (yy < bottom - body_h)
+        paint = rng.uniform(30, 230, 3) * (1 + 0.15 * np.cos((yy - bottom) * 0.5))[..., None]
+        glass = cabin & (np.abs(xx - cabin_cx) < 0.45 * half) & (yy > bottom - body_h - 0.6 * body_h)
+        _paint(image, mask, body | cabin, VEHICLE, np.where(glass[..., None], paint * 0.35, paint))
+        vehicles.append((cx, half, bottom))
+
+    if rng.uniform() < 0.85:
+        cx, half, bottom = vehicles[0]
+        centre = cx + rng.normal(0, 0.6 * half)
+        x0, x1 = int(centre - rng.uniform(0.15, 0.35) * w), int(centre + rng.uniform(0.15, 0.35) * w)
+        period = int(rng.integers(4, 8))
+        # Integer rows, the height a whole number of periods: the grid's rows then fall on the rails.
+        last = int(min(h, bottom + rng.uniform(0, 0.1) * h)) - 1
+        first = last - period * max(2, round(rng.uniform(0.12, 0.3) * h / period))
+        inside = (xx >= x0) & (xx <= x1) & (yy >= first) & (yy <= last)
+        rails = (yy == first) | (yy == last)
+        if rng.uniform() < 0.5:
+            lattice = ((xx - x0) % period == 0) | ((yy - first) % period == 0)
+        else:
+            lattice = ((xx + yy) % period == 0) | ((xx - yy) % period == 0)
+        _paint(
+            image, mask, inside & (lattice | rails), FENCE, rng.uniform(40, 220) * rng.uniform(0.85, 1.15, 3)
+        )
+
+    # The first pole stands in front of a vehicle and splits it; all poles are at least 6 px apart,
+    # so two of them never merge into one thick bar.
+    cx, half, bottom = vehicles[0]
+    poles = [(cx + rng.uniform(-0.8, 0.8) * half, min(h, bottom + rng.uniform(0, 0.1) * h))]
+    for _ in range(rng.integers(0, 3)):
+        x = rng.uniform(0, w - 3)
+        if all(abs(x - other) > 6 for other, _ in poles):
+            poles.append((x, rng.uniform(horizon + 0.1 * h, h)))
+    for x, foot in poles:
+        x, width = int(np.clip(x, 0, w - 3)), int(rng.integers(1, 4))
+        region = (xx >= x) & (xx < x + width) & (yy >= rng.uniform(0, 0.6) * horizon) & (yy < foot)
+        _paint(image, mask, region, POLE, rng.uniform(30, 200) * rng.uniform(0.9, 1.1, 3))
+
+    # One bundle of 1-3 wires along a sagging curve, spaced 4-7 px apart so they never merge into a
+    # thick band. The distance to the curve is measured perpendicularly, so a steep wire keeps its width.
+    y0, y1 = rng.uniform(0.05, 0.9, 2) * horizon
+    x0 = rng.uniform(0, 0.4) * w
+    x1 = x0 + rng.uniform(0.4, 1.0) * (w - x0)
+    sag, t = rng.uniform(0, 0.15) * h, (xx - x0) / (x1 - x0)
+    slope = ((y1 - y0) + 4 * sag * (1 - 2 * t)) / (x1 - x0)
+    distance = (yy - y0 - (y1 - y0) * t - 4 * sag * t * (1 - t)) / np.sqrt(1 + slope**2)
+    span = (t >= 0) & (t <= 1)
+    offset = 0.0
+    for _ in range(rng.integers(1, 4)):
+        region = span & (np.abs(distance - offset) < rng.integers(1, 3) / 2)
+        _paint(image, mask, region, WIRE, rng.uniform(10, 90) * rng.uniform(0.9, 1.1, 3))
+        offset += rng.uniform(4, 7)
+
+    image *= rng.uniform(0.8, 1.2, 3)
+    image += rng.normal(0, rng.uniform(3, 10), image.shape).astype(np.float32)
+    return np.clip(image, 0, 255).astype(np.uint8), mask
+
+
+class DemoDataset(SegDataset):
+    """The synthetic scenes; split ``train`` has 240 images and ``val`` 60, unless ``count`` is given."""
+
+    def __init__(
+        self,
+        split: str,
+        *,
+        seed: int = 0,
+        size: tuple[int, int] = (96, 128),
+        count: int | None = None,
+        transform: Transform | None = None,
+    ) -> None:
+        if split not in DEMO_SPLITS:
+            raise DataError(
+                f"The demo dataset has no split {split!r}. Available splits: {', '.join(DEMO_SPLITS)}."
+            )
+        if len(size) != 2 or min(size) < MIN_SIZE:
+            raise ConfigError(
+                f"demo_size={size!r} is too small. Give (height, width), both >= {MIN_SIZE}, e.g. (96, 128)."
+            )
+        if count is not None and count < 1:
+            raise ConfigError(f"demo_count={count!r} must be a positive number of images, e.g. 32.")
+        super().__init__(DatasetInfo("demo", "", len(DEMO_CLASSES), DEMO_CLASSES), split, transform)
+        self.seed = seed
+        self.size = (int(size[0]), int(size[1]))
+        self.count = DEMO_COUNTS[split] if count is None else count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def name(self, index: int) -> str:
+        return f"demo{self.seed}-{self.split}-{index:04d}"
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        if not 0 <= index < self.count:
+            raise IndexError(f"demo {self.split} index {index} out of range 0..{self.count - 1}")
+        image, mask = generate(np.random.default_rng((self.seed, DEMO_SPLITS[self.split], index)), self.size)
+        name = self.name(index)
+        check_sample(self.info, image, mask, image_name=name, mask_name=name)
+        return image, mask

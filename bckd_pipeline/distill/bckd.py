@@ -1,0 +1,293 @@
+"""BCKD: boundary and context distillation from hierarchical features (Sec. IV of the paper).
+
+``BCKD`` owns the distillation-only modules (student-side fusion, boundary head, Psi_s and the
+frozen teacher-side pieces). They are trained with the student and thrown away afterwards: the
+saved student has exactly its own parameters.
+
+Options the paper leaves open are fields of :class:`BCKDConfig`; see the spec's section 7 and the
+project docs for what each default is and which measurement chose it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+from .losses import PairwiseBoundary, TemperatureSchedule, relation_kl, relation_mse, semantic_boundary, spatial_kl
+
+_CHOICES = {
+    "teacher_fusion": ("frozen", "identity"),
+    "boundary_teacher": ("semantic", "conv", "trainable"),
+    "boundary_student": ("head", "semantic"),
+    "boundary_repr": ("pairwise", "pixel"),
+    "polarity": ("boundary", "affinity"),
+    "delta": ("sigmoid", "hard_ste"),
+    "softmax_input": ("logit", "prob"),
+    "relation": ("cosine", "dot"),
+    "context_loss": ("kl", "mse"),
+    "gamma_mode": ("epoch", "iter"),
+}
+
+
+@dataclass(frozen=True)
+class BCKDConfig:
+    """Every knob of BCKD. Defaults are the ones the CamVid benchmark chose (docs/benchmarks.md).
+
+    alpha, beta: Eq. (6) weights of L_b and L_c (paper: 10 and 50).
+    boundary, context, decay: the ablation switches (Table I).
+    grid_stride: the fused features live at 1/grid_stride of the input (spec §1: 8).
+    fusion_dim: channels of each student stage after its 1x1 projection P_k.
+    teacher_fusion: "frozen" random inner-product-preserving projection, or "identity" (resize+concat).
+    boundary_teacher: where B^t comes from. "semantic": the teacher's class probabilities
+        (semantic_boundary); "conv": a frozen random Conv_{C->1} on F^t (the literal reading);
+        "trainable": a Conv_{C->1} trained by L_b (MMRazor's behaviour; can collapse, spec §7.1).
+    boundary_student: "head" is Eq. (2)'s Conv_{C->1} on the student's fused features F^s (trainable);
+        "semantic" reads the student's own class probabilities like the teacher's (no head).
+    boundary_repr: "pairwise" Eq. (2) over IRNet paths of ``radius``, or "pixel" (b itself).
+    polarity, delta: boundary (max) or affinity (1 - max); sigmoid or hard threshold (STE).
+    softmax_input: Eq. (3)'s softmax over the boundary "logit" (max-logit) or the "prob" B in [0,1].
+    relation: "dot" is Eq. (4) as written (Psi_s conv+BN+ReLU, Psi_t non-affine BN+ReLU, 1/sqrt(C));
+        "cosine" L2-normalises both sides and divides by relation_tau (CIRKD's form).
+    context_loss: "kl" is Eq. (5); "mse" is SKD's pairwise form.
+    context_pool: average-pool F before the relation (1 = exact, full grid).
+    teacher_tau: teacher relation sharpening (SERE 0.5; paper silent, 1).
+    gamma_mode: Eq. (7) stepped per epoch or continuous per iteration.
+    temperature, temperature_factor, temperature_threshold, temperature_schedule: the T rule.
+    chunk: rows per block of the exact chunked relation (memory bound, not a result knob).
+    """
+
+    alpha: float = 10.0
+    beta: float = 50.0
+    boundary: bool = True
+    context: bool = True
+    decay: bool = True
+    grid_stride: int = 8
+    fusion_dim: int = 64
+    teacher_fusion: str = "frozen"
+    boundary_teacher: str = "semantic"
+    boundary_student: str = "head"
+    boundary_repr: str = "pairwise"
+    radius: int = 5
+    polarity: str = "boundary"
+    delta: str = "sigmoid"
+    softmax_input: str = "logit"
+    relation: str = "cosine"
+    relation_tau: float = 0.1
+    context_loss: str = "kl"
+    context_pool: int = 1
+    teacher_tau: float = 1.0
+    gamma_mode: str = "epoch"
+    temperature: float = 1.0
+    temperature_factor: float = 1.05
+    temperature_threshold: float = 0.5
+    temperature_schedule: bool = True
+    chunk: int = 512
+    seed: int = 0
+
+    def __post_init__(self):
+        for name, allowed in _CHOICES.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ConfigError(
+                    f"BCKD option {name}={value!r} is not allowed. Allowed: {', '.join(allowed)}. "
+                    f"Pass --bckd {name}={allowed[0]} (for example)."
+                )
+        for name in ("grid_stride", "fusion_dim", "radius", "context_pool", "chunk"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"BCKD option {name}={getattr(self, name)} must be a positive integer.")
+        if self.temperature <= 0 or self.relation_tau <= 0 or self.teacher_tau <= 0:
+            raise ConfigError("BCKD temperatures (temperature, relation_tau, teacher_tau) must be > 0.")
+
+    @classmethod
+    def from_overrides(cls, overrides: dict[str, str], **base) -> BCKDConfig:
+        """Build from ``key=value`` strings (the CLI's ``--bckd``), converting to each field's type."""
+        types = {f.name: f.type for f in fields(cls)}
+        values = dict(base)
+        for key, raw in overrides.items():
+            if key not in types:
+                from ..errors import unknown_name
+
+                raise unknown_name("BCKD option", key, types, "Use --bckd KEY=VALUE with one of these keys.")
+            kind = types[key]
+            try:
+                if kind == "bool":
+                    if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                        raise ValueError(raw)
+                    values[key] = raw.lower() in ("1", "true", "yes")
+                elif kind == "int":
+                    values[key] = int(raw)
+                elif kind == "float":
+                    values[key] = float(raw)
+                else:
+                    values[key] = raw
+            except ValueError:
+                raise ConfigError(f"--bckd {key}={raw!r}: expected a {kind} value.") from None
+        return cls(**values)
+
+
+class StudentFusion(nn.Module):
+    """Sec. IV-A: ``F = Concat_k Resize_grid(P_k(X_k))`` with P_k = 1x1 conv + BN + ReLU (trainable)."""
+
+    def __init__(self, in_channels: list[int], dim: int):
+        super().__init__()
+        self.proj = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(c, dim, 1, bias=False), nn.BatchNorm2d(dim), nn.ReLU(inplace=True))
+            for c in in_channels
+        )
+
+    def forward(self, feats: list[torch.Tensor], grid: tuple[int, int]) -> torch.Tensor:
+        return torch.cat([_resize(p(f), grid) for p, f in zip(self.proj, feats)], 1)
+
+
+class TeacherFusion(nn.Module):
+    """Teacher-side fusion, frozen (spec §7.1): a learned teacher-side projection can collapse.
+
+    "frozen": a fixed random 1x1 projection per stage with N(0, 1/dim) weights, which preserves
+    inner products in expectation (Johnson-Lindenstrauss), so relations of F^t are those of the
+    raw teacher stages. "identity": resize and concatenate the raw stages.
+    """
+
+    def __init__(self, in_channels: list[int], dim: int, mode: str, generator: torch.Generator):
+        super().__init__()
+        self.mode = mode
+        weights = [torch.randn(dim, c, 1, 1, generator=generator) / math.sqrt(dim) for c in in_channels]
+        for i, w in enumerate(weights):
+            self.register_buffer(f"w{i}", w)
+        self.out_channels = dim * len(in_channels) if mode == "frozen" else sum(in_channels)
+
+    @torch.no_grad()
+    def forward(self, feats: list[torch.Tensor], grid: tuple[int, int]) -> torch.Tensor:
+        if self.mode == "identity":
+            return torch.cat([_resize(f.float(), grid) for f in feats], 1)
+        return torch.cat([_resize(F.conv2d(f.float(), getattr(self, f"w{i}")), grid) for i, f in enumerate(feats)], 1)
+
+
+def _resize(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    if x.shape[-2:] == grid:
+        return x
+    if x.shape[-2] >= grid[0] and x.shape[-1] >= grid[1]:
+        return F.adaptive_avg_pool2d(x, grid)
+    return F.interpolate(x, size=grid, mode="bilinear", align_corners=False)
+
+
+class BCKD(nn.Module):
+    """The BCKD loss terms for one batch: ``{"boundary": L_b, "context": L_c}`` plus diagnostics.
+
+    Built from the channel counts of the tapped student and teacher stages. Eq. (6)/(8) weighting
+    (alpha, beta, gamma) is applied by the task, which also owns the schedule.
+    """
+
+    def __init__(self, cfg: BCKDConfig, student_channels: list[int], teacher_channels: list[int]):
+        super().__init__()
+        self.cfg = cfg
+        gen = torch.Generator().manual_seed(cfg.seed)
+        self.student_fusion = StudentFusion(student_channels, cfg.fusion_dim)
+        self.teacher_fusion = TeacherFusion(teacher_channels, cfg.fusion_dim, cfg.teacher_fusion, gen)
+        cs, ct = cfg.fusion_dim * len(student_channels), self.teacher_fusion.out_channels
+        if cfg.boundary:
+            self.boundary_head = nn.Conv2d(cs, 1, 1) if cfg.boundary_student == "head" else None
+            if cfg.boundary_teacher in ("conv", "trainable"):
+                self.teacher_boundary_head = nn.Conv2d(ct, 1, 1)
+                if cfg.boundary_teacher == "conv":
+                    # A fixed random read-out: seeded, and never updated (spec §7.1).
+                    with torch.no_grad():
+                        self.teacher_boundary_head.weight.normal_(0, 1 / math.sqrt(ct), generator=gen)
+                        self.teacher_boundary_head.bias.zero_()
+                    self.teacher_boundary_head.requires_grad_(False)
+            self.paths = PairwiseBoundary(cfg.radius) if cfg.boundary_repr == "pairwise" else None
+            self.temperature = TemperatureSchedule(
+                cfg.temperature, cfg.temperature_factor, cfg.temperature_threshold, cfg.temperature_schedule
+            )
+        if cfg.context:
+            if cfg.relation == "dot":
+                self.psi_s = nn.Sequential(nn.Conv2d(cs, ct, 1, bias=False), nn.BatchNorm2d(ct), nn.ReLU(inplace=True))
+                self.psi_t = nn.Sequential(nn.BatchNorm2d(ct, affine=False, track_running_stats=False), nn.ReLU())
+            else:
+                self.psi_s = nn.Conv2d(cs, ct, 1)
+                self.psi_t = nn.Identity()
+
+    def grid(self, input_hw: tuple[int, int]) -> tuple[int, int]:
+        s = self.cfg.grid_stride
+        return (max(1, input_hw[0] // s), max(1, input_hw[1] // s))
+
+    def check_input(self, input_hw: tuple[int, int]) -> None:
+        """Fail before training if the crop is too small for the boundary paths."""
+        if self.cfg.boundary and self.paths is not None:
+            h, w = self.grid(input_hw)
+            r = self.cfg.radius
+            if h < r or w < 2 * r - 1:
+                raise ConfigError(
+                    f"A {input_hw[0]}x{input_hw[1]} input gives a {h}x{w} BCKD grid (grid_stride="
+                    f"{self.cfg.grid_stride}), too small for boundary radius {r} (needs at least {r}x{2 * r - 1}). "
+                    f"Use a larger --crop, --bckd grid_stride={max(1, self.cfg.grid_stride // 2)}, "
+                    "or --bckd radius=3."
+                )
+
+    def forward(
+        self,
+        student_feats: list[torch.Tensor],
+        teacher_feats: list[torch.Tensor],
+        student_logits: torch.Tensor,
+        teacher_logits: torch.Tensor,
+        input_hw: tuple[int, int],
+    ) -> dict[str, torch.Tensor]:
+        grid = self.grid(input_hw)
+        fs = self.student_fusion(student_feats, grid)
+        ft = self.teacher_fusion(teacher_feats, grid)
+        out: dict[str, torch.Tensor] = {}
+        if self.cfg.boundary:
+            out.update(self._boundary(fs, ft, student_logits, teacher_logits, grid))
+        if self.cfg.context:
+            out["context"] = self._context(fs, ft)
+        return out
+
+    def _boundary(self, fs, ft, student_logits, teacher_logits, grid) -> dict[str, torch.Tensor]:
+        cfg = self.cfg
+        if self.boundary_head is not None:
+            zs = self.boundary_head(fs)
+        else:
+            zs = semantic_boundary(_resize(student_logits.float().softmax(1), grid))
+        if cfg.boundary_teacher == "semantic":
+            with torch.no_grad():
+                probs = _resize(teacher_logits.detach().float().softmax(1), grid)
+                zt = semantic_boundary(probs)
+        elif cfg.boundary_teacher == "conv":
+            with torch.no_grad():
+                zt = self.teacher_boundary_head(ft)
+        else:
+            zt = self.teacher_boundary_head(ft.detach())
+        bs, bt = self._maps(zs), self._maps(zt)
+        t = self.temperature.update(bt.detach())
+        # "trainable": MMRazor trains teacher-side connectors through the same loss (spec §7.1).
+        loss = spatial_kl(bs, bt, t, detach_teacher=cfg.boundary_teacher != "trainable")
+        return {"boundary": loss, "temperature": torch.tensor(t), "teacher_boundary_std": bt.detach().std()}
+
+    def _maps(self, z: torch.Tensor) -> torch.Tensor:
+        """Per-pixel logits -> the maps that Eq. (3) softmaxes (Eq. (2) plus delta and polarity)."""
+        cfg = self.cfg
+        m = self.paths(z) if self.paths is not None else z
+        if cfg.softmax_input == "logit":
+            return m if cfg.polarity == "boundary" else -m
+        b = torch.sigmoid(m)
+        if cfg.delta == "hard_ste":
+            b = (b > 0.5).to(b.dtype) + b - b.detach()
+        return b if cfg.polarity == "boundary" else 1.0 - b
+
+    def _context(self, fs: torch.Tensor, ft: torch.Tensor) -> torch.Tensor:
+        cfg = self.cfg
+        if cfg.context_pool > 1:
+            fs, ft = F.avg_pool2d(fs, cfg.context_pool), F.avg_pool2d(ft, cfg.context_pool)
+        qs, qt = self.psi_s(fs), self.psi_t(ft)
+        if cfg.relation == "cosine":
+            qs, qt = F.normalize(qs, dim=1), F.normalize(qt, dim=1)
+            ss = st = 1.0 / cfg.relation_tau
+        else:
+            ss, st = qs.shape[1] ** -0.5, qt.shape[1] ** -0.5
+        if cfg.context_loss == "mse":
+            return relation_mse(qs, qt, student_scale=ss, teacher_scale=st, chunk=cfg.chunk)
+        return relation_kl(qs, qt, student_scale=ss, teacher_scale=st, teacher_tau=cfg.teacher_tau, chunk=cfg.chunk)

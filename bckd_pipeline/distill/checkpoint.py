@@ -1,0 +1,127 @@
+"""Checkpoints: a model's own parameters plus the metadata needed to rebuild and check it.
+
+Files load with ``torch.load(weights_only=True)``: nothing but tensors and plain values is ever
+unpickled. Writes go to a temporary file in the same folder and are renamed into place, so a
+crash mid-save never leaves a truncated checkpoint under the real name.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError
+from .models import PRESETS, build_model
+
+FORMAT = "bckd-pipeline/checkpoint-v1"
+
+
+@dataclass(frozen=True)
+class CheckpointMeta:
+    model: str  # a preset name (see `bckd-pipeline models`)
+    num_classes: int
+    class_names: tuple[str, ...]
+    ignore_index: int = 255
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    input_hw: tuple[int, int] | None = None  # the resize used in training, if any
+    role: str = "student"
+    dataset: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` then rename onto ``path``; the temp file is removed on failure."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(path: Path, model: nn.Module, meta: CheckpointMeta) -> None:
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    payload = {"format": FORMAT, "meta": _plain(asdict(meta)), "state_dict": state}
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def _plain(obj):
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def read_checkpoint(path: Path) -> tuple[CheckpointMeta, dict[str, torch.Tensor]]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"Checkpoint {str(path)!r} does not exist. Pass the .pt file written by `bckd-pipeline train-teacher` "
+            "or `distill` (it is in their --out folder, e.g. OUT/teacher.pt or OUT/student.pt)."
+        )
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same thing to the user
+        raise CheckpointError(
+            f"Could not read checkpoint {str(path)!r} ({type(exc).__name__}: {str(exc)[:200]}). It is truncated, "
+            "corrupt, or not a bckd-pipeline checkpoint. Re-run the command that produced it."
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{str(path)!r} is not a bckd-pipeline checkpoint (expected format {FORMAT!r}). "
+            "Checkpoints from other tools hold no model name or class list; load them in Python and "
+            "save with bckd_pipeline.distill.checkpoint.save_checkpoint."
+        )
+    meta = payload["meta"]
+    for key in ("class_names", "mean", "std", "input_hw"):
+        if meta.get(key) is not None:
+            meta[key] = tuple(meta[key])
+    return CheckpointMeta(**meta), payload["state_dict"]
+
+
+def load_model(
+    path: Path, *, expect_classes: int | None = None, expect_model: str | None = None
+) -> tuple[nn.Module, CheckpointMeta]:
+    """Rebuild the checkpoint's model and load its weights, checking it is the model expected."""
+    meta, state = read_checkpoint(path)
+    if expect_model is not None and meta.model != expect_model:
+        raise CheckpointError(
+            f"Checkpoint {str(path)!r} holds a {meta.model!r} model, but {expect_model!r} was requested. "
+            f"Pass a checkpoint of {expect_model!r}, or drop the model flag to use {meta.model!r}."
+        )
+    if expect_classes is not None and meta.num_classes != expect_classes:
+        raise CheckpointError(
+            f"Checkpoint {str(path)!r} predicts {meta.num_classes} classes ({meta.dataset or 'unknown data'}), "
+            f"but the dataset has {expect_classes}. Use a checkpoint trained on this dataset's classes, "
+            "or pick the --data it was trained on."
+        )
+    if meta.model not in PRESETS:
+        raise CheckpointError(
+            f"Checkpoint {str(path)!r} names model {meta.model!r}, which is not a preset of this version. "
+            "Build the model in Python and load the state_dict from read_checkpoint()."
+        )
+    model = build_model(meta.model, meta.num_classes)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [k for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or unexpected or mismatched:
+        raise CheckpointError(
+            f"Checkpoint {str(path)!r} does not fit a {meta.model!r} with {meta.num_classes} classes: "
+            f"{len(missing)} missing, {len(unexpected)} unexpected, {len(mismatched)} mis-shaped tensors "
+            f"(e.g. {(missing + unexpected + mismatched)[:3]}). It was written for another architecture; "
+            "re-create it with this version."
+        )
+    model.load_state_dict(state)
+    return model.eval(), meta

@@ -1,0 +1,277 @@
+"""Stage 1 as three typed steps: train a teacher, distill a student, evaluate a checkpoint.
+
+Each step reads its inputs, checks them, trains or evaluates, and writes into ``out``: the
+checkpoint (atomically) and ``metrics.json`` (atomically, ``miou`` at its top level).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .. import metrics as M
+from ..data import build_dataset
+from ..data.transforms import EvalTransform, TrainTransform
+from ..errors import ConfigError, DataError
+from .checkpoint import CheckpointMeta, atomic_write, load_model, save_checkpoint
+from .models import FeatureTaps, build_model, check_input_size, default_taps, padded_logits
+from .task import DistillConfig, SegDistillTask, SegTrainTask
+from .trainer import TrainConfig, epochs_to_iters, train
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    spec: str = "demo"
+    train_split: str = "train"
+    eval_split: str = "val"
+    resize: tuple[int, int] | None = None
+    crop: tuple[int, int] | None = None
+    scale_range: tuple[float, float] = (0.5, 2.0)
+    demo_size: tuple[int, int] = (96, 128)
+    demo_count: int | None = None
+
+    def train_set(self, seed: int):
+        tf = TrainTransform(resize=self.resize, crop=self.crop, scale_range=self.scale_range)
+        return build_dataset(self.spec, self.train_split, tf, demo_size=self.demo_size, demo_count=self.demo_count)
+
+    def eval_set(self):
+        tf = EvalTransform(resize=self.resize)
+        return build_dataset(self.spec, self.eval_split, tf, demo_size=self.demo_size, demo_count=self.demo_count)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """--iters wins over --epochs; one of them is required."""
+
+    iters: int | None = None
+    epochs: int | None = None
+
+    def resolve(self, dataset_size: int, batch_size: int) -> int:
+        if self.iters:
+            return self.iters
+        if self.epochs:
+            return epochs_to_iters(self.epochs, dataset_size, batch_size)
+        raise ConfigError("Give --iters N or --epochs N.")
+
+
+@dataclass
+class StepOutput:
+    checkpoint: Path | None
+    metrics: dict = field(default_factory=dict)
+
+
+def write_json(path: Path, payload: dict) -> None:
+    text = json.dumps(payload, indent=2, default=_json_default)
+    atomic_write(path, lambda tmp: tmp.write_text(text + "\n"))
+
+
+def _json_default(obj):
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, tuple):
+        return list(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def _input_hw(data: DataConfig, sample: torch.Tensor) -> tuple[int, int]:
+    return data.crop or data.resize or tuple(sample.shape[-2:])
+
+
+def _meta(model_name: str, info, data: DataConfig, role: str, extra: dict) -> CheckpointMeta:
+    return CheckpointMeta(
+        model=model_name,
+        num_classes=info.num_classes,
+        class_names=tuple(info.class_names),
+        ignore_index=info.ignore_index,
+        input_hw=data.resize,
+        role=role,
+        dataset=data.spec,
+        extra=extra,
+    )
+
+
+def _full_metrics(model, eval_set, info, train_cfg: TrainConfig, reference=None) -> dict:
+    return M.evaluate(
+        model,
+        eval_set,
+        num_classes=info.num_classes,
+        ignore_index=info.ignore_index,
+        batch_size=train_cfg.batch_size,
+        device=train_cfg.device,
+        reference_model=reference,
+    )
+
+
+def _miou_only(model: nn.Module, eval_set, info, train_cfg: TrainConfig):
+    def run() -> float:
+        cm = M.ConfusionMatrix(info.num_classes, info.ignore_index)
+        model.eval()
+        with torch.no_grad():
+            loader = torch.utils.data.DataLoader(eval_set, batch_size=train_cfg.batch_size)
+            for images, masks in loader:
+                logits = padded_logits(model, images.to(train_cfg.device))
+                if logits.shape[-2:] != masks.shape[-2:]:
+                    logits = nn.functional.interpolate(logits, size=masks.shape[-2:], mode="bilinear")
+                cm.update(logits.argmax(1).cpu().numpy(), masks.numpy())
+        return cm.miou()
+
+    return run
+
+
+def train_teacher(
+    model_name: str, data: DataConfig, schedule: Schedule, train_cfg: TrainConfig, out: Path,
+    *, pretrained: str = "none", progress: bool = True,
+) -> StepOutput:
+    train_set, eval_set = data.train_set(train_cfg.seed), data.eval_set()
+    info = train_set.info
+    model = build_model(model_name, info.num_classes, pretrained=pretrained)
+    check_input_size(model, model_name, _input_hw(data, eval_set[0][0]))
+    iters = schedule.resolve(len(train_set), train_cfg.batch_size)
+    cfg = _with_iters(train_cfg, iters)
+    ckpt = Path(out) / "teacher.pt"
+    meta = _meta(model_name, info, data, "teacher", {"pretrained": pretrained})
+    result = train(
+        SegTrainTask(model, ignore_index=info.ignore_index),
+        train_set,
+        cfg,
+        evaluate=_miou_only(model, eval_set, info, cfg),
+        save_best=lambda it, score: save_checkpoint(ckpt, model, meta),
+        description=f"teacher {model_name}",
+        progress=progress,
+    )
+    best, _ = load_model(ckpt)
+    metrics = _full_metrics(best, eval_set, info, cfg)
+    hw = _input_hw(data, eval_set[0][0])
+    payload = {
+        **metrics,
+        "model": model_name,
+        "role": "teacher",
+        "class_names": list(info.class_names),
+        "cost": M.model_cost(best, (1, 3, *hw)),
+        "train": _train_summary(result, cfg),
+        "data": asdict(data),
+    }
+    write_json(Path(out) / "metrics.json", payload)
+    return StepOutput(ckpt, payload)
+
+
+def distill(
+    teacher_ckpt: Path, student_name: str, data: DataConfig, schedule: Schedule, train_cfg: TrainConfig,
+    dcfg: DistillConfig, out: Path, *, student_taps: list[str] | None = None, teacher_taps: list[str] | None = None,
+    pretrained: str = "none", progress: bool = True, mfs_images: int = 16,
+) -> StepOutput:
+    train_set, eval_set = data.train_set(train_cfg.seed), data.eval_set()
+    info = train_set.info
+    teacher, tmeta = load_model(teacher_ckpt, expect_classes=info.num_classes)
+    student = build_model(student_name, info.num_classes, pretrained=pretrained)
+    iters = schedule.resolve(len(train_set), train_cfg.batch_size)
+    cfg = _with_iters(train_cfg, iters)
+    hw = _input_hw(data, eval_set[0][0])
+    check_input_size(student, student_name, hw)
+    s_taps = student_taps or default_taps(student_name)
+    t_taps = teacher_taps or default_taps(tmeta.model)
+    task = SegDistillTask(
+        student, teacher, cfg=dcfg, student_taps=s_taps, teacher_taps=t_taps,
+        example_input=torch.randn(2, 3, *hw), ignore_index=info.ignore_index,
+    )
+    ckpt = Path(out) / "student.pt"
+    meta = _meta(student_name, info, data, "student", {"kd": dcfg.kd, "teacher": str(teacher_ckpt)})
+    result = train(
+        task, train_set, cfg,
+        evaluate=_miou_only(student, eval_set, info, cfg),
+        save_best=lambda it, score: save_checkpoint(ckpt, student, meta),
+        description=f"{student_name} kd={dcfg.kd}",
+        progress=progress,
+    )
+    best, _ = load_model(ckpt)
+    teacher = task.teacher.model
+    metrics = _full_metrics(best, eval_set, info, cfg, reference=teacher)
+    payload = {
+        **metrics,
+        "model": student_name,
+        "role": "student",
+        "kd": dcfg.kd,
+        "class_names": list(info.class_names),
+        "teacher_checkpoint": str(teacher_ckpt),
+        "teacher_model": tmeta.model,
+        "cost": {"student": M.model_cost(best, (1, 3, *hw)), "teacher": M.model_cost(teacher, (1, 3, *hw))},
+        "mfs": _mfs(best, teacher, s_taps, t_taps, eval_set, mfs_images),
+        "distill_config": _plain(asdict(dcfg)),
+        "train": _train_summary(result, cfg),
+        "data": asdict(data),
+    }
+    write_json(Path(out) / "metrics.json", payload)
+    return StepOutput(ckpt, payload)
+
+
+def evaluate_checkpoint(ckpt: Path, data: DataConfig, out: Path, *, batch_size: int = 8, device: str = "cpu") -> StepOutput:
+    eval_set = data.eval_set()
+    info = eval_set.info
+    model, meta = load_model(ckpt, expect_classes=info.num_classes)
+    hw = _input_hw(data, eval_set[0][0])
+    metrics = M.evaluate(model, eval_set, num_classes=info.num_classes, ignore_index=info.ignore_index,
+                         batch_size=batch_size, device=device)
+    payload = {**metrics, "model": meta.model, "checkpoint": str(ckpt), "class_names": list(info.class_names),
+               "cost": M.model_cost(model, (1, 3, *hw)), "data": asdict(data)}
+    write_json(Path(out) / "metrics.json", payload)
+    return StepOutput(Path(ckpt), payload)
+
+
+def _mfs(student, teacher, s_taps, t_taps, eval_set, n_images: int) -> dict | None:
+    """MFS on the first ``n_images`` eval images; stages paired from the deepest down."""
+    if n_images <= 0:
+        return None
+    images = torch.stack([eval_set[i][0] for i in range(min(n_images, len(eval_set)))])
+    device = next(student.parameters()).device
+    s_tap, t_tap = FeatureTaps(student, s_taps), FeatureTaps(teacher, t_taps)
+    try:
+        student.eval(), teacher.eval()
+        probe = images[:1].to(device)
+        student(probe), teacher(probe)
+        k = min(len(s_tap.collect(probe.shape[-2:])), len(t_tap.collect(probe.shape[-2:])))
+
+        def feats(model, tap):
+            def fn(x):
+                model(x.to(device))
+                return tap.collect(x.shape[-2:])[-k:]
+            return fn
+
+        result = M.mfs(feats(student, s_tap), feats(teacher, t_tap), images)
+    finally:
+        s_tap.remove(), t_tap.remove()
+    return {**{k_: v for k_, v in result.items() if k_ != "per_image"}, "images": len(images)}
+
+
+def _with_iters(cfg: TrainConfig, iters: int) -> TrainConfig:
+    from dataclasses import replace
+
+    return replace(cfg, iters=iters)
+
+
+def _train_summary(result, cfg: TrainConfig) -> dict:
+    return {
+        "iterations": result.iterations,
+        "best_iteration": result.best_iteration,
+        "best_val_miou": result.best_score,
+        "seconds": round(result.seconds, 2),
+        "config": asdict(cfg),
+        "history": result.history,
+    }
+
+
+def _plain(obj):
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    return obj
+
+
+def check_out_dir(out: Path) -> Path:
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {str(out)!r} is a file. Pass a folder path (it is created if missing).")
+    out.mkdir(parents=True, exist_ok=True)
+    return out

@@ -1,0 +1,59 @@
+"""Run presets: named sets of defaults for the CLI (``--preset``). Flags given explicitly win.
+
+- ``demo``: the embedded demo dataset at 96x128, real smp models (PSPNet-R50 teacher,
+  DeepLabV3+-MobileNetV2 student); a full stage-1 run in minutes on 2 CPU cores.
+- ``smoke``: tiny CNNs on a small demo set at 64x64; finishes in well under a minute (tests, CI).
+- ``camvid``: the CamVid benchmark protocol of docs/benchmarks.md (``--data camvid:PATH`` required).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import unknown_name
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    data: str
+    teacher: str
+    student: str
+    teacher_iters: int | None
+    student_iters: int | None
+    teacher_epochs: int | None
+    student_epochs: int | None
+    batch_size: int
+    resize: tuple[int, int] | None
+    crop: tuple[int, int] | None
+    demo_size: tuple[int, int]
+    demo_count: int | None
+    num_workers: int
+    bckd: dict[str, str]
+    mfs_images: int = 16
+
+
+PRESETS: dict[str, Preset] = {
+    "demo": Preset(
+        name="demo", data="demo", teacher="pspnet-r50", student="deeplabv3plus-mbv2",
+        teacher_iters=450, student_iters=300, teacher_epochs=None, student_epochs=None, batch_size=8,
+        resize=None, crop=(96, 128), demo_size=(96, 128), demo_count=None, num_workers=2, bckd={},
+    ),
+    "smoke": Preset(
+        name="smoke", data="demo", teacher="tiny-teacher", student="tiny-student",
+        teacher_iters=30, student_iters=20, teacher_epochs=None, student_epochs=None, batch_size=8,
+        resize=None, crop=(64, 64), demo_size=(64, 64), demo_count=32, num_workers=0,
+        bckd={"grid_stride": "4", "radius": "3"}, mfs_images=4,
+    ),
+    "camvid": Preset(
+        name="camvid", data="", teacher="pspnet-r50", student="deeplabv3plus-mbv2",
+        teacher_iters=None, student_iters=None, teacher_epochs=80, student_epochs=40, batch_size=8,
+        resize=(144, 192), crop=(144, 192), demo_size=(96, 128), demo_count=None, num_workers=4, bckd={},
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise unknown_name("--preset", name, PRESETS, "demo is the default; smoke is the quick check.")
+    return PRESETS[name]

@@ -1,0 +1,174 @@
+"""CamVid benchmark: teacher, student, logit KD, CWD, BCKD variants and the Table I ablation.
+
+Every row is a real `bckd-pipeline` command (printed into results.json), run as a subprocess,
+several at a time. Three phases:
+
+1. teachers: one on the full train split (for the final table) and one on the tuning split's
+   train part (so that the tuning phase never sees labels of its own validation images);
+2. tune: the student alone, logit KD and BCKD option variants, trained on four fifths of train and
+   scored on the remaining fifth (`prepare_camvid.py` makes that split). The BCKD variant with the
+   best tuning mIoU becomes the one used in phase 3; the real val split plays no part in choosing;
+3. final: every row of the table, trained on train and reported on val, over --seeds.
+
+    python benchmarks/prepare_camvid.py --src ../shared/data/camvid --dst .bench/camvid --size 144,192
+    python benchmarks/camvid_table.py --root .bench/camvid --out .bench/results --jobs 4 --device cuda
+
+Results: OUT/results.json (all rows with their commands and metrics) and OUT/table.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+# BCKD option variants tried in the tuning phase: name -> --bckd overrides (+ alpha/beta).
+VARIANTS: dict[str, list[str]] = {
+    "literal": ["--bckd", "boundary_teacher=conv", "--bckd", "softmax_input=prob", "--bckd", "relation=dot"],
+    "semantic": [],
+    "semantic-b5": ["--beta", "5"],
+    "semantic-a1-b5": ["--alpha", "1", "--beta", "5"],
+    "semantic-b0.5": ["--beta", "0.5"],
+    "semantic-student-sem": ["--bckd", "boundary_student=semantic"],
+    "semantic-student-sem-b5": ["--bckd", "boundary_student=semantic", "--beta", "5"],
+    "semantic-mse": ["--bckd", "context_loss=mse"],
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--root", type=Path, required=True, help="prepared CamVid copy (prepare_camvid.py)")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--teacher-epochs", type=int, default=80)
+    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--tune-epochs", type=int, default=25)
+    ap.add_argument("--num-workers", type=int, default=3)
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--deadline", type=float, default=1e9, help="seconds; no new job starts after it")
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    tune_root = args.root.with_name(args.root.name + "_tune")
+    results: list[dict] = []
+    common = ["--preset", "camvid", "--device", args.device, "--num-workers", str(args.num_workers), "--no-progress"]
+
+    def job(name: str, argv: list[str], out: Path, phase: str, seed: int) -> dict:
+        if time.time() - start > args.deadline:
+            return {"name": name, "phase": phase, "seed": seed, "status": "skipped (deadline)"}
+        cmd = ["bckd-pipeline", *argv, "--out", str(out), "--seed", str(seed), *common]
+        t0 = time.time()
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        row = {"name": name, "phase": phase, "seed": seed, "command": shlex.join(cmd),
+               "seconds": round(time.time() - t0, 1), "returncode": proc.returncode}
+        if proc.returncode != 0:
+            row["status"] = "failed"
+            row["stderr"] = proc.stderr[-3000:]
+        else:
+            m = json.loads((out / "metrics.json").read_text())
+            row.update(status="ok", miou=m["miou"], boundary_f=m["boundary_f"].get("f_score"),
+                       lhd=m["lhd"].get("mean"), lhd_vs_teacher=(m.get("lhd_vs_reference") or {}).get("mean"),
+                       fragment_ratio=m["fragments"].get("fragment_ratio"), mfs=(m.get("mfs") or {}).get("mean"),
+                       per_class_iou=m.get("per_class_iou"), train_seconds=m["train"]["seconds"],
+                       last_terms=_last_terms(m["train"]["history"]))
+        results.append(row)
+        (args.out / "results.json").write_text(json.dumps(results, indent=1))
+        print(f"[{time.time() - start:6.0f}s] {phase} {name} seed={seed}: {row.get('miou', row['status'])}",
+              flush=True)
+        return row
+
+    pool = ThreadPoolExecutor(args.jobs)
+    # Phase 1: both teachers at once.
+    teach = [
+        pool.submit(job, "teacher", ["train-teacher", "--data", f"camvid:{args.root}",
+                                     "--epochs", str(args.teacher_epochs)], args.out / "teacher", "final", 0),
+        pool.submit(job, "teacher", ["train-teacher", "--data", f"camvid:{tune_root}",
+                                     "--epochs", str(args.teacher_epochs)], args.out / "tune-teacher", "tune", 0),
+    ]
+    # The student alone needs no teacher logic but the command reads one; start final baselines first.
+    [f.result() for f in teach]
+    t_final, t_tune = args.out / "teacher" / "teacher.pt", args.out / "tune-teacher" / "teacher.pt"
+
+    def distill(name, extra, phase, seed, teacher, root, epochs):
+        argv = ["distill", "--teacher", str(teacher), "--data", f"camvid:{root}", "--epochs", str(epochs), *extra]
+        return pool.submit(job, name, argv, args.out / phase / f"{name}-s{seed}", phase, seed)
+
+    # Phase 2: tuning, on the tuning split only.
+    tune_jobs = {"none": distill("none", ["--kd", "none"], "tune", 0, t_tune, tune_root, args.tune_epochs),
+                 "kd": distill("kd", ["--kd", "kd"], "tune", 0, t_tune, tune_root, args.tune_epochs)}
+    for v in args.variants.split(","):
+        tune_jobs[v] = distill(v, ["--kd", "bckd", *VARIANTS[v]], "tune", 0, t_tune, tune_root, args.tune_epochs)
+    # Final baselines do not depend on tuning: queue them behind the tuning jobs.
+    final = []
+    for seed in seeds:
+        for name, extra in [("student", ["--kd", "none"]), ("kd", ["--kd", "kd"]), ("cwd", ["--kd", "cwd"])]:
+            final.append(distill(name, extra, "final", seed, t_final, args.root, args.epochs))
+    tuned = {k: f.result() for k, f in tune_jobs.items()}
+    ok = {k: r["miou"] for k, r in tuned.items() if r.get("status") == "ok" and k in VARIANTS}
+    best = max(ok, key=ok.get) if ok else "semantic"
+    chosen = VARIANTS[best]
+    print(f"chosen BCKD variant: {best} {chosen}", flush=True)
+    # Phase 3: the BCKD rows with the chosen options, and the ablation.
+    for seed in seeds:
+        final.append(distill("bckd", ["--kd", "bckd", *chosen], "final", seed, t_final, args.root, args.epochs))
+        final.append(distill("kd+bckd", ["--kd", "kd+bckd", *chosen], "final", seed, t_final, args.root, args.epochs))
+    s0 = seeds[0]
+    for name, extra in [
+        ("cwd+bckd", ["--kd", "cwd+bckd", *chosen]),
+        ("ablation: boundary only", ["--kd", "bckd", "--no-context", "--no-decay", *chosen]),
+        ("ablation: context only", ["--kd", "bckd", "--no-boundary", "--no-decay", *chosen]),
+        ("ablation: both, no decay", ["--kd", "bckd", "--no-decay", *chosen]),
+        ("bckd literal (spec defaults)", ["--kd", "bckd", *VARIANTS["literal"]]),
+    ]:
+        final.append(distill(name, extra, "final", s0, t_final, args.root, args.epochs))
+    [f.result() for f in final]
+    pool.shutdown()
+    summary = {"chosen_variant": best, "chosen_args": chosen, "seconds": round(time.time() - start, 1),
+               "rows": results}
+    (args.out / "results.json").write_text(json.dumps(summary, indent=1))
+    (args.out / "table.md").write_text(table(results, best))
+    print(table(results, best))
+
+
+def _last_terms(history: list[dict]) -> dict:
+    terms = [h for h in history if "loss" in h]
+    return {k: round(v, 5) for k, v in terms[-1].items() if k.startswith(("loss", "bckd"))} if terms else {}
+
+
+def table(results: list[dict], best: str) -> str:
+    lines = [f"Chosen BCKD variant (on the tuning split): `{best}`", ""]
+    for phase, title in (("final", "Final (train -> val)"), ("tune", "Tuning (4/5 train -> 1/5 train)")):
+        rows: dict[str, list[dict]] = {}
+        for r in results:
+            if r["phase"] == phase and r.get("status") == "ok":
+                rows.setdefault(r["name"], []).append(r)
+        lines += [f"### {title}", "", "| row | seeds | mIoU | boundary F | LHD (GT) | LHD (teacher) | fragments | MFS |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for name, rs in rows.items():
+            def cell(key):
+                vals = [r[key] for r in rs if r.get(key) is not None]
+                if not vals:
+                    return "-"
+                m = statistics.mean(vals)
+                return f"{m:.2f}" + (f" ± {statistics.stdev(vals):.2f}" if len(vals) > 1 else "")
+            lines.append(f"| {name} | {len(rs)} | {cell('miou')} | {cell('boundary_f')} | {cell('lhd')} | "
+                         f"{cell('lhd_vs_teacher')} | {cell('fragment_ratio')} | {cell('mfs')} |")
+        lines.append("")
+    failed = [r for r in results if r.get("status") != "ok"]
+    if failed:
+        lines += ["Failed or skipped: " + ", ".join(f"{r['phase']}/{r['name']}/s{r['seed']} ({r['status']})"
+                                                    for r in failed), ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
