@@ -44,7 +44,8 @@ def _common(p: argparse.ArgumentParser, *, training: bool = True) -> None:
         p.add_argument("--train-split", default="train", help="split to train on")
         p.add_argument("--seed", type=int, default=0, help="seed for weights, data order and augmentation")
         p.add_argument("--epochs", type=int, help="training length in epochs (default: preset)")
-        p.add_argument("--iters", type=int, help="training length in iterations; wins over --epochs")
+        p.add_argument("--iters", type=int,
+                       help="training length in iterations; wins over --epochs (default: preset)")
         p.add_argument("--crop", type=_pair, help="random crop H,W for training (default: preset)")
         p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (poly schedule, power 0.9)")
         p.add_argument("--weight-decay", type=float, default=5e-4, help="SGD weight decay")
@@ -67,7 +68,7 @@ def _distill_flags(p: argparse.ArgumentParser) -> None:
                    help="any BCKDConfig option, repeatable (e.g. --bckd radius=3 --bckd relation=dot)")
     p.add_argument("--student-taps", help="comma-separated module names of the student's feature stages")
     p.add_argument("--teacher-taps", help="comma-separated module names of the teacher's feature stages")
-    p.add_argument("--mfs-images", type=int, help="eval images used for MFS (0 skips it)")
+    p.add_argument("--mfs-images", type=int, help="eval images used for MFS, 0 skips it (default: preset)")
 
 
 def _cuda() -> bool:
@@ -79,8 +80,15 @@ def _cuda() -> bool:
         return False
 
 
+class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Append "(default: X)", except for None: those flags say in words what they default to."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = _DefaultsHelpFormatter
     parser = argparse.ArgumentParser(
         prog="bckd-pipeline",
         description="Distill a compact segmentation student with BCKD and carry it to edge targets.",
@@ -234,13 +242,23 @@ def dispatch(args) -> int:
     return 0
 
 
+def _message(exc: BckdError) -> str:
+    """The error's own message; one re-raised from a DataLoader worker carries the worker's
+    traceback, so keep only its last line (the original message)."""
+    text = str(exc)
+    if "Original Traceback" in text:
+        last = text.rstrip().splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return dispatch(args)
     except BckdError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_message(exc)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted: finished checkpoints are kept; partial files were not written.", file=sys.stderr)

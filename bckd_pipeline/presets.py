@@ -37,7 +37,7 @@ PRESETS: dict[str, Preset] = {
     "demo": Preset(
         name="demo", data="demo", teacher="pspnet-r50", student="deeplabv3plus-mbv2",
         teacher_iters=450, student_iters=300, teacher_epochs=None, student_epochs=None, batch_size=8,
-        resize=None, crop=(96, 128), demo_size=(96, 128), demo_count=None, num_workers=2, bckd={},
+        resize=None, crop=(96, 128), demo_size=(96, 128), demo_count=None, num_workers=2, bckd={}, mfs_images=8,
     ),
     "smoke": Preset(
         name="smoke", data="demo", teacher="tiny-teacher", student="tiny-student",
@@ -48,7 +48,7 @@ PRESETS: dict[str, Preset] = {
     "camvid": Preset(
         name="camvid", data="", teacher="pspnet-r50", student="deeplabv3plus-mbv2",
         teacher_iters=None, student_iters=None, teacher_epochs=80, student_epochs=40, batch_size=8,
-        resize=(144, 192), crop=(144, 192), demo_size=(96, 128), demo_count=None, num_workers=4, bckd={},
+        resize=(144, 192), crop=(144, 192), demo_size=(96, 128), demo_count=None, num_workers=4, bckd={}, mfs_images=8,
     ),
 }
 

@@ -3,8 +3,7 @@
 Every row is a real `bckd-pipeline` command (printed into results.json), run as a subprocess,
 several at a time. Three phases:
 
-1. teachers: one on the full train split (for the final table) and one on the tuning split's
-   train part (so that the tuning phase never sees labels of its own validation images);
+1. the teacher, trained on the full train split;
 2. tune: the student alone, logit KD and BCKD option variants, trained on four fifths of train and
    scored on the remaining fifth (`prepare_camvid.py` makes that split). The BCKD variant with the
    best tuning mIoU becomes the one used in phase 3; the real val split plays no part in choosing;
@@ -38,6 +37,7 @@ VARIANTS: dict[str, list[str]] = {
     "semantic-student-sem": ["--bckd", "boundary_student=semantic"],
     "semantic-student-sem-b5": ["--bckd", "boundary_student=semantic", "--beta", "5"],
     "semantic-mse": ["--bckd", "context_loss=mse"],
+    "semantic-b5-g4": ["--beta", "5", "--bckd", "grid_stride=4"],
 }
 
 
@@ -50,9 +50,10 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--teacher-epochs", type=int, default=80)
     ap.add_argument("--epochs", type=int, default=40)
-    ap.add_argument("--tune-epochs", type=int, default=25)
+    ap.add_argument("--tune-epochs", type=int, default=20)
     ap.add_argument("--num-workers", type=int, default=3)
     ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--mfs-images", type=int, default=16)
     ap.add_argument("--deadline", type=float, default=1e9, help="seconds; no new job starts after it")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -67,7 +68,8 @@ def main() -> None:
             return {"name": name, "phase": phase, "seed": seed, "status": "skipped (deadline)"}
         cmd = ["bckd-pipeline", *argv, "--out", str(out), "--seed", str(seed), *common]
         t0 = time.time()
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        # The console script and `python -m bckd_pipeline.cli` are the same entry point.
+        proc = subprocess.run([sys.executable, "-m", "bckd_pipeline.cli", *cmd[1:]], capture_output=True, text=True)
         row = {"name": name, "phase": phase, "seed": seed, "command": shlex.join(cmd),
                "seconds": round(time.time() - t0, 1), "returncode": proc.returncode}
         if proc.returncode != 0:
@@ -87,49 +89,43 @@ def main() -> None:
         return row
 
     pool = ThreadPoolExecutor(args.jobs)
-    # Phase 1: both teachers at once.
-    teach = [
-        pool.submit(job, "teacher", ["train-teacher", "--data", f"camvid:{args.root}",
-                                     "--epochs", str(args.teacher_epochs)], args.out / "teacher", "final", 0),
-        pool.submit(job, "teacher", ["train-teacher", "--data", f"camvid:{tune_root}",
-                                     "--epochs", str(args.teacher_epochs)], args.out / "tune-teacher", "tune", 0),
-    ]
-    # The student alone needs no teacher logic but the command reads one; start final baselines first.
-    [f.result() for f in teach]
-    t_final, t_tune = args.out / "teacher" / "teacher.pt", args.out / "tune-teacher" / "teacher.pt"
+    job("teacher", ["train-teacher", "--data", f"camvid:{args.root}", "--epochs", str(args.teacher_epochs)],
+        args.out / "teacher", "final", 0)
+    teacher = args.out / "teacher" / "teacher.pt"
 
-    def distill(name, extra, phase, seed, teacher, root, epochs):
-        argv = ["distill", "--teacher", str(teacher), "--data", f"camvid:{root}", "--epochs", str(epochs), *extra]
+    def distill(name, extra, phase, seed, root, epochs):
+        argv = ["distill", "--teacher", str(teacher), "--data", f"camvid:{root}", "--epochs", str(epochs),
+                "--mfs-images", str(args.mfs_images), *extra]
         return pool.submit(job, name, argv, args.out / phase / f"{name}-s{seed}", phase, seed)
 
-    # Phase 2: tuning, on the tuning split only.
-    tune_jobs = {"none": distill("none", ["--kd", "none"], "tune", 0, t_tune, tune_root, args.tune_epochs),
-                 "kd": distill("kd", ["--kd", "kd"], "tune", 0, t_tune, tune_root, args.tune_epochs)}
+    # Phase 2: tuning. Students train on 4/5 of train and are scored on the other 1/5; the teacher
+    # saw those images, but distillation only ever shows it the students' training images.
+    tune_jobs = {"none": distill("none", ["--kd", "none"], "tune", 0, tune_root, args.tune_epochs),
+                 "kd": distill("kd", ["--kd", "kd"], "tune", 0, tune_root, args.tune_epochs)}
     for v in args.variants.split(","):
-        tune_jobs[v] = distill(v, ["--kd", "bckd", *VARIANTS[v]], "tune", 0, t_tune, tune_root, args.tune_epochs)
-    # Final baselines do not depend on tuning: queue them behind the tuning jobs.
-    final = []
-    for seed in seeds:
-        for name, extra in [("student", ["--kd", "none"]), ("kd", ["--kd", "kd"]), ("cwd", ["--kd", "cwd"])]:
-            final.append(distill(name, extra, "final", seed, t_final, args.root, args.epochs))
+        tune_jobs[v] = distill(v, ["--kd", "bckd", *VARIANTS[v]], "tune", 0, tune_root, args.tune_epochs)
+    s0, rest = seeds[0], seeds[1:]
+    baselines = [("student", ["--kd", "none"]), ("kd", ["--kd", "kd"]), ("cwd", ["--kd", "cwd"])]
+    final = [distill(n, e, "final", s0, args.root, args.epochs) for n, e in baselines]
     tuned = {k: f.result() for k, f in tune_jobs.items()}
     ok = {k: r["miou"] for k, r in tuned.items() if r.get("status") == "ok" and k in VARIANTS}
     best = max(ok, key=ok.get) if ok else "semantic"
     chosen = VARIANTS[best]
     print(f"chosen BCKD variant: {best} {chosen}", flush=True)
-    # Phase 3: the BCKD rows with the chosen options, and the ablation.
-    for seed in seeds:
-        final.append(distill("bckd", ["--kd", "bckd", *chosen], "final", seed, t_final, args.root, args.epochs))
-        final.append(distill("kd+bckd", ["--kd", "kd+bckd", *chosen], "final", seed, t_final, args.root, args.epochs))
-    s0 = seeds[0]
-    for name, extra in [
+    # Phase 3: the BCKD rows with the chosen options and the Table I ablation (first seed), then
+    # the remaining seeds of the headline rows.
+    bckd_rows = [("bckd", ["--kd", "bckd", *chosen]), ("kd+bckd", ["--kd", "kd+bckd", *chosen])]
+    for name, extra in bckd_rows + [
         ("cwd+bckd", ["--kd", "cwd+bckd", *chosen]),
         ("ablation: boundary only", ["--kd", "bckd", "--no-context", "--no-decay", *chosen]),
         ("ablation: context only", ["--kd", "bckd", "--no-boundary", "--no-decay", *chosen]),
         ("ablation: both, no decay", ["--kd", "bckd", "--no-decay", *chosen]),
         ("bckd literal (spec defaults)", ["--kd", "bckd", *VARIANTS["literal"]]),
     ]:
-        final.append(distill(name, extra, "final", s0, t_final, args.root, args.epochs))
+        final.append(distill(name, extra, "final", s0, args.root, args.epochs))
+    for seed in rest:
+        for name, extra in bckd_rows + baselines:
+            final.append(distill(name, extra, "final", seed, args.root, args.epochs))
     [f.result() for f in final]
     pool.shutdown()
     summary = {"chosen_variant": best, "chosen_args": chosen, "seconds": round(time.time() - start, 1),

@@ -172,6 +172,7 @@ def distill(
     cfg = _with_iters(train_cfg, iters)
     hw = _input_hw(data, eval_set[0][0])
     check_input_size(student, student_name, hw)
+    check_input_size(teacher, tmeta.model, hw)
     s_taps = student_taps or default_taps(student_name)
     t_taps = teacher_taps or default_taps(tmeta.model)
     task = SegDistillTask(

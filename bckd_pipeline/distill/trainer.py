@@ -122,6 +122,12 @@ class ProgressBar:
             self.progress.stop()
 
 
+def _kept(best_it: int, best: float) -> str:
+    if best_it == 0:
+        return "no checkpoint had been saved yet."
+    return f"the last good checkpoint (iteration {best_it}, score {best:.2f}) is kept."
+
+
 def train(
     task: nn.Module,
     train_set: Dataset,
@@ -144,7 +150,11 @@ def train(
     params = task.trainable_parameters()
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     use_amp = cfg.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    # bf16 needs no loss scaling and cannot overflow where fp16 would; fp16 only on older GPUs.
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
     loader = make_loader(train_set, cfg.batch_size, shuffle=True, seed=cfg.seed, num_workers=cfg.num_workers)
     if len(loader) == 0:
         raise ConfigError(
@@ -170,14 +180,14 @@ def train(
                 images = images.to(device, non_blocking=True)
                 masks = masks.to(device, non_blocking=True)
                 step = StepInfo(it, cfg.iters, cfg.batch_size, len(train_set))
-                with torch.autocast(device.type, enabled=use_amp):
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                     out = task(images, masks, step)
                 loss = out["loss"]
                 if not torch.isfinite(loss):
                     terms = {k: float(v) for k, v in out.items() if k.startswith("loss/")}
                     raise NonFiniteLossError(
-                        f"The loss became {float(loss)} at iteration {it + 1} (terms: {terms}). Training stopped; "
-                        f"the last good checkpoint (iteration {best_it}, score {best:.2f}) is kept. "
+                        f"The loss became {float(loss.detach())} at iteration {it + 1} (terms: {terms}). "
+                        f"Training stopped; {_kept(best_it, best)} "
                         "Lower --lr, or the weight of the term that diverged."
                     )
                 optimizer.zero_grad(set_to_none=True)
@@ -195,6 +205,13 @@ def train(
                     bar.update(it, means)
                     running.clear()
                 if it % eval_every == 0 or it == cfg.iters:
+                    # A finite loss can still give non-finite gradients; never evaluate or save such weights.
+                    if not all(bool(torch.isfinite(p).all()) for p in params):
+                        raise NonFiniteLossError(
+                            f"The weights became non-finite at iteration {it} (the loss was finite, its "
+                            f"gradient was not). Training stopped; {_kept(best_it, best)} "
+                            "Lower --lr, or the weight of the term that diverged."
+                        )
                     score = evaluate()
                     task.train()
                     history.append({"iteration": it, "val_miou": score})

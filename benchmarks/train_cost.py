@@ -1,0 +1,130 @@
+"""Training cost per iteration (student alone, + logit KD, + BCKD) and the context loss's peak memory.
+
+    python benchmarks/train_cost.py --device cpu --crop 96,128 --batch 8
+    python benchmarks/train_cost.py --memory-only --device cuda
+
+Time: mean wall time of one optimisation step (teacher forward included for KD and BCKD) over
+--steps steps after --warmup steps, same batch and crop for every row.
+Memory: the context loss alone (Eq. 4-5) at a 64x64 feature grid (512x512 crops, stride 8),
+batch 8, C_s = 256 and C_t = 1024 as in the spec: the exact row-chunked version against the
+naive full-matrix one. On CUDA the peak is torch.cuda.max_memory_allocated above the inputs; on
+CPU it is the growth of the process's peak RSS, measured in a fresh subprocess per variant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+
+def step_time(kd: str, args) -> float:
+    from bckd_pipeline.distill.bckd import BCKDConfig
+    from bckd_pipeline.distill.models import build_model, default_taps
+    from bckd_pipeline.distill.task import DistillConfig, SegDistillTask, SegTrainTask
+
+    torch.manual_seed(0)
+    dev = torch.device(args.device)
+    student = build_model(args.student, 11)
+    x = torch.randn(args.batch, 3, *args.crop, device=dev)
+    y = torch.randint(0, 11, (args.batch, *args.crop), device=dev)
+    if kd == "none":
+        task = SegTrainTask(student)
+    else:
+        teacher = build_model(args.teacher, 11)
+        task = SegDistillTask(student, teacher, cfg=DistillConfig(kd=kd, bckd=BCKDConfig()),
+                              student_taps=default_taps(args.student), teacher_taps=default_taps(args.teacher),
+                              example_input=torch.randn(2, 3, *args.crop))
+    task.to(dev).train()
+    opt = torch.optim.SGD(task.trainable_parameters(), lr=0.01, momentum=0.9)
+    times = []
+    for i in range(args.warmup + args.steps):
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        loss = task(x, y)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= args.warmup:
+            times.append(time.perf_counter() - t0)
+    return sum(times) / len(times)
+
+
+def naive_relation_kl(qs, qt, ss, st):
+    rs = (torch.einsum("ncl,ncm->nlm", qs, qs) * ss).log_softmax(-1)
+    with torch.no_grad():
+        lt = (torch.einsum("ncl,ncm->nlm", qt, qt) * st).log_softmax(-1)
+    return (lt.exp() * (lt - rs)).sum(-1).mean()
+
+
+def context_peak(variant: str, device: str, batch: int, grid: int) -> dict:
+    from bckd_pipeline.distill.losses import relation_kl
+
+    dev = torch.device(device)
+    torch.manual_seed(0)
+    qs = torch.randn(batch, 256, grid * grid, device=dev, requires_grad=True)
+    qt = torch.randn(batch, 1024, grid * grid, device=dev)
+    ss, st = 256**-0.5, 1024**-0.5
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    t0 = time.perf_counter()
+    if variant == "chunked":
+        loss = relation_kl(qs, qt, student_scale=ss, teacher_scale=st, chunk=512)
+    else:
+        loss = naive_relation_kl(qs, qt, ss, st)
+    loss.backward()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    return {"variant": variant, "device": device, "batch": batch, "grid": f"{grid}x{grid}",
+            "peak_gib": round(peak / 2**30, 3), "seconds": round(time.perf_counter() - t0, 3),
+            "loss": float(loss)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--crop", default="96,128")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--teacher", default="pspnet-r50")
+    ap.add_argument("--student", default="deeplabv3plus-mbv2")
+    ap.add_argument("--memory-only", action="store_true")
+    ap.add_argument("--context-peak", help=argparse.SUPPRESS)  # internal: one variant in this process
+    args = ap.parse_args()
+    args.crop = tuple(int(v) for v in args.crop.split(","))
+    if args.context_peak:
+        print(json.dumps(context_peak(args.context_peak, args.device, 8, 64)))
+        return
+    result: dict = {"device": args.device, "crop": args.crop, "batch": args.batch,
+                    "teacher": args.teacher, "student": args.student, "torch": torch.__version__}
+    if not args.memory_only:
+        result["seconds_per_step"] = {kd: round(step_time(kd, args), 4) for kd in ("none", "kd", "bckd")}
+        s = result["seconds_per_step"]
+        result["bckd_over_kd"] = round(s["bckd"] / s["kd"], 3)
+    result["context_memory"] = []
+    for variant in ("chunked", "naive"):
+        out = subprocess.run([sys.executable, __file__, "--device", args.device, "--context-peak", variant],
+                             capture_output=True, text=True)
+        result["context_memory"].append(json.loads(out.stdout) if out.returncode == 0
+                                        else {"variant": variant, "error": out.stderr[-500:]})
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
