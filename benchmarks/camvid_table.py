@@ -54,6 +54,8 @@ def main() -> None:
     ap.add_argument("--num-workers", type=int, default=3)
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--mfs-images", type=int, default=16)
+    ap.add_argument("--size", help="H,W: --resize and --crop for every run (default: the camvid preset's)")
+    ap.add_argument("--chosen", help="skip tuning and use this BCKD variant (a name in VARIANTS)")
     ap.add_argument("--deadline", type=float, default=1e9, help="seconds; no new job starts after it")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -62,6 +64,8 @@ def main() -> None:
     tune_root = args.root.with_name(args.root.name + "_tune")
     results: list[dict] = []
     common = ["--preset", "camvid", "--device", args.device, "--num-workers", str(args.num_workers), "--no-progress"]
+    if args.size:
+        common += ["--resize", args.size, "--crop", args.size]
 
     def job(name: str, argv: list[str], out: Path, phase: str, seed: int) -> dict:
         if time.time() - start > args.deadline:
@@ -100,27 +104,29 @@ def main() -> None:
 
     # Phase 2: tuning. Students train on 4/5 of train and are scored on the other 1/5; the teacher
     # saw those images, but distillation only ever shows it the students' training images.
-    tune_jobs = {"none": distill("none", ["--kd", "none"], "tune", 0, tune_root, args.tune_epochs),
-                 "kd": distill("kd", ["--kd", "kd"], "tune", 0, tune_root, args.tune_epochs)}
-    for v in args.variants.split(","):
-        tune_jobs[v] = distill(v, ["--kd", "bckd", *VARIANTS[v]], "tune", 0, tune_root, args.tune_epochs)
+    tune_jobs = {}
+    if not args.chosen:
+        tune_jobs = {"none": distill("none", ["--kd", "none"], "tune", 0, tune_root, args.tune_epochs),
+                     "kd": distill("kd", ["--kd", "kd"], "tune", 0, tune_root, args.tune_epochs)}
+        for v in args.variants.split(","):
+            tune_jobs[v] = distill(v, ["--kd", "bckd", *VARIANTS[v]], "tune", 0, tune_root, args.tune_epochs)
     s0, rest = seeds[0], seeds[1:]
     baselines = [("student", ["--kd", "none"]), ("kd", ["--kd", "kd"]), ("cwd", ["--kd", "cwd"])]
-    final = [distill(n, e, "final", s0, args.root, args.epochs) for n, e in baselines]
+    final = [distill(n, e, "final", s0, args.root, args.epochs) for n, e in baselines[:2]]
     tuned = {k: f.result() for k, f in tune_jobs.items()}
     ok = {k: r["miou"] for k, r in tuned.items() if r.get("status") == "ok" and k in VARIANTS}
-    best = max(ok, key=ok.get) if ok else "semantic"
+    best = args.chosen or (max(ok, key=ok.get) if ok else "semantic")
     chosen = VARIANTS[best]
     print(f"chosen BCKD variant: {best} {chosen}", flush=True)
     # Phase 3: the BCKD rows with the chosen options and the Table I ablation (first seed), then
     # the remaining seeds of the headline rows.
     bckd_rows = [("bckd", ["--kd", "bckd", *chosen]), ("kd+bckd", ["--kd", "kd+bckd", *chosen])]
-    for name, extra in bckd_rows + [
-        ("cwd+bckd", ["--kd", "cwd+bckd", *chosen]),
+    for name, extra in bckd_rows + baselines[2:] + [
         ("ablation: boundary only", ["--kd", "bckd", "--no-context", "--no-decay", *chosen]),
         ("ablation: context only", ["--kd", "bckd", "--no-boundary", "--no-decay", *chosen]),
         ("ablation: both, no decay", ["--kd", "bckd", "--no-decay", *chosen]),
         ("bckd literal (spec defaults)", ["--kd", "bckd", *VARIANTS["literal"]]),
+        ("cwd+bckd", ["--kd", "cwd+bckd", *chosen]),
     ]:
         final.append(distill(name, extra, "final", s0, args.root, args.epochs))
     for seed in rest:

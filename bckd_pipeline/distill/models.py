@@ -1,5 +1,10 @@
 """Model presets for the paper's teacher/student pairs, and feature taps on any ``nn.Module``.
 
+smp's PSPNet runs only the first three encoder stages (``encoder_depth=3``, output stride 8), so
+``pspnet-r50`` and ``pspnet-r101`` execute the same layers; the deeper, unused stages are dropped
+when the model is built. The paper's PSPNet-d8 (all four stages, dilated to stride 8) is
+``pspnet-r101-d8`` / ``pspnet-r50-d8``: more accurate with pretrained weights, and far slower.
+
 Presets are built with segmentation_models_pytorch and never download weights unless the caller
 asks for ``pretrained="imagenet"``. Each preset names the modules whose outputs form BCKD's
 hierarchical features (the backbone stages, Sec. IV-A of the paper).
@@ -23,6 +28,7 @@ class ModelPreset:
     arch: str  # smp class name, or "tiny"
     encoder: str
     description: str
+    options: tuple[tuple[str, object], ...] = ()  # extra smp constructor arguments
 
 
 PRESETS: dict[str, ModelPreset] = {
@@ -30,6 +36,14 @@ PRESETS: dict[str, ModelPreset] = {
     for p in [
         ModelPreset("pspnet-r101", "teacher", "PSPNet", "resnet101", "PSPNet, ResNet-101 encoder"),
         ModelPreset("pspnet-r50", "teacher", "PSPNet", "resnet50", "PSPNet, ResNet-50 encoder"),
+        ModelPreset(
+            "pspnet-r101-d8", "teacher", "PSPNet", "resnet101", "PSPNet-d8 as in the paper: 4 dilated stages, stride 8",
+            (("encoder_depth", 5), ("output_stride", 8), ("upsampling", 8)),
+        ),
+        ModelPreset(
+            "pspnet-r50-d8", "teacher", "PSPNet", "resnet50", "PSPNet-d8: 4 dilated ResNet-50 stages, stride 8",
+            (("encoder_depth", 5), ("output_stride", 8), ("upsampling", 8)),
+        ),
         ModelPreset("deeplabv3plus-r101", "teacher", "DeepLabV3Plus", "resnet101", "DeepLabV3+, ResNet-101"),
         ModelPreset("deeplabv3plus-r50", "teacher", "DeepLabV3Plus", "resnet50", "DeepLabV3+, ResNet-50"),
         ModelPreset("pspnet-r18", "student", "PSPNet", "resnet18", "PSPNet, ResNet-18 encoder"),
@@ -98,7 +112,35 @@ def build_model(name: str, num_classes: int, *, pretrained: str = "none") -> nn.
 
     cls = getattr(smp, preset.arch)
     weights = "imagenet" if pretrained == "imagenet" else None
-    return cls(encoder_name=preset.encoder, encoder_weights=weights, classes=num_classes)
+    model = cls(encoder_name=preset.encoder, encoder_weights=weights, classes=num_classes, **dict(preset.options))
+    _drop_unused_encoder_stages(model)
+    return model
+
+
+def _drop_unused_encoder_stages(model: nn.Module) -> None:
+    """Delete encoder children that the forward pass never calls.
+
+    smp's PSPNet runs only the first three encoder stages but keeps the rest (22M dead
+    parameters in ResNet-50); they would inflate the reported params and every checkpoint.
+    """
+    called: set[str] = set()
+    # A child counts as used if it or any module inside it runs (some encoders iterate a
+    # Sequential's items instead of calling it).
+    handles = [
+        module.register_forward_hook(lambda *_, top=name.split(".")[0]: called.add(top))
+        for name, module in model.encoder.named_modules()
+        if name
+    ]
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        model(torch.zeros(1, 3, 64, 64))
+    model.train(was_training)
+    for h in handles:
+        h.remove()
+    for name, child in list(model.encoder.named_children()):
+        if name not in called and any(True for _ in child.parameters()):
+            delattr(model.encoder, name)
 
 
 def check_input_size(model: nn.Module, name: str, hw: tuple[int, int]) -> None:

@@ -238,7 +238,7 @@ def _mfs(student, teacher, s_taps, t_taps, eval_set, n_images: int) -> dict | No
         def feats(model, tap):
             def fn(x):
                 model(x.to(device))
-                return tap.collect(x.shape[-2:])[-k:]
+                return [f.float().cpu() for f in tap.collect(x.shape[-2:])[-k:]]
             return fn
 
         result = M.mfs(feats(student, s_tap), feats(teacher, t_tap), images)
