@@ -44,8 +44,7 @@ def _common(p: argparse.ArgumentParser, *, training: bool = True) -> None:
         p.add_argument("--train-split", default="train", help="split to train on")
         p.add_argument("--seed", type=int, default=0, help="seed for weights, data order and augmentation")
         p.add_argument("--epochs", type=int, help="training length in epochs (default: preset)")
-        p.add_argument("--iters", type=int,
-                       help="training length in iterations; wins over --epochs (default: preset)")
+        p.add_argument("--iters", type=int, help="training length in iterations; wins over --epochs (default: preset)")
         p.add_argument("--crop", type=_pair, help="random crop H,W for training (default: preset)")
         p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (poly schedule, power 0.9)")
         p.add_argument("--weight-decay", type=float, default=5e-4, help="SGD weight decay")
@@ -64,8 +63,14 @@ def _distill_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kd-weight", type=float, default=1.0, help="logit KD weight")
     p.add_argument("--cwd-temperature", type=float, default=1.0, help="CWD temperature")
     p.add_argument("--cwd-weight", type=float, default=3.0, help="CWD weight")
-    p.add_argument("--bckd", type=_keyval, action="append", default=[], metavar="KEY=VALUE",
-                   help="any BCKDConfig option, repeatable (e.g. --bckd radius=3 --bckd relation=dot)")
+    p.add_argument(
+        "--bckd",
+        type=_keyval,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any BCKDConfig option, repeatable (e.g. --bckd radius=3 --bckd relation=dot)",
+    )
     p.add_argument("--student-taps", help="comma-separated module names of the student's feature stages")
     p.add_argument("--teacher-taps", help="comma-separated module names of the teacher's feature stages")
     p.add_argument("--mfs-images", type=int, help="eval images used for MFS, 0 skips it (default: preset)")
@@ -164,13 +169,22 @@ def _distill_config(args, preset):
     from .distill.task import DistillConfig
 
     overrides = {**preset.bckd, **dict(args.bckd)}
-    base = {"alpha": args.alpha, "beta": args.beta, "boundary": not args.no_boundary,
-            "context": not args.no_context, "decay": not args.no_decay, "seed": args.seed}
+    base = {
+        "alpha": args.alpha,
+        "beta": args.beta,
+        "boundary": not args.no_boundary,
+        "context": not args.no_context,
+        "decay": not args.no_decay,
+        "seed": args.seed,
+    }
     if args.no_boundary and args.no_context and "bckd" in args.kd:
         raise ConfigError("--no-boundary and --no-context together leave BCKD with no term. Drop one of them.")
     return DistillConfig(
-        kd=args.kd, kd_temperature=args.kd_temperature, kd_weight=args.kd_weight,
-        cwd_temperature=args.cwd_temperature, cwd_weight=args.cwd_weight,
+        kd=args.kd,
+        kd_temperature=args.kd_temperature,
+        kd_weight=args.kd_weight,
+        cwd_temperature=args.cwd_temperature,
+        cwd_weight=args.cwd_weight,
         bckd=BCKDConfig.from_overrides(overrides, **base),
     )
 
@@ -198,8 +212,9 @@ def dispatch(args) -> int:
 
     if args.command == "eval":
         out = stage.check_out_dir(args.out)
-        res = stage.evaluate_checkpoint(args.model, data, out, batch_size=args.batch_size or preset.batch_size,
-                                        device=args.device)
+        res = stage.evaluate_checkpoint(
+            args.model, data, out, batch_size=args.batch_size or preset.batch_size, device=args.device
+        )
         console.print(f"mIoU {res.metrics['miou']:.2f} -> {out / 'metrics.json'}")
         return 0
 
@@ -207,9 +222,15 @@ def dispatch(args) -> int:
     progress = not args.no_progress
     if args.command == "train-teacher":
         out = stage.check_out_dir(args.out)
-        res = stage.train_teacher(args.model or preset.teacher, data,
-                                  _schedule(args, preset.teacher_iters, preset.teacher_epochs), train_cfg, out,
-                                  pretrained=args.pretrained, progress=progress)
+        res = stage.train_teacher(
+            args.model or preset.teacher,
+            data,
+            _schedule(args, preset.teacher_iters, preset.teacher_epochs),
+            train_cfg,
+            out,
+            pretrained=args.pretrained,
+            progress=progress,
+        )
         console.print(f"teacher mIoU {res.metrics['miou']:.2f} -> {res.checkpoint}")
         return 0
 
@@ -217,21 +238,37 @@ def dispatch(args) -> int:
     mfs_images = preset.mfs_images if args.mfs_images is None else args.mfs_images
     if args.command == "distill":
         out = stage.check_out_dir(args.out)
-        res = stage.distill(args.teacher, args.student or preset.student, data,
-                            _schedule(args, preset.student_iters, preset.student_epochs), train_cfg, dcfg, out,
-                            student_taps=_taps(args.student_taps), teacher_taps=_taps(args.teacher_taps),
-                            pretrained=args.pretrained, progress=progress, mfs_images=mfs_images)
+        res = stage.distill(
+            args.teacher,
+            args.student or preset.student,
+            data,
+            _schedule(args, preset.student_iters, preset.student_epochs),
+            train_cfg,
+            dcfg,
+            out,
+            student_taps=_taps(args.student_taps),
+            teacher_taps=_taps(args.teacher_taps),
+            pretrained=args.pretrained,
+            progress=progress,
+            mfs_images=mfs_images,
+        )
         console.print(f"student mIoU {res.metrics['miou']:.2f} (kd={dcfg.kd}) -> {res.checkpoint}")
         return 0
 
     from .pipeline import RunConfig, run
 
     cfg = RunConfig(
-        out=args.out, data=data, train=train_cfg, distill=dcfg,
-        teacher_model=args.teacher_model or preset.teacher, student_model=args.student or preset.student,
+        out=args.out,
+        data=data,
+        train=train_cfg,
+        distill=dcfg,
+        teacher_model=args.teacher_model or preset.teacher,
+        student_model=args.student or preset.student,
         teacher_schedule=_schedule(args, preset.teacher_iters, preset.teacher_epochs),
         student_schedule=_schedule(args, preset.student_iters, preset.student_epochs),
-        teacher_checkpoint=args.teacher, mfs_images=mfs_images, progress=progress,
+        teacher_checkpoint=args.teacher,
+        mfs_images=mfs_images,
+        progress=progress,
     )
     s = run(cfg)
     t = s["teacher"]["miou"]

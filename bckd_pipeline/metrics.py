@@ -17,7 +17,7 @@ reported next to the numbers (spec section 7, item 11).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -465,9 +465,7 @@ def model_cost(model: nn.Module, input_shape: tuple[int, ...] = (1, 3, 512, 512)
 # ---------------------------------------------------------------------------------------------
 # evaluation loop
 # ---------------------------------------------------------------------------------------------
-def _predict(
-    model: nn.Module, images: torch.Tensor, label_hw: tuple[int, int], num_classes: int
-) -> np.ndarray:
+def predict_labels(model: nn.Module, images: torch.Tensor, label_hw: tuple[int, int], num_classes: int) -> np.ndarray:
     """Argmax labels (N x H x W, numpy int64) of ``model`` on ``images``, logits resized to ``label_hw``."""
     logits = padded_logits(model, images)
     if logits.ndim != 4 or logits.shape[1] != num_classes:
@@ -559,12 +557,12 @@ def evaluate(
             for images, masks in _equal_shape_groups(items):
                 images = images.to(device, torch.float32)
                 label_hw = tuple(masks.shape[-2:])
-                preds = _predict(model, images, label_hw, num_classes)
+                preds = predict_labels(model, images, label_hw, num_classes)
                 gts = masks.numpy().astype(np.int64)
                 confusion.update(preds, gts)
                 refs = None
                 if reference_model is not None:
-                    refs = _predict(reference_model, images, label_hw, num_classes)
+                    refs = predict_labels(reference_model, images, label_hw, num_classes)
                     refs[gts == ignore_index] = ignore_index
                 for i, (pred, gt) in enumerate(zip(preds, gts, strict=True)):
                     boundary.update(pred, gt)

@@ -35,14 +35,32 @@ def run(cfg: RunConfig) -> dict:
     teacher_ckpt = cfg.teacher_checkpoint
     teacher_metrics = None
     if teacher_ckpt is None:
-        step = train_teacher(cfg.teacher_model, cfg.data, cfg.teacher_schedule, cfg.train, out / "teacher",
-                             progress=cfg.progress)
+        step = train_teacher(
+            cfg.teacher_model, cfg.data, cfg.teacher_schedule, cfg.train, out / "teacher", progress=cfg.progress
+        )
         teacher_ckpt, teacher_metrics = step.checkpoint, step.metrics
-    alone = distill(teacher_ckpt, cfg.student_model, cfg.data, cfg.student_schedule, cfg.train,
-                    replace(cfg.distill, kd="none"), out / "student", progress=cfg.progress,
-                    mfs_images=cfg.mfs_images)
-    distilled = distill(teacher_ckpt, cfg.student_model, cfg.data, cfg.student_schedule, cfg.train,
-                        cfg.distill, out / "distilled", progress=cfg.progress, mfs_images=cfg.mfs_images)
+    alone = distill(
+        teacher_ckpt,
+        cfg.student_model,
+        cfg.data,
+        cfg.student_schedule,
+        cfg.train,
+        replace(cfg.distill, kd="none"),
+        out / "student",
+        progress=cfg.progress,
+        mfs_images=cfg.mfs_images,
+    )
+    distilled = distill(
+        teacher_ckpt,
+        cfg.student_model,
+        cfg.data,
+        cfg.student_schedule,
+        cfg.train,
+        cfg.distill,
+        out / "distilled",
+        progress=cfg.progress,
+        mfs_images=cfg.mfs_images,
+    )
     summary = summarize(teacher_metrics, alone.metrics, distilled.metrics, teacher_ckpt, distilled.checkpoint)
     write_json(out / "metrics.json", summary)
     return summary
@@ -57,7 +75,12 @@ def summarize(teacher: dict | None, alone: dict, distilled: dict, teacher_ckpt: 
         "kd": distilled["kd"],
         "teacher": {"model": distilled["teacher_model"], "miou": t, "checkpoint": str(teacher_ckpt)},
         "student": {"model": alone["model"], "miou": alone["miou"]},
-        "distilled": {"model": distilled["model"], "miou": distilled["miou"], "checkpoint": str(student_ckpt),
-                      "boundary_f": distilled["boundary_f"].get("f_score"), "lhd": distilled["lhd"].get("mean")},
+        "distilled": {
+            "model": distilled["model"],
+            "miou": distilled["miou"],
+            "checkpoint": str(student_ckpt),
+            "boundary_f": distilled["boundary_f"].get("f_score"),
+            "lhd": distilled["lhd"].get("mean"),
+        },
         "gap_closed_percent": closed,
     }

@@ -74,40 +74,69 @@ def main() -> None:
         t0 = time.time()
         # The console script and `python -m bckd_pipeline.cli` are the same entry point.
         proc = subprocess.run([sys.executable, "-m", "bckd_pipeline.cli", *cmd[1:]], capture_output=True, text=True)
-        row = {"name": name, "phase": phase, "seed": seed, "command": shlex.join(cmd),
-               "seconds": round(time.time() - t0, 1), "returncode": proc.returncode}
+        row = {
+            "name": name,
+            "phase": phase,
+            "seed": seed,
+            "command": shlex.join(cmd),
+            "seconds": round(time.time() - t0, 1),
+            "returncode": proc.returncode,
+        }
         if proc.returncode != 0:
             row["status"] = "failed"
             row["stderr"] = proc.stderr[-3000:]
         else:
             m = json.loads((out / "metrics.json").read_text())
-            row.update(status="ok", miou=m["miou"], boundary_f=m["boundary_f"].get("f_score"),
-                       lhd=m["lhd"].get("mean"), lhd_vs_teacher=(m.get("lhd_vs_reference") or {}).get("mean"),
-                       fragment_ratio=m["fragments"].get("fragment_ratio"), mfs=(m.get("mfs") or {}).get("mean"),
-                       per_class_iou=m.get("per_class_iou"), train_seconds=m["train"]["seconds"],
-                       last_terms=_last_terms(m["train"]["history"]))
+            row.update(
+                status="ok",
+                miou=m["miou"],
+                boundary_f=m["boundary_f"].get("f_score"),
+                lhd=m["lhd"].get("mean"),
+                lhd_vs_teacher=(m.get("lhd_vs_reference") or {}).get("mean"),
+                fragment_ratio=m["fragments"].get("fragment_ratio"),
+                mfs=(m.get("mfs") or {}).get("mean"),
+                per_class_iou=m.get("per_class_iou"),
+                train_seconds=m["train"]["seconds"],
+                last_terms=_last_terms(m["train"]["history"]),
+            )
         results.append(row)
         (args.out / "results.json").write_text(json.dumps(results, indent=1))
-        print(f"[{time.time() - start:6.0f}s] {phase} {name} seed={seed}: {row.get('miou', row['status'])}",
-              flush=True)
+        print(f"[{time.time() - start:6.0f}s] {phase} {name} seed={seed}: {row.get('miou', row['status'])}", flush=True)
         return row
 
     pool = ThreadPoolExecutor(args.jobs)
-    job("teacher", ["train-teacher", "--data", f"camvid:{args.root}", "--epochs", str(args.teacher_epochs)],
-        args.out / "teacher", "final", 0)
+    job(
+        "teacher",
+        ["train-teacher", "--data", f"camvid:{args.root}", "--epochs", str(args.teacher_epochs)],
+        args.out / "teacher",
+        "final",
+        0,
+    )
     teacher = args.out / "teacher" / "teacher.pt"
 
     def distill(name, extra, phase, seed, root, epochs):
-        argv = ["distill", "--teacher", str(teacher), "--data", f"camvid:{root}", "--epochs", str(epochs),
-                "--mfs-images", str(args.mfs_images), *extra]
+        argv = [
+            "distill",
+            "--teacher",
+            str(teacher),
+            "--data",
+            f"camvid:{root}",
+            "--epochs",
+            str(epochs),
+            "--mfs-images",
+            str(args.mfs_images),
+            *extra,
+        ]
         return pool.submit(job, name, argv, args.out / phase / f"{name}-s{seed}", phase, seed)
 
     # Phase 2: tuning. Students train on 4/5 of train and are scored on the other 1/5; the teacher
     # saw those images, but distillation only ever shows it the students' training images.
     tune_jobs = {}
     if not args.chosen:
-        tune_jobs = {"none": distill("none", ["--kd", "none"], "tune", 0, tune_root, args.tune_epochs),
-                     "kd": distill("kd", ["--kd", "kd"], "tune", 0, tune_root, args.tune_epochs)}
+        tune_jobs = {
+            "none": distill("none", ["--kd", "none"], "tune", 0, tune_root, args.tune_epochs),
+            "kd": distill("kd", ["--kd", "kd"], "tune", 0, tune_root, args.tune_epochs),
+        }
         for v in args.variants.split(","):
             tune_jobs[v] = distill(v, ["--kd", "bckd", *VARIANTS[v]], "tune", 0, tune_root, args.tune_epochs)
     s0, rest = seeds[0], seeds[1:]
@@ -121,21 +150,24 @@ def main() -> None:
     # Phase 3: the BCKD rows with the chosen options and the Table I ablation (first seed), then
     # the remaining seeds of the headline rows.
     bckd_rows = [("bckd", ["--kd", "bckd", *chosen]), ("kd+bckd", ["--kd", "kd+bckd", *chosen])]
-    for name, extra in bckd_rows + baselines[2:] + [
-        ("ablation: boundary only", ["--kd", "bckd", "--no-context", "--no-decay", *chosen]),
-        ("ablation: context only", ["--kd", "bckd", "--no-boundary", "--no-decay", *chosen]),
-        ("ablation: both, no decay", ["--kd", "bckd", "--no-decay", *chosen]),
-        ("bckd literal (spec defaults)", ["--kd", "bckd", *VARIANTS["literal"]]),
-        ("cwd+bckd", ["--kd", "cwd+bckd", *chosen]),
-    ]:
+    for name, extra in (
+        bckd_rows
+        + baselines[2:]
+        + [
+            ("ablation: boundary only", ["--kd", "bckd", "--no-context", "--no-decay", *chosen]),
+            ("ablation: context only", ["--kd", "bckd", "--no-boundary", "--no-decay", *chosen]),
+            ("ablation: both, no decay", ["--kd", "bckd", "--no-decay", *chosen]),
+            ("bckd literal (spec defaults)", ["--kd", "bckd", *VARIANTS["literal"]]),
+            ("cwd+bckd", ["--kd", "cwd+bckd", *chosen]),
+        ]
+    ):
         final.append(distill(name, extra, "final", s0, args.root, args.epochs))
     for seed in rest:
         for name, extra in bckd_rows + baselines:
             final.append(distill(name, extra, "final", seed, args.root, args.epochs))
     [f.result() for f in final]
     pool.shutdown()
-    summary = {"chosen_variant": best, "chosen_args": chosen, "seconds": round(time.time() - start, 1),
-               "rows": results}
+    summary = {"chosen_variant": best, "chosen_args": chosen, "seconds": round(time.time() - start, 1), "rows": results}
     (args.out / "results.json").write_text(json.dumps(summary, indent=1))
     (args.out / "table.md").write_text(table(results, best))
     print(table(results, best))
@@ -153,22 +185,32 @@ def table(results: list[dict], best: str) -> str:
         for r in results:
             if r["phase"] == phase and r.get("status") == "ok":
                 rows.setdefault(r["name"], []).append(r)
-        lines += [f"### {title}", "", "| row | seeds | mIoU | boundary F | LHD (GT) | LHD (teacher) | fragments | MFS |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"### {title}",
+            "",
+            "| row | seeds | mIoU | boundary F | LHD (GT) | LHD (teacher) | fragments | MFS |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for name, rs in rows.items():
-            def cell(key):
+
+            def cell(key, rs=rs):
                 vals = [r[key] for r in rs if r.get(key) is not None]
                 if not vals:
                     return "-"
                 m = statistics.mean(vals)
                 return f"{m:.2f}" + (f" ± {statistics.stdev(vals):.2f}" if len(vals) > 1 else "")
-            lines.append(f"| {name} | {len(rs)} | {cell('miou')} | {cell('boundary_f')} | {cell('lhd')} | "
-                         f"{cell('lhd_vs_teacher')} | {cell('fragment_ratio')} | {cell('mfs')} |")
+
+            lines.append(
+                f"| {name} | {len(rs)} | {cell('miou')} | {cell('boundary_f')} | {cell('lhd')} | "
+                f"{cell('lhd_vs_teacher')} | {cell('fragment_ratio')} | {cell('mfs')} |"
+            )
         lines.append("")
     failed = [r for r in results if r.get("status") != "ok"]
     if failed:
-        lines += ["Failed or skipped: " + ", ".join(f"{r['phase']}/{r['name']}/s{r['seed']} ({r['status']})"
-                                                    for r in failed), ""]
+        lines += [
+            "Failed or skipped: " + ", ".join(f"{r['phase']}/{r['name']}/s{r['seed']} ({r['status']})" for r in failed),
+            "",
+        ]
     return "\n".join(lines)
 
 

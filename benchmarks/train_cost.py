@@ -37,9 +37,14 @@ def step_time(kd: str, args) -> float:
         task = SegTrainTask(student)
     else:
         teacher = build_model(args.teacher, 11)
-        task = SegDistillTask(student, teacher, cfg=DistillConfig(kd=kd, bckd=BCKDConfig()),
-                              student_taps=default_taps(args.student), teacher_taps=default_taps(args.teacher),
-                              example_input=torch.randn(2, 3, *args.crop))
+        task = SegDistillTask(
+            student,
+            teacher,
+            cfg=DistillConfig(kd=kd, bckd=BCKDConfig()),
+            student_taps=default_taps(args.student),
+            teacher_taps=default_taps(args.teacher),
+            example_input=torch.randn(2, 3, *args.crop),
+        )
     task.to(dev).train()
     opt = torch.optim.SGD(task.trainable_parameters(), lr=0.01, momentum=0.9)
     times = []
@@ -90,9 +95,15 @@ def context_peak(variant: str, device: str, batch: int, grid: int) -> dict:
         peak = torch.cuda.max_memory_allocated() - base
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
-    return {"variant": variant, "device": device, "batch": batch, "grid": f"{grid}x{grid}",
-            "peak_gib": round(peak / 2**30, 3), "seconds": round(time.perf_counter() - t0, 3),
-            "loss": float(loss)}
+    return {
+        "variant": variant,
+        "device": device,
+        "batch": batch,
+        "grid": f"{grid}x{grid}",
+        "peak_gib": round(peak / 2**30, 3),
+        "seconds": round(time.perf_counter() - t0, 3),
+        "loss": float(loss),
+    }
 
 
 def main() -> None:
@@ -111,18 +122,28 @@ def main() -> None:
     if args.context_peak:
         print(json.dumps(context_peak(args.context_peak, args.device, 8, 64)))
         return
-    result: dict = {"device": args.device, "crop": args.crop, "batch": args.batch,
-                    "teacher": args.teacher, "student": args.student, "torch": torch.__version__}
+    result: dict = {
+        "device": args.device,
+        "crop": args.crop,
+        "batch": args.batch,
+        "teacher": args.teacher,
+        "student": args.student,
+        "torch": torch.__version__,
+    }
     if not args.memory_only:
         result["seconds_per_step"] = {kd: round(step_time(kd, args), 4) for kd in ("none", "kd", "bckd")}
         s = result["seconds_per_step"]
         result["bckd_over_kd"] = round(s["bckd"] / s["kd"], 3)
     result["context_memory"] = []
     for variant in ("chunked", "naive"):
-        out = subprocess.run([sys.executable, __file__, "--device", args.device, "--context-peak", variant],
-                             capture_output=True, text=True)
-        result["context_memory"].append(json.loads(out.stdout) if out.returncode == 0
-                                        else {"variant": variant, "error": out.stderr[-500:]})
+        out = subprocess.run(
+            [sys.executable, __file__, "--device", args.device, "--context-peak", variant],
+            capture_output=True,
+            text=True,
+        )
+        result["context_memory"].append(
+            json.loads(out.stdout) if out.returncode == 0 else {"variant": variant, "error": out.stderr[-500:]}
+        )
     print(json.dumps(result, indent=1))
 
 

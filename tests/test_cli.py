@@ -68,9 +68,7 @@ def assert_clean_error(rc: int, err: str, out_dir: Path | None, *, code: int = 2
     assert "Traceback" not in err and 'File "' not in err, err
     assert err.strip().count("\n") == 0, err  # one paragraph
     if out_dir is not None and out_dir.exists():
-        written = sorted(
-            p.name for p in out_dir.rglob("*") if p.suffix in (".json", ".pt") or p.name.endswith(".tmp")
-        )
+        written = sorted(p.name for p in out_dir.rglob("*") if p.suffix in (".json", ".pt") or p.name.endswith(".tmp"))
         assert written == [], written
 
 
@@ -168,9 +166,7 @@ def test_train_teacher_writes_checkpoint_and_metrics(teacher):
 
 def test_distill_then_eval(teacher, tmp_path, capsys):
     s_out, e_out = tmp_path / "S", tmp_path / "E"
-    rc, _, err = run_cli(
-        capsys, "distill", *SMOKE, "--teacher", teacher / "teacher.pt", "--kd", "bckd", "--out", s_out
-    )
+    rc, _, err = run_cli(capsys, "distill", *SMOKE, "--teacher", teacher / "teacher.pt", "--kd", "bckd", "--out", s_out)
     assert rc == 0, err
     assert sorted(p.name for p in s_out.iterdir()) == ["metrics.json", "student.pt"]
     m = _metrics(s_out)
@@ -213,9 +209,7 @@ FOLDER_TRAIN = ["train-teacher", *SMOKE, "--crop", "32,32", "--batch-size", "2",
 def test_mask_label_beyond_class_count(tmp_path, capsys, workers):
     data = make_folder_dataset(tmp_path / "data", train_label=9)
     out = tmp_path / "out"
-    rc, _, err = run_cli(
-        capsys, *FOLDER_TRAIN, "--num-workers", workers, "--data", f"folder:{data}", "--out", out
-    )
+    rc, _, err = run_cli(capsys, *FOLDER_TRAIN, "--num-workers", workers, "--data", f"folder:{data}", "--out", out)
     assert_clean_error(rc, err, out)
     assert "holds label values [9]" in err and "allowed: 0..2" in err
 
@@ -223,9 +217,7 @@ def test_mask_label_beyond_class_count(tmp_path, capsys, workers):
 def test_image_mask_size_mismatch(tmp_path, capsys):
     data = make_folder_dataset(tmp_path / "data", train_mask_size=(32, 30))
     out = tmp_path / "out"
-    rc, _, err = run_cli(
-        capsys, *FOLDER_TRAIN, "--num-workers", "0", "--data", f"folder:{data}", "--out", out
-    )
+    rc, _, err = run_cli(capsys, *FOLDER_TRAIN, "--num-workers", "0", "--data", f"folder:{data}", "--out", out)
     assert_clean_error(rc, err, out)
     assert "is 32x32 (H x W) but its mask" in err and "is 32x30" in err
 
@@ -233,9 +225,7 @@ def test_image_mask_size_mismatch(tmp_path, capsys):
 def test_missing_split(tmp_path, capsys):
     data = make_folder_dataset(tmp_path / "data")
     out = tmp_path / "out"
-    rc, _, err = run_cli(
-        capsys, *FOLDER_TRAIN, "--data", f"folder:{data}", "--eval-split", "nope", "--out", out
-    )
+    rc, _, err = run_cli(capsys, *FOLDER_TRAIN, "--data", f"folder:{data}", "--eval-split", "nope", "--out", out)
     assert_clean_error(rc, err, out)
     assert "split 'nope' not found" in err and "Splits found there: train, val" in err
 
@@ -251,8 +241,21 @@ def test_teacher_for_another_class_count(teacher, tmp_path, capsys):
     data = make_folder_dataset(tmp_path / "data", classes=3)
     out = tmp_path / "out"
     rc, _, err = run_cli(
-        capsys, "distill", *SMOKE, "--teacher", teacher / "teacher.pt", "--data", f"folder:{data}",
-        "--crop", "32,32", "--batch-size", "2", "--iters", "1", "--out", out,
+        capsys,
+        "distill",
+        *SMOKE,
+        "--teacher",
+        teacher / "teacher.pt",
+        "--data",
+        f"folder:{data}",
+        "--crop",
+        "32,32",
+        "--batch-size",
+        "2",
+        "--iters",
+        "1",
+        "--out",
+        out,
     )
     assert_clean_error(rc, err, out)
     assert "predicts 7 classes" in err and "the dataset has 3" in err
@@ -291,8 +294,10 @@ def test_bad_distill_options(teacher, tmp_path, capsys, flags, expected):
             ["train-teacher", *SMOKE, "--model", "tiny-teachr"],
             ("Unknown model 'tiny-teachr'. Allowed: ", "pspnet-r101", "Did you mean 'tiny-teacher'?"),
         ),
-        (["train-teacher", *SMOKE, "--model", "deeplabv3plus-mbv2", "--crop", "60,60"],
-         "Model 'deeplabv3plus-mbv2' cannot take a 60x60 input"),
+        (
+            ["train-teacher", *SMOKE, "--model", "deeplabv3plus-mbv2", "--crop", "60,60"],
+            "Model 'deeplabv3plus-mbv2' cannot take a 60x60 input",
+        ),
         (["eval", *SMOKE, "--model", "/nonexistent/student.pt"], "'/nonexistent/student.pt' does not exist"),
         (
             ["distill", *SMOKE, "--teacher", "/nonexistent/teacher.pt"],
@@ -316,9 +321,7 @@ def test_teacher_that_cannot_take_the_crop(tmp_path, capsys):
     meta = CheckpointMeta("deeplabv3plus-mbv2", n, DEMO_CLASSES)
     save_checkpoint(ckpt, build_model("deeplabv3plus-mbv2", n), meta)
     out = tmp_path / "out"
-    rc, _, err = run_cli(
-        capsys, "distill", *SMOKE, "--teacher", ckpt, "--crop", "60,60", "--iters", "1", "--out", out
-    )
+    rc, _, err = run_cli(capsys, "distill", *SMOKE, "--teacher", ckpt, "--crop", "60,60", "--iters", "1", "--out", out)
     assert_clean_error(rc, err, out)
     assert "Model 'deeplabv3plus-mbv2' cannot take a 60x60 input" in err
 
@@ -330,8 +333,21 @@ def test_teacher_that_cannot_take_the_crop(tmp_path, capsys):
 def test_nonfinite_loss_exits_1_and_keeps_last_good_checkpoint(teacher, tmp_path, capsys, recwarn):
     out = tmp_path / "out"
     rc, _, err = run_cli(
-        capsys, "distill", *SMOKE, "--teacher", teacher / "teacher.pt", "--lr", "1e6", "--eval-every", "1",
-        "--iters", "10", "--mfs-images", "0", "--out", out,
+        capsys,
+        "distill",
+        *SMOKE,
+        "--teacher",
+        teacher / "teacher.pt",
+        "--lr",
+        "1e6",
+        "--eval-every",
+        "1",
+        "--iters",
+        "10",
+        "--mfs-images",
+        "0",
+        "--out",
+        out,
     )
     assert rc == 1, err
     assert err.startswith("error: ") and "Traceback" not in err

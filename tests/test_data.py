@@ -168,9 +168,7 @@ def test_cocostuff(tmp_path: Path, annotation: str) -> None:
     for i, stem in enumerate(stems):
         write(tmp_path / "images" / f"{stem}.jpg", rgb(i))
         if annotation == ".mat":  # 1-based ids, 0 = unlabeled
-            scipy.io.savemat(
-                tmp_path / "annotations" / f"{stem}.mat", {"S": labels([0, 1, 182]).astype(np.uint16)}
-            )
+            scipy.io.savemat(tmp_path / "annotations" / f"{stem}.mat", {"S": labels([0, 1, 182]).astype(np.uint16)})
         else:  # stuffthingmaps convention: 0-based, 255 = unlabeled
             write(tmp_path / "annotations" / f"{stem}.png", labels([0, 181, 255]))
     write_lines(tmp_path / "imageLists" / "train.txt", stems[:2])
@@ -336,9 +334,7 @@ def test_train_transform_pads_with_ignore_and_mean() -> None:
 
 
 def test_train_transform_output_contract() -> None:
-    ds = build_dataset(
-        "demo", "train", demo_count=4, transform=TrainTransform(resize=(48, 64), crop=(40, 40))
-    )
+    ds = build_dataset("demo", "train", demo_count=4, transform=TrainTransform(resize=(48, 64), crop=(40, 40)))
     for i in range(len(ds)):
         x, y = ds[i]
         assert x.shape == (3, 40, 40) and x.dtype == torch.float32 and y.dtype == torch.int64

@@ -206,8 +206,13 @@ def _train_once(train_set, seed: int):
     cfg = TrainConfig(iters=3, batch_size=4, num_workers=0, seed=seed, lr=0.05, eval_every=0)
     # The demo set has 7 classes; the tiny models are built for 3, so map labels into range.
     result = train(
-        _ModLabels(task), train_set, cfg,
-        evaluate=lambda: 0.0, save_best=lambda it, s: None, progress=False, log_every=1,
+        _ModLabels(task),
+        train_set,
+        cfg,
+        evaluate=lambda: 0.0,
+        save_best=lambda it, s: None,
+        progress=False,
+        log_every=1,
     )
     return result, {k: v.clone() for k, v in task.student.state_dict().items()}
 
@@ -319,8 +324,7 @@ def test_nonfinite_weights_are_never_evaluated_or_saved(tmp_path, small_set):
     saver = _Saver(model, tmp_path / "student.pt")
     cfg = TrainConfig(iters=4, batch_size=2, num_workers=0, eval_every=2)
     with pytest.raises(NonFiniteLossError, match=r"weights became non-finite at iteration 4.*iteration 2"):
-        train(InfGradAt(model, k=3), small_set, cfg, evaluate=_rising_score(), save_best=saver,
-              progress=False)
+        train(InfGradAt(model, k=3), small_set, cfg, evaluate=_rising_score(), save_best=saver, progress=False)
     assert saver.calls == [2]
     assert saver.path.read_bytes() == saver.bytes
     _, state = read_checkpoint(saver.path)

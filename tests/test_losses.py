@@ -177,9 +177,7 @@ def test_golden_values(name, temp):
 # search_paths, PairwiseBoundary
 
 
-@pytest.mark.parametrize(
-    ("radius", "directions", "longest"), [(3, 12, 7), (5, 34, 11), (8, 96, 16), (10, 152, 22)]
-)
+@pytest.mark.parametrize(("radius", "directions", "longest"), [(3, 12, 7), (5, 34, 11), (8, 96, 16), (10, 152, 22)])
 def test_search_paths_counts(radius, directions, longest):
     paths = search_paths(radius)
     assert len(paths) == directions
@@ -407,8 +405,10 @@ def _features(seed: int = 0, classes: int = 3):
     g = torch.Generator().manual_seed(seed)
     h, w = INPUT_HW
     strides = (4, 8, 16)
-    sf = [torch.randn(2, c, h // s, w // s, generator=g).requires_grad_(True) for c, s in zip(S_CH, strides)]
-    tf = [torch.randn(2, c, h // s, w // s, generator=g) for c, s in zip(T_CH, strides)]
+    sf = [
+        torch.randn(2, c, h // s, w // s, generator=g).requires_grad_(True) for c, s in zip(S_CH, strides, strict=True)
+    ]
+    tf = [torch.randn(2, c, h // s, w // s, generator=g) for c, s in zip(T_CH, strides, strict=True)]
     sl = torch.randn(2, classes, h // 4, w // 4, generator=g).requires_grad_(True)
     tl = torch.randn(2, classes, h, w, generator=g)
     return sf, tf, sl, tl
@@ -487,9 +487,7 @@ def test_invalid_choice_lists_allowed_values(name):
     assert all(v in msg for v in _CHOICES[name])
 
 
-@pytest.mark.parametrize(
-    "bad", [{"radius": 0}, {"grid_stride": 0}, {"temperature": 0.0}, {"teacher_tau": -1.0}]
-)
+@pytest.mark.parametrize("bad", [{"radius": 0}, {"grid_stride": 0}, {"temperature": 0.0}, {"teacher_tau": -1.0}])
 def test_invalid_numbers(bad):
     with pytest.raises(ConfigError):
         BCKDConfig(**bad)

@@ -48,13 +48,9 @@ def parse_data_spec(spec: str) -> tuple[str, str]:
         raise unknown_name("dataset kind", kind, DATA_KINDS, _SPEC_HINT)
     if kind == "demo":
         if rest and not rest.isdigit():
-            raise ConfigError(
-                f"The demo seed must be a non-negative integer, got {rest!r}. Use 'demo' or 'demo:7'."
-            )
+            raise ConfigError(f"The demo seed must be a non-negative integer, got {rest!r}. Use 'demo' or 'demo:7'.")
     elif not rest:
-        raise ConfigError(
-            f"Data kind {kind!r} needs the dataset's PATH: --data {kind}:PATH ({DATA_KINDS[kind]})."
-        )
+        raise ConfigError(f"Data kind {kind!r} needs the dataset's PATH: --data {kind}:PATH ({DATA_KINDS[kind]}).")
     return kind, rest
 
 

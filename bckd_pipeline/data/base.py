@@ -88,9 +88,7 @@ def check_sample(
     message quotes its values because those are what the user can look up and fix.
     """
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise DataError(
-            f"Image {image_name!r} decoded to {image.dtype} {image.shape}, expected uint8 H x W x 3."
-        )
+        raise DataError(f"Image {image_name!r} decoded to {image.dtype} {image.shape}, expected uint8 H x W x 3.")
     if image.shape[:2] != mask.shape:
         raise DataError(
             f"Image {image_name!r} is {image.shape[0]}x{image.shape[1]} (H x W) but its mask {mask_name!r} "
@@ -182,9 +180,7 @@ class FileSegDataset(SegDataset):
         image_path, mask_path = self.pairs[index]
         image, stored = read_rgb(image_path), self.read_mask(mask_path)
         mask = stored if self.lut is None else apply_lut(stored, self.lut)
-        check_sample(
-            self.info, image, mask, image_name=str(image_path), mask_name=str(mask_path), stored_mask=stored
-        )
+        check_sample(self.info, image, mask, image_name=str(image_path), mask_name=str(mask_path), stored_mask=stored)
         return image, mask
 
 

@@ -75,9 +75,9 @@ def generate(rng: np.random.Generator, size: tuple[int, int]) -> tuple[np.ndarra
         body_h = rng.uniform(0.1, 0.18) * h
         body = (np.abs(xx - cx) < half) & (yy < bottom) & (yy >= bottom - body_h)
         cabin_cx = cx + rng.uniform(-0.2, 0.2) * half
-        cabin = (
-            ((xx - cabin_cx) / (0.6 * half)) ** 2 + ((yy - bottom + body_h) / (0.9 * body_h)) ** 2 < 1
-        ) & (yy < bottom - body_h)
+        cabin = (((xx - cabin_cx) / (0.6 * half)) ** 2 + ((yy - bottom + body_h) / (0.9 * body_h)) ** 2 < 1) & (
+            yy < bottom - body_h
+        )
         paint = rng.uniform(30, 230, 3) * (1 + 0.15 * np.cos((yy - bottom) * 0.5))[..., None]
         glass = cabin & (np.abs(xx - cabin_cx) < 0.45 * half) & (yy > bottom - body_h - 0.6 * body_h)
         _paint(image, mask, body | cabin, VEHICLE, np.where(glass[..., None], paint * 0.35, paint))
@@ -97,9 +97,7 @@ def generate(rng: np.random.Generator, size: tuple[int, int]) -> tuple[np.ndarra
             lattice = ((xx - x0) % period == 0) | ((yy - first) % period == 0)
         else:
             lattice = ((xx + yy) % period == 0) | ((xx - yy) % period == 0)
-        _paint(
-            image, mask, inside & (lattice | rails), FENCE, rng.uniform(40, 220) * rng.uniform(0.85, 1.15, 3)
-        )
+        _paint(image, mask, inside & (lattice | rails), FENCE, rng.uniform(40, 220) * rng.uniform(0.85, 1.15, 3))
 
     # The first pole stands in front of a vehicle and splits it; all poles are at least 6 px apart,
     # so two of them never merge into one thick bar.
@@ -147,9 +145,7 @@ class DemoDataset(SegDataset):
         transform: Transform | None = None,
     ) -> None:
         if split not in DEMO_SPLITS:
-            raise DataError(
-                f"The demo dataset has no split {split!r}. Available splits: {', '.join(DEMO_SPLITS)}."
-            )
+            raise DataError(f"The demo dataset has no split {split!r}. Available splits: {', '.join(DEMO_SPLITS)}.")
         if len(size) != 2 or min(size) < MIN_SIZE:
             raise ConfigError(
                 f"demo_size={size!r} is too small. Give (height, width), both >= {MIN_SIZE}, e.g. (96, 128)."

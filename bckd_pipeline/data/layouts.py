@@ -148,10 +148,7 @@ def voc(root: Path, split: str, transform: Transform | None) -> FileSegDataset:
     list_file = lists / f"{split}.txt"
     if not list_file.is_file():
         raise _missing_split("voc", split, list_file, [p.stem for p in sorted(lists.glob("*.txt"))])
-    pairs = [
-        (base / "JPEGImages" / f"{i}.jpg", base / "SegmentationClass" / f"{i}.png")
-        for i in _read_list(list_file)
-    ]
+    pairs = [(base / "JPEGImages" / f"{i}.jpg", base / "SegmentationClass" / f"{i}.png") for i in _read_list(list_file)]
     info = DatasetInfo("voc", str(base), len(VOC_CLASSES), VOC_CLASSES)
     return FileSegDataset(info, split, _checked("voc", split, pairs, list_file), transform=transform)
 
@@ -170,18 +167,13 @@ def cityscapes(root: Path, split: str, transform: Transform | None) -> FileSegDa
 
     def masks(suffix: str) -> list[tuple[Path, Path]]:
         gt = root / "gtFine" / split
-        return [
-            (i, gt / i.parent.name / i.name.replace("_leftImg8bit.png", f"_gtFine_{suffix}.png"))
-            for i in images
-        ]
+        return [(i, gt / i.parent.name / i.name.replace("_leftImg8bit.png", f"_gtFine_{suffix}.png")) for i in images]
 
     pairs, lut = masks("labelTrainIds"), None
     if not all(mask.is_file() for _, mask in pairs):
         pairs = masks("labelIds")
         lut = _lut(dict.fromkeys(CITYSCAPES_LABEL_IDS, IGNORE_INDEX) | CITYSCAPES_TRAIN_IDS)
-    hint = (
-        "Neither *_gtFine_labelTrainIds.png nor *_gtFine_labelIds.png exist; unpack gtFine_trainvaltest.zip."
-    )
+    hint = "Neither *_gtFine_labelTrainIds.png nor *_gtFine_labelIds.png exist; unpack gtFine_trainvaltest.zip."
     info = DatasetInfo("cityscapes", str(root), len(CITYSCAPES_CLASSES), CITYSCAPES_CLASSES)
     return FileSegDataset(
         info, split, _checked("cityscapes", split, pairs, image_dir, hint), lut=lut, transform=transform
@@ -215,9 +207,7 @@ def _read_mat(path: Path) -> np.ndarray:
     data = scipy.io.loadmat(path)
     if "S" not in data:
         keys = ", ".join(k for k in data if not k.startswith("__"))
-        raise DataError(
-            f"Annotation {str(path)!r} has no label map 'S' (keys: {keys}). Use COCO-Stuff 10K .mat files."
-        )
+        raise DataError(f"Annotation {str(path)!r} has no label map 'S' (keys: {keys}). Use COCO-Stuff 10K .mat files.")
     return np.asarray(data["S"]).astype(np.int64)
 
 
@@ -263,9 +253,7 @@ def camvid(root: Path, split: str, transform: Transform | None) -> FileSegDatase
     pairs = [(i, mask_dir / i.name) for i in sorted(image_dir.glob("*.png"))]
     info = DatasetInfo("camvid", str(root), len(CAMVID_CLASSES), CAMVID_CLASSES)
     lut = _lut({CAMVID_VOID: IGNORE_INDEX})
-    return FileSegDataset(
-        info, split, _checked("camvid", split, pairs, image_dir), lut=lut, transform=transform
-    )
+    return FileSegDataset(info, split, _checked("camvid", split, pairs, image_dir), lut=lut, transform=transform)
 
 
 def folder(root: Path, split: str, transform: Transform | None) -> FileSegDataset:
@@ -321,8 +309,7 @@ LAYOUTS: dict[str, Layout] = {
         cocostuff,
     ),
     "camvid": Layout(
-        "CamVid (SegNet layout): {train,val,test}/*.png, {train,val,test}annot/*.png; "
-        "11 classes, 11 = void ignored",
+        "CamVid (SegNet layout): {train,val,test}/*.png, {train,val,test}annot/*.png; 11 classes, 11 = void ignored",
         camvid,
     ),
     "folder": Layout(

@@ -141,7 +141,7 @@ class StudentFusion(nn.Module):
         )
 
     def forward(self, feats: list[torch.Tensor], grid: tuple[int, int]) -> torch.Tensor:
-        return torch.cat([_resize(p(f), grid) for p, f in zip(self.proj, feats)], 1)
+        return torch.cat([_resize(p(f), grid) for p, f in zip(self.proj, feats, strict=True)], 1)
 
 
 class TeacherFusion(nn.Module):

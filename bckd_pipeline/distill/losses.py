@@ -70,9 +70,7 @@ def search_paths(radius: int) -> list[list[tuple[int, int]]]:
     if radius < 2:
         raise ValueError(f"radius must be >= 2, got {radius}")
     dirs = [(0, x) for x in range(1, radius)]
-    dirs += [
-        (y, x) for y in range(1, radius) for x in range(-radius + 1, radius) if x * x + y * y < radius * radius
-    ]
+    dirs += [(y, x) for y in range(1, radius) for x in range(-radius + 1, radius) if x * x + y * y < radius * radius]
     paths = []
     for dy, dx in dirs:
         length_sq = dy * dy + dx * dx

@@ -37,11 +37,19 @@ PRESETS: dict[str, ModelPreset] = {
         ModelPreset("pspnet-r101", "teacher", "PSPNet", "resnet101", "PSPNet, ResNet-101 encoder"),
         ModelPreset("pspnet-r50", "teacher", "PSPNet", "resnet50", "PSPNet, ResNet-50 encoder"),
         ModelPreset(
-            "pspnet-r101-d8", "teacher", "PSPNet", "resnet101", "PSPNet-d8 as in the paper: 4 dilated stages, stride 8",
+            "pspnet-r101-d8",
+            "teacher",
+            "PSPNet",
+            "resnet101",
+            "PSPNet-d8 as in the paper: 4 dilated stages, stride 8",
             (("encoder_depth", 5), ("output_stride", 8), ("upsampling", 8)),
         ),
         ModelPreset(
-            "pspnet-r50-d8", "teacher", "PSPNet", "resnet50", "PSPNet-d8: 4 dilated ResNet-50 stages, stride 8",
+            "pspnet-r50-d8",
+            "teacher",
+            "PSPNet",
+            "resnet50",
+            "PSPNet-d8: 4 dilated ResNet-50 stages, stride 8",
             (("encoder_depth", 5), ("output_stride", 8), ("upsampling", 8)),
         ),
         ModelPreset("deeplabv3plus-r101", "teacher", "DeepLabV3Plus", "resnet101", "DeepLabV3+, ResNet-101"),
@@ -124,12 +132,14 @@ def _drop_unused_encoder_stages(model: nn.Module) -> None:
     parameters in ResNet-50); they would inflate the reported params and every checkpoint.
     """
     called: set[str] = set()
+
     # A child counts as used if it or any module inside it runs (some encoders iterate a
     # Sequential's items instead of calling it).
+    def mark(top: str):
+        return lambda *_: called.add(top)
+
     handles = [
-        module.register_forward_hook(lambda *_, top=name.split(".")[0]: called.add(top))
-        for name, module in model.encoder.named_modules()
-        if name
+        module.register_forward_hook(mark(name.split(".")[0])) for name, module in model.encoder.named_modules() if name
     ]
     was_training = model.training
     model.eval()
@@ -247,7 +257,9 @@ class FeatureTaps:
                 feats.extend(
                     f
                     for f in out
-                    if isinstance(f, torch.Tensor) and f.dim() == 4 and f.shape[1] > 0
+                    if isinstance(f, torch.Tensor)
+                    and f.dim() == 4
+                    and f.shape[1] > 0
                     and f.shape[-1] * 4 <= input_hw[1]
                 )
             else:

@@ -7,7 +7,7 @@ checkpoint (atomically) and ``metrics.json`` (atomically, ``miou`` at its top le
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -18,7 +18,7 @@ from ..data import build_dataset
 from ..data.transforms import EvalTransform, TrainTransform
 from ..errors import ConfigError, DataError
 from .checkpoint import CheckpointMeta, atomic_write, load_model, save_checkpoint
-from .models import FeatureTaps, build_model, check_input_size, default_taps, padded_logits
+from .models import FeatureTaps, build_model, check_input_size, default_taps
 from .task import DistillConfig, SegDistillTask, SegTrainTask
 from .trainer import TrainConfig, epochs_to_iters, train
 
@@ -34,7 +34,7 @@ class DataConfig:
     demo_size: tuple[int, int] = (96, 128)
     demo_count: int | None = None
 
-    def train_set(self, seed: int):
+    def train_set(self):
         tf = TrainTransform(resize=self.resize, crop=self.crop, scale_range=self.scale_range)
         return build_dataset(self.spec, self.train_split, tf, demo_size=self.demo_size, demo_count=self.demo_count)
 
@@ -107,31 +107,36 @@ def _full_metrics(model, eval_set, info, train_cfg: TrainConfig, reference=None)
 
 
 def _miou_only(model: nn.Module, eval_set, info, train_cfg: TrainConfig):
+    """The cheap in-training score: val mIoU only (the boundary metrics run once, at the end)."""
+
     def run() -> float:
         cm = M.ConfusionMatrix(info.num_classes, info.ignore_index)
         model.eval()
         with torch.no_grad():
-            loader = torch.utils.data.DataLoader(eval_set, batch_size=train_cfg.batch_size)
-            for images, masks in loader:
-                logits = padded_logits(model, images.to(train_cfg.device))
-                if logits.shape[-2:] != masks.shape[-2:]:
-                    logits = nn.functional.interpolate(logits, size=masks.shape[-2:], mode="bilinear")
-                cm.update(logits.argmax(1).cpu().numpy(), masks.numpy())
+            for images, masks in torch.utils.data.DataLoader(eval_set, batch_size=train_cfg.batch_size):
+                labels = M.predict_labels(model, images.to(train_cfg.device), tuple(masks.shape[-2:]), info.num_classes)
+                cm.update(labels, masks.numpy())
         return cm.miou()
 
     return run
 
 
 def train_teacher(
-    model_name: str, data: DataConfig, schedule: Schedule, train_cfg: TrainConfig, out: Path,
-    *, pretrained: str = "none", progress: bool = True,
+    model_name: str,
+    data: DataConfig,
+    schedule: Schedule,
+    train_cfg: TrainConfig,
+    out: Path,
+    *,
+    pretrained: str = "none",
+    progress: bool = True,
 ) -> StepOutput:
-    train_set, eval_set = data.train_set(train_cfg.seed), data.eval_set()
+    train_set, eval_set = data.train_set(), data.eval_set()
     info = train_set.info
     model = build_model(model_name, info.num_classes, pretrained=pretrained)
     check_input_size(model, model_name, _input_hw(data, eval_set[0][0]))
     iters = schedule.resolve(len(train_set), train_cfg.batch_size)
-    cfg = _with_iters(train_cfg, iters)
+    cfg = replace(train_cfg, iters=iters)
     ckpt = Path(out) / "teacher.pt"
     meta = _meta(model_name, info, data, "teacher", {"pretrained": pretrained})
     result = train(
@@ -160,29 +165,46 @@ def train_teacher(
 
 
 def distill(
-    teacher_ckpt: Path, student_name: str, data: DataConfig, schedule: Schedule, train_cfg: TrainConfig,
-    dcfg: DistillConfig, out: Path, *, student_taps: list[str] | None = None, teacher_taps: list[str] | None = None,
-    pretrained: str = "none", progress: bool = True, mfs_images: int = 16,
+    teacher_ckpt: Path,
+    student_name: str,
+    data: DataConfig,
+    schedule: Schedule,
+    train_cfg: TrainConfig,
+    dcfg: DistillConfig,
+    out: Path,
+    *,
+    student_taps: list[str] | None = None,
+    teacher_taps: list[str] | None = None,
+    pretrained: str = "none",
+    progress: bool = True,
+    mfs_images: int = 16,
 ) -> StepOutput:
-    train_set, eval_set = data.train_set(train_cfg.seed), data.eval_set()
+    train_set, eval_set = data.train_set(), data.eval_set()
     info = train_set.info
     teacher, tmeta = load_model(teacher_ckpt, expect_classes=info.num_classes)
     student = build_model(student_name, info.num_classes, pretrained=pretrained)
     iters = schedule.resolve(len(train_set), train_cfg.batch_size)
-    cfg = _with_iters(train_cfg, iters)
+    cfg = replace(train_cfg, iters=iters)
     hw = _input_hw(data, eval_set[0][0])
     check_input_size(student, student_name, hw)
     check_input_size(teacher, tmeta.model, hw)
     s_taps = student_taps or default_taps(student_name)
     t_taps = teacher_taps or default_taps(tmeta.model)
     task = SegDistillTask(
-        student, teacher, cfg=dcfg, student_taps=s_taps, teacher_taps=t_taps,
-        example_input=torch.randn(2, 3, *hw), ignore_index=info.ignore_index,
+        student,
+        teacher,
+        cfg=dcfg,
+        student_taps=s_taps,
+        teacher_taps=t_taps,
+        example_input=torch.randn(2, 3, *hw),
+        ignore_index=info.ignore_index,
     )
     ckpt = Path(out) / "student.pt"
     meta = _meta(student_name, info, data, "student", {"kd": dcfg.kd, "teacher": str(teacher_ckpt)})
     result = train(
-        task, train_set, cfg,
+        task,
+        train_set,
+        cfg,
         evaluate=_miou_only(student, eval_set, info, cfg),
         save_best=lambda it, score: save_checkpoint(ckpt, student, meta),
         description=f"{student_name} kd={dcfg.kd}",
@@ -201,7 +223,7 @@ def distill(
         "teacher_model": tmeta.model,
         "cost": {"student": M.model_cost(best, (1, 3, *hw)), "teacher": M.model_cost(teacher, (1, 3, *hw))},
         "mfs": _mfs(best, teacher, s_taps, t_taps, eval_set, mfs_images),
-        "distill_config": _plain(asdict(dcfg)),
+        "distill_config": asdict(dcfg),
         "train": _train_summary(result, cfg),
         "data": asdict(data),
     }
@@ -209,15 +231,29 @@ def distill(
     return StepOutput(ckpt, payload)
 
 
-def evaluate_checkpoint(ckpt: Path, data: DataConfig, out: Path, *, batch_size: int = 8, device: str = "cpu") -> StepOutput:
+def evaluate_checkpoint(
+    ckpt: Path, data: DataConfig, out: Path, *, batch_size: int = 8, device: str = "cpu"
+) -> StepOutput:
     eval_set = data.eval_set()
     info = eval_set.info
     model, meta = load_model(ckpt, expect_classes=info.num_classes)
     hw = _input_hw(data, eval_set[0][0])
-    metrics = M.evaluate(model, eval_set, num_classes=info.num_classes, ignore_index=info.ignore_index,
-                         batch_size=batch_size, device=device)
-    payload = {**metrics, "model": meta.model, "checkpoint": str(ckpt), "class_names": list(info.class_names),
-               "cost": M.model_cost(model, (1, 3, *hw)), "data": asdict(data)}
+    metrics = M.evaluate(
+        model,
+        eval_set,
+        num_classes=info.num_classes,
+        ignore_index=info.ignore_index,
+        batch_size=batch_size,
+        device=device,
+    )
+    payload = {
+        **metrics,
+        "model": meta.model,
+        "checkpoint": str(ckpt),
+        "class_names": list(info.class_names),
+        "cost": M.model_cost(model, (1, 3, *hw)),
+        "data": asdict(data),
+    }
     write_json(Path(out) / "metrics.json", payload)
     return StepOutput(Path(ckpt), payload)
 
@@ -239,18 +275,13 @@ def _mfs(student, teacher, s_taps, t_taps, eval_set, n_images: int) -> dict | No
             def fn(x):
                 model(x.to(device))
                 return [f.float().cpu() for f in tap.collect(x.shape[-2:])[-k:]]
+
             return fn
 
         result = M.mfs(feats(student, s_tap), feats(teacher, t_tap), images)
     finally:
         s_tap.remove(), t_tap.remove()
     return {**{k_: v for k_, v in result.items() if k_ != "per_image"}, "images": len(images)}
-
-
-def _with_iters(cfg: TrainConfig, iters: int) -> TrainConfig:
-    from dataclasses import replace
-
-    return replace(cfg, iters=iters)
 
 
 def _train_summary(result, cfg: TrainConfig) -> dict:
@@ -262,12 +293,6 @@ def _train_summary(result, cfg: TrainConfig) -> dict:
         "config": asdict(cfg),
         "history": result.history,
     }
-
-
-def _plain(obj):
-    if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
-    return obj
 
 
 def check_out_dir(out: Path) -> Path:
