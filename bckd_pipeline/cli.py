@@ -50,6 +50,14 @@ def _common(p: argparse.ArgumentParser, *, training: bool = True) -> None:
         p.add_argument("--weight-decay", type=float, default=5e-4, help="SGD weight decay")
         p.add_argument("--eval-every", type=int, default=0, help="evaluate every N iterations (0: at the end)")
         p.add_argument("--pretrained", default="none", help="none | imagenet (downloads encoder weights)")
+        p.add_argument("--precision", default="auto", help="auto | fp32 | bf16 | fp16 (mixed precision on CUDA)")
+        p.add_argument("--channels-last", action="store_true", help="channels_last memory format (CUDA)")
+        p.add_argument("--compile", action="store_true", help="torch.compile the training step")
+        p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across torchrun processes (CUDA)")
+        p.add_argument(
+            "--checkpoint-every", type=int, default=500, help="save the full training state every N iterations"
+        )
+        p.add_argument("--resume", action="store_true", help="continue the run in --out from its training state")
 
 
 def _distill_flags(p: argparse.ArgumentParser) -> None:
@@ -153,6 +161,11 @@ def _train_config(args, preset):
         seed=args.seed,
         num_workers=preset.num_workers if args.num_workers is None else args.num_workers,
         device=args.device,
+        precision=args.precision,
+        channels_last=args.channels_last,
+        compile=args.compile,
+        sync_bn=args.sync_bn,
+        checkpoint_every=args.checkpoint_every,
     )
 
 
@@ -219,7 +232,24 @@ def dispatch(args) -> int:
         return 0
 
     train_cfg = _train_config(args, preset)
-    progress = not args.no_progress
+    from .distill.distributed import barrier, setup, teardown
+
+    env = setup(args.device)
+    try:
+        code = _train_commands(args, preset, data, train_cfg, env, console)
+        barrier(env)  # rank 0 finishes its metrics before the group goes away
+        return code
+    finally:
+        teardown(env)
+
+
+def _train_commands(args, preset, data, train_cfg, env, console) -> int:
+    from .distill import stage
+
+    # Under torchrun only rank 0 prints and writes; every rank trains.
+    progress = not args.no_progress and env.is_main
+    if not env.is_main:
+        console.quiet = True
     if args.command == "train-teacher":
         out = stage.check_out_dir(args.out)
         res = stage.train_teacher(
@@ -230,8 +260,11 @@ def dispatch(args) -> int:
             out,
             pretrained=args.pretrained,
             progress=progress,
+            resume=args.resume,
+            env=env,
         )
-        console.print(f"teacher mIoU {res.metrics['miou']:.2f} -> {res.checkpoint}")
+        if env.is_main:
+            console.print(f"teacher mIoU {res.metrics['miou']:.2f} -> {res.checkpoint}")
         return 0
 
     dcfg = _distill_config(args, preset)
@@ -251,12 +284,19 @@ def dispatch(args) -> int:
             pretrained=args.pretrained,
             progress=progress,
             mfs_images=mfs_images,
+            resume=args.resume,
+            env=env,
         )
-        console.print(f"student mIoU {res.metrics['miou']:.2f} (kd={dcfg.kd}) -> {res.checkpoint}")
+        if env.is_main:
+            console.print(f"student mIoU {res.metrics['miou']:.2f} (kd={dcfg.kd}) -> {res.checkpoint}")
         return 0
 
     from .pipeline import RunConfig, run
 
+    if env.distributed:
+        raise ConfigError(
+            "`run` is one process; under torchrun launch `train-teacher` and `distill` instead (docs/distributed.md)."
+        )
     cfg = RunConfig(
         out=args.out,
         data=data,
@@ -269,6 +309,7 @@ def dispatch(args) -> int:
         teacher_checkpoint=args.teacher,
         mfs_images=mfs_images,
         progress=progress,
+        resume=args.resume,
     )
     s = run(cfg)
     t = s["teacher"]["miou"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .distill.stage import DataConfig, Schedule, check_out_dir, distill, train_teacher, write_json
+from .distill.stage import STATE_FILE, DataConfig, Schedule, check_out_dir, distill, train_teacher, write_json
 from .distill.task import DistillConfig
 from .distill.trainer import TrainConfig
 
@@ -28,15 +28,26 @@ class RunConfig:
     teacher_checkpoint: Path | None = None
     mfs_images: int = 16
     progress: bool = True
+    resume: bool = False  # steps with a saved training state continue from it
 
 
 def run(cfg: RunConfig) -> dict:
     out = check_out_dir(cfg.out)
+
+    def resume(step: str) -> bool:
+        return cfg.resume and (out / step / STATE_FILE).is_file()
+
     teacher_ckpt = cfg.teacher_checkpoint
     teacher_metrics = None
     if teacher_ckpt is None:
         step = train_teacher(
-            cfg.teacher_model, cfg.data, cfg.teacher_schedule, cfg.train, out / "teacher", progress=cfg.progress
+            cfg.teacher_model,
+            cfg.data,
+            cfg.teacher_schedule,
+            cfg.train,
+            out / "teacher",
+            progress=cfg.progress,
+            resume=resume("teacher"),
         )
         teacher_ckpt, teacher_metrics = step.checkpoint, step.metrics
     alone = distill(
@@ -49,6 +60,7 @@ def run(cfg: RunConfig) -> dict:
         out / "student",
         progress=cfg.progress,
         mfs_images=cfg.mfs_images,
+        resume=resume("student"),
     )
     distilled = distill(
         teacher_ckpt,
@@ -60,6 +72,7 @@ def run(cfg: RunConfig) -> dict:
         out / "distilled",
         progress=cfg.progress,
         mfs_images=cfg.mfs_images,
+        resume=resume("distilled"),
     )
     summary = summarize(teacher_metrics, alone.metrics, distilled.metrics, teacher_ckpt, distilled.checkpoint)
     write_json(out / "metrics.json", summary)

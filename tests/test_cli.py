@@ -161,14 +161,14 @@ def test_train_teacher_writes_checkpoint_and_metrics(teacher):
     assert 0 <= m["miou"] <= 100 and m["role"] == "teacher" and m["model"] == "tiny-teacher"
     model, meta = load_model(teacher / "teacher.pt", expect_classes=len(DEMO_CLASSES))
     assert meta.model == "tiny-teacher" and meta.class_names == DEMO_CLASSES and meta.role == "teacher"
-    assert sorted(p.name for p in teacher.iterdir()) == ["metrics.json", "teacher.pt"]
+    assert sorted(p.name for p in teacher.iterdir()) == ["metrics.json", "teacher.pt", "train_state.pt"]
 
 
 def test_distill_then_eval(teacher, tmp_path, capsys):
     s_out, e_out = tmp_path / "S", tmp_path / "E"
     rc, _, err = run_cli(capsys, "distill", *SMOKE, "--teacher", teacher / "teacher.pt", "--kd", "bckd", "--out", s_out)
     assert rc == 0, err
-    assert sorted(p.name for p in s_out.iterdir()) == ["metrics.json", "student.pt"]
+    assert sorted(p.name for p in s_out.iterdir()) == ["metrics.json", "student.pt", "train_state.pt"]
     m = _metrics(s_out)
     assert m["kd"] == "bckd" and m["model"] == "tiny-student" and 0 <= m["miou"] <= 100
     assert m["distill_config"]["bckd"]["grid_stride"] == 4  # the smoke preset's --bckd overrides
@@ -354,7 +354,7 @@ def test_nonfinite_loss_exits_1_and_keeps_last_good_checkpoint(teacher, tmp_path
     assert "non-finite" in err or "The loss became" in err
     assert re.search(r"the last good checkpoint \(iteration \d+, score [\d.]+\) is kept", err), err
     assert "Lower --lr" in err
-    assert sorted(p.name for p in out.iterdir()) == ["student.pt"]  # no metrics.json, no temp file
+    assert sorted(p.name for p in out.iterdir()) == ["student.pt", "train_state.pt"]  # no metrics.json, no temp file
     _, state = read_checkpoint(out / "student.pt")
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
     assert not [w for w in recwarn if "requires_grad" in str(w.message)]

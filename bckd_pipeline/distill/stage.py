@@ -20,7 +20,15 @@ from ..errors import ConfigError, DataError
 from .checkpoint import CheckpointMeta, atomic_write, load_model, save_checkpoint
 from .models import FeatureTaps, build_model, check_input_size, default_taps
 from .task import DistillConfig, SegDistillTask, SegTrainTask
-from .trainer import TrainConfig, epochs_to_iters, train
+from .distributed import SINGLE, DistEnv, all_reduce_sum, shard
+from .trainer import TrainConfig, epochs_to_iters, seed_everything, train
+
+STATE_FILE = "train_state.pt"
+
+
+def _plain(obj) -> dict:
+    """A dataclass as JSON-like values (tuples as lists), for fingerprints that survive a save."""
+    return json.loads(json.dumps(asdict(obj), default=_json_default))
 
 
 @dataclass(frozen=True)
@@ -106,16 +114,24 @@ def _full_metrics(model, eval_set, info, train_cfg: TrainConfig, reference=None)
     )
 
 
-def _miou_only(model: nn.Module, eval_set, info, train_cfg: TrainConfig):
-    """The cheap in-training score: val mIoU only (the boundary metrics run once, at the end)."""
+def _miou_only(model: nn.Module, eval_set, info, train_cfg: TrainConfig, env: DistEnv):
+    """The cheap in-training score: val mIoU only (the boundary metrics run once, at the end).
+
+    Under torchrun each rank evaluates its shard and the confusion matrices are summed, so the
+    score is the dataset-level mIoU, never an average of per-rank mIoUs.
+    """
+    device = env.device if env.distributed else train_cfg.device
 
     def run() -> float:
         cm = M.ConfusionMatrix(info.num_classes, info.ignore_index)
         model.eval()
+        subset = torch.utils.data.Subset(eval_set, shard(env, len(eval_set)))
         with torch.no_grad():
-            for images, masks in torch.utils.data.DataLoader(eval_set, batch_size=train_cfg.batch_size):
-                labels = M.predict_labels(model, images.to(train_cfg.device), tuple(masks.shape[-2:]), info.num_classes)
+            for images, masks in torch.utils.data.DataLoader(subset, batch_size=train_cfg.batch_size):
+                labels = M.predict_labels(model, images.to(device), tuple(masks.shape[-2:]), info.num_classes)
                 cm.update(labels, masks.numpy())
+        total = all_reduce_sum(env, torch.from_numpy(cm.matrix.copy()))
+        cm.matrix[...] = total.numpy()
         return cm.miou()
 
     return run
@@ -130,7 +146,10 @@ def train_teacher(
     *,
     pretrained: str = "none",
     progress: bool = True,
+    resume: bool = False,
+    env: DistEnv = SINGLE,
 ) -> StepOutput:
+    seed_everything(train_cfg.seed)  # the weights' initialisation is part of the run's seed
     train_set, eval_set = data.train_set(), data.eval_set()
     info = train_set.info
     model = build_model(model_name, info.num_classes, pretrained=pretrained)
@@ -143,11 +162,17 @@ def train_teacher(
         SegTrainTask(model, ignore_index=info.ignore_index),
         train_set,
         cfg,
-        evaluate=_miou_only(model, eval_set, info, cfg),
+        evaluate=_miou_only(model, eval_set, info, cfg, env),
         save_best=lambda it, score: save_checkpoint(ckpt, model, meta),
         description=f"teacher {model_name}",
         progress=progress,
+        state_path=Path(out) / STATE_FILE,
+        resume=resume,
+        fingerprint={"command": "train-teacher", "model": model_name, "data": _plain(data), "pretrained": pretrained},
+        env=env,
     )
+    if not env.is_main:
+        return StepOutput(ckpt)
     best, _ = load_model(ckpt)
     metrics = _full_metrics(best, eval_set, info, cfg)
     hw = _input_hw(data, eval_set[0][0])
@@ -178,7 +203,10 @@ def distill(
     pretrained: str = "none",
     progress: bool = True,
     mfs_images: int = 16,
+    resume: bool = False,
+    env: DistEnv = SINGLE,
 ) -> StepOutput:
+    seed_everything(train_cfg.seed)
     train_set, eval_set = data.train_set(), data.eval_set()
     info = train_set.info
     teacher, tmeta = load_model(teacher_ckpt, expect_classes=info.num_classes)
@@ -205,11 +233,24 @@ def distill(
         task,
         train_set,
         cfg,
-        evaluate=_miou_only(student, eval_set, info, cfg),
+        evaluate=_miou_only(student, eval_set, info, cfg, env),
         save_best=lambda it, score: save_checkpoint(ckpt, student, meta),
         description=f"{student_name} kd={dcfg.kd}",
         progress=progress,
+        state_path=Path(out) / STATE_FILE,
+        resume=resume,
+        fingerprint={
+            "command": "distill",
+            "student": student_name,
+            "teacher": str(teacher_ckpt),
+            "distill": _plain(dcfg),
+            "data": _plain(data),
+            "taps": [s_taps, t_taps],
+        },
+        env=env,
     )
+    if not env.is_main:
+        return StepOutput(ckpt)
     best, _ = load_model(ckpt)
     teacher = task.teacher.model
     metrics = _full_metrics(best, eval_set, info, cfg, reference=teacher)

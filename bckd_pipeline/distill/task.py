@@ -74,6 +74,10 @@ class SegTrainTask(nn.Module):
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
+    def trainable_modules(self) -> dict[str, nn.Module]:
+        """The modules whose state a resumed run needs (attribute name -> module)."""
+        return {"model": self.model}
+
     def forward(self, images: torch.Tensor, masks: torch.Tensor, step: StepInfo | None = None) -> dict:
         logits = _upsample_to(logits_of(self.model(images)), masks.shape[-2:])
         ce = F.cross_entropy(logits, masks, ignore_index=self.ignore_index)
@@ -149,6 +153,10 @@ class SegDistillTask(nn.Module):
     def distill_modules(self) -> nn.Module | None:
         """The modules that exist only for distillation (not part of the saved student)."""
         return self.bckd
+
+    def trainable_modules(self) -> dict[str, nn.Module]:
+        """The modules whose state a resumed run needs: the student and the distillation modules."""
+        return {"student": self.student, **({"bckd": self.bckd} if self.bckd is not None else {})}
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         params = [p for p in self.student.parameters() if p.requires_grad]

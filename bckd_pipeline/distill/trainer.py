@@ -2,8 +2,14 @@
 
 SGD with momentum and the poly schedule (the paper's protocol), iteration-based, evaluation every
 ``eval_every`` iterations with the best checkpoint kept, a progress bar with every loss term and
-the ETA, repeatable runs from one seed, and AMP on CUDA. A non-finite loss stops training at
-once: the last good checkpoint on disk is never overwritten by a diverged model.
+the ETA, repeatable runs from one seed, mixed precision and channels_last on CUDA, and
+data-parallel training under torchrun (see ``distributed.py``).
+
+The full training state (trainable modules, optimizer, loss scaler, RNG states, iteration, best
+score) is written atomically every ``checkpoint_every`` iterations and at every evaluation, so a
+killed run continues with ``resume=True``; on CPU the resumed run is bit-identical to an
+uninterrupted one. A non-finite loss stops training at once: the last good checkpoint on disk is
+never overwritten by a diverged model.
 """
 
 from __future__ import annotations
@@ -12,21 +18,27 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..errors import ConfigError, NonFiniteLossError
+from ..errors import CheckpointError, ConfigError, NonFiniteLossError
+from .checkpoint import atomic_write
+from .distributed import SINGLE, DistEnv, GlobalBatchSampler, SeededSamples, gather_objects
 from .task import StepInfo
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+STATE_FORMAT = "bckd-pipeline/train-state-v1"
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     iters: int = 1000
-    batch_size: int = 8
+    batch_size: int = 8  # the global batch, split over processes under torchrun
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -35,7 +47,11 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 2
     device: str = "cpu"
-    amp: bool = True  # only takes effect on CUDA
+    precision: str = "auto"  # auto: bf16 on CUDA where supported, else fp16 on CUDA, fp32 on CPU
+    channels_last: bool = False
+    compile: bool = False
+    sync_bn: bool = False
+    checkpoint_every: int = 500  # also at every evaluation; 0: only at evaluations
 
     def __post_init__(self):
         for name in ("iters", "batch_size"):
@@ -43,6 +59,28 @@ class TrainConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}.")
         if self.lr <= 0:
             raise ConfigError(f"--lr must be > 0, got {self.lr}.")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(
+                f"--precision {self.precision!r} is not allowed. Allowed: {', '.join(PRECISIONS)}. "
+                "auto picks bf16 on CUDA where supported and fp32 on CPU."
+            )
+        on_cuda = self.device.startswith("cuda")
+        if not on_cuda and self.precision in ("bf16", "fp16"):
+            raise ConfigError(
+                f"--precision {self.precision} needs --device cuda (mixed precision is for GPUs here). "
+                "Use --precision fp32 (or auto) on CPU."
+            )
+        if not on_cuda and self.sync_bn:
+            raise ConfigError("--sync-bn needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel). Drop it on CPU.")
+
+
+def autocast_dtype(cfg: TrainConfig) -> torch.dtype | None:
+    """The autocast dtype for this run, or None for full fp32."""
+    if not cfg.device.startswith("cuda") or cfg.precision == "fp32":
+        return None
+    if cfg.precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cfg.precision == "bf16" else torch.float16
 
 
 def epochs_to_iters(epochs: int, dataset_size: int, batch_size: int) -> int:
@@ -56,27 +94,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _worker_init(worker_id: int) -> None:
-    # Each worker gets its own stream derived from the loader's seed, so augmentation repeats.
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    random.seed(seed)
-
-
-def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int, num_workers: int) -> DataLoader:
-    gen = torch.Generator().manual_seed(seed)
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        drop_last=shuffle,
-        num_workers=num_workers,
-        worker_init_fn=_worker_init,
-        generator=gen,
-        persistent_workers=num_workers > 0,
-    )
-
-
 @dataclass
 class TrainResult:
     best_score: float
@@ -84,12 +101,13 @@ class TrainResult:
     iterations: int
     history: list[dict]
     seconds: float
+    resumed_from: int = 0
 
 
 class ProgressBar:
     """A rich progress bar with each loss term and the ETA; silent when disabled."""
 
-    def __init__(self, total: int, description: str, enabled: bool):
+    def __init__(self, total: int, description: str, enabled: bool, completed: int = 0):
         self.enabled = enabled
         if enabled:
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -105,7 +123,7 @@ class ProgressBar:
                 transient=False,
             )
             self.progress.start()
-            self.task = self.progress.add_task(description, total=total, terms="")
+            self.task = self.progress.add_task(description, total=total, completed=completed, terms="")
 
     def update(self, completed: int, terms: dict[str, float]) -> None:
         if self.enabled:
@@ -119,6 +137,57 @@ class ProgressBar:
     def close(self) -> None:
         if self.enabled:
             self.progress.stop()
+
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {
+        "python": list(random.getstate()[1]) + [random.getstate()[2] or 0],
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    py = state["python"]
+    random.setstate((3, tuple(py[:-1]), None))
+    np.random.set_state(("MT19937", state["numpy"]["keys"].numpy().astype(np.uint32), state["numpy"]["pos"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_train_state(path: Path, payload: dict) -> None:
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def load_train_state(path: Path, fingerprint: dict) -> dict:
+    """Read a training state written by :func:`train`, refusing one from a different run."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"--resume was given but {str(path)!r} does not exist: nothing to resume in this --out folder. "
+            "Drop --resume to start fresh, or pass the --out of the interrupted run."
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same thing to the user
+        raise CheckpointError(
+            f"Could not read training state {str(path)!r} ({type(exc).__name__}). It is corrupt; delete it and "
+            "start without --resume."
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise CheckpointError(f"{str(path)!r} is not a bckd-pipeline training state ({STATE_FORMAT}).")
+    if state["fingerprint"] != fingerprint:
+        diff = {k: (state["fingerprint"].get(k), v) for k, v in fingerprint.items() if state["fingerprint"].get(k) != v}
+        raise ConfigError(
+            f"--resume: the run in {str(path.parent)!r} was started with other settings {diff} "
+            "(saved, now). Resume with the original flags, or use a new --out."
+        )
+    return state
 
 
 def _kept(best_it: int, best: float) -> str:
@@ -137,87 +206,156 @@ def train(
     description: str = "train",
     progress: bool = True,
     log_every: int = 10,
+    state_path: Path | None = None,
+    resume: bool = False,
+    fingerprint: dict | None = None,
+    env: DistEnv = SINGLE,
 ) -> TrainResult:
     """Train ``task`` (a module returning a loss dict) for ``cfg.iters`` iterations.
 
-    ``evaluate()`` returns the score to maximise (val mIoU); ``save_best(iteration, score)`` is
-    called whenever it improves and must write the checkpoint atomically.
+    ``evaluate()`` returns the score to maximise (val mIoU; under torchrun every rank calls it and
+    it must reduce across ranks); ``save_best(iteration, score)`` is called on rank 0 whenever the
+    score improves and must write the checkpoint atomically. ``state_path`` receives the full
+    training state; ``resume`` continues from it. ``fingerprint`` (plain values) must match the
+    saved one for a resume to be accepted.
     """
     seed_everything(cfg.seed)
-    device = torch.device(cfg.device)
+    device = torch.device(env.device if env.distributed else cfg.device)
+    fingerprint = {**(fingerprint or {}), **{k: v for k, v in asdict(cfg).items() if k not in _RESUMABLE}}
     task.to(device)
+    if cfg.channels_last:
+        task.to(memory_format=torch.channels_last)
+    # Tasks name the modules a resume needs; any other loss-dict module is saved whole.
+    modules: dict[str, nn.Module] = task.trainable_modules() if hasattr(task, "trainable_modules") else {"task": task}
+    if cfg.sync_bn and env.distributed:
+        for name, module in modules.items():
+            converted = nn.SyncBatchNorm.convert_sync_batchnorm(module)
+            if converted is not module:
+                setattr(task, name, converted)
+                modules[name] = converted
     params = task.trainable_parameters()
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    use_amp = cfg.amp and device.type == "cuda"
-    # bf16 needs no loss scaling and cannot overflow where fp16 would; fp16 only on older GPUs.
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    amp_dtype = autocast_dtype(cfg)
+    # bf16 needs no loss scaling and cannot overflow where fp16 would.
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    loader = make_loader(train_set, cfg.batch_size, shuffle=True, seed=cfg.seed, num_workers=cfg.num_workers)
-    if len(loader) == 0:
+    if len(train_set) < cfg.batch_size:
         raise ConfigError(
             f"The training split has {len(train_set)} images, fewer than one batch of {cfg.batch_size}. "
             "Lower --batch-size or use more training images."
         )
+
+    start_it, best, best_it, history = 0, -math.inf, 0, []
+    if resume:
+        state = load_train_state(state_path, fingerprint)
+        for name, module in modules.items():
+            module.load_state_dict(state["modules"][name])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        start_it, best, best_it, history = state["iteration"], state["best"], state["best_iteration"], state["history"]
+        _set_rng_state(state["rng"][min(env.rank, len(state["rng"]) - 1)])
+    else:
+        # Dropout and other in-model randomness differ per rank; the weights do not (DDP broadcasts rank 0's).
+        torch.manual_seed(cfg.seed + env.rank)
+
+    model: nn.Module = task
+    if env.distributed:
+        ids = [device.index] if device.type == "cuda" else None
+        model = nn.parallel.DistributedDataParallel(task, device_ids=ids)
+    if cfg.compile:
+        model = torch.compile(model)
+    sampler = GlobalBatchSampler(
+        len(train_set), cfg.batch_size, iterations=cfg.iters, seed=cfg.seed, env=env, start_iteration=start_it
+    )
+    loader = DataLoader(
+        SeededSamples(train_set),
+        batch_sampler=sampler,
+        num_workers=cfg.num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )
     eval_every = cfg.eval_every or cfg.iters
-    bar = ProgressBar(cfg.iters, description, progress)
-    history: list[dict] = []
+    save_every = cfg.checkpoint_every or eval_every
+    bar = ProgressBar(cfg.iters, description, progress and env.is_main, completed=start_it)
     running: dict[str, float] = {}
-    best, best_it = -math.inf, 0
-    start = time.perf_counter()
-    it = 0
+    started = time.perf_counter()
+    it = start_it
+
+    def snapshot(rng_states: list) -> dict:
+        return {
+            "format": STATE_FORMAT,
+            "fingerprint": fingerprint,
+            "iteration": it,
+            "best": best,
+            "best_iteration": best_it,
+            "history": history,
+            "modules": {name: m.state_dict() for name, m in modules.items()},
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
+            "rng": rng_states,
+        }
+
     try:
         task.train()
-        while it < cfg.iters:
-            for images, masks in loader:
-                if it >= cfg.iters:
-                    break
-                lr = cfg.lr * (1 - it / cfg.iters) ** cfg.poly_power
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                images = images.to(device, non_blocking=True)
-                masks = masks.to(device, non_blocking=True)
-                step = StepInfo(it, cfg.iters, cfg.batch_size, len(train_set))
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                    out = task(images, masks, step)
-                loss = out["loss"]
-                if not torch.isfinite(loss):
-                    terms = {k: float(v) for k, v in out.items() if k.startswith("loss/")}
+        for images, masks in loader:
+            lr = cfg.lr * (1 - it / cfg.iters) ** cfg.poly_power
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            images = images.to(device, non_blocking=True)
+            if cfg.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            masks = masks.to(device, non_blocking=True)
+            step = StepInfo(it, cfg.iters, cfg.batch_size, len(train_set))
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                out = model(images, masks, step)
+            loss = out["loss"]
+            if not torch.isfinite(loss):
+                terms = {k: float(v) for k, v in out.items() if k.startswith("loss/")}
+                raise NonFiniteLossError(
+                    f"The loss became {float(loss.detach())} at iteration {it + 1} (terms: {terms}). "
+                    f"Training stopped; {_kept(best_it, best)} "
+                    "Lower --lr, or the weight of the term that diverged."
+                )
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            it += 1
+            for k, v in out.items():
+                if k.startswith(("loss", "bckd/")):
+                    running[k] = running.get(k, 0.0) + float(v.detach())
+            if it % log_every == 0 or it == cfg.iters:
+                n = log_every if it % log_every == 0 else it % log_every
+                means = {k: v / n for k, v in running.items()}
+                history.append({"iteration": it, "lr": lr, **means})
+                bar.update(it, means)
+                running.clear()
+            evaluated = it % eval_every == 0 or it == cfg.iters
+            if evaluated:
+                # A finite loss can still give non-finite gradients; never evaluate or save such weights.
+                if not all(bool(torch.isfinite(p).all()) for p in params):
                     raise NonFiniteLossError(
-                        f"The loss became {float(loss.detach())} at iteration {it + 1} (terms: {terms}). "
-                        f"Training stopped; {_kept(best_it, best)} "
+                        f"The weights became non-finite at iteration {it} (the loss was finite, its "
+                        f"gradient was not). Training stopped; {_kept(best_it, best)} "
                         "Lower --lr, or the weight of the term that diverged."
                     )
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                it += 1
-                for k, v in out.items():
-                    if k.startswith(("loss", "bckd/")) and k != "logits":
-                        running[k] = running.get(k, 0.0) + float(v.detach())
-                if it % log_every == 0 or it == cfg.iters:
-                    n = log_every if it % log_every == 0 else it % log_every
-                    means = {k: v / n for k, v in running.items()}
-                    history.append({"iteration": it, "lr": lr, **means})
-                    bar.update(it, means)
-                    running.clear()
-                if it % eval_every == 0 or it == cfg.iters:
-                    # A finite loss can still give non-finite gradients; never evaluate or save such weights.
-                    if not all(bool(torch.isfinite(p).all()) for p in params):
-                        raise NonFiniteLossError(
-                            f"The weights became non-finite at iteration {it} (the loss was finite, its "
-                            f"gradient was not). Training stopped; {_kept(best_it, best)} "
-                            "Lower --lr, or the weight of the term that diverged."
-                        )
-                    score = evaluate()
-                    task.train()
-                    history.append({"iteration": it, "val_miou": score})
-                    bar.log(f"[{description}] iteration {it}: val mIoU {score:.2f}")
-                    if score > best:
-                        best, best_it = score, it
+                score = evaluate()
+                task.train()
+                history.append({"iteration": it, "val_miou": score})
+                bar.log(f"[{description}] iteration {it}: val mIoU {score:.2f}")
+                if score > best:
+                    best, best_it = score, it
+                    if env.is_main:
                         save_best(it, score)
+            if state_path is not None and (evaluated or it % save_every == 0):
+                rng_states = gather_objects(env, _rng_state())  # a collective: every rank takes part
+                if env.is_main:
+                    save_train_state(state_path, snapshot(rng_states))
     finally:
         bar.close()
-    return TrainResult(best, best_it, it, history, time.perf_counter() - start)
+    return TrainResult(best, best_it, it, history, time.perf_counter() - started, resumed_from=start_it)
+
+
+# Settings that may change between an interrupted run and its resume without changing the result.
+_RESUMABLE = {"num_workers", "checkpoint_every", "device"}
