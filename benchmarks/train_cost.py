@@ -47,12 +47,15 @@ def step_time(kd: str, args) -> float:
         )
     task.to(dev).train()
     opt = torch.optim.SGD(task.trainable_parameters(), lr=0.01, momentum=0.9)
+    # The trainer's precision: bf16 autocast on CUDA (--precision auto), fp32 on CPU.
+    dtype = torch.bfloat16 if dev.type == "cuda" and args.precision == "auto" else None
     times = []
     for i in range(args.warmup + args.steps):
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        loss = task(x, y)["loss"]
+        with torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss = task(x, y)["loss"]
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -116,6 +119,8 @@ def main() -> None:
     ap.add_argument("--teacher", default="pspnet-r50")
     ap.add_argument("--student", default="deeplabv3plus-mbv2")
     ap.add_argument("--memory-only", action="store_true")
+    ap.add_argument("--time-only", action="store_true")
+    ap.add_argument("--precision", default="auto", help="auto: bf16 autocast on CUDA as the trainer does; fp32")
     ap.add_argument("--context-peak", help=argparse.SUPPRESS)  # internal: one variant in this process
     args = ap.parse_args()
     args.crop = tuple(int(v) for v in args.crop.split(","))
@@ -135,7 +140,7 @@ def main() -> None:
         s = result["seconds_per_step"]
         result["bckd_over_kd"] = round(s["bckd"] / s["kd"], 3)
     result["context_memory"] = []
-    for variant in ("chunked", "naive"):
+    for variant in () if args.time_only else ("chunked", "naive"):
         out = subprocess.run(
             [sys.executable, __file__, "--device", args.device, "--context-peak", variant],
             capture_output=True,
