@@ -63,26 +63,36 @@ def _plain(obj):
     return obj
 
 
-def read_checkpoint(path: Path) -> tuple[CheckpointMeta, dict[str, torch.Tensor]]:
+def load_payload(path: Path, *, expected_format: str, what: str, missing_hint: str, unreadable_hint: str) -> dict:
+    """``torch.load(weights_only=True)`` of one of our files, with the errors a user can act on."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(
-            f"Checkpoint {str(path)!r} does not exist. Pass the .pt file written by `bckd-pipeline train-teacher` "
-            "or `distill` (it is in their --out folder, e.g. OUT/teacher.pt or OUT/student.pt)."
-        )
+        raise CheckpointError(f"{what} {str(path)!r} does not exist. {missing_hint}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same thing to the user
         raise CheckpointError(
-            f"Could not read checkpoint {str(path)!r} ({type(exc).__name__}: {str(exc)[:200]}). It is truncated, "
-            "corrupt, or not a bckd-pipeline checkpoint. Re-run the command that produced it."
+            f"Could not read {what.lower()} {str(path)!r} ({type(exc).__name__}: {str(exc)[:200]}). It is truncated, "
+            f"corrupt, or not a bckd-pipeline file. {unreadable_hint}"
         ) from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+    if not isinstance(payload, dict) or payload.get("format") != expected_format:
         raise CheckpointError(
-            f"{str(path)!r} is not a bckd-pipeline checkpoint (expected format {FORMAT!r}). "
-            "Checkpoints from other tools hold no model name or class list; load them in Python and "
-            "save with bckd_pipeline.distill.checkpoint.save_checkpoint."
+            f"{str(path)!r} is not a bckd-pipeline {what.lower()} (expected format {expected_format!r}). "
+            f"{unreadable_hint}"
         )
+    return payload
+
+
+def read_checkpoint(path: Path) -> tuple[CheckpointMeta, dict[str, torch.Tensor]]:
+    payload = load_payload(
+        path,
+        expected_format=FORMAT,
+        what="Checkpoint",
+        missing_hint="Pass the .pt file written by `bckd-pipeline train-teacher` or `distill` (it is in their "
+        "--out folder, e.g. OUT/teacher.pt or OUT/student.pt).",
+        unreadable_hint="Re-run the command that produced it. Checkpoints from other tools hold no model name or "
+        "class list; load them in Python and save with bckd_pipeline.distill.checkpoint.save_checkpoint.",
+    )
     meta = payload["meta"]
     for key in ("class_names", "mean", "std", "input_hw"):
         if meta.get(key) is not None:

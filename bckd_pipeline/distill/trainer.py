@@ -26,8 +26,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..errors import CheckpointError, ConfigError, NonFiniteLossError
-from .checkpoint import atomic_write
+from ..errors import ConfigError, NonFiniteLossError
+from .checkpoint import atomic_write, load_payload
 from .distributed import SINGLE, DistEnv, GlobalBatchSampler, SeededSamples, gather_objects
 from .task import StepInfo
 
@@ -166,25 +166,18 @@ def save_train_state(path: Path, payload: dict) -> None:
 
 def load_train_state(path: Path, fingerprint: dict) -> dict:
     """Read a training state written by :func:`train`, refusing one from a different run."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(
-            f"--resume was given but {str(path)!r} does not exist: nothing to resume in this --out folder. "
-            "Drop --resume to start fresh, or pass the --out of the interrupted run."
-        )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same thing to the user
-        raise CheckpointError(
-            f"Could not read training state {str(path)!r} ({type(exc).__name__}). It is corrupt; delete it and "
-            "start without --resume."
-        ) from None
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise CheckpointError(f"{str(path)!r} is not a bckd-pipeline training state ({STATE_FORMAT}).")
+    state = load_payload(
+        path,
+        expected_format=STATE_FORMAT,
+        what="Training state",
+        missing_hint="--resume was given but there is nothing to resume in this --out folder. Drop --resume to "
+        "start fresh, or pass the --out of the interrupted run.",
+        unreadable_hint="Delete it and start without --resume.",
+    )
     if state["fingerprint"] != fingerprint:
         diff = {k: (state["fingerprint"].get(k), v) for k, v in fingerprint.items() if state["fingerprint"].get(k) != v}
         raise ConfigError(
-            f"--resume: the run in {str(path.parent)!r} was started with other settings {diff} "
+            f"--resume: the run in {str(Path(path).parent)!r} was started with other settings {diff} "
             "(saved, now). Resume with the original flags, or use a new --out."
         )
     return state
