@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, unknown_name
 from .losses import PairwiseBoundary, TemperatureSchedule, relation_kl, relation_mse, semantic_boundary, spatial_kl
 
 _CHOICES = {
@@ -110,8 +110,6 @@ class BCKDConfig:
         values = dict(base)
         for key, raw in overrides.items():
             if key not in types:
-                from ..errors import unknown_name
-
                 raise unknown_name("BCKD option", key, types, "Use --bckd KEY=VALUE with one of these keys.")
             kind = types[key]
             try:

@@ -326,11 +326,17 @@ def _mfs(student, teacher, s_taps, t_taps, eval_set, n_images: int) -> dict | No
 
 
 def _train_summary(result, cfg: TrainConfig) -> dict:
+    steps = result.iterations - result.resumed_from
+    train_seconds = result.seconds - result.eval_seconds
     return {
         "iterations": result.iterations,
+        "resumed_from": result.resumed_from,
         "best_iteration": result.best_iteration,
         "best_val_miou": result.best_score,
         "seconds": round(result.seconds, 2),
+        "eval_seconds": round(result.eval_seconds, 2),
+        # Global samples per second of training steps (evaluation excluded), all processes together.
+        "samples_per_second": round(steps * cfg.batch_size / train_seconds, 2) if train_seconds > 0 else None,
         "config": asdict(cfg),
         "history": result.history,
     }

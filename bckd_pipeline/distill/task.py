@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, unknown_name
 from .bckd import BCKD, BCKDConfig
 from .losses import cwd_loss, decay_factor, kd_loss
 from .models import FeatureTaps, logits_of
@@ -38,8 +38,6 @@ class DistillConfig:
 
     def __post_init__(self):
         if self.kd not in KD_CHOICES:
-            from ..errors import unknown_name
-
             raise unknown_name("--kd method", self.kd, KD_CHOICES, "Pick one of them, e.g. --kd bckd.")
 
     @property

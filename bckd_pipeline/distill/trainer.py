@@ -102,6 +102,7 @@ class TrainResult:
     history: list[dict]
     seconds: float
     resumed_from: int = 0
+    eval_seconds: float = 0.0
 
 
 class ProgressBar:
@@ -273,6 +274,7 @@ def train(
     bar = ProgressBar(cfg.iters, description, progress and env.is_main, completed=start_it)
     running: dict[str, float] = {}
     started = time.perf_counter()
+    eval_seconds = 0.0
     it = start_it
 
     def snapshot(rng_states: list) -> dict:
@@ -333,7 +335,9 @@ def train(
                         f"gradient was not). Training stopped; {_kept(best_it, best)} "
                         "Lower --lr, or the weight of the term that diverged."
                     )
+                t0 = time.perf_counter()
                 score = evaluate()
+                eval_seconds += time.perf_counter() - t0
                 task.train()
                 history.append({"iteration": it, "val_miou": score})
                 bar.log(f"[{description}] iteration {it}: val mIoU {score:.2f}")
@@ -347,7 +351,9 @@ def train(
                     save_train_state(state_path, snapshot(rng_states))
     finally:
         bar.close()
-    return TrainResult(best, best_it, it, history, time.perf_counter() - started, resumed_from=start_it)
+    return TrainResult(
+        best, best_it, it, history, time.perf_counter() - started, resumed_from=start_it, eval_seconds=eval_seconds
+    )
 
 
 # Settings that may change between an interrupted run and its resume without changing the result.
