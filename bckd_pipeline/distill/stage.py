@@ -18,9 +18,9 @@ from ..data import build_dataset
 from ..data.transforms import EvalTransform, TrainTransform
 from ..errors import ConfigError, DataError
 from .checkpoint import CheckpointMeta, atomic_write, load_model, save_checkpoint
+from .distributed import SINGLE, DistEnv, all_reduce_sum, shard
 from .models import FeatureTaps, build_model, check_input_size, default_taps
 from .task import DistillConfig, SegDistillTask, SegTrainTask
-from .distributed import SINGLE, DistEnv, all_reduce_sum, shard
 from .trainer import TrainConfig, epochs_to_iters, seed_everything, train
 
 STATE_FILE = "train_state.pt"
