@@ -211,7 +211,7 @@ def dispatch(args) -> int:
 
     from .presets import get_preset
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     if args.command == "models":
         from .distill.models import PRESETS
 
