@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import unknown_name
 
@@ -16,21 +16,21 @@ from .errors import unknown_name
 @dataclass(frozen=True)
 class Preset:
     name: str
-    data: str
+    data: str  # "" means --data is required
     teacher: str
     student: str
-    teacher_iters: int | None
-    student_iters: int | None
-    teacher_epochs: int | None
-    student_epochs: int | None
-    batch_size: int
-    resize: tuple[int, int] | None
-    crop: tuple[int, int] | None
-    demo_size: tuple[int, int]
-    demo_count: int | None
-    num_workers: int
-    bckd: dict[str, str]
-    mfs_images: int = 16
+    crop: tuple[int, int]
+    teacher_iters: int | None = None  # iterations, or epochs when None
+    student_iters: int | None = None
+    teacher_epochs: int | None = None
+    student_epochs: int | None = None
+    batch_size: int = 8
+    resize: tuple[int, int] | None = None
+    demo_size: tuple[int, int] = (96, 128)
+    demo_count: int | None = None
+    num_workers: int = 2
+    bckd: dict[str, str] = field(default_factory=dict)
+    mfs_images: int = 8
 
 
 PRESETS: dict[str, Preset] = {
@@ -39,31 +39,18 @@ PRESETS: dict[str, Preset] = {
         data="demo",
         teacher="pspnet-r50",
         student="deeplabv3plus-mbv2",
+        crop=(96, 128),
         teacher_iters=450,
         student_iters=300,
-        teacher_epochs=None,
-        student_epochs=None,
-        batch_size=8,
-        resize=None,
-        crop=(96, 128),
-        demo_size=(96, 128),
-        demo_count=None,
-        num_workers=2,
-        bckd={},
-        mfs_images=8,
     ),
     "smoke": Preset(
         name="smoke",
         data="demo",
         teacher="tiny-teacher",
         student="tiny-student",
+        crop=(64, 64),
         teacher_iters=30,
         student_iters=20,
-        teacher_epochs=None,
-        student_epochs=None,
-        batch_size=8,
-        resize=None,
-        crop=(64, 64),
         demo_size=(64, 64),
         demo_count=32,
         num_workers=0,
@@ -75,18 +62,11 @@ PRESETS: dict[str, Preset] = {
         data="",
         teacher="pspnet-r50",
         student="deeplabv3plus-mbv2",
-        teacher_iters=None,
-        student_iters=None,
+        crop=(144, 192),
         teacher_epochs=80,
         student_epochs=40,
-        batch_size=8,
         resize=(144, 192),
-        crop=(144, 192),
-        demo_size=(96, 128),
-        demo_count=None,
         num_workers=4,
-        bckd={},
-        mfs_images=8,
     ),
 }
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,12 +23,6 @@ from bckd_pipeline.distill.trainer import TrainConfig, load_train_state, save_tr
 from bckd_pipeline.errors import CheckpointError, ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ------------------------------------------------------------------------------------ sampler
@@ -107,8 +100,8 @@ def _train_tiny(env: DistEnv) -> dict:
     return {k: v.detach().clone() for k, v in task.model.state_dict().items()}
 
 
-def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+def _ddp_worker(rank: int, world: int, rendezvous: str, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
     torch.set_num_threads(1)
     weights = _train_tiny(DistEnv(rank, world, rank, "cpu"))
     if rank == 0:
@@ -118,7 +111,7 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
 
 def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_path):
     out = tmp_path / "ddp.pt"
-    mp.spawn(_ddp_worker, args=(2, free_port(), str(out)), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "rendezvous"), str(out)), nprocs=2, join=True)
     ddp, single = torch.load(out, weights_only=True), _train_tiny(DistEnv())
     for k in single:
         torch.testing.assert_close(ddp[k], single[k], rtol=1e-5, atol=1e-6)
@@ -128,8 +121,8 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
     assert any(not torch.allclose(init[k], single[k]) for k in single)
 
 
-def _eval_worker(rank: int, world: int, port: int, out: str) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+def _eval_worker(rank: int, world: int, rendezvous: str, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
     score = _sharded_score(DistEnv(rank, world, rank, "cpu"))
     if rank == 0:
         Path(out).write_text(json.dumps(score))
@@ -148,7 +141,7 @@ def _sharded_score(env: DistEnv) -> float:
 
 def test_validation_sums_confusion_matrices_across_ranks(tmp_path):
     out = tmp_path / "score.json"
-    mp.spawn(_eval_worker, args=(2, free_port(), str(out)), nprocs=2, join=True)
+    mp.spawn(_eval_worker, args=(2, str(tmp_path / "rendezvous"), str(out)), nprocs=2, join=True)
     assert json.loads(out.read_text()) == pytest.approx(_sharded_score(DistEnv()), abs=1e-12)
 
 
@@ -161,7 +154,7 @@ def _cli(*args, env_extra=None, **kw):
 def test_torchrun_two_processes_train_and_only_rank0_writes(tmp_path):
     out = tmp_path / "t"
     proc = _cli(
-        "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+        "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
         "-m", "bckd_pipeline.cli", "train-teacher", "--preset", "smoke", "--iters", "4",
         "--device", "cpu", "--no-progress", "--out", str(out),
     )  # fmt: skip

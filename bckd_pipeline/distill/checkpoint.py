@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 
 import torch
@@ -51,15 +51,19 @@ def atomic_write(path: Path, write) -> None:
 
 def save_checkpoint(path: Path, model: nn.Module, meta: CheckpointMeta) -> None:
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    payload = {"format": FORMAT, "meta": _plain(asdict(meta)), "state_dict": state}
+    payload = {"format": FORMAT, "meta": plain_values(meta), "state_dict": state}
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
-def _plain(obj):
+def plain_values(obj):
+    """Dataclasses, dicts and tuples as dicts and lists: what ``torch.load(weights_only=True)`` reads
+    back unchanged, so saved metadata and resume fingerprints compare equal after a round trip."""
+    if is_dataclass(obj):
+        obj = asdict(obj)
     if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
+        return {k: plain_values(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
+        return [plain_values(v) for v in obj]
     return obj
 
 

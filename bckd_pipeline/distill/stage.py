@@ -17,18 +17,13 @@ from .. import metrics as M
 from ..data import build_dataset
 from ..data.transforms import EvalTransform, TrainTransform
 from ..errors import ConfigError, DataError
-from .checkpoint import CheckpointMeta, atomic_write, load_model, save_checkpoint
+from .checkpoint import CheckpointMeta, atomic_write, load_model, plain_values, save_checkpoint
 from .distributed import SINGLE, DistEnv, all_reduce_sum, shard
 from .models import FeatureTaps, build_model, check_input_size, default_taps
 from .task import DistillConfig, SegDistillTask, SegTrainTask
 from .trainer import TrainConfig, epochs_to_iters, seed_everything, train
 
 STATE_FILE = "train_state.pt"
-
-
-def _plain(obj) -> dict:
-    """A dataclass as JSON-like values (tuples as lists), for fingerprints that survive a save."""
-    return json.loads(json.dumps(asdict(obj), default=_json_default))
 
 
 @dataclass(frozen=True)
@@ -168,7 +163,12 @@ def train_teacher(
         progress=progress,
         state_path=Path(out) / STATE_FILE,
         resume=resume,
-        fingerprint={"command": "train-teacher", "model": model_name, "data": _plain(data), "pretrained": pretrained},
+        fingerprint={
+            "command": "train-teacher",
+            "model": model_name,
+            "data": plain_values(data),
+            "pretrained": pretrained,
+        },
         env=env,
     )
     if not env.is_main:
@@ -243,8 +243,8 @@ def distill(
             "command": "distill",
             "student": student_name,
             "teacher": str(teacher_ckpt),
-            "distill": _plain(dcfg),
-            "data": _plain(data),
+            "distill": plain_values(dcfg),
+            "data": plain_values(data),
             "taps": [s_taps, t_taps],
         },
         env=env,

@@ -74,6 +74,10 @@ class TrainConfig:
             raise ConfigError("--sync-bn needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel). Drop it on CPU.")
 
 
+# Settings that may change between an interrupted run and its resume without changing the result.
+_RESUMABLE = {"num_workers", "checkpoint_every", "device"}
+
+
 def autocast_dtype(cfg: TrainConfig) -> torch.dtype | None:
     """The autocast dtype for this run, or None for full fp32."""
     if not cfg.device.startswith("cuda") or cfg.precision == "fp32":
@@ -272,7 +276,7 @@ def train(
     eval_every = cfg.eval_every or cfg.iters
     save_every = cfg.checkpoint_every or eval_every
     bar = ProgressBar(cfg.iters, description, progress and env.is_main, completed=start_it)
-    running: dict[str, float] = {}
+    running: dict[str, torch.Tensor] = {}
     started = time.perf_counter()
     eval_seconds = 0.0
     it = start_it
@@ -319,10 +323,11 @@ def train(
             it += 1
             for k, v in out.items():
                 if k.startswith(("loss", "bckd/")):
-                    running[k] = running.get(k, 0.0) + float(v.detach())
+                    # Tensors, not floats: a float() per term per step would stall the GPU queue.
+                    running[k] = running.get(k, 0.0) + v.detach()
             if it % log_every == 0 or it == cfg.iters:
                 n = log_every if it % log_every == 0 else it % log_every
-                means = {k: v / n for k, v in running.items()}
+                means = {k: float(v) / n for k, v in running.items()}
                 history.append({"iteration": it, "lr": lr, **means})
                 bar.update(it, means)
                 running.clear()
@@ -354,7 +359,3 @@ def train(
     return TrainResult(
         best, best_it, it, history, time.perf_counter() - started, resumed_from=start_it, eval_seconds=eval_seconds
     )
-
-
-# Settings that may change between an interrupted run and its resume without changing the result.
-_RESUMABLE = {"num_workers", "checkpoint_every", "device"}
