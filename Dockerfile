@@ -1,4 +1,4 @@
-# Host image: distillation and evaluation on CPU (or a CUDA host: the torch wheel from PyPI carries CUDA).
+# Host image: distillation, export, ONNX Runtime and OpenVINO targets on CPU (torch from PyPI carries CUDA).
 #   docker build -t bckd-pipeline .
 #   docker run --rm -v "$PWD/runs:/work/runs" bckd-pipeline run --out /work/runs/demo
 # Mount datasets read-only and pass --data KIND:/data/PATH; nothing is downloaded at run time.
@@ -8,7 +8,7 @@ ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1
 WORKDIR /opt/bckd-pipeline
 COPY pyproject.toml README.md ./
 COPY bckd_pipeline ./bckd_pipeline
-RUN pip install --upgrade pip && pip install .
+RUN pip install --upgrade pip && pip install ".[openvino]"
 
 WORKDIR /work
 ENTRYPOINT ["bckd-pipeline"]

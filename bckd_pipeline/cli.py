@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -124,13 +125,74 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, training=False)
     p.add_argument("--model", type=Path, required=True, help="checkpoint to evaluate")
 
-    p = sub.add_parser("run", help="the whole pipeline: teacher -> student -> distilled student", formatter_class=fmt)
+    p = sub.add_parser(
+        "run",
+        help="the whole pipeline: teacher -> distilled student -> ONNX -> INT8 -> target, verified and measured",
+        formatter_class=fmt,
+        epilog="Exit codes: 0 done; 1 a stage failed its parity check (report written, culprit named); "
+        "2 bad input or usage; 3 artifacts made but some target step could only run on the device (pending).",
+    )
     _common(p)
     p.add_argument("--teacher", type=Path, help="teacher checkpoint; trained on the fly when omitted")
     p.add_argument("--teacher-model", help="teacher preset when training one (default: the preset's)")
     p.add_argument("--student", help="student preset (default: the preset's student)")
     _distill_flags(p)
+    _deploy_flags(p)
+    p.add_argument("--dry-run", action="store_true", help="print the resolved plan and exit; nothing is written")
+    p.add_argument("--force", action="store_true", help="write into an --out folder that holds other files")
+
+    p = sub.add_parser(
+        "deploy",
+        help="stages 2 and 3 alone: export, quantize, compile, verify and measure a student checkpoint",
+        formatter_class=fmt,
+        epilog="Exit codes as for `run`: 0 done, 1 parity failed, 2 bad input, 3 pending on the device.",
+    )
+    _common(p, training=False)
+    p.add_argument("--model", type=Path, required=True, help="student checkpoint (student.pt)")
+    _deploy_flags(p)
+    p.add_argument("--dry-run", action="store_true", help="print the resolved plan and exit; nothing is written")
+    p.add_argument("--force", action="store_true", help="write into an --out folder that holds other files")
+
+    sub.add_parser("targets", help="list the deployment targets", formatter_class=fmt)
+    sub.add_parser("doctor", help="which backends and devices this host has", formatter_class=fmt)
+
+    p = sub.add_parser("bench", help="measure an exported model under the latency protocol", formatter_class=fmt)
+    p.add_argument("model", type=Path, help="an .onnx file, or an OpenVINO model.xml")
+    p.add_argument("--target", default="onnxruntime-cpu", help="target whose backend and device run the model")
+    p.add_argument("--precision", default=None, help="label for the report (default: read from the file name)")
+    p.add_argument("--runs", type=int, default=200, help="timed runs")
+    p.add_argument("--warmup-runs", type=int, default=20, help="untimed runs first (at least)")
+    p.add_argument("--warmup-s", type=float, default=1.0, help="untimed seconds first (at least)")
+    p.add_argument("--threads", type=int, help="intra-op threads (default: the runtime's)")
+    p.add_argument("--streams", type=int, default=2, help="requests in flight in throughput mode")
+    p.add_argument("--mode", default="latency", help="latency | throughput")
+    p.add_argument("--json", type=Path, help="also write the LatencyReport here")
     return parser
+
+
+def _deploy_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("deployment (stages 2 and 3)")
+    g.add_argument("--target", default="onnxruntime-cpu", help="deployment target (`bckd-pipeline targets`)")
+    g.add_argument("--head", default="logits", help="logits | argmax (uint8 label map out of the graph)")
+    g.add_argument("--dynamic", default="", help="comma-separated dynamic axes: batch,height,width (default: static)")
+    g.add_argument("--opset", type=int, default=17, help="ONNX opset (17 or newer)")
+    g.add_argument("--input-size", type=_pair, help="export input H,W (default: the training resize or eval size)")
+    g.add_argument("--no-bake-normalization", action="store_true", help="graph takes normalised input, not 0..255")
+    g.add_argument("--simplifier", default="onnxsim", help="onnxsim | onnxslim")
+    g.add_argument("--allow-unsimplified", action="store_true", help="deploy the exported graph if simplifying fails")
+    g.add_argument("--calib-size", type=int, help="INT8 calibration images (default: preset, 100)")
+    g.add_argument("--calib-seed", type=int, default=0, help="seed that picks the calibration images")
+    g.add_argument("--calib-split", default="train", help="split the calibration images come from")
+    g.add_argument("--calib-method", default="minmax", help="ONNX Runtime: minmax | entropy | percentile")
+    g.add_argument("--nncf-preset", default="performance", help="OpenVINO NNCF: performance | mixed")
+    g.add_argument("--max-miou-drop", type=float, help="OpenVINO: accuracy-controlled INT8 with at most this mIoU drop")
+    g.add_argument("--parity-images", type=int, help="evaluation images in the parity ledger (default: all)")
+    g.add_argument("--latency-runs", type=int, help="timed runs per stage (default: preset, 200)")
+    g.add_argument("--warmup-runs", type=int, default=20, help="untimed runs before timing (at least)")
+    g.add_argument("--warmup-s", type=float, help="untimed seconds before timing (at least; default: preset)")
+    g.add_argument("--threads", type=int, help="intra-op threads for every runtime (default: the runtime's)")
+    g.add_argument("--streams", type=int, default=2, help="requests in flight in throughput mode")
+    g.add_argument("--no-throughput", action="store_true", help="skip the throughput measurement")
 
 
 def _data_config(args, preset):
@@ -218,10 +280,21 @@ def dispatch(args) -> int:
         for p in PRESETS.values():
             print(f"{p.name:22s} {p.role:8s} {p.description}")
         return 0
+    if args.command in ("targets", "doctor"):
+        return _targets(args.command == "doctor")
+    if args.command == "bench":
+        return _bench(args, console)
 
     preset = get_preset(args.preset)
+    if args.command in ("run", "deploy"):
+        from .targets import get_target
+
+        get_target(args.target)  # an unknown target fails before anything else
     data = _data_config(args, preset)
     from .distill import stage
+
+    if args.command == "deploy":
+        return _deploy(args, preset, data, console)
 
     if args.command == "eval":
         out = stage.check_out_dir(args.out)
@@ -291,7 +364,7 @@ def _train_commands(args, preset, data, train_cfg, env, console) -> int:
             console.print(f"student mIoU {res.metrics['miou']:.2f} (kd={dcfg.kd}) -> {res.checkpoint}")
         return 0
 
-    from .pipeline import RunConfig, run
+    from .pipeline import RunConfig, plan, run
 
     if env.distributed:
         raise ConfigError(
@@ -310,13 +383,148 @@ def _train_commands(args, preset, data, train_cfg, env, console) -> int:
         mfs_images=mfs_images,
         progress=progress,
         resume=args.resume,
+        deploy=_deploy_config(args, preset),
+        force=args.force,
     )
-    s = run(cfg)
+    the_plan = plan(cfg)
+    if args.dry_run:
+        print(the_plan.describe(Path(args.out)))
+        return 0
+    result = run(cfg)
+    s, r = result.summary, result.report
     t = s["teacher"]["miou"]
     console.print(
         f"teacher {'' if t is None else f'{t:.2f}'} | student alone {s['student']['miou']:.2f} | "
-        f"distilled ({s['kd']}) {s['distilled']['miou']:.2f} mIoU -> {Path(args.out) / 'metrics.json'}"
+        f"distilled ({s['kd']}) {s['distilled']['miou']:.2f} mIoU"
     )
+    from .deploy.report import markdown
+
+    print(markdown(r), end="")
+    console.print(f"{r['status']} -> {Path(args.out) / 'report.json'}, {Path(args.out) / 'manifest.json'}")
+    return result.exit_code
+
+
+def _deploy(args, preset, data, console) -> int:
+    from .deploy.report import markdown
+    from .pipeline import deploy_checkpoint, deploy_plan
+
+    dcfg = _deploy_config(args, preset)
+    the_plan = deploy_plan(dcfg, data)
+    if args.dry_run:
+        print(the_plan.describe(Path(args.out)))
+        return 0
+    result = deploy_checkpoint(args.model, data, dcfg, args.out, force=args.force)
+    print(markdown(result.report), end="")
+    console.print(f"{result.report['status']} -> {Path(args.out) / 'report.json'}, {Path(args.out) / 'manifest.json'}")
+    return result.exit_code
+
+
+def _deploy_config(args, preset):
+    from .pipeline import DeployConfig
+    from .targets.profiles import CalibrationSpec, LatencySpec, get_target
+
+    profile = get_target(args.target)
+    latency = LatencySpec(
+        warmup_runs=args.warmup_runs,
+        warmup_s=preset.warmup_s if args.warmup_s is None else args.warmup_s,
+        runs=args.latency_runs or preset.latency_runs,
+        threads=args.threads if args.threads is not None else profile.latency.threads,
+        streams=args.streams,
+    )
+    return DeployConfig(
+        target=args.target,
+        head=args.head,
+        dynamic=tuple(a.strip() for a in args.dynamic.split(",") if a.strip()),
+        opset=args.opset,
+        input_hw=args.input_size,
+        bake_normalization=not args.no_bake_normalization,
+        simplifier=args.simplifier,
+        allow_unsimplified=args.allow_unsimplified,
+        calibration=CalibrationSpec(
+            size=args.calib_size or preset.calib_size,
+            seed=args.calib_seed,
+            split=args.calib_split,
+            method=args.calib_method,
+            preset=args.nncf_preset,
+            max_miou_drop=args.max_miou_drop,
+        ),
+        parity_images=args.parity_images,
+        latency=latency,
+        throughput=not args.no_throughput,
+    )
+
+
+def _targets(doctor: bool) -> int:
+    from .targets import TARGETS, check_availability
+    from .targets.availability import EXTRAS, module_present
+
+    if doctor:
+        for backend, (module, install) in EXTRAS.items():
+            print(f"{backend.value:12s} {'installed' if module_present(module) else 'missing: ' + install}")
+        if module_present("openvino"):
+            from .targets.availability import openvino_devices
+
+            print(f"{'':12s} OpenVINO devices: {', '.join(openvino_devices()) or 'none'}")
+    for t in TARGETS.values():
+        a = check_availability(t)
+        where = (
+            "builds and measures here"
+            if a.can_measure
+            else "builds here, measures on device"
+            if a.can_build
+            else "unavailable"
+        )
+        print(f"{t.name:22s} {t.backend.value:12s} {t.device:5s} {t.precision.value:5s} {where}")
+        if doctor and a.reason:
+            print(f"{'':22s} {a.reason}")
+        elif not doctor:
+            print(f"{'':22s} {t.description}")
+    return 0
+
+
+def _bench(args, console) -> int:
+    from .deploy.bench import benchmark
+    from .deploy.bench import synthetic_feeds
+    from .distill.stage import write_json
+    from .targets import Backend, get_target
+    from .targets.profiles import LatencySpec
+
+    profile = get_target(args.target)
+    precision = args.precision or (
+        "int8"
+        if "int8" in args.model.name or "int8" in args.model.parent.name
+        else "fp16"
+        if "fp16" in str(args.model.parent)
+        else "fp32"
+    )
+    if profile.backend is Backend.ONNXRUNTIME:
+        from .deploy.backends.onnxruntime import OrtRuntime
+
+        rt = OrtRuntime(args.model, threads=args.threads, precision=precision)
+    elif profile.backend is Backend.OPENVINO:
+        from .deploy.backends.openvino import OpenVINORuntime
+
+        streams = args.streams if args.mode == "throughput" else 1
+        rt = OpenVINORuntime(
+            args.model, device=profile.device, precision=precision, threads=args.threads, streams=streams
+        )
+    else:
+        raise ConfigError(f"bench --target {args.target}: backend {profile.backend} is not measured by this command.")
+    spec = LatencySpec(
+        warmup_runs=args.warmup_runs, warmup_s=args.warmup_s, runs=args.runs, threads=args.threads, streams=args.streams
+    )
+    with rt:
+        report = benchmark(rt, synthetic_feeds(rt.input_spec()), spec, mode=args.mode)
+    if report.mode == "latency":
+        console.print(
+            f"{args.model}: p50 {report.p50:.3f} ms, p90 {report.p90:.3f}, p99 {report.p99:.3f}, "
+            f"mean {report.mean:.3f} (std {report.std:.3f}), {report.fps:.1f} FPS, batch {report.batch}"
+        )
+    else:
+        console.print(f"{args.model}: {report.fps:.1f} FPS with {report.streams} requests in flight")
+    if args.json:
+        write_json(args.json, {**report.as_dict(), "model": str(args.model), "input": "synthetic uniform 0..255"})
+    print(json.dumps(report.latency_ms | {"fps": report.fps}))
     return 0
 
 

@@ -52,3 +52,20 @@ def unknown_name(kind: str, given: str, allowed: Iterable[str], how_to_fix: str 
     if how_to_fix:
         msg += f" {how_to_fix}"
     return ConfigError(msg)
+
+
+class ExportError(BckdError):
+    """A model that cannot be exported, or an ONNX file that is corrupt, truncated or not ONNX."""
+
+
+class StageCheckError(BckdError):
+    """A stage's output does not match the artifact it was made from (export, simplify, parity).
+
+    Not a usage error: the inputs were valid, but a rewrite changed the numbers. Exit code 1.
+    """
+
+    exit_code = 1
+
+
+class BackendMissingError(ConfigError):
+    """An optional backend (openvino, nncf, tensorrt, onnxslim) is not installed."""

@@ -1,18 +1,52 @@
 """``bckd-pipeline run``: the pipeline as one straight line of stages.
 
-Stage 1 today: teacher (trained on the fly unless given) -> the student alone (the baseline a
-drop or gain is measured against) -> the distilled student -> a summary in ``metrics.json``.
-Export, calibration and target stages append to this line as they land.
+teacher (trained unless given) -> student alone (the baseline) -> distilled student -> export ->
+simplify -> calibrate -> compile for the target -> parity ledger -> latency -> manifest and report.
+
+Every stage is cached by content (``cache.py``): a rerun redoes only what changed, and a run
+interrupted mid-stage resumes from the last finished one. ``plan()`` validates the whole run before
+any work starts and is what ``--dry-run`` prints.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import json
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from .distill.stage import STATE_FILE, DataConfig, Schedule, check_out_dir, distill, train_teacher, write_json
+from .cache import StageCache, file_sha256, stage_key
+from .calibrate.data import DatasetFeeds, check_no_overlap, digests_of, pick_indices
+from .data import build_dataset
+from .data.base import Normalization
+from .distill.checkpoint import CheckpointMeta, load_model
+from .distill.stage import STATE_FILE, DataConfig, Schedule, StepOutput, distill, train_teacher, write_json
 from .distill.task import DistillConfig
 from .distill.trainer import TrainConfig
+from .errors import BackendMissingError, ConfigError, DataError
+from .export.wrapper import ExportSpec, SegExportWrapper
+from .targets import Backend, Precision, TargetProfile, check_availability, get_target
+from .targets.profiles import CalibrationSpec, LatencySpec
+
+RUN_MARKER = "run.json"
+RUN_FORMAT = "bckd-pipeline/run-v1"
+
+EXIT_DONE, EXIT_PARITY_FAILED, EXIT_USAGE, EXIT_PENDING = 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class DeployConfig:
+    target: str = "onnxruntime-cpu"
+    head: str = "logits"
+    dynamic: tuple[str, ...] = ()
+    opset: int = 17
+    input_hw: tuple[int, int] | None = None  # default: the checkpoint's training resize, else the eval images'
+    bake_normalization: bool = True
+    simplifier: str = "onnxsim"
+    allow_unsimplified: bool = False
+    calibration: CalibrationSpec = CalibrationSpec()
+    parity_images: int | None = None  # None: the whole evaluation split
+    latency: LatencySpec | None = None  # None: the target's
+    throughput: bool = True  # also measure the deployed artifact with several requests in flight
 
 
 @dataclass(frozen=True)
@@ -29,54 +63,317 @@ class RunConfig:
     mfs_images: int = 16
     progress: bool = True
     resume: bool = False  # steps with a saved training state continue from it
+    deploy: DeployConfig = DeployConfig()
+    force: bool = False  # use an --out folder that holds another run's (or foreign) files
 
 
-def run(cfg: RunConfig) -> dict:
-    out = check_out_dir(cfg.out)
+@dataclass(frozen=True)
+class PlanStep:
+    name: str
+    what: str
+    outputs: tuple[str, ...]
 
-    def resume(step: str) -> bool:
-        return cfg.resume and (out / step / STATE_FILE).is_file()
 
-    teacher_ckpt = cfg.teacher_checkpoint
-    teacher_metrics = None
-    if teacher_ckpt is None:
-        step = train_teacher(
-            cfg.teacher_model,
-            cfg.data,
-            cfg.teacher_schedule,
-            cfg.train,
-            out / "teacher",
-            progress=cfg.progress,
-            resume=resume("teacher"),
+@dataclass(frozen=True)
+class Plan:
+    target: TargetProfile
+    calibration: CalibrationSpec | None
+    latency: LatencySpec
+    can_measure: bool
+    availability_note: str
+    steps: tuple[PlanStep, ...]
+
+    def describe(self, out: Path) -> str:
+        t = self.target
+        lines = [
+            f"target      {t.name}: {t.description}",
+            f"backend     {t.backend} on {t.device}, deployed precision {t.precision}",
+            f"measured    {'here' if self.can_measure else 'NOT here: ' + self.availability_note}",
+        ]
+        if self.calibration:
+            c = self.calibration
+            lines.append(
+                f"calibration {c.size} images of split {c.split!r}, seed {c.seed}, method {c.method}, "
+                f"nncf preset {c.preset}" + (f", max mIoU drop {c.max_miou_drop}" if c.max_miou_drop else "")
+            )
+        lat = self.latency
+        lines.append(
+            f"latency     {lat.warmup_runs} warm-up runs and >= {lat.warmup_s:g} s, then {lat.runs} timed runs"
         )
-        teacher_ckpt, teacher_metrics = step.checkpoint, step.metrics
-    alone = distill(
-        teacher_ckpt,
-        cfg.student_model,
-        cfg.data,
-        cfg.student_schedule,
-        cfg.train,
-        replace(cfg.distill, kd="none"),
-        out / "student",
-        progress=cfg.progress,
-        mfs_images=cfg.mfs_images,
-        resume=resume("student"),
-    )
-    distilled = distill(
-        teacher_ckpt,
-        cfg.student_model,
-        cfg.data,
-        cfg.student_schedule,
-        cfg.train,
-        cfg.distill,
-        out / "distilled",
-        progress=cfg.progress,
-        mfs_images=cfg.mfs_images,
-        resume=resume("distilled"),
-    )
+        lines.append(f"out         {out}")
+        lines.append("steps:")
+        for i, s in enumerate(self.steps, 1):
+            lines.append(f"  {i:2d}. {s.name:16s} {s.what}")
+            for o in s.outputs:
+                lines.append(f"      -> {out / o}")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Built:
+    """One artifact of the ledger: what made it, what runs it."""
+
+    name: str
+    backend: Backend
+    precision: Precision
+    path: Path | None  # None for the PyTorch reference
+    parent: str | None
+    settings: dict = field(default_factory=dict)
+
+
+@dataclass
+class RunResult:
+    summary: dict
+    report: dict
+    exit_code: int
+
+
+# ---------------------------------------------------------------------------------------------
+# plan
+# ---------------------------------------------------------------------------------------------
+def plan(cfg: RunConfig) -> Plan:
+    """Resolve and validate the whole run before any work: stage 1, then the deployment stages."""
+    stage1 = [
+        *(
+            []
+            if cfg.teacher_checkpoint
+            else [PlanStep("teacher", f"train {cfg.teacher_model}", ("teacher/teacher.pt",))]
+        ),
+        PlanStep("student", f"train {cfg.student_model} alone (the baseline)", ("student/student.pt",)),
+        PlanStep("distilled", f"distill {cfg.student_model} with kd={cfg.distill.kd}", ("distilled/student.pt",)),
+    ]
+    return deploy_plan(cfg.deploy, cfg.data, stage1)
+
+
+def deploy_plan(deploy: DeployConfig, data: DataConfig, before: list[PlanStep] = ()) -> Plan:
+    """Validate target, backend, shapes and calibration; list the deployment stages after ``before``."""
+    profile = get_target(deploy.target)
+    avail = check_availability(profile)
+    if not avail.can_build:
+        raise BackendMissingError(f"--target {profile.name} cannot be built on this host: {avail.reason}.")
+    opset = max(deploy.opset, profile.opset)
+    ExportSpec(input_hw=deploy.input_hw or (32, 32), opset=opset, head=deploy.head, dynamic=deploy.dynamic)
+    if profile.static_shape and deploy.dynamic and profile.device == "NPU":
+        raise ConfigError(
+            f"--dynamic {','.join(deploy.dynamic)} was given for --target {profile.name}, whose device compiles "
+            "static shapes only. Drop --dynamic."
+        )
+    calibration = deploy.calibration if profile.precision is Precision.INT8 else None
+    if calibration is not None and calibration.split == data.eval_split:
+        raise DataError(
+            f"--calib-split {calibration.split!r} is the evaluation split. Calibration images must not be evaluation "
+            "images; calibrate on the training split (--calib-split train)."
+        )
+    latency = deploy.latency or profile.latency
+    shape = f"dynamic {','.join(deploy.dynamic)}" if deploy.dynamic else "static shape"
+    steps = [
+        *before,
+        PlanStep(
+            "export",
+            f"ONNX opset {opset}, head {deploy.head}, {shape}; checker + ORT vs PyTorch",
+            ("deploy/model.onnx",),
+        ),
+        PlanStep("simplify", f"{deploy.simplifier}; ORT before vs after", ("deploy/model.sim.onnx",)),
+    ]
+    if calibration is not None:
+        steps.append(
+            PlanStep(
+                "calibration",
+                f"{calibration.size} images from {calibration.split!r}, no overlap with {data.eval_split!r}",
+                ("deploy/calibration.json",),
+            )
+        )
+    steps += [PlanStep(b.name, f"{b.backend} {b.precision}", (str(b.path),)) for b in _target_artifacts(profile)]
+    steps += [
+        PlanStep("parity", f"every stage on split {data.eval_split!r} vs PyTorch", ()),
+        PlanStep(
+            "latency", "the latency protocol on every stage" if avail.can_measure else "pending: device absent", ()
+        ),
+        PlanStep("report", "manifest and reports", ("manifest.json", "report.json", "report.md")),
+    ]
+    return Plan(profile, calibration, latency, avail.can_measure, avail.reason, tuple(steps))
+
+
+def _target_artifacts(profile: TargetProfile) -> list[Built]:
+    """The artifacts the target adds after the simplified ONNX (paths relative to OUT)."""
+    fp32, fp16, int8 = Precision.FP32, Precision.FP16, Precision.INT8
+    if profile.backend is Backend.ONNXRUNTIME:
+        if profile.precision is int8:
+            return [
+                Built("onnxruntime-int8", Backend.ONNXRUNTIME, int8, Path("deploy/model.int8.onnx"), "onnx-simplified")
+            ]
+        return []
+    if profile.backend is Backend.OPENVINO:
+        base = Path("deploy/openvino")
+        built = [Built("openvino-fp32", Backend.OPENVINO, fp32, base / "fp32/model.xml", "onnx-simplified")]
+        if profile.fp16_stage:
+            built.append(Built("openvino-fp16", Backend.OPENVINO, fp16, base / "fp16/model.xml", "openvino-fp32"))
+        if profile.precision is int8:
+            built.append(Built("openvino-int8", Backend.OPENVINO, int8, base / "int8/model.xml", "openvino-fp32"))
+        return built
+    raise ConfigError(f"--target {profile.name} uses backend {profile.backend}, which `run` does not build yet.")
+
+
+# ---------------------------------------------------------------------------------------------
+# run
+# ---------------------------------------------------------------------------------------------
+def run(cfg: RunConfig) -> RunResult:
+    the_plan = plan(cfg)
+    out = claim_out_dir(cfg.out, _identity(cfg), force=cfg.force)
+    cache = StageCache(out)
+
+    teacher_ckpt, teacher_metrics = teacher_stage(cfg, out, cache)
+    alone = student_stage(cfg, out, cache, teacher_ckpt, replace(cfg.distill, kd="none"), "student")
+    distilled = student_stage(cfg, out, cache, teacher_ckpt, cfg.distill, "distilled")
     summary = summarize(teacher_metrics, alone.metrics, distilled.metrics, teacher_ckpt, distilled.checkpoint)
     write_json(out / "metrics.json", summary)
-    return summary
+    return deploy_stages(cfg.deploy, cfg.data, the_plan, out, cache, distilled.checkpoint, summary)
+
+
+def deploy_checkpoint(
+    checkpoint: Path, data: DataConfig, deploy_cfg: DeployConfig, out: Path, *, force: bool = False
+) -> RunResult:
+    """Stages 2 and 3 alone, on a student checkpoint trained elsewhere (``bckd-pipeline deploy``)."""
+    the_plan = deploy_plan(deploy_cfg, data)
+    _, meta = load_model(checkpoint)  # a clear error for a missing or foreign checkpoint, before the folder
+    out = claim_out_dir(out, {"data": data.spec, "checkpoint": str(Path(checkpoint).resolve())}, force=force)
+    return deploy_stages(deploy_cfg, data, the_plan, out, StageCache(out), Path(checkpoint), None)
+
+
+def deploy_stages(
+    deploy_cfg: DeployConfig,
+    data: DataConfig,
+    the_plan: Plan,
+    out: Path,
+    cache: StageCache,
+    checkpoint: Path,
+    summary: dict | None,
+) -> RunResult:
+    """export -> simplify -> calibrate -> compile -> parity -> latency -> manifest and reports."""
+    from .deploy.report import build_report, write_manifest, write_reports
+
+    ctx = DeployContext.create(deploy_cfg, data, the_plan, checkpoint, out)
+    onnx_path, export_check = export_stage(ctx, out, cache)
+    simplified, simplify_check = simplify_stage(ctx, out, cache, onnx_path)
+    calibration = calibration_stage(ctx, out, cache)
+    built = compile_stage(ctx, out, cache, onnx_path, simplified, calibration)
+    parity = parity_stage(ctx, out, cache, built)
+    latency = latency_stage(ctx, out, cache, built)
+
+    report = build_report(ctx, summary, built, parity, latency, export_check, simplify_check, calibration)
+    write_manifest(ctx, out, built, report, calibration)
+    write_reports(out, report)
+    return RunResult(summary, report, report["exit_code"])
+
+
+def _identity(cfg: RunConfig) -> dict:
+    teacher = str(cfg.teacher_checkpoint or cfg.teacher_model)
+    return {"data": cfg.data.spec, "teacher": teacher, "student": cfg.student_model}
+
+
+def claim_out_dir(out: Path, identity: dict, *, force: bool) -> Path:
+    """Create ``--out`` or reuse it for the same run; refuse a folder of foreign files or another run's."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {str(out)!r} is a file. Pass a folder path (it is created if missing).")
+    marker = out / RUN_MARKER
+    if out.is_dir() and any(out.iterdir()) and not force:
+        try:
+            previous = json.loads(marker.read_text())
+        except (OSError, ValueError):
+            previous = None
+        if previous is None or previous.get("format") != RUN_FORMAT:
+            raise DataError(
+                f"--out {str(out)!r} already holds files that `bckd-pipeline run` did not write. Choose an empty or "
+                "new folder, or pass --force to write into it anyway."
+            )
+        if previous.get("identity") != identity:
+            diff = ", ".join(
+                f"{k}: {previous.get('identity', {}).get(k)!r} -> {v!r}"
+                for k, v in identity.items()
+                if previous.get("identity", {}).get(k) != v
+            )
+            raise DataError(
+                f"--out {str(out)!r} holds another run ({diff}). Use a new --out, or pass --force to replace its "
+                "stages."
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(marker, {"format": RUN_FORMAT, "identity": identity})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# stage 1, cached
+# ---------------------------------------------------------------------------------------------
+def _read_metrics(folder: Path) -> dict:
+    return json.loads((folder / "metrics.json").read_text())
+
+
+def teacher_stage(cfg: RunConfig, out: Path, cache: StageCache) -> tuple[Path, dict | None]:
+    if cfg.teacher_checkpoint is not None:
+        return Path(cfg.teacher_checkpoint), None
+    folder = out / "teacher"
+    key = stage_key(
+        "teacher",
+        {
+            "model": cfg.teacher_model,
+            "data": cfg.data,
+            "schedule": cfg.teacher_schedule,
+            "train": _train_options(cfg.train),
+        },
+    )
+    if cache.lookup("teacher", key) is not None:
+        return folder / "teacher.pt", _read_metrics(folder)
+    step = train_teacher(
+        cfg.teacher_model,
+        cfg.data,
+        cfg.teacher_schedule,
+        cfg.train,
+        folder,
+        progress=cfg.progress,
+        resume=cfg.resume and (folder / STATE_FILE).is_file(),
+    )
+    cache.store("teacher", key, [step.checkpoint, folder / "metrics.json"], {})
+    return step.checkpoint, step.metrics
+
+
+def student_stage(
+    cfg: RunConfig, out: Path, cache: StageCache, teacher_ckpt: Path, dcfg: DistillConfig, name: str
+) -> StepOutput:
+    folder = out / name
+    key = stage_key(
+        name,
+        {
+            "model": cfg.student_model,
+            "data": cfg.data,
+            "schedule": cfg.student_schedule,
+            "train": _train_options(cfg.train),
+            "distill": dcfg,
+            "mfs": cfg.mfs_images,
+        },
+        [Path(teacher_ckpt)],
+    )
+    if cache.lookup(name, key) is not None:
+        return StepOutput(folder / "student.pt", _read_metrics(folder))
+    step = distill(
+        teacher_ckpt,
+        cfg.student_model,
+        cfg.data,
+        cfg.student_schedule,
+        cfg.train,
+        dcfg,
+        folder,
+        progress=cfg.progress,
+        mfs_images=cfg.mfs_images,
+        resume=cfg.resume and (folder / STATE_FILE).is_file(),
+    )
+    cache.store(name, key, [step.checkpoint, folder / "metrics.json"], {})
+    return step
+
+
+def _train_options(train: TrainConfig) -> dict:
+    # Where and how often state is saved does not change the trained weights.
+    return {k: v for k, v in asdict(train).items() if k not in ("checkpoint_every", "num_workers")}
 
 
 def summarize(teacher: dict | None, alone: dict, distilled: dict, teacher_ckpt: Path, student_ckpt: Path) -> dict:
@@ -97,3 +394,292 @@ def summarize(teacher: dict | None, alone: dict, distilled: dict, teacher_ckpt: 
         },
         "gap_closed_percent": closed,
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# stages 2 and 3
+# ---------------------------------------------------------------------------------------------
+CHECK_IMAGES = 4  # real evaluation images each rewrite is checked on
+
+
+@dataclass
+class DeployContext:
+    deploy: DeployConfig
+    data: DataConfig
+    out: Path
+    plan: Plan
+    checkpoint: Path
+    meta: CheckpointMeta
+    spec: ExportSpec
+    eval_feeds: DatasetFeeds
+    eval_digests: dict[str, str]
+
+    @classmethod
+    def create(cls, deploy: DeployConfig, d: DataConfig, the_plan: Plan, checkpoint: Path, out: Path) -> DeployContext:
+        _, meta = load_model(checkpoint)
+        eval_set = build_dataset(d.spec, d.eval_split, demo_size=d.demo_size, demo_count=d.demo_count)
+        if len(eval_set) == 0:
+            raise DataError(f"The evaluation split {d.eval_split!r} of {d.spec!r} is empty; parity needs images.")
+        input_hw = deploy.input_hw or meta.input_hw or tuple(eval_set.load(0)[0].shape[:2])
+        spec = ExportSpec(
+            input_hw=tuple(input_hw),
+            opset=max(deploy.opset, the_plan.target.opset),
+            head=deploy.head,
+            bake_normalization=deploy.bake_normalization,
+            dynamic=deploy.dynamic,
+        )
+        n = len(eval_set) if deploy.parity_images is None else min(deploy.parity_images, len(eval_set))
+        feeds = DatasetFeeds.from_dataset(eval_set, range(n), spec.input_hw, normalization=_feed_norm(meta, spec))
+        digests = digests_of(eval_set) if the_plan.calibration is not None else {}
+        return cls(deploy, d, Path(out), the_plan, Path(checkpoint), meta, spec, feeds, digests)
+
+    @property
+    def profile(self) -> TargetProfile:
+        return self.plan.target
+
+    def check_feeds(self) -> list:
+        return self.eval_feeds.head(CHECK_IMAGES)
+
+
+def _norm(meta: CheckpointMeta) -> Normalization:
+    return Normalization(tuple(meta.mean), tuple(meta.std))
+
+
+def _feed_norm(meta: CheckpointMeta, spec: ExportSpec) -> Normalization | None:
+    """Feeds carry raw 0..255 pixels when the graph normalises, normalised pixels otherwise."""
+    return None if spec.bake_normalization else _norm(meta)
+
+
+def export_stage(ctx: DeployContext, out: Path, cache: StageCache):
+    from .export.onnx_export import to_onnx
+
+    path = out / "deploy/model.onnx"
+    key = stage_key("export", {"spec": ctx.spec, "feeds": ctx.eval_feeds.digests[:CHECK_IMAGES]}, [ctx.checkpoint])
+    hit = cache.lookup("export", key)
+    if hit is not None:
+        return path, hit["check"]
+    model, _ = load_model(ctx.checkpoint)
+    extra = {"bckd.checkpoint_sha256": file_sha256(ctx.checkpoint), "bckd.target": ctx.profile.name}
+    _, check = to_onnx(model, ctx.meta, ctx.spec, path, ctx.check_feeds(), extra_metadata=extra)
+    cache.store("export", key, [path], {"check": check.as_dict()})
+    return path, check.as_dict()
+
+
+def simplify_stage(ctx: DeployContext, out: Path, cache: StageCache, source: Path):
+    from .export.simplify import simplify
+
+    path = out / "deploy/model.sim.onnx"
+    opts = {"tool": ctx.deploy.simplifier, "allow": ctx.deploy.allow_unsimplified}
+    key = stage_key("simplify", opts, [source])
+    hit = cache.lookup("simplify", key)
+    if hit is not None:
+        return path, hit["check"]
+    _, check, counts = simplify(
+        source,
+        path,
+        ctx.check_feeds(),
+        tool=ctx.deploy.simplifier,
+        allow_unsimplified=ctx.deploy.allow_unsimplified,
+    )
+    result = {**counts, **(check.as_dict() if check else {"passed": None, "note": "simplifier failed; graph copied"})}
+    cache.store("simplify", key, [path], {"check": result})
+    return path, result
+
+
+@dataclass(frozen=True)
+class Calibration:
+    feeds: DatasetFeeds
+    manifest_path: Path
+    sha256: str
+    spec: CalibrationSpec
+
+
+def calibration_stage(ctx: DeployContext, out: Path, cache: StageCache) -> Calibration | None:
+    spec = ctx.plan.calibration
+    if spec is None:
+        return None
+    d = ctx.data
+    train_set = build_dataset(d.spec, spec.split, demo_size=d.demo_size, demo_count=d.demo_count)
+    indices = pick_indices(spec.size, len(train_set), spec.seed)
+    feeds = DatasetFeeds.from_dataset(
+        train_set, indices, ctx.spec.input_hw, normalization=_feed_norm(ctx.meta, ctx.spec)
+    )
+    check_no_overlap(feeds, ctx.eval_digests)
+    path = out / "deploy/calibration.json"
+    write_json(
+        path,
+        {
+            "format": "bckd-pipeline/calibration-v1",
+            "data": d.spec,
+            "split": spec.split,
+            "size": len(feeds),
+            "requested_size": spec.size,
+            "seed": spec.seed,
+            "method": spec.method,
+            "input_hw": list(ctx.spec.input_hw),
+            "preprocessing": "resize bilinear to input_hw; "
+            + ("raw 0..255 (normalisation in the graph)" if ctx.spec.bake_normalization else "normalised"),
+            "evaluation_split_checked": d.eval_split,
+            "images": feeds.manifest(),
+        },
+    )
+    return Calibration(feeds, path, file_sha256(path), spec)
+
+
+def compile_stage(
+    ctx: DeployContext, out: Path, cache: StageCache, onnx_path: Path, simplified: Path, calib: Calibration | None
+) -> list[Built]:
+    ref = Built("pytorch", Backend.TORCH, Precision.FP32, None, None)
+    built = [
+        ref,
+        Built("onnx", Backend.ONNXRUNTIME, Precision.FP32, onnx_path, "pytorch"),
+        Built("onnx-simplified", Backend.ONNXRUNTIME, Precision.FP32, simplified, "onnx"),
+    ]
+    paths = {b.name: b.path for b in built}
+    for b in _target_artifacts(ctx.profile):
+        path, parent = out / b.path, paths[b.parent]
+        settings = _build_one(ctx, cache, b, path, parent, calib)
+        built.append(replace(b, path=path, settings=settings))
+        paths[b.name] = path
+    return built
+
+
+def _build_one(ctx: DeployContext, cache: StageCache, b: Built, path: Path, parent: Path, calib) -> dict:
+    options = {
+        "profile": ctx.profile.name,
+        "device": ctx.profile.device,
+        "calibration": calib.spec if calib else None,
+        "calibration_sha256": calib.sha256 if calib else None,
+    }
+    key = stage_key(b.name, options, [parent])
+    hit = cache.lookup(b.name, key)
+    if hit is not None:
+        return hit["settings"]
+    outputs = [path]
+    if b.backend is Backend.ONNXRUNTIME:
+        from .calibrate.onnxruntime import quantize_ort
+
+        _, settings = quantize_ort(parent, path, calib.feeds, calib.spec)
+    else:
+        from .calibrate import openvino as ovq
+
+        if b.precision is Precision.INT8:
+            _, settings = ovq.quantize_ir(
+                parent,
+                path,
+                calib.feeds,
+                calib.spec,
+                target_device=ctx.profile.device,
+                validation=ctx.eval_feeds,
+                num_classes=ctx.meta.num_classes,
+                ignore_index=ctx.meta.ignore_index,
+            )
+        else:
+            ovq.to_ir(parent, path, fp16=b.precision is Precision.FP16)
+            settings = {"tool": "openvino.convert_model", "compress_to_fp16": b.precision is Precision.FP16}
+        outputs.append(path.with_suffix(".bin"))
+    cache.store(b.name, key, outputs, {"settings": settings})
+    return settings
+
+
+def make_runtime(ctx: DeployContext, b: Built, *, device: str | None = None, streams: int = 1):
+    """The Runtime that runs artifact ``b`` (on ``device``, default the target's when present, else the host CPU)."""
+    threads = (ctx.deploy.latency or ctx.profile.latency).threads
+    if b.backend is Backend.TORCH:
+        from .deploy.backends.torch import TorchRuntime
+
+        model, _ = load_model(ctx.checkpoint)
+        wrapper = SegExportWrapper(
+            model, normalize=_norm(ctx.meta) if ctx.spec.bake_normalization else None, head=ctx.spec.head
+        )
+        return TorchRuntime(
+            wrapper, ctx.spec.input_shape(), output_name=ctx.spec.output_name, threads=threads, name=b.name
+        )
+    if b.backend is Backend.ONNXRUNTIME:
+        from .deploy.backends.onnxruntime import OrtRuntime
+
+        return OrtRuntime(b.path, threads=threads, precision=str(b.precision), name=b.name)
+    from .deploy.backends.openvino import OpenVINORuntime
+
+    dev = device or (ctx.profile.device if ctx.plan.can_measure else "CPU")
+    return OpenVINORuntime(
+        b.path, device=dev, precision=str(b.precision), threads=threads, streams=streams, name=b.name
+    )
+
+
+def _on_target(ctx: DeployContext, b: Built) -> bool:
+    """Whether the row's numbers come from the target's own device (host stages always do)."""
+    return b.backend is not ctx.profile.backend or ctx.plan.can_measure or b.backend is Backend.ONNXRUNTIME
+
+
+def parity_stage(ctx: DeployContext, out: Path, cache: StageCache, built: list[Built]) -> dict:
+    from contextlib import ExitStack
+
+    from .deploy.parity import LedgerStage, ledger
+
+    key = stage_key(
+        "parity",
+        {
+            "stages": [(b.name, b.parent) for b in built],
+            "feeds": ctx.eval_feeds.digests,
+            "parity": ctx.profile.parity,
+            "device": ctx.plan.can_measure,
+        },
+        [ctx.checkpoint] + [b.path for b in built if b.path is not None],
+    )
+    hit = cache.lookup("parity", key)
+    if hit is not None:
+        return hit
+    with ExitStack() as stack:
+        stages = [
+            LedgerStage(
+                b.name,
+                str(b.backend),
+                str(b.precision),
+                stack.enter_context(make_runtime(ctx, b)),
+                b.parent,
+                None if b.path is None else str(b.path),
+            )
+            for b in built
+        ]
+        report = ledger(
+            stages,
+            ctx.eval_feeds,
+            num_classes=ctx.meta.num_classes,
+            ignore_index=ctx.meta.ignore_index,
+            criteria=lambda p: ctx.profile.parity[Precision(p)],
+        )
+    result = {
+        "stages": {s.name: asdict(s) for s in report.stages},
+        "culprit": None if report.culprit is None else report.culprit.name,
+    }
+    cache.store("parity", key, [], result)
+    return result
+
+
+def latency_stage(ctx: DeployContext, out: Path, cache: StageCache, built: list[Built]) -> dict:
+    from .deploy.bench import benchmark
+
+    spec = ctx.deploy.latency or ctx.profile.latency
+    feeds = ctx.eval_feeds.head(8)
+    results: dict[str, dict] = {}
+    for b in built:
+        if not _on_target(ctx, b):
+            continue  # never time a stand-in device for the target's
+        key = stage_key(
+            f"latency-{b.name}",
+            {"spec": spec, "throughput": ctx.deploy.throughput},
+            [ctx.checkpoint] if b.path is None else [b.path],
+        )
+        hit = cache.lookup(f"latency-{b.name}", key)
+        if hit is not None:
+            results[b.name] = hit
+            continue
+        with make_runtime(ctx, b) as rt:
+            entry = {"latency": benchmark(rt, feeds, spec).as_dict()}
+        if ctx.deploy.throughput and b is built[-1]:
+            with make_runtime(ctx, b, streams=spec.streams) as rt:
+                entry["throughput"] = benchmark(rt, feeds, spec, mode="throughput").as_dict()
+        cache.store(f"latency-{b.name}", key, [], entry)
+        results[b.name] = entry
+    return results

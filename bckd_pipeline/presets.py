@@ -31,6 +31,9 @@ class Preset:
     num_workers: int = 2
     bckd: dict[str, str] = field(default_factory=dict)
     mfs_images: int = 8
+    calib_size: int = 100  # INT8 calibration images from the training split
+    latency_runs: int = 200
+    warmup_s: float = 1.0
 
 
 PRESETS: dict[str, Preset] = {
@@ -56,6 +59,9 @@ PRESETS: dict[str, Preset] = {
         num_workers=0,
         bckd={"grid_stride": "4", "radius": "3"},
         mfs_images=4,
+        calib_size=16,
+        latency_runs=50,
+        warmup_s=0.2,
     ),
     "camvid": Preset(
         name="camvid",

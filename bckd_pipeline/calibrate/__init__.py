@@ -1,4 +1,5 @@
-"""Stage 3a: INT8 calibration data feeds and quantization (ONNX Runtime QDQ, NNCF).
+"""Stage 3, calibration and INT8: one feed contract, ONNX Runtime static QDQ, OpenVINO NNCF PTQ."""
 
-Not built yet (tracked as its own issue). Nothing in this package is imported by stage 1.
-"""
+from .data import DatasetFeeds, FeedDict, FeedSource, check_no_overlap, digests_of, pick_indices, preprocess
+
+__all__ = ["DatasetFeeds", "FeedDict", "FeedSource", "check_no_overlap", "digests_of", "pick_indices", "preprocess"]

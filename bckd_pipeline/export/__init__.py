@@ -1,4 +1,21 @@
-"""Stage 2: ONNX export, graph simplification and the numerical check after every rewrite.
+"""Stage 2: the export wrapper, ONNX export and graph simplification, each checked on real inputs.
 
-Not built yet (tracked as its own issue). Nothing in this package is imported by stage 1.
+``to_onnx`` (checker + ONNX Runtime vs PyTorch) -> ``simplify`` (ONNX Runtime before vs after).
 """
+
+from .check import CheckReport, compare
+from .onnx_export import load_onnx, read_metadata, to_onnx
+from .simplify import SIMPLIFIERS, simplify
+from .wrapper import ExportSpec, SegExportWrapper
+
+__all__ = [
+    "SIMPLIFIERS",
+    "CheckReport",
+    "ExportSpec",
+    "SegExportWrapper",
+    "compare",
+    "load_onnx",
+    "read_metadata",
+    "simplify",
+    "to_onnx",
+]

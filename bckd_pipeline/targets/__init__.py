@@ -1,4 +1,16 @@
-"""Stage 3b: target profiles (ONNX Runtime, OpenVINO CPU/GPU/NPU, TensorRT/Jetson) and engine builds.
+"""Stage 3 targets: what each deployment target is (profiles) and whether this host can run it."""
 
-Not built yet (tracked as its own issue). Nothing in this package is imported by stage 1.
-"""
+from .availability import Availability, check_availability
+from .profiles import TARGETS, Backend, CalibrationSpec, ParityCriteria, Precision, TargetProfile, get_target
+
+__all__ = [
+    "TARGETS",
+    "Availability",
+    "Backend",
+    "CalibrationSpec",
+    "ParityCriteria",
+    "Precision",
+    "TargetProfile",
+    "check_availability",
+    "get_target",
+]

@@ -1,0 +1,116 @@
+"""One data-feed contract for calibration, parity and benchmarking (Polygraphy's data loader, NNCF's Dataset).
+
+A ``FeedSource`` is any iterable of ``FeedDict`` (input name -> numpy array). ``DatasetFeeds`` builds
+one from a dataset split with the same preprocessing as evaluation (``resize_pair``: bilinear image,
+nearest-neighbour mask) and, where normalisation is not baked into the graph, the same
+``Normalization``. Its ``pairs()`` also yields the labels, for the parity ledger.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..data.base import Normalization, SegDataset
+from ..data.transforms import resize_pair
+from ..errors import DataError
+
+FeedDict = Mapping[str, np.ndarray]
+FeedSource = Iterable[FeedDict]
+
+
+def image_digest(image: np.ndarray) -> str:
+    """sha256 of the decoded pixels (and shape): the same photo in another container hashes the same."""
+    h = hashlib.sha256(str(image.shape).encode())
+    h.update(np.ascontiguousarray(image).tobytes())
+    return h.hexdigest()
+
+
+def preprocess(image: np.ndarray, input_hw: tuple[int, int], normalization: Normalization | None) -> np.ndarray:
+    """uint8 H x W x 3 RGB -> float32 1 x 3 x H x W at ``input_hw``, normalised unless baked into the graph."""
+    resized, _ = resize_pair(image, np.zeros(image.shape[:2], np.int64), input_hw)
+    x = normalization(resized) if normalization is not None else resized.astype(np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
+
+
+@dataclass
+class DatasetFeeds:
+    """Preprocessed images (and labels at the same size) of chosen samples of a split, held in memory."""
+
+    images: list[np.ndarray]
+    labels: list[np.ndarray]
+    names: list[str]
+    digests: list[str]
+    split: str
+    input_name: str = "image"
+
+    @classmethod
+    def from_dataset(
+        cls,
+        dataset: SegDataset,
+        indices: Sequence[int],
+        input_hw: tuple[int, int],
+        *,
+        normalization: Normalization | None = None,
+        input_name: str = "image",
+    ) -> DatasetFeeds:
+        images, labels, names, digests = [], [], [], []
+        for i in indices:
+            image, mask = dataset.load(i)
+            digests.append(image_digest(image))
+            _, label = resize_pair(image, mask, input_hw)
+            images.append(preprocess(image, input_hw, normalization))
+            labels.append(label.astype(np.int64))
+            names.append(dataset.name(i))
+        return cls(images, labels, names, digests, dataset.split, input_name)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __iter__(self) -> Iterator[FeedDict]:
+        for x in self.images:
+            yield {self.input_name: x}
+
+    def pairs(self) -> Iterator[tuple[FeedDict, np.ndarray]]:
+        for x, y in zip(self.images, self.labels, strict=True):
+            yield {self.input_name: x}, y
+
+    def head(self, n: int) -> list[FeedDict]:
+        return [{self.input_name: x} for x in self.images[:n]]
+
+    def manifest(self) -> list[dict[str, str]]:
+        return [{"name": n, "sha256": d} for n, d in zip(self.names, self.digests, strict=True)]
+
+
+def pick_indices(size: int, available: int, seed: int) -> list[int]:
+    """``size`` distinct indices drawn with ``seed`` (all of them, in order, when size >= available)."""
+    if available < 1:
+        raise DataError("The calibration split is empty. Point --data at a dataset whose train split has images.")
+    if size >= available:
+        return list(range(available))
+    rng = np.random.default_rng(seed)
+    return sorted(int(i) for i in rng.choice(available, size=size, replace=False))
+
+
+def check_no_overlap(calibration: DatasetFeeds, evaluation_digests: Mapping[str, str]) -> None:
+    """Refuse calibration images that are also evaluation images (``evaluation_digests``: digest -> name)."""
+    shared = [
+        (n, evaluation_digests[d])
+        for n, d in zip(calibration.names, calibration.digests, strict=True)
+        if d in evaluation_digests
+    ]
+    if shared:
+        shown = ", ".join(f"{c} = {e}" for c, e in shared[:5])
+        raise DataError(
+            f"{len(shared)} of {len(calibration)} calibration images from split {calibration.split!r} are also "
+            f"evaluation images ({shown}{', ...' if len(shared) > 5 else ''}). Calibrating on evaluation data makes "
+            "the INT8 mIoU look better than it is. Calibrate on the training split (--calib-split train), or "
+            "remove the shared images from one of the splits."
+        )
+
+
+def digests_of(dataset: SegDataset) -> dict[str, str]:
+    return {image_digest(dataset.load(i)[0]): dataset.name(i) for i in range(len(dataset))}

@@ -1,0 +1,78 @@
+"""ONNX Runtime static INT8: ``quant_pre_process``, then QDQ with per-channel weights.
+
+The settings that make ORT INT8 faster than FP32 on x86 CPUs (measured in docs/deploy.md): unsigned
+8-bit activations with signed 8-bit weights (the u8s8 kernels of VNNI/AVX2; s8s8 QDQ runs slower
+than FP32 here), per-channel weights, the graph pre-processed (shape inference + fusion) before
+quantization, and ``ORT_ENABLE_ALL`` optimisation at load so QDQ pairs fuse into QLinearConv.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from ..distill.checkpoint import atomic_write
+from ..errors import BackendMissingError
+from ..targets.profiles import CalibrationSpec
+from .data import DatasetFeeds
+
+METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+
+
+def _reader(feeds: DatasetFeeds):
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class FeedReader(CalibrationDataReader):
+        """ORT's pull-style reader over our feed source."""
+
+        def __init__(self) -> None:
+            self._it = iter(feeds)
+
+        def get_next(self):
+            return next(self._it, None)
+
+        def rewind(self) -> None:
+            self._it = iter(feeds)
+
+    return FeedReader()
+
+
+def quantize_ort(source: Path, path: Path, feeds: DatasetFeeds, spec: CalibrationSpec) -> tuple[Path, dict]:
+    """FP32 ONNX -> INT8 QDQ ONNX calibrated on ``feeds``; returns the path and the settings used."""
+    try:
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+    except ImportError:
+        raise BackendMissingError("onnxruntime is not installed: pip install onnxruntime.") from None
+
+    settings = {
+        "format": "QDQ",
+        "activation_type": "QUInt8",
+        "weight_type": "QInt8",
+        "per_channel": True,
+        "calibration_method": METHODS[spec.method],
+        "calibration_images": len(feeds),
+        "pre_process": True,
+    }
+    extra = {"CalibMovingAverage": False}
+    if spec.method == "percentile":
+        extra["CalibPercentile"] = 99.999
+
+    def write(tmp: Path) -> None:
+        with tempfile.TemporaryDirectory(dir=Path(path).parent) as work:
+            pre = Path(work) / "pre.onnx"
+            quant_pre_process(str(source), str(pre), skip_symbolic_shape=True)
+            quantize_static(
+                str(pre),
+                str(tmp),
+                _reader(feeds),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=getattr(CalibrationMethod, METHODS[spec.method]),
+                extra_options=extra,
+            )
+
+    atomic_write(path, write)
+    return Path(path), settings

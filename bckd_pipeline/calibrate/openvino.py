@@ -1,0 +1,116 @@
+"""OpenVINO IRs: FP32 and FP16 from the ONNX, and INT8 by NNCF post-training quantization.
+
+With ``CalibrationSpec.max_miou_drop`` NNCF's accuracy-controlled quantization reverts the most
+sensitive layers to float until the mIoU drop on the validation images is within the limit.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ..deploy.backends.openvino import import_openvino
+from ..errors import BackendMissingError, StageCheckError
+from ..metrics import ConfusionMatrix
+from ..targets.profiles import CalibrationSpec
+from .data import DatasetFeeds
+
+
+def save_ir(model, xml_path: Path, *, compress_to_fp16: bool) -> Path:
+    """Write model.xml and model.bin so that neither appears until both are complete."""
+    ov = import_openvino()
+    xml_path = Path(xml_path)
+    xml_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=xml_path.parent, prefix=f".{xml_path.stem}.") as work:
+        tmp_xml = Path(work) / xml_path.name
+        ov.save_model(model, str(tmp_xml), compress_to_fp16=compress_to_fp16)
+        os.replace(tmp_xml.with_suffix(".bin"), xml_path.with_suffix(".bin"))
+        os.replace(tmp_xml, xml_path)
+    return xml_path
+
+
+def to_ir(source: Path, xml_path: Path, *, fp16: bool) -> Path:
+    """An ONNX file or an FP32 IR -> an IR with FP32 or FP16-compressed weights."""
+    ov = import_openvino()
+    try:
+        model = ov.Core().read_model(str(source))
+    except Exception as exc:  # noqa: BLE001 - conversion failures name the op in their text
+        raise StageCheckError(
+            f"OpenVINO could not convert {str(source)!r}: {str(exc).strip().splitlines()[0][:300]}"
+        ) from None
+    return save_ir(model, xml_path, compress_to_fp16=fp16)
+
+
+def _nncf():
+    try:
+        import nncf
+    except ImportError:
+        raise BackendMissingError(
+            'NNCF is not installed: pip install "bckd-pipeline[openvino]" (openvino and nncf).'
+        ) from None
+    return nncf
+
+
+def quantize_ir(
+    fp32_xml: Path,
+    xml_path: Path,
+    feeds: DatasetFeeds,
+    spec: CalibrationSpec,
+    *,
+    target_device: str,
+    validation: DatasetFeeds | None = None,
+    num_classes: int | None = None,
+    ignore_index: int = 255,
+) -> tuple[Path, dict]:
+    """NNCF PTQ of the FP32 IR for ``target_device`` (CPU/GPU/NPU); returns the INT8 IR path and settings."""
+    ov = import_openvino()
+    nncf = _nncf()
+    model = ov.Core().read_model(str(fp32_xml))
+    calibration = nncf.Dataset(list(feeds))
+    preset = {"performance": nncf.QuantizationPreset.PERFORMANCE, "mixed": nncf.QuantizationPreset.MIXED}[spec.preset]
+    device = getattr(nncf.TargetDevice, target_device.upper(), nncf.TargetDevice.ANY)
+    settings = {
+        "tool": "nncf",
+        "nncf": nncf.__version__,
+        "preset": spec.preset,
+        "target_device": device.name,
+        "subset_size": len(feeds),
+        "accuracy_control": spec.max_miou_drop is not None,
+    }
+    if spec.max_miou_drop is None:
+        quantized = nncf.quantize(model, calibration, preset=preset, target_device=device, subset_size=len(feeds))
+    else:
+        if validation is None or num_classes is None:
+            raise StageCheckError("Accuracy-controlled quantization needs validation images and num_classes.")
+        pairs = list(validation.pairs())
+
+        def miou_fraction(compiled, items) -> float:
+            cm = ConfusionMatrix(num_classes, ignore_index)
+            out = compiled.outputs[0]
+            for feed, label in items:
+                y = np.asarray(compiled(feed)[out])
+                cm.update(y.argmax(1)[0] if y.ndim == 4 else y[0], label)
+            return cm.miou() / 100.0
+
+        quantized = nncf.quantize_with_accuracy_control(
+            model,
+            calibration,
+            nncf.Dataset(pairs, lambda item: item[0]),
+            validation_fn=miou_fraction,
+            max_drop=spec.max_miou_drop / 100.0,
+            drop_type=nncf.DropType.ABSOLUTE,
+            preset=preset,
+            target_device=device,
+            subset_size=len(feeds),
+        )
+        settings["max_miou_drop"] = spec.max_miou_drop
+    save_ir(quantized, xml_path, compress_to_fp16=False)
+    return Path(xml_path), settings
+
+
+def remove_ir(xml_path: Path) -> None:
+    for p in (Path(xml_path), Path(xml_path).with_suffix(".bin")):
+        p.unlink(missing_ok=True)

@@ -1,0 +1,1 @@
+"""One file per backend; each imports its package inside ``_activate``."""

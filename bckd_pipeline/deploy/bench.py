@@ -1,0 +1,150 @@
+"""The latency protocol, the same for every backend (PyTorch eager included, as the baseline).
+
+Latency mode (one request at a time): warm up for at least ``warmup_runs`` calls *and*
+``warmup_s`` seconds (neither is timed), then ``runs`` timed calls of ``Runtime.infer``, each
+timed with ``time.perf_counter`` around the backend call alone (the base class does it; on a GPU
+the backend synchronises inside). Reported: p50/p90/p99, mean, std, min in milliseconds, and
+FPS = batch / mean. Throughput mode: ``streams`` requests in flight (threads for ONNX Runtime and
+PyTorch, the async infer-request queue for OpenVINO), FPS = images / wall time.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import platform
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..targets.profiles import LatencySpec
+from .runtime import Feed, Runtime
+
+MODES = ("latency", "throughput")
+DEFAULT_LATENCY = LatencySpec()
+
+
+@dataclass(frozen=True)
+class LatencyReport:
+    mode: str
+    batch: int
+    runs: int
+    warmup_runs: int
+    warmup_s: float
+    p50: float | None
+    p90: float | None
+    p99: float | None
+    mean: float | None
+    std: float | None
+    min: float | None
+    fps: float
+    streams: int
+    precision: str
+    backend: str
+    settings: dict
+    versions: dict
+    host: dict
+    what_is_timed: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def latency_ms(self) -> dict[str, float | None]:
+        return {"p50": self.p50, "p90": self.p90, "p99": self.p99, "mean": self.mean}
+
+
+def host_facts() -> dict:
+    return {
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+    }
+
+
+def _batch(feeds: Sequence[Feed]) -> int:
+    first = next(iter(feeds[0].values()))
+    return int(first.shape[0]) if first.ndim else 1
+
+
+def benchmark(
+    runtime: Runtime, feeds: Sequence[Feed], spec: LatencySpec = DEFAULT_LATENCY, *, mode: str = "latency"
+) -> LatencyReport:
+    if mode not in MODES:
+        raise ConfigError(f"Benchmark mode {mode!r} is not allowed. Allowed: {', '.join(MODES)}.")
+    if not feeds:
+        raise ConfigError("The benchmark needs at least one input; the feed source was empty.")
+    if spec.runs < 1 or spec.warmup_runs < 0:
+        raise ConfigError(f"Benchmark runs must be >= 1 and warm-up runs >= 0, got {spec.runs} and {spec.warmup_runs}.")
+    feeds = list(feeds)
+    cycle = itertools.cycle(feeds)
+    start, done = time.perf_counter(), 0
+    while done < spec.warmup_runs or time.perf_counter() - start < spec.warmup_s:
+        runtime.infer(next(cycle))
+        done += 1
+    batch = _batch(feeds)
+    common = dict(
+        batch=batch,
+        runs=spec.runs,
+        warmup_runs=done,
+        warmup_s=spec.warmup_s,
+        precision=runtime.precision,
+        backend=runtime.backend,
+        settings=runtime.settings(),
+        versions=runtime.versions(),
+        host=host_facts(),
+        what_is_timed=runtime.what_is_timed,
+    )
+    if mode == "latency":
+        times = []
+        for _ in range(spec.runs):
+            runtime.infer(next(cycle))
+            times.append(runtime.last_latency_s * 1000.0)
+        t = np.asarray(times)
+        mean = float(t.mean())
+        return LatencyReport(
+            mode=mode,
+            p50=float(np.percentile(t, 50)),
+            p90=float(np.percentile(t, 90)),
+            p99=float(np.percentile(t, 99)),
+            mean=mean,
+            std=float(t.std()),
+            min=float(t.min()),
+            fps=batch * 1000.0 / mean,
+            streams=1,
+            **common,
+        )
+    requests = [next(cycle) for _ in range(spec.runs)]
+    wall = runtime.infer_concurrently(requests, spec.streams)
+    return LatencyReport(
+        mode=mode,
+        p50=None,
+        p90=None,
+        p99=None,
+        mean=None,
+        std=None,
+        min=None,
+        fps=batch * spec.runs / wall,
+        streams=spec.streams,
+        **common,
+    )
+
+
+def synthetic_feeds(spec: dict, count: int = 4, seed: int = 0) -> list[dict]:
+    """Uniform 0..255 inputs of the model's static shape (dynamic dims become 1 for batch, 256 otherwise).
+
+    Latency of these CNNs does not depend on pixel values; accuracy is never measured on them.
+    """
+    rng = np.random.default_rng(seed)
+    feeds = []
+    for _ in range(count):
+        feed = {}
+        for name, t in spec.items():
+            shape = tuple((1 if i == 0 else 256) if d is None else d for i, d in enumerate(t.shape))
+            feed[name] = (rng.random(shape) * 255).astype(t.dtype)
+        feeds.append(feed)
+    return feeds

@@ -1,0 +1,336 @@
+"""The run's outputs besides the artifacts: ``manifest.json``, ``report.json`` and ``report.md``.
+
+``report.json`` (format ``bckd-pipeline/report-v1``) holds ``target``, ``status``, ``exit_code``,
+``distill`` (teacher / student / distilled mIoU), and ``stages``: one row per ledger stage with
+``name``, ``backend``, ``precision``, ``artifact``, ``status``, ``device``, ``miou``, ``miou_delta``,
+``pixel_agreement``, ``latency_ms`` {p50, p90, p99, mean} and ``fps``. A row that was not measured
+says so in ``status`` and carries nulls, never estimates.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from dataclasses import asdict
+from importlib import metadata
+from pathlib import Path
+
+from ..cache import file_sha256
+from ..distill.stage import write_json
+
+REPORT_FORMAT = "bckd-pipeline/report-v1"
+MANIFEST_FORMAT = "bckd-pipeline/manifest-v1"
+PACKAGES = ("bckd-pipeline", "torch", "onnx", "onnxruntime", "onnxsim", "onnxslim", "openvino", "nncf", "numpy")
+
+# Row status values.
+MEASURED = "measured"  # parity and latency on the target's device (or the host, for host stages)
+PARITY_ON_HOST = "parity_on_host"  # accuracy from the host's CPU plugin; on-device latency pending
+PENDING = "pending"  # not measured here at all
+
+
+def versions() -> dict[str, str | None]:
+    found = {}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    found["python"] = platform.python_version()
+    return found
+
+
+def git_sha() -> str | None:
+    try:
+        here = Path(__file__).resolve().parent
+        res = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        return res.stdout.strip() or None if res.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _rel(path, out: Path) -> str | None:
+    if path is None:
+        return None
+    try:
+        return str(Path(path).resolve().relative_to(Path(out).resolve()))
+    except ValueError:
+        return str(path)
+
+
+def build_report(ctx, summary, built, parity, latency, export_check, simplify_check, calibration) -> dict:
+    out = Path(ctx.out)
+    profile = ctx.profile
+    rows = []
+    for b in built:
+        p = parity["stages"][b.name]
+        lat = latency.get(b.name)
+        on_target = lat is not None
+        status = MEASURED if on_target else PARITY_ON_HOST
+        device = (
+            "cpu (host)"
+            if b.backend.value in ("torch", "onnxruntime")
+            else (profile.device if ctx.plan.can_measure else "CPU (host plugin, stand-in)")
+        )
+        row = {
+            "name": b.name,
+            "backend": b.backend.value,
+            "precision": b.precision.value,
+            "parent": b.parent,
+            "artifact": _rel(b.path, out),
+            "status": status,
+            "device": device,
+            "miou": p["miou"],
+            "miou_delta": p["miou_delta"],
+            "miou_delta_vs_parent": p["miou_delta_vs_parent"],
+            "pixel_agreement": p["pixel_agreement"],
+            "pixel_agreement_vs_parent": p["pixel_agreement_vs_parent"],
+            "boundary_f": p["boundary_f"],
+            "max_abs_logit": p["max_abs_logit"],
+            "mean_abs_logit": p["mean_abs_logit"],
+            "per_class_iou": p["per_class_iou"],
+            "per_class_delta": p["per_class_delta"],
+            "parity_passed": p["passed"],
+            "parity_failures": p["failures"],
+            "latency_ms": dict.fromkeys(("p50", "p90", "p99", "mean")),
+            "fps": None,
+            "throughput_fps": None,
+            "latency": None,
+            "build": b.settings,
+        }
+        if lat is not None:
+            L = lat["latency"]
+            row["latency_ms"] = {k: L[k] for k in ("p50", "p90", "p99", "mean")}
+            row["fps"] = L["fps"]
+            row["latency"] = L
+            if "throughput" in lat:
+                row["throughput_fps"] = lat["throughput"]["fps"]
+                row["throughput"] = lat["throughput"]
+        else:
+            row["note"] = (
+                f"accuracy from the host CPU plugin; latency pending on {ctx.profile.device}, which is not on this host"
+            )
+        rows.append(row)
+    if not ctx.plan.can_measure:
+        rows.append(_pending_row(ctx, built[-1], out))
+    culprit = parity["culprit"]
+    pending = any(r["status"] != MEASURED for r in rows)
+    exit_code = 1 if culprit else 3 if pending else 0
+    torch_row = next(r for r in rows if r["name"] == "pytorch")
+    speedups = {
+        r["name"]: torch_row["latency_ms"]["mean"] / r["latency_ms"]["mean"]
+        for r in rows
+        if r["latency_ms"]["mean"] and torch_row["latency_ms"]["mean"]
+    }
+    return {
+        "format": REPORT_FORMAT,
+        "target": profile.name,
+        "target_profile": {
+            "backend": profile.backend.value,
+            "device": profile.device,
+            "precision": profile.precision.value,
+            "description": profile.description,
+        },
+        "status": "parity_failed" if culprit else "pending" if pending else "complete",
+        "exit_code": exit_code,
+        "culprit": culprit,
+        "culprit_reason": parity["stages"][culprit]["failures"] if culprit else None,
+        "distill": _distill_section(summary, ctx),
+        "evaluation": {
+            "data": ctx.data.spec,
+            "split": ctx.data.eval_split,
+            "images": len(ctx.eval_feeds),
+            "input_hw": list(ctx.spec.input_hw),
+            "note": "labels resized (nearest) to the input size",
+        },
+        "class_names": list(ctx.meta.class_names),
+        "checks": {"export": export_check, "simplify": simplify_check},
+        "calibration": None
+        if calibration is None
+        else {
+            "manifest": _rel(calibration.manifest_path, out),
+            "sha256": calibration.sha256,
+            "images": len(calibration.feeds),
+            **asdict(calibration.spec),
+        },
+        "speedup_vs_pytorch": speedups,
+        "stages": rows,
+        "host": {"machine": platform.machine(), "cpu_count": os.cpu_count()},
+        "versions": versions(),
+    }
+
+
+def _distill_section(summary: dict | None, ctx) -> dict:
+    if summary is None:  # `bckd-pipeline deploy` of a checkpoint trained elsewhere
+        kd = ctx.meta.extra.get("kd")
+        return {
+            "kd": kd,
+            "teacher_miou": None,
+            "student_miou": None,
+            "distilled_miou": None,
+            "gap_closed_percent": None,
+            "checkpoint": str(ctx.checkpoint),
+        }
+    return {
+        "kd": summary["kd"],
+        "teacher_miou": summary["teacher"]["miou"],
+        "student_miou": summary["student"]["miou"],
+        "distilled_miou": summary["distilled"]["miou"],
+        "gap_closed_percent": summary["gap_closed_percent"],
+    }
+
+
+def _pending_row(ctx, deployed, out: Path) -> dict:
+    return {
+        "name": f"{deployed.name}-on-{ctx.profile.device.lower()}",
+        "backend": deployed.backend.value,
+        "precision": deployed.precision.value,
+        "parent": deployed.name,
+        "artifact": _rel(deployed.path, out),
+        "status": PENDING,
+        "device": ctx.profile.device,
+        "miou": None,
+        "miou_delta": None,
+        "miou_delta_vs_parent": None,
+        "pixel_agreement": None,
+        "pixel_agreement_vs_parent": None,
+        "boundary_f": None,
+        "max_abs_logit": None,
+        "mean_abs_logit": None,
+        "per_class_iou": None,
+        "per_class_delta": None,
+        "parity_passed": None,
+        "parity_failures": [],
+        "latency_ms": dict.fromkeys(("p50", "p90", "p99", "mean")),
+        "fps": None,
+        "throughput_fps": None,
+        "latency": None,
+        "build": {},
+        "note": f"not measured: {ctx.plan.availability_note}. Run `bckd-pipeline bench --target {ctx.profile.name} "
+        f"{_rel(deployed.path, out)}` on a host with the device.",
+    }
+
+
+def write_manifest(ctx, out: Path, built, report: dict, calibration) -> Path:
+    artifacts = []
+    for b in built:
+        if b.path is None:
+            continue
+        files = [b.path] + ([b.path.with_suffix(".bin")] if b.path.suffix == ".xml" else [])
+        for f in files:
+            artifacts.append(
+                {
+                    "stage": b.name,
+                    "backend": b.backend.value,
+                    "precision": b.precision.value,
+                    "path": _rel(f, out),
+                    "sha256": file_sha256(f),
+                    "bytes": f.stat().st_size,
+                }
+            )
+    deployed = built[-1]
+    from ..export.onnx_export import onnx_metadata
+
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "target": ctx.profile.name,
+        "deployable": [a["path"] for a in artifacts if a["stage"] == deployed.name],
+        "artifacts": artifacts,
+        "checkpoint": {
+            "path": _rel(ctx.checkpoint, out),
+            "sha256": file_sha256(ctx.checkpoint),
+            "model": ctx.meta.model,
+        },
+        "input": {
+            "name": "image",
+            "shape": list(ctx.spec.input_shape()),
+            "dtype": "float32",
+            "layout": "NCHW",
+            "color": "RGB",
+            "dynamic": list(ctx.spec.dynamic),
+            "scale": "0..255" if ctx.spec.bake_normalization else "normalized",
+        },
+        "preprocessing": {
+            "resize_to": list(ctx.spec.input_hw),
+            "resize": "bilinear",
+            "mean": list(ctx.meta.mean),
+            "std": list(ctx.meta.std),
+            "normalization_in_graph": ctx.spec.bake_normalization,
+        },
+        "output": {"name": ctx.spec.output_name, "kind": ctx.spec.head},
+        "class_names": list(ctx.meta.class_names),
+        "ignore_index": ctx.meta.ignore_index,
+        "onnx_metadata": onnx_metadata(ctx.meta, ctx.spec),
+        "build_flags": {
+            "export": asdict(ctx.spec),
+            "simplifier": ctx.deploy.simplifier,
+            "allow_unsimplified": ctx.deploy.allow_unsimplified,
+            "stages": {b.name: b.settings for b in built if b.settings},
+            "profile": {
+                "name": ctx.profile.name,
+                "backend": ctx.profile.backend.value,
+                "device": ctx.profile.device,
+                "precision": ctx.profile.precision.value,
+            },
+        },
+        "calibration_manifest": None
+        if calibration is None
+        else {"path": _rel(calibration.manifest_path, out), "sha256": calibration.sha256},
+        "report_status": report["status"],
+        "versions": report["versions"],
+        "git_sha": git_sha(),
+    }
+    write_json(out / "manifest.json", manifest)
+    return out / "manifest.json"
+
+
+def _fmt(v, spec: str = ".2f") -> str:
+    return "–" if v is None else format(v, spec)
+
+
+def markdown(report: dict) -> str:
+    d, ev = report["distill"], report["evaluation"]
+    lines = [
+        f"# bckd-pipeline report: {report['target']}",
+        "",
+        f"Status: **{report['status']}** (exit code {report['exit_code']}). "
+        f"Evaluation: {ev['images']} images of `{ev['data']}` split `{ev['split']}` at "
+        f"{ev['input_hw'][0]}x{ev['input_hw'][1]}.",
+        "",
+        f"Distillation ({d['kd']}): teacher {_fmt(d['teacher_miou'])}, student alone {_fmt(d['student_miou'])}, "
+        f"distilled {_fmt(d['distilled_miou'])} mIoU.",
+        "",
+        "| stage | backend | precision | status | mIoU | ΔmIoU | agreement % | p50 ms | p99 ms | FPS |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in report["stages"]:
+        agree = None if r["pixel_agreement"] is None else 100 * r["pixel_agreement"]
+        lines.append(
+            f"| {r['name']} | {r['backend']} | {r['precision']} | {r['status']} | {_fmt(r['miou'])} | "
+            f"{_fmt(r['miou_delta'], '+.3f')} | {_fmt(agree, '.3f')} | {_fmt(r['latency_ms']['p50'])} | "
+            f"{_fmt(r['latency_ms']['p99'])} | {_fmt(r['fps'], '.1f')} |"
+        )
+    if report["culprit"]:
+        lines += ["", f"**Parity failed at stage `{report['culprit']}`**: " + "; ".join(report["culprit_reason"])]
+    notes = [f"- `{r['name']}`: {r['note']}" for r in report["stages"] if r.get("note")]
+    if notes:
+        lines += ["", "Not measured here:", *notes]
+    deployed = report["stages"][-1]
+    if deployed.get("throughput_fps"):
+        t = deployed["throughput"]
+        lines += ["", f"Throughput of `{deployed['name']}` with {t['streams']} requests in flight: {t['fps']:.1f} FPS."]
+    lines += [
+        "",
+        "Latency: one request at a time, "
+        + (next((r["latency"]["what_is_timed"] for r in report["stages"] if r["latency"]), "not measured"))
+        + ".",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_reports(out: Path, report: dict) -> None:
+    from ..distill.checkpoint import atomic_write
+
+    write_json(out / "report.json", report)
+    text = markdown(report)
+    atomic_write(out / "report.md", lambda tmp: tmp.write_text(text))

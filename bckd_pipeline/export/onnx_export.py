@@ -1,0 +1,167 @@
+"""Student checkpoint -> ONNX, checked by ``onnx.checker`` and by ONNX Runtime against PyTorch."""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..distill.checkpoint import CheckpointMeta, atomic_write
+from ..errors import ExportError
+from .check import CheckReport, Feed, compare, require
+from .wrapper import INPUT_NAME, ExportSpec, SegExportWrapper
+
+# Logit tolerance between PyTorch eager and ONNX Runtime, both fp32 on CPU: kernels differ in
+# summation order only, so anything beyond this is a real export bug.
+EXPORT_ATOL = 1e-3
+
+
+def onnx_metadata(meta: CheckpointMeta, spec: ExportSpec, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """What a deployment needs to feed the model and read its output, as ONNX metadata_props."""
+    from .. import __version__
+
+    props = {
+        "bckd.format": "bckd-pipeline/onnx-v1",
+        "bckd.version": __version__,
+        "bckd.model": meta.model,
+        "bckd.input": json.dumps(
+            {
+                "name": INPUT_NAME,
+                "shape": list(spec.input_shape()),
+                "dynamic": list(spec.dynamic),
+                "dtype": "float32",
+                "layout": "NCHW",
+                "color": "RGB",
+                "scale": "0..255" if spec.bake_normalization else "normalized",
+            }
+        ),
+        "bckd.preprocessing": json.dumps(
+            {
+                "mean": list(meta.mean),
+                "std": list(meta.std),
+                "baked_into_graph": spec.bake_normalization,
+                "resize_to": list(spec.input_hw),
+            }
+        ),
+        "bckd.output": json.dumps({"name": spec.output_name, "kind": spec.head}),
+        "bckd.class_names": json.dumps(list(meta.class_names)),
+        "bckd.ignore_index": str(meta.ignore_index),
+        "bckd.opset": str(spec.opset),
+    }
+    props.update(extra or {})
+    return props
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    model = load_onnx(path, load_weights=False)
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def load_onnx(path: Path, *, load_weights: bool = True):
+    """``onnx.load`` with an error a user can act on for a missing, truncated or foreign file."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"ONNX file {str(path)!r} does not exist. Pass the .onnx written by `bckd-pipeline run`.")
+    try:
+        model = onnx.load(str(path), load_external_data=load_weights)
+    except Exception as exc:  # noqa: BLE001 - protobuf raises several types for the same problem
+        raise ExportError(
+            f"Could not read {str(path)!r} as ONNX ({type(exc).__name__}: {str(exc)[:160]}). The file is truncated, "
+            "corrupt, or not an ONNX model; re-export it (delete it and rerun `bckd-pipeline run`)."
+        ) from None
+    if not model.graph.node:
+        raise ExportError(
+            f"{str(path)!r} parsed as ONNX but holds no graph nodes; it is truncated or empty. Re-export."
+        )
+    return model
+
+
+def check_onnx(path: Path) -> None:
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as exc:  # noqa: BLE001
+        raise ExportError(f"onnx.checker rejected {str(path)!r}: {str(exc).splitlines()[0][:300]}") from None
+
+
+def _failed_op(exc: Exception) -> str | None:
+    text = str(exc)
+    for pattern in (r"operator '?(aten::\w+|prim::\w+)'?", r"(aten::\w+)", r"Unsupported operator[: ]+'?([\w:.]+)"):
+        m = re.search(pattern, text)
+        if m:
+            return m.group(1)
+    return None
+
+
+def to_onnx(
+    student: torch.nn.Module,
+    meta: CheckpointMeta,
+    spec: ExportSpec,
+    path: Path,
+    check_feeds: Iterable[Feed],
+    *,
+    extra_metadata: dict[str, str] | None = None,
+) -> tuple[Path, CheckReport]:
+    """Export ``SegExportWrapper(student)``; then the full checker, then ORT-CPU vs eager on ``check_feeds``."""
+    import onnx
+
+    from ..data.base import Normalization
+
+    norm = Normalization(meta.mean, meta.std) if spec.bake_normalization else None
+    wrapper = SegExportWrapper(student.cpu(), normalize=norm, head=spec.head).eval()
+    dummy = torch.zeros(spec.input_shape())
+
+    def write(tmp: Path) -> None:
+        try:
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # tracer warnings about shape-dependent Python values
+                # The TorchScript exporter: deterministic and fast on CPU for these CNNs; the dynamo
+                # exporter is slower to export and emits the same ops here.
+                torch.onnx.export(
+                    wrapper,
+                    (dummy,),
+                    str(tmp),
+                    input_names=[INPUT_NAME],
+                    output_names=[spec.output_name],
+                    dynamic_axes=spec.dynamic_axes() or None,
+                    opset_version=spec.opset,
+                    do_constant_folding=True,
+                    dynamo=False,
+                )
+        except Exception as exc:  # noqa: BLE001 - any exporter failure becomes one clear message
+            op = _failed_op(exc)
+            where = f" at op {op}" if op else ""
+            raise ExportError(
+                f"Exporting {meta.model!r} to ONNX opset {spec.opset} failed{where}: "
+                f"{str(exc).strip().splitlines()[0][:300]} Try a newer --opset, or replace that op in the model "
+                "(the export wrapper never patches the training model)."
+            ) from None
+        model = onnx.load(str(tmp))
+        onnx.helper.set_model_props(model, onnx_metadata(meta, spec, extra_metadata))
+        onnx.save(model, str(tmp))
+        check_onnx(tmp)
+
+    atomic_write(path, write)
+
+    from ..deploy.backends.onnxruntime import OrtRuntime
+
+    def eager(feed: Feed) -> dict[str, np.ndarray]:
+        with torch.no_grad():
+            return {spec.output_name: wrapper(torch.from_numpy(feed[INPUT_NAME])).numpy()}
+
+    try:
+        with OrtRuntime(path, threads=None) as ort_rt:
+            report = compare("export", "pytorch", eager, ort_rt.infer, check_feeds, atol=EXPORT_ATOL)
+        require(report, "The ONNX graph does not compute what the PyTorch model does; report the model and opset.")
+    except BaseException:
+        Path(path).unlink(missing_ok=True)
+        raise
+    return Path(path), report

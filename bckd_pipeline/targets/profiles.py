@@ -1,0 +1,171 @@
+"""Target profiles: one frozen dataclass per deployment target, listed in a plain dict.
+
+A profile says which backend and device run the deployed model, at which precision, how it is
+calibrated, how close each stage must stay to the PyTorch student (parity), and how latency is
+measured there. ``bckd-pipeline targets`` prints them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from ..errors import ConfigError, unknown_name
+
+
+class Backend(StrEnum):
+    TORCH = "torch"
+    ONNXRUNTIME = "onnxruntime"
+    OPENVINO = "openvino"
+    TENSORRT = "tensorrt"
+
+
+class Precision(StrEnum):
+    FP32 = "fp32"
+    FP16 = "fp16"
+    INT8 = "int8"
+
+
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+NNCF_PRESETS = ("performance", "mixed")
+
+
+@dataclass(frozen=True)
+class CalibrationSpec:
+    """Which training images calibrate INT8 ranges, and how.
+
+    ``method`` applies to ONNX Runtime (MinMax / Entropy / Percentile); NNCF picks its own
+    statistics per ``preset``. ``max_miou_drop`` turns on NNCF's accuracy-controlled quantization:
+    layers are reverted to float until the drop on the evaluation images is within it.
+    """
+
+    size: int = 100
+    seed: int = 0
+    split: str = "train"
+    method: str = "minmax"
+    preset: str = "performance"
+    max_miou_drop: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.size < 1:
+            raise ConfigError(f"Calibration size must be >= 1, got {self.size}. Use e.g. --calib-size 100.")
+        if self.method not in CALIBRATION_METHODS:
+            raise unknown_name("calibration method", self.method, CALIBRATION_METHODS)
+        if self.preset not in NNCF_PRESETS:
+            raise unknown_name("NNCF preset", self.preset, NNCF_PRESETS)
+        if self.max_miou_drop is not None and self.max_miou_drop <= 0:
+            raise ConfigError(f"--max-miou-drop must be > 0 mIoU points, got {self.max_miou_drop}.")
+
+
+@dataclass(frozen=True)
+class ParityCriteria:
+    """How far a stage may move from the stage before it (mIoU points, fraction of pixels, logits).
+
+    ``max_abs_logit`` is checked only between float stages of the same precision family; quantized
+    stages are judged on labels (mIoU and agreement), where their error matters.
+    """
+
+    max_miou_drop: float
+    min_pixel_agreement: float
+    max_abs_logit: float | None = None
+
+
+FLOAT_PARITY = ParityCriteria(max_miou_drop=0.01, min_pixel_agreement=0.999, max_abs_logit=1e-3)
+FP16_PARITY = ParityCriteria(max_miou_drop=0.1, min_pixel_agreement=0.99)
+INT8_PARITY = ParityCriteria(max_miou_drop=1.0, min_pixel_agreement=0.95)
+
+
+@dataclass(frozen=True)
+class LatencySpec:
+    """The benchmark protocol's knobs (deploy/bench.py)."""
+
+    warmup_runs: int = 20
+    warmup_s: float = 1.0
+    runs: int = 200
+    threads: int | None = None  # None: the runtime's default (all cores)
+    streams: int = 2  # throughput mode: requests in flight
+
+
+@dataclass(frozen=True)
+class TargetProfile:
+    name: str
+    description: str
+    backend: Backend
+    device: str  # the backend's device name: "cpu", "CPU", "GPU", "NPU", a Jetson module...
+    precision: Precision
+    static_shape: bool = True
+    opset: int = 17
+    calibration: CalibrationSpec | None = None
+    fp16_stage: bool = False  # add an FP16 IR to the ledger (OpenVINO)
+    latency: LatencySpec = LatencySpec()
+    parity: dict[Precision, ParityCriteria] = field(
+        default_factory=lambda: {Precision.FP32: FLOAT_PARITY, Precision.FP16: FP16_PARITY, Precision.INT8: INT8_PARITY}
+    )
+    default_budgets: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.precision is Precision.INT8 and self.calibration is None:
+            raise ConfigError(f"Target {self.name!r} is INT8 but has no calibration spec. Give it CalibrationSpec().")
+        if self.backend is Backend.TORCH:
+            raise ConfigError(f"Target {self.name!r}: torch is the reference stage, not a deployment backend.")
+        if self.opset < 17:
+            raise ConfigError(f"Target {self.name!r} asks for opset {self.opset}; this pipeline exports opset >= 17.")
+
+
+ONNXRUNTIME_CPU = TargetProfile(
+    name="onnxruntime-cpu",
+    description="ONNX Runtime on the host CPU, static INT8 (QDQ, u8 activations, per-channel s8 weights)",
+    backend=Backend.ONNXRUNTIME,
+    device="cpu",
+    precision=Precision.INT8,
+    calibration=CalibrationSpec(),
+    default_budgets={"max_miou_drop": 1.0, "min_pixel_agreement": 0.95},
+)
+OPENVINO_CPU = TargetProfile(
+    name="openvino-cpu",
+    description="OpenVINO on the host CPU, NNCF INT8 IR (model.xml/.bin)",
+    backend=Backend.OPENVINO,
+    device="CPU",
+    precision=Precision.INT8,
+    calibration=CalibrationSpec(),
+    fp16_stage=True,
+    default_budgets={"max_miou_drop": 1.0, "min_pixel_agreement": 0.95},
+)
+OPENVINO_GPU = TargetProfile(
+    name="openvino-gpu",
+    description="OpenVINO on an Intel GPU (integrated or Arc), NNCF INT8 IR for target_device GPU",
+    backend=Backend.OPENVINO,
+    device="GPU",
+    precision=Precision.INT8,
+    calibration=CalibrationSpec(),
+    fp16_stage=True,
+    default_budgets={"max_miou_drop": 1.0, "min_pixel_agreement": 0.95},
+)
+OPENVINO_NPU = TargetProfile(
+    name="openvino-npu",
+    description="OpenVINO on an Intel NPU (Core Ultra), static shapes, NNCF INT8 IR for target_device NPU",
+    backend=Backend.OPENVINO,
+    device="NPU",
+    precision=Precision.INT8,
+    calibration=CalibrationSpec(),
+    fp16_stage=True,
+    latency=LatencySpec(threads=None, streams=1),
+    default_budgets={"max_miou_drop": 1.0, "min_pixel_agreement": 0.95},
+)
+ONNXRUNTIME_CPU_FP32 = TargetProfile(
+    name="onnxruntime-cpu-fp32",
+    description="ONNX Runtime on the host CPU, FP32 (no quantization; the float reference deployment)",
+    backend=Backend.ONNXRUNTIME,
+    device="cpu",
+    precision=Precision.FP32,
+)
+
+TARGETS: dict[str, TargetProfile] = {
+    t.name: t for t in (ONNXRUNTIME_CPU, ONNXRUNTIME_CPU_FP32, OPENVINO_CPU, OPENVINO_GPU, OPENVINO_NPU)
+}
+
+
+def get_target(name: str) -> TargetProfile:
+    if name not in TARGETS:
+        raise unknown_name("--target", name, TARGETS, "`bckd-pipeline targets` lists them.")
+    return TARGETS[name]
