@@ -427,7 +427,7 @@ def _deploy_config(args, preset):
     latency = LatencySpec(
         warmup_runs=args.warmup_runs,
         warmup_s=preset.warmup_s if args.warmup_s is None else args.warmup_s,
-        runs=args.latency_runs or preset.latency_runs,
+        runs=preset.latency_runs if args.latency_runs is None else args.latency_runs,
         threads=args.threads if args.threads is not None else profile.latency.threads,
         streams=args.streams,
     )
@@ -441,7 +441,7 @@ def _deploy_config(args, preset):
         simplifier=args.simplifier,
         allow_unsimplified=args.allow_unsimplified,
         calibration=CalibrationSpec(
-            size=args.calib_size or preset.calib_size,
+            size=preset.calib_size if args.calib_size is None else args.calib_size,
             seed=args.calib_seed,
             split=args.calib_split,
             method=args.calib_method,

@@ -164,6 +164,8 @@ def deploy_plan(deploy: DeployConfig, data: DataConfig, before: list[PlanStep] =
             f"--calib-split {calibration.split!r} is the evaluation split. Calibration images must not be evaluation "
             "images; calibrate on the training split (--calib-split train)."
         )
+    if calibration is not None:
+        _check_calibration_flags(calibration, profile)
     latency = deploy.latency or profile.latency
     shape = f"dynamic {','.join(deploy.dynamic)}" if deploy.dynamic else "static shape"
     steps = [
@@ -192,6 +194,22 @@ def deploy_plan(deploy: DeployConfig, data: DataConfig, before: list[PlanStep] =
         PlanStep("report", "manifest and reports", ("manifest.json", "report.json", "report.md")),
     ]
     return Plan(profile, calibration, latency, avail.can_measure, avail.reason, tuple(steps))
+
+
+def _check_calibration_flags(c: CalibrationSpec, profile: TargetProfile) -> None:
+    """Options that the target's quantizer would ignore are refused, not silently dropped."""
+    if profile.backend is Backend.ONNXRUNTIME and c.max_miou_drop is not None:
+        raise ConfigError(
+            f"--max-miou-drop {c.max_miou_drop} applies to OpenVINO targets (NNCF accuracy control); "
+            f"--target {profile.name} quantizes with ONNX Runtime. Drop the flag, or pick an openvino-* target."
+        )
+    if profile.backend is Backend.ONNXRUNTIME and c.preset != "performance":
+        raise ConfigError(f"--nncf-preset applies to OpenVINO targets; --target {profile.name} uses ONNX Runtime.")
+    if profile.backend is Backend.OPENVINO and c.method != "minmax":
+        raise ConfigError(
+            f"--calib-method {c.method} applies to ONNX Runtime targets; NNCF chooses its own statistics for "
+            f"--target {profile.name}. Use --nncf-preset performance|mixed instead."
+        )
 
 
 def _target_artifacts(profile: TargetProfile) -> list[Built]:

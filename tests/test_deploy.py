@@ -171,7 +171,9 @@ def test_openvino_fp32_fp16_and_nncf_int8(artifacts):
     folder, sim, calib = artifacts
     fp32 = to_ir(sim, folder / "ov/fp32/model.xml", fp16=False)
     fp16 = to_ir(fp32, folder / "ov/fp16/model.xml", fp16=True)
-    int8, settings = quantize_ir(fp32, folder / "ov/int8/model.xml", calib, CalibrationSpec(size=8), target_device="CPU")
+    int8, settings = quantize_ir(
+        fp32, folder / "ov/int8/model.xml", calib, CalibrationSpec(size=8), target_device="CPU"
+    )
     for xml in (fp32, fp16, int8):
         assert xml.is_file() and xml.with_suffix(".bin").is_file()
     assert "FakeQuantize" in int8.read_text() or "FakeConvert" in int8.read_text()
@@ -194,7 +196,12 @@ def test_openvino_accuracy_controlled_quantization(artifacts):
     fp32 = to_ir(sim, folder / "acq/fp32/model.xml", fp16=False)
     spec = CalibrationSpec(size=8, max_miou_drop=0.5)
     int8, settings = quantize_ir(
-        fp32, folder / "acq/int8/model.xml", calib, spec, target_device="CPU", validation=demo_feeds(),
+        fp32,
+        folder / "acq/int8/model.xml",
+        calib,
+        spec,
+        target_device="CPU",
+        validation=demo_feeds(),
         num_classes=NUM_CLASSES,
     )
     assert int8.is_file() and settings["accuracy_control"] and settings["max_miou_drop"] == 0.5

@@ -11,8 +11,18 @@ from test_cli import SMOKE, assert_clean_error, run_cli
 
 from bckd_pipeline.cache import file_sha256
 
-STAGE_FIELDS = {"name", "backend", "precision", "artifact", "miou", "miou_delta", "pixel_agreement", "latency_ms", "fps",
-                "status"}
+STAGE_FIELDS = {
+    "name",
+    "backend",
+    "precision",
+    "artifact",
+    "miou",
+    "miou_delta",
+    "pixel_agreement",
+    "latency_ms",
+    "fps",
+    "status",
+}
 
 
 @pytest.fixture(scope="module")
@@ -174,8 +184,15 @@ def test_targets_and_doctor_commands(capsys):
 
 def test_bench_measures_an_exported_model(smoke_run, tmp_path, capsys):
     rc, stdout, err = run_cli(
-        capsys, "bench", smoke_run / "deploy/model.int8.onnx", "--runs", "10", "--warmup-s", "0",
-        "--json", tmp_path / "bench.json",
+        capsys,
+        "bench",
+        smoke_run / "deploy/model.int8.onnx",
+        "--runs",
+        "10",
+        "--warmup-s",
+        "0",
+        "--json",
+        tmp_path / "bench.json",
     )
     assert rc == 0, err
     result = _json(tmp_path / "bench.json")
@@ -207,8 +224,19 @@ def test_calibration_images_that_are_also_evaluation_images_are_refused(tmp_path
         shutil.copy(data / name / "train" / "0.png", data / name / "val" / "0.png")
     out = tmp_path / "R"
     rc, _, err = run_cli(
-        capsys, "run", *SMOKE, "--data", f"folder:{data}", "--crop", "32,32", "--batch-size", "2", "--iters", "2",
-        "--out", out,
+        capsys,
+        "run",
+        *SMOKE,
+        "--data",
+        f"folder:{data}",
+        "--crop",
+        "32,32",
+        "--batch-size",
+        "2",
+        "--iters",
+        "2",
+        "--out",
+        out,
     )
     assert rc == 2 and err.startswith("error: ") and "are also evaluation images (0 = 0)" in err, err
     assert not (out / "deploy/calibration.json").exists() and not (out / "deploy/model.int8.onnx").exists()
@@ -241,8 +269,19 @@ def test_deploy_command_runs_stages_2_and_3_on_a_checkpoint(smoke_run, tmp_path,
     out = tmp_path / "D"
     ckpt = smoke_run / "distilled/student.pt"
     rc, stdout, err = run_cli(
-        capsys, "deploy", *SMOKE, "--model", ckpt, "--target", "onnxruntime-cpu-fp32", "--out", out,
-        "--latency-runs", "5", "--head", "argmax",
+        capsys,
+        "deploy",
+        *SMOKE,
+        "--model",
+        ckpt,
+        "--target",
+        "onnxruntime-cpu-fp32",
+        "--out",
+        out,
+        "--latency-runs",
+        "5",
+        "--head",
+        "argmax",
     )
     assert rc == 0, err
     report = _json(out / "report.json")
@@ -251,3 +290,23 @@ def test_deploy_command_runs_stages_2_and_3_on_a_checkpoint(smoke_run, tmp_path,
     assert all(s["max_abs_logit"] is None and s["pixel_agreement"] == 1.0 for s in report["stages"])
     assert _json(out / "manifest.json")["output"] == {"name": "labels", "kind": "argmax"}
     assert "| onnx-simplified | onnxruntime | fp32 | measured |" in stdout
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--max-miou-drop", "0.5"], "--max-miou-drop 0.5 applies to OpenVINO targets"),
+        (["--target", "openvino-cpu", "--calib-method", "entropy"], "--calib-method entropy applies to ONNX Runtime"),
+        (["--calib-method", "kl"], "Unknown calibration method 'kl'"),
+        (["--calib-size", "0"], "Calibration size must be >= 1"),
+        (["--dynamic", "depth"], "--dynamic depth is not allowed"),
+        (["--target", "openvino-npu", "--dynamic", "batch"], "compiles static shapes only"),
+        (["--head", "softmax"], "--head 'softmax' is not allowed"),
+    ],
+)
+def test_bad_deploy_flags(tmp_path, capsys, flags, expected):
+    out = tmp_path / "R"
+    rc, _, err = run_cli(capsys, "run", *SMOKE, "--out", out, *flags)
+    assert_clean_error(rc, err, out)
+    assert expected in err
+    assert not out.exists()

@@ -85,6 +85,15 @@ class LatencySpec:
     threads: int | None = None  # None: the runtime's default (all cores)
     streams: int = 2  # throughput mode: requests in flight
 
+    def __post_init__(self) -> None:
+        if self.runs < 1 or self.warmup_runs < 0 or self.warmup_s < 0 or self.streams < 1:
+            raise ConfigError(
+                f"Latency protocol needs runs >= 1, warm-up runs and seconds >= 0, streams >= 1; got runs={self.runs}, "
+                f"warmup_runs={self.warmup_runs}, warmup_s={self.warmup_s}, streams={self.streams}."
+            )
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {self.threads}. Leave it out for the runtime's default.")
+
 
 @dataclass(frozen=True)
 class TargetProfile:

@@ -108,4 +108,10 @@ class OpenVINORuntime(Runtime):
         return {"openvino": self._ov_version}
 
     def settings(self) -> dict:
-        return {"device": self.device, "config": self._config(), "threads": self.threads or "default"}
+        compiled = {}
+        for key in ("INFERENCE_PRECISION_HINT", "INFERENCE_NUM_THREADS", "NUM_STREAMS"):
+            try:
+                compiled[key] = str(self.compiled.get_property(key))
+            except RuntimeError:  # not every device reports every property
+                compiled[key] = None
+        return {"device": self.device, "config": self._config(), "compiled": compiled}
