@@ -547,8 +547,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {_message(exc)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("interrupted: finished checkpoints are kept; partial files were not written.", file=sys.stderr)
+        print("interrupted: finished stages are kept; partial files were not written.", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `bckd-pipeline targets | head`: the reader left; not an error of ours
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

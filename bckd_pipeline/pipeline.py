@@ -30,8 +30,6 @@ from .targets.profiles import CalibrationSpec, LatencySpec
 RUN_MARKER = "run.json"
 RUN_FORMAT = "bckd-pipeline/run-v1"
 
-EXIT_DONE, EXIT_PARITY_FAILED, EXIT_USAGE, EXIT_PENDING = 0, 1, 2, 3
-
 
 @dataclass(frozen=True)
 class DeployConfig:
@@ -253,7 +251,7 @@ def deploy_checkpoint(
 ) -> RunResult:
     """Stages 2 and 3 alone, on a student checkpoint trained elsewhere (``bckd-pipeline deploy``)."""
     the_plan = deploy_plan(deploy_cfg, data)
-    _, meta = load_model(checkpoint)  # a clear error for a missing or foreign checkpoint, before the folder
+    load_model(checkpoint)  # a clear error for a missing or foreign checkpoint, before the folder is claimed
     out = claim_out_dir(out, {"data": data.spec, "checkpoint": str(Path(checkpoint).resolve())}, force=force)
     return deploy_stages(deploy_cfg, data, the_plan, out, StageCache(out), Path(checkpoint), None)
 
@@ -302,8 +300,8 @@ def claim_out_dir(out: Path, identity: dict, *, force: bool) -> Path:
             previous = None
         if previous is None or previous.get("format") != RUN_FORMAT:
             raise DataError(
-                f"--out {str(out)!r} already holds files that `bckd-pipeline run` did not write. Choose an empty or "
-                "new folder, or pass --force to write into it anyway."
+                f"--out {str(out)!r} already holds files that bckd-pipeline run/deploy did not write. Choose an "
+                "empty or new folder, or pass --force to write into it anyway."
             )
         if previous.get("identity") != identity:
             diff = ", ".join(
@@ -510,6 +508,9 @@ class Calibration:
     manifest_path: Path
     sha256: str
     spec: CalibrationSpec
+    # Accuracy-controlled INT8 is judged on other training images: tuning it on the evaluation
+    # split would make the reported INT8 mIoU optimistic.
+    validation: DatasetFeeds | None = None
 
 
 def calibration_stage(ctx: DeployContext, out: Path, cache: StageCache) -> Calibration | None:
@@ -523,6 +524,19 @@ def calibration_stage(ctx: DeployContext, out: Path, cache: StageCache) -> Calib
         train_set, indices, ctx.spec.input_hw, normalization=_feed_norm(ctx.meta, ctx.spec)
     )
     check_no_overlap(feeds, ctx.eval_digests)
+    validation = None
+    if spec.max_miou_drop is not None:
+        rest = sorted(set(range(len(train_set))) - set(indices))
+        if not rest:
+            raise DataError(
+                f"--max-miou-drop needs training images besides the {len(indices)} calibration images to judge the "
+                f"drop on, and split {spec.split!r} has none left. Lower --calib-size."
+            )
+        chosen = [rest[i] for i in pick_indices(min(spec.size, len(rest)), len(rest), spec.seed + 1)]
+        validation = DatasetFeeds.from_dataset(
+            train_set, chosen, ctx.spec.input_hw, normalization=_feed_norm(ctx.meta, ctx.spec)
+        )
+        check_no_overlap(validation, ctx.eval_digests)
     path = out / "deploy/calibration.json"
     write_json(
         path,
@@ -539,9 +553,10 @@ def calibration_stage(ctx: DeployContext, out: Path, cache: StageCache) -> Calib
             + ("raw 0..255 (normalisation in the graph)" if ctx.spec.bake_normalization else "normalised"),
             "evaluation_split_checked": d.eval_split,
             "images": feeds.manifest(),
+            "accuracy_control_images": None if validation is None else validation.manifest(),
         },
     )
-    return Calibration(feeds, path, file_sha256(path), spec)
+    return Calibration(feeds, path, file_sha256(path), spec, validation)
 
 
 def compile_stage(
@@ -588,7 +603,7 @@ def _build_one(ctx: DeployContext, cache: StageCache, b: Built, path: Path, pare
                 calib.feeds,
                 calib.spec,
                 target_device=ctx.profile.device,
-                validation=ctx.eval_feeds,
+                validation=calib.validation,
                 num_classes=ctx.meta.num_classes,
                 ignore_index=ctx.meta.ignore_index,
             )
@@ -600,8 +615,8 @@ def _build_one(ctx: DeployContext, cache: StageCache, b: Built, path: Path, pare
     return settings
 
 
-def make_runtime(ctx: DeployContext, b: Built, *, device: str | None = None, streams: int = 1):
-    """The Runtime that runs artifact ``b`` (on ``device``, default the target's when present, else the host CPU)."""
+def make_runtime(ctx: DeployContext, b: Built, *, streams: int = 1):
+    """The Runtime that runs artifact ``b``: on the target's device when present, else on the host CPU."""
     threads = (ctx.deploy.latency or ctx.profile.latency).threads
     if b.backend is Backend.TORCH:
         from .deploy.backends.torch import TorchRuntime
@@ -619,7 +634,7 @@ def make_runtime(ctx: DeployContext, b: Built, *, device: str | None = None, str
         return OrtRuntime(b.path, threads=threads, precision=str(b.precision), name=b.name)
     from .deploy.backends.openvino import OpenVINORuntime
 
-    dev = device or (ctx.profile.device if ctx.plan.can_measure else "CPU")
+    dev = ctx.profile.device if ctx.plan.can_measure else "CPU"
     return OpenVINORuntime(
         b.path, device=dev, precision=str(b.precision), threads=threads, streams=streams, name=b.name
     )
@@ -686,7 +701,7 @@ def latency_stage(ctx: DeployContext, out: Path, cache: StageCache, built: list[
             continue  # never time a stand-in device for the target's
         key = stage_key(
             f"latency-{b.name}",
-            {"spec": spec, "throughput": ctx.deploy.throughput},
+            {"spec": spec, "throughput": ctx.deploy.throughput, "export": ctx.spec, "device": ctx.profile.device},
             [ctx.checkpoint] if b.path is None else [b.path],
         )
         hit = cache.lookup(f"latency-{b.name}", key)

@@ -115,10 +115,22 @@ DISTILL_FLAGS = {
     "--alpha": "(default: 10.0)",
     "--beta": "(default: 50.0)",
 }
+DEPLOY_FLAGS = {
+    "--target": "(default: onnxruntime-cpu)",
+    "--head": "(default: logits)",
+    "--opset": "(default: 17)",
+    "--simplifier": "(default: onnxsim)",
+    "--calib-size": "default: preset",
+    "--calib-split": "(default: train)",
+    "--calib-method": "(default: minmax)",
+    "--latency-runs": "default: preset",
+    "--dry-run": "(default: False)",
+}
 HELP_FLAGS = {
     "train-teacher": {**COMMON_FLAGS, **TRAIN_FLAGS},
     "distill": {**COMMON_FLAGS, **TRAIN_FLAGS, **DISTILL_FLAGS},
-    "run": {**COMMON_FLAGS, **TRAIN_FLAGS, **DISTILL_FLAGS},
+    "run": {**COMMON_FLAGS, **TRAIN_FLAGS, **DISTILL_FLAGS, **DEPLOY_FLAGS},
+    "deploy": {**COMMON_FLAGS, **DEPLOY_FLAGS},
     "eval": COMMON_FLAGS,  # eval trains nothing: no --seed/--epochs/--iters/--crop
 }
 
@@ -143,7 +155,7 @@ def test_help_shows_flags_with_defaults(command, capsys, monkeypatch):
     for flag, default in HELP_FLAGS[command].items():
         assert flag in lines, f"{flag} missing from `{command} --help`"
         assert default in lines[flag], lines[flag]
-    if command == "eval":
+    if command in ("eval", "deploy"):
         assert not {"--seed", "--epochs", "--iters", "--crop"} & set(lines)
     assert "(default: None)" not in text
 

@@ -310,3 +310,51 @@ def test_bad_deploy_flags(tmp_path, capsys, flags, expected):
     assert_clean_error(rc, err, out)
     assert expected in err
     assert not out.exists()
+
+
+def test_a_stage_outside_its_parity_tolerance_exits_1_and_is_named(smoke_run, tmp_path, capsys, monkeypatch):
+    from dataclasses import replace
+
+    from bckd_pipeline.targets import profiles
+    from bckd_pipeline.targets.profiles import Precision
+
+    strict = replace(
+        profiles.ONNXRUNTIME_CPU,
+        parity={**profiles.ONNXRUNTIME_CPU.parity, Precision.INT8: profiles.ParityCriteria(0.0, 1.0)},
+    )
+    monkeypatch.setitem(profiles.TARGETS, "onnxruntime-cpu", strict)
+    out = copy_run(smoke_run, tmp_path / "R")
+    rc, stdout, err = run_cli(capsys, "run", *SMOKE, "--out", out)
+    assert rc == 1, err
+    report = _json(out / "report.json")
+    assert report["status"] == "parity_failed" and report["culprit"] == "onnxruntime-int8"
+    assert any("pixel agreement with onnx-simplified" in r for r in report["culprit_reason"])
+    assert [s["parity_passed"] for s in report["stages"]] == [True, True, True, False]
+    assert "Parity failed at stage `onnxruntime-int8`" in stdout
+
+
+def test_openvino_accuracy_controlled_int8_is_judged_on_training_images(smoke_run, tmp_path, capsys):
+    pytest.importorskip("nncf")
+    out = copy_run(smoke_run, tmp_path / "R")
+    rc, _, err = run_cli(
+        capsys,
+        "run",
+        *SMOKE,
+        "--out",
+        out,
+        "--target",
+        "openvino-cpu",
+        "--max-miou-drop",
+        "1.0",
+        "--calib-size",
+        "8",
+        "--latency-runs",
+        "5",
+    )
+    assert rc == 0, err
+    calib = _json(out / "deploy/calibration.json")
+    held_out = {i["name"] for i in calib["accuracy_control_images"]}
+    assert len(held_out) == 8 and not held_out & {i["name"] for i in calib["images"]}
+    assert all("-train-" in name for name in held_out), held_out
+    int8 = next(s for s in _json(out / "report.json")["stages"] if s["name"] == "openvino-int8")
+    assert int8["build"]["accuracy_control"] is True and int8["build"]["max_miou_drop"] == 1.0

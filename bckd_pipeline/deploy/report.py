@@ -23,6 +23,8 @@ REPORT_FORMAT = "bckd-pipeline/report-v1"
 MANIFEST_FORMAT = "bckd-pipeline/manifest-v1"
 PACKAGES = ("bckd-pipeline", "torch", "onnx", "onnxruntime", "onnxsim", "onnxslim", "openvino", "nncf", "numpy")
 
+EXIT_DONE, EXIT_PARITY_FAILED, EXIT_USAGE, EXIT_PENDING = 0, 1, 2, 3
+
 # Row status values.
 MEASURED = "measured"  # parity and latency on the target's device (or the host, for host stages)
 PARITY_ON_HOST = "parity_on_host"  # accuracy from the host's CPU plugin; on-device latency pending
@@ -115,7 +117,7 @@ def build_report(ctx, summary, built, parity, latency, export_check, simplify_ch
         rows.append(_pending_row(ctx, built[-1], out))
     culprit = parity["culprit"]
     pending = any(r["status"] != MEASURED for r in rows)
-    exit_code = 1 if culprit else 3 if pending else 0
+    exit_code = EXIT_PARITY_FAILED if culprit else EXIT_PENDING if pending else EXIT_DONE
     torch_row = next(r for r in rows if r["name"] == "pytorch")
     speedups = {
         r["name"]: torch_row["latency_ms"]["mean"] / r["latency_ms"]["mean"]

@@ -7,7 +7,7 @@ measured there. ``bckd-pipeline targets`` prints them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from ..errors import ConfigError, unknown_name
@@ -121,6 +121,8 @@ class TargetProfile:
             raise ConfigError(f"Target {self.name!r} asks for opset {self.opset}; this pipeline exports opset >= 17.")
 
 
+INT8_BUDGETS = {"max_miou_drop": 1.0, "min_pixel_agreement": 0.95}
+
 ONNXRUNTIME_CPU = TargetProfile(
     name="onnxruntime-cpu",
     description="ONNX Runtime on the host CPU, static INT8 (QDQ, u8 activations, per-channel s8 weights)",
@@ -128,7 +130,15 @@ ONNXRUNTIME_CPU = TargetProfile(
     device="cpu",
     precision=Precision.INT8,
     calibration=CalibrationSpec(),
-    default_budgets={"max_miou_drop": 1.0, "min_pixel_agreement": 0.95},
+    default_budgets=INT8_BUDGETS,
+)
+ONNXRUNTIME_CPU_FP32 = replace(
+    ONNXRUNTIME_CPU,
+    name="onnxruntime-cpu-fp32",
+    description="ONNX Runtime on the host CPU, FP32 (no quantization; the float reference deployment)",
+    precision=Precision.FP32,
+    calibration=None,
+    default_budgets={},
 )
 OPENVINO_CPU = TargetProfile(
     name="openvino-cpu",
@@ -138,35 +148,20 @@ OPENVINO_CPU = TargetProfile(
     precision=Precision.INT8,
     calibration=CalibrationSpec(),
     fp16_stage=True,
-    default_budgets={"max_miou_drop": 1.0, "min_pixel_agreement": 0.95},
+    default_budgets=INT8_BUDGETS,
 )
-OPENVINO_GPU = TargetProfile(
+OPENVINO_GPU = replace(
+    OPENVINO_CPU,
     name="openvino-gpu",
     description="OpenVINO on an Intel GPU (integrated or Arc), NNCF INT8 IR for target_device GPU",
-    backend=Backend.OPENVINO,
     device="GPU",
-    precision=Precision.INT8,
-    calibration=CalibrationSpec(),
-    fp16_stage=True,
-    default_budgets={"max_miou_drop": 1.0, "min_pixel_agreement": 0.95},
 )
-OPENVINO_NPU = TargetProfile(
+OPENVINO_NPU = replace(
+    OPENVINO_CPU,
     name="openvino-npu",
     description="OpenVINO on an Intel NPU (Core Ultra), static shapes, NNCF INT8 IR for target_device NPU",
-    backend=Backend.OPENVINO,
     device="NPU",
-    precision=Precision.INT8,
-    calibration=CalibrationSpec(),
-    fp16_stage=True,
-    latency=LatencySpec(threads=None, streams=1),
-    default_budgets={"max_miou_drop": 1.0, "min_pixel_agreement": 0.95},
-)
-ONNXRUNTIME_CPU_FP32 = TargetProfile(
-    name="onnxruntime-cpu-fp32",
-    description="ONNX Runtime on the host CPU, FP32 (no quantization; the float reference deployment)",
-    backend=Backend.ONNXRUNTIME,
-    device="cpu",
-    precision=Precision.FP32,
+    latency=LatencySpec(streams=1),
 )
 
 TARGETS: dict[str, TargetProfile] = {
