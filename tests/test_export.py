@@ -153,3 +153,22 @@ def test_a_model_that_fails_to_export_names_the_op(student, tmp_path):
 def test_bad_export_specs(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         ExportSpec(input_hw=HW, **kwargs)
+
+
+def test_a_real_smp_student_at_a_size_off_its_stride(tmp_path):
+    """DeepLabV3+-MobileNetV2 (smp) at 56x80: the wrapper pads to the encoder's stride, like evaluation."""
+    from bckd_pipeline.distill.checkpoint import CheckpointMeta
+    from bckd_pipeline.distill.models import build_model, padded_logits
+
+    torch.manual_seed(0)
+    model = build_model("deeplabv3plus-mbv2", 5).eval()
+    meta = CheckpointMeta(model="deeplabv3plus-mbv2", num_classes=5, class_names=tuple("abcde"), input_hw=(56, 80))
+    feeds = demo_feeds(n=2, hw=(56, 80))
+    path, report = to_onnx(model, meta, ExportSpec(input_hw=(56, 80)), tmp_path / "m.onnx", feeds.head(2))
+    assert report.passed and report.max_abs_diff["logits"] < 1e-3
+    raw = torch.from_numpy(feeds.images[0])
+    normalised = (raw / 255 - torch.tensor(meta.mean).view(1, 3, 1, 1)) / torch.tensor(meta.std).view(1, 3, 1, 1)
+    with OrtRuntime(path) as rt, torch.no_grad():
+        out = rt.infer({"image": feeds.images[0]})["logits"]
+        np.testing.assert_allclose(out, padded_logits(model, normalised).numpy(), atol=1e-3)
+    assert out.shape == (1, 5, 56, 80)

@@ -201,12 +201,13 @@ def padded_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     Models without ``encoder.output_stride`` run unpadded.
     """
     multiple = int(getattr(getattr(model, "encoder", None), "output_stride", 1) or 1)
-    h, w = images.shape[-2:]
+    # Plain ints: under ONNX tracing, sizes can be traced tensors, and the pad is a constant of the graph.
+    h, w = int(images.shape[-2]), int(images.shape[-1])
     ph, pw = -h % multiple, -w % multiple
     if ph == 0 and pw == 0:
         return logits_of(model(images))
     logits = logits_of(model(nn.functional.pad(images, (0, pw, 0, ph))))
-    lh, lw = logits.shape[-2:]
+    lh, lw = int(logits.shape[-2]), int(logits.shape[-1])
     return logits[..., : round(lh * h / (h + ph)), : round(lw * w / (w + pw))]
 
 

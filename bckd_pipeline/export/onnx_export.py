@@ -139,10 +139,10 @@ def to_onnx(
         except Exception as exc:  # noqa: BLE001 - any exporter failure becomes one clear message
             op = _failed_op(exc)
             where = f" at op {op}" if op else ""
+            first = str(exc).strip().splitlines()[0][:300].rstrip(".")
             raise ExportError(
-                f"Exporting {meta.model!r} to ONNX opset {spec.opset} failed{where}: "
-                f"{str(exc).strip().splitlines()[0][:300]} Try a newer --opset, or replace that op in the model "
-                "(the export wrapper never patches the training model)."
+                f"Exporting {meta.model!r} to ONNX opset {spec.opset} failed{where}: {first}. Try a newer --opset, "
+                "or replace that op in the model (the export wrapper never patches the training model)."
             ) from None
         model = onnx.load(str(tmp))
         onnx.helper.set_model_props(model, onnx_metadata(meta, spec, extra_metadata))
