@@ -483,8 +483,7 @@ def _targets(doctor: bool) -> int:
 
 
 def _bench(args, console) -> int:
-    from .deploy.bench import benchmark
-    from .deploy.bench import synthetic_feeds
+    from .deploy.bench import benchmark, synthetic_feeds
     from .distill.stage import write_json
     from .targets import Backend, get_target
     from .targets.profiles import LatencySpec
