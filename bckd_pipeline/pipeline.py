@@ -475,7 +475,8 @@ def export_stage(ctx: DeployContext, out: Path, cache: StageCache):
     if hit is not None:
         return path, hit["check"]
     model, _ = load_model(ctx.checkpoint)
-    extra = {"bckd.checkpoint_sha256": file_sha256(ctx.checkpoint), "bckd.target": ctx.profile.name}
+    # Target-independent: one exported ONNX serves every target built from this checkpoint.
+    extra = {"bckd.checkpoint_sha256": file_sha256(ctx.checkpoint)}
     _, check = to_onnx(model, ctx.meta, ctx.spec, path, ctx.check_feeds(), extra_metadata=extra)
     cache.store("export", key, [path], {"check": check.as_dict()})
     return path, check.as_dict()
