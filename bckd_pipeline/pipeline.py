@@ -149,6 +149,10 @@ def deploy_plan(deploy: DeployConfig, data: DataConfig, before: list[PlanStep] =
     avail = check_availability(profile)
     if not avail.can_build:
         raise BackendMissingError(f"--target {profile.name} cannot be built on this host: {avail.reason}.")
+    from .export.simplify import SIMPLIFIERS
+
+    if deploy.simplifier not in SIMPLIFIERS:
+        raise ConfigError(f"--simplifier {deploy.simplifier!r} is not allowed. Allowed: {', '.join(SIMPLIFIERS)}.")
     opset = max(deploy.opset, profile.opset)
     ExportSpec(input_hw=deploy.input_hw or (32, 32), opset=opset, head=deploy.head, dynamic=deploy.dynamic)
     if profile.static_shape and deploy.dynamic and profile.device == "NPU":

@@ -302,6 +302,7 @@ def test_deploy_command_runs_stages_2_and_3_on_a_checkpoint(smoke_run, tmp_path,
         (["--dynamic", "depth"], "--dynamic depth is not allowed"),
         (["--target", "openvino-npu", "--dynamic", "batch"], "compiles static shapes only"),
         (["--head", "softmax"], "--head 'softmax' is not allowed"),
+        (["--simplifier", "onnx-simplifier", "--allow-unsimplified"], "--simplifier 'onnx-simplifier' is not allowed"),
     ],
 )
 def test_bad_deploy_flags(tmp_path, capsys, flags, expected):

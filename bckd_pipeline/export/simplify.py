@@ -55,11 +55,15 @@ def simplify(
 
     from ..deploy.backends.onnxruntime import OrtRuntime
 
+    if tool not in SIMPLIFIERS:
+        raise ConfigError(f"--simplifier {tool!r} is not allowed. Allowed: {', '.join(SIMPLIFIERS)}.")
     model = load_onnx(source)
     before = len(model.graph.node)
     try:
         simplified = _run_simplifier(model, tool)
-    except (StageCheckError, BackendMissingError, ConfigError):
+    except (BackendMissingError, ConfigError):
+        raise  # a missing package or a wrong name is a setup problem, never "simplification failed"
+    except StageCheckError:
         if not allow_unsimplified:
             raise
         simplified = None
