@@ -78,6 +78,3 @@ class StageCache:
         }
         text = json.dumps(record, indent=1)
         atomic_write(self._record(stage), lambda tmp: tmp.write_text(text))
-
-    def clear(self, stage: str) -> None:
-        self._record(stage).unlink(missing_ok=True)

@@ -391,21 +391,25 @@ def _train_commands(args, preset, data, train_cfg, env, console) -> int:
         print(the_plan.describe(Path(args.out)))
         return 0
     result = run(cfg)
-    s, r = result.summary, result.report
+    s = result.summary
     t = s["teacher"]["miou"]
     console.print(
         f"teacher {'' if t is None else f'{t:.2f}'} | student alone {s['student']['miou']:.2f} | "
         f"distilled ({s['kd']}) {s['distilled']['miou']:.2f} mIoU"
     )
+    return _finish(result, args.out, console)
+
+
+def _finish(result, out: Path, console) -> int:
+    """Print the ledger and where the reports are; the exit code is the report's."""
     from .deploy.report import markdown
 
-    print(markdown(r), end="")
-    console.print(f"{r['status']} -> {Path(args.out) / 'report.json'}, {Path(args.out) / 'manifest.json'}")
+    print(markdown(result.report), end="")
+    console.print(f"{result.report['status']} -> {Path(out) / 'report.json'}, {Path(out) / 'manifest.json'}")
     return result.exit_code
 
 
 def _deploy(args, preset, data, console) -> int:
-    from .deploy.report import markdown
     from .pipeline import deploy_checkpoint, deploy_plan
 
     dcfg = _deploy_config(args, preset)
@@ -413,10 +417,7 @@ def _deploy(args, preset, data, console) -> int:
     if args.dry_run:
         print(the_plan.describe(Path(args.out)))
         return 0
-    result = deploy_checkpoint(args.model, data, dcfg, args.out, force=args.force)
-    print(markdown(result.report), end="")
-    console.print(f"{result.report['status']} -> {Path(args.out) / 'report.json'}, {Path(args.out) / 'manifest.json'}")
-    return result.exit_code
+    return _finish(deploy_checkpoint(args.model, data, dcfg, args.out, force=args.force), args.out, console)
 
 
 def _deploy_config(args, preset):

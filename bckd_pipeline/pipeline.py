@@ -14,6 +14,8 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from torch import nn
+
 from .cache import StageCache, file_sha256, stage_key
 from .calibrate.data import DatasetFeeds, check_no_overlap, digests_of, pick_indices
 from .data import build_dataset
@@ -247,7 +249,8 @@ def run(cfg: RunConfig) -> RunResult:
     distilled = student_stage(cfg, out, cache, teacher_ckpt, cfg.distill, "distilled")
     summary = summarize(teacher_metrics, alone.metrics, distilled.metrics, teacher_ckpt, distilled.checkpoint)
     write_json(out / "metrics.json", summary)
-    return deploy_stages(cfg.deploy, cfg.data, the_plan, out, cache, distilled.checkpoint, summary)
+    ctx = DeployContext.create(cfg.deploy, cfg.data, the_plan, distilled.checkpoint, out)
+    return deploy_stages(ctx, cache, summary)
 
 
 def deploy_checkpoint(
@@ -255,24 +258,18 @@ def deploy_checkpoint(
 ) -> RunResult:
     """Stages 2 and 3 alone, on a student checkpoint trained elsewhere (``bckd-pipeline deploy``)."""
     the_plan = deploy_plan(deploy_cfg, data)
-    load_model(checkpoint)  # a clear error for a missing or foreign checkpoint, before the folder is claimed
-    out = claim_out_dir(out, {"data": data.spec, "checkpoint": str(Path(checkpoint).resolve())}, force=force)
-    return deploy_stages(deploy_cfg, data, the_plan, out, StageCache(out), Path(checkpoint), None)
+    # Reads the checkpoint and the evaluation images first: a bad checkpoint or dataset fails before
+    # the folder is claimed.
+    ctx = DeployContext.create(deploy_cfg, data, the_plan, checkpoint, out)
+    claim_out_dir(out, {"data": data.spec, "checkpoint": str(Path(checkpoint).resolve())}, force=force)
+    return deploy_stages(ctx, StageCache(out), None)
 
 
-def deploy_stages(
-    deploy_cfg: DeployConfig,
-    data: DataConfig,
-    the_plan: Plan,
-    out: Path,
-    cache: StageCache,
-    checkpoint: Path,
-    summary: dict | None,
-) -> RunResult:
+def deploy_stages(ctx: DeployContext, cache: StageCache, summary: dict | None) -> RunResult:
     """export -> simplify -> calibrate -> compile -> parity -> latency -> manifest and reports."""
     from .deploy.report import build_report, write_manifest, write_reports
 
-    ctx = DeployContext.create(deploy_cfg, data, the_plan, checkpoint, out)
+    out = ctx.out
     onnx_path, export_check = export_stage(ctx, out, cache)
     simplified, simplify_check = simplify_stage(ctx, out, cache, onnx_path)
     calibration = calibration_stage(ctx, out, cache)
@@ -429,6 +426,7 @@ class DeployContext:
     out: Path
     plan: Plan
     checkpoint: Path
+    model: nn.Module  # the student, loaded once for export and the PyTorch reference runtime
     meta: CheckpointMeta
     spec: ExportSpec
     eval_feeds: DatasetFeeds
@@ -436,7 +434,7 @@ class DeployContext:
 
     @classmethod
     def create(cls, deploy: DeployConfig, d: DataConfig, the_plan: Plan, checkpoint: Path, out: Path) -> DeployContext:
-        _, meta = load_model(checkpoint)
+        model, meta = load_model(checkpoint)
         eval_set = build_dataset(d.spec, d.eval_split, demo_size=d.demo_size, demo_count=d.demo_count)
         if len(eval_set) == 0:
             raise DataError(f"The evaluation split {d.eval_split!r} of {d.spec!r} is empty; parity needs images.")
@@ -450,8 +448,10 @@ class DeployContext:
         )
         n = len(eval_set) if deploy.parity_images is None else min(deploy.parity_images, len(eval_set))
         feeds = DatasetFeeds.from_dataset(eval_set, range(n), spec.input_hw, normalization=_feed_norm(meta, spec))
-        digests = digests_of(eval_set) if the_plan.calibration is not None else {}
-        return cls(deploy, d, Path(out), the_plan, Path(checkpoint), meta, spec, feeds, digests)
+        digests = {}
+        if the_plan.calibration is not None:  # every evaluation image, for the calibration overlap check
+            digests = dict(zip(feeds.digests, feeds.names, strict=True)) | digests_of(eval_set, range(n, len(eval_set)))
+        return cls(deploy, d, Path(out), the_plan, Path(checkpoint), model, meta, spec, feeds, digests)
 
     @property
     def profile(self) -> TargetProfile:
@@ -478,10 +478,9 @@ def export_stage(ctx: DeployContext, out: Path, cache: StageCache):
     hit = cache.lookup("export", key)
     if hit is not None:
         return path, hit["check"]
-    model, _ = load_model(ctx.checkpoint)
     # Target-independent: one exported ONNX serves every target built from this checkpoint.
     extra = {"bckd.checkpoint_sha256": file_sha256(ctx.checkpoint)}
-    _, check = to_onnx(model, ctx.meta, ctx.spec, path, ctx.check_feeds(), extra_metadata=extra)
+    _, check = to_onnx(ctx.model, ctx.meta, ctx.spec, path, ctx.check_feeds(), extra_metadata=extra)
     cache.store("export", key, [path], {"check": check.as_dict()})
     return path, check.as_dict()
 
@@ -567,9 +566,8 @@ def calibration_stage(ctx: DeployContext, out: Path, cache: StageCache) -> Calib
 def compile_stage(
     ctx: DeployContext, out: Path, cache: StageCache, onnx_path: Path, simplified: Path, calib: Calibration | None
 ) -> list[Built]:
-    ref = Built("pytorch", Backend.TORCH, Precision.FP32, None, None)
     built = [
-        ref,
+        Built("pytorch", Backend.TORCH, Precision.FP32, None, None),
         Built("onnx", Backend.ONNXRUNTIME, Precision.FP32, onnx_path, "pytorch"),
         Built("onnx-simplified", Backend.ONNXRUNTIME, Precision.FP32, simplified, "onnx"),
     ]
@@ -626,9 +624,8 @@ def make_runtime(ctx: DeployContext, b: Built, *, streams: int = 1):
     if b.backend is Backend.TORCH:
         from .deploy.backends.torch import TorchRuntime
 
-        model, _ = load_model(ctx.checkpoint)
         wrapper = SegExportWrapper(
-            model, normalize=_norm(ctx.meta) if ctx.spec.bake_normalization else None, head=ctx.spec.head
+            ctx.model, normalize=_norm(ctx.meta) if ctx.spec.bake_normalization else None, head=ctx.spec.head
         )
         return TorchRuntime(
             wrapper, ctx.spec.input_shape(), output_name=ctx.spec.output_name, threads=threads, name=b.name
@@ -646,8 +643,8 @@ def make_runtime(ctx: DeployContext, b: Built, *, streams: int = 1):
 
 
 def _on_target(ctx: DeployContext, b: Built) -> bool:
-    """Whether the row's numbers come from the target's own device (host stages always do)."""
-    return b.backend is not ctx.profile.backend or ctx.plan.can_measure or b.backend is Backend.ONNXRUNTIME
+    """Whether the row runs where it is deployed: host stages always do; OpenVINO rows only with the device."""
+    return b.backend is not Backend.OPENVINO or ctx.plan.can_measure
 
 
 def parity_stage(ctx: DeployContext, out: Path, cache: StageCache, built: list[Built]) -> dict:
@@ -706,7 +703,13 @@ def latency_stage(ctx: DeployContext, out: Path, cache: StageCache, built: list[
             continue  # never time a stand-in device for the target's
         key = stage_key(
             f"latency-{b.name}",
-            {"spec": spec, "throughput": ctx.deploy.throughput, "export": ctx.spec, "device": ctx.profile.device},
+            {
+                "spec": spec,
+                "throughput": ctx.deploy.throughput,
+                "export": ctx.spec,
+                # PyTorch and ONNX Runtime rows always run on the host, whatever the target's device.
+                "device": ctx.profile.device if b.backend is Backend.OPENVINO else "host",
+            },
             [ctx.checkpoint] if b.path is None else [b.path],
         )
         hit = cache.lookup(f"latency-{b.name}", key)

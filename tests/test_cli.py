@@ -215,7 +215,8 @@ def test_run_whole_pipeline(tmp_path, capsys):
 # Bad input: exit code 2, one clean message, nothing written
 
 
-FOLDER_TRAIN = ["train-teacher", *SMOKE, "--crop", "32,32", "--batch-size", "2", "--iters", "1"]
+FOLDER_FLAGS = [*SMOKE, "--crop", "32,32", "--batch-size", "2"]  # fit the 32x32 fixture datasets
+FOLDER_TRAIN = ["train-teacher", *FOLDER_FLAGS, "--iters", "1"]
 
 
 @pytest.mark.parametrize("workers", ["0", "1"])
@@ -256,15 +257,11 @@ def test_teacher_for_another_class_count(teacher, tmp_path, capsys):
     rc, _, err = run_cli(
         capsys,
         "distill",
-        *SMOKE,
+        *FOLDER_FLAGS,
         "--teacher",
         teacher / "teacher.pt",
         "--data",
         f"folder:{data}",
-        "--crop",
-        "32,32",
-        "--batch-size",
-        "2",
         "--iters",
         "1",
         "--out",

@@ -217,27 +217,13 @@ def test_calibration_on_the_evaluation_split_is_refused(tmp_path, capsys):
 
 
 def test_calibration_images_that_are_also_evaluation_images_are_refused(tmp_path, capsys):
-    from test_cli import make_folder_dataset
+    from test_cli import FOLDER_FLAGS, make_folder_dataset
 
     data = make_folder_dataset(tmp_path / "data", counts={"train": 4, "val": 2})
     for name in ("images", "masks"):  # val image 0 is a copy of a train image
         shutil.copy(data / name / "train" / "0.png", data / name / "val" / "0.png")
     out = tmp_path / "R"
-    rc, _, err = run_cli(
-        capsys,
-        "run",
-        *SMOKE,
-        "--data",
-        f"folder:{data}",
-        "--crop",
-        "32,32",
-        "--batch-size",
-        "2",
-        "--iters",
-        "2",
-        "--out",
-        out,
-    )
+    rc, _, err = run_cli(capsys, "run", *FOLDER_FLAGS, "--data", f"folder:{data}", "--iters", "2", "--out", out)
     assert rc == 2 and err.startswith("error: ") and "are also evaluation images (0 = 0)" in err, err
     assert not (out / "deploy/calibration.json").exists() and not (out / "deploy/model.int8.onnx").exists()
 

@@ -29,11 +29,14 @@ def image_digest(image: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def preprocess(image: np.ndarray, input_hw: tuple[int, int], normalization: Normalization | None) -> np.ndarray:
-    """uint8 H x W x 3 RGB -> float32 1 x 3 x H x W at ``input_hw``, normalised unless baked into the graph."""
-    resized, _ = resize_pair(image, np.zeros(image.shape[:2], np.int64), input_hw)
+def preprocess(
+    image: np.ndarray, mask: np.ndarray, input_hw: tuple[int, int], normalization: Normalization | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 H x W x 3 RGB and its H x W labels -> float32 1 x 3 x H x W input at ``input_hw`` (normalised
+    unless that is baked into the graph) and int64 labels at the same size."""
+    resized, label = resize_pair(image, mask, input_hw)
     x = normalization(resized) if normalization is not None else resized.astype(np.float32)
-    return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
+    return np.ascontiguousarray(x.transpose(2, 0, 1)[None]), label.astype(np.int64)
 
 
 @dataclass
@@ -61,9 +64,9 @@ class DatasetFeeds:
         for i in indices:
             image, mask = dataset.load(i)
             digests.append(image_digest(image))
-            _, label = resize_pair(image, mask, input_hw)
-            images.append(preprocess(image, input_hw, normalization))
-            labels.append(label.astype(np.int64))
+            x, label = preprocess(image, mask, input_hw, normalization)
+            images.append(x)
+            labels.append(label)
             names.append(dataset.name(i))
         return cls(images, labels, names, digests, dataset.split, input_name)
 
@@ -112,5 +115,6 @@ def check_no_overlap(calibration: DatasetFeeds, evaluation_digests: Mapping[str,
         )
 
 
-def digests_of(dataset: SegDataset) -> dict[str, str]:
-    return {image_digest(dataset.load(i)[0]): dataset.name(i) for i in range(len(dataset))}
+def digests_of(dataset: SegDataset, indices: Iterable[int]) -> dict[str, str]:
+    """digest -> name of the given samples (decoded pixels, as in :func:`image_digest`)."""
+    return {image_digest(dataset.load(i)[0]): dataset.name(i) for i in indices}

@@ -109,8 +109,3 @@ def quantize_ir(
         settings["max_miou_drop"] = spec.max_miou_drop
     save_ir(quantized, xml_path, compress_to_fp16=False)
     return Path(xml_path), settings
-
-
-def remove_ir(xml_path: Path) -> None:
-    for p in (Path(xml_path), Path(xml_path).with_suffix(".bin")):
-        p.unlink(missing_ok=True)

@@ -9,7 +9,6 @@ says so in ``status`` and carries nulls, never estimates.
 
 from __future__ import annotations
 
-import os
 import platform
 import subprocess
 from dataclasses import asdict
@@ -18,12 +17,13 @@ from pathlib import Path
 
 from ..cache import file_sha256
 from ..distill.stage import write_json
+from .bench import host_facts
 
 REPORT_FORMAT = "bckd-pipeline/report-v1"
 MANIFEST_FORMAT = "bckd-pipeline/manifest-v1"
 PACKAGES = ("bckd-pipeline", "torch", "onnx", "onnxruntime", "onnxsim", "onnxslim", "openvino", "nncf", "numpy")
 
-EXIT_DONE, EXIT_PARITY_FAILED, EXIT_USAGE, EXIT_PENDING = 0, 1, 2, 3
+EXIT_DONE, EXIT_PARITY_FAILED, EXIT_PENDING = 0, 1, 3  # 2 (bad input) comes from BckdError
 
 # Row status values.
 MEASURED = "measured"  # parity and latency on the target's device (or the host, for host stages)
@@ -60,6 +60,41 @@ def _rel(path, out: Path) -> str | None:
         return str(path)
 
 
+PARITY_FIELDS = (
+    "miou",
+    "miou_delta",
+    "miou_delta_vs_parent",
+    "pixel_agreement",
+    "pixel_agreement_vs_parent",
+    "boundary_f",
+    "max_abs_logit",
+    "mean_abs_logit",
+    "per_class_iou",
+    "per_class_delta",
+)
+
+
+def _row(b, out: Path, *, name: str, status: str, device: str, parent: str | None) -> dict:
+    """A ledger row with every measurement null; callers fill in what was measured."""
+    return {
+        "name": name,
+        "backend": b.backend.value,
+        "precision": b.precision.value,
+        "parent": parent,
+        "artifact": _rel(b.path, out),
+        "status": status,
+        "device": device,
+        **dict.fromkeys(PARITY_FIELDS),
+        "parity_passed": None,
+        "parity_failures": [],
+        "latency_ms": dict.fromkeys(("p50", "p90", "p99", "mean")),
+        "fps": None,
+        "throughput_fps": None,
+        "latency": None,
+        "build": {},
+    }
+
+
 def build_report(ctx, summary, built, parity, latency, export_check, simplify_check, calibration) -> dict:
     out = Path(ctx.out)
     profile = ctx.profile
@@ -67,54 +102,39 @@ def build_report(ctx, summary, built, parity, latency, export_check, simplify_ch
     for b in built:
         p = parity["stages"][b.name]
         lat = latency.get(b.name)
-        on_target = lat is not None
-        status = MEASURED if on_target else PARITY_ON_HOST
-        device = (
-            "cpu (host)"
-            if b.backend.value in ("torch", "onnxruntime")
-            else (profile.device if ctx.plan.can_measure else "CPU (host plugin, stand-in)")
+        if b.backend.value in ("torch", "onnxruntime"):
+            device = "cpu (host)"
+        else:
+            device = profile.device if ctx.plan.can_measure else "CPU (host plugin, stand-in)"
+        row = _row(b, out, name=b.name, status=MEASURED if lat else PARITY_ON_HOST, device=device, parent=b.parent)
+        row.update(
+            {k: p[k] for k in PARITY_FIELDS}, parity_passed=p["passed"], parity_failures=p["failures"], build=b.settings
         )
-        row = {
-            "name": b.name,
-            "backend": b.backend.value,
-            "precision": b.precision.value,
-            "parent": b.parent,
-            "artifact": _rel(b.path, out),
-            "status": status,
-            "device": device,
-            "miou": p["miou"],
-            "miou_delta": p["miou_delta"],
-            "miou_delta_vs_parent": p["miou_delta_vs_parent"],
-            "pixel_agreement": p["pixel_agreement"],
-            "pixel_agreement_vs_parent": p["pixel_agreement_vs_parent"],
-            "boundary_f": p["boundary_f"],
-            "max_abs_logit": p["max_abs_logit"],
-            "mean_abs_logit": p["mean_abs_logit"],
-            "per_class_iou": p["per_class_iou"],
-            "per_class_delta": p["per_class_delta"],
-            "parity_passed": p["passed"],
-            "parity_failures": p["failures"],
-            "latency_ms": dict.fromkeys(("p50", "p90", "p99", "mean")),
-            "fps": None,
-            "throughput_fps": None,
-            "latency": None,
-            "build": b.settings,
-        }
         if lat is not None:
             L = lat["latency"]
-            row["latency_ms"] = {k: L[k] for k in ("p50", "p90", "p99", "mean")}
-            row["fps"] = L["fps"]
-            row["latency"] = L
+            row.update(latency_ms={k: L[k] for k in row["latency_ms"]}, fps=L["fps"], latency=L)
             if "throughput" in lat:
-                row["throughput_fps"] = lat["throughput"]["fps"]
-                row["throughput"] = lat["throughput"]
+                row.update(throughput_fps=lat["throughput"]["fps"], throughput=lat["throughput"])
         else:
             row["note"] = (
-                f"accuracy from the host CPU plugin; latency pending on {ctx.profile.device}, which is not on this host"
+                f"accuracy from the host CPU plugin; latency pending on {profile.device}, which is not on this host"
             )
         rows.append(row)
     if not ctx.plan.can_measure:
-        rows.append(_pending_row(ctx, built[-1], out))
+        deployed = built[-1]
+        pending = _row(
+            deployed,
+            out,
+            name=f"{deployed.name}-on-{profile.device.lower()}",
+            status=PENDING,
+            device=profile.device,
+            parent=deployed.name,
+        )
+        pending["note"] = (
+            f"not measured: {ctx.plan.availability_note}. Run `bckd-pipeline bench --target {profile.name} "
+            f"{_rel(deployed.path, out)}` on a host with the device."
+        )
+        rows.append(pending)
     culprit = parity["culprit"]
     pending = any(r["status"] != MEASURED for r in rows)
     exit_code = EXIT_PARITY_FAILED if culprit else EXIT_PENDING if pending else EXIT_DONE
@@ -157,7 +177,7 @@ def build_report(ctx, summary, built, parity, latency, export_check, simplify_ch
         },
         "speedup_vs_pytorch": speedups,
         "stages": rows,
-        "host": {"machine": platform.machine(), "cpu_count": os.cpu_count()},
+        "host": host_facts(),
         "versions": versions(),
     }
 
@@ -179,37 +199,6 @@ def _distill_section(summary: dict | None, ctx) -> dict:
         "student_miou": summary["student"]["miou"],
         "distilled_miou": summary["distilled"]["miou"],
         "gap_closed_percent": summary["gap_closed_percent"],
-    }
-
-
-def _pending_row(ctx, deployed, out: Path) -> dict:
-    return {
-        "name": f"{deployed.name}-on-{ctx.profile.device.lower()}",
-        "backend": deployed.backend.value,
-        "precision": deployed.precision.value,
-        "parent": deployed.name,
-        "artifact": _rel(deployed.path, out),
-        "status": PENDING,
-        "device": ctx.profile.device,
-        "miou": None,
-        "miou_delta": None,
-        "miou_delta_vs_parent": None,
-        "pixel_agreement": None,
-        "pixel_agreement_vs_parent": None,
-        "boundary_f": None,
-        "max_abs_logit": None,
-        "mean_abs_logit": None,
-        "per_class_iou": None,
-        "per_class_delta": None,
-        "parity_passed": None,
-        "parity_failures": [],
-        "latency_ms": dict.fromkeys(("p50", "p90", "p99", "mean")),
-        "fps": None,
-        "throughput_fps": None,
-        "latency": None,
-        "build": {},
-        "note": f"not measured: {ctx.plan.availability_note}. Run `bckd-pipeline bench --target {ctx.profile.name} "
-        f"{_rel(deployed.path, out)}` on a host with the device.",
     }
 
 

@@ -8,7 +8,6 @@ and shapes, and records ``last_latency_s`` around ``_infer`` alone.
 
 from __future__ import annotations
 
-import gc
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -59,9 +58,6 @@ class Runtime:
         finally:
             self.is_active = False
             self._spec = None
-            # Sessions can sit in reference cycles; until collected, their spinning thread pools steal
-            # cores from the next runtime being timed (ORT then OpenVINO: 1.6 -> 2.7 ms measured).
-            gc.collect()
 
     def __enter__(self) -> Runtime:
         return self.activate()

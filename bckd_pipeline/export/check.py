@@ -36,7 +36,7 @@ class CheckReport:
         }
 
 
-def _labels(name: str, value: np.ndarray) -> np.ndarray:
+def _labels(value: np.ndarray) -> np.ndarray:
     return value.argmax(1) if value.ndim == 4 else value
 
 
@@ -71,7 +71,7 @@ def compare(
                 integer_outputs.add(name)
             diff = float(np.max(np.abs(r.astype(np.float64) - c.astype(np.float64)))) if r.size else 0.0
             worst[name] = max(worst.get(name, 0.0), diff)
-            lr, lc = _labels(name, r), _labels(name, c)
+            lr, lc = _labels(r), _labels(c)
             same += int((lr == lc).sum())
             total += lr.size
         n += 1
