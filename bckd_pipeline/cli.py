@@ -38,7 +38,12 @@ def _common(p: argparse.ArgumentParser, *, training: bool = True) -> None:
     p.add_argument("--preset", default="demo", help="demo | smoke | camvid: defaults for everything below")
     p.add_argument("--resize", type=_pair, help="resize every image to H,W first (default: preset)")
     p.add_argument("--batch-size", type=int, help="default: preset (8)")
-    p.add_argument("--device", default="cuda" if _cuda() else "cpu", help="cpu or cuda[:N]")
+    p.add_argument(
+        "--device",
+        action="append",
+        help="training device: cpu or cuda[:N] (default: cuda when present); for TensorRT targets also "
+        "ssh://user@host[:port], the device that builds and measures the engine (give --device twice for both)",
+    )
     p.add_argument("--num-workers", type=int, help="data loader workers (default: preset)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     if training:
@@ -193,6 +198,14 @@ def _deploy_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--threads", type=int, help="intra-op threads for every runtime (default: the runtime's)")
     g.add_argument("--streams", type=int, default=2, help="requests in flight in throughput mode")
     g.add_argument("--no-throughput", action="store_true", help="skip the throughput measurement")
+    t = p.add_argument_group("TensorRT targets (jetson, jetson-orin-nano/-nx, jetson-agx-orin, tensorrt)")
+    t.add_argument("--ssh-identity", type=Path, help="private key for --device ssh://... (default: ssh's own keys)")
+    t.add_argument("--ssh-known-hosts", type=Path, help="known_hosts file to check the device's host key against")
+    t.add_argument("--device-python", default="python3", help="the device's Python 3.10+ with numpy")
+    t.add_argument("--dla-core", type=int, help="build for this DLA core, GPU fallback on (AGX Orin, Orin NX)")
+    t.add_argument("--workspace-mib", type=int, help="TensorRT builder workspace in MiB (default: 1024)")
+    t.add_argument("--cuda-graph", action="store_true", help="replay inference as a CUDA graph on the device")
+    t.add_argument("--trt-quantizer", default="onnxruntime", help="Q/DQ ONNX made by: onnxruntime | modelopt")
 
 
 def _data_config(args, preset):
@@ -285,6 +298,11 @@ def dispatch(args) -> int:
     if args.command == "bench":
         return _bench(args, console)
 
+    if getattr(args, "target_device", None) and args.command not in ("run", "deploy"):
+        raise ConfigError(
+            f"--device {args.target_device} names a deployment device; `{args.command}` trains or evaluates here. "
+            "Use --device cpu or cuda[:N], or pass the SSH device to `run`/`deploy` with a TensorRT target."
+        )
     preset = get_preset(args.preset)
     if args.command in ("run", "deploy"):
         from .targets import get_target
@@ -421,6 +439,7 @@ def _deploy(args, preset, data, console) -> int:
 
 
 def _deploy_config(args, preset):
+    from .deploy.remote import SshOptions
     from .pipeline import DeployConfig
     from .targets.profiles import CalibrationSpec, LatencySpec, get_target
 
@@ -452,6 +471,12 @@ def _deploy_config(args, preset):
         parity_images=args.parity_images,
         latency=latency,
         throughput=not args.no_throughput,
+        device=args.target_device,
+        ssh=SshOptions(identity=args.ssh_identity, known_hosts=args.ssh_known_hosts, python=args.device_python),
+        dla_core=args.dla_core,
+        workspace_mib=args.workspace_mib,
+        cuda_graph=args.cuda_graph,
+        trt_quantizer=args.trt_quantizer,
     )
 
 
@@ -538,10 +563,24 @@ def _message(exc: BckdError) -> str:
     return text
 
 
+def _split_device(args) -> None:
+    """``--device`` names where work runs: cpu/cuda for training, ssh://... for a TensorRT target's engine."""
+    if not hasattr(args, "device"):
+        return
+    given = args.device or []
+    remote = [d for d in given if "://" in d]
+    local = [d for d in given if "://" not in d]
+    if len(remote) > 1:
+        raise ConfigError(f"--device names one deployment device; got {', '.join(remote)}. Keep one.")
+    args.target_device = remote[0] if remote else None
+    args.device = local[-1] if local else ("cuda" if _cuda() else "cpu")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        _split_device(args)
         return dispatch(args)
     except BckdError as exc:
         print(f"error: {_message(exc)}", file=sys.stderr)

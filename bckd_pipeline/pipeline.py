@@ -11,6 +11,7 @@ any work starts and is what ``--dry-run`` prints.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -27,9 +28,12 @@ from .distill.trainer import TrainConfig
 from .errors import BackendMissingError, ConfigError, DataError
 from .export.wrapper import ExportSpec, SegExportWrapper
 from .targets import Backend, Precision, TargetProfile, check_availability, get_target
-from .targets.profiles import CalibrationSpec, LatencySpec
+from .deploy.device import DeviceOutcome
+from .deploy.remote import SshOptions
+from .targets.profiles import CalibrationSpec, LatencySpec, TensorRTOptions
 
 RUN_MARKER = "run.json"
+TENSORRT_DIR = "deploy/tensorrt"
 RUN_FORMAT = "bckd-pipeline/run-v1"
 
 
@@ -47,6 +51,13 @@ class DeployConfig:
     parity_images: int | None = None  # None: the whole evaluation split
     latency: LatencySpec | None = None  # None: the target's
     throughput: bool = True  # also measure the deployed artifact with several requests in flight
+    # TensorRT targets: where the engine is built and measured, and how.
+    device: str | None = None  # ssh://user@host[:port]; None: here when TensorRT is here, else pending
+    ssh: SshOptions = SshOptions()
+    dla_core: int | None = None
+    workspace_mib: int | None = None
+    cuda_graph: bool = False
+    trt_quantizer: str = "onnxruntime"
 
 
 @dataclass(frozen=True)
@@ -147,10 +158,16 @@ def plan(cfg: RunConfig) -> Plan:
 
 def deploy_plan(deploy: DeployConfig, data: DataConfig, before: list[PlanStep] = ()) -> Plan:
     """Validate target, backend, shapes and calibration; list the deployment stages after ``before``."""
-    profile = get_target(deploy.target)
+    profile = _with_tensorrt_options(get_target(deploy.target), deploy)
     avail = check_availability(profile)
     if not avail.can_build:
         raise BackendMissingError(f"--target {profile.name} cannot be built on this host: {avail.reason}.")
+    can_measure, note = avail.can_measure, avail.reason
+    if deploy.device is not None:
+        from .deploy.remote import SshTarget
+
+        SshTarget.parse(deploy.device)
+        can_measure, note = True, ""
     from .export.simplify import SIMPLIFIERS
 
     if deploy.simplifier not in SIMPLIFIERS:
@@ -171,6 +188,11 @@ def deploy_plan(deploy: DeployConfig, data: DataConfig, before: list[PlanStep] =
     if calibration is not None:
         _check_calibration_flags(calibration, profile)
     latency = deploy.latency or profile.latency
+    if profile.backend is Backend.TENSORRT and deploy.dynamic:
+        raise ConfigError(
+            f"--dynamic {','.join(deploy.dynamic)} was given for --target {profile.name}: the engine is built for the "
+            "exported static shape. Drop --dynamic (export the size you deploy with --input-size H,W)."
+        )
     shape = f"dynamic {','.join(deploy.dynamic)}" if deploy.dynamic else "static shape"
     steps = [
         *before,
@@ -189,25 +211,75 @@ def deploy_plan(deploy: DeployConfig, data: DataConfig, before: list[PlanStep] =
                 ("deploy/calibration.json",),
             )
         )
-    steps += [PlanStep(b.name, f"{b.backend} {b.precision}", (str(b.path),)) for b in _target_artifacts(profile)]
+    steps += [PlanStep(b.name, _what(b), (str(b.path),)) for b in _target_artifacts(profile)]
+    if profile.backend is Backend.TENSORRT:
+        where = deploy.device or ("this host" if can_measure else None)
+        steps += [
+            PlanStep(
+                "device-bundle",
+                "Q/DQ ONNX, evaluation images, job.json, agent.pyz, build_engine.sh (trtexec)",
+                (f"{TENSORRT_DIR}/bundle/",),
+            ),
+            PlanStep(
+                "engine",
+                f"TensorRT engine built and measured on {where}" if where else "PENDING (exit 3): " + note,
+                (f"{TENSORRT_DIR}/device/model.plan",) if where else (),
+            ),
+        ]
     steps += [
         PlanStep("parity", f"every stage on split {data.eval_split!r} vs PyTorch", ()),
-        PlanStep(
-            "latency", "the latency protocol on every stage" if avail.can_measure else "pending: device absent", ()
-        ),
+        PlanStep("latency", "the latency protocol on every stage" if can_measure else "pending: device absent", ()),
         PlanStep("report", "manifest and reports", ("manifest.json", "report.json", "report.md")),
     ]
-    return Plan(profile, calibration, latency, avail.can_measure, avail.reason, tuple(steps))
+    return Plan(profile, calibration, latency, can_measure, note, tuple(steps))
+
+
+def _what(b: Built) -> str:
+    if b.name == "onnx-qdq":
+        return "Q/DQ ONNX for TensorRT: symmetric INT8, per-channel weights; checked TensorRT-ready"
+    return f"{b.backend} {b.precision}"
+
+
+def _with_tensorrt_options(profile: TargetProfile, deploy: DeployConfig) -> TargetProfile:
+    """The target with the user's TensorRT flags applied (and refused for targets they do not apply to)."""
+    given = {
+        "--device": deploy.device,
+        "--dla-core": deploy.dla_core,
+        "--workspace-mib": deploy.workspace_mib,
+        "--cuda-graph": deploy.cuda_graph or None,
+        "--trt-quantizer": None if deploy.trt_quantizer == "onnxruntime" else deploy.trt_quantizer,
+    }
+    if profile.backend is not Backend.TENSORRT:
+        flags = [k for k, v in given.items() if v is not None]
+        if flags:
+            raise ConfigError(
+                f"{', '.join(flags)} appl{'ies' if len(flags) == 1 else 'y'} to TensorRT targets (jetson, "
+                f"jetson-orin-nano, jetson-orin-nx, jetson-agx-orin, tensorrt); --target {profile.name} uses "
+                f"{profile.backend}. Drop the flag or pick a TensorRT target."
+            )
+        return profile
+    from .calibrate.tensorrt import QUANTIZERS
+
+    if deploy.trt_quantizer not in QUANTIZERS:
+        raise ConfigError(f"--trt-quantizer {deploy.trt_quantizer!r} is not allowed. Allowed: {', '.join(QUANTIZERS)}.")
+    opts: TensorRTOptions = profile.tensorrt
+    opts = replace(
+        opts,
+        dla_core=deploy.dla_core,
+        workspace_mib=deploy.workspace_mib or opts.workspace_mib,
+        cuda_graph=deploy.cuda_graph,
+    )
+    return replace(profile, tensorrt=opts)
 
 
 def _check_calibration_flags(c: CalibrationSpec, profile: TargetProfile) -> None:
     """Options that the target's quantizer would ignore are refused, not silently dropped."""
-    if profile.backend is Backend.ONNXRUNTIME and c.max_miou_drop is not None:
+    if profile.backend in (Backend.ONNXRUNTIME, Backend.TENSORRT) and c.max_miou_drop is not None:
         raise ConfigError(
             f"--max-miou-drop {c.max_miou_drop} applies to OpenVINO targets (NNCF accuracy control); "
             f"--target {profile.name} quantizes with ONNX Runtime. Drop the flag, or pick an openvino-* target."
         )
-    if profile.backend is Backend.ONNXRUNTIME and c.preset != "performance":
+    if profile.backend in (Backend.ONNXRUNTIME, Backend.TENSORRT) and c.preset != "performance":
         raise ConfigError(f"--nncf-preset applies to OpenVINO targets; --target {profile.name} uses ONNX Runtime.")
     if profile.backend is Backend.OPENVINO and c.method != "minmax":
         raise ConfigError(
@@ -233,7 +305,9 @@ def _target_artifacts(profile: TargetProfile) -> list[Built]:
         if profile.precision is int8:
             built.append(Built("openvino-int8", Backend.OPENVINO, int8, base / "int8/model.xml", "openvino-fp32"))
         return built
-    raise ConfigError(f"--target {profile.name} uses backend {profile.backend}, which `run` does not build yet.")
+    # TensorRT: the host makes the portable Q/DQ ONNX (checked on ONNX Runtime here); the engine row
+    # comes from the device stage.
+    return [Built("onnx-qdq", Backend.ONNXRUNTIME, int8, Path("deploy/model.qdq.onnx"), "onnx-simplified")]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -274,6 +348,8 @@ def deploy_stages(ctx: DeployContext, cache: StageCache, summary: dict | None) -
     simplified, simplify_check = simplify_stage(ctx, out, cache, onnx_path)
     calibration = calibration_stage(ctx, out, cache)
     built = compile_stage(ctx, out, cache, onnx_path, simplified, calibration)
+    if ctx.profile.backend is Backend.TENSORRT:
+        built += device_stage(ctx, out, cache, built[-1])
     parity = parity_stage(ctx, out, cache, built)
     latency = latency_stage(ctx, out, cache, built)
 
@@ -431,6 +507,7 @@ class DeployContext:
     spec: ExportSpec
     eval_feeds: DatasetFeeds
     eval_digests: dict[str, str]
+    device: DeviceOutcome | None = None  # TensorRT targets: the engine built and measured on the device
 
     @classmethod
     def create(cls, deploy: DeployConfig, d: DataConfig, the_plan: Plan, checkpoint: Path, out: Path) -> DeployContext:
@@ -584,6 +661,7 @@ def _build_one(ctx: DeployContext, cache: StageCache, b: Built, path: Path, pare
     options = {
         "profile": ctx.profile.name,
         "device": ctx.profile.device,
+        "trt_quantizer": ctx.deploy.trt_quantizer if b.name == "onnx-qdq" else None,
         "calibration": calib.spec if calib else None,
         "calibration_sha256": calib.sha256 if calib else None,
     }
@@ -592,7 +670,11 @@ def _build_one(ctx: DeployContext, cache: StageCache, b: Built, path: Path, pare
     if hit is not None:
         return hit["settings"]
     outputs = [path]
-    if b.backend is Backend.ONNXRUNTIME:
+    if b.name == "onnx-qdq":
+        from .calibrate.tensorrt import quantize_for_tensorrt
+
+        _, settings = quantize_for_tensorrt(parent, path, calib.feeds, calib.spec, quantizer=ctx.deploy.trt_quantizer)
+    elif b.backend is Backend.ONNXRUNTIME:
         from .calibrate.onnxruntime import quantize_ort
 
         _, settings = quantize_ort(parent, path, calib.feeds, calib.spec)
@@ -618,9 +700,61 @@ def _build_one(ctx: DeployContext, cache: StageCache, b: Built, path: Path, pare
     return settings
 
 
+def device_stage(ctx: DeployContext, out: Path, cache: StageCache, qdq: Built) -> list[Built]:
+    """The portable bundle; then the engine built and measured here or on ``--device``, or pending.
+
+    Returns the device's ledger row: ``tensorrt-int8`` when an engine was built, the agent's ONNX
+    Runtime row when the device had no TensorRT (it says so), nothing when the device step is pending.
+    """
+    from .deploy.device import BUNDLE_FILES, DeviceOutcome, run_here, write_bundle
+
+    folder = out / TENSORRT_DIR
+    bundle, dest = folder / "bundle", folder / "device"
+    spec = ctx.deploy.latency or ctx.profile.latency
+    options = {"tensorrt": ctx.profile.tensorrt, "latency": spec, "feeds": ctx.eval_feeds.digests, "export": ctx.spec}
+    key = stage_key("device-bundle", options, [qdq.path])
+    hit = cache.lookup("device-bundle", key)
+    if hit is None:
+        folder.mkdir(parents=True, exist_ok=True)
+        job = write_bundle(bundle, qdq.path, ctx.eval_feeds, ctx.profile, spec, ctx.spec.input_shape())
+        cache.store("device-bundle", key, [bundle / f for f in BUNDLE_FILES], {"job": job})
+    else:
+        job = hit["job"]
+    where = ctx.deploy.device or ("here" if ctx.plan.can_measure else None)
+    if where is None:
+        ctx.device = DeviceOutcome(None, None, "", ctx.plan.availability_note)
+        return []
+    dkey = stage_key("device", {"where": where, "bundle": key, "ssh": ctx.deploy.ssh}, [])
+    hit = cache.lookup("device", dkey)
+    if hit is not None:
+        result = hit["result"]
+    elif where == "here":
+        result = run_here(bundle, dest)
+    else:
+        from .deploy.remote import RemoteDevice, SshTarget
+
+        device = RemoteDevice(SshTarget.parse(where), ctx.deploy.ssh)
+        result = device.run_bundle(bundle, dest, job, progress=lambda m: print(m, file=sys.stderr))
+    if hit is None:
+        cache.store("device", dkey, [dest / "result.json", *(dest / f for f in result["files"])], {"result": result})
+    ctx.device = DeviceOutcome(result, dest, where)
+    if result["engine"]:
+        plan = dest / result["engine"]["file"]
+        return [Built("tensorrt-int8", Backend.TENSORRT, Precision.INT8, plan, qdq.name, result["engine"]["build"])]
+    return [Built(result["row"], Backend(result["backend"]), Precision.INT8, None, qdq.name, {"fallback": result["fallback"]})]
+
+
+def _is_device_row(ctx: DeployContext, b: Built) -> bool:
+    return ctx.device is not None and ctx.device.result is not None and b.name == ctx.device.result["row"]
+
+
 def make_runtime(ctx: DeployContext, b: Built, *, streams: int = 1):
     """The Runtime that runs artifact ``b``: on the target's device when present, else on the host CPU."""
     threads = (ctx.deploy.latency or ctx.profile.latency).threads
+    if _is_device_row(ctx, b):
+        from .deploy.device import ReplayRuntime
+
+        return ReplayRuntime(ctx.device, ctx.spec.input_shape(), ctx.eval_feeds.input_name)
     if b.backend is Backend.TORCH:
         from .deploy.backends.torch import TorchRuntime
 
@@ -659,6 +793,7 @@ def parity_stage(ctx: DeployContext, out: Path, cache: StageCache, built: list[B
             "feeds": ctx.eval_feeds.digests,
             "parity": ctx.profile.parity,
             "device": ctx.plan.can_measure,
+            "device_result": None if ctx.device is None or ctx.device.result is None else ctx.device.result["files"],
         },
         [ctx.checkpoint] + [b.path for b in built if b.path is not None],
     )
@@ -701,6 +836,9 @@ def latency_stage(ctx: DeployContext, out: Path, cache: StageCache, built: list[
     for b in built:
         if not _on_target(ctx, b):
             continue  # never time a stand-in device for the target's
+        if _is_device_row(ctx, b):  # timed on the device, by the same protocol
+            results[b.name] = {"latency": ctx.device.result["latency"]}
+            continue
         key = stage_key(
             f"latency-{b.name}",
             {
@@ -718,7 +856,7 @@ def latency_stage(ctx: DeployContext, out: Path, cache: StageCache, built: list[
             continue
         with make_runtime(ctx, b) as rt:
             entry = {"latency": benchmark(rt, feeds, spec).as_dict()}
-        if ctx.deploy.throughput and b is built[-1]:
+        if ctx.deploy.throughput and b is built[-1] and ctx.profile.backend is not Backend.TENSORRT:
             with make_runtime(ctx, b, streams=spec.streams) as rt:
                 entry["throughput"] = benchmark(rt, feeds, spec, mode="throughput").as_dict()
         cache.store(f"latency-{b.name}", key, [], entry)

@@ -99,10 +99,13 @@ def build_report(ctx, summary, built, parity, latency, export_check, simplify_ch
     out = Path(ctx.out)
     profile = ctx.profile
     rows = []
+    on_device = ctx.device.result if ctx.device is not None and ctx.device.result is not None else None
     for b in built:
         p = parity["stages"][b.name]
         lat = latency.get(b.name)
-        if b.backend.value in ("torch", "onnxruntime"):
+        if on_device is not None and b.name == on_device["row"]:
+            device = _device_name(on_device, ctx.device.where)
+        elif b.backend.value in ("torch", "onnxruntime"):
             device = "cpu (host)"
         else:
             device = profile.device if ctx.plan.can_measure else "CPU (host plugin, stand-in)"
@@ -119,8 +122,12 @@ def build_report(ctx, summary, built, parity, latency, export_check, simplify_ch
             row["note"] = (
                 f"accuracy from the host CPU plugin; latency pending on {profile.device}, which is not on this host"
             )
+        if on_device is not None and b.name == on_device["row"] and on_device["fallback"]:
+            row["note"] = on_device["fallback"]
         rows.append(row)
-    if not ctx.plan.can_measure:
+    if ctx.device is not None and ctx.device.result is None:
+        rows.append(_pending_engine_row(ctx, built[-1], out))
+    elif not ctx.plan.can_measure:
         deployed = built[-1]
         pending = _row(
             deployed,
@@ -137,6 +144,7 @@ def build_report(ctx, summary, built, parity, latency, export_check, simplify_ch
         rows.append(pending)
     culprit = parity["culprit"]
     pending = any(r["status"] != MEASURED for r in rows)
+    device_section = None if ctx.device is None else _device_section(ctx, out)
     exit_code = EXIT_PARITY_FAILED if culprit else EXIT_PENDING if pending else EXIT_DONE
     torch_row = next(r for r in rows if r["name"] == "pytorch")
     speedups = {
@@ -176,10 +184,66 @@ def build_report(ctx, summary, built, parity, latency, export_check, simplify_ch
             **asdict(calibration.spec),
         },
         "speedup_vs_pytorch": speedups,
+        "device": device_section,
         "stages": rows,
         "host": host_facts(),
         "versions": versions(),
     }
+
+
+def _device_name(result: dict, where: str) -> str:
+    facts = result.get("facts") or {}
+    model = facts.get("model") or (facts.get("gpu") or {}).get("name")
+    runtime = "TensorRT" if result["engine"] else "ONNX Runtime CPU (fallback)"
+    return f"{model or 'device'} via {'this host' if where == 'here' else where}, {runtime}"
+
+
+def _pending_engine_row(ctx, qdq, out: Path) -> dict:
+    """The TensorRT engine row when no device built it: every measurement null, and how to get them."""
+    from types import SimpleNamespace
+
+    from ..targets.profiles import Backend, Precision
+
+    engine = SimpleNamespace(backend=Backend.TENSORRT, precision=Precision.INT8, path=None)
+    row = _row(engine, out, name="tensorrt-int8", status=PENDING, device=ctx.profile.device, parent=qdq.name)
+    row["note"] = (
+        f"engine build and on-device measurements pending: {ctx.device.pending_reason}. To finish: rerun with "
+        f"--device ssh://user@device, or copy deploy/tensorrt/bundle to the device and follow its README.txt "
+        "(build_engine.sh is the trtexec command)."
+    )
+    return row
+
+
+def _device_section(ctx, out: Path) -> dict:
+    """Where the engine was built and measured, with the device's facts (JetPack, power mode, clocks...)."""
+    bundle = Path(out) / "deploy/tensorrt/bundle"
+    section = {
+        "bundle": _rel(bundle, out),
+        "build_script": _rel(bundle / "build_engine.sh", out),
+        "where": ctx.device.where or None,
+        "status": "pending" if ctx.device.result is None else "measured",
+        "pending_reason": ctx.device.pending_reason,
+    }
+    r = ctx.device.result
+    if r is not None:
+        engine = r["engine"]
+        section.update(
+            row=r["row"],
+            runtime=r["backend"],
+            fallback=r["fallback"],
+            facts=r["facts"],
+            engine=None
+            if engine is None
+            else {
+                "path": _rel(ctx.device.folder / engine["file"], out),
+                "sha256": r["files"][engine["file"]],
+                "build": engine["build"],
+                "trtexec": engine["trtexec"],
+            },
+            copies_in_timing=r["latency"]["what_is_timed"],
+            seconds=r["seconds"],
+        )
+    return section
 
 
 def _distill_section(summary: dict | None, ctx) -> dict:
@@ -267,6 +331,13 @@ def write_manifest(ctx, out: Path, built, report: dict, calibration) -> Path:
         "calibration_manifest": None
         if calibration is None
         else {"path": _rel(calibration.manifest_path, out), "sha256": calibration.sha256},
+        "device_bundle": None
+        if report.get("device") is None
+        else [
+            {"path": _rel(f, out), "sha256": file_sha256(f), "bytes": f.stat().st_size}
+            for f in sorted((Path(out) / report["device"]["bundle"]).iterdir())
+        ],
+        "engine": None if report.get("device") is None else report["device"].get("engine"),
         "report_status": report["status"],
         "versions": report["versions"],
         "git_sha": git_sha(),
@@ -303,9 +374,20 @@ def markdown(report: dict) -> str:
         )
     if report["culprit"]:
         lines += ["", f"**Parity failed at stage `{report['culprit']}`**: " + "; ".join(report["culprit_reason"])]
+    dev = report.get("device")
+    if dev and dev["status"] == "measured":
+        facts = dev["facts"] or {}
+        shown = ", ".join(
+            f"{k} {facts[k]}" for k in ("model", "l4t", "jetpack", "tensorrt", "power_mode", "jetson_clocks") if facts.get(k)
+        )
+        lines += ["", f"Device: {dev['where']}" + (f" ({shown})" if shown else "") + "."]
+        if dev["fallback"]:
+            lines += [f"**No TensorRT engine**: {dev['fallback']}."]
+    elif dev:
+        lines += ["", f"Device bundle for the engine build: `{dev['bundle']}` (trtexec: `{dev['build_script']}`)."]
     notes = [f"- `{r['name']}`: {r['note']}" for r in report["stages"] if r.get("note")]
     if notes:
-        lines += ["", "Not measured here:", *notes]
+        lines += ["", "Notes:", *notes]
     deployed = report["stages"][-1]
     if deployed.get("throughput_fps"):
         t = deployed["throughput"]

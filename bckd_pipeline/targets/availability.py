@@ -10,14 +10,20 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 
 from .profiles import Backend, TargetProfile
 
 EXTRAS = {
     Backend.ONNXRUNTIME: ("onnxruntime", "pip install onnxruntime (a core dependency; reinstall bckd-pipeline)"),
     Backend.OPENVINO: ("openvino", 'pip install "bckd-pipeline[openvino]" (openvino and nncf)'),
-    Backend.TENSORRT: ("tensorrt", "TensorRT comes with JetPack on a Jetson, or `pip install tensorrt` next to a GPU"),
+    # The portable TensorRT artifacts (the Q/DQ ONNX, the build script) need only ONNX Runtime.
+    Backend.TENSORRT: ("onnxruntime", "pip install onnxruntime (a core dependency; reinstall bckd-pipeline)"),
 }
+TENSORRT_HINT = (
+    "TensorRT comes with JetPack on a Jetson (apt install python3-libnvinfer), or `pip install tensorrt` "
+    "next to an NVIDIA GPU; the runtime also needs `pip install pycuda`"
+)
 
 
 @dataclass(frozen=True)
@@ -53,4 +59,31 @@ def check_availability(profile: TargetProfile) -> Availability:
                 f"OpenVINO device {profile.device} is not on this host (it has {', '.join(devices) or 'none'}); "
                 "artifacts are built here, on-device parity and latency are pending",
             )
+    if profile.backend is Backend.TENSORRT:
+        return _tensorrt_here(profile)
+    return Availability(True, True, "")
+
+
+def is_jetson_host() -> bool:
+    return Path("/etc/nv_tegra_release").is_file()
+
+
+def _tensorrt_here(profile: TargetProfile) -> Availability:
+    """Whether the engine can be built and measured on this host (else: on the device, or pending)."""
+    missing = [m for m in ("tensorrt", "pycuda") if not module_present(m)]
+    if missing:
+        return Availability(
+            True,
+            False,
+            f"{' and '.join(missing)} not importable on this host ({TENSORRT_HINT}); the Q/DQ ONNX and the "
+            "engine build script are made here, the engine build and on-device measurements are pending: pass "
+            "--device ssh://user@host to build and measure on the device",
+        )
+    if profile.tensorrt.jetson and not is_jetson_host():
+        return Availability(
+            True,
+            False,
+            f"this host is not a Jetson, and a TensorRT engine only runs on the GPU and TensorRT version that built "
+            f"it; the engine for {profile.device} is built on the module: pass --device ssh://user@jetson",
+        )
     return Availability(True, True, "")

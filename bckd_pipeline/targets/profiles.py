@@ -8,9 +8,16 @@ measured there. ``bckd-pipeline targets`` prints them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from enum import StrEnum
+from enum import Enum
 
 from ..errors import ConfigError, unknown_name
+
+
+class StrEnum(str, Enum):
+    """``enum.StrEnum`` of Python 3.11, spelled out: JetPack 6 ships Python 3.10 and the device agent imports this."""
+
+    def __str__(self) -> str:
+        return str(self.value)
 
 
 class Backend(StrEnum):
@@ -96,6 +103,33 @@ class LatencySpec:
 
 
 @dataclass(frozen=True)
+class TensorRTOptions:
+    """How a TensorRT engine is built for the target (targets/tensorrt.py turns it into builder flags).
+
+    ``dla_cores`` is what the module has (0: none); ``dla_core`` picks one for the build (None: GPU
+    only). ``jetson`` marks targets whose engine must be built on the module itself: an engine is
+    specific to the GPU and the TensorRT version that built it.
+    """
+
+    workspace_mib: int = 1024
+    dla_cores: int = 0
+    dla_core: int | None = None
+    cuda_graph: bool = False
+    jetson: bool = True
+
+    def __post_init__(self) -> None:
+        if self.workspace_mib < 1:
+            raise ConfigError(f"--workspace-mib must be >= 1 MiB, got {self.workspace_mib}.")
+        if self.dla_core is not None and not 0 <= self.dla_core < max(self.dla_cores, 1):
+            raise ConfigError(
+                f"--dla-core {self.dla_core} was given, but this target's module has {self.dla_cores} DLA core(s)"
+                + (f": use 0..{self.dla_cores - 1}." if self.dla_cores else "; leave --dla-core out (GPU only).")
+            )
+        if self.dla_core is not None and self.dla_cores == 0:
+            raise ConfigError(f"--dla-core {self.dla_core}: this target's module has no DLA; leave --dla-core out.")
+
+
+@dataclass(frozen=True)
 class TargetProfile:
     name: str
     description: str
@@ -111,8 +145,11 @@ class TargetProfile:
         default_factory=lambda: {Precision.FP32: FLOAT_PARITY, Precision.FP16: FP16_PARITY, Precision.INT8: INT8_PARITY}
     )
     default_budgets: dict[str, float] = field(default_factory=dict)
+    tensorrt: TensorRTOptions | None = None  # TensorRT targets only
 
     def __post_init__(self) -> None:
+        if (self.backend is Backend.TENSORRT) != (self.tensorrt is not None):
+            raise ConfigError(f"Target {self.name!r}: TensorRTOptions go with backend tensorrt, and only with it.")
         if self.precision is Precision.INT8 and self.calibration is None:
             raise ConfigError(f"Target {self.name!r} is INT8 but has no calibration spec. Give it CalibrationSpec().")
         if self.backend is Backend.TORCH:
@@ -164,8 +201,60 @@ OPENVINO_NPU = replace(
     latency=LatencySpec(streams=1),
 )
 
+# TensorRT: the host makes the portable part (a Q/DQ ONNX, symmetric INT8, per-channel weights);
+# the engine is built and measured where it runs (locally with a GPU, or on a Jetson over SSH).
+JETSON = TargetProfile(
+    name="jetson",
+    description="NVIDIA Jetson Orin (any module, JetPack 6), TensorRT INT8 engine from an explicit Q/DQ ONNX",
+    backend=Backend.TENSORRT,
+    device="Jetson Orin",
+    precision=Precision.INT8,
+    calibration=CalibrationSpec(),
+    default_budgets=INT8_BUDGETS,
+    tensorrt=TensorRTOptions(),
+)
+JETSON_ORIN_NANO = replace(
+    JETSON,
+    name="jetson-orin-nano",
+    description="Jetson Orin Nano (Ampere GPU, no DLA), TensorRT INT8",
+    device="Jetson Orin Nano",
+)
+JETSON_ORIN_NX = replace(
+    JETSON,
+    name="jetson-orin-nx",
+    description="Jetson Orin NX (Ampere GPU, 2 DLA cores on the 16 GB module, 1 on the 8 GB), TensorRT INT8",
+    device="Jetson Orin NX",
+    tensorrt=TensorRTOptions(dla_cores=2),
+)
+JETSON_AGX_ORIN = replace(
+    JETSON,
+    name="jetson-agx-orin",
+    description="Jetson AGX Orin (Ampere GPU, 2 DLA cores), TensorRT INT8",
+    device="Jetson AGX Orin",
+    tensorrt=TensorRTOptions(dla_cores=2),
+)
+TENSORRT_GPU = replace(
+    JETSON,
+    name="tensorrt",
+    description="TensorRT on a local NVIDIA GPU, INT8 engine from an explicit Q/DQ ONNX",
+    device="GPU",
+    tensorrt=TensorRTOptions(jetson=False),
+)
+
 TARGETS: dict[str, TargetProfile] = {
-    t.name: t for t in (ONNXRUNTIME_CPU, ONNXRUNTIME_CPU_FP32, OPENVINO_CPU, OPENVINO_GPU, OPENVINO_NPU)
+    t.name: t
+    for t in (
+        ONNXRUNTIME_CPU,
+        ONNXRUNTIME_CPU_FP32,
+        OPENVINO_CPU,
+        OPENVINO_GPU,
+        OPENVINO_NPU,
+        JETSON,
+        JETSON_ORIN_NANO,
+        JETSON_ORIN_NX,
+        JETSON_AGX_ORIN,
+        TENSORRT_GPU,
+    )
 }
 
 

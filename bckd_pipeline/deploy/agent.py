@@ -1,0 +1,182 @@
+"""The device-side agent: build the TensorRT engine where it will run, then parity and latency there.
+
+It is shipped to the device as ``agent.pyz`` (a zipapp of this file and the few modules it needs:
+the Runtime lifecycle, the latency protocol, the TensorRT build recipe and runtime, the Jetson facts;
+no torch, no onnx) beside ``job.json``, the Q/DQ ONNX and the evaluation images, and run as::
+
+    python3 agent.pyz job.json [OUTPUT_DIR]
+
+It writes into OUTPUT_DIR (default: the job's folder) ``model.plan`` (a plain serialized engine),
+``trtexec.sh`` (the equivalent command for the TensorRT found there), ``build.log``,
+``labels.npz`` (the label map of every evaluation image) and, last, ``result.json``: the device's
+facts, the build settings, the latency report and the sha256 of every file it wrote. A device
+without TensorRT gets the Q/DQ ONNX measured with ONNX Runtime instead, and ``result.json`` says
+so in ``fallback``; a TensorRT build that fails is an error (exit 1, ``result.json`` has ``error``),
+never a fallback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+JOB_FORMAT = "bckd-pipeline/device-job-v1"
+RESULT_FORMAT = "bckd-pipeline/device-result-v1"
+RESULT_FILE = "result.json"
+LABELS_FILE = "labels.npz"
+PLAN_FILE = "model.plan"
+LATENCY_IMAGES = 8  # the host's latency stage times the same first 8 evaluation images
+
+
+def feed_digest(image: np.ndarray) -> str:
+    """Identifies one preprocessed input, so the host can pair device outputs with its own images."""
+    return hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest()
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_atomic(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _facts() -> dict:
+    from .jetson import device_facts, gpu_facts
+
+    facts = device_facts()
+    if not facts.get("is_jetson"):
+        facts["gpu"] = gpu_facts()
+    return facts
+
+
+def _tensorrt_missing() -> list[str]:
+    return [m for m in ("tensorrt", "pycuda") if importlib.util.find_spec(m) is None]
+
+
+def _runtime(job: dict, work: Path, out: Path):
+    """(runtime, engine section or None, fallback note or None) for this device."""
+    missing = _tensorrt_missing()
+    if not missing:
+        from ..targets.tensorrt import EngineRecipe, build_engine, parse_trt_version, trtexec_command
+        from .backends.tensorrt import TensorRTRuntime
+
+        import tensorrt as trt
+
+        recipe = EngineRecipe(**{**job["recipe"], "input_shape": tuple(job["recipe"]["input_shape"])})
+        plan = out / PLAN_FILE
+        build = build_engine(work / job["onnx"], plan, recipe, log_path=out / "build.log")
+        version = parse_trt_version(trt.__version__)
+        command = trtexec_command(job["onnx"], PLAN_FILE, recipe, version)
+        _write_atomic(out / "trtexec.sh", lambda t: t.write_text("#!/bin/sh\n" + " ".join(command) + "\n"))
+        runtime = TensorRTRuntime(
+            plan, name="tensorrt-int8", precision="int8", copies_in_timing=True, cuda_graph=job["cuda_graph"]
+        )
+        return runtime, {"file": PLAN_FILE, "build": build, "trtexec": command}, None
+    if not job.get("allow_fallback", True):
+        from ..errors import BackendMissingError
+
+        raise BackendMissingError(
+            f"{' and '.join(missing)} not importable on this device; install JetPack's TensorRT "
+            "(apt install python3-libnvinfer) and pycuda, or allow the ONNX Runtime fallback."
+        )
+    from .backends.onnxruntime import OrtRuntime
+
+    note = (
+        f"TensorRT is not usable on this device ({' and '.join(missing)} not importable): no engine was built; "
+        "the Q/DQ ONNX was measured with ONNX Runtime on the device's CPU instead"
+    )
+    return OrtRuntime(work / job["onnx"], precision="int8", name="onnx-qdq-on-device"), None, note
+
+
+def run_job(job_file: Path, out: Path | None = None) -> dict:
+    """Run one job; returns the result written to ``OUT/result.json``."""
+    from ..targets.profiles import LatencySpec
+    from .bench import benchmark
+
+    job_file = Path(job_file)
+    work = job_file.parent
+    out = Path(out) if out is not None else work
+    out.mkdir(parents=True, exist_ok=True)
+    job = json.loads(job_file.read_text())
+    if job.get("format") != JOB_FORMAT:
+        raise ValueError(f"{job_file} is not a bckd-pipeline device job (format {job.get('format')!r})")
+    started = time.time()
+    with np.load(work / job["feeds"]) as data:
+        images = data["images"]
+    facts = _facts()
+    runtime, engine, fallback = _runtime(job, work, out)
+    with runtime:
+        labels = []
+        for image in images:
+            output = next(iter(runtime.infer({job["input_name"]: image[None]}).values()))
+            labels.append(output.argmax(1)[0] if output.ndim == 4 else output[0])
+        feeds = [{job["input_name"]: image[None]} for image in images[:LATENCY_IMAGES]]
+        latency = benchmark(runtime, feeds, LatencySpec(**job["latency"])).as_dict()
+    stacked = np.stack(labels).astype(np.uint8 if max(int(m.max()) for m in labels) < 256 else np.uint16)
+
+    def save_labels(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, labels=stacked)
+
+    _write_atomic(out / LABELS_FILE, save_labels)
+    files = [LABELS_FILE] + ([PLAN_FILE, "build.log", "trtexec.sh"] if engine else [])
+    result = {
+        "format": RESULT_FORMAT,
+        "ok": True,
+        "target": job["target"],
+        "row": runtime.name,
+        "backend": runtime.backend,
+        "precision": runtime.precision,
+        "fallback": fallback,
+        "engine": engine,
+        "facts": facts,
+        "latency": latency,
+        "images": len(images),
+        "digests": [feed_digest(i[None]) for i in images],
+        "files": {name: sha256(out / name) for name in files if (out / name).exists()},
+        "seconds": time.time() - started,
+        "python": sys.version.split()[0],
+    }
+    _write_atomic(out / RESULT_FILE, lambda t: t.write_text(json.dumps(result, indent=2, default=str)))
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0 if argv else 2
+    job_file = Path(argv[0])
+    out = Path(argv[1]) if len(argv) > 1 else job_file.parent
+    try:
+        run_job(job_file, out)
+        return 0
+    except Exception as e:  # the host reads the reason from result.json; the traceback goes to stderr
+        traceback.print_exc()
+        out.mkdir(parents=True, exist_ok=True)
+        error = {"format": RESULT_FORMAT, "ok": False, "error": f"{type(e).__name__}: {e}"}
+        _write_atomic(out / RESULT_FILE, lambda t: t.write_text(json.dumps(error, indent=2)))
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,249 @@
+"""The host's side of on-device work: the portable bundle, running it, and reading what came back.
+
+``write_bundle`` puts everything a device needs into one folder (``deploy/tensorrt/bundle``):
+the Q/DQ ONNX, the evaluation images as the host preprocessed them, ``job.json``, the agent
+(``agent.pyz``), the ``trtexec`` build script, and a README saying how to run it by hand. The same
+bundle runs three ways: in this process when this host has TensorRT and is the target
+(``run_here``), on a remote device over SSH (``deploy/remote.py``), or by hand on a device that is
+not reachable from here. ``read_result`` checks what came back (format, file hashes, that the
+labels belong to the host's images) and :class:`ReplayRuntime` feeds the device's label maps to the
+parity ledger, so the device row is judged by the same code as every other stage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..calibrate.data import DatasetFeeds
+from ..errors import StageCheckError
+from ..targets.profiles import LatencySpec, TargetProfile
+from .agent import JOB_FORMAT, LABELS_FILE, RESULT_FILE, RESULT_FORMAT, feed_digest, sha256
+from .runtime import Feed, Runtime, TensorSpec
+
+# What the agent imports on the device: the Runtime lifecycle, the latency protocol, the TensorRT
+# recipe and runtime, the Jetson facts. No torch, no onnx: a Jetson image rarely has them.
+AGENT_MODULES = (
+    "__init__.py",
+    "errors.py",
+    "targets/__init__.py",
+    "targets/availability.py",
+    "targets/profiles.py",
+    "targets/tensorrt.py",
+    "deploy/__init__.py",
+    "deploy/agent.py",
+    "deploy/bench.py",
+    "deploy/jetson.py",
+    "deploy/runtime.py",
+    "deploy/backends/__init__.py",
+    "deploy/backends/onnxruntime.py",
+    "deploy/backends/tensorrt.py",
+)
+BUNDLE_FILES = ("job.json", "model.qdq.onnx", "feeds.npz", "agent.pyz", "build_engine.sh", "README.txt")
+# JetPack 6.x ships TensorRT 10.3: the build script for a Jetson is written for it. For a desktop GPU
+# without TensorRT here, the script is written for a current (strongly typed, >= 10.12) TensorRT. The
+# agent always writes trtexec.sh for the version it finds next to the engine it builds.
+JETPACK6_TENSORRT = (10, 3, 0)
+CURRENT_TENSORRT = (10, 12, 0)
+
+
+def _local_tensorrt_version() -> tuple[int, int, int]:
+    try:
+        import tensorrt
+    except ImportError:
+        return CURRENT_TENSORRT
+    from ..targets.tensorrt import parse_trt_version
+
+    return parse_trt_version(tensorrt.__version__)
+
+
+def build_agent(path: Path) -> Path:
+    """``agent.pyz``: a zipapp of the modules in ``AGENT_MODULES``; ``python3 agent.pyz job.json``."""
+    package = Path(__file__).resolve().parents[1]
+
+    def write(tmp: Path) -> None:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
+            for rel in AGENT_MODULES:
+                z.write(package / rel, f"bckd_pipeline/{rel}")
+            z.writestr("__main__.py", "import sys\nfrom bckd_pipeline.deploy.agent import main\nsys.exit(main())\n")
+
+    _atomic(path, write)
+    return path
+
+
+def write_bundle(
+    folder: Path,
+    qdq_onnx: Path,
+    feeds: DatasetFeeds,
+    profile: TargetProfile,
+    latency: LatencySpec,
+    input_shape: tuple[int, ...],
+) -> dict:
+    """Write the portable bundle into ``folder`` (replaced whole); returns the job."""
+    from ..targets.tensorrt import EngineRecipe, write_build_script
+
+    opts = profile.tensorrt
+    recipe = EngineRecipe(
+        precision=str(profile.precision),
+        workspace_mib=opts.workspace_mib,
+        dla_core=opts.dla_core,
+        input_name=feeds.input_name,
+        input_shape=tuple(input_shape),
+    )
+    job = {
+        "format": JOB_FORMAT,
+        "target": profile.name,
+        "device": profile.device,
+        "onnx": "model.qdq.onnx",
+        "feeds": "feeds.npz",
+        "input_name": feeds.input_name,
+        "recipe": {k: getattr(recipe, k) for k in recipe.__dataclass_fields__},
+        "latency": {k: getattr(latency, k) for k in latency.__dataclass_fields__},
+        "cuda_graph": opts.cuda_graph,
+        "allow_fallback": True,
+        "digests": [feed_digest(x) for x in feeds.images],
+    }
+    folder = Path(folder)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        shutil.copyfile(qdq_onnx, staging / "model.qdq.onnx")
+        with open(staging / "feeds.npz", "wb") as f:
+            np.savez(f, images=np.concatenate(feeds.images, axis=0), names=np.asarray(feeds.names))
+        build_agent(staging / "agent.pyz")
+        version = JETPACK6_TENSORRT if opts.jetson else _local_tensorrt_version()
+        write_build_script(staging / "build_engine.sh", "model.qdq.onnx", "model.plan", recipe, version)
+        (staging / "job.json").write_text(json.dumps(job, indent=2))
+        (staging / "README.txt").write_text(_readme(profile))
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(staging, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return job
+
+
+def _readme(profile: TargetProfile) -> str:
+    return (
+        f"bckd-pipeline device bundle for --target {profile.name} ({profile.device}).\n\n"
+        "A TensorRT engine is specific to the GPU and TensorRT version that build it: build it on the device.\n\n"
+        "  scp -r bundle user@device:bckd-bundle\n"
+        "  ssh user@device 'cd bckd-bundle && python3 agent.pyz job.json out'\n"
+        "  scp -r user@device:bckd-bundle/out ./device-result\n\n"
+        "agent.pyz builds model.plan with the TensorRT Python API, checks it on the evaluation images in\n"
+        "feeds.npz and runs the latency protocol; out/result.json holds the device facts and measurements.\n"
+        "build_engine.sh is the equivalent trtexec command (engine only, no measurements).\n"
+        "Or let the pipeline do all of it: bckd-pipeline run --target "
+        f"{profile.name} --device ssh://user@device\n"
+    )
+
+
+def run_here(bundle: Path, dest: Path) -> dict:
+    """Run the bundle's job in this process (this host has TensorRT and is the target)."""
+    from .agent import run_job
+
+    staging = Path(tempfile.mkdtemp(prefix=f".{Path(dest).name}-", dir=Path(dest).parent))
+    try:
+        run_job(Path(bundle) / "job.json", staging)
+        result = read_result(staging, json.loads((Path(bundle) / "job.json").read_text()))
+        publish(staging, dest)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return result
+
+
+def publish(staging: Path, dest: Path) -> None:
+    """Replace ``dest`` by the checked ``staging`` folder in one rename."""
+    dest = Path(dest)
+    if dest.exists():
+        old = dest.with_name(f".{dest.name}-old-{os.getpid()}")
+        os.replace(dest, old)
+        os.replace(staging, dest)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, dest)
+
+
+def read_result(folder: Path, job: dict) -> dict:
+    """The device's ``result.json``, checked: format, success, file hashes, the host's own images."""
+    folder = Path(folder)
+    path = folder / RESULT_FILE
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise StageCheckError(f"The device returned no readable {RESULT_FILE} ({e}); nothing was kept.") from None
+    if result.get("format") != RESULT_FORMAT:
+        raise StageCheckError(f"{path} is not a device result (format {result.get('format')!r}).")
+    if not result.get("ok"):
+        raise StageCheckError(f"The device-side build or measurement failed: {result.get('error')}")
+    for name, digest in result["files"].items():
+        if not (folder / name).is_file() or sha256(folder / name) != digest:
+            raise StageCheckError(
+                f"{name} from the device does not match the sha256 the device reported: the transfer was "
+                "incomplete. Run again; nothing was kept."
+            )
+    if result["digests"] != job["digests"]:
+        raise StageCheckError(
+            "The device measured other images than this run's evaluation images (digests differ); the result "
+            "belongs to another job. Run again; nothing was kept."
+        )
+    return result
+
+
+@dataclass
+class DeviceOutcome:
+    """What the device stage produced: a checked result, or why it is pending."""
+
+    result: dict | None
+    folder: Path | None  # where result.json, labels.npz and the engine are
+    where: str  # "here", "ssh://...", or "" when pending
+    pending_reason: str | None = None
+
+    def labels(self) -> np.ndarray:
+        with np.load(self.folder / LABELS_FILE) as data:
+            return data["labels"]
+
+
+class ReplayRuntime(Runtime):
+    """The device's label maps, replayed for the parity ledger: infer(feed) returns the device's answer.
+
+    Looked up by the digest of the preprocessed input, so an image the device never saw is an error,
+    not a silently wrong row.
+    """
+
+    what_is_timed = "not timed here: the device's latency comes from its own run of the protocol"
+
+    def __init__(self, outcome: DeviceOutcome, input_shape: tuple[int, ...], input_name: str = "image") -> None:
+        super().__init__(outcome.result["row"])
+        self.backend = outcome.result["backend"]
+        self.precision = outcome.result["precision"]
+        self.outcome = outcome
+        self.input_shape = tuple(input_shape)
+        self.input_name = input_name
+
+    def _activate(self) -> None:
+        labels = self.outcome.labels()
+        self._by_digest = dict(zip(self.outcome.result["digests"], labels, strict=True))
+
+    def _input_spec(self) -> dict[str, TensorSpec]:
+        return {self.input_name: TensorSpec(np.dtype(np.float32), self.input_shape)}
+
+    def _infer(self, feed: Feed) -> dict[str, np.ndarray]:
+        digest = feed_digest(feed[self.input_name])
+        if digest not in self._by_digest:
+            raise StageCheckError(f"The device returned no output for this input (digest {digest[:12]}).")
+        return {"labels": self._by_digest[digest][None].astype(np.int64)}
+
+
+def _atomic(path: Path, write) -> None:
+    from ..distill.checkpoint import atomic_write
+
+    atomic_write(path, write)

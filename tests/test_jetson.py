@@ -1,0 +1,395 @@
+"""TensorRT/Jetson targets on a CPU host: the TensorRT-ready Q/DQ ONNX, the pending run (exit 3), the
+device agent, and the remote flow against a real OpenSSH server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from deploy_fixtures import NUM_CLASSES, demo_feeds
+from ssh_fixtures import start_sshd, stop_sshd
+from test_cli import SMOKE, assert_clean_error, run_cli
+from torch import nn
+
+from bckd_pipeline.calibrate.onnxruntime import quantize_ort
+from bckd_pipeline.calibrate.tensorrt import check_tensorrt_qdq, quantize_for_tensorrt
+from bckd_pipeline.deploy.backends.onnxruntime import OrtRuntime
+from bckd_pipeline.deploy.parity import compare
+from bckd_pipeline.errors import ConfigError, StageCheckError
+from bckd_pipeline.targets import TARGETS, Backend, check_availability, get_target
+from bckd_pipeline.targets.profiles import INT8_PARITY, CalibrationSpec
+
+TRT_TARGETS = ("jetson", "jetson-orin-nano", "jetson-orin-nx", "jetson-agx-orin", "tensorrt")
+
+
+# --- the Q/DQ ONNX --------------------------------------------------------------------------------
+class ResidualNet(nn.Module):
+    """Conv-BN-ReLU stem, a residual block (the Add TensorRT must see Q/DQ on), a head and an upsample."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.BatchNorm2d(8), nn.ReLU())
+        self.block = nn.Sequential(
+            nn.Conv2d(8, 8, 3, 1, 1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, 1, 1), nn.BatchNorm2d(8)
+        )
+        self.head = nn.Conv2d(8, NUM_CLASSES, 1)
+
+    def forward(self, x):
+        y = self.stem(x / 255.0)
+        y = torch.relu(y + self.block(y))
+        return nn.functional.interpolate(self.head(y), scale_factor=2, mode="bilinear", align_corners=False)
+
+
+@pytest.fixture(scope="module")
+def residual_onnx(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = ResidualNet().eval()
+    path = tmp_path_factory.mktemp("qdq") / "model.onnx"
+    torch.onnx.export(
+        model, torch.rand(1, 3, 32, 32) * 255, str(path), input_names=["image"], output_names=["logits"],
+        opset_version=17, dynamo=False,
+    )  # fmt: skip
+    return path
+
+
+def _graph(path: Path):
+    import onnx
+
+    return onnx.load(str(path)).graph
+
+
+def test_qdq_onnx_is_tensorrt_ready_and_close_to_fp32(residual_onnx, tmp_path):
+    from onnx import numpy_helper
+
+    calib = demo_feeds("train", n=8)
+    path, settings = quantize_for_tensorrt(residual_onnx, tmp_path / "m.qdq.onnx", calib, CalibrationSpec(size=8))
+    assert check_tensorrt_qdq(path) == []
+    g = _graph(path)
+    inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    # int8, zero point 0, on every Q and DQ
+    qdq = [n for n in g.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert qdq and all(inits[n.input[2]].dtype == np.int8 and not inits[n.input[2]].any() for n in qdq)
+    # per-channel Conv weights: one scale per output channel, axis 0; float bias
+    convs = [n for n in g.node if n.op_type == "Conv"]
+    assert len(convs) == 4
+    for conv in convs:
+        w_dq = producer[conv.input[1]]
+        assert w_dq.op_type == "DequantizeLinear" and inits[w_dq.input[0]].dtype == np.int8
+        out_channels = inits[w_dq.input[0]].shape[0]
+        assert inits[w_dq.input[1]].shape == (out_channels,)
+        assert producer[conv.input[0]].op_type == "DequantizeLinear"
+        assert conv.input[2] in inits and inits[conv.input[2]].dtype == np.float32
+    # both inputs of the residual Add come through Q/DQ
+    (add,) = [n for n in g.node if n.op_type == "Add"]
+    assert [producer[i].op_type for i in add.input] == ["DequantizeLinear", "DequantizeLinear"]
+    assert settings["quantizer"] == "onnxruntime" and settings["calibration_images"] == 8
+    # and it still computes the same segmentation on ONNX Runtime's CPU
+    with OrtRuntime(residual_onnx) as ref, OrtRuntime(path, precision="int8") as cand:
+        row = compare(ref, cand, demo_feeds(), criteria=INT8_PARITY, num_classes=NUM_CLASSES)
+    assert row.passed, row.failures
+
+
+def test_the_check_rejects_a_cpu_style_qdq_onnx(residual_onnx, tmp_path):
+    """ONNX Runtime's CPU default (u8 activations, int32 biases) is exactly what TensorRT rejects."""
+    path, _ = quantize_ort(residual_onnx, tmp_path / "u8.onnx", demo_feeds("train", n=8), CalibrationSpec(size=8))
+    problems = check_tensorrt_qdq(path)
+    assert any("uint8 zero point" in p for p in problems)
+    assert any("the bias is quantized" in p for p in problems)
+    assert check_tensorrt_qdq(residual_onnx) == [
+        "the graph has no QuantizeLinear/DequantizeLinear nodes (not an explicitly quantized ONNX)"
+    ]
+
+
+def test_modelopt_quantizer_without_modelopt_is_a_clear_error(residual_onnx, tmp_path):
+    from bckd_pipeline.errors import BackendMissingError
+
+    if shutil.which("python3") and __import__("importlib").util.find_spec("modelopt"):
+        pytest.skip("modelopt is installed here")
+    with pytest.raises(BackendMissingError, match=r"bckd-pipeline\[modelopt\]"):
+        quantize_for_tensorrt(
+            residual_onnx, tmp_path / "m.onnx", demo_feeds("train", n=2), CalibrationSpec(size=2), quantizer="modelopt"
+        )
+    assert not (tmp_path / "m.onnx").exists()
+
+
+# --- targets --------------------------------------------------------------------------------------
+def test_tensorrt_targets_exist_and_say_where_the_engine_is_built():
+    for name in TRT_TARGETS:
+        t = get_target(name)
+        assert t.backend is Backend.TENSORRT and t.precision == "int8" and t.calibration is not None
+        a = check_availability(t)
+        assert a.can_build  # the Q/DQ ONNX and the bundle need only ONNX Runtime
+        if not a.can_measure:
+            assert "--device ssh://" in a.reason
+    assert set(TRT_TARGETS) <= set(TARGETS)
+    assert get_target("jetson-orin-nano").tensorrt.dla_cores == 0
+    assert get_target("jetson-agx-orin").tensorrt.dla_cores == 2
+    assert not get_target("tensorrt").tensorrt.jetson
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--target", "onnxruntime-cpu", "--device", "ssh://me@host"], "applies to TensorRT targets"),
+        (["--target", "openvino-cpu", "--dla-core", "0"], "applies to TensorRT targets"),
+        (["--target", "jetson-orin-nano", "--dla-core", "0"], "has no DLA"),
+        (["--target", "jetson-agx-orin", "--dla-core", "2"], "use 0..1"),
+        (["--target", "jetson", "--device", "ssh://me@host:99999"], "port must be a number"),
+        (["--target", "jetson", "--device", "ssh://me@host/some/path"], "only user, host and port"),
+        (["--target", "jetson", "--device", "ssh://a@b", "--device", "ssh://c@d"], "one deployment device"),
+        (["--target", "jetson", "--dynamic", "height,width"], "static shape"),
+        (["--target", "jetson", "--trt-quantizer", "tensorrt"], "Allowed: onnxruntime, modelopt"),
+        (["--target", "jetson", "--workspace-mib", "0"], "--workspace-mib must be >= 1"),
+        (["--target", "jetson", "--max-miou-drop", "0.5"], "applies to OpenVINO targets"),
+    ],
+)
+def test_bad_tensorrt_flags(tmp_path, capsys, flags, expected):
+    rc, _, err = run_cli(capsys, "run", *SMOKE, "--out", tmp_path / "R", "--dry-run", *flags)
+    assert_clean_error(rc, err, tmp_path / "R")
+    assert expected in err
+
+
+def test_device_flag_for_training_commands_is_refused(tmp_path, capsys):
+    rc, _, err = run_cli(capsys, "train-teacher", *SMOKE, "--out", tmp_path / "T", "--device", "ssh://me@host")
+    assert_clean_error(rc, err, tmp_path / "T")
+    assert "names a deployment device" in err
+
+
+# --- run --target jetson with no TensorRT anywhere ------------------------------------------------
+@pytest.fixture(scope="module")
+def jetson_run(tmp_path_factory):
+    from bckd_pipeline.cli import main
+
+    if check_availability(get_target("jetson")).can_measure:
+        pytest.skip("this host is a Jetson with TensorRT: the engine would be built here")
+    out = tmp_path_factory.mktemp("jetson") / "R"
+    rc = main(["run", *SMOKE, "--out", str(out), "--target", "jetson", "--latency-runs", "5"])
+    assert rc == 3, f"run --target jetson exited {rc}"
+    return out
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def test_run_target_jetson_without_tensorrt_is_an_honest_pending_report(jetson_run):
+    out = jetson_run
+    report = _json(out / "report.json")
+    assert report["status"] == "pending" and report["exit_code"] == 3
+    names = [r["name"] for r in report["stages"]]
+    assert names == ["pytorch", "onnx", "onnx-simplified", "onnx-qdq", "tensorrt-int8"]
+    qdq, engine = report["stages"][-2], report["stages"][-1]
+    assert qdq["status"] == "measured" and qdq["parity_passed"] and qdq["miou"] is not None
+    assert engine["status"] == "pending" and engine["artifact"] is None
+    assert engine["miou"] is None and engine["fps"] is None and all(v is None for v in engine["latency_ms"].values())
+    assert "--device ssh://" in engine["note"] and "README.txt" in engine["note"]
+    assert report["device"]["status"] == "pending" and report["device"]["where"] is None
+    assert check_tensorrt_qdq(out / "deploy/model.qdq.onnx") == []
+    bundle = out / "deploy/tensorrt/bundle"
+    assert sorted(p.name for p in bundle.iterdir()) == sorted(
+        ["job.json", "model.qdq.onnx", "feeds.npz", "agent.pyz", "build_engine.sh", "README.txt"]
+    )
+    script = (bundle / "build_engine.sh").read_text()
+    # JetPack 6 ships TensorRT 10.3: weakly typed, so the precision flags are spelled out
+    assert "trtexec" in script and "--onnx=model.qdq.onnx" in script and "--int8" in script
+    assert subprocess.run(["sh", "-n", str(bundle / "build_engine.sh")]).returncode == 0
+    manifest = _json(out / "manifest.json")
+    assert manifest["deployable"] == ["deploy/model.qdq.onnx"]
+    assert {f["path"] for f in manifest["device_bundle"]} == {
+        f"deploy/tensorrt/bundle/{n}" for n in ("job.json", "model.qdq.onnx", "feeds.npz", "agent.pyz", "build_engine.sh", "README.txt")
+    }
+    assert manifest["engine"] is None and manifest["calibration_manifest"]["sha256"]
+    assert not (out / "deploy/tensorrt/device").exists()
+    md = (out / "report.md").read_text()
+    assert "tensorrt-int8" in md and "pending" in md
+
+
+def test_the_agent_runs_without_torch_or_onnx_and_falls_back_to_onnxruntime(jetson_run, tmp_path):
+    """What a bare Jetson image has: Python, numpy, maybe ONNX Runtime; never torch."""
+    bundle = jetson_run / "deploy/tensorrt/bundle"
+    blockers = tmp_path / "blockers"
+    blockers.mkdir()
+    for name in ("torch", "onnx", "onnxsim", "tensorrt", "pycuda"):
+        (blockers / f"{name}.py").write_text(f"raise ImportError('{name} must not be imported by the agent')\n")
+    env = {**os.environ, "PYTHONPATH": str(blockers)}
+    res = subprocess.run(
+        [sys.executable, str(bundle / "agent.pyz"), str(bundle / "job.json"), str(tmp_path / "out")],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    result = _json(tmp_path / "out/result.json")
+    assert result["ok"] and result["engine"] is None and result["backend"] == "onnxruntime"
+    assert "no engine was built" in result["fallback"] and "tensorrt" in result["fallback"]
+    assert result["latency"]["runs"] == 5 and result["latency"]["p50"] > 0
+    assert result["digests"] == _json(bundle / "job.json")["digests"]
+    assert "is_jetson" in result["facts"]
+
+
+def test_a_tampered_or_foreign_device_result_is_refused(jetson_run, tmp_path):
+    from bckd_pipeline.deploy.agent import main as agent_main
+    from bckd_pipeline.deploy.device import read_result
+
+    bundle = jetson_run / "deploy/tensorrt/bundle"
+    out = tmp_path / "out"
+    assert agent_main([str(bundle / "job.json"), str(out)]) == 0
+    job = _json(bundle / "job.json")
+    assert read_result(out, job)["ok"]
+    with pytest.raises(StageCheckError, match="belongs to another job"):
+        read_result(out, {**job, "digests": job["digests"][::-1] + ["x"]})
+    with open(out / "labels.npz", "r+b") as f:  # a transfer cut short
+        f.truncate(100)
+    with pytest.raises(StageCheckError, match="transfer was incomplete"):
+        read_result(out, job)
+
+
+# --- the remote flow against a real sshd ----------------------------------------------------------
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    server = start_sshd(tmp_path_factory.mktemp("sshd"))
+    yield server
+    stop_sshd(server)
+
+
+def _ssh_flags(server, *, identity=None, known_hosts=None) -> list[str]:
+    return [
+        "--ssh-identity", str(identity or server.identity),
+        "--ssh-known-hosts", str(known_hosts or server.known_hosts),
+        "--device-python", sys.executable,
+    ]  # fmt: skip
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_remote_device_over_ssh_completes_with_device_side_measurements(jetson_run, sshd, tmp_path, capsys):
+    out = _copy(jetson_run, tmp_path / "R")
+    rc, stdout, err = run_cli(
+        capsys, "run", *SMOKE, "--out", out, "--target", "jetson", "--latency-runs", "5",
+        "--device", sshd.url, *_ssh_flags(sshd),
+    )  # fmt: skip
+    assert rc == 0, err
+    report = _json(out / "report.json")
+    assert report["status"] == "complete"
+    row = report["stages"][-1]
+    assert row["name"] == "onnx-qdq-on-device" and row["status"] == "measured" and row["parent"] == "onnx-qdq"
+    assert row["latency_ms"]["p50"] > 0 and row["latency"]["runs"] == 5
+    # the device ran the same Q/DQ ONNX with the same runtime: it must agree with the host's row exactly
+    assert row["parity_passed"] and row["pixel_agreement_vs_parent"] == 1.0
+    assert sshd.url in row["device"] and "fallback" in row["device"]
+    dev = report["device"]
+    assert dev["status"] == "measured" and dev["where"] == sshd.url and dev["engine"] is None
+    assert "no engine was built" in dev["fallback"] and "is_jetson" in dev["facts"]
+    assert (out / "deploy/tensorrt/device/result.json").is_file()
+    assert "No TensorRT engine" in stdout
+    # a rerun reuses the device's result instead of going back to the device
+    rc, _, err = run_cli(
+        capsys, "run", *SMOKE, "--out", out, "--target", "jetson", "--latency-runs", "5",
+        "--device", "ssh://nobody@127.0.0.1:1", *_ssh_flags(sshd),
+    )  # fmt: skip
+    assert rc == 2 and "unreachable" in err  # another device is another job: it is asked, and is not there
+
+
+def _remote_failure(capsys, out, sshd, *flags, device=None):
+    rc, _, err = run_cli(
+        capsys, "run", *SMOKE, "--out", out, "--target", "jetson", "--latency-runs", "5",
+        "--device", device or sshd.url, *flags,
+    )  # fmt: skip
+    return rc, err
+
+
+def _nothing_half_written(out: Path) -> None:
+    folder = out / "deploy/tensorrt"
+    assert not (folder / "device").exists()
+    assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []
+
+
+def test_remote_host_unreachable(jetson_run, sshd, tmp_path, capsys):
+    out = _copy(jetson_run, tmp_path / "R")
+    rc, err = _remote_failure(capsys, out, sshd, *_ssh_flags(sshd), device="ssh://nobody@127.0.0.1:1")
+    assert rc == 2 and err.startswith("error: ") and "unreachable" in err and "Traceback" not in err
+    _nothing_half_written(out)
+
+
+def test_remote_authentication_failure(jetson_run, sshd, tmp_path, capsys):
+    out = _copy(jetson_run, tmp_path / "R")
+    rc, err = _remote_failure(capsys, out, sshd, *_ssh_flags(sshd, identity=sshd.wrong_identity))
+    assert rc == 2 and "refused the login" in err and "--ssh-identity" in err
+    _nothing_half_written(out)
+
+
+def test_remote_unknown_host_key_is_refused(jetson_run, sshd, tmp_path, capsys):
+    out = _copy(jetson_run, tmp_path / "R")
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    rc, err = _remote_failure(capsys, out, sshd, *_ssh_flags(sshd, known_hosts=empty))
+    assert rc == 2 and "host-key checking stays on" in err and "ssh-keyscan" in err
+    _nothing_half_written(out)
+
+
+def _device(sshd, **options):
+    from bckd_pipeline.deploy.remote import RemoteDevice, SshOptions, SshTarget
+
+    opts = SshOptions(identity=sshd.identity, known_hosts=sshd.known_hosts, python=sys.executable, **options)
+    return RemoteDevice(SshTarget.parse(sshd.url), opts)
+
+
+def _remote_workdirs(sshd) -> set[str]:
+    res = _device(sshd).run(
+        [sys.executable, "-c", "import glob, tempfile; print(*glob.glob(tempfile.gettempdir() + '/bckd-pipeline-*'))"],
+        timeout=30, what="listing",
+    )  # fmt: skip
+    return set(res.stdout.split())
+
+
+def test_remote_build_error_is_reported_and_nothing_is_kept(jetson_run, sshd, tmp_path):
+    bundle = _copy(jetson_run / "deploy/tensorrt/bundle", tmp_path / "bundle")
+    (bundle / "model.qdq.onnx").write_bytes(b"not an onnx file")
+    job = _json(bundle / "job.json")
+    before = _remote_workdirs(sshd)
+    with pytest.raises(StageCheckError, match="device-side build or measurement failed") as e:
+        _device(sshd).run_bundle(bundle, tmp_path / "device", job, progress=lambda m: None)
+    assert "model.qdq.onnx" in str(e.value) or "ONNX" in str(e.value)
+    assert not (tmp_path / "device").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    assert _remote_workdirs(sshd) == before  # the remote work folder is removed too
+
+
+def test_interrupted_transfer_is_a_clear_error_and_nothing_is_kept(jetson_run, sshd, tmp_path):
+    from bckd_pipeline.deploy.remote import DeviceError
+
+    bundle = _copy(jetson_run / "deploy/tensorrt/bundle", tmp_path / "bundle")
+    # 2 MB that cannot be compressed, at 800 kbit/s: the copy is cut off by the transfer timeout
+    np.save(bundle / "padding.npy", np.random.default_rng(0).integers(0, 255, 2_000_000, dtype=np.uint8))
+    os.replace(bundle / "padding.npy", bundle / "README.txt")
+    job = _json(bundle / "job.json")
+    before = _remote_workdirs(sshd)
+    device = _device(sshd, transfer_timeout_s=1.0, bandwidth_kbps=800)
+    with pytest.raises(DeviceError, match="did not finish within 1 s") as e:
+        device.run_bundle(bundle, tmp_path / "device", job, progress=lambda m: None)
+    assert "copying the bundle" in str(e.value)
+    assert not (tmp_path / "device").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    assert _remote_workdirs(sshd) == before
+
+
+def test_ssh_target_parsing():
+    from bckd_pipeline.deploy.remote import SshTarget
+
+    t = SshTarget.parse("ssh://nvidia@192.168.55.1:2222")
+    assert (t.user, t.host, t.port, t.destination, str(t)) == (
+        "nvidia", "192.168.55.1", 2222, "nvidia@192.168.55.1", "ssh://nvidia@192.168.55.1:2222"
+    )  # fmt: skip
+    assert SshTarget.parse("ssh://jetson.local").destination == "jetson.local"
+    for bad in ("nvidia@host", "http://host", "ssh://", "ssh://-oProxyCommand=x@host", "ssh://u;rm@host"):
+        with pytest.raises(ConfigError):
+            SshTarget.parse(bad)
