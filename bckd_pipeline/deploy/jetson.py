@@ -87,7 +87,7 @@ def parse_nvpmodel(text: str) -> dict | None:
     match = re.search(r"NV Power Mode:\s*(.+)", text)
     if not match:
         return None
-    after = text[match.end():].split()
+    after = text[match.end() :].split()
     mode_id = int(after[0]) if after and after[0].isdigit() else None
     return {"name": match.group(1).strip(), "id": mode_id}
 
@@ -225,8 +225,18 @@ def gpu_facts(run: Run = subprocess.run) -> dict:
     power_w, power_limit_w, throttle_reasons (bitmask), notes.
     """
     notes: list[str] = []
-    keys = ("name", "driver", "sm_clock_mhz", "sm_clock_max_mhz", "mem_clock_mhz", "mem_clock_max_mhz",
-            "temperature_c", "power_w", "power_limit_w", "throttle_reasons")
+    keys = (
+        "name",
+        "driver",
+        "sm_clock_mhz",
+        "sm_clock_max_mhz",
+        "mem_clock_mhz",
+        "mem_clock_max_mhz",
+        "temperature_c",
+        "power_w",
+        "power_limit_w",
+        "throttle_reasons",
+    )
     facts: dict = dict.fromkeys(keys)
     if run is subprocess.run and shutil.which("nvidia-smi") is None:
         notes.append("nvidia-smi: command not found (no NVIDIA driver on this host)")

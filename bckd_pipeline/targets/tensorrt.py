@@ -182,9 +182,7 @@ def builder_settings(recipe: EngineRecipe, version: Version) -> dict:
 
     if strong:
         typing = "strong"
-        precision_source = (
-            "the ONNX: Q/DQ nodes for INT8, FP16 tensors for FP16; other layers keep the ONNX's types"
-        )
+        precision_source = "the ONNX: Q/DQ nodes for INT8, FP16 tensors for FP16; other layers keep the ONNX's types"
     else:
         typing = "weak"
         precision_source = {

@@ -88,9 +88,10 @@ class _CudartGraph:
     def __init__(self, cudart, stream, enqueue) -> None:
         self._rt = cudart
         handle = stream.handle
-        self._check(cudart.cudaStreamBeginCapture(
-            handle, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
-        ), "cudaStreamBeginCapture")
+        self._check(
+            cudart.cudaStreamBeginCapture(handle, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal),
+            "cudaStreamBeginCapture",
+        )
         try:
             enqueue()
         finally:
@@ -159,7 +160,8 @@ class TensorRTRuntime(Runtime):
         self._graph = None
         copies = "host->device and device->host copies of every input and output included"
         self.what_is_timed = (
-            "one infer() call on the host (perf_counter): page-locked host buffers, " + copies
+            "one infer() call on the host (perf_counter): page-locked host buffers, "
+            + copies
             + ", stream synchronised; last_gpu_ms: CUDA events around "
             + ("the copies and the enqueue" if copies_in_timing else "the enqueue alone (copies excluded)")
             + ("; enqueue replayed from a CUDA graph" if cuda_graph else "")
@@ -300,8 +302,9 @@ class TensorRTRuntime(Runtime):
         self._require_active()
         if streams != 1:
             raise ConfigError(
-                f"TensorRTRuntime runs one execution context on one CUDA stream; throughput mode with streams={streams} "
-                "is not supported. Use streams=1 (or latency mode), or one TensorRTRuntime per process."
+                "TensorRTRuntime runs one execution context on one CUDA stream; throughput mode with "
+                f"streams={streams} is not supported. "
+                "Use streams=1 (or latency mode), or one TensorRTRuntime per process."
             )
         for feed in feeds[:1]:
             self._check_feed(feed)
