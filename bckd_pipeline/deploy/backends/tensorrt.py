@@ -1,0 +1,334 @@
+"""TensorRT: a serialized engine (plan) run with the TensorRT 8.5+/10 I/O-tensor API and pycuda.
+
+One CUDA context (the device's primary context, pushed in ``_activate`` and popped in
+``_deactivate``), one execution context, one CUDA stream, page-locked host buffers and device buffers
+allocated once. ``infer`` copies host -> device, enqueues (``execute_async_v3``), copies device -> host
+and synchronises; the base class times that whole call with ``perf_counter``. The GPU time between two
+CUDA events is kept in ``last_gpu_ms``: around the copies and the enqueue (``copies_in_timing=True``)
+or around the enqueue alone.
+
+Part of the device-side agent: imports only the standard library, numpy and project modules allowed
+there at import time; tensorrt and pycuda are imported inside ``_activate``.
+
+API sources: TensorRT Python API (Runtime.deserialize_cuda_engine, ICudaEngine.num_io_tensors /
+get_tensor_name / get_tensor_mode / get_tensor_shape / get_tensor_dtype / get_tensor_profile_shape,
+IExecutionContext.set_input_shape / set_tensor_address / execute_async_v3, all present from 8.5);
+pycuda.driver docs (Device.retain_primary_context, Context.push/pop, Stream, Event.record(stream) /
+time_till, pagelocked_empty, mem_alloc, memcpy_htod_async / memcpy_dtoh_async); pycuda's
+test/test_graph.py (Stream.begin_capture / end_capture, Graph.instantiate, GraphExec.launch);
+cuda-python's cuda.bindings.runtime (cudaStreamBeginCapture / cudaStreamEndCapture /
+cudaGraphInstantiate / cudaGraphLaunch / cudaGraphExecDestroy / cudaGraphDestroy).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ...errors import BackendMissingError, ConfigError, StageCheckError
+from ..runtime import Feed, Runtime, TensorSpec
+
+PYCUDA_HINT = (
+    "pycuda is not installed: pip install pycuda (it compiles against the CUDA toolkit, so nvcc and the CUDA "
+    "headers must be present: on a Jetson they come with JetPack, e.g. sudo apt install nvidia-jetpack; put "
+    "/usr/local/cuda/bin on PATH first)."
+)
+TRT_HINT = (
+    "TensorRT's Python package (tensorrt) is not installed. On a Jetson it comes with JetPack "
+    "(sudo apt install nvidia-jetpack, or python3-libnvinfer); on an x86 host with an NVIDIA GPU: pip install tensorrt."
+)
+
+
+def _import_tensorrt():
+    try:
+        import tensorrt as trt
+    except ImportError:
+        raise BackendMissingError(TRT_HINT) from None
+    return trt
+
+
+def _import_pycuda():
+    try:
+        import pycuda.driver as cuda
+    except ImportError:
+        raise BackendMissingError(PYCUDA_HINT) from None
+    return cuda
+
+
+class _PycudaGraph:
+    """The enqueue captured with pycuda's stream capture (pycuda >= 2022.2 has Stream.begin_capture)."""
+
+    backend = "pycuda stream capture"
+
+    def __init__(self, stream, enqueue) -> None:
+        stream.begin_capture()
+        try:
+            enqueue()
+        finally:
+            graph = stream.end_capture()
+        self._graph = graph
+        self._exec = graph.instantiate()
+
+    def launch(self, stream) -> None:
+        self._exec.launch(stream)
+
+    def close(self) -> None:
+        self._exec = None
+        self._graph = None
+
+
+class _CudartGraph:
+    """The enqueue captured with cuda-python's runtime bindings (cuda.bindings.runtime)."""
+
+    backend = "cuda.bindings.runtime stream capture"
+
+    def __init__(self, cudart, stream, enqueue) -> None:
+        self._rt = cudart
+        handle = stream.handle
+        self._check(
+            cudart.cudaStreamBeginCapture(handle, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal),
+            "cudaStreamBeginCapture",
+        )
+        try:
+            enqueue()
+        finally:
+            graph = self._check(cudart.cudaStreamEndCapture(handle), "cudaStreamEndCapture")
+        self._graph = graph
+        self._exec = self._check(cudart.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
+
+    def _check(self, result, what):
+        err, *rest = result
+        if err != self._rt.cudaError_t.cudaSuccess:
+            raise StageCheckError(
+                f"{what} failed with {err!r} while capturing the TensorRT enqueue into a CUDA graph. Run without "
+                "cuda_graph=True (some engines, e.g. with data-dependent shapes, cannot be captured)."
+            )
+        return rest[0] if rest else None
+
+    def launch(self, stream) -> None:
+        self._check(self._rt.cudaGraphLaunch(self._exec, stream.handle), "cudaGraphLaunch")
+
+    def close(self) -> None:
+        if self._exec is not None:
+            self._rt.cudaGraphExecDestroy(self._exec)
+            self._rt.cudaGraphDestroy(self._graph)
+        self._exec = self._graph = None
+
+
+def _capture(cuda, stream, enqueue):
+    if hasattr(cuda.Stream, "begin_capture"):
+        return _PycudaGraph(stream, enqueue)
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        try:
+            from cuda import cudart  # cuda-python < 12.6 layout
+        except ImportError:
+            cudart = None
+    if cudart is None:
+        raise ConfigError(
+            "cuda_graph=True needs CUDA stream capture: this pycuda has no Stream.begin_capture (added in "
+            "pycuda 2022.2) and cuda-python is not installed. pip install -U pycuda, or pip install cuda-python, "
+            "or run with cuda_graph=False."
+        )
+    return _CudartGraph(cudart, stream, enqueue)
+
+
+class TensorRTRuntime(Runtime):
+    backend = "tensorrt"
+    device = "cuda"
+
+    def __init__(
+        self,
+        plan_path: Path,
+        *,
+        name: str | None = None,
+        precision: str = "int8",
+        copies_in_timing: bool = True,
+        cuda_graph: bool = False,
+    ) -> None:
+        super().__init__(name or Path(plan_path).name)
+        self.plan_path = Path(plan_path)
+        self.precision = precision
+        self.copies_in_timing = copies_in_timing
+        self.cuda_graph = cuda_graph
+        self.last_gpu_ms: float | None = None
+        self._ctx = None
+        self._graph = None
+        copies = "host->device and device->host copies of every input and output included"
+        self.what_is_timed = (
+            "one infer() call on the host (perf_counter): page-locked host buffers, "
+            + copies
+            + ", stream synchronised; last_gpu_ms: CUDA events around "
+            + ("the copies and the enqueue" if copies_in_timing else "the enqueue alone (copies excluded)")
+            + ("; enqueue replayed from a CUDA graph" if cuda_graph else "")
+        )
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def _activate(self) -> None:
+        trt = _import_tensorrt()
+        cuda = _import_pycuda()
+        if not self.plan_path.is_file():
+            raise ConfigError(
+                f"TensorRT plan {str(self.plan_path)!r} does not exist. Build it on this device with the build "
+                "script written next to it (build_engine.sh) or `bckd-pipeline run --target jetson`."
+            )
+        cuda.init()
+        if cuda.Device.count() < 1:
+            raise ConfigError("pycuda sees no CUDA device on this host. TensorRT engines run on an NVIDIA GPU.")
+        device = cuda.Device(0)
+        self._ctx = device.retain_primary_context()
+        self._ctx.push()
+        try:
+            self._load(trt, cuda, device)
+        except BaseException:
+            self._release()
+            raise
+
+    def _load(self, trt, cuda, device) -> None:
+        self._trt, self._cuda = trt, cuda
+        self._device_name = device.name()
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._trt_runtime = trt.Runtime(self._logger)
+        engine = self._trt_runtime.deserialize_cuda_engine(self.plan_path.read_bytes())
+        if engine is None:
+            raise ConfigError(
+                f"TensorRT {trt.__version__} could not load {str(self.plan_path)!r} on {self._device_name}. Engines "
+                "are not portable: a plan only loads with the TensorRT version and GPU that built it. Rebuild it on "
+                "this device with the build script next to it (sh build_engine.sh)."
+            )
+        self.engine = engine
+        self.context = engine.create_execution_context()
+        if self.context is None:
+            raise StageCheckError(
+                f"TensorRT could not create an execution context for {str(self.plan_path)!r} (out of GPU memory?)."
+            )
+        self._stream = cuda.Stream()
+        self._inputs: list[str] = []
+        self._outputs: list[str] = []
+        for i in range(engine.num_io_tensors):
+            name = engine.get_tensor_name(i)
+            if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
+                self._inputs.append(name)
+                shape = tuple(engine.get_tensor_shape(name))
+                if any(d < 0 for d in shape):
+                    lo, opt, hi = (tuple(s) for s in engine.get_tensor_profile_shape(name, 0))
+                    if lo != hi:
+                        raise ConfigError(
+                            f"Input {name!r} of {self.plan_path.name} was built for shapes {lo}..{hi}; this runtime "
+                            "runs the one shape of a min = opt = max profile. Rebuild with EngineRecipe.input_shape."
+                        )
+                    shape = opt
+                self.context.set_input_shape(name, shape)
+            else:
+                self._outputs.append(name)
+        self._host: dict[str, np.ndarray] = {}
+        self._dev: dict = {}
+        for name in self._inputs + self._outputs:
+            shape = tuple(self.context.get_tensor_shape(name))
+            dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
+            self._host[name] = cuda.pagelocked_empty(shape, dtype)
+            self._dev[name] = cuda.mem_alloc(max(self._host[name].nbytes, 1))
+            self.context.set_tensor_address(name, int(self._dev[name]))
+        self._start, self._end = cuda.Event(), cuda.Event()
+        if self.cuda_graph:
+            self._enqueue()  # TensorRT does deferred set-up on the first enqueue: never capture that one
+            self._stream.synchronize()
+            self._graph = _capture(cuda, self._stream, self._enqueue)
+
+    def _deactivate(self) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        if self._ctx is None:
+            return
+        try:
+            if self._graph is not None:
+                self._graph.close()
+            for buf in getattr(self, "_dev", {}).values():
+                buf.free()
+        finally:
+            self._graph = None
+            self._dev, self._host = {}, {}
+            self.context = self.engine = self._trt_runtime = None
+            self._stream = self._start = self._end = None
+            self._ctx.pop()
+            self._ctx.detach()
+            self._ctx = None
+
+    # -- inference -------------------------------------------------------------------------------
+    def _input_spec(self) -> dict[str, TensorSpec]:
+        return {name: TensorSpec(self._host[name].dtype, tuple(self._host[name].shape)) for name in self._inputs}
+
+    def _enqueue(self) -> None:
+        if not self.context.execute_async_v3(self._stream.handle):
+            raise StageCheckError(
+                f"TensorRT execute_async_v3 failed for {self.plan_path.name}; see TensorRT's messages on stderr."
+            )
+
+    def _infer(self, feed: Feed) -> dict[str, np.ndarray]:
+        cuda, stream = self._cuda, self._stream
+        for name in self._inputs:
+            np.copyto(self._host[name], feed[name])
+        if self.copies_in_timing:
+            self._start.record(stream)
+        for name in self._inputs:
+            cuda.memcpy_htod_async(self._dev[name], self._host[name], stream)
+        if not self.copies_in_timing:
+            self._start.record(stream)
+        if self._graph is not None:
+            self._graph.launch(stream)
+        else:
+            self._enqueue()
+        if not self.copies_in_timing:
+            self._end.record(stream)
+        for name in self._outputs:
+            cuda.memcpy_dtoh_async(self._host[name], self._dev[name], stream)
+        if self.copies_in_timing:
+            self._end.record(stream)
+        stream.synchronize()
+        self.last_gpu_ms = self._start.time_till(self._end)
+        return {name: self._host[name].copy() for name in self._outputs}
+
+    def infer_concurrently(self, feeds: Sequence[Feed], streams: int) -> float:
+        """Only streams=1: one execution context and one CUDA stream, whose context is current on this thread.
+
+        The base class's thread pool would run ``_infer`` from threads where the CUDA context is not current
+        and share one set of buffers between them, so it is refused rather than measured wrongly.
+        """
+        self._require_active()
+        if streams != 1:
+            raise ConfigError(
+                "TensorRTRuntime runs one execution context on one CUDA stream; throughput mode with "
+                f"streams={streams} is not supported. "
+                "Use streams=1 (or latency mode), or one TensorRTRuntime per process."
+            )
+        for feed in feeds[:1]:
+            self._check_feed(feed)
+        start = time.perf_counter()
+        for feed in feeds:
+            self._infer(feed)
+        return time.perf_counter() - start
+
+    # -- report ----------------------------------------------------------------------------------
+    def versions(self) -> dict[str, str]:
+        cuda = self._cuda
+        driver = cuda.get_driver_version()  # e.g. 12060 -> "12.6"
+        import pycuda
+
+        return {
+            "tensorrt": self._trt.__version__,
+            "pycuda": getattr(pycuda, "VERSION_TEXT", None) or ".".join(map(str, getattr(pycuda, "VERSION", ()))),
+            "cuda_driver": f"{driver // 1000}.{driver % 1000 // 10}",
+        }
+
+    def settings(self) -> dict:
+        return {
+            "copies_in_timing": self.copies_in_timing,
+            "cuda_graph": self.cuda_graph,
+            "cuda_graph_backend": self._graph.backend if self._graph is not None else None,
+            "device": self._device_name,
+        }

@@ -1,0 +1,757 @@
+"""TensorRT target pieces: the version-aware build recipe, the build call sequence (against a small
+recording fake of the tensorrt module), the runtime's missing-package errors, Jetson device facts on a
+fake sysfs tree, and, on a host with TensorRT and an NVIDIA GPU, a real build + run compared with
+ONNX Runtime."""
+
+from __future__ import annotations
+
+import enum
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bckd_pipeline.deploy.backends.tensorrt import TensorRTRuntime
+from bckd_pipeline.deploy.jetson import device_facts, gpu_facts, jetpack_for_l4t, parse_l4t_release
+from bckd_pipeline.errors import BackendMissingError, ConfigError, ExportError, StageCheckError
+from bckd_pipeline.targets.tensorrt import (
+    EngineRecipe,
+    build_engine,
+    builder_settings,
+    is_strongly_typed_default,
+    parse_trt_version,
+    trtexec_command,
+    write_build_script,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+HW_REASON = "TensorRT and an NVIDIA GPU are needed; this host has neither"
+
+
+# -- versions and settings ---------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("text", "want"),
+    [("8.6.2", (8, 6, 2)), ("10.3.0.30", (10, 3, 0)), ("10.12", (10, 12, 0)), ("TensorRT v11.1.0", (11, 1, 0))],
+)
+def test_parse_trt_version(text, want):
+    assert parse_trt_version(text) == want
+
+
+def test_parse_trt_version_refuses_text_without_a_version():
+    with pytest.raises(ConfigError, match="MAJOR.MINOR"):
+        parse_trt_version("tensorrt")
+
+
+@pytest.mark.parametrize(
+    ("version", "strong"),
+    [
+        ((8, 6, 2), False),
+        ((10, 0, 1), False),
+        ((10, 3, 0), False),
+        ((10, 11, 9), False),
+        ((10, 12, 0), True),
+        ((10, 13, 2), True),
+        ((11, 0, 0), True),
+    ],
+)
+def test_strongly_typed_from_10_12(version, strong):
+    assert is_strongly_typed_default(version) is strong
+
+
+def test_settings_tensorrt_8_6_jetpack5_explicit_batch_weakly_typed():
+    s = builder_settings(EngineRecipe("int8"), (8, 6, 2))
+    assert s["network_flags"] == ["EXPLICIT_BATCH"]
+    assert s["builder_flags"] == ["INT8", "FP16"]
+    assert s["typing"] == "weak"
+    assert s["memory_pool_limits"] == {"WORKSPACE": 1024 * 2**20}
+    assert s["default_device_type"] == "GPU" and s["dla_core"] is None and s["gpu_fallback"] is False
+
+
+def test_settings_tensorrt_10_3_jetpack6_int8_fp16_flags_no_explicit_batch():
+    s = builder_settings(EngineRecipe("int8"), (10, 3, 0))
+    assert s["network_flags"] == []
+    assert s["builder_flags"] == ["INT8", "FP16"]
+    assert s["typing"] == "weak"
+
+
+def test_settings_weak_int8_without_fp16_fallback():
+    assert builder_settings(EngineRecipe("int8", fp16_fallback=False), (10, 3, 0))["builder_flags"] == ["INT8"]
+
+
+@pytest.mark.parametrize(
+    ("version", "net"),
+    [((10, 12, 0), ["STRONGLY_TYPED"]), ((10, 13, 2), ["STRONGLY_TYPED"]), ((11, 0, 0), []), ((11, 4, 1), [])],
+)
+def test_settings_strongly_typed_no_precision_flags(version, net):
+    for precision in ("int8", "fp16", "fp32"):
+        s = builder_settings(EngineRecipe(precision), version)
+        assert s["network_flags"] == net
+        assert s["builder_flags"] == []
+        assert s["typing"] == "strong"
+
+
+def test_settings_dla_with_gpu_fallback():
+    s = builder_settings(EngineRecipe("int8", dla_core=1), (10, 3, 0))
+    assert s["default_device_type"] == "DLA" and s["dla_core"] == 1 and s["gpu_fallback"] is True
+    assert s["builder_flags"] == ["INT8", "FP16", "GPU_FALLBACK"]
+
+
+def test_settings_are_json_and_carry_profile_cache_and_level():
+    import json
+
+    recipe = EngineRecipe(
+        "fp16", timing_cache="/data/cache.bin", builder_optimization_level=5, input_shape=(1, 3, 64, 96)
+    )
+    s = builder_settings(recipe, (10, 3, 0))
+    assert json.loads(json.dumps(s)) == s
+    assert s["profile"] == {"image": {"min": [1, 3, 64, 96], "opt": [1, 3, 64, 96], "max": [1, 3, 64, 96]}}
+    assert s["timing_cache"] == "/data/cache.bin" and s["builder_optimization_level"] == 5
+    assert s["builder_flags"] == ["FP16"]
+
+
+def test_dla_refused_for_fp32_with_allowed_values():
+    with pytest.raises(ConfigError, match="'int8' or 'fp16'"):
+        EngineRecipe("fp32", dla_core=0)
+
+
+def test_dla_refused_on_tensorrt_11():
+    with pytest.raises(ConfigError, match="DLA and JetPack are not supported in 11.x"):
+        builder_settings(EngineRecipe("int8", dla_core=0), (11, 0, 0))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"precision": "int4"}, "Allowed: int8, fp16, fp32"),
+        ({"precision": "int8", "workspace_mib": 0}, "positive whole number of MiB"),
+        ({"precision": "int8", "workspace_mib": 1.5}, "positive whole number of MiB"),
+        ({"precision": "int8", "dla_core": -1}, "DLA index >= 0"),
+        ({"precision": "int8", "builder_optimization_level": 7}, "0..5"),
+        ({"precision": "int8", "input_shape": (1, 3, 0, 8)}, "positive ints"),
+        ({"precision": "int8", "input_name": ""}, "input's name"),
+    ],
+)
+def test_bad_recipes_raise_config_error(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        EngineRecipe(**kwargs)
+
+
+@pytest.mark.parametrize("version", [(8, 2, 1), (9, 3, 0)])
+def test_unsupported_versions_refused(version):
+    with pytest.raises(ConfigError, match="Supported: 8.4-8.6"):
+        builder_settings(EngineRecipe("int8"), version)
+
+
+def test_optimization_level_needs_8_6():
+    with pytest.raises(ConfigError, match=">= 8.6"):
+        builder_settings(EngineRecipe("int8", builder_optimization_level=3), (8, 5, 2))
+
+
+# -- trtexec -----------------------------------------------------------------------------------
+def test_trtexec_tensorrt_8_6():
+    assert trtexec_command("m.onnx", "m.plan", EngineRecipe("int8"), (8, 6, 2)) == [
+        "trtexec",
+        "--onnx=m.onnx",
+        "--saveEngine=m.plan",
+        "--int8",
+        "--fp16",
+        "--memPoolSize=workspace:1024",
+    ]
+
+
+def test_trtexec_tensorrt_10_3_dla_cache_level():
+    recipe = EngineRecipe("int8", workspace_mib=512, dla_core=0, timing_cache="cache.bin", builder_optimization_level=4)
+    assert trtexec_command("m.onnx", "m.plan", recipe, (10, 3, 0)) == [
+        "trtexec",
+        "--onnx=m.onnx",
+        "--saveEngine=m.plan",
+        "--int8",
+        "--fp16",
+        "--memPoolSize=workspace:512",
+        "--useDLACore=0",
+        "--allowGPUFallback",
+        "--timingCacheFile=cache.bin",
+        "--builderOptimizationLevel=4",
+    ]
+
+
+def test_trtexec_tensorrt_10_13_strongly_typed_dynamic_shapes():
+    recipe = EngineRecipe("int8", input_shape=(1, 3, 64, 96))
+    assert trtexec_command("m.onnx", "m.plan", recipe, (10, 13, 0)) == [
+        "trtexec",
+        "--onnx=m.onnx",
+        "--saveEngine=m.plan",
+        "--stronglyTyped",
+        "--memPoolSize=workspace:1024",
+        "--minShapes=image:1x3x64x96",
+        "--optShapes=image:1x3x64x96",
+        "--maxShapes=image:1x3x64x96",
+    ]
+
+
+def test_trtexec_tensorrt_11_has_no_precision_or_typing_flags():
+    assert trtexec_command("m.onnx", "m.plan", EngineRecipe("int8"), (11, 1, 0)) == [
+        "trtexec",
+        "--onnx=m.onnx",
+        "--saveEngine=m.plan",
+        "--memPoolSize=workspace:1024",
+    ]
+
+
+def test_trtexec_fp32_weak_has_no_precision_flag():
+    assert trtexec_command("a.onnx", "a.plan", EngineRecipe("fp32"), (10, 3, 0)) == [
+        "trtexec",
+        "--onnx=a.onnx",
+        "--saveEngine=a.plan",
+        "--memPoolSize=workspace:1024",
+    ]
+
+
+def test_build_script_is_executable_valid_sh_and_quotes_spaces(tmp_path):
+    folder = tmp_path / "out dir"
+    recipe = EngineRecipe("int8", timing_cache="cache dir/t c.bin", dla_core=0)
+    script = write_build_script(folder / "build_engine.sh", "my model.onnx", "my model.plan", recipe, (10, 3, 0))
+    assert script.is_file() and os.access(script, os.X_OK)
+    text = script.read_text()
+    assert "ON THE TARGET DEVICE" in text and "TensorRT 10.3.0" in text
+    assert subprocess.run(["sh", "-n", str(script)], capture_output=True).returncode == 0
+    # Run it with a fake trtexec that prints one argument per line: the arguments arrive intact.
+    fake = tmp_path / "fake_trtexec"
+    fake.write_text('#!/bin/sh\nfor a in "$@"; do printf "%s\\n" "$a"; done\npwd\n')
+    fake.chmod(0o755)
+    done = subprocess.run(["sh", str(script)], capture_output=True, text=True, env={**os.environ, "TRTEXEC": str(fake)})
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[:-1] == trtexec_command("my model.onnx", "my model.plan", recipe, (10, 3, 0))[1:]
+    assert Path(lines[-1]).resolve() == folder.resolve()  # the script runs from its own folder
+    assert not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
+
+
+# -- build_engine without TensorRT, and against a recording fake ---------------------------------
+def test_build_engine_without_tensorrt_names_the_install(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # makes `import tensorrt` raise ImportError
+    with pytest.raises(BackendMissingError, match="JetPack.*pip install tensorrt"):
+        build_engine(tmp_path / "m.onnx", tmp_path / "m.plan", EngineRecipe("int8"))
+
+
+def make_fake_trt(
+    version: str,
+    *,
+    weak_flags: bool = True,
+    dla_cores: int = 0,
+    input_shape=(1, 3, 8, 8),
+    parse_errors=(),
+    build_ok: bool = True,
+):
+    """A tiny stand-in for the tensorrt module that records every call our build makes.
+
+    It checks *our* calls (flags, order, files), not TensorRT's behaviour. ``weak_flags=False`` drops
+    BuilderFlag.INT8/FP16 as TensorRT 11 did, so touching them fails loudly.
+    """
+    calls: list[tuple] = []
+    trt = types.ModuleType("tensorrt")
+    trt.__version__ = version
+    trt.calls = calls
+
+    class Severity(enum.IntEnum):
+        INTERNAL_ERROR = 0
+        ERROR = 1
+        WARNING = 2
+        INFO = 3
+        VERBOSE = 4
+
+    class ILogger:
+        def __init__(self):
+            pass
+
+    ILogger.Severity = Severity
+    trt.ILogger = ILogger
+    trt.NetworkDefinitionCreationFlag = enum.IntEnum(
+        "NetworkDefinitionCreationFlag", {"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1}
+    )
+    names = (["INT8", "FP16"] if weak_flags else []) + ["GPU_FALLBACK"]
+    trt.BuilderFlag = enum.Enum("BuilderFlag", names)
+    trt.MemoryPoolType = enum.Enum("MemoryPoolType", ["WORKSPACE"])
+    trt.DeviceType = enum.Enum("DeviceType", ["GPU", "DLA"])
+
+    class Tensor:
+        name = "image"
+        shape = input_shape
+
+    class Network:
+        num_inputs = 1
+
+        def get_input(self, i):
+            return Tensor()
+
+    class ParserError:
+        def __init__(self, node, name, desc):
+            self._node, self._name, self._desc = node, name, desc
+
+        def node(self):
+            return self._node
+
+        def node_name(self):
+            return self._name
+
+        def node_operator(self):
+            return "Conv"
+
+        def desc(self):
+            return self._desc
+
+    class OnnxParser:
+        def __init__(self, network, logger):
+            self.num_errors = len(parse_errors)
+
+        def parse_from_file(self, path):
+            calls.append(("parse_from_file", path))
+            return not parse_errors
+
+        def get_error(self, i):
+            return ParserError(i, *parse_errors[i])
+
+    class TimingCache:
+        def __init__(self, blob):
+            self.blob = blob
+
+        def serialize(self):
+            return self.blob + b"+new"
+
+    class Config:
+        def __setattr__(self, name, value):
+            calls.append(("config." + name, value))
+            object.__setattr__(self, name, value)
+
+        def set_memory_pool_limit(self, pool, size):
+            calls.append(("set_memory_pool_limit", pool.name, size))
+
+        def set_flag(self, flag):
+            calls.append(("set_flag", flag.name))
+
+        def create_timing_cache(self, blob):
+            calls.append(("create_timing_cache", bytes(blob)))
+            return TimingCache(bytes(blob))
+
+        def set_timing_cache(self, cache, ignore_mismatch):
+            calls.append(("set_timing_cache", ignore_mismatch))
+            object.__setattr__(self, "_cache", cache)
+            return True
+
+        def get_timing_cache(self):
+            return self._cache
+
+        def add_optimization_profile(self, profile):
+            calls.append(("add_optimization_profile", profile.shapes))
+
+    class Profile:
+        def set_shape(self, name, lo, opt, hi):
+            self.shapes = (name, tuple(lo), tuple(opt), tuple(hi))
+
+    class Builder:
+        num_DLA_cores = dla_cores
+
+        def __init__(self, logger):
+            logger.log(Severity.VERBOSE, "verbose noise")
+            logger.log(Severity.WARNING, "a builder warning")
+
+        def create_network(self, flags):
+            calls.append(("create_network", flags))
+            return Network()
+
+        def create_builder_config(self):
+            return Config()
+
+        def create_optimization_profile(self):
+            return Profile()
+
+        def build_serialized_network(self, network, config):
+            calls.append(("build_serialized_network",))
+            return b"PLAN-BYTES" if build_ok else None
+
+    trt.Builder = Builder
+    trt.OnnxParser = OnnxParser
+    return trt
+
+
+def fake_onnx(tmp_path) -> Path:
+    path = tmp_path / "m.onnx"
+    path.write_bytes(b"not parsed by the fake")
+    return path
+
+
+def test_build_10_3_sets_int8_fp16_and_no_strongly_typed(monkeypatch, tmp_path):
+    trt = make_fake_trt("10.3.0.30")
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    info = build_engine(fake_onnx(tmp_path), tmp_path / "m.plan", EngineRecipe("int8"), log_path=tmp_path / "b.log")
+    assert ("create_network", 0) in trt.calls
+    flags = [c[1] for c in trt.calls if c[0] == "set_flag"]
+    assert flags == ["INT8", "FP16"]
+    assert ("set_memory_pool_limit", "WORKSPACE", 1024 << 20) in trt.calls
+    assert (tmp_path / "m.plan").read_bytes() == b"PLAN-BYTES"  # plain serialized engine, no header
+    import hashlib
+
+    assert info["plan_sha256"] == hashlib.sha256(b"PLAN-BYTES").hexdigest()
+    assert info["tensorrt_version"] == "10.3.0.30" and info["build_s"] >= 0 and info["typing"] == "weak"
+    log = (tmp_path / "b.log").read_text()
+    assert "a builder warning" in log and "verbose noise" not in log
+
+
+def test_build_10_13_strongly_typed_without_int8_flag(monkeypatch, tmp_path):
+    trt = make_fake_trt("10.13.0")
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    build_engine(fake_onnx(tmp_path), tmp_path / "m.plan", EngineRecipe("int8"))
+    assert ("create_network", 1 << 1) in trt.calls  # STRONGLY_TYPED == 1 in the fake enum
+    assert not [c for c in trt.calls if c[0] == "set_flag"]
+
+
+def test_build_11_touches_no_removed_flag(monkeypatch, tmp_path):
+    trt = make_fake_trt("11.1.0", weak_flags=False)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    build_engine(fake_onnx(tmp_path), tmp_path / "m.plan", EngineRecipe("int8"))
+    assert ("create_network", 0) in trt.calls and (tmp_path / "m.plan").is_file()
+
+
+def test_build_8_6_sets_explicit_batch(monkeypatch, tmp_path):
+    trt = make_fake_trt("8.6.2")
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    build_engine(fake_onnx(tmp_path), tmp_path / "m.plan", EngineRecipe("fp16"))
+    assert ("create_network", 1 << 0) in trt.calls
+    assert [c[1] for c in trt.calls if c[0] == "set_flag"] == ["FP16"]
+
+
+def test_build_dla_sets_device_type_core_and_gpu_fallback(monkeypatch, tmp_path):
+    trt = make_fake_trt("10.3.0", dla_cores=2)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    build_engine(fake_onnx(tmp_path), tmp_path / "m.plan", EngineRecipe("int8", dla_core=1))
+    assert ("config.default_device_type", trt.DeviceType.DLA) in trt.calls
+    assert ("config.DLA_core", 1) in trt.calls
+    assert "GPU_FALLBACK" in [c[1] for c in trt.calls if c[0] == "set_flag"]
+
+
+def test_build_dla_core_missing_names_the_count(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "tensorrt", make_fake_trt("10.3.0", dla_cores=0))
+    with pytest.raises(ConfigError, match="has 0 DLA core"):
+        build_engine(fake_onnx(tmp_path), tmp_path / "m.plan", EngineRecipe("int8", dla_core=0))
+    assert not (tmp_path / "m.plan").exists()
+
+
+def test_build_loads_and_saves_the_timing_cache(monkeypatch, tmp_path):
+    cache = tmp_path / "cache" / "timing.bin"
+    trt = make_fake_trt("10.3.0")
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    recipe = EngineRecipe("int8", timing_cache=str(cache))
+    build_engine(fake_onnx(tmp_path), tmp_path / "m.plan", recipe)
+    assert ("create_timing_cache", b"") in trt.calls and ("set_timing_cache", False) in trt.calls
+    assert cache.read_bytes() == b"+new"
+    trt.calls.clear()
+    build_engine(fake_onnx(tmp_path), tmp_path / "m.plan", recipe)
+    assert ("create_timing_cache", b"+new") in trt.calls  # the saved cache is loaded on the next build
+    assert cache.read_bytes() == b"+new+new"
+
+
+def test_build_profile_for_dynamic_input_and_error_without_shape(monkeypatch, tmp_path):
+    trt = make_fake_trt("10.3.0", input_shape=(-1, 3, -1, -1))
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    with pytest.raises(ConfigError, match="dynamic shape"):
+        build_engine(fake_onnx(tmp_path), tmp_path / "m.plan", EngineRecipe("int8"))
+    build_engine(fake_onnx(tmp_path), tmp_path / "m.plan", EngineRecipe("int8", input_shape=(1, 3, 32, 48)))
+    shape = (1, 3, 32, 48)
+    assert ("add_optimization_profile", ("image", shape, shape, shape)) in trt.calls
+
+
+def test_build_static_input_shape_mismatch(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "tensorrt", make_fake_trt("10.3.0", input_shape=(1, 3, 8, 8)))
+    with pytest.raises(ConfigError, match="differs from the static ONNX input"):
+        build_engine(fake_onnx(tmp_path), tmp_path / "m.plan", EngineRecipe("int8", input_shape=(1, 3, 16, 16)))
+
+
+def test_failed_build_leaves_no_plan_and_names_the_log(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "tensorrt", make_fake_trt("10.3.0", build_ok=False))
+    with pytest.raises(StageCheckError, match=r"b\.log.*a builder warning"):
+        build_engine(fake_onnx(tmp_path), tmp_path / "m.plan", EngineRecipe("int8"), log_path=tmp_path / "b.log")
+    assert not (tmp_path / "m.plan").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert "a builder warning" in (tmp_path / "b.log").read_text()
+
+
+def test_parser_errors_surface_with_node_names(monkeypatch, tmp_path):
+    errors = [("conv_1", "Unsupported dtype"), ("q_2", "Zero point must be 0")]
+    monkeypatch.setitem(sys.modules, "tensorrt", make_fake_trt("10.3.0", parse_errors=errors))
+    with pytest.raises(ExportError) as info:
+        build_engine(fake_onnx(tmp_path), tmp_path / "m.plan", EngineRecipe("int8"))
+    msg = str(info.value)
+    assert "node 'conv_1' (Conv): Unsupported dtype" in msg and "node 'q_2' (Conv): Zero point must be 0" in msg
+    assert not (tmp_path / "m.plan").exists()
+
+
+# -- TensorRTRuntime without the packages ----------------------------------------------------------
+def test_runtime_without_tensorrt(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    with pytest.raises(BackendMissingError, match="tensorrt.*JetPack"):
+        TensorRTRuntime(tmp_path / "m.plan").activate()
+
+
+def test_runtime_without_pycuda(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "tensorrt", make_fake_trt("10.3.0"))
+    monkeypatch.setitem(sys.modules, "pycuda", None)
+    monkeypatch.setitem(sys.modules, "pycuda.driver", None)
+    with pytest.raises(BackendMissingError, match="pip install pycuda.*CUDA toolkit"):
+        TensorRTRuntime(tmp_path / "m.plan").activate()
+
+
+def test_runtime_states_what_is_timed():
+    assert "copies excluded" in TensorRTRuntime("m.plan", copies_in_timing=False).what_is_timed
+    assert "copies and the enqueue" in TensorRTRuntime("m.plan").what_is_timed
+
+
+# -- the device-side import rule ------------------------------------------------------------------
+AGENT_FILES = [
+    "bckd_pipeline/__init__.py",
+    "bckd_pipeline/errors.py",
+    "bckd_pipeline/deploy/runtime.py",
+    "bckd_pipeline/deploy/bench.py",
+    "bckd_pipeline/targets/profiles.py",
+    "bckd_pipeline/targets/tensorrt.py",
+    "bckd_pipeline/deploy/backends/tensorrt.py",
+    "bckd_pipeline/deploy/jetson.py",
+]
+
+
+def test_modules_import_from_the_agent_subset_without_torch_or_onnx(tmp_path):
+    for rel in AGENT_FILES:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / rel, tmp_path / rel)
+    code = textwrap.dedent("""
+        import sys
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in {"torch", "onnx", "onnxruntime", "openvino", "tensorrt", "pycuda"}:
+                    raise ImportError("blocked on the device: " + name)
+        sys.meta_path.insert(0, Block())
+        import bckd_pipeline.targets.tensorrt, bckd_pipeline.deploy.backends.tensorrt, bckd_pipeline.deploy.jetson
+        print(sorted(m for m in sys.modules if m.startswith("bckd_pipeline")))
+    """)
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+    )
+    assert done.returncode == 0, done.stderr
+    assert "bckd_pipeline.deploy.jetson" in done.stdout
+
+
+# -- Jetson facts ---------------------------------------------------------------------------------
+def write(root: Path, rel: str, text: str) -> None:
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def fake_run(outputs: dict):
+    def run(argv, **kwargs):
+        if argv[0] not in outputs:
+            raise FileNotFoundError(argv[0])
+        return subprocess.CompletedProcess(argv, 0, stdout=outputs[argv[0]], stderr="")
+
+    return run
+
+
+def orin_nano(root: Path) -> None:
+    write(root, "proc/device-tree/model", "NVIDIA Jetson Orin Nano Developer Kit\x00")
+    write(
+        root,
+        "etc/nv_tegra_release",
+        "# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64, "
+        "DATE: Wed Jan  8 01:49:37 UTC 2025\n",
+    )
+    for cpu, cur in (("cpu0", "1510400"), ("cpu1", "729600")):
+        write(root, f"sys/devices/system/cpu/{cpu}/cpufreq/scaling_cur_freq", cur + "\n")
+        write(root, f"sys/devices/system/cpu/{cpu}/cpufreq/scaling_max_freq", "1510400\n")
+    write(root, "sys/class/devfreq/17000000.ga10b/cur_freq", "306000000\n")
+    write(root, "sys/class/devfreq/17000000.ga10b/max_freq", "624750000\n")
+    zones = {
+        0: ("cpu-thermal", "47500", "99000"),
+        1: ("gpu-thermal", "101250", "99000"),
+        2: ("soc0-thermal", "45000", None),
+    }
+    for i, (kind, temp, trip) in zones.items():
+        write(root, f"sys/class/thermal/thermal_zone{i}/type", kind + "\n")
+        write(root, f"sys/class/thermal/thermal_zone{i}/temp", temp + "\n")
+        if trip:
+            write(root, f"sys/class/thermal/thermal_zone{i}/trip_point_0_type", "passive\n")
+            write(root, f"sys/class/thermal/thermal_zone{i}/trip_point_0_temp", trip + "\n")
+            write(root, f"sys/class/thermal/thermal_zone{i}/trip_point_1_type", "critical\n")
+            write(root, f"sys/class/thermal/thermal_zone{i}/trip_point_1_temp", "105000\n")
+
+
+def test_device_facts_on_a_fake_orin_nano(tmp_path):
+    orin_nano(tmp_path)
+    facts = device_facts(tmp_path, run=fake_run({"nvpmodel": "NV Power Mode: 15W\n0\n"}))
+    assert facts["is_jetson"] is True
+    assert facts["model"] == "NVIDIA Jetson Orin Nano Developer Kit"
+    assert facts["l4t"] == "36.4.3" and facts["jetpack"] == "6.2"
+    assert facts["power_mode"] == {"name": "15W", "id": 0}
+    assert facts["temperatures_c"] == {"cpu-thermal": 47.5, "gpu-thermal": 101.25, "soc0-thermal": 45.0}
+    assert facts["throttling"] == ["gpu-thermal: 101.2 C >= passive trip 99.0 C"]
+    clocks = facts["clocks"]
+    assert clocks["pinned_at_max"] is False and "sysfs" in clocks["source"]
+    assert clocks["gpu"] == {"device": "17000000.ga10b", "cur_hz": 306000000, "max_hz": 624750000}
+    assert [c["cpu"] for c in clocks["cpus"]] == ["cpu0", "cpu1"]
+
+
+def test_device_facts_pinned_clocks_and_no_throttling(tmp_path):
+    orin_nano(tmp_path)
+    write(tmp_path, "sys/devices/system/cpu/cpu1/cpufreq/scaling_cur_freq", "1510400\n")
+    write(tmp_path, "sys/class/devfreq/17000000.ga10b/cur_freq", "624750000\n")
+    write(tmp_path, "sys/class/thermal/thermal_zone1/temp", "60000\n")
+    facts = device_facts(tmp_path, run=fake_run({}))
+    assert facts["clocks"]["pinned_at_max"] is True
+    assert facts["throttling"] == []
+    assert facts["power_mode"] is None and "nvpmodel: command not found" in facts["notes"]
+
+
+def test_device_facts_on_an_empty_root(tmp_path):
+    facts = device_facts(tmp_path, run=fake_run({}))
+    assert facts["is_jetson"] is False
+    for key in ("model", "l4t", "jetpack", "power_mode", "clocks", "temperatures_c", "throttling"):
+        assert facts[key] is None, key
+    notes = " | ".join(facts["notes"])
+    for why in ("device-tree/model", "nv_tegra_release", "nvpmodel", "thermal_zone", "jetson_clocks"):
+        assert why in notes
+
+
+@pytest.mark.parametrize(
+    ("line", "want"),
+    [
+        ("# R36 (release), REVISION: 4.3, GCID: 1", "36.4.3"),
+        ("# R36 (release), REVISION: 4.0, GCID: 1", "36.4.0"),
+        ("# R35 (release), REVISION: 4.1, GCID: 1", "35.4.1"),
+        ("garbage", None),
+    ],
+)
+def test_parse_l4t_release(line, want):
+    assert parse_l4t_release(line) == want
+
+
+@pytest.mark.parametrize(
+    ("l4t", "jp"),
+    [
+        ("36.4.4", "6.2.1"),
+        ("36.4.3", "6.2"),
+        ("36.4.0", "6.1"),
+        ("36.3.0", "6.0"),
+        ("35.4.1", "5.1.2"),
+        ("38.2.1", "7.0"),
+        ("35.9.9", None),
+    ],
+)
+def test_jetpack_table(l4t, jp):
+    assert jetpack_for_l4t(l4t) == jp
+
+
+def test_unknown_l4t_gives_a_note(tmp_path):
+    write(tmp_path, "etc/nv_tegra_release", "# R35 (release), REVISION: 9.9, GCID: 1\n")
+    facts = device_facts(tmp_path, run=fake_run({}))
+    assert facts["l4t"] == "35.9.9" and facts["jetpack"] is None and facts["is_jetson"] is True
+    assert any("35.9.9 is not in the JetPack table" in n for n in facts["notes"])
+
+
+def test_gpu_facts_parses_nvidia_smi():
+    out = "NVIDIA H100 80GB HBM3, 550.54.15, 1980, 1980, 2619, 2619, 34, 71.52, 700.00, 0x0000000000000000\n"
+    facts = gpu_facts(run=fake_run({"nvidia-smi": out}))
+    assert facts["name"] == "NVIDIA H100 80GB HBM3" and facts["driver"] == "550.54.15"
+    assert facts["sm_clock_mhz"] == 1980 and facts["temperature_c"] == 34 and facts["power_w"] == 71.52
+    assert facts["throttle_reasons"] == 0 and facts["notes"] == []
+
+
+def test_gpu_facts_without_nvidia_smi():
+    facts = gpu_facts(run=fake_run({}))
+    assert facts["name"] is None and facts["power_w"] is None
+    assert facts["notes"] == ["nvidia-smi: command not found"]
+
+
+# -- real TensorRT on a GPU host --------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def trt_gpu():
+    pytest.importorskip("tensorrt", reason=HW_REASON)
+    cuda = pytest.importorskip("pycuda.driver", reason=HW_REASON)
+    try:
+        cuda.init()
+        if cuda.Device.count() < 1:
+            pytest.skip(HW_REASON)
+    except cuda.Error:
+        pytest.skip(HW_REASON)
+
+
+def tiny_qdq_onnx(path: Path) -> None:
+    """x -> Q/DQ -> Conv(DQ int8 weights, 3->3) -> Relu -> Add(x_dq) -> y: a Q/DQ graph TensorRT quantizes."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = rng.integers(-60, 60, size=(3, 3, 3, 3)).astype(np.int8)
+    inits = [
+        numpy_helper.from_array(np.array(1 / 32, np.float32), "x_scale"),
+        numpy_helper.from_array(np.array(0, np.int8), "x_zp"),
+        numpy_helper.from_array(w, "w_q"),
+        numpy_helper.from_array(np.full(3, 1 / 256, np.float32), "w_scale"),
+        numpy_helper.from_array(np.zeros(3, np.int8), "w_zp"),
+        numpy_helper.from_array(rng.standard_normal(3).astype(np.float32) * 0.1, "bias"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["image", "x_scale", "x_zp"], ["x_q"], name="q_x"),
+        helper.make_node("DequantizeLinear", ["x_q", "x_scale", "x_zp"], ["x_dq"], name="dq_x"),
+        helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zp"], ["w"], name="dq_w", axis=0),
+        helper.make_node("Conv", ["x_dq", "w", "bias"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("Add", ["r", "x_dq"], ["logits"], name="add"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny_qdq",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3, 16, 16])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+
+
+@pytest.mark.parametrize("cuda_graph", [False, True])
+def test_real_build_and_run_matches_onnxruntime(trt_gpu, tmp_path, cuda_graph):
+    from bckd_pipeline.deploy.backends.onnxruntime import OrtRuntime
+
+    onnx_path = tmp_path / "tiny.onnx"
+    tiny_qdq_onnx(onnx_path)
+    info = build_engine(
+        onnx_path, tmp_path / "tiny.plan", EngineRecipe("int8", workspace_mib=256), log_path=tmp_path / "build.log"
+    )
+    assert info["plan_bytes"] > 0
+    x = np.random.default_rng(1).uniform(-3, 3, (1, 3, 16, 16)).astype(np.float32)
+    with OrtRuntime(onnx_path) as ort_rt:
+        want = ort_rt.infer({"image": x})["logits"]
+    with TensorRTRuntime(tmp_path / "tiny.plan", cuda_graph=cuda_graph) as rt:
+        assert rt.input_spec()["image"].shape == (1, 3, 16, 16)
+        got = rt.infer({"image": x})["logits"]
+        assert rt.last_gpu_ms is not None and rt.last_gpu_ms > 0
+        assert set(rt.versions()) == {"tensorrt", "pycuda", "cuda_driver"}
+        assert rt.settings()["cuda_graph"] is cuda_graph
+    # Same Q/DQ scales on both sides; TensorRT may fuse and accumulate differently: within a few output steps.
+    np.testing.assert_allclose(got, want, atol=0.05)
+
+
+def test_real_plan_from_garbage_is_refused(trt_gpu, tmp_path):
+    plan = tmp_path / "foreign.plan"
+    plan.write_bytes(b"\x00" * 64)
+    with pytest.raises(ConfigError, match="not portable"):
+        TensorRTRuntime(plan).activate()
