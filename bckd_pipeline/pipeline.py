@@ -222,7 +222,9 @@ def deploy_plan(deploy: DeployConfig, data: DataConfig, before: list[PlanStep] =
             ),
             PlanStep(
                 "engine",
-                f"TensorRT engine built and measured on {where}" if where else "PENDING (exit 3): " + note,
+                f"TensorRT engine built and measured on {where}"
+                if where
+                else f"PENDING (exit 3): {note}; --device ssh://user@device builds and measures it there",
                 (f"{TENSORRT_DIR}/device/model.plan",) if where else (),
             ),
         ]
@@ -266,7 +268,7 @@ def _with_tensorrt_options(profile: TargetProfile, deploy: DeployConfig) -> Targ
     opts = replace(
         opts,
         dla_core=deploy.dla_core,
-        workspace_mib=deploy.workspace_mib or opts.workspace_mib,
+        workspace_mib=opts.workspace_mib if deploy.workspace_mib is None else deploy.workspace_mib,
         cuda_graph=deploy.cuda_graph,
     )
     return replace(profile, tensorrt=opts)
@@ -716,7 +718,7 @@ def device_stage(ctx: DeployContext, out: Path, cache: StageCache, qdq: Built) -
     hit = cache.lookup("device-bundle", key)
     if hit is None:
         folder.mkdir(parents=True, exist_ok=True)
-        job = write_bundle(bundle, qdq.path, ctx.eval_feeds, ctx.profile, spec, ctx.spec.input_shape())
+        job = write_bundle(bundle, qdq.path, ctx.eval_feeds, ctx.profile, spec)
         cache.store("device-bundle", key, [bundle / f for f in BUNDLE_FILES], {"job": job})
     else:
         job = hit["job"]

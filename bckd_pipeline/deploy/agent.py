@@ -69,7 +69,18 @@ def _facts() -> dict:
 
 
 def _tensorrt_missing() -> list[str]:
-    return [m for m in ("tensorrt", "pycuda") if importlib.util.find_spec(m) is None]
+    """Why TensorRT cannot run here, one reason per package; empty when it can.
+
+    Imported, not just looked up: a TensorRT whose libnvinfer does not match JetPack's is found by
+    the import system and still fails to load.
+    """
+    reasons = []
+    for module in ("tensorrt", "pycuda.driver"):
+        try:
+            importlib.import_module(module)
+        except Exception as e:  # ImportError, or OSError from a shared library that does not load
+            reasons.append(f"{module.split('.')[0]}: {type(e).__name__}: {e}")
+    return reasons
 
 
 def _runtime(job: dict, work: Path, out: Path):
@@ -81,7 +92,8 @@ def _runtime(job: dict, work: Path, out: Path):
 
         import tensorrt as trt
 
-        recipe = EngineRecipe(**{**job["recipe"], "input_shape": tuple(job["recipe"]["input_shape"])})
+        shape = job["recipe"]["input_shape"]
+        recipe = EngineRecipe(**{**job["recipe"], "input_shape": None if shape is None else tuple(shape)})
         plan = out / PLAN_FILE
         build = build_engine(work / job["onnx"], plan, recipe, log_path=out / "build.log")
         version = parse_trt_version(trt.__version__)
@@ -95,13 +107,13 @@ def _runtime(job: dict, work: Path, out: Path):
         from ..errors import BackendMissingError
 
         raise BackendMissingError(
-            f"{' and '.join(missing)} not importable on this device; install JetPack's TensorRT "
+            f"TensorRT is not usable on this device ({'; '.join(missing)}); install JetPack's TensorRT "
             "(apt install python3-libnvinfer) and pycuda, or allow the ONNX Runtime fallback."
         )
     from .backends.onnxruntime import OrtRuntime
 
     note = (
-        f"TensorRT is not usable on this device ({' and '.join(missing)} not importable): no engine was built; "
+        f"TensorRT is not usable on this device ({'; '.join(missing)}): no engine was built; "
         "the Q/DQ ONNX was measured with ONNX Runtime on the device's CPU instead"
     )
     return OrtRuntime(work / job["onnx"], precision="int8", name="onnx-qdq-on-device"), None, note

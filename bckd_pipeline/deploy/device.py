@@ -84,7 +84,6 @@ def write_bundle(
     feeds: DatasetFeeds,
     profile: TargetProfile,
     latency: LatencySpec,
-    input_shape: tuple[int, ...],
 ) -> dict:
     """Write the portable bundle into ``folder`` (replaced whole); returns the job."""
     from ..targets.tensorrt import EngineRecipe, write_build_script
@@ -95,7 +94,7 @@ def write_bundle(
         workspace_mib=opts.workspace_mib,
         dla_core=opts.dla_core,
         input_name=feeds.input_name,
-        input_shape=tuple(input_shape),
+        input_shape=None,  # the exported ONNX is static: TensorRT (and trtexec) read the shape from it
     )
     job = {
         "format": JOB_FORMAT,

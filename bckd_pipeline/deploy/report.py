@@ -198,6 +198,23 @@ def _device_name(result: dict, where: str) -> str:
     return f"{model or 'device'} via {'this host' if where == 'here' else where}, {runtime}"
 
 
+def _facts_line(facts: dict) -> str:
+    """The device facts a reader needs to trust a Jetson number: module, JetPack, TensorRT, power, clocks, heat."""
+    parts = [facts.get("model")]
+    if facts.get("l4t"):
+        parts.append(f"L4T {facts['l4t']}" + (f" (JetPack {facts['jetpack']})" if facts.get("jetpack") else ""))
+    if facts.get("tensorrt"):
+        parts.append(f"TensorRT {facts['tensorrt']}")
+    if facts.get("power_mode"):
+        parts.append(f"nvpmodel {facts['power_mode'].get('name')}")
+    clocks = facts.get("clocks") or {}
+    if clocks.get("pinned_at_max") is not None:
+        parts.append("clocks pinned (jetson_clocks)" if clocks["pinned_at_max"] else "clocks not pinned")
+    if facts.get("throttling"):
+        parts.append(f"THROTTLING: {', '.join(map(str, facts['throttling']))}")
+    return ", ".join(p for p in parts if p)
+
+
 def _pending_engine_row(ctx, qdq, out: Path) -> dict:
     """The TensorRT engine row when no device built it: every measurement null, and how to get them."""
     from types import SimpleNamespace
@@ -208,8 +225,8 @@ def _pending_engine_row(ctx, qdq, out: Path) -> dict:
     row = _row(engine, out, name="tensorrt-int8", status=PENDING, device=ctx.profile.device, parent=qdq.name)
     row["note"] = (
         f"engine build and on-device measurements pending: {ctx.device.pending_reason}. To finish: rerun with "
-        f"--device ssh://user@device, or copy deploy/tensorrt/bundle to the device and follow its README.txt "
-        "(build_engine.sh is the trtexec command)."
+        "--device ssh://user@device (the engine is built and measured there), or copy deploy/tensorrt/bundle to "
+        "the device and follow its README.txt (build_engine.sh is the trtexec command)."
     )
     return row
 
@@ -376,10 +393,7 @@ def markdown(report: dict) -> str:
         lines += ["", f"**Parity failed at stage `{report['culprit']}`**: " + "; ".join(report["culprit_reason"])]
     dev = report.get("device")
     if dev and dev["status"] == "measured":
-        facts = dev["facts"] or {}
-        shown = ", ".join(
-            f"{k} {facts[k]}" for k in ("model", "l4t", "jetpack", "tensorrt", "power_mode", "jetson_clocks") if facts.get(k)
-        )
+        shown = _facts_line(dev["facts"] or {})
         lines += ["", f"Device: {dev['where']}" + (f" ({shown})" if shown else "") + "."]
         if dev["fallback"]:
             lines += [f"**No TensorRT engine**: {dev['fallback']}."]

@@ -75,15 +75,14 @@ def _tensorrt_here(profile: TargetProfile) -> Availability:
         return Availability(
             True,
             False,
-            f"{' and '.join(missing)} not importable on this host ({TENSORRT_HINT}); the Q/DQ ONNX and the "
-            "engine build script are made here, the engine build and on-device measurements are pending: pass "
-            "--device ssh://user@host to build and measure on the device",
+            f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not importable on this host "
+            f"({TENSORRT_HINT})",
         )
     if profile.tensorrt.jetson and not is_jetson_host():
         return Availability(
             True,
             False,
             f"this host is not a Jetson, and a TensorRT engine only runs on the GPU and TensorRT version that built "
-            f"it; the engine for {profile.device} is built on the module: pass --device ssh://user@jetson",
+            f"it: the engine for {profile.device} is built on the module",
         )
     return Availability(True, True, "")

@@ -35,9 +35,12 @@ class OrtRuntime(Runtime):
             import onnxruntime as ort
         except ImportError:
             raise BackendMissingError("onnxruntime is not installed: pip install onnxruntime.") from None
-        from ...export.onnx_export import load_onnx
-
-        load_onnx(self.path, load_weights=False)  # a clear error for a truncated or foreign file
+        try:
+            from ...export.onnx_export import load_onnx
+        except ImportError:  # the device agent ships without torch and onnx: ONNX Runtime's own error remains
+            load_onnx = None
+        if load_onnx is not None:
+            load_onnx(self.path, load_weights=False)  # a clear error for a truncated or foreign file
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if self.threads:
