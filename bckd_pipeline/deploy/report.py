@@ -399,7 +399,8 @@ def markdown(report: dict) -> str:
             lines += [f"**No TensorRT engine**: {dev['fallback']}."]
     elif dev:
         lines += ["", f"Device bundle for the engine build: `{dev['bundle']}` (trtexec: `{dev['build_script']}`)."]
-    notes = [f"- `{r['name']}`: {r['note']}" for r in report["stages"] if r.get("note")]
+    shown_above = (report.get("device") or {}).get("fallback")
+    notes = [f"- `{r['name']}`: {r['note']}" for r in report["stages"] if r.get("note") and r["note"] != shown_above]
     if notes:
         lines += ["", "Notes:", *notes]
     deployed = report["stages"][-1]
@@ -412,6 +413,8 @@ def markdown(report: dict) -> str:
         + (next((r["latency"]["what_is_timed"] for r in report["stages"] if r["latency"]), "not measured"))
         + ".",
     ]
+    if dev and dev["status"] == "measured":
+        lines.append(f"On the device ({dev['row']}): {dev['copies_in_timing']}.")
     return "\n".join(lines) + "\n"
 
 
