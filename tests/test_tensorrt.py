@@ -666,11 +666,21 @@ def test_unknown_l4t_gives_a_note(tmp_path):
 
 
 def test_gpu_facts_parses_nvidia_smi():
-    out = "NVIDIA H100 80GB HBM3, 550.54.15, 1980, 1980, 2619, 2619, 34, 71.52, 700.00, 0x0000000000000000\n"
+    # Verbatim output of this exact query on an NVIDIA H200 (driver 580.159.04), recorded on the lent GPU host.
+    out = "NVIDIA H200, 580.159.04, 345, 1980, 3201, 3201, 34, 78.68, 700.00, 0x0000000000000001\n"
     facts = gpu_facts(run=fake_run({"nvidia-smi": out}))
-    assert facts["name"] == "NVIDIA H100 80GB HBM3" and facts["driver"] == "550.54.15"
-    assert facts["sm_clock_mhz"] == 1980 and facts["temperature_c"] == 34 and facts["power_w"] == 71.52
-    assert facts["throttle_reasons"] == 0 and facts["notes"] == []
+    assert facts["name"] == "NVIDIA H200" and facts["driver"] == "580.159.04"
+    assert facts["sm_clock_mhz"] == 345 and facts["sm_clock_max_mhz"] == 1980 and facts["mem_clock_mhz"] == 3201
+    assert facts["temperature_c"] == 34 and facts["power_w"] == 78.68 and facts["power_limit_w"] == 700.0
+    assert facts["throttle_reasons"] == 1 and facts["notes"] == []  # bit 0: GPU idle
+
+
+def test_gpu_facts_unreadable_fields_are_none():
+    # Synthetic line (not a recorded device): nvidia-smi prints [N/A] for fields a GPU does not report.
+    out = "Some GPU, [N/A], 1020, 1020, [N/A], [N/A], 51, [N/A], [N/A], [N/A]\n"
+    facts = gpu_facts(run=fake_run({"nvidia-smi": out}))
+    assert facts["name"] == "Some GPU" and facts["driver"] is None and facts["power_w"] is None
+    assert facts["sm_clock_mhz"] == 1020 and facts["temperature_c"] == 51
 
 
 def test_gpu_facts_without_nvidia_smi():

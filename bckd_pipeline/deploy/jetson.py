@@ -208,9 +208,17 @@ GPU_QUERY = (
 )
 
 
+NOT_AVAILABLE = ("", "[N/A]", "[Not Supported]", "N/A")
+
+
+def _text(value: str) -> str | None:
+    value = value.strip()
+    return None if value in NOT_AVAILABLE else value
+
+
 def _number(value: str):
     value = value.strip()
-    if value in ("", "[N/A]", "[Not Supported]", "N/A"):
+    if value in NOT_AVAILABLE:
         return None
     try:
         return float(value) if "." in value else int(value, 0)
@@ -249,5 +257,5 @@ def gpu_facts(run: Run = subprocess.run) -> dict:
     if len(values) != len(keys):
         notes.append(f"nvidia-smi output not understood: {line[:160]!r}")
         return {**facts, "notes": notes}
-    facts = {k: (v or None) if k in ("name", "driver") else _number(v) for k, v in zip(keys, values, strict=True)}
+    facts = {k: _text(v) if k in ("name", "driver") else _number(v) for k, v in zip(keys, values, strict=True)}
     return {**facts, "notes": notes}
