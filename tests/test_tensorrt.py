@@ -511,6 +511,333 @@ def test_runtime_states_what_is_timed():
     assert "copies and the enqueue" in TensorRTRuntime("m.plan").what_is_timed
 
 
+class CallLog(list):
+    state: dict
+
+
+def make_fake_cuda_and_trt(monkeypatch, *, plan_ok=True, stream_capture=True, input_shape=(1, 3, 4, 4)):
+    """Small stand-ins for pycuda.driver and tensorrt's runtime side, recording what TensorRTRuntime calls.
+
+    "Device memory" is a dict of numpy arrays keyed by address; the fake engine computes logits = 2 * image + 1
+    from whatever is at the bound input address when it runs, so a wrong copy, binding or replay shows in the
+    numbers. Stream capture records enqueues instead of running them, as CUDA does, and replays them on launch.
+    """
+    log = CallLog()
+    memory: dict[int, np.ndarray] = {}
+    state = log.state = {"capturing": None, "next_addr": 0x1000}
+    cuda = types.ModuleType("pycuda.driver")
+
+    class Context:
+        def push(self):
+            log.append("ctx.push")
+
+        def pop(self):
+            log.append("ctx.pop")
+
+        def detach(self):
+            log.append("ctx.detach")
+
+    class Device:
+        @staticmethod
+        def count():
+            return 1
+
+        def __init__(self, index):
+            self.index = index
+
+        def name(self):
+            return "Fake GPU"
+
+        def retain_primary_context(self):
+            return Context()
+
+    class Graph:
+        def __init__(self, ops):
+            self.ops = ops
+
+        def instantiate(self):
+            return self
+
+        def launch(self, stream):
+            log.append("graph.launch")
+            for op in self.ops:
+                op()
+
+    class Stream:
+        handle = 77
+
+        def synchronize(self):
+            log.append("sync")
+
+        if stream_capture:
+
+            def begin_capture(self):
+                log.append("begin_capture")
+                state["capturing"] = []
+
+            def end_capture(self):
+                log.append("end_capture")
+                ops, state["capturing"] = state["capturing"], None
+                return Graph(ops)
+
+    class Event:
+        count = 0
+
+        def __init__(self):
+            Event.count += 1
+            self.id = Event.count
+
+        def record(self, stream):
+            log.append(f"event{self.id}")
+
+        def time_till(self, other):
+            return 0.25
+
+    class Alloc:
+        def __init__(self, nbytes):
+            self.addr = state["next_addr"]
+            state["next_addr"] += 0x1000
+
+        def __int__(self):
+            return self.addr
+
+        def free(self):
+            log.append("free")
+
+    def memcpy_htod_async(dev, host, stream):
+        log.append("htod")
+        memory[int(dev)] = np.array(host)
+
+    def memcpy_dtoh_async(host, dev, stream):
+        log.append("dtoh")
+        host[...] = memory[int(dev)]
+
+    cuda.init = lambda: log.append("init")
+    cuda.Device, cuda.Stream, cuda.Event = Device, Stream, Event
+    cuda.pagelocked_empty = lambda shape, dtype: np.empty(shape, dtype)
+    cuda.mem_alloc = Alloc
+    cuda.memcpy_htod_async, cuda.memcpy_dtoh_async = memcpy_htod_async, memcpy_dtoh_async
+    cuda.get_driver_version = lambda: 12060
+    pycuda = types.ModuleType("pycuda")
+    pycuda.driver, pycuda.VERSION_TEXT = cuda, "2024.1.2"
+
+    trt = types.ModuleType("tensorrt")
+    trt.__version__ = "10.3.0"
+    trt.TensorIOMode = enum.Enum("TensorIOMode", ["INPUT", "OUTPUT"])
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, level):
+            pass
+
+    class ExecutionContext:
+        def __init__(self):
+            self.shapes, self.addresses = {}, {}
+
+        def set_input_shape(self, name, shape):
+            log.append(("set_input_shape", name, tuple(shape)))
+            self.shapes[name] = tuple(shape)
+
+        def get_tensor_shape(self, name):
+            return self.shapes.get("image", input_shape)
+
+        def set_tensor_address(self, name, addr):
+            self.addresses[name] = addr
+
+        def _run(self):
+            # Freshly allocated device memory holds arbitrary bytes; the fake reads it as 0.
+            memory[self.addresses["logits"]] = memory.get(self.addresses["image"], np.float32(0)) * 2 + 1
+
+        def execute_async_v3(self, handle):
+            assert handle == Stream.handle
+            if state["capturing"] is not None:
+                state["capturing"].append(self._run)
+            else:
+                log.append("enqueue")
+                self._run()
+            return True
+
+    class Engine:
+        num_io_tensors = 2
+
+        def get_tensor_name(self, i):
+            return ["image", "logits"][i]
+
+        def get_tensor_mode(self, name):
+            return trt.TensorIOMode.INPUT if name == "image" else trt.TensorIOMode.OUTPUT
+
+        def get_tensor_shape(self, name):
+            return input_shape
+
+        def get_tensor_profile_shape(self, name, index):
+            return [(1, 3, 4, 4)] * 3
+
+        def get_tensor_dtype(self, name):
+            return "float32"
+
+        def create_execution_context(self):
+            return ExecutionContext()
+
+    class Runtime:
+        def __init__(self, logger):
+            pass
+
+        def deserialize_cuda_engine(self, blob):
+            return Engine() if plan_ok else None
+
+    trt.Logger, trt.Runtime, trt.nptype = Logger, Runtime, np.dtype
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setitem(sys.modules, "pycuda", pycuda)
+    monkeypatch.setitem(sys.modules, "pycuda.driver", cuda)
+    return log
+
+
+def infer_calls(log):
+    return [c for c in log if isinstance(c, str) and c not in ("init", "ctx.push")]
+
+
+@pytest.fixture
+def plan(tmp_path):
+    path = tmp_path / "m.plan"
+    path.write_bytes(b"plan bytes")
+    return path
+
+
+def test_runtime_call_sequence_with_copies_in_timing(monkeypatch, plan):
+    log = make_fake_cuda_and_trt(monkeypatch)
+    x = np.arange(48, dtype=np.float32).reshape(1, 3, 4, 4)
+    with TensorRTRuntime(plan) as rt:
+        assert rt.input_spec()["image"].shape == (1, 3, 4, 4)
+        log.clear()
+        out = rt.infer({"image": x})
+        assert log == ["event1", "htod", "enqueue", "dtoh", "event2", "sync"]
+        np.testing.assert_array_equal(out["logits"], x * 2 + 1)
+        assert rt.last_gpu_ms == 0.25
+        assert rt.versions() == {"tensorrt": "10.3.0", "pycuda": "2024.1.2", "cuda_driver": "12.6"}
+        assert rt.settings() == {
+            "copies_in_timing": True,
+            "cuda_graph": False,
+            "cuda_graph_backend": None,
+            "device": "Fake GPU",
+        }
+        log.clear()
+    assert log == ["free", "free", "ctx.pop", "ctx.detach"]
+
+
+def test_runtime_events_around_the_enqueue_alone(monkeypatch, plan):
+    log = make_fake_cuda_and_trt(monkeypatch)
+    with TensorRTRuntime(plan, copies_in_timing=False) as rt:
+        log.clear()
+        rt.infer({"image": np.zeros((1, 3, 4, 4), np.float32)})
+        assert log == ["htod", "event1", "enqueue", "event2", "dtoh", "sync"]
+
+
+def test_runtime_cuda_graph_captures_after_one_plain_enqueue_and_replays(monkeypatch, plan):
+    log = make_fake_cuda_and_trt(monkeypatch)
+    rt = TensorRTRuntime(plan, cuda_graph=True).activate()
+    assert infer_calls(log)[-4:] == ["enqueue", "sync", "begin_capture", "end_capture"]
+    for value in (1.0, 5.0):  # the replayed graph reads the current input, not the one at capture time
+        log.clear()
+        out = rt.infer({"image": np.full((1, 3, 4, 4), value, np.float32)})
+        assert log == ["event1", "htod", "graph.launch", "dtoh", "event2", "sync"]
+        np.testing.assert_array_equal(out["logits"], np.full((1, 3, 4, 4), value * 2 + 1, np.float32))
+    assert rt.settings()["cuda_graph_backend"] == "pycuda stream capture"
+    rt.deactivate()
+
+
+def fake_cudart(log, *, begin_error=False):
+    """cuda.bindings.runtime's stream-capture calls, as (error, value...) tuples like the real bindings."""
+    rt = types.ModuleType("cuda.bindings.runtime")
+    rt.cudaError_t = enum.Enum("cudaError_t", ["cudaSuccess", "cudaErrorStreamCaptureUnsupported"])
+    rt.cudaStreamCaptureMode = enum.Enum("cudaStreamCaptureMode", ["cudaStreamCaptureModeThreadLocal"])
+    ok = rt.cudaError_t.cudaSuccess
+
+    def begin(handle, mode):
+        log.append(("cudaStreamBeginCapture", handle, mode.name))
+        if begin_error:
+            return (rt.cudaError_t.cudaErrorStreamCaptureUnsupported,)
+        log.state["capturing"] = []
+        return (ok,)
+
+    def end(handle):
+        log.append("cudaStreamEndCapture")
+        ops, log.state["capturing"] = log.state["capturing"], None
+        return ok, ops
+
+    def launch(exec_, handle):
+        log.append("cudaGraphLaunch")
+        for op in exec_:
+            op()
+        return (ok,)
+
+    rt.cudaStreamBeginCapture, rt.cudaStreamEndCapture, rt.cudaGraphLaunch = begin, end, launch
+    rt.cudaGraphInstantiate = lambda graph, flags: (ok, graph)
+    rt.cudaGraphExecDestroy = lambda e: log.append("cudaGraphExecDestroy")
+    rt.cudaGraphDestroy = lambda g: log.append("cudaGraphDestroy")
+    bindings = types.ModuleType("cuda.bindings")
+    bindings.runtime = rt
+    return bindings
+
+
+def test_runtime_cuda_graph_through_cuda_bindings_when_pycuda_cannot_capture(monkeypatch, plan):
+    log = make_fake_cuda_and_trt(monkeypatch, stream_capture=False)
+    monkeypatch.setitem(sys.modules, "cuda.bindings", fake_cudart(log))
+    monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", sys.modules["cuda.bindings"].runtime)
+    with TensorRTRuntime(plan, cuda_graph=True) as rt:
+        assert ("cudaStreamBeginCapture", 77, "cudaStreamCaptureModeThreadLocal") in log
+        log.clear()
+        out = rt.infer({"image": np.full((1, 3, 4, 4), 3.0, np.float32)})
+        assert log == ["event1", "htod", "cudaGraphLaunch", "dtoh", "event2", "sync"]
+        np.testing.assert_array_equal(out["logits"], np.full((1, 3, 4, 4), 7.0, np.float32))
+        assert rt.settings()["cuda_graph_backend"] == "cuda.bindings.runtime stream capture"
+        log.clear()
+    assert log[:2] == ["cudaGraphExecDestroy", "cudaGraphDestroy"]
+
+
+def test_runtime_cuda_graph_capture_error_is_reported(monkeypatch, plan):
+    log = make_fake_cuda_and_trt(monkeypatch, stream_capture=False)
+    monkeypatch.setitem(sys.modules, "cuda.bindings", fake_cudart(log, begin_error=True))
+    monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", sys.modules["cuda.bindings"].runtime)
+    with pytest.raises(StageCheckError, match="cudaStreamBeginCapture failed.*without cuda_graph=True"):
+        TensorRTRuntime(plan, cuda_graph=True).activate()
+    assert log[-2:] == ["ctx.pop", "ctx.detach"]
+
+
+def test_runtime_cuda_graph_without_any_capture_api_is_refused(monkeypatch, plan):
+    log = make_fake_cuda_and_trt(monkeypatch, stream_capture=False)
+    monkeypatch.setitem(sys.modules, "cuda", None)
+    monkeypatch.setitem(sys.modules, "cuda.bindings", None)
+    with pytest.raises(ConfigError, match="no Stream.begin_capture.*cuda-python is not installed"):
+        TensorRTRuntime(plan, cuda_graph=True).activate()
+    assert log[-2:] == ["ctx.pop", "ctx.detach"]  # the failed activation released its context
+
+
+def test_runtime_dynamic_input_uses_the_profile_shape(monkeypatch, plan):
+    log = make_fake_cuda_and_trt(monkeypatch, input_shape=(-1, 3, 4, 4))
+    with TensorRTRuntime(plan) as rt:
+        assert ("set_input_shape", "image", (1, 3, 4, 4)) in log
+        assert rt.input_spec()["image"].shape == (1, 3, 4, 4)
+
+
+def test_runtime_foreign_plan_says_engines_are_not_portable(monkeypatch, plan):
+    log = make_fake_cuda_and_trt(monkeypatch, plan_ok=False)
+    with pytest.raises(ConfigError, match="not portable.*Rebuild it on this device"):
+        TensorRTRuntime(plan).activate()
+    assert log[-2:] == ["ctx.pop", "ctx.detach"]
+
+
+def test_runtime_missing_plan_and_several_streams(monkeypatch, plan, tmp_path):
+    make_fake_cuda_and_trt(monkeypatch)
+    with pytest.raises(ConfigError, match="does not exist"):
+        TensorRTRuntime(tmp_path / "nope.plan").activate()
+    feeds = [{"image": np.zeros((1, 3, 4, 4), np.float32)}] * 3
+    with TensorRTRuntime(plan) as rt:
+        with pytest.raises(ConfigError, match="streams=2 is not supported"):
+            rt.infer_concurrently(feeds, 2)
+        assert rt.infer_concurrently(feeds, 1) > 0
+
+
 # -- the device-side import rule ------------------------------------------------------------------
 AGENT_FILES = [
     "bckd_pipeline/__init__.py",
@@ -666,11 +993,21 @@ def test_unknown_l4t_gives_a_note(tmp_path):
 
 
 def test_gpu_facts_parses_nvidia_smi():
-    out = "NVIDIA H100 80GB HBM3, 550.54.15, 1980, 1980, 2619, 2619, 34, 71.52, 700.00, 0x0000000000000000\n"
+    # Verbatim output of this exact query on an NVIDIA H200 (driver 580.159.04), recorded on the lent GPU host.
+    out = "NVIDIA H200, 580.159.04, 345, 1980, 3201, 3201, 34, 78.68, 700.00, 0x0000000000000001\n"
     facts = gpu_facts(run=fake_run({"nvidia-smi": out}))
-    assert facts["name"] == "NVIDIA H100 80GB HBM3" and facts["driver"] == "550.54.15"
-    assert facts["sm_clock_mhz"] == 1980 and facts["temperature_c"] == 34 and facts["power_w"] == 71.52
-    assert facts["throttle_reasons"] == 0 and facts["notes"] == []
+    assert facts["name"] == "NVIDIA H200" and facts["driver"] == "580.159.04"
+    assert facts["sm_clock_mhz"] == 345 and facts["sm_clock_max_mhz"] == 1980 and facts["mem_clock_mhz"] == 3201
+    assert facts["temperature_c"] == 34 and facts["power_w"] == 78.68 and facts["power_limit_w"] == 700.0
+    assert facts["throttle_reasons"] == 1 and facts["notes"] == []  # bit 0: GPU idle
+
+
+def test_gpu_facts_unreadable_fields_are_none():
+    # Synthetic line (not a recorded device): nvidia-smi prints [N/A] for fields a GPU does not report.
+    out = "Some GPU, [N/A], 1020, 1020, [N/A], [N/A], 51, [N/A], [N/A], [N/A]\n"
+    facts = gpu_facts(run=fake_run({"nvidia-smi": out}))
+    assert facts["name"] == "Some GPU" and facts["driver"] is None and facts["power_w"] is None
+    assert facts["sm_clock_mhz"] == 1020 and facts["temperature_c"] == 51
 
 
 def test_gpu_facts_without_nvidia_smi():

@@ -16,7 +16,6 @@ download pages. Releases not in the table are reported as None with a note (neve
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -208,9 +207,17 @@ GPU_QUERY = (
 )
 
 
+NOT_AVAILABLE = ("", "[N/A]", "[Not Supported]", "N/A")
+
+
+def _text(value: str) -> str | None:
+    value = value.strip()
+    return None if value in NOT_AVAILABLE else value
+
+
 def _number(value: str):
     value = value.strip()
-    if value in ("", "[N/A]", "[Not Supported]", "N/A"):
+    if value in NOT_AVAILABLE:
         return None
     try:
         return float(value) if "." in value else int(value, 0)
@@ -238,9 +245,6 @@ def gpu_facts(run: Run = subprocess.run) -> dict:
         "throttle_reasons",
     )
     facts: dict = dict.fromkeys(keys)
-    if run is subprocess.run and shutil.which("nvidia-smi") is None:
-        notes.append("nvidia-smi: command not found (no NVIDIA driver on this host)")
-        return {**facts, "notes": notes}
     out = _command(run, ["nvidia-smi", f"--query-gpu={GPU_QUERY}", "--format=csv,noheader,nounits"], notes)
     if out is None:
         return {**facts, "notes": notes}
@@ -249,5 +253,5 @@ def gpu_facts(run: Run = subprocess.run) -> dict:
     if len(values) != len(keys):
         notes.append(f"nvidia-smi output not understood: {line[:160]!r}")
         return {**facts, "notes": notes}
-    facts = {k: (v or None) if k in ("name", "driver") else _number(v) for k, v in zip(keys, values, strict=True)}
+    facts = {k: _text(v) if k in ("name", "driver") else _number(v) for k, v in zip(keys, values, strict=True)}
     return {**facts, "notes": notes}
