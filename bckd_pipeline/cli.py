@@ -162,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("doctor", help="which backends and devices this host has", formatter_class=fmt)
 
     p = sub.add_parser("bench", help="measure an exported model under the latency protocol", formatter_class=fmt)
-    p.add_argument("model", type=Path, help="an .onnx file, or an OpenVINO model.xml")
+    p.add_argument("model", type=Path, help="an .onnx file, an OpenVINO model.xml, or a TensorRT plan built here")
     p.add_argument("--target", default="onnxruntime-cpu", help="target whose backend and device run the model")
     p.add_argument("--precision", default=None, help="label for the report (default: read from the file name)")
     p.add_argument("--runs", type=int, default=200, help="timed runs")
@@ -482,10 +482,15 @@ def _deploy_config(args, preset):
 
 def _targets(doctor: bool) -> int:
     from .targets import TARGETS, check_availability
-    from .targets.availability import EXTRAS, module_present
+    from .targets.availability import EXTRAS, TENSORRT_HINT, module_present
 
     if doctor:
         for backend, (module, install) in EXTRAS.items():
+            if backend.value == "tensorrt":  # its targets build with ONNX Runtime; the engine needs these
+                missing = [m for m in ("tensorrt", "pycuda") if not module_present(m)]
+                state = "installed" if not missing else f"missing {', '.join(missing)}: {TENSORRT_HINT}"
+                print(f"{backend.value:12s} {state} (engines are built on the device with --device ssh://)")
+                continue
             print(f"{backend.value:12s} {'installed' if module_present(module) else 'missing: ' + install}")
         if module_present("openvino"):
             from .targets.availability import openvino_devices
@@ -500,7 +505,7 @@ def _targets(doctor: bool) -> int:
             if a.can_build
             else "unavailable"
         )
-        print(f"{t.name:22s} {t.backend.value:12s} {t.device:5s} {t.precision.value:5s} {where}")
+        print(f"{t.name:22s} {t.backend.value:12s} {t.device:16s} {t.precision.value:5s} {where}")
         if doctor and a.reason:
             print(f"{'':22s} {a.reason}")
         elif not doctor:
@@ -533,8 +538,12 @@ def _bench(args, console) -> int:
         rt = OpenVINORuntime(
             args.model, device=profile.device, precision=precision, threads=args.threads, streams=streams
         )
-    else:
-        raise ConfigError(f"bench --target {args.target}: backend {profile.backend} is not measured by this command.")
+    else:  # TensorRT: a plan built on this host's GPU (engines are not portable)
+        from .deploy.backends.tensorrt import TensorRTRuntime
+
+        if args.mode == "throughput":
+            raise ConfigError("bench --mode throughput is not built for TensorRT engines; use --mode latency.")
+        rt = TensorRTRuntime(args.model, precision=precision)
     spec = LatencySpec(
         warmup_runs=args.warmup_runs, warmup_s=args.warmup_s, runs=args.runs, threads=args.threads, streams=args.streams
     )
