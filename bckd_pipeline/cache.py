@@ -13,15 +13,9 @@ import json
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
-from .distill.checkpoint import atomic_write
+from .fileio import atomic_write, file_sha256
 
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+__all__ = ["StageCache", "file_sha256", "stage_key"]
 
 
 def _plain(obj):

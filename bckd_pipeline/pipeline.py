@@ -743,7 +743,11 @@ def device_stage(ctx: DeployContext, out: Path, cache: StageCache, qdq: Built) -
     if result["engine"]:
         plan = dest / result["engine"]["file"]
         return [Built("tensorrt-int8", Backend.TENSORRT, Precision.INT8, plan, qdq.name, result["engine"]["build"])]
-    return [Built(result["row"], Backend(result["backend"]), Precision.INT8, None, qdq.name, {"fallback": result["fallback"]})]
+    return [
+        Built(
+            result["row"], Backend(result["backend"]), Precision.INT8, None, qdq.name, {"fallback": result["fallback"]}
+        )
+    ]
 
 
 def _is_device_row(ctx: DeployContext, b: Built) -> bool:

@@ -204,7 +204,8 @@ def test_run_target_jetson_without_tensorrt_is_an_honest_pending_report(jetson_r
     manifest = _json(out / "manifest.json")
     assert manifest["deployable"] == ["deploy/model.qdq.onnx"]
     assert {f["path"] for f in manifest["device_bundle"]} == {
-        f"deploy/tensorrt/bundle/{n}" for n in ("job.json", "model.qdq.onnx", "feeds.npz", "agent.pyz", "build_engine.sh", "README.txt")
+        f"deploy/tensorrt/bundle/{n}"
+        for n in ("job.json", "model.qdq.onnx", "feeds.npz", "agent.pyz", "build_engine.sh", "README.txt")
     }
     assert manifest["engine"] is None and manifest["calibration_manifest"]["sha256"]
     assert not (out / "deploy/tensorrt/device").exists()

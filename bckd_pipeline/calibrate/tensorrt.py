@@ -60,7 +60,8 @@ def quantize_for_tensorrt(
         problems = check_tensorrt_qdq(tmp)
         if problems:
             raise StageCheckError(
-                f"The Q/DQ ONNX from {quantizer} is not TensorRT-ready: " + "; ".join(problems[:5])
+                f"The Q/DQ ONNX from {quantizer} is not TensorRT-ready: "
+                + "; ".join(problems[:5])
                 + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else "")
             )
 
@@ -106,7 +107,7 @@ def _modelopt_writer(source: Path, tmp: Path, feeds: DatasetFeeds, spec: Calibra
         from modelopt.onnx.quantization import quantize
     except ImportError:
         raise BackendMissingError(
-            "--trt-quantizer modelopt needs NVIDIA Model Optimizer: pip install \"bckd-pipeline[modelopt]\" "
+            '--trt-quantizer modelopt needs NVIDIA Model Optimizer: pip install "bckd-pipeline[modelopt]" '
             "(it pins onnxruntime-gpu and an older onnx; use a separate environment), or use the default "
             "--trt-quantizer onnxruntime."
         ) from None

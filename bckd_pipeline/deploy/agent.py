@@ -20,13 +20,14 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
 import sys
 import time
 import traceback
 from pathlib import Path
 
 import numpy as np
+
+from ..fileio import atomic_write, file_sha256
 
 JOB_FORMAT = "bckd-pipeline/device-job-v1"
 RESULT_FORMAT = "bckd-pipeline/device-result-v1"
@@ -39,24 +40,6 @@ LATENCY_IMAGES = 8  # the host's latency stage times the same first 8 evaluation
 def feed_digest(image: np.ndarray) -> str:
     """Identifies one preprocessed input, so the host can pair device outputs with its own images."""
     return hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest()
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _facts() -> dict:
@@ -98,7 +81,7 @@ def _runtime(job: dict, work: Path, out: Path):
         build = build_engine(work / job["onnx"], plan, recipe, log_path=out / "build.log")
         version = parse_trt_version(trt.__version__)
         command = trtexec_command(job["onnx"], PLAN_FILE, recipe, version)
-        _write_atomic(out / "trtexec.sh", lambda t: t.write_text("#!/bin/sh\n" + " ".join(command) + "\n"))
+        atomic_write(out / "trtexec.sh", lambda t: t.write_text("#!/bin/sh\n" + " ".join(command) + "\n"))
         runtime = TensorRTRuntime(
             plan, name="tensorrt-int8", precision="int8", copies_in_timing=True, cuda_graph=job["cuda_graph"]
         )
@@ -149,7 +132,7 @@ def run_job(job_file: Path, out: Path | None = None) -> dict:
         with open(tmp, "wb") as f:
             np.savez_compressed(f, labels=stacked)
 
-    _write_atomic(out / LABELS_FILE, save_labels)
+    atomic_write(out / LABELS_FILE, save_labels)
     files = [LABELS_FILE] + ([PLAN_FILE, "build.log", "trtexec.sh"] if engine else [])
     result = {
         "format": RESULT_FORMAT,
@@ -164,11 +147,11 @@ def run_job(job_file: Path, out: Path | None = None) -> dict:
         "latency": latency,
         "images": len(images),
         "digests": [feed_digest(i[None]) for i in images],
-        "files": {name: sha256(out / name) for name in files if (out / name).exists()},
+        "files": {name: file_sha256(out / name) for name in files if (out / name).exists()},
         "seconds": time.time() - started,
         "python": sys.version.split()[0],
     }
-    _write_atomic(out / RESULT_FILE, lambda t: t.write_text(json.dumps(result, indent=2, default=str)))
+    atomic_write(out / RESULT_FILE, lambda t: t.write_text(json.dumps(result, indent=2, default=str)))
     return result
 
 
@@ -186,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         out.mkdir(parents=True, exist_ok=True)
         error = {"format": RESULT_FORMAT, "ok": False, "error": f"{type(e).__name__}: {e}"}
-        _write_atomic(out / RESULT_FILE, lambda t: t.write_text(json.dumps(error, indent=2)))
+        atomic_write(out / RESULT_FILE, lambda t: t.write_text(json.dumps(error, indent=2)))
         return 1
 
 

@@ -25,7 +25,8 @@ import numpy as np
 from ..calibrate.data import DatasetFeeds
 from ..errors import StageCheckError
 from ..targets.profiles import LatencySpec, TargetProfile
-from .agent import JOB_FORMAT, LABELS_FILE, RESULT_FILE, RESULT_FORMAT, feed_digest, sha256
+from ..fileio import atomic_write, file_sha256
+from .agent import JOB_FORMAT, LABELS_FILE, RESULT_FILE, RESULT_FORMAT, feed_digest
 from .runtime import Feed, Runtime, TensorSpec
 
 # What the agent imports on the device: the Runtime lifecycle, the latency protocol, the TensorRT
@@ -33,6 +34,7 @@ from .runtime import Feed, Runtime, TensorSpec
 AGENT_MODULES = (
     "__init__.py",
     "errors.py",
+    "fileio.py",
     "targets/__init__.py",
     "targets/availability.py",
     "targets/profiles.py",
@@ -74,7 +76,7 @@ def build_agent(path: Path) -> Path:
                 z.write(package / rel, f"bckd_pipeline/{rel}")
             z.writestr("__main__.py", "import sys\nfrom bckd_pipeline.deploy.agent import main\nsys.exit(main())\n")
 
-    _atomic(path, write)
+    atomic_write(path, write)
     return path
 
 
@@ -184,7 +186,7 @@ def read_result(folder: Path, job: dict) -> dict:
     if not result.get("ok"):
         raise StageCheckError(f"The device-side build or measurement failed: {result.get('error')}")
     for name, digest in result["files"].items():
-        if not (folder / name).is_file() or sha256(folder / name) != digest:
+        if not (folder / name).is_file() or file_sha256(folder / name) != digest:
             raise StageCheckError(
                 f"{name} from the device does not match the sha256 the device reported: the transfer was "
                 "incomplete. Run again; nothing was kept."
@@ -240,9 +242,3 @@ class ReplayRuntime(Runtime):
         if digest not in self._by_digest:
             raise StageCheckError(f"The device returned no output for this input (digest {digest[:12]}).")
         return {"labels": self._by_digest[digest][None].astype(np.int64)}
-
-
-def _atomic(path: Path, write) -> None:
-    from ..distill.checkpoint import atomic_write
-
-    atomic_write(path, write)

@@ -89,7 +89,9 @@ class RemoteDevice:
         self.options = options
         for tool in ("ssh", "scp"):
             if shutil.which(tool) is None:
-                raise DeviceError(f"--device {target} needs the OpenSSH client ({tool} not on PATH): apt install openssh-client.")
+                raise DeviceError(
+                    f"--device {target} needs the OpenSSH client ({tool} not on PATH): apt install openssh-client."
+                )
 
     # -- the two primitives ----------------------------------------------------------------------
     def _common(self, port_flag: str) -> list[str]:
@@ -140,18 +142,17 @@ class RemoteDevice:
     def _explain(self, stderr: str, what: str) -> str:
         text = stderr.strip()
         t = self.target
-        if "Host key verification failed" in text or "No " in text and "host key is known" in text:
+        port = f"-p {t.port} " if t.port else ""
+        if "Host key verification failed" in text or ("No " in text and "host key is known" in text):
             kh = self.options.known_hosts or "~/.ssh/known_hosts"
             return (
                 f"{what}: the host key of {t.host} is not in {kh} (or has changed), and host-key checking stays on. "
-                f"Check the device's fingerprint, then add it: ssh-keyscan {'-p ' + str(t.port) + ' ' if t.port else ''}"
-                f"{t.host} >> {kh}. ssh said: {text}"
+                f"Check the device's fingerprint, then add it: ssh-keyscan {port}{t.host} >> {kh}. ssh said: {text}"
             )
         if "Permission denied" in text or "Too many authentication failures" in text:
             return (
                 f"{what}: {t} refused the login (ssh: {text}). Give the key the device accepts with --ssh-identity "
-                f"PATH, or install yours there: ssh-copy-id {'-p ' + str(t.port) + ' ' if t.port else ''}"
-                f"{t.destination}."
+                f"PATH, or install yours there: ssh-copy-id {port}{t.destination}."
             )
         if any(s in text for s in ("Connection refused", "timed out", "No route to host", "Could not resolve",
                                    "Network is unreachable", "Connection closed", "Connection reset")):  # fmt: skip
@@ -207,7 +208,12 @@ class RemoteDevice:
     def _result_files(self, work: str, res: subprocess.CompletedProcess) -> list[str]:
         """The agent's exit status and ``result.json``: which files to bring back, or the device's error."""
         listing = self.run(
-            [self.options.python, "-c", "import sys; sys.stdout.write(open(sys.argv[1]).read())", f"{work}/out/{RESULT_FILE}"],
+            [
+                self.options.python,
+                "-c",
+                "import sys; sys.stdout.write(open(sys.argv[1]).read())",
+                f"{work}/out/{RESULT_FILE}",
+            ],
             timeout=self.options.connect_timeout_s + 30,
             what="reading the device's result",
         )

@@ -33,17 +33,14 @@ project pieces (``bckd_pipeline.errors``) and, lazily inside ``build_engine``, `
 
 from __future__ import annotations
 
-import hashlib
-import os
 import re
 import shlex
-import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import BackendMissingError, ConfigError, ExportError, StageCheckError
+from ..fileio import atomic_write, file_sha256
 
 PRECISIONS = ("int8", "fp16", "fp32")
 OPTIMIZATION_LEVELS = range(0, 6)  # IBuilderConfig.builder_optimization_level: 0..5, default 3
@@ -240,23 +237,6 @@ def trtexec_command(onnx_path: str | Path, plan_path: str | Path, recipe: Engine
     return cmd
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None], mode: int | None = None) -> None:
-    """Write to a temp file in the same folder, then os.replace it onto ``path`` (no torch needed)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, (0o666 if mode is None else mode) & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_build_script(
     path: str | Path, onnx_name: str, plan_name: str, recipe: EngineRecipe, version: Version
 ) -> Path:
@@ -281,7 +261,7 @@ def write_build_script(
         f'if ! command -v "$TRTEXEC" >/dev/null 2>&1 && [ -x {TRTEXEC_SEARCH} ]; then TRTEXEC={TRTEXEC_SEARCH}; fi\n'
         f'"$TRTEXEC" \\\n    {args}\n'
     )
-    _atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), mode=0o777)
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), mode=0o777)
     return path
 
 
@@ -315,7 +295,7 @@ def _make_logger(trt, lines: list[str]):
 
 def _write_log(log_path: Path | None, lines: list[str]) -> None:
     if log_path is not None:
-        _atomic_write(Path(log_path), lambda tmp: tmp.write_text("\n".join(lines) + "\n", encoding="utf-8"))
+        atomic_write(Path(log_path), lambda tmp: tmp.write_text("\n".join(lines) + "\n", encoding="utf-8"))
 
 
 def _parser_errors(parser) -> list[str]:
@@ -329,14 +309,6 @@ def _parser_errors(parser) -> list[str]:
             where += f" ({op})"
         out.append(f"{where}: {err.desc()}")
     return out
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def build_engine(
@@ -415,10 +387,10 @@ def _build(trt, logger, lines, onnx_path, plan_path, recipe, settings, log_path)
             + " Typical fixes: a larger workspace_mib, another precision, or leave dla_core unset."
         )
     data = bytes(memoryview(serialized))
-    _atomic_write(plan_path, lambda tmp: tmp.write_bytes(data))
+    atomic_write(plan_path, lambda tmp: tmp.write_bytes(data))
     if cache_path is not None:
         blob = bytes(memoryview(config.get_timing_cache().serialize()))
-        _atomic_write(cache_path, lambda tmp: tmp.write_bytes(blob))
+        atomic_write(cache_path, lambda tmp: tmp.write_bytes(blob))
 
     return {
         **settings,
@@ -426,7 +398,7 @@ def _build(trt, logger, lines, onnx_path, plan_path, recipe, settings, log_path)
         "build_s": time.perf_counter() - start,
         "plan": str(plan_path),
         "plan_bytes": len(data),
-        "plan_sha256": _sha256(plan_path),
+        "plan_sha256": file_sha256(plan_path),
         "onnx": str(onnx_path),
         "log": str(log_path) if log_path is not None else None,
     }
