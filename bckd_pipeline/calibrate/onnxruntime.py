@@ -39,12 +39,6 @@ def _reader(feeds: DatasetFeeds):
 
 def quantize_ort(source: Path, path: Path, feeds: DatasetFeeds, spec: CalibrationSpec) -> tuple[Path, dict]:
     """FP32 ONNX -> INT8 QDQ ONNX calibrated on ``feeds``; returns the path and the settings used."""
-    try:
-        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-        from onnxruntime.quantization.shape_inference import quant_pre_process
-    except ImportError:
-        raise BackendMissingError("onnxruntime is not installed: pip install onnxruntime.") from None
-
     settings = {
         "format": "QDQ",
         "activation_type": "QUInt8",
@@ -54,25 +48,41 @@ def quantize_ort(source: Path, path: Path, feeds: DatasetFeeds, spec: Calibratio
         "calibration_images": len(feeds),
         "pre_process": True,
     }
-    extra = {"CalibMovingAverage": False}
-    if spec.method == "percentile":
-        extra["CalibPercentile"] = 99.999
-
-    def write(tmp: Path) -> None:
-        with tempfile.TemporaryDirectory(dir=Path(path).parent) as work:
-            pre = Path(work) / "pre.onnx"
-            quant_pre_process(str(source), str(pre), skip_symbolic_shape=True)
-            quantize_static(
-                str(pre),
-                str(tmp),
-                _reader(feeds),
-                quant_format=QuantFormat.QDQ,
-                per_channel=True,
-                activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-                calibrate_method=getattr(CalibrationMethod, METHODS[spec.method]),
-                extra_options=extra,
-            )
-
-    atomic_write(path, write)
+    atomic_write(path, lambda tmp: quantize_qdq(source, tmp, feeds, spec, activation_type="QUInt8"))
     return Path(path), settings
+
+
+def quantize_qdq(
+    source: Path,
+    tmp: Path,
+    feeds: DatasetFeeds,
+    spec: CalibrationSpec,
+    *,
+    activation_type: str,
+    op_types: list[str] | None = None,
+    extra: dict | None = None,
+) -> None:
+    """``quant_pre_process`` then ORT's static QDQ quantizer (per-channel s8 weights) into ``tmp``."""
+    try:
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+    except ImportError:
+        raise BackendMissingError("onnxruntime is not installed: pip install onnxruntime.") from None
+    options = {"CalibMovingAverage": False, **(extra or {})}
+    if spec.method == "percentile":
+        options["CalibPercentile"] = 99.999
+    with tempfile.TemporaryDirectory(dir=Path(tmp).parent) as work:
+        pre = Path(work) / "pre.onnx"
+        quant_pre_process(str(source), str(pre), skip_symbolic_shape=True)
+        quantize_static(
+            str(pre),
+            str(tmp),
+            _reader(feeds),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=op_types,
+            per_channel=True,
+            activation_type=getattr(QuantType, activation_type),
+            weight_type=QuantType.QInt8,
+            calibrate_method=getattr(CalibrationMethod, METHODS[spec.method]),
+            extra_options=options,
+        )

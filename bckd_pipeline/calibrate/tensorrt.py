@@ -21,7 +21,6 @@ Two quantizers make it, both calibrated on the calibration images (never random 
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +29,7 @@ from ..distill.checkpoint import atomic_write
 from ..errors import BackendMissingError, ConfigError, StageCheckError
 from ..targets.profiles import CalibrationSpec
 from .data import DatasetFeeds
-from .onnxruntime import METHODS, _reader
+from .onnxruntime import quantize_qdq
 
 QUANTIZERS = ("onnxruntime", "modelopt")
 # The layers TensorRT runs in INT8 when their inputs carry Q/DQ; activations elsewhere stay float.
@@ -70,36 +69,14 @@ def quantize_for_tensorrt(
 
 
 def _ort_writer(source: Path, tmp: Path, feeds: DatasetFeeds, spec: CalibrationSpec) -> None:
-    try:
-        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-        from onnxruntime.quantization.shape_inference import quant_pre_process
-    except ImportError:
-        raise BackendMissingError("onnxruntime is not installed: pip install onnxruntime.") from None
     extra = {
         "ActivationSymmetric": True,
         "WeightSymmetric": True,
         "QuantizeBias": False,
         # One Q/DQ pair per consumer: TensorRT fuses each pair into the layer that reads it.
         "DedicatedQDQPair": True,
-        "CalibMovingAverage": False,
     }
-    if spec.method == "percentile":
-        extra["CalibPercentile"] = 99.999
-    with tempfile.TemporaryDirectory(dir=tmp.parent) as work:
-        pre = Path(work) / "pre.onnx"
-        quant_pre_process(str(source), str(pre), skip_symbolic_shape=True)
-        quantize_static(
-            str(pre),
-            str(tmp),
-            _reader(feeds),
-            quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=list(QUANTIZED_OPS),
-            per_channel=True,
-            activation_type=QuantType.QInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=getattr(CalibrationMethod, METHODS[spec.method]),
-            extra_options=extra,
-        )
+    quantize_qdq(source, tmp, feeds, spec, activation_type="QInt8", op_types=list(QUANTIZED_OPS), extra=extra)
 
 
 def _modelopt_writer(source: Path, tmp: Path, feeds: DatasetFeeds, spec: CalibrationSpec) -> None:
