@@ -782,7 +782,9 @@ def qualitative_stage(ctx: DeployContext, out: Path, cache: StageCache, built: l
         predictors["deployed"] = lambda i: labels_of(next(iter(rt.infer({feeds.input_name: feeds.images[i]}).values())))
         where = ctx.profile.device if _on_target(ctx, deployed) else "the host CPU plugin (device absent)"
         notes["deployed"] = f"{deployed.name} ({deployed.backend} {deployed.precision}) on {where}"
-        result = ev.write_qualitative(out, images, truth, feeds.names[:n], predictors, notes)
+        result = ev.write_qualitative(
+            out, images, truth, feeds.names[:n], predictors, notes, ctx.meta.ignore_index
+        )
     cache.store("qualitative", key, [out / ev.QUALITATIVE_FILE], result)
     return result
 

@@ -116,6 +116,7 @@ def write_qualitative(
     names: Sequence[str],
     predictors: dict[str, Predictor | None],
     notes: dict[str, str],
+    ignore_index: int,
 ) -> dict:
     """Run every available predictor on the images and save the label maps; return the summary for report.json.
 
@@ -137,6 +138,7 @@ def write_qualitative(
         "path": QUALITATIVE_FILE,
         "sha256": file_sha256(path),
         "images": list(names),
+        "ignore_index": int(ignore_index),
         "columns": present,
         "missing": missing,
         "notes": {k: v for k, v in notes.items() if k in present},

@@ -325,3 +325,6 @@ def write_reports(out: Path, report: dict) -> None:
     write_json(out / "report.json", report)
     text = markdown(report)
     atomic_write(out / "report.md", lambda tmp: tmp.write_text(text))
+    from .html import write_html  # report.html: the same run on one self-contained page
+
+    write_html(out, report)
