@@ -323,7 +323,7 @@ def dispatch(args) -> int:
         if args.budgets is not None:  # a bad budgets file fails before any training
             from .deploy.budgets import load_budgets
 
-            load_budgets(args.budgets).for_target(args.target, f"--target {args.target}")
+            load_budgets(args.budgets).for_target(args.target, "this run")
     data = _data_config(args, preset)
     from .distill import stage
 

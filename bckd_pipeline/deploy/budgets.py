@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import ConfigError, did_you_mean, unknown_name
+from ..errors import ConfigError, did_you_mean
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -102,14 +102,14 @@ class Budgets:
     targets: dict[str, TargetBudgets]
 
     def for_target(self, target: str, where: str) -> TargetBudgets:
-        """The table for ``target``; a report of another target is bad input (``where`` names the report)."""
+        """The table for ``target``; a report of another target is bad input (``where`` names the report or run)."""
         if target not in self.targets:
             from ..errors import DataError
 
             raise DataError(
-                f"{where} is a report of target {target!r}, but {self.path} has budgets for "
-                f"{', '.join(sorted(self.targets)) or 'no target'}. Gate the report of the target the budgets are "
-                f"for, or add a [{target}] table to {self.path} (an empty table gives the target's default budgets)."
+                f"{self.path} has no [{target}] table: {where} is of target {target!r}, and the file budgets "
+                f"{', '.join(sorted(self.targets))}. Gate a report of a target the file budgets, or add a [{target}] "
+                "table (an empty one gives the target's default budgets)."
             )
         return self.targets[target]
 
@@ -225,8 +225,9 @@ def parse_budgets(text: str, path: str = "<budgets>") -> Budgets:
         if name == "gate":
             continue
         if name not in TARGETS:
-            raise unknown_name(
-                f"target table in {path}:", name, TARGETS, "Name each table after a target (`bckd-pipeline targets`)."
+            raise ConfigError(
+                f"{path}: [{name}] is not a target.{did_you_mean(name, TARGETS)} Allowed tables: gate, "
+                f"{', '.join(sorted(TARGETS))}. Name each budgets table after a target (`bckd-pipeline targets`)."
             )
         if not isinstance(body, Mapping):
             raise ConfigError(f"{path}: {name!r} must be a table ([{name}]) of budgets, got {type(body).__name__}.")

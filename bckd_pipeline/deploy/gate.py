@@ -392,7 +392,7 @@ def gate(
 
         raise ConfigError(f"--confidence {settings.confidence!r} must be a fraction in (0.5, 1), e.g. 0.95.")
     target = report.get("target")
-    tb = budgets.for_target(target, str(report_path))
+    tb = budgets.for_target(target, f"report {report_path}")
     rows = _rows(report)
     if not rows:
         raise DataError(f"{report_path} has no ledger stages. Pass the report of a finished run.")
