@@ -52,9 +52,9 @@ max_artifact_mb = 0.001
 """
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def smoke(tmp_path_factory) -> Path:
-    """One real `run --preset smoke` (onnxruntime-cpu), shared by the tests below."""
+    """One real `run --preset smoke` (onnxruntime-cpu), shared by these tests and test_html.py."""
     from bckd_pipeline.cli import main
 
     out = tmp_path_factory.mktemp("gate") / "R"

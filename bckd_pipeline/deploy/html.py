@@ -132,7 +132,7 @@ def latency_svg(report: dict) -> str:
     def x(v: float) -> float:
         return left + width * v / hi
 
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 190}" height="{height}" role="img" '
+    parts = [f'<svg width="{left + width + 190}" height="{height}" role="img" '
              f'aria-label="latency distributions" class="plot latency">']
     for i, (name, samples) in enumerate(stages):
         y = 10 + i * row_h
@@ -176,7 +176,7 @@ def class_delta_svg(report: dict) -> str:
         left, width, bar_h = 120, 360, 14
         mid = left + width / 2
         height = bar_h * len(vals) + 34
-        parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 70}" height="{height}" role="img" '
+        parts = [f'<svg width="{left + width + 70}" height="{height}" role="img" '
                  f'aria-label="per-class IoU delta of {html.escape(r["name"])}" class="plot classes">',
                  f'<text x="4" y="12" font-size="12" font-weight="600">{html.escape(r["name"])}</text>']
         for i, (v, d) in enumerate(zip(vals, deltas, strict=True)):
