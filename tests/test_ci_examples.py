@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from test_gate import smoke  # noqa: F401  (the session fixture: one real smoke run)
 
 from bckd_pipeline.cli import build_parser
 from bckd_pipeline.deploy.budgets import load_budgets
@@ -66,8 +65,8 @@ def test_ci_example_calls_real_commands_and_flags(file, kind):
         assert job["artifacts"]["reports"]["junit"] == "runs/ci/gate.xml" and job["allow_failure"]["exit_codes"] == [3]
 
 
-def test_the_example_budgets_pass_a_real_smoke_report(smoke, capsys):  # noqa: F811
+def test_the_example_budgets_pass_a_real_smoke_report(smoke_report, capsys):
     from test_cli import run_cli
 
-    rc, out, err = run_cli(capsys, "gate", smoke, "--budgets", CI / "budgets.toml")
+    rc, out, err = run_cli(capsys, "gate", smoke_report, "--budgets", CI / "budgets.toml")
     assert rc == 0, out + err

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_cli import SMOKE, assert_clean_error, run_cli
+from conftest import GATE_RUN_FLAGS as RUN_FLAGS
+from test_cli import assert_clean_error, run_cli
 
 from bckd_pipeline.deploy.budgets import GateSettings, parse_budgets
 from bckd_pipeline.deploy.gate import (
@@ -22,7 +23,6 @@ from bckd_pipeline.deploy.gate import (
 from bckd_pipeline.errors import ConfigError
 from bckd_pipeline.metrics import ConfusionMatrix
 
-RUN_FLAGS = [*SMOKE, "--latency-runs", "20", "--no-throughput"]
 DEPLOYED = "onnxruntime-int8"
 
 PASSING = """
@@ -52,16 +52,6 @@ max_artifact_mb = 0.001
 """
 
 
-@pytest.fixture(scope="session")
-def smoke(tmp_path_factory) -> Path:
-    """One real `run --preset smoke` (onnxruntime-cpu), shared by these tests and test_html.py."""
-    from bckd_pipeline.cli import main
-
-    out = tmp_path_factory.mktemp("gate") / "R"
-    assert main(["run", *RUN_FLAGS, "--out", str(out)]) == 0
-    return out
-
-
 def _write(tmp_path: Path, text: str, name: str = "budgets.toml") -> Path:
     path = tmp_path / name
     path.write_text(text)
@@ -72,8 +62,8 @@ def _report(out: Path) -> dict:
     return json.loads((out / "report.json").read_text())
 
 
-def _copy(smoke: Path, dst: Path) -> Path:
-    shutil.copytree(smoke, dst)
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
     return dst
 
 
@@ -170,34 +160,34 @@ def test_latency_noise_rule_on_synthetic_samples():
 # ---------------------------------------------------------------------------------------------
 # a real smoke report
 # ---------------------------------------------------------------------------------------------
-def test_smoke_report_keeps_timed_runs_per_image_confusions_and_masks(smoke):
+def test_smoke_report_keeps_timed_runs_per_image_confusions_and_masks(smoke_report):
     from bckd_pipeline.deploy.evidence import load_parity_images, load_qualitative
 
-    report = _report(smoke)
+    report = _report(smoke_report)
     rows = {r["name"]: r for r in report["stages"]}
     for r in rows.values():
         assert len(r["latency"]["samples_ms"]) == 20
         assert r["latency_ms"]["p50"] == pytest.approx(float(np.median(r["latency"]["samples_ms"])))
-    images = load_parity_images(report, smoke / "report.json")
+    images = load_parity_images(report, smoke_report / "report.json")
     assert len(images.names) == report["evaluation"]["images"]
     for name, cm in images.confusion.items():  # summed per-image confusions give the ledger's mIoU
         assert miou_of(cm.sum(0)) == pytest.approx(rows[name]["miou"])
-    assert rows[DEPLOYED]["artifact_bytes"] == (smoke / "deploy/model.int8.onnx").stat().st_size
-    masks = load_qualitative(smoke, report["qualitative"])
+    assert rows[DEPLOYED]["artifact_bytes"] == (smoke_report / "deploy/model.int8.onnx").stat().st_size
+    masks = load_qualitative(smoke_report, report["qualitative"])
     assert report["qualitative"]["columns"] == ["teacher", "student alone", "distilled", "deployed"]
     assert masks["image"].shape == (4, 64, 64, 3) and masks["pred/deployed"].shape == (4, 64, 64)
 
 
-def test_gate_passes_and_fails_a_real_report_with_exit_codes_and_named_violations(smoke, tmp_path, capsys):
-    rc, out, err = run_cli(capsys, "gate", smoke / "report.json", "--budgets", _write(tmp_path, PASSING))
+def test_gate_passes_and_fails_a_real_report_with_exit_codes_and_named_violations(smoke_report, tmp_path, capsys):
+    rc, out, err = run_cli(capsys, "gate", smoke_report / "report.json", "--budgets", _write(tmp_path, PASSING))
     assert rc == 0, out + err
     assert "PASSED: all 8 budget checks within budget (exit code 0)" in out
     assert "ΔmIoU >= " in out and "with 95% confidence" in out and "of 20 timed runs" in out
 
-    rc, out, err = run_cli(capsys, "gate", smoke, "--budgets", _write(tmp_path, FAILING, "f.toml"))
+    rc, out, err = run_cli(capsys, "gate", smoke_report, "--budgets", _write(tmp_path, FAILING, "f.toml"))
     assert rc == 1, out + err
     assert "FAILED: 3 of 5 budget checks violated (exit code 1)" in out
-    p50 = float(np.median(_report(smoke)["stages"][-1]["latency"]["samples_ms"]))
+    p50 = float(np.median(_report(smoke_report)["stages"][-1]["latency"]["samples_ms"]))
     assert f"FAIL     {DEPLOYED}: median {p50:.3f} ms of 20 timed runs vs budget max_p50_ms 0.001 ms" in out
     assert f"{DEPLOYED}: mIoU " in out and "vs budget min_miou 99: short by" in out
     assert "vs budget max_artifact_mb 0.001: over by" in out
@@ -205,10 +195,10 @@ def test_gate_passes_and_fails_a_real_report_with_exit_codes_and_named_violation
     assert "min_pixel_agreement 0.95: within budget [default budget of target onnxruntime-cpu]" in out
 
 
-def test_junit_and_markdown_outputs_validate(smoke, tmp_path, capsys):
+def test_junit_and_markdown_outputs_validate(smoke_report, tmp_path, capsys):
     junit, md = tmp_path / "gate.xml", tmp_path / "summary.md"
     budgets = _write(tmp_path, FAILING + "max_p99_ms = 1000\n")
-    rc, out, _ = run_cli(capsys, "gate", smoke, "--budgets", budgets, "--junit", junit, "--markdown", md)
+    rc, out, _ = run_cli(capsys, "gate", smoke_report, "--budgets", budgets, "--junit", junit, "--markdown", md)
     assert rc == 1
     root = ET.parse(junit).getroot()
     assert root.tag == "testsuites"
@@ -227,9 +217,9 @@ def test_junit_and_markdown_outputs_validate(smoke, tmp_path, capsys):
     assert all(line.count(" | ") == 5 for line in table)  # 6 cells: no stray pipe from a message
 
 
-def _pending_copy(smoke: Path, dst: Path) -> Path:
+def _pending_copy(smoke_report: Path, dst: Path) -> Path:
     """The smoke run as a device-absent target would report it: the deployed row pending, with nulls."""
-    out = _copy(smoke, dst)
+    out = _copy(smoke_report, dst)
     report = _report(out)
     row = report["stages"][-1]
     row.update(status="pending", miou=None, miou_delta=None, pixel_agreement=None, fps=None, latency=None)
@@ -239,8 +229,8 @@ def _pending_copy(smoke: Path, dst: Path) -> Path:
     return out
 
 
-def test_a_budget_on_a_value_not_measured_is_pending_never_passed(smoke, tmp_path, capsys):
-    out = _pending_copy(smoke, tmp_path / "P")
+def test_a_budget_on_a_value_not_measured_is_pending_never_passed(smoke_report, tmp_path, capsys):
+    out = _pending_copy(smoke_report, tmp_path / "P")
     junit = tmp_path / "p.xml"
     budgets = _write(tmp_path, "[onnxruntime-cpu]\nmax_p50_ms = 1000\nmax_artifact_mb = 50\n")
     rc, stdout, _ = run_cli(capsys, "gate", out, "--budgets", budgets, "--junit", junit)
@@ -253,45 +243,45 @@ def test_a_budget_on_a_value_not_measured_is_pending_never_passed(smoke, tmp_pat
     assert rc == 0 and "PASSED: 1 of 4 checks passed, 3 not measured (exit code 0)" in stdout
 
 
-def test_baseline_comparison_flags_a_slower_run_and_passes_the_same_run(smoke, tmp_path, capsys):
+def test_baseline_comparison_flags_a_slower_run_and_passes_the_same_run(smoke_report, tmp_path, capsys):
     budgets = _write(tmp_path, "[onnxruntime-cpu]\nmax_p50_ms = 1000\n")
-    rc, out, _ = run_cli(capsys, "gate", smoke, "--budgets", budgets, "--baseline", smoke / "report.json")
+    rc, out, _ = run_cli(capsys, "gate", smoke_report, "--budgets", budgets, "--baseline", smoke_report / "report.json")
     assert rc == 0, out
     assert "(x1.000;" in out and "within noise and tolerance" in out and "ΔmIoU +0.000" in out
 
-    fast = _copy(smoke, tmp_path / "old")  # a baseline whose deployed stage ran twice as fast
+    fast = _copy(smoke_report, tmp_path / "old")  # a baseline whose deployed stage ran twice as fast
     report = _report(fast)
     lat = report["stages"][-1]["latency"]
     lat["samples_ms"] = [v / 2 for v in lat["samples_ms"]]
     (fast / "report.json").write_text(json.dumps(report))
-    rc, out, _ = run_cli(capsys, "gate", smoke, "--budgets", budgets, "--baseline", fast)
+    rc, out, _ = run_cli(capsys, "gate", smoke_report, "--budgets", budgets, "--baseline", fast)
     assert rc == 1, out
     assert f"FAIL     {DEPLOYED}: median" in out and "(x2.000;" in out and "REGRESSED" in out
 
 
 @pytest.mark.parametrize("case", ["other_target", "missing_stage", "not_a_report", "evidence_missing", "baseline"])
-def test_bad_gate_input_is_exit_2_with_one_clear_message(case, smoke, tmp_path, capsys):
-    report = smoke / "report.json"
+def test_bad_gate_input_is_exit_2_with_one_clear_message(case, smoke_report, tmp_path, capsys):
+    report = smoke_report / "report.json"
     budgets = _write(tmp_path, PASSING)
     extra: list = []
     if case == "other_target":
         budgets = _write(tmp_path, "[openvino-cpu]\nmax_p50_ms = 1\n")
         expected = "has no [onnxruntime-cpu] table: report "
     elif case == "missing_stage":
-        out = _copy(smoke, tmp_path / "M")
+        out = _copy(smoke_report, tmp_path / "M")
         data = _report(out)
         data["stages"] = [r for r in data["stages"] if r["name"] != "onnx-simplified"]
         (out / "report.json").write_text(json.dumps(data))
         report, expected = out / "report.json", "budgets stage(s) onnx-simplified of target 'onnxruntime-cpu'"
     elif case == "not_a_report":
-        report = smoke / "manifest.json"
+        report = smoke_report / "manifest.json"
         expected = "is not a bckd-pipeline report (format 'bckd-pipeline/manifest-v1'"
     elif case == "evidence_missing":
-        out = _copy(smoke, tmp_path / "E")
+        out = _copy(smoke_report, tmp_path / "E")
         (out / "parity_images.npz").unlink()
         report, expected = out / "report.json", "Keep parity_images.npz next to report.json"
     else:
-        other = _copy(smoke, tmp_path / "B")
+        other = _copy(smoke_report, tmp_path / "B")
         data = _report(other)
         data["target"] = "openvino-cpu"
         (other / "report.json").write_text(json.dumps(data))
@@ -301,8 +291,8 @@ def test_bad_gate_input_is_exit_2_with_one_clear_message(case, smoke, tmp_path, 
     assert expected in err
 
 
-def test_run_with_budgets_gates_by_itself(smoke, tmp_path, capsys):
-    out = _copy(smoke, tmp_path / "R")  # cached stages: only the reports are rewritten
+def test_run_with_budgets_gates_by_itself(smoke_report, tmp_path, capsys):
+    out = _copy(smoke_report, tmp_path / "R")  # cached stages: only the reports are rewritten
     junit = tmp_path / "run.xml"
     fail = _write(tmp_path, FAILING, "f.toml")
     rc, stdout, err = run_cli(capsys, "run", *RUN_FLAGS, "--out", out, "--budgets", fail, "--junit", junit)
@@ -323,7 +313,7 @@ def test_run_with_budgets_gates_by_itself(smoke, tmp_path, capsys):
     assert "has no [onnxruntime-cpu] table: this run is of target 'onnxruntime-cpu'" in err
 
 
-def test_gate_api_result_counts(smoke, tmp_path):
-    result = gate(smoke / "report.json", parse_budgets(PASSING, "p.toml"))
+def test_gate_api_result_counts(smoke_report, tmp_path):
+    result = gate(smoke_report / "report.json", parse_budgets(PASSING, "p.toml"))
     assert result.exit_code == 0 and len(result.checks) == 8
     assert {(c.stage, c.budget) for c in result.checks} >= {(DEPLOYED, "max_miou_drop"), ("onnx-simplified", "max_p50_ms")}

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from test_gate import smoke  # noqa: F401  (the session fixture: one real smoke run)
 
 from bckd_pipeline.deploy.evidence import write_qualitative
 from bckd_pipeline.deploy.html import BOUNDARY_ERROR, colorize, palette, render
@@ -23,8 +22,8 @@ def _page(out: Path) -> str:
     return (out / "report.html").read_text(encoding="utf-8")
 
 
-def test_report_html_is_self_contained_and_has_every_section(smoke):  # noqa: F811
-    page = _page(smoke)
+def test_report_html_is_self_contained_and_has_every_section(smoke_report):
+    page = _page(smoke_report)
     # No network at all: no URL, no script, no stylesheet link; images are inline PNG data URIs.
     for banned in ("http://", "https://", "<script", "<link", "@import", "url(", "src=\"//"):
         assert banned not in page, banned
@@ -35,7 +34,7 @@ def test_report_html_is_self_contained_and_has_every_section(smoke):  # noqa: F8
     assert page.count('class="plot latency"') == 1 and page.count('class="plot classes"') == 3
     for column in ("teacher", "student alone", "distilled (bckd)", "deployed"):
         assert f">{column}</th>" in page, column
-    report = json.loads((smoke / "report.json").read_text())
+    report = json.loads((smoke_report / "report.json").read_text())
     for row in report["stages"]:
         assert f"<td>{row['name']}</td>" in page
     assert "n=20</text>" in page  # the box plots are drawn from the 20 timed runs
@@ -57,8 +56,8 @@ def test_colorize_marks_wrong_pixels_near_a_boundary_in_magenta():
     assert len({tuple(c) for c in palette(32)}) == 32 and BOUNDARY_ERROR not in {tuple(c) for c in palette(32)}
 
 
-def test_a_deploy_run_without_teacher_says_what_is_missing(smoke, tmp_path):  # noqa: F811
-    report = json.loads((smoke / "report.json").read_text())
+def test_a_deploy_run_without_teacher_says_what_is_missing(smoke_report, tmp_path):
+    report = json.loads((smoke_report / "report.json").read_text())
     images = np.zeros((2, 8, 8, 3), np.uint8)
     truth = np.zeros((2, 8, 8), np.int64)
     notes = {"teacher": "not part of `bckd-pipeline deploy` (a checkpoint trained elsewhere)"}
@@ -71,17 +70,17 @@ def test_a_deploy_run_without_teacher_says_what_is_missing(smoke, tmp_path):  # 
     assert len(re.findall(r'<img[^>]* src="data:image/png', page)) == 2 * 4
 
 
-def test_unmeasured_rows_are_said_in_words(smoke, tmp_path):  # noqa: F811
-    report = json.loads((smoke / "report.json").read_text())
+def test_unmeasured_rows_are_said_in_words(smoke_report, tmp_path):
+    report = json.loads((smoke_report / "report.json").read_text())
     for row in report["stages"][1:]:
         row["latency"], row["per_class_delta"] = None, None
-    page = render(report, smoke)
+    page = render(report, smoke_report)
     assert page.count("not measured here") == 3 and page.count("per-class IoU not measured") == 3
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium); .ci/run installs it")
-def test_report_html_renders_in_headless_chromium(smoke, tmp_path):  # noqa: F811
-    page = (smoke / "report.html").resolve()
+def test_report_html_renders_in_headless_chromium(smoke_report, tmp_path):
+    page = (smoke_report / "report.html").resolve()
     flags = [
         CHROMIUM,
         "--headless",
