@@ -197,7 +197,8 @@ def _rows(report: dict) -> dict[str, dict]:
 # checks
 # ---------------------------------------------------------------------------------------------
 def _pending(stage: str, budget: str, limit: float, row: dict, what: str) -> Check:
-    note = row.get("note") or f"status {row.get('status')!r}"
+    # The row's own note says why (device absent, ...): its first sentence, without a repeated prefix.
+    note = (row.get("note") or f"status {row.get('status')!r}").removeprefix("not measured: ").split(". ")[0]
     return Check(
         stage,
         budget,
@@ -299,8 +300,9 @@ def _simple_check(stage: str, key: str, limit: float, row: dict) -> Check:
     ok = value <= limit if spec.direction == "max" else value >= limit
     unit = "" if spec.unit in ("fraction", "mIoU points") else f" {spec.unit}"
     by = abs(value - limit)
+    by_unit = " points" if spec.unit == "mIoU points" else unit
     msg = f"{stage}: {label} {value:{fmt}}{unit} vs budget {key} {limit:g}" + (
-        ": within budget" if ok else f": {'over' if spec.direction == 'max' else 'short'} by {by:{fmt}}{unit}"
+        ": within budget" if ok else f": {'over' if spec.direction == 'max' else 'short'} by {by:{fmt}}{by_unit}"
     )
     return Check(stage, key, PASS if ok else FAIL, value, limit, spec.unit, msg)
 
