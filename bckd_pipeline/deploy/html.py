@@ -132,7 +132,7 @@ def latency_svg(report: dict) -> str:
     def x(v: float) -> float:
         return left + width * v / hi
 
-    parts = [f'<svg width="{left + width + 190}" height="{height}" role="img" '
+    parts = [f'<svg width="{left + width + 260}" height="{height + 8}" role="img" '
              f'aria-label="latency distributions" class="plot latency">']
     for i, (name, samples) in enumerate(stages):
         y = 10 + i * row_h
