@@ -735,7 +735,9 @@ def latency_stage(ctx: DeployContext, out: Path, cache: StageCache, built: list[
     return results
 
 
-def qualitative_stage(ctx: DeployContext, out: Path, cache: StageCache, built: list[Built], summary: dict | None) -> dict:
+def qualitative_stage(
+    ctx: DeployContext, out: Path, cache: StageCache, built: list[Built], summary: dict | None
+) -> dict:
     """Label maps of the first ``MASK_IMAGES`` evaluation images from every model this run has (report.html).
 
     ``run`` has the teacher, the student trained alone, the distilled student and the deployed
@@ -782,9 +784,7 @@ def qualitative_stage(ctx: DeployContext, out: Path, cache: StageCache, built: l
         predictors["deployed"] = lambda i: labels_of(next(iter(rt.infer({feeds.input_name: feeds.images[i]}).values())))
         where = ctx.profile.device if _on_target(ctx, deployed) else "the host CPU plugin (device absent)"
         notes["deployed"] = f"{deployed.name} ({deployed.backend} {deployed.precision}) on {where}"
-        result = ev.write_qualitative(
-            out, images, truth, feeds.names[:n], predictors, notes, ctx.meta.ignore_index
-        )
+        result = ev.write_qualitative(out, images, truth, feeds.names[:n], predictors, notes, ctx.meta.ignore_index)
     cache.store("qualitative", key, [out / ev.QUALITATIVE_FILE], result)
     return result
 

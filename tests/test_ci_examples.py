@@ -21,7 +21,7 @@ def _shell_blocks(doc: dict, kind: str) -> list[str]:
     if kind == "github":
         return [step["run"] for job in doc["jobs"].values() for step in job["steps"] if "run" in step]
     blocks = []
-    for name, job in doc.items():
+    for job in doc.values():
         if isinstance(job, dict) and "script" in job:
             blocks += [*job.get("before_script", []), *job["script"]]
     return blocks

@@ -95,7 +95,10 @@ def test_a_good_budgets_file_merges_target_defaults_and_stage_tables():
             "[onnxruntime-cpu.stages.onnx-simplfied]\nmax_p50_ms = 1\n",
             ["no ledger stage 'onnx-simplfied'", "Did you mean 'onnx-simplified'?", "pytorch, onnx"],
         ),
-        ("[onnxruntime-cpux]\nmax_p50_ms = 1\n", ["[onnxruntime-cpux] is not a target", "Did you mean 'onnxruntime-cpu'?"]),
+        (
+            "[onnxruntime-cpux]\nmax_p50_ms = 1\n",
+            ["[onnxruntime-cpux] is not a target", "Did you mean 'onnxruntime-cpu'?"],
+        ),
         ("[onnxruntime-cpu]\nconfidence = 0.9\n", ["unknown key 'confidence'", "put it in the [gate] table"]),
         ("[gate]\nconfidence = 95\n[onnxruntime-cpu]\n", ["confidence = 95", "not a percentage"]),
         ("[gate]\ntolerance = 0.1\n[onnxruntime-cpu]\n", ["unknown key 'tolerance'", "latency_tolerance"]),
@@ -316,4 +319,28 @@ def test_run_with_budgets_gates_by_itself(smoke_report, tmp_path, capsys):
 def test_gate_api_result_counts(smoke_report, tmp_path):
     result = gate(smoke_report / "report.json", parse_budgets(PASSING, "p.toml"))
     assert result.exit_code == 0 and len(result.checks) == 8
-    assert {(c.stage, c.budget) for c in result.checks} >= {(DEPLOYED, "max_miou_drop"), ("onnx-simplified", "max_p50_ms")}
+    assert {(c.stage, c.budget) for c in result.checks} >= {
+        (DEPLOYED, "max_miou_drop"),
+        ("onnx-simplified", "max_p50_ms"),
+    }
+
+
+def test_confidence_flag_and_deploy_with_budgets(smoke_report, tmp_path, capsys):
+    budgets = _write(tmp_path, "[onnxruntime-cpu]\nmax_miou_drop = 5\n")
+    rc, out, _ = run_cli(capsys, "gate", smoke_report, "--budgets", budgets, "--confidence", "0.99")
+    assert rc == 0 and "with 99% confidence ΔmIoU >= " in out
+    rc, _, err = run_cli(capsys, "gate", smoke_report, "--budgets", budgets, "--confidence", "95")
+    assert_clean_error(rc, err, None)
+    assert "--confidence 95.0 must be a fraction in (0.5, 1)" in err
+
+    # `deploy` (no teacher, no student-alone) gates the same way; its FP32 target has no default budgets.
+    out = tmp_path / "D"
+    fp32 = _write(tmp_path, "[onnxruntime-cpu-fp32]\nmin_miou = 99\nmax_p50_ms = 1000\n", "fp32.toml")
+    ckpt = smoke_report / "distilled/student.pt"
+    argv = [*RUN_FLAGS, "--model", ckpt, "--target", "onnxruntime-cpu-fp32", "--out", out, "--budgets", fp32]
+    rc, stdout, err = run_cli(capsys, "deploy", *argv)
+    assert rc == 1, err
+    assert "FAIL     onnx-simplified: mIoU " in stdout and "FAILED: 1 of 2 budget checks violated" in stdout
+    q = _report(out)["qualitative"]
+    assert q["columns"] == ["distilled", "deployed"] and set(q["missing"]) == {"teacher", "student alone"}
+    assert "not available: not part of `bckd-pipeline deploy`" in (out / "report.html").read_text()

@@ -25,7 +25,7 @@ def _page(out: Path) -> str:
 def test_report_html_is_self_contained_and_has_every_section(smoke_report):
     page = _page(smoke_report)
     # No network at all: no URL, no script, no stylesheet link; images are inline PNG data URIs.
-    for banned in ("http://", "https://", "<script", "<link", "@import", "url(", "src=\"//"):
+    for banned in ("http://", "https://", "<script", "<link", "@import", "url(", 'src="//'):
         assert banned not in page, banned
     srcs = re.findall(r'<img[^>]* src="([^"]+)"', page)
     assert len(srcs) == 4 * 6 and all(s.startswith("data:image/png;base64,") for s in srcs)
@@ -111,8 +111,6 @@ def test_report_html_renders_in_headless_chromium(smoke_report, tmp_path):
     assert grid.std() > 40 and len({tuple(c) for c in grid.reshape(-1, 3)[::5]}) > 200
     assert (np.all(img == BOUNDARY_ERROR, axis=-1)).sum() > 200  # boundary errors are drawn
 
-    dom = subprocess.run(
-        [*flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120
-    ).stdout
+    dom = subprocess.run([*flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
     assert dom.count("<svg") == 4 and dom.count('src="data:image/png;base64,') == 24
     assert dom.count("<rect") > 10 and "onnxruntime-int8" in dom

@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import ConfigError, did_you_mean
+from ..errors import ConfigError, DataError, did_you_mean
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -104,8 +104,6 @@ class Budgets:
     def for_target(self, target: str, where: str) -> TargetBudgets:
         """The table for ``target``; a report of another target is bad input (``where`` names the report or run)."""
         if target not in self.targets:
-            from ..errors import DataError
-
             raise DataError(
                 f"{self.path} has no [{target}] table: {where} is of target {target!r}, and the file budgets "
                 f"{', '.join(sorted(self.targets))}. Gate a report of a target the file budgets, or add a [{target}] "
@@ -187,13 +185,17 @@ def _settings(path: str, body) -> GateSettings:
             + (" (a fraction, not a percentage)." if values["confidence"] > 1 else ".")
         )
     if values["latency_tolerance"] < 0:
-        raise ConfigError(f"{_where(path, 'gate', 'latency_tolerance')} is negative: expected {SETTING_KEYS['latency_tolerance']}.")
+        raise ConfigError(
+            f"{_where(path, 'gate', 'latency_tolerance')} is negative: expected {SETTING_KEYS['latency_tolerance']}."
+        )
     if values["bootstrap_resamples"] < 100:
         raise ConfigError(
             f"{_where(path, 'gate', 'bootstrap_resamples')} = {values['bootstrap_resamples']}: expected "
             f"{SETTING_KEYS['bootstrap_resamples']}; fewer resamples make the confidence bound itself noisy."
         )
-    return GateSettings(**{k: (int(v) if k in ("bootstrap_resamples", "seed") else float(v)) for k, v in values.items()})
+    return GateSettings(
+        **{k: (int(v) if k in ("bootstrap_resamples", "seed") else float(v)) for k, v in values.items()}
+    )
 
 
 def stage_names(target: str) -> list[str] | None:
@@ -248,9 +250,7 @@ def parse_budgets(text: str, path: str = "<budgets>") -> Budgets:
             stages[stage] = _budget_table(path, f"{name}.stages.{stage}", sbody, allow_stages=False)
         defaults = dict(get_target(name).default_budgets)
         deployed = defaults | file_values
-        targets[name] = TargetBudgets(
-            name, deployed, stages, tuple(k for k in defaults if k not in file_values)
-        )
+        targets[name] = TargetBudgets(name, deployed, stages, tuple(k for k in defaults if k not in file_values))
     if not targets:
         raise ConfigError(
             f"{path} has no target table. Add one per target you gate, e.g. [onnxruntime-cpu] with max_p50_ms = 5."

@@ -39,7 +39,9 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     atomic_write(path, write)
 
 
-def save_parity_images(out: Path, per_image: dict[str, np.ndarray], names: Sequence[str], digests: Sequence[str]) -> dict:
+def save_parity_images(
+    out: Path, per_image: dict[str, np.ndarray], names: Sequence[str], digests: Sequence[str]
+) -> dict:
     """Write the per-image confusion matrices; return the reference that goes into report.json."""
     path = Path(out) / PARITY_IMAGES_FILE
     stages = list(per_image)

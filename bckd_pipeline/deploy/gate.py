@@ -22,12 +22,12 @@ check is pending (0 with ``--allow-pending``).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from .budgets import BUDGET_KEYS, DEFAULT_BASELINE_MIOU_DROP, Budgets, GateSettings
 from .evidence import ParityImages, load_parity_images
 from .report import PENDING, REPORT_FORMAT
@@ -180,7 +180,11 @@ def read_report(path: Path, flag: str = "REPORT") -> tuple[dict, Path]:
         raise DataError(f"{flag} {str(path)!r} does not exist. Pass OUT/report.json of a `run` or `deploy`.") from None
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise DataError(f"{flag} {str(path)!r} is not a JSON report ({exc}). Pass OUT/report.json of a run.") from None
-    if not isinstance(report, dict) or report.get("format") != REPORT_FORMAT or not isinstance(report.get("stages"), list):
+    if (
+        not isinstance(report, dict)
+        or report.get("format") != REPORT_FORMAT
+        or not isinstance(report.get("stages"), list)
+    ):
         got = report.get("format") if isinstance(report, dict) else type(report).__name__
         raise DataError(
             f"{flag} {str(path)!r} is not a bckd-pipeline report (format {got!r}, expected {REPORT_FORMAT!r}). "
@@ -291,8 +295,13 @@ def _simple_check(stage: str, key: str, limit: float, row: dict) -> Check:
         size = row.get("artifact_bytes")
         if row.get("artifact") is None:
             return Check(
-                stage, key, NOT_MEASURED, None, limit, spec.unit, f"{stage}: {key} {limit:g} not checked: no artifact "
-                "(the PyTorch reference runs from the checkpoint)"
+                stage,
+                key,
+                NOT_MEASURED,
+                None,
+                limit,
+                spec.unit,
+                f"{stage}: {key} {limit:g} not checked: no artifact (the PyTorch reference runs from the checkpoint)",
             )
         value, label, fmt = (None if size is None else size / 1e6), "artifact", ".3f"
     if value is None:
@@ -320,14 +329,29 @@ def _baseline_checks(
     tol = s.latency_tolerance
     if old is None:
         return [
-            Check(stage, "baseline", NOT_MEASURED, None, None, "", f"{stage}: not in the baseline report; nothing to compare")
+            Check(
+                stage,
+                "baseline",
+                NOT_MEASURED,
+                None,
+                None,
+                "",
+                f"{stage}: not in the baseline report; nothing to compare",
+            )
         ]
     new_s, old_s = _samples(row), _samples(old)
     if new_s is None or old_s is None:
         side = "this report" if new_s is None else "the baseline"
         checks.append(
-            Check(stage, "baseline_p50_ms", NOT_MEASURED, None, None, "ratio", f"{stage}: latency regression not "
-                  f"checked: {side} has no timed runs for this stage")
+            Check(
+                stage,
+                "baseline_p50_ms",
+                NOT_MEASURED,
+                None,
+                None,
+                "ratio",
+                f"{stage}: latency regression not checked: {side} has no timed runs for this stage",
+            )
         )
     else:
         r = bootstrap_median_ratio(new_s, old_s, confidence=s.confidence, resamples=s.bootstrap_resamples, seed=s.seed)
@@ -341,14 +365,24 @@ def _baseline_checks(
         checks.append(Check(stage, "baseline_p50_ms", FAIL if bad else PASS, r.point, 1 + tol, "ratio", msg, detail))
     if row.get("miou") is None or old.get("miou") is None:
         checks.append(
-            Check(stage, "baseline_miou", NOT_MEASURED, None, limit_drop, "mIoU points",
-                  f"{stage}: mIoU against the baseline not checked: one side was not measured")
+            Check(
+                stage,
+                "baseline_miou",
+                NOT_MEASURED,
+                None,
+                limit_drop,
+                "mIoU points",
+                f"{stage}: mIoU against the baseline not checked: one side was not measured",
+            )
         )
         return checks
     if images is not None and old_images is not None and stage in images.confusion and stage in old_images.confusion:
         ci = bootstrap_delta_miou(
-            images.confusion[stage], old_images.confusion[stage], confidence=s.confidence,
-            resamples=s.bootstrap_resamples, seed=s.seed,
+            images.confusion[stage],
+            old_images.confusion[stage],
+            confidence=s.confidence,
+            resamples=s.bootstrap_resamples,
+            seed=s.seed,
         )
         point, lower, how = ci.point, ci.lower, f"with {s.confidence:.0%} confidence ΔmIoU >= {ci.lower:+.3f}"
     else:
@@ -357,10 +391,21 @@ def _baseline_checks(
     ok = lower >= -limit_drop
     msg = (
         f"{stage}: mIoU {row['miou']:.3f} vs baseline {old['miou']:.3f} (ΔmIoU {point:+.3f}; {how}) vs budget "
-        f"max_baseline_miou_drop {limit_drop:g}" + (": within budget" if ok else f": {-lower - limit_drop:.3f} points past")
+        f"max_baseline_miou_drop {limit_drop:g}"
+        + (": within budget" if ok else f": {-lower - limit_drop:.3f} points past")
     )
-    checks.append(Check(stage, "baseline_miou", PASS if ok else FAIL, -lower, limit_drop, "mIoU points", msg,
-                        {"point": point, "lower": lower}))
+    checks.append(
+        Check(
+            stage,
+            "baseline_miou",
+            PASS if ok else FAIL,
+            -lower,
+            limit_drop,
+            "mIoU points",
+            msg,
+            {"point": point, "lower": lower},
+        )
+    )
     return checks
 
 
@@ -385,13 +430,9 @@ def gate(
     allow_pending: bool = False,
 ) -> GateResult:
     """Check one report against its target's budgets (and a baseline report); never raises for a violation."""
-    from dataclasses import replace
-
     report, report_path = read_report(report_path)
     settings = budgets.settings if confidence is None else replace(budgets.settings, confidence=confidence)
     if not 0.5 < settings.confidence < 1:
-        from ..errors import ConfigError
-
         raise ConfigError(f"--confidence {settings.confidence!r} must be a fraction in (0.5, 1), e.g. 0.95.")
     target = report.get("target")
     tb = budgets.for_target(target, f"report {report_path}")

@@ -20,7 +20,10 @@ MD_SYMBOL = {PASS: "✅ pass", FAIL: "❌ **fail**", NOT_MEASURED: "⏸ not meas
 
 
 def text_lines(result: GateResult) -> list[str]:
-    lines = [f"gate {result.report} (target {result.target})" + (f" vs baseline {result.baseline}" if result.baseline else "")]
+    lines = [
+        f"gate {result.report} (target {result.target})"
+        + (f" vs baseline {result.baseline}" if result.baseline else "")
+    ]
     lines += [f"  {SYMBOL[c.status]:8s} {c.message}" for c in result.checks]
     lines.append(f"{result.verdict} (exit code {result.exit_code})")
     return lines
@@ -47,7 +50,9 @@ def junit_xml(result: GateResult) -> str:
         ET.SubElement(props, "property", {"name": name, "value": value})
     for c in result.checks:
         case = ET.SubElement(
-            suite, "testcase", {"classname": f"bckd-pipeline.gate.{result.target}.{c.stage}", "name": c.budget, "time": "0"}
+            suite,
+            "testcase",
+            {"classname": f"bckd-pipeline.gate.{result.target}.{c.stage}", "name": c.budget, "time": "0"},
         )
         if c.status == FAIL:
             ET.SubElement(case, "failure", {"message": c.message, "type": "BudgetViolated"}).text = c.message

@@ -23,18 +23,25 @@ from .evidence import MASK_COLUMNS, load_qualitative
 BOUNDARY_PX = 2  # a wrong pixel within this many pixels of a ground-truth boundary is a boundary error
 BOUNDARY_ERROR = (255, 0, 255)  # magenta: no class colour uses it
 IGNORE = (0, 0, 0)
-COLUMN_TITLES = {"teacher": "teacher", "student alone": "student alone", "distilled": "distilled", "deployed": "deployed"}
+COLUMN_TITLES = {
+    "teacher": "teacher",
+    "student alone": "student alone",
+    "distilled": "distilled",
+    "deployed": "deployed",
+}
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1d2330;background:#fff}
-h1{font-size:22px;margin:0 0 4px} h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #d8dce6;padding-bottom:4px}
+h1{font-size:22px;margin:0 0 4px}
+h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #d8dce6;padding-bottom:4px}
 p.meta{color:#4a5368;margin:2px 0}
 table.ledger{border-collapse:collapse;font-size:13px} .ledger th,.ledger td{border:1px solid #d8dce6;padding:4px 8px}
 .ledger th{background:#eef1f7;text-align:left} .ledger td.n{text-align:right;font-variant-numeric:tabular-nums}
 .status-measured{color:#17703a} .status-pending,.status-parity_on_host{color:#a15c00} .fail{background:#ffe3e3}
 .masks td{padding:2px;text-align:center;vertical-align:top;font-size:12px} .masks th{font-size:12px;padding:2px 4px}
 .masks img{width:160px;height:auto;image-rendering:pixelated;display:block;border:1px solid #c9ced9}
-.missing{width:160px;height:120px;background:repeating-linear-gradient(45deg,#f3f4f7,#f3f4f7 8px,#e6e8ee 8px,#e6e8ee 16px);
+.missing{width:160px;height:120px;
+background:repeating-linear-gradient(45deg,#f3f4f7,#f3f4f7 8px,#e6e8ee 8px,#e6e8ee 16px);
 display:flex;align-items:center;justify-content:center;font-size:11px;color:#4a5368;padding:4px;box-sizing:border-box}
 .legend span{display:inline-block;margin-right:12px;font-size:12px} .sw{display:inline-block;width:12px;height:12px;
 vertical-align:middle;margin-right:4px;border:1px solid #888} svg text{font-family:inherit}
@@ -107,16 +114,21 @@ def ledger_table(report: dict) -> str:
         cls = ' class="fail"' if r.get("parity_passed") is False else ""
         rows.append(
             f"<tr{cls}><td>{html.escape(r['name'])}</td><td>{html.escape(r['backend'])}</td>"
-            f"<td>{html.escape(r['precision'])}</td><td class=\"status-{html.escape(r['status'])}\">"
+            f'<td>{html.escape(r["precision"])}</td><td class="status-{html.escape(r["status"])}">'
             f"{html.escape(r['status'])}</td><td class=n>{_fmt(r.get('miou'))}</td>"
             f"<td class=n>{_fmt(r.get('miou_delta'), '+.3f')}</td><td class=n>{_fmt(agree, '.3f')}</td>"
             f"<td class=n>{_fmt(lat.get('p50'), '.3f')}</td><td class=n>{_fmt(lat.get('p99'), '.3f')}</td>"
-            f"<td class=n>{_fmt(r.get('fps'), '.1f')}</td><td class=n>{_fmt(None if size is None else size / 1e6, '.3f')}</td></tr>"
+            f"<td class=n>{_fmt(r.get('fps'), '.1f')}</td>"
+            f"<td class=n>{_fmt(None if size is None else size / 1e6, '.3f')}</td></tr>"
         )
     notes = "".join(
-        f"<li><code>{html.escape(r['name'])}</code>: {html.escape(r['note'])}</li>" for r in report["stages"] if r.get("note")
+        f"<li><code>{html.escape(r['name'])}</code>: {html.escape(r['note'])}</li>"
+        for r in report["stages"]
+        if r.get("note")
     )
-    return f'<table class="ledger">{head}{"".join(rows)}</table>' + (f"<p>Not measured here:</p><ul>{notes}</ul>" if notes else "")
+    return f'<table class="ledger">{head}{"".join(rows)}</table>' + (
+        f"<p>Not measured here:</p><ul>{notes}</ul>" if notes else ""
+    )
 
 
 def latency_svg(report: dict) -> str:
@@ -132,8 +144,10 @@ def latency_svg(report: dict) -> str:
     def x(v: float) -> float:
         return left + width * v / hi
 
-    parts = [f'<svg width="{left + width + 260}" height="{height + 8}" role="img" '
-             f'aria-label="latency distributions" class="plot latency">']
+    parts = [
+        f'<svg width="{left + width + 260}" height="{height + 8}" role="img" '
+        f'aria-label="latency distributions" class="plot latency">'
+    ]
     for i, (name, samples) in enumerate(stages):
         y = 10 + i * row_h
         parts.append(f'<text x="{left - 8}" y="{y + 17}" text-anchor="end" font-size="12">{html.escape(name)}</text>')
@@ -146,10 +160,11 @@ def latency_svg(report: dict) -> str:
             f'<line x1="{x(s.min()):.1f}" x2="{x(s.max()):.1f}" y1="{y + 13}" y2="{y + 13}" stroke="#55607a"/>',
             f'<rect x="{x(q1):.1f}" y="{y + 3}" width="{max(x(q3) - x(q1), 1.5):.1f}" height="20" fill="#8fb3ff" '
             f'stroke="#2b4c9a"/>',
-            f'<line x1="{x(med):.1f}" x2="{x(med):.1f}" y1="{y + 1}" y2="{y + 25}" stroke="#0b1f52" stroke-width="2.5"/>',
+            f'<line x1="{x(med):.1f}" x2="{x(med):.1f}" y1="{y + 1}" y2="{y + 25}" stroke="#0b1f52" '
+            'stroke-width="2.5"/>',
             f'<line x1="{x(p99):.1f}" x2="{x(p99):.1f}" y1="{y + 6}" y2="{y + 20}" stroke="#c0392b" stroke-width="2"/>',
             f'<text x="{left + width + 10}" y="{y + 17}" font-size="11" fill="#4a5368">p50 {med:.3f} ms, '
-            f'p99 {p99:.3f} ms, n={s.size}</text>',
+            f"p99 {p99:.3f} ms, n={s.size}</text>",
         ]
     base = 10 + len(stages) * row_h
     parts.append(f'<line x1="{left}" x2="{left + width}" y1="{base}" y2="{base}" stroke="#888"/>')
@@ -157,8 +172,10 @@ def latency_svg(report: dict) -> str:
         v = hi * k / 5
         parts.append(f'<text x="{x(v):.1f}" y="{base + 16}" font-size="11" text-anchor="middle">{v:.3g}</text>')
     parts.append(f'<text x="{left + width}" y="{base + 30}" font-size="11" text-anchor="end">ms per image</text></svg>')
-    legend = ('<p class="legend"><span>box: quartiles</span><span>dark line: median</span>'
-              '<span>whiskers: min..max</span><span style="color:#c0392b">red tick: p99</span></p>')
+    legend = (
+        '<p class="legend"><span>box: quartiles</span><span>dark line: median</span>'
+        '<span>whiskers: min..max</span><span style="color:#c0392b">red tick: p99</span></p>'
+    )
     return "".join(parts) + legend
 
 
@@ -176,24 +193,32 @@ def class_delta_svg(report: dict) -> str:
         left, width, bar_h = 120, 360, 14
         mid = left + width / 2
         height = bar_h * len(vals) + 34
-        parts = [f'<svg width="{left + width + 70}" height="{height}" role="img" '
-                 f'aria-label="per-class IoU delta of {html.escape(r["name"])}" class="plot classes">',
-                 f'<text x="4" y="12" font-size="12" font-weight="600">{html.escape(r["name"])}</text>']
+        parts = [
+            f'<svg width="{left + width + 70}" height="{height}" role="img" '
+            f'aria-label="per-class IoU delta of {html.escape(r["name"])}" class="plot classes">',
+            f'<text x="4" y="12" font-size="12" font-weight="600">{html.escape(r["name"])}</text>',
+        ]
         for i, (v, d) in enumerate(zip(vals, deltas, strict=True)):
             y = 20 + i * bar_h
             label = names[i] if i < len(names) else f"class {i}"
             w = width / 2 * abs(v) / span
             x0 = mid - w if v < 0 else mid
             color = "#c0392b" if v < 0 else "#17703a"
-            parts.append(f'<text x="{left - 6}" y="{y + 10}" font-size="11" text-anchor="end">{html.escape(label)}</text>')
+            parts.append(
+                f'<text x="{left - 6}" y="{y + 10}" font-size="11" text-anchor="end">{html.escape(label)}</text>'
+            )
             if d is None:
                 parts.append(f'<text x="{mid + 4}" y="{y + 10}" font-size="10" fill="#888">absent</text>')
                 continue
-            parts.append(f'<rect x="{x0:.1f}" y="{y + 1}" width="{max(w, 0.8):.1f}" height="{bar_h - 3}" fill="{color}"/>')
+            parts.append(
+                f'<rect x="{x0:.1f}" y="{y + 1}" width="{max(w, 0.8):.1f}" height="{bar_h - 3}" fill="{color}"/>'
+            )
             parts.append(f'<text x="{left + width + 4}" y="{y + 10}" font-size="10">{v:+.2f}</text>')
         parts.append(f'<line x1="{mid}" x2="{mid}" y1="18" y2="{height - 12}" stroke="#333"/>')
-        parts.append(f'<text x="{mid}" y="{height - 2}" font-size="10" text-anchor="middle">0 (±{span:.2g} IoU points '
-                     'at the edges)</text></svg>')
+        parts.append(
+            f'<text x="{mid}" y="{height - 2}" font-size="10" text-anchor="middle">0 (±{span:.2g} IoU points '
+            "at the edges)</text></svg>"
+        )
         charts.append("".join(parts))
     return '<div style="display:flex;flex-wrap:wrap;gap:18px">' + "".join(charts) + "</div>"
 
@@ -209,10 +234,14 @@ def masks_table(report: dict, out: Path) -> str:
     kd = (report.get("distill") or {}).get("kd")
     titles = dict(COLUMN_TITLES, distilled=f"distilled ({kd})" if kd else "distilled")
     notes = ref.get("notes", {})
-    head = "<tr><th>image</th><th>ground truth</th>" + "".join(
-        f'<th title="{html.escape(notes.get(c, ref["missing"].get(c, "")))}">{html.escape(titles[c])}</th>'
-        for c in MASK_COLUMNS
-    ) + "</tr>"
+    head = (
+        "<tr><th>image</th><th>ground truth</th>"
+        + "".join(
+            f'<th title="{html.escape(notes.get(c, ref["missing"].get(c, "")))}">{html.escape(titles[c])}</th>'
+            for c in MASK_COLUMNS
+        )
+        + "</tr>"
+    )
     rows = []
     for i, name in enumerate(ref["images"]):
         truth = data["ground_truth"][i]
@@ -239,12 +268,16 @@ def masks_table(report: dict, out: Path) -> str:
         f'<span><i class="sw" style="background:rgb{tuple(int(v) for v in colors[i])}"></i>{html.escape(n)}</span>'
         for i, n in enumerate(names)
     )
-    legend += (f'<span><i class="sw" style="background:rgb{BOUNDARY_ERROR}"></i>wrong within {BOUNDARY_PX} px of a '
-               'ground-truth boundary</span><span><i class="sw" style="background:#333"></i>other wrong pixels '
-               "(darkened class colour)</span><span><i class=\"sw\" style=\"background:#000\"></i>ignore</span>")
+    legend += (
+        f'<span><i class="sw" style="background:rgb{BOUNDARY_ERROR}"></i>wrong within {BOUNDARY_PX} px of a '
+        'ground-truth boundary</span><span><i class="sw" style="background:#333"></i>other wrong pixels '
+        '(darkened class colour)</span><span><i class="sw" style="background:#000"></i>ignore</span>'
+    )
     deployed_note = notes.get("deployed", "")
-    return (f'<p class="legend">{legend}</p><table class="masks">{head}{"".join(rows)}</table>'
-            f'<p class="meta">deployed = {html.escape(deployed_note)}</p>')
+    return (
+        f'<p class="legend">{legend}</p><table class="masks">{head}{"".join(rows)}</table>'
+        f'<p class="meta">deployed = {html.escape(deployed_note)}</p>'
+    )
 
 
 def render(report: dict, out: Path) -> str:
@@ -256,16 +289,18 @@ def render(report: dict, out: Path) -> str:
     )
     culprit = ""
     if report.get("culprit"):
-        culprit = (f'<p class="fail">Parity failed at stage <code>{html.escape(report["culprit"])}</code>: '
-                   f'{html.escape("; ".join(report.get("culprit_reason") or []))}</p>')
+        culprit = (
+            f'<p class="fail">Parity failed at stage <code>{html.escape(report["culprit"])}</code>: '
+            f"{html.escape('; '.join(report.get('culprit_reason') or []))}</p>"
+        )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <meta name="viewport" content="width=device-width,initial-scale=1"><style>{CSS}</style></head>
 <body>
 <h1>{html.escape(title)}</h1>
-<p class="meta">Status <b>{html.escape(report['status'])}</b> (exit code {report['exit_code']}).
-Evaluation: {ev.get('images')} images of <code>{html.escape(str(ev.get('data')))}</code> split
-<code>{html.escape(str(ev.get('split')))}</code> at {'x'.join(str(v) for v in ev.get('input_hw', []))}.</p>
+<p class="meta">Status <b>{html.escape(report["status"])}</b> (exit code {report["exit_code"]}).
+Evaluation: {ev.get("images")} images of <code>{html.escape(str(ev.get("data")))}</code> split
+<code>{html.escape(str(ev.get("split")))}</code> at {"x".join(str(v) for v in ev.get("input_hw", []))}.</p>
 <p class="meta">{distill}</p>{culprit}
 <h2>Qualitative masks</h2>
 {masks_table(report, out)}
