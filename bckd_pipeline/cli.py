@@ -143,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--student", help="student preset (default: the preset's student)")
     _distill_flags(p)
     _deploy_flags(p)
+    _gate_flags(p, required=False)
     p.add_argument("--dry-run", action="store_true", help="print the resolved plan and exit; nothing is written")
     p.add_argument("--force", action="store_true", help="write into an --out folder that holds other files")
 
@@ -155,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, training=False)
     p.add_argument("--model", type=Path, required=True, help="student checkpoint (student.pt)")
     _deploy_flags(p)
+    _gate_flags(p, required=False)
     p.add_argument("--dry-run", action="store_true", help="print the resolved plan and exit; nothing is written")
     p.add_argument("--force", action="store_true", help="write into an --out folder that holds other files")
 
@@ -172,7 +174,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--streams", type=int, default=2, help="requests in flight in throughput mode")
     p.add_argument("--mode", default="latency", help="latency | throughput")
     p.add_argument("--json", type=Path, help="also write the LatencyReport here")
+
+    p = sub.add_parser(
+        "gate",
+        help="CI gate: check a run's report against latency and mIoU budgets (docs/ci.md)",
+        formatter_class=fmt,
+        epilog="Exit codes: 0 every budget met; 1 a budget violated (each violation named); 2 bad input "
+        "(budgets file, report, baseline); 3 nothing violated but some budget could not be checked because "
+        "the value was not measured (pending on the device); --allow-pending turns that into 0.",
+    )
+    p.add_argument("report", type=Path, help="OUT/report.json of `run` or `deploy` (or the OUT folder)")
+    _gate_flags(p, required=True)
     return parser
+
+
+def _gate_flags(p: argparse.ArgumentParser, *, required: bool) -> None:
+    g = p.add_argument_group("CI gate (docs/ci.md)")
+    g.add_argument(
+        "--budgets",
+        type=Path,
+        required=required,
+        help="TOML budgets file" + ("" if required else "; gate the run's report against it after the run"),
+    )
+    g.add_argument("--baseline", type=Path, help="an older report.json: also fail on latency and mIoU regressions")
+    g.add_argument("--junit", type=Path, help="write the checks as JUnit XML here (one test case per budget)")
+    g.add_argument("--markdown", type=Path, help="write a Markdown summary here (e.g. $GITHUB_STEP_SUMMARY)")
+    g.add_argument("--confidence", type=float, help="confidence of the bootstrap bounds (default: budgets file, 0.95)")
+    g.add_argument("--allow-pending", action="store_true", help="budgets whose value was not measured do not fail")
 
 
 def _deploy_flags(p: argparse.ArgumentParser) -> None:
@@ -297,6 +325,8 @@ def dispatch(args) -> int:
         return _targets(args.command == "doctor")
     if args.command == "bench":
         return _bench(args, console)
+    if args.command == "gate":
+        return _gate(args, args.report)
 
     if getattr(args, "target_device", None) and args.command not in ("run", "deploy"):
         raise ConfigError(
@@ -308,6 +338,10 @@ def dispatch(args) -> int:
         from .targets import get_target
 
         get_target(args.target)  # an unknown target fails before anything else
+        if args.budgets is not None:  # a bad budgets file fails before any training
+            from .deploy.budgets import load_budgets
+
+            load_budgets(args.budgets).for_target(args.target, "this run")
     data = _data_config(args, preset)
     from .distill import stage
 
@@ -415,7 +449,36 @@ def _train_commands(args, preset, data, train_cfg, env, console) -> int:
         f"teacher {'' if t is None else f'{t:.2f}'} | student alone {s['student']['miou']:.2f} | "
         f"distilled ({s['kd']}) {s['distilled']['miou']:.2f} mIoU"
     )
-    return _finish(result, args.out, console)
+    return _gated(args, _finish(result, args.out, console))
+
+
+def _gate(args, report: Path) -> int:
+    """Gate a report; print every check, write --junit/--markdown; the exit code is the gate's."""
+    from .deploy.budgets import load_budgets
+    from .deploy.gate import gate
+    from .deploy.gate_output import junit_xml, markdown, text_lines, write_text
+
+    result = gate(
+        report,
+        load_budgets(args.budgets),
+        baseline=args.baseline,
+        confidence=args.confidence,
+        allow_pending=args.allow_pending,
+    )
+    print("\n".join(text_lines(result)))
+    if args.junit:
+        write_text(args.junit, junit_xml(result))
+    if args.markdown:
+        write_text(args.markdown, markdown(result))
+    return result.exit_code
+
+
+def _gated(args, code: int) -> int:
+    """`run/deploy --budgets`: gate the report just written. A violation (1) wins over pending (3)."""
+    if args.budgets is None:
+        return code
+    gate_code = _gate(args, Path(args.out) / "report.json")
+    return 1 if 1 in (code, gate_code) else 3 if 3 in (code, gate_code) else 0
 
 
 def _finish(result, out: Path, console) -> int:
@@ -435,7 +498,8 @@ def _deploy(args, preset, data, console) -> int:
     if args.dry_run:
         print(the_plan.describe(Path(args.out)))
         return 0
-    return _finish(deploy_checkpoint(args.model, data, dcfg, args.out, force=args.force), args.out, console)
+    code = _finish(deploy_checkpoint(args.model, data, dcfg, args.out, force=args.force), args.out, console)
+    return _gated(args, code)
 
 
 def _deploy_config(args, preset):

@@ -15,12 +15,16 @@ import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
+import torch
 from torch import nn
 
 from .cache import StageCache, file_sha256, stage_key
+from .deploy.evidence import PARITY_IMAGES_FILE, PARITY_IMAGES_FORMAT, save_parity_images
 from .calibrate.data import DatasetFeeds, check_no_overlap, digests_of, pick_indices
 from .data import build_dataset
 from .data.base import Normalization
+from .deploy.evidence import display_image, labels_of
 from .distill.checkpoint import CheckpointMeta, load_model
 from .distill.stage import STATE_FILE, DataConfig, Schedule, StepOutput, distill, train_teacher, write_json
 from .distill.task import DistillConfig
@@ -354,8 +358,10 @@ def deploy_stages(ctx: DeployContext, cache: StageCache, summary: dict | None) -
         built += device_stage(ctx, out, cache, built[-1])
     parity = parity_stage(ctx, out, cache, built)
     latency = latency_stage(ctx, out, cache, built)
+    masks = qualitative_stage(ctx, out, cache, built, summary)
 
     report = build_report(ctx, summary, built, parity, latency, export_check, simplify_check, calibration)
+    add_evidence(report, out, parity, masks)
     write_manifest(ctx, out, built, report, calibration)
     write_reports(out, report)
     return RunResult(summary, report, report["exit_code"])
@@ -800,6 +806,7 @@ def parity_stage(ctx: DeployContext, out: Path, cache: StageCache, built: list[B
             "parity": ctx.profile.parity,
             "device": ctx.plan.can_measure,
             "device_result": None if ctx.device is None or ctx.device.result is None else ctx.device.result["files"],
+            "per_image": PARITY_IMAGES_FORMAT,  # records made before per-image confusions were kept redo
         },
         [ctx.checkpoint] + [b.path for b in built if b.path is not None],
     )
@@ -828,8 +835,9 @@ def parity_stage(ctx: DeployContext, out: Path, cache: StageCache, built: list[B
     result = {
         "stages": {s.name: asdict(s) for s in report.stages},
         "culprit": None if report.culprit is None else report.culprit.name,
+        "per_image": save_parity_images(out, report.per_image, ctx.eval_feeds.names, ctx.eval_feeds.digests),
     }
-    cache.store("parity", key, [], result)
+    cache.store("parity", key, [out / PARITY_IMAGES_FILE], result)
     return result
 
 
@@ -853,6 +861,7 @@ def latency_stage(ctx: DeployContext, out: Path, cache: StageCache, built: list[
                 "export": ctx.spec,
                 # PyTorch and ONNX Runtime rows always run on the host, whatever the target's device.
                 "device": ctx.profile.device if b.backend is Backend.OPENVINO else "host",
+                "samples_ms": True,  # records made before every timed run was kept are measured again
             },
             [ctx.checkpoint] if b.path is None else [b.path],
         )
@@ -868,3 +877,67 @@ def latency_stage(ctx: DeployContext, out: Path, cache: StageCache, built: list[
         cache.store(f"latency-{b.name}", key, [], entry)
         results[b.name] = entry
     return results
+
+
+def qualitative_stage(
+    ctx: DeployContext, out: Path, cache: StageCache, built: list[Built], summary: dict | None
+) -> dict:
+    """Label maps of the first ``MASK_IMAGES`` evaluation images from every model this run has (report.html).
+
+    ``run`` has the teacher, the student trained alone, the distilled student and the deployed
+    artifact; ``deploy`` has only the last two, and the others are recorded as missing.
+    """
+    from .deploy import evidence as ev
+
+    teacher = Path(summary["teacher"]["checkpoint"]) if summary else None
+    alone = out / "student/student.pt" if summary else None
+    deployed = built[-1]
+    n = min(ev.MASK_IMAGES, len(ctx.eval_feeds))
+    key = stage_key(
+        "qualitative",
+        {"images": ctx.eval_feeds.digests[:n], "spec": ctx.spec, "deployed": deployed.name, "columns": ev.MASK_COLUMNS},
+        [p for p in (teacher, alone, ctx.checkpoint, deployed.path) if p is not None],
+    )
+    hit = cache.lookup("qualitative", key)
+    if hit is not None:
+        return hit
+    feeds = ctx.eval_feeds
+    normalized = not ctx.spec.bake_normalization
+    images = np.stack([display_image(x, ctx.meta.mean, ctx.meta.std, normalized) for x in feeds.images[:n]])
+    truth = np.stack(feeds.labels[:n])
+
+    def torch_predictor(model: nn.Module, meta: CheckpointMeta):
+        wrapper = SegExportWrapper(model, normalize=_norm(meta), head="logits").eval()
+
+        def predict(i: int) -> np.ndarray:
+            x = torch.from_numpy(images[i].transpose(2, 0, 1)[None].astype(np.float32))
+            with torch.inference_mode():
+                return labels_of(wrapper(x).numpy())
+
+        return predict
+
+    predictors: dict = {"distilled": torch_predictor(ctx.model, ctx.meta)}
+    notes = {"distilled": f"PyTorch, {ctx.checkpoint.name}"}
+    for column, path in (("teacher", teacher), ("student alone", alone)):
+        if path is not None and path.is_file():
+            predictors[column] = torch_predictor(*load_model(path))
+            notes[column] = f"PyTorch, {path.name}"
+        else:
+            notes[column] = "not part of `bckd-pipeline deploy` (a checkpoint trained elsewhere)"
+    with make_runtime(ctx, deployed) as rt:
+        predictors["deployed"] = lambda i: labels_of(next(iter(rt.infer({feeds.input_name: feeds.images[i]}).values())))
+        where = ctx.profile.device if _on_target(ctx, deployed) else "the host CPU plugin (device absent)"
+        notes["deployed"] = f"{deployed.name} ({deployed.backend} {deployed.precision}) on {where}"
+        result = ev.write_qualitative(out, images, truth, feeds.names[:n], predictors, notes, ctx.meta.ignore_index)
+    cache.store("qualitative", key, [out / ev.QUALITATIVE_FILE], result)
+    return result
+
+
+def add_evidence(report: dict, out: Path, parity: dict, masks: dict) -> None:
+    """Point report.json at the gate's and report.html's evidence files; add each artifact's size."""
+    from .deploy.evidence import artifact_bytes
+
+    report["parity_images"] = parity["per_image"]
+    report["qualitative"] = masks
+    for row in report["stages"]:
+        row["artifact_bytes"] = artifact_bytes(out, row["artifact"])

@@ -7,3 +7,19 @@ other jobs, OpenMP threads that spin-wait for a busy core make each op 10-100x s
 import torch
 
 torch.set_num_threads(1)
+
+
+# --- issue 5: one real `run --preset smoke` shared by test_gate.py, test_html.py and test_ci_examples.py ---
+import pytest  # noqa: E402
+
+GATE_RUN_FLAGS = ["--preset", "smoke", "--no-progress", "--device", "cpu", "--latency-runs", "20", "--no-throughput"]
+
+
+@pytest.fixture(scope="session")
+def smoke_report(tmp_path_factory):
+    """OUT folder of one real smoke run on onnxruntime-cpu (20 timed runs per stage), for the CI gate tests."""
+    from bckd_pipeline.cli import main
+
+    out = tmp_path_factory.mktemp("gate") / "R"
+    assert main(["run", *GATE_RUN_FLAGS, "--out", str(out)]) == 0
+    return out

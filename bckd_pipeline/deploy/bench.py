@@ -4,7 +4,8 @@ Latency mode (one request at a time): warm up for at least ``warmup_runs`` calls
 ``warmup_s`` seconds (neither is timed), then ``runs`` timed calls of ``Runtime.infer``, each
 timed with ``time.perf_counter`` around the backend call alone (the base class does it; on a GPU
 the backend synchronises inside). Reported: p50/p90/p99, mean, std, min in milliseconds, and
-FPS = batch / mean. Throughput mode: ``streams`` requests in flight (threads for ONNX Runtime and
+FPS = batch / mean, and ``samples_ms``: every timed run in order, so a CI gate can judge medians
+against their own noise (deploy/gate.py). Throughput mode: ``streams`` requests in flight (threads for ONNX Runtime and
 PyTorch, the async infer-request queue for OpenVINO), FPS = images / wall time.
 """
 
@@ -48,6 +49,8 @@ class LatencyReport:
     versions: dict
     host: dict
     what_is_timed: str
+    # Every timed run (ms), in order; empty in throughput mode, where requests overlap.
+    samples_ms: tuple[float, ...] = ()
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -116,6 +119,7 @@ def benchmark(
             min=float(t.min()),
             fps=batch * 1000.0 / mean,
             streams=1,
+            samples_ms=tuple(float(v) for v in times),
             **common,
         )
     requests = [next(cycle) for _ in range(spec.runs)]

@@ -12,6 +12,10 @@ openvino-fp32 -> openvino-int8``). Per stage:
 - ``boundary_f`` (:class:`bckd_pipeline.metrics.BoundaryFScore` against the labels, 2 px);
 - ``max_abs_logit`` / ``mean_abs_logit``: |logits - reference logits| (when both output logits).
 
+Besides the dataset-level numbers, the ledger keeps one confusion matrix per stage *per image*
+(``LedgerReport.per_image``): summed they give the same mIoU, and resampled over images they give
+the bootstrap confidence interval of a stage's ΔmIoU that the CI gate uses (deploy/gate.py).
+
 A stage fails when it moves further from its parent than its precision's ``ParityCriteria`` allow
 (mIoU drop, agreement, and for float-to-float steps the logit difference). ``culprit`` is the first
 failing stage in pipeline order: the one that caused the drop, not the ones that inherited it.
@@ -65,6 +69,8 @@ class StageParity:
 @dataclass
 class LedgerReport:
     stages: list[StageParity]
+    # stage name -> int64 (images, classes, classes) confusion matrices [target, pred], one per image
+    per_image: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def culprit(self) -> StageParity | None:
@@ -85,6 +91,7 @@ class _Accumulator:
         self.max_ref = self.max_parent = self.sum_ref = 0.0
         self.logit_values = 0
         self.has_logits = True
+        self.per_image: list[np.ndarray] = []
 
 
 def _labels(output: np.ndarray) -> np.ndarray:
@@ -116,7 +123,10 @@ def ledger(
         ref = stages[0].name
         for s in stages:
             a, out, lab = acc[s.name], outputs[s.name], labels[s.name]
-            a.confusion.update(lab[0], label)
+            image_cm = ConfusionMatrix(num_classes, ignore_index)
+            image_cm.update(lab[0], label)
+            a.per_image.append(image_cm.matrix)
+            a.confusion.merge(image_cm)
             a.boundary.update(lab[0], label)
             a.pixels += lab.size
             a.agree_ref += int((lab == labels[ref]).sum())
@@ -168,7 +178,8 @@ def ledger(
         if parent is not None:
             _judge(row, parent, criteria(s.precision))
         results[s.name] = row
-    return LedgerReport(list(results.values()))
+    per_image = {s.name: np.stack(acc[s.name].per_image) for s in stages}
+    return LedgerReport(list(results.values()), per_image)
 
 
 def _judge(row: StageParity, parent: StageParity, c: ParityCriteria) -> None:

@@ -4,7 +4,9 @@
 ``distill`` (teacher / student / distilled mIoU), and ``stages``: one row per ledger stage with
 ``name``, ``backend``, ``precision``, ``artifact``, ``status``, ``device``, ``miou``, ``miou_delta``,
 ``pixel_agreement``, ``latency_ms`` {p50, p90, p99, mean} and ``fps``. A row that was not measured
-says so in ``status`` and carries nulls, never estimates.
+says so in ``status`` and carries nulls, never estimates. ``add_evidence`` (pipeline.py) adds
+``parity_images``, ``qualitative`` and each row's ``artifact_bytes`` for the CI gate (docs/ci.md);
+``write_reports`` also writes ``report.html`` (deploy/html.py).
 """
 
 from __future__ import annotations
@@ -424,3 +426,6 @@ def write_reports(out: Path, report: dict) -> None:
     write_json(out / "report.json", report)
     text = markdown(report)
     atomic_write(out / "report.md", lambda tmp: tmp.write_text(text))
+    from .html import write_html  # report.html: the same run on one self-contained page
+
+    write_html(out, report)

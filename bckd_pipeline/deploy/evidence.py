@@ -1,0 +1,169 @@
+"""The evidence a CI gate and ``report.html`` need beside ``report.json``, saved once per run.
+
+- ``OUT/parity_images.npz``: for every ledger stage, one confusion matrix per evaluation image
+  (``int64 [images, classes, classes]``, ``[target, pred]``). Summed over images they give the
+  report's dataset-level mIoU; resampled over images they give the bootstrap interval of ΔmIoU
+  (deploy/gate.py). ``report.json["parity_images"]`` names the file with its sha256 and lists the
+  images (name and pixel sha256), so a baseline report can be paired with this one image by image.
+- ``OUT/qualitative.npz``: label maps of a few evaluation images (``MASK_IMAGES``) from every model
+  the run has: ground truth, teacher, student alone, the distilled (e.g. BCKD) student, and the deployed
+  artifact. ``bckd-pipeline deploy`` has only the last two; the missing ones are listed, not faked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..cache import file_sha256
+from ..distill.checkpoint import atomic_write
+from ..errors import DataError
+
+PARITY_IMAGES_FILE = "parity_images.npz"
+PARITY_IMAGES_FORMAT = "bckd-pipeline/parity-images-v1"
+QUALITATIVE_FILE = "qualitative.npz"
+MASK_IMAGES = 4  # evaluation images in the side-by-side figure
+
+# Column order of the qualitative figure; ``image`` and ``ground truth`` always exist.
+MASK_COLUMNS = ("teacher", "student alone", "distilled", "deployed")
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a temp name
+            np.savez_compressed(f, **arrays)
+
+    atomic_write(path, write)
+
+
+def save_parity_images(
+    out: Path, per_image: dict[str, np.ndarray], names: Sequence[str], digests: Sequence[str]
+) -> dict:
+    """Write the per-image confusion matrices; return the reference that goes into report.json."""
+    path = Path(out) / PARITY_IMAGES_FILE
+    stages = list(per_image)
+    _save_npz(path, {f"confusion/{s}": np.asarray(per_image[s], dtype=np.int64) for s in stages})
+    return {
+        "format": PARITY_IMAGES_FORMAT,
+        "path": PARITY_IMAGES_FILE,
+        "sha256": file_sha256(path),
+        "stages": stages,
+        "images": [{"name": n, "sha256": d} for n, d in zip(names, digests, strict=True)],
+    }
+
+
+@dataclass(frozen=True)
+class ParityImages:
+    """Per-image confusion matrices of one report, checked against the report's reference."""
+
+    names: tuple[str, ...]
+    digests: tuple[str, ...]
+    confusion: dict[str, np.ndarray]  # stage -> int64 [images, classes, classes]
+
+
+def load_parity_images(report: dict, report_path: Path) -> ParityImages | None:
+    """The report's per-image confusions, or None for a report written before they were kept.
+
+    Raises DataError when the report names the file but it is missing or altered: a gate must not
+    fall back silently to a weaker check because a file was not copied with the report.
+    """
+    ref = report.get("parity_images")
+    if not ref:
+        return None
+    path = Path(report_path).parent / ref["path"]
+    if not path.is_file():
+        raise DataError(
+            f"{report_path} names {ref['path']} (per-image confusion matrices) but {str(path)!r} does not exist. "
+            f"Keep {ref['path']} next to report.json when you copy or archive a report."
+        )
+    if file_sha256(path) != ref["sha256"]:
+        raise DataError(
+            f"{str(path)!r} does not match the sha256 recorded in {report_path} ({ref['sha256'][:12]}...): it belongs "
+            "to another run or was altered. Copy the report and its parity_images.npz from the same run."
+        )
+    with np.load(path) as z:
+        confusion = {s: z[f"confusion/{s}"] for s in ref["stages"]}
+    names = tuple(i["name"] for i in ref["images"])
+    digests = tuple(i["sha256"] for i in ref["images"])
+    return ParityImages(names, digests, confusion)
+
+
+# ---------------------------------------------------------------------------------------------
+# qualitative masks
+# ---------------------------------------------------------------------------------------------
+Predictor = Callable[[int], np.ndarray]  # image index -> H x W int label map
+
+
+def display_image(x: np.ndarray, mean: Sequence[float], std: Sequence[float], normalized: bool) -> np.ndarray:
+    """A 1 x 3 x H x W feed back to H x W x 3 uint8 RGB (undoing normalisation when the feed carries it)."""
+    img = x[0].transpose(1, 2, 0).astype(np.float64)
+    if normalized:
+        img = (img * np.asarray(std) + np.asarray(mean)) * 255.0
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+
+def labels_of(output: np.ndarray) -> np.ndarray:
+    """A model output (1 x C x H x W logits or 1 x H x W labels) as an H x W int16 label map."""
+    lab = output.argmax(1) if output.ndim == 4 else output
+    return np.asarray(lab[0], dtype=np.int16)
+
+
+def write_qualitative(
+    out: Path,
+    images: np.ndarray,
+    ground_truth: np.ndarray,
+    names: Sequence[str],
+    predictors: dict[str, Predictor | None],
+    notes: dict[str, str],
+    ignore_index: int,
+) -> dict:
+    """Run every available predictor on the images and save the label maps; return the summary for report.json.
+
+    ``predictors`` maps a column of ``MASK_COLUMNS`` to a predictor, or to None when the run does not
+    have that model (``notes`` says why); missing columns are recorded as missing.
+    """
+    path = Path(out) / QUALITATIVE_FILE
+    arrays = {"image": images, "ground_truth": ground_truth.astype(np.int16)}
+    present, missing = [], {}
+    for column in MASK_COLUMNS:
+        predict = predictors.get(column)
+        if predict is None:
+            missing[column] = notes.get(column, "not produced by this command")
+            continue
+        arrays[f"pred/{column}"] = np.stack([predict(i) for i in range(len(images))])
+        present.append(column)
+    _save_npz(path, arrays)
+    return {
+        "path": QUALITATIVE_FILE,
+        "sha256": file_sha256(path),
+        "images": list(names),
+        "ignore_index": int(ignore_index),
+        "columns": present,
+        "missing": missing,
+        "notes": {k: v for k, v in notes.items() if k in present},
+    }
+
+
+def load_qualitative(out: Path, ref: dict | None) -> dict[str, np.ndarray] | None:
+    """The saved label maps, or None when the run has none or the file no longer matches its record."""
+    if not ref:
+        return None
+    path = Path(out) / ref["path"]
+    if not path.is_file() or file_sha256(path) != ref["sha256"]:
+        return None
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+def artifact_bytes(out: Path, artifact: str | None) -> int | None:
+    """Bytes of a ledger row's artifact (an OpenVINO model.xml counts with its .bin); None without one."""
+    if artifact is None:
+        return None
+    path = Path(artifact) if Path(artifact).is_absolute() else Path(out) / artifact
+    files = [path] + ([path.with_suffix(".bin")] if path.suffix == ".xml" else [])
+    if not all(f.is_file() for f in files):
+        return None
+    return sum(f.stat().st_size for f in files)

@@ -1,0 +1,487 @@
+"""The CI gate: a run's report against a budgets file (and optionally a baseline report).
+
+Which stages are gated: a target table's keys budget the **deployed stage** (the report's last
+row: the target's shipped artifact, on its device); ``[T.stages.NAME]`` tables budget other stages
+or override the deployed one. Every budget gives one :class:`Check` with status
+
+- ``pass``: measured and within budget;
+- ``fail``: measured and outside it; the message names stage, budget, measured value and by how much;
+- ``pending``: the value was not measured (null, or the row's status is ``pending``/``parity_on_host``
+  for latency): never counted as passed.
+
+Noise (docs/ci.md): latency and FPS budgets get a relative ``latency_tolerance`` and are judged on
+the median of the timed runs; ``max_miou_drop`` is judged on the one-sided lower confidence bound of
+ΔmIoU from a paired bootstrap over evaluation images; against a baseline, a latency regression needs
+the median to grow by more than the tolerance *and* the bootstrap lower bound of the ratio of
+medians to exceed 1 + tolerance.
+
+Exit codes: 0 every check passed; 1 a budget was violated; 2 bad input; 3 nothing violated but a
+check is pending (0 with ``--allow-pending``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError, DataError
+from .budgets import BUDGET_KEYS, DEFAULT_BASELINE_MIOU_DROP, Budgets, GateSettings
+from .evidence import ParityImages, load_parity_images
+from .report import PENDING, REPORT_FORMAT
+
+PASS, FAIL, NOT_MEASURED = "pass", "fail", "pending"
+EXIT_OK, EXIT_VIOLATED, EXIT_PENDING = 0, 1, 3
+
+
+@dataclass(frozen=True)
+class Check:
+    stage: str
+    budget: str  # a BUDGET_KEYS name, or "baseline_p50_ms" / "baseline_miou" for --baseline
+    status: str  # PASS, FAIL or NOT_MEASURED
+    measured: float | None
+    limit: float | None
+    unit: str
+    message: str
+    detail: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GateResult:
+    target: str
+    report: str
+    baseline: str | None
+    settings: GateSettings
+    checks: tuple[Check, ...]
+    allow_pending: bool = False
+
+    def count(self, status: str) -> int:
+        return sum(c.status == status for c in self.checks)
+
+    @property
+    def exit_code(self) -> int:
+        if self.count(FAIL):
+            return EXIT_VIOLATED
+        if self.count(NOT_MEASURED) and not self.allow_pending:
+            return EXIT_PENDING
+        return EXIT_OK
+
+    @property
+    def verdict(self) -> str:
+        code = self.exit_code
+        n, f, p = len(self.checks), self.count(FAIL), self.count(NOT_MEASURED)
+        if code == EXIT_VIOLATED:
+            return f"FAILED: {f} of {n} budget checks violated" + (f", {p} not measured" if p else "")
+        if p:
+            return f"{'PASSED' if self.allow_pending else 'PENDING'}: {n - p} of {n} checks passed, {p} not measured"
+        return f"PASSED: all {n} budget checks within budget"
+
+
+# ---------------------------------------------------------------------------------------------
+# statistics
+# ---------------------------------------------------------------------------------------------
+def miou_of(confusion: np.ndarray) -> np.ndarray:
+    """mIoU (points) of confusion matrices ``[..., C, C]`` (``[target, pred]``), vectorised.
+
+    IoU_c = TP_c / (TP_c + FP_c + FN_c); mIoU = 100 * nanmean_c IoU_c over classes with a non-empty
+    union (the report's ConfusionMatrix.miou); NaN when no class was seen.
+    """
+    cm = np.asarray(confusion, dtype=np.float64)
+    tp = np.diagonal(cm, axis1=-2, axis2=-1)
+    union = cm.sum(-1) + cm.sum(-2) - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(union > 0, tp / union, np.nan)
+    seen = (~np.isnan(iou)).sum(-1)
+    total = np.nansum(iou, axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(seen > 0, 100.0 * total / np.maximum(seen, 1), np.nan)
+
+
+@dataclass(frozen=True)
+class Interval:
+    point: float
+    lower: float  # one-sided lower bound at ``confidence``
+    upper: float  # one-sided upper bound at ``confidence``
+    confidence: float
+    resamples: int
+
+
+def bootstrap_delta_miou(
+    new: np.ndarray, ref: np.ndarray, *, confidence: float = 0.95, resamples: int = 2000, seed: int = 0
+) -> Interval:
+    """Paired bootstrap of ΔmIoU = mIoU(new) - mIoU(ref) over images.
+
+    ``new`` and ``ref`` are per-image confusion matrices ``[N, C, C]`` of the same N images. Each
+    resample b draws N image indices i_1..i_N with replacement (the same indices for both, so the
+    pairing cancels the variation shared by the two models) and computes
+    Δ_b = mIoU(Σ_k new[i_k]) - mIoU(Σ_k ref[i_k]), i.e. the report's dataset-level mIoU of the
+    resampled set. ``point`` is Δ on all images; ``lower``/``upper`` are the (1 - confidence) and
+    confidence percentiles of Δ_b: "ΔmIoU >= lower with `confidence` confidence" (percentile method).
+    """
+    new, ref = np.asarray(new, np.int64), np.asarray(ref, np.int64)
+    if new.shape != ref.shape or new.ndim != 3 or len(new) == 0:
+        raise DataError(
+            f"Paired ΔmIoU needs per-image confusion matrices of the same images, got shapes {new.shape} and "
+            f"{ref.shape}. Compare reports evaluated on the same images."
+        )
+    n, c = new.shape[0], new.shape[1]
+    rng = np.random.default_rng(seed)
+    # Resample b's summed confusion = (how often each image was drawn) @ the per-image matrices.
+    weights = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(resamples)])
+    deltas = miou_of((weights @ new.reshape(n, -1)).reshape(-1, c, c)) - miou_of(
+        (weights @ ref.reshape(n, -1)).reshape(-1, c, c)
+    )
+    deltas = deltas[~np.isnan(deltas)]
+    point = float(miou_of(new.sum(0)) - miou_of(ref.sum(0)))
+    lower, upper = np.percentile(deltas, [100 * (1 - confidence), 100 * confidence])
+    return Interval(point, float(lower), float(upper), confidence, resamples)
+
+
+def bootstrap_median_ratio(
+    new: np.ndarray, old: np.ndarray, *, confidence: float = 0.95, resamples: int = 2000, seed: int = 0
+) -> Interval:
+    """Bootstrap of the ratio of median latencies r = median(new) / median(old).
+
+    The two sample sets are timed runs of two separate processes, so each is resampled on its own
+    (unpaired): r_b = median(new*_b) / median(old*_b). ``point`` is the ratio of the full medians;
+    ``lower``/``upper`` the (1 - confidence) and confidence percentiles of r_b. Timed runs are treated
+    as independent draws; slow drift within one run (thermal throttling) widens nothing here, which
+    is why the gate also asks for the median to exceed the tolerance.
+    """
+    new, old = np.asarray(new, np.float64), np.asarray(old, np.float64)
+    if new.size == 0 or old.size == 0:
+        raise DataError("A latency comparison needs timed runs on both sides; one side has none.")
+    rng = np.random.default_rng(seed)
+    med_new = np.median(rng.choice(new, (resamples, new.size)), axis=1)
+    med_old = np.median(rng.choice(old, (resamples, old.size)), axis=1)
+    ratios = med_new / med_old
+    lower, upper = np.percentile(ratios, [100 * (1 - confidence), 100 * confidence])
+    return Interval(float(np.median(new) / np.median(old)), float(lower), float(upper), confidence, resamples)
+
+
+def latency_regressed(ratio: Interval, tolerance: float) -> bool:
+    """The noise rule: slower by more than the tolerance, and the bound on the slowdown says so too."""
+    return ratio.point > 1 + tolerance and ratio.lower > 1 + tolerance
+
+
+# ---------------------------------------------------------------------------------------------
+# reading reports
+# ---------------------------------------------------------------------------------------------
+def read_report(path: Path, flag: str = "REPORT") -> tuple[dict, Path]:
+    """A report.json (or a run folder holding one), checked to be a bckd-pipeline report."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "report.json"
+    try:
+        report = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{flag} {str(path)!r} does not exist. Pass OUT/report.json of a `run` or `deploy`.") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise DataError(f"{flag} {str(path)!r} is not a JSON report ({exc}). Pass OUT/report.json of a run.") from None
+    if (
+        not isinstance(report, dict)
+        or report.get("format") != REPORT_FORMAT
+        or not isinstance(report.get("stages"), list)
+    ):
+        got = report.get("format") if isinstance(report, dict) else type(report).__name__
+        raise DataError(
+            f"{flag} {str(path)!r} is not a bckd-pipeline report (format {got!r}, expected {REPORT_FORMAT!r}). "
+            "Pass the report.json that `bckd-pipeline run` or `deploy` wrote."
+        )
+    return report, path
+
+
+def _rows(report: dict) -> dict[str, dict]:
+    return {r["name"]: r for r in report["stages"]}
+
+
+# ---------------------------------------------------------------------------------------------
+# checks
+# ---------------------------------------------------------------------------------------------
+def _pending(stage: str, budget: str, limit: float, row: dict, what: str) -> Check:
+    # The row's own note says why (device absent, ...): its first sentence, without a repeated prefix.
+    note = (row.get("note") or f"status {row.get('status')!r}").removeprefix("not measured: ").split(". ")[0]
+    return Check(
+        stage,
+        budget,
+        NOT_MEASURED,
+        None,
+        limit,
+        BUDGET_KEYS[budget].unit,
+        f"{stage}: {budget} {limit:g} not checked: {what} was not measured ({note})",
+    )
+
+
+def _samples(row: dict) -> np.ndarray | None:
+    lat = row.get("latency") or {}
+    s = lat.get("samples_ms")
+    return np.asarray(s, np.float64) if s else None
+
+
+def _latency_check(stage: str, key: str, limit: float, row: dict, tol: float) -> Check:
+    unit = BUDGET_KEYS[key].unit
+    samples = _samples(row)
+    if key == "min_fps":
+        value = row.get("fps")
+        if value is None or row.get("status") == PENDING:
+            return _pending(stage, key, limit, row, "FPS")
+        floor = limit / (1 + tol)
+        ok = value >= floor
+        verb = "below" if value < limit else "above"
+        msg = (
+            f"{stage}: {value:.1f} FPS is {verb} budget min_fps {limit:g}"
+            + (f" (tolerance {tol:.0%}: fails below {floor:.1f})" if tol else "")
+            + ("" if ok else f", short by {limit - value:.1f} FPS ({(limit - value) / limit:.1%})")
+        )
+        return Check(stage, key, PASS if ok else FAIL, value, limit, unit, msg, {"tolerance": tol, "floor": floor})
+    pct = 50 if key == "max_p50_ms" else 99
+    if samples is not None:
+        value, source = float(np.percentile(samples, pct)), f"of {samples.size} timed runs"
+    else:
+        value, source = (row.get("latency_ms") or {}).get(f"p{pct}"), "(report value; no timed runs kept)"
+    if value is None or row.get("status") == PENDING:
+        return _pending(stage, key, limit, row, "latency")
+    ceiling = limit * (1 + tol)
+    ok = value <= ceiling
+    name = "median" if pct == 50 else "p99"
+    msg = (
+        f"{stage}: {name} {value:.3f} ms {source} vs budget {key} {limit:g} ms"
+        + (f" + {tol:.0%} tolerance = {ceiling:.3f} ms" if tol else "")
+        + (": within budget" if ok else f": over by {value - limit:.3f} ms ({(value - limit) / limit:+.1%})")
+    )
+    detail = {"tolerance": tol, "ceiling": ceiling, "runs": None if samples is None else int(samples.size)}
+    return Check(stage, key, PASS if ok else FAIL, value, limit, unit, msg, detail)
+
+
+def _drop_check(
+    stage: str, limit: float, row: dict, images: ParityImages | None, reference: str, s: GateSettings
+) -> Check:
+    if row.get("miou_delta") is None:
+        return _pending(stage, "max_miou_drop", limit, row, "mIoU")
+    if images is None or stage not in images.confusion or reference not in images.confusion:
+        value = row["miou_delta"]
+        ok = value >= -limit
+        msg = (
+            f"{stage}: ΔmIoU {value:+.3f} vs {reference} (point estimate; the report kept no per-image confusions) "
+            f"vs budget max_miou_drop {limit:g}" + ("" if ok else f": dropped {-value - limit:.3f} points too far")
+        )
+        return Check(stage, "max_miou_drop", PASS if ok else FAIL, -value, limit, "mIoU points", msg, {})
+    ci = bootstrap_delta_miou(
+        images.confusion[stage],
+        images.confusion[reference],
+        confidence=s.confidence,
+        resamples=s.bootstrap_resamples,
+        seed=s.seed,
+    )
+    ok = ci.lower >= -limit
+    msg = (
+        f"{stage}: ΔmIoU {ci.point:+.3f} vs {reference}; with {s.confidence:.0%} confidence ΔmIoU >= {ci.lower:+.3f} "
+        f"(paired bootstrap over {len(images.names)} images, {ci.resamples} resamples) vs budget max_miou_drop "
+        f"{limit:g}" + (": within budget" if ok else f": the bound is {-ci.lower - limit:.3f} points past -{limit:g}")
+    )
+    detail = {"point": ci.point, "lower": ci.lower, "upper": ci.upper, "confidence": ci.confidence}
+    return Check(stage, "max_miou_drop", PASS if ok else FAIL, -ci.lower, limit, "mIoU points", msg, detail)
+
+
+def _simple_check(stage: str, key: str, limit: float, row: dict) -> Check:
+    spec = BUDGET_KEYS[key]
+    if key == "min_miou":
+        value, label, fmt = row.get("miou"), "mIoU", ".2f"
+    elif key == "min_pixel_agreement":
+        value, label, fmt = row.get("pixel_agreement"), "pixel agreement with the PyTorch student", ".4f"
+    else:  # max_artifact_mb
+        size = row.get("artifact_bytes")
+        if row.get("artifact") is None:
+            return Check(
+                stage,
+                key,
+                NOT_MEASURED,
+                None,
+                limit,
+                spec.unit,
+                f"{stage}: {key} {limit:g} not checked: no artifact (the PyTorch reference runs from the checkpoint)",
+            )
+        value, label, fmt = (None if size is None else size / 1e6), "artifact", ".3f"
+    if value is None:
+        return _pending(stage, key, limit, row, label)
+    ok = value <= limit if spec.direction == "max" else value >= limit
+    unit = "" if spec.unit in ("fraction", "mIoU points") else f" {spec.unit}"
+    by = abs(value - limit)
+    by_unit = " points" if spec.unit == "mIoU points" else unit
+    msg = f"{stage}: {label} {value:{fmt}}{unit} vs budget {key} {limit:g}" + (
+        ": within budget" if ok else f": {'over' if spec.direction == 'max' else 'short'} by {by:{fmt}}{by_unit}"
+    )
+    return Check(stage, key, PASS if ok else FAIL, value, limit, spec.unit, msg)
+
+
+def _baseline_checks(
+    stage: str,
+    row: dict,
+    old: dict | None,
+    images: ParityImages | None,
+    old_images: ParityImages | None,
+    limit_drop: float,
+    s: GateSettings,
+) -> list[Check]:
+    checks = []
+    tol = s.latency_tolerance
+    if old is None:
+        return [
+            Check(
+                stage,
+                "baseline",
+                NOT_MEASURED,
+                None,
+                None,
+                "",
+                f"{stage}: not in the baseline report; nothing to compare",
+            )
+        ]
+    new_s, old_s = _samples(row), _samples(old)
+    if new_s is None or old_s is None:
+        side = "this report" if new_s is None else "the baseline"
+        checks.append(
+            Check(
+                stage,
+                "baseline_p50_ms",
+                NOT_MEASURED,
+                None,
+                None,
+                "ratio",
+                f"{stage}: latency regression not checked: {side} has no timed runs for this stage",
+            )
+        )
+    else:
+        r = bootstrap_median_ratio(new_s, old_s, confidence=s.confidence, resamples=s.bootstrap_resamples, seed=s.seed)
+        bad = latency_regressed(r, tol)
+        msg = (
+            f"{stage}: median {np.median(new_s):.3f} ms vs baseline {np.median(old_s):.3f} ms (x{r.point:.3f}; "
+            f"with {s.confidence:.0%} confidence >= x{r.lower:.3f}); a regression needs both above x{1 + tol:.2f} "
+            f"(tolerance {tol:.0%})" + (": REGRESSED" if bad else ": within noise and tolerance")
+        )
+        detail = {"ratio": r.point, "lower": r.lower, "upper": r.upper, "tolerance": tol}
+        checks.append(Check(stage, "baseline_p50_ms", FAIL if bad else PASS, r.point, 1 + tol, "ratio", msg, detail))
+    if row.get("miou") is None or old.get("miou") is None:
+        checks.append(
+            Check(
+                stage,
+                "baseline_miou",
+                NOT_MEASURED,
+                None,
+                limit_drop,
+                "mIoU points",
+                f"{stage}: mIoU against the baseline not checked: one side was not measured",
+            )
+        )
+        return checks
+    if images is not None and old_images is not None and stage in images.confusion and stage in old_images.confusion:
+        ci = bootstrap_delta_miou(
+            images.confusion[stage],
+            old_images.confusion[stage],
+            confidence=s.confidence,
+            resamples=s.bootstrap_resamples,
+            seed=s.seed,
+        )
+        point, lower, how = ci.point, ci.lower, f"with {s.confidence:.0%} confidence ΔmIoU >= {ci.lower:+.3f}"
+    else:
+        point = lower = row["miou"] - old["miou"]
+        how = "point estimate (per-image confusions missing on one side)"
+    ok = lower >= -limit_drop
+    msg = (
+        f"{stage}: mIoU {row['miou']:.3f} vs baseline {old['miou']:.3f} (ΔmIoU {point:+.3f}; {how}) vs budget "
+        f"max_baseline_miou_drop {limit_drop:g}"
+        + (": within budget" if ok else f": {-lower - limit_drop:.3f} points past")
+    )
+    checks.append(
+        Check(
+            stage,
+            "baseline_miou",
+            PASS if ok else FAIL,
+            -lower,
+            limit_drop,
+            "mIoU points",
+            msg,
+            {"point": point, "lower": lower},
+        )
+    )
+    return checks
+
+
+def _pair_images(report_path: Path, images: ParityImages | None, base_path: Path, old: ParityImages | None) -> None:
+    if images is None or old is None:
+        return
+    if images.digests != old.digests:
+        shared = len(set(images.digests) & set(old.digests))
+        raise DataError(
+            f"{base_path} was evaluated on other images than {report_path} ({len(old.digests)} vs "
+            f"{len(images.digests)} images, {shared} shared): ΔmIoU must be paired image by image. Make the "
+            "baseline with the same --data, --eval-split and --parity-images."
+        )
+
+
+def gate(
+    report_path: Path,
+    budgets: Budgets,
+    *,
+    baseline: Path | None = None,
+    confidence: float | None = None,
+    allow_pending: bool = False,
+) -> GateResult:
+    """Check one report against its target's budgets (and a baseline report); never raises for a violation."""
+    report, report_path = read_report(report_path)
+    settings = budgets.settings if confidence is None else replace(budgets.settings, confidence=confidence)
+    if not 0.5 < settings.confidence < 1:
+        raise ConfigError(f"--confidence {settings.confidence!r} must be a fraction in (0.5, 1), e.g. 0.95.")
+    target = report.get("target")
+    tb = budgets.for_target(target, f"report {report_path}")
+    rows = _rows(report)
+    if not rows:
+        raise DataError(f"{report_path} has no ledger stages. Pass the report of a finished run.")
+    missing = [s for s in tb.stages if s not in rows]
+    if missing:
+        raise DataError(
+            f"{budgets.path} budgets stage(s) {', '.join(missing)} of target {target!r}, but {report_path} has no "
+            f"such row (its stages: {', '.join(rows)}). Gate a complete report, or remove the stage table."
+        )
+    deployed = report["stages"][-1]["name"]
+    reference = report["stages"][0]["name"]
+    images = load_parity_images(report, report_path)
+    old_report = old_images = base_path = None
+    if baseline is not None:
+        old_report, base_path = read_report(baseline, "--baseline")
+        if old_report.get("target") != target:
+            raise DataError(
+                f"--baseline {str(base_path)!r} is a report of target {old_report.get('target')!r}, {report_path} of "
+                f"{target!r}. Compare reports of the same target."
+            )
+        old_images = load_parity_images(old_report, base_path)
+        _pair_images(report_path, images, base_path, old_images)
+
+    plan = {deployed: dict(tb.deployed)}
+    for stage, values in tb.stages.items():
+        plan[stage] = plan.get(stage, {}) | values
+    checks: list[Check] = []
+    tol = settings.latency_tolerance
+    for stage, values in plan.items():
+        row = rows[stage]
+        for key, limit in values.items():
+            if key == "max_baseline_miou_drop":
+                continue
+            if key in ("max_p50_ms", "max_p99_ms", "min_fps"):
+                check = _latency_check(stage, key, limit, row, tol)
+            elif key == "max_miou_drop":
+                check = _drop_check(stage, limit, row, images, reference, settings)
+            else:
+                check = _simple_check(stage, key, limit, row)
+            if stage == deployed and key in tb.from_defaults and key not in tb.stages.get(stage, {}):
+                check = replace(check, message=f"{check.message} [default budget of target {target}]")
+            checks.append(check)
+        if old_report is not None:
+            limit_drop = values.get("max_baseline_miou_drop", DEFAULT_BASELINE_MIOU_DROP)
+            old_row = _rows(old_report).get(stage)
+            checks += _baseline_checks(stage, row, old_row, images, old_images, limit_drop, settings)
+    return GateResult(
+        target, str(report_path), None if base_path is None else str(base_path), settings, tuple(checks), allow_pending
+    )

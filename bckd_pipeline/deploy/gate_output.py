@@ -1,0 +1,109 @@
+"""The gate's result for people and CI systems: console lines, JUnit XML, a Markdown job summary.
+
+JUnit: one ``<testsuite>`` per gate, one ``<testcase>`` per budget check (classname
+``bckd-pipeline.gate.<target>.<stage>``, name = the budget key); a violated budget holds a
+``<failure message=...>``, a value that was not measured a ``<skipped message=...>``. GitHub,
+GitLab and Jenkins read this shape. Markdown: a verdict line and a table, for
+``$GITHUB_STEP_SUMMARY`` or a merge-request note.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from ..distill.checkpoint import atomic_write
+from .gate import FAIL, NOT_MEASURED, PASS, GateResult
+
+SYMBOL = {PASS: "ok", FAIL: "FAIL", NOT_MEASURED: "pending"}
+MD_SYMBOL = {PASS: "✅ pass", FAIL: "❌ **fail**", NOT_MEASURED: "⏸ not measured"}
+
+
+def text_lines(result: GateResult) -> list[str]:
+    lines = [
+        f"gate {result.report} (target {result.target})"
+        + (f" vs baseline {result.baseline}" if result.baseline else "")
+    ]
+    lines += [f"  {SYMBOL[c.status]:8s} {c.message}" for c in result.checks]
+    lines.append(f"{result.verdict} (exit code {result.exit_code})")
+    return lines
+
+
+def junit_xml(result: GateResult) -> str:
+    suite = ET.Element(
+        "testsuite",
+        {
+            "name": f"bckd-pipeline gate: {result.target}",
+            "tests": str(len(result.checks)),
+            "failures": str(result.count(FAIL)),
+            "skipped": str(result.count(NOT_MEASURED)),
+            "errors": "0",
+        },
+    )
+    props = ET.SubElement(suite, "properties")
+    for name, value in (
+        ("report", result.report),
+        ("baseline", result.baseline or ""),
+        ("confidence", f"{result.settings.confidence:g}"),
+        ("latency_tolerance", f"{result.settings.latency_tolerance:g}"),
+    ):
+        ET.SubElement(props, "property", {"name": name, "value": value})
+    for c in result.checks:
+        case = ET.SubElement(
+            suite,
+            "testcase",
+            {"classname": f"bckd-pipeline.gate.{result.target}.{c.stage}", "name": c.budget, "time": "0"},
+        )
+        if c.status == FAIL:
+            ET.SubElement(case, "failure", {"message": c.message, "type": "BudgetViolated"}).text = c.message
+        elif c.status == NOT_MEASURED:
+            ET.SubElement(case, "skipped", {"message": c.message})
+        else:
+            ET.SubElement(case, "system-out").text = c.message
+    root = ET.Element(
+        "testsuites",
+        {
+            "name": "bckd-pipeline gate",
+            "tests": suite.get("tests"),
+            "failures": suite.get("failures"),
+            "skipped": suite.get("skipped"),
+            "errors": "0",
+        },
+    )
+    root.append(suite)
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _value(c) -> str:
+    if c.measured is None:
+        return "–"
+    return f"{c.measured:.4g} {c.unit}".strip()
+
+
+def markdown(result: GateResult) -> str:
+    icon = "❌" if result.count(FAIL) else "⏸" if result.exit_code else "✅"
+    lines = [
+        f"### {icon} bckd-pipeline gate: `{result.target}`",
+        "",
+        f"**{result.verdict}** (exit code {result.exit_code}). Report `{result.report}`"
+        + (f", baseline `{result.baseline}`" if result.baseline else "")
+        + f"; confidence {result.settings.confidence:.0%}, latency tolerance {result.settings.latency_tolerance:.0%}.",
+        "",
+        "| result | stage | budget | measured | limit | detail |",
+        "|---|---|---|---:|---:|---|",
+    ]
+    for c in result.checks:
+        limit = "–" if c.limit is None else f"{c.limit:g}"
+        lines.append(
+            f"| {MD_SYMBOL[c.status]} | `{c.stage}` | `{c.budget}` | {_value(c)} | {limit} | {_cell(c.message)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_text(path: Path, text: str) -> None:
+    atomic_write(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))
