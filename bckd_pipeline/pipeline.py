@@ -714,12 +714,18 @@ def device_stage(ctx: DeployContext, out: Path, cache: StageCache, qdq: Built) -
     Returns the device's ledger row: ``tensorrt-int8`` when an engine was built, the agent's ONNX
     Runtime row when the device had no TensorRT (it says so), nothing when the device step is pending.
     """
-    from .deploy.device import BUNDLE_FILES, DeviceOutcome, run_here, write_bundle
+    from .deploy.device import BUNDLE_FILES, DeviceOutcome, agent_digest, run_here, write_bundle
 
     folder = out / TENSORRT_DIR
     bundle, dest = folder / "bundle", folder / "device"
     spec = ctx.deploy.latency or ctx.profile.latency
-    options = {"tensorrt": ctx.profile.tensorrt, "latency": spec, "feeds": ctx.eval_feeds.digests, "export": ctx.spec}
+    options = {
+        "tensorrt": ctx.profile.tensorrt,
+        "latency": spec,
+        "feeds": ctx.eval_feeds.digests,
+        "export": ctx.spec,
+        "agent": agent_digest(),
+    }
     key = stage_key("device-bundle", options, [qdq.path])
     hit = cache.lookup("device-bundle", key)
     if hit is None:

@@ -201,7 +201,7 @@ def _settings(path: str, body) -> GateSettings:
 def stage_names(target: str) -> list[str] | None:
     """Ledger stage names a report of ``target`` has (None when this version cannot list them)."""
     from ..pipeline import _target_artifacts
-    from ..targets import get_target
+    from ..targets import Backend, get_target
 
     profile = get_target(target)
     try:
@@ -209,6 +209,9 @@ def stage_names(target: str) -> list[str] | None:
     except ConfigError:
         return None
     names = ["pytorch", "onnx", "onnx-simplified", *(b.name for b in built)]
+    if profile.backend is Backend.TENSORRT:
+        # The engine row (built on the device, or pending), or the device's ONNX Runtime fallback row.
+        return [*names, "tensorrt-int8", "onnx-qdq-on-device"]
     # A target whose device is absent adds a pending row for the deployed artifact on the device.
     return [*names, f"{names[-1]}-on-{profile.device.lower()}"]
 

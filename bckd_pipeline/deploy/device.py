@@ -66,6 +66,17 @@ def _local_tensorrt_version() -> tuple[int, int, int]:
     return parse_trt_version(tensorrt.__version__)
 
 
+def agent_digest() -> str:
+    """sha256 over the agent's modules: a bundle made by other code is stale even at the same version."""
+    import hashlib
+
+    package = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for rel in AGENT_MODULES:
+        h.update(rel.encode() + b"\0" + (package / rel).read_bytes())
+    return h.hexdigest()
+
+
 def build_agent(path: Path) -> Path:
     """``agent.pyz``: a zipapp of the modules in ``AGENT_MODULES``; ``python3 agent.pyz job.json``."""
     package = Path(__file__).resolve().parents[1]

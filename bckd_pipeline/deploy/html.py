@@ -127,7 +127,7 @@ def ledger_table(report: dict) -> str:
         if r.get("note")
     )
     return f'<table class="ledger">{head}{"".join(rows)}</table>' + (
-        f"<p>Not measured here:</p><ul>{notes}</ul>" if notes else ""
+        f"<p>Notes:</p><ul>{notes}</ul>" if notes else ""
     )
 
 
