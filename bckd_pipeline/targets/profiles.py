@@ -126,7 +126,10 @@ class TensorRTOptions:
                 + (f": use 0..{self.dla_cores - 1}." if self.dla_cores else "; leave --dla-core out (GPU only).")
             )
         if self.dla_core is not None and self.dla_cores == 0:
-            raise ConfigError(f"--dla-core {self.dla_core}: this target's module has no DLA; leave --dla-core out.")
+            raise ConfigError(
+                f"--dla-core {self.dla_core}: this target's module has no DLA (or is not named). Leave --dla-core out, "
+                "or name a module with DLA cores: --target jetson-orin-nx or jetson-agx-orin."
+            )
 
 
 @dataclass(frozen=True)
