@@ -402,3 +402,52 @@ def test_ssh_target_parsing():
     for bad in ("nvidia@host", "http://host", "ssh://", "ssh://-oProxyCommand=x@host", "ssh://u;rm@host"):
         with pytest.raises(ConfigError):
             SshTarget.parse(bad)
+
+
+# --- the TensorRT branch of the agent, in-process, with recording stand-ins ------------------------
+def test_engine_path_end_to_end_with_stand_ins_for_tensorrt(jetson_run, tmp_path, capsys, monkeypatch):
+    """What `run --target tensorrt` does on a GPU host, with TensorRT's builder replaced by the recording fake
+    of tests/test_tensorrt.py and the engine's execution by ONNX Runtime on the same Q/DQ ONNX. It checks our
+    glue (job -> recipe -> build -> trtexec.sh -> runtime -> result -> ledger row, report, manifest), not TensorRT.
+    """
+    from test_tensorrt import make_fake_trt
+
+    import bckd_pipeline.deploy.agent as agent
+    import bckd_pipeline.deploy.backends.tensorrt as trt_backend
+    import bckd_pipeline.pipeline as pipeline
+    from bckd_pipeline.targets import Availability
+
+    out = _copy(jetson_run, tmp_path / "R")
+    fake = make_fake_trt("10.3.0.30", input_shape=(1, 3, 64, 64))
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    monkeypatch.setattr(agent, "_tensorrt_missing", lambda: [])
+    monkeypatch.setattr(pipeline, "check_availability", lambda profile: Availability(True, True, ""))
+    qdq = out / "deploy/tensorrt/bundle/model.qdq.onnx"
+
+    class EngineOnOrt(OrtRuntime):
+        backend = "tensorrt"
+
+        def __init__(self, plan, *, name, precision, copies_in_timing, cuda_graph):
+            assert Path(plan).read_bytes() == b"PLAN-BYTES"  # the plan the build wrote is the one that runs
+            super().__init__(qdq, precision=precision, name=name)
+
+    monkeypatch.setattr(trt_backend, "TensorRTRuntime", EngineOnOrt)
+    rc, stdout, err = run_cli(capsys, "run", *SMOKE, "--out", out, "--target", "tensorrt", "--latency-runs", "5")
+    assert rc == 0, err
+    report = _json(out / "report.json")
+    row = report["stages"][-1]
+    assert row["name"] == "tensorrt-int8" and row["backend"] == "tensorrt" and row["status"] == "measured"
+    assert row["artifact"] == "deploy/tensorrt/device/model.plan" and row["parent"] == "onnx-qdq"
+    assert row["parity_passed"] and row["pixel_agreement_vs_parent"] == 1.0 and row["latency"]["runs"] == 5
+    dev = report["device"]
+    assert dev["where"] == "here" and dev["fallback"] is None
+    import hashlib
+
+    assert dev["engine"]["sha256"] == hashlib.sha256(b"PLAN-BYTES").hexdigest()
+    assert dev["engine"]["build"]["typing"] == "weak" and dev["engine"]["build"]["builder_flags"] == ["INT8", "FP16"]
+    assert dev["engine"]["trtexec"][:3] == ["trtexec", "--onnx=model.qdq.onnx", "--saveEngine=model.plan"]
+    assert "--int8" in (out / "deploy/tensorrt/device/trtexec.sh").read_text()
+    manifest = _json(out / "manifest.json")
+    assert manifest["deployable"] == ["deploy/tensorrt/device/model.plan"]
+    assert manifest["engine"]["sha256"] == dev["engine"]["sha256"]
+    assert "No TensorRT engine" not in stdout
