@@ -57,6 +57,11 @@ def main() -> None:
     ap.add_argument("--size", help="H,W: --resize and --crop for every run (default: the camvid preset's)")
     ap.add_argument("--chosen", help="skip tuning and use this BCKD variant (a name in VARIANTS)")
     ap.add_argument("--deadline", type=float, default=1e9, help="seconds; no new job starts after it")
+    ap.add_argument(
+        "--rows",
+        help="only these final rows over every seed (names from student,kd,cwd,bckd,kd+bckd); "
+        "default: the whole table (headline rows over every seed, ablation rows on the first)",
+    )
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.time()
@@ -141,6 +146,8 @@ def main() -> None:
             tune_jobs[v] = distill(v, ["--kd", "bckd", *VARIANTS[v]], "tune", 0, tune_root, args.tune_epochs)
     s0, rest = seeds[0], seeds[1:]
     baselines = [("student", ["--kd", "none"]), ("kd", ["--kd", "kd"]), ("cwd", ["--kd", "cwd"])]
+    if args.rows:
+        return _only_rows(args, seeds, distill, pool, start, results)
     final = [distill(n, e, "final", s0, args.root, args.epochs) for n, e in baselines[:2]]
     tuned = {k: f.result() for k, f in tune_jobs.items()}
     ok = {k: r["miou"] for k, r in tuned.items() if r.get("status") == "ok" and k in VARIANTS}
@@ -150,23 +157,39 @@ def main() -> None:
     # Phase 3: the BCKD rows with the chosen options and the Table I ablation (first seed), then
     # the remaining seeds of the headline rows.
     bckd_rows = [("bckd", ["--kd", "bckd", *chosen]), ("kd+bckd", ["--kd", "kd+bckd", *chosen])]
-    for name, extra in (
-        bckd_rows
-        + baselines[2:]
-        + [
-            ("ablation: boundary only", ["--kd", "bckd", "--no-context", "--no-decay", *chosen]),
-            ("ablation: context only", ["--kd", "bckd", "--no-boundary", "--no-decay", *chosen]),
-            ("ablation: both, no decay", ["--kd", "bckd", "--no-decay", *chosen]),
-            ("bckd literal (spec defaults)", ["--kd", "bckd", *VARIANTS["literal"]]),
-            ("cwd+bckd", ["--kd", "cwd+bckd", *chosen]),
-        ]
-    ):
+    extras = baselines[2:] + [
+        ("ablation: boundary only", ["--kd", "bckd", "--no-context", "--no-decay", *chosen]),
+        ("ablation: context only", ["--kd", "bckd", "--no-boundary", "--no-decay", *chosen]),
+        ("ablation: both, no decay", ["--kd", "bckd", "--no-decay", *chosen]),
+        ("bckd literal (spec defaults)", ["--kd", "bckd", *VARIANTS["literal"]]),
+        ("cwd+bckd", ["--kd", "cwd+bckd", *chosen]),
+    ]
+    for name, extra in bckd_rows + extras:
         final.append(distill(name, extra, "final", s0, args.root, args.epochs))
     for seed in rest:
         for name, extra in bckd_rows + baselines:
             final.append(distill(name, extra, "final", seed, args.root, args.epochs))
     [f.result() for f in final]
     pool.shutdown()
+    summary = {"chosen_variant": best, "chosen_args": chosen, "seconds": round(time.time() - start, 1), "rows": results}
+    (args.out / "results.json").write_text(json.dumps(summary, indent=1))
+    (args.out / "table.md").write_text(table(results, best))
+    print(table(results, best))
+
+
+def _only_rows(args, seeds, distill, pool, start, results) -> None:
+    """``--rows``: the named final rows for every seed, BCKD with the chosen (default) options."""
+    chosen = VARIANTS[args.chosen or "semantic"]
+    known = {"student": ["--kd", "none"], "kd": ["--kd", "kd"], "cwd": ["--kd", "cwd"]}
+    known |= {"bckd": ["--kd", "bckd", *chosen], "kd+bckd": ["--kd", "kd+bckd", *chosen]}
+    names = args.rows.split(",")
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise SystemExit(f"--rows {','.join(unknown)}: not a row. Allowed: {', '.join(known)}.")
+    jobs = [distill(n, known[n], "final", seed, args.root, args.epochs) for seed in seeds for n in names]
+    [f.result() for f in jobs]
+    pool.shutdown()
+    best = args.chosen or "semantic"
     summary = {"chosen_variant": best, "chosen_args": chosen, "seconds": round(time.time() - start, 1), "rows": results}
     (args.out / "results.json").write_text(json.dumps(summary, indent=1))
     (args.out / "table.md").write_text(table(results, best))
