@@ -70,7 +70,13 @@ def _runtime(job: dict, work: Path, out: Path):
     """(runtime, engine section or None, fallback note or None) for this device."""
     missing = _tensorrt_missing()
     if not missing:
-        from ..targets.tensorrt import EngineRecipe, build_engine, parse_trt_version, trtexec_command
+        from ..targets.tensorrt import (
+            EngineRecipe,
+            build_engine,
+            parse_trt_version,
+            trtexec_command,
+            write_build_script,
+        )
         from .backends.tensorrt import TensorRTRuntime
 
         import tensorrt as trt
@@ -81,7 +87,7 @@ def _runtime(job: dict, work: Path, out: Path):
         build = build_engine(work / job["onnx"], plan, recipe, log_path=out / "build.log")
         version = parse_trt_version(trt.__version__)
         command = trtexec_command(job["onnx"], PLAN_FILE, recipe, version)
-        atomic_write(out / "trtexec.sh", lambda t: t.write_text("#!/bin/sh\n" + " ".join(command) + "\n"))
+        write_build_script(out / "trtexec.sh", job["onnx"], PLAN_FILE, recipe, version)
         runtime = TensorRTRuntime(
             plan, name="tensorrt-int8", precision="int8", copies_in_timing=True, cuda_graph=job["cuda_graph"]
         )
@@ -126,7 +132,8 @@ def run_job(job_file: Path, out: Path | None = None) -> dict:
             labels.append(output.argmax(1)[0] if output.ndim == 4 else output[0])
         feeds = [{job["input_name"]: image[None]} for image in images[:LATENCY_IMAGES]]
         latency = benchmark(runtime, feeds, LatencySpec(**job["latency"])).as_dict()
-    stacked = np.stack(labels).astype(np.uint8 if max(int(m.max()) for m in labels) < 256 else np.uint16)
+    stacked = np.stack(labels)
+    stacked = stacked.astype(np.uint8 if stacked.max() < 256 else np.uint16)
 
     def save_labels(tmp: Path) -> None:
         with open(tmp, "wb") as f:

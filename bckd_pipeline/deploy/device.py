@@ -12,20 +12,21 @@ parity ledger, so the device row is judged by the same code as every other stage
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import tempfile
 import zipfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..calibrate.data import DatasetFeeds
 from ..errors import StageCheckError
-from ..targets.profiles import LatencySpec, TargetProfile
 from ..fileio import atomic_write, file_sha256
+from ..targets.profiles import LatencySpec, TargetProfile
 from .agent import JOB_FORMAT, LABELS_FILE, RESULT_FILE, RESULT_FORMAT, feed_digest
 from .runtime import Feed, Runtime, TensorSpec
 
@@ -68,13 +69,9 @@ def _local_tensorrt_version() -> tuple[int, int, int]:
 
 def agent_digest() -> str:
     """sha256 over the agent's modules: a bundle made by other code is stale even at the same version."""
-    import hashlib
-
     package = Path(__file__).resolve().parents[1]
-    h = hashlib.sha256()
-    for rel in AGENT_MODULES:
-        h.update(rel.encode() + b"\0" + (package / rel).read_bytes())
-    return h.hexdigest()
+    listing = "".join(f"{rel} {file_sha256(package / rel)}\n" for rel in AGENT_MODULES)
+    return hashlib.sha256(listing.encode()).hexdigest()
 
 
 def build_agent(path: Path) -> Path:
@@ -116,8 +113,8 @@ def write_bundle(
         "onnx": "model.qdq.onnx",
         "feeds": "feeds.npz",
         "input_name": feeds.input_name,
-        "recipe": {k: getattr(recipe, k) for k in recipe.__dataclass_fields__},
-        "latency": {k: getattr(latency, k) for k in latency.__dataclass_fields__},
+        "recipe": asdict(recipe),
+        "latency": asdict(latency),
         "cuda_graph": opts.cuda_graph,
         "allow_fallback": True,
         "digests": [feed_digest(x) for x in feeds.images],
@@ -133,9 +130,7 @@ def write_bundle(
         write_build_script(staging / "build_engine.sh", "model.qdq.onnx", "model.plan", recipe, version)
         (staging / "job.json").write_text(json.dumps(job, indent=2))
         (staging / "README.txt").write_text(_readme(profile))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(staging, folder)
+        publish(staging, folder)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -126,9 +126,7 @@ def ledger_table(report: dict) -> str:
         for r in report["stages"]
         if r.get("note")
     )
-    return f'<table class="ledger">{head}{"".join(rows)}</table>' + (
-        f"<p>Notes:</p><ul>{notes}</ul>" if notes else ""
-    )
+    return f'<table class="ledger">{head}{"".join(rows)}</table>' + (f"<p>Notes:</p><ul>{notes}</ul>" if notes else "")
 
 
 def latency_svg(report: dict) -> str:

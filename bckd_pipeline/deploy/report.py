@@ -219,11 +219,10 @@ def _facts_line(facts: dict) -> str:
 
 def _pending_engine_row(ctx, qdq, out: Path) -> dict:
     """The TensorRT engine row when no device built it: every measurement null, and how to get them."""
-    from types import SimpleNamespace
-
+    from ..pipeline import Built
     from ..targets.profiles import Backend, Precision
 
-    engine = SimpleNamespace(backend=Backend.TENSORRT, precision=Precision.INT8, path=None)
+    engine = Built("tensorrt-int8", Backend.TENSORRT, Precision.INT8, None, qdq.name)
     row = _row(engine, out, name="tensorrt-int8", status=PENDING, device=ctx.profile.device, parent=qdq.name)
     row["note"] = (
         f"engine build and on-device measurements pending: {ctx.device.pending_reason}. To finish: rerun with "
@@ -259,7 +258,7 @@ def _device_section(ctx, out: Path) -> dict:
                 "build": engine["build"],
                 "trtexec": engine["trtexec"],
             },
-            copies_in_timing=r["latency"]["what_is_timed"],
+            what_is_timed=r["latency"]["what_is_timed"],
             seconds=r["seconds"],
         )
     return section
@@ -416,7 +415,7 @@ def markdown(report: dict) -> str:
         + ".",
     ]
     if dev and dev["status"] == "measured":
-        lines.append(f"On the device ({dev['row']}): {dev['copies_in_timing']}.")
+        lines.append(f"On the device ({dev['row']}): {dev['what_is_timed']}.")
     return "\n".join(lines) + "\n"
 
 
