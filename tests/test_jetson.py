@@ -428,7 +428,7 @@ def test_engine_path_end_to_end_with_stand_ins_for_tensorrt(jetson_run, tmp_path
     class EngineOnOrt(OrtRuntime):
         backend = "tensorrt"
 
-        def __init__(self, plan, *, name, precision, copies_in_timing, cuda_graph):
+        def __init__(self, plan, *, name, precision, cuda_graph):
             assert Path(plan).read_bytes() == b"PLAN-BYTES"  # the plan the build wrote is the one that runs
             super().__init__(qdq, precision=precision, name=name)
 
@@ -447,7 +447,10 @@ def test_engine_path_end_to_end_with_stand_ins_for_tensorrt(jetson_run, tmp_path
     assert dev["engine"]["sha256"] == hashlib.sha256(b"PLAN-BYTES").hexdigest()
     assert dev["engine"]["build"]["typing"] == "weak" and dev["engine"]["build"]["builder_flags"] == ["INT8", "FP16"]
     assert dev["engine"]["trtexec"][:3] == ["trtexec", "--onnx=model.qdq.onnx", "--saveEngine=model.plan"]
-    assert "--int8" in (out / "deploy/tensorrt/device/trtexec.sh").read_text()
+    script = (out / "deploy/tensorrt/device/trtexec.sh").read_text()
+    assert "--int8" in script
+    onnx_arg = next(w for w in script.split() if w.startswith("--onnx="))[len("--onnx=") :]
+    assert (out / "deploy/tensorrt/device" / onnx_arg).resolve() == qdq.resolve()  # the script cds to its folder
     manifest = _json(out / "manifest.json")
     assert manifest["deployable"] == ["deploy/tensorrt/device/model.plan"]
     assert manifest["engine"]["sha256"] == dev["engine"]["sha256"]

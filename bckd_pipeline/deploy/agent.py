@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import os
 import sys
 import time
 import traceback
@@ -87,10 +88,9 @@ def _runtime(job: dict, work: Path, out: Path):
         build = build_engine(work / job["onnx"], plan, recipe, log_path=out / "build.log")
         version = parse_trt_version(trt.__version__)
         command = trtexec_command(job["onnx"], PLAN_FILE, recipe, version)
-        write_build_script(out / "trtexec.sh", job["onnx"], PLAN_FILE, recipe, version)
-        runtime = TensorRTRuntime(
-            plan, name="tensorrt-int8", precision="int8", copies_in_timing=True, cuda_graph=job["cuda_graph"]
-        )
+        # The script changes to its own folder: the ONNX is named relative to it.
+        write_build_script(out / "trtexec.sh", os.path.relpath(work / job["onnx"], out), PLAN_FILE, recipe, version)
+        runtime = TensorRTRuntime(plan, name="tensorrt-int8", precision="int8", cuda_graph=job["cuda_graph"])
         return runtime, {"file": PLAN_FILE, "build": build, "trtexec": command}, None
     if not job.get("allow_fallback", True):
         from ..errors import BackendMissingError

@@ -3,7 +3,8 @@
 Latency mode (one request at a time): warm up for at least ``warmup_runs`` calls *and*
 ``warmup_s`` seconds (neither is timed), then ``runs`` timed calls of ``Runtime.infer``, each
 timed with ``time.perf_counter`` around the backend call alone (the base class does it; on a GPU
-the backend synchronises inside). Reported: p50/p90/p99, mean, std, min in milliseconds, and
+the backend synchronises inside). A backend that measures its own device time (TensorRT: CUDA
+events around the enqueue) adds ``device_ms`` {p50, mean}. Reported: p50/p90/p99, mean, std, min in milliseconds, and
 FPS = batch / mean, and ``samples_ms``: every timed run in order, so a CI gate can judge medians
 against their own noise (deploy/gate.py). Throughput mode: ``streams`` requests in flight (threads for ONNX Runtime and
 PyTorch, the async infer-request queue for OpenVINO), FPS = images / wall time.
@@ -51,6 +52,8 @@ class LatencyReport:
     what_is_timed: str
     # Every timed run (ms), in order; empty in throughput mode, where requests overlap.
     samples_ms: tuple[float, ...] = ()
+    # The backend's own device time per run (Runtime.last_device_ms: p50 and mean), where it measures one.
+    device_ms: dict | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -103,11 +106,13 @@ def benchmark(
         what_is_timed=runtime.what_is_timed,
     )
     if mode == "latency":
-        times = []
+        times, device = [], []
         for _ in range(spec.runs):
             runtime.infer(next(cycle))
             times.append(runtime.last_latency_s * 1000.0)
+            device.append(runtime.last_device_ms)
         t = np.asarray(times)
+        d = None if None in device else np.asarray(device)
         mean = float(t.mean())
         return LatencyReport(
             mode=mode,
@@ -120,6 +125,7 @@ def benchmark(
             fps=batch * 1000.0 / mean,
             streams=1,
             samples_ms=tuple(float(v) for v in times),
+            device_ms=None if d is None else {"p50": float(np.percentile(d, 50)), "mean": float(d.mean())},
             **common,
         )
     requests = [next(cycle) for _ in range(spec.runs)]

@@ -181,14 +181,19 @@ def device_facts(root: Path = Path("/"), run: Run = subprocess.run) -> dict:
     if l4t and jetpack is None:
         notes.append(f"L4T {l4t} is not in the JetPack table of bckd_pipeline.deploy.jetson; JetPack unknown")
 
-    out = _command(run, ["nvpmodel", "-q"], notes)
-    power_mode = parse_nvpmodel(out) if out is not None else None
-    if out is not None and power_mode is None:
-        notes.append(f"nvpmodel -q output not understood: {out.strip()[:120]!r}")
+    is_jetson = l4t is not None or (model is not None and "jetson" in model.lower())
+    power_mode = None
+    if is_jetson:
+        out = _command(run, ["nvpmodel", "-q"], notes)
+        power_mode = parse_nvpmodel(out) if out is not None else None
+        if out is not None and power_mode is None:
+            notes.append(f"nvpmodel -q output not understood: {out.strip()[:120]!r}")
+    else:
+        notes.append("nvpmodel not asked: not a Jetson")
 
     temps, throttling = _thermal(root, notes)
     return {
-        "is_jetson": l4t is not None or (model is not None and "jetson" in model.lower()),
+        "is_jetson": is_jetson,
         "model": model,
         "l4t": l4t,
         "jetpack": jetpack,

@@ -39,6 +39,9 @@ class Runtime:
         self.name = name
         self.is_active = False
         self.last_latency_s: float | None = None
+        # Device-side time of the last infer(), where the backend measures one (TensorRT: CUDA events
+        # around the enqueue); the latency protocol reports it next to the host-timed latency.
+        self.last_device_ms: float | None = None
         self._spec: dict[str, TensorSpec] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -88,8 +91,12 @@ class Runtime:
         for feed in feeds[:1]:
             self._check_feed(feed)
         start = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=streams) as pool:
-            list(pool.map(self._infer, feeds))
+        if streams == 1:  # in the calling thread: no pool, and a backend's thread-bound state stays valid
+            for feed in feeds:
+                self._infer(feed)
+        else:
+            with ThreadPoolExecutor(max_workers=streams) as pool:
+                list(pool.map(self._infer, feeds))
         return time.perf_counter() - start
 
     def versions(self) -> dict[str, str]:

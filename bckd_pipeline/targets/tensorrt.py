@@ -33,6 +33,7 @@ project pieces (``bckd_pipeline.errors``) and, lazily inside ``build_engine``, `
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shlex
 import time
@@ -40,7 +41,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import BackendMissingError, ConfigError, ExportError, StageCheckError
-from ..fileio import atomic_write, file_sha256
+from ..fileio import atomic_write
 
 PRECISIONS = ("int8", "fp16", "fp32")
 OPTIMIZATION_LEVELS = range(0, 6)  # IBuilderConfig.builder_optimization_level: 0..5, default 3
@@ -92,7 +93,7 @@ class EngineRecipe:
                     "'fp16'. Choose precision int8 or fp16, or leave dla_core unset to build for the GPU."
                 )
         level = self.builder_optimization_level
-        if level is not None and (isinstance(level, bool) or level not in OPTIMIZATION_LEVELS):
+        if level is not None and (type(level) is not int or level not in OPTIMIZATION_LEVELS):
             raise ConfigError(
                 f"builder_optimization_level must be None or 0..5, got {level!r}. "
                 "Leave it unset for TensorRT's default (3)."
@@ -245,8 +246,8 @@ def write_build_script(
     The script changes to its own folder, so ``onnx_name`` and ``plan_name`` are relative to it.
     """
     path = Path(path)
-    cmd = trtexec_command(onnx_name, plan_name, recipe, version)
     settings = builder_settings(recipe, version)
+    cmd = trtexec_command(onnx_name, plan_name, recipe, version)
     args = " \\\n    ".join(shlex.quote(a) for a in cmd[1:])
     text = (
         "#!/bin/sh\n"
@@ -398,7 +399,7 @@ def _build(trt, logger, lines, onnx_path, plan_path, recipe, settings, log_path)
         "build_s": time.perf_counter() - start,
         "plan": str(plan_path),
         "plan_bytes": len(data),
-        "plan_sha256": file_sha256(plan_path),
+        "plan_sha256": hashlib.sha256(data).hexdigest(),
         "onnx": str(onnx_path),
         "log": str(log_path) if log_path is not None else None,
     }

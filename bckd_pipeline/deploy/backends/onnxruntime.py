@@ -47,6 +47,7 @@ class OrtRuntime(Runtime):
             options.intra_op_num_threads = self.threads
         options.log_severity_level = 3
         self.session = ort.InferenceSession(str(self.path), options, providers=list(self.providers))
+        self._output_names = [o.name for o in self.session.get_outputs()]
         self._ort_version = ort.__version__
 
     def _deactivate(self) -> None:
@@ -59,7 +60,7 @@ class OrtRuntime(Runtime):
         }
 
     def _infer(self, feed: Feed) -> dict[str, np.ndarray]:
-        names = [o.name for o in self.session.get_outputs()]
+        names = self._output_names
         return dict(zip(names, self.session.run(names, dict(feed)), strict=True))
 
     def versions(self) -> dict[str, str]:

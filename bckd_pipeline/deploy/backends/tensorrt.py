@@ -3,9 +3,9 @@
 One CUDA context (the device's primary context, pushed in ``_activate`` and popped in
 ``_deactivate``), one execution context, one CUDA stream, page-locked host buffers and device buffers
 allocated once. ``infer`` copies host -> device, enqueues (``execute_async_v3``), copies device -> host
-and synchronises; the base class times that whole call with ``perf_counter``. The GPU time between two
-CUDA events is kept in ``last_gpu_ms``: around the copies and the enqueue (``copies_in_timing=True``)
-or around the enqueue alone.
+and synchronises; the base class times that whole call with ``perf_counter`` (copies inside). The
+GPU time of the enqueue alone, between two CUDA events, goes to ``last_device_ms``, which the latency
+protocol reports as ``device_ms``.
 
 Part of the device-side agent: imports only the standard library, numpy and project modules allowed
 there at import time; tensorrt and pycuda are imported inside ``_activate``.
@@ -22,13 +22,13 @@ cudaGraphInstantiate / cudaGraphLaunch / cudaGraphExecDestroy / cudaGraphDestroy
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from ...errors import BackendMissingError, ConfigError, StageCheckError
+from ...targets.tensorrt import import_tensorrt
 from ..runtime import Feed, Runtime, TensorSpec
 
 PYCUDA_HINT = (
@@ -36,18 +36,6 @@ PYCUDA_HINT = (
     "headers must be present: on a Jetson they come with JetPack, e.g. sudo apt install nvidia-jetpack; put "
     "/usr/local/cuda/bin on PATH first)."
 )
-TRT_HINT = (
-    "TensorRT's Python package (tensorrt) is not installed. On a Jetson it comes with JetPack "
-    "(sudo apt install nvidia-jetpack, or python3-libnvinfer); on an x86 host with an NVIDIA GPU: pip install tensorrt."
-)
-
-
-def _import_tensorrt():
-    try:
-        import tensorrt as trt
-    except ImportError:
-        raise BackendMissingError(TRT_HINT) from None
-    return trt
 
 
 def _import_pycuda():
@@ -139,7 +127,10 @@ def _capture(cuda, stream, enqueue):
 
 class TensorRTRuntime(Runtime):
     backend = "tensorrt"
-    device = "cuda"
+    what_is_timed = (
+        "one infer() call on the host (perf_counter): host->device and device->host copies of every input and "
+        "output included, stream synchronised; device_ms: CUDA events around the enqueue alone"
+    )
 
     def __init__(
         self,
@@ -147,29 +138,20 @@ class TensorRTRuntime(Runtime):
         *,
         name: str | None = None,
         precision: str = "int8",
-        copies_in_timing: bool = True,
         cuda_graph: bool = False,
     ) -> None:
         super().__init__(name or Path(plan_path).name)
         self.plan_path = Path(plan_path)
         self.precision = precision
-        self.copies_in_timing = copies_in_timing
         self.cuda_graph = cuda_graph
-        self.last_gpu_ms: float | None = None
         self._ctx = None
         self._graph = None
-        copies = "host->device and device->host copies of every input and output included"
-        self.what_is_timed = (
-            "one infer() call on the host (perf_counter): page-locked host buffers, "
-            + copies
-            + ", stream synchronised; last_gpu_ms: CUDA events around "
-            + ("the copies and the enqueue" if copies_in_timing else "the enqueue alone (copies excluded)")
-            + ("; enqueue replayed from a CUDA graph" if cuda_graph else "")
-        )
+        if cuda_graph:
+            self.what_is_timed += "; enqueue replayed from a CUDA graph"
 
     # -- lifecycle -------------------------------------------------------------------------------
     def _activate(self) -> None:
-        trt = _import_tensorrt()
+        trt = import_tensorrt()
         cuda = _import_pycuda()
         if not self.plan_path.is_file():
             raise ConfigError(
@@ -273,45 +255,33 @@ class TensorRTRuntime(Runtime):
         cuda, stream = self._cuda, self._stream
         for name in self._inputs:
             np.copyto(self._host[name], feed[name])
-        if self.copies_in_timing:
-            self._start.record(stream)
         for name in self._inputs:
             cuda.memcpy_htod_async(self._dev[name], self._host[name], stream)
-        if not self.copies_in_timing:
-            self._start.record(stream)
+        self._start.record(stream)
         if self._graph is not None:
             self._graph.launch(stream)
         else:
             self._enqueue()
-        if not self.copies_in_timing:
-            self._end.record(stream)
+        self._end.record(stream)
         for name in self._outputs:
             cuda.memcpy_dtoh_async(self._host[name], self._dev[name], stream)
-        if self.copies_in_timing:
-            self._end.record(stream)
         stream.synchronize()
-        self.last_gpu_ms = self._start.time_till(self._end)
+        self.last_device_ms = self._start.time_till(self._end)
         return {name: self._host[name].copy() for name in self._outputs}
 
     def infer_concurrently(self, feeds: Sequence[Feed], streams: int) -> float:
-        """Only streams=1: one execution context and one CUDA stream, whose context is current on this thread.
+        """Only streams=1 (the base class runs that in this thread, where the CUDA context is current).
 
-        The base class's thread pool would run ``_infer`` from threads where the CUDA context is not current
-        and share one set of buffers between them, so it is refused rather than measured wrongly.
+        Several streams would need one execution context and buffer set each; sharing one from a thread
+        pool would be measured wrongly, so it is refused.
         """
-        self._require_active()
         if streams != 1:
             raise ConfigError(
                 "TensorRTRuntime runs one execution context on one CUDA stream; throughput mode with "
                 f"streams={streams} is not supported. "
                 "Use streams=1 (or latency mode), or one TensorRTRuntime per process."
             )
-        for feed in feeds[:1]:
-            self._check_feed(feed)
-        start = time.perf_counter()
-        for feed in feeds:
-            self._infer(feed)
-        return time.perf_counter() - start
+        return super().infer_concurrently(feeds, 1)
 
     # -- report ----------------------------------------------------------------------------------
     def versions(self) -> dict[str, str]:
@@ -327,7 +297,6 @@ class TensorRTRuntime(Runtime):
 
     def settings(self) -> dict:
         return {
-            "copies_in_timing": self.copies_in_timing,
             "cuda_graph": self.cuda_graph,
             "cuda_graph_backend": self._graph.backend if self._graph is not None else None,
             "device": self._device_name,
