@@ -17,6 +17,10 @@ from .fileio import atomic_write, file_sha256
 
 __all__ = ["StageCache", "file_sha256", "stage_key"]
 
+# Bumped whenever what a stage records changes (per-image confusions, every timed run, ...): every
+# record made by older code is then redone once, without each stage carrying its own marker.
+CACHE_FORMAT = 2
+
 
 def _plain(obj):
     if is_dataclass(obj):
@@ -34,7 +38,9 @@ def stage_key(stage: str, options, inputs: list[Path] = ()) -> str:
     """sha256 over the stage name, its options (any dataclass/dict) and the bytes of its input files."""
     from . import __version__
 
-    payload = json.dumps({"stage": stage, "version": __version__, "options": _plain(options)}, sort_keys=True)
+    payload = json.dumps(
+        {"stage": stage, "version": __version__, "format": CACHE_FORMAT, "options": _plain(options)}, sort_keys=True
+    )
     h = hashlib.sha256(payload.encode())
     for p in inputs:
         h.update(file_sha256(p).encode())

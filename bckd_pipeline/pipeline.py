@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .cache import StageCache, file_sha256, stage_key
-from .deploy.evidence import PARITY_IMAGES_FILE, PARITY_IMAGES_FORMAT, save_parity_images
+from .deploy.evidence import PARITY_IMAGES_FILE, save_parity_images
 from .calibrate.data import DatasetFeeds, check_no_overlap, digests_of, pick_indices
 from .data import build_dataset
 from .data.base import Normalization
@@ -812,7 +812,6 @@ def parity_stage(ctx: DeployContext, out: Path, cache: StageCache, built: list[B
             "parity": ctx.profile.parity,
             "device": ctx.plan.can_measure,
             "device_result": None if ctx.device is None or ctx.device.result is None else ctx.device.result["files"],
-            "per_image": PARITY_IMAGES_FORMAT,  # records made before per-image confusions were kept redo
         },
         [ctx.checkpoint] + [b.path for b in built if b.path is not None],
     )
@@ -867,7 +866,6 @@ def latency_stage(ctx: DeployContext, out: Path, cache: StageCache, built: list[
                 "export": ctx.spec,
                 # PyTorch and ONNX Runtime rows always run on the host, whatever the target's device.
                 "device": ctx.profile.device if b.backend is Backend.OPENVINO else "host",
-                "samples_ms": True,  # records made before every timed run was kept are measured again
             },
             [ctx.checkpoint] if b.path is None else [b.path],
         )
