@@ -20,11 +20,11 @@ import torch
 from torch import nn
 
 from .cache import StageCache, file_sha256, stage_key
-from .deploy.evidence import PARITY_IMAGES_FILE, save_parity_images
+from .deploy.evidence import MASK_IMAGES, PARITY_IMAGES_FILE, save_parity_images
 from .calibrate.data import DatasetFeeds, check_no_overlap, digests_of, pick_indices
 from .data import build_dataset
 from .data.base import Normalization
-from .deploy.evidence import display_image, labels_of
+from .deploy.evidence import display_image
 from .distill.checkpoint import CheckpointMeta, load_model
 from .distill.stage import STATE_FILE, DataConfig, Schedule, StepOutput, distill, train_teacher, write_json
 from .distill.task import DistillConfig
@@ -358,7 +358,7 @@ def deploy_stages(ctx: DeployContext, cache: StageCache, summary: dict | None) -
         built += device_stage(ctx, out, cache, built[-1])
     parity = parity_stage(ctx, out, cache, built)
     latency = latency_stage(ctx, out, cache, built)
-    masks = qualitative_stage(ctx, out, cache, built, summary)
+    masks = qualitative_stage(ctx, out, cache, built, summary, parity)
 
     report = build_report(ctx, summary, built, parity, latency, export_check, simplify_check, calibration)
     add_evidence(report, out, parity, masks)
@@ -836,11 +836,12 @@ def parity_stage(ctx: DeployContext, out: Path, cache: StageCache, built: list[B
             num_classes=ctx.meta.num_classes,
             ignore_index=ctx.meta.ignore_index,
             criteria=lambda p: ctx.profile.parity[Precision(p)],
+            keep_labels=MASK_IMAGES,  # report.html's masks of the distilled and deployed models
         )
     result = {
         "stages": {s.name: asdict(s) for s in report.stages},
         "culprit": None if report.culprit is None else report.culprit.name,
-        "per_image": save_parity_images(out, report.per_image, ctx.eval_feeds.names, ctx.eval_feeds.digests),
+        "per_image": save_parity_images(out, report, ctx.eval_feeds),
     }
     cache.store("parity", key, [out / PARITY_IMAGES_FILE], result)
     return result
@@ -884,23 +885,26 @@ def latency_stage(ctx: DeployContext, out: Path, cache: StageCache, built: list[
 
 
 def qualitative_stage(
-    ctx: DeployContext, out: Path, cache: StageCache, built: list[Built], summary: dict | None
+    ctx: DeployContext, out: Path, cache: StageCache, built: list[Built], summary: dict | None, parity: dict
 ) -> dict:
     """Label maps of the first ``MASK_IMAGES`` evaluation images from every model this run has (report.html).
 
     ``run`` has the teacher, the student trained alone, the distilled student and the deployed
-    artifact; ``deploy`` has only the last two, and the others are recorded as missing.
+    artifact; ``deploy`` has only the last two, and the others are recorded as missing. The distilled
+    and deployed maps are the ones the parity ledger kept; only the teacher and the student alone run here.
     """
     from .deploy import evidence as ev
+    from .deploy.parity import labels_of
 
     teacher = Path(summary["teacher"]["checkpoint"]) if summary else None
     alone = out / "student/student.pt" if summary else None
     deployed = built[-1]
+    record = parity["per_image"]
     n = min(ev.MASK_IMAGES, len(ctx.eval_feeds))
     key = stage_key(
         "qualitative",
-        {"images": ctx.eval_feeds.digests[:n], "spec": ctx.spec, "deployed": deployed.name, "columns": ev.MASK_COLUMNS},
-        [p for p in (teacher, alone, ctx.checkpoint, deployed.path) if p is not None],
+        {"parity": record["sha256"], "deployed": deployed.name, "columns": ev.MASK_COLUMNS},
+        [p for p in (teacher, alone) if p is not None],
     )
     hit = cache.lookup("qualitative", key)
     if hit is not None:
@@ -916,11 +920,15 @@ def qualitative_stage(
         def predict(i: int) -> np.ndarray:
             x = torch.from_numpy(images[i].transpose(2, 0, 1)[None].astype(np.float32))
             with torch.inference_mode():
-                return labels_of(wrapper(x).numpy())
+                return labels_of(wrapper(x).numpy())[0].astype(np.int16)
 
         return predict
 
-    predictors: dict = {"distilled": torch_predictor(ctx.model, ctx.meta)}
+    def kept(stage: str):
+        maps = ev.stage_labels(out, record, stage)
+        return lambda i: maps[i]
+
+    predictors: dict = {"distilled": kept(built[0].name), "deployed": kept(deployed.name)}
     notes = {"distilled": f"PyTorch, {ctx.checkpoint.name}"}
     for column, path in (("teacher", teacher), ("student alone", alone)):
         if path is not None and path.is_file():
@@ -928,11 +936,12 @@ def qualitative_stage(
             notes[column] = f"PyTorch, {path.name}"
         else:
             notes[column] = "not part of `bckd-pipeline deploy` (a checkpoint trained elsewhere)"
-    with make_runtime(ctx, deployed) as rt:
-        predictors["deployed"] = lambda i: labels_of(next(iter(rt.infer({feeds.input_name: feeds.images[i]}).values())))
+    if _is_device_row(ctx, deployed):
+        where = ctx.device.where
+    else:
         where = ctx.profile.device if _on_target(ctx, deployed) else "the host CPU plugin (device absent)"
-        notes["deployed"] = f"{deployed.name} ({deployed.backend} {deployed.precision}) on {where}"
-        result = ev.write_qualitative(out, images, truth, feeds.names[:n], predictors, notes, ctx.meta.ignore_index)
+    notes["deployed"] = f"{deployed.name} ({deployed.backend} {deployed.precision}) on {where}"
+    result = ev.write_qualitative(out, images, truth, feeds.names[:n], predictors, notes, ctx.meta.ignore_index)
     cache.store("qualitative", key, [out / ev.QUALITATIVE_FILE], result)
     return result
 

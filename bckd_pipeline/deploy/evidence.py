@@ -1,7 +1,8 @@
 """The evidence a CI gate and ``report.html`` need beside ``report.json``, saved once per run.
 
 - ``OUT/parity_images.npz``: for every ledger stage, one confusion matrix per evaluation image
-  (``int64 [images, classes, classes]``, ``[target, pred]``). Summed over images they give the
+  (``int32 [images, classes, classes]``, ``[target, pred]``), and the label maps of the first
+  ``MASK_IMAGES`` images (the ledger already ran every stage on them). Summed over images they give the
   report's dataset-level mIoU; resampled over images they give the bootstrap interval of ΔmIoU
   (deploy/gate.py). ``report.json["parity_images"]`` names the file with its sha256 and lists the
   images (name and pixel sha256), so a baseline report can be paired with this one image by image.
@@ -18,9 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cache import file_sha256
-from ..distill.checkpoint import atomic_write
+from ..calibrate.data import DatasetFeeds
 from ..errors import DataError
+from ..fileio import atomic_write, file_sha256
+from .parity import LedgerReport
 
 PARITY_IMAGES_FILE = "parity_images.npz"
 PARITY_IMAGES_FORMAT = "bckd-pipeline/parity-images-v1"
@@ -39,20 +41,26 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     atomic_write(path, write)
 
 
-def save_parity_images(
-    out: Path, per_image: dict[str, np.ndarray], names: Sequence[str], digests: Sequence[str]
-) -> dict:
-    """Write the per-image confusion matrices; return the reference that goes into report.json."""
+def save_parity_images(out: Path, ledger: LedgerReport, feeds: DatasetFeeds) -> dict:
+    """Write the ledger's per-image confusions and kept label maps; return the record for report.json."""
     path = Path(out) / PARITY_IMAGES_FILE
-    stages = list(per_image)
-    _save_npz(path, {f"confusion/{s}": np.asarray(per_image[s], dtype=np.int64) for s in stages})
+    stages = list(ledger.per_image)
+    arrays = {f"confusion/{s}": ledger.per_image[s] for s in stages}
+    arrays |= {f"labels/{s}": maps for s, maps in ledger.labels.items()}
+    _save_npz(path, arrays)
     return {
         "format": PARITY_IMAGES_FORMAT,
         "path": PARITY_IMAGES_FILE,
         "sha256": file_sha256(path),
         "stages": stages,
-        "images": [{"name": n, "sha256": d} for n, d in zip(names, digests, strict=True)],
+        "images": feeds.manifest(),
     }
+
+
+def stage_labels(out: Path, record: dict, stage: str) -> np.ndarray:
+    """The label maps the parity ledger kept for ``stage`` (the first ``MASK_IMAGES`` evaluation images)."""
+    with np.load(Path(out) / record["path"]) as z:
+        return z[f"labels/{stage}"]
 
 
 @dataclass(frozen=True)
@@ -61,7 +69,7 @@ class ParityImages:
 
     names: tuple[str, ...]
     digests: tuple[str, ...]
-    confusion: dict[str, np.ndarray]  # stage -> int64 [images, classes, classes]
+    confusion: dict[str, np.ndarray]  # stage -> int32 [images, classes, classes]
 
 
 def load_parity_images(report: dict, report_path: Path) -> ParityImages | None:
@@ -103,12 +111,6 @@ def display_image(x: np.ndarray, mean: Sequence[float], std: Sequence[float], no
     if normalized:
         img = (img * np.asarray(std) + np.asarray(mean)) * 255.0
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
-
-
-def labels_of(output: np.ndarray) -> np.ndarray:
-    """A model output (1 x C x H x W logits or 1 x H x W labels) as an H x W int16 label map."""
-    lab = output.argmax(1) if output.ndim == 4 else output
-    return np.asarray(lab[0], dtype=np.int16)
 
 
 def write_qualitative(

@@ -69,8 +69,10 @@ class StageParity:
 @dataclass
 class LedgerReport:
     stages: list[StageParity]
-    # stage name -> int64 (images, classes, classes) confusion matrices [target, pred], one per image
+    # stage name -> int32 (images, classes, classes) confusion matrices [target, pred], one per image
     per_image: dict[str, np.ndarray] = field(default_factory=dict)
+    # stage name -> int16 (keep_labels, H, W): the label maps of the first images (report.html's masks)
+    labels: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def culprit(self) -> StageParity | None:
@@ -92,9 +94,11 @@ class _Accumulator:
         self.logit_values = 0
         self.has_logits = True
         self.per_image: list[np.ndarray] = []
+        self.kept_labels: list[np.ndarray] = []
 
 
-def _labels(output: np.ndarray) -> np.ndarray:
+def labels_of(output: np.ndarray) -> np.ndarray:
+    """A model output (N x C x H x W logits, or N x H x W labels) as N x H x W labels."""
     return output.argmax(1) if output.ndim == 4 else output.astype(np.int64)
 
 
@@ -109,8 +113,12 @@ def ledger(
     num_classes: int,
     ignore_index: int,
     criteria: Callable[[str], ParityCriteria],
+    keep_labels: int = 0,
 ) -> LedgerReport:
-    """Run every stage's runtime on every image of ``feeds``; ``stages[0]`` is the reference."""
+    """Run every stage's runtime on every image of ``feeds``; ``stages[0]`` is the reference.
+
+    ``keep_labels``: also return every stage's label maps of that many first images.
+    """
     names = [s.name for s in stages]
     for s in stages[1:]:
         if s.parent not in names[: names.index(s.name)]:
@@ -119,13 +127,15 @@ def ledger(
     n = 0
     for feed, label in feeds.pairs():
         outputs = {s.name: next(iter(s.runtime.infer(feed).values())) for s in stages}
-        labels = {k: _labels(v) for k, v in outputs.items()}
+        labels = {k: labels_of(v) for k, v in outputs.items()}
         ref = stages[0].name
         for s in stages:
             a, out, lab = acc[s.name], outputs[s.name], labels[s.name]
             image_cm = ConfusionMatrix(num_classes, ignore_index)
             image_cm.update(lab[0], label)
-            a.per_image.append(image_cm.matrix)
+            a.per_image.append(image_cm.matrix.astype(np.int32))  # one image's counts fit; halves the memory
+            if n < keep_labels:
+                a.kept_labels.append(lab[0].astype(np.int16))
             a.confusion.merge(image_cm)
             a.boundary.update(lab[0], label)
             a.pixels += lab.size
@@ -179,7 +189,8 @@ def ledger(
             _judge(row, parent, criteria(s.precision))
         results[s.name] = row
     per_image = {s.name: np.stack(acc[s.name].per_image) for s in stages}
-    return LedgerReport(list(results.values()), per_image)
+    labels = {s.name: np.stack(acc[s.name].kept_labels) for s in stages if acc[s.name].kept_labels}
+    return LedgerReport(list(results.values()), per_image, labels)
 
 
 def _judge(row: StageParity, parent: StageParity, c: ParityCriteria) -> None:
