@@ -32,6 +32,7 @@ from .distill.trainer import TrainConfig
 from .errors import BackendMissingError, ConfigError, DataError
 from .export.wrapper import ExportSpec, SegExportWrapper
 from .targets import Backend, Precision, TargetProfile, check_availability, get_target
+from .deploy.agent import ENGINE_ROW, FALLBACK_ROW
 from .deploy.device import DeviceOutcome
 from .deploy.remote import SshOptions
 from .targets.profiles import CalibrationSpec, LatencySpec, TensorRTOptions
@@ -294,6 +295,19 @@ def _check_calibration_flags(c: CalibrationSpec, profile: TargetProfile) -> None
         )
 
 
+def pending_row_name(deployed: str, profile: TargetProfile) -> str:
+    """The row a report adds for the deployed artifact on a device this host lacks."""
+    return f"{deployed}-on-{profile.device.lower()}"
+
+
+def ledger_row_names(profile: TargetProfile) -> list[str]:
+    """Every row a report of this target can have, in ledger order (budgets name stages from it)."""
+    names = ["pytorch", "onnx", "onnx-simplified", *(b.name for b in _target_artifacts(profile))]
+    if profile.backend is Backend.TENSORRT:  # the engine (measured, or pending), or the device's fallback
+        return [*names, ENGINE_ROW, FALLBACK_ROW]
+    return [*names, pending_row_name(names[-1], profile)]
+
+
 def _target_artifacts(profile: TargetProfile) -> list[Built]:
     """The artifacts the target adds after the simplified ONNX (paths relative to OUT)."""
     fp32, fp16, int8 = Precision.FP32, Precision.FP16, Precision.INT8
@@ -360,8 +374,7 @@ def deploy_stages(ctx: DeployContext, cache: StageCache, summary: dict | None) -
     latency = latency_stage(ctx, out, cache, built)
     masks = qualitative_stage(ctx, out, cache, built, summary, parity)
 
-    report = build_report(ctx, summary, built, parity, latency, export_check, simplify_check, calibration)
-    add_evidence(report, out, parity, masks)
+    report = build_report(ctx, summary, built, parity, latency, export_check, simplify_check, calibration, masks)
     write_manifest(ctx, out, built, report, calibration)
     write_reports(out, report)
     return RunResult(summary, report, report["exit_code"])
@@ -754,7 +767,7 @@ def device_stage(ctx: DeployContext, out: Path, cache: StageCache, qdq: Built) -
     ctx.device = DeviceOutcome(result, dest, where)
     if result["engine"]:
         plan = dest / result["engine"]["file"]
-        return [Built("tensorrt-int8", Backend.TENSORRT, Precision.INT8, plan, qdq.name, result["engine"]["build"])]
+        return [Built(ENGINE_ROW, Backend.TENSORRT, Precision.INT8, plan, qdq.name, result["engine"]["build"])]
     return [
         Built(
             result["row"], Backend(result["backend"]), Precision.INT8, None, qdq.name, {"fallback": result["fallback"]}
@@ -944,13 +957,3 @@ def qualitative_stage(
     result = ev.write_qualitative(out, images, truth, feeds.names[:n], predictors, notes, ctx.meta.ignore_index)
     cache.store("qualitative", key, [out / ev.QUALITATIVE_FILE], result)
     return result
-
-
-def add_evidence(report: dict, out: Path, parity: dict, masks: dict) -> None:
-    """Point report.json at the gate's and report.html's evidence files; add each artifact's size."""
-    from .deploy.evidence import artifact_bytes
-
-    report["parity_images"] = parity["per_image"]
-    report["qualitative"] = masks
-    for row in report["stages"]:
-        row["artifact_bytes"] = artifact_bytes(out, row["artifact"])

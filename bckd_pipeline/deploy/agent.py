@@ -35,6 +35,9 @@ RESULT_FORMAT = "bckd-pipeline/device-result-v1"
 RESULT_FILE = "result.json"
 LABELS_FILE = "labels.npz"
 PLAN_FILE = "model.plan"
+# The ledger row the device's measurements become: the engine, or ONNX Runtime when TensorRT is not usable.
+ENGINE_ROW = "tensorrt-int8"
+FALLBACK_ROW = "onnx-qdq-on-device"
 LATENCY_IMAGES = 8  # the host's latency stage times the same first 8 evaluation images
 
 
@@ -90,7 +93,7 @@ def _runtime(job: dict, work: Path, out: Path):
         command = trtexec_command(job["onnx"], PLAN_FILE, recipe, version)
         # The script changes to its own folder: the ONNX is named relative to it.
         write_build_script(out / "trtexec.sh", os.path.relpath(work / job["onnx"], out), PLAN_FILE, recipe, version)
-        runtime = TensorRTRuntime(plan, name="tensorrt-int8", precision="int8", cuda_graph=job["cuda_graph"])
+        runtime = TensorRTRuntime(plan, name=ENGINE_ROW, precision="int8", cuda_graph=job["cuda_graph"])
         return runtime, {"file": PLAN_FILE, "build": build, "trtexec": command}, None
     if not job.get("allow_fallback", True):
         from ..errors import BackendMissingError
@@ -105,7 +108,7 @@ def _runtime(job: dict, work: Path, out: Path):
         f"TensorRT is not usable on this device ({'; '.join(missing)}): no engine was built; "
         "the Q/DQ ONNX was measured with ONNX Runtime on the device's CPU instead"
     )
-    return OrtRuntime(work / job["onnx"], precision="int8", name="onnx-qdq-on-device"), None, note
+    return OrtRuntime(work / job["onnx"], precision="int8", name=FALLBACK_ROW), None, note
 
 
 def run_job(job_file: Path, out: Path | None = None) -> dict:

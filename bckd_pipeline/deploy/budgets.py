@@ -198,26 +198,9 @@ def _settings(path: str, body) -> GateSettings:
     )
 
 
-def stage_names(target: str) -> list[str] | None:
-    """Ledger stage names a report of ``target`` has (None when this version cannot list them)."""
-    from ..pipeline import _target_artifacts
-    from ..targets import Backend, get_target
-
-    profile = get_target(target)
-    try:
-        built = _target_artifacts(profile)
-    except ConfigError:
-        return None
-    names = ["pytorch", "onnx", "onnx-simplified", *(b.name for b in built)]
-    if profile.backend is Backend.TENSORRT:
-        # The engine row (built on the device, or pending), or the device's ONNX Runtime fallback row.
-        return [*names, "tensorrt-int8", "onnx-qdq-on-device"]
-    # A target whose device is absent adds a pending row for the deployed artifact on the device.
-    return [*names, f"{names[-1]}-on-{profile.device.lower()}"]
-
-
 def parse_budgets(text: str, path: str = "<budgets>") -> Budgets:
     """Parse and validate a budgets file's text; every error names the file, the table and the key."""
+    from ..pipeline import ledger_row_names
     from ..targets import TARGETS, get_target
 
     try:
@@ -240,10 +223,10 @@ def parse_budgets(text: str, path: str = "<budgets>") -> Budgets:
         stages_body = body.get("stages", {})
         if not isinstance(stages_body, Mapping):
             raise ConfigError(f"{path}: [{name}] stages must hold tables ([{name}.stages.STAGE]).")
-        known = stage_names(name)
+        known = ledger_row_names(get_target(name))
         stages = {}
         for stage, sbody in stages_body.items():
-            if known is not None and stage not in known:
+            if stage not in known:
                 raise ConfigError(
                     f"{_where(path, f'{name}.stages.{stage}')}: target {name!r} has no ledger stage {stage!r}."
                     f"{did_you_mean(stage, known)} Its stages: {', '.join(known)}."

@@ -158,14 +158,3 @@ def load_qualitative(out: Path, ref: dict | None) -> dict[str, np.ndarray] | Non
         return None
     with np.load(path) as z:
         return {k: z[k] for k in z.files}
-
-
-def artifact_bytes(out: Path, artifact: str | None) -> int | None:
-    """Bytes of a ledger row's artifact (an OpenVINO model.xml counts with its .bin); None without one."""
-    if artifact is None:
-        return None
-    path = Path(artifact) if Path(artifact).is_absolute() else Path(out) / artifact
-    files = [path] + ([path.with_suffix(".bin")] if path.suffix == ".xml" else [])
-    if not all(f.is_file() for f in files):
-        return None
-    return sum(f.stat().st_size for f in files)

@@ -76,6 +76,12 @@ PARITY_FIELDS = (
 )
 
 
+def artifact_files(path: Path) -> list[Path]:
+    """The files one artifact is made of: an OpenVINO model.xml comes with its weights, model.bin."""
+    path = Path(path)
+    return [path] + ([path.with_suffix(".bin")] if path.suffix == ".xml" else [])
+
+
 def _row(b, out: Path, *, name: str, status: str, device: str, parent: str | None) -> dict:
     """A ledger row with every measurement null; callers fill in what was measured."""
     return {
@@ -84,6 +90,7 @@ def _row(b, out: Path, *, name: str, status: str, device: str, parent: str | Non
         "precision": b.precision.value,
         "parent": parent,
         "artifact": _rel(b.path, out),
+        "artifact_bytes": None if b.path is None else sum(f.stat().st_size for f in artifact_files(b.path)),
         "status": status,
         "device": device,
         **dict.fromkeys(PARITY_FIELDS),
@@ -97,7 +104,9 @@ def _row(b, out: Path, *, name: str, status: str, device: str, parent: str | Non
     }
 
 
-def build_report(ctx, summary, built, parity, latency, export_check, simplify_check, calibration) -> dict:
+def build_report(ctx, summary, built, parity, latency, export_check, simplify_check, calibration, masks) -> dict:
+    from ..pipeline import pending_row_name
+
     out = Path(ctx.out)
     profile = ctx.profile
     rows = []
@@ -134,7 +143,7 @@ def build_report(ctx, summary, built, parity, latency, export_check, simplify_ch
         pending = _row(
             deployed,
             out,
-            name=f"{deployed.name}-on-{profile.device.lower()}",
+            name=pending_row_name(deployed.name, profile),
             status=PENDING,
             device=profile.device,
             parent=deployed.name,
@@ -186,6 +195,8 @@ def build_report(ctx, summary, built, parity, latency, export_check, simplify_ch
             **asdict(calibration.spec),
         },
         "speedup_vs_pytorch": speedups,
+        "parity_images": parity["per_image"],
+        "qualitative": masks,
         "device": device_section,
         "stages": rows,
         "host": host_facts(),
@@ -221,9 +232,10 @@ def _pending_engine_row(ctx, qdq, out: Path) -> dict:
     """The TensorRT engine row when no device built it: every measurement null, and how to get them."""
     from ..pipeline import Built
     from ..targets.profiles import Backend, Precision
+    from .agent import ENGINE_ROW
 
-    engine = Built("tensorrt-int8", Backend.TENSORRT, Precision.INT8, None, qdq.name)
-    row = _row(engine, out, name="tensorrt-int8", status=PENDING, device=ctx.profile.device, parent=qdq.name)
+    engine = Built(ENGINE_ROW, Backend.TENSORRT, Precision.INT8, None, qdq.name)
+    row = _row(engine, out, name=ENGINE_ROW, status=PENDING, device=ctx.profile.device, parent=qdq.name)
     row["note"] = (
         f"engine build and on-device measurements pending: {ctx.device.pending_reason}. To finish: rerun with "
         "--device ssh://user@device (the engine is built and measured there), or copy deploy/tensorrt/bundle to "
@@ -289,8 +301,7 @@ def write_manifest(ctx, out: Path, built, report: dict, calibration) -> Path:
     for b in built:
         if b.path is None:
             continue
-        files = [b.path] + ([b.path.with_suffix(".bin")] if b.path.suffix == ".xml" else [])
-        for f in files:
+        for f in artifact_files(b.path):
             artifacts.append(
                 {
                     "stage": b.name,
