@@ -456,7 +456,8 @@ def _gate(args, report: Path) -> int:
     """Gate a report; print every check, write --junit/--markdown; the exit code is the gate's."""
     from .deploy.budgets import load_budgets
     from .deploy.gate import gate
-    from .deploy.gate_output import junit_xml, markdown, text_lines, write_text
+    from .deploy.gate_output import junit_xml, markdown, text_lines
+    from .fileio import write_text
 
     result = gate(
         report,

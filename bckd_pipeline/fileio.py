@@ -30,6 +30,11 @@ def atomic_write(path: Path, write: Callable[[Path], None], *, mode: int | None 
         raise
 
 
+def write_text(path: Path, text: str) -> None:
+    """``atomic_write`` of a UTF-8 text file."""
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -10,9 +10,7 @@ GitLab and Jenkins read this shape. Markdown: a verdict line and a table, for
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
-from ..distill.checkpoint import atomic_write
 from .gate import FAIL, NOT_MEASURED, PASS, GateResult
 
 SYMBOL = {PASS: "ok", FAIL: "FAIL", NOT_MEASURED: "pending"}
@@ -103,7 +101,3 @@ def markdown(result: GateResult) -> str:
             f"| {MD_SYMBOL[c.status]} | `{c.stage}` | `{c.budget}` | {_value(c)} | {limit} | {_cell(c.message)} |"
         )
     return "\n".join(lines) + "\n"
-
-
-def write_text(path: Path, text: str) -> None:
-    atomic_write(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))

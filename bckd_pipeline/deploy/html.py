@@ -17,18 +17,13 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from ..distill.checkpoint import atomic_write
+from ..fileio import write_text
 from .evidence import MASK_COLUMNS, load_qualitative
+from .report import fmt_value
 
 BOUNDARY_PX = 2  # a wrong pixel within this many pixels of a ground-truth boundary is a boundary error
 BOUNDARY_ERROR = (255, 0, 255)  # magenta: no class colour uses it
 IGNORE = (0, 0, 0)
-COLUMN_TITLES = {
-    "teacher": "teacher",
-    "student alone": "student alone",
-    "distilled": "distilled",
-    "deployed": "deployed",
-}
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1d2330;background:#fff}
@@ -68,7 +63,7 @@ def _png_uri(rgb: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def boundary_band(truth: np.ndarray, ignore_index: int, radius: int = BOUNDARY_PX) -> np.ndarray:
+def boundary_band(truth: np.ndarray, radius: int = BOUNDARY_PX) -> np.ndarray:
     """Pixels within ``radius`` of a ground-truth class boundary (4-neighbour label change), as a bool mask."""
     edge = np.zeros(truth.shape, bool)
     dv = truth[1:, :] != truth[:-1, :]
@@ -80,8 +75,17 @@ def boundary_band(truth: np.ndarray, ignore_index: int, radius: int = BOUNDARY_P
     return ndimage.binary_dilation(edge, iterations=radius) if radius > 0 else edge
 
 
-def colorize(labels: np.ndarray, colors: np.ndarray, ignore_index: int, truth: np.ndarray | None = None) -> np.ndarray:
-    """Class colours; with ``truth``, wrong pixels darkened and wrong pixels near a boundary in magenta."""
+def colorize(
+    labels: np.ndarray,
+    colors: np.ndarray,
+    ignore_index: int,
+    truth: np.ndarray | None = None,
+    near: np.ndarray | None = None,
+) -> np.ndarray:
+    """Class colours; with ``truth``, wrong pixels darkened and wrong pixels near a boundary in magenta.
+
+    ``near``: ``boundary_band(truth)`` when the caller colours several predictions of one image.
+    """
     lab = labels.astype(np.int64)
     valid = (lab >= 0) & (lab < len(colors))
     rgb = np.zeros((*lab.shape, 3), np.uint8)
@@ -91,14 +95,10 @@ def colorize(labels: np.ndarray, colors: np.ndarray, ignore_index: int, truth: n
         return rgb
     scored = truth != ignore_index
     wrong = scored & (lab != truth)
-    near = boundary_band(truth, ignore_index)
+    near = boundary_band(truth) if near is None else near
     rgb[wrong] = (rgb[wrong] * 0.45).astype(np.uint8)
     rgb[wrong & near] = BOUNDARY_ERROR
     return rgb
-
-
-def _fmt(v, spec: str = ".2f") -> str:
-    return "–" if v is None else format(v, spec)
 
 
 def ledger_table(report: dict) -> str:
@@ -115,11 +115,11 @@ def ledger_table(report: dict) -> str:
         rows.append(
             f"<tr{cls}><td>{html.escape(r['name'])}</td><td>{html.escape(r['backend'])}</td>"
             f'<td>{html.escape(r["precision"])}</td><td class="status-{html.escape(r["status"])}">'
-            f"{html.escape(r['status'])}</td><td class=n>{_fmt(r.get('miou'))}</td>"
-            f"<td class=n>{_fmt(r.get('miou_delta'), '+.3f')}</td><td class=n>{_fmt(agree, '.3f')}</td>"
-            f"<td class=n>{_fmt(lat.get('p50'), '.3f')}</td><td class=n>{_fmt(lat.get('p99'), '.3f')}</td>"
-            f"<td class=n>{_fmt(r.get('fps'), '.1f')}</td>"
-            f"<td class=n>{_fmt(None if size is None else size / 1e6, '.3f')}</td></tr>"
+            f"{html.escape(r['status'])}</td><td class=n>{fmt_value(r.get('miou'))}</td>"
+            f"<td class=n>{fmt_value(r.get('miou_delta'), '+.3f')}</td><td class=n>{fmt_value(agree, '.3f')}</td>"
+            f"<td class=n>{fmt_value(lat.get('p50'), '.3f')}</td><td class=n>{fmt_value(lat.get('p99'), '.3f')}</td>"
+            f"<td class=n>{fmt_value(r.get('fps'), '.1f')}</td>"
+            f"<td class=n>{fmt_value(None if size is None else size / 1e6, '.3f')}</td></tr>"
         )
     notes = "".join(
         f"<li><code>{html.escape(r['name'])}</code>: {html.escape(r['note'])}</li>"
@@ -230,7 +230,7 @@ def masks_table(report: dict, out: Path) -> str:
     ignore = ref.get("ignore_index", 255)
     colors = palette(max(n_classes, 1))
     kd = (report.get("distill") or {}).get("kd")
-    titles = dict(COLUMN_TITLES, distilled=f"distilled ({kd})" if kd else "distilled")
+    titles = {c: c for c in MASK_COLUMNS} | {"distilled": f"distilled ({kd})" if kd else "distilled"}
     notes = ref.get("notes", {})
     head = (
         "<tr><th>image</th><th>ground truth</th>"
@@ -243,6 +243,7 @@ def masks_table(report: dict, out: Path) -> str:
     rows = []
     for i, name in enumerate(ref["images"]):
         truth = data["ground_truth"][i]
+        near = boundary_band(truth)  # once per image, shared by every column
         cells = [
             f'<td><img alt="image {html.escape(name)}" src="{_png_uri(data["image"][i])}"><br>{html.escape(name)}</td>',
             f'<td><img alt="ground truth" src="{_png_uri(colorize(truth, colors, ignore))}"></td>',
@@ -256,10 +257,8 @@ def masks_table(report: dict, out: Path) -> str:
             pred = data[key][i]
             scored = truth != ignore
             acc = float((pred[scored] == truth[scored]).mean() * 100) if scored.any() else float("nan")
-            cells.append(
-                f'<td><img alt="{html.escape(c)} prediction" src="{_png_uri(colorize(pred, colors, ignore, truth))}">'
-                f"{acc:.1f}% px correct</td>"
-            )
+            uri = _png_uri(colorize(pred, colors, ignore, truth, near))
+            cells.append(f'<td><img alt="{html.escape(c)} prediction" src="{uri}">{acc:.1f}% px correct</td>')
         rows.append("<tr>" + "".join(cells) + "</tr>")
     names = report.get("class_names") or [f"class {i}" for i in range(n_classes)]
     legend = "".join(
@@ -282,8 +281,8 @@ def render(report: dict, out: Path) -> str:
     d, ev = report.get("distill") or {}, report.get("evaluation") or {}
     title = f"bckd-pipeline report: {report['target']}"
     distill = (
-        f"Distillation ({html.escape(str(d.get('kd')))}): teacher {_fmt(d.get('teacher_miou'))}, student alone "
-        f"{_fmt(d.get('student_miou'))}, distilled {_fmt(d.get('distilled_miou'))} mIoU."
+        f"Distillation ({html.escape(str(d.get('kd')))}): teacher {fmt_value(d.get('teacher_miou'))}, student alone "
+        f"{fmt_value(d.get('student_miou'))}, distilled {fmt_value(d.get('distilled_miou'))} mIoU."
     )
     culprit = ""
     if report.get("culprit"):
@@ -315,5 +314,5 @@ Evaluation: {ev.get("images")} images of <code>{html.escape(str(ev.get("data")))
 def write_html(out: Path, report: dict) -> Path:
     path = Path(out) / "report.html"
     text = render(report, Path(out))
-    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    write_text(path, text)
     return path

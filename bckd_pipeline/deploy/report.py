@@ -375,7 +375,7 @@ def write_manifest(ctx, out: Path, built, report: dict, calibration) -> Path:
     return out / "manifest.json"
 
 
-def _fmt(v, spec: str = ".2f") -> str:
+def fmt_value(v, spec: str = ".2f") -> str:
     return "–" if v is None else format(v, spec)
 
 
@@ -388,8 +388,8 @@ def markdown(report: dict) -> str:
         f"Evaluation: {ev['images']} images of `{ev['data']}` split `{ev['split']}` at "
         f"{ev['input_hw'][0]}x{ev['input_hw'][1]}.",
         "",
-        f"Distillation ({d['kd']}): teacher {_fmt(d['teacher_miou'])}, student alone {_fmt(d['student_miou'])}, "
-        f"distilled {_fmt(d['distilled_miou'])} mIoU.",
+        f"Distillation ({d['kd']}): teacher {fmt_value(d['teacher_miou'])}, student alone "
+        f"{fmt_value(d['student_miou'])}, distilled {fmt_value(d['distilled_miou'])} mIoU.",
         "",
         "| stage | backend | precision | status | mIoU | ΔmIoU | agreement % | p50 ms | p99 ms | FPS |",
         "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
@@ -397,9 +397,9 @@ def markdown(report: dict) -> str:
     for r in report["stages"]:
         agree = None if r["pixel_agreement"] is None else 100 * r["pixel_agreement"]
         lines.append(
-            f"| {r['name']} | {r['backend']} | {r['precision']} | {r['status']} | {_fmt(r['miou'])} | "
-            f"{_fmt(r['miou_delta'], '+.3f')} | {_fmt(agree, '.3f')} | {_fmt(r['latency_ms']['p50'])} | "
-            f"{_fmt(r['latency_ms']['p99'])} | {_fmt(r['fps'], '.1f')} |"
+            f"| {r['name']} | {r['backend']} | {r['precision']} | {r['status']} | {fmt_value(r['miou'])} | "
+            f"{fmt_value(r['miou_delta'], '+.3f')} | {fmt_value(agree, '.3f')} | {fmt_value(r['latency_ms']['p50'])} | "
+            f"{fmt_value(r['latency_ms']['p99'])} | {fmt_value(r['fps'], '.1f')} |"
         )
     if report["culprit"]:
         lines += ["", f"**Parity failed at stage `{report['culprit']}`**: " + "; ".join(report["culprit_reason"])]
@@ -431,11 +431,10 @@ def markdown(report: dict) -> str:
 
 
 def write_reports(out: Path, report: dict) -> None:
-    from ..distill.checkpoint import atomic_write
+    from ..fileio import write_text
+    from .html import write_html
 
     write_json(out / "report.json", report)
-    text = markdown(report)
-    atomic_write(out / "report.md", lambda tmp: tmp.write_text(text))
-    from .html import write_html  # report.html: the same run on one self-contained page
+    write_text(out / "report.md", markdown(report))  # report.html: the same run on one self-contained page
 
-    write_html(out, report)
+    write_html(out, report)  # report.html: the same run on one self-contained page
