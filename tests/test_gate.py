@@ -71,14 +71,15 @@ def _copy(src: Path, dst: Path) -> Path:
 # budgets files
 # ---------------------------------------------------------------------------------------------
 def test_a_good_budgets_file_merges_target_defaults_and_stage_tables():
-    b = parse_budgets(PASSING + "\n[openvino-cpu]\nmax_p50_ms = 4\n", "b.toml")
+    text = PASSING.replace("latency_tolerance = 0.10", "latency_tolerance = 0.25")  # not the default
+    b = parse_budgets(text + "\n[openvino-cpu]\nmax_p50_ms = 4\n", "b.toml")
     ort = b.targets["onnxruntime-cpu"]
     assert ort.deployed["max_p50_ms"] == 1000.0 and ort.deployed["min_pixel_agreement"] == 0.5
     assert ort.stages == {"onnx-simplified": {"max_p50_ms": 1000.0}} and ort.from_defaults == ()
     ov = b.targets["openvino-cpu"]  # the INT8 profile's defaults fill what the file leaves out
     assert ov.deployed == {"max_miou_drop": 1.0, "min_pixel_agreement": 0.95, "max_p50_ms": 4.0}
     assert set(ov.from_defaults) == {"max_miou_drop", "min_pixel_agreement"}
-    assert b.settings == GateSettings(latency_tolerance=0.10)
+    assert b.settings == GateSettings(latency_tolerance=0.25)
 
 
 @pytest.mark.parametrize(
@@ -262,7 +263,9 @@ def test_baseline_comparison_flags_a_slower_run_and_passes_the_same_run(smoke_re
     assert f"FAIL     {DEPLOYED}: median" in out and "(x2.000;" in out and "REGRESSED" in out
 
 
-@pytest.mark.parametrize("case", ["other_target", "missing_stage", "not_a_report", "evidence_missing", "baseline"])
+@pytest.mark.parametrize(
+    "case", ["other_target", "missing_stage", "not_a_report", "evidence_missing", "baseline", "baseline_images"]
+)
 def test_bad_gate_input_is_exit_2_with_one_clear_message(case, smoke_report, tmp_path, capsys):
     report = smoke_report / "report.json"
     budgets = _write(tmp_path, PASSING)
@@ -283,6 +286,12 @@ def test_bad_gate_input_is_exit_2_with_one_clear_message(case, smoke_report, tmp
         out = _copy(smoke_report, tmp_path / "E")
         (out / "parity_images.npz").unlink()
         report, expected = out / "report.json", "Keep parity_images.npz next to report.json"
+    elif case == "baseline_images":  # a baseline evaluated on other images cannot be paired
+        other = _copy(smoke_report, tmp_path / "I")
+        data = _report(other)
+        data["parity_images"]["images"][0]["sha256"] = "0" * 64
+        (other / "report.json").write_text(json.dumps(data))
+        extra, expected = ["--baseline", other], "was evaluated on other images than"
     else:
         other = _copy(smoke_report, tmp_path / "B")
         data = _report(other)
