@@ -4,9 +4,10 @@
 ``distill`` (teacher / student / distilled mIoU), and ``stages``: one row per ledger stage with
 ``name``, ``backend``, ``precision``, ``artifact``, ``status``, ``device``, ``miou``, ``miou_delta``,
 ``pixel_agreement``, ``latency_ms`` {p50, p90, p99, mean} and ``fps``. A row that was not measured
-says so in ``status`` and carries nulls, never estimates. ``add_evidence`` (pipeline.py) adds
-``parity_images``, ``qualitative`` and each row's ``artifact_bytes`` for the CI gate (docs/ci.md);
-``write_reports`` also writes ``report.html`` (deploy/html.py).
+says so in ``status`` and carries nulls, never estimates. Each row's ``artifact_bytes`` and the
+references ``parity_images`` and ``qualitative`` (deploy/evidence.py) serve the CI gate (docs/ci.md);
+``device`` says where a TensorRT engine was built and measured. ``write_reports`` also writes
+``report.html`` (deploy/html.py).
 """
 
 from __future__ import annotations
