@@ -223,7 +223,8 @@ def parse_budgets(text: str, path: str = "<budgets>") -> Budgets:
         stages_body = body.get("stages", {})
         if not isinstance(stages_body, Mapping):
             raise ConfigError(f"{path}: [{name}] stages must hold tables ([{name}.stages.STAGE]).")
-        known = ledger_row_names(get_target(name))
+        profile = get_target(name)
+        known = ledger_row_names(profile)
         stages = {}
         for stage, sbody in stages_body.items():
             if stage not in known:
@@ -234,7 +235,7 @@ def parse_budgets(text: str, path: str = "<budgets>") -> Budgets:
             if not isinstance(sbody, Mapping):
                 raise ConfigError(f"{path}: [{name}.stages.{stage}] must be a table of budgets.")
             stages[stage] = _budget_table(path, f"{name}.stages.{stage}", sbody, allow_stages=False)
-        defaults = dict(get_target(name).default_budgets)
+        defaults = dict(profile.default_budgets)
         deployed = defaults | file_values
         targets[name] = TargetBudgets(name, deployed, stages, tuple(k for k in defaults if k not in file_values))
     if not targets:
