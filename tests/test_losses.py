@@ -219,6 +219,32 @@ def test_pairwise_boundary_matches_brute_force(radius):
     np.testing.assert_allclose(out.numpy(), ref_pairwise(z.numpy(), radius), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("radius", [3, 5])
+def test_pairwise_boundary_gather_equals_slices_with_gradients(radius):
+    """The one-gather implementation (used on CUDA) gives the same values and gradients as the slices."""
+    mod = PairwiseBoundary(radius)
+    z = torch.randn(3, 1, 11, 14, generator=torch.Generator().manual_seed(radius), requires_grad=True)
+    weights = torch.randn_like(mod(z))
+    sliced, gathered = mod(z), mod.gathered(z)
+    torch.testing.assert_close(gathered, sliced, rtol=0, atol=0)
+    (g_sliced,) = torch.autograd.grad((sliced * weights).sum(), z)
+    (g_gathered,) = torch.autograd.grad((gathered * weights).sum(), z)
+    torch.testing.assert_close(g_gathered, g_sliced)
+
+
+def test_pairwise_boundary_valid_sources_are_those_of_the_crop_alone():
+    mod = PairwiseBoundary(3)
+    valid = torch.zeros(1, 1, 9, 12, dtype=torch.bool)
+    valid[..., :6, :8] = True  # a 6 x 8 image padded to 9 x 12
+    got = mod.valid_sources(valid)
+    assert got.shape == (1, 1, 7, 8)
+    # The crop alone has sources rows 0..3 and columns 2..5 (of the grid): 4 x 4, at the same places.
+    expected = torch.zeros(1, 1, 7, 8, dtype=torch.bool)
+    expected[..., :4, :4] = True
+    assert torch.equal(got, expected)
+    assert mod(torch.randn(1, 1, 6, 8)).shape[-2:] == (4, 4)
+
+
 def test_pairwise_boundary_has_no_parameters_and_batches():
     mod = PairwiseBoundary(3)
     assert list(mod.parameters()) == []
@@ -415,12 +441,14 @@ def _features(seed: int = 0, classes: int = 3):
 
 
 CHOICE_CASES = [(name, value) for name, values in _CHOICES.items() for value in values]
+# Choices that only act together with others (alone they are refused: see test_refused_combinations).
+COMPANIONS = {("delta", "hard_ste"): {"softmax_input": "prob", "boundary_teacher": "conv"}}
 
 
 @pytest.mark.parametrize(("name", "value"), CHOICE_CASES, ids=[f"{n}={v}" for n, v in CHOICE_CASES])
 def test_every_choice_runs_forward_and_backward(name, value):
     torch.manual_seed(0)
-    bckd = BCKD(_small_cfg(**{name: value}), S_CH, T_CH)
+    bckd = BCKD(_small_cfg(**{name: value}, **COMPANIONS.get((name, value), {})), S_CH, T_CH)
     bckd.check_input(INPUT_HW)
     sf, tf, sl, tl = _features()
     out = bckd(sf, tf, sl, tl, INPUT_HW)

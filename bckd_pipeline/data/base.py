@@ -18,6 +18,9 @@ from PIL import Image
 from bckd_pipeline.errors import ConfigError, DataError
 
 IGNORE_INDEX = 255
+# Mask value of the pixels a training crop was padded with, when the transform is asked to mark them
+# (TrainTransform(pad_label=PAD_LABEL)): the distillation losses leave them out, the CE ignores them.
+PAD_LABEL = -1
 
 Transform = Callable[[np.ndarray, np.ndarray], tuple[torch.Tensor, torch.Tensor]]
 

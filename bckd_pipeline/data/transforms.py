@@ -43,7 +43,9 @@ class TrainTransform:
 
     Brightness (multiply by U(1-b, 1+b), clip to 0..255) commutes with the geometric steps, so it is
     applied to the crop before normalisation; padding (bottom/right, to reach ``crop``) comes after
-    normalisation so it is exactly 0 (the mean colour), with the mask padded with ``ignore_index``.
+    normalisation so it is exactly 0 (the mean colour), with the mask padded with ``ignore_index``, or
+    with ``pad_label`` when given (``PAD_LABEL``: the trainer then knows which pixels are padding, and
+    keeps them out of the distillation terms; the CE ignores them either way).
     Without ``seed`` the global ``np.random`` state is used, which the trainer reseeds per DataLoader
     worker; with ``seed`` the transform owns its own stream (reproducible in one process only).
     ``crop=None`` keeps the scaled size, so batching then needs equal sizes (e.g. scale_range=(1, 1)).
@@ -56,6 +58,7 @@ class TrainTransform:
     brightness: float = 0.2
     normalization: Normalization = Normalization()
     ignore_index: int = IGNORE_INDEX
+    pad_label: int | None = None
     seed: int | None = None
     _state: np.random.RandomState | None = field(init=False, repr=False, compare=False)
 
@@ -99,7 +102,8 @@ class TrainTransform:
         if self.crop is not None and mask.shape != self.crop:
             pad_h, pad_w = self.crop[0] - mask.shape[0], self.crop[1] - mask.shape[1]
             image = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)))
-            mask = np.pad(mask, ((0, pad_h), (0, pad_w)), constant_values=self.ignore_index)
+            fill = self.ignore_index if self.pad_label is None else self.pad_label
+            mask = np.pad(mask.astype(np.int64), ((0, pad_h), (0, pad_w)), constant_values=fill)
         if self.flip and rng.random() < 0.5:
             image, mask = image[:, ::-1], mask[:, ::-1]
         return to_tensors(image, mask)

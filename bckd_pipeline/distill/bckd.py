@@ -21,7 +21,7 @@ from ..errors import ConfigError, unknown_name
 from .losses import PairwiseBoundary, TemperatureSchedule, relation_kl, relation_mse, semantic_boundary, spatial_kl
 
 _CHOICES = {
-    "teacher_fusion": ("frozen", "identity"),
+    "teacher_fusion": ("identity", "normalized", "frozen"),
     "boundary_teacher": ("semantic", "conv", "trainable"),
     "boundary_student": ("head", "semantic"),
     "boundary_repr": ("pairwise", "pixel"),
@@ -31,6 +31,7 @@ _CHOICES = {
     "relation": ("cosine", "dot"),
     "context_loss": ("kl", "mse"),
     "gamma_mode": ("epoch", "iter"),
+    "balance": ("none", "grad"),
 }
 
 
@@ -42,7 +43,10 @@ class BCKDConfig:
     boundary, context, decay: the ablation switches (Table I).
     grid_stride: the fused features live at 1/grid_stride of the input (spec §1: 8).
     fusion_dim: channels of each student stage after its 1x1 projection P_k.
-    teacher_fusion: "frozen" random inner-product-preserving projection, or "identity" (resize+concat).
+    teacher_fusion: "identity" (resize + concat of the raw teacher stages), "normalized" (each stage
+        L2-normalised per position before the concat, so every stage weighs the same in a cosine),
+        or "frozen" (a fixed random projection to fusion_dim per stage; the relation then depends on
+        the seed, and cosines move by about 0.1: only worth it to save memory on very wide teachers).
     boundary_teacher: where B^t comes from. "semantic": the teacher's class probabilities
         (semantic_boundary); "conv": a frozen random Conv_{C->1} on F^t (the literal reading);
         "trainable": a Conv_{C->1} trained by L_b (MMRazor's behaviour; can collapse, spec §7.1).
@@ -59,6 +63,12 @@ class BCKDConfig:
     gamma_mode: Eq. (7) stepped per epoch or continuous per iteration.
     temperature, temperature_factor, temperature_threshold, temperature_schedule: the T rule.
     chunk: rows per block of the exact chunked relation (memory bound, not a result knob).
+    mask_padding: leave padded positions of a crop out of both terms (softmaxes and means).
+    balance: "none" uses alpha and beta as given; "grad" replaces them by weights that make each
+        term's gradient norm (at the student's deepest tapped stage) ``balance_boundary`` and
+        ``balance_context`` times the cross-entropy's, averaged over the first ``balance_iters``
+        iterations and then frozen (a fixed-ratio rule in the spirit of GradNorm, without its
+        continual updates).
     """
 
     alpha: float = 10.0
@@ -68,7 +78,7 @@ class BCKDConfig:
     decay: bool = True
     grid_stride: int = 8
     fusion_dim: int = 64
-    teacher_fusion: str = "frozen"
+    teacher_fusion: str = "identity"
     boundary_teacher: str = "semantic"
     boundary_student: str = "head"
     boundary_repr: str = "pairwise"
@@ -88,6 +98,11 @@ class BCKDConfig:
     temperature_schedule: bool = True
     chunk: int = 512
     seed: int = 0
+    mask_padding: bool = True
+    balance: str = "none"
+    balance_boundary: float = 0.5
+    balance_context: float = 0.5
+    balance_iters: int = 50
 
     def __post_init__(self):
         for name, allowed in _CHOICES.items():
@@ -97,11 +112,32 @@ class BCKDConfig:
                     f"BCKD option {name}={value!r} is not allowed. Allowed: {', '.join(allowed)}. "
                     f"Pass --bckd {name}={allowed[0]} (for example)."
                 )
-        for name in ("grid_stride", "fusion_dim", "radius", "context_pool", "chunk"):
+        for name in ("grid_stride", "fusion_dim", "radius", "context_pool", "chunk", "balance_iters"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"BCKD option {name}={getattr(self, name)} must be a positive integer.")
         if self.temperature <= 0 or self.relation_tau <= 0 or self.teacher_tau <= 0:
             raise ConfigError("BCKD temperatures (temperature, relation_tau, teacher_tau) must be > 0.")
+        if self.balance_boundary <= 0 or self.balance_context <= 0:
+            raise ConfigError(
+                f"balance_boundary={self.balance_boundary} and balance_context={self.balance_context} are target "
+                "ratios of a term's gradient norm to the cross-entropy's; give positive numbers, e.g. 0.5."
+            )
+        self._refuse_silent_combinations()
+
+    def _refuse_silent_combinations(self) -> None:
+        """Option combinations that would silently do nothing, or break training, are refused."""
+        if self.boundary and self.delta == "hard_ste" and self.softmax_input == "logit":
+            raise ConfigError(
+                "--bckd delta=hard_ste does nothing with softmax_input=logit: delta is applied to the boundary "
+                "probability, and the logit form softmaxes the path max-logit directly. "
+                "Add --bckd softmax_input=prob, or drop delta=hard_ste."
+            )
+        if self.boundary and self.delta == "hard_ste" and self.boundary_teacher == "semantic":
+            raise ConfigError(
+                "--bckd delta=hard_ste with boundary_teacher=semantic gives an all-zero teacher map: the "
+                "semantic boundary probability of an edge is about 1/3, under hard_ste's 0.5 threshold. "
+                "Use delta=sigmoid, or boundary_teacher=conv|trainable."
+            )
 
     @classmethod
     def from_overrides(cls, overrides: dict[str, str], **base) -> BCKDConfig:
@@ -143,26 +179,41 @@ class StudentFusion(nn.Module):
 
 
 class TeacherFusion(nn.Module):
-    """Teacher-side fusion, frozen (spec §7.1): a learned teacher-side projection can collapse.
+    """Teacher-side fusion, never trained (spec §7.1): a learned teacher-side projection can collapse.
 
+    "identity": resize and concatenate the raw stages, so the relations are those of the teacher's
+    own features. "normalized": the same with each stage L2-normalised per position first, so a
+    cosine relation averages the stages' cosines instead of following the loudest stage.
     "frozen": a fixed random 1x1 projection per stage with N(0, 1/dim) weights, which preserves
-    inner products in expectation (Johnson-Lindenstrauss), so relations of F^t are those of the
-    raw teacher stages. "identity": resize and concatenate the raw stages.
+    inner products only in expectation (Johnson-Lindenstrauss): individual cosines move, and the
+    target depends on the seed.
     """
 
     def __init__(self, in_channels: list[int], dim: int, mode: str, generator: torch.Generator):
         super().__init__()
         self.mode = mode
-        weights = [torch.randn(dim, c, 1, 1, generator=generator) / math.sqrt(dim) for c in in_channels]
-        for i, w in enumerate(weights):
-            self.register_buffer(f"w{i}", w)
+        if mode == "frozen":
+            for i, c in enumerate(in_channels):
+                self.register_buffer(f"w{i}", torch.randn(dim, c, 1, 1, generator=generator) / math.sqrt(dim))
         self.out_channels = dim * len(in_channels) if mode == "frozen" else sum(in_channels)
 
     @torch.no_grad()
     def forward(self, feats: list[torch.Tensor], grid: tuple[int, int]) -> torch.Tensor:
-        if self.mode == "identity":
-            return torch.cat([_resize(f.float(), grid) for f in feats], 1)
-        return torch.cat([_resize(F.conv2d(f.float(), getattr(self, f"w{i}")), grid) for i, f in enumerate(feats)], 1)
+        feats = [f.float() for f in feats]
+        if self.mode == "frozen":
+            feats = [F.conv2d(f, getattr(self, f"w{i}")) for i, f in enumerate(feats)]
+        resized = [_resize(f, grid) for f in feats]
+        if self.mode == "normalized":
+            resized = [F.normalize(f, dim=1) for f in resized]
+        return torch.cat(resized, 1)
+
+
+def grid_validity(valid: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """A pixel validity mask (N x 1 x H x W, bool) on a coarser grid: a cell is valid only if every
+    pixel it pools is, so no grid feature mixes image and padding."""
+    if valid.shape[-2:] == grid:
+        return valid
+    return F.adaptive_max_pool2d((~valid).float(), grid) == 0
 
 
 def _resize(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -184,7 +235,10 @@ class BCKD(nn.Module):
         super().__init__()
         self.cfg = cfg
         gen = torch.Generator().manual_seed(cfg.seed)
-        self.student_fusion = StudentFusion(student_channels, cfg.fusion_dim)
+        # The student fusion feeds the boundary head and the context term; with neither (semantic
+        # student boundary, no context) it would run without a gradient, which DDP refuses.
+        needs_fusion = cfg.context or (cfg.boundary and cfg.boundary_student == "head")
+        self.student_fusion = StudentFusion(student_channels, cfg.fusion_dim) if needs_fusion else None
         self.teacher_fusion = TeacherFusion(teacher_channels, cfg.fusion_dim, cfg.teacher_fusion, gen)
         cs, ct = cfg.fusion_dim * len(student_channels), self.teacher_fusion.out_channels
         if cfg.boundary:
@@ -206,8 +260,14 @@ class BCKD(nn.Module):
                 self.psi_s = nn.Sequential(nn.Conv2d(cs, ct, 1, bias=False), nn.BatchNorm2d(ct), nn.ReLU(inplace=True))
                 self.psi_t = nn.Sequential(nn.BatchNorm2d(ct, affine=False, track_running_stats=False), nn.ReLU())
             else:
-                self.psi_s = nn.Conv2d(cs, ct, 1)
+                # A cosine relation needs no channel matching: the student's Gram matrix has rank <= cs
+                # whatever the width of Psi_s, so cs -> cs is as expressive as cs -> ct, and cheaper.
+                self.psi_s = nn.Conv2d(cs, cs, 1)
                 self.psi_t = nn.Identity()
+        # Eq. (6)'s weights. Under balance="grad" they are measured over the first iterations
+        # (observe_gradients), then frozen; buffers, so a resumed run keeps them.
+        self.register_buffer("term_weights", torch.tensor([cfg.alpha, cfg.beta], dtype=torch.float32))
+        self.register_buffer("balance_seen", torch.tensor(0))
 
     def grid(self, input_hw: tuple[int, int]) -> tuple[int, int]:
         s = self.cfg.grid_stride
@@ -233,36 +293,60 @@ class BCKD(nn.Module):
         student_logits: torch.Tensor,
         teacher_logits: torch.Tensor,
         input_hw: tuple[int, int],
+        valid: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
+        """The unweighted terms. ``valid`` (N x 1 x H x W, bool, at the input size) marks the real
+        pixels of a padded crop; with ``mask_padding`` the terms ignore the rest."""
         grid = self.grid(input_hw)
-        fs = self.student_fusion(student_feats, grid)
-        ft = self.teacher_fusion(teacher_feats, grid)
+        gv = grid_validity(valid, grid) if valid is not None and self.cfg.mask_padding else None
+        fs = self.student_fusion(student_feats, grid) if self.student_fusion is not None else None
+        needs_teacher_fusion = self.cfg.context or (self.cfg.boundary and self.cfg.boundary_teacher != "semantic")
+        ft = self.teacher_fusion(teacher_feats, grid) if needs_teacher_fusion else None
         out: dict[str, torch.Tensor] = {}
         if self.cfg.boundary:
-            out.update(self._boundary(fs, ft, student_logits, teacher_logits, grid))
+            out.update(self._boundary(fs, ft, student_logits, teacher_logits, grid, gv))
         if self.cfg.context:
-            out["context"] = self._context(fs, ft)
+            out["context"] = self._context(fs, ft, gv)
         return out
 
-    def _boundary(self, fs, ft, student_logits, teacher_logits, grid) -> dict[str, torch.Tensor]:
+    @property
+    def balancing(self) -> bool:
+        """True while balance="grad" is still measuring the terms' gradient norms."""
+        return self.cfg.balance == "grad" and int(self.balance_seen) < self.cfg.balance_iters
+
+    @torch.no_grad()
+    def observe_gradients(self, ce: float, boundary: float | None, context: float | None) -> None:
+        """One measurement of the unweighted gradient norms: fold ``target * |g_ce| / |g_term|`` into
+        the running mean of each weight (all ranks agree: the caller reduces the norms first)."""
+        k = int(self.balance_seen)
+        targets = (self.cfg.balance_boundary, self.cfg.balance_context)
+        for i, (g, target) in enumerate(zip((boundary, context), targets, strict=True)):
+            if g is not None and g > 0:
+                self.term_weights[i] = (self.term_weights[i] * k + target * ce / g) / (k + 1)
+        self.balance_seen += 1
+
+    def _boundary(self, fs, ft, student_logits, teacher_logits, grid, gv) -> dict[str, torch.Tensor]:
         cfg = self.cfg
         if self.boundary_head is not None:
             zs = self.boundary_head(fs)
         else:
-            zs = semantic_boundary(_resize(student_logits.float().softmax(1), grid))
+            zs = semantic_boundary(_resize(student_logits.float().softmax(1), grid), valid=gv)
         if cfg.boundary_teacher == "semantic":
             with torch.no_grad():
                 probs = _resize(teacher_logits.detach().float().softmax(1), grid)
-                zt = semantic_boundary(probs)
+                zt = semantic_boundary(probs, valid=gv)
         elif cfg.boundary_teacher == "conv":
             with torch.no_grad():
                 zt = self.teacher_boundary_head(ft)
         else:
             zt = self.teacher_boundary_head(ft.detach())
         bs, bt = self._maps(zs), self._maps(zt)
-        t = self.temperature.update(bt.detach())
+        map_valid = None
+        if gv is not None:
+            map_valid = self.paths.valid_sources(gv) if self.paths is not None else gv
+        t = self.temperature.update(bt.detach(), map_valid)
         # "trainable": MMRazor trains teacher-side connectors through the same loss (spec §7.1).
-        loss = spatial_kl(bs, bt, t, detach_teacher=cfg.boundary_teacher != "trainable")
+        loss = spatial_kl(bs, bt, t, detach_teacher=cfg.boundary_teacher != "trainable", valid=map_valid)
         return {"boundary": loss, "temperature": torch.tensor(t), "teacher_boundary_std": bt.detach().std()}
 
     def _maps(self, z: torch.Tensor) -> torch.Tensor:
@@ -276,10 +360,12 @@ class BCKD(nn.Module):
             b = (b > 0.5).to(b.dtype) + b - b.detach()
         return b if cfg.polarity == "boundary" else 1.0 - b
 
-    def _context(self, fs: torch.Tensor, ft: torch.Tensor) -> torch.Tensor:
+    def _context(self, fs: torch.Tensor, ft: torch.Tensor, gv: torch.Tensor | None = None) -> torch.Tensor:
         cfg = self.cfg
         if cfg.context_pool > 1:
             fs, ft = F.avg_pool2d(fs, cfg.context_pool), F.avg_pool2d(ft, cfg.context_pool)
+            if gv is not None:
+                gv = F.max_pool2d((~gv).float(), cfg.context_pool) == 0
         qs, qt = self.psi_s(fs), self.psi_t(ft)
         if cfg.relation == "cosine":
             qs, qt = F.normalize(qs, dim=1), F.normalize(qt, dim=1)
@@ -287,5 +373,7 @@ class BCKD(nn.Module):
         else:
             ss, st = qs.shape[1] ** -0.5, qt.shape[1] ** -0.5
         if cfg.context_loss == "mse":
-            return relation_mse(qs, qt, student_scale=ss, teacher_scale=st, chunk=cfg.chunk)
-        return relation_kl(qs, qt, student_scale=ss, teacher_scale=st, teacher_tau=cfg.teacher_tau, chunk=cfg.chunk)
+            return relation_mse(qs, qt, student_scale=ss, teacher_scale=st, chunk=cfg.chunk, valid=gv)
+        return relation_kl(
+            qs, qt, student_scale=ss, teacher_scale=st, teacher_tau=cfg.teacher_tau, chunk=cfg.chunk, valid=gv
+        )

@@ -207,13 +207,36 @@ def check_input_size(model: nn.Module, name: str, hw: tuple[int, int]) -> None:
         model.train(was_training)
 
 
-def default_taps(name: str) -> list[str]:
-    """The module names whose outputs are the preset's hierarchical features."""
+def default_taps(name: str, role: str = "student") -> list[str]:
+    """The module names whose outputs are the preset's hierarchical features for BCKD.
+
+    A student taps its encoder stages (stride 4 and deeper), as in Sec. IV-A. A teacher also taps
+    its decoder output (smp's PSP module, DeepLabV3+'s ASPP + low-level fusion, SegFormer's MLP
+    head): smp's PSPNet runs only three encoder stages, so its encoder taps end at texture-level
+    features at stride 8 and its context lives in the PSP module. The paper fuses C2-C5 of a
+    dilated ResNet-101, whose last stages are semantic; the decoder output is what plays that
+    part here (docs/bckd.md measures how well each choice separates classes).
+    """
+    if role not in ("student", "teacher"):
+        raise ValueError(f"role must be 'student' or 'teacher', got {role!r}")
     preset = PRESETS[name]
     if preset.arch == "tiny":
-        return [f"stages.{i}" for i in range(4)]
+        return [f"stages.{i}" for i in range(4)] + (["fuse"] if role == "teacher" else [])
     # smp encoders return every stage in one list; FeatureTaps expands it.
-    return ["encoder"]
+    return ["encoder", "decoder"] if role == "teacher" else ["encoder"]
+
+
+def native_logits_tap(model: nn.Module) -> str | None:
+    """The module that outputs the logits at the head's native stride (before upsampling), or None.
+
+    smp models end in ``segmentation_head = (Conv2d, Upsampling, Activation)``; TinySegNet in ``head``.
+    """
+    head = getattr(model, "segmentation_head", None)
+    if isinstance(head, nn.Sequential) and len(head) and isinstance(head[0], nn.Conv2d):
+        return "segmentation_head.0"
+    if isinstance(model, TinySegNet):
+        return "head"
+    return None
 
 
 def logits_of(output) -> torch.Tensor:

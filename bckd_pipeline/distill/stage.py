@@ -15,6 +15,7 @@ from torch import nn
 
 from .. import metrics as M
 from ..data import build_dataset
+from ..data.base import PAD_LABEL
 from ..data.transforms import EvalTransform, TrainTransform
 from ..errors import ConfigError, DataError
 from .checkpoint import CheckpointMeta, atomic_write, load_model, plain_values, save_checkpoint
@@ -38,7 +39,7 @@ class DataConfig:
     demo_count: int | None = None
 
     def train_set(self):
-        tf = TrainTransform(resize=self.resize, crop=self.crop, scale_range=self.scale_range)
+        tf = TrainTransform(resize=self.resize, crop=self.crop, scale_range=self.scale_range, pad_label=PAD_LABEL)
         return build_dataset(self.spec, self.train_split, tf, demo_size=self.demo_size, demo_count=self.demo_count)
 
     def eval_set(self):
@@ -217,7 +218,7 @@ def distill(
     check_input_size(student, student_name, hw)
     check_input_size(teacher, tmeta.model, hw)
     s_taps = student_taps or default_taps(student_name)
-    t_taps = teacher_taps or default_taps(tmeta.model)
+    t_taps = teacher_taps or default_taps(tmeta.model, role="teacher")
     task = SegDistillTask(
         student,
         teacher,
@@ -263,7 +264,8 @@ def distill(
         "teacher_checkpoint": str(teacher_ckpt),
         "teacher_model": tmeta.model,
         "cost": {"student": M.model_cost(best, (1, 3, *hw)), "teacher": M.model_cost(teacher, (1, 3, *hw))},
-        "mfs": _mfs(best, teacher, s_taps, t_taps, eval_set, mfs_images),
+        # MFS pairs encoder stages of both models (the teacher's decoder tap is a BCKD target, not a stage).
+        "mfs": _mfs(best, teacher, s_taps, default_taps(tmeta.model), eval_set, mfs_images),
         "distill_config": asdict(dcfg),
         "train": _train_summary(result, cfg),
         "data": asdict(data),

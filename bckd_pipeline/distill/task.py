@@ -13,10 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.base import PAD_LABEL
 from ..errors import ConfigError, unknown_name
-from .bckd import BCKD, BCKDConfig
+from .bckd import BCKD, BCKDConfig, grid_validity
 from .losses import cwd_loss, decay_factor, kd_loss
-from .models import FeatureTaps, logits_of
+from .models import FeatureTaps, logits_of, native_logits_tap
 
 KD_CHOICES = ("none", "kd", "cwd", "bckd", "kd+bckd", "cwd+bckd")
 
@@ -25,20 +26,32 @@ KD_CHOICES = ("none", "kd", "cwd", "bckd", "kd+bckd", "cwd+bckd")
 class DistillConfig:
     """Which distillation terms, and their weights. ``kd`` is one of :data:`KD_CHOICES`.
 
-    Logit KD: T = 1, weight 1 (the common segmentation setting). CWD: T = 1, weight 3
-    (MMRazor's PSPNet logits config). BCKD: see :class:`BCKDConfig`.
+    Logit KD: T = 1, weight 1 (the common segmentation setting). CWD: T = 1, weight 5, on the
+    logits of the segmentation head's last conv at their native stride (before any upsampling), as
+    published for PSPNet-R101 -> PSPNet-R18 on Cityscapes by the CWD authors
+    (pppppM/mmsegmentation-distiller, configs/distiller/cwd/
+    cwd_psp_r101-d8_distill_psp_r18_d8_512_1024_80k_cityscapes.py: tau 1.0, weight 5.0,
+    ``decode_head.conv_seg``) and by MMRazor (configs/distill/mmseg/cwd/
+    cwd_logits_pspnet_r101_d8_pspnet_r18_d8_512x1024_cityscapes_80k.py:
+    ``ChannelWiseDivergence(tau=1, loss_weight=5)`` on ``decode_head.conv_seg``). The CWD authors'
+    ADE20K configs use weight 10. BCKD: see :class:`BCKDConfig`.
     """
 
     kd: str = "bckd"
     kd_temperature: float = 1.0
     kd_weight: float = 1.0
     cwd_temperature: float = 1.0
-    cwd_weight: float = 3.0
+    cwd_weight: float = 5.0
     bckd: BCKDConfig = field(default_factory=BCKDConfig)
 
     def __post_init__(self):
         if self.kd not in KD_CHOICES:
             raise unknown_name("--kd method", self.kd, KD_CHOICES, "Pick one of them, e.g. --kd bckd.")
+        if "bckd" in self.terms and not self.bckd.boundary and not self.bckd.context:
+            raise ConfigError(
+                "--no-boundary and --no-context together leave BCKD with no term. "
+                "Drop one of them, or use --kd kd (or --kd none) for a run without BCKD."
+            )
 
     @property
     def terms(self) -> set[str]:
@@ -47,12 +60,44 @@ class DistillConfig:
 
 @dataclass(frozen=True)
 class StepInfo:
-    """Where training is: what Eq. (7)'s gamma needs."""
+    """Where training is: what Eq. (7)'s gamma needs, and whether to measure gradient norms."""
 
     iteration: int
     max_iters: int
     batch_size: int
     dataset_size: int
+    measure_grads: bool = False
+
+
+def split_padding(masks: torch.Tensor, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Masks with :data:`PAD_LABEL` for padded pixels -> (masks with those pixels ignored, validity
+    N x 1 x H x W), or (masks, None) when the batch has no padding marked."""
+    pad = masks == PAD_LABEL
+    if not bool(pad.any()):
+        return masks, None
+    return masks.masked_fill(pad, ignore_index), ~pad[:, None]
+
+
+def _valid_at(valid: torch.Tensor | None, hw: tuple[int, int]) -> torch.Tensor | None:
+    return None if valid is None else grid_validity(valid, tuple(hw))
+
+
+def _grad_norm(term: torch.Tensor, anchor: torch.Tensor) -> float:
+    (grad,) = torch.autograd.grad(term, anchor, retain_graph=True, allow_unused=True)
+    return 0.0 if grad is None else float(grad.float().norm())
+
+
+def _all_ranks_mean(values: list[float]) -> list[float]:
+    """The mean over torchrun ranks (identity in one process), so every rank derives the same weights."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    t = torch.tensor(values, dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t)
+    return (t / dist.get_world_size()).tolist()
 
 
 def _upsample_to(logits: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
@@ -77,6 +122,7 @@ class SegTrainTask(nn.Module):
         return {"model": self.model}
 
     def forward(self, images: torch.Tensor, masks: torch.Tensor, step: StepInfo | None = None) -> dict:
+        masks, _ = split_padding(masks, self.ignore_index)
         logits = _upsample_to(logits_of(self.model(images)), masks.shape[-2:])
         ce = F.cross_entropy(logits, masks, ignore_index=self.ignore_index)
         return {"loss": ce, "loss/ce": ce.detach(), "logits": logits}
@@ -107,6 +153,10 @@ class SegDistillTask(nn.Module):
     ``L = L_task + w_kd L_KD + w_cwd L_cwd + gamma(e) (alpha L_b + beta L_c)`` where each term
     is present only if ``cfg.kd`` names it, and gamma = 1 unless ``cfg.bckd.decay``.
     ``example_input`` (N x 3 x H x W) sizes the distillation modules from the tapped features.
+
+    Padded pixels (:data:`PAD_LABEL` in ``masks``) are left out of every term. When
+    ``step.measure_grads`` is set, the output also holds ``grad/<term>``: the norm of each weighted
+    term's gradient at the student's deepest tapped stage, the last tensor every term reaches.
     """
 
     def __init__(
@@ -131,7 +181,13 @@ class SegDistillTask(nn.Module):
                 "Pass student_taps=, teacher_taps= (module names) and example_input=."
             )
         self.teacher = Teacher(teacher, teacher_taps if uses_bckd else None)
-        self.student_taps = FeatureTaps(student, student_taps) if uses_bckd else None
+        # Tapped for every method when names are given: the deepest stage anchors the gradient-norm log.
+        self.student_taps = FeatureTaps(student, student_taps) if student_taps else None
+        self.logit_taps: tuple[FeatureTaps, FeatureTaps] | None = None
+        if "cwd" in cfg.terms:
+            names = native_logits_tap(student), native_logits_tap(teacher)
+            if all(names):
+                self.logit_taps = FeatureTaps(student, [names[0]]), FeatureTaps(teacher, [names[1]])
         self.bckd: BCKD | None = None
         if uses_bckd:
             s_ch, t_ch = self._probe_channels(example_input)
@@ -164,26 +220,27 @@ class SegDistillTask(nn.Module):
 
     def forward(self, images: torch.Tensor, masks: torch.Tensor, step: StepInfo | None = None) -> dict:
         cfg, terms = self.cfg, self.cfg.terms
+        masks, valid = split_padding(masks, self.ignore_index)
         raw_logits = logits_of(self.student(images))
         s_feats = self.student_taps.collect(images.shape[-2:]) if self.student_taps else []
         t_logits, t_feats = self.teacher(images)
 
         logits = _upsample_to(raw_logits, masks.shape[-2:])
         ce = F.cross_entropy(logits, masks, ignore_index=self.ignore_index)
-        out = {"loss/ce": ce.detach(), "logits": logits}
-        total = ce
+        out = {"logits": logits}
+        # name -> (unweighted term, its weight in the total)
+        parts: dict[str, tuple[torch.Tensor, float | torch.Tensor]] = {"ce": (ce, 1.0)}
         t_aligned = _upsample_to(t_logits, raw_logits.shape[-2:]).float()
         if "kd" in terms:
-            kd = kd_loss(raw_logits.float(), t_aligned, cfg.kd_temperature)
-            total = total + cfg.kd_weight * kd
-            out["loss/kd"] = kd.detach()
+            kd = kd_loss(
+                raw_logits.float(), t_aligned, cfg.kd_temperature, valid=_valid_at(valid, raw_logits.shape[-2:])
+            )
+            parts["kd"] = (kd, cfg.kd_weight)
         if "cwd" in terms:
-            cwd = cwd_loss(raw_logits.float(), t_aligned, cfg.cwd_temperature)
-            total = total + cfg.cwd_weight * cwd
-            out["loss/cwd"] = cwd.detach()
+            parts["cwd"] = (self._cwd(raw_logits, t_aligned, valid, tuple(images.shape[-2:])), cfg.cwd_weight)
         if self.bckd is not None:
             b = cfg.bckd
-            parts = self.bckd(s_feats, t_feats, raw_logits, t_logits, tuple(images.shape[-2:]))
+            terms_b = self.bckd(s_feats, t_feats, raw_logits, t_logits, tuple(images.shape[-2:]), valid)
             gamma = 1.0
             if b.decay and step is not None:
                 gamma = decay_factor(
@@ -193,15 +250,42 @@ class SegDistillTask(nn.Module):
                     dataset_size=step.dataset_size,
                     mode=b.gamma_mode,
                 )
-            weighted = 0.0
-            if "boundary" in parts:
-                weighted = weighted + b.alpha * parts["boundary"]
-                out["loss/boundary"] = parts["boundary"].detach()
-                out["bckd/temperature"] = parts["temperature"]
-            if "context" in parts:
-                weighted = weighted + b.beta * parts["context"]
-                out["loss/context"] = parts["context"].detach()
-            total = total + gamma * weighted
+            if self.training and self.bckd.balancing and s_feats:
+                self._balance(ce, terms_b, s_feats[-1])
+            alpha, beta = self.bckd.term_weights.tolist()
+            if "boundary" in terms_b:
+                parts["boundary"] = (terms_b["boundary"], gamma * alpha)
+                out["bckd/temperature"] = terms_b["temperature"]
+            if "context" in terms_b:
+                parts["context"] = (terms_b["context"], gamma * beta)
             out["bckd/gamma"] = torch.tensor(gamma)
+            out["bckd/alpha"], out["bckd/beta"] = torch.tensor(alpha), torch.tensor(beta)
+        total = sum(weight * term for term, weight in parts.values())
+        out.update({f"loss/{name}": term.detach() for name, (term, _) in parts.items()})
+        if step is not None and step.measure_grads and self.training and s_feats and s_feats[-1].requires_grad:
+            for name, (term, weight) in parts.items():
+                out[f"grad/{name}"] = torch.tensor(float(weight) * _grad_norm(term, s_feats[-1]))
         out["loss"] = total
         return out
+
+    def _cwd(
+        self, raw_logits: torch.Tensor, t_aligned: torch.Tensor, valid: torch.Tensor | None, hw: tuple[int, int]
+    ) -> torch.Tensor:
+        """CWD on the head's logits at their native stride (as published); the model's output logits
+        when the head's last conv cannot be found (a custom module)."""
+        if self.logit_taps is None:
+            s_native, t_native = raw_logits.float(), t_aligned
+        else:
+            s_native = self.logit_taps[0].collect(hw)[0].float()
+            # Teacher and student heads may sit at different strides (PSPNet 8, DeepLabV3+ 4).
+            t_native = _upsample_to(self.logit_taps[1].collect(hw)[0].float(), s_native.shape[-2:])
+        return cwd_loss(s_native, t_native, self.cfg.cwd_temperature, valid=_valid_at(valid, s_native.shape[-2:]))
+
+    def _balance(self, ce: torch.Tensor, terms_b: dict[str, torch.Tensor], anchor: torch.Tensor) -> None:
+        """balance="grad": measure |g| of CE and of each unweighted BCKD term at ``anchor``."""
+        if not anchor.requires_grad:
+            return
+        names = [n for n in ("boundary", "context") if n in terms_b]
+        norms = _all_ranks_mean([_grad_norm(ce, anchor)] + [_grad_norm(terms_b[n], anchor) for n in names])
+        found = dict(zip(names, norms[1:], strict=True))
+        self.bckd.observe_gradients(norms[0], found.get("boundary"), found.get("context"))

@@ -305,7 +305,9 @@ def train(
             if cfg.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             masks = masks.to(device, non_blocking=True)
-            step = StepInfo(it, cfg.iters, cfg.batch_size, len(train_set))
+            # Gradient norms cost a partial backward per term: measured on the logged iterations only.
+            logged = (it + 1) % log_every == 0 or it + 1 == cfg.iters
+            step = StepInfo(it, cfg.iters, cfg.batch_size, len(train_set), measure_grads=logged)
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 out = model(images, masks, step)
             loss = out["loss"]
@@ -328,6 +330,8 @@ def train(
             if it % log_every == 0 or it == cfg.iters:
                 n = log_every if it % log_every == 0 else it % log_every
                 means = {k: float(v) / n for k, v in running.items()}
+                # grad/* are one measurement on this iteration, not a mean over the interval.
+                means |= {k: float(v) for k, v in out.items() if k.startswith("grad/")}
                 history.append({"iteration": it, "lr": lr, **means})
                 bar.update(it, means)
                 running.clear()

@@ -1,0 +1,659 @@
+"""Does BCKD beat logit KD? Paired seeds, one shared teacher, every row a real `bckd-pipeline` command.
+
+One teacher is trained once (or given with --teacher) and every student row distils from it. Each
+row runs for every seed; the same --seed gives the same student initialisation and the same batches
+in every row (the trainer guarantees this), so row-vs-row differences are paired per seed. The
+summary reports, per row, mean ± sd over seeds, and against `kd` and `student` the paired
+difference with a 95% paired-t interval and a paired bootstrap interval. The Table I ablation
+(L_b, L_c, L_b+L_c, L_b+L_c+WD) runs on the first seed only.
+
+CPU protocol (96x128, 2 jobs of 1 thread each; the teacher is trained once into OUT/teacher):
+
+    python benchmarks/prepare_camvid.py --src ../shared/data/camvid --dst .bench/camvid96 --size 96,128
+    python benchmarks/bckd_study.py --protocol cpu --data camvid:.bench/camvid96 --out .bench/study96 \\
+        --teacher-epochs 40 --epochs 40 --seeds 0,1,2,3 --jobs 2
+
+GPU protocol (144x192, teacher 80 epochs, students 40, 4 jobs on one GPU):
+
+    python benchmarks/prepare_camvid.py --src ../shared/data/camvid --dst .bench/camvid --size 144,192
+    python benchmarks/bckd_study.py --protocol gpu --data camvid:.bench/camvid --out .bench/study144 \\
+        --seeds 0,1,2,3 --jobs 4 --num-workers 3
+
+Quick end-to-end check (tiny models on the embedded demo data, under a minute):
+
+    python benchmarks/bckd_study.py --preset smoke --data demo --out /tmp/study-smoke --size 64,64 \\
+        --teacher-model tiny-teacher --student-model tiny-student --teacher-iters 20 --iters 10 \\
+        --seeds 0,1 --allow-few-seeds --jobs 2
+
+Resumable: a row+seed whose OUT/<row>/s<seed>/metrics.json exists is read, not rerun (the command
+that made it must match, see OUT/<row>/s<seed>/command.txt); one with only a training state
+(train_state.pt) continues with --resume; OUT/teacher/teacher.pt is never retrained. Each run
+records a hash of the bckd_pipeline sources it ran with (code.txt); table.md warns when a study
+mixes versions. The queue is seed-major (every row of seed 0, then seed 1, ...; the ablation
+last), so --deadline leaves whole seeds. Results: OUT/results.json (rewritten atomically after
+every job) and OUT/table.md. Exit status 1 when a run failed or was skipped by the deadline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import math
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+# Row name -> the distill flags that define it. Order is the table's order.
+ROWS: dict[str, list[str]] = {
+    "student": ["--kd", "none"],
+    "kd": ["--kd", "kd"],
+    "cwd": ["--kd", "cwd"],
+    "kd+lb": ["--kd", "kd+bckd", "--no-context"],
+    # The teacher's old taps (encoder stages only); the {old_taps} placeholder is filled per teacher.
+    "kd+lc-old-taps": ["--kd", "kd+bckd", "--no-boundary", "--teacher-taps", "{old_taps}"],
+    "kd+lc": ["--kd", "kd+bckd", "--no-boundary"],  # new default taps reach the teacher's decoder/PSP output
+    "bckd": ["--kd", "bckd"],
+    "kd+bckd": ["--kd", "kd+bckd"],
+}
+
+# Table I of the paper, in its order: name -> (L_b, L_c, WD, flags). The last one is the `bckd` row's
+# first seed, reused rather than rerun.
+ABLATION: dict[str, tuple[bool, bool, bool, list[str] | None]] = {
+    "L_b": (True, False, False, ["--kd", "bckd", "--no-context", "--no-decay"]),
+    "L_c": (False, True, False, ["--kd", "bckd", "--no-boundary", "--no-decay"]),
+    "L_b+L_c": (True, True, False, ["--kd", "bckd", "--no-decay"]),
+    "L_b+L_c+WD": (True, True, True, None),
+}
+ABLATION_REUSES = "bckd"
+REFERENCES = ("kd", "student")
+METRICS = {"miou": "mIoU", "boundary_f": "boundary F", "lhd": "LHD (GT, lower is better)"}
+MIN_SEEDS = 4
+BOOTSTRAP_RESAMPLES = 10_000
+BOOTSTRAP_SEED = 0
+TINY_ENCODER_TAPS = "stages.0,stages.1,stages.2,stages.3"  # TinySegNet has no `encoder` module
+
+
+@dataclass(frozen=True)
+class Protocol:
+    size: str
+    teacher_epochs: int | None  # None: the preset's
+    epochs: int | None
+    jobs: int
+    device: str
+    num_workers: int | None
+    data: str
+
+
+PROTOCOLS: dict[str, Protocol] = {
+    # docs/benchmarks.md section 1: 96x128, teacher and students 40 epochs, two single-thread jobs.
+    "cpu": Protocol("96,128", 40, 40, 2, "cpu", 0, "camvid:.bench/camvid96"),
+    # The camvid preset's schedule (teacher 80, students 40 epochs) at its 144x192.
+    "gpu": Protocol("144,192", 80, 40, 4, "cuda", 3, "camvid:.bench/camvid"),
+}
+
+
+@dataclass(frozen=True)
+class Job:
+    row: str  # a ROWS or ABLATION name
+    seed: int
+    flags: tuple[str, ...]  # the row's own distill flags (with --bckd-args and --extra appended)
+    kind: str  # "row" or "ablation"
+
+
+# ----------------------------------------------------------------------------------------------
+# Arguments
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--out", type=Path, required=True, help="study folder (results.json, table.md, one folder per run)")
+    ap.add_argument("--protocol", choices=sorted(PROTOCOLS), default="cpu",
+                    help="defaults for --size, epochs, --jobs, --device, --num-workers, --data (flags given win)")
+    ap.add_argument("--preset", default="camvid", help="bckd-pipeline --preset for every run (smoke: the quick check)")
+    ap.add_argument("--data", help="KIND:PATH for every run, or 'demo' (default: the protocol's)")
+    ap.add_argument("--size", help="H,W: --resize and --crop for every run (default: the protocol's)")
+    ap.add_argument("--epochs", type=int, help="student epochs (default: the protocol's)")
+    ap.add_argument("--iters", type=int, help="student iterations; wins over --epochs")
+    ap.add_argument("--teacher", type=Path, help="reuse this teacher checkpoint instead of OUT/teacher/teacher.pt")
+    ap.add_argument("--teacher-model", help="model preset of the teacher to train (default: the preset's)")
+    ap.add_argument("--teacher-epochs", type=int, help="teacher epochs (default: the protocol's)")
+    ap.add_argument("--teacher-iters", type=int, help="teacher iterations; wins over --teacher-epochs")
+    ap.add_argument("--pretrained-teacher", choices=["none", "imagenet"], default="none",
+                    help="teacher encoder initialisation")
+    ap.add_argument("--student-model", help="student model preset (default: the preset's)")
+    ap.add_argument("--pretrained-student", choices=["none", "imagenet"], default="none",
+                    help="student encoder initialisation")
+    ap.add_argument(
+        "--old-teacher-taps",
+        help="teacher taps of the kd+lc-old-taps row (default: 'encoder'; a tiny-* teacher: its four stages)",
+    )
+    ap.add_argument("--seeds", default="0,1,2,3", help=f"comma-separated; {MIN_SEEDS} or more unless --allow-few-seeds")
+    ap.add_argument("--allow-few-seeds", action="store_true", help=f"allow fewer than {MIN_SEEDS} seeds (checks only)")
+    ap.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of: {', '.join(ROWS)}")
+    ap.add_argument("--ablation", action=argparse.BooleanOptionalAction, default=True,
+                    help="run the Table I ablation on the first seed")
+    ap.add_argument("--bckd-args", default="", help='flags for every run that uses BCKD, e.g. "--bckd balance=grad"')
+    ap.add_argument("--extra", default="", help="extra flags for every distill run")
+    ap.add_argument("--device", help="training device (default: the protocol's)")
+    ap.add_argument("--num-workers", type=int, help="data loader workers (default: the protocol's)")
+    ap.add_argument("--mfs-images", type=int, help="eval images for MFS, 0 skips it (default: the preset's)")
+    ap.add_argument("--jobs", type=int, help="runs at a time (default: the protocol's)")
+    ap.add_argument("--threads", type=int, help="OMP_NUM_THREADS of each run (default: max(1, cpu_count // jobs))")
+    ap.add_argument("--deadline", type=float, help="seconds after the start; no new run starts after it")
+    ap.add_argument("--dry-run", action="store_true", help="print the teacher command and the job queue, run nothing")
+    return ap.parse_args(argv)
+
+
+def resolve(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill what the user left out from the protocol; check the rest. Flags given explicitly win."""
+    proto = PROTOCOLS[args.protocol]
+    for name in ("size", "teacher_epochs", "epochs", "jobs", "device", "num_workers", "data"):
+        if getattr(args, name) is None:
+            setattr(args, name, getattr(proto, name))
+    if args.threads is None:
+        args.threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    args.seed_list = parse_seeds(args.seeds, args.allow_few_seeds)
+    args.row_list = select_rows(args.rows)
+    return args
+
+
+def parse_seeds(text: str, allow_few: bool) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise SystemExit(f"--seeds {text!r}: expected comma-separated integers, e.g. 0,1,2,3.") from None
+    if len(set(seeds)) != len(seeds):
+        raise SystemExit(f"--seeds {text!r} repeats a seed. Give each seed once.")
+    if len(seeds) < MIN_SEEDS and not allow_few:
+        raise SystemExit(
+            f"--seeds {text!r} gives {len(seeds)} seed(s); a paired comparison needs at least {MIN_SEEDS}. "
+            "Add seeds, or pass --allow-few-seeds for a quick check."
+        )
+    return seeds
+
+
+def select_rows(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in ROWS]
+    if unknown:
+        hints = [f"{n!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(n, ROWS, 1)) else repr(n)
+                 for n in unknown]
+        raise SystemExit(f"--rows: not a row: {', '.join(hints)}. Allowed: {', '.join(ROWS)}.")
+    if not names:
+        raise SystemExit(f"--rows is empty. Allowed: {', '.join(ROWS)}.")
+    return list(dict.fromkeys(names))
+
+
+# ----------------------------------------------------------------------------------------------
+# Commands and the job queue
+
+
+def uses_bckd(flags: list[str] | tuple[str, ...]) -> bool:
+    return "bckd" in flags[flags.index("--kd") + 1] if "--kd" in flags else False
+
+
+def row_flags(flags: list[str], bckd_args: str, extra: str, old_taps: str) -> tuple[str, ...]:
+    flags = [f.replace("{old_taps}", old_taps) for f in flags]
+    if uses_bckd(flags):
+        flags += shlex.split(bckd_args)
+    return tuple(flags + shlex.split(extra))
+
+
+def build_queue(args: argparse.Namespace, old_taps: str) -> list[Job]:
+    """Seed-major: every selected row of seed 0, then seed 1, ...; the ablation (first seed) last."""
+    queue = [
+        Job(row, seed, row_flags(ROWS[row], args.bckd_args, args.extra, old_taps), "row")
+        for seed in args.seed_list
+        for row in args.row_list
+    ]
+    if args.ablation:
+        first = args.seed_list[0]
+        for name, (*_, flags) in ABLATION.items():
+            if flags is not None:
+                queue.append(Job(name, first, row_flags(flags, args.bckd_args, args.extra, old_taps), "ablation"))
+        if ABLATION_REUSES not in args.row_list:  # L_b+L_c+WD is the bckd row's first seed
+            reused = row_flags(ROWS[ABLATION_REUSES], args.bckd_args, args.extra, old_taps)
+            queue.append(Job(ABLATION_REUSES, first, reused, "ablation"))
+    return queue
+
+
+def data_flags(args: argparse.Namespace) -> list[str]:
+    flags = ["--preset", args.preset, "--data", args.data, "--device", args.device, "--no-progress"]
+    if args.size:
+        flags += ["--resize", args.size]
+    if args.num_workers is not None:
+        flags += ["--num-workers", str(args.num_workers)]
+    return flags
+
+
+def schedule_flags(iters: int | None, epochs: int | None) -> list[str]:
+    if iters:
+        return ["--iters", str(iters)]
+    return ["--epochs", str(epochs)] if epochs else []
+
+
+def teacher_command(args: argparse.Namespace, out: Path) -> list[str]:
+    cmd = ["bckd-pipeline", "train-teacher", "--out", str(out), "--seed", "0", *data_flags(args)]
+    cmd += ["--crop", args.size] if args.size else []
+    cmd += ["--model", args.teacher_model] if args.teacher_model else []
+    cmd += ["--pretrained", args.pretrained_teacher]
+    return cmd + schedule_flags(args.teacher_iters, args.teacher_epochs)
+
+
+def distill_command(args: argparse.Namespace, job: Job, teacher: Path) -> list[str]:
+    cmd = ["bckd-pipeline", "distill", "--teacher", str(teacher), "--out", str(job_dir(args.out, job))]
+    cmd += ["--seed", str(job.seed), *data_flags(args)]
+    cmd += ["--crop", args.size] if args.size else []
+    cmd += ["--student", args.student_model] if args.student_model else []
+    cmd += ["--pretrained", args.pretrained_student, *schedule_flags(args.iters, args.epochs)]
+    cmd += ["--mfs-images", str(args.mfs_images)] if args.mfs_images is not None else []
+    return cmd + list(job.flags)
+
+
+def job_dir(out: Path, job: Job) -> Path:
+    return out / job.row / f"s{job.seed}"
+
+
+def code_hash() -> str:
+    """A short hash of the bckd_pipeline sources as they are now: a resumed study may span code changes."""
+    import hashlib
+
+    pkg = Path(__file__).resolve().parent.parent / "bckd_pipeline"
+    h = hashlib.sha256()
+    for f in sorted(pkg.rglob("*.py")):
+        h.update(str(f.relative_to(pkg)).encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:12]
+
+
+# ----------------------------------------------------------------------------------------------
+# Running one command
+
+
+def child_env(threads: int) -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+
+
+def run_cli(cmd: list[str], threads: int) -> tuple[int, str, float]:
+    """Run a `bckd-pipeline ...` command (the console script and `python -m bckd_pipeline.cli` are one)."""
+    t0 = time.time()
+    proc = subprocess.run([sys.executable, "-m", "bckd_pipeline.cli", *cmd[1:]], capture_output=True, text=True,
+                          env=child_env(threads))
+    return proc.returncode, proc.stderr, round(time.time() - t0, 1)
+
+
+def check_recorded_command(folder: Path, cmd: str) -> bool:
+    """True if ``folder`` recorded ``cmd``; False if it recorded nothing. A different command is an error."""
+    path = folder / "command.txt"
+    if not path.exists():
+        return False
+    recorded = path.read_text().strip()
+    if recorded != cmd:
+        raise SystemExit(
+            f"{folder} was made by\n  {recorded}\nbut this study would run\n  {cmd}\n"
+            "Use another --out, the same flags as before, or delete that folder to rerun it."
+        )
+    return True
+
+
+def read_record(metrics_path: Path) -> dict:
+    """The per-run numbers the study keeps, from a metrics.json written by distill (or train-teacher)."""
+    m = json.loads(metrics_path.read_text())
+    train = m.get("train") or {}
+    history = train.get("history") or []
+    return {
+        "miou": m.get("miou"),
+        "boundary_f": (m.get("boundary_f") or {}).get("f_score"),
+        "lhd": (m.get("lhd") or {}).get("mean"),
+        "lhd_vs_teacher": (m.get("lhd_vs_reference") or {}).get("mean"),
+        "per_class_iou": m.get("per_class_iou"),
+        "last_terms": last_terms(history),
+        "grad": grad_entries(history),
+        "train_seconds": train.get("seconds"),
+        "model": m.get("model"),
+    }
+
+
+def last_terms(history: list[dict]) -> dict:
+    """The loss terms of the last log step."""
+    logged = [h for h in history if "loss" in h]
+    return {k: round(v, 5) for k, v in logged[-1].items() if k.startswith(("loss", "bckd/"))} if logged else {}
+
+
+def grad_entries(history: list[dict]) -> dict:
+    """Every ``grad/`` key of the history: its last logged value and its mean over log steps."""
+    values: dict[str, list[float]] = {}
+    for h in history:
+        for k, v in h.items():
+            if k.startswith("grad/") and isinstance(v, (int, float)):
+                values.setdefault(k, []).append(float(v))
+    return {k: {"last": round(v[-1], 6), "mean": round(statistics.fmean(v), 6), "n": len(v)} for k, v in values.items()}
+
+
+def run_job(args: argparse.Namespace, job: Job, teacher: Path, deadline_at: float | None) -> dict:
+    folder = job_dir(args.out, job)
+    cmd = shlex.join(distill_command(args, job, teacher))
+    rec = {"row": job.row, "seed": job.seed, "kind": job.kind, "out": str(folder), "command": cmd}
+    if (folder / "metrics.json").exists():  # made by this same command (check_resumable)
+        recorded = (folder / "command.txt").exists()
+        code = (folder / "code.txt").read_text().strip() if (folder / "code.txt").exists() else None
+        return {**rec, "status": "ok", "reused": True, "command_recorded": recorded, "code_hash": code,
+                **read_record(folder / "metrics.json")}
+    if deadline_at is not None and time.time() > deadline_at:
+        return {**rec, "status": "skipped (deadline)"}
+    argv = distill_command(args, job, teacher)
+    if (folder / "train_state.pt").exists():  # an interrupted run: continue it
+        argv.append("--resume")
+        rec["command"] = shlex.join(argv)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "command.txt").write_text(cmd + "\n")
+    rec["code_hash"] = code_hash()
+    (folder / "code.txt").write_text(rec["code_hash"] + "\n")
+    code, stderr, seconds = run_cli(argv, args.threads)
+    rec.update(seconds=seconds, returncode=code, reused=False)
+    if code != 0 or not (folder / "metrics.json").exists():
+        return {**rec, "status": "failed", "stderr_tail": stderr[-3000:]}
+    return {**rec, "status": "ok", **read_record(folder / "metrics.json")}
+
+
+# ----------------------------------------------------------------------------------------------
+# The teacher
+
+
+def default_old_taps(model: str | None) -> str:
+    return TINY_ENCODER_TAPS if model and model.startswith("tiny-") else "encoder"
+
+
+def ensure_teacher(args: argparse.Namespace) -> dict:
+    """Train the shared teacher once into OUT/teacher, or reuse it; return its record with metrics."""
+    if args.teacher:
+        ckpt, rec = args.teacher, {"status": "given", "checkpoint": str(args.teacher)}
+        if not ckpt.exists():
+            raise SystemExit(f"--teacher {ckpt}: no such file. Give a teacher.pt, or drop --teacher to train one.")
+    else:
+        out = args.out / "teacher"
+        ckpt = out / "teacher.pt"
+        cmd = teacher_command(args, out)
+        rec = {"checkpoint": str(ckpt), "command": shlex.join(cmd)}
+        if ckpt.exists():
+            rec["status"] = "reused"
+        else:
+            if (out / "train_state.pt").exists():
+                cmd.append("--resume")
+                rec["command"] = shlex.join(cmd)
+            print(f"training the teacher: {rec['command']}", flush=True)
+            code, stderr, seconds = run_cli(cmd, args.threads * args.jobs)
+            rec.update(status="trained", seconds=seconds, returncode=code)
+            if code != 0 or not ckpt.exists():
+                raise SystemExit(f"The teacher failed (exit {code}):\n{stderr[-3000:]}")
+    rec.update(teacher_metrics(args, ckpt))
+    return rec
+
+
+def teacher_metrics(args: argparse.Namespace, ckpt: Path) -> dict:
+    """The teacher's metrics.json beside its checkpoint, or a fresh `eval` of it on this study's data."""
+    beside = ckpt.parent / "metrics.json"
+    if beside.exists():
+        return {"metrics_from": str(beside), **read_record(beside)}
+    out = args.out / "teacher-eval"
+    if not (out / "metrics.json").exists():
+        cmd = ["bckd-pipeline", "eval", "--model", str(ckpt), "--out", str(out), *data_flags(args)]
+        code, stderr, _ = run_cli(cmd, args.threads * args.jobs)
+        if code != 0:
+            raise SystemExit(f"Evaluating the teacher failed (exit {code}):\n{stderr[-3000:]}")
+    return {"metrics_from": str(out / "metrics.json"), **read_record(out / "metrics.json")}
+
+
+# ----------------------------------------------------------------------------------------------
+# Statistics
+
+
+def paired(row: dict[int, float], ref: dict[int, float]) -> dict:
+    """Paired difference row - ref over the seeds both have: mean, sd, 95% t and bootstrap intervals."""
+    seeds = sorted(set(row) & set(ref))
+    diffs = [row[s] - ref[s] for s in seeds]
+    out: dict = {"n": len(diffs), "seeds": seeds, "mean": None, "sd": None, "t_ci": None, "bootstrap_ci": None,
+                 "significant": False}
+    if not diffs:
+        return out
+    out["mean"] = statistics.fmean(diffs)
+    if len(diffs) < 2:
+        return out
+    from scipy import stats
+
+    sd = statistics.stdev(diffs)
+    half = float(stats.t.ppf(0.975, len(diffs) - 1)) * sd / math.sqrt(len(diffs))
+    lo, hi = out["mean"] - half, out["mean"] + half
+    out.update(sd=sd, t_ci=[lo, hi], bootstrap_ci=bootstrap_ci(diffs), significant=lo > 0 or hi < 0)
+    return out
+
+
+def bootstrap_ci(diffs: list[float], resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> list[float]:
+    """95% percentile interval of the mean difference, resampling seeds with replacement (fixed rng)."""
+    import numpy as np
+
+    d = np.asarray(diffs, dtype=float)
+    idx = np.random.default_rng(seed).integers(0, len(d), size=(resamples, len(d)))
+    lo, hi = np.percentile(d[idx].mean(axis=1), [2.5, 97.5])
+    return [float(lo), float(hi)]
+
+
+def mean_sd(values: list[float]) -> dict:
+    if not values:
+        return {"mean": None, "sd": None}
+    return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else None}
+
+
+def by_seed(records: list[dict], row: str, key: str) -> dict[int, float]:
+    return {r["seed"]: r[key] for r in records
+            if r["row"] == row and r["kind"] == "row" and r.get("status") == "ok" and r.get(key) is not None}
+
+
+def summarize(records: list[dict], rows: list[str], first_seed: int, teacher: dict | None = None) -> dict:
+    """Per row mean ± sd; per row against each reference the paired differences; the ablation."""
+    per_row = {}
+    for row in rows:
+        per_row[row] = {"n": len(by_seed(records, row, "miou"))}
+        for key in (*METRICS, "lhd_vs_teacher"):
+            per_row[row][key] = mean_sd(list(by_seed(records, row, key).values()))
+    comparisons = {
+        ref: {row: {key: paired(by_seed(records, row, key), by_seed(records, ref, key)) for key in METRICS}
+              for row in rows if row != ref}
+        for ref in REFERENCES if ref in rows
+    }
+    summary = {"rows": per_row, "paired": comparisons, "ablation": ablation_rows(records, first_seed),
+               "code_hashes": sorted({r["code_hash"] for r in records if r.get("code_hash")})}
+    if teacher:
+        summary["teacher"] = {k: teacher.get(k) for k in (*METRICS, "model")}
+    return summary
+
+
+def ablation_rows(records: list[dict], first_seed: int) -> list[dict]:
+    """Table I rows on the first seed; L_b+L_c+WD is the `bckd` row's run of that seed."""
+    ok = {(r["row"], r["seed"]): r for r in records if r.get("status") == "ok"}
+    out = []
+    for name, (lb, lc, wd, flags) in ABLATION.items():
+        r = ok.get((name if flags is not None else ABLATION_REUSES, first_seed))
+        out.append({"name": name, "L_b": lb, "L_c": lc, "WD": wd, "seed": first_seed if r else None,
+                    **{k: r.get(k) if r else None for k in METRICS}})
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Reports
+
+
+def fmt(v: float | None, digits: int = 2) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def fmt_ms(cell: dict) -> str:
+    if cell["mean"] is None:
+        return "-"
+    return fmt(cell["mean"]) + (f" ± {fmt(cell['sd'])}" if cell["sd"] is not None else "")
+
+
+def fmt_ci(ci: list[float] | None) -> str:
+    return "-" if ci is None else f"[{fmt(ci[0])}, {fmt(ci[1])}]"
+
+
+def table_md(results: dict) -> str:
+    s = results["summary"]
+    lines = [f"Settings: {results['settings_line']}", ""]
+    lines += ["| row | seeds | mIoU | boundary F | LHD (GT) | LHD (teacher) |", "|---|---|---|---|---|---|"]
+    if "teacher" in s:
+        t = s["teacher"]
+        cells = " | ".join(fmt(t[k]) for k in METRICS)
+        lines.append(f"| teacher ({t.get('model')}) | 1 | {cells} | - |")
+    for row, r in s["rows"].items():
+        lines.append(f"| {row} | {r['n']} | {fmt_ms(r['miou'])} | {fmt_ms(r['boundary_f'])} | {fmt_ms(r['lhd'])} | "
+                     f"{fmt_ms(r['lhd_vs_teacher'])} |")
+    for key, title in METRICS.items():
+        lines += ["", f"Paired differences, {title}: row - reference over the seeds both have "
+                  "(95% paired t interval; paired bootstrap over seeds, 10k resamples)", "",
+                  "| row | vs | n | mean diff | sd | 95% t interval | 95% bootstrap | significant |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for ref, rows in s["paired"].items():
+            for row, cmp_ in rows.items():
+                p = cmp_[key]
+                lines.append(f"| {row} | {ref} | {p['n']} | {fmt(p['mean'])} | {fmt(p['sd'])} | {fmt_ci(p['t_ci'])} | "
+                             f"{fmt_ci(p['bootstrap_ci'])} | {'yes' if p['significant'] else 'no'} |")
+    if any(a["seed"] is not None for a in s["ablation"]):
+        lines += ["", "Ablation (Table I order, first seed)", "",
+                  "| L_b | L_c | WD | mIoU | boundary F | LHD (GT) |", "|---|---|---|---|---|---|"]
+        for a in s["ablation"]:
+            marks = " | ".join("✓" if a[k] else "" for k in ("L_b", "L_c", "WD"))
+            lines.append(f"| {marks} | {fmt(a['miou'])} | {fmt(a['boundary_f'])} | {fmt(a['lhd'])} |")
+    if len(s.get("code_hashes", [])) > 1:
+        lines += ["", f"Warning: the runs used {len(s['code_hashes'])} versions of bckd_pipeline "
+                  f"({', '.join(s['code_hashes'])}; `code_hash` per job in results.json)."]
+    bad = [r for r in results["jobs"] if r.get("status") != "ok"]
+    if bad:
+        lines += ["", "Not in the table: " + ", ".join(f"{r['row']}/s{r['seed']} ({r['status']})" for r in bad)]
+    return "\n".join(lines) + "\n"
+
+
+def settings_line(args: argparse.Namespace) -> str:
+    sched = f"{args.iters} iters" if args.iters else f"{args.epochs} epochs"
+    return (f"protocol {args.protocol}, preset {args.preset}, data {args.data}, size {args.size}, students {sched}, "
+            f"seeds {','.join(map(str, args.seed_list))}, device {args.device}"
+            + (f", bckd args `{args.bckd_args}`" if args.bckd_args else "")
+            + (f", extra `{args.extra}`" if args.extra else ""))
+
+
+def environment() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    try:
+        torch_version = version("torch")
+    except PackageNotFoundError:
+        torch_version = None
+    repo = Path(__file__).resolve().parent.parent
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": torch_version,
+            **git_state(repo)}
+
+
+def git_state(repo: Path) -> dict:
+    def git(*a: str) -> str:
+        return subprocess.run(["git", *a], cwd=repo, capture_output=True, text=True).stdout.strip()
+
+    try:
+        return {"git_commit": git("rev-parse", "HEAD"), "git_dirty": bool(git("status", "--porcelain"))}
+    except OSError:
+        return {"git_commit": None, "git_dirty": None}
+
+
+def write_json_atomic(path: Path, obj: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = resolve(parse_args(argv))
+    if args.dry_run:
+        return dry_run(args)
+    started = time.time()
+    deadline_at = started + args.deadline if args.deadline is not None else None
+    args.out.mkdir(parents=True, exist_ok=True)
+    teacher = ensure_teacher(args)
+    print(f"teacher ({teacher['status']}): mIoU {fmt(teacher.get('miou'))} -> {teacher['checkpoint']}", flush=True)
+    old_taps = args.old_teacher_taps or default_old_taps(teacher.get("model"))
+    queue = build_queue(args, old_taps)
+    check_resumable(args, queue, Path(teacher["checkpoint"]))
+    results = {
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "settings_line": settings_line(args),
+        "old_teacher_taps": old_taps,
+        "bckd_args": args.bckd_args,
+        "extra": args.extra,
+        "environment": environment(),
+        "started": datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
+        "teacher": teacher,
+        "queue": [asdict(j) for j in queue],
+        "jobs": [],
+    }
+    with ThreadPoolExecutor(args.jobs) as pool:  # FIFO: jobs start in queue order
+        futures = [pool.submit(run_job, args, job, Path(teacher["checkpoint"]), deadline_at) for job in queue]
+        for fut in as_completed(futures):
+            rec = fut.result()
+            results["jobs"].append(rec)
+            save(args, results, started)
+            what = fmt(rec.get("miou")) if rec["status"] == "ok" else rec["status"]
+            print(f"[{time.time() - started:6.0f}s] {rec['row']} s{rec['seed']}: {what}", flush=True)
+    order = {(j.row, j.seed, j.kind): i for i, j in enumerate(queue)}
+    results["jobs"].sort(key=lambda r: order[(r["row"], r["seed"], r["kind"])])
+    save(args, results, started)
+    print(table_md(results))
+    return 0 if all(r["status"] == "ok" for r in results["jobs"]) else 1
+
+
+def check_resumable(args: argparse.Namespace, queue: list[Job], teacher: Path) -> None:
+    """A run folder left by a different command fails here, before anything runs."""
+    for job in queue:
+        folder = job_dir(args.out, job)
+        if folder.exists():
+            check_recorded_command(folder, shlex.join(distill_command(args, job, teacher)))
+
+
+def save(args: argparse.Namespace, results: dict, started: float) -> None:
+    ended = time.time()
+    results["ended"] = datetime.fromtimestamp(ended, timezone.utc).isoformat(timespec="seconds")
+    results["seconds"] = round(ended - started, 1)
+    results["summary"] = summarize(results["jobs"], args.row_list, args.seed_list[0], results["teacher"])
+    write_json_atomic(args.out / "results.json", results)
+    (args.out / "table.md").write_text(table_md(results))
+
+
+def dry_run(args: argparse.Namespace) -> int:
+    teacher = args.teacher or args.out / "teacher" / "teacher.pt"
+    if not args.teacher:
+        state = "reused" if teacher.exists() else "trained"
+        print(f"# teacher ({state}):\n{shlex.join(teacher_command(args, args.out / 'teacher'))}")
+    old_taps = args.old_teacher_taps or default_old_taps(args.teacher_model)
+    print(f"# {len(args.seed_list)} seeds x {len(args.row_list)} rows (+ ablation), {args.jobs} at a time, "
+          f"OMP_NUM_THREADS={args.threads}:")
+    for job in build_queue(args, old_taps):
+        print(shlex.join(distill_command(args, job, teacher)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""benchmarks/bckd_study.py: the pure parts (statistics, queue, row selection, resume); no training."""
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "bckd_study.py"
+
+
+@pytest.fixture(scope="module")
+def study():
+    spec = importlib.util.spec_from_file_location("bckd_study", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bckd_study"] = module  # dataclasses look their module up here
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop("bckd_study", None)
+
+
+def _args(study, tmp_path, *extra):
+    return study.resolve(study.parse_args(["--out", str(tmp_path), *extra]))
+
+
+def test_paired_golden(study):
+    # diffs 1, 2, 3, 4: mean 2.5, sd sqrt(5/3) = 1.290994; t(0.975, 3) = 3.182446.
+    p = study.paired({0: 11.0, 1: 12.0, 2: 13.0, 3: 14.0, 9: 99.0}, {0: 10.0, 1: 10.0, 2: 10.0, 3: 10.0})
+    assert p["n"] == 4 and p["seeds"] == [0, 1, 2, 3]  # seed 9 has no partner
+    assert p["mean"] == pytest.approx(2.5)
+    assert p["sd"] == pytest.approx(1.290994, abs=1e-6)
+    half = 3.182446 * 1.290994 / 2
+    assert p["t_ci"] == pytest.approx([2.5 - half, 2.5 + half], abs=1e-5)
+    assert p["significant"]  # [0.446, 4.554] excludes 0
+    lo, hi = p["bootstrap_ci"]
+    assert 1.0 <= lo <= 2.5 <= hi <= 4.0
+    assert p["bootstrap_ci"] == study.paired({0: 1, 1: 2, 2: 3, 3: 4}, {0: 0, 1: 0, 2: 0, 3: 0})["bootstrap_ci"]
+
+
+def test_paired_not_significant_and_small_n(study):
+    p = study.paired({0: 1.0, 1: -1.0, 2: 2.0, 3: -2.0}, {s: 0.0 for s in range(4)})
+    assert p["mean"] == 0 and not p["significant"]
+    one = study.paired({0: 3.0}, {0: 1.0})
+    assert one["n"] == 1 and one["mean"] == 2 and one["sd"] is None and not one["significant"]
+    assert study.paired({0: 1.0}, {1: 1.0})["n"] == 0
+
+
+def test_queue_is_seed_major_with_ablation_last(study, tmp_path):
+    args = _args(study, tmp_path, "--seeds", "3,1,2,0", "--rows", "kd,bckd", "--bckd-args", "--bckd balance=ratio")
+    queue = study.build_queue(args, "encoder")
+    assert [(j.row, j.seed) for j in queue] == [
+        ("kd", 3), ("bckd", 3), ("kd", 1), ("bckd", 1), ("kd", 2), ("bckd", 2), ("kd", 0), ("bckd", 0),
+        ("L_b", 3), ("L_c", 3), ("L_b+L_c", 3),
+    ]  # L_b+L_c+WD is bckd's first seed: not run twice
+    kd, bckd = queue[0], queue[1]
+    assert "--bckd" not in kd.flags and bckd.flags[-2:] == ("--bckd", "balance=ratio")
+    assert queue[8].flags == ("--kd", "bckd", "--no-context", "--no-decay", "--bckd", "balance=ratio")
+
+
+def test_queue_runs_bckd_first_seed_for_the_ablation_and_fills_old_taps(study, tmp_path):
+    args = _args(study, tmp_path, "--seeds", "0,1,2,3", "--rows", "kd+lc-old-taps")
+    queue = study.build_queue(args, "stages.0,stages.1")
+    assert queue[0].flags == ("--kd", "kd+bckd", "--no-boundary", "--teacher-taps", "stages.0,stages.1")
+    assert (queue[-1].row, queue[-1].seed, queue[-1].kind) == ("bckd", 0, "ablation")
+    no_ablation = _args(study, tmp_path, "--rows", "kd", "--no-ablation")
+    assert [j.row for j in study.build_queue(no_ablation, "encoder")] == ["kd"] * 4
+
+
+def test_row_selection_and_seed_errors(study, tmp_path):
+    with pytest.raises(SystemExit, match=r"'bkcd' \(did you mean 'bckd'\?\).*Allowed: student, kd, cwd"):
+        study.select_rows("kd,bkcd")
+    assert study.select_rows("kd, bckd,kd") == ["kd", "bckd"]
+    with pytest.raises(SystemExit, match="at least 4"):
+        _args(study, tmp_path, "--seeds", "0,1")
+    assert _args(study, tmp_path, "--seeds", "0,1", "--allow-few-seeds").seed_list == [0, 1]
+    with pytest.raises(SystemExit, match="repeats"):
+        _args(study, tmp_path, "--seeds", "0,1,1,2")
+
+
+def test_protocol_defaults_and_explicit_flags(study, tmp_path):
+    gpu = _args(study, tmp_path, "--protocol", "gpu")
+    assert (gpu.size, gpu.epochs, gpu.jobs, gpu.device) == ("144,192", 40, 4, "cuda")
+    mine = _args(study, tmp_path, "--protocol", "gpu", "--size", "96,128", "--jobs", "2", "--threads", "3")
+    assert (mine.size, mine.jobs, mine.threads) == ("96,128", 2, 3)
+    cmd = study.distill_command(mine, study.build_queue(mine, "encoder")[0], Path("T.pt"))
+    assert cmd[:2] == ["bckd-pipeline", "distill"]
+    assert ["--seed", "0"] == cmd[cmd.index("--seed") : cmd.index("--seed") + 2]
+    assert "--preset" in cmd and cmd[cmd.index("--preset") + 1] == "camvid"
+
+
+def _metrics(miou):
+    return {
+        "miou": miou,
+        "boundary_f": {"f_score": 50.0},
+        "lhd": {"mean": 3.0},
+        "lhd_vs_reference": {"mean": 2.0},
+        "per_class_iou": [miou, miou],
+        "train": {
+            "seconds": 12.5,
+            "history": [
+                {"iteration": 10, "lr": 0.01, "loss": 2.0, "loss/ce": 1.5, "grad/student": 4.0},
+                {"iteration": 20, "lr": 0.005, "loss": 1.0, "loss/ce": 0.75, "bckd/gamma": 0.5, "grad/student": 2.0},
+                {"iteration": 20, "val_miou": miou},
+            ],
+        },
+    }
+
+
+def test_resume_reads_existing_metrics_without_running(study, tmp_path, monkeypatch):
+    args = _args(study, tmp_path, "--rows", "kd", "--no-ablation")
+    job = study.build_queue(args, "encoder")[0]
+    folder = study.job_dir(tmp_path, job)
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text(json.dumps(_metrics(42.0)))
+    cmd = study.shlex.join(study.distill_command(args, job, Path("T.pt")))
+    (folder / "command.txt").write_text(cmd + "\n")
+    monkeypatch.setattr(study, "run_cli", lambda *a: pytest.fail("an existing run must not be rerun"))
+    study.check_resumable(args, [job], Path("T.pt"))
+    rec = study.run_job(args, job, Path("T.pt"), deadline_at=0.0)  # past the deadline: still read
+    assert rec["status"] == "ok" and rec["reused"] and rec["command_recorded"]
+    assert (rec["miou"], rec["boundary_f"], rec["lhd"], rec["lhd_vs_teacher"]) == (42.0, 50.0, 3.0, 2.0)
+    assert rec["last_terms"] == {"loss": 1.0, "loss/ce": 0.75, "bckd/gamma": 0.5}
+    assert rec["grad"] == {"grad/student": {"last": 2.0, "mean": 3.0, "n": 2}}
+    assert rec["train_seconds"] == 12.5
+
+
+def test_resume_refuses_a_folder_made_by_another_command(study, tmp_path):
+    args = _args(study, tmp_path, "--rows", "kd", "--no-ablation")
+    job = study.build_queue(args, "encoder")[0]
+    folder = study.job_dir(tmp_path, job)
+    folder.mkdir(parents=True)
+    (folder / "command.txt").write_text("bckd-pipeline distill --epochs 1\n")
+    with pytest.raises(SystemExit, match="Use another --out"):
+        study.check_resumable(args, [job], Path("T.pt"))
+
+
+def test_deadline_skips_new_runs(study, tmp_path, monkeypatch):
+    args = _args(study, tmp_path, "--rows", "kd", "--no-ablation")
+    monkeypatch.setattr(study, "run_cli", lambda *a: pytest.fail("no run after the deadline"))
+    rec = study.run_job(args, study.build_queue(args, "encoder")[0], Path("T.pt"), deadline_at=0.0)
+    assert rec["status"] == "skipped (deadline)"
+
+
+def test_summary_and_table(study):
+    recs = [
+        {"row": row, "seed": s, "kind": "row", "status": "ok", "miou": base + s + d, "boundary_f": 50.0 + d,
+         "lhd": 3.0, "lhd_vs_teacher": 2.0}
+        for row, d in (("student", 0.0), ("kd", 1.0), ("bckd", 0.0))
+        for s, base in ((0, 40.0), (1, 41.0), (2, 39.0), (3, 40.5))
+    ]
+    recs.append({"row": "L_b", "seed": 0, "kind": "ablation", "status": "ok", "miou": 38.0, "boundary_f": 1, "lhd": 2})
+    recs.append({"row": "kd", "seed": 4, "kind": "row", "status": "failed"})
+    recs[0]["code_hash"], recs[1]["code_hash"] = "aaa", "bbb"
+    s = study.summarize(recs, ["student", "kd", "bckd"], 0, {"miou": 60.0, "boundary_f": 70.0, "lhd": 1.0})
+    assert s["rows"]["kd"]["n"] == 4  # the failed seed 4 is not counted
+    assert s["rows"]["kd"]["miou"]["mean"] == pytest.approx(42.625)  # (40 + 42 + 41 + 43.5) / 4 + 1
+    kd_vs_student = s["paired"]["student"]["kd"]["miou"]
+    assert kd_vs_student["mean"] == pytest.approx(1.0) and kd_vs_student["sd"] == 0 and kd_vs_student["significant"]
+    assert s["paired"]["kd"]["bckd"]["miou"]["mean"] == pytest.approx(-1.0)
+    assert "kd" not in s["paired"]["kd"]
+    ablation = {a["name"]: a for a in s["ablation"]}
+    assert ablation["L_b"]["miou"] == 38.0 and ablation["L_c"]["miou"] is None
+    assert ablation["L_b+L_c+WD"]["miou"] == 40.0  # the bckd row, seed 0
+    text = study.table_md({"summary": s, "settings_line": "x", "jobs": recs})
+    assert "| kd | student | 4 | 1.00 |" in text and "kd/s4 (failed)" in text and "| teacher (None) | 1 | 60.00" in text
+    assert s["code_hashes"] == ["aaa", "bbb"] and "2 versions of bckd_pipeline" in text
+    assert math.isfinite(s["paired"]["kd"]["student"]["miou"]["t_ci"][0])
