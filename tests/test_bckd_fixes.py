@@ -105,7 +105,10 @@ def test_identity_fusion_leaves_the_relation_of_equal_features_unchanged():
     # The old default, a frozen random projection, moves the cosines: the relation is not the teacher's.
     frozen = torch.nn.functional.normalize(TeacherFusion([12], 4, "frozen", gen)([f], (6, 8)), dim=1)
     assert float(relation_kl(frozen, raw, **q)) > 1e-3
-    assert BCKDConfig().teacher_fusion == "identity"
+    # The default (per-stage normalisation) keeps a single stage's cosine relation exactly.
+    assert BCKDConfig().teacher_fusion == "normalized"
+    normalized = TeacherFusion([12], 4, "normalized", gen)([f], (6, 8))
+    assert float(relation_kl(normalized, raw, **q)) == pytest.approx(0.0, abs=1e-7)
 
 
 def test_normalized_fusion_weighs_every_stage_equally():

@@ -78,7 +78,7 @@ class BCKDConfig:
     decay: bool = True
     grid_stride: int = 8
     fusion_dim: int = 64
-    teacher_fusion: str = "identity"
+    teacher_fusion: str = "normalized"
     boundary_teacher: str = "semantic"
     boundary_student: str = "head"
     boundary_repr: str = "pairwise"
