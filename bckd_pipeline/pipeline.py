@@ -30,9 +30,9 @@ from .distill.stage import STATE_FILE, DataConfig, Schedule, StepOutput, distill
 from .distill.task import DistillConfig
 from .distill.trainer import TrainConfig
 from .errors import BackendMissingError, ConfigError, DataError
+from .ledger import ENGINE_ROW, Built, target_artifacts
 from .export.wrapper import ExportSpec, SegExportWrapper
 from .targets import Backend, Precision, TargetProfile, check_availability, get_target
-from .deploy.agent import ENGINE_ROW, FALLBACK_ROW
 from .deploy.device import DeviceOutcome
 from .deploy.remote import SshOptions
 from .targets.profiles import CalibrationSpec, LatencySpec, TensorRTOptions
@@ -125,18 +125,6 @@ class Plan:
         return "\n".join(lines)
 
 
-@dataclass(frozen=True)
-class Built:
-    """One artifact of the ledger: what made it, what runs it."""
-
-    name: str
-    backend: Backend
-    precision: Precision
-    path: Path | None  # None for the PyTorch reference
-    parent: str | None
-    settings: dict = field(default_factory=dict)
-
-
 @dataclass
 class RunResult:
     summary: dict
@@ -216,7 +204,7 @@ def deploy_plan(deploy: DeployConfig, data: DataConfig, before: list[PlanStep] =
                 ("deploy/calibration.json",),
             )
         )
-    steps += [PlanStep(b.name, _what(b), (str(b.path),)) for b in _target_artifacts(profile)]
+    steps += [PlanStep(b.name, _what(b), (str(b.path),)) for b in target_artifacts(profile)]
     if profile.backend is Backend.TENSORRT:
         where = deploy.device or ("this host" if can_measure else None)
         steps += [
@@ -293,41 +281,6 @@ def _check_calibration_flags(c: CalibrationSpec, profile: TargetProfile) -> None
             f"--calib-method {c.method} applies to ONNX Runtime targets; NNCF chooses its own statistics for "
             f"--target {profile.name}. Use --nncf-preset performance|mixed instead."
         )
-
-
-def pending_row_name(deployed: str, profile: TargetProfile) -> str:
-    """The row a report adds for the deployed artifact on a device this host lacks."""
-    return f"{deployed}-on-{profile.device.lower()}"
-
-
-def ledger_row_names(profile: TargetProfile) -> list[str]:
-    """Every row a report of this target can have, in ledger order (budgets name stages from it)."""
-    names = ["pytorch", "onnx", "onnx-simplified", *(b.name for b in _target_artifacts(profile))]
-    if profile.backend is Backend.TENSORRT:  # the engine (measured, or pending), or the device's fallback
-        return [*names, ENGINE_ROW, FALLBACK_ROW]
-    return [*names, pending_row_name(names[-1], profile)]
-
-
-def _target_artifacts(profile: TargetProfile) -> list[Built]:
-    """The artifacts the target adds after the simplified ONNX (paths relative to OUT)."""
-    fp32, fp16, int8 = Precision.FP32, Precision.FP16, Precision.INT8
-    if profile.backend is Backend.ONNXRUNTIME:
-        if profile.precision is int8:
-            return [
-                Built("onnxruntime-int8", Backend.ONNXRUNTIME, int8, Path("deploy/model.int8.onnx"), "onnx-simplified")
-            ]
-        return []
-    if profile.backend is Backend.OPENVINO:
-        base = Path("deploy/openvino")
-        built = [Built("openvino-fp32", Backend.OPENVINO, fp32, base / "fp32/model.xml", "onnx-simplified")]
-        if profile.fp16_stage:
-            built.append(Built("openvino-fp16", Backend.OPENVINO, fp16, base / "fp16/model.xml", "openvino-fp32"))
-        if profile.precision is int8:
-            built.append(Built("openvino-int8", Backend.OPENVINO, int8, base / "int8/model.xml", "openvino-fp32"))
-        return built
-    # TensorRT: the host makes the portable Q/DQ ONNX (checked on ONNX Runtime here); the engine row
-    # comes from the device stage.
-    return [Built("onnx-qdq", Backend.ONNXRUNTIME, int8, Path("deploy/model.qdq.onnx"), "onnx-simplified")]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -670,7 +623,7 @@ def compile_stage(
         Built("onnx-simplified", Backend.ONNXRUNTIME, Precision.FP32, simplified, "onnx"),
     ]
     paths = {b.name: b.path for b in built}
-    for b in _target_artifacts(ctx.profile):
+    for b in target_artifacts(ctx.profile):
         path, parent = out / b.path, paths[b.parent]
         settings = _build_one(ctx, cache, b, path, parent, calib)
         built.append(replace(b, path=path, settings=settings))

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..fileio import atomic_write, file_sha256
+from ..ledger import ENGINE_ROW, FALLBACK_ROW
 
 JOB_FORMAT = "bckd-pipeline/device-job-v1"
 RESULT_FORMAT = "bckd-pipeline/device-result-v1"
@@ -36,8 +37,6 @@ RESULT_FILE = "result.json"
 LABELS_FILE = "labels.npz"
 PLAN_FILE = "model.plan"
 # The ledger row the device's measurements become: the engine, or ONNX Runtime when TensorRT is not usable.
-ENGINE_ROW = "tensorrt-int8"
-FALLBACK_ROW = "onnx-qdq-on-device"
 LATENCY_IMAGES = 8  # the host's latency stage times the same first 8 evaluation images
 
 

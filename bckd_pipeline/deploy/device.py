@@ -36,6 +36,7 @@ AGENT_MODULES = (
     "__init__.py",
     "errors.py",
     "fileio.py",
+    "ledger.py",
     "targets/__init__.py",
     "targets/availability.py",
     "targets/profiles.py",

@@ -20,19 +20,13 @@ from pathlib import Path
 
 from ..cache import file_sha256
 from ..distill.stage import write_json
+from ..ledger import ENGINE_ROW, MEASURED, PARITY_ON_HOST, PENDING, REPORT_FORMAT, Built, pending_row_name
 from .bench import host_facts
 
-REPORT_FORMAT = "bckd-pipeline/report-v1"
 MANIFEST_FORMAT = "bckd-pipeline/manifest-v1"
 PACKAGES = ("bckd-pipeline", "torch", "onnx", "onnxruntime", "onnxsim", "onnxslim", "openvino", "nncf", "numpy")
 
 EXIT_DONE, EXIT_PARITY_FAILED, EXIT_PENDING = 0, 1, 3  # 2 (bad input) comes from BckdError
-
-# Row status values.
-MEASURED = "measured"  # parity and latency on the target's device (or the host, for host stages)
-PARITY_ON_HOST = "parity_on_host"  # accuracy from the host's CPU plugin; on-device latency pending
-PENDING = "pending"  # not measured here at all
-
 
 def versions() -> dict[str, str | None]:
     found = {}
@@ -106,8 +100,6 @@ def _row(b, out: Path, *, name: str, status: str, device: str, parent: str | Non
 
 
 def build_report(ctx, summary, built, parity, latency, export_check, simplify_check, calibration, masks) -> dict:
-    from ..pipeline import pending_row_name
-
     out = Path(ctx.out)
     profile = ctx.profile
     rows = []
@@ -231,9 +223,7 @@ def _facts_line(facts: dict) -> str:
 
 def _pending_engine_row(ctx, qdq, out: Path) -> dict:
     """The TensorRT engine row when no device built it: every measurement null, and how to get them."""
-    from ..pipeline import Built
     from ..targets.profiles import Backend, Precision
-    from .agent import ENGINE_ROW
 
     engine = Built(ENGINE_ROW, Backend.TENSORRT, Precision.INT8, None, qdq.name)
     row = _row(engine, out, name=ENGINE_ROW, status=PENDING, device=ctx.profile.device, parent=qdq.name)
