@@ -484,7 +484,7 @@ def _gated(args, code: int) -> int:
 
 def _finish(result, out: Path, console) -> int:
     """Print the ledger and where the reports are; the exit code is the report's."""
-    from .deploy.report import markdown
+    from .report.markdown import markdown
 
     print(markdown(result.report), end="")
     console.print(f"{result.report['status']} -> {Path(out) / 'report.json'}, {Path(out) / 'manifest.json'}")

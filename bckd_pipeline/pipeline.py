@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,11 +20,11 @@ import torch
 from torch import nn
 
 from .cache import StageCache, file_sha256, stage_key
-from .deploy.evidence import MASK_IMAGES, PARITY_IMAGES_FILE, save_parity_images
+from .report.evidence import MASK_IMAGES, PARITY_IMAGES_FILE, save_parity_images
 from .calibrate.data import DatasetFeeds, check_no_overlap, digests_of, pick_indices
 from .data import build_dataset
 from .data.base import Normalization
-from .deploy.evidence import display_image
+from .report.evidence import display_image
 from .distill.checkpoint import CheckpointMeta, load_model
 from .distill.stage import STATE_FILE, DataConfig, Schedule, StepOutput, distill, train_teacher, write_json
 from .distill.task import DistillConfig
@@ -314,7 +314,8 @@ def deploy_checkpoint(
 
 def deploy_stages(ctx: DeployContext, cache: StageCache, summary: dict | None) -> RunResult:
     """export -> simplify -> calibrate -> compile -> parity -> latency -> manifest and reports."""
-    from .deploy.report import build_report, write_manifest, write_reports
+    from .report.build import build_report, write_reports
+    from .report.manifest import write_manifest
 
     out = ctx.out
     onnx_path, export_check = export_stage(ctx, out, cache)
@@ -859,7 +860,7 @@ def qualitative_stage(
     artifact; ``deploy`` has only the last two, and the others are recorded as missing. The distilled
     and deployed maps are the ones the parity ledger kept; only the teacher and the student alone run here.
     """
-    from .deploy import evidence as ev
+    from .report import evidence as ev
     from .deploy.parity import labels_of
 
     teacher = Path(summary["teacher"]["checkpoint"]) if summary else None

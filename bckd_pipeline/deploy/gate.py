@@ -30,7 +30,7 @@ import numpy as np
 from ..errors import ConfigError, DataError
 from ..ledger import PENDING, REPORT_FORMAT
 from .budgets import BUDGET_KEYS, DEFAULT_BASELINE_MIOU_DROP, Budgets, GateSettings
-from .evidence import ParityImages, load_parity_images
+from ..report.evidence import ParityImages, load_parity_images
 
 PASS, FAIL, NOT_MEASURED = "pass", "fail", "pending"
 EXIT_OK, EXIT_VIOLATED, EXIT_PENDING = 0, 1, 3

@@ -13,7 +13,6 @@ import torch
 
 from ..distill.checkpoint import CheckpointMeta, atomic_write
 from ..errors import ExportError
-from ..onnxfile import load_onnx
 from .check import CheckReport, Feed, compare, require
 from .wrapper import INPUT_NAME, ExportSpec, SegExportWrapper
 
