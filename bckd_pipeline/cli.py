@@ -339,7 +339,7 @@ def dispatch(args) -> int:
 
         get_target(args.target)  # an unknown target fails before anything else
         if args.budgets is not None:  # a bad budgets file fails before any training
-            from .deploy.budgets import load_budgets
+            from .gate.budgets import load_budgets
 
             load_budgets(args.budgets).for_target(args.target, "this run")
     data = _data_config(args, preset)
@@ -454,9 +454,9 @@ def _train_commands(args, preset, data, train_cfg, env, console) -> int:
 
 def _gate(args, report: Path) -> int:
     """Gate a report; print every check, write --junit/--markdown; the exit code is the gate's."""
-    from .deploy.budgets import load_budgets
-    from .deploy.gate import gate
-    from .deploy.gate_output import junit_xml, markdown, text_lines
+    from .gate.budgets import load_budgets
+    from .gate.gate import gate
+    from .gate.output import junit_xml, markdown, text_lines
     from .fileio import write_text
 
     result = gate(
