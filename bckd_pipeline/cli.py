@@ -504,7 +504,7 @@ def _deploy(args, preset, data, console) -> int:
 
 
 def _deploy_config(args, preset):
-    from .deploy.remote import SshOptions
+    from .device.remote import SshOptions
     from .pipeline import DeployConfig
     from .targets.profiles import CalibrationSpec, LatencySpec, get_target
 

@@ -33,8 +33,8 @@ from .errors import BackendMissingError, ConfigError, DataError
 from .ledger import ENGINE_ROW, Built, target_artifacts
 from .export.wrapper import ExportSpec, SegExportWrapper
 from .targets import Backend, Precision, TargetProfile, check_availability, get_target
-from .deploy.device import DeviceOutcome
-from .deploy.remote import SshOptions
+from .device.bundle import DeviceOutcome
+from .device.remote import SshOptions
 from .targets.profiles import CalibrationSpec, LatencySpec, TensorRTOptions
 
 RUN_MARKER = "run.json"
@@ -157,7 +157,7 @@ def deploy_plan(deploy: DeployConfig, data: DataConfig, before: list[PlanStep] =
         raise BackendMissingError(f"--target {profile.name} cannot be built on this host: {avail.reason}.")
     can_measure, note = avail.can_measure, avail.reason
     if deploy.device is not None:
-        from .deploy.remote import SshTarget
+        from .device.remote import SshTarget
 
         SshTarget.parse(deploy.device)
         can_measure, note = True, ""
@@ -681,7 +681,7 @@ def device_stage(ctx: DeployContext, out: Path, cache: StageCache, qdq: Built) -
     Returns the device's ledger row: ``tensorrt-int8`` when an engine was built, the agent's ONNX
     Runtime row when the device had no TensorRT (it says so), nothing when the device step is pending.
     """
-    from .deploy.device import BUNDLE_FILES, DeviceOutcome, agent_digest, run_here, write_bundle
+    from .device.bundle import BUNDLE_FILES, DeviceOutcome, agent_digest, run_here, write_bundle
 
     folder = out / TENSORRT_DIR
     bundle, dest = folder / "bundle", folder / "device"
@@ -712,7 +712,7 @@ def device_stage(ctx: DeployContext, out: Path, cache: StageCache, qdq: Built) -
     elif where == "here":
         result = run_here(bundle, dest)
     else:
-        from .deploy.remote import RemoteDevice, SshTarget
+        from .device.remote import RemoteDevice, SshTarget
 
         device = RemoteDevice(SshTarget.parse(where), ctx.deploy.ssh)
         result = device.run_bundle(bundle, dest, job, progress=lambda m: print(m, file=sys.stderr))
@@ -737,7 +737,7 @@ def make_runtime(ctx: DeployContext, b: Built, *, streams: int = 1):
     """The Runtime that runs artifact ``b``: on the target's device when present, else on the host CPU."""
     threads = (ctx.deploy.latency or ctx.profile.latency).threads
     if _is_device_row(ctx, b):
-        from .deploy.device import ReplayRuntime
+        from .device.bundle import ReplayRuntime
 
         return ReplayRuntime(ctx.device, ctx.spec.input_shape(), ctx.eval_feeds.input_name)
     if b.backend is Backend.TORCH:

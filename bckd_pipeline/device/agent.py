@@ -80,7 +80,7 @@ def _runtime(job: dict, work: Path, out: Path):
             trtexec_command,
             write_build_script,
         )
-        from .backends.tensorrt import TensorRTRuntime
+        from ..deploy.backends.tensorrt import TensorRTRuntime
 
         import tensorrt as trt
 
@@ -101,7 +101,7 @@ def _runtime(job: dict, work: Path, out: Path):
             f"TensorRT is not usable on this device ({'; '.join(missing)}); install JetPack's TensorRT "
             "(apt install python3-libnvinfer) and pycuda, or allow the ONNX Runtime fallback."
         )
-    from .backends.onnxruntime import OrtRuntime
+    from ..deploy.backends.onnxruntime import OrtRuntime
 
     note = (
         f"TensorRT is not usable on this device ({'; '.join(missing)}): no engine was built; "
@@ -113,7 +113,7 @@ def _runtime(job: dict, work: Path, out: Path):
 def run_job(job_file: Path, out: Path | None = None) -> dict:
     """Run one job; returns the result written to ``OUT/result.json``."""
     from ..targets.profiles import LatencySpec
-    from .bench import benchmark
+    from ..deploy.bench import benchmark
 
     job_file = Path(job_file)
     work = job_file.parent
