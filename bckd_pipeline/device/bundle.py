@@ -51,6 +51,7 @@ AGENT_MODULES = (
     "device/agent.py",
     "device/jetson.py",
 )
+TENSORRT_DIR = "deploy/tensorrt"  # in OUT: bundle/ (what ships) and device/ (what came back)
 BUNDLE_FILES = ("job.json", "model.qdq.onnx", "feeds.npz", "agent.pyz", "build_engine.sh", "README.txt")
 # JetPack 6.x ships TensorRT 10.3: the build script for a Jetson is written for it. For a desktop GPU
 # without TensorRT here, the script is written for a current (strongly typed, >= 10.12) TensorRT. The
