@@ -4,6 +4,9 @@ Each finished stage leaves ``OUT/.cache/<stage>.json`` holding its key (a hash o
 the bytes of its input artifacts) and the sha256 of every file it produced. A stage is skipped when
 the key matches and every output still has the recorded hash; a stage interrupted midway left no
 record (records are written after the outputs are in place), so it simply runs again.
+
+``claim_out_dir`` guards the folder the cache lives in: ``--out`` is new, empty, or this run's own
+(``OUT/run.json`` says whose it is).
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ import json
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
-from .fileio import atomic_write, file_sha256
+from .errors import DataError
+from .fileio import atomic_write, file_sha256, write_text
 
 __all__ = ["StageCache", "file_sha256", "stage_key"]
 
@@ -78,3 +82,38 @@ class StageCache:
         }
         text = json.dumps(record, indent=1)
         atomic_write(self._record(stage), lambda tmp: tmp.write_text(text))
+
+
+RUN_MARKER = "run.json"
+RUN_FORMAT = "bckd-pipeline/run-v1"
+
+
+def claim_out_dir(out: Path, identity: dict, *, force: bool) -> Path:
+    """Create ``--out`` or reuse it for the same run; refuse a folder of foreign files or another run's."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {str(out)!r} is a file. Pass a folder path (it is created if missing).")
+    marker = out / RUN_MARKER
+    if out.is_dir() and any(out.iterdir()) and not force:
+        try:
+            previous = json.loads(marker.read_text())
+        except (OSError, ValueError):
+            previous = None
+        if previous is None or previous.get("format") != RUN_FORMAT:
+            raise DataError(
+                f"--out {str(out)!r} already holds files that bckd-pipeline run/deploy did not write. Choose an "
+                "empty or new folder, or pass --force to write into it anyway."
+            )
+        if previous.get("identity") != identity:
+            diff = ", ".join(
+                f"{k}: {previous.get('identity', {}).get(k)!r} -> {v!r}"
+                for k, v in identity.items()
+                if previous.get("identity", {}).get(k) != v
+            )
+            raise DataError(
+                f"--out {str(out)!r} holds another run ({diff}). Use a new --out, or pass --force to replace its "
+                "stages."
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(marker, json.dumps({"format": RUN_FORMAT, "identity": identity}, indent=2) + "\n")
+    return out

@@ -12,6 +12,9 @@ Label conventions shared by every metric here:
 Equation numbers refer to the BCKD paper as reconstructed in ``shared/BCKD_SPEC.md`` (section 2 and
 the section 4 pseudocode). MFS and LHD are low-confidence reconstructions; their settings are
 reported next to the numbers (spec section 7, item 11).
+
+One module over 400 lines on purpose: every metric here rests on the conventions above, and split
+across files they would be stated once and applied in several places.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import pytest
 
 
 from bckd_pipeline.cli import build_parser
-from bckd_pipeline.deploy.budgets import load_budgets
+from bckd_pipeline.gate.budgets import load_budgets
 
 yaml = pytest.importorskip("yaml", reason="pyyaml is in the test extra: pip install -e '.[test]'")
 

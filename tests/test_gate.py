@@ -12,14 +12,9 @@ import pytest
 from conftest import GATE_RUN_FLAGS as RUN_FLAGS
 from test_cli import assert_clean_error, run_cli
 
-from bckd_pipeline.deploy.budgets import GateSettings, parse_budgets
-from bckd_pipeline.deploy.gate import (
-    bootstrap_delta_miou,
-    bootstrap_median_ratio,
-    gate,
-    latency_regressed,
-    miou_of,
-)
+from bckd_pipeline.gate.budgets import GateSettings, parse_budgets
+from bckd_pipeline.gate.gate import gate
+from bckd_pipeline.gate.noise import bootstrap_delta_miou, bootstrap_median_ratio, latency_regressed, miou_of
 from bckd_pipeline.errors import ConfigError
 from bckd_pipeline.metrics import ConfusionMatrix
 
@@ -165,7 +160,7 @@ def test_latency_noise_rule_on_synthetic_samples():
 # a real smoke report
 # ---------------------------------------------------------------------------------------------
 def test_smoke_report_keeps_timed_runs_per_image_confusions_and_masks(smoke_report):
-    from bckd_pipeline.deploy.evidence import load_parity_images, load_qualitative
+    from bckd_pipeline.report.evidence import load_parity_images, load_qualitative
 
     report = _report(smoke_report)
     rows = {r["name"]: r for r in report["stages"]}

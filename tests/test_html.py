@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bckd_pipeline.deploy.evidence import write_qualitative
-from bckd_pipeline.deploy.html import BOUNDARY_ERROR, colorize, palette, render
+from bckd_pipeline.report.evidence import write_qualitative
+from bckd_pipeline.report.html import BOUNDARY_ERROR, colorize, palette, render
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

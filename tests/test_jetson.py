@@ -236,8 +236,8 @@ def test_the_agent_runs_without_torch_or_onnx_and_falls_back_to_onnxruntime(jets
 
 
 def test_a_tampered_or_foreign_device_result_is_refused(jetson_run, tmp_path):
-    from bckd_pipeline.deploy.agent import main as agent_main
-    from bckd_pipeline.deploy.device import read_result
+    from bckd_pipeline.device.agent import main as agent_main
+    from bckd_pipeline.device.bundle import read_result
 
     bundle = jetson_run / "deploy/tensorrt/bundle"
     out = tmp_path / "out"
@@ -347,7 +347,7 @@ def test_remote_unknown_host_key_is_refused(jetson_run, sshd, tmp_path, capsys):
 
 
 def _device(sshd, **options):
-    from bckd_pipeline.deploy.remote import RemoteDevice, SshOptions, SshTarget
+    from bckd_pipeline.device.remote import RemoteDevice, SshOptions, SshTarget
 
     opts = SshOptions(identity=sshd.identity, known_hosts=sshd.known_hosts, python=sys.executable, **options)
     return RemoteDevice(SshTarget.parse(sshd.url), opts)
@@ -375,7 +375,7 @@ def test_remote_build_error_is_reported_and_nothing_is_kept(jetson_run, sshd, tm
 
 
 def test_interrupted_transfer_is_a_clear_error_and_nothing_is_kept(jetson_run, sshd, tmp_path):
-    from bckd_pipeline.deploy.remote import DeviceError
+    from bckd_pipeline.device.remote import DeviceError
 
     bundle = _copy(jetson_run / "deploy/tensorrt/bundle", tmp_path / "bundle")
     # 2 MB that cannot be compressed, at 800 kbit/s: the copy is cut off by the transfer timeout
@@ -393,7 +393,7 @@ def test_interrupted_transfer_is_a_clear_error_and_nothing_is_kept(jetson_run, s
 
 
 def test_ssh_target_parsing():
-    from bckd_pipeline.deploy.remote import SshTarget
+    from bckd_pipeline.device.remote import SshTarget
 
     t = SshTarget.parse("ssh://nvidia@192.168.55.1:2222")
     assert (t.user, t.host, t.port, t.destination, str(t)) == (
@@ -413,7 +413,7 @@ def test_engine_path_end_to_end_with_stand_ins_for_tensorrt(jetson_run, tmp_path
     """
     from test_tensorrt import make_fake_trt
 
-    import bckd_pipeline.deploy.agent as agent
+    import bckd_pipeline.device.agent as agent
     import bckd_pipeline.deploy.backends.tensorrt as trt_backend
     import bckd_pipeline.pipeline as pipeline
     from bckd_pipeline.targets import Availability

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from bckd_pipeline.deploy.backends.tensorrt import TensorRTRuntime
-from bckd_pipeline.deploy.jetson import device_facts, gpu_facts, jetpack_for_l4t, parse_l4t_release
+from bckd_pipeline.device.jetson import device_facts, gpu_facts, jetpack_for_l4t, parse_l4t_release
 from bckd_pipeline.errors import BackendMissingError, ConfigError, ExportError, StageCheckError
 from bckd_pipeline.targets.tensorrt import (
     EngineRecipe,
@@ -839,7 +839,7 @@ def test_runtime_missing_plan_and_several_streams(monkeypatch, plan, tmp_path):
 def test_modules_import_from_the_agent_subset_without_torch_or_onnx(tmp_path):
     """The agent's own module list (device.AGENT_MODULES) is enough: every bckd_pipeline module the TensorRT
     code imports comes from the copied subset, never from this checkout (an editable install would fill gaps)."""
-    from bckd_pipeline.deploy.device import AGENT_MODULES
+    from bckd_pipeline.device.bundle import AGENT_MODULES
 
     for rel in AGENT_MODULES:
         (tmp_path / "bckd_pipeline" / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -851,8 +851,8 @@ def test_modules_import_from_the_agent_subset_without_torch_or_onnx(tmp_path):
                 if name.split(".")[0] in {"torch", "onnx", "onnxruntime", "openvino", "tensorrt", "pycuda"}:
                     raise ImportError("blocked on the device: " + name)
         sys.meta_path.insert(0, Block())
-        import bckd_pipeline.targets.tensorrt, bckd_pipeline.deploy.backends.tensorrt, bckd_pipeline.deploy.jetson
-        import bckd_pipeline.deploy.agent
+        import bckd_pipeline.targets.tensorrt, bckd_pipeline.deploy.backends.tensorrt, bckd_pipeline.device.jetson
+        import bckd_pipeline.device.agent
         ours = [m for m in sys.modules if m.startswith("bckd_pipeline")]
         print(json.dumps({m: getattr(sys.modules[m], "__file__", None) for m in ours}))
     """)
@@ -865,7 +865,7 @@ def test_modules_import_from_the_agent_subset_without_torch_or_onnx(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     files = json.loads(done.stdout)
-    assert "bckd_pipeline.deploy.jetson" in files and "bckd_pipeline.fileio" in files
+    assert "bckd_pipeline.device.jetson" in files and "bckd_pipeline.fileio" in files
     outside = {m: f for m, f in files.items() if f is not None and not f.startswith(str(tmp_path))}
     assert outside == {}, f"imported from outside the agent's subset: {outside}"
 

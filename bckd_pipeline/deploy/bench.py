@@ -6,7 +6,7 @@ timed with ``time.perf_counter`` around the backend call alone (the base class d
 the backend synchronises inside). A backend that measures its own device time (TensorRT: CUDA
 events around the enqueue) adds ``device_ms`` {p50, mean}. Reported: p50/p90/p99, mean, std, min in milliseconds, and
 FPS = batch / mean, and ``samples_ms``: every timed run in order, so a CI gate can judge medians
-against their own noise (deploy/gate.py). Throughput mode: ``streams`` requests in flight (threads for ONNX Runtime and
+against their own noise (gate/noise.py). Throughput mode: ``streams`` requests in flight (threads for ONNX Runtime and
 PyTorch, the async infer-request queue for OpenVINO), FPS = images / wall time.
 """
 

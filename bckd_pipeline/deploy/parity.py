@@ -14,7 +14,7 @@ openvino-fp32 -> openvino-int8``). Per stage:
 
 Besides the dataset-level numbers, the ledger keeps one confusion matrix per stage *per image*
 (``LedgerReport.per_image``): summed they give the same mIoU, and resampled over images they give
-the bootstrap confidence interval of a stage's ΔmIoU that the CI gate uses (deploy/gate.py).
+the bootstrap confidence interval of a stage's ΔmIoU that the CI gate uses (gate/noise.py).
 
 A stage fails when it moves further from its parent than its precision's ``ParityCriteria`` allow
 (mIoU drop, agreement, and for float-to-float steps the logit difference). ``culprit`` is the first

@@ -3,8 +3,9 @@
 ``to_onnx`` (checker + ONNX Runtime vs PyTorch) -> ``simplify`` (ONNX Runtime before vs after).
 """
 
+from ..onnxfile import load_onnx, read_metadata
 from .check import CheckReport, compare
-from .onnx_export import load_onnx, read_metadata, to_onnx
+from .onnx_export import to_onnx
 from .simplify import SIMPLIFIERS, simplify
 from .wrapper import ExportSpec, SegExportWrapper
 

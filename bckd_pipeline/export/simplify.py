@@ -12,8 +12,9 @@ from pathlib import Path
 
 from ..distill.checkpoint import atomic_write
 from ..errors import BackendMissingError, ConfigError, StageCheckError
+from ..onnxfile import load_onnx
 from .check import CheckReport, Feed, compare, require
-from .onnx_export import EXPORT_ATOL, check_onnx, load_onnx
+from .onnx_export import EXPORT_ATOL, check_onnx
 
 SIMPLIFIERS = ("onnxsim", "onnxslim")
 

@@ -29,6 +29,9 @@ Version rules, with where each comes from (NVIDIA documentation, read for this m
 
 This module is part of the device-side agent: it imports only the standard library, numpy-free
 project pieces (``bckd_pipeline.errors``) and, lazily inside ``build_engine``, ``tensorrt``.
+
+One module over 400 lines on purpose: the version rules above and the code that applies them (the
+builder settings, the trtexec command, the build) are one idea, read against each other.
 """
 
 from __future__ import annotations

@@ -165,7 +165,7 @@ class RemoteDevice:
     # -- one job ---------------------------------------------------------------------------------
     def run_bundle(self, bundle: Path, dest: Path, job: dict, *, progress=print) -> dict:
         """Copy ``bundle`` over, run its job, bring ``out/`` back into ``dest``; returns the checked result."""
-        from .device import BUNDLE_FILES, publish, read_result
+        from .bundle import BUNDLE_FILES, publish, read_result
 
         work = self._make_workdir()
         staging = Path(tempfile.mkdtemp(prefix=f".{Path(dest).name}-", dir=Path(dest).parent))

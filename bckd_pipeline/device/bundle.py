@@ -4,7 +4,7 @@
 the Q/DQ ONNX, the evaluation images as the host preprocessed them, ``job.json``, the agent
 (``agent.pyz``), the ``trtexec`` build script, and a README saying how to run it by hand. The same
 bundle runs three ways: in this process when this host has TensorRT and is the target
-(``run_here``), on a remote device over SSH (``deploy/remote.py``), or by hand on a device that is
+(``run_here``), on a remote device over SSH (``device/remote.py``), or by hand on a device that is
 not reachable from here. ``read_result`` checks what came back (format, file hashes, that the
 labels belong to the host's images) and :class:`ReplayRuntime` feeds the device's label maps to the
 parity ledger, so the device row is judged by the same code as every other stage.
@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from ..calibrate.data import DatasetFeeds
+from ..deploy.runtime import Feed, Runtime, TensorSpec
 from ..errors import StageCheckError
 from ..fileio import atomic_write, file_sha256
 from ..targets.profiles import LatencySpec, TargetProfile
 from .agent import JOB_FORMAT, LABELS_FILE, RESULT_FILE, RESULT_FORMAT, feed_digest
-from .runtime import Feed, Runtime, TensorSpec
 
 # What the agent imports on the device: the Runtime lifecycle, the latency protocol, the TensorRT
 # recipe and runtime, the Jetson facts. No torch, no onnx: a Jetson image rarely has them.
@@ -36,19 +36,22 @@ AGENT_MODULES = (
     "__init__.py",
     "errors.py",
     "fileio.py",
+    "ledger.py",
     "targets/__init__.py",
     "targets/availability.py",
     "targets/profiles.py",
     "targets/tensorrt.py",
     "deploy/__init__.py",
-    "deploy/agent.py",
     "deploy/bench.py",
-    "deploy/jetson.py",
     "deploy/runtime.py",
     "deploy/backends/__init__.py",
     "deploy/backends/onnxruntime.py",
     "deploy/backends/tensorrt.py",
+    "device/__init__.py",
+    "device/agent.py",
+    "device/jetson.py",
 )
+TENSORRT_DIR = "deploy/tensorrt"  # in OUT: bundle/ (what ships) and device/ (what came back)
 BUNDLE_FILES = ("job.json", "model.qdq.onnx", "feeds.npz", "agent.pyz", "build_engine.sh", "README.txt")
 # JetPack 6.x ships TensorRT 10.3: the build script for a Jetson is written for it. For a desktop GPU
 # without TensorRT here, the script is written for a current (strongly typed, >= 10.12) TensorRT. The
@@ -82,7 +85,7 @@ def build_agent(path: Path) -> Path:
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
             for rel in AGENT_MODULES:
                 z.write(package / rel, f"bckd_pipeline/{rel}")
-            z.writestr("__main__.py", "import sys\nfrom bckd_pipeline.deploy.agent import main\nsys.exit(main())\n")
+            z.writestr("__main__.py", "import sys\nfrom bckd_pipeline.device.agent import main\nsys.exit(main())\n")
 
     atomic_write(path, write)
     return path

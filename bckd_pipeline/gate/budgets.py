@@ -200,7 +200,7 @@ def _settings(path: str, body) -> GateSettings:
 
 def parse_budgets(text: str, path: str = "<budgets>") -> Budgets:
     """Parse and validate a budgets file's text; every error names the file, the table and the key."""
-    from ..pipeline import ledger_row_names
+    from ..ledger import ledger_row_names
     from ..targets import TARGETS, get_target
 
     try:

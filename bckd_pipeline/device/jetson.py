@@ -179,7 +179,7 @@ def device_facts(root: Path = Path("/"), run: Run = subprocess.run) -> dict:
         notes.append(f"/etc/nv_tegra_release not understood: {release_text.strip()[:120]!r}")
     jetpack = jetpack_for_l4t(l4t) if l4t else None
     if l4t and jetpack is None:
-        notes.append(f"L4T {l4t} is not in the JetPack table of bckd_pipeline.deploy.jetson; JetPack unknown")
+        notes.append(f"L4T {l4t} is not in the JetPack table of bckd_pipeline.device.jetson; JetPack unknown")
 
     is_jetson = l4t is not None or (model is not None and "jetson" in model.lower())
     power_mode = None

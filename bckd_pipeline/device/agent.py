@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..fileio import atomic_write, file_sha256
+from ..ledger import ENGINE_ROW, FALLBACK_ROW
 
 JOB_FORMAT = "bckd-pipeline/device-job-v1"
 RESULT_FORMAT = "bckd-pipeline/device-result-v1"
@@ -36,8 +37,6 @@ RESULT_FILE = "result.json"
 LABELS_FILE = "labels.npz"
 PLAN_FILE = "model.plan"
 # The ledger row the device's measurements become: the engine, or ONNX Runtime when TensorRT is not usable.
-ENGINE_ROW = "tensorrt-int8"
-FALLBACK_ROW = "onnx-qdq-on-device"
 LATENCY_IMAGES = 8  # the host's latency stage times the same first 8 evaluation images
 
 
@@ -81,7 +80,7 @@ def _runtime(job: dict, work: Path, out: Path):
             trtexec_command,
             write_build_script,
         )
-        from .backends.tensorrt import TensorRTRuntime
+        from ..deploy.backends.tensorrt import TensorRTRuntime
 
         import tensorrt as trt
 
@@ -102,7 +101,7 @@ def _runtime(job: dict, work: Path, out: Path):
             f"TensorRT is not usable on this device ({'; '.join(missing)}); install JetPack's TensorRT "
             "(apt install python3-libnvinfer) and pycuda, or allow the ONNX Runtime fallback."
         )
-    from .backends.onnxruntime import OrtRuntime
+    from ..deploy.backends.onnxruntime import OrtRuntime
 
     note = (
         f"TensorRT is not usable on this device ({'; '.join(missing)}): no engine was built; "
@@ -114,7 +113,7 @@ def _runtime(job: dict, work: Path, out: Path):
 def run_job(job_file: Path, out: Path | None = None) -> dict:
     """Run one job; returns the result written to ``OUT/result.json``."""
     from ..targets.profiles import LatencySpec
-    from .bench import benchmark
+    from ..deploy.bench import benchmark
 
     job_file = Path(job_file)
     work = job_file.parent

@@ -19,7 +19,7 @@ from scipy import ndimage
 
 from ..fileio import write_text
 from .evidence import MASK_COLUMNS, load_qualitative
-from .report import fmt_value
+from .markdown import fmt_value
 
 BOUNDARY_PX = 2  # a wrong pixel within this many pixels of a ground-truth boundary is a boundary error
 BOUNDARY_ERROR = (255, 0, 255)  # magenta: no class colour uses it

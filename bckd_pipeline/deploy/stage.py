@@ -1,0 +1,136 @@
+"""The pipeline's stages that run artifacts: the parity ledger and the latency protocol on every stage,
+and ``make_runtime``, which picks the Runtime for a ledger row."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+from ..cache import StageCache, stage_key
+from ..context import DeployContext, norm
+from ..export.wrapper import SegExportWrapper
+from ..ledger import Built
+from ..report.evidence import MASK_IMAGES, PARITY_IMAGES_FILE, save_parity_images
+from ..targets import Backend, Precision
+
+
+def is_device_row(ctx: DeployContext, b: Built) -> bool:
+    return ctx.device is not None and ctx.device.result is not None and b.name == ctx.device.result["row"]
+
+
+def make_runtime(ctx: DeployContext, b: Built, *, streams: int = 1):
+    """The Runtime that runs artifact ``b``: on the target's device when present, else on the host CPU."""
+    threads = (ctx.deploy.latency or ctx.profile.latency).threads
+    if is_device_row(ctx, b):
+        from ..device.bundle import ReplayRuntime
+
+        return ReplayRuntime(ctx.device, ctx.spec.input_shape(), ctx.eval_feeds.input_name)
+    if b.backend is Backend.TORCH:
+        from .backends.torch import TorchRuntime
+
+        wrapper = SegExportWrapper(
+            ctx.model, normalize=norm(ctx.meta) if ctx.spec.bake_normalization else None, head=ctx.spec.head
+        )
+        return TorchRuntime(
+            wrapper, ctx.spec.input_shape(), output_name=ctx.spec.output_name, threads=threads, name=b.name
+        )
+    if b.backend is Backend.ONNXRUNTIME:
+        from .backends.onnxruntime import OrtRuntime
+
+        return OrtRuntime(b.path, threads=threads, precision=str(b.precision), name=b.name)
+    from .backends.openvino import OpenVINORuntime
+
+    dev = ctx.profile.device if ctx.plan.can_measure else "CPU"
+    return OpenVINORuntime(
+        b.path, device=dev, precision=str(b.precision), threads=threads, streams=streams, name=b.name
+    )
+
+
+def on_target(ctx: DeployContext, b: Built) -> bool:
+    """Whether the row runs where it is deployed: host stages always do; OpenVINO rows only with the device."""
+    return b.backend is not Backend.OPENVINO or ctx.plan.can_measure
+
+
+def parity_stage(ctx: DeployContext, out: Path, cache: StageCache, built: list[Built]) -> dict:
+    from contextlib import ExitStack
+
+    from .parity import LedgerStage, ledger
+
+    key = stage_key(
+        "parity",
+        {
+            "stages": [(b.name, b.parent) for b in built],
+            "feeds": ctx.eval_feeds.digests,
+            "parity": ctx.profile.parity,
+            "device": ctx.plan.can_measure,
+            "device_result": None if ctx.device is None or ctx.device.result is None else ctx.device.result["files"],
+        },
+        [ctx.checkpoint] + [b.path for b in built if b.path is not None],
+    )
+    hit = cache.lookup("parity", key)
+    if hit is not None:
+        return hit
+    with ExitStack() as stack:
+        stages = [
+            LedgerStage(
+                b.name,
+                str(b.backend),
+                str(b.precision),
+                stack.enter_context(make_runtime(ctx, b)),
+                b.parent,
+                None if b.path is None else str(b.path),
+            )
+            for b in built
+        ]
+        report = ledger(
+            stages,
+            ctx.eval_feeds,
+            num_classes=ctx.meta.num_classes,
+            ignore_index=ctx.meta.ignore_index,
+            criteria=lambda p: ctx.profile.parity[Precision(p)],
+            keep_labels=MASK_IMAGES,  # report.html's masks of the distilled and deployed models
+        )
+    result = {
+        "stages": {s.name: asdict(s) for s in report.stages},
+        "culprit": None if report.culprit is None else report.culprit.name,
+        "per_image": save_parity_images(out, report, ctx.eval_feeds),
+    }
+    cache.store("parity", key, [out / PARITY_IMAGES_FILE], result)
+    return result
+
+
+def latency_stage(ctx: DeployContext, out: Path, cache: StageCache, built: list[Built]) -> dict:
+    from .bench import benchmark
+
+    spec = ctx.deploy.latency or ctx.profile.latency
+    feeds = ctx.eval_feeds.head(8)
+    results: dict[str, dict] = {}
+    for b in built:
+        if not on_target(ctx, b):
+            continue  # never time a stand-in device for the target's
+        if is_device_row(ctx, b):  # timed on the device, by the same protocol
+            results[b.name] = {"latency": ctx.device.result["latency"]}
+            continue
+        key = stage_key(
+            f"latency-{b.name}",
+            {
+                "spec": spec,
+                "throughput": ctx.deploy.throughput,
+                "export": ctx.spec,
+                # PyTorch and ONNX Runtime rows always run on the host, whatever the target's device.
+                "device": ctx.profile.device if b.backend is Backend.OPENVINO else "host",
+            },
+            [ctx.checkpoint] if b.path is None else [b.path],
+        )
+        hit = cache.lookup(f"latency-{b.name}", key)
+        if hit is not None:
+            results[b.name] = hit
+            continue
+        with make_runtime(ctx, b) as rt:
+            entry = {"latency": benchmark(rt, feeds, spec).as_dict()}
+        if ctx.deploy.throughput and b is built[-1] and ctx.profile.backend is not Backend.TENSORRT:
+            with make_runtime(ctx, b, streams=spec.streams) as rt:
+                entry["throughput"] = benchmark(rt, feeds, spec, mode="throughput").as_dict()
+        cache.store(f"latency-{b.name}", key, [], entry)
+        results[b.name] = entry
+    return results

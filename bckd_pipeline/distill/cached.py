@@ -1,0 +1,108 @@
+"""Stage 1 as ``bckd-pipeline run`` does it: the teacher, the student alone and the distilled student,
+each cached by content (cache.py) and resumed from its saved training state.
+
+``cfg`` is the pipeline's ``RunConfig`` (context.py).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from ..cache import StageCache, stage_key
+from ..context import RunConfig
+from .stage import STATE_FILE, StepOutput, distill, train_teacher
+from .task import DistillConfig
+from .trainer import TrainConfig
+
+
+def _read_metrics(folder: Path) -> dict:
+    return json.loads((folder / "metrics.json").read_text())
+
+
+def teacher_stage(cfg: RunConfig, out: Path, cache: StageCache) -> tuple[Path, dict | None]:
+    if cfg.teacher_checkpoint is not None:
+        return Path(cfg.teacher_checkpoint), None
+    folder = out / "teacher"
+    key = stage_key(
+        "teacher",
+        {
+            "model": cfg.teacher_model,
+            "data": cfg.data,
+            "schedule": cfg.teacher_schedule,
+            "train": _train_options(cfg.train),
+        },
+    )
+    if cache.lookup("teacher", key) is not None:
+        return folder / "teacher.pt", _read_metrics(folder)
+    step = train_teacher(
+        cfg.teacher_model,
+        cfg.data,
+        cfg.teacher_schedule,
+        cfg.train,
+        folder,
+        progress=cfg.progress,
+        resume=cfg.resume and (folder / STATE_FILE).is_file(),
+    )
+    cache.store("teacher", key, [step.checkpoint, folder / "metrics.json"], {})
+    return step.checkpoint, step.metrics
+
+
+def student_stage(
+    cfg: RunConfig, out: Path, cache: StageCache, teacher_ckpt: Path, dcfg: DistillConfig, name: str
+) -> StepOutput:
+    folder = out / name
+    key = stage_key(
+        name,
+        {
+            "model": cfg.student_model,
+            "data": cfg.data,
+            "schedule": cfg.student_schedule,
+            "train": _train_options(cfg.train),
+            "distill": dcfg,
+            "mfs": cfg.mfs_images,
+        },
+        [Path(teacher_ckpt)],
+    )
+    if cache.lookup(name, key) is not None:
+        return StepOutput(folder / "student.pt", _read_metrics(folder))
+    step = distill(
+        teacher_ckpt,
+        cfg.student_model,
+        cfg.data,
+        cfg.student_schedule,
+        cfg.train,
+        dcfg,
+        folder,
+        progress=cfg.progress,
+        mfs_images=cfg.mfs_images,
+        resume=cfg.resume and (folder / STATE_FILE).is_file(),
+    )
+    cache.store(name, key, [step.checkpoint, folder / "metrics.json"], {})
+    return step
+
+
+def _train_options(train: TrainConfig) -> dict:
+    # Where and how often state is saved does not change the trained weights.
+    return {k: v for k, v in asdict(train).items() if k not in ("checkpoint_every", "num_workers")}
+
+
+def summarize(teacher: dict | None, alone: dict, distilled: dict, teacher_ckpt: Path, student_ckpt: Path) -> dict:
+    t = teacher["miou"] if teacher else None
+    gap = (t - alone["miou"]) if t is not None else None
+    closed = (distilled["miou"] - alone["miou"]) / gap * 100 if gap else None
+    return {
+        "miou": distilled["miou"],
+        "kd": distilled["kd"],
+        "teacher": {"model": distilled["teacher_model"], "miou": t, "checkpoint": str(teacher_ckpt)},
+        "student": {"model": alone["model"], "miou": alone["miou"]},
+        "distilled": {
+            "model": distilled["model"],
+            "miou": distilled["miou"],
+            "checkpoint": str(student_ckpt),
+            "boundary_f": distilled["boundary_f"].get("f_score"),
+            "lhd": distilled["lhd"].get("mean"),
+        },
+        "gap_closed_percent": closed,
+    }

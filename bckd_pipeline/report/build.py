@@ -1,0 +1,240 @@
+"""``report.json``: the ledger of the run, one row per stage, and where it was measured.
+
+``report.json`` (format ``bckd-pipeline/report-v1``) holds ``target``, ``status``, ``exit_code``,
+``distill`` (teacher / student / distilled mIoU), and ``stages``: one row per ledger stage with
+``name``, ``backend``, ``precision``, ``artifact``, ``status``, ``device``, ``miou``, ``miou_delta``,
+``pixel_agreement``, ``latency_ms`` {p50, p90, p99, mean} and ``fps``. A row that was not measured
+says so in ``status`` and carries nulls, never estimates. Each row's ``artifact_bytes`` and the
+references ``parity_images`` and ``qualitative`` (report/evidence.py) serve the CI gate (docs/ci.md);
+``device`` says where a TensorRT engine was built and measured. ``write_reports`` writes it with
+``report.md`` (report/markdown.py) and ``report.html`` (report/html.py); ``manifest.json`` is
+report/manifest.py's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+from ..deploy.bench import host_facts
+from ..distill.stage import write_json
+from ..fileio import write_text
+from ..ledger import ENGINE_ROW, MEASURED, PARITY_ON_HOST, PENDING, REPORT_FORMAT, Built, pending_row_name
+from .html import write_html
+from .manifest import artifact_files, rel_path, versions
+from .markdown import markdown
+
+EXIT_DONE, EXIT_PARITY_FAILED, EXIT_PENDING = 0, 1, 3  # 2 (bad input) comes from BckdError
+
+
+PARITY_FIELDS = (
+    "miou",
+    "miou_delta",
+    "miou_delta_vs_parent",
+    "pixel_agreement",
+    "pixel_agreement_vs_parent",
+    "boundary_f",
+    "max_abs_logit",
+    "mean_abs_logit",
+    "per_class_iou",
+    "per_class_delta",
+)
+
+
+def _row(b, out: Path, *, name: str, status: str, device: str, parent: str | None) -> dict:
+    """A ledger row with every measurement null; callers fill in what was measured."""
+    return {
+        "name": name,
+        "backend": b.backend.value,
+        "precision": b.precision.value,
+        "parent": parent,
+        "artifact": rel_path(b.path, out),
+        "artifact_bytes": None if b.path is None else sum(f.stat().st_size for f in artifact_files(b.path)),
+        "status": status,
+        "device": device,
+        **dict.fromkeys(PARITY_FIELDS),
+        "parity_passed": None,
+        "parity_failures": [],
+        "latency_ms": dict.fromkeys(("p50", "p90", "p99", "mean")),
+        "fps": None,
+        "throughput_fps": None,
+        "latency": None,
+        "build": {},
+    }
+
+
+def build_report(ctx, summary, built, parity, latency, export_check, simplify_check, calibration, masks) -> dict:
+    out = Path(ctx.out)
+    profile = ctx.profile
+    rows = []
+    on_device = ctx.device.result if ctx.device is not None and ctx.device.result is not None else None
+    for b in built:
+        p = parity["stages"][b.name]
+        lat = latency.get(b.name)
+        if on_device is not None and b.name == on_device["row"]:
+            device = _device_name(on_device, ctx.device.where)
+        elif b.backend.value in ("torch", "onnxruntime"):
+            device = "cpu (host)"
+        else:
+            device = profile.device if ctx.plan.can_measure else "CPU (host plugin, stand-in)"
+        row = _row(b, out, name=b.name, status=MEASURED if lat else PARITY_ON_HOST, device=device, parent=b.parent)
+        row.update(
+            {k: p[k] for k in PARITY_FIELDS}, parity_passed=p["passed"], parity_failures=p["failures"], build=b.settings
+        )
+        if lat is not None:
+            L = lat["latency"]
+            row.update(latency_ms={k: L[k] for k in row["latency_ms"]}, fps=L["fps"], latency=L)
+            if "throughput" in lat:
+                row.update(throughput_fps=lat["throughput"]["fps"], throughput=lat["throughput"])
+        else:
+            row["note"] = (
+                f"accuracy from the host CPU plugin; latency pending on {profile.device}, which is not on this host"
+            )
+        if on_device is not None and b.name == on_device["row"] and on_device["fallback"]:
+            row["note"] = on_device["fallback"]
+        rows.append(row)
+    if ctx.device is not None and ctx.device.result is None:
+        rows.append(_pending_engine_row(ctx, built[-1], out))
+    elif not ctx.plan.can_measure:
+        deployed = built[-1]
+        pending = _row(
+            deployed,
+            out,
+            name=pending_row_name(deployed.name, profile),
+            status=PENDING,
+            device=profile.device,
+            parent=deployed.name,
+        )
+        pending["note"] = (
+            f"not measured: {ctx.plan.availability_note}. Run `bckd-pipeline bench --target {profile.name} "
+            f"{rel_path(deployed.path, out)}` on a host with the device."
+        )
+        rows.append(pending)
+    culprit = parity["culprit"]
+    pending = any(r["status"] != MEASURED for r in rows)
+    device_section = None if ctx.device is None else _device_section(ctx, out)
+    exit_code = EXIT_PARITY_FAILED if culprit else EXIT_PENDING if pending else EXIT_DONE
+    torch_row = next(r for r in rows if r["name"] == "pytorch")
+    speedups = {
+        r["name"]: torch_row["latency_ms"]["mean"] / r["latency_ms"]["mean"]
+        for r in rows
+        if r["latency_ms"]["mean"] and torch_row["latency_ms"]["mean"]
+    }
+    return {
+        "format": REPORT_FORMAT,
+        "target": profile.name,
+        "target_profile": {
+            "backend": profile.backend.value,
+            "device": profile.device,
+            "precision": profile.precision.value,
+            "description": profile.description,
+        },
+        "status": "parity_failed" if culprit else "pending" if pending else "complete",
+        "exit_code": exit_code,
+        "culprit": culprit,
+        "culprit_reason": parity["stages"][culprit]["failures"] if culprit else None,
+        "distill": _distill_section(summary, ctx),
+        "evaluation": {
+            "data": ctx.data.spec,
+            "split": ctx.data.eval_split,
+            "images": len(ctx.eval_feeds),
+            "input_hw": list(ctx.spec.input_hw),
+            "note": "labels resized (nearest) to the input size",
+        },
+        "class_names": list(ctx.meta.class_names),
+        "checks": {"export": export_check, "simplify": simplify_check},
+        "calibration": None
+        if calibration is None
+        else {
+            "manifest": rel_path(calibration.manifest_path, out),
+            "sha256": calibration.sha256,
+            "images": len(calibration.feeds),
+            **asdict(calibration.spec),
+        },
+        "speedup_vs_pytorch": speedups,
+        "parity_images": parity["per_image"],
+        "qualitative": masks,
+        "device": device_section,
+        "stages": rows,
+        "host": host_facts(),
+        "versions": versions(),
+    }
+
+
+def _device_name(result: dict, where: str) -> str:
+    facts = result.get("facts") or {}
+    model = facts.get("model") or (facts.get("gpu") or {}).get("name")
+    runtime = "TensorRT" if result["engine"] else "ONNX Runtime CPU (fallback)"
+    return f"{model or 'device'} via {'this host' if where == 'here' else where}, {runtime}"
+
+
+def _pending_engine_row(ctx, qdq, out: Path) -> dict:
+    """The TensorRT engine row when no device built it: every measurement null, and how to get them."""
+    from ..targets.profiles import Backend, Precision
+
+    engine = Built(ENGINE_ROW, Backend.TENSORRT, Precision.INT8, None, qdq.name)
+    row = _row(engine, out, name=ENGINE_ROW, status=PENDING, device=ctx.profile.device, parent=qdq.name)
+    row["note"] = (
+        f"engine build and on-device measurements pending: {ctx.device.pending_reason}. To finish: rerun with "
+        "--device ssh://user@device (the engine is built and measured there), or copy deploy/tensorrt/bundle to "
+        "the device and follow its README.txt (build_engine.sh is the trtexec command)."
+    )
+    return row
+
+
+def _device_section(ctx, out: Path) -> dict:
+    """Where the engine was built and measured, with the device's facts (JetPack, power mode, clocks...)."""
+    bundle = Path(out) / "deploy/tensorrt/bundle"
+    section = {
+        "bundle": rel_path(bundle, out),
+        "build_script": rel_path(bundle / "build_engine.sh", out),
+        "where": ctx.device.where or None,
+        "status": "pending" if ctx.device.result is None else "measured",
+        "pending_reason": ctx.device.pending_reason,
+    }
+    r = ctx.device.result
+    if r is not None:
+        engine = r["engine"]
+        section.update(
+            row=r["row"],
+            runtime=r["backend"],
+            fallback=r["fallback"],
+            facts=r["facts"],
+            engine=None
+            if engine is None
+            else {
+                "path": rel_path(ctx.device.folder / engine["file"], out),
+                "sha256": r["files"][engine["file"]],
+                "build": engine["build"],
+                "trtexec": engine["trtexec"],
+            },
+            what_is_timed=r["latency"]["what_is_timed"],
+            seconds=r["seconds"],
+        )
+    return section
+
+
+def _distill_section(summary: dict | None, ctx) -> dict:
+    if summary is None:  # `bckd-pipeline deploy` of a checkpoint trained elsewhere
+        kd = ctx.meta.extra.get("kd")
+        return {
+            "kd": kd,
+            "teacher_miou": None,
+            "student_miou": None,
+            "distilled_miou": None,
+            "gap_closed_percent": None,
+            "checkpoint": str(ctx.checkpoint),
+        }
+    return {
+        "kd": summary["kd"],
+        "teacher_miou": summary["teacher"]["miou"],
+        "student_miou": summary["student"]["miou"],
+        "distilled_miou": summary["distilled"]["miou"],
+        "gap_closed_percent": summary["gap_closed_percent"],
+    }
+
+
+def write_reports(out: Path, report: dict) -> None:
+    write_json(out / "report.json", report)
+    write_text(out / "report.md", markdown(report))
+    write_html(out, report)  # report.html: the same run on one self-contained page

@@ -1,0 +1,133 @@
+"""``manifest.json``: every artifact with its hash, the input and output contract, the build flags.
+
+Also the facts both outputs carry: the package versions and the git commit of this checkout.
+"""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+from dataclasses import asdict
+from importlib import metadata
+from pathlib import Path
+
+from ..cache import file_sha256
+from ..distill.stage import write_json
+
+MANIFEST_FORMAT = "bckd-pipeline/manifest-v1"
+PACKAGES = ("bckd-pipeline", "torch", "onnx", "onnxruntime", "onnxsim", "onnxslim", "openvino", "nncf", "numpy")
+
+
+def versions() -> dict[str, str | None]:
+    found = {}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    found["python"] = platform.python_version()
+    return found
+
+
+def git_sha() -> str | None:
+    try:
+        here = Path(__file__).resolve().parent
+        res = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        return res.stdout.strip() or None if res.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def rel_path(path, out: Path) -> str | None:
+    """``path`` relative to the run folder ``out`` (as reports name files), or as given when outside it."""
+    if path is None:
+        return None
+    try:
+        return str(Path(path).resolve().relative_to(Path(out).resolve()))
+    except ValueError:
+        return str(path)
+
+
+def artifact_files(path: Path) -> list[Path]:
+    """The files one artifact is made of: an OpenVINO model.xml comes with its weights, model.bin."""
+    path = Path(path)
+    return [path] + ([path.with_suffix(".bin")] if path.suffix == ".xml" else [])
+
+
+def write_manifest(ctx, out: Path, built, report: dict, calibration) -> Path:
+    artifacts = []
+    for b in built:
+        if b.path is None:
+            continue
+        for f in artifact_files(b.path):
+            artifacts.append(
+                {
+                    "stage": b.name,
+                    "backend": b.backend.value,
+                    "precision": b.precision.value,
+                    "path": rel_path(f, out),
+                    "sha256": file_sha256(f),
+                    "bytes": f.stat().st_size,
+                }
+            )
+    deployed = built[-1]
+    from ..export.onnx_export import onnx_metadata
+
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "target": ctx.profile.name,
+        "deployable": [a["path"] for a in artifacts if a["stage"] == deployed.name],
+        "artifacts": artifacts,
+        "checkpoint": {
+            "path": rel_path(ctx.checkpoint, out),
+            "sha256": file_sha256(ctx.checkpoint),
+            "model": ctx.meta.model,
+        },
+        "input": {
+            "name": "image",
+            "shape": list(ctx.spec.input_shape()),
+            "dtype": "float32",
+            "layout": "NCHW",
+            "color": "RGB",
+            "dynamic": list(ctx.spec.dynamic),
+            "scale": "0..255" if ctx.spec.bake_normalization else "normalized",
+        },
+        "preprocessing": {
+            "resize_to": list(ctx.spec.input_hw),
+            "resize": "bilinear",
+            "mean": list(ctx.meta.mean),
+            "std": list(ctx.meta.std),
+            "normalization_in_graph": ctx.spec.bake_normalization,
+        },
+        "output": {"name": ctx.spec.output_name, "kind": ctx.spec.head},
+        "class_names": list(ctx.meta.class_names),
+        "ignore_index": ctx.meta.ignore_index,
+        "onnx_metadata": onnx_metadata(ctx.meta, ctx.spec),
+        "build_flags": {
+            "export": asdict(ctx.spec),
+            "simplifier": ctx.deploy.simplifier,
+            "allow_unsimplified": ctx.deploy.allow_unsimplified,
+            "stages": {b.name: b.settings for b in built if b.settings},
+            "profile": {
+                "name": ctx.profile.name,
+                "backend": ctx.profile.backend.value,
+                "device": ctx.profile.device,
+                "precision": ctx.profile.precision.value,
+            },
+        },
+        "calibration_manifest": None
+        if calibration is None
+        else {"path": rel_path(calibration.manifest_path, out), "sha256": calibration.sha256},
+        "device_bundle": None
+        if report.get("device") is None
+        else [
+            {"path": rel_path(f, out), "sha256": file_sha256(f), "bytes": f.stat().st_size}
+            for f in sorted((Path(out) / report["device"]["bundle"]).iterdir())
+        ],
+        "engine": None if report.get("device") is None else report["device"].get("engine"),
+        "report_status": report["status"],
+        "versions": report["versions"],
+        "git_sha": git_sha(),
+    }
+    write_json(out / "manifest.json", manifest)
+    return out / "manifest.json"

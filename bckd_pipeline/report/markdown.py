@@ -1,0 +1,75 @@
+"""``report.md``: the ledger as a Markdown table, with what a reader needs beside it (device facts, notes)."""
+
+from __future__ import annotations
+
+
+def fmt_value(v, spec: str = ".2f") -> str:
+    return "–" if v is None else format(v, spec)
+
+
+def _facts_line(facts: dict) -> str:
+    """The device facts a reader needs to trust a Jetson number: module, JetPack, TensorRT, power, clocks, heat."""
+    parts = [facts.get("model")]
+    if facts.get("l4t"):
+        parts.append(f"L4T {facts['l4t']}" + (f" (JetPack {facts['jetpack']})" if facts.get("jetpack") else ""))
+    if facts.get("tensorrt"):
+        parts.append(f"TensorRT {facts['tensorrt']}")
+    if facts.get("power_mode"):
+        parts.append(f"nvpmodel {facts['power_mode'].get('name')}")
+    clocks = facts.get("clocks") or {}
+    if clocks.get("pinned_at_max") is not None:
+        parts.append("clocks pinned (jetson_clocks)" if clocks["pinned_at_max"] else "clocks not pinned")
+    if facts.get("throttling"):
+        parts.append(f"THROTTLING: {', '.join(map(str, facts['throttling']))}")
+    return ", ".join(p for p in parts if p)
+
+
+def markdown(report: dict) -> str:
+    d, ev = report["distill"], report["evaluation"]
+    lines = [
+        f"# bckd-pipeline report: {report['target']}",
+        "",
+        f"Status: **{report['status']}** (exit code {report['exit_code']}). "
+        f"Evaluation: {ev['images']} images of `{ev['data']}` split `{ev['split']}` at "
+        f"{ev['input_hw'][0]}x{ev['input_hw'][1]}.",
+        "",
+        f"Distillation ({d['kd']}): teacher {fmt_value(d['teacher_miou'])}, student alone "
+        f"{fmt_value(d['student_miou'])}, distilled {fmt_value(d['distilled_miou'])} mIoU.",
+        "",
+        "| stage | backend | precision | status | mIoU | ΔmIoU | agreement % | p50 ms | p99 ms | FPS |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in report["stages"]:
+        agree = None if r["pixel_agreement"] is None else 100 * r["pixel_agreement"]
+        lines.append(
+            f"| {r['name']} | {r['backend']} | {r['precision']} | {r['status']} | {fmt_value(r['miou'])} | "
+            f"{fmt_value(r['miou_delta'], '+.3f')} | {fmt_value(agree, '.3f')} | {fmt_value(r['latency_ms']['p50'])} | "
+            f"{fmt_value(r['latency_ms']['p99'])} | {fmt_value(r['fps'], '.1f')} |"
+        )
+    if report["culprit"]:
+        lines += ["", f"**Parity failed at stage `{report['culprit']}`**: " + "; ".join(report["culprit_reason"])]
+    dev = report.get("device")
+    if dev and dev["status"] == "measured":
+        shown = _facts_line(dev["facts"] or {})
+        lines += ["", f"Device: {dev['where']}" + (f" ({shown})" if shown else "") + "."]
+        if dev["fallback"]:
+            lines += [f"**No TensorRT engine**: {dev['fallback']}."]
+    elif dev:
+        lines += ["", f"Device bundle for the engine build: `{dev['bundle']}` (trtexec: `{dev['build_script']}`)."]
+    shown_above = (report.get("device") or {}).get("fallback")
+    notes = [f"- `{r['name']}`: {r['note']}" for r in report["stages"] if r.get("note") and r["note"] != shown_above]
+    if notes:
+        lines += ["", "Notes:", *notes]
+    deployed = report["stages"][-1]
+    if deployed.get("throughput_fps"):
+        t = deployed["throughput"]
+        lines += ["", f"Throughput of `{deployed['name']}` with {t['streams']} requests in flight: {t['fps']:.1f} FPS."]
+    lines += [
+        "",
+        "Latency: one request at a time, "
+        + (next((r["latency"]["what_is_timed"] for r in report["stages"] if r["latency"]), "not measured"))
+        + ".",
+    ]
+    if dev and dev["status"] == "measured":
+        lines.append(f"On the device ({dev['row']}): {dev['what_is_timed']}.")
+    return "\n".join(lines) + "\n"
