@@ -72,13 +72,14 @@ def test_runtime_checks_lifecycle_names_dtypes_and_shapes():
 # --- latency protocol ---------------------------------------------------------------------------
 def test_latency_protocol_on_a_fake_slow_runtime():
     rt = FakeRuntime(lambda x: x[:, :NUM_CLASSES], delay_s=0.005)
-    spec = LatencySpec(warmup_runs=3, warmup_s=0.05, runs=20)
+    spec = LatencySpec(warmup_runs=1, warmup_s=0.05, runs=20)
     feeds = synthetic_feeds({"image": TensorSpec(np.dtype(np.float32), (1, 3, *HW))}, count=2)
     with rt:
         report = benchmark(rt, feeds, spec)
     assert report.runs == 20 and rt.calls == 20 + report.warmup_runs
-    # At least 3 calls *and* at least 0.05 s: the time rule (~10 calls of 5 ms) outlasts the count.
-    assert report.warmup_runs >= 8
+    # At least 1 call *and* at least 0.05 s: the time rule outlasts the count. Calls of >= 5 ms fit
+    # at most 10 times in 0.05 s (fewer on a loaded machine, where each call takes longer).
+    assert 2 <= report.warmup_runs <= 11
     assert 5.0 <= report.p50 <= report.p90 <= report.p99 and report.p50 < 50
     assert report.fps == pytest.approx(1000.0 / report.mean)
     assert report.mode == "latency" and report.backend == "fake" and "infer()" in report.what_is_timed
