@@ -3,8 +3,15 @@ and the files of predict/outputs.py; the last line names the output folder."""
 
 from __future__ import annotations
 
+import shlex
 import time
 from pathlib import Path
+
+from .parser import DATA_KIND_NAMES
+
+# Where a dataset kind keeps the images of a split, relative to its root (data/layouts.py), for the
+# command that run/deploy print last; a layout not listed here gets the IMAGES placeholder.
+SPLIT_IMAGE_FOLDERS = ("{split}", "images/{split}", "leftImg8bit/{split}", "img_dir/{split}", "images/{split}2017")
 
 
 def predict(args, console) -> int:
@@ -79,3 +86,20 @@ class _Progress:
     def close(self) -> None:
         if self.enabled:
             self.progress.stop()
+
+
+def predict_hint(out: Path, data_spec: str | None = None, split: str = "val") -> str:
+    """The `bckd-pipeline predict` command for a finished run, on its evaluation images when they are on disk."""
+    images = "IMAGES"
+    kind, _, root = (data_spec or "").partition(":")
+    if kind in DATA_KIND_NAMES and root:
+        for pattern in SPLIT_IMAGE_FOLDERS:
+            folder = Path(root) / pattern.format(split=split)
+            if folder.is_dir():
+                images = str(folder)
+                break
+    command = (
+        f"bckd-pipeline predict {shlex.quote(images)} --model {shlex.quote(str(out))} "
+        f"--out {shlex.quote(str(Path(out) / 'predict'))} --save-overlay"
+    )
+    return command + ("  (IMAGES: an image, a folder of images, or a video)" if images == "IMAGES" else "")
