@@ -107,9 +107,9 @@ class Segmenter:
         batch, else 1). ``input_size``: (H, W) for a model whose height and width are dynamic.
         """
         artifact = locate(model, target)
+        runtime = make_runtime(artifact, threads=threads)  # first: a backend missing here is the first thing to say
         contract = read_contract(artifact).with_overrides(mean, std, classes)
         contract.require(artifact.path)
-        runtime = make_runtime(artifact, threads=threads)
         return cls(runtime, artifact, contract, letterbox=letterbox, batch=batch, input_size=input_size)
 
     # -- set-up --------------------------------------------------------------------------------
