@@ -154,6 +154,11 @@ class Segmenter:
         self.output_name = self._output_name()
 
     def _output_name(self) -> str:
+        if len(self.classes) > 256:
+            raise ConfigError(
+                f"{self.artifact.path.name} names {len(self.classes)} classes; label maps are uint8 palette PNGs "
+                "(class ids 0..255). Models with more classes are not supported by predict."
+            )
         probe = np.zeros((self.static_batch or 1, 3, *(self.input_size or (64, 64))), np.float32)
         outputs = self.runtime.infer({self.input_name: probe})  # one warm-up run also tells the output's layout
         name = self.contract.output_name if self.contract.output_name in outputs else next(iter(outputs))
@@ -208,7 +213,12 @@ class Segmenter:
         prov = {"model": self.contract.model, **self.contract.extra}
         if a.run_dir is not None:
             sha = next(
-                (e.get("sha256") for e in m.get("artifacts", []) if (a.run_dir / e.get("path", "")) == a.path), None
+                (
+                    e.get("sha256")
+                    for e in m.get("artifacts", [])
+                    if (a.run_dir / e.get("path", "")).resolve() == a.path.resolve()
+                ),
+                None,
             )
             prov |= {
                 "run": str(a.run_dir),

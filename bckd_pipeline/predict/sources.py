@@ -5,8 +5,9 @@ Each item has an output stem: its path relative to the folder without the suffix
 only by suffix (``a.jpg``, ``a.png``), both keep their suffix (``a.jpg``, ``a.png``). Video frames are
 ``<video stem>/frame_000000``. Decoding happens batch by batch, never all at once.
 
-Video needs a decoder that is not a dependency of this package: PyAV (``pip install av``) or OpenCV
-(``pip install opencv-python-headless``), whichever is installed.
+Video needs a decoder that is not a dependency of this package: PyAV (``pip install av``, the
+``[video]`` extra) or OpenCV (``pip install opencv-python-headless``), whichever is installed. Tested
+with PyAV 18.1; the OpenCV path (``cv2.VideoCapture``) was not run here (OpenCV is not installed).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 VIDEO_HINT = (
     "Reading video needs PyAV or OpenCV, and neither is installed: pip install av (or pip install "
-    "opencv-python-headless). Or extract the frames first (ffmpeg -i VIDEO frames/%06d.png) and predict the folder."
+    '"bckd-pipeline[video]", or pip install opencv-python-headless). Or extract the frames first '
+    "(ffmpeg -i VIDEO frames/%06d.png) and predict the folder."
 )
 
 
