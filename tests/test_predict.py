@@ -119,6 +119,22 @@ def test_segmenter_runs_each_artifact_at_the_image_size(built, kind, backend, pr
     assert len(np.unique(labels)) > 1  # a real label map, not one class everywhere
 
 
+def test_nncf_int8_ir_keeps_the_contract(built):
+    """NNCF's INT8 IR keeps the rt_info OpenVINO took from the ONNX's metadata_props: nothing to restate."""
+    from bckd_pipeline.calibrate.openvino import quantize_ir
+
+    xml, _ = quantize_ir(
+        built.ir,
+        built.folder / "openvino-int8/model.xml",
+        demo_feeds("train", 8, IN_HW),
+        CalibrationSpec(size=8),
+        target_device="CPU",
+    )
+    with Segmenter.load(xml) as seg:
+        assert (seg.info.precision, seg.info.contract_source, seg.classes) == ("int8", "openvino rt_info", CLASSES)
+        assert (seg(built.image) == reference(built, built.image)).mean() >= 0.9
+
+
 def test_onnx_runs_on_another_backend_with_target(built):
     with Segmenter.load(built.fp32, target="openvino-cpu") as seg:
         assert (seg.info.backend, seg.info.device) == ("openvino", "CPU")
