@@ -141,13 +141,45 @@ def parse_in_fresh_python(*argv: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-COMMANDS = ["models", "train-teacher", "distill", "eval", "run", "deploy", "targets", "doctor", "bench", "gate"]
+COMMANDS = [
+    "models",
+    "train-teacher",
+    "distill",
+    "eval",
+    "run",
+    "deploy",
+    "targets",
+    "doctor",
+    "bench",
+    "predict",
+    "gate",
+]
 
 
 @pytest.mark.parametrize("argv", [["--help"], *([c, "--help"] for c in COMMANDS)], ids=lambda a: " ".join(a))
 def test_help_imports_no_heavy_library(argv):
     got = parse_in_fresh_python(*argv)
     assert got == {"code": 0, "heavy": []}
+
+
+def test_version_imports_no_heavy_library():
+    got = parse_in_fresh_python("--version")
+    assert got == {"code": 0, "heavy": []}
+
+
+def test_the_package_imports_segmenter_lazily():
+    """`import bckd_pipeline` (the CLI does) stays light; `from bckd_pipeline import Segmenter` loads predict/,
+    which itself imports no onnx, onnxruntime, openvino or torch until a model of theirs is loaded."""
+    probe = (
+        "import json, sys; import bckd_pipeline; light = 'bckd_pipeline.predict' not in sys.modules; "
+        "from bckd_pipeline import Segmenter; "
+        f"print(json.dumps({{'light': light, 'heavy': sorted(m for m in {HEAVY!r} if m in sys.modules), "
+        "'name': Segmenter.__name__}))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, cwd=PACKAGE.parent
+    )
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"light": True, "heavy": [], "name": "Segmenter"}
 
 
 def test_every_command_is_probed():

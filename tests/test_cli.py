@@ -209,6 +209,13 @@ def test_run_whole_pipeline(tmp_path, capsys):
     for ckpt in ("teacher/teacher.pt", "student/student.pt", "distilled/student.pt"):
         assert (out / ckpt).is_file()
     assert _metrics(out / "student")["kd"] == "none"
+    # the last line is the command that runs the deployed model; Segmenter loads the run folder as it names
+    assert f"run the deployed model: bckd-pipeline predict IMAGES --model {out} --out {out / 'predict'}" in err
+    from bckd_pipeline import Segmenter
+
+    with Segmenter.load(out) as seg:
+        assert seg.info.provenance["target"] == "onnxruntime-cpu-fp32" and seg.info.precision == "fp32"
+        assert seg.classes == DEMO_CLASSES and seg(np.zeros((40, 50, 3), np.uint8)).shape == (40, 50)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 parser.py is every command and flag; each command group runs from its own module, imported only when
 that command runs: train.py (models, train-teacher, distill, eval, run), deploy.py (deploy),
-gate.py (gate), tools.py (targets, doctor, bench). The console entry point is ``bckd_pipeline.cli:main``.
+gate.py (gate), tools.py (targets, doctor, bench), predict.py (predict). The console entry point is
+``bckd_pipeline.cli:main``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ def dispatch(args) -> int:
         from .tools import bench
 
         return bench(args, _console())
+    if args.command == "predict":
+        from .predict import predict
+
+        return predict(args, _console())
     if args.command == "gate":
         from .gate import gate_report
 

@@ -13,7 +13,8 @@ def deploy(args, preset, data, console) -> int:
     if args.dry_run:
         print(the_plan.describe(Path(args.out)))
         return 0
-    code = finish(deploy_checkpoint(args.model, data, dcfg, args.out, force=args.force), args.out, console)
+    result = deploy_checkpoint(args.model, data, dcfg, args.out, force=args.force)
+    code = finish(result, args.out, console, data=data)
     return gated(args, code)
 
 
@@ -59,12 +60,17 @@ def deploy_config(args, preset):
     )
 
 
-def finish(result, out: Path, console) -> int:
-    """Print the ledger and where the reports are; the exit code is the report's."""
+def finish(result, out: Path, console, *, data=None) -> int:
+    """Print the ledger, where the reports are, and the command that runs the deployed model; the exit code is
+    the report's."""
     from ..report.markdown import markdown
+    from .predict import predict_hint
 
     print(markdown(result.report), end="")
     console.print(f"{result.report['status']} -> {Path(out) / 'report.json'}, {Path(out) / 'manifest.json'}")
+    if result.report["status"] != "parity_failed":  # a deployed artifact that failed its check is not offered
+        hint = predict_hint(out, data.spec if data else None, data.eval_split if data else "val")
+        console.print(f"run the deployed model: {hint}", highlight=False, soft_wrap=True)
     return result.exit_code
 
 

@@ -98,6 +98,44 @@ def _distill_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mfs-images", type=int, help="eval images used for MFS, 0 skips it (default: preset)")
 
 
+def _floats3(text: str) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"expected three numbers R,G,B (e.g. 0.485,0.456,0.406), got {text!r}")
+    return values
+
+
+def _names(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(","))
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"expected comma-separated class names (e.g. road,car,sky), got {text!r}")
+    return names
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: the installed distribution's version, read only when asked (importlib.metadata)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.exit(message=f"{parser.prog} {package_version()}\n")
+
+
+def package_version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("bckd-pipeline")
+    except metadata.PackageNotFoundError:  # a source checkout that was never installed
+        from .. import __version__
+
+        return __version__
+
+
 class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Append "(default: X)", except for None: those flags say in words what they default to."""
 
@@ -112,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Distill a compact segmentation student with BCKD and carry it to edge targets.",
         formatter_class=fmt,
     )
+    parser.add_argument("--version", action=_VersionAction, help="print the installed version and exit")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("models", help="list the model presets", formatter_class=fmt)
 
@@ -174,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", default="latency", help="latency | throughput")
     p.add_argument("--json", type=Path, help="also write the LatencyReport here")
 
+    _predict_parser(sub, fmt)
+
     p = sub.add_parser(
         "gate",
         help="CI gate: check a run's report against latency and mIoU budgets (docs/ci.md)",
@@ -185,6 +226,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("report", type=Path, help="OUT/report.json of `run` or `deploy` (or the OUT folder)")
     _gate_flags(p, required=True)
     return parser
+
+
+def _predict_parser(sub, fmt) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="run a deployed model (a run folder or any artifact) on your images, a folder or a video",
+        formatter_class=fmt,
+        epilog="Writes OUT/labels/<name>.png (class ids as pixel values, palette colours), OUT/overlays/<name>.jpg "
+        "with --save-overlay, and OUT/predictions.json. Exit codes: 0 done; 2 bad input (source, model, flags).",
+    )
+    p.add_argument("source", type=Path, help="an image, a folder of images (recursive), or a video file")
+    p.add_argument(
+        "--model",
+        type=Path,
+        required=True,
+        help="a run folder (its manifest's deployed artifact), an .onnx, an OpenVINO model.xml, a TensorRT "
+        ".plan/.engine, or a student checkpoint (.pt)",
+    )
+    p.add_argument("--target", help="run on this target's backend and device (default: the run's, or the file's)")
+    p.add_argument("--out", type=Path, default=Path("runs/predict"), help="output folder")
+    p.add_argument("--batch", type=int, help="images per inference call (default: the model's batch, else 1)")
+    p.add_argument("--letterbox", action="store_true", help="keep the aspect ratio: scale to fit and pad")
+    p.add_argument("--save-overlay", action="store_true", help="also write each image with its classes blended in")
+    p.add_argument("--input-size", type=_pair, help="H,W for a model with dynamic height and width")
+    p.add_argument("--threads", type=int, help="intra-op threads (default: the runtime's)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group("models exported elsewhere (what their metadata lacks; never overrides it)")
+    g.add_argument("--mean", type=_floats3, help="normalisation mean R,G,B on the 0..1 scale")
+    g.add_argument("--std", type=_floats3, help="normalisation std R,G,B on the 0..1 scale")
+    g.add_argument("--classes", type=_names, help="class names, comma-separated, one per output channel")
 
 
 def _gate_flags(p: argparse.ArgumentParser, *, required: bool) -> None:

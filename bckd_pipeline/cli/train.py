@@ -147,7 +147,7 @@ def _train_commands(args, preset, data, train_cfg, env, console) -> int:
         f"teacher {'' if t is None else f'{t:.2f}'} | student alone {s['student']['miou']:.2f} | "
         f"distilled ({s['kd']}) {s['distilled']['miou']:.2f} mIoU"
     )
-    return gated(args, finish(result, args.out, console))
+    return gated(args, finish(result, args.out, console, data=cfg.data))
 
 
 def data_config(args, preset):

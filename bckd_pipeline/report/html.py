@@ -18,6 +18,7 @@ from PIL import Image
 from scipy import ndimage
 
 from ..fileio import write_text
+from ..palette import palette
 from .evidence import MASK_COLUMNS, load_qualitative
 from .markdown import fmt_value
 
@@ -41,20 +42,6 @@ display:flex;align-items:center;justify-content:center;font-size:11px;color:#4a5
 .legend span{display:inline-block;margin-right:12px;font-size:12px} .sw{display:inline-block;width:12px;height:12px;
 vertical-align:middle;margin-right:4px;border:1px solid #888} svg text{font-family:inherit}
 """
-
-
-def palette(n: int) -> np.ndarray:
-    """The PASCAL VOC colour map (bit-interleaved, distinct neighbours), n x 3 uint8; class 0 is not black here."""
-    colors = np.zeros((n, 3), np.uint8)
-    for i in range(n):
-        c, r, g, b = i + 1, 0, 0, 0  # +1: VOC's index 0 is black, which this page keeps for ignore pixels
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        colors[i] = (r, g, b)
-    return colors
 
 
 def _png_uri(rgb: np.ndarray) -> str:

@@ -1,0 +1,105 @@
+"""``predict``: the Segmenter (bckd_pipeline/predict) over an image, a folder or a video, with a progress bar
+and the files of predict/outputs.py; the last line names the output folder."""
+
+from __future__ import annotations
+
+import shlex
+import time
+from pathlib import Path
+
+from .parser import DATA_KIND_NAMES
+
+# Where a dataset kind keeps the images of a split, relative to its root (data/layouts.py), for the
+# command that run/deploy print last; a layout not listed here gets the IMAGES placeholder.
+SPLIT_IMAGE_FOLDERS = ("{split}", "images/{split}", "leftImg8bit/{split}", "img_dir/{split}", "images/{split}2017")
+
+
+def predict(args, console) -> int:
+    from ..predict.outputs import PREDICTIONS_FILE, PredictionsWriter, prepare_out
+    from ..predict.segmenter import Segmenter
+    from ..predict.sources import open_source
+
+    source = open_source(args.source, exclude=Path(args.out))  # a bad source fails before the model loads
+    seg = Segmenter.load(
+        args.model,
+        target=args.target,
+        letterbox=args.letterbox,
+        batch=args.batch,
+        input_size=args.input_size,
+        mean=args.mean,
+        std=args.std,
+        classes=args.classes,
+        threads=args.threads,
+    )
+    with seg:
+        out = prepare_out(args.out)
+        writer = PredictionsWriter(out, seg, source, overlay=args.save_overlay)
+        bar = _Progress(source.count, enabled=not args.no_progress, console=console)
+        start = time.perf_counter()
+        try:
+            for batch in source.batches(seg.batch):
+                for (item, rgb), found in zip(batch, seg.predict([rgb for _, rgb in batch]), strict=True):
+                    writer.add(item, rgb, found)
+                bar.advance(len(batch), time.perf_counter() - start)
+        finally:
+            bar.close()
+        path, summary = writer.finish(time.perf_counter() - start)
+        info = seg.info
+    size = "own size" if info.input_size is None else f"{info.input_size[0]}x{info.input_size[1]}"
+    written = "labels/" + (", overlays/" if args.save_overlay else "") + f", {PREDICTIONS_FILE}"
+    n = summary["images"]
+    console.print(
+        f"predicted {n} image{'s' * (n != 1)} with {Path(info.path).name} ({info.backend} {info.precision}, "
+        f"input {size}{', letterboxed' if info.letterbox else ''}, batch {info.batch}) in {summary['wall_s']:.2f} s: "
+        f"{summary['images_per_s']} images/s, infer {summary['infer_ms_mean']:.2f} ms/image -> {out}/ ({written})",
+        highlight=False,
+    )
+    return 0
+
+
+class _Progress:
+    """A rich progress bar with images/s (as the trainer's); silent when disabled."""
+
+    def __init__(self, total: int | None, *, enabled: bool, console) -> None:
+        self.enabled, self.done = enabled, 0
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.progress = Progress(
+                TextColumn("[bold]predict"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("{task.fields[rate]}"),
+                console=console,
+                transient=False,
+            )
+            self.progress.start()
+            self.task = self.progress.add_task("predict", total=total, rate="")
+
+    def advance(self, n: int, elapsed_s: float) -> None:
+        self.done += n
+        if self.enabled:
+            rate = f"{self.done / elapsed_s:.1f} images/s" if elapsed_s > 0 else ""
+            self.progress.update(self.task, advance=n, rate=rate)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.progress.stop()
+
+
+def predict_hint(out: Path, data_spec: str | None = None, split: str = "val") -> str:
+    """The `bckd-pipeline predict` command for a finished run, on its evaluation images when they are on disk."""
+    images = "IMAGES"
+    kind, _, root = (data_spec or "").partition(":")
+    if kind in DATA_KIND_NAMES and root:
+        for pattern in SPLIT_IMAGE_FOLDERS:
+            folder = Path(root) / pattern.format(split=split)
+            if folder.is_dir():
+                images = str(folder)
+                break
+    command = (
+        f"bckd-pipeline predict {shlex.quote(images)} --model {shlex.quote(str(out))} "
+        f"--out {shlex.quote(str(Path(out) / 'predict'))} --save-overlay"
+    )
+    return command + ("  (IMAGES: an image, a folder of images, or a video)" if images == "IMAGES" else "")

@@ -1,0 +1,352 @@
+"""What to run and how to feed it, read from the artifact itself (Ultralytics' AutoBackend idea, one small
+function per step): ``locate`` turns a run folder or a file into one artifact and its backend,
+``read_contract`` reads the preprocessing and class names the artifact carries, ``make_runtime``
+builds the Runtime (deploy/backends) that runs it.
+
+Where the contract comes from, per kind of file:
+
+- ONNX (FP32 or INT8 Q/DQ): its ``metadata_props`` (``bckd.preprocessing``, ``bckd.class_names``, ...,
+  written by export/onnx_export.py::onnx_metadata and kept by simplification and quantization);
+- OpenVINO IR: ``rt_info["framework"]``, where OpenVINO keeps the ONNX's metadata_props when it
+  converts the ONNX (calibrate/openvino.py; NNCF keeps them in the INT8 IR);
+- TensorRT plan: the ``onnx_metadata`` of the run's manifest.json (a plan holds no metadata);
+- student checkpoint (.pt): its ``CheckpointMeta``.
+
+The run's manifest.json (a run folder, or found above a file the manifest lists) adds the provenance:
+target, artifact hash, checkpoint, git commit, report status.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from ..errors import BackendMissingError, ConfigError
+
+# The file kinds predict runs, and the backends that can run each (the first is the default).
+KINDS = {
+    ".onnx": ("onnx", ("onnxruntime", "openvino")),
+    ".xml": ("openvino-ir", ("openvino",)),
+    ".plan": ("tensorrt-plan", ("tensorrt",)),
+    ".engine": ("tensorrt-plan", ("tensorrt",)),
+    ".pt": ("checkpoint", ("torch",)),
+}
+DEFAULT_DEVICE = {"onnxruntime": "cpu", "openvino": "CPU", "tensorrt": "GPU", "torch": "cpu"}
+ARTIFACT_HELP = (
+    "Pass a run folder (with manifest.json), an .onnx, an OpenVINO model.xml, a TensorRT .plan/.engine, or a "
+    "student checkpoint (.pt)."
+)
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One file to run, the backend and device that run it, and the manifest of the run it comes from."""
+
+    path: Path
+    kind: str  # onnx | openvino-ir | tensorrt-plan | checkpoint
+    backend: str  # onnxruntime | openvino | tensorrt | torch
+    device: str = "cpu"
+    target: str | None = None
+    manifest: dict | None = None
+    run_dir: Path | None = None
+
+
+@dataclass(frozen=True)
+class Contract:
+    """How to feed the model and read its output; ``None``: the artifact does not say."""
+
+    mean: tuple[float, float, float] | None
+    std: tuple[float, float, float] | None
+    normalization_in_graph: bool
+    class_names: tuple[str, ...] | None
+    resize_to: tuple[int, int] | None
+    output_name: str | None
+    model: str | None
+    source: str  # where it was read: "onnx metadata_props", "openvino rt_info", ...
+    extra: dict = field(default_factory=dict)
+
+    def with_overrides(self, mean=None, std=None, classes=None) -> Contract:
+        """The user's values where the artifact has none; they never replace what it carries."""
+        given = {"mean": mean, "std": std, "classes": classes}
+        carried = {"mean": self.mean, "std": self.std, "classes": self.class_names}
+        clash = [k for k, v in given.items() if v is not None and carried[k] is not None and tuple(v) != carried[k]]
+        if clash:
+            raise ConfigError(
+                f"{', '.join(clash)} given, but the artifact carries its own ({self.source}: "
+                + "; ".join(f"{k}={list(carried[k])}" for k in clash)
+                + "). The artifact's values are what it was trained and exported with; drop the override."
+            )
+        if (mean is None) != (std is None) and self.mean is None:
+            raise ConfigError("Give mean and std together (RGB statistics on the 0..1 scale, e.g. ImageNet's).")
+        return replace(
+            self,
+            mean=self.mean or (None if mean is None else tuple(float(v) for v in mean)),
+            std=self.std or (None if std is None else tuple(float(v) for v in std)),
+            class_names=self.class_names or (None if classes is None else tuple(str(c) for c in classes)),
+        )
+
+    def require(self, path: Path) -> None:
+        missing = []
+        if self.mean is None or self.std is None:
+            missing.append("mean/std (the normalisation: --mean R,G,B --std R,G,B, on the 0..1 scale)")
+        if self.class_names is None:
+            missing.append("class names (--classes NAME,NAME,...)")
+        if missing:
+            raise ConfigError(
+                f"{str(path)!r} does not carry {' or '.join(missing)} ({self.source} has no bckd.* entries: it was "
+                "not exported by bckd-pipeline). Give them as flags (Python: mean=, std=, classes= of "
+                "Segmenter.load), or run a model exported by `bckd-pipeline run`/`deploy`, which writes them "
+                "into the file."
+            )
+
+
+# -- locate ------------------------------------------------------------------------------------------
+def locate(model: Path | str, target: str | None = None) -> Artifact:
+    """A run folder or an artifact file -> the one file to run, with its backend, device and manifest."""
+    path = Path(model)
+    if not path.exists():
+        raise ConfigError(f"Model {str(path)!r} does not exist. {ARTIFACT_HELP}")
+    manifest, run_dir = None, None
+    if path.is_dir():
+        run_dir = path
+        manifest = _read_manifest(path / "manifest.json", folder=path)
+        path = _deployable(manifest, run_dir)
+    else:
+        run_dir, manifest = _enclosing_run(path)
+    suffix = path.suffix.lower()
+    if suffix not in KINDS:
+        raise ConfigError(
+            f"{str(path)!r} is not a model file predict runs (suffix {suffix or 'none'!r}). {ARTIFACT_HELP}"
+        )
+    kind, backends = KINDS[suffix]
+    backend, target_name = backends[0], None
+    device = DEFAULT_DEVICE[backend]
+    if manifest is not None and run_dir is not None and Path(model).is_dir():
+        target_name = manifest.get("target")
+        backend, device = _target_backend(target_name, backends, backend)
+    if target is not None:
+        from ..targets import get_target
+
+        profile = get_target(target)
+        if str(profile.backend) not in backends:
+            raise ConfigError(
+                f"--target {target} runs {profile.backend}, which cannot run {str(path)!r} (a {kind}; it runs on "
+                f"{', '.join(backends)}). Pick a target of that backend (`bckd-pipeline targets`), or pass an "
+                "artifact built for this target."
+            )
+        backend, device, target_name = str(profile.backend), profile.device, target
+    return Artifact(path, kind, backend, device, target_name, manifest, run_dir)
+
+
+def _target_backend(target_name: str | None, backends: tuple[str, ...], default: str) -> tuple[str, str]:
+    from ..targets import TARGETS
+
+    profile = TARGETS.get(target_name or "")
+    if profile is None or str(profile.backend) not in backends:
+        return default, DEFAULT_DEVICE[default]
+    return str(profile.backend), profile.device
+
+
+def _read_manifest(path: Path, *, folder: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(
+            f"{str(folder)!r} is a folder without manifest.json, so it is not a run folder of `bckd-pipeline run` "
+            f"or `deploy` (or that run did not finish). {ARTIFACT_HELP}"
+        )
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"Could not read {str(path)!r} ({type(exc).__name__}: {str(exc)[:160]}). Re-run the command that wrote "
+            "it, or pass the artifact file itself."
+        ) from None
+    if not isinstance(manifest, dict) or not str(manifest.get("format", "")).startswith("bckd-pipeline/manifest"):
+        raise ConfigError(f"{str(path)!r} is not a bckd-pipeline manifest. Pass the artifact file itself.")
+    return manifest
+
+
+def _deployable(manifest: dict, run_dir: Path) -> Path:
+    """The deployed artifact the manifest names (an IR's model.bin travels with its model.xml)."""
+    files = [f for f in manifest.get("deployable") or [] if not str(f).endswith(".bin")]
+    if not files:
+        raise ConfigError(
+            f"{str(run_dir / 'manifest.json')!r} names no deployable artifact. Pass the artifact file itself."
+        )
+    path = run_dir / files[0]
+    if path.suffix in (".plan", ".engine") and not path.is_file():
+        raise ConfigError(
+            f"The run in {str(run_dir)!r} deployed a TensorRT engine ({files[0]}) that is not on this host: "
+            "engines are built on the device. Run predict on the device, or pass the run's Q/DQ ONNX "
+            f"({run_dir / 'deploy/model.qdq.onnx'}) to run the same quantized model here on ONNX Runtime."
+        )
+    if not path.is_file():
+        raise ConfigError(
+            f"The run in {str(run_dir)!r} names {files[0]} as its deployed artifact, but the file is missing. "
+            "Re-run `bckd-pipeline run`/`deploy` into that folder (finished stages are cached)."
+        )
+    return path
+
+
+def _enclosing_run(path: Path) -> tuple[Path | None, dict | None]:
+    """The run folder above ``path`` whose manifest lists it, if any (for provenance and a plan's contract)."""
+    for parent in list(path.resolve().parents)[:4]:
+        candidate = parent / "manifest.json"
+        if not candidate.is_file():
+            continue
+        try:
+            manifest = json.loads(candidate.read_text())
+        except (OSError, ValueError):
+            return None, None
+        rel = str(path.resolve().relative_to(parent))
+        listed = {a.get("path") for a in manifest.get("artifacts", [])} | set(manifest.get("deployable") or [])
+        return (parent, manifest) if rel in listed else (None, None)
+    return None, None
+
+
+# -- the contract --------------------------------------------------------------------------------------
+def read_contract(artifact: Artifact) -> Contract:
+    if artifact.kind == "checkpoint":
+        return _checkpoint_contract(artifact.path)
+    if artifact.kind == "onnx":
+        from ..onnxfile import read_metadata
+
+        return contract_from_props(read_metadata(artifact.path), "onnx metadata_props")
+    if artifact.kind == "openvino-ir":
+        return contract_from_props(_ir_props(artifact.path), "openvino rt_info")
+    props = (artifact.manifest or {}).get("onnx_metadata") or {}
+    return contract_from_props(props, "the run's manifest.json (a TensorRT plan holds no metadata)")
+
+
+def contract_from_props(props: dict[str, str], source: str) -> Contract:
+    """The ``bckd.*`` entries of export/onnx_export.py::onnx_metadata -> a Contract."""
+
+    def load(key: str):
+        try:
+            return json.loads(props[key]) if key in props else None
+        except ValueError:
+            raise ConfigError(
+                f"{source} entry {key!r} is not JSON: {props[key][:80]!r}. Re-export the model."
+            ) from None
+
+    pre = load("bckd.preprocessing") or {}
+    out = load("bckd.output") or {}
+    names = load("bckd.class_names")
+    return Contract(
+        mean=None if pre.get("mean") is None else tuple(pre["mean"]),
+        std=None if pre.get("std") is None else tuple(pre["std"]),
+        normalization_in_graph=bool(pre.get("baked_into_graph", False)),
+        class_names=None if names is None else tuple(names),
+        resize_to=None if pre.get("resize_to") is None else tuple(pre["resize_to"]),
+        output_name=out.get("name"),
+        model=props.get("bckd.model"),
+        source=source,
+        extra={
+            name: props[key]
+            for key, name in (
+                ("bckd.version", "exported_by_version"),
+                ("bckd.checkpoint_sha256", "checkpoint_sha256"),
+                ("bckd.opset", "opset"),
+            )
+            if key in props
+        },
+    )
+
+
+def _ir_props(path: Path) -> dict[str, str]:
+    from ..deploy.backends.openvino import import_openvino
+
+    ov = import_openvino()
+    try:
+        model = ov.Core().read_model(str(path))
+    except RuntimeError as exc:
+        raise ConfigError(
+            f"OpenVINO could not read {str(path)!r}: {str(exc).strip().splitlines()[0][:300]}. The IR is truncated "
+            "or its model.bin is missing; rebuild it with `bckd-pipeline run`/`deploy`."
+        ) from None
+    if not model.has_rt_info(["framework"]):
+        return {}
+    framework = model.get_rt_info()["framework"]
+    return {key: framework[key].astype(str) for key in framework}
+
+
+def _checkpoint_contract(path: Path) -> Contract:
+    from ..distill.checkpoint import read_checkpoint
+
+    meta, _ = read_checkpoint(path)
+    return Contract(
+        mean=tuple(meta.mean),
+        std=tuple(meta.std),
+        normalization_in_graph=True,  # the export wrapper normalises, as in the exported graph
+        class_names=tuple(meta.class_names),
+        resize_to=None if meta.input_hw is None else tuple(meta.input_hw),
+        output_name="logits",
+        model=meta.model,
+        source="checkpoint meta",
+        extra={"dataset": meta.dataset, "role": meta.role},
+    )
+
+
+# -- the runtime ---------------------------------------------------------------------------------------
+def make_runtime(artifact: Artifact, *, threads: int | None = None):
+    """The Runtime of deploy/backends that runs ``artifact`` (not yet active)."""
+    name = artifact.path.name
+    precision = precision_of(artifact)
+    if artifact.backend == "onnxruntime":
+        from ..deploy.backends.onnxruntime import OrtRuntime
+
+        return OrtRuntime(artifact.path, threads=threads, precision=precision, name=name)
+    if artifact.backend == "openvino":
+        from ..deploy.backends.openvino import OpenVINORuntime
+
+        return OpenVINORuntime(artifact.path, device=artifact.device, precision=precision, threads=threads, name=name)
+    if artifact.backend == "tensorrt":
+        from ..targets.availability import TENSORRT_HINT, module_present
+
+        missing = [m for m in ("tensorrt", "pycuda") if not module_present(m)]
+        if missing:
+            raise BackendMissingError(
+                f"{str(artifact.path)!r} is a TensorRT engine, and this host lacks {' and '.join(missing)} "
+                f"({TENSORRT_HINT}). Engines run only with the GPU and TensorRT version that built them: run predict "
+                "on that device, or pass the run's Q/DQ ONNX (deploy/model.qdq.onnx) to run the same quantized "
+                "model here on ONNX Runtime."
+            )
+        from ..deploy.backends.tensorrt import TensorRTRuntime
+
+        return TensorRTRuntime(artifact.path, precision=precision, name=name)
+    return _torch_runtime(artifact, threads)
+
+
+def _torch_runtime(artifact: Artifact, threads: int | None):
+    from ..data.base import Normalization
+    from ..deploy.backends.torch import TorchRuntime
+    from ..distill.checkpoint import load_model
+    from ..export.wrapper import SegExportWrapper
+
+    model, meta = load_model(artifact.path)
+    wrapper = SegExportWrapper(model, normalize=Normalization(meta.mean, meta.std), head="logits")
+    # Any batch and size: the wrapper pads to the encoder's stride and crops back, as evaluation does.
+    return TorchRuntime(wrapper, (None, 3, None, None), threads=threads, name=artifact.path.name)
+
+
+def precision_of(artifact: Artifact) -> str:
+    """fp32 | fp16 | int8: the manifest's word for the file, else what the graph holds."""
+    for entry in (artifact.manifest or {}).get("artifacts", []):
+        if (
+            artifact.run_dir is not None
+            and (artifact.run_dir / entry.get("path", "")).resolve() == artifact.path.resolve()
+        ):
+            return entry["precision"]
+    if artifact.kind == "onnx":
+        from ..onnxfile import load_onnx
+
+        graph = load_onnx(artifact.path, load_weights=False).graph
+        if any(n.op_type in ("QuantizeLinear", "DequantizeLinear", "QLinearConv", "ConvInteger") for n in graph.node):
+            return "int8"
+        return "fp16" if any(t.data_type == 10 for t in graph.initializer) else "fp32"  # 10: TensorProto.FLOAT16
+    if artifact.kind == "openvino-ir":
+        text = artifact.path.read_text(errors="replace")
+        if 'type="FakeQuantize"' in text:
+            return "int8"
+        return "fp16" if 'element_type="f16"' in text else "fp32"
+    return "int8" if artifact.kind == "tensorrt-plan" else "fp32"
