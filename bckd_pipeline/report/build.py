@@ -95,7 +95,7 @@ def build_report(ctx, summary, built, parity, latency, export_check, simplify_ch
         rows.append(row)
     if ctx.device is not None and ctx.device.result is None:
         rows.append(_pending_engine_row(ctx, built[-1], out))
-    elif not ctx.plan.can_measure:
+    elif ctx.device is None and not ctx.plan.can_measure:  # TensorRT targets: the device stage decides
         deployed = built[-1]
         pending = _row(
             deployed,

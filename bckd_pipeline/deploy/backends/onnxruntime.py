@@ -61,7 +61,7 @@ class OrtRuntime(Runtime):
 
     def _infer(self, feed: Feed) -> dict[str, np.ndarray]:
         names = self._output_names
-        return dict(zip(names, self.session.run(names, dict(feed)), strict=True))
+        return dict(zip(names, self.session.run(names, dict(feed))))  # one output per name (ORT)
 
     def versions(self) -> dict[str, str]:
         return {"onnxruntime": self._ort_version}
