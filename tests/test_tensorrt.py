@@ -56,12 +56,13 @@ def test_parse_trt_version_refuses_text_without_a_version():
         ((10, 0, 1), False),
         ((10, 3, 0), False),
         ((10, 11, 9), False),
-        ((10, 12, 0), True),
-        ((10, 13, 2), True),
+        ((10, 12, 0), False),
+        ((10, 13, 2), False),
         ((11, 0, 0), True),
     ],
 )
-def test_strongly_typed_from_10_12(version, strong):
+def test_strongly_typed_only_from_11(version, strong):
+    """10.12 deprecated weak typing but kept the flags: 10.x stays weakly typed, so fp16 stays fp16."""
     assert is_strongly_typed_default(version) is strong
 
 
@@ -85,16 +86,25 @@ def test_settings_weak_int8_without_fp16_fallback():
     assert builder_settings(EngineRecipe("int8", fp16_fallback=False), (10, 3, 0))["builder_flags"] == ["INT8"]
 
 
-@pytest.mark.parametrize(
-    ("version", "net"),
-    [((10, 12, 0), ["STRONGLY_TYPED"]), ((10, 13, 2), ["STRONGLY_TYPED"]), ((11, 0, 0), []), ((11, 4, 1), [])],
-)
-def test_settings_strongly_typed_no_precision_flags(version, net):
+@pytest.mark.parametrize("version", [(10, 12, 0), (10, 13, 2)])
+def test_settings_10_12_and_later_10_x_stay_weakly_typed_with_precision_flags(version):
+    """The same ONNX builds the same engine on an x86 host with 10.12+ as on a Jetson with 10.3."""
+    s = builder_settings(EngineRecipe("int8"), version)
+    assert s["network_flags"] == [] and s["builder_flags"] == ["INT8", "FP16"] and s["typing"] == "weak"
+    assert s["fp16_fallback_applied"] is True
+    assert builder_settings(EngineRecipe("fp16"), version)["builder_flags"] == ["FP16"]
+    assert builder_settings(EngineRecipe("int8"), version)["builder_flags"] == builder_settings(
+        EngineRecipe("int8"), (10, 3, 0)
+    )["builder_flags"]
+
+
+@pytest.mark.parametrize("version", [(11, 0, 0), (11, 4, 1)])
+def test_settings_tensorrt_11_strongly_typed_say_what_the_unquantized_layers_run_in(version):
     for precision in ("int8", "fp16", "fp32"):
         s = builder_settings(EngineRecipe(precision), version)
-        assert s["network_flags"] == net
-        assert s["builder_flags"] == []
-        assert s["typing"] == "strong"
+        assert s["network_flags"] == [] and s["builder_flags"] == [] and s["typing"] == "strong"
+    s = builder_settings(EngineRecipe("int8"), version)
+    assert s["fp16_fallback_applied"] is False and "FP32" in s["unquantized_layers"]
 
 
 def test_settings_dla_with_gpu_fallback():
@@ -121,9 +131,9 @@ def test_dla_refused_for_fp32_with_allowed_values():
         EngineRecipe("fp32", dla_core=0)
 
 
-def test_dla_refused_on_tensorrt_11():
-    with pytest.raises(ConfigError, match="DLA and JetPack are not supported in 11.x"):
-        builder_settings(EngineRecipe("int8", dla_core=0), (11, 0, 0))
+def test_dla_is_not_refused_on_tensorrt_11():
+    s = builder_settings(EngineRecipe("int8", dla_core=0), (11, 0, 0))
+    assert s["default_device_type"] == "DLA" and s["builder_flags"] == ["GPU_FALLBACK"]
 
 
 @pytest.mark.parametrize(
@@ -144,9 +154,9 @@ def test_bad_recipes_raise_config_error(kwargs, match):
         EngineRecipe(**kwargs)
 
 
-@pytest.mark.parametrize("version", [(8, 2, 1), (9, 3, 0)])
+@pytest.mark.parametrize("version", [(8, 2, 1), (8, 4, 1), (9, 3, 0)])
 def test_unsupported_versions_refused(version):
-    with pytest.raises(ConfigError, match="Supported: 8.4-8.6"):
+    with pytest.raises(ConfigError, match="Supported: 8.5-8.6.*JetPack 5.0.2 ships TensorRT 8.4"):
         builder_settings(EngineRecipe("int8"), version)
 
 
@@ -183,13 +193,14 @@ def test_trtexec_tensorrt_10_3_dla_cache_level():
     ]
 
 
-def test_trtexec_tensorrt_10_13_strongly_typed_dynamic_shapes():
+def test_trtexec_tensorrt_10_13_weakly_typed_dynamic_shapes():
     recipe = EngineRecipe("int8", input_shape=(1, 3, 64, 96))
     assert trtexec_command("m.onnx", "m.plan", recipe, (10, 13, 0)) == [
         "trtexec",
         "--onnx=m.onnx",
         "--saveEngine=m.plan",
-        "--stronglyTyped",
+        "--int8",
+        "--fp16",
         "--memPoolSize=workspace:1024",
         "--minShapes=image:1x3x64x96",
         "--optShapes=image:1x3x64x96",
@@ -242,21 +253,37 @@ def test_build_engine_without_tensorrt_names_the_install(monkeypatch, tmp_path):
         build_engine(tmp_path / "m.onnx", tmp_path / "m.plan", EngineRecipe("int8"))
 
 
+INT8_ENGINE_LAYERS = [
+    {"Name": "/conv/Conv", "LayerType": "CaskConvolution",
+     "Outputs": [{"Format/Datatype": "Thirty-two wide channel vectorized row major Int8 format"}]},
+    {"Name": "/Resize", "LayerType": "Resize", "Outputs": [{"Format/Datatype": "Row major linear FP32"}]},
+]  # fmt: skip
+
+
 def make_fake_trt(
     version: str,
     *,
-    weak_flags: bool = True,
+    weak_flags: bool | None = None,
     dla_cores: int = 0,
     input_shape=(1, 3, 8, 8),
     parse_errors=(),
     build_ok: bool = True,
+    cache_accepted: bool = True,
+    network_layers=None,
+    engine_layers=None,
 ):
     """A tiny stand-in for the tensorrt module that records every call our build makes.
 
-    It checks *our* calls (flags, order, files), not TensorRT's behaviour. ``weak_flags=False`` drops
-    BuilderFlag.INT8/FP16 as TensorRT 11 did, so touching them fails loudly.
+    It checks *our* calls (flags, order, files), not TensorRT's behaviour, and has only the API the
+    real module of that version has: TensorRT 11 lacks BuilderFlag.INT8/FP16 and
+    NetworkDefinitionCreationFlag.EXPLICIT_BATCH (11.x migration guide, "Removed Python APIs"), and the
+    builder config, like a pybind11 object, refuses attributes IBuilderConfig does not have.
+    ``network_layers``: (type name, output shape, can run on DLA[, output dtype]) per network layer, for
+    the DLA placement; ``engine_layers``: the engine inspector's JSON "Layers".
     """
     calls: list[tuple] = []
+    major = int(version.split(".")[0])
+    weak_flags = major < 11 if weak_flags is None else weak_flags
     trt = types.ModuleType("tensorrt")
     trt.__version__ = version
     trt.calls = calls
@@ -274,23 +301,60 @@ def make_fake_trt(
 
     ILogger.Severity = Severity
     trt.ILogger = ILogger
-    trt.NetworkDefinitionCreationFlag = enum.IntEnum(
-        "NetworkDefinitionCreationFlag", {"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1}
-    )
+    net_flags = {"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1} if major < 11 else {"STRONGLY_TYPED": 1}
+    trt.NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag", net_flags)
     names = (["INT8", "FP16"] if weak_flags else []) + ["GPU_FALLBACK"]
     trt.BuilderFlag = enum.Enum("BuilderFlag", names)
     trt.MemoryPoolType = enum.Enum("MemoryPoolType", ["WORKSPACE"])
     trt.DeviceType = enum.Enum("DeviceType", ["GPU", "DLA"])
+    trt.ProfilingVerbosity = enum.Enum("ProfilingVerbosity", ["LAYER_NAMES_ONLY", "NONE", "DETAILED"])
+    trt.LayerInformationFormat = enum.Enum("LayerInformationFormat", ["ONELINE", "JSON"])
+    trt.DataType = enum.Enum("DataType", ["FLOAT", "HALF", "INT8", "INT32"])
+    trt.LayerType = enum.Enum(
+        "LayerType", ["CONVOLUTION", "DECONVOLUTION", "MATRIX_MULTIPLY", "ACTIVATION", "RESIZE", "QUANTIZE"]
+    )
+
+    class TensorShape:
+        def __init__(self, shape, dtype="FLOAT"):
+            self.shape, self.dtype = tuple(shape), trt.DataType[dtype]
 
     class Tensor:
         name = "image"
         shape = input_shape
 
+    class ILayer:
+        num_outputs = 1
+
+        def __init__(self, kind, out_shape, dla_ok, dtype="FLOAT"):
+            self.type, self._out, self.dla_ok = trt.LayerType[kind], TensorShape(out_shape, dtype), dla_ok
+            self._in = TensorShape(input_shape)
+
+        def get_output(self, i):
+            return self._out
+
+        def get_input(self, i):
+            return self._in
+
+    class IConvolutionLayer(ILayer):  # reached with `layer.__class__ = trt.IConvolutionLayer`, as in Polygraphy
+        kernel_size_nd = (3, 3)
+        num_output_maps = 8
+        num_groups = 1
+
+    class IDeconvolutionLayer(IConvolutionLayer):
+        pass
+
+    trt.IConvolutionLayer, trt.IDeconvolutionLayer = IConvolutionLayer, IDeconvolutionLayer
+    layers = [ILayer(*spec) for spec in (network_layers or [])]
+
     class Network:
         num_inputs = 1
+        num_layers = len(layers)
 
         def get_input(self, i):
             return Tensor()
+
+        def get_layer(self, i):
+            return layers[i]
 
     class ParserError:
         def __init__(self, node, name, desc):
@@ -327,7 +391,12 @@ def make_fake_trt(
             return self.blob + b"+new"
 
     class Config:
+        # IBuilderConfig's properties that our build sets; anything else is an AttributeError, as on the real one.
+        PROPERTIES = ("default_device_type", "DLA_core", "builder_optimization_level", "profiling_verbosity")
+
         def __setattr__(self, name, value):
+            if name not in self.PROPERTIES:
+                raise AttributeError(f"'tensorrt.IBuilderConfig' object has no attribute '{name}'")
             calls.append(("config." + name, value))
             object.__setattr__(self, name, value)
 
@@ -343,11 +412,16 @@ def make_fake_trt(
 
         def set_timing_cache(self, cache, ignore_mismatch):
             calls.append(("set_timing_cache", ignore_mismatch))
-            object.__setattr__(self, "_cache", cache)
-            return True
+            ok = cache_accepted or not cache.blob
+            if ok:
+                object.__setattr__(self, "_cache", cache)
+            return ok  # IBuilderConfig.set_timing_cache: False for a cache of another GPU / TensorRT
 
         def get_timing_cache(self):
             return self._cache
+
+        def can_run_on_DLA(self, layer):
+            return layer.dla_ok
 
         def add_optimization_profile(self, profile):
             calls.append(("add_optimization_profile", profile.shapes))
@@ -377,8 +451,24 @@ def make_fake_trt(
             calls.append(("build_serialized_network",))
             return b"PLAN-BYTES" if build_ok else None
 
-    trt.Builder = Builder
-    trt.OnnxParser = OnnxParser
+    class Inspector:
+        def get_engine_information(self, fmt):
+            assert fmt == trt.LayerInformationFormat.JSON
+            return json.dumps({"Layers": INT8_ENGINE_LAYERS if engine_layers is None else engine_layers})
+
+    class Engine:
+        def create_engine_inspector(self):
+            return Inspector()
+
+    class Runtime:
+        def __init__(self, logger):
+            pass
+
+        def deserialize_cuda_engine(self, data):
+            calls.append(("deserialize_cuda_engine", bytes(data)))
+            return Engine()
+
+    trt.Builder, trt.OnnxParser, trt.Runtime = Builder, OnnxParser, Runtime
     return trt
 
 
