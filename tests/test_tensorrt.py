@@ -495,16 +495,58 @@ def test_build_10_3_sets_int8_fp16_and_no_strongly_typed(monkeypatch, tmp_path):
     assert "a builder warning" in log and "verbose noise" not in log
 
 
-def test_build_10_13_strongly_typed_without_int8_flag(monkeypatch, tmp_path):
+def test_build_10_13_stays_weakly_typed_with_int8_and_fp16_flags(monkeypatch, tmp_path):
     trt = make_fake_trt("10.13.0")
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
-    build_engine(fake_onnx(tmp_path), tmp_path / "m.plan", EngineRecipe("int8"))
-    assert ("create_network", 1 << 1) in trt.calls  # STRONGLY_TYPED == 1 in the fake enum
-    assert not [c for c in trt.calls if c[0] == "set_flag"]
+    info = build_engine(fake_onnx(tmp_path), tmp_path / "m.plan", EngineRecipe("int8"))
+    assert ("create_network", 0) in trt.calls
+    assert [c[1] for c in trt.calls if c[0] == "set_flag"] == ["INT8", "FP16"]
+    assert info["typing"] == "weak" and info["layer_precisions"] == {"int8": 1, "fp32": 1}
+    # per-layer information for the report: the inspector's JSON, next to the plan
+    assert ("config.profiling_verbosity", trt.ProfilingVerbosity.DETAILED) in trt.calls
+    assert json.loads((tmp_path / info["layers_file"]).read_text())[0]["Name"] == "/conv/Conv"
+
+
+def test_build_11_fp16_without_fp16_tensors_is_refused_not_mislabelled(monkeypatch, tmp_path):
+    trt = make_fake_trt("11.1.0", network_layers=[("CONVOLUTION", (1, 8, 8, 8), True, "FLOAT")])
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    with pytest.raises(ConfigError, match="FP32 labelled fp16"):
+        build_engine(fake_onnx(tmp_path), tmp_path / "m.plan", EngineRecipe("fp16"))
+    assert not (tmp_path / "m.plan").exists()
+    trt = make_fake_trt("11.1.0", network_layers=[("CONVOLUTION", (1, 8, 8, 8), True, "HALF")])
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    info = build_engine(fake_onnx(tmp_path), tmp_path / "m.plan", EngineRecipe("fp16"))
+    assert info["typing"] == "strong" and info["precision"] == "fp16"
+
+
+def test_build_int8_that_ran_no_int8_layer_is_refused(monkeypatch, tmp_path):
+    fp32_only = [{"Name": "/conv/Conv", "Outputs": [{"Format/Datatype": "Row major linear FP32"}]}]
+    monkeypatch.setitem(sys.modules, "tensorrt", make_fake_trt("10.3.0", engine_layers=fp32_only))
+    with pytest.raises(StageCheckError, match="no INT8 layer"):
+        build_engine(fake_onnx(tmp_path), tmp_path / "m.plan", EngineRecipe("int8"))
+    assert not (tmp_path / "m.plan").exists()
+
+
+def test_fakes_reject_what_the_real_modules_lack():
+    """The old recipe set STRONGLY_TYPED/--stronglyTyped from 10.12 and touched weak flags; TensorRT 11 has none of
+    them, and IBuilderConfig has no free attributes. The fakes must fail the same way."""
+    trt11 = make_fake_trt("11.1.0")
+    for missing in ("INT8", "FP16"):
+        with pytest.raises(AttributeError):
+            getattr(trt11.BuilderFlag, missing)
+    with pytest.raises(AttributeError):
+        trt11.NetworkDefinitionCreationFlag.EXPLICIT_BATCH  # noqa: B018
+    with pytest.raises(AttributeError, match="IBuilderConfig"):
+        trt11.Builder(_Quiet()).create_builder_config().int8_calibrator = object()
+
+
+class _Quiet:
+    def log(self, severity, msg):
+        pass
 
 
 def test_build_11_touches_no_removed_flag(monkeypatch, tmp_path):
-    trt = make_fake_trt("11.1.0", weak_flags=False)
+    trt = make_fake_trt("11.1.0")
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
     build_engine(fake_onnx(tmp_path), tmp_path / "m.plan", EngineRecipe("int8"))
     assert ("create_network", 0) in trt.calls and (tmp_path / "m.plan").is_file()
@@ -518,13 +560,46 @@ def test_build_8_6_sets_explicit_batch(monkeypatch, tmp_path):
     assert [c[1] for c in trt.calls if c[0] == "set_flag"] == ["FP16"]
 
 
-def test_build_dla_sets_device_type_core_and_gpu_fallback(monkeypatch, tmp_path):
-    trt = make_fake_trt("10.3.0", dla_cores=2)
+DLA_ENGINE = [
+    {"Name": "{ForeignNode[/stem/Conv.../block/Conv]}", "LayerType": "DLA",
+     "Outputs": [{"Format/Datatype": "Channel major Int8 format"}]},
+    {"Name": "/Resize", "LayerType": "Resize", "Outputs": [{"Format/Datatype": "Row major linear FP32"}]},
+]  # fmt: skip
+CONVS_ON_DLA = [
+    ("CONVOLUTION", (1, 8, 8, 8), True), ("CONVOLUTION", (1, 8, 8, 8), True), ("RESIZE", (1, 8, 16, 16), False)
+]  # fmt: skip
+
+
+def test_build_dla_sets_device_type_core_gpu_fallback_and_records_where_layers_run(monkeypatch, tmp_path):
+    trt = make_fake_trt("10.3.0", dla_cores=2, network_layers=CONVS_ON_DLA, engine_layers=DLA_ENGINE)
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
-    build_engine(fake_onnx(tmp_path), tmp_path / "m.plan", EngineRecipe("int8", dla_core=1))
+    info = build_engine(fake_onnx(tmp_path), tmp_path / "m.plan", EngineRecipe("int8", dla_core=1))
     assert ("config.default_device_type", trt.DeviceType.DLA) in trt.calls
     assert ("config.DLA_core", 1) in trt.calls
     assert "GPU_FALLBACK" in [c[1] for c in trt.calls if c[0] == "set_flag"]
+    dla = info["dla"]
+    assert dla["layers"] == 3 and dla["layers_on_dla"] == 2 and dla["layer_share"] == pytest.approx(2 / 3)
+    assert dla["flop_share"] > 0.9 and "warning" not in dla  # the convolutions are nearly all the FLOPs
+    assert dla["engine"] == {"source": "engine inspector JSON", "layers": 2, "dla_layers": 1}
+
+
+def test_build_dla_with_most_flops_on_the_gpu_warns(monkeypatch, tmp_path):
+    layers = [("CONVOLUTION", (1, 8, 8, 8), False), ("RESIZE", (1, 8, 16, 16), True)]
+    trt = make_fake_trt("10.3.0", dla_cores=2, network_layers=layers, engine_layers=DLA_ENGINE)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    recipe = EngineRecipe("int8", dla_core=0)
+    info = build_engine(fake_onnx(tmp_path), tmp_path / "m.plan", recipe, log_path=tmp_path / "b.log")
+    assert info["dla"]["flop_share"] < 0.5 and "falls back to the GPU" in info["dla"]["warning"]
+    assert "falls back to the GPU" in (tmp_path / "b.log").read_text()
+
+
+def test_build_dla_with_no_layer_on_the_dla_is_refused(monkeypatch, tmp_path):
+    gpu_only = [{"Name": "/conv/Conv", "LayerType": "CaskConvolution", "Outputs": [{"Format/Datatype": "Int8"}]}]
+    trt = make_fake_trt("10.3.0", dla_cores=2, network_layers=CONVS_ON_DLA, engine_layers=gpu_only)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    with pytest.raises(StageCheckError, match="no layer runs there"):
+        build_engine(fake_onnx(tmp_path), tmp_path / "m.plan", EngineRecipe("int8", dla_core=0))
+    assert not (tmp_path / "m.plan").exists()
 
 
 def test_build_dla_core_missing_names_the_count(monkeypatch, tmp_path):
@@ -546,6 +621,18 @@ def test_build_loads_and_saves_the_timing_cache(monkeypatch, tmp_path):
     build_engine(fake_onnx(tmp_path), tmp_path / "m.plan", recipe)
     assert ("create_timing_cache", b"+new") in trt.calls  # the saved cache is loaded on the next build
     assert cache.read_bytes() == b"+new+new"
+
+
+def test_timing_cache_of_another_gpu_is_reported_and_left_alone(monkeypatch, tmp_path):
+    cache = tmp_path / "timing.bin"
+    cache.write_bytes(b"from another GPU")
+    trt = make_fake_trt("10.3.0", cache_accepted=False)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    recipe = EngineRecipe("int8", timing_cache=str(cache))
+    info = build_engine(fake_onnx(tmp_path), tmp_path / "m.plan", recipe, log_path=tmp_path / "b.log")
+    assert info["timing_cache_status"] == "rejected"
+    assert cache.read_bytes() == b"from another GPU"  # not silently overwritten
+    assert "made by another GPU or TensorRT version" in (tmp_path / "b.log").read_text()
 
 
 def test_build_profile_for_dynamic_input_and_error_without_shape(monkeypatch, tmp_path):
@@ -608,12 +695,14 @@ class CallLog(list):
     state: dict
 
 
-def make_fake_cuda_and_trt(monkeypatch, *, plan_ok=True, stream_capture=True, input_shape=(1, 3, 4, 4)):
+def make_fake_cuda_and_trt(monkeypatch, *, plan_ok=True, input_shape=(1, 3, 4, 4), trt_version="10.3.0"):
     """Small stand-ins for pycuda.driver and tensorrt's runtime side, recording what TensorRTRuntime calls.
 
     "Device memory" is a dict of numpy arrays keyed by address; the fake engine computes logits = 2 * image + 1
     from whatever is at the bound input address when it runs, so a wrong copy, binding or replay shows in the
-    numbers. Stream capture records enqueues instead of running them, as CUDA does, and replays them on launch.
+    numbers. Like every pycuda release, its Stream has no stream capture (begin_capture/end_capture exist only
+    in an unmerged pycuda pull request); the cuda-python fake (fake_cudart) records enqueues while capturing,
+    as CUDA does, and replays them on launch. A TensorRT older than 8.5 has no name-based I/O API.
     """
     log = CallLog()
     memory: dict[int, np.ndarray] = {}
@@ -644,34 +733,11 @@ def make_fake_cuda_and_trt(monkeypatch, *, plan_ok=True, stream_capture=True, in
         def retain_primary_context(self):
             return Context()
 
-    class Graph:
-        def __init__(self, ops):
-            self.ops = ops
-
-        def instantiate(self):
-            return self
-
-        def launch(self, stream):
-            log.append("graph.launch")
-            for op in self.ops:
-                op()
-
     class Stream:
         handle = 77
 
         def synchronize(self):
             log.append("sync")
-
-        if stream_capture:
-
-            def begin_capture(self):
-                log.append("begin_capture")
-                state["capturing"] = []
-
-            def end_capture(self):
-                log.append("end_capture")
-                ops, state["capturing"] = state["capturing"], None
-                return Graph(ops)
 
     class Event:
         count = 0
@@ -715,7 +781,7 @@ def make_fake_cuda_and_trt(monkeypatch, *, plan_ok=True, stream_capture=True, in
     pycuda.driver, pycuda.VERSION_TEXT = cuda, "2024.1.2"
 
     trt = types.ModuleType("tensorrt")
-    trt.__version__ = "10.3.0"
+    trt.__version__ = trt_version
     trt.TensorIOMode = enum.Enum("TensorIOMode", ["INPUT", "OUTPUT"])
 
     class Logger:
@@ -753,6 +819,11 @@ def make_fake_cuda_and_trt(monkeypatch, *, plan_ok=True, stream_capture=True, in
 
     class Engine:
         num_io_tensors = 2
+
+        def __getattribute__(self, name):  # TensorRT < 8.5 has only the binding-index API
+            if trt_version.startswith("8.4") and name in ("num_io_tensors", "get_tensor_name", "get_tensor_mode"):
+                raise AttributeError(f"'tensorrt.ICudaEngine' object has no attribute '{name}'")
+            return object.__getattribute__(self, name)
 
         def get_tensor_name(self, i):
             return ["image", "logits"][i]
@@ -818,25 +889,40 @@ def test_runtime_call_sequence_events_around_the_enqueue(monkeypatch, plan):
     assert log == ["free", "free", "ctx.pop", "ctx.detach"]
 
 
-def test_runtime_cuda_graph_captures_after_one_plain_enqueue_and_replays(monkeypatch, plan):
-    log = make_fake_cuda_and_trt(monkeypatch)
-    rt = TensorRTRuntime(plan, cuda_graph=True).activate()
-    assert infer_calls(log)[-4:] == ["enqueue", "sync", "begin_capture", "end_capture"]
-    for value in (1.0, 5.0):  # the replayed graph reads the current input, not the one at capture time
-        log.clear()
-        out = rt.infer({"image": np.full((1, 3, 4, 4), value, np.float32)})
-        assert log == ["htod", "event1", "graph.launch", "event2", "dtoh", "sync"]
-        np.testing.assert_array_equal(out["logits"], np.full((1, 3, 4, 4), value * 2 + 1, np.float32))
-    assert rt.settings()["cuda_graph_backend"] == "pycuda stream capture"
-    rt.deactivate()
+def test_fake_pycuda_has_no_stream_capture_like_every_pycuda_release(monkeypatch):
+    """The old runtime captured graphs with pycuda's Stream.begin_capture / end_capture and Graph.instantiate /
+    GraphExec.launch, which no pycuda release has; the fake must reject them as the real module does."""
+    make_fake_cuda_and_trt(monkeypatch)
+    cuda = sys.modules["pycuda.driver"]
+    for name in ("begin_capture", "end_capture"):
+        with pytest.raises(AttributeError):
+            getattr(cuda.Stream(), name)
+    for name in ("Graph", "GraphExec"):
+        assert not hasattr(cuda, name)
 
 
-def fake_cudart(log, *, begin_error=False):
+def test_fake_cudart_has_only_calls_cuda_python_has():
+    """fake_cudart defines nothing beyond names of cuda.bindings.runtime (NVIDIA/cuda-python), so a call the real
+    bindings lack fails in the tests too."""
+    module = fake_cudart(CallLog()).runtime
+    real = {
+        "cudaError_t", "cudaStreamCaptureMode", "cudaRuntimeGetVersion", "cudaStreamBeginCapture",
+        "cudaStreamEndCapture", "cudaGraphInstantiate", "cudaGraphLaunch", "cudaGraphExecDestroy", "cudaGraphDestroy",
+    }  # fmt: skip
+    assert {n for n in vars(module) if not n.startswith("__")} <= real
+    with pytest.raises(AttributeError):
+        module.cudaGraphInstantiateWithFlags  # noqa: B018
+
+
+def fake_cudart(log, *, begin_error=False, runtime_version=12060):
     """cuda.bindings.runtime's stream-capture calls, as (error, value...) tuples like the real bindings."""
     rt = types.ModuleType("cuda.bindings.runtime")
-    rt.cudaError_t = enum.Enum("cudaError_t", ["cudaSuccess", "cudaErrorStreamCaptureUnsupported"])
+    rt.cudaError_t = enum.Enum(
+        "cudaError_t", ["cudaSuccess", "cudaErrorStreamCaptureUnsupported", "cudaErrorStreamCaptureInvalidated"]
+    )
     rt.cudaStreamCaptureMode = enum.Enum("cudaStreamCaptureMode", ["cudaStreamCaptureModeThreadLocal"])
     ok = rt.cudaError_t.cudaSuccess
+    rt.cudaRuntimeGetVersion = lambda: (ok, runtime_version)
 
     def begin(handle, mode):
         log.append(("cudaStreamBeginCapture", handle, mode.name))
@@ -848,6 +934,8 @@ def fake_cudart(log, *, begin_error=False):
     def end(handle):
         log.append("cudaStreamEndCapture")
         ops, log.state["capturing"] = log.state["capturing"], None
+        if log.state.pop("invalidated", False):  # an error during capture invalidates it, as in CUDA
+            return rt.cudaError_t.cudaErrorStreamCaptureInvalidated, None
         return ok, ops
 
     def launch(exec_, handle):
@@ -865,23 +953,66 @@ def fake_cudart(log, *, begin_error=False):
     return bindings
 
 
-def test_runtime_cuda_graph_through_cuda_bindings_when_pycuda_cannot_capture(monkeypatch, plan):
-    log = make_fake_cuda_and_trt(monkeypatch, stream_capture=False)
-    monkeypatch.setitem(sys.modules, "cuda.bindings", fake_cudart(log))
-    monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", sys.modules["cuda.bindings"].runtime)
+def _with_cudart(monkeypatch, log, **options):
+    bindings = fake_cudart(log, **options)
+    monkeypatch.setitem(sys.modules, "cuda.bindings", bindings)
+    monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", bindings.runtime)
+
+
+def test_runtime_cuda_graph_through_cuda_python_captures_after_one_plain_enqueue_and_replays(monkeypatch, plan):
+    log = make_fake_cuda_and_trt(monkeypatch)
+    _with_cudart(monkeypatch, log)
     with TensorRTRuntime(plan, cuda_graph=True) as rt:
+        calls = [c if isinstance(c, str) else c[0] for c in log]
+        assert calls[-4:] == ["enqueue", "sync", "cudaStreamBeginCapture", "cudaStreamEndCapture"]
         assert ("cudaStreamBeginCapture", 77, "cudaStreamCaptureModeThreadLocal") in log
-        log.clear()
-        out = rt.infer({"image": np.full((1, 3, 4, 4), 3.0, np.float32)})
-        assert log == ["htod", "event1", "cudaGraphLaunch", "event2", "dtoh", "sync"]
-        np.testing.assert_array_equal(out["logits"], np.full((1, 3, 4, 4), 7.0, np.float32))
-        assert rt.settings()["cuda_graph_backend"] == "cuda.bindings.runtime stream capture"
+        for value in (1.0, 5.0):  # the replayed graph reads the current input, not the one at capture time
+            log.clear()
+            out = rt.infer({"image": np.full((1, 3, 4, 4), value, np.float32)})
+            assert log == ["htod", "event1", "cudaGraphLaunch", "event2", "dtoh", "sync"]
+            np.testing.assert_array_equal(out["logits"], np.full((1, 3, 4, 4), value * 2 + 1, np.float32))
+        assert rt.settings()["cuda_graph_backend"] == "cuda-python (cudart) stream capture"
         log.clear()
     assert log[:2] == ["cudaGraphExecDestroy", "cudaGraphDestroy"]
 
 
+def test_cuda_graph_enqueue_error_is_not_hidden_by_the_failing_end_capture(monkeypatch, plan):
+    from bckd_pipeline.deploy.backends.tensorrt import _capture
+
+    log = make_fake_cuda_and_trt(monkeypatch)
+    _with_cudart(monkeypatch, log)
+
+    def failing_enqueue():
+        log.state["invalidated"] = True  # the error invalidates the capture: cudaStreamEndCapture fails too
+        raise StageCheckError("TensorRT execute_async_v3 failed for m.plan")
+
+    with pytest.raises(StageCheckError, match="execute_async_v3 failed") as e:
+        _capture(sys.modules["pycuda.driver"].Stream(), failing_enqueue)
+    assert "cudaStreamEndCapture" in log  # capture mode was left ...
+    assert "cudaStreamEndCapture failed" not in str(e.value)  # ... without hiding the cause
+    assert log.state["capturing"] is None
+
+
+def test_cuda_graph_refused_with_a_cuda_11_cuda_python(monkeypatch, plan):
+    log = make_fake_cuda_and_trt(monkeypatch)
+    _with_cudart(monkeypatch, log, runtime_version=11040)
+    with pytest.raises(ConfigError, match="needs cuda-python 12.*JetPack 5"):
+        TensorRTRuntime(plan, cuda_graph=True).activate()
+    assert log[-2:] == ["ctx.pop", "ctx.detach"]
+
+
+def test_runtime_refuses_tensorrt_8_4_whose_engines_lack_the_name_based_api(monkeypatch, plan):
+    log = make_fake_cuda_and_trt(monkeypatch, trt_version="8.4.1")
+    engine = sys.modules["tensorrt"].Runtime(None).deserialize_cuda_engine(b"")
+    with pytest.raises(AttributeError):  # what the old code would have hit on JetPack 5.0.2
+        engine.num_io_tensors  # noqa: B018
+    with pytest.raises(ConfigError, match="8.5.*JetPack 5.1"):
+        TensorRTRuntime(plan).activate()
+    assert "ctx.push" not in log
+
+
 def test_runtime_cuda_graph_capture_error_is_reported(monkeypatch, plan):
-    log = make_fake_cuda_and_trt(monkeypatch, stream_capture=False)
+    log = make_fake_cuda_and_trt(monkeypatch)
     monkeypatch.setitem(sys.modules, "cuda.bindings", fake_cudart(log, begin_error=True))
     monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", sys.modules["cuda.bindings"].runtime)
     with pytest.raises(StageCheckError, match="cudaStreamBeginCapture failed.*without cuda_graph=True"):
@@ -889,12 +1020,13 @@ def test_runtime_cuda_graph_capture_error_is_reported(monkeypatch, plan):
     assert log[-2:] == ["ctx.pop", "ctx.detach"]
 
 
-def test_runtime_cuda_graph_without_any_capture_api_is_refused(monkeypatch, plan):
-    log = make_fake_cuda_and_trt(monkeypatch, stream_capture=False)
+def test_runtime_cuda_graph_without_cuda_python_is_refused_with_the_right_advice(monkeypatch, plan):
+    log = make_fake_cuda_and_trt(monkeypatch)
     monkeypatch.setitem(sys.modules, "cuda", None)
     monkeypatch.setitem(sys.modules, "cuda.bindings", None)
-    with pytest.raises(ConfigError, match="no Stream.begin_capture.*cuda-python is not installed"):
+    with pytest.raises(ConfigError, match="cuda-python, which is not installed.*cuda-python>=12,<13") as e:
         TensorRTRuntime(plan, cuda_graph=True).activate()
+    assert "pycuda 2022.2" not in str(e.value) and "pip install -U pycuda" not in str(e.value)
     assert log[-2:] == ["ctx.pop", "ctx.detach"]  # the failed activation released its context
 
 
@@ -960,6 +1092,58 @@ def test_modules_import_from_the_agent_subset_without_torch_or_onnx(tmp_path):
     assert outside == {}, f"imported from outside the agent's subset: {outside}"
 
 
+# -- JetPack 5: the shipped files run on Python 3.8 -----------------------------------------------
+def test_agent_modules_run_on_python_3_8():
+    """JetPack 5's system Python is 3.8 (python3-libnvinfer is built for it): every file that ships to the device
+    parses with the 3.8 grammar and uses no 3.9+ call or run-time construct (tests/py38_rules.py)."""
+    import ast
+
+    from py38_rules import problems
+
+    from bckd_pipeline.device.bundle import AGENT_MODULES
+
+    found = []
+    for rel in AGENT_MODULES:
+        path = REPO / "bckd_pipeline" / rel
+        ast.parse(path.read_text(), filename=str(path), feature_version=(3, 8))
+        found += problems(path)
+    assert found == []
+
+
+@pytest.mark.parametrize(
+    ("code", "why"),
+    [
+        ("from __future__ import annotations\nVersion = tuple[int, int, int]\n", "tuple[...]"),
+        ("from collections.abc import Callable\nRun = Callable[..., int]\n", "Callable[...]"),
+        ("pairs = list(zip(a, b, strict=True))\n", "zip(strict=...)"),
+        ("from functools import cache\n", "functools import cache"),
+        ("Maybe = int | None\n", "X | Y"),
+        ("merged = dict(a) | b\n", "dict | dict"),
+        ("name = text.removeprefix('x')\n", ".removeprefix"),
+        ("match x:\n    case 1:\n        pass\n", "not Python 3.8 syntax"),
+    ],
+)
+def test_the_3_8_rules_catch_what_the_agent_used_to_have(code, why):
+    from py38_rules import problems
+
+    assert any(why in p for p in problems("snippet.py", code)), problems("snippet.py", code)
+
+
+def test_the_3_8_rules_leave_annotations_alone_under_future_annotations():
+    from py38_rules import problems
+
+    code = "from __future__ import annotations\ndef f(x: tuple[int, ...] | None) -> list[str]:\n    y: dict[str, int] = {}\n"
+    assert problems("ok.py", code) == []
+
+
+def test_the_agent_zipapp_stops_early_on_an_old_python():
+    from bckd_pipeline.device.bundle import AGENT_MAIN
+
+    assert "sys.version_info < (3, 8)" in AGENT_MAIN and "JetPack 5.1" in AGENT_MAIN
+    ast_ok = compile(AGENT_MAIN, "__main__.py", "exec")  # plain syntax: an old interpreter gets the message
+    assert ast_ok is not None
+
+
 # -- Jetson facts ---------------------------------------------------------------------------------
 def write(root: Path, rel: str, text: str) -> None:
     path = root / rel
@@ -1009,7 +1193,7 @@ def test_device_facts_on_a_fake_orin_nano(tmp_path):
     facts = device_facts(tmp_path, run=fake_run({"nvpmodel": "NV Power Mode: 15W\n0\n"}))
     assert facts["is_jetson"] is True
     assert facts["model"] == "NVIDIA Jetson Orin Nano Developer Kit"
-    assert facts["l4t"] == "36.4.3" and facts["jetpack"] == "6.2"
+    assert facts["l4t"] == "36.4.3" and facts["jetpack"] == "6.2" and facts["jetpack_tensorrt"] == "10.3"
     assert facts["power_mode"] == {"name": "15W", "id": 0}
     assert facts["temperatures_c"] == {"cpu-thermal": 47.5, "gpu-thermal": 101.25, "soc0-thermal": 45.0}
     assert facts["throttling"] == ["gpu-thermal: 101.2 C >= passive trip 99.0 C"]
@@ -1061,12 +1245,25 @@ def test_parse_l4t_release(line, want):
         ("36.4.0", "6.1"),
         ("36.3.0", "6.0"),
         ("35.4.1", "5.1.2"),
+        ("35.1.0", "5.0.2"),
+        ("35.2.1", "5.1"),
+        ("35.5.0", "5.1.3"),
+        ("35.6.0", "5.1.4"),
+        ("35.6.1", "5.1.5"),
         ("38.2.1", "7.0"),
         ("35.9.9", None),
     ],
 )
 def test_jetpack_table(l4t, jp):
     assert jetpack_for_l4t(l4t) == jp
+
+
+def test_jetpack_6_0_ships_tensorrt_8_6_not_10_3():
+    from bckd_pipeline.device.jetson import TENSORRT_BY_JETPACK
+
+    assert TENSORRT_BY_JETPACK[jetpack_for_l4t("36.3.0")] == "8.6"
+    assert TENSORRT_BY_JETPACK[jetpack_for_l4t("36.4.0")] == "10.3"
+    assert TENSORRT_BY_JETPACK[jetpack_for_l4t("35.1.0")] == "8.4"  # refused by the recipe (needs 8.5)
 
 
 def test_unknown_l4t_gives_a_note(tmp_path):

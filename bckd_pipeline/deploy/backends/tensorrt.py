@@ -36,7 +36,7 @@ from typing import Sequence
 import numpy as np
 
 from ...errors import BackendMissingError, ConfigError, StageCheckError
-from ...targets.tensorrt import import_tensorrt
+from ...targets.tensorrt import MIN_VERSION, import_tensorrt, parse_trt_version
 from ..runtime import Feed, Runtime, TensorSpec
 
 PYCUDA_HINT = (
@@ -158,6 +158,11 @@ class TensorRTRuntime(Runtime):
     # -- lifecycle -------------------------------------------------------------------------------
     def _activate(self) -> None:
         trt = import_tensorrt()
+        if parse_trt_version(trt.__version__) < MIN_VERSION:
+            raise ConfigError(
+                f"TensorRT {trt.__version__} is too old for this runtime: it needs 8.5+ (the name-based I/O API, "
+                "execute_async_v3). JetPack 5.0.2 ships 8.4; upgrade to JetPack 5.1 or later."
+            )
         cuda = _import_pycuda()
         if not self.plan_path.is_file():
             raise ConfigError(
