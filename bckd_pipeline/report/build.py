@@ -177,7 +177,8 @@ def _pending_engine_row(ctx, qdq, out: Path) -> dict:
     row["note"] = (
         f"engine build and on-device measurements pending: {ctx.device.pending_reason}. To finish: rerun with "
         "--device ssh://user@device (the engine is built and measured there), or copy deploy/tensorrt/bundle to "
-        "the device and follow its README.txt (build_engine.sh is the trtexec command)."
+        "the device, follow its README.txt (build_engine.sh is the trtexec command), copy out/ back and run "
+        "`bckd-pipeline ingest OUT DEVICE_RESULT_DIR`."
     )
     return row
 
