@@ -2,7 +2,8 @@
 
 parser.py is every command and flag; each command group runs from its own module, imported only when
 that command runs: train.py (models, train-teacher, distill, eval, run), deploy.py (deploy),
-gate.py (gate), tools.py (targets, doctor, bench). The console entry point is ``bckd_pipeline.cli:main``.
+gate.py (gate), tools.py (targets, doctor, bench), ingest.py (ingest: a device result made by hand read into a
+pending TensorRT run; ``main`` records each run's command for it). The console entry point is ``bckd_pipeline.cli:main``.
 """
 
 from __future__ import annotations

@@ -53,9 +53,10 @@ AGENT_MODULES = (
 )
 TENSORRT_DIR = "deploy/tensorrt"  # in OUT: bundle/ (what ships) and device/ (what came back)
 BUNDLE_FILES = ("job.json", "model.qdq.onnx", "feeds.npz", "agent.pyz", "build_engine.sh", "README.txt")
-# JetPack 6.x ships TensorRT 10.3: the build script for a Jetson is written for it. For a desktop GPU
-# without TensorRT here, the script is written for a current (strongly typed, >= 10.12) TensorRT. The
-# agent always writes trtexec.sh for the version it finds next to the engine it builds.
+# JetPack 6.1/6.2 ship TensorRT 10.3 (6.0: 8.6, 5.1.x: 8.5): the build script for a Jetson is written for
+# 10.3, and its flags are the same from 8.5 to 10.x (weakly typed), so it runs on all of them. For a
+# desktop GPU without TensorRT here, the script is written for a current 10.x. The agent always writes
+# trtexec.sh for the version it finds next to the engine it builds.
 JETPACK6_TENSORRT = (10, 3, 0)
 CURRENT_TENSORRT = (10, 12, 0)
 
