@@ -141,7 +141,7 @@ def parse_in_fresh_python(*argv: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-COMMANDS = ["models", "train-teacher", "distill", "eval", "run", "deploy", "targets", "doctor", "bench", "gate"]
+COMMANDS = ["models", "train-teacher", "distill", "eval", "run", "deploy", "targets", "doctor", "bench", "gate", "ingest"]
 
 
 @pytest.mark.parametrize("argv", [["--help"], *([c, "--help"] for c in COMMANDS)], ids=lambda a: " ".join(a))
