@@ -116,8 +116,12 @@ class Job:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--out", type=Path, required=True, help="study folder (results.json, table.md, one folder per run)")
-    ap.add_argument("--protocol", choices=sorted(PROTOCOLS), default="cpu",
-                    help="defaults for --size, epochs, --jobs, --device, --num-workers, --data (flags given win)")
+    ap.add_argument(
+        "--protocol",
+        choices=sorted(PROTOCOLS),
+        default="cpu",
+        help="defaults for --size, epochs, --jobs, --device, --num-workers, --data (flags given win)",
+    )
     ap.add_argument("--preset", default="camvid", help="bckd-pipeline --preset for every run (smoke: the quick check)")
     ap.add_argument("--data", help="KIND:PATH for every run, or 'demo' (default: the protocol's)")
     ap.add_argument("--size", help="H,W: --resize and --crop for every run (default: the protocol's)")
@@ -127,11 +131,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--teacher-model", help="model preset of the teacher to train (default: the preset's)")
     ap.add_argument("--teacher-epochs", type=int, help="teacher epochs (default: the protocol's)")
     ap.add_argument("--teacher-iters", type=int, help="teacher iterations; wins over --teacher-epochs")
-    ap.add_argument("--pretrained-teacher", choices=["none", "imagenet"], default="none",
-                    help="teacher encoder initialisation")
+    ap.add_argument(
+        "--pretrained-teacher", choices=["none", "imagenet"], default="none", help="teacher encoder initialisation"
+    )
     ap.add_argument("--student-model", help="student model preset (default: the preset's)")
-    ap.add_argument("--pretrained-student", choices=["none", "imagenet"], default="none",
-                    help="student encoder initialisation")
+    ap.add_argument(
+        "--pretrained-student", choices=["none", "imagenet"], default="none", help="student encoder initialisation"
+    )
     ap.add_argument(
         "--old-teacher-taps",
         help="teacher taps of the kd+lc-old-taps row (default: 'encoder'; a tiny-* teacher: its four stages)",
@@ -139,8 +145,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seeds", default="0,1,2,3", help=f"comma-separated; {MIN_SEEDS} or more unless --allow-few-seeds")
     ap.add_argument("--allow-few-seeds", action="store_true", help=f"allow fewer than {MIN_SEEDS} seeds (checks only)")
     ap.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of: {', '.join(ROWS)}")
-    ap.add_argument("--ablation", action=argparse.BooleanOptionalAction, default=True,
-                    help="run the Table I ablation on the first seed")
+    ap.add_argument(
+        "--ablation",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run the Table I ablation on the first seed",
+    )
     ap.add_argument("--bckd-args", default="", help='flags for every run that uses BCKD, e.g. "--bckd balance=grad"')
     ap.add_argument("--extra", default="", help="extra flags for every distill run")
     ap.add_argument("--device", help="training device (default: the protocol's)")
@@ -185,8 +195,10 @@ def select_rows(text: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in ROWS]
     if unknown:
-        hints = [f"{n!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(n, ROWS, 1)) else repr(n)
-                 for n in unknown]
+        hints = [
+            f"{n!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(n, ROWS, 1)) else repr(n)
+            for n in unknown
+        ]
         raise SystemExit(f"--rows: not a row: {', '.join(hints)}. Allowed: {', '.join(ROWS)}.")
     if not names:
         raise SystemExit(f"--rows is empty. Allowed: {', '.join(ROWS)}.")
@@ -285,8 +297,9 @@ def child_env(threads: int) -> dict[str, str]:
 def run_cli(cmd: list[str], threads: int) -> tuple[int, str, float]:
     """Run a `bckd-pipeline ...` command (the console script and `python -m bckd_pipeline.cli` are one)."""
     t0 = time.time()
-    proc = subprocess.run([sys.executable, "-m", "bckd_pipeline.cli", *cmd[1:]], capture_output=True, text=True,
-                          env=child_env(threads))
+    proc = subprocess.run(
+        [sys.executable, "-m", "bckd_pipeline.cli", *cmd[1:]], capture_output=True, text=True, env=child_env(threads)
+    )
     return proc.returncode, proc.stderr, round(time.time() - t0, 1)
 
 
@@ -345,8 +358,14 @@ def run_job(args: argparse.Namespace, job: Job, teacher: Path, deadline_at: floa
     if (folder / "metrics.json").exists():  # made by this same command (check_resumable)
         recorded = (folder / "command.txt").exists()
         code = (folder / "code.txt").read_text().strip() if (folder / "code.txt").exists() else None
-        return {**rec, "status": "ok", "reused": True, "command_recorded": recorded, "code_hash": code,
-                **read_record(folder / "metrics.json")}
+        return {
+            **rec,
+            "status": "ok",
+            "reused": True,
+            "command_recorded": recorded,
+            "code_hash": code,
+            **read_record(folder / "metrics.json"),
+        }
     if deadline_at is not None and time.time() > deadline_at:
         return {**rec, "status": "skipped (deadline)"}
     argv = distill_command(args, job, teacher)
@@ -420,8 +439,15 @@ def paired(row: dict[int, float], ref: dict[int, float]) -> dict:
     """Paired difference row - ref over the seeds both have: mean, sd, 95% t and bootstrap intervals."""
     seeds = sorted(set(row) & set(ref))
     diffs = [row[s] - ref[s] for s in seeds]
-    out: dict = {"n": len(diffs), "seeds": seeds, "mean": None, "sd": None, "t_ci": None, "bootstrap_ci": None,
-                 "significant": False}
+    out: dict = {
+        "n": len(diffs),
+        "seeds": seeds,
+        "mean": None,
+        "sd": None,
+        "t_ci": None,
+        "bootstrap_ci": None,
+        "significant": False,
+    }
     if not diffs:
         return out
     out["mean"] = statistics.fmean(diffs)
@@ -453,8 +479,11 @@ def mean_sd(values: list[float]) -> dict:
 
 
 def by_seed(records: list[dict], row: str, key: str) -> dict[int, float]:
-    return {r["seed"]: r[key] for r in records
-            if r["row"] == row and r["kind"] == "row" and r.get("status") == "ok" and r.get(key) is not None}
+    return {
+        r["seed"]: r[key]
+        for r in records
+        if r["row"] == row and r["kind"] == "row" and r.get("status") == "ok" and r.get(key) is not None
+    }
 
 
 def summarize(records: list[dict], rows: list[str], first_seed: int, teacher: dict | None = None) -> dict:
@@ -465,12 +494,20 @@ def summarize(records: list[dict], rows: list[str], first_seed: int, teacher: di
         for key in (*METRICS, "lhd_vs_teacher"):
             per_row[row][key] = mean_sd(list(by_seed(records, row, key).values()))
     comparisons = {
-        ref: {row: {key: paired(by_seed(records, row, key), by_seed(records, ref, key)) for key in METRICS}
-              for row in rows if row != ref}
-        for ref in REFERENCES if ref in rows
+        ref: {
+            row: {key: paired(by_seed(records, row, key), by_seed(records, ref, key)) for key in METRICS}
+            for row in rows
+            if row != ref
+        }
+        for ref in REFERENCES
+        if ref in rows
     }
-    summary = {"rows": per_row, "paired": comparisons, "ablation": ablation_rows(records, first_seed),
-               "code_hashes": sorted({r["code_hash"] for r in records if r.get("code_hash")})}
+    summary = {
+        "rows": per_row,
+        "paired": comparisons,
+        "ablation": ablation_rows(records, first_seed),
+        "code_hashes": sorted({r["code_hash"] for r in records if r.get("code_hash")}),
+    }
     if teacher:
         summary["teacher"] = {k: teacher.get(k) for k in (*METRICS, "model")}
     return summary
@@ -482,8 +519,16 @@ def ablation_rows(records: list[dict], first_seed: int) -> list[dict]:
     out = []
     for name, (lb, lc, wd, flags) in ABLATION.items():
         r = ok.get((name if flags is not None else ABLATION_REUSES, first_seed))
-        out.append({"name": name, "L_b": lb, "L_c": lc, "WD": wd, "seed": first_seed if r else None,
-                    **{k: r.get(k) if r else None for k in METRICS}})
+        out.append(
+            {
+                "name": name,
+                "L_b": lb,
+                "L_c": lc,
+                "WD": wd,
+                "seed": first_seed if r else None,
+                **{k: r.get(k) if r else None for k in METRICS},
+            }
+        )
     return out
 
 
@@ -514,27 +559,43 @@ def table_md(results: dict) -> str:
         cells = " | ".join(fmt(t[k]) for k in METRICS)
         lines.append(f"| teacher ({t.get('model')}) | 1 | {cells} | - |")
     for row, r in s["rows"].items():
-        lines.append(f"| {row} | {r['n']} | {fmt_ms(r['miou'])} | {fmt_ms(r['boundary_f'])} | {fmt_ms(r['lhd'])} | "
-                     f"{fmt_ms(r['lhd_vs_teacher'])} |")
+        lines.append(
+            f"| {row} | {r['n']} | {fmt_ms(r['miou'])} | {fmt_ms(r['boundary_f'])} | {fmt_ms(r['lhd'])} | "
+            f"{fmt_ms(r['lhd_vs_teacher'])} |"
+        )
     for key, title in METRICS.items():
-        lines += ["", f"Paired differences, {title}: row - reference over the seeds both have "
-                  "(95% paired t interval; paired bootstrap over seeds, 10k resamples)", "",
-                  "| row | vs | n | mean diff | sd | 95% t interval | 95% bootstrap | significant |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"Paired differences, {title}: row - reference over the seeds both have "
+            "(95% paired t interval; paired bootstrap over seeds, 10k resamples)",
+            "",
+            "| row | vs | n | mean diff | sd | 95% t interval | 95% bootstrap | significant |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for ref, rows in s["paired"].items():
             for row, cmp_ in rows.items():
                 p = cmp_[key]
-                lines.append(f"| {row} | {ref} | {p['n']} | {fmt(p['mean'])} | {fmt(p['sd'])} | {fmt_ci(p['t_ci'])} | "
-                             f"{fmt_ci(p['bootstrap_ci'])} | {'yes' if p['significant'] else 'no'} |")
+                lines.append(
+                    f"| {row} | {ref} | {p['n']} | {fmt(p['mean'])} | {fmt(p['sd'])} | {fmt_ci(p['t_ci'])} | "
+                    f"{fmt_ci(p['bootstrap_ci'])} | {'yes' if p['significant'] else 'no'} |"
+                )
     if any(a["seed"] is not None for a in s["ablation"]):
-        lines += ["", "Ablation (Table I order, first seed)", "",
-                  "| L_b | L_c | WD | mIoU | boundary F | LHD (GT) |", "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "Ablation (Table I order, first seed)",
+            "",
+            "| L_b | L_c | WD | mIoU | boundary F | LHD (GT) |",
+            "|---|---|---|---|---|---|",
+        ]
         for a in s["ablation"]:
             marks = " | ".join("✓" if a[k] else "" for k in ("L_b", "L_c", "WD"))
             lines.append(f"| {marks} | {fmt(a['miou'])} | {fmt(a['boundary_f'])} | {fmt(a['lhd'])} |")
     if len(s.get("code_hashes", [])) > 1:
-        lines += ["", f"Warning: the runs used {len(s['code_hashes'])} versions of bckd_pipeline "
-                  f"({', '.join(s['code_hashes'])}; `code_hash` per job in results.json)."]
+        lines += [
+            "",
+            f"Warning: the runs used {len(s['code_hashes'])} versions of bckd_pipeline "
+            f"({', '.join(s['code_hashes'])}; `code_hash` per job in results.json).",
+        ]
     bad = [r for r in results["jobs"] if r.get("status") != "ok"]
     if bad:
         lines += ["", "Not in the table: " + ", ".join(f"{r['row']}/s{r['seed']} ({r['status']})" for r in bad)]
@@ -543,10 +604,12 @@ def table_md(results: dict) -> str:
 
 def settings_line(args: argparse.Namespace) -> str:
     sched = f"{args.iters} iters" if args.iters else f"{args.epochs} epochs"
-    return (f"protocol {args.protocol}, preset {args.preset}, data {args.data}, size {args.size}, students {sched}, "
-            f"seeds {','.join(map(str, args.seed_list))}, device {args.device}"
-            + (f", bckd args `{args.bckd_args}`" if args.bckd_args else "")
-            + (f", extra `{args.extra}`" if args.extra else ""))
+    return (
+        f"protocol {args.protocol}, preset {args.preset}, data {args.data}, size {args.size}, students {sched}, "
+        f"seeds {','.join(map(str, args.seed_list))}, device {args.device}"
+        + (f", bckd args `{args.bckd_args}`" if args.bckd_args else "")
+        + (f", extra `{args.extra}`" if args.extra else "")
+    )
 
 
 def environment() -> dict:
@@ -554,8 +617,11 @@ def environment() -> dict:
 
     cpu = platform.processor() or platform.machine()
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
     try:
@@ -563,8 +629,13 @@ def environment() -> dict:
     except PackageNotFoundError:
         torch_version = None
     repo = Path(__file__).resolve().parent.parent
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": torch_version,
-            **git_state(repo)}
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch_version,
+        **git_state(repo),
+    }
 
 
 def git_state(repo: Path) -> dict:
@@ -648,8 +719,10 @@ def dry_run(args: argparse.Namespace) -> int:
         state = "reused" if teacher.exists() else "trained"
         print(f"# teacher ({state}):\n{shlex.join(teacher_command(args, args.out / 'teacher'))}")
     old_taps = args.old_teacher_taps or default_old_taps(args.teacher_model)
-    print(f"# {len(args.seed_list)} seeds x {len(args.row_list)} rows (+ ablation), {args.jobs} at a time, "
-          f"OMP_NUM_THREADS={args.threads}:")
+    print(
+        f"# {len(args.seed_list)} seeds x {len(args.row_list)} rows (+ ablation), {args.jobs} at a time, "
+        f"OMP_NUM_THREADS={args.threads}:"
+    )
     for job in build_queue(args, old_taps):
         print(shlex.join(distill_command(args, job, teacher)))
     return 0

@@ -153,6 +153,7 @@ COMMANDS = [
     "bench",
     "predict",
     "gate",
+    "ingest",
 ]
 
 

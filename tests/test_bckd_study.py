@@ -51,8 +51,17 @@ def test_queue_is_seed_major_with_ablation_last(study, tmp_path):
     args = _args(study, tmp_path, "--seeds", "3,1,2,0", "--rows", "kd,bckd", "--bckd-args", "--bckd balance=ratio")
     queue = study.build_queue(args, "encoder")
     assert [(j.row, j.seed) for j in queue] == [
-        ("kd", 3), ("bckd", 3), ("kd", 1), ("bckd", 1), ("kd", 2), ("bckd", 2), ("kd", 0), ("bckd", 0),
-        ("L_b", 3), ("L_c", 3), ("L_b+L_c", 3),
+        ("kd", 3),
+        ("bckd", 3),
+        ("kd", 1),
+        ("bckd", 1),
+        ("kd", 2),
+        ("bckd", 2),
+        ("kd", 0),
+        ("bckd", 0),
+        ("L_b", 3),
+        ("L_c", 3),
+        ("L_b+L_c", 3),
     ]  # L_b+L_c+WD is bckd's first seed: not run twice
     kd, bckd = queue[0], queue[1]
     assert "--bckd" not in kd.flags and bckd.flags[-2:] == ("--bckd", "balance=ratio")
@@ -145,8 +154,16 @@ def test_deadline_skips_new_runs(study, tmp_path, monkeypatch):
 
 def test_summary_and_table(study):
     recs = [
-        {"row": row, "seed": s, "kind": "row", "status": "ok", "miou": base + s + d, "boundary_f": 50.0 + d,
-         "lhd": 3.0, "lhd_vs_teacher": 2.0}
+        {
+            "row": row,
+            "seed": s,
+            "kind": "row",
+            "status": "ok",
+            "miou": base + s + d,
+            "boundary_f": 50.0 + d,
+            "lhd": 3.0,
+            "lhd_vs_teacher": 2.0,
+        }
         for row, d in (("student", 0.0), ("kd", 1.0), ("bckd", 0.0))
         for s, base in ((0, 40.0), (1, 41.0), (2, 39.0), (3, 40.5))
     ]

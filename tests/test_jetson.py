@@ -88,14 +88,66 @@ def test_qdq_onnx_is_tensorrt_ready_and_close_to_fp32(residual_onnx, tmp_path):
         assert inits[w_dq.input[1]].shape == (out_channels,)
         assert producer[conv.input[0]].op_type == "DequantizeLinear"
         assert conv.input[2] in inits and inits[conv.input[2]].dtype == np.float32
-    # both inputs of the residual Add come through Q/DQ
+    # the residual Add as TensorRT recommends: Q/DQ on the residual (skip) input only; the convolution side
+    # feeds the Add directly, so TensorRT fuses the Add into that INT8 convolution
     (add,) = [n for n in g.node if n.op_type == "Add"]
-    assert [producer[i].op_type for i in add.input] == ["DequantizeLinear", "DequantizeLinear"]
+    assert sorted(producer[i].op_type for i in add.input) == ["Conv", "DequantizeLinear"]
+    residual = next(i for i in add.input if producer[i].op_type == "DequantizeLinear")
+    assert producer[_through_qdq(residual, producer)].op_type == "Relu"  # the skip branch: the stem's output
+    assert settings["residual_adds_fused"] == 1 and settings["placement_version"]
     assert settings["quantizer"] == "onnxruntime" and settings["calibration_images"] == 8
     # and it still computes the same segmentation on ONNX Runtime's CPU
     with OrtRuntime(residual_onnx) as ref, OrtRuntime(path, precision="int8") as cand:
         row = compare(ref, cand, demo_feeds(), criteria=INT8_PARITY, num_classes=NUM_CLASSES)
     assert row.passed, row.failures
+
+
+def _through_qdq(name, producer):
+    from bckd_pipeline.calibrate.tensorrt import _through_qdq as through
+
+    return through(name, producer)
+
+
+def _edit_add(src: Path, dst: Path, *, strip: str) -> None:
+    """Copy of a Q/DQ ONNX with the Q/DQ pair removed from the Add's conv-side or residual input."""
+    import onnx
+
+    from bckd_pipeline.calibrate.tensorrt import residual_adds
+
+    model = onnx.load(str(src))
+    g = model.graph
+    producer = {o: n for n in g.node for o in n.output}
+    ((add, conv_side, residual),) = residual_adds(g)
+    if strip == "residual":
+        add.input[list(add.input).index(residual)] = _through_qdq(residual, producer)
+    onnx.save(model, str(dst))
+
+
+def test_the_check_accepts_model_optimizer_placement_and_both_quantized_but_not_a_bare_residual(
+    residual_onnx, tmp_path
+):
+    """Model Optimizer leaves the conv side of residual Adds unquantized: that passes. Q/DQ on both inputs (the old
+    placement) still passes. Only a residual input without Q/DQ fails: TensorRT could not fuse the Add in INT8."""
+    import onnx
+
+    from bckd_pipeline.calibrate.onnxruntime import quantize_qdq
+    from bckd_pipeline.calibrate.tensorrt import QUANTIZED_OPS
+
+    calib = demo_feeds("train", n=4)
+    path, _ = quantize_for_tensorrt(residual_onnx, tmp_path / "ours.onnx", calib, CalibrationSpec(size=4))
+    assert check_tensorrt_qdq(path) == []  # what modelopt writes: conv side bare, residual quantized
+    both = tmp_path / "both.onnx"  # the old placement, straight from ONNX Runtime
+    extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False, "DedicatedQDQPair": True}
+    quantize_qdq(residual_onnx, both, calib, CalibrationSpec(size=4), activation_type="QInt8",
+                 op_types=list(QUANTIZED_OPS), extra=extra)  # fmt: skip
+    g = onnx.load(str(both)).graph
+    (add,) = [n for n in g.node if n.op_type == "Add"]
+    producer = {o: n for n in g.node for o in n.output}
+    assert [producer[i].op_type for i in add.input] == ["DequantizeLinear", "DequantizeLinear"]
+    assert check_tensorrt_qdq(both) == []
+    _edit_add(path, tmp_path / "bare.onnx", strip="residual")
+    problems = check_tensorrt_qdq(tmp_path / "bare.onnx")
+    assert len(problems) == 1 and "residual input has no Q/DQ" in problems[0]
 
 
 def test_the_check_rejects_a_cpu_style_qdq_onnx(residual_onnx, tmp_path):
@@ -193,6 +245,8 @@ def test_run_target_jetson_without_tensorrt_is_an_honest_pending_report(jetson_r
     assert engine["miou"] is None and engine["fps"] is None and all(v is None for v in engine["latency_ms"].values())
     assert "--device ssh://" in engine["note"] and "README.txt" in engine["note"]
     assert report["device"]["status"] == "pending" and report["device"]["where"] is None
+    assert "bckd-pipeline ingest" in engine["note"]
+    assert _json(out / "command.json")["argv"][0] == "run"  # what `ingest` replays
     assert check_tensorrt_qdq(out / "deploy/model.qdq.onnx") == []
     bundle = out / "deploy/tensorrt/bundle"
     assert sorted(p.name for p in bundle.iterdir()) == sorted(
@@ -455,3 +509,84 @@ def test_engine_path_end_to_end_with_stand_ins_for_tensorrt(jetson_run, tmp_path
     assert manifest["deployable"] == ["deploy/tensorrt/device/model.plan"]
     assert manifest["engine"]["sha256"] == dev["engine"]["sha256"]
     assert "No TensorRT engine" not in stdout
+
+
+# --- finishing a pending run by hand: the agent's result read in with `bckd-pipeline ingest` ----------
+CI_BUDGETS = Path(__file__).resolve().parents[1] / "docs/ci/budgets.toml"
+
+
+def _agent_locally(bundle: Path, out: Path) -> Path:
+    """What a user does on the device: `python3 agent.pyz job.json out`, here with torch and onnx made unimportable."""
+    blockers = out.parent / "blockers"
+    blockers.mkdir(exist_ok=True)
+    for name in ("torch", "onnx", "tensorrt", "pycuda"):
+        (blockers / f"{name}.py").write_text(f"raise ImportError('{name} is not on this device')\n")
+    res = subprocess.run(
+        [sys.executable, str(bundle / "agent.pyz"), str(bundle / "job.json"), str(out)],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(blockers)}, timeout=120,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    return out
+
+
+def test_ingest_fills_a_pending_run_from_the_agents_result_and_the_gate_then_decides(jetson_run, tmp_path, capsys):
+    out = _copy(jetson_run, tmp_path / "R")
+    rc, _, _ = run_cli(capsys, "gate", out, "--budgets", CI_BUDGETS)
+    assert rc == 3  # before: pending, forever
+    result = _agent_locally(out / "deploy/tensorrt/bundle", tmp_path / "device-out")
+    rc, stdout, err = run_cli(capsys, "ingest", out, result)
+    assert rc == 0, err
+    assert "ingested" in stdout and "onnx-qdq-on-device" in stdout
+    report = _json(out / "report.json")
+    assert report["status"] == "complete" and report["exit_code"] == 0
+    row = report["stages"][-1]
+    assert row["name"] == "onnx-qdq-on-device" and row["status"] == "measured" and row["parent"] == "onnx-qdq"
+    assert row["parity_passed"] and row["pixel_agreement_vs_parent"] == 1.0 and row["latency"]["runs"] == 5
+    assert "by hand" in row["device"] and "fallback" in row["device"]
+    assert report["device"]["status"] == "measured" and report["device"]["where"].startswith("by hand")
+    assert "tensorrt-int8" not in [r["name"] for r in report["stages"]]  # the pending row is replaced
+    assert (out / "deploy/tensorrt/device/ingested.json").is_file()
+    assert "| pending |" not in (out / "report.md").read_text()
+    rc, gate_out, _ = run_cli(capsys, "gate", out, "--budgets", CI_BUDGETS)
+    assert rc in (0, 1) and "onnx-qdq-on-device" in gate_out
+    assert not [line for line in gate_out.splitlines() if line.strip().startswith(("pending", "PENDING"))]
+    # the same, gated in one step, exit 0 or 1 (never 3)
+    rc, stdout, _ = run_cli(capsys, "ingest", out, result, "--budgets", CI_BUDGETS)
+    assert rc in (0, 1) and "gate" in stdout
+
+
+def test_ingest_of_a_result_made_over_ssh_on_the_loopback_device(jetson_run, sshd, tmp_path, capsys):
+    """The agent runs on the OpenSSH test bed (the device), its out/ comes back, and ingest completes the run."""
+    out = _copy(jetson_run, tmp_path / "R")
+    bundle = out / "deploy/tensorrt/bundle"
+    _device(sshd).run_bundle(bundle, tmp_path / "from-device", _json(bundle / "job.json"), progress=lambda m: None)
+    rc, _, err = run_cli(capsys, "ingest", out, tmp_path / "from-device", "--budgets", CI_BUDGETS)
+    assert rc in (0, 1), err
+    assert _json(out / "report.json")["status"] == "complete"
+
+
+def test_ingest_refuses_a_result_of_another_bundle_or_altered_files(jetson_run, tmp_path, capsys):
+    out = _copy(jetson_run, tmp_path / "R")
+    bundle = out / "deploy/tensorrt/bundle"
+    result = _agent_locally(bundle, tmp_path / "device-out")
+    foreign = _copy(result, tmp_path / "foreign")
+    data = _json(foreign / "result.json")
+    data["job_id"] = "0123456789abcdef"
+    (foreign / "result.json").write_text(json.dumps(data))
+    rc, _, err = run_cli(capsys, "ingest", out, foreign)
+    assert_clean_error(rc, err, None)
+    assert "belongs to another bundle" in err
+    altered = _copy(result, tmp_path / "altered")
+    with open(altered / "labels.npz", "r+b") as f:
+        f.truncate(50)
+    rc, _, err = run_cli(capsys, "ingest", out, altered)
+    assert_clean_error(rc, err, None)
+    assert "transfer was incomplete" in err
+    rc, _, err = run_cli(capsys, "ingest", out, tmp_path / "nowhere")
+    assert_clean_error(rc, err, None)
+    assert "no result.json" in err
+    rc, _, err = run_cli(capsys, "ingest", tmp_path, result)
+    assert_clean_error(rc, err, None)
+    assert "command.json" in err
+    assert not (out / "deploy/tensorrt/device").exists()  # nothing was kept
+    assert _json(out / "report.json")["status"] == "pending"

@@ -56,12 +56,13 @@ def test_parse_trt_version_refuses_text_without_a_version():
         ((10, 0, 1), False),
         ((10, 3, 0), False),
         ((10, 11, 9), False),
-        ((10, 12, 0), True),
-        ((10, 13, 2), True),
+        ((10, 12, 0), False),
+        ((10, 13, 2), False),
         ((11, 0, 0), True),
     ],
 )
-def test_strongly_typed_from_10_12(version, strong):
+def test_strongly_typed_only_from_11(version, strong):
+    """10.12 deprecated weak typing but kept the flags: 10.x stays weakly typed, so fp16 stays fp16."""
     assert is_strongly_typed_default(version) is strong
 
 
@@ -85,16 +86,26 @@ def test_settings_weak_int8_without_fp16_fallback():
     assert builder_settings(EngineRecipe("int8", fp16_fallback=False), (10, 3, 0))["builder_flags"] == ["INT8"]
 
 
-@pytest.mark.parametrize(
-    ("version", "net"),
-    [((10, 12, 0), ["STRONGLY_TYPED"]), ((10, 13, 2), ["STRONGLY_TYPED"]), ((11, 0, 0), []), ((11, 4, 1), [])],
-)
-def test_settings_strongly_typed_no_precision_flags(version, net):
+@pytest.mark.parametrize("version", [(10, 12, 0), (10, 13, 2)])
+def test_settings_10_12_and_later_10_x_stay_weakly_typed_with_precision_flags(version):
+    """The same ONNX builds the same engine on an x86 host with 10.12+ as on a Jetson with 10.3."""
+    s = builder_settings(EngineRecipe("int8"), version)
+    assert s["network_flags"] == [] and s["builder_flags"] == ["INT8", "FP16"] and s["typing"] == "weak"
+    assert s["fp16_fallback_applied"] is True
+    assert builder_settings(EngineRecipe("fp16"), version)["builder_flags"] == ["FP16"]
+    assert (
+        builder_settings(EngineRecipe("int8"), version)["builder_flags"]
+        == builder_settings(EngineRecipe("int8"), (10, 3, 0))["builder_flags"]
+    )
+
+
+@pytest.mark.parametrize("version", [(11, 0, 0), (11, 4, 1)])
+def test_settings_tensorrt_11_strongly_typed_say_what_the_unquantized_layers_run_in(version):
     for precision in ("int8", "fp16", "fp32"):
         s = builder_settings(EngineRecipe(precision), version)
-        assert s["network_flags"] == net
-        assert s["builder_flags"] == []
-        assert s["typing"] == "strong"
+        assert s["network_flags"] == [] and s["builder_flags"] == [] and s["typing"] == "strong"
+    s = builder_settings(EngineRecipe("int8"), version)
+    assert s["fp16_fallback_applied"] is False and "FP32" in s["unquantized_layers"]
 
 
 def test_settings_dla_with_gpu_fallback():
@@ -121,9 +132,9 @@ def test_dla_refused_for_fp32_with_allowed_values():
         EngineRecipe("fp32", dla_core=0)
 
 
-def test_dla_refused_on_tensorrt_11():
-    with pytest.raises(ConfigError, match="DLA and JetPack are not supported in 11.x"):
-        builder_settings(EngineRecipe("int8", dla_core=0), (11, 0, 0))
+def test_dla_is_not_refused_on_tensorrt_11():
+    s = builder_settings(EngineRecipe("int8", dla_core=0), (11, 0, 0))
+    assert s["default_device_type"] == "DLA" and s["builder_flags"] == ["GPU_FALLBACK"]
 
 
 @pytest.mark.parametrize(
@@ -144,9 +155,9 @@ def test_bad_recipes_raise_config_error(kwargs, match):
         EngineRecipe(**kwargs)
 
 
-@pytest.mark.parametrize("version", [(8, 2, 1), (9, 3, 0)])
+@pytest.mark.parametrize("version", [(8, 2, 1), (8, 4, 1), (9, 3, 0)])
 def test_unsupported_versions_refused(version):
-    with pytest.raises(ConfigError, match="Supported: 8.4-8.6"):
+    with pytest.raises(ConfigError, match="Supported: 8.5-8.6.*JetPack 5.0.2 ships TensorRT 8.4"):
         builder_settings(EngineRecipe("int8"), version)
 
 
@@ -183,13 +194,14 @@ def test_trtexec_tensorrt_10_3_dla_cache_level():
     ]
 
 
-def test_trtexec_tensorrt_10_13_strongly_typed_dynamic_shapes():
+def test_trtexec_tensorrt_10_13_weakly_typed_dynamic_shapes():
     recipe = EngineRecipe("int8", input_shape=(1, 3, 64, 96))
     assert trtexec_command("m.onnx", "m.plan", recipe, (10, 13, 0)) == [
         "trtexec",
         "--onnx=m.onnx",
         "--saveEngine=m.plan",
-        "--stronglyTyped",
+        "--int8",
+        "--fp16",
         "--memPoolSize=workspace:1024",
         "--minShapes=image:1x3x64x96",
         "--optShapes=image:1x3x64x96",
@@ -242,21 +254,37 @@ def test_build_engine_without_tensorrt_names_the_install(monkeypatch, tmp_path):
         build_engine(tmp_path / "m.onnx", tmp_path / "m.plan", EngineRecipe("int8"))
 
 
+INT8_ENGINE_LAYERS = [
+    {"Name": "/conv/Conv", "LayerType": "CaskConvolution",
+     "Outputs": [{"Format/Datatype": "Thirty-two wide channel vectorized row major Int8 format"}]},
+    {"Name": "/Resize", "LayerType": "Resize", "Outputs": [{"Format/Datatype": "Row major linear FP32"}]},
+]  # fmt: skip
+
+
 def make_fake_trt(
     version: str,
     *,
-    weak_flags: bool = True,
+    weak_flags: bool | None = None,
     dla_cores: int = 0,
     input_shape=(1, 3, 8, 8),
     parse_errors=(),
     build_ok: bool = True,
+    cache_accepted: bool = True,
+    network_layers=None,
+    engine_layers=None,
 ):
     """A tiny stand-in for the tensorrt module that records every call our build makes.
 
-    It checks *our* calls (flags, order, files), not TensorRT's behaviour. ``weak_flags=False`` drops
-    BuilderFlag.INT8/FP16 as TensorRT 11 did, so touching them fails loudly.
+    It checks *our* calls (flags, order, files), not TensorRT's behaviour, and has only the API the
+    real module of that version has: TensorRT 11 lacks BuilderFlag.INT8/FP16 and
+    NetworkDefinitionCreationFlag.EXPLICIT_BATCH (11.x migration guide, "Removed Python APIs"), and the
+    builder config, like a pybind11 object, refuses attributes IBuilderConfig does not have.
+    ``network_layers``: (type name, output shape, can run on DLA[, output dtype]) per network layer, for
+    the DLA placement; ``engine_layers``: the engine inspector's JSON "Layers".
     """
     calls: list[tuple] = []
+    major = int(version.split(".")[0])
+    weak_flags = major < 11 if weak_flags is None else weak_flags
     trt = types.ModuleType("tensorrt")
     trt.__version__ = version
     trt.calls = calls
@@ -274,23 +302,60 @@ def make_fake_trt(
 
     ILogger.Severity = Severity
     trt.ILogger = ILogger
-    trt.NetworkDefinitionCreationFlag = enum.IntEnum(
-        "NetworkDefinitionCreationFlag", {"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1}
-    )
+    net_flags = {"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1} if major < 11 else {"STRONGLY_TYPED": 1}
+    trt.NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag", net_flags)
     names = (["INT8", "FP16"] if weak_flags else []) + ["GPU_FALLBACK"]
     trt.BuilderFlag = enum.Enum("BuilderFlag", names)
     trt.MemoryPoolType = enum.Enum("MemoryPoolType", ["WORKSPACE"])
     trt.DeviceType = enum.Enum("DeviceType", ["GPU", "DLA"])
+    trt.ProfilingVerbosity = enum.Enum("ProfilingVerbosity", ["LAYER_NAMES_ONLY", "NONE", "DETAILED"])
+    trt.LayerInformationFormat = enum.Enum("LayerInformationFormat", ["ONELINE", "JSON"])
+    trt.DataType = enum.Enum("DataType", ["FLOAT", "HALF", "INT8", "INT32"])
+    trt.LayerType = enum.Enum(
+        "LayerType", ["CONVOLUTION", "DECONVOLUTION", "MATRIX_MULTIPLY", "ACTIVATION", "RESIZE", "QUANTIZE"]
+    )
+
+    class TensorShape:
+        def __init__(self, shape, dtype="FLOAT"):
+            self.shape, self.dtype = tuple(shape), trt.DataType[dtype]
 
     class Tensor:
         name = "image"
         shape = input_shape
 
+    class ILayer:
+        num_outputs = 1
+
+        def __init__(self, kind, out_shape, dla_ok, dtype="FLOAT"):
+            self.type, self._out, self.dla_ok = trt.LayerType[kind], TensorShape(out_shape, dtype), dla_ok
+            self._in = TensorShape(input_shape)
+
+        def get_output(self, i):
+            return self._out
+
+        def get_input(self, i):
+            return self._in
+
+    class IConvolutionLayer(ILayer):  # reached with `layer.__class__ = trt.IConvolutionLayer`, as in Polygraphy
+        kernel_size_nd = (3, 3)
+        num_output_maps = 8
+        num_groups = 1
+
+    class IDeconvolutionLayer(IConvolutionLayer):
+        pass
+
+    trt.IConvolutionLayer, trt.IDeconvolutionLayer = IConvolutionLayer, IDeconvolutionLayer
+    layers = [ILayer(*spec) for spec in (network_layers or [])]
+
     class Network:
         num_inputs = 1
+        num_layers = len(layers)
 
         def get_input(self, i):
             return Tensor()
+
+        def get_layer(self, i):
+            return layers[i]
 
     class ParserError:
         def __init__(self, node, name, desc):
@@ -327,7 +392,12 @@ def make_fake_trt(
             return self.blob + b"+new"
 
     class Config:
+        # IBuilderConfig's properties that our build sets; anything else is an AttributeError, as on the real one.
+        PROPERTIES = ("default_device_type", "DLA_core", "builder_optimization_level", "profiling_verbosity")
+
         def __setattr__(self, name, value):
+            if name not in self.PROPERTIES:
+                raise AttributeError(f"'tensorrt.IBuilderConfig' object has no attribute '{name}'")
             calls.append(("config." + name, value))
             object.__setattr__(self, name, value)
 
@@ -343,11 +413,16 @@ def make_fake_trt(
 
         def set_timing_cache(self, cache, ignore_mismatch):
             calls.append(("set_timing_cache", ignore_mismatch))
-            object.__setattr__(self, "_cache", cache)
-            return True
+            ok = cache_accepted or not cache.blob
+            if ok:
+                object.__setattr__(self, "_cache", cache)
+            return ok  # IBuilderConfig.set_timing_cache: False for a cache of another GPU / TensorRT
 
         def get_timing_cache(self):
             return self._cache
+
+        def can_run_on_DLA(self, layer):
+            return layer.dla_ok
 
         def add_optimization_profile(self, profile):
             calls.append(("add_optimization_profile", profile.shapes))
@@ -377,8 +452,24 @@ def make_fake_trt(
             calls.append(("build_serialized_network",))
             return b"PLAN-BYTES" if build_ok else None
 
-    trt.Builder = Builder
-    trt.OnnxParser = OnnxParser
+    class Inspector:
+        def get_engine_information(self, fmt):
+            assert fmt == trt.LayerInformationFormat.JSON
+            return json.dumps({"Layers": INT8_ENGINE_LAYERS if engine_layers is None else engine_layers})
+
+    class Engine:
+        def create_engine_inspector(self):
+            return Inspector()
+
+    class Runtime:
+        def __init__(self, logger):
+            pass
+
+        def deserialize_cuda_engine(self, data):
+            calls.append(("deserialize_cuda_engine", bytes(data)))
+            return Engine()
+
+    trt.Builder, trt.OnnxParser, trt.Runtime = Builder, OnnxParser, Runtime
     return trt
 
 
@@ -405,16 +496,58 @@ def test_build_10_3_sets_int8_fp16_and_no_strongly_typed(monkeypatch, tmp_path):
     assert "a builder warning" in log and "verbose noise" not in log
 
 
-def test_build_10_13_strongly_typed_without_int8_flag(monkeypatch, tmp_path):
+def test_build_10_13_stays_weakly_typed_with_int8_and_fp16_flags(monkeypatch, tmp_path):
     trt = make_fake_trt("10.13.0")
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
-    build_engine(fake_onnx(tmp_path), tmp_path / "m.plan", EngineRecipe("int8"))
-    assert ("create_network", 1 << 1) in trt.calls  # STRONGLY_TYPED == 1 in the fake enum
-    assert not [c for c in trt.calls if c[0] == "set_flag"]
+    info = build_engine(fake_onnx(tmp_path), tmp_path / "m.plan", EngineRecipe("int8"))
+    assert ("create_network", 0) in trt.calls
+    assert [c[1] for c in trt.calls if c[0] == "set_flag"] == ["INT8", "FP16"]
+    assert info["typing"] == "weak" and info["layer_precisions"] == {"int8": 1, "fp32": 1}
+    # per-layer information for the report: the inspector's JSON, next to the plan
+    assert ("config.profiling_verbosity", trt.ProfilingVerbosity.DETAILED) in trt.calls
+    assert json.loads((tmp_path / info["layers_file"]).read_text())[0]["Name"] == "/conv/Conv"
+
+
+def test_build_11_fp16_without_fp16_tensors_is_refused_not_mislabelled(monkeypatch, tmp_path):
+    trt = make_fake_trt("11.1.0", network_layers=[("CONVOLUTION", (1, 8, 8, 8), True, "FLOAT")])
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    with pytest.raises(ConfigError, match="FP32 labelled fp16"):
+        build_engine(fake_onnx(tmp_path), tmp_path / "m.plan", EngineRecipe("fp16"))
+    assert not (tmp_path / "m.plan").exists()
+    trt = make_fake_trt("11.1.0", network_layers=[("CONVOLUTION", (1, 8, 8, 8), True, "HALF")])
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    info = build_engine(fake_onnx(tmp_path), tmp_path / "m.plan", EngineRecipe("fp16"))
+    assert info["typing"] == "strong" and info["precision"] == "fp16"
+
+
+def test_build_int8_that_ran_no_int8_layer_is_refused(monkeypatch, tmp_path):
+    fp32_only = [{"Name": "/conv/Conv", "Outputs": [{"Format/Datatype": "Row major linear FP32"}]}]
+    monkeypatch.setitem(sys.modules, "tensorrt", make_fake_trt("10.3.0", engine_layers=fp32_only))
+    with pytest.raises(StageCheckError, match="no INT8 layer"):
+        build_engine(fake_onnx(tmp_path), tmp_path / "m.plan", EngineRecipe("int8"))
+    assert not (tmp_path / "m.plan").exists()
+
+
+def test_fakes_reject_what_the_real_modules_lack():
+    """The old recipe set STRONGLY_TYPED/--stronglyTyped from 10.12 and touched weak flags; TensorRT 11 has none of
+    them, and IBuilderConfig has no free attributes. The fakes must fail the same way."""
+    trt11 = make_fake_trt("11.1.0")
+    for missing in ("INT8", "FP16"):
+        with pytest.raises(AttributeError):
+            getattr(trt11.BuilderFlag, missing)
+    with pytest.raises(AttributeError):
+        trt11.NetworkDefinitionCreationFlag.EXPLICIT_BATCH  # noqa: B018
+    with pytest.raises(AttributeError, match="IBuilderConfig"):
+        trt11.Builder(_Quiet()).create_builder_config().int8_calibrator = object()
+
+
+class _Quiet:
+    def log(self, severity, msg):
+        pass
 
 
 def test_build_11_touches_no_removed_flag(monkeypatch, tmp_path):
-    trt = make_fake_trt("11.1.0", weak_flags=False)
+    trt = make_fake_trt("11.1.0")
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
     build_engine(fake_onnx(tmp_path), tmp_path / "m.plan", EngineRecipe("int8"))
     assert ("create_network", 0) in trt.calls and (tmp_path / "m.plan").is_file()
@@ -428,13 +561,46 @@ def test_build_8_6_sets_explicit_batch(monkeypatch, tmp_path):
     assert [c[1] for c in trt.calls if c[0] == "set_flag"] == ["FP16"]
 
 
-def test_build_dla_sets_device_type_core_and_gpu_fallback(monkeypatch, tmp_path):
-    trt = make_fake_trt("10.3.0", dla_cores=2)
+DLA_ENGINE = [
+    {"Name": "{ForeignNode[/stem/Conv.../block/Conv]}", "LayerType": "DLA",
+     "Outputs": [{"Format/Datatype": "Channel major Int8 format"}]},
+    {"Name": "/Resize", "LayerType": "Resize", "Outputs": [{"Format/Datatype": "Row major linear FP32"}]},
+]  # fmt: skip
+CONVS_ON_DLA = [
+    ("CONVOLUTION", (1, 8, 8, 8), True), ("CONVOLUTION", (1, 8, 8, 8), True), ("RESIZE", (1, 8, 16, 16), False)
+]  # fmt: skip
+
+
+def test_build_dla_sets_device_type_core_gpu_fallback_and_records_where_layers_run(monkeypatch, tmp_path):
+    trt = make_fake_trt("10.3.0", dla_cores=2, network_layers=CONVS_ON_DLA, engine_layers=DLA_ENGINE)
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
-    build_engine(fake_onnx(tmp_path), tmp_path / "m.plan", EngineRecipe("int8", dla_core=1))
+    info = build_engine(fake_onnx(tmp_path), tmp_path / "m.plan", EngineRecipe("int8", dla_core=1))
     assert ("config.default_device_type", trt.DeviceType.DLA) in trt.calls
     assert ("config.DLA_core", 1) in trt.calls
     assert "GPU_FALLBACK" in [c[1] for c in trt.calls if c[0] == "set_flag"]
+    dla = info["dla"]
+    assert dla["layers"] == 3 and dla["layers_on_dla"] == 2 and dla["layer_share"] == pytest.approx(2 / 3)
+    assert dla["flop_share"] > 0.9 and "warning" not in dla  # the convolutions are nearly all the FLOPs
+    assert dla["engine"] == {"source": "engine inspector JSON", "layers": 2, "dla_layers": 1}
+
+
+def test_build_dla_with_most_flops_on_the_gpu_warns(monkeypatch, tmp_path):
+    layers = [("CONVOLUTION", (1, 8, 8, 8), False), ("RESIZE", (1, 8, 16, 16), True)]
+    trt = make_fake_trt("10.3.0", dla_cores=2, network_layers=layers, engine_layers=DLA_ENGINE)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    recipe = EngineRecipe("int8", dla_core=0)
+    info = build_engine(fake_onnx(tmp_path), tmp_path / "m.plan", recipe, log_path=tmp_path / "b.log")
+    assert info["dla"]["flop_share"] < 0.5 and "falls back to the GPU" in info["dla"]["warning"]
+    assert "falls back to the GPU" in (tmp_path / "b.log").read_text()
+
+
+def test_build_dla_with_no_layer_on_the_dla_is_refused(monkeypatch, tmp_path):
+    gpu_only = [{"Name": "/conv/Conv", "LayerType": "CaskConvolution", "Outputs": [{"Format/Datatype": "Int8"}]}]
+    trt = make_fake_trt("10.3.0", dla_cores=2, network_layers=CONVS_ON_DLA, engine_layers=gpu_only)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    with pytest.raises(StageCheckError, match="no layer runs there"):
+        build_engine(fake_onnx(tmp_path), tmp_path / "m.plan", EngineRecipe("int8", dla_core=0))
+    assert not (tmp_path / "m.plan").exists()
 
 
 def test_build_dla_core_missing_names_the_count(monkeypatch, tmp_path):
@@ -456,6 +622,18 @@ def test_build_loads_and_saves_the_timing_cache(monkeypatch, tmp_path):
     build_engine(fake_onnx(tmp_path), tmp_path / "m.plan", recipe)
     assert ("create_timing_cache", b"+new") in trt.calls  # the saved cache is loaded on the next build
     assert cache.read_bytes() == b"+new+new"
+
+
+def test_timing_cache_of_another_gpu_is_reported_and_left_alone(monkeypatch, tmp_path):
+    cache = tmp_path / "timing.bin"
+    cache.write_bytes(b"from another GPU")
+    trt = make_fake_trt("10.3.0", cache_accepted=False)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    recipe = EngineRecipe("int8", timing_cache=str(cache))
+    info = build_engine(fake_onnx(tmp_path), tmp_path / "m.plan", recipe, log_path=tmp_path / "b.log")
+    assert info["timing_cache_status"] == "rejected"
+    assert cache.read_bytes() == b"from another GPU"  # not silently overwritten
+    assert "made by another GPU or TensorRT version" in (tmp_path / "b.log").read_text()
 
 
 def test_build_profile_for_dynamic_input_and_error_without_shape(monkeypatch, tmp_path):
@@ -518,12 +696,14 @@ class CallLog(list):
     state: dict
 
 
-def make_fake_cuda_and_trt(monkeypatch, *, plan_ok=True, stream_capture=True, input_shape=(1, 3, 4, 4)):
+def make_fake_cuda_and_trt(monkeypatch, *, plan_ok=True, input_shape=(1, 3, 4, 4), trt_version="10.3.0"):
     """Small stand-ins for pycuda.driver and tensorrt's runtime side, recording what TensorRTRuntime calls.
 
     "Device memory" is a dict of numpy arrays keyed by address; the fake engine computes logits = 2 * image + 1
     from whatever is at the bound input address when it runs, so a wrong copy, binding or replay shows in the
-    numbers. Stream capture records enqueues instead of running them, as CUDA does, and replays them on launch.
+    numbers. Like every pycuda release, its Stream has no stream capture (begin_capture/end_capture exist only
+    in an unmerged pycuda pull request); the cuda-python fake (fake_cudart) records enqueues while capturing,
+    as CUDA does, and replays them on launch. A TensorRT older than 8.5 has no name-based I/O API.
     """
     log = CallLog()
     memory: dict[int, np.ndarray] = {}
@@ -554,34 +734,11 @@ def make_fake_cuda_and_trt(monkeypatch, *, plan_ok=True, stream_capture=True, in
         def retain_primary_context(self):
             return Context()
 
-    class Graph:
-        def __init__(self, ops):
-            self.ops = ops
-
-        def instantiate(self):
-            return self
-
-        def launch(self, stream):
-            log.append("graph.launch")
-            for op in self.ops:
-                op()
-
     class Stream:
         handle = 77
 
         def synchronize(self):
             log.append("sync")
-
-        if stream_capture:
-
-            def begin_capture(self):
-                log.append("begin_capture")
-                state["capturing"] = []
-
-            def end_capture(self):
-                log.append("end_capture")
-                ops, state["capturing"] = state["capturing"], None
-                return Graph(ops)
 
     class Event:
         count = 0
@@ -625,7 +782,7 @@ def make_fake_cuda_and_trt(monkeypatch, *, plan_ok=True, stream_capture=True, in
     pycuda.driver, pycuda.VERSION_TEXT = cuda, "2024.1.2"
 
     trt = types.ModuleType("tensorrt")
-    trt.__version__ = "10.3.0"
+    trt.__version__ = trt_version
     trt.TensorIOMode = enum.Enum("TensorIOMode", ["INPUT", "OUTPUT"])
 
     class Logger:
@@ -663,6 +820,11 @@ def make_fake_cuda_and_trt(monkeypatch, *, plan_ok=True, stream_capture=True, in
 
     class Engine:
         num_io_tensors = 2
+
+        def __getattribute__(self, name):  # TensorRT < 8.5 has only the binding-index API
+            if trt_version.startswith("8.4") and name in ("num_io_tensors", "get_tensor_name", "get_tensor_mode"):
+                raise AttributeError(f"'tensorrt.ICudaEngine' object has no attribute '{name}'")
+            return object.__getattribute__(self, name)
 
         def get_tensor_name(self, i):
             return ["image", "logits"][i]
@@ -728,25 +890,40 @@ def test_runtime_call_sequence_events_around_the_enqueue(monkeypatch, plan):
     assert log == ["free", "free", "ctx.pop", "ctx.detach"]
 
 
-def test_runtime_cuda_graph_captures_after_one_plain_enqueue_and_replays(monkeypatch, plan):
-    log = make_fake_cuda_and_trt(monkeypatch)
-    rt = TensorRTRuntime(plan, cuda_graph=True).activate()
-    assert infer_calls(log)[-4:] == ["enqueue", "sync", "begin_capture", "end_capture"]
-    for value in (1.0, 5.0):  # the replayed graph reads the current input, not the one at capture time
-        log.clear()
-        out = rt.infer({"image": np.full((1, 3, 4, 4), value, np.float32)})
-        assert log == ["htod", "event1", "graph.launch", "event2", "dtoh", "sync"]
-        np.testing.assert_array_equal(out["logits"], np.full((1, 3, 4, 4), value * 2 + 1, np.float32))
-    assert rt.settings()["cuda_graph_backend"] == "pycuda stream capture"
-    rt.deactivate()
+def test_fake_pycuda_has_no_stream_capture_like_every_pycuda_release(monkeypatch):
+    """The old runtime captured graphs with pycuda's Stream.begin_capture / end_capture and Graph.instantiate /
+    GraphExec.launch, which no pycuda release has; the fake must reject them as the real module does."""
+    make_fake_cuda_and_trt(monkeypatch)
+    cuda = sys.modules["pycuda.driver"]
+    for name in ("begin_capture", "end_capture"):
+        with pytest.raises(AttributeError):
+            getattr(cuda.Stream(), name)
+    for name in ("Graph", "GraphExec"):
+        assert not hasattr(cuda, name)
 
 
-def fake_cudart(log, *, begin_error=False):
+def test_fake_cudart_has_only_calls_cuda_python_has():
+    """fake_cudart defines nothing beyond names of cuda.bindings.runtime (NVIDIA/cuda-python), so a call the real
+    bindings lack fails in the tests too."""
+    module = fake_cudart(CallLog()).runtime
+    real = {
+        "cudaError_t", "cudaStreamCaptureMode", "cudaRuntimeGetVersion", "cudaStreamBeginCapture",
+        "cudaStreamEndCapture", "cudaGraphInstantiate", "cudaGraphLaunch", "cudaGraphExecDestroy", "cudaGraphDestroy",
+    }  # fmt: skip
+    assert {n for n in vars(module) if not n.startswith("__")} <= real
+    with pytest.raises(AttributeError):
+        module.cudaGraphInstantiateWithFlags  # noqa: B018
+
+
+def fake_cudart(log, *, begin_error=False, runtime_version=12060):
     """cuda.bindings.runtime's stream-capture calls, as (error, value...) tuples like the real bindings."""
     rt = types.ModuleType("cuda.bindings.runtime")
-    rt.cudaError_t = enum.Enum("cudaError_t", ["cudaSuccess", "cudaErrorStreamCaptureUnsupported"])
+    rt.cudaError_t = enum.Enum(
+        "cudaError_t", ["cudaSuccess", "cudaErrorStreamCaptureUnsupported", "cudaErrorStreamCaptureInvalidated"]
+    )
     rt.cudaStreamCaptureMode = enum.Enum("cudaStreamCaptureMode", ["cudaStreamCaptureModeThreadLocal"])
     ok = rt.cudaError_t.cudaSuccess
+    rt.cudaRuntimeGetVersion = lambda: (ok, runtime_version)
 
     def begin(handle, mode):
         log.append(("cudaStreamBeginCapture", handle, mode.name))
@@ -758,6 +935,8 @@ def fake_cudart(log, *, begin_error=False):
     def end(handle):
         log.append("cudaStreamEndCapture")
         ops, log.state["capturing"] = log.state["capturing"], None
+        if log.state.pop("invalidated", False):  # an error during capture invalidates it, as in CUDA
+            return rt.cudaError_t.cudaErrorStreamCaptureInvalidated, None
         return ok, ops
 
     def launch(exec_, handle):
@@ -775,23 +954,66 @@ def fake_cudart(log, *, begin_error=False):
     return bindings
 
 
-def test_runtime_cuda_graph_through_cuda_bindings_when_pycuda_cannot_capture(monkeypatch, plan):
-    log = make_fake_cuda_and_trt(monkeypatch, stream_capture=False)
-    monkeypatch.setitem(sys.modules, "cuda.bindings", fake_cudart(log))
-    monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", sys.modules["cuda.bindings"].runtime)
+def _with_cudart(monkeypatch, log, **options):
+    bindings = fake_cudart(log, **options)
+    monkeypatch.setitem(sys.modules, "cuda.bindings", bindings)
+    monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", bindings.runtime)
+
+
+def test_runtime_cuda_graph_through_cuda_python_captures_after_one_plain_enqueue_and_replays(monkeypatch, plan):
+    log = make_fake_cuda_and_trt(monkeypatch)
+    _with_cudart(monkeypatch, log)
     with TensorRTRuntime(plan, cuda_graph=True) as rt:
+        calls = [c if isinstance(c, str) else c[0] for c in log]
+        assert calls[-4:] == ["enqueue", "sync", "cudaStreamBeginCapture", "cudaStreamEndCapture"]
         assert ("cudaStreamBeginCapture", 77, "cudaStreamCaptureModeThreadLocal") in log
-        log.clear()
-        out = rt.infer({"image": np.full((1, 3, 4, 4), 3.0, np.float32)})
-        assert log == ["htod", "event1", "cudaGraphLaunch", "event2", "dtoh", "sync"]
-        np.testing.assert_array_equal(out["logits"], np.full((1, 3, 4, 4), 7.0, np.float32))
-        assert rt.settings()["cuda_graph_backend"] == "cuda.bindings.runtime stream capture"
+        for value in (1.0, 5.0):  # the replayed graph reads the current input, not the one at capture time
+            log.clear()
+            out = rt.infer({"image": np.full((1, 3, 4, 4), value, np.float32)})
+            assert log == ["htod", "event1", "cudaGraphLaunch", "event2", "dtoh", "sync"]
+            np.testing.assert_array_equal(out["logits"], np.full((1, 3, 4, 4), value * 2 + 1, np.float32))
+        assert rt.settings()["cuda_graph_backend"] == "cuda-python (cudart) stream capture"
         log.clear()
     assert log[:2] == ["cudaGraphExecDestroy", "cudaGraphDestroy"]
 
 
+def test_cuda_graph_enqueue_error_is_not_hidden_by_the_failing_end_capture(monkeypatch, plan):
+    from bckd_pipeline.deploy.backends.tensorrt import _capture
+
+    log = make_fake_cuda_and_trt(monkeypatch)
+    _with_cudart(monkeypatch, log)
+
+    def failing_enqueue():
+        log.state["invalidated"] = True  # the error invalidates the capture: cudaStreamEndCapture fails too
+        raise StageCheckError("TensorRT execute_async_v3 failed for m.plan")
+
+    with pytest.raises(StageCheckError, match="execute_async_v3 failed") as e:
+        _capture(sys.modules["pycuda.driver"].Stream(), failing_enqueue)
+    assert "cudaStreamEndCapture" in log  # capture mode was left ...
+    assert "cudaStreamEndCapture failed" not in str(e.value)  # ... without hiding the cause
+    assert log.state["capturing"] is None
+
+
+def test_cuda_graph_refused_with_a_cuda_11_cuda_python(monkeypatch, plan):
+    log = make_fake_cuda_and_trt(monkeypatch)
+    _with_cudart(monkeypatch, log, runtime_version=11040)
+    with pytest.raises(ConfigError, match="needs cuda-python 12.*JetPack 5"):
+        TensorRTRuntime(plan, cuda_graph=True).activate()
+    assert log[-2:] == ["ctx.pop", "ctx.detach"]
+
+
+def test_runtime_refuses_tensorrt_8_4_whose_engines_lack_the_name_based_api(monkeypatch, plan):
+    log = make_fake_cuda_and_trt(monkeypatch, trt_version="8.4.1")
+    engine = sys.modules["tensorrt"].Runtime(None).deserialize_cuda_engine(b"")
+    with pytest.raises(AttributeError):  # what the old code would have hit on JetPack 5.0.2
+        engine.num_io_tensors  # noqa: B018
+    with pytest.raises(ConfigError, match="8.5.*JetPack 5.1"):
+        TensorRTRuntime(plan).activate()
+    assert "ctx.push" not in log
+
+
 def test_runtime_cuda_graph_capture_error_is_reported(monkeypatch, plan):
-    log = make_fake_cuda_and_trt(monkeypatch, stream_capture=False)
+    log = make_fake_cuda_and_trt(monkeypatch)
     monkeypatch.setitem(sys.modules, "cuda.bindings", fake_cudart(log, begin_error=True))
     monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", sys.modules["cuda.bindings"].runtime)
     with pytest.raises(StageCheckError, match="cudaStreamBeginCapture failed.*without cuda_graph=True"):
@@ -799,12 +1021,13 @@ def test_runtime_cuda_graph_capture_error_is_reported(monkeypatch, plan):
     assert log[-2:] == ["ctx.pop", "ctx.detach"]
 
 
-def test_runtime_cuda_graph_without_any_capture_api_is_refused(monkeypatch, plan):
-    log = make_fake_cuda_and_trt(monkeypatch, stream_capture=False)
+def test_runtime_cuda_graph_without_cuda_python_is_refused_with_the_right_advice(monkeypatch, plan):
+    log = make_fake_cuda_and_trt(monkeypatch)
     monkeypatch.setitem(sys.modules, "cuda", None)
     monkeypatch.setitem(sys.modules, "cuda.bindings", None)
-    with pytest.raises(ConfigError, match="no Stream.begin_capture.*cuda-python is not installed"):
+    with pytest.raises(ConfigError, match="cuda-python, which is not installed.*cuda-python>=12,<13") as e:
         TensorRTRuntime(plan, cuda_graph=True).activate()
+    assert "pycuda 2022.2" not in str(e.value) and "pip install -U pycuda" not in str(e.value)
     assert log[-2:] == ["ctx.pop", "ctx.detach"]  # the failed activation released its context
 
 
@@ -870,6 +1093,62 @@ def test_modules_import_from_the_agent_subset_without_torch_or_onnx(tmp_path):
     assert outside == {}, f"imported from outside the agent's subset: {outside}"
 
 
+# -- JetPack 5: the shipped files run on Python 3.8 -----------------------------------------------
+def test_agent_modules_run_on_python_3_8():
+    """JetPack 5's system Python is 3.8 (python3-libnvinfer is built for it): every file that ships to the device
+    parses with the 3.8 grammar and uses no 3.9+ call or run-time construct (tests/py38_rules.py)."""
+    import ast
+
+    from py38_rules import problems
+
+    from bckd_pipeline.device.bundle import AGENT_MODULES
+
+    found = []
+    for rel in AGENT_MODULES:
+        path = REPO / "bckd_pipeline" / rel
+        ast.parse(path.read_text(), filename=str(path), feature_version=(3, 8))
+        found += problems(path)
+    assert found == []
+
+
+@pytest.mark.parametrize(
+    ("code", "why"),
+    [
+        ("from __future__ import annotations\nVersion = tuple[int, int, int]\n", "tuple[...]"),
+        ("from collections.abc import Callable\nRun = Callable[..., int]\n", "Callable[...]"),
+        ("pairs = list(zip(a, b, strict=True))\n", "zip(strict=...)"),
+        ("from functools import cache\n", "functools import cache"),
+        ("Maybe = int | None\n", "X | Y"),
+        ("merged = dict(a) | b\n", "dict | dict"),
+        ("name = text.removeprefix('x')\n", ".removeprefix"),
+        ("match x:\n    case 1:\n        pass\n", "not Python 3.8 syntax"),
+    ],
+)
+def test_the_3_8_rules_catch_what_the_agent_used_to_have(code, why):
+    from py38_rules import problems
+
+    assert any(why in p for p in problems("snippet.py", code)), problems("snippet.py", code)
+
+
+def test_the_3_8_rules_leave_annotations_alone_under_future_annotations():
+    from py38_rules import problems
+
+    code = (
+        "from __future__ import annotations\n"
+        "def f(x: tuple[int, ...] | None) -> list[str]:\n"
+        "    y: dict[str, int] = {}\n"
+    )
+    assert problems("ok.py", code) == []
+
+
+def test_the_agent_zipapp_stops_early_on_an_old_python():
+    from bckd_pipeline.device.bundle import AGENT_MAIN
+
+    assert "sys.version_info < (3, 8)" in AGENT_MAIN and "JetPack 5.1" in AGENT_MAIN
+    ast_ok = compile(AGENT_MAIN, "__main__.py", "exec")  # plain syntax: an old interpreter gets the message
+    assert ast_ok is not None
+
+
 # -- Jetson facts ---------------------------------------------------------------------------------
 def write(root: Path, rel: str, text: str) -> None:
     path = root / rel
@@ -919,7 +1198,7 @@ def test_device_facts_on_a_fake_orin_nano(tmp_path):
     facts = device_facts(tmp_path, run=fake_run({"nvpmodel": "NV Power Mode: 15W\n0\n"}))
     assert facts["is_jetson"] is True
     assert facts["model"] == "NVIDIA Jetson Orin Nano Developer Kit"
-    assert facts["l4t"] == "36.4.3" and facts["jetpack"] == "6.2"
+    assert facts["l4t"] == "36.4.3" and facts["jetpack"] == "6.2" and facts["jetpack_tensorrt"] == "10.3"
     assert facts["power_mode"] == {"name": "15W", "id": 0}
     assert facts["temperatures_c"] == {"cpu-thermal": 47.5, "gpu-thermal": 101.25, "soc0-thermal": 45.0}
     assert facts["throttling"] == ["gpu-thermal: 101.2 C >= passive trip 99.0 C"]
@@ -971,12 +1250,25 @@ def test_parse_l4t_release(line, want):
         ("36.4.0", "6.1"),
         ("36.3.0", "6.0"),
         ("35.4.1", "5.1.2"),
+        ("35.1.0", "5.0.2"),
+        ("35.2.1", "5.1"),
+        ("35.5.0", "5.1.3"),
+        ("35.6.0", "5.1.4"),
+        ("35.6.1", "5.1.5"),
         ("38.2.1", "7.0"),
         ("35.9.9", None),
     ],
 )
 def test_jetpack_table(l4t, jp):
     assert jetpack_for_l4t(l4t) == jp
+
+
+def test_jetpack_6_0_ships_tensorrt_8_6_not_10_3():
+    from bckd_pipeline.device.jetson import TENSORRT_BY_JETPACK
+
+    assert TENSORRT_BY_JETPACK[jetpack_for_l4t("36.3.0")] == "8.6"
+    assert TENSORRT_BY_JETPACK[jetpack_for_l4t("36.4.0")] == "10.3"
+    assert TENSORRT_BY_JETPACK[jetpack_for_l4t("35.1.0")] == "8.4"  # refused by the recipe (needs 8.5)
 
 
 def test_unknown_l4t_gives_a_note(tmp_path):

@@ -90,11 +90,18 @@ def compile_stage(
     return built
 
 
+def _qdq_placement() -> str:
+    from .tensorrt import QDQ_PLACEMENT
+
+    return QDQ_PLACEMENT
+
+
 def _build_one(ctx: DeployContext, cache: StageCache, b: Built, path: Path, parent: Path, calib) -> dict:
     options = {
         "profile": ctx.profile.name,
         "device": ctx.profile.device,
         "trt_quantizer": ctx.deploy.trt_quantizer if b.name == "onnx-qdq" else None,
+        "qdq_placement": _qdq_placement() if b.name == "onnx-qdq" else None,
         "calibration": calib.spec if calib else None,
         "calibration_sha256": calib.sha256 if calib else None,
     }

@@ -6,9 +6,20 @@ nodes in the ONNX (TensorRT's "explicit quantization"). What TensorRT needs from
 
 - int8 Q/DQ with zero point 0 everywhere (symmetric; TensorRT rejects other zero points);
 - per-channel weights (a vector of scales along the output-channel axis) for Conv / ConvTranspose;
-- Q/DQ on the data input of every weighted layer, and on *both* inputs of a residual ``Add``, so
-  the addition fuses into the INT8 convolution before it;
+- Q/DQ on the data input of every weighted layer, and on *at least the residual input* of a
+  residual ``Add`` (below);
 - float biases (an int32 bias DequantizeLinear, which ONNX Runtime writes by default, does not parse).
+
+**Residual Adds.** TensorRT's developer guide (Q/DQ layer-placement recommendations: "quantize the
+residual input in element-wise addition") fuses an Add that follows a convolution into that
+convolution, as its residual input, when the *convolution side* carries no Q/DQ and the other
+(residual, skip) input does; a Q/DQ pair on the convolution side separates the two and costs a
+kernel and an INT8 round trip (the guide's figure of a suboptimal fusion). NVIDIA Model Optimizer
+places them the same way: ``modelopt/onnx/quantization/graph_utils.py::build_non_residual_input_map``
+(a Conv "backbone" behind one input, or behind both with the longer path to their lowest common
+ancestor) and ``remove_partial_input_qdq`` (the Q/DQ pair on that input is removed after
+quantization). :func:`place_residual_qdq` does that to ONNX Runtime's output; the check accepts
+either placement (Q/DQ on the residual input alone, or on both).
 
 Two quantizers make it, both calibrated on the calibration images (never random data):
 
@@ -16,7 +27,8 @@ Two quantizers make it, both calibrated on the calibration images (never random 
   It pins its own onnxruntime-gpu and an older onnx, so it is the optional extra
   ``bckd-pipeline[modelopt]``, best installed in its own environment.
 - ``onnxruntime``: ONNX Runtime's static QDQ quantizer with symmetric activations and weights,
-  per-channel weights, float biases and Q/DQ restricted to the layers TensorRT runs in INT8. The default.
+  per-channel weights, float biases and Q/DQ restricted to the layers TensorRT runs in INT8, then
+  the residual placement above. The default.
 """
 
 from __future__ import annotations
@@ -35,6 +47,10 @@ QUANTIZERS = ("onnxruntime", "modelopt")
 # The layers TensorRT runs in INT8 when their inputs carry Q/DQ; activations elsewhere stay float.
 QUANTIZED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add")
 WEIGHT_AXIS = {"Conv": 0, "ConvTranspose": 1}
+# Bumped when the Q/DQ placement changes, so that a cached Q/DQ ONNX of the old placement is remade.
+QDQ_PLACEMENT = "residual-input-only-v1"
+# Layers TensorRT fuses between a convolution and the Add that follows it (the "backbone" walk).
+FUSIBLE_AFTER_CONV = ("BatchNormalization",)
 
 
 def quantize_for_tensorrt(
@@ -52,10 +68,13 @@ def quantize_for_tensorrt(
         "calibration_method": spec.method,
         "calibration_images": len(feeds),
         "quantized_ops": list(QUANTIZED_OPS),
+        "residual_add_placement": "Q/DQ on the residual input only; the convolution side fuses (TensorRT guide)",
+        "placement_version": QDQ_PLACEMENT,
     }
 
     def write_checked(tmp: Path) -> None:
         write(Path(source), tmp, feeds, spec)
+        settings["residual_adds_fused"] = place_residual_qdq(tmp)
         problems = check_tensorrt_qdq(tmp)
         if problems:
             raise StageCheckError(
@@ -105,7 +124,126 @@ def _modelopt_writer(source: Path, tmp: Path, feeds: DatasetFeeds, spec: Calibra
 
 
 # ---------------------------------------------------------------------------------------------
+# residual Adds
+# ---------------------------------------------------------------------------------------------
+def _through_qdq(name: str, producer: dict) -> str:
+    """The tensor behind a DequantizeLinear <- QuantizeLinear pair (or ``name`` itself)."""
+    node = producer.get(name)
+    if node is not None and node.op_type == "DequantizeLinear":
+        q = producer.get(node.input[0])
+        if q is not None and q.op_type == "QuantizeLinear":
+            return q.input[0]
+    return name
+
+
+def _conv_backbone(name: str, producer: dict):
+    """The Conv/ConvTranspose that produces ``name`` (through Q/DQ and fusible BatchNormalization), or None."""
+    name = _through_qdq(name, producer)
+    node = producer.get(name)
+    while node is not None and node.op_type in FUSIBLE_AFTER_CONV:
+        name = _through_qdq(node.input[0], producer)
+        node = producer.get(name)
+    return node if node is not None and node.op_type in WEIGHT_AXIS else None
+
+
+def _depths(name: str, producer: dict) -> dict:
+    """Every ancestor node of tensor ``name`` (by id) with its shortest distance (in nodes, Q/DQ not counted)."""
+    out, frontier, depth = {}, [name], 0
+    while frontier:
+        nxt = []
+        for t in frontier:
+            node = producer.get(_through_qdq(t, producer))
+            if node is None or id(node) in out:
+                continue
+            out[id(node)] = depth
+            nxt.extend(node.input)
+        frontier, depth = nxt, depth + 1
+    return out
+
+
+def residual_adds(graph) -> list:
+    """``(add, conv_side_input, residual_input)`` for every residual Add, by Model Optimizer's rule.
+
+    An Add of two activations is residual when a convolution produces one input and not the other
+    (unless that convolution is where both branches meet), or when convolutions produce both: then
+    the input on the longer path from the branches' lowest common ancestor is the convolution side
+    (modelopt/onnx/quantization/graph_utils.py::build_non_residual_input_map).
+    """
+    inits = {t.name for t in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    found = []
+    for node in graph.node:
+        if node.op_type != "Add" or len(node.input) != 2:
+            continue
+        a, b = node.input
+        if (
+            a in inits
+            or b in inits
+            or _through_qdq(a, producer) not in producer
+            or _through_qdq(b, producer) not in producer
+        ):
+            continue  # a bias or a graph input: not a residual connection
+        conv_a, conv_b = _conv_backbone(a, producer), _conv_backbone(b, producer)
+        if conv_a is None and conv_b is None:
+            continue
+        da, db = _depths(a, producer), _depths(b, producer)
+        common = [n for n in da if n in db]
+        lca = min(common, key=lambda n: da[n] + db[n]) if common else None
+        if conv_a is not None and conv_b is not None:
+            if conv_a is conv_b or lca is None:
+                continue
+            conv_side = a if da[lca] > db[lca] else b
+        else:
+            conv = conv_a or conv_b
+            if lca == id(conv):
+                continue  # the convolution feeds both branches (ConvNeXt-style): not a residual Add
+            conv_side = a if conv_a is not None else b
+        found.append((node, conv_side, b if conv_side == a else a))
+    return found
+
+
+def place_residual_qdq(path: Path) -> int:
+    """Remove the Q/DQ pair on the convolution side of every residual Add (kept on the residual input).
+
+    Rewrites ``path`` in place; returns how many Adds were changed. The pair is removed only where it
+    feeds that Add alone (ONNX Runtime's ``DedicatedQDQPair``), so no other consumer loses its Q/DQ.
+    """
+    import onnx
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers: dict = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    drop, changed = set(), 0
+    for add, conv_side, _residual in residual_adds(graph):
+        dq = producer.get(conv_side)
+        if dq is None or dq.op_type != "DequantizeLinear":
+            continue
+        q = producer.get(dq.input[0])
+        if q is None or q.op_type != "QuantizeLinear":
+            continue
+        if len(consumers.get(dq.output[0], [])) != 1 or len(consumers.get(q.output[0], [])) != 1:
+            continue
+        for i, name in enumerate(add.input):
+            if name == conv_side:
+                add.input[i] = q.input[0]
+        drop.update((id(q), id(dq)))
+        changed += 1
+    if changed:
+        kept = [n for n in graph.node if id(n) not in drop]
+        del graph.node[:]
+        graph.node.extend(kept)
+        onnx.save(model, str(path))
+    return changed
+
+
+# ---------------------------------------------------------------------------------------------
 # the TensorRT-readiness check
+
+
 # ---------------------------------------------------------------------------------------------
 def check_tensorrt_qdq(path: Path) -> list[str]:
     """Every reason TensorRT would reject or mis-quantize this Q/DQ ONNX; empty when it is ready."""
@@ -147,8 +285,10 @@ def check_tensorrt_qdq(path: Path) -> list[str]:
                     problems.append(f"{n.op_type} {n.name!r}: weights are not quantized per output channel")
             if len(n.input) > 2 and n.input[2] and is_dq(n.input[2]):
                 problems.append(f"{n.op_type} {n.name!r}: the bias is quantized (TensorRT needs a float bias)")
-        elif n.op_type == "Add":
-            activations = [i for i in n.input if i not in inits]
-            if len(activations) == 2 and not all(is_dq(i) for i in activations):
-                problems.append(f"Add {n.name!r}: a residual input has no Q/DQ (both need one to fuse in INT8)")
+    for add, _conv_side, residual in residual_adds(graph):
+        if not is_dq(residual):
+            problems.append(
+                f"Add {add.name!r}: its residual input has no Q/DQ (TensorRT fuses the Add into the convolution "
+                "only when the residual input is quantized)"
+            )
     return problems

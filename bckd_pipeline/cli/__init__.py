@@ -2,8 +2,9 @@
 
 parser.py is every command and flag; each command group runs from its own module, imported only when
 that command runs: train.py (models, train-teacher, distill, eval, run), deploy.py (deploy),
-gate.py (gate), tools.py (targets, doctor, bench), predict.py (predict). The console entry point is
-``bckd_pipeline.cli:main``.
+gate.py (gate), tools.py (targets, doctor, bench), predict.py (predict), ingest.py (ingest: a device result
+made by hand read into a pending TensorRT run; ``main`` records each run's command for it). The console entry
+point is ``bckd_pipeline.cli:main``.
 """
 
 from __future__ import annotations
@@ -43,9 +44,19 @@ def dispatch(args) -> int:
         from .gate import gate_report
 
         return gate_report(args, args.report)
+    if args.command == "ingest":
+        from .ingest import ingest
+
+        return ingest(args, replay=_replay)
     from .train import command
 
     return command(args, _console())
+
+
+def _replay(args) -> int:
+    """Run a recorded command again (``ingest``): the same device split and dispatch as ``main``."""
+    _split_device(args)
+    return dispatch(args)
 
 
 def _cuda() -> bool:
@@ -82,10 +93,16 @@ def _split_device(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = parser.parse_args(argv)
     try:
         _split_device(args)
-        return dispatch(args)
+        code = dispatch(args)
+        if args.command in ("run", "deploy") and not args.dry_run:
+            from .ingest import record_command
+
+            record_command(argv, args.out)  # what `ingest` replays once the device result is in
+        return code
     except BckdError as exc:
         print(f"error: {_message(exc)}", file=sys.stderr)
         return exc.exit_code

@@ -225,6 +225,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("report", type=Path, help="OUT/report.json of `run` or `deploy` (or the OUT folder)")
     _gate_flags(p, required=True)
+
+    p = sub.add_parser(
+        "ingest",
+        help="read a device result made by hand (agent.pyz on the device) into a pending TensorRT run (docs/jetson.md)",
+        formatter_class=fmt,
+        epilog="Checks the result against the run's bundle (job id, file hashes, the run's own images), fills the "
+        "pending rows, recomputes the ledger and the reports. Exit codes: 0 every row measured and within parity; "
+        "1 a stage failed its parity check, the device-side build failed, or (with --budgets) a budget was violated; "
+        "2 bad input (not a run folder, a result of another bundle, files altered in transit).",
+    )
+    p.add_argument("run_dir", type=Path, help="the --out folder of the pending `run`/`deploy --target jetson...`")
+    p.add_argument("result_dir", type=Path, help="the agent's output folder copied back from the device (out/)")
+    _gate_flags(p, required=False)
     return parser
 
 
@@ -299,7 +312,7 @@ def _deploy_flags(p: argparse.ArgumentParser) -> None:
     t = p.add_argument_group("TensorRT targets (jetson, jetson-orin-nano/-nx, jetson-agx-orin, tensorrt)")
     t.add_argument("--ssh-identity", type=Path, help="private key for --device ssh://... (default: ssh's own keys)")
     t.add_argument("--ssh-known-hosts", type=Path, help="known_hosts file to check the device's host key against")
-    t.add_argument("--device-python", default="python3", help="the device's Python 3.10+ with numpy")
+    t.add_argument("--device-python", default="python3", help="the device's Python 3.8+ with numpy")
     t.add_argument("--dla-core", type=int, help="build for this DLA core, GPU fallback on (AGX Orin, Orin NX)")
     t.add_argument("--workspace-mib", type=int, help="TensorRT builder workspace in MiB (default: 1024)")
     t.add_argument("--cuda-graph", action="store_true", help="replay inference as a CUDA graph on the device")

@@ -9,7 +9,7 @@ and shapes, and records ``last_latency_s`` around ``_infer`` alone.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from typing import Mapping, Sequence  # typing, not collections.abc: subscripted at run time on Python 3.8
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -128,7 +128,8 @@ class Runtime:
                     f"x.astype(np.{want.dtype})."
                 )
             if len(x.shape) != len(want.shape) or any(
-                w is not None and w != g for w, g in zip(want.shape, x.shape, strict=True)
+                w is not None and w != g
+                for w, g in zip(want.shape, x.shape)  # lengths compared just before
             ):
                 shown = tuple("?" if w is None else w for w in want.shape)
                 raise ConfigError(

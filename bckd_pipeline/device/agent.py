@@ -13,6 +13,9 @@ facts, the build settings, the latency report and the sha256 of every file it wr
 without TensorRT gets the Q/DQ ONNX measured with ONNX Runtime instead, and ``result.json`` says
 so in ``fallback``; a TensorRT build that fails is an error (exit 1, ``result.json`` has ``error``),
 never a fallback.
+
+It runs on Python 3.8+ (JetPack 5's system Python is 3.8; JetPack 6 has 3.10) with TensorRT 8.5+
+(JetPack 5.1 and later); older ones stop at once with a message saying what to install.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ LABELS_FILE = "labels.npz"
 PLAN_FILE = "model.plan"
 # The ledger row the device's measurements become: the engine, or ONNX Runtime when TensorRT is not usable.
 LATENCY_IMAGES = 8  # the host's latency stage times the same first 8 evaluation images
+MIN_PYTHON = (3, 8)
 
 
 def feed_digest(image: np.ndarray) -> str:
@@ -122,6 +126,8 @@ def run_job(job_file: Path, out: Path | None = None) -> dict:
     job = json.loads(job_file.read_text())
     if job.get("format") != JOB_FORMAT:
         raise ValueError(f"{job_file} is not a bckd-pipeline device job (format {job.get('format')!r})")
+    # What this result was made from, so that `bckd-pipeline ingest` can match it to the run's bundle.
+    inputs = {name: file_sha256(work / job[key]) for key, name in (("onnx", job["onnx"]), ("feeds", job["feeds"]))}
     started = time.time()
     with np.load(work / job["feeds"]) as data:
         images = data["images"]
@@ -146,6 +152,8 @@ def run_job(job_file: Path, out: Path | None = None) -> dict:
     result = {
         "format": RESULT_FORMAT,
         "ok": True,
+        "job_id": job.get("job_id"),
+        "inputs": inputs,
         "target": job["target"],
         "row": runtime.name,
         "backend": runtime.backend,
@@ -166,6 +174,13 @@ def run_job(job_file: Path, out: Path | None = None) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if sys.version_info < MIN_PYTHON:
+        print(
+            f"error: this agent needs Python {'.'.join(map(str, MIN_PYTHON))}+ (JetPack 5 has 3.8, JetPack 6 has "
+            f"3.10); this is {sys.version.split()[0]}. Run it with python3 from JetPack 5.1 or later.",
+            file=sys.stderr,
+        )
+        return 2
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0 if argv else 2
@@ -178,6 +193,10 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         out.mkdir(parents=True, exist_ok=True)
         error = {"format": RESULT_FORMAT, "ok": False, "error": f"{type(e).__name__}: {e}"}
+        try:
+            error["job_id"] = json.loads(job_file.read_text()).get("job_id")
+        except (OSError, ValueError):
+            pass
         atomic_write(out / RESULT_FILE, lambda t: t.write_text(json.dumps(error, indent=2)))
         return 1
 

@@ -53,9 +53,10 @@ AGENT_MODULES = (
 )
 TENSORRT_DIR = "deploy/tensorrt"  # in OUT: bundle/ (what ships) and device/ (what came back)
 BUNDLE_FILES = ("job.json", "model.qdq.onnx", "feeds.npz", "agent.pyz", "build_engine.sh", "README.txt")
-# JetPack 6.x ships TensorRT 10.3: the build script for a Jetson is written for it. For a desktop GPU
-# without TensorRT here, the script is written for a current (strongly typed, >= 10.12) TensorRT. The
-# agent always writes trtexec.sh for the version it finds next to the engine it builds.
+# JetPack 6.1/6.2 ship TensorRT 10.3 (6.0: 8.6, 5.1.x: 8.5): the build script for a Jetson is written for
+# 10.3, and its flags are the same from 8.5 to 10.x (weakly typed), so it runs on all of them. For a
+# desktop GPU without TensorRT here, the script is written for a current 10.x. The agent always writes
+# trtexec.sh for the version it finds next to the engine it builds.
 JETPACK6_TENSORRT = (10, 3, 0)
 CURRENT_TENSORRT = (10, 12, 0)
 
@@ -77,6 +78,24 @@ def agent_digest() -> str:
     return hashlib.sha256(listing.encode()).hexdigest()
 
 
+# The zipapp's entry point: plain syntax, so that an interpreter too old for the agent says so.
+AGENT_MAIN = (
+    "import sys\n"
+    "if sys.version_info < (3, 8):\n"
+    "    sys.stderr.write('error: the bckd-pipeline agent needs Python 3.8+ (JetPack 5.1 or later); this is %s\\n'"
+    " % sys.version.split()[0])\n"
+    "    sys.exit(2)\n"
+    "from bckd_pipeline.device.agent import main\n"
+    "sys.exit(main())\n"
+)
+
+
+def job_id(job: dict, onnx: Path, feeds: Path) -> str:
+    """Names one bundle: its job (recipe, protocol, images) and the bytes of the ONNX and images it ships."""
+    payload = json.dumps({k: v for k, v in job.items() if k != "job_id"}, sort_keys=True)
+    return hashlib.sha256((payload + file_sha256(onnx) + file_sha256(feeds)).encode()).hexdigest()[:16]
+
+
 def build_agent(path: Path) -> Path:
     """``agent.pyz``: a zipapp of the modules in ``AGENT_MODULES``; ``python3 agent.pyz job.json``."""
     package = Path(__file__).resolve().parents[1]
@@ -85,7 +104,7 @@ def build_agent(path: Path) -> Path:
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
             for rel in AGENT_MODULES:
                 z.write(package / rel, f"bckd_pipeline/{rel}")
-            z.writestr("__main__.py", "import sys\nfrom bckd_pipeline.device.agent import main\nsys.exit(main())\n")
+            z.writestr("__main__.py", AGENT_MAIN)
 
     atomic_write(path, write)
     return path
@@ -129,6 +148,7 @@ def write_bundle(
         with open(staging / "feeds.npz", "wb") as f:
             np.savez(f, images=np.concatenate(feeds.images, axis=0), names=np.asarray(feeds.names))
         build_agent(staging / "agent.pyz")
+        job["job_id"] = job_id(job, staging / "model.qdq.onnx", staging / "feeds.npz")
         version = JETPACK6_TENSORRT if opts.jetson else _local_tensorrt_version()
         write_build_script(staging / "build_engine.sh", "model.qdq.onnx", "model.plan", recipe, version)
         (staging / "job.json").write_text(json.dumps(job, indent=2))
@@ -146,10 +166,13 @@ def _readme(profile: TargetProfile) -> str:
         "A TensorRT engine is specific to the GPU and TensorRT version that build it: build it on the device.\n\n"
         "  scp -r bundle user@device:bckd-bundle\n"
         "  ssh user@device 'cd bckd-bundle && python3 agent.pyz job.json out'\n"
-        "  scp -r user@device:bckd-bundle/out ./device-result\n\n"
+        "  scp -r user@device:bckd-bundle/out ./device-result\n"
+        "  bckd-pipeline ingest RUN_DIR ./device-result   # on the host: fills the pending rows, exit 0 or 1\n\n"
         "agent.pyz builds model.plan with the TensorRT Python API, checks it on the evaluation images in\n"
         "feeds.npz and runs the latency protocol; out/result.json holds the device facts and measurements.\n"
         "build_engine.sh is the equivalent trtexec command (engine only, no measurements).\n"
+        "The device needs Python 3.8+ with numpy, TensorRT 8.5+ (JetPack 5.1 or later) and pycuda; --cuda-graph\n"
+        "also needs cuda-python matching the device's CUDA major (docker/jetson.Dockerfile has all of them).\n"
         "Or let the pipeline do all of it: bckd-pipeline run --target "
         f"{profile.name} --device ssh://user@device\n"
     )
@@ -200,6 +223,12 @@ def read_result(folder: Path, job: dict) -> dict:
                 f"{name} from the device does not match the sha256 the device reported: the transfer was "
                 "incomplete. Run again; nothing was kept."
             )
+    if job.get("job_id") is not None and result.get("job_id") != job["job_id"]:
+        raise StageCheckError(
+            f"The device result is for job {result.get('job_id')!r}, this run's bundle is job {job['job_id']!r}: the "
+            "result belongs to another bundle (an older run, or another run folder). Run this run's bundle "
+            "(deploy/tensorrt/bundle) on the device; nothing was kept."
+        )
     if result["digests"] != job["digests"]:
         raise StageCheckError(
             "The device measured other images than this run's evaluation images (digests differ); the result "
@@ -251,3 +280,21 @@ class ReplayRuntime(Runtime):
         if digest not in self._by_digest:
             raise StageCheckError(f"The device returned no output for this input (digest {digest[:12]}).")
         return {"labels": self._by_digest[digest][None].astype(np.int64)}
+
+
+INGESTED_FILE = "ingested.json"  # in deploy/tensorrt/device: a result read in by `bckd-pipeline ingest`
+
+
+def ingested_outcome(dest: Path, job: dict) -> DeviceOutcome | None:
+    """A result that `bckd-pipeline ingest` put into ``dest`` for this very bundle, checked again; else None."""
+    marker = Path(dest) / INGESTED_FILE
+    if not marker.is_file():
+        return None
+    try:
+        record = json.loads(marker.read_text())
+    except ValueError:
+        return None
+    if record.get("job_id") != job.get("job_id"):
+        return None  # the bundle changed since: the result is stale, the device step is pending again
+    result = read_result(dest, job)
+    return DeviceOutcome(result, Path(dest), f"by hand ({record.get('source', 'ingested')})")

@@ -7,21 +7,28 @@ why. All paths are read under ``root`` and commands go through ``run``, so tests
 
 Part of the device-side agent: standard library only (tensorrt is imported lazily, if present).
 
-JetPack <- Jetson Linux (L4T) mapping, from NVIDIA's JetPack / Jetson Linux archive pages and a
-vendor BSP release table (36.4.4 -> 6.2.1, 36.4.3 -> 6.2, 36.4 -> 6.1, 36.3 -> 6.0) and JetPack 5
-tables (35.4.1 -> 5.1.2, 35.3.1 -> 5.1.1); 38.2 -> 7.0 and 38.4 -> 7.1 from NVIDIA's JetPack 7
-download pages. Releases not in the table are reported as None with a note (never guessed).
+JetPack <- Jetson Linux (L4T) mapping, and the TensorRT each JetPack ships. Sources:
+NVIDIA's JetPack SDK pages (developer.nvidia.com/embedded/jetpack-sdk-51: "JetPack 5.1 ... Jetson
+Linux 35.2.1 ... CUDA 11.4, TensorRT 8.5.2"), the JetPack archive (developer.nvidia.com/embedded/
+jetpack-archive; docs.nvidia.com/jetson/archives/jetpack-archived/jetpack-515 for 5.1.5), Torch-TensorRT's
+JetPack page ("JetPack 6.1 ... CUDA 12.6, TensorRT 10.3"), a vendor BSP release table (36.4.4 -> 6.2.1,
+36.4.3 -> 6.2, 36.4 -> 6.1, 36.3 -> 6.0) and issue 14's review (JetPack 6.0 = L4T 36.3 ships TensorRT
+8.6, not 10.3; 35.1 = 5.0.2 with TensorRT 8.4.1, which this agent refuses). 38.2 -> 7.0 and 38.4 -> 7.1
+from NVIDIA's JetPack 7 download pages (their TensorRT is not in the table: unknown, not guessed).
+Releases not in the table are reported as None with a note (never guessed).
+
+Part of the device-side agent, which runs on Python 3.8 (JetPack 5): typing's generics only.
 """
 
 from __future__ import annotations
 
 import re
 import subprocess
-from collections.abc import Callable
+from typing import Callable
 from pathlib import Path
 
 # (major, minor, patch or None for "any patch") -> JetPack. Exact matches win over "any patch".
-JETPACK_BY_L4T: dict[tuple[int, int, int | None], str] = {
+JETPACK_BY_L4T = {
     (38, 4, None): "7.1",
     (38, 2, None): "7.0",
     (36, 4, 4): "6.2.1",
@@ -29,8 +36,28 @@ JETPACK_BY_L4T: dict[tuple[int, int, int | None], str] = {
     (36, 4, 0): "6.1",
     (36, 3, None): "6.0",
     (36, 2, None): "6.0 DP",
+    (35, 6, 1): "5.1.5",
+    (35, 6, 0): "5.1.4",
+    (35, 5, 0): "5.1.3",
     (35, 4, 1): "5.1.2",
     (35, 3, 1): "5.1.1",
+    (35, 2, 1): "5.1",
+    (35, 1, 0): "5.0.2",
+}  # type: Dict[Tuple[int, int, Optional[int]], str]
+# JetPack -> the TensorRT it ships (major.minor); the agent needs >= 8.5.
+TENSORRT_BY_JETPACK = {
+    "6.2.1": "10.3",
+    "6.2": "10.3",
+    "6.1": "10.3",
+    "6.0": "8.6",
+    "6.0 DP": "8.6",
+    "5.1.5": "8.5",
+    "5.1.4": "8.5",
+    "5.1.3": "8.5",
+    "5.1.2": "8.5",
+    "5.1.1": "8.5",
+    "5.1": "8.5",
+    "5.0.2": "8.4",
 }
 
 Run = Callable[..., subprocess.CompletedProcess]
@@ -178,6 +205,7 @@ def device_facts(root: Path = Path("/"), run: Run = subprocess.run) -> dict:
     elif l4t is None:
         notes.append(f"/etc/nv_tegra_release not understood: {release_text.strip()[:120]!r}")
     jetpack = jetpack_for_l4t(l4t) if l4t else None
+    shipped = TENSORRT_BY_JETPACK.get(jetpack) if jetpack else None
     if l4t and jetpack is None:
         notes.append(f"L4T {l4t} is not in the JetPack table of bckd_pipeline.device.jetson; JetPack unknown")
 
@@ -197,6 +225,7 @@ def device_facts(root: Path = Path("/"), run: Run = subprocess.run) -> dict:
         "model": model,
         "l4t": l4t,
         "jetpack": jetpack,
+        "jetpack_tensorrt": shipped,  # the TensorRT that JetPack ships (the one found is "tensorrt")
         "tensorrt": _tensorrt_version(notes),
         "power_mode": power_mode,
         "clocks": _clocks(root, notes),
@@ -258,5 +287,7 @@ def gpu_facts(run: Run = subprocess.run) -> dict:
     if len(values) != len(keys):
         notes.append(f"nvidia-smi output not understood: {line[:160]!r}")
         return {**facts, "notes": notes}
-    facts = {k: _text(v) if k in ("name", "driver") else _number(v) for k, v in zip(keys, values, strict=True)}
+    facts = {
+        k: _text(v) if k in ("name", "driver") else _number(v) for k, v in zip(keys, values)
+    }  # lengths checked above
     return {**facts, "notes": notes}

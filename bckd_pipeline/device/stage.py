@@ -10,7 +10,15 @@ from ..cache import StageCache, stage_key
 from ..context import DeployContext
 from ..ledger import ENGINE_ROW, Built
 from ..targets import Backend, Precision
-from .bundle import BUNDLE_FILES, TENSORRT_DIR, DeviceOutcome, agent_digest, run_here, write_bundle
+from .bundle import (
+    BUNDLE_FILES,
+    TENSORRT_DIR,
+    DeviceOutcome,
+    agent_digest,
+    ingested_outcome,
+    run_here,
+    write_bundle,
+)
 
 
 def device_stage(ctx: DeployContext, out: Path, cache: StageCache, qdq: Built) -> list[Built]:
@@ -39,8 +47,13 @@ def device_stage(ctx: DeployContext, out: Path, cache: StageCache, qdq: Built) -
         job = hit["job"]
     where = ctx.deploy.device or ("here" if ctx.plan.can_measure else None)
     if where is None:
-        ctx.device = DeviceOutcome(None, None, "", ctx.plan.availability_note)
-        return []
+        # A result run by hand on the device and read in with `bckd-pipeline ingest` (for this bundle only).
+        ingested = ingested_outcome(dest, job)
+        if ingested is None:
+            ctx.device = DeviceOutcome(None, None, "", ctx.plan.availability_note)
+            return []
+        ctx.device = ingested
+        return _rows(ingested.result, dest, qdq)
     dkey = stage_key("device", {"where": where, "bundle": key, "ssh": ctx.deploy.ssh}, [])
     hit = cache.lookup("device", dkey)
     if hit is not None:
@@ -55,6 +68,10 @@ def device_stage(ctx: DeployContext, out: Path, cache: StageCache, qdq: Built) -
     if hit is None:
         cache.store("device", dkey, [dest / "result.json", *(dest / f for f in result["files"])], {"result": result})
     ctx.device = DeviceOutcome(result, dest, where)
+    return _rows(result, dest, qdq)
+
+
+def _rows(result: dict, dest: Path, qdq: Built) -> list[Built]:
     if result["engine"]:
         plan = dest / result["engine"]["file"]
         return [Built(ENGINE_ROW, Backend.TENSORRT, Precision.INT8, plan, qdq.name, result["engine"]["build"])]

@@ -95,7 +95,7 @@ def build_report(ctx, summary, built, parity, latency, export_check, simplify_ch
         rows.append(row)
     if ctx.device is not None and ctx.device.result is None:
         rows.append(_pending_engine_row(ctx, built[-1], out))
-    elif not ctx.plan.can_measure:
+    elif ctx.device is None and not ctx.plan.can_measure:  # TensorRT targets: the device stage decides
         deployed = built[-1]
         pending = _row(
             deployed,
@@ -177,7 +177,8 @@ def _pending_engine_row(ctx, qdq, out: Path) -> dict:
     row["note"] = (
         f"engine build and on-device measurements pending: {ctx.device.pending_reason}. To finish: rerun with "
         "--device ssh://user@device (the engine is built and measured there), or copy deploy/tensorrt/bundle to "
-        "the device and follow its README.txt (build_engine.sh is the trtexec command)."
+        "the device, follow its README.txt (build_engine.sh is the trtexec command), copy out/ back and run "
+        "`bckd-pipeline ingest OUT DEVICE_RESULT_DIR`."
     )
     return row
 

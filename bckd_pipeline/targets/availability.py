@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
-from functools import cache
+from functools import lru_cache
 from pathlib import Path
 
 from .profiles import Backend, TargetProfile
@@ -37,7 +37,7 @@ def module_present(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
-@cache
+@lru_cache(maxsize=None)  # functools.cache is 3.9+: this module ships to Python 3.8 devices
 def openvino_devices() -> tuple[str, ...]:
     import openvino as ov
 

@@ -14,7 +14,8 @@ from ..errors import ConfigError, unknown_name
 
 
 class StrEnum(str, Enum):
-    """``enum.StrEnum`` of Python 3.11, spelled out: JetPack 6 ships Python 3.10 and the device agent imports this."""
+    """``enum.StrEnum`` of Python 3.11, spelled out: JetPack 5 ships Python 3.8 (6: 3.10), and the device
+    agent imports this."""
 
     def __str__(self) -> str:
         return str(self.value)
@@ -208,7 +209,7 @@ OPENVINO_NPU = replace(
 # the engine is built and measured where it runs (locally with a GPU, or on a Jetson over SSH).
 JETSON = TargetProfile(
     name="jetson",
-    description="NVIDIA Jetson Orin (any module, JetPack 6), TensorRT INT8 engine from an explicit Q/DQ ONNX",
+    description="NVIDIA Jetson Orin (any module, JetPack 5.1+ or 6), TensorRT INT8 engine from an explicit Q/DQ ONNX",
     backend=Backend.TENSORRT,
     device="Jetson Orin",
     precision=Precision.INT8,

@@ -6,54 +6,75 @@ deprecated the implicit-quantization and calibrator APIs and 11.0 removed them.
 
 Version rules, with where each comes from (NVIDIA documentation, read for this module):
 
-* TensorRT 8.x (JetPack 5): networks are created with ``NetworkDefinitionCreationFlag.EXPLICIT_BATCH``
-  (8.4 Python API: "Creating a network without this flag has been deprecated"); precision comes from
+* TensorRT 8.5 is the oldest supported: the name-based I/O API the runtime uses (``num_io_tensors``,
+  ``get_tensor_name``, ``set_input_shape``, ``set_tensor_address``, ``execute_async_v3``) arrived in
+  8.5 (TensorRT 8.5 release notes, "Deprecated API": the binding-index API deprecated in favour of the
+  name-based one). JetPack 5.0.2 ships 8.4.1 and is refused; JetPack 5.1-5.1.x ship 8.5.2.
+* TensorRT 8.x (JetPack 5, 6.0): networks are created with ``NetworkDefinitionCreationFlag.EXPLICIT_BATCH``
+  (8.x Python API: "Creating a network without this flag has been deprecated"); precision comes from
   builder flags (weakly typed).
-* TensorRT 10.0 - 10.11 (JetPack 6.x ships 10.3): ``EXPLICIT_BATCH`` is "[DEPRECATED] Ignored because
-  networks are always explicit batch in TensorRT 10.0" (10.x Python API, Builder page), so it is not
-  set. ``STRONGLY_TYPED`` already exists in 10.0, but this recipe keeps 10.x before 10.12 weakly typed:
-  ``BuilderFlag.INT8`` (+ ``FP16`` so layers left unquantized may run in half precision).
-* TensorRT 10.12+: "Weak typing APIs deprecated ... TensorRT will be using strong-typing exclusively
-  in the future" (10.12.0 release notes). The network is created ``STRONGLY_TYPED`` and no precision
-  flag is set: every tensor's type comes from the ONNX (Q/DQ for INT8, FP16 tensors for FP16).
+* TensorRT 10.x, every minor: ``EXPLICIT_BATCH`` is "[DEPRECATED] Ignored because networks are always
+  explicit batch in TensorRT 10.0" (10.x Python API, Builder page), so it is not set. The build stays
+  **weakly typed through 10.x**: ``BuilderFlag.INT8`` (+ ``FP16`` for the layers without Q/DQ).
+  10.12 deprecated weak typing ("Weak typing APIs deprecated ... TensorRT will be using strong-typing
+  exclusively in the future", 10.12.0 release notes) but kept the flags; a strongly typed build
+  would keep every layer without Q/DQ in the ONNX's FP32, so ``precision=fp16`` (and the FP16
+  fallback of an INT8 build) would silently become FP32, and an x86 host on 10.12+ would build
+  another engine than a Jetson on 10.3 from the same ONNX (issue 14, item 6).
 * TensorRT 11.x: "removes all weak typing APIs" - ``BuilderFlag.FP16/INT8/...`` are gone (11.x
-  migration guide, "Removed Python APIs"); ``STRONGLY_TYPED`` is "[DEPRECATED] ... Strongly typed mode
-  is always enabled. This flag is retained for API compatibility but is ignored" and ``EXPLICIT_BATCH``
-  is no longer listed (11.0 Python API, Builder page). trtexec 11 removed ``--fp16/--int8/--best`` and
-  ``--stronglyTyped`` "is no longer needed" (11.x trtexec migration page). DLA: "DLA is not supported in
-  TensorRT 11.3.0" / "on DriveOS in TensorRT 11.4.0", and "JetPack is not supported in TensorRT
-  11.4.0" (11.x migration overview), so a DLA recipe for 11.x is refused.
+  migration guide, "Removed Python APIs"); strong typing is always on. An INT8 build is then INT8
+  where the ONNX has Q/DQ and the ONNX's float type elsewhere: ``builder_settings`` says so
+  (``unquantized_layers``), and ``precision=fp16`` is refused unless the parsed network carries FP16
+  tensors (``build_engine`` checks), so no engine is labelled with a precision it was not built in.
+  trtexec 11 removed ``--fp16/--int8/--best`` (11.x trtexec migration page).
+* DLA: ``default_device_type = DLA``, ``DLA_core``, ``GPU_FALLBACK``; where the layers actually run
+  is read back (``IBuilderConfig.can_run_on_DLA`` per network layer, the engine inspector's
+  per-layer JSON after the build, ``create_engine_inspector`` from 8.2, ``ProfilingVerbosity.DETAILED``)
+  and reported as the share of layers and of FLOPs on the DLA. TensorRT 11 builds for DLA on AGX
+  Orin with a recent JetPack (issue 14, item 8, from the 11.x release notes as the reviewer read
+  them; not re-read here), so DLA is no longer refused there: a module without that DLA core
+  fails at ``builder.num_DLA_cores``.
+* Timing cache: ``IBuilderConfig.set_timing_cache(cache, ignore_mismatch)`` returns False when the
+  cache was made by another GPU or TensorRT version (TensorRT Python API, IBuilderConfig). Such a
+  cache is not used, is left as it was on disk, and the build's settings say so.
 * trtexec ``--workspace=N`` (MiB, 8.x) became ``--memPoolSize=workspace:N`` with the same N (8.x->10.x
   trtexec migration page: ``--workspace=1024`` -> ``--memPoolSize=workspace:1024``); a bare number is
   MiB. ``--builderOptimizationLevel`` and ``IBuilderConfig.builder_optimization_level`` are from 8.6.
 
 This module is part of the device-side agent: it imports only the standard library, numpy-free
-project pieces (``bckd_pipeline.errors``) and, lazily inside ``build_engine``, ``tensorrt``.
+project pieces (``bckd_pipeline.errors``) and, lazily inside ``build_engine``, ``tensorrt``. It runs
+on Python 3.8 (JetPack 5's system Python): no runtime use of 3.9+ syntax or calls
+(tests/test_tensorrt.py::test_agent_modules_run_on_python_3_8 checks every shipped file).
 
 One module over 400 lines on purpose: the version rules above and the code that applies them (the
-builder settings, the trtexec command, the build) are one idea, read against each other.
+builder settings, the trtexec command, the build, where the layers ran) are one idea, read against
+each other.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import shlex
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Optional, Tuple
 
 from ..errors import BackendMissingError, ConfigError, ExportError, StageCheckError
 from ..fileio import atomic_write
 
 PRECISIONS = ("int8", "fp16", "fp32")
 OPTIMIZATION_LEVELS = range(0, 6)  # IBuilderConfig.builder_optimization_level: 0..5, default 3
-MIN_VERSION = (8, 4, 0)  # set_memory_pool_limit and trtexec --memPoolSize exist from 8.4
-STRONGLY_TYPED_FROM = (10, 12, 0)  # weak typing deprecated in 10.12.0 (release notes)
+MIN_VERSION = (8, 5, 0)  # the name-based I/O API (execute_async_v3, set_tensor_address) is from 8.5
+STRONGLY_TYPED_FROM = (11, 0, 0)  # 11.0 removed the weak-typing flags; 10.x stays weakly typed here
 OPT_LEVEL_FROM = (8, 6, 0)
 TRTEXEC_SEARCH = "/usr/src/tensorrt/bin/trtexec"  # where JetPack installs trtexec (not on PATH)
 
-Version = tuple[int, int, int]
+Version = Tuple[int, int, int]  # typing.Tuple: the agent runs on Python 3.8
+# A DLA build whose FLOPs run mostly on the GPU is warned about; one with no layer on the DLA is refused.
+MIN_DLA_FLOP_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -130,13 +151,14 @@ def _check_supported(version: Version) -> None:
     if version < MIN_VERSION or version[0] == 9:
         shown = ".".join(map(str, version))
         raise ConfigError(
-            f"TensorRT {shown} is not supported by this recipe. Supported: 8.4-8.6 (JetPack 5), 10.x (JetPack 6: "
-            "10.3) and 11.x. Upgrade JetPack, or build on a host with a supported TensorRT."
+            f"TensorRT {shown} is not supported by this recipe. Supported: 8.5-8.6 (JetPack 5.1.x, JetPack 6.0), "
+            "10.x (JetPack 6.1/6.2: 10.3) and 11.x. JetPack 5.0.2 ships TensorRT 8.4, which lacks the name-based "
+            "I/O API (execute_async_v3): upgrade to JetPack 5.1 or later, or build on a host with a supported TensorRT."
         )
 
 
 def is_strongly_typed_default(version: Version) -> bool:
-    """True from TensorRT 10.12 on (weak typing deprecated there, removed in 11.0)."""
+    """True from TensorRT 11 on, where the weak-typing flags are gone; 10.x is built weakly typed."""
     return tuple(version) >= STRONGLY_TYPED_FROM
 
 
@@ -151,25 +173,16 @@ def builder_settings(recipe: EngineRecipe, version: Version) -> dict:
     _check_supported(version)
     strong = is_strongly_typed_default(version)
     major = version[0]
-    if major >= 11 and recipe.dla_core is not None:
-        raise ConfigError(
-            f"DLA core {recipe.dla_core} was asked for with TensorRT {_version_text(version)}; NVIDIA's 11.x "
-            "migration guide says DLA and JetPack are not supported in 11.x. Build on the Jetson's own TensorRT "
-            "(JetPack 6: 10.3), or leave dla_core unset."
-        )
     if recipe.builder_optimization_level is not None and version < OPT_LEVEL_FROM:
         raise ConfigError(
             f"builder_optimization_level needs TensorRT >= 8.6, this is {_version_text(version)}. Leave it unset."
         )
 
-    if major == 8:
-        network_flags = ["EXPLICIT_BATCH"]
-    elif strong and major == 10:
-        network_flags = ["STRONGLY_TYPED"]
-    else:  # 10.0-10.11: explicit batch is implicit and ignored; 11+: strongly typed always, flag ignored
-        network_flags = []
+    # 8.x: EXPLICIT_BATCH; 10.x: explicit batch is implicit and the flag ignored; 11+: strongly typed
+    # always, STRONGLY_TYPED "retained for API compatibility but ignored" (11.0 Python API, Builder).
+    network_flags = ["EXPLICIT_BATCH"] if major == 8 else []
 
-    builder_flags: list[str] = []
+    builder_flags = []  # type: List[str]
     if not strong:
         if recipe.precision == "int8":
             builder_flags.append("INT8")
@@ -184,6 +197,8 @@ def builder_settings(recipe: EngineRecipe, version: Version) -> dict:
     if strong:
         typing = "strong"
         precision_source = "the ONNX: Q/DQ nodes for INT8, FP16 tensors for FP16; other layers keep the ONNX's types"
+        unquantized = "the ONNX's float type (FP32 for an FP32 export): TensorRT 11 has no FP16 flag"
+        fp16_fallback_applied = False
     else:
         typing = "weak"
         precision_source = {
@@ -192,6 +207,10 @@ def builder_settings(recipe: EngineRecipe, version: Version) -> dict:
             "fp16": "builder flag FP16",
             "fp32": "no precision flag (FP32, TF32 where the GPU has it)",
         }[recipe.precision]
+        fp16_fallback_applied = recipe.precision == "int8" and recipe.fp16_fallback
+        unquantized = {"int8": "fp16 or fp32, TensorRT's choice" if recipe.fp16_fallback else "fp32"}.get(
+            recipe.precision, recipe.precision
+        )
 
     profile = None
     if recipe.input_shape is not None:
@@ -203,6 +222,8 @@ def builder_settings(recipe: EngineRecipe, version: Version) -> dict:
         "precision": recipe.precision,
         "typing": typing,
         "precision_source": precision_source,
+        "unquantized_layers": unquantized,
+        "fp16_fallback_applied": fp16_fallback_applied,
         "network_flags": network_flags,
         "builder_flags": builder_flags,
         "memory_pool_limits": {"WORKSPACE": recipe.workspace_mib << 20},
@@ -220,8 +241,6 @@ def trtexec_command(onnx_path: str | Path, plan_path: str | Path, recipe: Engine
     """The trtexec command line that builds the same engine as ``build_engine``."""
     settings = builder_settings(recipe, version)
     cmd = ["trtexec", f"--onnx={onnx_path}", f"--saveEngine={plan_path}"]
-    if "STRONGLY_TYPED" in settings["network_flags"]:
-        cmd.append("--stronglyTyped")  # 10.12-10.x; 11.x is strongly typed without it
     flags = settings["builder_flags"]
     if "INT8" in flags:
         cmd.append("--int8")
@@ -354,11 +373,20 @@ def _build(trt, logger, lines, onnx_path, plan_path, recipe, settings, log_path)
             + "; ".join(errors)
             + ". Check that every op is supported by this TensorRT (opset, Q/DQ placement), or re-export."
         )
+    if settings["typing"] == "strong" and recipe.precision == "fp16" and not _has_half_tensors(trt, network):
+        raise ConfigError(
+            f"precision fp16 was asked for with TensorRT {settings['tensorrt_version']}, which builds strongly typed "
+            f"(no FP16 flag), and {onnx_path.name} carries no FP16 tensor: the engine would be FP32 labelled fp16. "
+            "Export the ONNX in FP16, build with TensorRT 10.x, or ask for precision fp32."
+        )
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings["memory_pool_limits"]["WORKSPACE"])
+    # Per-layer names, types and formats in the engine inspector's JSON (ProfilingVerbosity, 8.2+).
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     for name in settings["builder_flags"]:
         config.set_flag(getattr(trt.BuilderFlag, name))
+    placement = None
     if recipe.dla_core is not None:
         available = builder.num_DLA_cores
         if recipe.dla_core >= available:
@@ -369,14 +397,24 @@ def _build(trt, logger, lines, onnx_path, plan_path, recipe, settings, log_path)
             )
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = recipe.dla_core
+        placement = dla_plan(trt, network, config)
     if recipe.builder_optimization_level is not None:
         config.builder_optimization_level = recipe.builder_optimization_level
 
     cache_path = Path(recipe.timing_cache) if recipe.timing_cache is not None else None
+    cache_status = None
     if cache_path is not None:
         blob = cache_path.read_bytes() if cache_path.is_file() else b""
         cache = config.create_timing_cache(blob)
-        config.set_timing_cache(cache, ignore_mismatch=False)
+        if config.set_timing_cache(cache, ignore_mismatch=False):
+            cache_status = "loaded" if blob else "new"
+        else:  # made by another GPU or TensorRT version: not used, and not overwritten
+            config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+            cache_status = "rejected"
+            lines.append(
+                f"[WARNING] bckd-pipeline: the timing cache {str(cache_path)!r} was made by another GPU or TensorRT "
+                "version; TensorRT did not use it, and it is left as it was. Delete it, or give another path."
+            )
 
     _add_profile(trt, builder, network, config, recipe)
 
@@ -391,10 +429,26 @@ def _build(trt, logger, lines, onnx_path, plan_path, recipe, settings, log_path)
             + " Typical fixes: a larger workspace_mib, another precision, or leave dla_core unset."
         )
     data = bytes(memoryview(serialized))
+    layers = engine_layers(trt, logger, data)
+    precisions = layer_precisions(layers)
+    if recipe.precision == "int8" and precisions is not None and not precisions.get("int8"):
+        raise StageCheckError(
+            f"TensorRT {settings['tensorrt_version']} built {onnx_path.name} with no INT8 layer (layer outputs: "
+            f"{precisions}); it would be labelled int8. Check the Q/DQ nodes (bckd_pipeline.calibrate.tensorrt."
+            "check_tensorrt_qdq) and the build log."
+        )
+    if placement is not None:
+        placement["engine"] = dla_engine_share(layers)
+        _check_dla(placement, recipe, lines)
     atomic_write(plan_path, lambda tmp: tmp.write_bytes(data))
-    if cache_path is not None:
+    if cache_path is not None and cache_status != "rejected":
         blob = bytes(memoryview(config.get_timing_cache().serialize()))
         atomic_write(cache_path, lambda tmp: tmp.write_bytes(blob))
+    layers_file = None
+    if layers is not None:
+        layers_file = plan_path.with_name(plan_path.stem + ".layers.json")
+        text = json.dumps(layers, indent=1)
+        atomic_write(layers_file, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
     return {
         **settings,
@@ -405,7 +459,137 @@ def _build(trt, logger, lines, onnx_path, plan_path, recipe, settings, log_path)
         "plan_sha256": hashlib.sha256(data).hexdigest(),
         "onnx": str(onnx_path),
         "log": str(log_path) if log_path is not None else None,
+        "timing_cache_status": cache_status,
+        "layer_precisions": precisions,
+        "layers_file": None if layers_file is None else layers_file.name,
+        "dla": placement,
     }
+
+
+def _has_half_tensors(trt, network) -> bool:
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        if any(layer.get_output(j).dtype == trt.DataType.HALF for j in range(layer.num_outputs)):
+            return True
+    return False
+
+
+# -- where the layers run -------------------------------------------------------------------------
+def _layer_flops(trt, layer) -> int:
+    """Multiply-adds x 2 of convolutions and matrix products, output elements for everything else.
+
+    From the network definition (layer.type, kernel_size_nd, num_output_maps, num_groups, tensor shapes;
+    TensorRT Python API: ILayer, IConvolutionLayer, IDeconvolutionLayer): a rough but stable measure
+    of where the work is, the same on every version.
+    """
+
+    def volume(shape) -> int:
+        n = 1
+        for d in shape:
+            n *= max(int(d), 1)
+        return n
+
+    out = layer.get_output(0) if layer.num_outputs else None
+    out_elems = volume(out.shape) if out is not None else 0
+    kind = layer.type
+    if kind in (trt.LayerType.CONVOLUTION, trt.LayerType.DECONVOLUTION):
+        conv_class = trt.IConvolutionLayer if kind == trt.LayerType.CONVOLUTION else trt.IDeconvolutionLayer
+        layer.__class__ = conv_class  # TensorRT's Python idiom for reaching the subclass's attributes
+        kernel = volume(layer.kernel_size_nd)
+        groups = max(int(layer.num_groups), 1)
+        in_shape = layer.get_input(0).shape
+        c_in = int(in_shape[1]) if len(in_shape) > 1 else 1
+        if kind == trt.LayerType.CONVOLUTION:
+            return 2 * out_elems * kernel * max(c_in // groups, 1)
+        return 2 * volume(in_shape) * kernel * max(int(layer.num_output_maps) // groups, 1)
+    if kind == trt.LayerType.MATRIX_MULTIPLY:
+        a = layer.get_input(0).shape
+        return 2 * out_elems * max(int(a[-1]), 1) if len(a) else out_elems
+    return out_elems
+
+
+def dla_plan(trt, network, config) -> dict:
+    """Which network layers TensorRT can place on the DLA (``IBuilderConfig.can_run_on_DLA``), by count and FLOPs."""
+    layers = flops = dla_layers = dla_flops = 0
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        f = _layer_flops(trt, layer)
+        layers += 1
+        flops += f
+        if config.can_run_on_DLA(layer):
+            dla_layers += 1
+            dla_flops += f
+    return {
+        "source": "IBuilderConfig.can_run_on_DLA per network layer; FLOPs from the network definition",
+        "layers": layers,
+        "layers_on_dla": dla_layers,
+        "layer_share": dla_layers / layers if layers else 0.0,
+        "flop_share": dla_flops / flops if flops else 0.0,
+    }
+
+
+def engine_layers(trt, logger, data: bytes):
+    """The built engine's per-layer information (engine inspector JSON, ProfilingVerbosity.DETAILED), or None."""
+    runtime = trt.Runtime(logger)
+    engine = runtime.deserialize_cuda_engine(data)
+    if engine is None:
+        return None
+    inspector = engine.create_engine_inspector()
+    info = json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
+    layers = info.get("Layers", []) if isinstance(info, dict) else info
+    return [layer if isinstance(layer, dict) else {"Name": str(layer)} for layer in layers]
+
+
+def _on_dla(layer: dict) -> bool:
+    # TensorRT hands DLA subgraphs over as one "ForeignNode" layer ("{ForeignNode[first...last]}");
+    # a LayerType naming DLA counts too. Read from the inspector JSON; not yet seen on a Jetson here.
+    return "ForeignNode" in str(layer.get("Name", "")) or "dla" in str(layer.get("LayerType", "")).lower()
+
+
+def dla_engine_share(layers) -> Optional[dict]:
+    if layers is None:
+        return None
+    on = sum(1 for layer in layers if _on_dla(layer))
+    return {"source": "engine inspector JSON", "layers": len(layers), "dla_layers": on}
+
+
+def layer_precisions(layers) -> Optional[dict]:
+    """How many engine layers write int8 / fp16 / fp32 outputs (inspector 'Outputs' 'Format/Datatype')."""
+    if layers is None:
+        return None
+    counts = {}  # type: dict
+    for layer in layers:
+        for out in layer.get("Outputs", [])[:1]:
+            text = str(out.get("Format/Datatype", "")).lower()
+            kind = (
+                "int8"
+                if "int8" in text
+                else "fp16"
+                if "half" in text or "fp16" in text
+                else "fp32"
+                if ("float" in text or "fp32" in text)
+                else None
+            )
+            if kind:
+                counts[kind] = counts.get(kind, 0) + 1
+    return counts or None
+
+
+def _check_dla(placement: dict, recipe: EngineRecipe, lines: list) -> None:
+    engine = placement.get("engine")
+    nothing = placement["layers_on_dla"] == 0 or (engine is not None and engine["dla_layers"] == 0)
+    if nothing:
+        raise StageCheckError(
+            f"DLA core {recipe.dla_core} was asked for, but no layer runs there (GPU fallback took all "
+            f"{placement['layers']}): the engine would be labelled DLA while running on the GPU. Leave dla_core "
+            "unset, or make the layers DLA-capable (INT8/FP16 convolutions, static shapes)."
+        )
+    if placement["flop_share"] < MIN_DLA_FLOP_SHARE:
+        placement["warning"] = (
+            f"only {placement['flop_share']:.0%} of the FLOPs ({placement['layers_on_dla']} of {placement['layers']} "
+            f"layers) can run on DLA core {recipe.dla_core}; the rest falls back to the GPU"
+        )
+        lines.append(f"[WARNING] bckd-pipeline: {placement['warning']}")
 
 
 def _add_profile(trt, builder, network, config, recipe: EngineRecipe) -> None:
@@ -426,7 +610,8 @@ def _add_profile(trt, builder, network, config, recipe: EngineRecipe) -> None:
                 "build for. Set EngineRecipe.input_shape, e.g. (1, 3, 512, 512)."
             )
         if len(recipe.input_shape) != len(onnx_shape) or any(
-            d >= 0 and d != s for d, s in zip(onnx_shape, recipe.input_shape, strict=True)
+            d >= 0 and d != s
+            for d, s in zip(onnx_shape, recipe.input_shape)  # lengths checked just before
         ):
             raise ConfigError(
                 f"input_shape {recipe.input_shape} does not fit the ONNX input {recipe.input_name!r} {shown}."

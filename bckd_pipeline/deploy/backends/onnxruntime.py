@@ -36,8 +36,9 @@ class OrtRuntime(Runtime):
         except ImportError:
             raise BackendMissingError("onnxruntime is not installed: pip install onnxruntime.") from None
         try:
+            import onnx  # noqa: F401 - onnxfile needs it; a device may have bckd-pipeline installed but no onnx
             from ...onnxfile import load_onnx
-        except ImportError:  # the device agent ships without it (and onnx): ONNX Runtime's own error remains
+        except ImportError:  # the device agent ships without them: ONNX Runtime's own error remains
             load_onnx = None
         if load_onnx is not None:
             load_onnx(self.path, load_weights=False)  # a clear error for a truncated or foreign file
@@ -61,7 +62,7 @@ class OrtRuntime(Runtime):
 
     def _infer(self, feed: Feed) -> dict[str, np.ndarray]:
         names = self._output_names
-        return dict(zip(names, self.session.run(names, dict(feed)), strict=True))
+        return dict(zip(names, self.session.run(names, dict(feed))))  # one output per name (ORT)
 
     def versions(self) -> dict[str, str]:
         return {"onnxruntime": self._ort_version}

@@ -14,21 +14,29 @@ API sources: TensorRT Python API (Runtime.deserialize_cuda_engine, ICudaEngine.n
 get_tensor_name / get_tensor_mode / get_tensor_shape / get_tensor_dtype / get_tensor_profile_shape,
 IExecutionContext.set_input_shape / set_tensor_address / execute_async_v3, all present from 8.5);
 pycuda.driver docs (Device.retain_primary_context, Context.push/pop, Stream, Event.record(stream) /
-time_till, pagelocked_empty, mem_alloc, memcpy_htod_async / memcpy_dtoh_async); pycuda's
-test/test_graph.py (Stream.begin_capture / end_capture, Graph.instantiate, GraphExec.launch);
-cuda-python's cuda.bindings.runtime (cudaStreamBeginCapture / cudaStreamEndCapture /
-cudaGraphInstantiate / cudaGraphLaunch / cudaGraphExecDestroy / cudaGraphDestroy).
+time_till, pagelocked_empty, mem_alloc, memcpy_htod_async / memcpy_dtoh_async).
+
+CUDA graphs (``cuda_graph=True``) go through cuda-python's runtime bindings, never pycuda: no pycuda
+release has stream capture (``Stream.begin_capture``/``end_capture``, ``Graph.instantiate`` exist only in
+an unmerged pycuda pull request; checked against every pycuda tag for issue 14). The calls are the
+ones NVIDIA's own code makes: ``from cuda import cudart`` and the ``(err, value)`` tuple check of
+NVIDIA/TensorRT samples/python/common_runtime.py (``cuda_call``), and the capture sequence of
+NVIDIA/TensorRT demo/Diffusion/demo_diffusion/engine.py ``Engine.infer`` (one plain
+``execute_async_v3`` first, then ``cudaStreamBeginCapture(stream, mode)``, ``execute_async_v3``,
+``cudaStreamEndCapture``, ``cudaGraphInstantiate(graph, 0)``, ``cudaGraphLaunch(exec, stream)``, with
+the stream passed as an int handle). ``cudaGraphInstantiate(graph, flags)`` is the CUDA 12 form
+(cuda-python 12.x); a CUDA 11 runtime (JetPack 5) is refused for graphs with a clear message.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
 from ...errors import BackendMissingError, ConfigError, StageCheckError
-from ...targets.tensorrt import import_tensorrt
+from ...targets.tensorrt import MIN_VERSION, import_tensorrt, parse_trt_version
 from ..runtime import Feed, Runtime, TensorSpec
 
 PYCUDA_HINT = (
@@ -46,35 +54,20 @@ def _import_pycuda():
     return cuda
 
 
-class _PycudaGraph:
-    """The enqueue captured with pycuda's stream capture (pycuda >= 2022.2 has Stream.begin_capture)."""
-
-    backend = "pycuda stream capture"
-
-    def __init__(self, stream, enqueue) -> None:
-        stream.begin_capture()
-        try:
-            enqueue()
-        finally:
-            graph = stream.end_capture()
-        self._graph = graph
-        self._exec = graph.instantiate()
-
-    def launch(self, stream) -> None:
-        self._exec.launch(stream)
-
-    def close(self) -> None:
-        self._exec = None
-        self._graph = None
+CUDA_PYTHON_HINT = (
+    "pip install 'cuda-python>=12,<13' (match the device's CUDA major: JetPack 6 has CUDA 12; "
+    "docker/jetson.Dockerfile installs it)"
+)
 
 
 class _CudartGraph:
-    """The enqueue captured with cuda-python's runtime bindings (cuda.bindings.runtime)."""
+    """The enqueue captured with cuda-python's runtime bindings (``cuda.bindings.runtime``, or ``cuda.cudart``)."""
 
-    backend = "cuda.bindings.runtime stream capture"
+    backend = "cuda-python (cudart) stream capture"
 
     def __init__(self, cudart, stream, enqueue) -> None:
         self._rt = cudart
+        self._exec = self._graph = None
         handle = stream.handle
         self._check(
             cudart.cudaStreamBeginCapture(handle, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal),
@@ -82,17 +75,23 @@ class _CudartGraph:
         )
         try:
             enqueue()
-        finally:
-            graph = self._check(cudart.cudaStreamEndCapture(handle), "cudaStreamEndCapture")
-        self._graph = graph
-        self._exec = self._check(cudart.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
+        except BaseException:
+            # Leave capture mode, but let the enqueue's own error through: a failing end-capture
+            # (the capture was invalidated by that very error) must not hide the cause.
+            try:
+                cudart.cudaStreamEndCapture(handle)
+            except Exception:  # noqa: BLE001 - the enqueue error below is the one to report
+                pass
+            raise
+        self._graph = self._check(cudart.cudaStreamEndCapture(handle), "cudaStreamEndCapture")
+        self._exec = self._check(cudart.cudaGraphInstantiate(self._graph, 0), "cudaGraphInstantiate")
 
     def _check(self, result, what):
         err, *rest = result
         if err != self._rt.cudaError_t.cudaSuccess:
             raise StageCheckError(
                 f"{what} failed with {err!r} while capturing the TensorRT enqueue into a CUDA graph. Run without "
-                "cuda_graph=True (some engines, e.g. with data-dependent shapes, cannot be captured)."
+                "cuda_graph=True (--cuda-graph; some engines, e.g. with data-dependent shapes, cannot be captured)."
             )
         return rest[0] if rest else None
 
@@ -102,27 +101,35 @@ class _CudartGraph:
     def close(self) -> None:
         if self._exec is not None:
             self._rt.cudaGraphExecDestroy(self._exec)
+        if self._graph is not None:
             self._rt.cudaGraphDestroy(self._graph)
         self._exec = self._graph = None
 
 
-def _capture(cuda, stream, enqueue):
-    if hasattr(cuda.Stream, "begin_capture"):
-        return _PycudaGraph(stream, enqueue)
+def import_cudart():
+    """cuda-python's runtime module: ``cuda.bindings.runtime`` (cuda-python >= 12.6), else ``cuda.cudart``."""
     try:
         from cuda.bindings import runtime as cudart
     except ImportError:
         try:
-            from cuda import cudart  # cuda-python < 12.6 layout
+            from cuda import cudart  # the layout of cuda-python < 12.6 (and TensorRT's samples)
         except ImportError:
-            cudart = None
-    if cudart is None:
+            raise ConfigError(
+                "cuda_graph=True (--cuda-graph) captures the enqueue with cuda-python, which is not installed here: "
+                f"{CUDA_PYTHON_HINT}; or run without --cuda-graph. (pycuda has no stream capture in any release.)"
+            ) from None
+    err, version = cudart.cudaRuntimeGetVersion()
+    if err == cudart.cudaError_t.cudaSuccess and version < 12000:
         raise ConfigError(
-            "cuda_graph=True needs CUDA stream capture: this pycuda has no Stream.begin_capture (added in "
-            "pycuda 2022.2) and cuda-python is not installed. pip install -U pycuda, or pip install cuda-python, "
-            "or run with cuda_graph=False."
+            f"cuda_graph=True needs cuda-python 12 (CUDA 12's cudaGraphInstantiate(graph, flags)); this cuda-python "
+            f"links CUDA {version // 1000}.{version % 1000 // 10} (JetPack 5). "
+            "Run without --cuda-graph, or use JetPack 6."
         )
-    return _CudartGraph(cudart, stream, enqueue)
+    return cudart
+
+
+def _capture(stream, enqueue):
+    return _CudartGraph(import_cudart(), stream, enqueue)
 
 
 class TensorRTRuntime(Runtime):
@@ -152,6 +159,11 @@ class TensorRTRuntime(Runtime):
     # -- lifecycle -------------------------------------------------------------------------------
     def _activate(self) -> None:
         trt = import_tensorrt()
+        if parse_trt_version(trt.__version__) < MIN_VERSION:
+            raise ConfigError(
+                f"TensorRT {trt.__version__} is too old for this runtime: it needs 8.5+ (the name-based I/O API, "
+                "execute_async_v3). JetPack 5.0.2 ships 8.4; upgrade to JetPack 5.1 or later."
+            )
         cuda = _import_pycuda()
         if not self.plan_path.is_file():
             raise ConfigError(
@@ -219,7 +231,7 @@ class TensorRTRuntime(Runtime):
         if self.cuda_graph:
             self._enqueue()  # TensorRT does deferred set-up on the first enqueue: never capture that one
             self._stream.synchronize()
-            self._graph = _capture(cuda, self._stream, self._enqueue)
+            self._graph = _capture(self._stream, self._enqueue)
 
     def _deactivate(self) -> None:
         self._release()
