@@ -196,6 +196,11 @@ def _gate_flags(p: argparse.ArgumentParser, *, required: bool) -> None:
         help="TOML budgets file" + ("" if required else "; gate the run's report against it after the run"),
     )
     g.add_argument("--baseline", type=Path, help="an older report.json: also fail on latency and mIoU regressions")
+    g.add_argument(
+        "--compare-other-machine",
+        action="store_true",
+        help="compare latencies with a --baseline measured on another CPU model or vector ISA (refused otherwise)",
+    )
     g.add_argument("--junit", type=Path, help="write the checks as JUnit XML here (one test case per budget)")
     g.add_argument("--markdown", type=Path, help="write a Markdown summary here (e.g. $GITHUB_STEP_SUMMARY)")
     g.add_argument("--confidence", type=float, help="confidence of the bootstrap bounds (default: budgets file, 0.95)")

@@ -6,7 +6,10 @@
 ``pixel_agreement``, ``latency_ms`` {p50, p90, p99, mean} and ``fps``. A row that was not measured
 says so in ``status`` and carries nulls, never estimates. Each row's ``artifact_bytes`` and the
 references ``parity_images`` and ``qualitative`` (report/evidence.py) serve the CI gate (docs/ci.md);
-``device`` says where a TensorRT engine was built and measured. ``write_reports`` writes it with
+``device`` says where a TensorRT engine was built and measured; ``machine`` (machine.py) is the CPU model
+and vector ISA, OpenVINO's device names and capabilities and the GPU, which the CI gate compares
+before it compares a baseline's latency. An INT8 row not faster than its FP32 parent gets a ``note``
+saying why. ``write_reports`` writes it with
 ``report.md`` (report/markdown.py) and ``report.html`` (report/html.py); ``manifest.json`` is
 report/manifest.py's.
 """
@@ -20,6 +23,7 @@ from ..deploy.bench import host_facts
 from ..distill.stage import write_json
 from ..fileio import write_text
 from ..ledger import ENGINE_ROW, MEASURED, PARITY_ON_HOST, PENDING, REPORT_FORMAT, Built, pending_row_name
+from ..machine import int8_speed_note, machine_facts
 from .html import write_html
 from .manifest import artifact_files, rel_path, versions
 from .markdown import markdown
@@ -110,6 +114,8 @@ def build_report(ctx, summary, built, parity, latency, export_check, simplify_ch
             f"{rel_path(deployed.path, out)}` on a host with the device."
         )
         rows.append(pending)
+    machine = machine_facts()
+    _note_int8_not_faster(rows, machine, profile)
     culprit = parity["culprit"]
     pending = any(r["status"] != MEASURED for r in rows)
     device_section = None if ctx.device is None else _device_section(ctx, out)
@@ -157,8 +163,24 @@ def build_report(ctx, summary, built, parity, latency, export_check, simplify_ch
         "device": device_section,
         "stages": rows,
         "host": host_facts(),
+        "machine": machine,
         "versions": versions(),
     }
+
+
+def _note_int8_not_faster(rows: list[dict], machine: dict, profile) -> None:
+    """Say so in the ledger when an INT8 row measured here is not faster than its FP32 parent, and why."""
+    by_name = {r["name"]: r for r in rows}
+    for r in rows:
+        parent = by_name.get(r["parent"] or "")
+        if r["precision"] != "int8" or parent is None or parent["precision"] != "fp32" or r["status"] != MEASURED:
+            continue
+        if profile.backend.value == "tensorrt" and r["backend"] == "onnxruntime":
+            continue  # the Q/DQ ONNX checked on the host CPU stands in for the engine; its speed is not the target's
+        on_cpu = r["device"] in ("cpu (host)", "CPU")
+        note = int8_speed_note(r, parent, machine["cpu"], on_cpu=on_cpu)
+        if note:
+            r["note"] = f"{r['note']} {note}" if r.get("note") else note
 
 
 def _device_name(result: dict, where: str) -> str:

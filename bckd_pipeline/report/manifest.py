@@ -126,6 +126,7 @@ def write_manifest(ctx, out: Path, built, report: dict, calibration) -> Path:
         ],
         "engine": None if report.get("device") is None else report["device"].get("engine"),
         "report_status": report["status"],
+        "machine": report["machine"],
         "versions": report["versions"],
         "git_sha": git_sha(),
     }

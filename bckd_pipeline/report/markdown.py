@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..machine import machine_line
+
 
 def fmt_value(v, spec: str = ".2f") -> str:
     return "–" if v is None else format(v, spec)
@@ -64,6 +66,8 @@ def markdown(report: dict) -> str:
     if deployed.get("throughput_fps"):
         t = deployed["throughput"]
         lines += ["", f"Throughput of `{deployed['name']}` with {t['streams']} requests in flight: {t['fps']:.1f} FPS."]
+    if report.get("machine"):
+        lines += ["", f"Machine: {machine_line(report['machine'])}."]
     lines += [
         "",
         "Latency: one request at a time, "
