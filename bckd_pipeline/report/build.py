@@ -120,11 +120,11 @@ def build_report(ctx, summary, built, parity, latency, export_check, simplify_ch
     pending = any(r["status"] != MEASURED for r in rows)
     device_section = None if ctx.device is None else _device_section(ctx, out)
     exit_code = EXIT_PARITY_FAILED if culprit else EXIT_PENDING if pending else EXIT_DONE
-    torch_row = next(r for r in rows if r["name"] == "pytorch")
+    reference = rows[0]  # PyTorch; for `deploy --onnx`, the user's FP32 ONNX
     speedups = {
-        r["name"]: torch_row["latency_ms"]["mean"] / r["latency_ms"]["mean"]
+        r["name"]: reference["latency_ms"]["mean"] / r["latency_ms"]["mean"]
         for r in rows
-        if r["latency_ms"]["mean"] and torch_row["latency_ms"]["mean"]
+        if r["latency_ms"]["mean"] and reference["latency_ms"]["mean"]
     }
     return {
         "format": REPORT_FORMAT,
@@ -148,6 +148,7 @@ def build_report(ctx, summary, built, parity, latency, export_check, simplify_ch
             "note": "labels resized (nearest) to the input size",
         },
         "class_names": list(ctx.meta.class_names),
+        "source": _source_section(ctx),
         "checks": {"export": export_check, "simplify": simplify_check},
         "calibration": None
         if calibration is None
@@ -157,7 +158,9 @@ def build_report(ctx, summary, built, parity, latency, export_check, simplify_ch
             "images": len(calibration.feeds),
             **asdict(calibration.spec),
         },
-        "speedup_vs_pytorch": speedups,
+        "reference": reference["name"],
+        "speedup_vs_reference": speedups,
+        "speedup_vs_pytorch": speedups if reference["name"] == "pytorch" else None,
         "parity_images": parity["per_image"],
         "qualitative": masks,
         "device": device_section,
@@ -181,6 +184,24 @@ def _note_int8_not_faster(rows: list[dict], machine: dict, profile) -> None:
         note = int8_speed_note(r, parent, machine["cpu"], on_cpu=on_cpu)
         if note:
             r["note"] = f"{r['note']} {note}" if r.get("note") else note
+
+
+def _source_section(ctx) -> dict:
+    """What was deployed: this pipeline's checkpoint, a PyTorch module file, or the user's own ONNX."""
+    kind = "checkpoint" if ctx.source is None else ctx.source.kind
+    section = {"kind": kind, "path": str(ctx.checkpoint), "model": ctx.meta.model}
+    if ctx.source is not None and ctx.source.factory:
+        section["factory"] = ctx.source.factory
+    if ctx.onnx is not None:
+        section.update(
+            opset=ctx.onnx.opset,
+            input=ctx.onnx.input_name,
+            input_shape=["?" if d is None else d for d in ctx.onnx.input_shape],
+            output=ctx.onnx.output_name,
+            input_scale=ctx.meta.extra.get("input_scale"),
+            metadata_keys=sorted(ctx.onnx.metadata),
+        )
+    return section
 
 
 def _device_name(result: dict, where: str) -> str:
