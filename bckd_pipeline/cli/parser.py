@@ -42,6 +42,16 @@ def _names(text: str) -> tuple[str, ...]:
     return names
 
 
+def _dims(text: str) -> tuple[int, ...]:
+    try:
+        dims = tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        dims = ()
+    if not dims or min(dims) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, e.g. 1,3,512,512 or 512,512; got {text!r}")
+    return dims
+
+
 def _keyval(text: str) -> tuple[str, str]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
@@ -196,8 +206,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("doctor", help="which backends and devices this host has", formatter_class=fmt)
 
     p = sub.add_parser("bench", help="measure an exported model under the latency protocol", formatter_class=fmt)
-    p.add_argument("model", type=Path, help="an .onnx file, an OpenVINO model.xml, or a TensorRT plan built here")
-    p.add_argument("--target", default="onnxruntime-cpu", help="target whose backend and device run the model")
+    p.add_argument(
+        "model", type=Path, help="an .onnx file, an OpenVINO model.xml, or a TensorRT .plan/.engine built here"
+    )
+    p.add_argument(
+        "--target",
+        help="target whose backend and device run the model (default: from the suffix: .onnx onnxruntime-cpu, "
+        ".xml openvino-cpu, .plan/.engine tensorrt)",
+    )
+    p.add_argument("--shape", type=_dims, help="input shape N,C,H,W (or H,W of an NCHW image) for dynamic axes")
+    p.add_argument("--batch", type=int, help="batch size (the input's first axis; it must be dynamic or equal)")
     p.add_argument("--precision", default=None, help="label for the report (default: read from the file name)")
     p.add_argument("--runs", type=int, default=200, help="timed runs")
     p.add_argument("--warmup-runs", type=int, default=20, help="untimed runs first (at least)")
