@@ -264,7 +264,7 @@ def _deploy_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--head", default="logits", help="logits | argmax (uint8 label map out of the graph)")
     g.add_argument("--dynamic", default="", help="comma-separated dynamic axes: batch,height,width (default: static)")
     g.add_argument(
-        "--opset", type=int, help="ONNX opset of the export (default: the target's, 17; at most what torch exports)"
+        "--opset", type=int, help="ONNX opset of the export: the target's up to what torch exports (default: 17)"
     )
     g.add_argument(
         "--input-size",

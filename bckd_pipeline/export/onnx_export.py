@@ -103,7 +103,8 @@ def to_onnx(
     if isinstance(student, torch.jit.ScriptModule):
         # The ONNX exporter cannot trace a TorchScript *submodule* (pytorch#86261); a TorchScript top level it
         # exports, so the wrapper around a TorchScript file is traced into one first.
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # deprecation and tracer warnings: the export is checked against eager
             exported = torch.jit.trace(wrapper, (dummy,), check_trace=False)
 
     def write(tmp: Path) -> None:
