@@ -120,8 +120,9 @@ def gpu_facts() -> list[dict]:
     if torch is not None:
         try:
             if torch.cuda.is_available():
+                cuda = torch.version.cuda
                 return [
-                    {"name": torch.cuda.get_device_name(i), "driver": None, "cuda": torch.version.cuda, "source": "torch"}
+                    {"name": torch.cuda.get_device_name(i), "driver": None, "cuda": cuda, "source": "torch"}
                     for i in range(torch.cuda.device_count())
                 ]
         except Exception:  # noqa: BLE001
@@ -171,8 +172,7 @@ def int8_speed_note(int8: dict, parent: dict, cpu: dict, *, on_cpu: bool) -> str
     if a is None or b is None or a < b:
         return None
     head = (
-        f"INT8 is not faster than its FP32 parent `{parent['name']}` here (p50 {a:.2f} ms vs {b:.2f} ms, "
-        f"x{a / b:.2f})"
+        f"INT8 is not faster than its FP32 parent `{parent['name']}` here (p50 {a:.2f} ms vs {b:.2f} ms, x{a / b:.2f})"
     )
     fp32 = f"deploy the FP32 artifact ({parent['artifact']})" if parent.get("artifact") else "deploy FP32"
     if not on_cpu:

@@ -187,8 +187,8 @@ def _check_onnx_source(source: ModelSource, deploy: DeployConfig, profile: Targe
         )
     if info.dynamic and profile.static_shape and profile.device == "NPU":
         raise ConfigError(
-            f"--onnx {str(source.path)!r} has dynamic {','.join(info.dynamic)}; --target {profile.name} compiles static "
-            f"shapes only. Fix them first: python -m onnxruntime.tools.make_dynamic_shape_fixed --input_name "
+            f"--onnx {str(source.path)!r} has dynamic {','.join(info.dynamic)}; --target {profile.name} compiles "
+            f"static shapes only. Fix them first: python -m onnxruntime.tools.make_dynamic_shape_fixed --input_name "
             f"{info.input_name} --input_shape 1,3,H,W {source.path} model.static.onnx"
         )
     return info

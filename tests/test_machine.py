@@ -43,7 +43,8 @@ def _row(name, precision, p50, artifact=None):
 
 
 def test_int8_not_faster_than_fp32_is_explained_by_the_cpu(tmp_path):
-    int8, fp32 = _row("openvino-int8", "int8", 6.99), _row("openvino-fp32", "fp32", 6.89, "deploy/openvino/fp32/model.xml")
+    int8 = _row("openvino-int8", "int8", 6.99)
+    fp32 = _row("openvino-fp32", "fp32", 6.89, "deploy/openvino/fp32/model.xml")
     note = int8_speed_note(int8, fp32, _cpu(tmp_path, AVX2_EPYC), on_cpu=True)
     assert "not faster than its FP32 parent `openvino-fp32` here (p50 6.99 ms vs 6.89 ms" in note
     assert "has no VNNI or AMX" in note and "deploy the FP32 artifact (deploy/openvino/fp32/model.xml)" in note

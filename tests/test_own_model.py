@@ -140,8 +140,8 @@ def test_a_graph_that_normalises_itself_and_one_that_outputs_labels(models, tmp_
 @pytest.mark.parametrize(
     ("which", "flags", "expected", "absent"),
     [
-        ("dynamic", [], ["--input-size H,W (the input 'input' is ?x3x?x?: dynamic)", "--input-scale 0..255|normalized"], []),
-        ("static", ["--input-scale", "normalized"], ["--mean R,G,B and --std R,G,B"], ["--input-size", "--input-scale 0"]),
+        ("dynamic", [], ["--input-size H,W (the input 'input' is ?x3x?x?: dynamic)", "--input-scale 0..255|"], []),
+        ("static", ["--input-scale", "normalized"], ["--mean R,G,B and --std R,G,B"], ["--input-size", "--input-sca"]),
         ("labels", ["--input-scale", "0..255"], ["--num-classes N"], ["--mean", "--input-size"]),
     ],
 )
@@ -226,7 +226,8 @@ def test_pytorch_files_deploy_like_a_checkpoint(models, tmp_path, capsys, monkey
 
 
 def test_pytorch_files_need_their_normalisation(models, tmp_path, capsys):
-    rc, _, err = run_cli(capsys, "deploy", *SMOKE, "--model", models["folder"] / "outsider.pt2", "--out", tmp_path / "R")
+    pt2 = models["folder"] / "outsider.pt2"
+    rc, _, err = run_cli(capsys, "deploy", *SMOKE, "--model", pt2, "--out", tmp_path / "R")
     assert_clean_error(rc, err, tmp_path / "R")
     assert "carries no preprocessing metadata; deploy needs --mean R,G,B and --std R,G,B" in err
 
@@ -235,7 +236,7 @@ def test_pytorch_files_need_their_normalisation(models, tmp_path, capsys):
     ("argv", "expected"),
     [
         (["--model", "missing.pt2"], "--model 'missing.pt2' does not exist"),
-        (["--model-factory", "nomodule:build", "--weights", "W"], "--model-factory 'nomodule:build': ModuleNotFoundError"),
+        (["--model-factory", "nomod:build", "--weights", "W"], "--model-factory 'nomod:build': ModuleNotFoundError"),
         (["--model-factory", "nocolon", "--weights", "W"], "must be module:function"),
         (["--model-factory", "m:f"], "--model-factory and --weights go together"),
         ([], "deploy takes one model; got none"),

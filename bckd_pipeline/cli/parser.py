@@ -31,7 +31,9 @@ def _triple(text: str) -> tuple[float, float, float]:
     except ValueError:
         values = ()
     if len(values) != 3:
-        raise argparse.ArgumentTypeError(f"expected R,G,B (three numbers on the 0..1 scale, e.g. 0.485,0.456,0.406), got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected R,G,B (three numbers on the 0..1 scale, e.g. 0.485,0.456,0.406), got {text!r}"
+        )
     return values
 
 
@@ -180,7 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes as for `run`: 0 done, 1 parity failed, 2 bad input, 3 pending on the device.",
     )
     _common(p, training=False)
-    m = p.add_argument_group("the model (one of --model, --onnx, --model-factory; docs/deploy.md, 'Deploy your own model')")
+    m = p.add_argument_group(
+        "the model (one of --model, --onnx, --model-factory; docs/deploy.md, 'Deploy your own model')"
+    )
     m.add_argument(
         "--model",
         type=Path,

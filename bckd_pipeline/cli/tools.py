@@ -101,7 +101,8 @@ def bench_shapes(spec: dict, shape: tuple[int, ...] | None, batch: int | None) -
                 + ("H,W" if len(want) == 4 else ",".join("N" * len(want)))
                 + " (and --batch N) to say what to time."
             )
-        shapes[name] = tuple(g if g is not None else w if w is not None else 1 for w, g in zip(want, given, strict=True))
+        pairs = zip(want, given, strict=True)
+        shapes[name] = tuple(g if g is not None else w if w is not None else 1 for w, g in pairs)
     return shapes
 
 

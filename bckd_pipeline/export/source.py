@@ -29,7 +29,7 @@ INPUT_SCALES = ("0..255", "normalized")
 # The oldest opset taken from a user's ONNX: per-channel Q/DQ (INT8 targets) needs opset 13.
 MIN_ONNX_OPSET = 13
 CONVERT_HINT = (
-    "Convert it first: python -c \"import onnx; from onnx import version_converter as v; "
+    'Convert it first: python -c "import onnx; from onnx import version_converter as v; '
     "onnx.save(v.convert_version(onnx.load('model.onnx'), 17), 'model17.onnx')\""
 )
 
@@ -78,7 +78,8 @@ class ModelSource:
         """What run.json records as whose the --out folder is."""
         if self.kind == "checkpoint":
             return {"checkpoint": str(Path(self.path).resolve())}
-        return {"model": f"{self.kind}:{Path(self.path).resolve()}", **({"factory": self.factory} if self.factory else {})}
+        factory = {"factory": self.factory} if self.factory else {}
+        return {"model": f"{self.kind}:{Path(self.path).resolve()}", **factory}
 
     def describe(self) -> str:
         if self.kind == "factory":
@@ -98,7 +99,9 @@ def model_source(
             "module:function --weights FILE."
         )
     if (factory is None) != (weights is None):
-        raise ConfigError("--model-factory and --weights go together: the function builds the module, the file fills it.")
+        raise ConfigError(
+            "--model-factory and --weights go together: the function builds the module, the file fills it."
+        )
     if factory is not None:
         if factory.count(":") != 1 or not all(factory.split(":")):
             raise ConfigError(f"--model-factory {factory!r} must be module:function, e.g. mypkg.models:build_unet.")
@@ -198,9 +201,10 @@ def _from_factory(factory: str, weights: Path):
         raise CheckpointError(f"--weights {str(weights)!r} holds {type(state).__name__}, not a state_dict.")
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
+        shown = (result.missing_keys + result.unexpected_keys)[:3]
         raise CheckpointError(
             f"--weights {str(weights)!r} does not fit {factory}(): {len(result.missing_keys)} missing, "
-            f"{len(result.unexpected_keys)} unexpected tensors (e.g. {(result.missing_keys + result.unexpected_keys)[:3]}). "
+            f"{len(result.unexpected_keys)} unexpected tensors (e.g. {shown}). "
             "Save the state_dict of the module this function builds."
         )
     return model
@@ -296,7 +300,9 @@ def inspect_onnx(path: Path) -> OnnxInfo:
             "Export with an NCHW input (a transpose at the start of the graph does it for NHWC models)."
         )
     if shape[0] not in (1, None):
-        raise ExportError(f"{where}: input batch is {shape[0]}; deploy measures batch 1. Export with batch 1 or dynamic.")
+        raise ExportError(
+            f"{where}: input batch is {shape[0]}; deploy measures batch 1. Export with batch 1 or a dynamic batch."
+        )
     out = model.graph.output[0]
     rank = len(out.type.tensor_type.shape.dim) if out.type.tensor_type.HasField("shape") else None
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
@@ -353,9 +359,13 @@ def resolve_onnx(info: OnnxInfo, hints: ModelHints, input_hw: tuple[int, int] | 
     mean = hints.mean or (tuple(pre["mean"]) if pre.get("mean") else None)
     std = hints.std or (tuple(pre["std"]) if pre.get("std") else None)
     if scale == "normalized" and (mean is None or std is None):
-        missing.append("--mean R,G,B and --std R,G,B (the statistics on 0..1 pixels; --mean 0,0,0 --std 1,1,1 for 0..1)")
+        missing.append(
+            "--mean R,G,B and --std R,G,B (the statistics on 0..1 pixels; --mean 0,0,0 --std 1,1,1 for 0..1)"
+        )
     if scale is not None and scale not in INPUT_SCALES:
-        raise ConfigError(f"{str(info.path)!r} metadata says input scale {scale!r}; pass --input-scale 0..255|normalized.")
+        raise ConfigError(
+            f"{str(info.path)!r} metadata says input scale {scale!r}; pass --input-scale 0..255|normalized."
+        )
     classes = hints.classes or (len(names) if names else None)
     if info.output_rank == 3 and classes is None:
         missing.append("--num-classes N (or --class-names a,b,...): the output is a label map, which does not say")

@@ -40,7 +40,7 @@ def _model_line(report: dict) -> str:
 
 
 def markdown(report: dict) -> str:
-    d, ev = report["distill"], report["evaluation"]
+    ev = report["evaluation"]
     lines = [
         f"# bckd-pipeline report: {report['target']}",
         "",
