@@ -23,7 +23,8 @@ from .distill.stage import DataConfig, Schedule
 from .distill.task import DistillConfig
 from .distill.trainer import TrainConfig
 from .errors import DataError
-from .export.source import ModelSource, OnnxInfo
+from .export.own_onnx import OnnxInfo
+from .export.source import ModelSource
 from .export.wrapper import INPUT_NAME, ExportSpec
 from .targets import TargetProfile
 from .targets.profiles import CalibrationSpec, LatencySpec
@@ -135,6 +136,7 @@ class DeployContext:
         cls, deploy: DeployConfig, d: DataConfig, the_plan: Plan, source: ModelSource | Path, out: Path
     ) -> DeployContext:
         """Load the model once and the evaluation images: the model's checks fail before any stage runs."""
+        from .export import own_onnx
         from .export import source as own
 
         if not isinstance(source, ModelSource):
@@ -149,10 +151,11 @@ class DeployContext:
             model, meta = load_model(source.path)
             input_hw = deploy.input_hw or meta.input_hw or first_hw
         elif source.is_onnx:
-            info = own.inspect_onnx(source.path)
-            contract = own.resolve_onnx(info, source.hints, deploy.input_hw)
+            info = own_onnx.inspect_onnx(source.path)
+            contract = own_onnx.resolve_onnx(info, source.hints, deploy.input_hw)
             input_hw = contract.input_hw
-            meta, head = own.onnx_meta(source, info, contract, own.probe_onnx(info, input_hw), dataset_classes)
+            probe = own_onnx.probe_onnx(info, input_hw)
+            meta, head = own_onnx.onnx_meta(source, info, contract, probe, dataset_classes)
         else:
             model = own.load_torch_module(source)
             input_hw = deploy.input_hw or first_hw

@@ -162,7 +162,7 @@ def deploy_plan(
 
 def _check_onnx_source(source: ModelSource, deploy: DeployConfig, profile: TargetProfile):
     """A user's ONNX: readable, one NCHW input, every flag it needs given; export-only flags refused."""
-    from .export.source import inspect_onnx, resolve_onnx
+    from .export.own_onnx import inspect_onnx, resolve_onnx
 
     info = inspect_onnx(source.path)
     resolve_onnx(info, source.hints, deploy.input_hw)
