@@ -90,9 +90,26 @@ RUN_FORMAT = "bckd-pipeline/run-v1"
 
 def claim_out_dir(out: Path, identity: dict, *, force: bool) -> Path:
     """Create ``--out`` or reuse it for the same run; refuse a folder of foreign files or another run's."""
+    out = check_out_dir(out, identity, force=force)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / RUN_MARKER, json.dumps({"format": RUN_FORMAT, "identity": identity}, indent=2) + "\n")
+    return out
+
+
+def check_out_dir(out: Path, identity: dict, *, force: bool) -> Path:
+    """What ``claim_out_dir`` refuses, without writing anything: ``--dry-run`` checks it too."""
+    import os
+
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DataError(f"--out {str(out)!r} is a file. Pass a folder path (it is created if missing).")
+    existing = next((p for p in (out, *out.absolute().parents) if p.exists()), None)
+    if existing is not None and (not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK)):
+        raise DataError(
+            f"--out {str(out)!r} cannot be written: {str(existing)!r} is "
+            + ("not a folder" if not existing.is_dir() else "not writable by this user")
+            + ". Pick an --out folder you can write to."
+        )
     marker = out / RUN_MARKER
     if out.is_dir() and any(out.iterdir()) and not force:
         try:
@@ -114,6 +131,4 @@ def claim_out_dir(out: Path, identity: dict, *, force: bool) -> Path:
                 f"--out {str(out)!r} holds another run ({diff}). Use a new --out, or pass --force to replace its "
                 "stages."
             )
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(marker, json.dumps({"format": RUN_FORMAT, "identity": identity}, indent=2) + "\n")
     return out

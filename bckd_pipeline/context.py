@@ -23,7 +23,9 @@ from .distill.stage import DataConfig, Schedule
 from .distill.task import DistillConfig
 from .distill.trainer import TrainConfig
 from .errors import DataError
-from .export.wrapper import ExportSpec
+from .export.own_onnx import OnnxInfo
+from .export.source import ModelSource
+from .export.wrapper import INPUT_NAME, ExportSpec
 from .targets import TargetProfile
 from .targets.profiles import CalibrationSpec, LatencySpec
 
@@ -35,7 +37,7 @@ class DeployConfig:
     target: str = "onnxruntime-cpu"
     head: str = "logits"
     dynamic: tuple[str, ...] = ()
-    opset: int = 17
+    opset: int | None = None  # None: the target's (pipeline.deploy_plan refuses one older than the target's)
     input_hw: tuple[int, int] | None = None  # default: the checkpoint's training resize, else the eval images'
     bake_normalization: bool = True
     simplifier: str = "onnxsim"
@@ -119,38 +121,82 @@ class DeployContext:
     data: DataConfig
     out: Path
     plan: Plan
-    checkpoint: Path
-    model: nn.Module  # the student, loaded once for export and the PyTorch reference runtime
+    checkpoint: Path  # the model file deployed (a checkpoint, .pt2, TorchScript, weights, or the user's ONNX)
+    model: nn.Module | None  # the student, loaded once for export and the PyTorch reference; None for --onnx
     meta: CheckpointMeta
-    spec: ExportSpec
+    spec: ExportSpec  # for --onnx: the user's graph as found (its opset, head, scale and dynamic axes)
     eval_feeds: DatasetFeeds
     eval_digests: dict[str, str]
     device: DeviceOutcome | None = None  # TensorRT targets: the engine built and measured on the device
+    source: ModelSource | None = None  # None: a checkpoint
+    onnx: OnnxInfo | None = None  # --onnx: the user's graph's input, output, opset and metadata
 
     @classmethod
-    def create(cls, deploy: DeployConfig, d: DataConfig, the_plan: Plan, checkpoint: Path, out: Path) -> DeployContext:
-        model, meta = load_model(checkpoint)
+    def create(
+        cls, deploy: DeployConfig, d: DataConfig, the_plan: Plan, source: ModelSource | Path, out: Path
+    ) -> DeployContext:
+        """Load the model once and the evaluation images: the model's checks fail before any stage runs."""
+        from .export import own_onnx
+        from .export import source as own
+
+        if not isinstance(source, ModelSource):
+            source = ModelSource("checkpoint", Path(source))
         eval_set = build_dataset(d.spec, d.eval_split, demo_size=d.demo_size, demo_count=d.demo_count)
         if len(eval_set) == 0:
             raise DataError(f"The evaluation split {d.eval_split!r} of {d.spec!r} is empty; parity needs images.")
-        input_hw = deploy.input_hw or meta.input_hw or tuple(eval_set.load(0)[0].shape[:2])
-        spec = ExportSpec(
-            input_hw=tuple(input_hw),
-            opset=max(deploy.opset, the_plan.target.opset),
-            head=deploy.head,
-            bake_normalization=deploy.bake_normalization,
-            dynamic=deploy.dynamic,
-        )
+        first_hw = tuple(eval_set.load(0)[0].shape[:2])
+        dataset_classes = tuple(eval_set.info.class_names)
+        model, info = None, None
+        if source.kind == "checkpoint":
+            model, meta = load_model(source.path)
+            input_hw = deploy.input_hw or meta.input_hw or first_hw
+        elif source.is_onnx:
+            info = own_onnx.inspect_onnx(source.path)
+            contract = own_onnx.resolve_onnx(info, source.hints, deploy.input_hw)
+            input_hw = contract.input_hw
+            probe = own_onnx.probe_onnx(info, input_hw)
+            meta, head = own_onnx.onnx_meta(source, info, contract, probe, dataset_classes)
+        else:
+            model = own.load_torch_module(source)
+            input_hw = deploy.input_hw or first_hw
+            meta = own.torch_meta(source, model, tuple(input_hw), dataset_classes)
+        if info is not None:  # the user's graph as it is: nothing of it is chosen here
+            spec = ExportSpec(
+                input_hw=tuple(input_hw),
+                opset=info.opset,
+                head=head,
+                bake_normalization=meta.extra["input_scale"] == "0..255",
+                dynamic=info.dynamic,
+            )
+        else:
+            spec = ExportSpec(
+                input_hw=tuple(input_hw),
+                opset=deploy.opset or the_plan.target.opset,
+                head=deploy.head,
+                bake_normalization=deploy.bake_normalization,
+                dynamic=deploy.dynamic,
+            )
         n = len(eval_set) if deploy.parity_images is None else min(deploy.parity_images, len(eval_set))
-        feeds = DatasetFeeds.from_dataset(eval_set, range(n), spec.input_hw, normalization=feed_norm(meta, spec))
+        feeds = DatasetFeeds.from_dataset(
+            eval_set,
+            range(n),
+            spec.input_hw,
+            normalization=feed_norm(meta, spec),
+            input_name=info.input_name if info else INPUT_NAME,
+        )
         digests = {}
         if the_plan.calibration is not None:  # every evaluation image, for the calibration overlap check
             digests = dict(zip(feeds.digests, feeds.names, strict=True)) | digests_of(eval_set, range(n, len(eval_set)))
-        return cls(deploy, d, Path(out), the_plan, Path(checkpoint), model, meta, spec, feeds, digests)
+        path = Path(source.path)
+        return cls(deploy, d, Path(out), the_plan, path, model, meta, spec, feeds, digests, None, source, info)
 
     @property
     def profile(self) -> TargetProfile:
         return self.plan.target
+
+    @property
+    def output_name(self) -> str:
+        return self.onnx.output_name if self.onnx else self.spec.output_name
 
     def check_feeds(self) -> list:
         return self.eval_feeds.head(CHECK_IMAGES)

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .cache import StageCache, claim_out_dir
+from .cache import StageCache, check_out_dir, claim_out_dir
 from .calibrate.stage import calibration_stage, compile_stage
 from .context import DeployConfig, DeployContext, Plan, PlanStep, RunConfig
 from .deploy.stage import latency_stage, parity_stage
@@ -26,7 +26,8 @@ from .device.stage import device_stage
 from .distill.cached import student_stage, summarize, teacher_stage
 from .distill.stage import DataConfig, write_json
 from .errors import BackendMissingError, ConfigError, DataError
-from .export.stage import export_stage, simplify_stage
+from .export.source import ModelSource
+from .export.stage import export_stage, simplify_stage, take_onnx_stage
 from .export.wrapper import ExportSpec
 from .ledger import Built, target_artifacts
 from .report.build import build_report, write_reports
@@ -54,11 +55,19 @@ def plan(cfg: RunConfig) -> Plan:
         PlanStep("student", f"train {cfg.student_model} alone (the baseline)", ("student/student.pt",)),
         PlanStep("distilled", f"distill {cfg.student_model} with kd={cfg.distill.kd}", ("distilled/student.pt",)),
     ]
-    return deploy_plan(cfg.deploy, cfg.data, stage1)
+    the_plan = deploy_plan(cfg.deploy, cfg.data, stage1)
+    check_out_dir(cfg.out, _identity(cfg), force=cfg.force)  # what run() claims first: a dry run checks it too
+    return the_plan
 
 
-def deploy_plan(deploy: DeployConfig, data: DataConfig, before: list[PlanStep] = ()) -> Plan:
-    """Validate target, backend, shapes and calibration; list the deployment stages after ``before``."""
+def deploy_plan(
+    deploy: DeployConfig, data: DataConfig, before: list[PlanStep] = (), source: ModelSource | None = None
+) -> Plan:
+    """Validate target, backend, shapes and calibration; list the deployment stages after ``before``.
+
+    ``source``: what `deploy` was given (None: the student of `run`, or a checkpoint). A user's ONNX
+    (``deploy --onnx``) is read here, so that a flag it needs and lacks fails a dry run too.
+    """
     profile = _with_tensorrt_options(get_target(deploy.target), deploy)
     avail = check_availability(profile)
     if not avail.can_build:
@@ -73,7 +82,8 @@ def deploy_plan(deploy: DeployConfig, data: DataConfig, before: list[PlanStep] =
 
     if deploy.simplifier not in SIMPLIFIERS:
         raise ConfigError(f"--simplifier {deploy.simplifier!r} is not allowed. Allowed: {', '.join(SIMPLIFIERS)}.")
-    opset = max(deploy.opset, profile.opset)
+    onnx = _check_onnx_source(source, deploy, profile) if source is not None and source.is_onnx else None
+    opset = onnx.opset if onnx else _check_opset(deploy.opset, profile)
     ExportSpec(input_hw=deploy.input_hw or (32, 32), opset=opset, head=deploy.head, dynamic=deploy.dynamic)
     if profile.static_shape and deploy.dynamic and profile.device == "NPU":
         raise ConfigError(
@@ -95,13 +105,24 @@ def deploy_plan(deploy: DeployConfig, data: DataConfig, before: list[PlanStep] =
             "exported static shape. Drop --dynamic (export the size you deploy with --input-size H,W)."
         )
     shape = f"dynamic {','.join(deploy.dynamic)}" if deploy.dynamic else "static shape"
+    if onnx is not None:
+        first = PlanStep(
+            "take-onnx",
+            f"{source.path} as it is (opset {opset}, input {onnx.input_name!r} "
+            f"{'x'.join('?' if d is None else str(d) for d in onnx.input_shape)}, output {onnx.output_name!r}), "
+            "bckd.* metadata added; checker + ORT vs your file",
+            ("deploy/model.onnx",),
+        )
+    else:
+        what = "" if source is None or source.kind == "checkpoint" else f"{source.describe()}: "
+        first = PlanStep(
+            "export",
+            f"{what}ONNX opset {opset}, head {deploy.head}, {shape}; checker + ORT vs PyTorch",
+            ("deploy/model.onnx",),
+        )
     steps = [
         *before,
-        PlanStep(
-            "export",
-            f"ONNX opset {opset}, head {deploy.head}, {shape}; checker + ORT vs PyTorch",
-            ("deploy/model.onnx",),
-        ),
+        first,
         PlanStep("simplify", f"{deploy.simplifier}; ORT before vs after", ("deploy/model.sim.onnx",)),
     ]
     if calibration is not None:
@@ -130,11 +151,69 @@ def deploy_plan(deploy: DeployConfig, data: DataConfig, before: list[PlanStep] =
             ),
         ]
     steps += [
-        PlanStep("parity", f"every stage on split {data.eval_split!r} vs PyTorch", ()),
+        PlanStep(
+            "parity", f"every stage on split {data.eval_split!r} vs {'your FP32 ONNX' if onnx else 'PyTorch'}", ()
+        ),
         PlanStep("latency", "the latency protocol on every stage" if can_measure else "pending: device absent", ()),
         PlanStep("report", "manifest and reports", ("manifest.json", "report.json", "report.md")),
     ]
     return Plan(profile, calibration, latency, can_measure, note, tuple(steps))
+
+
+def _check_onnx_source(source: ModelSource, deploy: DeployConfig, profile: TargetProfile):
+    """A user's ONNX: readable, one NCHW input, every flag it needs given; export-only flags refused."""
+    from .export.own_onnx import inspect_onnx, resolve_onnx
+
+    info = inspect_onnx(source.path)
+    resolve_onnx(info, source.hints, deploy.input_hw)
+    given = {
+        "--opset": deploy.opset,
+        "--head": None if deploy.head == "logits" else deploy.head,
+        "--dynamic": ",".join(deploy.dynamic) or None,
+        "--no-bake-normalization": None if deploy.bake_normalization else True,
+    }
+    flags = [k for k, v in given.items() if v is not None]
+    if flags:
+        raise ConfigError(
+            f"{', '.join(flags)} shape{'s' if len(flags) == 1 else ''} the ONNX export; --onnx {str(source.path)!r} is "
+            f"deployed as it is (opset {info.opset}, its own input and output). Drop "
+            f"{'it' if len(flags) == 1 else 'them'}; to change the graph, re-export it."
+        )
+    if profile.backend is Backend.TENSORRT:
+        raise ConfigError(
+            f"--onnx with --target {profile.name} (TensorRT) is not built yet: the device bundle assumes this "
+            "pipeline's input name and static shape. Use an onnxruntime-* or openvino-* target, or deploy from "
+            "PyTorch (--model FILE.pt2, TorchScript, or --model-factory)."
+        )
+    if info.dynamic and profile.static_shape and profile.device == "NPU":
+        raise ConfigError(
+            f"--onnx {str(source.path)!r} has dynamic {','.join(info.dynamic)}; --target {profile.name} compiles "
+            f"static shapes only. Fix them first: python -m onnxruntime.tools.make_dynamic_shape_fixed --input_name "
+            f"{info.input_name} --input_shape 1,3,H,W {source.path} model.static.onnx"
+        )
+    return info
+
+
+def _check_opset(given: int | None, profile: TargetProfile) -> int:
+    """The export opset: the target's unless --opset names another this torch exports; never silently changed."""
+    from torch.onnx._constants import ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET as newest
+    import torch
+
+    if given is None:
+        return profile.opset
+    if given < profile.opset:
+        raise ConfigError(
+            f"--opset {given} is older than opset {profile.opset}, the oldest this pipeline exports for --target "
+            f"{profile.name} (per-channel Q/DQ, and the ops the export wrapper emits). Use --opset {profile.opset} "
+            f"(the default) up to {newest}. A model already exported at opset {given} deploys as it is with "
+            "`bckd-pipeline deploy --onnx model.onnx`."
+        )
+    if given > newest:
+        raise ConfigError(
+            f"--opset {given} is newer than torch {torch.__version__}'s TorchScript ONNX exporter writes (at most "
+            f"opset {newest}). Use --opset {profile.opset} to {newest}, or leave --opset out for {profile.opset}."
+        )
+    return given
 
 
 def _what(b: Built) -> str:
@@ -205,22 +284,42 @@ def run(cfg: RunConfig) -> RunResult:
     return deploy_stages(ctx, cache, summary)
 
 
-def deploy_checkpoint(
-    checkpoint: Path, data: DataConfig, deploy_cfg: DeployConfig, out: Path, *, force: bool = False
+def model_plan(source: ModelSource, data: DataConfig, deploy_cfg: DeployConfig, out: Path, *, force: bool) -> Plan:
+    """What `deploy` checks before its first stage (and all that `deploy --dry-run` does): the plan, the model
+    file's kind and flags, the --out folder."""
+    the_plan = deploy_plan(deploy_cfg, data, source=source)
+    check_out_dir(out, _deploy_identity(source, data), force=force)
+    return the_plan
+
+
+def deploy_model(
+    source: ModelSource | Path, data: DataConfig, deploy_cfg: DeployConfig, out: Path, *, force: bool = False
 ) -> RunResult:
-    """Stages 2 and 3 alone, on a student checkpoint trained elsewhere (``bckd-pipeline deploy``)."""
-    the_plan = deploy_plan(deploy_cfg, data)
-    # Reads the checkpoint and the evaluation images first: a bad checkpoint or dataset fails before
-    # the folder is claimed.
-    ctx = DeployContext.create(deploy_cfg, data, the_plan, checkpoint, out)
-    claim_out_dir(out, {"data": data.spec, "checkpoint": str(Path(checkpoint).resolve())}, force=force)
+    """Stages 2 and 3 alone, on a model trained elsewhere (``bckd-pipeline deploy``): a checkpoint of this
+    pipeline, a .pt2 program, a TorchScript file, a factory with its weights, or the user's ONNX."""
+    if not isinstance(source, ModelSource):
+        source = ModelSource("checkpoint", Path(source))
+    the_plan = model_plan(source, data, deploy_cfg, out, force=force)
+    # Reads the model and the evaluation images first: a bad model or dataset fails before the folder is claimed.
+    ctx = DeployContext.create(deploy_cfg, data, the_plan, source, out)
+    claim_out_dir(out, _deploy_identity(source, data), force=force)
     return deploy_stages(ctx, StageCache(out), None)
 
 
+deploy_checkpoint = deploy_model  # the name before models other than checkpoints were taken
+
+
+def _deploy_identity(source: ModelSource, data: DataConfig) -> dict:
+    return {"data": data.spec, **source.identity()}
+
+
 def deploy_stages(ctx: DeployContext, cache: StageCache, summary: dict | None) -> RunResult:
-    """export -> simplify -> calibrate -> compile -> parity -> latency -> manifest and reports."""
+    """export (or take the user's ONNX) -> simplify -> calibrate -> compile -> parity -> latency -> reports."""
     out = ctx.out
-    onnx_path, export_check = export_stage(ctx, out, cache)
+    if ctx.onnx is not None:
+        onnx_path, export_check = take_onnx_stage(ctx, out, cache)
+    else:
+        onnx_path, export_check = export_stage(ctx, out, cache)
     simplified, simplify_check = simplify_stage(ctx, out, cache, onnx_path)
     calibration = calibration_stage(ctx, out, cache)
     built = compile_stage(ctx, out, cache, onnx_path, simplified, calibration)

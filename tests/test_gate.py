@@ -258,6 +258,37 @@ def test_baseline_comparison_flags_a_slower_run_and_passes_the_same_run(smoke_re
     assert f"FAIL     {DEPLOYED}: median" in out and "(x2.000;" in out and "REGRESSED" in out
 
 
+def test_a_baseline_from_another_cpu_is_refused_unless_told_to_compare(smoke_report, tmp_path, capsys):
+    report = _report(smoke_report)
+    assert report["machine"]["cpu"]["model"] and "isa" in report["machine"]["cpu"]
+    assert json.loads((smoke_report / "manifest.json").read_text())["machine"] == report["machine"]
+    budgets = _write(tmp_path, "[onnxruntime-cpu]\nmax_p50_ms = 1000\n")
+    for what, change in (
+        ("model", lambda cpu: cpu.update(model="Intel(R) Xeon(R) Platinum 8480+")),
+        ("isa", lambda cpu: cpu.update(isa=[*cpu["isa"], "AMX-INT8"] if "AMX-INT8" not in cpu["isa"] else ["AVX2"])),
+    ):
+        other = _copy(smoke_report, tmp_path / what)
+        data = _report(other)
+        change(data["machine"]["cpu"])
+        (other / "report.json").write_text(json.dumps(data))
+        rc, _, err = run_cli(capsys, "gate", smoke_report, "--budgets", budgets, "--baseline", other)
+        assert_clean_error(rc, err, None)
+        assert "was measured on another machine" in err and "--compare-other-machine" in err
+        assert ("CPU " if what == "model" else "vector ISA differs") in err
+        rc, out, _ = run_cli(
+            capsys, "gate", smoke_report, "--budgets", budgets, "--baseline", other, "--compare-other-machine"
+        )
+        assert rc == 0, out
+        assert "[other machine: " in out
+    # A baseline written before machine facts existed has nothing to compare: it is not refused.
+    old = _copy(smoke_report, tmp_path / "old-format")
+    data = _report(old)
+    del data["machine"]
+    (old / "report.json").write_text(json.dumps(data))
+    rc, out, _ = run_cli(capsys, "gate", smoke_report, "--budgets", budgets, "--baseline", old)
+    assert rc == 0 and "[other machine" not in out, out
+
+
 @pytest.mark.parametrize(
     "case", ["other_target", "missing_stage", "not_a_report", "evidence_missing", "baseline", "baseline_images"]
 )

@@ -233,7 +233,8 @@ def test_out_folder_with_foreign_or_another_runs_files(smoke_run, tmp_path, caps
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
     rc, _, err = run_cli(capsys, "run", *SMOKE, "--out", foreign, "--dry-run")
-    assert rc == 0  # a dry run writes nothing, so it does not claim the folder
+    assert_clean_error(rc, err, foreign)  # a dry run writes nothing, but checks what a run would refuse (issue 13)
+    assert "did not write" in err
     rc, _, err = run_cli(capsys, "run", *SMOKE, "--out", foreign)
     assert_clean_error(rc, err, foreign)
     assert "did not write" in err and "--force" in err

@@ -34,8 +34,9 @@ def calibration_stage(ctx: DeployContext, out: Path, cache: StageCache) -> Calib
     d = ctx.data
     train_set = build_dataset(d.spec, spec.split, demo_size=d.demo_size, demo_count=d.demo_count)
     indices = pick_indices(spec.size, len(train_set), spec.seed)
+    name = ctx.eval_feeds.input_name
     feeds = DatasetFeeds.from_dataset(
-        train_set, indices, ctx.spec.input_hw, normalization=feed_norm(ctx.meta, ctx.spec)
+        train_set, indices, ctx.spec.input_hw, normalization=feed_norm(ctx.meta, ctx.spec), input_name=name
     )
     check_no_overlap(feeds, ctx.eval_digests)
     validation = None
@@ -48,7 +49,7 @@ def calibration_stage(ctx: DeployContext, out: Path, cache: StageCache) -> Calib
             )
         chosen = [rest[i] for i in pick_indices(min(spec.size, len(rest)), len(rest), spec.seed + 1)]
         validation = DatasetFeeds.from_dataset(
-            train_set, chosen, ctx.spec.input_hw, normalization=feed_norm(ctx.meta, ctx.spec)
+            train_set, chosen, ctx.spec.input_hw, normalization=feed_norm(ctx.meta, ctx.spec), input_name=name
         )
         check_no_overlap(validation, ctx.eval_digests)
     path = out / "deploy/calibration.json"
@@ -76,9 +77,11 @@ def calibration_stage(ctx: DeployContext, out: Path, cache: StageCache) -> Calib
 def compile_stage(
     ctx: DeployContext, out: Path, cache: StageCache, onnx_path: Path, simplified: Path, calib: Calibration | None
 ) -> list[Built]:
+    # `deploy --onnx`: no PyTorch model; the user's FP32 ONNX is the reference row.
+    reference = [] if ctx.onnx is not None else [Built("pytorch", Backend.TORCH, Precision.FP32, None, None)]
     built = [
-        Built("pytorch", Backend.TORCH, Precision.FP32, None, None),
-        Built("onnx", Backend.ONNXRUNTIME, Precision.FP32, onnx_path, "pytorch"),
+        *reference,
+        Built("onnx", Backend.ONNXRUNTIME, Precision.FP32, onnx_path, "pytorch" if reference else None),
         Built("onnx-simplified", Backend.ONNXRUNTIME, Precision.FP32, simplified, "onnx"),
     ]
     paths = {b.name: b.path for b in built}

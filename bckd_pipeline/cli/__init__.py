@@ -89,6 +89,42 @@ def _split_device(args) -> None:
         raise ConfigError(f"--device names one deployment device; got {', '.join(remote)}. Keep one.")
     args.target_device = remote[0] if remote else None
     args.device = local[-1] if local else ("cuda" if _cuda() else "cpu")
+    _check_local_device(args.device, getattr(args, "target", None))
+
+
+# OpenVINO's device names: a user who types one means the OpenVINO target's device.
+OPENVINO_DEVICES = {"CPU": "openvino-cpu", "GPU": "openvino-gpu", "NPU": "openvino-npu"}
+
+
+def _check_local_device(device: str, target: str | None) -> None:
+    """--device (not ssh://) is the training device: cpu or cuda[:N], and cuda only where a GPU is."""
+    base = device.split(".")[0].split(":")[0]
+    if base.upper() in (*OPENVINO_DEVICES, "AUTO", "HETERO", "MULTI") and base != base.lower():
+        pick = OPENVINO_DEVICES.get(base.upper())
+        on = f"--target {target} runs on its own device" if target else "an OpenVINO target runs on its own device"
+        raise ConfigError(
+            f"--device {device} is an OpenVINO device name, but --device picks where training runs (cpu or "
+            f"cuda[:N]) or, for TensorRT targets, an ssh:// device; {on}. "
+            + (f"For OpenVINO on {base.upper()}, use --target {pick} and drop --device." if pick else "Drop --device.")
+        )
+    if base == "cpu" and device == "cpu":
+        return
+    if base != "cuda" or (":" in device and not device.split(":", 1)[1].isdigit()):
+        raise ConfigError(
+            f"--device {device!r} is not a device this pipeline trains on. Allowed: cpu, cuda, cuda:N, or "
+            "ssh://user@host[:port] for a TensorRT target's engine."
+        )
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(device.split(":", 1)[1]) if ":" in device else 0
+    if count == 0:
+        raise ConfigError(
+            f"--device {device} was given, but this host has no CUDA GPU (torch {torch.__version__} sees none). "
+            "Use --device cpu, or leave --device out (cuda is picked when present)."
+        )
+    if index >= count:
+        raise ConfigError(f"--device {device}: this host has {count} CUDA GPU(s), cuda:0..cuda:{count - 1}.")
 
 
 def main(argv: list[str] | None = None) -> int:

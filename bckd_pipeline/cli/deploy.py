@@ -6,15 +6,23 @@ from pathlib import Path
 
 
 def deploy(args, preset, data, console) -> int:
-    from ..pipeline import deploy_checkpoint, deploy_plan
+    from ..export.source import ModelHints, model_source
+    from ..pipeline import deploy_model, model_plan
 
+    hints = ModelHints(
+        mean=args.mean,
+        std=args.std,
+        num_classes=args.num_classes,
+        class_names=args.class_names,
+        input_scale=args.input_scale,
+    )
+    source = model_source(args.model, args.onnx, args.model_factory, args.weights, hints)
     dcfg = deploy_config(args, preset)
-    the_plan = deploy_plan(dcfg, data)
+    the_plan = model_plan(source, data, dcfg, args.out, force=args.force)
     if args.dry_run:
         print(the_plan.describe(Path(args.out)))
         return 0
-    result = deploy_checkpoint(args.model, data, dcfg, args.out, force=args.force)
-    code = finish(result, args.out, console, data=data)
+    code = finish(deploy_model(source, data, dcfg, args.out, force=args.force), args.out, console, data=data)
     return gated(args, code)
 
 

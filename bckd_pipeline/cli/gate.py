@@ -18,6 +18,7 @@ def gate_report(args, report: Path) -> int:
         baseline=args.baseline,
         confidence=args.confidence,
         allow_pending=args.allow_pending,
+        compare_other_machine=args.compare_other_machine,
     )
     print("\n".join(text_lines(result)))
     if args.junit:

@@ -25,6 +25,35 @@ def _pair(text: str) -> tuple[int, int]:
     return h, w
 
 
+def _triple(text: str) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(
+            f"expected R,G,B (three numbers on the 0..1 scale, e.g. 0.485,0.456,0.406), got {text!r}"
+        )
+    return values
+
+
+def _names(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated class names, got {text!r}")
+    return names
+
+
+def _dims(text: str) -> tuple[int, ...]:
+    try:
+        dims = tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        dims = ()
+    if not dims or min(dims) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, e.g. 1,3,512,512 or 512,512; got {text!r}")
+    return dims
+
+
 def _keyval(text: str) -> tuple[str, str]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
@@ -192,7 +221,25 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes as for `run`: 0 done, 1 parity failed, 2 bad input, 3 pending on the device.",
     )
     _common(p, training=False)
-    p.add_argument("--model", type=Path, required=True, help="student checkpoint (student.pt)")
+    m = p.add_argument_group(
+        "the model (one of --model, --onnx, --model-factory; docs/deploy.md, 'Deploy your own model')"
+    )
+    m.add_argument(
+        "--model",
+        type=Path,
+        help="student.pt of this pipeline, a torch.export program (.pt2), or a TorchScript file (torch.jit.save)",
+    )
+    m.add_argument("--onnx", type=Path, help="your segmentation ONNX: one NCHW image input, logits or labels out")
+    m.add_argument("--model-factory", help="module:function that builds your nn.Module (with --weights)")
+    m.add_argument("--weights", type=Path, help="the state_dict for --model-factory (torch.save(model.state_dict()))")
+    m.add_argument("--mean", type=_triple, help="R,G,B mean on 0..1 pixels, where the model's metadata lacks it")
+    m.add_argument("--std", type=_triple, help="R,G,B std on 0..1 pixels, where the model's metadata lacks it")
+    m.add_argument("--num-classes", type=int, help="classes the model predicts, where its output does not say")
+    m.add_argument("--class-names", type=_names, help="comma-separated class names (default: the dataset's)")
+    m.add_argument(
+        "--input-scale",
+        help="--onnx: 0..255 (the graph takes raw pixels) or normalized ((x/255 - mean) / std, with --mean/--std)",
+    )
     _deploy_flags(p)
     _gate_flags(p, required=False)
     p.add_argument("--dry-run", action="store_true", help="print the resolved plan and exit; nothing is written")
@@ -202,8 +249,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("doctor", help="which backends and devices this host has", formatter_class=fmt)
 
     p = sub.add_parser("bench", help="measure an exported model under the latency protocol", formatter_class=fmt)
-    p.add_argument("model", type=Path, help="an .onnx file, an OpenVINO model.xml, or a TensorRT plan built here")
-    p.add_argument("--target", default="onnxruntime-cpu", help="target whose backend and device run the model")
+    p.add_argument(
+        "model", type=Path, help="an .onnx file, an OpenVINO model.xml, or a TensorRT .plan/.engine built here"
+    )
+    p.add_argument(
+        "--target",
+        help="target whose backend and device run the model (default: from the suffix: .onnx onnxruntime-cpu, "
+        ".xml openvino-cpu, .plan/.engine tensorrt)",
+    )
+    p.add_argument("--shape", type=_dims, help="input shape N,C,H,W (or H,W of an NCHW image) for dynamic axes")
+    p.add_argument("--batch", type=int, help="batch size (the input's first axis; it must be dynamic or equal)")
     p.add_argument("--precision", default=None, help="label for the report (default: read from the file name)")
     p.add_argument("--runs", type=int, default=200, help="timed runs")
     p.add_argument("--warmup-runs", type=int, default=20, help="untimed runs first (at least)")
@@ -280,6 +335,11 @@ def _gate_flags(p: argparse.ArgumentParser, *, required: bool) -> None:
         help="TOML budgets file" + ("" if required else "; gate the run's report against it after the run"),
     )
     g.add_argument("--baseline", type=Path, help="an older report.json: also fail on latency and mIoU regressions")
+    g.add_argument(
+        "--compare-other-machine",
+        action="store_true",
+        help="compare latencies with a --baseline measured on another CPU model or vector ISA (refused otherwise)",
+    )
     g.add_argument("--junit", type=Path, help="write the checks as JUnit XML here (one test case per budget)")
     g.add_argument("--markdown", type=Path, help="write a Markdown summary here (e.g. $GITHUB_STEP_SUMMARY)")
     g.add_argument("--confidence", type=float, help="confidence of the bootstrap bounds (default: budgets file, 0.95)")
@@ -291,8 +351,14 @@ def _deploy_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--target", default="onnxruntime-cpu", help="deployment target (`bckd-pipeline targets`)")
     g.add_argument("--head", default="logits", help="logits | argmax (uint8 label map out of the graph)")
     g.add_argument("--dynamic", default="", help="comma-separated dynamic axes: batch,height,width (default: static)")
-    g.add_argument("--opset", type=int, default=17, help="ONNX opset (17 or newer)")
-    g.add_argument("--input-size", type=_pair, help="export input H,W (default: the training resize or eval size)")
+    g.add_argument(
+        "--opset", type=int, help="ONNX opset of the export: the target's up to what torch exports (default: 17)"
+    )
+    g.add_argument(
+        "--input-size",
+        type=_pair,
+        help="input H,W (default: the training resize or eval size; an ONNX's own static size; needed for dynamic)",
+    )
     g.add_argument("--no-bake-normalization", action="store_true", help="graph takes normalised input, not 0..255")
     g.add_argument("--simplifier", default="onnxsim", help="onnxsim | onnxslim")
     g.add_argument("--allow-unsimplified", action="store_true", help="deploy the exported graph if simplifying fails")

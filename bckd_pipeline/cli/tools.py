@@ -40,13 +40,87 @@ def targets(doctor: bool) -> int:
     return 0
 
 
+# The backend a model file runs on, from its suffix (Ultralytics' AutoBackend habit).
+SUFFIX_BACKENDS = {".onnx": "onnxruntime", ".xml": "openvino", ".plan": "tensorrt", ".engine": "tensorrt"}
+DEFAULT_TARGETS = {"onnxruntime": "onnxruntime-cpu", "openvino": "openvino-cpu", "tensorrt": "tensorrt"}
+
+
+def bench_target(model, target: str | None):
+    """The target profile that runs ``model``: inferred from the file's suffix, or --target checked against it."""
+    from ..targets import Backend, get_target
+
+    suffix = model.suffix.lower()
+    if suffix not in SUFFIX_BACKENDS:
+        raise ConfigError(
+            f"bench cannot tell what runs {str(model)!r}: its suffix is {suffix or 'missing'}. Pass an .onnx file "
+            "(ONNX Runtime, or OpenVINO with --target openvino-*), an OpenVINO model.xml (with its .bin), or a "
+            "TensorRT .plan/.engine built on this host."
+        )
+    backend = SUFFIX_BACKENDS[suffix]
+    if target is None:
+        return get_target(DEFAULT_TARGETS[backend])
+    profile = get_target(target)
+    runs = {Backend(backend)} | ({Backend.OPENVINO} if suffix == ".onnx" else set())  # OpenVINO reads ONNX too
+    if profile.backend not in runs:
+        kind = {"onnxruntime": "an ONNX model", "openvino": "an OpenVINO IR", "tensorrt": "a TensorRT engine"}[backend]
+        raise ConfigError(
+            f"{str(model)!r} is {kind}; --target {profile.name} runs {profile.backend}. Drop --target (bench picks "
+            f"{DEFAULT_TARGETS[backend]} from the suffix) or name a target of that backend."
+        )
+    return profile
+
+
+def bench_shapes(spec: dict, shape: tuple[int, ...] | None, batch: int | None) -> dict[str, tuple[int, ...]]:
+    """The input shape(s) to time: the model's static dims, --shape and --batch for the others (or checked)."""
+    shapes = {}
+    for name, t in spec.items():
+        want = list(t.shape)
+        given: list[int | None] = [None] * len(want)
+        if shape is not None:
+            if len(shape) == 2 and len(want) == 4:
+                given[2:] = shape
+            elif len(shape) == len(want):
+                given = list(shape)
+            else:
+                raise ConfigError(
+                    f"--shape {','.join(map(str, shape))} does not fit input {name!r} of rank {len(want)} "
+                    f"({_shown(want)}). Give all {len(want)} dims, or H,W for an NCHW image."
+                )
+        if batch is not None:
+            given[0] = batch
+        for i, (w, g) in enumerate(zip(want, given, strict=True)):
+            if w is not None and g is not None and w != g:
+                raise ConfigError(
+                    f"Input {name!r} has the static shape {_shown(want)}; dim {i} cannot be {g} (--shape/--batch). "
+                    "Re-export the model with that axis dynamic, or drop the flag."
+                )
+        missing = [i for i, (w, g) in enumerate(zip(want, given, strict=True)) if w is None and g is None]
+        if missing and 0 not in missing or len(missing) > 1:
+            raise ConfigError(
+                f"Input {name!r} is {_shown(want)}: dims {', '.join(map(str, missing))} are dynamic. Give --shape "
+                + ("H,W" if len(want) == 4 else ",".join("N" * len(want)))
+                + " (and --batch N) to say what to time."
+            )
+        pairs = zip(want, given, strict=True)
+        shapes[name] = tuple(g if g is not None else w if w is not None else 1 for w, g in pairs)
+    return shapes
+
+
+def _shown(shape) -> str:
+    return "x".join("?" if d is None else str(d) for d in shape)
+
+
 def bench(args, console) -> int:
     from ..deploy.bench import benchmark, synthetic_feeds
     from ..distill.stage import write_json
-    from ..targets import Backend, get_target
+    from ..targets import Backend
     from ..targets.profiles import LatencySpec
 
-    profile = get_target(args.target)
+    if not args.model.is_file():
+        raise ConfigError(f"Model file {str(args.model)!r} does not exist. Pass an .onnx, a model.xml or a .plan.")
+    profile = bench_target(args.model, args.target)
+    if args.batch is not None and args.batch < 1:
+        raise ConfigError(f"--batch must be >= 1, got {args.batch}.")
     precision = args.precision or (
         "int8"
         if "int8" in args.model.name or "int8" in args.model.parent.name
@@ -75,15 +149,27 @@ def bench(args, console) -> int:
         warmup_runs=args.warmup_runs, warmup_s=args.warmup_s, runs=args.runs, threads=args.threads, streams=args.streams
     )
     with rt:
-        report = benchmark(rt, synthetic_feeds(rt.input_spec()), spec, mode=args.mode)
+        shapes = bench_shapes(rt.input_spec(), args.shape, args.batch)
+        report = benchmark(rt, synthetic_feeds(rt.input_spec(), shapes=shapes), spec, mode=args.mode)
+    shown = ", ".join(f"{n} {_shown(s)}" for n, s in shapes.items())
     if report.mode == "latency":
         console.print(
-            f"{args.model}: p50 {report.p50:.3f} ms, p90 {report.p90:.3f}, p99 {report.p99:.3f}, "
-            f"mean {report.mean:.3f} (std {report.std:.3f}), {report.fps:.1f} FPS, batch {report.batch}"
+            f"{args.model} ({profile.backend} on {profile.device}, {shown}): p50 {report.p50:.3f} ms, p90 "
+            f"{report.p90:.3f}, p99 {report.p99:.3f}, mean {report.mean:.3f} (std {report.std:.3f}), "
+            f"{report.fps:.1f} FPS, batch {report.batch}"
         )
     else:
-        console.print(f"{args.model}: {report.fps:.1f} FPS with {report.streams} requests in flight")
+        console.print(f"{args.model}: {report.fps:.1f} FPS with {report.streams} requests in flight ({shown})")
     if args.json:
-        write_json(args.json, {**report.as_dict(), "model": str(args.model), "input": "synthetic uniform 0..255"})
+        write_json(
+            args.json,
+            {
+                **report.as_dict(),
+                "model": str(args.model),
+                "target": profile.name,
+                "input_shapes": {n: list(s) for n, s in shapes.items()},
+                "input": "synthetic uniform 0..255",
+            },
+        )
     print(json.dumps(report.latency_ms | {"fps": report.fps}))
     return 0

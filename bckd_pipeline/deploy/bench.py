@@ -144,8 +144,9 @@ def benchmark(
     )
 
 
-def synthetic_feeds(spec: dict, count: int = 4, seed: int = 0) -> list[dict]:
-    """Uniform 0..255 inputs of the model's static shape (dynamic dims become 1 for batch, 256 otherwise).
+def synthetic_feeds(spec: dict, count: int = 4, seed: int = 0, *, shapes: dict | None = None) -> list[dict]:
+    """Uniform 0..255 inputs of the model's static shape, or of ``shapes`` (input name -> shape); without
+    them, dynamic dims become 1 for batch and 256 otherwise.
 
     Latency of these CNNs does not depend on pixel values; accuracy is never measured on them.
     """
@@ -155,6 +156,7 @@ def synthetic_feeds(spec: dict, count: int = 4, seed: int = 0) -> list[dict]:
         feed = {}
         for name, t in spec.items():
             shape = tuple((1 if i == 0 else 256) if d is None else d for i, d in enumerate(t.shape))
+            shape = tuple((shapes or {}).get(name, shape))
             feed[name] = (rng.random(shape) * 255).astype(t.dtype)
         feeds.append(feed)
     return feeds

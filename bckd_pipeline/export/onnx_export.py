@@ -21,7 +21,14 @@ from .wrapper import INPUT_NAME, ExportSpec, SegExportWrapper
 EXPORT_ATOL = 1e-3
 
 
-def onnx_metadata(meta: CheckpointMeta, spec: ExportSpec, extra: dict[str, str] | None = None) -> dict[str, str]:
+def onnx_metadata(
+    meta: CheckpointMeta,
+    spec: ExportSpec,
+    extra: dict[str, str] | None = None,
+    *,
+    input_name: str = INPUT_NAME,
+    output_name: str | None = None,
+) -> dict[str, str]:
     """What a deployment needs to feed the model and read its output, as ONNX metadata_props."""
     from .. import __version__
 
@@ -31,7 +38,7 @@ def onnx_metadata(meta: CheckpointMeta, spec: ExportSpec, extra: dict[str, str] 
         "bckd.model": meta.model,
         "bckd.input": json.dumps(
             {
-                "name": INPUT_NAME,
+                "name": input_name,
                 "shape": list(spec.input_shape()),
                 "dynamic": list(spec.dynamic),
                 "dtype": "float32",
@@ -42,13 +49,13 @@ def onnx_metadata(meta: CheckpointMeta, spec: ExportSpec, extra: dict[str, str] 
         ),
         "bckd.preprocessing": json.dumps(
             {
-                "mean": list(meta.mean),
-                "std": list(meta.std),
+                "mean": list(meta.mean) if meta.extra.get("normalization_known", True) else None,
+                "std": list(meta.std) if meta.extra.get("normalization_known", True) else None,
                 "baked_into_graph": spec.bake_normalization,
                 "resize_to": list(spec.input_hw),
             }
         ),
-        "bckd.output": json.dumps({"name": spec.output_name, "kind": spec.head}),
+        "bckd.output": json.dumps({"name": output_name or spec.output_name, "kind": spec.head}),
         "bckd.class_names": json.dumps(list(meta.class_names)),
         "bckd.ignore_index": str(meta.ignore_index),
         "bckd.opset": str(spec.opset),
@@ -92,6 +99,13 @@ def to_onnx(
     norm = Normalization(meta.mean, meta.std) if spec.bake_normalization else None
     wrapper = SegExportWrapper(student.cpu(), normalize=norm, head=spec.head).eval()
     dummy = torch.zeros(spec.input_shape())
+    exported = wrapper
+    if isinstance(student, torch.jit.ScriptModule):
+        # The ONNX exporter cannot trace a TorchScript *submodule* (pytorch#86261); a TorchScript top level it
+        # exports, so the wrapper around a TorchScript file is traced into one first.
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # deprecation and tracer warnings: the export is checked against eager
+            exported = torch.jit.trace(wrapper, (dummy,), check_trace=False)
 
     def write(tmp: Path) -> None:
         try:
@@ -100,7 +114,7 @@ def to_onnx(
                 # The TorchScript exporter: deterministic and fast on CPU for these CNNs; the dynamo
                 # exporter is slower to export and emits the same ops here.
                 torch.onnx.export(
-                    wrapper,
+                    exported,
                     (dummy,),
                     str(tmp),
                     input_names=[INPUT_NAME],

@@ -1,4 +1,5 @@
-"""Stage 2 in the pipeline: export the student to ONNX and simplify it, each checked and cached."""
+"""Stage 2 in the pipeline: export the student to ONNX (or take the user's, for ``deploy --onnx``) and
+simplify it, each checked and cached."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ def export_stage(ctx: DeployContext, out: Path, cache: StageCache):
     from .onnx_export import to_onnx
 
     path = out / "deploy/model.onnx"
-    key = stage_key("export", {"spec": ctx.spec, "feeds": ctx.eval_feeds.digests[:CHECK_IMAGES]}, [ctx.checkpoint])
+    options = {"spec": ctx.spec, "feeds": ctx.eval_feeds.digests[:CHECK_IMAGES]}
+    if ctx.source is not None and ctx.source.kind != "checkpoint":  # a module file, or a factory and its weights
+        options["source"] = ctx.source.identity()
+    key = stage_key("export", options, [ctx.checkpoint])
     hit = cache.lookup("export", key)
     if hit is not None:
         return path, hit["check"]
@@ -21,6 +25,57 @@ def export_stage(ctx: DeployContext, out: Path, cache: StageCache):
     _, check = to_onnx(ctx.model, ctx.meta, ctx.spec, path, ctx.check_feeds(), extra_metadata=extra)
     cache.store("export", key, [path], {"check": check.as_dict()})
     return path, check.as_dict()
+
+
+def take_onnx_stage(ctx: DeployContext, out: Path, cache: StageCache):
+    """``deploy --onnx``: the user's ONNX in place of the export, its graph untouched.
+
+    Copied to deploy/model.onnx with the ``bckd.*`` metadata of what deploy settled (input scale,
+    statistics, classes, input size) added beside the user's own metadata_props, so that every
+    artifact made from it carries them; then the full checker, and ONNX Runtime on the user's file
+    against the copy on real images (identical outputs: only metadata changed).
+    """
+    import onnx
+
+    from ..fileio import atomic_write
+    from ..onnxfile import load_onnx
+    from .check import compare, require
+    from .onnx_export import check_onnx, onnx_metadata
+
+    path = out / "deploy/model.onnx"
+    info = ctx.onnx
+    props = onnx_metadata(
+        ctx.meta,
+        ctx.spec,
+        {"bckd.source": "deploy --onnx", "bckd.source_sha256": file_sha256(ctx.checkpoint)},
+        input_name=info.input_name,
+        output_name=info.output_name,
+    )
+    props = {k: v for k, v in props.items() if k not in info.metadata}  # the user's own keys are kept as they are
+    key = stage_key("take-onnx", {"props": props, "feeds": ctx.eval_feeds.digests[:CHECK_IMAGES]}, [ctx.checkpoint])
+    hit = cache.lookup("take-onnx", key)
+    if hit is not None:
+        return path, hit["check"]
+
+    def write(tmp: Path) -> None:
+        model = load_onnx(ctx.checkpoint)
+        onnx.helper.set_model_props(model, {**info.metadata, **props})
+        onnx.save(model, str(tmp))
+        check_onnx(tmp)
+
+    atomic_write(path, write)
+    from ..deploy.backends.onnxruntime import OrtRuntime
+
+    try:
+        with OrtRuntime(ctx.checkpoint, threads=None) as given, OrtRuntime(path, threads=None) as copy:
+            report = compare("take-onnx", "your onnx", given.infer, copy.infer, ctx.check_feeds(), atol=1e-5)
+        require(report, "Copying the ONNX with its metadata changed its outputs; report the model.")
+    except BaseException:
+        Path(path).unlink(missing_ok=True)
+        raise
+    check = {**report.as_dict(), "source": str(ctx.checkpoint), "opset": info.opset, "added_metadata": sorted(props)}
+    cache.store("take-onnx", key, [path], {"check": check})
+    return path, check
 
 
 def simplify_stage(ctx: DeployContext, out: Path, cache: StageCache, source: Path):

@@ -47,7 +47,7 @@ class ExportSpec:
                 f"--dynamic {','.join(bad)} is not allowed. Allowed: {', '.join(DYNAMIC_AXES)} "
                 "(comma-separated); leave it out for the static shape edge targets want."
             )
-        if self.opset < 17:
+        if self.opset < 13:  # per-channel Q/DQ; pipeline.deploy_plan asks the target's opset (17) of exports
             raise ConfigError(f"--opset {self.opset} is too old; use 17 or newer.")
         if self.batch < 1 or min(self.input_hw) < 1:
             raise ConfigError(f"Export shape must be positive, got batch={self.batch} input_hw={self.input_hw}.")

@@ -32,6 +32,7 @@ import numpy as np
 
 from ..errors import ConfigError, DataError
 from ..ledger import PENDING, REPORT_FORMAT
+from ..machine import machine_differences
 from ..report.evidence import ParityImages, load_parity_images
 from .budgets import BUDGET_KEYS, DEFAULT_BASELINE_MIOU_DROP, Budgets, GateSettings
 from .noise import Interval, bootstrap_delta_miou, bootstrap_median_ratio, latency_regressed
@@ -250,6 +251,7 @@ def _baseline_checks(
     old_images: ParityImages | None,
     limit_drop: float,
     s: GateSettings,
+    other_machine: str = "",
 ) -> list[Check]:
     checks = []
     tol = s.latency_tolerance
@@ -285,7 +287,7 @@ def _baseline_checks(
         msg = (
             f"{stage}: median {np.median(new_s):.3f} ms vs baseline {np.median(old_s):.3f} ms (x{r.point:.3f}; "
             f"with {s.confidence:.0%} confidence >= x{r.lower:.3f}); a regression needs both above x{1 + tol:.2f} "
-            f"(tolerance {tol:.0%})" + (": REGRESSED" if bad else ": within noise and tolerance")
+            f"(tolerance {tol:.0%})" + (": REGRESSED" if bad else ": within noise and tolerance") + other_machine
         )
         detail = {"ratio": r.point, "lower": r.lower, "upper": r.upper, "tolerance": tol}
         checks.append(Check(stage, "baseline_p50_ms", FAIL if bad else PASS, r.point, 1 + tol, "ratio", msg, detail))
@@ -348,8 +350,13 @@ def gate(
     baseline: Path | None = None,
     confidence: float | None = None,
     allow_pending: bool = False,
+    compare_other_machine: bool = False,
 ) -> GateResult:
-    """Check one report against its target's budgets (and a baseline report); never raises for a violation."""
+    """Check one report against its target's budgets (and a baseline report); never raises for a violation.
+
+    A baseline measured on another CPU model or vector ISA is refused (its latencies are not comparable)
+    unless ``compare_other_machine``; then each latency comparison says so.
+    """
     report, report_path = read_report(report_path)
     settings = budgets.settings if confidence is None else replace(budgets.settings, confidence=confidence)
     if not 0.5 < settings.confidence < 1:
@@ -378,6 +385,15 @@ def gate(
             )
         old_images = load_parity_images(old_report, base_path)
         _pair_images(report_path, images, base_path, old_images)
+        diffs = machine_differences(old_report.get("machine"), report.get("machine"))
+        if diffs and not compare_other_machine:
+            raise DataError(
+                f"--baseline {str(base_path)!r} was measured on another machine than {report_path}: "
+                f"{'; '.join(diffs)} (first: the baseline, second: this report). Latencies from different CPUs or "
+                "vector ISAs are not comparable. Make the baseline on this machine (CI: the same runner type), or "
+                "pass --compare-other-machine to compare anyway."
+            )
+        other_machine = f" [other machine: {'; '.join(diffs)}]" if diffs else ""
 
     plan = {deployed: dict(tb.deployed)}
     for stage, values in tb.stages.items():
@@ -401,7 +417,7 @@ def gate(
         if old_report is not None:
             limit_drop = values.get("max_baseline_miou_drop", DEFAULT_BASELINE_MIOU_DROP)
             old_row = _rows(old_report).get(stage)
-            checks += _baseline_checks(stage, row, old_row, images, old_images, limit_drop, settings)
+            checks += _baseline_checks(stage, row, old_row, images, old_images, limit_drop, settings, other_machine)
     return GateResult(
         target, str(report_path), None if base_path is None else str(base_path), settings, tuple(checks), allow_pending
     )

@@ -6,7 +6,10 @@
 ``pixel_agreement``, ``latency_ms`` {p50, p90, p99, mean} and ``fps``. A row that was not measured
 says so in ``status`` and carries nulls, never estimates. Each row's ``artifact_bytes`` and the
 references ``parity_images`` and ``qualitative`` (report/evidence.py) serve the CI gate (docs/ci.md);
-``device`` says where a TensorRT engine was built and measured. ``write_reports`` writes it with
+``device`` says where a TensorRT engine was built and measured; ``machine`` (machine.py) is the CPU model
+and vector ISA, OpenVINO's device names and capabilities and the GPU, which the CI gate compares
+before it compares a baseline's latency. An INT8 row not faster than its FP32 parent gets a ``note``
+saying why. ``write_reports`` writes it with
 ``report.md`` (report/markdown.py) and ``report.html`` (report/html.py); ``manifest.json`` is
 report/manifest.py's.
 """
@@ -20,6 +23,7 @@ from ..deploy.bench import host_facts
 from ..distill.stage import write_json
 from ..fileio import write_text
 from ..ledger import ENGINE_ROW, MEASURED, PARITY_ON_HOST, PENDING, REPORT_FORMAT, Built, pending_row_name
+from ..machine import int8_speed_note, machine_facts
 from .html import write_html
 from .manifest import artifact_files, rel_path, versions
 from .markdown import markdown
@@ -110,15 +114,17 @@ def build_report(ctx, summary, built, parity, latency, export_check, simplify_ch
             f"{rel_path(deployed.path, out)}` on a host with the device."
         )
         rows.append(pending)
+    machine = machine_facts()
+    _note_int8_not_faster(rows, machine, profile)
     culprit = parity["culprit"]
     pending = any(r["status"] != MEASURED for r in rows)
     device_section = None if ctx.device is None else _device_section(ctx, out)
     exit_code = EXIT_PARITY_FAILED if culprit else EXIT_PENDING if pending else EXIT_DONE
-    torch_row = next(r for r in rows if r["name"] == "pytorch")
+    reference = rows[0]  # PyTorch; for `deploy --onnx`, the user's FP32 ONNX
     speedups = {
-        r["name"]: torch_row["latency_ms"]["mean"] / r["latency_ms"]["mean"]
+        r["name"]: reference["latency_ms"]["mean"] / r["latency_ms"]["mean"]
         for r in rows
-        if r["latency_ms"]["mean"] and torch_row["latency_ms"]["mean"]
+        if r["latency_ms"]["mean"] and reference["latency_ms"]["mean"]
     }
     return {
         "format": REPORT_FORMAT,
@@ -142,6 +148,7 @@ def build_report(ctx, summary, built, parity, latency, export_check, simplify_ch
             "note": "labels resized (nearest) to the input size",
         },
         "class_names": list(ctx.meta.class_names),
+        "source": _source_section(ctx),
         "checks": {"export": export_check, "simplify": simplify_check},
         "calibration": None
         if calibration is None
@@ -151,14 +158,50 @@ def build_report(ctx, summary, built, parity, latency, export_check, simplify_ch
             "images": len(calibration.feeds),
             **asdict(calibration.spec),
         },
-        "speedup_vs_pytorch": speedups,
+        "reference": reference["name"],
+        "speedup_vs_reference": speedups,
+        "speedup_vs_pytorch": speedups if reference["name"] == "pytorch" else None,
         "parity_images": parity["per_image"],
         "qualitative": masks,
         "device": device_section,
         "stages": rows,
         "host": host_facts(),
+        "machine": machine,
         "versions": versions(),
     }
+
+
+def _note_int8_not_faster(rows: list[dict], machine: dict, profile) -> None:
+    """Say so in the ledger when an INT8 row measured here is not faster than its FP32 parent, and why."""
+    by_name = {r["name"]: r for r in rows}
+    for r in rows:
+        parent = by_name.get(r["parent"] or "")
+        if r["precision"] != "int8" or parent is None or parent["precision"] != "fp32" or r["status"] != MEASURED:
+            continue
+        if profile.backend.value == "tensorrt" and r["backend"] == "onnxruntime":
+            continue  # the Q/DQ ONNX checked on the host CPU stands in for the engine; its speed is not the target's
+        on_cpu = r["device"] in ("cpu (host)", "CPU")
+        note = int8_speed_note(r, parent, machine["cpu"], on_cpu=on_cpu)
+        if note:
+            r["note"] = f"{r['note']} {note}" if r.get("note") else note
+
+
+def _source_section(ctx) -> dict:
+    """What was deployed: this pipeline's checkpoint, a PyTorch module file, or the user's own ONNX."""
+    kind = "checkpoint" if ctx.source is None else ctx.source.kind
+    section = {"kind": kind, "path": str(ctx.checkpoint), "model": ctx.meta.model}
+    if ctx.source is not None and ctx.source.factory:
+        section["factory"] = ctx.source.factory
+    if ctx.onnx is not None:
+        section.update(
+            opset=ctx.onnx.opset,
+            input=ctx.onnx.input_name,
+            input_shape=["?" if d is None else d for d in ctx.onnx.input_shape],
+            output=ctx.onnx.output_name,
+            input_scale=ctx.meta.extra.get("input_scale"),
+            metadata_keys=sorted(ctx.onnx.metadata),
+        )
+    return section
 
 
 def _device_name(result: dict, where: str) -> str:

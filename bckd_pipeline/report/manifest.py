@@ -82,9 +82,10 @@ def write_manifest(ctx, out: Path, built, report: dict, calibration) -> Path:
             "path": rel_path(ctx.checkpoint, out),
             "sha256": file_sha256(ctx.checkpoint),
             "model": ctx.meta.model,
+            "kind": report["source"]["kind"],
         },
         "input": {
-            "name": "image",
+            "name": ctx.eval_feeds.input_name,
             "shape": list(ctx.spec.input_shape()),
             "dtype": "float32",
             "layout": "NCHW",
@@ -95,14 +96,16 @@ def write_manifest(ctx, out: Path, built, report: dict, calibration) -> Path:
         "preprocessing": {
             "resize_to": list(ctx.spec.input_hw),
             "resize": "bilinear",
-            "mean": list(ctx.meta.mean),
-            "std": list(ctx.meta.std),
+            "mean": list(ctx.meta.mean) if ctx.meta.extra.get("normalization_known", True) else None,
+            "std": list(ctx.meta.std) if ctx.meta.extra.get("normalization_known", True) else None,
             "normalization_in_graph": ctx.spec.bake_normalization,
         },
-        "output": {"name": ctx.spec.output_name, "kind": ctx.spec.head},
+        "output": {"name": ctx.output_name, "kind": ctx.spec.head},
         "class_names": list(ctx.meta.class_names),
         "ignore_index": ctx.meta.ignore_index,
-        "onnx_metadata": onnx_metadata(ctx.meta, ctx.spec),
+        "onnx_metadata": onnx_metadata(
+            ctx.meta, ctx.spec, input_name=ctx.eval_feeds.input_name, output_name=ctx.output_name
+        ),
         "build_flags": {
             "export": asdict(ctx.spec),
             "simplifier": ctx.deploy.simplifier,
@@ -126,6 +129,7 @@ def write_manifest(ctx, out: Path, built, report: dict, calibration) -> Path:
         ],
         "engine": None if report.get("device") is None else report["device"].get("engine"),
         "report_status": report["status"],
+        "machine": report["machine"],
         "versions": report["versions"],
         "git_sha": git_sha(),
     }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..machine import machine_line
+
 
 def fmt_value(v, spec: str = ".2f") -> str:
     return "–" if v is None else format(v, spec)
@@ -24,8 +26,21 @@ def _facts_line(facts: dict) -> str:
     return ", ".join(p for p in parts if p)
 
 
+def _model_line(report: dict) -> str:
+    d, source = report["distill"], report.get("source") or {}
+    if source.get("kind", "checkpoint") == "checkpoint":
+        return (
+            f"Distillation ({d['kd']}): teacher {fmt_value(d['teacher_miou'])}, student alone "
+            f"{fmt_value(d['student_miou'])}, distilled {fmt_value(d['distilled_miou'])} mIoU."
+        )
+    what = {"onnx": "your ONNX", "pt2": "your torch.export program", "torchscript": "your TorchScript model"}
+    name = source.get("factory") or source["path"]
+    ref = "the reference row" if source["kind"] == "onnx" else "exported from PyTorch"
+    return f"Model: {what.get(source['kind'], 'your nn.Module')} `{name}` ({ref}; not distilled here)."
+
+
 def markdown(report: dict) -> str:
-    d, ev = report["distill"], report["evaluation"]
+    ev = report["evaluation"]
     lines = [
         f"# bckd-pipeline report: {report['target']}",
         "",
@@ -33,8 +48,7 @@ def markdown(report: dict) -> str:
         f"Evaluation: {ev['images']} images of `{ev['data']}` split `{ev['split']}` at "
         f"{ev['input_hw'][0]}x{ev['input_hw'][1]}.",
         "",
-        f"Distillation ({d['kd']}): teacher {fmt_value(d['teacher_miou'])}, student alone "
-        f"{fmt_value(d['student_miou'])}, distilled {fmt_value(d['distilled_miou'])} mIoU.",
+        _model_line(report),
         "",
         "| stage | backend | precision | status | mIoU | ΔmIoU | agreement % | p50 ms | p99 ms | FPS |",
         "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
@@ -64,6 +78,8 @@ def markdown(report: dict) -> str:
     if deployed.get("throughput_fps"):
         t = deployed["throughput"]
         lines += ["", f"Throughput of `{deployed['name']}` with {t['streams']} requests in flight: {t['fps']:.1f} FPS."]
+    if report.get("machine"):
+        lines += ["", f"Machine: {machine_line(report['machine'])}."]
     lines += [
         "",
         "Latency: one request at a time, "

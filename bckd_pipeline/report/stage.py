@@ -61,7 +61,8 @@ def qualitative_stage(
         return lambda i: maps[i]
 
     predictors: dict = {"distilled": kept(built[0].name), "deployed": kept(deployed.name)}
-    notes = {"distilled": f"PyTorch, {ctx.checkpoint.name}"}
+    reference = "ONNX Runtime, your FP32 ONNX" if ctx.onnx is not None else "PyTorch"
+    notes = {"distilled": f"{reference}, {ctx.checkpoint.name}"}
     for column, path in (("teacher", teacher), ("student alone", alone)):
         if path is not None and path.is_file():
             predictors[column] = torch_predictor(*load_model(path))

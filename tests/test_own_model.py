@@ -1,0 +1,339 @@
+"""Issue 13, "Deploy your own model": `deploy --onnx` of an ONNX exported outside the project, `deploy --model`
+with a .pt2 program, a TorchScript file or a factory and its weights, `bench` inferring the backend from the
+file, and the bad inputs that must end in one `error:` paragraph with exit code 2.
+
+The models here are plain nn.Modules the project does not know, exported with plain torch.onnx.export:
+no bckd.* metadata, their own input and output names, dynamic axes.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+from test_cli import SMOKE, assert_clean_error, run_cli
+from torch import nn
+
+from bckd_pipeline.data.demo import DEMO_CLASSES
+
+K = len(DEMO_CLASSES)  # the smoke preset evaluates on the demo data's classes
+FAST = ["--latency-runs", "5", "--warmup-s", "0", "--no-throughput"]
+IMAGENET = ["--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225"]
+
+
+class Outsider(nn.Module):
+    """A segmentation net the project has never seen: stride-2 body, 1x1 head, bilinear upsampling."""
+
+    def __init__(self, classes: int = K, labels: bool = False) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, 2, 1), nn.ReLU())
+        self.head = nn.Conv2d(8, classes, 1)
+        self.labels = labels
+
+    def forward(self, x):
+        y = nn.functional.interpolate(self.head(self.body(x)), size=x.shape[-2:], mode="bilinear")
+        return y.argmax(1) if self.labels else y
+
+
+def _export(path: Path, *, dynamic: bool, labels: bool = False, opset: int = 17, name: str = "input") -> Path:
+    torch.manual_seed(0)
+    axes = {name: {0: "n", 2: "h", 3: "w"}, "out": {0: "n", 1 if labels else 2: "h", 2 if labels else 3: "w"}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            Outsider(labels=labels).eval(),
+            (torch.zeros(1, 3, 64, 64),),
+            str(path),
+            input_names=[name],
+            output_names=["out"],
+            dynamic_axes=axes if dynamic else None,
+            opset_version=opset,
+            dynamo=False,
+        )
+    return path
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("own")
+    torch.manual_seed(0)
+    module = Outsider().eval()
+    x = torch.zeros(1, 3, 64, 64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.trace(module, x), folder / "outsider.ts")
+        torch.export.save(torch.export.export(module, (x,)), folder / "outsider.pt2")
+    torch.save(module.state_dict(), folder / "outsider.pth")
+    (folder / "outsider_factory.py").write_text(
+        "from test_own_model import Outsider\n\ndef build():\n    return Outsider()\n"
+    )
+    return {
+        "dynamic": _export(folder / "dynamic.onnx", dynamic=True),
+        "static": _export(folder / "static.onnx", dynamic=False, name="x"),
+        "labels": _export(folder / "labels.onnx", dynamic=False, labels=True),
+        "folder": folder,
+    }
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+# --- deploy --onnx --------------------------------------------------------------------------------
+def test_an_onnx_from_outside_goes_through_the_whole_ledger(models, tmp_path, capsys):
+    out = tmp_path / "D"
+    src = models["dynamic"]
+    rc, stdout, err = run_cli(
+        capsys, "deploy", *SMOKE, "--onnx", src, "--out", out, "--input-size", "64,64",
+        "--input-scale", "normalized", *IMAGENET, *FAST,
+    )  # fmt: skip
+    assert rc == 0, err
+    report = _json(out / "report.json")
+    assert [s["name"] for s in report["stages"]] == ["onnx", "onnx-simplified", "onnxruntime-int8"]
+    assert report["stages"][0]["parent"] is None and report["reference"] == "onnx"  # the user's FP32 graph
+    assert all(s["status"] == "measured" and s["latency_ms"]["p50"] > 0 for s in report["stages"])
+    assert report["stages"][1]["pixel_agreement"] == 1.0 and report["stages"][2]["pixel_agreement"] > 0.95
+    assert report["status"] == "complete" and report["speedup_vs_pytorch"] is None
+    assert report["source"]["kind"] == "onnx" and report["source"]["input"] == "input"
+    assert report["checks"]["export"]["stage"] == "take-onnx" and report["checks"]["export"]["passed"]
+    assert report["calibration"]["images"] > 0 and report["machine"]["cpu"]["model"]
+
+    manifest = _json(out / "manifest.json")
+    assert manifest["deployable"] == ["deploy/model.int8.onnx"] and manifest["checkpoint"]["kind"] == "onnx"
+    assert manifest["input"]["name"] == "input" and manifest["input"]["scale"] == "normalized"
+    assert manifest["preprocessing"]["mean"] == [0.485, 0.456, 0.406] and manifest["output"]["name"] == "out"
+    assert manifest["class_names"] == list(DEMO_CLASSES) and manifest["machine"] == report["machine"]
+
+    taken, given = onnx.load(str(out / "deploy/model.onnx")), onnx.load(str(src))
+    assert len(taken.graph.node) == len(given.graph.node)  # the graph as given; only metadata added
+    props = {p.key: p.value for p in taken.metadata_props}
+    assert json.loads(props["bckd.input"])["scale"] == "normalized" and props["bckd.source"] == "deploy --onnx"
+    assert "Model: your ONNX" in stdout and "| onnxruntime-int8 | onnxruntime | int8 | measured |" in stdout
+
+
+def test_a_graph_that_normalises_itself_and_one_that_outputs_labels(models, tmp_path, capsys):
+    out = tmp_path / "S"
+    rc, _, err = run_cli(
+        capsys, "deploy", *SMOKE, "--onnx", models["static"], "--out", out, "--input-scale", "0..255",
+        "--target", "onnxruntime-cpu-fp32", *FAST,
+    )  # fmt: skip
+    assert rc == 0, err
+    manifest = _json(out / "manifest.json")
+    assert manifest["input"]["name"] == "x" and manifest["input"]["shape"] == [1, 3, 64, 64]
+    assert manifest["preprocessing"]["mean"] is None  # not given, not needed: never a made-up ImageNet default
+
+    out = tmp_path / "L"
+    rc, _, err = run_cli(
+        capsys, "deploy", *SMOKE, "--onnx", models["labels"], "--out", out, "--input-scale", "0..255",
+        "--num-classes", str(K), "--target", "onnxruntime-cpu-fp32", *FAST,
+    )  # fmt: skip
+    assert rc == 0, err
+    report = _json(out / "report.json")
+    assert report["stages"][0]["max_abs_logit"] is None and report["stages"][1]["pixel_agreement"] == 1.0
+    assert _json(out / "manifest.json")["output"] == {"name": "out", "kind": "argmax"}
+
+
+@pytest.mark.parametrize(
+    ("which", "flags", "expected", "absent"),
+    [
+        ("dynamic", [], ["--input-size H,W (the input 'input' is ?x3x?x?: dynamic)", "--input-scale 0..255|"], []),
+        ("static", ["--input-scale", "normalized"], ["--mean R,G,B and --std R,G,B"], ["--input-size", "--input-sca"]),
+        ("labels", ["--input-scale", "0..255"], ["--num-classes N"], ["--mean", "--input-size"]),
+    ],
+)
+def test_missing_flags_are_named_exactly(models, tmp_path, capsys, which, flags, expected, absent):
+    out = tmp_path / "R"
+    for dry in ([], ["--dry-run"]):  # a dry run checks them too
+        rc, _, err = run_cli(capsys, "deploy", *SMOKE, "--onnx", models[which], "--out", out, *flags, *dry)
+        assert_clean_error(rc, err, out)
+        assert "does not say everything deploy needs" in err
+        for text in expected:
+            assert text in err, err
+        for text in absent:
+            assert text not in err, err
+    assert not out.exists()
+
+
+def test_dry_run_of_an_onnx_prints_the_take_step(models, tmp_path, capsys):
+    out = tmp_path / "R"
+    rc, stdout, err = run_cli(
+        capsys, "deploy", *SMOKE, "--onnx", models["static"], "--out", out, "--input-scale", "0..255", "--dry-run"
+    )
+    assert rc == 0, err
+    assert " take-onnx " in stdout and "opset 17, input 'x' 1x3x64x64, output 'out'" in stdout
+    assert "vs your FP32 ONNX" in stdout and " export " not in stdout and not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--opset", "18"], "--opset shapes the ONNX export"),
+        (["--head", "argmax", "--dynamic", "batch"], "--head, --dynamic shape the ONNX export"),
+        (["--target", "jetson"], "is not built yet"),
+        (["--num-classes", "3"], "outputs 7 class logits, but the classes given number 3"),
+        (["--input-size", "32,32"], "has the static input size 64x64"),
+        (["--input-scale", "raw"], "--input-scale 'raw' is not allowed"),
+    ],
+)
+def test_bad_flags_with_an_onnx(models, tmp_path, capsys, flags, expected):
+    out = tmp_path / "R"
+    rc, _, err = run_cli(
+        capsys, "deploy", *SMOKE, "--onnx", models["static"], "--out", out, "--input-scale", "0..255", *flags, *FAST
+    )
+    assert_clean_error(rc, err, out)
+    assert expected in err
+
+
+def test_an_old_opset_onnx_gets_the_convert_command(tmp_path, capsys):
+    old = _export(tmp_path / "old.onnx", dynamic=False, opset=11)
+    rc, _, err = run_cli(capsys, "deploy", *SMOKE, "--onnx", old, "--out", tmp_path / "R", "--dry-run")
+    assert_clean_error(rc, err, None)
+    assert "is ONNX opset 11; deploy takes opset 13 or newer" in err and "version_converter" in err
+
+
+def test_an_onnx_for_other_classes_than_the_data_is_refused(tmp_path, capsys):
+    path = tmp_path / "three.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Outsider(classes=3).eval(), (torch.zeros(1, 3, 64, 64),), str(path), dynamo=False)
+    rc, _, err = run_cli(capsys, "deploy", *SMOKE, "--onnx", path, "--out", tmp_path / "R", "--input-scale", "0..255")
+    assert_clean_error(rc, err, tmp_path / "R")
+    assert "predicts 3 classes; the --data dataset has 7" in err
+
+
+# --- deploy --model: .pt2, TorchScript, a factory and its weights ---------------------------------------
+@pytest.mark.parametrize("kind", ["pt2", "torchscript", "factory"])
+def test_pytorch_files_deploy_like_a_checkpoint(models, tmp_path, capsys, monkeypatch, kind):
+    folder = models["folder"]
+    if kind == "factory":
+        monkeypatch.syspath_prepend(str(folder))
+        model = ["--model-factory", "outsider_factory:build", "--weights", folder / "outsider.pth"]
+    else:
+        model = ["--model", folder / ("outsider.pt2" if kind == "pt2" else "outsider.ts")]
+    out = tmp_path / "D"
+    rc, _, err = run_cli(
+        capsys, "deploy", *SMOKE, *model, "--out", out, *IMAGENET, "--target", "onnxruntime-cpu-fp32", *FAST
+    )
+    assert rc == 0, err
+    report = _json(out / "report.json")
+    assert [s["name"] for s in report["stages"]] == ["pytorch", "onnx", "onnx-simplified"]
+    assert report["source"]["kind"] == kind and report["stages"][1]["max_abs_logit"] < 1e-3
+    assert _json(out / "manifest.json")["preprocessing"]["mean"] == [0.485, 0.456, 0.406]
+
+
+def test_pytorch_files_need_their_normalisation(models, tmp_path, capsys):
+    pt2 = models["folder"] / "outsider.pt2"
+    rc, _, err = run_cli(capsys, "deploy", *SMOKE, "--model", pt2, "--out", tmp_path / "R")
+    assert_clean_error(rc, err, tmp_path / "R")
+    assert "carries no preprocessing metadata; deploy needs --mean R,G,B and --std R,G,B" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--model", "missing.pt2"], "--model 'missing.pt2' does not exist"),
+        (["--model-factory", "nomod:build", "--weights", "W"], "--model-factory 'nomod:build': ModuleNotFoundError"),
+        (["--model-factory", "nocolon", "--weights", "W"], "must be module:function"),
+        (["--model-factory", "m:f"], "--model-factory and --weights go together"),
+        ([], "deploy takes one model; got none"),
+    ],
+)
+def test_bad_model_arguments(models, tmp_path, capsys, argv, expected):
+    argv = [models["folder"] / "outsider.pth" if a == "W" else a for a in argv]
+    rc, _, err = run_cli(capsys, "deploy", *SMOKE, *argv, *IMAGENET, "--out", tmp_path / "R")
+    assert_clean_error(rc, err, tmp_path / "R")
+    assert expected in err
+
+
+# --- bench: the backend from the file ----------------------------------------------------------------
+def test_bench_infers_the_backend_from_the_suffix_and_takes_shape_and_batch(models, tmp_path, capsys):
+    rc, stdout, err = run_cli(
+        capsys, "bench", models["dynamic"], "--shape", "40,48", "--batch", "2", "--runs", "5", "--warmup-s", "0",
+        "--json", tmp_path / "b.json",
+    )  # fmt: skip
+    assert rc == 0, err
+    result = _json(tmp_path / "b.json")
+    assert result["input_shapes"] == {"input": [2, 3, 40, 48]} and result["batch"] == 2
+    assert result["target"] == "onnxruntime-cpu" and "(onnxruntime on cpu, input 2x3x40x48)" in err + stdout
+
+    rc, _, err = run_cli(capsys, "bench", models["dynamic"])
+    assert_clean_error(rc, err, None)
+    assert "dims 0, 2, 3 are dynamic. Give --shape H,W" in err
+    rc, _, err = run_cli(capsys, "bench", models["static"], "--batch", "4")
+    assert_clean_error(rc, err, None)
+    assert "has the static shape 1x3x64x64; dim 0 cannot be 4" in err
+    rc, _, err = run_cli(capsys, "bench", models["folder"] / "outsider.pt2")
+    assert_clean_error(rc, err, None)
+    assert "bench cannot tell what runs" in err
+
+
+def test_bench_never_calls_a_valid_ir_a_corrupt_onnx(models, tmp_path, capsys):
+    pytest.importorskip("openvino")
+    from bckd_pipeline.calibrate.openvino import to_ir
+
+    xml = to_ir(models["static"], tmp_path / "ir/model.xml", fp16=False)
+    rc, stdout, err = run_cli(capsys, "bench", xml, "--runs", "5", "--warmup-s", "0")
+    assert rc == 0, err
+    assert "(openvino on CPU, x 1x3x64x64)" in err + stdout and "corrupt" not in err
+    rc, _, err = run_cli(capsys, "bench", xml, "--target", "onnxruntime-cpu")
+    assert_clean_error(rc, err, None)
+    assert "is an OpenVINO IR; --target onnxruntime-cpu runs onnxruntime" in err
+
+
+# --- bad input anywhere: --device, --opset, --out, all before any work (and in --dry-run) ------------------
+@pytest.mark.parametrize("command", ["run", "deploy"])
+@pytest.mark.parametrize("dry", [True, False])
+def test_an_openvino_device_name_in_device_is_one_clear_error(models, tmp_path, capsys, command, dry):
+    model = ["--onnx", models["static"], "--input-scale", "0..255"] if command == "deploy" else []
+    argv = ["--preset", "smoke", "--no-progress", "--device", "GPU", "--target", "openvino-cpu", *model]
+    rc, _, err = run_cli(capsys, command, *argv, "--out", tmp_path / "R", *(["--dry-run"] if dry else []))
+    assert_clean_error(rc, err, tmp_path / "R")
+    assert "--device GPU is an OpenVINO device name" in err and "use --target openvino-gpu" in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this host has a CUDA GPU")
+@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
+def test_cuda_on_a_host_without_a_gpu_is_one_clear_error(tmp_path, capsys, device):
+    for argv in (["run", "--dry-run"], ["train-teacher"]):
+        rc, _, err = run_cli(capsys, *argv, "--preset", "smoke", "--device", device, "--out", tmp_path / "R")
+        assert_clean_error(rc, err, tmp_path / "R")
+        assert f"--device {device} was given, but this host has no CUDA GPU" in err
+
+
+@pytest.mark.parametrize(
+    ("opset", "expected"),
+    [
+        ("11", "--opset 11 is older than opset 17, the oldest this pipeline exports for --target onnxruntime-cpu"),
+        ("99", "--opset 99 is newer than torch"),
+    ],
+)
+def test_an_opset_is_never_silently_changed(tmp_path, capsys, opset, expected):
+    for dry in (["--dry-run"], []):
+        rc, _, err = run_cli(capsys, "run", *SMOKE, "--out", tmp_path / "R", "--opset", opset, *dry)
+        assert_clean_error(rc, err, tmp_path / "R")
+        assert expected in err
+    assert "deploy --onnx" in err if opset == "11" else "leave --opset out" in err
+
+
+def test_an_opset_in_range_is_the_one_exported(tmp_path, capsys):
+    rc, stdout, err = run_cli(capsys, "run", *SMOKE, "--out", tmp_path / "R", "--opset", "18", "--dry-run")
+    assert rc == 0, err
+    assert "ONNX opset 18" in stdout
+
+
+@pytest.mark.parametrize("command", ["run", "deploy"])
+def test_dry_run_checks_the_out_folder(models, tmp_path, capsys, command):
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    model = ["--onnx", models["static"], "--input-scale", "0..255"] if command == "deploy" else []
+    rc, _, err = run_cli(capsys, command, *SMOKE, *model, "--out", foreign, "--dry-run")
+    assert_clean_error(rc, err, None)
+    assert "already holds files that bckd-pipeline run/deploy did not write" in err
+    rc, _, err = run_cli(capsys, command, *SMOKE, *model, "--out", foreign / "notes.txt" / "x", "--dry-run")
+    assert_clean_error(rc, err, None)
+    assert "cannot be written" in err and "is not a folder" in err
