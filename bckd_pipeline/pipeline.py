@@ -29,23 +29,25 @@ from .errors import BackendMissingError, ConfigError, DataError
 from .export.source import ModelSource
 from .export.stage import export_stage, simplify_stage, take_onnx_stage
 from .export.wrapper import ExportSpec
-from .ledger import Built, target_artifacts
+from .ledger import Built, report_file, target_artifacts
 from .report.build import build_report, write_reports
 from .report.manifest import write_manifest
 from .report.stage import qualitative_stage
-from .targets import Backend, Precision, TargetProfile, check_availability, get_target
+from .targets import Backend, Precision, TargetProfile, check_availability, expand_targets, get_target
 from .targets.profiles import CalibrationSpec, TensorRTOptions
 
 
 @dataclass
 class RunResult:
     summary: dict
-    report: dict
+    report: dict  # the target's report; with several targets, the run folder's combined report (report/combined.py)
     exit_code: int
+    targets: tuple[str, ...] = ()
+    combined: dict | None = None  # the run folder's report.json after this run (one target: its report)
 
 
-def plan(cfg: RunConfig) -> Plan:
-    """Resolve and validate the whole run before any work: stage 1, then the deployment stages."""
+def plan(cfg: RunConfig) -> list[Plan]:
+    """Resolve and validate the whole run before any work: stage 1, then the deployment stages of each target."""
     stage1 = [
         *(
             []
@@ -55,9 +57,31 @@ def plan(cfg: RunConfig) -> Plan:
         PlanStep("student", f"train {cfg.student_model} alone (the baseline)", ("student/student.pt",)),
         PlanStep("distilled", f"distill {cfg.student_model} with kd={cfg.distill.kd}", ("distilled/student.pt",)),
     ]
-    the_plan = deploy_plan(cfg.deploy, cfg.data, stage1)
+    the_plans = deploy_plans(cfg.deploy, cfg.data, stage1)
     check_out_dir(cfg.out, _identity(cfg), force=cfg.force)  # what run() claims first: a dry run checks it too
-    return the_plan
+    return the_plans
+
+
+def deploy_plans(
+    deploy: DeployConfig, data: DataConfig, before: list[PlanStep] = (), source: ModelSource | None = None
+) -> list[Plan]:
+    """``--target a,b,c`` (or ``all-local``): one validated plan per target, each with its own configuration.
+    Stage 1, the export and the simplified ONNX are shared: the first plan lists them, the others reuse them."""
+    names = expand_targets(deploy.target)
+    backends = {get_target(n).backend for n in names}
+    trt = [n for n in names if get_target(n).backend is Backend.TENSORRT]
+    if len(trt) > 1:
+        raise ConfigError(
+            f"--target names {len(trt)} TensorRT targets ({', '.join(trt)}); a run folder holds one TensorRT "
+            "device bundle (deploy/tensorrt). Deploy each into its own --out."
+        )
+    if len(names) == 1:
+        return [deploy_plan(replace(deploy, target=names[0]), data, before, source)]
+    plans = [deploy_plan(deploy.for_target(n, backends), data, before if i == 0 else [], source) for i, n in enumerate(names)]
+    keys = [p.target.key for p in plans]
+    if len(set(keys)) < len(keys):
+        raise ConfigError(f"--target {deploy.target}: two targets deploy the same thing ({', '.join(keys)}). Name each once.")
+    return plans
 
 
 def deploy_plan(
@@ -155,9 +179,13 @@ def deploy_plan(
             "parity", f"every stage on split {data.eval_split!r} vs {'your FP32 ONNX' if onnx else 'PyTorch'}", ()
         ),
         PlanStep("latency", "the latency protocol on every stage" if can_measure else "pending: device absent", ()),
-        PlanStep("report", "manifest and reports", ("manifest.json", "report.json", "report.md")),
+        PlanStep(
+            "report",
+            "this target's manifest and reports, then the run folder's combined report.json/.md/.html, manifest.json",
+            (report_file(profile.key, "manifest"), report_file(profile.key, "json"), report_file(profile.key, "md")),
+        ),
     ]
-    return Plan(profile, calibration, latency, can_measure, note, tuple(steps))
+    return Plan(profile, calibration, latency, can_measure, note, tuple(steps), deploy)
 
 
 def _check_onnx_source(source: ModelSource, deploy: DeployConfig, profile: TargetProfile):
@@ -271,7 +299,7 @@ def _check_calibration_flags(c: CalibrationSpec, profile: TargetProfile) -> None
 
 
 def run(cfg: RunConfig) -> RunResult:
-    the_plan = plan(cfg)
+    the_plans = plan(cfg)
     out = claim_out_dir(cfg.out, _identity(cfg), force=cfg.force)
     cache = StageCache(out)
 
@@ -280,16 +308,26 @@ def run(cfg: RunConfig) -> RunResult:
     distilled = student_stage(cfg, out, cache, teacher_ckpt, cfg.distill, "distilled")
     summary = summarize(teacher_metrics, alone.metrics, distilled.metrics, teacher_ckpt, distilled.checkpoint)
     write_json(out / "metrics.json", summary)
-    ctx = DeployContext.create(cfg.deploy, cfg.data, the_plan, distilled.checkpoint, out)
-    return deploy_stages(ctx, cache, summary)
+    return _each_target(the_plans, lambda p: DeployContext.create(p.deploy, cfg.data, p, distilled.checkpoint, out), cache, summary)
 
 
-def model_plan(source: ModelSource, data: DataConfig, deploy_cfg: DeployConfig, out: Path, *, force: bool) -> Plan:
-    """What `deploy` checks before its first stage (and all that `deploy --dry-run` does): the plan, the model
-    file's kind and flags, the --out folder."""
-    the_plan = deploy_plan(deploy_cfg, data, source=source)
+def _each_target(the_plans: list[Plan], context, cache: StageCache, summary: dict | None) -> RunResult:
+    """The deployment stages for each target in turn, into the same run folder (each into its own files)."""
+    results = [deploy_stages(context(p), cache, summary) for p in the_plans]
+    if len(results) == 1:
+        return results[0]
+    codes = [r.exit_code for r in results]
+    code = 1 if 1 in codes else 3 if 3 in codes else 0
+    last = results[-1].combined
+    return RunResult(summary, last, code, tuple(p.target.key for p in the_plans), last)
+
+
+def model_plan(source: ModelSource, data: DataConfig, deploy_cfg: DeployConfig, out: Path, *, force: bool) -> list[Plan]:
+    """What `deploy` checks before its first stage (and all that `deploy --dry-run` does): the plan of each
+    target, the model file's kind and flags, the --out folder."""
+    the_plans = deploy_plans(deploy_cfg, data, source=source)
     check_out_dir(out, _deploy_identity(source, data), force=force)
-    return the_plan
+    return the_plans
 
 
 def deploy_model(
@@ -299,11 +337,15 @@ def deploy_model(
     pipeline, a .pt2 program, a TorchScript file, a factory with its weights, or the user's ONNX."""
     if not isinstance(source, ModelSource):
         source = ModelSource("checkpoint", Path(source))
-    the_plan = model_plan(source, data, deploy_cfg, out, force=force)
+    the_plans = model_plan(source, data, deploy_cfg, out, force=force)
     # Reads the model and the evaluation images first: a bad model or dataset fails before the folder is claimed.
-    ctx = DeployContext.create(deploy_cfg, data, the_plan, source, out)
+    first = DeployContext.create(the_plans[0].deploy, data, the_plans[0], source, out)
     claim_out_dir(out, _deploy_identity(source, data), force=force)
-    return deploy_stages(ctx, StageCache(out), None)
+
+    def context(p: Plan) -> DeployContext:
+        return first if p is the_plans[0] else DeployContext.create(p.deploy, data, p, source, out)
+
+    return _each_target(the_plans, context, StageCache(out), None)
 
 
 deploy_checkpoint = deploy_model  # the name before models other than checkpoints were taken
@@ -331,8 +373,8 @@ def deploy_stages(ctx: DeployContext, cache: StageCache, summary: dict | None) -
 
     report = build_report(ctx, summary, built, parity, latency, export_check, simplify_check, calibration, masks)
     write_manifest(ctx, out, built, report, calibration)
-    write_reports(out, report)
-    return RunResult(summary, report, report["exit_code"])
+    combined = write_reports(out, report, ctx.profile.key)  # the target's reports, then the folder's view
+    return RunResult(summary, report, report["exit_code"], (ctx.profile.key,), combined)
 
 
 def _identity(cfg: RunConfig) -> dict:

@@ -103,7 +103,7 @@ def test_an_onnx_from_outside_goes_through_the_whole_ledger(models, tmp_path, ca
     assert report["calibration"]["images"] > 0 and report["machine"]["cpu"]["model"]
 
     manifest = _json(out / "manifest.json")
-    assert manifest["deployable"] == ["deploy/model.int8.onnx"] and manifest["checkpoint"]["kind"] == "onnx"
+    assert manifest["deployable"] == ["deploy/onnxruntime-cpu/model.int8.onnx"] and manifest["checkpoint"]["kind"] == "onnx"
     assert manifest["input"]["name"] == "input" and manifest["input"]["scale"] == "normalized"
     assert manifest["preprocessing"]["mean"] == [0.485, 0.456, 0.406] and manifest["output"]["name"] == "out"
     assert manifest["class_names"] == list(DEMO_CLASSES) and manifest["machine"] == report["machine"]

@@ -39,6 +39,7 @@ def calibration_stage(ctx: DeployContext, out: Path, cache: StageCache) -> Calib
         train_set, indices, ctx.spec.input_hw, normalization=feed_norm(ctx.meta, ctx.spec), input_name=name
     )
     check_no_overlap(feeds, ctx.eval_digests)
+    feeds = feeds.tiled(ctx.spec.batch)  # a static --batch N: each image repeated N times
     validation = None
     if spec.max_miou_drop is not None:
         rest = sorted(set(range(len(train_set))) - set(indices))
@@ -52,6 +53,7 @@ def calibration_stage(ctx: DeployContext, out: Path, cache: StageCache) -> Calib
             train_set, chosen, ctx.spec.input_hw, normalization=feed_norm(ctx.meta, ctx.spec), input_name=name
         )
         check_no_overlap(validation, ctx.eval_digests)
+        validation = validation.tiled(ctx.spec.batch)
     path = out / "deploy/calibration.json"
     write_json(
         path,
@@ -87,7 +89,7 @@ def compile_stage(
     paths = {b.name: b.path for b in built}
     for b in target_artifacts(ctx.profile):
         path, parent = out / b.path, paths[b.parent]
-        settings = _build_one(ctx, cache, b, path, parent, calib)
+        settings = _build_one(ctx, cache, b, path, parent, calib, simplified)
         built.append(replace(b, path=path, settings=settings))
         paths[b.name] = path
     return built
@@ -99,7 +101,9 @@ def _qdq_placement() -> str:
     return QDQ_PLACEMENT
 
 
-def _build_one(ctx: DeployContext, cache: StageCache, b: Built, path: Path, parent: Path, calib) -> dict:
+def _build_one(
+    ctx: DeployContext, cache: StageCache, b: Built, path: Path, parent: Path, calib, simplified: Path
+) -> dict:
     options = {
         "profile": ctx.profile.name,
         "device": ctx.profile.device,
@@ -108,8 +112,9 @@ def _build_one(ctx: DeployContext, cache: StageCache, b: Built, path: Path, pare
         "calibration": calib.spec if calib else None,
         "calibration_sha256": calib.sha256 if calib else None,
     }
-    key = stage_key(b.name, options, [parent])
-    hit = cache.lookup(b.name, key)
+    record = f"{b.name}@{ctx.profile.key}"  # two targets may build a row of the same name (openvino-cpu, -gpu)
+    key = stage_key(record, options, [parent])
+    hit = cache.lookup(record, key)
     if hit is not None:
         return hit["settings"]
     outputs = [path]
@@ -117,6 +122,10 @@ def _build_one(ctx: DeployContext, cache: StageCache, b: Built, path: Path, pare
         from .tensorrt import quantize_for_tensorrt
 
         _, settings = quantize_for_tensorrt(parent, path, calib.feeds, calib.spec, quantizer=ctx.deploy.trt_quantizer)
+    elif b.backend is Backend.ONNXRUNTIME and b.precision is Precision.FP16:
+        from .onnxruntime import to_fp16
+
+        _, settings = to_fp16(parent, path)
     elif b.backend is Backend.ONNXRUNTIME:
         from .onnxruntime import quantize_ort
 
@@ -134,10 +143,11 @@ def _build_one(ctx: DeployContext, cache: StageCache, b: Built, path: Path, pare
                 validation=calib.validation,
                 num_classes=ctx.meta.num_classes,
                 ignore_index=ctx.meta.ignore_index,
+                source_onnx=simplified,
             )
         else:
             ovq.to_ir(parent, path, fp16=b.precision is Precision.FP16)
             settings = {"tool": "openvino.convert_model", "compress_to_fp16": b.precision is Precision.FP16}
         outputs.append(path.with_suffix(".bin"))
-    cache.store(b.name, key, outputs, {"settings": settings})
+    cache.store(record, key, outputs, {"settings": settings})
     return settings

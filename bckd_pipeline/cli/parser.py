@@ -348,7 +348,12 @@ def _gate_flags(p: argparse.ArgumentParser, *, required: bool) -> None:
 
 def _deploy_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("deployment (stages 2 and 3)")
-    g.add_argument("--target", default="onnxruntime-cpu", help="deployment target (`bckd-pipeline targets`)")
+    g.add_argument(
+        "--target",
+        default="onnxruntime-cpu",
+        help="deployment target (`bckd-pipeline targets`); several, comma-separated (a,b,c), or all-local (every "
+        "target this host builds and measures): one ledger over all, each target's files in deploy/<target>/",
+    )
     g.add_argument("--head", default="logits", help="logits | argmax (uint8 label map out of the graph)")
     g.add_argument("--dynamic", default="", help="comma-separated dynamic axes: batch,height,width (default: static)")
     g.add_argument(

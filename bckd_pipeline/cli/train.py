@@ -31,11 +31,15 @@ def command(args, console) -> int:
     if args.command in ("run", "deploy"):
         from ..targets import get_target
 
-        get_target(args.target)  # an unknown target fails before anything else
+        from ..targets import expand_targets
+
+        names = expand_targets(args.target)  # an unknown target fails before anything else
         if args.budgets is not None:  # a bad budgets file fails before any training
             from ..gate.budgets import load_budgets
 
-            load_budgets(args.budgets).for_target(args.target, "this run")
+            budgets = load_budgets(args.budgets)
+            for name in names:
+                budgets.for_target(get_target(name).name, "this run")
     data = data_config(args, preset)
     from ..distill import stage
 
@@ -114,7 +118,7 @@ def _train_commands(args, preset, data, train_cfg, env, console) -> int:
 
     from ..context import RunConfig
     from ..pipeline import plan, run
-    from .deploy import deploy_config, finish, gated
+    from .deploy import deploy_config, describe, finish, gated
 
     if env.distributed:
         raise ConfigError(
@@ -136,9 +140,9 @@ def _train_commands(args, preset, data, train_cfg, env, console) -> int:
         deploy=deploy_config(args, preset),
         force=args.force,
     )
-    the_plan = plan(cfg)
+    the_plans = plan(cfg)
     if args.dry_run:
-        print(the_plan.describe(Path(args.out)))
+        print(describe(the_plans, args.out))
         return 0
     result = run(cfg)
     s = result.summary
@@ -147,7 +151,7 @@ def _train_commands(args, preset, data, train_cfg, env, console) -> int:
         f"teacher {'' if t is None else f'{t:.2f}'} | student alone {s['student']['miou']:.2f} | "
         f"distilled ({s['kd']}) {s['distilled']['miou']:.2f} mIoU"
     )
-    return gated(args, finish(result, args.out, console, data=cfg.data))
+    return gated(args, finish(result, args.out, console, data=cfg.data), result.targets)
 
 
 def data_config(args, preset):

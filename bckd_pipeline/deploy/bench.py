@@ -92,7 +92,7 @@ def benchmark(
     while done < spec.warmup_runs or time.perf_counter() - start < spec.warmup_s:
         runtime.infer(next(cycle))
         done += 1
-    batch = _batch(feeds)
+    batch = getattr(runtime, "images_per_call", None) or _batch(feeds)  # deploy/runtime.py::StaticBatch
     common = dict(
         batch=batch,
         runs=spec.runs,

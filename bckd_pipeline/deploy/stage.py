@@ -9,7 +9,8 @@ from pathlib import Path
 from ..cache import StageCache, stage_key
 from ..context import DeployContext, norm
 from ..export.wrapper import SegExportWrapper
-from ..ledger import Built
+from ..ledger import SHARED_ROWS, Built
+from ..ledger import target_dir
 from ..report.evidence import MASK_IMAGES, PARITY_IMAGES_FILE, save_parity_images
 from ..targets import Backend, Precision
 
@@ -56,6 +57,8 @@ def parity_stage(ctx: DeployContext, out: Path, cache: StageCache, built: list[B
 
     from .parity import LedgerStage, ledger
 
+    name = str(target_dir(ctx.profile) / PARITY_IMAGES_FILE)
+
     key = stage_key(
         "parity",
         {
@@ -67,7 +70,8 @@ def parity_stage(ctx: DeployContext, out: Path, cache: StageCache, built: list[B
         },
         [ctx.checkpoint] + [b.path for b in built if b.path is not None],
     )
-    hit = cache.lookup("parity", key)
+    stage = f"parity@{ctx.profile.key}"  # each target of a run folder has its own ledger
+    hit = cache.lookup(stage, key)
     if hit is not None:
         return hit
     with ExitStack() as stack:
@@ -93,9 +97,9 @@ def parity_stage(ctx: DeployContext, out: Path, cache: StageCache, built: list[B
     result = {
         "stages": {s.name: asdict(s) for s in report.stages},
         "culprit": None if report.culprit is None else report.culprit.name,
-        "per_image": save_parity_images(out, report, ctx.eval_feeds),
+        "per_image": save_parity_images(out, report, ctx.eval_feeds, name),
     }
-    cache.store("parity", key, [out / PARITY_IMAGES_FILE], result)
+    cache.store(stage, key, [out / name], result)
     return result
 
 
@@ -111,8 +115,10 @@ def latency_stage(ctx: DeployContext, out: Path, cache: StageCache, built: list[
         if is_device_row(ctx, b):  # timed on the device, by the same protocol
             results[b.name] = {"latency": ctx.device.result["latency"]}
             continue
+        # The rows every target shares (PyTorch, the FP32 ONNX) are timed once per run folder.
+        record = f"latency-{b.name}" if b.name in SHARED_ROWS else f"latency-{b.name}@{ctx.profile.key}"
         key = stage_key(
-            f"latency-{b.name}",
+            record,
             {
                 "spec": spec,
                 "throughput": ctx.deploy.throughput,
@@ -122,7 +128,7 @@ def latency_stage(ctx: DeployContext, out: Path, cache: StageCache, built: list[
             },
             [ctx.checkpoint] if b.path is None else [b.path],
         )
-        hit = cache.lookup(f"latency-{b.name}", key)
+        hit = cache.lookup(record, key)
         if hit is not None:
             results[b.name] = hit
             continue
@@ -131,6 +137,6 @@ def latency_stage(ctx: DeployContext, out: Path, cache: StageCache, built: list[
         if ctx.deploy.throughput and b is built[-1] and ctx.profile.backend is not Backend.TENSORRT:
             with make_runtime(ctx, b, streams=spec.streams) as rt:
                 entry["throughput"] = benchmark(rt, feeds, spec, mode="throughput").as_dict()
-        cache.store(f"latency-{b.name}", key, [], entry)
+        cache.store(record, key, [], entry)
         results[b.name] = entry
     return results
