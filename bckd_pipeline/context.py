@@ -59,7 +59,7 @@ class DeployConfig:
     batch: int = 1
     progress: bool = True  # progress bars on long stages (parity, latency, calibration)
 
-    def for_target(self, name: str, backends: set[str]) -> DeployConfig:
+    def for_target(self, name: str, backends: set[str], int8_elsewhere: bool = False) -> DeployConfig:
         """This configuration for one of several targets (``backends``: those of every target of the run).
 
         A flag that applies to another target of the same run is not this target's: TensorRT's flags go
@@ -76,6 +76,8 @@ class DeployConfig:
             c = replace(c, max_miou_drop=None, preset=CalibrationSpec().preset)
         if mine is Backend.OPENVINO and backends - {Backend.OPENVINO}:
             c = replace(c, method=CalibrationSpec().method)
+        if int8_elsewhere and (self.precision or get_target(name).precision) != "int8":
+            c = replace(c, exclude=())  # --int8-exclude is the INT8 targets' of the run
         new = replace(self, target=name, calibration=c)
         if mine is not Backend.TENSORRT and Backend.TENSORRT in backends:
             new = replace(
@@ -132,6 +134,10 @@ class Plan:
                 f"calibration {c.size} images of split {c.split!r}, seed {c.seed}, method {c.method}, "
                 f"nncf preset {c.preset}" + (f", max mIoU drop {c.max_miou_drop}" if c.max_miou_drop else "")
             )
+        if self.deploy is not None and self.deploy.batch > 1:
+            lines.append(f"shape       static batch {self.deploy.batch} (fed one image repeated; FPS counts the batch)")
+        if self.calibration and self.calibration.exclude:
+            lines.append(f"int8        kept in float: {', '.join(self.calibration.exclude)} (--int8-exclude)")
         lat = self.latency
         lines.append(
             f"latency     {lat.warmup_runs} warm-up runs and >= {lat.warmup_s:g} s, then {lat.runs} timed runs"

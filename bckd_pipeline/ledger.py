@@ -57,6 +57,12 @@ def ledger_row_names(profile: TargetProfile) -> list[str]:
 SHARED_ROWS = ("pytorch", "onnx", "onnx-simplified")  # the same artifacts for every target of a run folder
 
 
+def shared_dir(batch: int = 1) -> Path:
+    """The folder (relative to OUT) of what every target of a run folder shares: the exported and simplified ONNX
+    (a static ``--batch N`` export has its own)."""
+    return Path("deploy") if batch == 1 else Path("deploy") / f"batch{batch}"
+
+
 def target_dir(profile: TargetProfile) -> Path:
     """The folder (relative to OUT) of everything one target adds: a run folder holds several side by side."""
     return Path("deploy") / profile.key

@@ -29,12 +29,12 @@ from .errors import BackendMissingError, ConfigError, DataError
 from .export.source import ModelSource
 from .export.stage import export_stage, simplify_stage, take_onnx_stage
 from .export.wrapper import ExportSpec
-from .ledger import Built, report_file, target_artifacts
+from .ledger import Built, report_file, shared_dir, target_artifacts
 from .report.build import build_report, write_reports
 from .report.manifest import write_manifest
 from .report.stage import qualitative_stage
 from .targets import Backend, Precision, TargetProfile, check_availability, expand_targets, get_target
-from .targets.profiles import CalibrationSpec, TensorRTOptions
+from .targets.profiles import INT8_BUDGETS, CalibrationSpec, TensorRTOptions
 
 
 @dataclass
@@ -69,6 +69,7 @@ def deploy_plans(
     Stage 1, the export and the simplified ONNX are shared: the first plan lists them, the others reuse them."""
     names = expand_targets(deploy.target)
     backends = {get_target(n).backend for n in names}
+    int8 = [n for n in names if (deploy.precision or get_target(n).precision) == Precision.INT8]
     trt = [n for n in names if get_target(n).backend is Backend.TENSORRT]
     if len(trt) > 1:
         raise ConfigError(
@@ -77,7 +78,7 @@ def deploy_plans(
         )
     if len(names) == 1:
         return [deploy_plan(replace(deploy, target=names[0]), data, before, source)]
-    plans = [deploy_plan(deploy.for_target(n, backends), data, before if i == 0 else [], source) for i, n in enumerate(names)]
+    plans = [deploy_plan(deploy.for_target(n, backends, bool(int8)), data, before if i == 0 else [], source) for i, n in enumerate(names)]
     keys = [p.target.key for p in plans]
     if len(set(keys)) < len(keys):
         raise ConfigError(f"--target {deploy.target}: two targets deploy the same thing ({', '.join(keys)}). Name each once.")
@@ -92,7 +93,7 @@ def deploy_plan(
     ``source``: what `deploy` was given (None: the student of `run`, or a checkpoint). A user's ONNX
     (``deploy --onnx``) is read here, so that a flag it needs and lacks fails a dry run too.
     """
-    profile = _with_tensorrt_options(get_target(deploy.target), deploy)
+    profile = _with_deploy_options(_with_tensorrt_options(get_target(deploy.target), deploy), deploy)
     avail = check_availability(profile)
     if not avail.can_build:
         raise BackendMissingError(f"--target {profile.name} cannot be built on this host: {avail.reason}.")
@@ -142,12 +143,12 @@ def deploy_plan(
         first = PlanStep(
             "export",
             f"{what}ONNX opset {opset}, head {deploy.head}, {shape}; checker + ORT vs PyTorch",
-            ("deploy/model.onnx",),
+            (str(shared_dir(deploy.batch) / "model.onnx"),),
         )
     steps = [
         *before,
         first,
-        PlanStep("simplify", f"{deploy.simplifier}; ORT before vs after", ("deploy/model.sim.onnx",)),
+        PlanStep("simplify", f"{deploy.simplifier}; ORT before vs after", (str(shared_dir(deploy.batch) / "model.sim.onnx"),)),
     ]
     if calibration is not None:
         steps.append(
@@ -188,6 +189,53 @@ def deploy_plan(
     return Plan(profile, calibration, latency, can_measure, note, tuple(steps), deploy)
 
 
+def _with_deploy_options(profile: TargetProfile, deploy: DeployConfig) -> TargetProfile:
+    """The target with --precision and --batch applied; its ``label`` (folder and report names) says what changed."""
+    changed = []
+    if deploy.precision is not None:
+        allowed = [str(p) for p in Precision]
+        if deploy.precision not in allowed:
+            raise ConfigError(
+                f"--precision {deploy.precision!r} is not a precision of the deployed artifact. Allowed: "
+                f"{', '.join(allowed)}. (Training precision is --train-precision auto|fp32|bf16|fp16.)"
+            )
+        precision = Precision(deploy.precision)
+        if precision is not profile.precision:
+            if profile.backend is Backend.TENSORRT:
+                raise ConfigError(
+                    f"--precision {precision} with --target {profile.name}: TensorRT targets deploy an INT8 engine "
+                    "built from the Q/DQ ONNX. Leave --precision out (int8), or deploy FP32/FP16 with an "
+                    "onnxruntime-* or openvino-* target."
+                )
+            profile = replace(
+                profile,
+                precision=precision,
+                description=f"{profile.description}; deployed {precision} (--precision {precision})",
+                calibration=(profile.calibration or CalibrationSpec()) if precision is Precision.INT8 else None,
+                default_budgets=dict(INT8_BUDGETS) if precision is Precision.INT8 else {},
+            )
+            changed.append(str(precision))
+    if deploy.batch != 1:
+        if deploy.batch < 1:
+            raise ConfigError(f"--batch must be >= 1, got {deploy.batch}.")
+        if "batch" in deploy.dynamic:
+            raise ConfigError(
+                f"--batch {deploy.batch} (a static batch) and --dynamic batch contradict each other. Keep one."
+            )
+        if profile.backend is Backend.TENSORRT:
+            raise ConfigError(
+                f"--batch {deploy.batch} with --target {profile.name}: the TensorRT device bundle is built for batch "
+                "1 here. Leave --batch out, or measure a static batch on an onnxruntime-* or openvino-* target."
+            )
+        changed.append(f"b{deploy.batch}")
+    if deploy.calibration.exclude and profile.precision is not Precision.INT8:
+        raise ConfigError(
+            f"--int8-exclude {','.join(deploy.calibration.exclude)} keeps layers out of INT8, but --target "
+            f"{profile.name} deploys {profile.precision}. Drop --int8-exclude, or deploy --precision int8."
+        )
+    return replace(profile, label="-".join([profile.name, *changed])) if changed else profile
+
+
 def _check_onnx_source(source: ModelSource, deploy: DeployConfig, profile: TargetProfile):
     """A user's ONNX: readable, one NCHW input, every flag it needs given; export-only flags refused."""
     from .export.own_onnx import inspect_onnx, resolve_onnx
@@ -199,6 +247,7 @@ def _check_onnx_source(source: ModelSource, deploy: DeployConfig, profile: Targe
         "--head": None if deploy.head == "logits" else deploy.head,
         "--dynamic": ",".join(deploy.dynamic) or None,
         "--no-bake-normalization": None if deploy.bake_normalization else True,
+        "--batch": None if deploy.batch == 1 else deploy.batch,
     }
     flags = [k for k, v in given.items() if v is not None]
     if flags:
@@ -286,7 +335,7 @@ def _check_calibration_flags(c: CalibrationSpec, profile: TargetProfile) -> None
     """Options that the target's quantizer would ignore are refused, not silently dropped."""
     if profile.backend in (Backend.ONNXRUNTIME, Backend.TENSORRT) and c.max_miou_drop is not None:
         raise ConfigError(
-            f"--max-miou-drop {c.max_miou_drop} applies to OpenVINO targets (NNCF accuracy control); "
+            f"--nncf-max-miou-drop {c.max_miou_drop} applies to OpenVINO targets (NNCF accuracy control); "
             f"--target {profile.name} quantizes with ONNX Runtime. Drop the flag, or pick an openvino-* target."
         )
     if profile.backend in (Backend.ONNXRUNTIME, Backend.TENSORRT) and c.preset != "performance":

@@ -20,7 +20,7 @@ from bckd_pipeline.data.demo import DEMO_CLASSES
 from bckd_pipeline.distill.checkpoint import CheckpointMeta, load_model, read_checkpoint, save_checkpoint
 from bckd_pipeline.distill.models import PRESETS, build_model
 
-SMOKE = ["--preset", "smoke", "--no-progress", "--device", "cpu"]  # CPU even where CUDA exists: repeatable
+SMOKE = ["--preset", "smoke", "--no-progress", "--train-device", "cpu"]  # CPU even where CUDA exists: repeatable
 
 
 def run_cli(capsys, *argv: str | Path) -> tuple[int, str, str]:

@@ -130,11 +130,12 @@ def test_openvino_cpu_target(smoke_run, tmp_path, capsys):
     out = copy_run(smoke_run, tmp_path / "R")
     rc, stdout, err = run_cli(capsys, "run", *SMOKE, "--out", out, "--target", "openvino-cpu")
     assert rc == 0, err
-    report = _json(out / "report.json")
+    report = _json(out / "report.openvino-cpu.json")  # the folder now holds two targets: report.json combines them
     names = [s["name"] for s in report["stages"]]
     assert names[-3:] == ["openvino-fp32", "openvino-fp16", "openvino-int8"]
     assert all(s["status"] == "measured" for s in report["stages"])
-    assert _json(out / "manifest.json")["deployable"] == [
+    assert _json(out / "report.json")["targets"] == ["onnxruntime-cpu", "openvino-cpu"]
+    assert _json(out / "manifest.openvino-cpu.json")["deployable"] == [
         "deploy/openvino-cpu/int8/model.xml",
         "deploy/openvino-cpu/int8/model.bin",
     ]
@@ -150,7 +151,7 @@ def test_a_target_whose_device_is_absent_makes_artifacts_and_exits_3(smoke_run, 
     out = copy_run(smoke_run, tmp_path / "R")
     rc, stdout, err = run_cli(capsys, "run", *SMOKE, "--out", out, "--target", "openvino-npu")
     assert rc == 3, err
-    report = _json(out / "report.json")
+    report = _json(out / "report.openvino-npu.json")
     assert report["status"] == "pending" and report["exit_code"] == 3
     pending = report["stages"][-1]
     assert pending["status"] == "pending" and pending["device"] == "NPU"
@@ -158,7 +159,7 @@ def test_a_target_whose_device_is_absent_makes_artifacts_and_exits_3(smoke_run, 
     for row in report["stages"]:
         if row["backend"] == "openvino" and row["status"] != "pending":
             assert row["status"] == "parity_on_host" and row["latency_ms"]["p50"] is None and row["miou"] is not None
-    assert (out / "deploy/openvino-cpu/int8/model.xml").is_file()
+    assert (out / "deploy/openvino-npu/int8/model.xml").is_file()
     assert "not on this host" in stdout
 
 
@@ -282,7 +283,7 @@ def test_deploy_command_runs_stages_2_and_3_on_a_checkpoint(smoke_run, tmp_path,
 @pytest.mark.parametrize(
     ("flags", "expected"),
     [
-        (["--max-miou-drop", "0.5"], "--max-miou-drop 0.5 applies to OpenVINO targets"),
+        (["--nncf-max-miou-drop", "0.5"], "--nncf-max-miou-drop 0.5 applies to OpenVINO targets"),
         (["--target", "openvino-cpu", "--calib-method", "entropy"], "--calib-method entropy applies to ONNX Runtime"),
         (["--calib-method", "kl"], "Unknown calibration method 'kl'"),
         (["--calib-size", "0"], "Calibration size must be >= 1"),
@@ -332,7 +333,7 @@ def test_openvino_accuracy_controlled_int8_is_judged_on_training_images(smoke_ru
         out,
         "--target",
         "openvino-cpu",
-        "--max-miou-drop",
+        "--nncf-max-miou-drop",
         "1.0",
         "--calib-size",
         "8",
@@ -344,5 +345,5 @@ def test_openvino_accuracy_controlled_int8_is_judged_on_training_images(smoke_ru
     held_out = {i["name"] for i in calib["accuracy_control_images"]}
     assert len(held_out) == 8 and not held_out & {i["name"] for i in calib["images"]}
     assert all("-train-" in name for name in held_out), held_out
-    int8 = next(s for s in _json(out / "report.json")["stages"] if s["name"] == "openvino-int8")
+    int8 = next(s for s in _json(out / "report.openvino-cpu.json")["stages"] if s["name"] == "openvino-int8")
     assert int8["build"]["accuracy_control"] is True and int8["build"]["max_miou_drop"] == 1.0

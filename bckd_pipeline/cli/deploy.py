@@ -62,7 +62,8 @@ def deploy_config(args, preset):
             split=args.calib_split,
             method=args.calib_method,
             preset=args.nncf_preset,
-            max_miou_drop=args.max_miou_drop,
+            max_miou_drop=args.nncf_max_miou_drop,
+            exclude=tuple(args.int8_exclude),
         ),
         parity_images=args.parity_images,
         latency=latency,
@@ -73,6 +74,9 @@ def deploy_config(args, preset):
         workspace_mib=args.workspace_mib,
         cuda_graph=args.cuda_graph,
         trt_quantizer=args.trt_quantizer,
+        precision=args.precision,
+        batch=args.batch,
+        progress=not args.no_progress,
     )
 
 

@@ -25,8 +25,13 @@ def command(args, console) -> int:
     if getattr(args, "target_device", None) and args.command not in ("run", "deploy"):
         raise ConfigError(
             f"--device {args.target_device} names a deployment device; `{args.command}` trains or evaluates here. "
-            "Use --device cpu or cuda[:N], or pass the SSH device to `run`/`deploy` with a TensorRT target."
+            "Use --train-device cpu or cuda[:N], or pass the SSH device to `run`/`deploy` with a TensorRT target."
         )
+    if args.command == "run" and args.precision in ("auto", "bf16"):  # only a training precision: the old meaning
+        from .parser import deprecated
+
+        deprecated(f"--precision {args.precision} (the training precision)", f"--train-precision {args.precision}")
+        args.train_precision, args.precision = args.train_precision or args.precision, None
     preset = get_preset(args.preset)
     if args.command in ("run", "deploy"):
         from ..targets import get_target
@@ -78,7 +83,7 @@ def _train_commands(args, preset, data, train_cfg, env, console) -> int:
     if args.command == "train-teacher":
         out = stage.check_out_dir(args.out)
         res = stage.train_teacher(
-            args.model or preset.teacher,
+            args.arch or preset.teacher,
             data,
             _schedule(args, preset.teacher_iters, preset.teacher_epochs),
             train_cfg,
@@ -98,7 +103,7 @@ def _train_commands(args, preset, data, train_cfg, env, console) -> int:
         out = stage.check_out_dir(args.out)
         res = stage.distill(
             args.teacher,
-            args.student or preset.student,
+            args.student_arch or preset.student,
             data,
             _schedule(args, preset.student_iters, preset.student_epochs),
             train_cfg,
@@ -129,8 +134,8 @@ def _train_commands(args, preset, data, train_cfg, env, console) -> int:
         data=data,
         train=train_cfg,
         distill=dcfg,
-        teacher_model=args.teacher_model or preset.teacher,
-        student_model=args.student or preset.student,
+        teacher_model=args.teacher_arch or preset.teacher,
+        student_model=args.student_arch or preset.student,
         teacher_schedule=_schedule(args, preset.teacher_iters, preset.teacher_epochs),
         student_schedule=_schedule(args, preset.student_iters, preset.student_epochs),
         teacher_checkpoint=args.teacher,
@@ -182,7 +187,7 @@ def _train_config(args, preset):
         seed=args.seed,
         num_workers=preset.num_workers if args.num_workers is None else args.num_workers,
         device=args.device,
-        precision=args.precision,
+        precision=args.train_precision or "auto",
         channels_last=args.channels_last,
         compile=args.compile,
         sync_bn=args.sync_bn,

@@ -20,7 +20,17 @@ def is_device_row(ctx: DeployContext, b: Built) -> bool:
 
 
 def make_runtime(ctx: DeployContext, b: Built, *, streams: int = 1):
-    """The Runtime that runs artifact ``b``: on the target's device when present, else on the host CPU."""
+    """The Runtime that runs artifact ``b``: on the target's device when present, else on the host CPU; an
+    artifact of a static ``--batch N`` is fed one image at a time like the other rows (StaticBatch)."""
+    rt = _runtime(ctx, b, streams=streams)
+    if ctx.spec.batch > 1 and not is_device_row(ctx, b):
+        from .runtime import StaticBatch
+
+        return StaticBatch(rt, ctx.spec.batch)
+    return rt
+
+
+def _runtime(ctx: DeployContext, b: Built, *, streams: int = 1):
     threads = (ctx.deploy.latency or ctx.profile.latency).threads
     if is_device_row(ctx, b):
         from ..device.bundle import ReplayRuntime

@@ -135,6 +135,8 @@ def build_report(ctx, summary, built, parity, latency, export_check, simplify_ch
             "device": profile.device,
             "precision": profile.precision.value,
             "description": profile.description,
+            "batch": ctx.spec.batch,
+            "int8_exclude": list(ctx.plan.calibration.exclude) if ctx.plan.calibration else [],
         },
         "status": "parity_failed" if culprit else "pending" if pending else "complete",
         "exit_code": exit_code,

@@ -117,6 +117,9 @@ def write_manifest(ctx, out: Path, built, report: dict, calibration) -> Path:
                 "backend": ctx.profile.backend.value,
                 "device": ctx.profile.device,
                 "precision": ctx.profile.precision.value,
+                "precision_flag": ctx.deploy.precision,  # --precision as given (None: the target's own)
+                "batch": ctx.spec.batch,
+                "int8_exclude": list(ctx.plan.calibration.exclude) if ctx.plan.calibration else [],
             },
         },
         "calibration_manifest": None
