@@ -29,7 +29,9 @@ from .errors import BackendMissingError, ConfigError, DataError
 from .export.source import ModelSource
 from .export.stage import export_stage, simplify_stage, take_onnx_stage
 from .export.wrapper import ExportSpec
+from .progress import Stages
 from .ledger import Built, report_file, shared_dir, target_artifacts
+from .report import headlines
 from .report.build import build_report, write_reports
 from .report.manifest import write_manifest
 from .report.stage import qualitative_stage
@@ -407,22 +409,38 @@ def _deploy_identity(source: ModelSource, data: DataConfig) -> dict:
 def deploy_stages(ctx: DeployContext, cache: StageCache, summary: dict | None) -> RunResult:
     """export (or take the user's ONNX) -> simplify -> calibrate -> compile -> parity -> latency -> reports."""
     out = ctx.out
-    if ctx.onnx is not None:
-        onnx_path, export_check = take_onnx_stage(ctx, out, cache)
-    else:
-        onnx_path, export_check = export_stage(ctx, out, cache)
-    simplified, simplify_check = simplify_stage(ctx, out, cache, onnx_path)
-    calibration = calibration_stage(ctx, out, cache)
-    built = compile_stage(ctx, out, cache, onnx_path, simplified, calibration)
+    steps = Stages(cache, bars=ctx.deploy.progress, target=ctx.profile.key)  # a line as each stage starts and ends
+    with steps.stage("take-onnx" if ctx.onnx is not None else "export", shared=True) as step:
+        if ctx.onnx is not None:
+            onnx_path, export_check = take_onnx_stage(ctx, out, cache)
+        else:
+            onnx_path, export_check = export_stage(ctx, out, cache)
+        step.headline = headlines.check(export_check)
+    with steps.stage("simplify", shared=True) as step:
+        simplified, simplify_check = simplify_stage(ctx, out, cache, onnx_path)
+        step.headline = headlines.simplify(simplify_check)
+    with steps.stage("calibration") as step:
+        calibration = calibration_stage(ctx, out, cache)
+        step.headline = headlines.calibration(calibration)
+    with steps.stage("compile") as step:
+        built = compile_stage(ctx, out, cache, onnx_path, simplified, calibration, steps.bar)
+        step.headline = headlines.compiled(built, out)
     if ctx.profile.backend is Backend.TENSORRT:
-        built += device_stage(ctx, out, cache, built[-1])
-    parity = parity_stage(ctx, out, cache, built)
-    latency = latency_stage(ctx, out, cache, built)
-    masks = qualitative_stage(ctx, out, cache, built, summary, parity)
-
-    report = build_report(ctx, summary, built, parity, latency, export_check, simplify_check, calibration, masks)
-    write_manifest(ctx, out, built, report, calibration)
-    combined = write_reports(out, report, ctx.profile.key)  # the target's reports, then the folder's view
+        with steps.stage("device") as step:
+            built += device_stage(ctx, out, cache, built[-1])
+            step.headline = headlines.device(ctx)
+    with steps.stage("parity") as step:
+        parity = parity_stage(ctx, out, cache, built, steps.bar)
+        step.headline = headlines.parity(parity, built[-1].name)
+    with steps.stage("latency") as step:
+        latency = latency_stage(ctx, out, cache, built, steps.bar)
+        step.headline = headlines.latency(latency, built[-1].name)
+    with steps.stage("report") as step:
+        masks = qualitative_stage(ctx, out, cache, built, summary, parity)
+        report = build_report(ctx, summary, built, parity, latency, export_check, simplify_check, calibration, masks)
+        write_manifest(ctx, out, built, report, calibration)
+        combined = write_reports(out, report, ctx.profile.key)  # the target's reports, then the folder's view
+        step.headline = f"{report['status']}, {report_file(ctx.profile.key, 'html')}"
     return RunResult(summary, report, report["exit_code"], (ctx.profile.key,), combined)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from test_cli import SMOKE, assert_clean_error, run_cli
+from test_own_model import models  # noqa: F401  (the module fixture: ONNX files of a model the project does not know)
 
 FAST = ["--latency-runs", "5", "--warmup-runs", "1", "--warmup-s", "0", "--no-throughput", "--parity-images", "8"]
 
@@ -127,3 +128,39 @@ def test_all_local_plans_every_target_this_host_measures(tmp_path, capsys):
     assert rc == 0, err
     for n in names:
         assert f"target      {n}:" in stdout
+
+
+# --- what a user sees while it works -----------------------------------------------------------------------------
+def test_stage_lines_on_deploy_and_cached_on_rerun(models, tmp_path, capsys):
+    from test_deploy_options import _onnx
+
+    argv = ["deploy", *SMOKE, *_onnx(models), *FAST, "--out", tmp_path / "D"]
+    rc, _, err = run_cli(capsys, *argv)
+    assert rc == 0, err
+    lines = [line for line in err.splitlines() if line.startswith("stage ")]
+    for name in ("take-onnx", "simplify", "calibration [onnxruntime-cpu]", "compile [onnxruntime-cpu]"):
+        assert f"stage {name}: started" in lines, (name, lines)
+    assert any(line.startswith("stage take-onnx: done in ") and "max |diff|" in line for line in lines), lines
+    parity = next(line for line in lines if line.startswith("stage parity [onnxruntime-cpu]: done in"))
+    assert "agreement" in parity and "dmIoU" in parity
+    latency = next(line for line in lines if line.startswith("stage latency [onnxruntime-cpu]: done in"))
+    assert " p50 " in latency and latency.endswith(" ms)")
+    rc, _, err = run_cli(capsys, *argv)
+    assert rc == 0, err
+    for name in ("take-onnx", "simplify", "compile [onnxruntime-cpu]", "parity [onnxruntime-cpu]"):
+        assert any(line.startswith(f"stage {name}: cached") for line in err.splitlines()), (name, err)
+
+
+def test_progress_bars_respect_no_progress_and_draw_on_a_terminal(monkeypatch, tmp_path):
+    import sys
+
+    from bckd_pipeline.cache import StageCache
+    from bckd_pipeline.progress import Stages, Ticking
+
+    drawn = []
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    for bars in (False, True):
+        with Stages(StageCache(tmp_path), bars=bars).bar("parity", 3) as tick:
+            for _ in Ticking([1, 2, 3], tick):
+                drawn.append(bars)
+    assert drawn == [False] * 3 + [True] * 3

@@ -77,7 +77,13 @@ def calibration_stage(ctx: DeployContext, out: Path, cache: StageCache) -> Calib
 
 
 def compile_stage(
-    ctx: DeployContext, out: Path, cache: StageCache, onnx_path: Path, simplified: Path, calib: Calibration | None
+    ctx: DeployContext,
+    out: Path,
+    cache: StageCache,
+    onnx_path: Path,
+    simplified: Path,
+    calib: Calibration | None,
+    bar=None,  # progress.Stages.bar: a progress bar over the calibration images
 ) -> list[Built]:
     # `deploy --onnx`: no PyTorch model; the user's FP32 ONNX is the reference row.
     reference = [] if ctx.onnx is not None else [Built("pytorch", Backend.TORCH, Precision.FP32, None, None)]
@@ -89,7 +95,7 @@ def compile_stage(
     paths = {b.name: b.path for b in built}
     for b in target_artifacts(ctx.profile):
         path, parent = out / b.path, paths[b.parent]
-        settings = _build_one(ctx, cache, b, path, parent, calib, simplified)
+        settings = _build_one(ctx, cache, b, path, parent, calib, simplified, bar)
         built.append(replace(b, path=path, settings=settings))
         paths[b.name] = path
     return built
@@ -102,7 +108,7 @@ def _qdq_placement() -> str:
 
 
 def _build_one(
-    ctx: DeployContext, cache: StageCache, b: Built, path: Path, parent: Path, calib, simplified: Path
+    ctx: DeployContext, cache: StageCache, b: Built, path: Path, parent: Path, calib, simplified: Path, bar=None
 ) -> dict:
     options = {
         "profile": ctx.profile.name,
@@ -117,7 +123,21 @@ def _build_one(
     hit = cache.lookup(record, key)
     if hit is not None:
         return hit["settings"]
-    outputs = [path]
+    if b.precision is Precision.INT8 and calib is not None and bar is not None:
+        from ..progress import Ticking
+
+        with bar(f"calibrate {b.name}", len(calib.feeds)) as tick:
+            ticking = replace(calib, feeds=Ticking(calib.feeds, tick))
+            settings = _make(ctx, b, path, parent, ticking, simplified)
+    else:
+        settings = _make(ctx, b, path, parent, calib, simplified)
+    outputs = [path] + ([path.with_suffix(".bin")] if b.backend is Backend.OPENVINO else [])
+    cache.store(record, key, outputs, {"settings": settings})
+    return settings
+
+
+def _make(ctx: DeployContext, b: Built, path: Path, parent: Path, calib, simplified: Path) -> dict:
+    """Build one artifact; its settings for the ledger and the manifest."""
     if b.name == "onnx-qdq":
         from .tensorrt import quantize_for_tensorrt
 
@@ -148,6 +168,4 @@ def _build_one(
         else:
             ovq.to_ir(parent, path, fp16=b.precision is Precision.FP16)
             settings = {"tool": "openvino.convert_model", "compress_to_fp16": b.precision is Precision.FP16}
-        outputs.append(path.with_suffix(".bin"))
-    cache.store(record, key, outputs, {"settings": settings})
     return settings

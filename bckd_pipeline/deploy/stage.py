@@ -62,7 +62,14 @@ def on_target(ctx: DeployContext, b: Built) -> bool:
     return b.backend is not Backend.OPENVINO or ctx.plan.can_measure
 
 
-def parity_stage(ctx: DeployContext, out: Path, cache: StageCache, built: list[Built]) -> dict:
+def _no_bar(description: str, total: int):
+    from contextlib import nullcontext
+
+    return nullcontext(lambda: None)
+
+
+def parity_stage(ctx: DeployContext, out: Path, cache: StageCache, built: list[Built], bar=_no_bar) -> dict:
+    """``bar``: progress.Stages.bar (a progress bar over the evaluation images)."""
     from contextlib import ExitStack
 
     from .parity import LedgerStage, ledger
@@ -85,6 +92,7 @@ def parity_stage(ctx: DeployContext, out: Path, cache: StageCache, built: list[B
     if hit is not None:
         return hit
     with ExitStack() as stack:
+        tick = stack.enter_context(bar(f"parity, {len(built)} stages", len(ctx.eval_feeds)))
         stages = [
             LedgerStage(
                 b.name,
@@ -103,6 +111,7 @@ def parity_stage(ctx: DeployContext, out: Path, cache: StageCache, built: list[B
             ignore_index=ctx.meta.ignore_index,
             criteria=lambda p: ctx.profile.parity[Precision(p)],
             keep_labels=MASK_IMAGES,  # report.html's masks of the distilled and deployed models
+            tick=tick,
         )
     result = {
         "stages": {s.name: asdict(s) for s in report.stages},
@@ -113,7 +122,7 @@ def parity_stage(ctx: DeployContext, out: Path, cache: StageCache, built: list[B
     return result
 
 
-def latency_stage(ctx: DeployContext, out: Path, cache: StageCache, built: list[Built]) -> dict:
+def latency_stage(ctx: DeployContext, out: Path, cache: StageCache, built: list[Built], bar=_no_bar) -> dict:
     from .bench import benchmark
 
     spec = ctx.deploy.latency or ctx.profile.latency
@@ -142,8 +151,8 @@ def latency_stage(ctx: DeployContext, out: Path, cache: StageCache, built: list[
         if hit is not None:
             results[b.name] = hit
             continue
-        with make_runtime(ctx, b) as rt:
-            entry = {"latency": benchmark(rt, feeds, spec).as_dict()}
+        with make_runtime(ctx, b) as rt, bar(f"latency {b.name}", spec.runs) as tick:
+            entry = {"latency": benchmark(rt, feeds, spec, tick=tick).as_dict()}
         if ctx.deploy.throughput and b is built[-1] and ctx.profile.backend is not Backend.TENSORRT:
             with make_runtime(ctx, b, streams=spec.streams) as rt:
                 entry["throughput"] = benchmark(rt, feeds, spec, mode="throughput").as_dict()
