@@ -310,11 +310,11 @@ def test_bad_distill_options(teacher, tmp_path, capsys, flags, expected):
             "Unknown --preset 'smok'. Allowed: camvid, demo, smoke. Did you mean 'smoke'?",
         ),
         (
-            ["train-teacher", *SMOKE, "--model", "tiny-teachr"],
+            ["train-teacher", *SMOKE, "--arch", "tiny-teachr"],
             ("Unknown model 'tiny-teachr'. Allowed: ", "pspnet-r101", "Did you mean 'tiny-teacher'?"),
         ),
         (
-            ["train-teacher", *SMOKE, "--model", "deeplabv3plus-mbv2", "--crop", "60,60"],
+            ["train-teacher", *SMOKE, "--arch", "deeplabv3plus-mbv2", "--crop", "60,60"],
             "Model 'deeplabv3plus-mbv2' cannot take a 60x60 input",
         ),
         (["eval", *SMOKE, "--model", "/nonexistent/student.pt"], "'/nonexistent/student.pt' does not exist"),

@@ -188,7 +188,7 @@ def test_bench_measures_an_exported_model(smoke_run, tmp_path, capsys):
         capsys,
         "bench",
         smoke_run / "deploy/onnxruntime-cpu/model.int8.onnx",
-        "--runs",
+        "--latency-runs",
         "10",
         "--warmup-s",
         "0",
@@ -241,7 +241,7 @@ def test_out_folder_with_foreign_or_another_runs_files(smoke_run, tmp_path, caps
     assert "did not write" in err and "--force" in err
 
     other = copy_run(smoke_run, tmp_path / "other")
-    rc, _, err = run_cli(capsys, "run", *SMOKE, "--out", other, "--student", "tiny-teacher")
+    rc, _, err = run_cli(capsys, "run", *SMOKE, "--out", other, "--student-arch", "tiny-teacher")
     assert rc == 2 and "holds another run (student: 'tiny-student' -> 'tiny-teacher')" in err, err
 
 

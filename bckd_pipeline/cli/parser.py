@@ -407,8 +407,7 @@ def _deploy_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--target",
         default="onnxruntime-cpu",
-        help="deployment target (`bckd-pipeline targets`); several, comma-separated (a,b,c), or all-local (every "
-        "target this host builds and measures): one ledger over all, each target's files in deploy/<target>/",
+        help="deployment target (`bckd-pipeline targets`), several comma-separated (a,b,c: one ledger), or all-local",
     )
     g.add_argument(
         "--precision",
