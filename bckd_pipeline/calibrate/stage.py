@@ -154,18 +154,33 @@ def _make(ctx: DeployContext, b: Built, path: Path, parent: Path, calib, simplif
         from . import openvino as ovq
 
         if b.precision is Precision.INT8:
-            _, settings = ovq.quantize_ir(
-                parent,
-                path,
-                calib.feeds,
-                calib.spec,
-                target_device=ctx.profile.device,
-                validation=calib.validation,
-                num_classes=ctx.meta.num_classes,
-                ignore_index=ctx.meta.ignore_index,
-                source_onnx=simplified,
-            )
+            with _nncf_bars(ctx.deploy.progress):
+                _, settings = _quantize_ir(ovq, ctx, b, path, parent, calib, simplified)
         else:
             ovq.to_ir(parent, path, fp16=b.precision is Precision.FP16)
             settings = {"tool": "openvino.convert_model", "compress_to_fp16": b.precision is Precision.FP16}
     return settings
+
+
+def _nncf_bars(progress: bool):
+    """NNCF draws its own rich progress bars on stdout, where the ledger goes: on stderr with progress bars,
+    nowhere with --no-progress."""
+    import contextlib
+    import io
+    import sys
+
+    return contextlib.redirect_stdout(sys.stderr if progress else io.StringIO())
+
+
+def _quantize_ir(ovq, ctx: DeployContext, b: Built, path: Path, parent: Path, calib, simplified: Path):
+    return ovq.quantize_ir(
+        parent,
+        path,
+        calib.feeds,
+        calib.spec,
+        target_device=ctx.profile.device,
+        validation=calib.validation,
+        num_classes=ctx.meta.num_classes,
+        ignore_index=ctx.meta.ignore_index,
+        source_onnx=simplified,
+    )
