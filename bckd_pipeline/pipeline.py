@@ -80,10 +80,15 @@ def deploy_plans(
         )
     if len(names) == 1:
         return [deploy_plan(replace(deploy, target=names[0]), data, before, source)]
-    plans = [deploy_plan(deploy.for_target(n, backends, bool(int8)), data, before if i == 0 else [], source) for i, n in enumerate(names)]
+    plans = [
+        deploy_plan(deploy.for_target(n, backends, bool(int8)), data, before if i == 0 else [], source)
+        for i, n in enumerate(names)
+    ]
     keys = [p.target.key for p in plans]
     if len(set(keys)) < len(keys):
-        raise ConfigError(f"--target {deploy.target}: two targets deploy the same thing ({', '.join(keys)}). Name each once.")
+        raise ConfigError(
+            f"--target {deploy.target}: two targets deploy the same thing ({', '.join(keys)}). Name each once."
+        )
     return plans
 
 
@@ -150,7 +155,9 @@ def deploy_plan(
     steps = [
         *before,
         first,
-        PlanStep("simplify", f"{deploy.simplifier}; ORT before vs after", (str(shared_dir(deploy.batch) / "model.sim.onnx"),)),
+        PlanStep(
+            "simplify", f"{deploy.simplifier}; ORT before vs after", (str(shared_dir(deploy.batch) / "model.sim.onnx"),)
+        ),
     ]
     if calibration is not None:
         steps.append(
@@ -359,7 +366,9 @@ def run(cfg: RunConfig) -> RunResult:
     distilled = student_stage(cfg, out, cache, teacher_ckpt, cfg.distill, "distilled")
     summary = summarize(teacher_metrics, alone.metrics, distilled.metrics, teacher_ckpt, distilled.checkpoint)
     write_json(out / "metrics.json", summary)
-    return _each_target(the_plans, lambda p: DeployContext.create(p.deploy, cfg.data, p, distilled.checkpoint, out), cache, summary)
+    return _each_target(
+        the_plans, lambda p: DeployContext.create(p.deploy, cfg.data, p, distilled.checkpoint, out), cache, summary
+    )
 
 
 def _each_target(the_plans: list[Plan], context, cache: StageCache, summary: dict | None) -> RunResult:
@@ -373,7 +382,9 @@ def _each_target(the_plans: list[Plan], context, cache: StageCache, summary: dic
     return RunResult(summary, last, code, tuple(p.target.key for p in the_plans), last)
 
 
-def model_plan(source: ModelSource, data: DataConfig, deploy_cfg: DeployConfig, out: Path, *, force: bool) -> list[Plan]:
+def model_plan(
+    source: ModelSource, data: DataConfig, deploy_cfg: DeployConfig, out: Path, *, force: bool
+) -> list[Plan]:
     """What `deploy` checks before its first stage (and all that `deploy --dry-run` does): the plan of each
     target, the model file's kind and flags, the --out folder."""
     the_plans = deploy_plans(deploy_cfg, data, source=source)

@@ -103,7 +103,10 @@ def test_an_onnx_from_outside_goes_through_the_whole_ledger(models, tmp_path, ca
     assert report["calibration"]["images"] > 0 and report["machine"]["cpu"]["model"]
 
     manifest = _json(out / "manifest.json")
-    assert manifest["deployable"] == ["deploy/onnxruntime-cpu/model.int8.onnx"] and manifest["checkpoint"]["kind"] == "onnx"
+    assert (
+        manifest["deployable"] == ["deploy/onnxruntime-cpu/model.int8.onnx"]
+        and manifest["checkpoint"]["kind"] == "onnx"
+    )
     assert manifest["input"]["name"] == "input" and manifest["input"]["scale"] == "normalized"
     assert manifest["preprocessing"]["mean"] == [0.485, 0.456, 0.406] and manifest["output"]["name"] == "out"
     assert manifest["class_names"] == list(DEMO_CLASSES) and manifest["machine"] == report["machine"]
@@ -252,7 +255,8 @@ def test_bad_model_arguments(models, tmp_path, capsys, argv, expected):
 # --- bench: the backend from the file ----------------------------------------------------------------
 def test_bench_infers_the_backend_from_the_suffix_and_takes_shape_and_batch(models, tmp_path, capsys):
     rc, stdout, err = run_cli(
-        capsys, "bench", models["dynamic"], "--shape", "40,48", "--batch", "2", "--latency-runs", "5", "--warmup-s", "0",
+        capsys, "bench", models["dynamic"], "--shape", "40,48", "--batch", "2", "--latency-runs", "5",
+        "--warmup-s", "0",
         "--json", tmp_path / "b.json",
     )  # fmt: skip
     assert rc == 0, err

@@ -86,8 +86,15 @@ def test_rerun_redoes_nothing_and_a_changed_option_redoes_only_what_depends_on_i
     assert rc == 0, err
     after = _mtimes(out)
     unchanged = {k for k in before if before[k] == after.get(k)}
-    assert {"teacher/teacher.pt", "distilled/student.pt", "deploy/model.onnx", "deploy/onnxruntime-cpu/model.int8.onnx"} <= unchanged
-    assert (out / ".cache/parity@onnxruntime-cpu.json").stat().st_mtime_ns == before[".cache/parity@onnxruntime-cpu.json"]
+    assert {
+        "teacher/teacher.pt",
+        "distilled/student.pt",
+        "deploy/model.onnx",
+        "deploy/onnxruntime-cpu/model.int8.onnx",
+    } <= unchanged
+    assert (out / ".cache/parity@onnxruntime-cpu.json").stat().st_mtime_ns == before[
+        ".cache/parity@onnxruntime-cpu.json"
+    ]
 
     rc, _, err = run_cli(capsys, "run", *SMOKE, "--out", out, "--calib-size", "8")
     assert rc == 0, err
@@ -226,7 +233,9 @@ def test_calibration_images_that_are_also_evaluation_images_are_refused(tmp_path
     out = tmp_path / "R"
     rc, _, err = run_cli(capsys, "run", *FOLDER_FLAGS, "--data", f"folder:{data}", "--iters", "2", "--out", out)
     assert rc == 2 and err.startswith("error: ") and "are also evaluation images (0 = 0)" in err, err
-    assert not (out / "deploy/calibration.json").exists() and not (out / "deploy/onnxruntime-cpu/model.int8.onnx").exists()
+    assert (
+        not (out / "deploy/calibration.json").exists() and not (out / "deploy/onnxruntime-cpu/model.int8.onnx").exists()
+    )
 
 
 def test_out_folder_with_foreign_or_another_runs_files(smoke_run, tmp_path, capsys):

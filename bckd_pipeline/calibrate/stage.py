@@ -45,7 +45,8 @@ def calibration_stage(ctx: DeployContext, out: Path, cache: StageCache) -> Calib
         rest = sorted(set(range(len(train_set))) - set(indices))
         if not rest:
             raise DataError(
-                f"--nncf-max-miou-drop needs training images besides the {len(indices)} calibration images to judge the "
+                f"--nncf-max-miou-drop needs training images besides the {len(indices)} calibration images to judge "
+                "the "
                 f"drop on, and split {spec.split!r} has none left. Lower --calib-size."
             )
         chosen = [rest[i] for i in pick_indices(min(spec.size, len(rest)), len(rest), spec.seed + 1)]

@@ -189,7 +189,9 @@ def _names(text: str) -> tuple[str, ...]:
 def _entries(text: str) -> tuple[str, ...]:
     entries = tuple(n.strip() for n in text.split(",") if n.strip())
     if not entries:
-        raise argparse.ArgumentTypeError(f"expected comma-separated node names or op types (e.g. Resize,Conv), got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated node names or op types (e.g. Resize,Conv), got {text!r}"
+        )
     return entries
 
 
@@ -436,7 +438,7 @@ def _deploy_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--nncf-max-miou-drop",
         type=float,
-        help="OpenVINO: NNCF accuracy-controlled INT8 with at most this mIoU drop (not the gate's max_miou_drop budget)",
+        help="OpenVINO: NNCF accuracy-controlled INT8 with at most this mIoU drop (not the gate's max_miou_drop)",
     )
     _renamed(g, "--max-miou-drop", "--nncf-max-miou-drop", "nncf_max_miou_drop", type=float)
     g.add_argument(

@@ -3,7 +3,6 @@ preset's data; ``run`` goes on to deploy (cli/deploy.py)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from ..errors import ConfigError
 

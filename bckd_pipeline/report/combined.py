@@ -55,8 +55,13 @@ def write_combined(out: Path, keys: list[str]) -> dict:
     order = [k for k in [*deployed_targets(out), *keys] if (out / report_file(k, "json")).is_file()]
     order = list(dict.fromkeys(order))
     reports = {k: _read(out / report_file(k, "json")) for k in order}
-    manifests = {k: _read(out / report_file(k, "manifest")) for k in order if (out / report_file(k, "manifest")).is_file()}
-    listing = {"targets": order, "per_target": {k: {"report": report_file(k, "json"), "manifest": report_file(k, "manifest")} for k in order}}
+    manifests = {
+        k: _read(out / report_file(k, "manifest")) for k in order if (out / report_file(k, "manifest")).is_file()
+    }
+    listing = {
+        "targets": order,
+        "per_target": {k: {"report": report_file(k, "json"), "manifest": report_file(k, "manifest")} for k in order},
+    }
     if len(order) == 1:
         (key,) = order
         report = {**reports[key], **listing}
@@ -115,7 +120,8 @@ def table_lines(rows: list[dict]) -> list[str]:
         lines.append(
             f"| {r['target']} | {r['name']} | {r['backend']} | {r['precision']} | {r['device']} | {r['status']} | "
             f"{fmt_value(r['miou'])} | {fmt_value(r['miou_delta'], '+.3f')} | {fmt_value(agree, '.3f')} | "
-            f"{fmt_value(r['latency_ms']['p50'])} | {fmt_value(r['latency_ms']['p99'])} | {fmt_value(r['fps'], '.1f')} |"
+            f"{fmt_value(r['latency_ms']['p50'])} | {fmt_value(r['latency_ms']['p99'])} | "
+            f"{fmt_value(r['fps'], '.1f')} |"
         )
     return lines
 

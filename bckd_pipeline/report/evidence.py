@@ -44,9 +44,7 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     atomic_write(path, write)
 
 
-def save_parity_images(
-    out: Path, ledger: LedgerReport, feeds: DatasetFeeds, name: str = PARITY_IMAGES_FILE
-) -> dict:
+def save_parity_images(out: Path, ledger: LedgerReport, feeds: DatasetFeeds, name: str = PARITY_IMAGES_FILE) -> dict:
     """Write the ledger's per-image confusions and kept label maps; return the record for report.json.
     ``name``: the file's path in ``out`` (each target of a run folder keeps its own, in its folder)."""
     path = Path(out) / name

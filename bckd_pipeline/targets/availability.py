@@ -103,11 +103,11 @@ def expand_targets(text: str) -> list[str]:
     if ALL_LOCAL in names:
         if names != [ALL_LOCAL]:
             raise ConfigError(f"--target {ALL_LOCAL} already names every local target; give it alone.")
-        names = [
-            n for n, p in TARGETS.items() if check_availability(p).can_build and check_availability(p).can_measure
-        ]
+        names = [n for n, p in TARGETS.items() if check_availability(p).can_build and check_availability(p).can_measure]
         if not names:
-            raise ConfigError(f"--target {ALL_LOCAL}: this host can build and measure no target (`bckd-pipeline doctor`).")
+            raise ConfigError(
+                f"--target {ALL_LOCAL}: this host can build and measure no target (`bckd-pipeline doctor`)."
+            )
         return names
     for n in names:
         get_target(n)
