@@ -164,3 +164,21 @@ def test_progress_bars_respect_no_progress_and_draw_on_a_terminal(monkeypatch, t
             for _ in Ticking([1, 2, 3], tick):
                 drawn.append(bars)
     assert drawn == [False] * 3 + [True] * 3
+
+
+def test_a_folder_of_the_older_layout_keeps_its_report_when_a_target_is_added(tmp_path):
+    """A run folder from before per-target reports: its report.json/manifest.json become its target's own."""
+    old = {"format": "bckd-pipeline/report-v1", "target": "openvino-cpu", "status": "complete", "exit_code": 0}
+    (tmp_path / "report.json").write_text(json.dumps(old))
+    (tmp_path / "manifest.json").write_text(
+        json.dumps({"format": "bckd-pipeline/manifest-v1", "target": "openvino-cpu"})
+    )
+    (tmp_path / "report.md").write_text("# old\n")
+    new = {**old, "target": "onnxruntime-cpu", "target_key": "onnxruntime-cpu"}
+    (tmp_path / "report.onnxruntime-cpu.json").write_text(json.dumps(new))
+    from bckd_pipeline.report.combined import _keep_an_older_layout
+
+    _keep_an_older_layout(tmp_path, ["onnxruntime-cpu"])
+    assert _json(tmp_path / "report.openvino-cpu.json") == old
+    assert _json(tmp_path / "manifest.openvino-cpu.json")["target"] == "openvino-cpu"
+    assert (tmp_path / "report.openvino-cpu.md").read_text() == "# old\n"

@@ -52,6 +52,7 @@ def write_combined(out: Path, keys: list[str]) -> dict:
     """Rebuild the folder's report.json/.md/.html and manifest.json over ``keys`` and every target deployed
     before; return the report.json written."""
     out = Path(out)
+    _keep_an_older_layout(out, keys)
     order = [k for k in [*deployed_targets(out), *keys] if (out / report_file(k, "json")).is_file()]
     order = list(dict.fromkeys(order))
     reports = {k: _read(out / report_file(k, "json")) for k in order}
@@ -79,6 +80,24 @@ def write_combined(out: Path, keys: list[str]) -> dict:
     write_text(out / "report.html", combined_html(report))
     write_json(out / "manifest.json", combined_manifest(manifests, listing))
     return report
+
+
+def _keep_an_older_layout(out: Path, keys: list[str]) -> None:
+    """A run folder written before reports were per target holds only report.json and manifest.json of its one
+    target: keep them as that target's own files before the folder's view is rebuilt over them."""
+    try:
+        old = json.loads((out / "report.json").read_text())
+        manifest = json.loads((out / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return
+    key = old.get("target_key") or old.get("target") if isinstance(old, dict) else None
+    if not key or key in keys or "targets" in old or (out / report_file(key, "json")).exists():
+        return
+    write_json(out / report_file(key, "json"), old)
+    write_json(out / report_file(key, "manifest"), manifest)
+    for suffix in ("md", "html"):
+        if (out / f"report.{suffix}").is_file():
+            write_text(out / report_file(key, suffix), (out / f"report.{suffix}").read_text())
 
 
 def combined_report(reports: dict[str, dict], listing: dict) -> dict:
