@@ -54,12 +54,21 @@ def stage_key(stage: str, options, inputs: list[Path] = ()) -> str:
 class StageCache:
     def __init__(self, out: Path) -> None:
         self.folder = Path(out) / ".cache"
+        self.hits = self.misses = 0  # lookups served and not (progress.py says "cached" from them)
 
     def _record(self, stage: str) -> Path:
         return self.folder / f"{stage}.json"
 
     def lookup(self, stage: str, key: str) -> dict | None:
         """The stage's saved result when its key matches and its outputs are intact, else None."""
+        found = self._lookup(stage, key)
+        if found is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return found
+
+    def _lookup(self, stage: str, key: str) -> dict | None:
         path = self._record(stage)
         try:
             record = json.loads(path.read_text())

@@ -53,6 +53,37 @@ class DeployConfig:
     workspace_mib: int | None = None
     cuda_graph: bool = False
     trt_quantizer: str = "onnxruntime"
+    # What the deployed artifact is, beside the target's default: fp32 | fp16 | int8 (None: the target's), and a
+    # static batch. INT8 layer exclusions are in ``calibration.exclude``.
+    precision: str | None = None
+    batch: int = 1
+    progress: bool = True  # progress bars on long stages (parity, latency, calibration)
+
+    def for_target(self, name: str, backends: set[str], int8_elsewhere: bool = False) -> DeployConfig:
+        """This configuration for one of several targets (``backends``: those of every target of the run).
+
+        A flag that applies to another target of the same run is not this target's: TensorRT's flags go
+        to the TensorRT target, NNCF's to the OpenVINO ones, ``--calib-method`` to ONNX Runtime's. A flag
+        that applies to no target of the run is still refused (pipeline.deploy_plan).
+        """
+        from dataclasses import replace
+
+        from .targets import Backend, get_target
+
+        mine = get_target(name).backend
+        c = self.calibration
+        if mine is not Backend.OPENVINO and Backend.OPENVINO in backends:
+            c = replace(c, max_miou_drop=None, preset=CalibrationSpec().preset)
+        if mine is Backend.OPENVINO and backends - {Backend.OPENVINO}:
+            c = replace(c, method=CalibrationSpec().method)
+        if int8_elsewhere and (self.precision or get_target(name).precision) != "int8":
+            c = replace(c, exclude=())  # --int8-exclude is the INT8 targets' of the run
+        new = replace(self, target=name, calibration=c)
+        if mine is not Backend.TENSORRT and Backend.TENSORRT in backends:
+            new = replace(
+                new, device=None, dla_core=None, workspace_mib=None, cuda_graph=False, trt_quantizer="onnxruntime"
+            )
+        return new
 
 
 @dataclass(frozen=True)
@@ -88,11 +119,12 @@ class Plan:
     can_measure: bool
     availability_note: str
     steps: tuple[PlanStep, ...]
+    deploy: DeployConfig | None = None  # this target's configuration (a run of several targets has one per target)
 
     def describe(self, out: Path) -> str:
         t = self.target
         lines = [
-            f"target      {t.name}: {t.description}",
+            f"target      {t.key}: {t.description}",
             f"backend     {t.backend} on {t.device}, deployed precision {t.precision}",
             f"measured    {'here' if self.can_measure else 'NOT here: ' + self.availability_note}",
         ]
@@ -102,6 +134,10 @@ class Plan:
                 f"calibration {c.size} images of split {c.split!r}, seed {c.seed}, method {c.method}, "
                 f"nncf preset {c.preset}" + (f", max mIoU drop {c.max_miou_drop}" if c.max_miou_drop else "")
             )
+        if self.deploy is not None and self.deploy.batch > 1:
+            lines.append(f"shape       static batch {self.deploy.batch} (fed one image repeated; FPS counts the batch)")
+        if self.calibration and self.calibration.exclude:
+            lines.append(f"int8        kept in float: {', '.join(self.calibration.exclude)} (--int8-exclude)")
         lat = self.latency
         lines.append(
             f"latency     {lat.warmup_runs} warm-up runs and >= {lat.warmup_s:g} s, then {lat.runs} timed runs"
@@ -171,6 +207,7 @@ class DeployContext:
         else:
             spec = ExportSpec(
                 input_hw=tuple(input_hw),
+                batch=deploy.batch,
                 opset=deploy.opset or the_plan.target.opset,
                 head=deploy.head,
                 bake_normalization=deploy.bake_normalization,
@@ -199,7 +236,8 @@ class DeployContext:
         return self.onnx.output_name if self.onnx else self.spec.output_name
 
     def check_feeds(self) -> list:
-        return self.eval_feeds.head(CHECK_IMAGES)
+        """Real evaluation images each rewrite is checked on, at the exported batch (static --batch N: repeated)."""
+        return self.eval_feeds.tiled(self.spec.batch).head(CHECK_IMAGES)
 
 
 def norm(meta: CheckpointMeta) -> Normalization:

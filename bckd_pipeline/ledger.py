@@ -54,23 +54,45 @@ def ledger_row_names(profile: TargetProfile) -> list[str]:
     return [*names, pending_row_name(names[-1], profile)]
 
 
+SHARED_ROWS = ("pytorch", "onnx", "onnx-simplified")  # the same artifacts for every target of a run folder
+
+
+def shared_dir(batch: int = 1) -> Path:
+    """The folder (relative to OUT) of what every target of a run folder shares: the exported and simplified ONNX
+    (a static ``--batch N`` export has its own)."""
+    return Path("deploy") if batch == 1 else Path("deploy") / f"batch{batch}"
+
+
+def target_dir(profile: TargetProfile) -> Path:
+    """The folder (relative to OUT) of everything one target adds: a run folder holds several side by side."""
+    return Path("deploy") / profile.key
+
+
+def report_file(key: str, suffix: str) -> str:
+    """One target's own report (``report.<target>.json/.md/.html``) or manifest (``manifest.<target>.json``);
+    ``report.json`` and ``manifest.json`` are the run folder's combined view."""
+    return f"{'manifest' if suffix == 'manifest' else 'report'}.{key}.{'json' if suffix == 'manifest' else suffix}"
+
+
 def target_artifacts(profile: TargetProfile) -> list[Built]:
-    """The artifacts the target adds after the simplified ONNX (paths relative to OUT)."""
+    """The artifacts the target adds after the simplified ONNX (paths relative to OUT, in the target's folder)."""
     fp32, fp16, int8 = Precision.FP32, Precision.FP16, Precision.INT8
+    here = target_dir(profile)
     if profile.backend is Backend.ONNXRUNTIME:
         if profile.precision is int8:
-            return [
-                Built("onnxruntime-int8", Backend.ONNXRUNTIME, int8, Path("deploy/model.int8.onnx"), "onnx-simplified")
-            ]
+            return [Built("onnxruntime-int8", Backend.ONNXRUNTIME, int8, here / "model.int8.onnx", "onnx-simplified")]
+        if profile.precision is fp16:
+            return [Built("onnxruntime-fp16", Backend.ONNXRUNTIME, fp16, here / "model.fp16.onnx", "onnx-simplified")]
         return []
     if profile.backend is Backend.OPENVINO:
-        base = Path("deploy/openvino")
+        base = here
         built = [Built("openvino-fp32", Backend.OPENVINO, fp32, base / "fp32/model.xml", "onnx-simplified")]
-        if profile.fp16_stage:
+        if (profile.fp16_stage or profile.precision is fp16) and profile.precision is not fp32:
             built.append(Built("openvino-fp16", Backend.OPENVINO, fp16, base / "fp16/model.xml", "openvino-fp32"))
         if profile.precision is int8:
             built.append(Built("openvino-int8", Backend.OPENVINO, int8, base / "int8/model.xml", "openvino-fp32"))
         return built
     # TensorRT: the host makes the portable Q/DQ ONNX (checked on ONNX Runtime here); the engine row
     # comes from the device stage.
+    # One TensorRT target per run folder (pipeline.deploy_plans): its bundle is deploy/tensorrt.
     return [Built("onnx-qdq", Backend.ONNXRUNTIME, int8, Path("deploy/model.qdq.onnx"), "onnx-simplified")]

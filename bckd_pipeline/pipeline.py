@@ -29,23 +29,27 @@ from .errors import BackendMissingError, ConfigError, DataError
 from .export.source import ModelSource
 from .export.stage import export_stage, simplify_stage, take_onnx_stage
 from .export.wrapper import ExportSpec
-from .ledger import Built, target_artifacts
+from .progress import Stages
+from .ledger import Built, report_file, shared_dir, target_artifacts
+from .report import headlines
 from .report.build import build_report, write_reports
 from .report.manifest import write_manifest
 from .report.stage import qualitative_stage
-from .targets import Backend, Precision, TargetProfile, check_availability, get_target
-from .targets.profiles import CalibrationSpec, TensorRTOptions
+from .targets import Backend, Precision, TargetProfile, check_availability, expand_targets, get_target
+from .targets.profiles import INT8_BUDGETS, CalibrationSpec, TensorRTOptions
 
 
 @dataclass
 class RunResult:
     summary: dict
-    report: dict
+    report: dict  # the target's report; with several targets, the run folder's combined report (report/combined.py)
     exit_code: int
+    targets: tuple[str, ...] = ()
+    combined: dict | None = None  # the run folder's report.json after this run (one target: its report)
 
 
-def plan(cfg: RunConfig) -> Plan:
-    """Resolve and validate the whole run before any work: stage 1, then the deployment stages."""
+def plan(cfg: RunConfig) -> list[Plan]:
+    """Resolve and validate the whole run before any work: stage 1, then the deployment stages of each target."""
     stage1 = [
         *(
             []
@@ -55,9 +59,37 @@ def plan(cfg: RunConfig) -> Plan:
         PlanStep("student", f"train {cfg.student_model} alone (the baseline)", ("student/student.pt",)),
         PlanStep("distilled", f"distill {cfg.student_model} with kd={cfg.distill.kd}", ("distilled/student.pt",)),
     ]
-    the_plan = deploy_plan(cfg.deploy, cfg.data, stage1)
+    the_plans = deploy_plans(cfg.deploy, cfg.data, stage1)
     check_out_dir(cfg.out, _identity(cfg), force=cfg.force)  # what run() claims first: a dry run checks it too
-    return the_plan
+    return the_plans
+
+
+def deploy_plans(
+    deploy: DeployConfig, data: DataConfig, before: list[PlanStep] = (), source: ModelSource | None = None
+) -> list[Plan]:
+    """``--target a,b,c`` (or ``all-local``): one validated plan per target, each with its own configuration.
+    Stage 1, the export and the simplified ONNX are shared: the first plan lists them, the others reuse them."""
+    names = expand_targets(deploy.target)
+    backends = {get_target(n).backend for n in names}
+    int8 = [n for n in names if (deploy.precision or get_target(n).precision) == Precision.INT8]
+    trt = [n for n in names if get_target(n).backend is Backend.TENSORRT]
+    if len(trt) > 1:
+        raise ConfigError(
+            f"--target names {len(trt)} TensorRT targets ({', '.join(trt)}); a run folder holds one TensorRT "
+            "device bundle (deploy/tensorrt). Deploy each into its own --out."
+        )
+    if len(names) == 1:
+        return [deploy_plan(replace(deploy, target=names[0]), data, before, source)]
+    plans = [
+        deploy_plan(deploy.for_target(n, backends, bool(int8)), data, before if i == 0 else [], source)
+        for i, n in enumerate(names)
+    ]
+    keys = [p.target.key for p in plans]
+    if len(set(keys)) < len(keys):
+        raise ConfigError(
+            f"--target {deploy.target}: two targets deploy the same thing ({', '.join(keys)}). Name each once."
+        )
+    return plans
 
 
 def deploy_plan(
@@ -68,7 +100,7 @@ def deploy_plan(
     ``source``: what `deploy` was given (None: the student of `run`, or a checkpoint). A user's ONNX
     (``deploy --onnx``) is read here, so that a flag it needs and lacks fails a dry run too.
     """
-    profile = _with_tensorrt_options(get_target(deploy.target), deploy)
+    profile = _with_deploy_options(_with_tensorrt_options(get_target(deploy.target), deploy), deploy)
     avail = check_availability(profile)
     if not avail.can_build:
         raise BackendMissingError(f"--target {profile.name} cannot be built on this host: {avail.reason}.")
@@ -118,12 +150,14 @@ def deploy_plan(
         first = PlanStep(
             "export",
             f"{what}ONNX opset {opset}, head {deploy.head}, {shape}; checker + ORT vs PyTorch",
-            ("deploy/model.onnx",),
+            (str(shared_dir(deploy.batch) / "model.onnx"),),
         )
     steps = [
         *before,
         first,
-        PlanStep("simplify", f"{deploy.simplifier}; ORT before vs after", ("deploy/model.sim.onnx",)),
+        PlanStep(
+            "simplify", f"{deploy.simplifier}; ORT before vs after", (str(shared_dir(deploy.batch) / "model.sim.onnx"),)
+        ),
     ]
     if calibration is not None:
         steps.append(
@@ -155,9 +189,60 @@ def deploy_plan(
             "parity", f"every stage on split {data.eval_split!r} vs {'your FP32 ONNX' if onnx else 'PyTorch'}", ()
         ),
         PlanStep("latency", "the latency protocol on every stage" if can_measure else "pending: device absent", ()),
-        PlanStep("report", "manifest and reports", ("manifest.json", "report.json", "report.md")),
+        PlanStep(
+            "report",
+            "this target's manifest and reports, then the run folder's combined report.json/.md/.html, manifest.json",
+            (report_file(profile.key, "manifest"), report_file(profile.key, "json"), report_file(profile.key, "md")),
+        ),
     ]
-    return Plan(profile, calibration, latency, can_measure, note, tuple(steps))
+    return Plan(profile, calibration, latency, can_measure, note, tuple(steps), deploy)
+
+
+def _with_deploy_options(profile: TargetProfile, deploy: DeployConfig) -> TargetProfile:
+    """The target with --precision and --batch applied; its ``label`` (folder and report names) says what changed."""
+    changed = []
+    if deploy.precision is not None:
+        allowed = [str(p) for p in Precision]
+        if deploy.precision not in allowed:
+            raise ConfigError(
+                f"--precision {deploy.precision!r} is not a precision of the deployed artifact. Allowed: "
+                f"{', '.join(allowed)}. (Training precision is --train-precision auto|fp32|bf16|fp16.)"
+            )
+        precision = Precision(deploy.precision)
+        if precision is not profile.precision:
+            if profile.backend is Backend.TENSORRT:
+                raise ConfigError(
+                    f"--precision {precision} with --target {profile.name}: TensorRT targets deploy an INT8 engine "
+                    "built from the Q/DQ ONNX. Leave --precision out (int8), or deploy FP32/FP16 with an "
+                    "onnxruntime-* or openvino-* target."
+                )
+            profile = replace(
+                profile,
+                precision=precision,
+                description=f"{profile.description}; deployed {precision} (--precision {precision})",
+                calibration=(profile.calibration or CalibrationSpec()) if precision is Precision.INT8 else None,
+                default_budgets=dict(INT8_BUDGETS) if precision is Precision.INT8 else {},
+            )
+            changed.append(str(precision))
+    if deploy.batch != 1:
+        if deploy.batch < 1:
+            raise ConfigError(f"--batch must be >= 1, got {deploy.batch}.")
+        if "batch" in deploy.dynamic:
+            raise ConfigError(
+                f"--batch {deploy.batch} (a static batch) and --dynamic batch contradict each other. Keep one."
+            )
+        if profile.backend is Backend.TENSORRT:
+            raise ConfigError(
+                f"--batch {deploy.batch} with --target {profile.name}: the TensorRT device bundle is built for batch "
+                "1 here. Leave --batch out, or measure a static batch on an onnxruntime-* or openvino-* target."
+            )
+        changed.append(f"b{deploy.batch}")
+    if deploy.calibration.exclude and profile.precision is not Precision.INT8:
+        raise ConfigError(
+            f"--int8-exclude {','.join(deploy.calibration.exclude)} keeps layers out of INT8, but --target "
+            f"{profile.name} deploys {profile.precision}. Drop --int8-exclude, or deploy --precision int8."
+        )
+    return replace(profile, label="-".join([profile.name, *changed])) if changed else profile
 
 
 def _check_onnx_source(source: ModelSource, deploy: DeployConfig, profile: TargetProfile):
@@ -171,6 +256,7 @@ def _check_onnx_source(source: ModelSource, deploy: DeployConfig, profile: Targe
         "--head": None if deploy.head == "logits" else deploy.head,
         "--dynamic": ",".join(deploy.dynamic) or None,
         "--no-bake-normalization": None if deploy.bake_normalization else True,
+        "--batch": None if deploy.batch == 1 else deploy.batch,
     }
     flags = [k for k, v in given.items() if v is not None]
     if flags:
@@ -258,7 +344,7 @@ def _check_calibration_flags(c: CalibrationSpec, profile: TargetProfile) -> None
     """Options that the target's quantizer would ignore are refused, not silently dropped."""
     if profile.backend in (Backend.ONNXRUNTIME, Backend.TENSORRT) and c.max_miou_drop is not None:
         raise ConfigError(
-            f"--max-miou-drop {c.max_miou_drop} applies to OpenVINO targets (NNCF accuracy control); "
+            f"--nncf-max-miou-drop {c.max_miou_drop} applies to OpenVINO targets (NNCF accuracy control); "
             f"--target {profile.name} quantizes with ONNX Runtime. Drop the flag, or pick an openvino-* target."
         )
     if profile.backend in (Backend.ONNXRUNTIME, Backend.TENSORRT) and c.preset != "performance":
@@ -271,7 +357,7 @@ def _check_calibration_flags(c: CalibrationSpec, profile: TargetProfile) -> None
 
 
 def run(cfg: RunConfig) -> RunResult:
-    the_plan = plan(cfg)
+    the_plans = plan(cfg)
     out = claim_out_dir(cfg.out, _identity(cfg), force=cfg.force)
     cache = StageCache(out)
 
@@ -280,16 +366,30 @@ def run(cfg: RunConfig) -> RunResult:
     distilled = student_stage(cfg, out, cache, teacher_ckpt, cfg.distill, "distilled")
     summary = summarize(teacher_metrics, alone.metrics, distilled.metrics, teacher_ckpt, distilled.checkpoint)
     write_json(out / "metrics.json", summary)
-    ctx = DeployContext.create(cfg.deploy, cfg.data, the_plan, distilled.checkpoint, out)
-    return deploy_stages(ctx, cache, summary)
+    return _each_target(
+        the_plans, lambda p: DeployContext.create(p.deploy, cfg.data, p, distilled.checkpoint, out), cache, summary
+    )
 
 
-def model_plan(source: ModelSource, data: DataConfig, deploy_cfg: DeployConfig, out: Path, *, force: bool) -> Plan:
-    """What `deploy` checks before its first stage (and all that `deploy --dry-run` does): the plan, the model
-    file's kind and flags, the --out folder."""
-    the_plan = deploy_plan(deploy_cfg, data, source=source)
+def _each_target(the_plans: list[Plan], context, cache: StageCache, summary: dict | None) -> RunResult:
+    """The deployment stages for each target in turn, into the same run folder (each into its own files)."""
+    results = [deploy_stages(context(p), cache, summary) for p in the_plans]
+    if len(results) == 1:
+        return results[0]
+    codes = [r.exit_code for r in results]
+    code = 1 if 1 in codes else 3 if 3 in codes else 0
+    last = results[-1].combined
+    return RunResult(summary, last, code, tuple(p.target.key for p in the_plans), last)
+
+
+def model_plan(
+    source: ModelSource, data: DataConfig, deploy_cfg: DeployConfig, out: Path, *, force: bool
+) -> list[Plan]:
+    """What `deploy` checks before its first stage (and all that `deploy --dry-run` does): the plan of each
+    target, the model file's kind and flags, the --out folder."""
+    the_plans = deploy_plans(deploy_cfg, data, source=source)
     check_out_dir(out, _deploy_identity(source, data), force=force)
-    return the_plan
+    return the_plans
 
 
 def deploy_model(
@@ -299,11 +399,15 @@ def deploy_model(
     pipeline, a .pt2 program, a TorchScript file, a factory with its weights, or the user's ONNX."""
     if not isinstance(source, ModelSource):
         source = ModelSource("checkpoint", Path(source))
-    the_plan = model_plan(source, data, deploy_cfg, out, force=force)
+    the_plans = model_plan(source, data, deploy_cfg, out, force=force)
     # Reads the model and the evaluation images first: a bad model or dataset fails before the folder is claimed.
-    ctx = DeployContext.create(deploy_cfg, data, the_plan, source, out)
+    first = DeployContext.create(the_plans[0].deploy, data, the_plans[0], source, out)
     claim_out_dir(out, _deploy_identity(source, data), force=force)
-    return deploy_stages(ctx, StageCache(out), None)
+
+    def context(p: Plan) -> DeployContext:
+        return first if p is the_plans[0] else DeployContext.create(p.deploy, data, p, source, out)
+
+    return _each_target(the_plans, context, StageCache(out), None)
 
 
 deploy_checkpoint = deploy_model  # the name before models other than checkpoints were taken
@@ -316,23 +420,39 @@ def _deploy_identity(source: ModelSource, data: DataConfig) -> dict:
 def deploy_stages(ctx: DeployContext, cache: StageCache, summary: dict | None) -> RunResult:
     """export (or take the user's ONNX) -> simplify -> calibrate -> compile -> parity -> latency -> reports."""
     out = ctx.out
-    if ctx.onnx is not None:
-        onnx_path, export_check = take_onnx_stage(ctx, out, cache)
-    else:
-        onnx_path, export_check = export_stage(ctx, out, cache)
-    simplified, simplify_check = simplify_stage(ctx, out, cache, onnx_path)
-    calibration = calibration_stage(ctx, out, cache)
-    built = compile_stage(ctx, out, cache, onnx_path, simplified, calibration)
+    steps = Stages(cache, bars=ctx.deploy.progress, target=ctx.profile.key)  # a line as each stage starts and ends
+    with steps.stage("take-onnx" if ctx.onnx is not None else "export", shared=True) as step:
+        if ctx.onnx is not None:
+            onnx_path, export_check = take_onnx_stage(ctx, out, cache)
+        else:
+            onnx_path, export_check = export_stage(ctx, out, cache)
+        step.headline = headlines.check(export_check)
+    with steps.stage("simplify", shared=True) as step:
+        simplified, simplify_check = simplify_stage(ctx, out, cache, onnx_path)
+        step.headline = headlines.simplify(simplify_check)
+    with steps.stage("calibration") as step:
+        calibration = calibration_stage(ctx, out, cache)
+        step.headline = headlines.calibration(calibration)
+    with steps.stage("compile") as step:
+        built = compile_stage(ctx, out, cache, onnx_path, simplified, calibration, steps.bar)
+        step.headline = headlines.compiled(built, out)
     if ctx.profile.backend is Backend.TENSORRT:
-        built += device_stage(ctx, out, cache, built[-1])
-    parity = parity_stage(ctx, out, cache, built)
-    latency = latency_stage(ctx, out, cache, built)
-    masks = qualitative_stage(ctx, out, cache, built, summary, parity)
-
-    report = build_report(ctx, summary, built, parity, latency, export_check, simplify_check, calibration, masks)
-    write_manifest(ctx, out, built, report, calibration)
-    write_reports(out, report)
-    return RunResult(summary, report, report["exit_code"])
+        with steps.stage("device") as step:
+            built += device_stage(ctx, out, cache, built[-1])
+            step.headline = headlines.device(ctx)
+    with steps.stage("parity") as step:
+        parity = parity_stage(ctx, out, cache, built, steps.bar)
+        step.headline = headlines.parity(parity, built[-1].name)
+    with steps.stage("latency") as step:
+        latency = latency_stage(ctx, out, cache, built, steps.bar)
+        step.headline = headlines.latency(latency, built[-1].name)
+    with steps.stage("report") as step:
+        masks = qualitative_stage(ctx, out, cache, built, summary, parity)
+        report = build_report(ctx, summary, built, parity, latency, export_check, simplify_check, calibration, masks)
+        write_manifest(ctx, out, built, report, calibration)
+        combined = write_reports(out, report, ctx.profile.key)  # the target's reports, then the folder's view
+        step.headline = f"{report['status']}, {report_file(ctx.profile.key, 'html')}"
+    return RunResult(summary, report, report["exit_code"], (ctx.profile.key,), combined)
 
 
 def _identity(cfg: RunConfig) -> dict:

@@ -239,7 +239,7 @@ def build_queue(args: argparse.Namespace, old_taps: str) -> list[Job]:
 
 
 def data_flags(args: argparse.Namespace) -> list[str]:
-    flags = ["--preset", args.preset, "--data", args.data, "--device", args.device, "--no-progress"]
+    flags = ["--preset", args.preset, "--data", args.data, "--train-device", args.device, "--no-progress"]
     if args.size:
         flags += ["--resize", args.size]
     if args.num_workers is not None:
@@ -256,7 +256,7 @@ def schedule_flags(iters: int | None, epochs: int | None) -> list[str]:
 def teacher_command(args: argparse.Namespace, out: Path) -> list[str]:
     cmd = ["bckd-pipeline", "train-teacher", "--out", str(out), "--seed", "0", *data_flags(args)]
     cmd += ["--crop", args.size] if args.size else []
-    cmd += ["--model", args.teacher_model] if args.teacher_model else []
+    cmd += ["--arch", args.teacher_model] if args.teacher_model else []
     cmd += ["--pretrained", args.pretrained_teacher]
     return cmd + schedule_flags(args.teacher_iters, args.teacher_epochs)
 
@@ -265,7 +265,7 @@ def distill_command(args: argparse.Namespace, job: Job, teacher: Path) -> list[s
     cmd = ["bckd-pipeline", "distill", "--teacher", str(teacher), "--out", str(job_dir(args.out, job))]
     cmd += ["--seed", str(job.seed), *data_flags(args)]
     cmd += ["--crop", args.size] if args.size else []
-    cmd += ["--student", args.student_model] if args.student_model else []
+    cmd += ["--student-arch", args.student_model] if args.student_model else []
     cmd += ["--pretrained", args.pretrained_student, *schedule_flags(args.iters, args.epochs)]
     cmd += ["--mfs-images", str(args.mfs_images)] if args.mfs_images is not None else []
     return cmd + list(job.flags)

@@ -50,7 +50,7 @@ def main() -> None:
     common = [
         "--preset",
         "camvid",
-        "--device",
+        "--train-device",
         "cpu",
         "--num-workers",
         "0",

@@ -68,7 +68,8 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     tune_root = args.root.with_name(args.root.name + "_tune")
     results: list[dict] = []
-    common = ["--preset", "camvid", "--device", args.device, "--num-workers", str(args.num_workers), "--no-progress"]
+    common = ["--preset", "camvid", "--train-device", args.device, "--num-workers", str(args.num_workers)]
+    common += ["--no-progress"]
     if args.size:
         common += ["--resize", args.size, "--crop", args.size]
 

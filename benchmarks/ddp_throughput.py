@@ -26,7 +26,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     cli = [sys.executable, "-m", "bckd_pipeline.cli"]
-    common = ["--preset", "demo", "--device", args.device, "--num-workers", "0", "--no-progress"]
+    common = ["--preset", "demo", "--train-device", args.device, "--num-workers", "0", "--no-progress"]
     teacher = args.out / "teacher"
     run = dict(check=True, capture_output=True, text=True)
     subprocess.run([*cli, "train-teacher", *common, "--iters", "1", "--out", str(teacher)], **run)

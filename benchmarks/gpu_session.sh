@@ -7,7 +7,7 @@ mkdir -p "$out"
 nvidia-smi -L
 python3 -c "import torch, segmentation_models_pytorch as smp; print('torch', torch.__version__, 'smp', smp.__version__, torch.cuda.get_device_name())"
 # A seconds-long end-to-end check of the CUDA path (AMP, data loaders) before the long runs.
-timeout 120 python3 -m bckd_pipeline.cli run --preset smoke --device cuda --out /tmp/smoke --no-progress || exit 1
+timeout 120 python3 -m bckd_pipeline.cli run --preset smoke --train-device cuda --out /tmp/smoke --no-progress || exit 1
 timeout 150 python3 benchmarks/train_cost.py --device cuda --crop 144,192 --batch 8 --steps 20 > "$out/cost_144x192.json"
 timeout 150 python3 benchmarks/train_cost.py --device cuda --crop 512,512 --batch 8 --steps 10 > "$out/cost_512.json"
 timeout "${CAMVID_TIMEOUT:-450}" python3 benchmarks/camvid_table.py --root .bench/camvid --out /tmp/cv --jobs "${JOBS:-6}" \

@@ -12,7 +12,16 @@ torch.set_num_threads(1)
 # --- issue 5: one real `run --preset smoke` shared by test_gate.py, test_html.py and test_ci_examples.py ---
 import pytest  # noqa: E402
 
-GATE_RUN_FLAGS = ["--preset", "smoke", "--no-progress", "--device", "cpu", "--latency-runs", "20", "--no-throughput"]
+GATE_RUN_FLAGS = [
+    "--preset",
+    "smoke",
+    "--no-progress",
+    "--train-device",
+    "cpu",
+    "--latency-runs",
+    "20",
+    "--no-throughput",
+]
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ from bckd_pipeline.data.demo import DEMO_CLASSES
 from bckd_pipeline.distill.checkpoint import CheckpointMeta, load_model, read_checkpoint, save_checkpoint
 from bckd_pipeline.distill.models import PRESETS, build_model
 
-SMOKE = ["--preset", "smoke", "--no-progress", "--device", "cpu"]  # CPU even where CUDA exists: repeatable
+SMOKE = ["--preset", "smoke", "--no-progress", "--train-device", "cpu"]  # CPU even where CUDA exists: repeatable
 
 
 def run_cli(capsys, *argv: str | Path) -> tuple[int, str, str]:
@@ -62,7 +62,9 @@ def make_folder_dataset(
 
 
 def assert_clean_error(rc: int, err: str, out_dir: Path | None, *, code: int = 2) -> None:
-    """Exit code, one paragraph starting with 'error:', no traceback, nothing written."""
+    """Exit code, one paragraph starting with 'error:', no traceback, nothing written. The stage lines of a run
+    (progress.py: "stage export: started") are not part of the error: they are set aside first."""
+    err = "".join(line for line in err.splitlines(keepends=True) if not line.startswith("stage "))
     assert rc == code, err
     assert err.startswith("error: "), err
     assert "Traceback" not in err and 'File "' not in err, err
@@ -308,11 +310,11 @@ def test_bad_distill_options(teacher, tmp_path, capsys, flags, expected):
             "Unknown --preset 'smok'. Allowed: camvid, demo, smoke. Did you mean 'smoke'?",
         ),
         (
-            ["train-teacher", *SMOKE, "--model", "tiny-teachr"],
+            ["train-teacher", *SMOKE, "--arch", "tiny-teachr"],
             ("Unknown model 'tiny-teachr'. Allowed: ", "pspnet-r101", "Did you mean 'tiny-teacher'?"),
         ),
         (
-            ["train-teacher", *SMOKE, "--model", "deeplabv3plus-mbv2", "--crop", "60,60"],
+            ["train-teacher", *SMOKE, "--arch", "deeplabv3plus-mbv2", "--crop", "60,60"],
             "Model 'deeplabv3plus-mbv2' cannot take a 60x60 input",
         ),
         (["eval", *SMOKE, "--model", "/nonexistent/student.pt"], "'/nonexistent/student.pt' does not exist"),

@@ -156,7 +156,7 @@ def test_torchrun_two_processes_train_and_only_rank0_writes(tmp_path):
     proc = _cli(
         "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
         "-m", "bckd_pipeline.cli", "train-teacher", "--preset", "smoke", "--iters", "4",
-        "--device", "cpu", "--no-progress", "--out", str(out),
+        "--train-device", "cpu", "--no-progress", "--out", str(out),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stderr.count("teacher mIoU") == 1  # one rank prints
@@ -169,7 +169,7 @@ def test_torchrun_two_processes_train_and_only_rank0_writes(tmp_path):
 def smoke_teacher(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("teacher")
     proc = _cli("-m", "bckd_pipeline.cli", "train-teacher", "--preset", "smoke", "--iters", "6",
-                "--device", "cpu", "--no-progress", "--out", str(out))  # fmt: skip
+                "--train-device", "cpu", "--no-progress", "--out", str(out))  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     return out / "teacher.pt"
 
@@ -177,7 +177,7 @@ def smoke_teacher(tmp_path_factory) -> Path:
 def _distill_args(teacher: Path, out: Path, *extra: str) -> list[str]:
     return ["-m", "bckd_pipeline.cli", "distill", "--preset", "smoke", "--teacher", str(teacher),
             "--iters", "40", "--checkpoint-every", "4", "--eval-every", "20", "--mfs-images", "0",
-            "--device", "cpu", "--no-progress", "--out", str(out), *extra]  # fmt: skip
+            "--train-device", "cpu", "--no-progress", "--out", str(out), *extra]  # fmt: skip
 
 
 def test_sigkill_then_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, smoke_teacher):
@@ -249,7 +249,7 @@ def test_corrupt_state_is_a_clear_error(tmp_path):
 
 
 def test_mixed_precision_and_sync_bn_need_cuda():
-    with pytest.raises(ConfigError, match="needs --device cuda"):
+    with pytest.raises(ConfigError, match="needs --train-device cuda"):
         TrainConfig(device="cpu", precision="bf16")
     with pytest.raises(ConfigError, match="SyncBatchNorm"):
         TrainConfig(device="cpu", sync_bn=True)

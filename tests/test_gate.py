@@ -171,7 +171,7 @@ def test_smoke_report_keeps_timed_runs_per_image_confusions_and_masks(smoke_repo
     assert len(images.names) == report["evaluation"]["images"]
     for name, cm in images.confusion.items():  # summed per-image confusions give the ledger's mIoU
         assert miou_of(cm.sum(0)) == pytest.approx(rows[name]["miou"])
-    assert rows[DEPLOYED]["artifact_bytes"] == (smoke_report / "deploy/model.int8.onnx").stat().st_size
+    assert rows[DEPLOYED]["artifact_bytes"] == (smoke_report / "deploy/onnxruntime-cpu/model.int8.onnx").stat().st_size
     masks = load_qualitative(smoke_report, report["qualitative"])
     assert report["qualitative"]["columns"] == ["teacher", "student alone", "distilled", "deployed"]
     assert masks["image"].shape == (4, 64, 64, 3) and masks["pred/deployed"].shape == (4, 64, 64)
@@ -310,8 +310,8 @@ def test_bad_gate_input_is_exit_2_with_one_clear_message(case, smoke_report, tmp
         expected = "is not a bckd-pipeline report (format 'bckd-pipeline/manifest-v1'"
     elif case == "evidence_missing":
         out = _copy(smoke_report, tmp_path / "E")
-        (out / "parity_images.npz").unlink()
-        report, expected = out / "report.json", "Keep parity_images.npz next to report.json"
+        (out / "deploy/onnxruntime-cpu/parity_images.npz").unlink()
+        report, expected = out / "report.json", "Keep deploy/onnxruntime-cpu/parity_images.npz next to report.json"
     elif case == "baseline_images":  # a baseline evaluated on other images cannot be paired
         other = _copy(smoke_report, tmp_path / "I")
         data = _report(other)

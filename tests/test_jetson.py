@@ -201,7 +201,7 @@ def test_tensorrt_targets_exist_and_say_where_the_engine_is_built():
         (["--target", "jetson", "--dynamic", "height,width"], "static shape"),
         (["--target", "jetson", "--trt-quantizer", "tensorrt"], "Allowed: onnxruntime, modelopt"),
         (["--target", "jetson", "--workspace-mib", "0"], "--workspace-mib must be >= 1"),
-        (["--target", "jetson", "--max-miou-drop", "0.5"], "applies to OpenVINO targets"),
+        (["--target", "jetson", "--nncf-max-miou-drop", "0.5"], "applies to OpenVINO targets"),
     ],
 )
 def test_bad_tensorrt_flags(tmp_path, capsys, flags, expected):

@@ -103,7 +103,10 @@ def test_an_onnx_from_outside_goes_through_the_whole_ledger(models, tmp_path, ca
     assert report["calibration"]["images"] > 0 and report["machine"]["cpu"]["model"]
 
     manifest = _json(out / "manifest.json")
-    assert manifest["deployable"] == ["deploy/model.int8.onnx"] and manifest["checkpoint"]["kind"] == "onnx"
+    assert (
+        manifest["deployable"] == ["deploy/onnxruntime-cpu/model.int8.onnx"]
+        and manifest["checkpoint"]["kind"] == "onnx"
+    )
     assert manifest["input"]["name"] == "input" and manifest["input"]["scale"] == "normalized"
     assert manifest["preprocessing"]["mean"] == [0.485, 0.456, 0.406] and manifest["output"]["name"] == "out"
     assert manifest["class_names"] == list(DEMO_CLASSES) and manifest["machine"] == report["machine"]
@@ -252,7 +255,8 @@ def test_bad_model_arguments(models, tmp_path, capsys, argv, expected):
 # --- bench: the backend from the file ----------------------------------------------------------------
 def test_bench_infers_the_backend_from_the_suffix_and_takes_shape_and_batch(models, tmp_path, capsys):
     rc, stdout, err = run_cli(
-        capsys, "bench", models["dynamic"], "--shape", "40,48", "--batch", "2", "--runs", "5", "--warmup-s", "0",
+        capsys, "bench", models["dynamic"], "--shape", "40,48", "--batch", "2", "--latency-runs", "5",
+        "--warmup-s", "0",
         "--json", tmp_path / "b.json",
     )  # fmt: skip
     assert rc == 0, err
@@ -276,7 +280,7 @@ def test_bench_never_calls_a_valid_ir_a_corrupt_onnx(models, tmp_path, capsys):
     from bckd_pipeline.calibrate.openvino import to_ir
 
     xml = to_ir(models["static"], tmp_path / "ir/model.xml", fp16=False)
-    rc, stdout, err = run_cli(capsys, "bench", xml, "--runs", "5", "--warmup-s", "0")
+    rc, stdout, err = run_cli(capsys, "bench", xml, "--latency-runs", "5", "--warmup-s", "0")
     assert rc == 0, err
     assert "(openvino on CPU, x 1x3x64x64)" in err + stdout and "corrupt" not in err
     rc, _, err = run_cli(capsys, "bench", xml, "--target", "onnxruntime-cpu")

@@ -106,7 +106,16 @@ def test_missing_package_says_what_to_install(lite0_not_installed):
 def test_cli_missing_package_exits_2(lite0_not_installed, tmp_path, capsys):
     out = tmp_path / "out"
     rc = main(
-        ["train-teacher", "--preset", "smoke", "--no-progress", "--device", "cpu", "--model", "deeplabv3plus-lite0"]
+        [
+            "train-teacher",
+            "--preset",
+            "smoke",
+            "--no-progress",
+            "--train-device",
+            "cpu",
+            "--arch",
+            "deeplabv3plus-lite0",
+        ]
         + ["--pretrained", "imagenet", "--iters", "1", "--out", str(out)]
     )
     err = capsys.readouterr().err

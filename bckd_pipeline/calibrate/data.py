@@ -49,6 +49,7 @@ class DatasetFeeds:
     digests: list[str]
     split: str
     input_name: str = "image"
+    batch: int = 1  # each feed repeats its image this many times (a model exported with a static --batch N)
 
     @classmethod
     def from_dataset(
@@ -73,16 +74,25 @@ class DatasetFeeds:
     def __len__(self) -> int:
         return len(self.images)
 
+    def _feed(self, x: np.ndarray) -> FeedDict:
+        return {self.input_name: x if self.batch == 1 else np.repeat(x, self.batch, axis=0)}
+
     def __iter__(self) -> Iterator[FeedDict]:
         for x in self.images:
-            yield {self.input_name: x}
+            yield self._feed(x)
 
     def pairs(self) -> Iterator[tuple[FeedDict, np.ndarray]]:
         for x, y in zip(self.images, self.labels, strict=True):
-            yield {self.input_name: x}, y
+            yield self._feed(x), y
 
     def head(self, n: int) -> list[FeedDict]:
-        return [{self.input_name: x} for x in self.images[:n]]
+        return [self._feed(x) for x in self.images[:n]]
+
+    def tiled(self, batch: int) -> DatasetFeeds:
+        """The same images as feeds of a static batch: each image repeated ``batch`` times."""
+        from dataclasses import replace
+
+        return replace(self, batch=batch)
 
     def manifest(self) -> list[dict[str, str]]:
         return [{"name": n, "sha256": d} for n, d in zip(self.names, self.digests, strict=True)]

@@ -48,6 +48,10 @@ def quantize_ort(source: Path, path: Path, feeds: DatasetFeeds, spec: Calibratio
         "calibration_images": len(feeds),
         "pre_process": True,
     }
+    if spec.exclude:
+        from .exclude import resolve
+
+        settings["int8_exclude"] = resolve(source, spec.exclude).as_dict()
     atomic_write(path, lambda tmp: quantize_qdq(source, tmp, feeds, spec, activation_type="QUInt8"))
     return Path(path), settings
 
@@ -68,21 +72,75 @@ def quantize_qdq(
         from onnxruntime.quantization.shape_inference import quant_pre_process
     except ImportError:
         raise BackendMissingError("onnxruntime is not installed: pip install onnxruntime.") from None
+    from .exclude import ort_arguments, resolve
+
     options = {"CalibMovingAverage": False, **(extra or {})}
+    excluded = resolve(source, spec.exclude) if spec.exclude else None  # refused here when it names nothing
     if spec.method == "percentile":
         options["CalibPercentile"] = 99.999
     with tempfile.TemporaryDirectory(dir=Path(tmp).parent) as work:
         pre = Path(work) / "pre.onnx"
         quant_pre_process(str(source), str(pre), skip_symbolic_shape=True)
+        exclusion = ort_arguments(excluded)
+        if excluded is not None and excluded.nodes:
+            _check_nodes_kept(pre, excluded.nodes)
+        if op_types is not None and "op_types_to_quantize" in exclusion:  # the caller's op types, less the excluded
+            exclusion["op_types_to_quantize"] = [t for t in op_types if t not in excluded.op_types]
         quantize_static(
             str(pre),
             str(tmp),
             _reader(feeds),
             quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=op_types,
+            op_types_to_quantize=exclusion.pop("op_types_to_quantize", op_types),
             per_channel=True,
             activation_type=getattr(QuantType, activation_type),
             weight_type=QuantType.QInt8,
             calibrate_method=getattr(CalibrationMethod, METHODS[spec.method]),
             extra_options=options,
+            **exclusion,
         )
+
+
+def _check_nodes_kept(pre: Path, nodes: tuple[str, ...]) -> None:
+    from ..errors import ConfigError
+    from ..onnxfile import load_onnx
+
+    names = {n.name for n in load_onnx(pre, load_weights=False).graph.node}
+    gone = [n for n in nodes if n not in names]
+    if gone:
+        raise ConfigError(
+            f"--int8-exclude {', '.join(gone)}: ONNX Runtime's pre-processing (quant_pre_process) fused "
+            f"{'it' if len(gone) == 1 else 'them'} into a neighbour, so the name is gone. Exclude the op type, "
+            "or the node it was fused into."
+        )
+
+
+def to_fp16(source: Path, path: Path) -> tuple[Path, dict]:
+    """FP32 ONNX -> FP16 weights and compute, float32 input and output (``keep_io_types``), with ONNX Runtime's
+    own converter (onnxruntime.transformers.float16); checked to load on the CPU provider before it is kept."""
+    import onnx
+
+    try:
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+    except ImportError:
+        raise BackendMissingError("onnxruntime is not installed: pip install onnxruntime.") from None
+    from ..onnxfile import load_onnx
+
+    def write(tmp: Path) -> None:
+        model = convert_float_to_float16(load_onnx(source), keep_io_types=True)
+        onnx.save(model, str(tmp))
+        import onnxruntime as ort
+
+        try:
+            ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001 - a missing FP16 kernel names the op in its text
+            from ..errors import ConfigError
+
+            raise ConfigError(
+                f"ONNX Runtime {ort.__version__} on this CPU cannot run the FP16 graph: "
+                f"{str(exc).strip().splitlines()[0][:240]}. Deploy --precision fp32 or int8 here, or FP16 with an "
+                "openvino-* target (OpenVINO's CPU plugin runs FP16 IRs)."
+            ) from None
+
+    atomic_write(path, write)
+    return Path(path), {"tool": "onnxruntime.transformers.float16", "keep_io_types": True}

@@ -64,6 +64,7 @@ def quantize_ir(
     validation: DatasetFeeds | None = None,
     num_classes: int | None = None,
     ignore_index: int = 255,
+    source_onnx: Path | None = None,
 ) -> tuple[Path, dict]:
     """NNCF PTQ of the FP32 IR for ``target_device`` (CPU/GPU/NPU); returns the INT8 IR path and settings."""
     ov = import_openvino()
@@ -80,8 +81,17 @@ def quantize_ir(
         "subset_size": len(feeds),
         "accuracy_control": spec.max_miou_drop is not None,
     }
+    ignored = None
+    if spec.exclude:  # --int8-exclude: names and op types of the ONNX the IR was converted from
+        from .exclude import nncf_ignored_scope, resolve
+
+        ex = resolve(source_onnx, spec.exclude)
+        ignored = nncf_ignored_scope(nncf, model, ex)
+        settings["int8_exclude"] = {**ex.as_dict(), "ignored_scope": {"names": ignored.names, "types": ignored.types}}
     if spec.max_miou_drop is None:
-        quantized = nncf.quantize(model, calibration, preset=preset, target_device=device, subset_size=len(feeds))
+        quantized = nncf.quantize(
+            model, calibration, preset=preset, target_device=device, subset_size=len(feeds), ignored_scope=ignored
+        )
     else:
         if validation is None or num_classes is None:
             raise StageCheckError("Accuracy-controlled quantization needs validation images and num_classes.")
@@ -105,6 +115,7 @@ def quantize_ir(
             preset=preset,
             target_device=device,
             subset_size=len(feeds),
+            ignored_scope=ignored,
         )
         settings["max_miou_drop"] = spec.max_miou_drop
     save_ir(quantized, xml_path, compress_to_fp16=False)

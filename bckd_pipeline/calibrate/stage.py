@@ -39,12 +39,14 @@ def calibration_stage(ctx: DeployContext, out: Path, cache: StageCache) -> Calib
         train_set, indices, ctx.spec.input_hw, normalization=feed_norm(ctx.meta, ctx.spec), input_name=name
     )
     check_no_overlap(feeds, ctx.eval_digests)
+    feeds = feeds.tiled(ctx.spec.batch)  # a static --batch N: each image repeated N times
     validation = None
     if spec.max_miou_drop is not None:
         rest = sorted(set(range(len(train_set))) - set(indices))
         if not rest:
             raise DataError(
-                f"--max-miou-drop needs training images besides the {len(indices)} calibration images to judge the "
+                f"--nncf-max-miou-drop needs training images besides the {len(indices)} calibration images to judge "
+                "the "
                 f"drop on, and split {spec.split!r} has none left. Lower --calib-size."
             )
         chosen = [rest[i] for i in pick_indices(min(spec.size, len(rest)), len(rest), spec.seed + 1)]
@@ -52,6 +54,7 @@ def calibration_stage(ctx: DeployContext, out: Path, cache: StageCache) -> Calib
             train_set, chosen, ctx.spec.input_hw, normalization=feed_norm(ctx.meta, ctx.spec), input_name=name
         )
         check_no_overlap(validation, ctx.eval_digests)
+        validation = validation.tiled(ctx.spec.batch)
     path = out / "deploy/calibration.json"
     write_json(
         path,
@@ -75,7 +78,13 @@ def calibration_stage(ctx: DeployContext, out: Path, cache: StageCache) -> Calib
 
 
 def compile_stage(
-    ctx: DeployContext, out: Path, cache: StageCache, onnx_path: Path, simplified: Path, calib: Calibration | None
+    ctx: DeployContext,
+    out: Path,
+    cache: StageCache,
+    onnx_path: Path,
+    simplified: Path,
+    calib: Calibration | None,
+    bar=None,  # progress.Stages.bar: a progress bar over the calibration images
 ) -> list[Built]:
     # `deploy --onnx`: no PyTorch model; the user's FP32 ONNX is the reference row.
     reference = [] if ctx.onnx is not None else [Built("pytorch", Backend.TORCH, Precision.FP32, None, None)]
@@ -87,7 +96,7 @@ def compile_stage(
     paths = {b.name: b.path for b in built}
     for b in target_artifacts(ctx.profile):
         path, parent = out / b.path, paths[b.parent]
-        settings = _build_one(ctx, cache, b, path, parent, calib)
+        settings = _build_one(ctx, cache, b, path, parent, calib, simplified, bar)
         built.append(replace(b, path=path, settings=settings))
         paths[b.name] = path
     return built
@@ -99,7 +108,9 @@ def _qdq_placement() -> str:
     return QDQ_PLACEMENT
 
 
-def _build_one(ctx: DeployContext, cache: StageCache, b: Built, path: Path, parent: Path, calib) -> dict:
+def _build_one(
+    ctx: DeployContext, cache: StageCache, b: Built, path: Path, parent: Path, calib, simplified: Path, bar=None
+) -> dict:
     options = {
         "profile": ctx.profile.name,
         "device": ctx.profile.device,
@@ -108,15 +119,34 @@ def _build_one(ctx: DeployContext, cache: StageCache, b: Built, path: Path, pare
         "calibration": calib.spec if calib else None,
         "calibration_sha256": calib.sha256 if calib else None,
     }
-    key = stage_key(b.name, options, [parent])
-    hit = cache.lookup(b.name, key)
+    record = f"{b.name}@{ctx.profile.key}"  # two targets may build a row of the same name (openvino-cpu, -gpu)
+    key = stage_key(record, options, [parent])
+    hit = cache.lookup(record, key)
     if hit is not None:
         return hit["settings"]
-    outputs = [path]
+    if b.precision is Precision.INT8 and calib is not None and bar is not None:
+        from ..progress import Ticking
+
+        with bar(f"calibrate {b.name}", len(calib.feeds)) as tick:
+            ticking = replace(calib, feeds=Ticking(calib.feeds, tick))
+            settings = _make(ctx, b, path, parent, ticking, simplified)
+    else:
+        settings = _make(ctx, b, path, parent, calib, simplified)
+    outputs = [path] + ([path.with_suffix(".bin")] if b.backend is Backend.OPENVINO else [])
+    cache.store(record, key, outputs, {"settings": settings})
+    return settings
+
+
+def _make(ctx: DeployContext, b: Built, path: Path, parent: Path, calib, simplified: Path) -> dict:
+    """Build one artifact; its settings for the ledger and the manifest."""
     if b.name == "onnx-qdq":
         from .tensorrt import quantize_for_tensorrt
 
         _, settings = quantize_for_tensorrt(parent, path, calib.feeds, calib.spec, quantizer=ctx.deploy.trt_quantizer)
+    elif b.backend is Backend.ONNXRUNTIME and b.precision is Precision.FP16:
+        from .onnxruntime import to_fp16
+
+        _, settings = to_fp16(parent, path)
     elif b.backend is Backend.ONNXRUNTIME:
         from .onnxruntime import quantize_ort
 
@@ -125,19 +155,33 @@ def _build_one(ctx: DeployContext, cache: StageCache, b: Built, path: Path, pare
         from . import openvino as ovq
 
         if b.precision is Precision.INT8:
-            _, settings = ovq.quantize_ir(
-                parent,
-                path,
-                calib.feeds,
-                calib.spec,
-                target_device=ctx.profile.device,
-                validation=calib.validation,
-                num_classes=ctx.meta.num_classes,
-                ignore_index=ctx.meta.ignore_index,
-            )
+            with _nncf_bars(ctx.deploy.progress):
+                _, settings = _quantize_ir(ovq, ctx, b, path, parent, calib, simplified)
         else:
             ovq.to_ir(parent, path, fp16=b.precision is Precision.FP16)
             settings = {"tool": "openvino.convert_model", "compress_to_fp16": b.precision is Precision.FP16}
-        outputs.append(path.with_suffix(".bin"))
-    cache.store(b.name, key, outputs, {"settings": settings})
     return settings
+
+
+def _nncf_bars(progress: bool):
+    """NNCF draws its own rich progress bars on stdout, where the ledger goes: on stderr with progress bars,
+    nowhere with --no-progress."""
+    import contextlib
+    import io
+    import sys
+
+    return contextlib.redirect_stdout(sys.stderr if progress else io.StringIO())
+
+
+def _quantize_ir(ovq, ctx: DeployContext, b: Built, path: Path, parent: Path, calib, simplified: Path):
+    return ovq.quantize_ir(
+        parent,
+        path,
+        calib.feeds,
+        calib.spec,
+        target_device=ctx.profile.device,
+        validation=calib.validation,
+        num_classes=ctx.meta.num_classes,
+        ignore_index=ctx.meta.ignore_index,
+        source_onnx=simplified,
+    )

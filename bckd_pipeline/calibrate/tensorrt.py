@@ -71,6 +71,10 @@ def quantize_for_tensorrt(
         "residual_add_placement": "Q/DQ on the residual input only; the convolution side fuses (TensorRT guide)",
         "placement_version": QDQ_PLACEMENT,
     }
+    if spec.exclude:
+        from .exclude import resolve
+
+        settings["int8_exclude"] = resolve(Path(source), spec.exclude).as_dict()
 
     def write_checked(tmp: Path) -> None:
         write(Path(source), tmp, feeds, spec)
@@ -113,11 +117,16 @@ def _modelopt_writer(source: Path, tmp: Path, feeds: DatasetFeeds, spec: Calibra
             "--trt-quantizer modelopt."
         )
     images = np.concatenate([f["image"] for f in feeds], axis=0)
+    from .exclude import resolve
+
+    ex = resolve(source, spec.exclude) if spec.exclude else None
     quantize(
         str(source),
         quantize_mode="int8",
         calibration_data={"image": images},
         calibration_method="max" if spec.method == "minmax" else "entropy",
+        nodes_to_exclude=list(ex.nodes) if ex else None,
+        op_types_to_exclude=list(ex.op_types) if ex else None,
         calibration_eps=["cpu"],
         output_path=str(tmp),
     )

@@ -79,16 +79,29 @@ def _message(exc: BckdError) -> str:
 
 
 def _split_device(args) -> None:
-    """``--device`` names where work runs: cpu/cuda for training, ssh://... for a TensorRT target's engine."""
+    """``--train-device`` is where training runs (cpu/cuda), ``--device`` where a TensorRT target's engine is built
+    (ssh://...). ``--device cpu|cuda`` is the old spelling of --train-device (one release, with a warning);
+    the commands read the training device as ``args.device``, the deployment device as ``args.target_device``."""
     if not hasattr(args, "device"):
         return
+    from .parser import deprecated
+
     given = args.device or []
     remote = [d for d in given if "://" in d]
     local = [d for d in given if "://" not in d]
     if len(remote) > 1:
         raise ConfigError(f"--device names one deployment device; got {', '.join(remote)}. Keep one.")
+    if local and args.train_device:
+        raise ConfigError(
+            f"--device {local[-1]} and --train-device {args.train_device} both name the training device. Keep "
+            "--train-device (--device now names where the model is deployed: ssh://user@host)."
+        )
+    if local:
+        _check_local_device(local[-1], getattr(args, "target", None), "--device")
+        deprecated(f"--device {local[-1]} (the training device)", f"--train-device {local[-1]}")
     args.target_device = remote[0] if remote else None
-    args.device = local[-1] if local else ("cuda" if _cuda() else "cpu")
+    train = args.train_device or (local[-1] if local else None)
+    args.device = train or ("cuda" if _cuda() else "cpu")
     _check_local_device(args.device, getattr(args, "target", None))
 
 
@@ -96,23 +109,23 @@ def _split_device(args) -> None:
 OPENVINO_DEVICES = {"CPU": "openvino-cpu", "GPU": "openvino-gpu", "NPU": "openvino-npu"}
 
 
-def _check_local_device(device: str, target: str | None) -> None:
-    """--device (not ssh://) is the training device: cpu or cuda[:N], and cuda only where a GPU is."""
+def _check_local_device(device: str, target: str | None, flag: str = "--train-device") -> None:
+    """The training device: cpu or cuda[:N], and cuda only where a GPU is."""
     base = device.split(".")[0].split(":")[0]
     if base.upper() in (*OPENVINO_DEVICES, "AUTO", "HETERO", "MULTI") and base != base.lower():
         pick = OPENVINO_DEVICES.get(base.upper())
         on = f"--target {target} runs on its own device" if target else "an OpenVINO target runs on its own device"
         raise ConfigError(
-            f"--device {device} is an OpenVINO device name, but --device picks where training runs (cpu or "
-            f"cuda[:N]) or, for TensorRT targets, an ssh:// device; {on}. "
-            + (f"For OpenVINO on {base.upper()}, use --target {pick} and drop --device." if pick else "Drop --device.")
+            f"{flag} {device} is an OpenVINO device name, but --train-device picks where training runs (cpu or "
+            f"cuda[:N]) and --device the ssh:// device of a TensorRT target; {on}. "
+            + (f"For OpenVINO on {base.upper()}, use --target {pick} and drop {flag}." if pick else f"Drop {flag}.")
         )
     if base == "cpu" and device == "cpu":
         return
     if base != "cuda" or (":" in device and not device.split(":", 1)[1].isdigit()):
         raise ConfigError(
-            f"--device {device!r} is not a device this pipeline trains on. Allowed: cpu, cuda, cuda:N, or "
-            "ssh://user@host[:port] for a TensorRT target's engine."
+            f"{flag} {device!r} is not a device this pipeline trains on. Allowed: cpu, cuda, cuda:N (--device "
+            "ssh://user@host[:port] is where a TensorRT target's engine is built)."
         )
     import torch
 
@@ -120,11 +133,11 @@ def _check_local_device(device: str, target: str | None) -> None:
     index = int(device.split(":", 1)[1]) if ":" in device else 0
     if count == 0:
         raise ConfigError(
-            f"--device {device} was given, but this host has no CUDA GPU (torch {torch.__version__} sees none). "
-            "Use --device cpu, or leave --device out (cuda is picked when present)."
+            f"{flag} {device} was given, but this host has no CUDA GPU (torch {torch.__version__} sees none). "
+            f"Use --train-device cpu, or leave {flag} out (cuda is picked when present)."
         )
     if index >= count:
-        raise ConfigError(f"--device {device}: this host has {count} CUDA GPU(s), cuda:0..cuda:{count - 1}.")
+        raise ConfigError(f"{flag} {device}: this host has {count} CUDA GPU(s), cuda:0..cuda:{count - 1}.")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,12 +18,17 @@ def deploy(args, preset, data, console) -> int:
     )
     source = model_source(args.model, args.onnx, args.model_factory, args.weights, hints)
     dcfg = deploy_config(args, preset)
-    the_plan = model_plan(source, data, dcfg, args.out, force=args.force)
+    the_plans = model_plan(source, data, dcfg, args.out, force=args.force)
     if args.dry_run:
-        print(the_plan.describe(Path(args.out)))
+        print(describe(the_plans, args.out))
         return 0
-    code = finish(deploy_model(source, data, dcfg, args.out, force=args.force), args.out, console, data=data)
-    return gated(args, code)
+    result = deploy_model(source, data, dcfg, args.out, force=args.force)
+    return gated(args, finish(result, args.out, console, data=data), result.targets)
+
+
+def describe(the_plans, out) -> str:
+    """What --dry-run prints: each target's plan (the first lists the stages the targets share)."""
+    return "\n\n".join(p.describe(Path(out)) for p in the_plans)
 
 
 def deploy_config(args, preset):
@@ -31,7 +36,10 @@ def deploy_config(args, preset):
     from ..device.remote import SshOptions
     from ..targets.profiles import CalibrationSpec, LatencySpec, get_target
 
-    profile = get_target(args.target)
+    from ..targets import expand_targets
+
+    # The latency threads: the first target's default (every built-in target has the runtime's default).
+    profile = get_target(expand_targets(args.target)[0])
     latency = LatencySpec(
         warmup_runs=args.warmup_runs,
         warmup_s=preset.warmup_s if args.warmup_s is None else args.warmup_s,
@@ -54,7 +62,8 @@ def deploy_config(args, preset):
             split=args.calib_split,
             method=args.calib_method,
             preset=args.nncf_preset,
-            max_miou_drop=args.max_miou_drop,
+            max_miou_drop=args.nncf_max_miou_drop,
+            exclude=tuple(args.int8_exclude),
         ),
         parity_images=args.parity_images,
         latency=latency,
@@ -65,28 +74,41 @@ def deploy_config(args, preset):
         workspace_mib=args.workspace_mib,
         cuda_graph=args.cuda_graph,
         trt_quantizer=args.trt_quantizer,
+        precision=args.precision,
+        batch=args.batch,
+        progress=not args.no_progress,
     )
 
 
 def finish(result, out: Path, console, *, data=None) -> int:
     """Print the ledger, where the reports are, and the command that runs the deployed model; the exit code is
     the report's."""
+    from ..report.combined import COMBINED_FORMAT, combined_markdown
     from ..report.markdown import markdown
     from .predict import predict_hint
 
-    print(markdown(result.report), end="")
-    console.print(f"{result.report['status']} -> {Path(out) / 'report.json'}, {Path(out) / 'manifest.json'}")
-    if result.report["status"] != "parity_failed":  # a deployed artifact that failed its check is not offered
-        hint = predict_hint(out, data.spec if data else None, data.eval_split if data else "val")
+    report, folder = result.report, result.combined or result.report
+    several = folder.get("format") == COMBINED_FORMAT  # the run folder holds more than one target
+    print(combined_markdown(report) if report.get("format") == COMBINED_FORMAT else markdown(report), end="")
+    console.print(f"{report['status']} -> {Path(out) / 'report.json'}, {Path(out) / 'manifest.json'}")
+    if several:
+        for key, files in folder["per_target"].items():
+            console.print(f"  {key}: {Path(out) / files['report']}, {Path(out) / files['manifest']}", highlight=False)
+    if report["status"] != "parity_failed":  # a deployed artifact that failed its check is not offered
+        target = result.targets[0] if several and result.targets else None
+        hint = predict_hint(out, data.spec if data else None, data.eval_split if data else "val", target=target)
         console.print(f"run the deployed model: {hint}", highlight=False, soft_wrap=True)
     return result.exit_code
 
 
-def gated(args, code: int) -> int:
+def gated(args, code: int, keys: tuple[str, ...]) -> int:
     """`run/deploy --budgets`: gate the report just written. A violation (1) wins over pending (3)."""
     if args.budgets is None:
         return code
+    from ..ledger import report_file
     from .gate import gate_report
 
-    gate_code = gate_report(args, Path(args.out) / "report.json")
-    return 1 if 1 in (code, gate_code) else 3 if 3 in (code, gate_code) else 0
+    codes = [code]
+    for key in keys:  # each target's own report, against its own [target] table
+        codes.append(gate_report(args, Path(args.out) / report_file(key, "json")))
+    return 1 if 1 in codes else 3 if 3 in codes else 0

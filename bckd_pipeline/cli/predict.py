@@ -88,7 +88,7 @@ class _Progress:
             self.progress.stop()
 
 
-def predict_hint(out: Path, data_spec: str | None = None, split: str = "val") -> str:
+def predict_hint(out: Path, data_spec: str | None = None, split: str = "val", *, target: str | None = None) -> str:
     """The `bckd-pipeline predict` command for a finished run, on its evaluation images when they are on disk."""
     images = "IMAGES"
     kind, _, root = (data_spec or "").partition(":")
@@ -101,5 +101,6 @@ def predict_hint(out: Path, data_spec: str | None = None, split: str = "val") ->
     command = (
         f"bckd-pipeline predict {shlex.quote(images)} --model {shlex.quote(str(out))} "
         f"--out {shlex.quote(str(Path(out) / 'predict'))} --save-overlay"
+        + (f" --target {shlex.quote(target)}" if target else "")
     )
     return command + ("  (IMAGES: an image, a folder of images, or a video)" if images == "IMAGES" else "")

@@ -146,7 +146,11 @@ def bench(args, console) -> int:
             raise ConfigError("bench --mode throughput is not built for TensorRT engines; use --mode latency.")
         rt = TensorRTRuntime(args.model, precision=precision)
     spec = LatencySpec(
-        warmup_runs=args.warmup_runs, warmup_s=args.warmup_s, runs=args.runs, threads=args.threads, streams=args.streams
+        warmup_runs=args.warmup_runs,
+        warmup_s=args.warmup_s,
+        runs=args.latency_runs,
+        threads=args.threads,
+        streams=args.streams,
     )
     with rt:
         shapes = bench_shapes(rt.input_spec(), args.shape, args.batch)

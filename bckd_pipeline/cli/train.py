@@ -3,7 +3,6 @@ preset's data; ``run`` goes on to deploy (cli/deploy.py)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from ..errors import ConfigError
 
@@ -25,17 +24,26 @@ def command(args, console) -> int:
     if getattr(args, "target_device", None) and args.command not in ("run", "deploy"):
         raise ConfigError(
             f"--device {args.target_device} names a deployment device; `{args.command}` trains or evaluates here. "
-            "Use --device cpu or cuda[:N], or pass the SSH device to `run`/`deploy` with a TensorRT target."
+            "Use --train-device cpu or cuda[:N], or pass the SSH device to `run`/`deploy` with a TensorRT target."
         )
+    if args.command == "run" and args.precision in ("auto", "bf16"):  # only a training precision: the old meaning
+        from .parser import deprecated
+
+        deprecated(f"--precision {args.precision} (the training precision)", f"--train-precision {args.precision}")
+        args.train_precision, args.precision = args.train_precision or args.precision, None
     preset = get_preset(args.preset)
     if args.command in ("run", "deploy"):
         from ..targets import get_target
 
-        get_target(args.target)  # an unknown target fails before anything else
+        from ..targets import expand_targets
+
+        names = expand_targets(args.target)  # an unknown target fails before anything else
         if args.budgets is not None:  # a bad budgets file fails before any training
             from ..gate.budgets import load_budgets
 
-            load_budgets(args.budgets).for_target(args.target, "this run")
+            budgets = load_budgets(args.budgets)
+            for name in names:
+                budgets.for_target(get_target(name).name, "this run")
     data = data_config(args, preset)
     from ..distill import stage
 
@@ -74,7 +82,7 @@ def _train_commands(args, preset, data, train_cfg, env, console) -> int:
     if args.command == "train-teacher":
         out = stage.check_out_dir(args.out)
         res = stage.train_teacher(
-            args.model or preset.teacher,
+            args.arch or preset.teacher,
             data,
             _schedule(args, preset.teacher_iters, preset.teacher_epochs),
             train_cfg,
@@ -94,7 +102,7 @@ def _train_commands(args, preset, data, train_cfg, env, console) -> int:
         out = stage.check_out_dir(args.out)
         res = stage.distill(
             args.teacher,
-            args.student or preset.student,
+            args.student_arch or preset.student,
             data,
             _schedule(args, preset.student_iters, preset.student_epochs),
             train_cfg,
@@ -114,7 +122,7 @@ def _train_commands(args, preset, data, train_cfg, env, console) -> int:
 
     from ..context import RunConfig
     from ..pipeline import plan, run
-    from .deploy import deploy_config, finish, gated
+    from .deploy import deploy_config, describe, finish, gated
 
     if env.distributed:
         raise ConfigError(
@@ -125,8 +133,8 @@ def _train_commands(args, preset, data, train_cfg, env, console) -> int:
         data=data,
         train=train_cfg,
         distill=dcfg,
-        teacher_model=args.teacher_model or preset.teacher,
-        student_model=args.student or preset.student,
+        teacher_model=args.teacher_arch or preset.teacher,
+        student_model=args.student_arch or preset.student,
         teacher_schedule=_schedule(args, preset.teacher_iters, preset.teacher_epochs),
         student_schedule=_schedule(args, preset.student_iters, preset.student_epochs),
         teacher_checkpoint=args.teacher,
@@ -136,9 +144,9 @@ def _train_commands(args, preset, data, train_cfg, env, console) -> int:
         deploy=deploy_config(args, preset),
         force=args.force,
     )
-    the_plan = plan(cfg)
+    the_plans = plan(cfg)
     if args.dry_run:
-        print(the_plan.describe(Path(args.out)))
+        print(describe(the_plans, args.out))
         return 0
     result = run(cfg)
     s = result.summary
@@ -147,7 +155,7 @@ def _train_commands(args, preset, data, train_cfg, env, console) -> int:
         f"teacher {'' if t is None else f'{t:.2f}'} | student alone {s['student']['miou']:.2f} | "
         f"distilled ({s['kd']}) {s['distilled']['miou']:.2f} mIoU"
     )
-    return gated(args, finish(result, args.out, console, data=cfg.data))
+    return gated(args, finish(result, args.out, console, data=cfg.data), result.targets)
 
 
 def data_config(args, preset):
@@ -178,7 +186,7 @@ def _train_config(args, preset):
         seed=args.seed,
         num_workers=preset.num_workers if args.num_workers is None else args.num_workers,
         device=args.device,
-        precision=args.precision,
+        precision=args.train_precision or "auto",
         channels_last=args.channels_last,
         compile=args.compile,
         sync_bn=args.sync_bn,

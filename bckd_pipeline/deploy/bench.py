@@ -78,7 +78,12 @@ def _batch(feeds: Sequence[Feed]) -> int:
 
 
 def benchmark(
-    runtime: Runtime, feeds: Sequence[Feed], spec: LatencySpec = DEFAULT_LATENCY, *, mode: str = "latency"
+    runtime: Runtime,
+    feeds: Sequence[Feed],
+    spec: LatencySpec = DEFAULT_LATENCY,
+    *,
+    mode: str = "latency",
+    tick=None,  # called after each timed run in latency mode (a progress bar)
 ) -> LatencyReport:
     if mode not in MODES:
         raise ConfigError(f"Benchmark mode {mode!r} is not allowed. Allowed: {', '.join(MODES)}.")
@@ -92,7 +97,7 @@ def benchmark(
     while done < spec.warmup_runs or time.perf_counter() - start < spec.warmup_s:
         runtime.infer(next(cycle))
         done += 1
-    batch = _batch(feeds)
+    batch = getattr(runtime, "images_per_call", None) or _batch(feeds)  # deploy/runtime.py::StaticBatch
     common = dict(
         batch=batch,
         runs=spec.runs,
@@ -111,6 +116,8 @@ def benchmark(
             runtime.infer(next(cycle))
             times.append(runtime.last_latency_s * 1000.0)
             device.append(runtime.last_device_ms)
+            if tick is not None:
+                tick()
         t = np.asarray(times)
         d = None if None in device else np.asarray(device)
         mean = float(t.mean())

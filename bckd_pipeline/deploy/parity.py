@@ -114,10 +114,12 @@ def ledger(
     ignore_index: int,
     criteria: Callable[[str], ParityCriteria],
     keep_labels: int = 0,
+    tick: Callable[[], None] | None = None,
 ) -> LedgerReport:
     """Run every stage's runtime on every image of ``feeds``; ``stages[0]`` is the reference.
 
-    ``keep_labels``: also return every stage's label maps of that many first images.
+    ``keep_labels``: also return every stage's label maps of that many first images; ``tick``: called after
+    each image (a progress bar).
     """
     names = [s.name for s in stages]
     for s in stages[1:]:
@@ -127,6 +129,8 @@ def ledger(
     n = 0
     for feed, label in feeds.pairs():
         outputs = {s.name: next(iter(s.runtime.infer(feed).values())) for s in stages}
+        if tick is not None:
+            tick()
         labels = {k: labels_of(v) for k, v in outputs.items()}
         ref = stages[0].name
         for s in stages:

@@ -154,3 +154,34 @@ class Runtime:
 def dim(value) -> int | None:
     """A static dimension as int; symbolic or unknown ones as None."""
     return value if isinstance(value, int) and value > 0 else None
+
+
+class StaticBatch(Runtime):
+    """A model exported with a static batch of N (``--batch N``), fed one image at a time like every other row
+    of the ledger: the image repeated N times, the first result kept. One call is one batch, so its latency is
+    the batch's and ``images_per_call`` (N) is what the latency protocol counts in FPS."""
+
+    def __init__(self, inner: Runtime, batch: int) -> None:
+        super().__init__(inner.name)
+        self.inner, self.images_per_call = inner, batch
+        self.backend, self.precision, self.device = inner.backend, inner.precision, inner.device
+        self.what_is_timed = f"{inner.what_is_timed}; a static batch of {batch} per call (FPS counts {batch} images)"
+
+    def _activate(self) -> None:
+        self.inner.activate()
+
+    def _input_spec(self) -> dict[str, TensorSpec]:
+        return {k: TensorSpec(v.dtype, (1, *v.shape[1:])) for k, v in self.inner.input_spec().items()}
+
+    def _infer(self, feed: Feed) -> dict[str, np.ndarray]:
+        out = self.inner._infer({k: np.repeat(v, self.images_per_call, axis=0) for k, v in feed.items()})
+        return {k: v[:1] for k, v in out.items()}
+
+    def _deactivate(self) -> None:
+        self.inner.deactivate()
+
+    def versions(self) -> dict[str, str]:
+        return self.inner.versions()
+
+    def settings(self) -> dict:
+        return {**self.inner.settings(), "static_batch": self.images_per_call}

@@ -9,7 +9,8 @@ from pathlib import Path
 from ..cache import StageCache, stage_key
 from ..context import DeployContext, norm
 from ..export.wrapper import SegExportWrapper
-from ..ledger import Built
+from ..ledger import SHARED_ROWS, Built
+from ..ledger import target_dir
 from ..report.evidence import MASK_IMAGES, PARITY_IMAGES_FILE, save_parity_images
 from ..targets import Backend, Precision
 
@@ -19,7 +20,17 @@ def is_device_row(ctx: DeployContext, b: Built) -> bool:
 
 
 def make_runtime(ctx: DeployContext, b: Built, *, streams: int = 1):
-    """The Runtime that runs artifact ``b``: on the target's device when present, else on the host CPU."""
+    """The Runtime that runs artifact ``b``: on the target's device when present, else on the host CPU; an
+    artifact of a static ``--batch N`` is fed one image at a time like the other rows (StaticBatch)."""
+    rt = _runtime(ctx, b, streams=streams)
+    if ctx.spec.batch > 1 and not is_device_row(ctx, b):
+        from .runtime import StaticBatch
+
+        return StaticBatch(rt, ctx.spec.batch)
+    return rt
+
+
+def _runtime(ctx: DeployContext, b: Built, *, streams: int = 1):
     threads = (ctx.deploy.latency or ctx.profile.latency).threads
     if is_device_row(ctx, b):
         from ..device.bundle import ReplayRuntime
@@ -51,10 +62,19 @@ def on_target(ctx: DeployContext, b: Built) -> bool:
     return b.backend is not Backend.OPENVINO or ctx.plan.can_measure
 
 
-def parity_stage(ctx: DeployContext, out: Path, cache: StageCache, built: list[Built]) -> dict:
+def _no_bar(description: str, total: int):
+    from contextlib import nullcontext
+
+    return nullcontext(lambda: None)
+
+
+def parity_stage(ctx: DeployContext, out: Path, cache: StageCache, built: list[Built], bar=_no_bar) -> dict:
+    """``bar``: progress.Stages.bar (a progress bar over the evaluation images)."""
     from contextlib import ExitStack
 
     from .parity import LedgerStage, ledger
+
+    name = str(target_dir(ctx.profile) / PARITY_IMAGES_FILE)
 
     key = stage_key(
         "parity",
@@ -67,10 +87,12 @@ def parity_stage(ctx: DeployContext, out: Path, cache: StageCache, built: list[B
         },
         [ctx.checkpoint] + [b.path for b in built if b.path is not None],
     )
-    hit = cache.lookup("parity", key)
+    stage = f"parity@{ctx.profile.key}"  # each target of a run folder has its own ledger
+    hit = cache.lookup(stage, key)
     if hit is not None:
         return hit
     with ExitStack() as stack:
+        tick = stack.enter_context(bar(f"parity, {len(built)} stages", len(ctx.eval_feeds)))
         stages = [
             LedgerStage(
                 b.name,
@@ -89,17 +111,18 @@ def parity_stage(ctx: DeployContext, out: Path, cache: StageCache, built: list[B
             ignore_index=ctx.meta.ignore_index,
             criteria=lambda p: ctx.profile.parity[Precision(p)],
             keep_labels=MASK_IMAGES,  # report.html's masks of the distilled and deployed models
+            tick=tick,
         )
     result = {
         "stages": {s.name: asdict(s) for s in report.stages},
         "culprit": None if report.culprit is None else report.culprit.name,
-        "per_image": save_parity_images(out, report, ctx.eval_feeds),
+        "per_image": save_parity_images(out, report, ctx.eval_feeds, name),
     }
-    cache.store("parity", key, [out / PARITY_IMAGES_FILE], result)
+    cache.store(stage, key, [out / name], result)
     return result
 
 
-def latency_stage(ctx: DeployContext, out: Path, cache: StageCache, built: list[Built]) -> dict:
+def latency_stage(ctx: DeployContext, out: Path, cache: StageCache, built: list[Built], bar=_no_bar) -> dict:
     from .bench import benchmark
 
     spec = ctx.deploy.latency or ctx.profile.latency
@@ -111,8 +134,10 @@ def latency_stage(ctx: DeployContext, out: Path, cache: StageCache, built: list[
         if is_device_row(ctx, b):  # timed on the device, by the same protocol
             results[b.name] = {"latency": ctx.device.result["latency"]}
             continue
+        # The rows every target shares (PyTorch, the FP32 ONNX) are timed once per run folder.
+        record = f"latency-{b.name}" if b.name in SHARED_ROWS else f"latency-{b.name}@{ctx.profile.key}"
         key = stage_key(
-            f"latency-{b.name}",
+            record,
             {
                 "spec": spec,
                 "throughput": ctx.deploy.throughput,
@@ -122,15 +147,15 @@ def latency_stage(ctx: DeployContext, out: Path, cache: StageCache, built: list[
             },
             [ctx.checkpoint] if b.path is None else [b.path],
         )
-        hit = cache.lookup(f"latency-{b.name}", key)
+        hit = cache.lookup(record, key)
         if hit is not None:
             results[b.name] = hit
             continue
-        with make_runtime(ctx, b) as rt:
-            entry = {"latency": benchmark(rt, feeds, spec).as_dict()}
+        with make_runtime(ctx, b) as rt, bar(f"latency {b.name}", spec.runs) as tick:
+            entry = {"latency": benchmark(rt, feeds, spec, tick=tick).as_dict()}
         if ctx.deploy.throughput and b is built[-1] and ctx.profile.backend is not Backend.TENSORRT:
             with make_runtime(ctx, b, streams=spec.streams) as rt:
                 entry["throughput"] = benchmark(rt, feeds, spec, mode="throughput").as_dict()
-        cache.store(f"latency-{b.name}", key, [], entry)
+        cache.store(record, key, [], entry)
         results[b.name] = entry
     return results

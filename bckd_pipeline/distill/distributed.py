@@ -53,7 +53,7 @@ def setup(device: str) -> DistEnv:
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ConfigError("--device cuda was given but no CUDA device is visible to this rank.")
+            raise ConfigError("--train-device cuda was given but no CUDA device is visible to this rank.")
         torch.cuda.set_device(local_rank)
         device = f"cuda:{local_rank}"
     if not dist.is_initialized():

@@ -61,14 +61,14 @@ class TrainConfig:
             raise ConfigError(f"--lr must be > 0, got {self.lr}.")
         if self.precision not in PRECISIONS:
             raise ConfigError(
-                f"--precision {self.precision!r} is not allowed. Allowed: {', '.join(PRECISIONS)}. "
+                f"--train-precision {self.precision!r} is not allowed. Allowed: {', '.join(PRECISIONS)}. "
                 "auto picks bf16 on CUDA where supported and fp32 on CPU."
             )
         on_cuda = self.device.startswith("cuda")
         if not on_cuda and self.precision in ("bf16", "fp16"):
             raise ConfigError(
-                f"--precision {self.precision} needs --device cuda (mixed precision is for GPUs here). "
-                "Use --precision fp32 (or auto) on CPU."
+                f"--train-precision {self.precision} needs --train-device cuda (mixed precision is for GPUs here). "
+                "Use --train-precision fp32 (or auto) on CPU."
             )
         if not on_cuda and self.sync_bn:
             raise ConfigError("--sync-bn needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel). Drop it on CPU.")

@@ -7,23 +7,25 @@ from pathlib import Path
 
 from ..cache import StageCache, file_sha256, stage_key
 from ..context import CHECK_IMAGES, DeployContext
+from ..ledger import shared_dir
 
 
 def export_stage(ctx: DeployContext, out: Path, cache: StageCache):
     from .onnx_export import to_onnx
 
-    path = out / "deploy/model.onnx"
+    path = out / shared_dir(ctx.spec.batch) / "model.onnx"
     options = {"spec": ctx.spec, "feeds": ctx.eval_feeds.digests[:CHECK_IMAGES]}
     if ctx.source is not None and ctx.source.kind != "checkpoint":  # a module file, or a factory and its weights
         options["source"] = ctx.source.identity()
-    key = stage_key("export", options, [ctx.checkpoint])
-    hit = cache.lookup("export", key)
+    record = "export" if ctx.spec.batch == 1 else f"export@batch{ctx.spec.batch}"
+    key = stage_key(record, options, [ctx.checkpoint])
+    hit = cache.lookup(record, key)
     if hit is not None:
         return path, hit["check"]
     # Target-independent: one exported ONNX serves every target built from this checkpoint.
     extra = {"bckd.checkpoint_sha256": file_sha256(ctx.checkpoint)}
     _, check = to_onnx(ctx.model, ctx.meta, ctx.spec, path, ctx.check_feeds(), extra_metadata=extra)
-    cache.store("export", key, [path], {"check": check.as_dict()})
+    cache.store(record, key, [path], {"check": check.as_dict()})
     return path, check.as_dict()
 
 
@@ -81,10 +83,11 @@ def take_onnx_stage(ctx: DeployContext, out: Path, cache: StageCache):
 def simplify_stage(ctx: DeployContext, out: Path, cache: StageCache, source: Path):
     from .simplify import simplify
 
-    path = out / "deploy/model.sim.onnx"
+    path = out / shared_dir(ctx.spec.batch) / "model.sim.onnx"
     opts = {"tool": ctx.deploy.simplifier, "allow": ctx.deploy.allow_unsimplified}
-    key = stage_key("simplify", opts, [source])
-    hit = cache.lookup("simplify", key)
+    record = "simplify" if ctx.spec.batch == 1 else f"simplify@batch{ctx.spec.batch}"
+    key = stage_key(record, opts, [source])
+    hit = cache.lookup(record, key)
     if hit is not None:
         return path, hit["check"]
     _, check, counts = simplify(
@@ -95,5 +98,5 @@ def simplify_stage(ctx: DeployContext, out: Path, cache: StageCache, source: Pat
         allow_unsimplified=ctx.deploy.allow_unsimplified,
     )
     result = {**counts, **(check.as_dict() if check else {"passed": None, "note": "simplifier failed; graph copied"})}
-    cache.store("simplify", key, [path], {"check": result})
+    cache.store(record, key, [path], {"check": result})
     return path, result

@@ -98,6 +98,13 @@ def read_report(path: Path, flag: str = "REPORT") -> tuple[dict, Path]:
         raise DataError(f"{flag} {str(path)!r} does not exist. Pass OUT/report.json of a `run` or `deploy`.") from None
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise DataError(f"{flag} {str(path)!r} is not a JSON report ({exc}). Pass OUT/report.json of a run.") from None
+    if isinstance(report, dict) and report.get("format") == "bckd-pipeline/combined-report-v1":
+        files = ", ".join(str(path.parent / v["report"]) for v in (report.get("per_target") or {}).values())
+        raise DataError(
+            f"{flag} {str(path)!r} combines {len(report.get('targets') or [])} targets "
+            f"({', '.join(report.get('targets') or [])}); budgets are per target. Gate each target's own report: "
+            f"{files}."
+        )
     if (
         not isinstance(report, dict)
         or report.get("format") != REPORT_FORMAT

@@ -111,6 +111,10 @@ def locate(model: Path | str, target: str | None = None) -> Artifact:
     if path.is_dir():
         run_dir = path
         manifest = _read_manifest(path / "manifest.json", folder=path)
+        several = len(manifest.get("per_target") or {}) > 1
+        manifest = _one_target(manifest, run_dir, target)
+        if several and target is not None:
+            target = manifest.get("target")  # the target whose artifact was picked (--target may name its label)
         path = _deployable(manifest, run_dir)
     else:
         run_dir, manifest = _enclosing_run(path)
@@ -164,6 +168,27 @@ def _read_manifest(path: Path, *, folder: Path) -> dict:
     if not isinstance(manifest, dict) or not str(manifest.get("format", "")).startswith("bckd-pipeline/manifest"):
         raise ConfigError(f"{str(path)!r} is not a bckd-pipeline manifest. Pass the artifact file itself.")
     return manifest
+
+
+def _one_target(manifest: dict, run_dir: Path, target: str | None) -> dict:
+    """A run folder of several targets (report/combined.py): the manifest of the one ``--target`` names, else of
+    the first deployed. A folder of one target: its manifest, whatever --target says (it picks the backend)."""
+    per_target = manifest.get("per_target") or {}
+    if len(per_target) < 2:
+        return manifest
+    keys = list(per_target)
+    if target is None:
+        key = keys[0]
+    else:
+        matches = [k for k in keys if k == target] or [k for k in keys if k.startswith(f"{target}-")]
+        if len(matches) != 1:
+            raise ConfigError(
+                f"--target {target}: the run in {str(run_dir)!r} deployed {', '.join(keys)}"
+                + (f", and {target} matches {', '.join(matches)}" if matches else "")
+                + f". Pick one with --target {keys[0]} (or leave --target out for the first, {keys[0]})."
+            )
+        key = matches[0]
+    return _read_manifest(run_dir / per_target[key]["manifest"], folder=run_dir)
 
 
 def _deployable(manifest: dict, run_dir: Path) -> Path:

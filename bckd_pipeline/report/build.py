@@ -22,7 +22,7 @@ from pathlib import Path
 from ..deploy.bench import host_facts
 from ..distill.stage import write_json
 from ..fileio import write_text
-from ..ledger import ENGINE_ROW, MEASURED, PARITY_ON_HOST, PENDING, REPORT_FORMAT, Built, pending_row_name
+from ..ledger import ENGINE_ROW, MEASURED, PARITY_ON_HOST, PENDING, REPORT_FORMAT, Built, pending_row_name, report_file
 from ..machine import int8_speed_note, machine_facts
 from .html import write_html
 from .manifest import artifact_files, rel_path, versions
@@ -129,11 +129,14 @@ def build_report(ctx, summary, built, parity, latency, export_check, simplify_ch
     return {
         "format": REPORT_FORMAT,
         "target": profile.name,
+        "target_key": profile.key,
         "target_profile": {
             "backend": profile.backend.value,
             "device": profile.device,
             "precision": profile.precision.value,
             "description": profile.description,
+            "batch": ctx.spec.batch,
+            "int8_exclude": list(ctx.plan.calibration.exclude) if ctx.plan.calibration else [],
         },
         "status": "parity_failed" if culprit else "pending" if pending else "complete",
         "exit_code": exit_code,
@@ -278,7 +281,13 @@ def _distill_section(summary: dict | None, ctx) -> dict:
     }
 
 
-def write_reports(out: Path, report: dict) -> None:
-    write_json(out / "report.json", report)
-    write_text(out / "report.md", markdown(report))
-    write_html(out, report)  # report.html: the same run on one self-contained page
+def write_reports(out: Path, report: dict, key: str | None = None) -> dict:
+    """The target's report.<target>.json/.md/.html, then the folder's combined report.json/.md/.html
+    (report/combined.py); return the combined report."""
+    from .combined import write_combined
+
+    key = key or report["target"]
+    write_json(out / report_file(key, "json"), report)
+    write_text(out / report_file(key, "md"), markdown(report))
+    write_html(out, report, report_file(key, "html"))  # the same run on one self-contained page
+    return write_combined(out, [key])

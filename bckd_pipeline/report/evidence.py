@@ -44,16 +44,17 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     atomic_write(path, write)
 
 
-def save_parity_images(out: Path, ledger: LedgerReport, feeds: DatasetFeeds) -> dict:
-    """Write the ledger's per-image confusions and kept label maps; return the record for report.json."""
-    path = Path(out) / PARITY_IMAGES_FILE
+def save_parity_images(out: Path, ledger: LedgerReport, feeds: DatasetFeeds, name: str = PARITY_IMAGES_FILE) -> dict:
+    """Write the ledger's per-image confusions and kept label maps; return the record for report.json.
+    ``name``: the file's path in ``out`` (each target of a run folder keeps its own, in its folder)."""
+    path = Path(out) / name
     stages = list(ledger.per_image)
     arrays = {f"confusion/{s}": ledger.per_image[s] for s in stages}
     arrays |= {f"labels/{s}": maps for s, maps in ledger.labels.items()}
     _save_npz(path, arrays)
     return {
         "format": PARITY_IMAGES_FORMAT,
-        "path": PARITY_IMAGES_FILE,
+        "path": str(name),
         "sha256": file_sha256(path),
         "stages": stages,
         "images": feeds.manifest(),
@@ -124,13 +125,14 @@ def write_qualitative(
     predictors: dict[str, Predictor | None],
     notes: dict[str, str],
     ignore_index: int,
+    name: str = QUALITATIVE_FILE,
 ) -> dict:
     """Run every available predictor on the images and save the label maps; return the summary for report.json.
 
     ``predictors`` maps a column of ``MASK_COLUMNS`` to a predictor, or to None when the run does not
     have that model (``notes`` says why); missing columns are recorded as missing.
     """
-    path = Path(out) / QUALITATIVE_FILE
+    path = Path(out) / name
     arrays = {"image": images, "ground_truth": ground_truth.astype(np.int16)}
     present, missing = [], {}
     for column in MASK_COLUMNS:
@@ -142,7 +144,7 @@ def write_qualitative(
         present.append(column)
     _save_npz(path, arrays)
     return {
-        "path": QUALITATIVE_FILE,
+        "path": str(name),
         "sha256": file_sha256(path),
         "images": list(names),
         "ignore_index": int(ignore_index),

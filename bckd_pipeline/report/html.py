@@ -298,8 +298,8 @@ Evaluation: {ev.get("images")} images of <code>{html.escape(str(ev.get("data")))
 """
 
 
-def write_html(out: Path, report: dict) -> Path:
-    path = Path(out) / "report.html"
+def write_html(out: Path, report: dict, name: str = "report.html") -> Path:
+    path = Path(out) / name
     text = render(report, Path(out))
     write_text(path, text)
     return path

@@ -76,6 +76,7 @@ def write_manifest(ctx, out: Path, built, report: dict, calibration) -> Path:
     manifest = {
         "format": MANIFEST_FORMAT,
         "target": ctx.profile.name,
+        "target_key": ctx.profile.key,
         "deployable": [a["path"] for a in artifacts if a["stage"] == deployed.name],
         "artifacts": artifacts,
         "checkpoint": {
@@ -116,6 +117,9 @@ def write_manifest(ctx, out: Path, built, report: dict, calibration) -> Path:
                 "backend": ctx.profile.backend.value,
                 "device": ctx.profile.device,
                 "precision": ctx.profile.precision.value,
+                "precision_flag": ctx.deploy.precision,  # --precision as given (None: the target's own)
+                "batch": ctx.spec.batch,
+                "int8_exclude": list(ctx.plan.calibration.exclude) if ctx.plan.calibration else [],
             },
         },
         "calibration_manifest": None
@@ -133,5 +137,8 @@ def write_manifest(ctx, out: Path, built, report: dict, calibration) -> Path:
         "versions": report["versions"],
         "git_sha": git_sha(),
     }
-    write_json(out / "manifest.json", manifest)
-    return out / "manifest.json"
+    from ..ledger import report_file
+
+    path = out / report_file(ctx.profile.key, "manifest")  # manifest.json: the folder's view (report/combined.py)
+    write_json(path, manifest)
+    return path

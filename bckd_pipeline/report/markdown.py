@@ -39,10 +39,21 @@ def _model_line(report: dict) -> str:
     return f"Model: {what.get(source['kind'], 'your nn.Module')} `{name}` ({ref}; not distilled here)."
 
 
+def _deploy_line(report: dict) -> list[str]:
+    """The deployed precision, a static batch and INT8 exclusions, when flags chose them."""
+    t = report.get("target_profile") or {}
+    parts = [f"deployed precision {t.get('precision')}"]
+    if (t.get("batch") or 1) > 1:
+        parts.append(f"static batch {t['batch']} (latency per batch, FPS counts its images)")
+    if t.get("int8_exclude"):
+        parts.append(f"kept out of INT8: {', '.join(t['int8_exclude'])}")
+    return [f"Target: {'; '.join(parts)}.", ""]
+
+
 def markdown(report: dict) -> str:
     ev = report["evaluation"]
     lines = [
-        f"# bckd-pipeline report: {report['target']}",
+        f"# bckd-pipeline report: {report.get('target_key') or report['target']}",
         "",
         f"Status: **{report['status']}** (exit code {report['exit_code']}). "
         f"Evaluation: {ev['images']} images of `{ev['data']}` split `{ev['split']}` at "
@@ -50,6 +61,7 @@ def markdown(report: dict) -> str:
         "",
         _model_line(report),
         "",
+        *_deploy_line(report),
         "| stage | backend | precision | status | mIoU | ΔmIoU | agreement % | p50 ms | p99 ms | FPS |",
         "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]

@@ -14,7 +14,7 @@ from ..deploy.parity import labels_of
 from ..deploy.stage import is_device_row, on_target
 from ..distill.checkpoint import CheckpointMeta, load_model
 from ..export.wrapper import SegExportWrapper
-from ..ledger import Built
+from ..ledger import Built, target_dir
 from . import evidence as ev
 from .evidence import display_image
 
@@ -38,7 +38,8 @@ def qualitative_stage(
         {"parity": record["sha256"], "deployed": deployed.name, "columns": ev.MASK_COLUMNS},
         [p for p in (teacher, alone) if p is not None],
     )
-    hit = cache.lookup("qualitative", key)
+    stage = f"qualitative@{ctx.profile.key}"
+    hit = cache.lookup(stage, key)
     if hit is not None:
         return hit
     feeds = ctx.eval_feeds
@@ -74,6 +75,7 @@ def qualitative_stage(
     else:
         where = ctx.profile.device if on_target(ctx, deployed) else "the host CPU plugin (device absent)"
     notes["deployed"] = f"{deployed.name} ({deployed.backend} {deployed.precision}) on {where}"
-    result = ev.write_qualitative(out, images, truth, feeds.names[:n], predictors, notes, ctx.meta.ignore_index)
-    cache.store("qualitative", key, [out / ev.QUALITATIVE_FILE], result)
+    name = str(target_dir(ctx.profile) / ev.QUALITATIVE_FILE)
+    result = ev.write_qualitative(out, images, truth, feeds.names[:n], predictors, notes, ctx.meta.ignore_index, name)
+    cache.store(stage, key, [out / name], result)
     return result

@@ -86,3 +86,32 @@ def _tensorrt_here(profile: TargetProfile) -> Availability:
             f"it: the engine for {profile.device} is built on the module",
         )
     return Availability(True, True, "")
+
+
+ALL_LOCAL = "all-local"
+
+
+def expand_targets(text: str) -> list[str]:
+    """``--target a,b,c`` (or ``all-local``: every target this host can build and measure) -> target names,
+    each checked to exist, in the order given."""
+    from ..errors import ConfigError
+    from .profiles import TARGETS, get_target
+
+    names = [n.strip() for n in str(text).split(",") if n.strip()]
+    if not names:
+        raise ConfigError(f"--target {text!r} names no target. Give one or more, comma-separated, or {ALL_LOCAL}.")
+    if ALL_LOCAL in names:
+        if names != [ALL_LOCAL]:
+            raise ConfigError(f"--target {ALL_LOCAL} already names every local target; give it alone.")
+        names = [n for n, p in TARGETS.items() if check_availability(p).can_build and check_availability(p).can_measure]
+        if not names:
+            raise ConfigError(
+                f"--target {ALL_LOCAL}: this host can build and measure no target (`bckd-pipeline doctor`)."
+            )
+        return names
+    for n in names:
+        get_target(n)
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(f"--target names {', '.join(twice)} twice. Name each target once.")
+    return names

@@ -53,6 +53,9 @@ class CalibrationSpec:
     method: str = "minmax"
     preset: str = "performance"
     max_miou_drop: float | None = None
+    # --int8-exclude: node names or op types kept in float (ORT nodes_to_exclude / op_types_to_quantize, NNCF
+    # IgnoredScope names / types); calibrate/exclude.py resolves each against the graph.
+    exclude: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.size < 1:
@@ -62,7 +65,7 @@ class CalibrationSpec:
         if self.preset not in NNCF_PRESETS:
             raise unknown_name("NNCF preset", self.preset, NNCF_PRESETS)
         if self.max_miou_drop is not None and self.max_miou_drop <= 0:
-            raise ConfigError(f"--max-miou-drop must be > 0 mIoU points, got {self.max_miou_drop}.")
+            raise ConfigError(f"--nncf-max-miou-drop must be > 0 mIoU points, got {self.max_miou_drop}.")
 
 
 @dataclass(frozen=True)
@@ -150,6 +153,13 @@ class TargetProfile:
     )
     default_budgets: dict[str, float] = field(default_factory=dict)
     tensorrt: TensorRTOptions | None = None  # TensorRT targets only
+    # Set when flags change what the target deploys (--precision, --batch): the name of its folder and reports.
+    label: str = ""
+
+    @property
+    def key(self) -> str:
+        """What names this target's folder and reports in a run folder: ``label``, else ``name``."""
+        return self.label or self.name
 
     def __post_init__(self) -> None:
         if (self.backend is Backend.TENSORRT) != (self.tensorrt is not None):

@@ -1,0 +1,93 @@
+"""``--int8-exclude NAME_OR_OPTYPE,...``: layers kept in float by the INT8 quantizers.
+
+Each entry is resolved against the graph being quantized: an ONNX node name (as Netron or
+``onnx.load(p).graph.node`` show it) or an ONNX op type (``Conv``, ``Resize``...). ONNX Runtime takes them
+as ``nodes_to_exclude`` and as the op types left out of ``op_types_to_quantize``; NNCF as an
+``IgnoredScope``: the IR ops OpenVINO made from the named ONNX node (a Conv becomes ``<name>/WithoutBiases``
+and its bias ``Add`` ``<name>``) and the OpenVINO types of the op types. An entry that matches nothing is
+refused (exit 2) with the op types the graph has, never silently dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ConfigError
+
+# ONNX op type -> the OpenVINO opset types its conversion makes (what NNCF's IgnoredScope(types=) names).
+OPENVINO_TYPES = {
+    "Conv": ("Convolution", "GroupConvolution"),
+    "ConvTranspose": ("ConvolutionBackpropData", "GroupConvolutionBackpropData"),
+    "MatMul": ("MatMul",),
+    "Gemm": ("MatMul",),
+    "Add": ("Add",),
+    "Mul": ("Multiply",),
+    "Sub": ("Subtract",),
+    "Resize": ("Interpolate",),
+    "Concat": ("Concat",),
+    "AveragePool": ("AvgPool",),
+    "MaxPool": ("MaxPool",),
+    "GlobalAveragePool": ("ReduceMean",),
+    "Sigmoid": ("Sigmoid",),
+    "Relu": ("Relu",),
+}
+
+
+@dataclass(frozen=True)
+class Exclusion:
+    nodes: tuple[str, ...]  # ONNX node names
+    op_types: tuple[str, ...]  # ONNX op types
+    graph_op_types: tuple[str, ...]  # every op type of the graph (ORT: op_types_to_quantize is these minus op_types)
+
+    def as_dict(self) -> dict:
+        return {"nodes": list(self.nodes), "op_types": list(self.op_types)}
+
+
+def resolve(onnx_path: Path, entries: tuple[str, ...]) -> Exclusion:
+    """Split ``entries`` into node names and op types of the ONNX graph; refuse one that is neither."""
+    from ..onnxfile import load_onnx
+
+    graph = load_onnx(onnx_path).graph
+    names = {n.name for n in graph.node}
+    types = sorted({n.op_type for n in graph.node})
+    nodes = tuple(e for e in entries if e in names)
+    op_types = tuple(e for e in entries if e not in names and e in types)
+    unknown = [e for e in entries if e not in names and e not in types]
+    if unknown:
+        sample = [n.name for n in graph.node if n.op_type not in ("Constant", "Identity")][:3]
+        raise ConfigError(
+            f"--int8-exclude {', '.join(unknown)} names no node and no op type of {Path(onnx_path).name}. Give "
+            f"op types of the graph ({', '.join(types)}) or node names as Netron shows them (e.g. "
+            f"{', '.join(sample)})."
+        )
+    return Exclusion(nodes, op_types, tuple(types))
+
+
+def ort_arguments(ex: Exclusion | None) -> dict:
+    """``quantize_static`` keyword arguments: the excluded nodes, and every op type but the excluded ones."""
+    if ex is None or not (ex.nodes or ex.op_types):
+        return {}
+    args: dict = {"nodes_to_exclude": list(ex.nodes)}
+    if ex.op_types:
+        args["op_types_to_quantize"] = [t for t in ex.graph_op_types if t not in ex.op_types]
+    return args
+
+
+def nncf_ignored_scope(nncf, model, ex: Exclusion | None):
+    """An ``nncf.IgnoredScope`` over the OpenVINO model's ops made from the excluded nodes and op types."""
+    if ex is None or not (ex.nodes or ex.op_types):
+        return None
+    ops = [(o.get_friendly_name(), o.get_type_name()) for o in model.get_ordered_ops()]
+    names = sorted({n for n, _ in ops for node in ex.nodes if n == node or n.startswith(f"{node}/")})
+    present = {t for _, t in ops}
+    types = sorted({t for op in ex.op_types for t in OPENVINO_TYPES.get(op, (op,)) if t in present})
+    missing = [node for node in ex.nodes if not any(n == node or n.startswith(f"{node}/") for n in names)]
+    missing += [op for op in ex.op_types if not any(t in present for t in OPENVINO_TYPES.get(op, (op,)))]
+    if missing:
+        raise ConfigError(
+            f"--int8-exclude {', '.join(missing)}: OpenVINO's conversion of the graph has no op made from "
+            f"{'it' if len(missing) == 1 else 'them'} (fused away, or an op type without a mapping here). Exclude "
+            "the neighbouring node, or an op type OpenVINO keeps (Conv, MatMul, Add, Mul, Resize, Concat)."
+        )
+    return nncf.IgnoredScope(names=names, types=types, validate=False)
