@@ -110,7 +110,7 @@ TRAIN_FLAGS = {
     "--lr": "(default: 0.01)",
 }
 DISTILL_FLAGS = {
-    "--kd": "(default: bckd)",
+    "--kd": "(default: kd+bckd)",
     "--no-boundary": "(default: False)",
     "--no-context": "(default: False)",
     "--no-decay": "(default: False)",
@@ -203,7 +203,7 @@ def test_run_whole_pipeline(tmp_path, capsys):
     rc, _, err = run_cli(capsys, "run", *SMOKE, "--iters", "2", "--target", "onnxruntime-cpu-fp32", "--out", out)
     assert rc == 0, err
     m = _metrics(out)
-    assert 0 <= m["miou"] <= 100 and m["kd"] == "bckd"
+    assert 0 <= m["miou"] <= 100 and m["kd"] == "kd+bckd"
     assert m["miou"] == m["distilled"]["miou"]
     for key in ("teacher", "student", "distilled"):
         assert m[key]["miou"] is not None

@@ -32,7 +32,7 @@ def test_report_html_is_self_contained_and_has_every_section(smoke_report):
     for section in ("Qualitative masks", "Stage ledger", "Latency per stage", "Per-class IoU delta"):
         assert f"<h2>{section}" in page, section
     assert page.count('class="plot latency"') == 1 and page.count('class="plot classes"') == 3
-    for column in ("teacher", "student alone", "distilled (bckd)", "deployed"):
+    for column in ("teacher", "student alone", "distilled (kd+bckd)", "deployed"):
         assert f">{column}</th>" in page, column
     report = json.loads((smoke_report / "report.json").read_text())
     for row in report["stages"]:

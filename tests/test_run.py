@@ -284,7 +284,7 @@ def test_deploy_command_runs_stages_2_and_3_on_a_checkpoint(smoke_run, tmp_path,
     assert rc == 0, err
     report = _json(out / "report.json")
     assert [s["name"] for s in report["stages"]] == ["pytorch", "onnx", "onnx-simplified"]
-    assert report["distill"]["distilled_miou"] is None and report["distill"]["kd"] == "bckd"
+    assert report["distill"]["distilled_miou"] is None and report["distill"]["kd"] == "kd+bckd"
     assert all(s["max_abs_logit"] is None and s["pixel_agreement"] == 1.0 for s in report["stages"])
     assert _json(out / "manifest.json")["output"] == {"name": "labels", "kind": "argmax"}
     assert "| onnx-simplified | onnxruntime | fp32 | measured |" in stdout

@@ -144,7 +144,7 @@ def _common(p: argparse.ArgumentParser, *, training: bool = True, deploys: bool 
 
 
 def _distill_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--kd", default="bckd", help=KD_HELP)
+    p.add_argument("--kd", default="kd+bckd", help=KD_HELP)
     p.add_argument("--no-boundary", action="store_true", help="BCKD ablation: drop the boundary term L_b")
     p.add_argument("--no-context", action="store_true", help="BCKD ablation: drop the context term L_c")
     p.add_argument("--no-decay", action="store_true", help="BCKD ablation: no gamma(e) weight decay (Eq. 7)")

@@ -37,7 +37,7 @@ class DistillConfig:
     ADE20K configs use weight 10. BCKD: see :class:`BCKDConfig`.
     """
 
-    kd: str = "bckd"
+    kd: str = "kd+bckd"
     kd_temperature: float = 1.0
     kd_weight: float = 1.0
     cwd_temperature: float = 1.0
