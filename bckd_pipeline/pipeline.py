@@ -29,14 +29,20 @@ from .errors import BackendMissingError, ConfigError, DataError
 from .export.source import ModelSource
 from .export.stage import export_stage, simplify_stage, take_onnx_stage
 from .export.wrapper import ExportSpec
+from .plan_checks import (
+    check_calibration_flags,
+    check_onnx_source,
+    check_opset,
+    with_deploy_options,
+    with_tensorrt_options,
+)
 from .progress import Stages
 from .ledger import Built, report_file, shared_dir, target_artifacts
 from .report import headlines
 from .report.build import build_report, write_reports
 from .report.manifest import write_manifest
 from .report.stage import qualitative_stage
-from .targets import Backend, Precision, TargetProfile, check_availability, expand_targets, get_target
-from .targets.profiles import INT8_BUDGETS, CalibrationSpec, TensorRTOptions
+from .targets import Backend, Precision, check_availability, expand_targets, get_target
 
 
 @dataclass
@@ -100,7 +106,7 @@ def deploy_plan(
     ``source``: what `deploy` was given (None: the student of `run`, or a checkpoint). A user's ONNX
     (``deploy --onnx``) is read here, so that a flag it needs and lacks fails a dry run too.
     """
-    profile = _with_deploy_options(_with_tensorrt_options(get_target(deploy.target), deploy), deploy)
+    profile = with_deploy_options(with_tensorrt_options(get_target(deploy.target), deploy), deploy)
     avail = check_availability(profile)
     if not avail.can_build:
         raise BackendMissingError(f"--target {profile.name} cannot be built on this host: {avail.reason}.")
@@ -114,8 +120,8 @@ def deploy_plan(
 
     if deploy.simplifier not in SIMPLIFIERS:
         raise ConfigError(f"--simplifier {deploy.simplifier!r} is not allowed. Allowed: {', '.join(SIMPLIFIERS)}.")
-    onnx = _check_onnx_source(source, deploy, profile) if source is not None and source.is_onnx else None
-    opset = onnx.opset if onnx else _check_opset(deploy.opset, profile)
+    onnx = check_onnx_source(source, deploy, profile) if source is not None and source.is_onnx else None
+    opset = onnx.opset if onnx else check_opset(deploy.opset, profile)
     ExportSpec(input_hw=deploy.input_hw or (32, 32), opset=opset, head=deploy.head, dynamic=deploy.dynamic)
     if profile.static_shape and deploy.dynamic and profile.device == "NPU":
         raise ConfigError(
@@ -129,7 +135,7 @@ def deploy_plan(
             "images; calibrate on the training split (--calib-split train)."
         )
     if calibration is not None:
-        _check_calibration_flags(calibration, profile)
+        check_calibration_flags(calibration, profile)
     latency = deploy.latency or profile.latency
     if profile.backend is Backend.TENSORRT and deploy.dynamic:
         raise ConfigError(
@@ -198,162 +204,10 @@ def deploy_plan(
     return Plan(profile, calibration, latency, can_measure, note, tuple(steps), deploy)
 
 
-def _with_deploy_options(profile: TargetProfile, deploy: DeployConfig) -> TargetProfile:
-    """The target with --precision and --batch applied; its ``label`` (folder and report names) says what changed."""
-    changed = []
-    if deploy.precision is not None:
-        allowed = [str(p) for p in Precision]
-        if deploy.precision not in allowed:
-            raise ConfigError(
-                f"--precision {deploy.precision!r} is not a precision of the deployed artifact. Allowed: "
-                f"{', '.join(allowed)}. (Training precision is --train-precision auto|fp32|bf16|fp16.)"
-            )
-        precision = Precision(deploy.precision)
-        if precision is not profile.precision:
-            if profile.backend is Backend.TENSORRT:
-                raise ConfigError(
-                    f"--precision {precision} with --target {profile.name}: TensorRT targets deploy an INT8 engine "
-                    "built from the Q/DQ ONNX. Leave --precision out (int8), or deploy FP32/FP16 with an "
-                    "onnxruntime-* or openvino-* target."
-                )
-            profile = replace(
-                profile,
-                precision=precision,
-                description=f"{profile.description}; deployed {precision} (--precision {precision})",
-                calibration=(profile.calibration or CalibrationSpec()) if precision is Precision.INT8 else None,
-                default_budgets=dict(INT8_BUDGETS) if precision is Precision.INT8 else {},
-            )
-            changed.append(str(precision))
-    if deploy.batch != 1:
-        if deploy.batch < 1:
-            raise ConfigError(f"--batch must be >= 1, got {deploy.batch}.")
-        if "batch" in deploy.dynamic:
-            raise ConfigError(
-                f"--batch {deploy.batch} (a static batch) and --dynamic batch contradict each other. Keep one."
-            )
-        if profile.backend is Backend.TENSORRT:
-            raise ConfigError(
-                f"--batch {deploy.batch} with --target {profile.name}: the TensorRT device bundle is built for batch "
-                "1 here. Leave --batch out, or measure a static batch on an onnxruntime-* or openvino-* target."
-            )
-        changed.append(f"b{deploy.batch}")
-    if deploy.calibration.exclude and profile.precision is not Precision.INT8:
-        raise ConfigError(
-            f"--int8-exclude {','.join(deploy.calibration.exclude)} keeps layers out of INT8, but --target "
-            f"{profile.name} deploys {profile.precision}. Drop --int8-exclude, or deploy --precision int8."
-        )
-    return replace(profile, label="-".join([profile.name, *changed])) if changed else profile
-
-
-def _check_onnx_source(source: ModelSource, deploy: DeployConfig, profile: TargetProfile):
-    """A user's ONNX: readable, one NCHW input, every flag it needs given; export-only flags refused."""
-    from .export.own_onnx import inspect_onnx, resolve_onnx
-
-    info = inspect_onnx(source.path)
-    resolve_onnx(info, source.hints, deploy.input_hw)
-    given = {
-        "--opset": deploy.opset,
-        "--head": None if deploy.head == "logits" else deploy.head,
-        "--dynamic": ",".join(deploy.dynamic) or None,
-        "--no-bake-normalization": None if deploy.bake_normalization else True,
-        "--batch": None if deploy.batch == 1 else deploy.batch,
-    }
-    flags = [k for k, v in given.items() if v is not None]
-    if flags:
-        raise ConfigError(
-            f"{', '.join(flags)} shape{'s' if len(flags) == 1 else ''} the ONNX export; --onnx {str(source.path)!r} is "
-            f"deployed as it is (opset {info.opset}, its own input and output). Drop "
-            f"{'it' if len(flags) == 1 else 'them'}; to change the graph, re-export it."
-        )
-    if profile.backend is Backend.TENSORRT:
-        raise ConfigError(
-            f"--onnx with --target {profile.name} (TensorRT) is not built yet: the device bundle assumes this "
-            "pipeline's input name and static shape. Use an onnxruntime-* or openvino-* target, or deploy from "
-            "PyTorch (--model FILE.pt2, TorchScript, or --model-factory)."
-        )
-    if info.dynamic and profile.static_shape and profile.device == "NPU":
-        raise ConfigError(
-            f"--onnx {str(source.path)!r} has dynamic {','.join(info.dynamic)}; --target {profile.name} compiles "
-            f"static shapes only. Fix them first: python -m onnxruntime.tools.make_dynamic_shape_fixed --input_name "
-            f"{info.input_name} --input_shape 1,3,H,W {source.path} model.static.onnx"
-        )
-    return info
-
-
-def _check_opset(given: int | None, profile: TargetProfile) -> int:
-    """The export opset: the target's unless --opset names another this torch exports; never silently changed."""
-    from torch.onnx._constants import ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET as newest
-    import torch
-
-    if given is None:
-        return profile.opset
-    if given < profile.opset:
-        raise ConfigError(
-            f"--opset {given} is older than opset {profile.opset}, the oldest this pipeline exports for --target "
-            f"{profile.name} (per-channel Q/DQ, and the ops the export wrapper emits). Use --opset {profile.opset} "
-            f"(the default) up to {newest}. A model already exported at opset {given} deploys as it is with "
-            "`bckd-pipeline deploy --onnx model.onnx`."
-        )
-    if given > newest:
-        raise ConfigError(
-            f"--opset {given} is newer than torch {torch.__version__}'s TorchScript ONNX exporter writes (at most "
-            f"opset {newest}). Use --opset {profile.opset} to {newest}, or leave --opset out for {profile.opset}."
-        )
-    return given
-
-
 def _what(b: Built) -> str:
     if b.name == "onnx-qdq":
         return "Q/DQ ONNX for TensorRT: symmetric INT8, per-channel weights; checked TensorRT-ready"
     return f"{b.backend} {b.precision}"
-
-
-def _with_tensorrt_options(profile: TargetProfile, deploy: DeployConfig) -> TargetProfile:
-    """The target with the user's TensorRT flags applied (and refused for targets they do not apply to)."""
-    given = {
-        "--device": deploy.device,
-        "--dla-core": deploy.dla_core,
-        "--workspace-mib": deploy.workspace_mib,
-        "--cuda-graph": deploy.cuda_graph or None,
-        "--trt-quantizer": None if deploy.trt_quantizer == "onnxruntime" else deploy.trt_quantizer,
-    }
-    if profile.backend is not Backend.TENSORRT:
-        flags = [k for k, v in given.items() if v is not None]
-        if flags:
-            raise ConfigError(
-                f"{', '.join(flags)} appl{'ies' if len(flags) == 1 else 'y'} to TensorRT targets (jetson, "
-                f"jetson-orin-nano, jetson-orin-nx, jetson-agx-orin, tensorrt); --target {profile.name} uses "
-                f"{profile.backend}. Drop the flag or pick a TensorRT target."
-            )
-        return profile
-    from .calibrate.tensorrt import QUANTIZERS
-
-    if deploy.trt_quantizer not in QUANTIZERS:
-        raise ConfigError(f"--trt-quantizer {deploy.trt_quantizer!r} is not allowed. Allowed: {', '.join(QUANTIZERS)}.")
-    opts: TensorRTOptions = profile.tensorrt
-    opts = replace(
-        opts,
-        dla_core=deploy.dla_core,
-        workspace_mib=opts.workspace_mib if deploy.workspace_mib is None else deploy.workspace_mib,
-        cuda_graph=deploy.cuda_graph,
-    )
-    return replace(profile, tensorrt=opts)
-
-
-def _check_calibration_flags(c: CalibrationSpec, profile: TargetProfile) -> None:
-    """Options that the target's quantizer would ignore are refused, not silently dropped."""
-    if profile.backend in (Backend.ONNXRUNTIME, Backend.TENSORRT) and c.max_miou_drop is not None:
-        raise ConfigError(
-            f"--nncf-max-miou-drop {c.max_miou_drop} applies to OpenVINO targets (NNCF accuracy control); "
-            f"--target {profile.name} quantizes with ONNX Runtime. Drop the flag, or pick an openvino-* target."
-        )
-    if profile.backend in (Backend.ONNXRUNTIME, Backend.TENSORRT) and c.preset != "performance":
-        raise ConfigError(f"--nncf-preset applies to OpenVINO targets; --target {profile.name} uses ONNX Runtime.")
-    if profile.backend is Backend.OPENVINO and c.method != "minmax":
-        raise ConfigError(
-            f"--calib-method {c.method} applies to ONNX Runtime targets; NNCF chooses its own statistics for "
-            f"--target {profile.name}. Use --nncf-preset performance|mixed instead."
-        )
 
 
 def run(cfg: RunConfig) -> RunResult:

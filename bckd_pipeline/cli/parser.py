@@ -2,6 +2,9 @@
 
 Parsing imports no torch, onnx, onnxruntime or openvino (tests/test_architecture.py checks it), so
 ``--help`` and ``gate`` start fast; each command imports what it needs when it runs.
+
+One module over 400 lines on purpose: it is one table of every command's flags, read whole so that a
+flag means one thing everywhere (the naming scheme and its deprecated spellings live here too).
 """
 
 from __future__ import annotations
