@@ -131,8 +131,8 @@ class PairwiseBoundary(nn.Module):
     gather of all P x L path points (an index per grid size, cached) without autograd, and only
     the P winners are gathered again with autograd, so the backward scatters P values per source
     instead of P x L: a handful of kernels in place of one slice per offset (39 at r=5). On CPU
-    the per-offset slices are faster (measured here at 12x16, batch 8, forward + backward: 3.9 ms
-    against 9.4 ms for the gather), so the CPU keeps them.
+    the per-offset slices were faster in a quick check on a 2-core CPU (12x16 grid, batch 8, forward +
+    backward), so the CPU keeps them.
     """
 
     def __init__(self, radius: int = 5):
