@@ -3,8 +3,10 @@
     python benchmarks/train_cost.py --device cpu --crop 96,128 --batch 8
     python benchmarks/train_cost.py --memory-only --device cuda
 
-Time: mean wall time of one optimisation step (teacher forward included for KD and BCKD) over
---steps steps after --warmup steps, same batch and crop for every row. As in training, half of
+Time: wall time of one optimisation step (teacher forward included for KD and BCKD), same batch and
+crop for every row, rows interleaved step by step (--warmup rounds, then --steps timed rounds) so
+that a busy spell of a shared machine slows every row alike; the median per row, and the median of
+the per-round ratios to KD. As in training, half of
 the batch is a padded crop (its bottom quarter marked as padding), so the masked path is timed;
 BCKD uses its defaults, including the teacher's decoder tap.
 Memory: the context loss alone (Eq. 4-5) at a 64x64 feature grid (512x512 crops, stride 8),
@@ -25,7 +27,11 @@ import time
 import torch
 
 
-def step_time(kd: str, args) -> float:
+ROWS = ("none", "kd", "bckd", "kd+bckd")
+
+
+def build_step(kd: str, args):
+    """One optimisation step of a row, as the trainer runs it (a closure over its own models)."""
     from bckd_pipeline.distill.bckd import BCKDConfig
     from bckd_pipeline.data.base import PAD_LABEL
     from bckd_pipeline.distill.models import build_model, default_taps
@@ -53,8 +59,8 @@ def step_time(kd: str, args) -> float:
     opt = torch.optim.SGD(task.trainable_parameters(), lr=0.01, momentum=0.9)
     # The trainer's precision: bf16 autocast on CUDA (--precision auto), fp32 on CPU.
     dtype = torch.bfloat16 if dev.type == "cuda" and args.precision == "auto" else None
-    times = []
-    for i in range(args.warmup + args.steps):
+
+    def step() -> float:
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
@@ -65,9 +71,38 @@ def step_time(kd: str, args) -> float:
         opt.step()
         if dev.type == "cuda":
             torch.cuda.synchronize()
-        if i >= args.warmup:
-            times.append(time.perf_counter() - t0)
-    return sum(times) / len(times)
+        return time.perf_counter() - t0
+
+    return step
+
+
+def step_times(args) -> dict:
+    """Seconds per step of every row, measured interleaved: each round runs one step of every row in turn,
+    so a slow spell of a shared machine lands on all rows alike. Per row: mean and median over the timed
+    rounds; per ratio: the median over rounds of the round's ratio (the paired estimate) beside the ratio of
+    the medians."""
+    steps = {kd: build_step(kd, args) for kd in ROWS}
+    times: dict[str, list[float]] = {kd: [] for kd in ROWS}
+    for i in range(args.warmup + args.steps):
+        for kd in ROWS:
+            t = steps[kd]()
+            if i >= args.warmup:
+                times[kd].append(t)
+
+    def median(v: list[float]) -> float:
+        v = sorted(v)
+        return (v[(len(v) - 1) // 2] + v[len(v) // 2]) / 2
+
+    out = {
+        "seconds_per_step": {kd: round(median(v), 4) for kd, v in times.items()},
+        "mean_seconds_per_step": {kd: round(sum(v) / len(v), 4) for kd, v in times.items()},
+        "rounds": args.steps,
+    }
+    for row in ("bckd", "kd+bckd"):
+        paired = median([b / k for b, k in zip(times[row], times["kd"], strict=True)])
+        out[f"{row}_over_kd"] = round(out["seconds_per_step"][row] / out["seconds_per_step"]["kd"], 3)
+        out[f"{row}_over_kd_paired"] = round(paired, 3)
+    return out
 
 
 def naive_relation_kl(qs, qt, ss, st):
@@ -158,9 +193,7 @@ def main() -> None:
         "torch": torch.__version__,
     }
     if not args.memory_only:
-        result["seconds_per_step"] = {kd: round(step_time(kd, args), 4) for kd in ("none", "kd", "bckd")}
-        s = result["seconds_per_step"]
-        result["bckd_over_kd"] = round(s["bckd"] / s["kd"], 3)
+        result.update(step_times(args))
     result["context_memory"] = []
     for variant in () if args.time_only else ("chunked", "naive"):
         out = subprocess.run(

@@ -219,7 +219,11 @@ def grid_validity(valid: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
 def _resize(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     if x.shape[-2:] == grid:
         return x
-    if x.shape[-2] >= grid[0] and x.shape[-1] >= grid[1]:
+    h, w = x.shape[-2:]
+    if h % grid[0] == 0 and w % grid[1] == 0:
+        # The same numbers as adaptive pooling when the grid divides the map, at a fraction of its CPU time.
+        return F.avg_pool2d(x, (h // grid[0], w // grid[1]))
+    if h >= grid[0] and w >= grid[1]:
         return F.adaptive_avg_pool2d(x, grid)
     return F.interpolate(x, size=grid, mode="bilinear", align_corners=False)
 

@@ -253,7 +253,7 @@ def relation_kl(
     is a distribution over the HW positions. Eq. (5):
     ``L_c = 1 / (N HW) * sum_n sum_i KL(R^t_i || R^s_i)``.
     The row softmax makes the loss a sum over rows, so only an N x chunk x HW block of each
-    relation matrix is alive at a time; activation checkpointing recomputes the block in backward
+    relation matrix is alive at a time; with several blocks, activation checkpointing recomputes each in backward
     instead of storing it. Peak memory is O(N * chunk * HW) instead of O(N * HW^2).
     ``teacher_tau`` < 1 sharpens the teacher relation (SERE uses 0.5; the paper says nothing, so 1).
     With ``valid`` (N x 1 x H x W, or N x HW) invalid positions are masked out of every row's
@@ -278,11 +278,18 @@ def relation_kl(
 
     total = qs.new_zeros((), dtype=torch.float32)
     for r0 in range(0, length, chunk):
-        if qs.requires_grad:
+        if _recompute(qs, length, chunk):
             total = total + checkpoint(functools.partial(block, r0=r0), qs, use_reentrant=False)
         else:
             total = total + block(qs, r0)
     return total / (n * length if keep is None else keep.sum().clamp_min(1))
+
+
+def _recompute(qs: torch.Tensor, length: int, chunk: int) -> bool:
+    """Checkpoint the row blocks only when there are several: that is what bounds the memory. A single
+    block (a grid of at most ``chunk`` positions: 192 at 96x128) is as small stored as recomputed, and
+    the recompute would run both relations again in backward, the teacher's included."""
+    return qs.requires_grad and length > chunk
 
 
 def _mask_columns(logits: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -315,7 +322,7 @@ def relation_mse(
     total = qs.new_zeros(())
     for r0 in range(0, length, chunk):
         fn = functools.partial(block, r0=r0)
-        total = total + (checkpoint(fn, qs, use_reentrant=False) if qs.requires_grad else fn(qs))
+        total = total + (checkpoint(fn, qs, use_reentrant=False) if _recompute(qs, length, chunk) else fn(qs))
     pairs = n * length * length if keep is None else (keep.sum(1) ** 2).sum().clamp_min(1)
     return total / pairs
 
