@@ -11,7 +11,7 @@ a same-class detector (0.5: the relation knows nothing about classes; 1: it sepa
 Feature sets, each fused like BCKD's teacher side (resize every tapped stage to the grid, concat):
 - teacher, old taps: its encoder stages (``--teacher-taps encoder``), old default fusion (a frozen
   random projection to 64 channels per stage), and the same taps with identity fusion;
-- teacher, new taps: encoder stages + decoder output (the new default), identity and normalized;
+- teacher, new taps: encoder stages + decoder output, identity and normalized (the default fusion);
 - teacher, each tapped stage alone; and, if given, each ``--student`` checkpoint (a student trained
   alone, say) with its own encoder taps: what the student knows without a teacher.
 
@@ -126,11 +126,15 @@ def main() -> None:
                     )
                     add("teacher, old taps (encoder), identity", fuse(encoder, grid, "identity")[0], labels)
                     add(
-                        "teacher, new taps (encoder + decoder), identity (new default)",
+                        "teacher, new taps (encoder + decoder), identity",
                         fuse(feats, grid, "identity")[0],
                         labels,
                     )
-                    add("teacher, new taps (encoder + decoder), normalized", fuse(feats, grid, "normalized")[0], labels)
+                    add(
+                        "teacher, new taps (encoder + decoder), normalized (default)",
+                        fuse(feats, grid, "normalized")[0],
+                        labels,
+                    )
                     add("teacher, decoder only", fuse(decoder, grid, "identity")[0], labels)
                     for i, f in enumerate(encoder):
                         add(
