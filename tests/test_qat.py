@@ -1,0 +1,223 @@
+"""Teacher-guided QAT (issue 15, section 2): NNCF's fake quantization, its Q/DQ export, the fine-tune, the stage."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("nncf")
+pytest.importorskip("torchao")
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from bckd_pipeline.data.base import Normalization  # noqa: E402
+from bckd_pipeline.distill.models import build_model, default_taps  # noqa: E402
+from bckd_pipeline.export.wrapper import SegExportWrapper  # noqa: E402
+from bckd_pipeline.qat import fakequant  # noqa: E402
+from bckd_pipeline.qat.finetune import QatSchedule, finetune  # noqa: E402
+
+from deploy_fixtures import NUM_CLASSES, demo_feeds  # noqa: E402
+
+NORM = Normalization((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+# NNCF's traced op names -> the ONNX op the exporter writes for them.
+ONNX_OP = {"conv2d": "Conv", "relu": "Relu", "relu_": "Relu", "interpolate": "Resize", "cat": "Concat"}
+
+
+def wrapped_student(seed: int = 0):
+    torch.manual_seed(seed)
+    return SegExportWrapper(build_model("tiny-student", NUM_CLASSES), normalize=NORM).eval()
+
+
+def qdq_pairs(graph) -> dict:
+    """QuantizeLinear node -> (its DequantizeLinear consumer, the scale, the zero point, the axis or None)."""
+    from onnx import numpy_helper
+
+    consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    for n in graph.node:
+        if n.op_type == "Constant":
+            consts[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+    consumers = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    pairs = {}
+    for q in (n for n in graph.node if n.op_type == "QuantizeLinear"):
+        (dq,) = consumers[q.output[0]]
+        assert dq.op_type == "DequantizeLinear" and list(dq.input[1:]) == list(q.input[1:])
+        axis = next((a.i for a in q.attribute if a.name == "axis"), None)
+        pairs[q.name] = (q, dq, consts[q.input[1]], consts[q.input[2]], axis)
+    return pairs
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "tensorrt"])
+def test_every_fake_quantizer_is_one_qdq_pair_on_the_same_tensor(tmp_path, backend):
+    """Each fake quantizer of the model that is exported (NNCF's, stripped to torch FakeQuantize) is one
+    QuantizeLinear -> DequantizeLinear pair of the ONNX: same scale, same zero point and its signedness, same
+    per-channel axis, on the tensor the quantizer sits on (a weight of the op it feeds, or the output of the
+    op it follows); no pair is left over."""
+    from nncf.torch.function_hook.hook_storage import decode_hook_name
+    from nncf.torch.function_hook.wrapper import get_hook_storage
+
+    feeds = demo_feeds("train", n=4)
+    qmodel = fakequant.insert_fake_quant(wrapped_student(), list(feeds), fakequant.scheme_for(backend))
+    example = torch.from_numpy(feeds.images[0])
+    stripped = fakequant.strip_to_torch(qmodel, example)
+    hooks = {
+        n: m
+        for n, m in get_hook_storage(stripped).named_hooks(remove_duplicate=False)
+        if isinstance(m, torch.ao.quantization.FakeQuantize)
+    }
+    assert len(hooks) == len(fakequant.fake_quantizers(qmodel)) > 0  # every NNCF quantizer became a FakeQuantize
+    path = fakequant.export_qdq(
+        qmodel, example, tmp_path / "qat.onnx", opset=17, input_name="image", output_name="logits"
+    )
+    graph = onnx.load(str(path)).graph
+    assert not [n for n in graph.node if n.domain], "no custom-domain FakeQuantize may be left"
+    remaining = qdq_pairs(graph)
+    assert len(remaining) == len(hooks)
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    inits = {t.name: t for t in graph.initializer}
+
+    def on_its_tensor(kind: str, op: str, port: int, q, dq) -> bool:
+        if kind == "pre_hooks":  # an input of the op: the DQ feeds that op at that port
+            users = consumers[dq.output[0]]
+            return (
+                len(users) == 1 and users[0].op_type == ONNX_OP[op] and list(users[0].input).index(dq.output[0]) == port
+            )
+        if q.input[0] not in producer:
+            return q.input[0] == "image"
+        return producer[q.input[0]].op_type == ONNX_OP.get(op, op.capitalize())
+
+    for hook, fq in hooks.items():
+        kind, op_name, port = decode_hook_name(hook)
+        op = op_name.split("/")[-2] if op_name.count("/") >= 2 else op_name
+        scale, zp = fq.scale.detach().numpy(), fq.zero_point.detach().numpy()
+        per_channel = fq.qscheme in (torch.per_channel_symmetric, torch.per_channel_affine)
+        want_dtype = np.int8 if fq.quant_min < 0 else np.uint8
+        found = [
+            k
+            for k, (q, dq, s, z, axis) in remaining.items()
+            if s.size == scale.size
+            and np.allclose(s, scale.reshape(s.shape), rtol=1e-6)
+            and z.dtype == want_dtype
+            and z.size == zp.size
+            and np.array_equal(z.astype(np.int64), zp.reshape(z.shape).astype(np.int64))
+            and (axis == fq.ch_axis if per_channel else axis is None)
+            and on_its_tensor(kind, op, port, q, dq)
+        ]
+        assert found, f"no Q/DQ pair for {hook} ({fq.qscheme}, {fq.quant_min}..{fq.quant_max})"
+        q = remaining.pop(found[0])[0]
+        if per_channel:  # a weight, per output channel, symmetric s8
+            assert q.input[0] in inits and scale.size == inits[q.input[0]].dims[fq.ch_axis]
+            assert want_dtype is np.int8 and not zp.any()
+        if backend == "tensorrt":
+            assert want_dtype is np.int8 and not zp.any()  # TensorRT: symmetric, zero point 0 everywhere
+        if backend == "onnxruntime" and not per_channel:
+            assert want_dtype is np.uint8  # ORT's u8 asymmetric activations
+    assert not remaining, f"Q/DQ pairs no fake quantizer accounts for: {sorted(remaining)}"
+    if backend == "tensorrt":  # then made TensorRT-ready: only exact pairs added (Concat outputs on their inputs' grid)
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        before = sess.run(None, {"image": feeds.images[1]})[0]
+        done = fakequant.make_tensorrt_ready(path)
+        assert done["tensorrt_ready"] and done["concat_outputs_requantized"] == 1
+        after = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+            None, {"image": feeds.images[1]}
+        )[0]
+        np.testing.assert_allclose(after, before, atol=1e-5)
+
+
+def trained_student(train, iters: int = 150):
+    """tiny-student trained briefly on the demo images: its argmax varies over the image (an untrained one
+    predicts one class everywhere, which no quantization changes)."""
+    model = wrapped_student(seed=3)
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x = torch.from_numpy(np.concatenate(train.images))
+    y = torch.from_numpy(np.stack(train.labels))
+    for _ in range(iters):
+        loss = torch.nn.functional.cross_entropy(model(x), y, ignore_index=255)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+def _disagreement(onnx_path, reference, feeds) -> tuple[float, float]:
+    """(mean |logit INT8 - logit FP32|, fraction of pixels whose argmax differs) over ``feeds``."""
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    errors, differ, total = [], 0, 0
+    for feed in feeds:
+        got = sess.run(None, feed)[0]
+        with torch.no_grad():
+            want = reference(torch.from_numpy(feed["image"])).numpy()
+        errors.append(float(np.abs(got - want).mean()))
+        differ += int((got.argmax(1) != want.argmax(1)).sum())
+        total += got.shape[0] * got.shape[2] * got.shape[3]
+    return float(np.mean(errors)), differ / total
+
+
+def test_qat_reduces_the_int8_disagreement_where_ptq_loses(tmp_path):
+    """PTQ made to lose: an outlier channel (stage 0's first channel 50x the others, read by nothing downstream)
+    stretches a per-tensor activation range, so the other channels keep few levels; calibrated on two images.
+    QAT: NNCF's ranges from the same two images, then 60 steps of KD + BCKD + CE from the FP32 student (the
+    labels are its own argmax: a fixture of self-distillation) on the training images; judged on validation
+    images neither saw, against ONNX Runtime's PTQ of the same model (calibrate/onnxruntime.py)."""
+    from bckd_pipeline.calibrate.onnxruntime import quantize_ort
+    from bckd_pipeline.targets.profiles import CalibrationSpec
+
+    hw = (40, 72)  # BCKD's boundary term needs a 5 x 9 grid at stride 8
+    train = demo_feeds("train", n=24, hw=hw)
+    held_out = list(demo_feeds("val", n=8, hw=hw))
+    fp32 = trained_student(train)
+    with torch.no_grad():
+        stage = fp32.student.stages[0]
+        stage[0].weight[0] *= 50.0
+        stage[3].weight[:, 0] = 0.0
+        train.labels = [fp32(torch.from_numpy(x)).argmax(1)[0].numpy() for x in train.images]
+    calib = copy.copy(train)
+    calib.images, calib.labels = train.images[:2], train.labels[:2]
+    example = torch.from_numpy(calib.images[0])
+    onnx_fp32 = tmp_path / "fp32.onnx"
+    with torch.no_grad():
+        torch.onnx.export(
+            fp32,
+            (example,),
+            str(onnx_fp32),
+            input_names=["image"],
+            output_names=["logits"],
+            opset_version=17,
+            dynamo=False,
+        )
+    ptq, _ = quantize_ort(onnx_fp32, tmp_path / "ptq.onnx", calib, CalibrationSpec(size=2))
+    ptq_err, ptq_px = _disagreement(ptq, fp32, held_out)
+
+    qmodel = fakequant.insert_fake_quant(copy.deepcopy(fp32), list(calib), fakequant.scheme_for("onnxruntime"))
+    taps = [f"student.{t}" for t in default_taps("tiny-student")]
+    cost = finetune(
+        qmodel,
+        copy.deepcopy(fp32),
+        train.images,
+        train.labels,
+        QatSchedule(iters=60, lr=1e-4, batch_size=4),
+        student_taps=taps,
+        teacher_taps=taps,
+        ignore_index=255,
+    )
+    qat = fakequant.export_qdq(
+        qmodel, example, tmp_path / "qat.onnx", opset=17, input_name="image", output_name="logits"
+    )
+    qat_err, qat_px = _disagreement(qat, fp32, held_out)
+    print(
+        f"vs FP32 on held-out images: PTQ logit error {ptq_err:.4f}, pixels {ptq_px:.4f}; "
+        f"QAT {qat_err:.4f}, {qat_px:.4f}"
+    )
+    assert cost["iterations"] == 60 and cost["wall_s"] > 0 and {"kd", "boundary", "context"} <= set(cost["loss_last"])
+    assert ptq_px > 0.01, f"the fixture must make PTQ lose (PTQ changes {ptq_px:.4f} of the pixels)"
+    assert qat_err < ptq_err and qat_px < ptq_px
