@@ -133,6 +133,25 @@ def test_every_fake_quantizer_is_one_qdq_pair_on_the_same_tensor(tmp_path, backe
         np.testing.assert_allclose(after, before, atol=1e-5)
 
 
+def test_the_openvino_ir_has_one_fakequantize_per_fake_quantizer(tmp_path):
+    """OpenVINO targets: openvino.convert_model on the NNCF model gives an IR with one FakeQuantize per NNCF
+    quantizer (per hook), computing what the fake-quantized torch model computes."""
+    ov = pytest.importorskip("openvino")
+    feeds = demo_feeds("train", n=4)
+    qmodel = fakequant.insert_fake_quant(wrapped_student(), list(feeds), fakequant.scheme_for("openvino"))
+    example = torch.from_numpy(feeds.images[0])
+    xml = fakequant.export_ir(qmodel, example, tmp_path / "int8" / "model.xml")
+    model = ov.Core().read_model(str(xml))
+    fq = [op for op in model.get_ops() if op.get_type_name() == "FakeQuantize"]
+    assert len(fq) == len(fakequant.fake_quantizers(qmodel)) > 0
+    compiled = ov.Core().compile_model(model, "CPU")
+    x = feeds.images[1]
+    got = compiled({0: x})[compiled.outputs[0]]
+    with torch.no_grad():
+        want = qmodel(torch.from_numpy(x)).numpy()
+    assert got.shape == want.shape and (got.argmax(1) == want.argmax(1)).mean() > 0.99
+
+
 def trained_student(train, iters: int = 150):
     """tiny-student trained briefly on the demo images: its argmax varies over the image (an untrained one
     predicts one class everywhere, which no quantization changes)."""
@@ -221,3 +240,121 @@ def test_qat_reduces_the_int8_disagreement_where_ptq_loses(tmp_path):
     assert cost["iterations"] == 60 and cost["wall_s"] > 0 and {"kd", "boundary", "context"} <= set(cost["loss_last"])
     assert ptq_px > 0.01, f"the fixture must make PTQ lose (PTQ changes {ptq_px:.4f} of the pixels)"
     assert qat_err < ptq_err and qat_px < ptq_px
+
+
+# ---------------------------------------------------------------------------------------------
+# the flag, the stage, the ledger row, the reports and the gate
+# ---------------------------------------------------------------------------------------------
+SMOKE = ["--preset", "smoke", "--no-progress", "--train-device", "cpu"]
+FAST = [
+    "--latency-runs",
+    "3",
+    "--warmup-s",
+    "0",
+    "--warmup-runs",
+    "1",
+    "--no-throughput",
+    "--parity-images",
+    "4",
+    "--calib-size",
+    "4",
+]
+
+
+def demo_checkpoint(folder):
+    """tiny-student over the demo dataset's classes, at 40x72 (BCKD's grid fits), random weights."""
+    from bckd_pipeline.data.demo import DemoDataset
+    from bckd_pipeline.distill.checkpoint import CheckpointMeta, save_checkpoint
+
+    names = tuple(DemoDataset("val", size=(32, 32), count=1).info.class_names)
+    torch.manual_seed(0)
+    path = folder / "student.pt"
+    meta = CheckpointMeta(
+        model="tiny-student", num_classes=len(names), class_names=names, input_hw=(40, 72), dataset="demo"
+    )
+    save_checkpoint(path, build_model("tiny-student", len(names)).eval(), meta)
+    return path
+
+
+def run_cli(capsys, *argv):
+    from bckd_pipeline.cli import main
+
+    rc = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
+
+
+@pytest.mark.parametrize("command", ["deploy", "run"])
+def test_qat_auto_without_a_budget_is_refused(tmp_path, capsys, command):
+    from test_cli import assert_clean_error
+
+    out = tmp_path / "R"
+    model = ["--model", demo_checkpoint(tmp_path)] if command == "deploy" else []
+    rc, _, err = run_cli(capsys, command, *SMOKE, *model, "--qat", "auto", "--out", out)
+    assert_clean_error(rc, err, out)
+    assert "--qat auto fine-tunes only when the INT8 row misses a max_miou_drop budget, and no budget was given" in err
+    assert "--qat-max-miou-drop" in err and "--budgets" in err and "--qat on" in err
+    budgets = tmp_path / "b.toml"
+    budgets.write_text("[onnxruntime-cpu]\nmax_p50_ms = 1000\n")  # a budgets file without max_miou_drop
+    rc, _, err = run_cli(capsys, command, *SMOKE, *model, "--qat", "auto", "--budgets", budgets, "--out", out)
+    assert_clean_error(rc, err, out)
+    assert f"--budgets {budgets} sets no max_miou_drop" in err
+    rc, _, err = run_cli(capsys, command, *SMOKE, *model, "--qat", "maybe", "--out", out)
+    assert_clean_error(rc, err, out)
+    assert "--qat 'maybe' is not allowed. Allowed: auto, on, off." in err
+
+
+def test_qat_on_a_target_that_is_not_int8_is_refused(tmp_path, capsys):
+    from test_cli import assert_clean_error
+
+    out = tmp_path / "R"
+    model = demo_checkpoint(tmp_path)
+    rc, _, err = run_cli(
+        capsys, "deploy", *SMOKE, "--model", model, "--target", "onnxruntime-cpu-fp32", "--qat", "on", "--out", out
+    )
+    assert_clean_error(rc, err, out)
+    assert "QAT fine-tunes an INT8 model" in err
+
+
+def test_the_qat_row_is_in_the_ledger_the_reports_and_the_gate(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "D"
+    model = demo_checkpoint(tmp_path)
+    budgets = tmp_path / "b.toml"
+    budgets.write_text(
+        "[onnxruntime-cpu]\nmax_miou_drop = 100\nmin_pixel_agreement = 0.01\n"
+        "[onnxruntime-cpu.stages.qat-int8]\nmax_p50_ms = 100000\n"
+    )
+    argv = ["deploy", *SMOKE, "--model", model, "--qat", "on", "--qat-iters", "3", "--qat-batch", "2", *FAST]
+    rc, stdout, err = run_cli(capsys, *argv, "--budgets", budgets, "--out", out)
+    assert rc == 0, err
+    report = json.loads((out / "report.json").read_text())
+    names = [r["name"] for r in report["stages"]]
+    assert names[-2:] == ["onnxruntime-int8", "qat-int8"]  # the PTQ row kept beside it, QAT deployed last
+    row = report["stages"][-1]
+    assert row["parity_passed"] is not None and row["latency_ms"]["p50"] > 0  # parity and latency, like every row
+    assert row["artifact"].endswith("model.qat.int8.onnx")
+    q = report["qat"]
+    assert q["ran"] and q["mode"] == "on" and q["cost"]["iterations"] == 3 and q["cost"]["stage_wall_s"] > 0
+    assert q["teacher"] == "self-distillation from the FP32 student" and q["cached"] is False
+    assert q["scheme"]["activations"] == "asymmetric u8" and "recovered_miou" in q
+    html_text = (out / "report.html").read_text()
+    assert "qat-int8" in html_text and "QAT (--qat on)" in html_text
+    assert "QAT (--qat on)" in (out / "report.md").read_text()
+    assert "| qat-int8 |" in stdout
+    assert "qat-int8" in stdout.split("budget checks")[0] or "qat-int8" in stdout  # the gate's lines name it
+
+    from bckd_pipeline.gate.budgets import load_budgets
+    from bckd_pipeline.gate.gate import gate
+
+    result = gate(out / "report.json", load_budgets(budgets))
+    checked = {(c.stage, c.budget) for c in result.checks}
+    assert ("qat-int8", "max_miou_drop") in checked and ("qat-int8", "max_p50_ms") in checked
+    assert result.exit_code == 0
+
+    rc, _, err = run_cli(capsys, *argv, "--budgets", budgets, "--out", out)  # a rerun reuses the QAT stage
+    assert rc == 0, err
+    again = json.loads((out / "report.json").read_text())["qat"]
+    assert again["cached"] is True and again["cost"] == q["cost"]
+    assert "stage qat [onnxruntime-cpu]: cached" in err
