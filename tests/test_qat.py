@@ -134,8 +134,9 @@ def test_every_fake_quantizer_is_one_qdq_pair_on_the_same_tensor(tmp_path, backe
 
 
 def test_the_openvino_ir_has_one_fakequantize_per_fake_quantizer(tmp_path):
-    """OpenVINO targets: openvino.convert_model on the NNCF model gives an IR with one FakeQuantize per NNCF
-    quantizer (per hook), computing what the fake-quantized torch model computes."""
+    """OpenVINO targets: openvino.convert_model on the NNCF model gives an INT8 IR: one FakeQuantize per NNCF
+    activation quantizer (per hook), and each weight quantizer folded into an int8 weight constant (OpenVINO's
+    compressed weights); it computes what the fake-quantized torch model computes."""
     ov = pytest.importorskip("openvino")
     feeds = demo_feeds("train", n=4)
     qmodel = fakequant.insert_fake_quant(wrapped_student(), list(feeds), fakequant.scheme_for("openvino"))
@@ -143,7 +144,10 @@ def test_the_openvino_ir_has_one_fakequantize_per_fake_quantizer(tmp_path):
     xml = fakequant.export_ir(qmodel, example, tmp_path / "int8" / "model.xml")
     model = ov.Core().read_model(str(xml))
     fq = [op for op in model.get_ops() if op.get_type_name() == "FakeQuantize"]
-    assert len(fq) == len(fakequant.fake_quantizers(qmodel)) > 0
+    int8 = [op for op in model.get_ops() if op.get_type_name() == "Constant" and op.get_element_type() == ov.Type.i8]
+    hooks = fakequant.fake_quantizers(qmodel)
+    weights = [n for n, q in hooks.items() if q.per_channel]
+    assert len(fq) == len(hooks) - len(weights) > 0 and len(int8) == len(weights) > 0
     compiled = ov.Core().compile_model(model, "CPU")
     x = feeds.images[1]
     got = compiled({0: x})[compiled.outputs[0]]
@@ -261,18 +265,19 @@ FAST = [
 ]
 
 
-def demo_checkpoint(folder):
-    """tiny-student over the demo dataset's classes, at 40x72 (BCKD's grid fits), random weights."""
+def demo_checkpoint(folder, model: str = "tiny-student"):
+    """A tiny preset over the demo dataset's classes, at 40x72 (BCKD's grid fits), random weights."""
     from bckd_pipeline.data.demo import DemoDataset
     from bckd_pipeline.distill.checkpoint import CheckpointMeta, save_checkpoint
 
     names = tuple(DemoDataset("val", size=(32, 32), count=1).info.class_names)
     torch.manual_seed(0)
-    path = folder / "student.pt"
+    role = "teacher" if "teacher" in model else "student"
+    path = folder / f"{role}.pt"
     meta = CheckpointMeta(
-        model="tiny-student", num_classes=len(names), class_names=names, input_hw=(40, 72), dataset="demo"
+        model=model, num_classes=len(names), class_names=names, input_hw=(40, 72), dataset="demo", role=role
     )
-    save_checkpoint(path, build_model("tiny-student", len(names)).eval(), meta)
+    save_checkpoint(path, build_model(model, len(names)).eval(), meta)
     return path
 
 
@@ -326,7 +331,9 @@ def test_the_qat_row_is_in_the_ledger_the_reports_and_the_gate(tmp_path, capsys)
         "[onnxruntime-cpu]\nmax_miou_drop = 100\nmin_pixel_agreement = 0.01\n"
         "[onnxruntime-cpu.stages.qat-int8]\nmax_p50_ms = 100000\n"
     )
-    argv = ["deploy", *SMOKE, "--model", model, "--qat", "on", "--qat-iters", "3", "--qat-batch", "2", *FAST]
+    teacher = demo_checkpoint(tmp_path, "tiny-teacher")
+    argv = ["deploy", *SMOKE, "--model", model, "--teacher", teacher, "--qat", "on", "--qat-iters", "3"]
+    argv += ["--qat-batch", "2", *FAST]
     rc, stdout, err = run_cli(capsys, *argv, "--budgets", budgets, "--out", out)
     assert rc == 0, err
     report = json.loads((out / "report.json").read_text())
@@ -337,7 +344,7 @@ def test_the_qat_row_is_in_the_ledger_the_reports_and_the_gate(tmp_path, capsys)
     assert row["artifact"].endswith("model.qat.int8.onnx")
     q = report["qat"]
     assert q["ran"] and q["mode"] == "on" and q["cost"]["iterations"] == 3 and q["cost"]["stage_wall_s"] > 0
-    assert q["teacher"] == "self-distillation from the FP32 student" and q["cached"] is False
+    assert q["teacher"] == f"teacher checkpoint {teacher}" and q["cached"] is False and q["kd"] == "kd+bckd"
     assert q["scheme"]["activations"] == "asymmetric u8" and "recovered_miou" in q
     html_text = (out / "report.html").read_text()
     assert "qat-int8" in html_text and "QAT (--qat on)" in html_text
@@ -358,3 +365,48 @@ def test_the_qat_row_is_in_the_ledger_the_reports_and_the_gate(tmp_path, capsys)
     again = json.loads((out / "report.json").read_text())["qat"]
     assert again["cached"] is True and again["cost"] == q["cost"]
     assert "stage qat [onnxruntime-cpu]: cached" in err
+
+
+def test_qat_auto_keeps_the_ptq_row_when_it_meets_the_budget(tmp_path, capsys):
+    """--qat-max-miou-drop alone turns auto on; the PTQ row, judged on training images outside calibration,
+    is within it, so nothing is fine-tuned, the PTQ row stays deployed and the report says why."""
+    import json
+
+    out = tmp_path / "D"
+    model = demo_checkpoint(tmp_path)
+    rc, stdout, err = run_cli(
+        capsys, "deploy", *SMOKE, "--model", model, "--qat-max-miou-drop", "50", *FAST, "--out", out
+    )
+    assert rc == 0, err
+    report = json.loads((out / "report.json").read_text())
+    assert report["stages"][-1]["name"] == "onnxruntime-int8"
+    q = report["qat"]
+    assert q["mode"] == "auto" and q["ran"] is False and q["max_miou_drop"] == 50
+    assert "training images outside the calibration set" in q["decision"]["judged_on"]
+    assert q["decision"]["ptq_miou_drop"] <= 50 and "within max_miou_drop 50" in q["reason"]
+    assert "QAT (--qat auto): not run" in stdout and "stage qat [onnxruntime-cpu]: done" in err
+
+
+def test_qat_for_tensorrt_writes_the_tensorrt_ready_qdq_onnx_the_bundle_ships(tmp_path, capsys):
+    """A TensorRT target: the QAT row is the TensorRT-ready Q/DQ ONNX (check_tensorrt_qdq), checked on ONNX
+    Runtime here; the device bundle ships it, and the engine row (pending without a device) builds from it."""
+    import json
+
+    from bckd_pipeline.calibrate.tensorrt import check_tensorrt_qdq
+    from bckd_pipeline.cache import file_sha256
+
+    out = tmp_path / "D"
+    model = demo_checkpoint(tmp_path)
+    argv = ["deploy", *SMOKE, "--model", model, "--target", "tensorrt", "--qat", "on", "--qat-iters", "2"]
+    rc, _, err = run_cli(capsys, *argv, "--qat-batch", "2", *FAST, "--out", out)
+    assert rc == 3, err  # the engine is pending: no TensorRT device here
+    report = json.loads((out / "report.json").read_text())
+    names = [r["name"] for r in report["stages"]]
+    assert names[-3:] == ["onnx-qdq", "qat-int8", "tensorrt-int8"]
+    qat = out / "deploy/model.qat.qdq.onnx"
+    assert check_tensorrt_qdq(qat) == []
+    row = report["stages"][-2]
+    assert row["build"]["tensorrt_ready"] is True and row["parity_passed"] is not None
+    assert report["stages"][-1]["parent"] == "qat-int8"
+    assert file_sha256(out / "deploy/tensorrt/bundle/model.qdq.onnx") == file_sha256(qat)
+    assert report["qat"]["scheme"]["activations"] == "symmetric s8"
