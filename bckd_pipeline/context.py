@@ -105,8 +105,9 @@ class DeployConfig:
         if int8_elsewhere and (self.precision or get_target(name).precision) != "int8":
             c = replace(c, exclude=())  # --int8-exclude is the INT8 targets' of the run
         new = replace(self, target=name, calibration=c)
-        if self.qat.mode == "auto" and (self.precision or get_target(name).precision) != "int8":
-            new = replace(new, qat=replace(self.qat, mode="off"))  # auto: the INT8 targets of the run
+        not_int8 = (self.precision or get_target(name).precision) != "int8"
+        if not_int8 and (self.qat.mode == "auto" or int8_elsewhere):
+            new = replace(new, qat=replace(self.qat, mode="off"))  # --qat is the INT8 targets' of the run
         if mine is not Backend.TENSORRT and Backend.TENSORRT in backends:
             new = replace(
                 new, device=None, dla_core=None, workspace_mib=None, cuda_graph=False, trt_quantizer="onnxruntime"

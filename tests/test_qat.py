@@ -410,3 +410,25 @@ def test_qat_for_tensorrt_writes_the_tensorrt_ready_qdq_onnx_the_bundle_ships(tm
     assert report["stages"][-1]["parent"] == "qat-int8"
     assert file_sha256(out / "deploy/tensorrt/bundle/model.qdq.onnx") == file_sha256(qat)
     assert report["qat"]["scheme"]["activations"] == "symmetric s8"
+
+
+def test_qat_for_openvino_deploys_the_int8_ir_after_the_ptq_ir(tmp_path, capsys):
+    """An OpenVINO target: the QAT row is an IR (openvino.convert_model of the NNCF model), after the NNCF PTQ
+    IR, with the profile's NNCF preset and device; parity and latency measure it like the PTQ row."""
+    import json
+
+    out = tmp_path / "D"
+    model = demo_checkpoint(tmp_path)
+    argv = ["deploy", *SMOKE, "--model", model, "--target", "openvino-cpu", "--qat", "on", "--qat-iters", "2"]
+    rc, _, err = run_cli(capsys, *argv, "--qat-batch", "2", *FAST, "--out", out)
+    assert rc == 0, err
+    report = json.loads((out / "report.json").read_text())
+    names = [r["name"] for r in report["stages"]]
+    assert names[-2:] == ["openvino-int8", "qat-int8"]
+    row = report["stages"][-1]
+    assert row["artifact"].endswith("qat-int8/model.xml") and row["parent"] == "openvino-fp32"
+    assert row["latency_ms"]["p50"] > 0 and row["build"]["format"] == "OpenVINO IR (FakeQuantize)"
+    assert report["qat"]["scheme"]["target_device"] == "CPU" and report["qat"]["scheme"]["preset"] == "performance"
+    from bckd_pipeline.predict.artifact import _ir_props
+
+    assert _ir_props(out / row["artifact"])["bckd.output"]  # the contract predict reads, as on the PTQ IR

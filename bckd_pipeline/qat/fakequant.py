@@ -207,9 +207,20 @@ def export_qdq(
     return Path(path)
 
 
-def export_ir(qmodel, example, xml_path: Path) -> Path:
+def export_ir(
+    qmodel,
+    example,
+    xml_path: Path,
+    *,
+    input_name: str = "image",
+    output_name: str = "logits",
+    metadata: dict | None = None,
+) -> Path:
     """The fine-tuned model as an INT8 OpenVINO IR: ``openvino.convert_model`` on the NNCF model (its quantizers
-    become FakeQuantize), saved with FP32 weights beside them as the PTQ IR is (calibrate/openvino.py)."""
+    become FakeQuantize, weight quantizers folded into int8 constants), saved as the PTQ IR is
+    (calibrate/openvino.py). A converted PyTorch model has unnamed inputs and outputs; they get the names the
+    ONNX rows have, which the runtimes and the parity feeds use; ``metadata`` (the ONNX rows' metadata_props)
+    goes where OpenVINO keeps it for an IR converted from ONNX, ``rt_info["framework"]``, which predict reads."""
     import torch
 
     from ..calibrate.openvino import save_ir
@@ -219,6 +230,10 @@ def export_ir(qmodel, example, xml_path: Path) -> Path:
     model = copy.deepcopy(qmodel).eval()
     with torch.no_grad():
         converted = ov.convert_model(model, example_input=example)
+    converted.inputs[0].get_tensor().set_names({input_name})
+    converted.outputs[0].get_tensor().set_names({output_name})
+    for key, value in (metadata or {}).items():
+        converted.set_rt_info(value, ["framework", key])
     return save_ir(converted, xml_path, compress_to_fp16=False)
 
 

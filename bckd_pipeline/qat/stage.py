@@ -107,6 +107,7 @@ def qat_stage(ctx: DeployContext, out: Path, cache: StageCache, built: list[Buil
         "schedule": {k: v for k, v in asdict(q).items() if k not in ("mode", "max_miou_drop", "budgets", "teacher")},
         "teacher": str(teacher_path) if teacher_path else "self",
         "calibration_sha256": calib.sha256,
+        "libraries": _versions(),  # another NNCF or torch may place or train quantizers differently
     }
     name = f"{row.name}@{ctx.profile.key}"
     inputs = [ctx.checkpoint] + ([Path(teacher_path)] if teacher_path else [])
@@ -119,6 +120,18 @@ def qat_stage(ctx: DeployContext, out: Path, cache: StageCache, built: list[Buil
     outputs = [path] + ([path.with_suffix(".bin")] if row.backend is Backend.OPENVINO else [])
     cache.store(name, key, outputs, {"settings": settings, "qat": summary})
     return [replace(row, path=path, settings=settings)], {**record, **summary, "cached": False}
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in ("nncf", "torch", "openvino", "onnxruntime"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = None
+    return found
 
 
 def _ptq_drop(ctx: DeployContext, built: list[Built], ptq: Built, calib) -> tuple[float, int]:
@@ -250,12 +263,19 @@ def _train_and_export(ctx: DeployContext, row: Built, path: Path, calib, bar) ->
 
     qstudent.head = spec.head  # the exported head (logits or argmax), as export/onnx_export.py writes it
     example = torch.zeros(spec.input_shape())
+    from ..export.onnx_export import onnx_metadata
+
     if row.backend is Backend.OPENVINO:
-        fakequant.export_ir(qstudent, example, path)
+        fakequant.export_ir(
+            qstudent,
+            example,
+            path,
+            input_name=ctx.eval_feeds.input_name,
+            output_name=spec.output_name,
+            metadata=onnx_metadata(ctx.meta, spec),
+        )
         export = {"format": "OpenVINO IR (FakeQuantize)", "tool": "openvino.convert_model"}
     else:
-        from ..export.onnx_export import onnx_metadata
-
         fakequant.export_qdq(
             qstudent,
             example,
