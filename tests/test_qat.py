@@ -432,3 +432,26 @@ def test_qat_for_openvino_deploys_the_int8_ir_after_the_ptq_ir(tmp_path, capsys)
     from bckd_pipeline.predict.artifact import _ir_props
 
     assert _ir_props(out / row["artifact"])["bckd.output"]  # the contract predict reads, as on the PTQ IR
+
+
+def test_run_fine_tunes_against_its_own_teacher_with_its_own_losses(smoke_report, tmp_path, capsys):
+    """`run --qat on`: the teacher is the run's (teacher/teacher.pt), the losses the run's --kd and --bckd; the
+    distillation stages are reused from the cache (a copy of the smoke run), only the deployment side reruns."""
+    import json
+    import shutil
+
+    from conftest import GATE_RUN_FLAGS
+
+    from bckd_pipeline.cache import file_sha256
+
+    out = tmp_path / "R"
+    shutil.copytree(smoke_report, out)
+    before = {p: file_sha256(out / p) for p in ("teacher/teacher.pt", "distilled/student.pt")}
+    rc, _, err = run_cli(capsys, "run", *GATE_RUN_FLAGS, "--qat", "on", "--qat-iters", "2", "--out", out)
+    assert rc == 0, err
+    report = json.loads((out / "report.json").read_text())
+    assert [r["name"] for r in report["stages"]][-2:] == ["onnxruntime-int8", "qat-int8"]
+    q = report["qat"]
+    assert q["teacher"] == f"teacher checkpoint {out / 'teacher/teacher.pt'}"
+    assert q["kd"] == "kd+bckd" and q["cost"]["bckd_left_out"] is None  # the smoke preset's BCKD grid fits
+    assert {p: file_sha256(out / p) for p in before} == before  # stage 1 reused, not retrained
