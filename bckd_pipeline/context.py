@@ -32,6 +32,31 @@ from .targets.profiles import CalibrationSpec, LatencySpec
 CHECK_IMAGES = 4  # real evaluation images each rewrite is checked on
 
 
+QAT_MODES = ("auto", "on", "off")
+
+
+@dataclass(frozen=True)
+class QatConfig:
+    """Teacher-guided QAT after the INT8 row (``qat/``): ``--qat auto|on|off`` and its schedule.
+
+    ``auto`` runs it when the PTQ row's mIoU drop, judged on training images outside the calibration set,
+    exceeds ``max_miou_drop`` (``--qat-max-miou-drop``, else the budgets file's ``max_miou_drop`` of the
+    target); ``on`` always runs it. ``teacher``: the teacher checkpoint (``run``: the run's teacher; ``deploy``:
+    ``--teacher``); without one the FP32 student is its own teacher (self-distillation), and the report says so.
+    """
+
+    mode: str = "off"
+    max_miou_drop: float | None = None
+    budgets: Path | None = None  # the --budgets file, read per target for max_miou_drop
+    iters: int = 300
+    lr: float = 1e-5
+    batch_size: int = 8
+    seed: int = 0
+    teacher: Path | None = None
+    distill: DistillConfig | None = None  # run: the run's --kd/--bckd; None: DistillConfig() (kd+bckd)
+    requested: bool = False  # --qat given (an implicit auto is dropped for a target that is not INT8)
+
+
 @dataclass(frozen=True)
 class DeployConfig:
     target: str = "onnxruntime-cpu"
@@ -58,6 +83,7 @@ class DeployConfig:
     precision: str | None = None
     batch: int = 1
     progress: bool = True  # progress bars on long stages (parity, latency, calibration)
+    qat: QatConfig = QatConfig()
 
     def for_target(self, name: str, backends: set[str], int8_elsewhere: bool = False) -> DeployConfig:
         """This configuration for one of several targets (``backends``: those of every target of the run).
@@ -79,6 +105,9 @@ class DeployConfig:
         if int8_elsewhere and (self.precision or get_target(name).precision) != "int8":
             c = replace(c, exclude=())  # --int8-exclude is the INT8 targets' of the run
         new = replace(self, target=name, calibration=c)
+        not_int8 = (self.precision or get_target(name).precision) != "int8"
+        if not_int8 and (self.qat.mode == "auto" or int8_elsewhere):
+            new = replace(new, qat=replace(self.qat, mode="off"))  # --qat is the INT8 targets' of the run
         if mine is not Backend.TENSORRT and Backend.TENSORRT in backends:
             new = replace(
                 new, device=None, dla_core=None, workspace_mib=None, cuda_graph=False, trt_quantizer="onnxruntime"

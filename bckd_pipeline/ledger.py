@@ -24,6 +24,9 @@ MEASURED = "measured"  # parity and latency on the target's device (or the host,
 PARITY_ON_HOST = "parity_on_host"  # accuracy from the host's CPU plugin; on-device latency pending
 PENDING = "pending"  # not measured here at all
 
+# The row teacher-guided QAT adds after the target's PTQ INT8 row (qat/stage.py), when it runs.
+QAT_ROW = "qat-int8"
+
 # The rows the device agent adds for a TensorRT target.
 ENGINE_ROW = "tensorrt-int8"
 FALLBACK_ROW = "onnx-qdq-on-device"
@@ -49,9 +52,26 @@ def pending_row_name(deployed: str, profile: TargetProfile) -> str:
 def ledger_row_names(profile: TargetProfile) -> list[str]:
     """Every row a report of this target can have, in ledger order (budgets name stages from it)."""
     names = ["pytorch", "onnx", "onnx-simplified", *(b.name for b in target_artifacts(profile))]
+    qat = qat_artifact(profile)
     if profile.backend is Backend.TENSORRT:  # the engine (measured, or pending), or the device's fallback
-        return [*names, ENGINE_ROW, FALLBACK_ROW]
-    return [*names, pending_row_name(names[-1], profile)]
+        return [*names, *([qat.name] if qat else []), ENGINE_ROW, FALLBACK_ROW]
+    if qat is None:
+        return [*names, pending_row_name(names[-1], profile)]
+    # With QAT the deployed artifact (the last row, what the gate's target table budgets) is the QAT row.
+    return [*names, qat.name, pending_row_name(names[-1], profile), pending_row_name(qat.name, profile)]
+
+
+def qat_artifact(profile: TargetProfile) -> Built | None:
+    """The row QAT adds after the PTQ INT8 row (path relative to OUT), or None for a target that is not INT8."""
+    if profile.precision is not Precision.INT8:
+        return None
+    here = target_dir(profile)
+    if profile.backend is Backend.OPENVINO:
+        return Built(QAT_ROW, Backend.OPENVINO, Precision.INT8, here / "qat-int8/model.xml", "openvino-fp32")
+    if profile.backend is Backend.ONNXRUNTIME:
+        return Built(QAT_ROW, Backend.ONNXRUNTIME, Precision.INT8, here / "model.qat.int8.onnx", "onnx-simplified")
+    # TensorRT: the TensorRT-ready Q/DQ ONNX (checked on ONNX Runtime here); the device builds the engine from it.
+    return Built(QAT_ROW, Backend.ONNXRUNTIME, Precision.INT8, Path("deploy/model.qat.qdq.onnx"), "onnx-simplified")
 
 
 SHARED_ROWS = ("pytorch", "onnx", "onnx-simplified")  # the same artifacts for every target of a run folder

@@ -37,7 +37,8 @@ from .plan_checks import (
     with_tensorrt_options,
 )
 from .progress import Stages
-from .ledger import Built, report_file, shared_dir, target_artifacts
+from .ledger import Built, qat_artifact, report_file, shared_dir, target_artifacts
+from .qat.stage import check_qat, qat_stage
 from .report import headlines
 from .report.build import build_report, write_reports
 from .report.manifest import write_manifest
@@ -65,7 +66,10 @@ def plan(cfg: RunConfig) -> list[Plan]:
         PlanStep("student", f"train {cfg.student_model} alone (the baseline)", ("student/student.pt",)),
         PlanStep("distilled", f"distill {cfg.student_model} with kd={cfg.distill.kd}", ("distilled/student.pt",)),
     ]
-    the_plans = deploy_plans(cfg.deploy, cfg.data, stage1)
+    q = cfg.deploy.qat  # QAT's teacher in `run`: the run's (given, or trained into teacher/teacher.pt)
+    teacher = q.teacher or cfg.teacher_checkpoint or Path(cfg.out) / "teacher/teacher.pt"
+    deploy = replace(cfg.deploy, qat=replace(q, teacher=teacher, distill=q.distill or cfg.distill))
+    the_plans = deploy_plans(deploy, cfg.data, stage1)
     check_out_dir(cfg.out, _identity(cfg), force=cfg.force)  # what run() claims first: a dry run checks it too
     return the_plans
 
@@ -174,6 +178,20 @@ def deploy_plan(
             )
         )
     steps += [PlanStep(b.name, _what(b), (str(b.path),)) for b in target_artifacts(profile)]
+    deploy = replace(deploy, qat=check_qat(deploy.qat, profile, onnx_source=onnx is not None, dynamic=deploy.dynamic))
+    qat = qat_artifact(profile) if deploy.qat.mode != "off" else None
+    if qat is not None:
+        q = deploy.qat
+        when = "always" if q.mode == "on" else "when the INT8 row misses max_miou_drop on training images"
+        teacher = f"teacher {q.teacher}" if q.teacher else "the FP32 student as its own teacher"
+        steps.append(
+            PlanStep(
+                "qat",
+                f"--qat {q.mode} ({when}): NNCF fake-quant as {profile.backend} quantizes, {q.iters} iterations "
+                f"lr {q.lr:g} against {teacher}; row {qat.name}",
+                (str(qat.path),),
+            )
+        )
     if profile.backend is Backend.TENSORRT:
         where = deploy.device or ("this host" if can_measure else None)
         steps += [
@@ -220,9 +238,13 @@ def run(cfg: RunConfig) -> RunResult:
     distilled = student_stage(cfg, out, cache, teacher_ckpt, cfg.distill, "distilled")
     summary = summarize(teacher_metrics, alone.metrics, distilled.metrics, teacher_ckpt, distilled.checkpoint)
     write_json(out / "metrics.json", summary)
-    return _each_target(
-        the_plans, lambda p: DeployContext.create(p.deploy, cfg.data, p, distilled.checkpoint, out), cache, summary
-    )
+
+    def context(p: Plan) -> DeployContext:
+        # QAT's teacher is the run's teacher, and its losses the run's --kd/--bckd, unless given otherwise.
+        qat = replace(p.deploy.qat, teacher=teacher_ckpt)  # the teacher stage's checkpoint (given or trained)
+        return DeployContext.create(replace(p.deploy, qat=qat), cfg.data, p, distilled.checkpoint, out)
+
+    return _each_target(the_plans, context, cache, summary)
 
 
 def _each_target(the_plans: list[Plan], context, cache: StageCache, summary: dict | None) -> RunResult:
@@ -272,7 +294,8 @@ def _deploy_identity(source: ModelSource, data: DataConfig) -> dict:
 
 
 def deploy_stages(ctx: DeployContext, cache: StageCache, summary: dict | None) -> RunResult:
-    """export (or take the user's ONNX) -> simplify -> calibrate -> compile -> parity -> latency -> reports."""
+    """export (or take the user's ONNX) -> simplify -> calibrate -> compile -> QAT (with --qat) -> parity ->
+    latency -> reports."""
     out = ctx.out
     steps = Stages(cache, bars=ctx.deploy.progress, target=ctx.profile.key)  # a line as each stage starts and ends
     with steps.stage("take-onnx" if ctx.onnx is not None else "export", shared=True) as step:
@@ -290,6 +313,12 @@ def deploy_stages(ctx: DeployContext, cache: StageCache, summary: dict | None) -
     with steps.stage("compile") as step:
         built = compile_stage(ctx, out, cache, onnx_path, simplified, calibration, steps.bar)
         step.headline = headlines.compiled(built, out)
+    qat = None
+    if ctx.deploy.qat.mode != "off":
+        with steps.stage("qat") as step:
+            rows, qat = qat_stage(ctx, out, cache, built, calibration, steps.bar)
+            built += rows
+            step.headline = headlines.qat(qat)
     if ctx.profile.backend is Backend.TENSORRT:
         with steps.stage("device") as step:
             built += device_stage(ctx, out, cache, built[-1])
@@ -302,7 +331,9 @@ def deploy_stages(ctx: DeployContext, cache: StageCache, summary: dict | None) -
         step.headline = headlines.latency(latency, built[-1].name)
     with steps.stage("report") as step:
         masks = qualitative_stage(ctx, out, cache, built, summary, parity)
-        report = build_report(ctx, summary, built, parity, latency, export_check, simplify_check, calibration, masks)
+        report = build_report(
+            ctx, summary, built, parity, latency, export_check, simplify_check, calibration, masks, qat=qat
+        )
         write_manifest(ctx, out, built, report, calibration)
         combined = write_reports(out, report, ctx.profile.key)  # the target's reports, then the folder's view
         step.headline = f"{report['status']}, {report_file(ctx.profile.key, 'html')}"

@@ -77,6 +77,51 @@ def deploy_config(args, preset):
         precision=args.precision,
         batch=args.batch,
         progress=not args.no_progress,
+        qat=qat_config(args),
+    )
+
+
+def qat_config(args):
+    """--qat and its schedule. Default: auto when a max_miou_drop budget is given (the flag, or --budgets), off
+    without one; an explicit --qat auto without any budget has nothing to decide on and is refused."""
+    from ..context import QAT_MODES, QatConfig
+    from ..errors import ConfigError
+
+    mode = args.qat
+    if mode is not None and mode not in QAT_MODES:
+        raise ConfigError(f"--qat {mode!r} is not allowed. Allowed: {', '.join(QAT_MODES)}.")
+    if args.qat_max_miou_drop is not None and not args.qat_max_miou_drop > 0:
+        raise ConfigError(f"--qat-max-miou-drop must be > 0 mIoU points, got {args.qat_max_miou_drop:g}.")
+    budgeted = args.qat_max_miou_drop is not None or _file_budgets_miou_drop(args.budgets)
+    if mode == "auto" and not budgeted:
+        given = f"--budgets {args.budgets} sets no max_miou_drop" if args.budgets else "no budget was given"
+        raise ConfigError(
+            f"--qat auto fine-tunes only when the INT8 row misses a max_miou_drop budget, and {given}. "
+            "Pass --qat-max-miou-drop POINTS, or a --budgets file whose target table sets max_miou_drop, "
+            "or --qat on to always fine-tune."
+        )
+    return QatConfig(
+        mode=mode or ("auto" if budgeted else "off"),
+        max_miou_drop=args.qat_max_miou_drop,
+        budgets=args.budgets,
+        iters=args.qat_iters,
+        lr=args.qat_lr,
+        batch_size=args.qat_batch,
+        teacher=getattr(args, "teacher", None),
+        requested=mode is not None,
+    )
+
+
+def _file_budgets_miou_drop(path) -> bool:
+    """Whether the budgets file itself sets max_miou_drop for some target (a profile's default does not count:
+    it would turn QAT on for every gated run)."""
+    if path is None:
+        return False
+    from ..gate.budgets import load_budgets
+
+    return any(
+        "max_miou_drop" in t.deployed and "max_miou_drop" not in t.from_defaults
+        for t in load_budgets(path).targets.values()
     )
 
 

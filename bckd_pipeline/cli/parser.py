@@ -298,6 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--input-scale",
         help="--onnx: 0..255 (the graph takes raw pixels) or normalized ((x/255 - mean) / std, with --mean/--std)",
     )
+    m.add_argument(
+        "--teacher",
+        type=Path,
+        help="--qat: the teacher checkpoint the quantized student is fine-tuned against "
+        "(default: the FP32 student itself, self-distillation)",
+    )
     _deploy_flags(p)
     _gate_flags(p, required=False)
     p.add_argument("--dry-run", action="store_true", help="print the resolved plan and exit; nothing is written")
@@ -459,6 +465,21 @@ def _deploy_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--threads", type=int, help="intra-op threads for every runtime (default: the runtime's)")
     g.add_argument("--streams", type=int, default=2, help="requests in flight in throughput mode")
     g.add_argument("--no-throughput", action="store_true", help="skip the throughput measurement")
+    q = p.add_argument_group("teacher-guided quantization-aware training (docs/deploy.md)")
+    q.add_argument(
+        "--qat",
+        help="auto | on | off: fine-tune the INT8 student with NNCF fake quantization against the teacher and "
+        "deploy it as the qat-int8 row (default: auto with a max_miou_drop budget, off without; auto runs it "
+        "when the PTQ row misses the budget)",
+    )
+    q.add_argument(
+        "--qat-max-miou-drop",
+        type=float,
+        help="the mIoU points the PTQ row may lose before --qat auto fine-tunes (default: --budgets' max_miou_drop)",
+    )
+    q.add_argument("--qat-iters", type=int, default=300, help="QAT fine-tune iterations")
+    q.add_argument("--qat-lr", type=float, default=1e-5, help="QAT learning rate (Adam)")
+    q.add_argument("--qat-batch", type=int, default=8, help="QAT batch size")
     t = p.add_argument_group("TensorRT targets (jetson, jetson-orin-nano/-nx, jetson-agx-orin, tensorrt)")
     t.add_argument("--ssh-identity", type=Path, help="private key for --device ssh://... (default: ssh's own keys)")
     t.add_argument("--ssh-known-hosts", type=Path, help="known_hosts file to check the device's host key against")

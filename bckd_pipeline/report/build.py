@@ -22,7 +22,17 @@ from pathlib import Path
 from ..deploy.bench import host_facts
 from ..distill.stage import write_json
 from ..fileio import write_text
-from ..ledger import ENGINE_ROW, MEASURED, PARITY_ON_HOST, PENDING, REPORT_FORMAT, Built, pending_row_name, report_file
+from ..ledger import (
+    ENGINE_ROW,
+    MEASURED,
+    PARITY_ON_HOST,
+    PENDING,
+    QAT_ROW,
+    REPORT_FORMAT,
+    Built,
+    pending_row_name,
+    report_file,
+)
 from ..machine import int8_speed_note, machine_facts
 from .html import write_html
 from .manifest import artifact_files, rel_path, versions
@@ -67,7 +77,9 @@ def _row(b, out: Path, *, name: str, status: str, device: str, parent: str | Non
     }
 
 
-def build_report(ctx, summary, built, parity, latency, export_check, simplify_check, calibration, masks) -> dict:
+def build_report(
+    ctx, summary, built, parity, latency, export_check, simplify_check, calibration, masks, *, qat: dict | None = None
+) -> dict:
     out = Path(ctx.out)
     profile = ctx.profile
     rows = []
@@ -161,6 +173,8 @@ def build_report(ctx, summary, built, parity, latency, export_check, simplify_ch
             "images": len(calibration.feeds),
             **asdict(calibration.spec),
         },
+        # --qat: the decision, the teacher, the schedule and its cost (wall time, iterations); None when off.
+        "qat": _qat_section(qat, rows),
         "reference": reference["name"],
         "speedup_vs_reference": speedups,
         "speedup_vs_pytorch": speedups if reference["name"] == "pytorch" else None,
@@ -172,6 +186,20 @@ def build_report(ctx, summary, built, parity, latency, export_check, simplify_ch
         "machine": machine,
         "versions": versions(),
     }
+
+
+def _qat_section(qat: dict | None, rows: list[dict]) -> dict | None:
+    """The QAT record, with the mIoU the PTQ row lost and what the QAT row recovered (evaluation split)."""
+    if qat is None:
+        return None
+    section = dict(qat)
+    by_name = {r["name"]: r for r in rows}
+    ptq, row = by_name.get(qat.get("ptq_row")), by_name.get(QAT_ROW)
+    if ptq is not None and row is not None and ptq.get("miou_delta") is not None and row.get("miou_delta") is not None:
+        section["miou_delta_ptq"] = ptq["miou_delta"]
+        section["miou_delta_qat"] = row["miou_delta"]
+        section["recovered_miou"] = row["miou_delta"] - ptq["miou_delta"]
+    return section
 
 
 def _note_int8_not_faster(rows: list[dict], machine: dict, profile) -> None:

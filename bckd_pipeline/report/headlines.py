@@ -50,3 +50,12 @@ def latency(lat: dict, deployed: str) -> str:
     if not entry:
         return f"{deployed}: pending on its device"
     return f"{deployed} p50 {entry['latency']['p50']:.2f} ms"
+
+
+def qat(record: dict | None) -> str:
+    if record is None:
+        return "off"
+    if not record.get("ran"):
+        return f"skipped: {record.get('reason', 'nothing to fine-tune')}"
+    cost = record.get("cost") or {}
+    return f"{cost.get('iterations')} iterations in {cost.get('stage_wall_s')} s, teacher: {record.get('teacher')}"

@@ -20,7 +20,7 @@ from scipy import ndimage
 from ..fileio import write_text
 from ..palette import palette
 from .evidence import MASK_COLUMNS, load_qualitative
-from .markdown import fmt_value
+from .markdown import fmt_value, qat_line
 
 BOUNDARY_PX = 2  # a wrong pixel within this many pixels of a ground-truth boundary is a boundary error
 BOUNDARY_ERROR = (255, 0, 255)  # magenta: no class colour uses it
@@ -271,6 +271,8 @@ def render(report: dict, out: Path) -> str:
         f"Distillation ({html.escape(str(d.get('kd')))}): teacher {fmt_value(d.get('teacher_miou'))}, student alone "
         f"{fmt_value(d.get('student_miou'))}, distilled {fmt_value(d.get('distilled_miou'))} mIoU."
     )
+    qat = qat_line(report)
+    qat_html = f'\n<p class="meta">{html.escape(qat)}</p>' if qat else ""
     culprit = ""
     if report.get("culprit"):
         culprit = (
@@ -285,7 +287,7 @@ def render(report: dict, out: Path) -> str:
 <p class="meta">Status <b>{html.escape(report["status"])}</b> (exit code {report["exit_code"]}).
 Evaluation: {ev.get("images")} images of <code>{html.escape(str(ev.get("data")))}</code> split
 <code>{html.escape(str(ev.get("split")))}</code> at {"x".join(str(v) for v in ev.get("input_hw", []))}.</p>
-<p class="meta">{distill}</p>{culprit}
+<p class="meta">{distill}</p>{qat_html}{culprit}
 <h2>Qualitative masks</h2>
 {masks_table(report, out)}
 <h2>Stage ledger</h2>

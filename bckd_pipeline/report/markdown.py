@@ -50,6 +50,30 @@ def _deploy_line(report: dict) -> list[str]:
     return [f"Target: {'; '.join(parts)}.", ""]
 
 
+def qat_line(report: dict) -> str | None:
+    """One sentence on teacher-guided QAT (report["qat"]): what ran, against which teacher, its cost, and the
+    mIoU of the QAT row beside the PTQ row's (evaluation split); None when --qat was off."""
+    q = report.get("qat")
+    if not q:
+        return None
+    head = f"QAT (--qat {q.get('mode')})"
+    if not q.get("ran"):
+        return f"{head}: not run, {q.get('reason')}."
+    cost = q.get("cost") or {}
+    text = (
+        f"{head}: {q.get('teacher')}, losses {q.get('kd')}, {cost.get('iterations')} iterations "
+        f"(batch {cost.get('batch_size')}, lr {cost.get('lr')}) on {cost.get('train_images')} training images, "
+        f"{cost.get('stage_wall_s')} s in all ({cost.get('wall_s')} s fine-tuning)"
+        + (", reused from the cache" if q.get("cached") else "")
+    )
+    if q.get("recovered_miou") is not None:
+        text += (
+            f"; ΔmIoU {q['miou_delta_qat']:+.3f} (qat-int8) against {q['miou_delta_ptq']:+.3f} "
+            f"({q.get('ptq_row')}): {q['recovered_miou']:+.3f} points"
+        )
+    return text + "."
+
+
 def markdown(report: dict) -> str:
     ev = report["evaluation"]
     lines = [
@@ -72,6 +96,9 @@ def markdown(report: dict) -> str:
             f"{fmt_value(r['miou_delta'], '+.3f')} | {fmt_value(agree, '.3f')} | {fmt_value(r['latency_ms']['p50'])} | "
             f"{fmt_value(r['latency_ms']['p99'])} | {fmt_value(r['fps'], '.1f')} |"
         )
+    qat = qat_line(report)
+    if qat:
+        lines += ["", qat]
     if report["culprit"]:
         lines += ["", f"**Parity failed at stage `{report['culprit']}`**: " + "; ".join(report["culprit_reason"])]
     dev = report.get("device")

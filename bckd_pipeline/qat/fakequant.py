@@ -1,0 +1,302 @@
+"""Fake quantization inserted by NNCF's PyTorch quantization, matched to the backend that will run the model.
+
+The library, not hand-written fake-quant modules: ``nncf.quantize(torch_model, nncf.Dataset(feeds), preset=...,
+target_device=...)`` inserts NNCF's quantizers (range-initialised on the calibration feeds) and returns a model
+that trains like any ``nn.Module`` ("Quantization-aware Training (QAT) with PyTorch", docs.openvino.ai:
+``nncf.quantize`` then fine-tune with a small learning rate; NNCF 3.4.0 ``nncf/quantization/quantize_model.py``).
+
+One scheme per backend, chosen to match what the PTQ row of that backend writes (calibrate/):
+
+- ``openvino``: the profile's NNCF preset and target device, as ``calibrate/openvino.py::quantize_ir`` uses
+  for the PTQ IR; exported with ``openvino.convert_model(model, example_input=...)``, which turns NNCF's
+  quantizers into OpenVINO FakeQuantize operations (an INT8 IR).
+- ``onnxruntime``: NNCF preset MIXED = asymmetric activations (u8, zero point free) and symmetric weights
+  (s8, zero point 0), per output channel: the layout of ``calibrate/onnxruntime.py::quantize_ort``
+  (QUInt8 activations, QInt8 per-channel weights). Exported as Q/DQ ONNX: ``nncf.strip(...,
+  StripFormat.NATIVE)`` turns each NNCF quantizer into ``torch.ao`` ``FakeQuantize``
+  (``nncf/torch/quantization/strip.py::convert_to_torch_fakequantizer``), which the TorchScript ONNX exporter
+  writes as one QuantizeLinear/DequantizeLinear pair (per-channel ones with ``axis``).
+- ``tensorrt``: preset PERFORMANCE (symmetric), then every per-tensor (activation) quantizer made signed
+  through NNCF's own ``SymmetricQuantizer.signed`` setter (which resets its levels): s8 with zero point 0
+  everywhere, per-channel weights, float biases (NNCF does not quantize biases). NNCF's
+  ``QuantizationParameters(signedness_to_force=True)`` would say the same up front, but NNCF 3.4.0 refuses it
+  for the convolutions under every hardware configuration ("incompatible with HW capabilities"). Then
+  :func:`make_tensorrt_ready`: an exact Q/DQ pair on Concat outputs that feed a convolution, the pipeline's
+  residual-Add placement (``calibrate/tensorrt.py::place_residual_qdq``) and ``check_tensorrt_qdq``.
+
+Where NNCF places quantizers is NNCF's choice (its hardware configuration for the target device), not ORT's
+op list: the Q/DQ ONNX is what the fine-tuned model computes, node for node (tests/test_qat.py checks that
+every fake quantizer of the stripped model is one Q/DQ pair on the same tensor of the exported ONNX).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import BackendMissingError, StageCheckError
+
+BACKENDS = ("onnxruntime", "openvino", "tensorrt")
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """What the fake quantizers of one backend are: NNCF's preset, target device, signed activations."""
+
+    backend: str
+    preset: str  # "mixed" (asymmetric activations) or "performance" (symmetric)
+    target_device: str  # an nncf.TargetDevice name
+    signed_activations: bool = False
+
+    def describe(self) -> dict:
+        acts = (
+            "asymmetric u8" if self.preset == "mixed" else ("symmetric s8" if self.signed_activations else "symmetric")
+        )
+        return {
+            "library": "nncf (PyTorch quantization)",
+            "preset": self.preset,
+            "target_device": self.target_device,
+            "activations": acts,
+            "weights": "symmetric s8, per output channel",
+        }
+
+
+def scheme_for(backend: str, *, preset: str = "performance", device: str = "CPU") -> Scheme:
+    """The scheme matching the PTQ row of ``backend`` (``preset``/``device``: the OpenVINO profile's)."""
+    if backend == "onnxruntime":
+        return Scheme("onnxruntime", "mixed", "CPU")
+    if backend == "openvino":
+        return Scheme("openvino", preset, device.upper())
+    if backend == "tensorrt":
+        return Scheme("tensorrt", "performance", "ANY", signed_activations=True)
+    raise StageCheckError(f"No QAT scheme for backend {backend!r}. Allowed: {', '.join(BACKENDS)}.")
+
+
+def import_nncf():
+    try:
+        import nncf
+    except ImportError:
+        raise BackendMissingError(
+            'QAT needs NNCF: pip install "bckd-pipeline[openvino]" (openvino and nncf), or run with --qat off.'
+        ) from None
+    return nncf
+
+
+def insert_fake_quant(model, feeds, scheme: Scheme):
+    """``model`` (eval mode, a torch module) with NNCF's quantizers, ranges from ``feeds`` (numpy feed dicts).
+
+    Returns a new module (NNCF copies); ``model`` is unchanged.
+    """
+    import torch
+
+    nncf = import_nncf()
+    tensors = [torch.from_numpy(next(iter(f.values()))) for f in feeds]
+    preset = {"performance": nncf.QuantizationPreset.PERFORMANCE, "mixed": nncf.QuantizationPreset.MIXED}[scheme.preset]
+    device = getattr(nncf.TargetDevice, scheme.target_device, nncf.TargetDevice.ANY)
+    quantized = nncf.quantize(
+        model.eval(), nncf.Dataset(tensors), preset=preset, target_device=device, subset_size=len(tensors)
+    )
+    if scheme.signed_activations:
+        from nncf.torch.quantization.layers import SymmetricQuantizer
+
+        for q in fake_quantizers(quantized).values():
+            if isinstance(q, SymmetricQuantizer) and not q.per_channel:
+                q.signed = True
+    return quantized
+
+
+def fake_quantizers(qmodel) -> dict[str, object]:
+    """NNCF's hook name -> quantizer module, every name (one quantizer may serve several hooks)."""
+    from nncf.torch.function_hook.wrapper import get_hook_storage
+    from nncf.torch.quantization.layers import BaseQuantizer
+
+    storage = get_hook_storage(qmodel)
+    return {n: m for n, m in storage.named_hooks(remove_duplicate=False) if isinstance(m, BaseQuantizer)}
+
+
+def strip_to_torch(qmodel, example):
+    """A copy of ``qmodel`` whose NNCF quantizers are ``torch.ao`` FakeQuantize modules (exportable to Q/DQ).
+
+    ``nncf.strip(..., StripFormat.NATIVE)`` replaces each quantizer under the first hook name it finds
+    (``named_hooks()`` drops duplicates); a quantizer NNCF shares between hooks (unified scales, e.g. the
+    inputs of a Concat) keeps its NNCF module under the other names, which exports as OpenVINO's custom
+    FakeQuantize op that ONNX Runtime cannot load. Those names are pointed at the replacement here.
+    """
+    nncf = import_nncf()
+    try:
+        import torchao  # noqa: F401 - nncf.strip's native format imports torchao's observers
+    except ImportError:
+        raise BackendMissingError(
+            "Exporting a QAT model to Q/DQ ONNX needs torchao (nncf.strip imports its observers): "
+            'pip install torchao, or pip install "bckd-pipeline[qat]".'
+        ) from None
+    from nncf.torch.function_hook.wrapper import get_hook_storage
+
+    model = copy.deepcopy(qmodel).eval()
+    by_id: dict[int, list[str]] = {}
+    for name, module in fake_quantizers(model).items():
+        by_id.setdefault(id(module), []).append(name)
+    model = nncf.strip(model, do_copy=False, strip_format=nncf.StripFormat.NATIVE, example_input=example)
+    storage = get_hook_storage(model)
+    for names in by_id.values():
+        first = storage.get_submodule(names[0])
+        for other in names[1:]:
+            storage.set_submodule(other, first)
+    return model
+
+
+def _inline_constant_identities(graph) -> int:
+    """Drop ``Identity`` nodes that copy an initializer (the TorchScript exporter writes one per reuse of a
+    shared scale or zero point) and point their consumers at the initializer: ONNX Runtime's Q/DQ fusion and
+    TensorRT read scales and zero points as initializers (``check_tensorrt_qdq`` requires it)."""
+    inits = {t.name for t in graph.initializer}
+    alias = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "Identity" and n.input[0] in inits}
+    outputs = {o.name for o in graph.output}
+    alias = {k: v for k, v in alias.items() if k not in outputs}
+    if not alias:
+        return 0
+    kept = [n for n in graph.node if not (n.op_type == "Identity" and n.output[0] in alias)]
+    for n in kept:
+        for i, name in enumerate(n.input):
+            if name in alias:
+                n.input[i] = alias[name]
+    del graph.node[:]
+    graph.node.extend(kept)
+    return len(alias)
+
+
+def export_qdq(
+    qmodel, example, path: Path, *, opset: int, input_name: str, output_name: str, metadata: dict | None = None
+) -> Path:
+    """The fine-tuned model as a Q/DQ ONNX (TorchScript exporter: FakeQuantize -> QuantizeLinear/DequantizeLinear).
+
+    The dynamo exporter has no FakeQuantize translation here, hence ``dynamo=False`` (as ``export/onnx_export.py``).
+    """
+    import torch
+
+    from ..distill.checkpoint import atomic_write
+
+    stripped = strip_to_torch(qmodel, example)
+
+    def write(tmp: Path) -> None:
+        with torch.no_grad():
+            torch.onnx.export(
+                stripped,
+                (example,),
+                str(tmp),
+                opset_version=max(opset, 13),  # per-channel QuantizeLinear needs opset 13
+                input_names=[input_name],
+                output_names=[output_name],
+                dynamo=False,
+            )
+        import onnx
+
+        model = onnx.load(str(tmp))
+        _inline_constant_identities(model.graph)
+        if metadata:
+            onnx.helper.set_model_props(model, metadata)
+        onnx.save(model, str(tmp))
+        leftovers = [n.name for n in model.graph.node if n.domain]
+        if leftovers:
+            raise StageCheckError(
+                f"The QAT ONNX holds custom-domain nodes ONNX Runtime cannot run: {', '.join(leftovers[:5])}."
+            )
+
+    atomic_write(Path(path), write)
+    return Path(path)
+
+
+def export_ir(
+    qmodel,
+    example,
+    xml_path: Path,
+    *,
+    input_name: str = "image",
+    output_name: str = "logits",
+    metadata: dict | None = None,
+) -> Path:
+    """The fine-tuned model as an INT8 OpenVINO IR: ``openvino.convert_model`` on the NNCF model (its quantizers
+    become FakeQuantize, weight quantizers folded into int8 constants), saved as the PTQ IR is
+    (calibrate/openvino.py). A converted PyTorch model has unnamed inputs and outputs; they get the names the
+    ONNX rows have, which the runtimes and the parity feeds use; ``metadata`` (the ONNX rows' metadata_props)
+    goes where OpenVINO keeps it for an IR converted from ONNX, ``rt_info["framework"]``, which predict reads."""
+    import torch
+
+    from ..calibrate.openvino import save_ir
+    from ..deploy.backends.openvino import import_openvino
+
+    ov = import_openvino()
+    model = copy.deepcopy(qmodel).eval()
+    with torch.no_grad():
+        converted = ov.convert_model(model, example_input=example)
+    converted.inputs[0].get_tensor().set_names({input_name})
+    converted.outputs[0].get_tensor().set_names({output_name})
+    for key, value in (metadata or {}).items():
+        converted.set_rt_info(value, ["framework", key])
+    return save_ir(converted, xml_path, compress_to_fp16=False)
+
+
+def _requantize_concats(path: Path) -> int:
+    """A Q/DQ pair on the output of each Concat that feeds a convolution, where every Concat input is
+    dequantized with one shared scale and zero point (NNCF unifies the scales of a Concat's inputs).
+
+    TensorRT wants Q/DQ on the data input of every convolution (``check_tensorrt_qdq``); NNCF quantizes the
+    Concat's inputs instead. With one scale on every input, the Concat's output already lies on that grid, so
+    the added pair is exact: it changes no value, only where TensorRT sees the quantization.
+    """
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    added, new_nodes = 0, []
+    for node in graph.node:
+        new_nodes.append(node)
+        if node.op_type != "Concat":
+            continue
+        users = [n for n in graph.node if node.output[0] in n.input]
+        if not any(u.op_type in ("Conv", "ConvTranspose") for u in users):
+            continue
+        dqs = [producer.get(i) for i in node.input]
+        if not dqs or any(d is None or d.op_type != "DequantizeLinear" for d in dqs):
+            continue
+        if len({tuple(d.input[1:]) for d in dqs}) != 1:
+            continue
+        scale, zp = dqs[0].input[1], dqs[0].input[2]
+        out = node.output[0]
+        q_out, dq_out = f"{out}_qat_q", f"{out}_qat_dq"
+        new_nodes.append(
+            helper.make_node("QuantizeLinear", [out, scale, zp], [q_out], name=f"{node.name}/QuantizeLinear")
+        )
+        new_nodes.append(
+            helper.make_node("DequantizeLinear", [q_out, scale, zp], [dq_out], name=f"{node.name}/DequantizeLinear")
+        )
+        for u in users:
+            for i, name in enumerate(u.input):
+                if name == out:
+                    u.input[i] = dq_out
+        added += 1
+    if added:
+        del graph.node[:]
+        graph.node.extend(new_nodes)
+        onnx.save(model, str(path))
+    return added
+
+
+def make_tensorrt_ready(path: Path) -> dict:
+    """The QAT Q/DQ ONNX as TensorRT takes it: Concat outputs re-quantized (exact), the residual-Add placement
+    of ``calibrate/tensorrt.py``, then ``check_tensorrt_qdq``; raises when TensorRT would still reject it."""
+    from ..calibrate.tensorrt import check_tensorrt_qdq, place_residual_qdq
+
+    concats = _requantize_concats(path)
+    residual = place_residual_qdq(path)
+    problems = check_tensorrt_qdq(path)
+    if problems:
+        raise StageCheckError(
+            "The QAT Q/DQ ONNX is not TensorRT-ready: "
+            + "; ".join(problems[:5])
+            + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else "")
+        )
+    return {"concat_outputs_requantized": concats, "residual_adds_fused": residual, "tensorrt_ready": True}

@@ -1,0 +1,332 @@
+"""The QAT stage: after the target's PTQ INT8 row, fine-tune the fake-quantized student with the teacher and
+export it as the ``qat-int8`` row (``ledger.qat_artifact``), through the same parity and latency stages.
+
+``--qat auto`` (the default when a ``max_miou_drop`` budget is given) runs it only when the PTQ row misses the
+budget. That decision is made on *training* images outside the calibration set (the accuracy-control images of
+calibrate/stage.py, or as many others), never on the evaluation split: the mIoU of the PTQ row against the FP32
+ONNX's on those images, in points, against the budget. The gate then judges the deployed row on the evaluation
+split as always; the two can disagree near the budget, and the report records the decision and its figures.
+
+The fine-tune (finetune.py) reads the whole training split at the calibration images' preprocessing (resize to
+the input size; no augmentation), checked not to overlap the evaluation images. The stage is cached on the
+student, the teacher, the calibration set and every setting: a rerun reuses the exported row and its record.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from ..cache import StageCache, stage_key
+from ..context import DeployContext, QatConfig, feed_norm, norm
+from ..errors import BckdError, ConfigError
+from ..ledger import Built, qat_artifact
+from ..targets import Backend
+
+
+def qat_budget(ctx: DeployContext) -> float | None:
+    """``--qat-max-miou-drop``, else the budgets file's ``max_miou_drop`` for this target (its deployed stage)."""
+    q = ctx.deploy.qat
+    if q.max_miou_drop is not None:
+        return q.max_miou_drop
+    if q.budgets is None:
+        return None
+    from ..gate.budgets import load_budgets
+
+    table = load_budgets(q.budgets).for_target(ctx.profile.name, "this run")
+    if "max_miou_drop" in table.from_defaults:  # the profile's default is the gate's, not a request for QAT
+        return None
+    return table.deployed.get("max_miou_drop")
+
+
+def check_qat(q: QatConfig, profile, *, onnx_source: bool, dynamic: tuple[str, ...]) -> QatConfig:
+    """What ``pipeline.deploy_plan`` refuses before any stage: a mode not allowed, QAT of a non-INT8 target,
+    of a user's ONNX (no PyTorch model to train), or of a dynamic-shape export. Returns the configuration the
+    target runs: an ``auto`` the user did not ask for (the default with a budget) is off where QAT cannot run."""
+    from ..context import QAT_MODES
+    from ..targets import Precision
+
+    if q.mode not in QAT_MODES:
+        raise ConfigError(f"--qat {q.mode!r} is not allowed. Allowed: {', '.join(QAT_MODES)}.")
+    if q.mode == "off":
+        return q
+    if not q.requested and (profile.precision is not Precision.INT8 or onnx_source or dynamic):
+        return replace(q, mode="off")
+    if profile.precision is not Precision.INT8:
+        raise ConfigError(
+            f"--qat {q.mode} was given for --target {profile.name}, which deploys {profile.precision}: QAT fine-tunes "
+            "an INT8 model. Deploy --precision int8, or drop --qat."
+        )
+    if onnx_source:
+        raise ConfigError(
+            f"--qat {q.mode} needs the PyTorch model to fine-tune, and `deploy --onnx` has none. Deploy the "
+            "checkpoint (--model student.pt), or drop --qat."
+        )
+    if dynamic:
+        raise ConfigError(
+            f"--qat {q.mode} exports the fine-tuned model at a static shape, and --dynamic {','.join(dynamic)} was "
+            "given. Drop --dynamic, or drop --qat."
+        )
+    if q.iters < 1 or q.batch_size < 1 or not q.lr > 0:
+        raise ConfigError(
+            f"--qat-iters {q.iters}, --qat-batch {q.batch_size}, --qat-lr {q.lr:g}: each must be positive "
+            "(defaults 300, 8, 1e-5)."
+        )
+    return q
+
+
+def qat_stage(ctx: DeployContext, out: Path, cache: StageCache, built: list[Built], calib, bar=None):
+    """The QAT row (a list of zero or one ``Built``) and the record for the report (None when --qat is off)."""
+    q = ctx.deploy.qat
+    row = qat_artifact(ctx.profile)
+    if q.mode == "off" or row is None or calib is None or ctx.model is None:
+        return [], None
+    budget = qat_budget(ctx)
+    ptq = next(b for b in reversed(built) if b.precision.value == "int8")
+    record: dict = {"mode": q.mode, "max_miou_drop": budget, "ptq_row": ptq.name}
+    if q.mode == "auto" and budget is None:
+        return [], {**record, "ran": False, "reason": f"no max_miou_drop budget for {ctx.profile.name}"}
+    if q.mode == "auto":
+        drop, images = _ptq_drop(ctx, built, ptq, calib)
+        record["decision"] = {
+            "ptq_miou_drop": round(drop, 4),
+            "judged_on": f"{images} training images outside the calibration set (never the evaluation split)",
+        }
+        if budget is None or drop <= budget:
+            record["ran"] = False
+            record["reason"] = f"{ptq.name} drops {drop:.3f} mIoU points, within max_miou_drop {budget}"
+            return [], record
+    teacher_path = q.teacher
+    options = {
+        "profile": ctx.profile.name,
+        "device": ctx.profile.device,
+        "preset": ctx.plan.calibration.preset if ctx.plan.calibration else None,
+        "spec": asdict(ctx.spec),
+        "schedule": {k: v for k, v in asdict(q).items() if k not in ("mode", "max_miou_drop", "budgets", "teacher")},
+        "teacher": str(teacher_path) if teacher_path else "self",
+        "calibration_sha256": calib.sha256,
+        "libraries": _versions(),  # another NNCF or torch may place or train quantizers differently
+    }
+    name = f"{row.name}@{ctx.profile.key}"
+    inputs = [ctx.checkpoint] + ([Path(teacher_path)] if teacher_path else [])
+    key = stage_key(name, options, inputs)
+    path = out / row.path
+    hit = cache.lookup(name, key)
+    if hit is not None:
+        return [replace(row, path=path, settings=hit["settings"])], {**record, **hit["qat"], "cached": True}
+    settings, summary = _train_and_export(ctx, row, path, calib, bar)
+    outputs = [path] + ([path.with_suffix(".bin")] if row.backend is Backend.OPENVINO else [])
+    cache.store(name, key, outputs, {"settings": settings, "qat": summary})
+    return [replace(row, path=path, settings=settings)], {**record, **summary, "cached": False}
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in ("nncf", "torch", "openvino", "onnxruntime"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def _ptq_drop(ctx: DeployContext, built: list[Built], ptq: Built, calib) -> tuple[float, int]:
+    """mIoU (points) of the FP32 simplified ONNX minus the PTQ row's, on training images outside calibration."""
+    from ..deploy.stage import make_runtime
+    from ..metrics import ConfusionMatrix
+
+    feeds = calib.validation if calib.validation is not None else _held_out(ctx, calib)
+    fp32 = next(b for b in built if b.name == "onnx-simplified")
+    scores = []
+    for b in (fp32, ptq):
+        cm = ConfusionMatrix(ctx.meta.num_classes, ctx.meta.ignore_index)
+        with make_runtime(ctx, b) as rt:
+            for feed, label in feeds.pairs():
+                y = next(iter(rt.infer(feed).values()))
+                cm.update(y.argmax(1)[0] if y.ndim == 4 else y[0], label)
+        scores.append(cm.miou())
+    return scores[0] - scores[1], len(feeds)
+
+
+def _training_set(ctx: DeployContext, split: str):
+    from ..data import build_dataset
+
+    d = ctx.data
+    return build_dataset(d.spec, split, demo_size=d.demo_size, demo_count=d.demo_count)
+
+
+def _held_out(ctx: DeployContext, calib):
+    """As many training images as the calibration set holds, none of them calibration images."""
+    from ..calibrate.data import DatasetFeeds, check_no_overlap, pick_indices
+    from ..errors import DataError
+
+    spec = calib.spec
+    train_set = _training_set(ctx, spec.split)
+    used = set(calib.feeds.digests)
+    rest = [i for i in range(len(train_set)) if i not in _indices_of(train_set, used)]
+    if not rest:
+        raise DataError(
+            f"--qat auto judges the PTQ row on training images besides the {len(calib.feeds)} calibration images, "
+            f"and split {spec.split!r} has none left. Lower --calib-size, or pass --qat on."
+        )
+    chosen = [rest[i] for i in pick_indices(min(spec.size, len(rest)), len(rest), spec.seed + 1)]
+    feeds = DatasetFeeds.from_dataset(
+        train_set,
+        chosen,
+        ctx.spec.input_hw,
+        normalization=feed_norm(ctx.meta, ctx.spec),
+        input_name=ctx.eval_feeds.input_name,
+    )
+    check_no_overlap(feeds, ctx.eval_digests)
+    return feeds.tiled(ctx.spec.batch)
+
+
+def _indices_of(dataset, digests: set[str]) -> set[int]:
+    from ..calibrate.data import image_digest
+
+    return {i for i in range(len(dataset)) if image_digest(dataset.load(i)[0]) in digests}
+
+
+def _taps(model_name: str, role: str) -> list[str] | None:
+    from ..distill.models import default_taps
+
+    try:
+        return [f"student.{t}" for t in default_taps(model_name, role=role)]
+    except (KeyError, BckdError):  # not a preset (a module file): no known taps, logit KD only
+        return None
+
+
+def _train_and_export(ctx: DeployContext, row: Built, path: Path, calib, bar) -> tuple[dict, dict]:
+    import torch
+
+    from ..calibrate.data import DatasetFeeds, check_no_overlap
+    from ..distill.checkpoint import load_model
+    from ..distill.task import DistillConfig
+    from ..export.wrapper import SegExportWrapper
+    from . import fakequant
+    from .finetune import QatSchedule, finetune
+
+    q, spec = ctx.deploy.qat, ctx.spec
+    start = time.perf_counter()
+    normalize = norm(ctx.meta) if spec.bake_normalization else None
+    student = SegExportWrapper(copy.deepcopy(ctx.model).cpu(), normalize=normalize, head="logits").eval()
+    backend = ctx.profile.backend.value
+    scheme = fakequant.scheme_for(
+        backend,
+        preset=ctx.plan.calibration.preset if ctx.plan.calibration else "performance",
+        device=ctx.profile.device,
+    )
+    one_image = replace(calib.feeds, batch=1)  # the ranges from the very calibration images of the PTQ row
+    with _nncf_bars(ctx.deploy.progress):
+        qstudent = fakequant.insert_fake_quant(student, list(one_image), scheme)
+
+    if q.teacher is not None:
+        teacher_model, tmeta = load_model(q.teacher, expect_classes=ctx.meta.num_classes)
+        t_norm = norm(tmeta) if spec.bake_normalization else None
+        teacher = SegExportWrapper(teacher_model, normalize=t_norm, head="logits").eval()
+        teacher_taps, teacher_what = _taps(tmeta.model, "teacher"), f"teacher checkpoint {q.teacher}"
+    else:  # no teacher: the FP32 student is the target (self-distillation); the report says which
+        teacher = SegExportWrapper(copy.deepcopy(ctx.model).cpu(), normalize=normalize, head="logits").eval()
+        teacher_taps, teacher_what = _taps(ctx.meta.model, "student"), "self-distillation from the FP32 student"
+    student_taps = _taps(ctx.meta.model, "student")
+    dcfg = q.distill or DistillConfig()
+    if "bckd" in dcfg.kd and not (student_taps and teacher_taps):
+        dcfg = replace(dcfg, kd="kd")  # a model without preset taps: logit KD + CE, recorded below
+
+    train_set = _training_set(ctx, calib.spec.split)
+    train = DatasetFeeds.from_dataset(
+        train_set,
+        range(len(train_set)),
+        spec.input_hw,
+        normalization=feed_norm(ctx.meta, spec),
+        input_name=ctx.eval_feeds.input_name,
+    )
+    check_no_overlap(train, ctx.eval_digests)
+    _check_labels(train, ctx.meta, ctx.data.spec)
+    schedule = QatSchedule(iters=q.iters, lr=q.lr, batch_size=q.batch_size, seed=q.seed, distill=dcfg)
+    with _bar(bar, q.iters) as tick:
+        cost = finetune(
+            qstudent,
+            teacher,
+            train.images,
+            train.labels,
+            schedule,
+            student_taps=student_taps,
+            teacher_taps=teacher_taps,
+            ignore_index=ctx.meta.ignore_index,
+            tick=tick,
+        )
+
+    qstudent.head = spec.head  # the exported head (logits or argmax), as export/onnx_export.py writes it
+    example = torch.zeros(spec.input_shape())
+    from ..export.onnx_export import onnx_metadata
+
+    if row.backend is Backend.OPENVINO:
+        fakequant.export_ir(
+            qstudent,
+            example,
+            path,
+            input_name=ctx.eval_feeds.input_name,
+            output_name=spec.output_name,
+            metadata=onnx_metadata(ctx.meta, spec),
+        )
+        export = {"format": "OpenVINO IR (FakeQuantize)", "tool": "openvino.convert_model"}
+    else:
+        fakequant.export_qdq(
+            qstudent,
+            example,
+            path,
+            opset=spec.opset,
+            input_name=ctx.eval_feeds.input_name,
+            output_name=spec.output_name,
+            metadata=onnx_metadata(ctx.meta, spec),
+        )
+        export = {"format": "QDQ ONNX", "tool": "nncf.strip(native) + torch.onnx.export"}
+        if ctx.profile.backend is Backend.TENSORRT:
+            export.update(fakequant.make_tensorrt_ready(path))
+    settings = {**scheme.describe(), **export, "teacher": teacher_what, "kd": cost["kd"]}
+    summary = {
+        "ran": True,
+        "teacher": teacher_what,
+        "kd": cost["kd"],
+        "scheme": scheme.describe(),
+        "train_split": calib.spec.split,
+        "cost": {**cost, "stage_wall_s": round(time.perf_counter() - start, 3)},
+    }
+    return settings, summary
+
+
+def _check_labels(train, meta, data: str) -> None:
+    """The fine-tune's cross-entropy needs every label to be a class of the model (or ignored)."""
+    import numpy as np
+
+    from ..errors import DataError
+
+    top = max((int(np.max(y[y != meta.ignore_index], initial=-1)) for y in train.labels), default=-1)
+    if top >= meta.num_classes:
+        raise DataError(
+            f"--qat fine-tunes on the labels of {data!r}, which include class {top}, and the model predicts "
+            f"{meta.num_classes} classes. Deploy a model trained on this dataset, or pass --qat off."
+        )
+
+
+def _nncf_bars(progress: bool):
+    """NNCF draws its rich progress bars on stdout, where the ledger goes: on stderr with progress bars,
+    nowhere with --no-progress (as calibrate/stage.py does for NNCF's PTQ)."""
+    import contextlib
+    import io
+    import sys
+
+    return contextlib.redirect_stdout(sys.stderr if progress else io.StringIO())
+
+
+def _bar(bar, total: int):
+    import contextlib
+
+    if bar is None:
+        return contextlib.nullcontext(None)
+    return bar("QAT fine-tune", total)

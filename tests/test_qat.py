@@ -1,0 +1,457 @@
+"""Teacher-guided QAT (issue 15, section 2): NNCF's fake quantization, its Q/DQ export, the fine-tune, the stage."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("nncf")
+pytest.importorskip("torchao")
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from bckd_pipeline.data.base import Normalization  # noqa: E402
+from bckd_pipeline.distill.models import build_model, default_taps  # noqa: E402
+from bckd_pipeline.export.wrapper import SegExportWrapper  # noqa: E402
+from bckd_pipeline.qat import fakequant  # noqa: E402
+from bckd_pipeline.qat.finetune import QatSchedule, finetune  # noqa: E402
+
+from deploy_fixtures import NUM_CLASSES, demo_feeds  # noqa: E402
+
+NORM = Normalization((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+# NNCF's traced op names -> the ONNX op the exporter writes for them.
+ONNX_OP = {"conv2d": "Conv", "relu": "Relu", "relu_": "Relu", "interpolate": "Resize", "cat": "Concat"}
+
+
+def wrapped_student(seed: int = 0):
+    torch.manual_seed(seed)
+    return SegExportWrapper(build_model("tiny-student", NUM_CLASSES), normalize=NORM).eval()
+
+
+def qdq_pairs(graph) -> dict:
+    """QuantizeLinear node -> (its DequantizeLinear consumer, the scale, the zero point, the axis or None)."""
+    from onnx import numpy_helper
+
+    consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    for n in graph.node:
+        if n.op_type == "Constant":
+            consts[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+    consumers = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    pairs = {}
+    for q in (n for n in graph.node if n.op_type == "QuantizeLinear"):
+        (dq,) = consumers[q.output[0]]
+        assert dq.op_type == "DequantizeLinear" and list(dq.input[1:]) == list(q.input[1:])
+        axis = next((a.i for a in q.attribute if a.name == "axis"), None)
+        pairs[q.name] = (q, dq, consts[q.input[1]], consts[q.input[2]], axis)
+    return pairs
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "tensorrt"])
+def test_every_fake_quantizer_is_one_qdq_pair_on_the_same_tensor(tmp_path, backend):
+    """Each fake quantizer of the model that is exported (NNCF's, stripped to torch FakeQuantize) is one
+    QuantizeLinear -> DequantizeLinear pair of the ONNX: same scale, same zero point and its signedness, same
+    per-channel axis, on the tensor the quantizer sits on (a weight of the op it feeds, or the output of the
+    op it follows); no pair is left over."""
+    from nncf.torch.function_hook.hook_storage import decode_hook_name
+    from nncf.torch.function_hook.wrapper import get_hook_storage
+
+    feeds = demo_feeds("train", n=4)
+    qmodel = fakequant.insert_fake_quant(wrapped_student(), list(feeds), fakequant.scheme_for(backend))
+    example = torch.from_numpy(feeds.images[0])
+    stripped = fakequant.strip_to_torch(qmodel, example)
+    hooks = {
+        n: m
+        for n, m in get_hook_storage(stripped).named_hooks(remove_duplicate=False)
+        if isinstance(m, torch.ao.quantization.FakeQuantize)
+    }
+    assert len(hooks) == len(fakequant.fake_quantizers(qmodel)) > 0  # every NNCF quantizer became a FakeQuantize
+    path = fakequant.export_qdq(
+        qmodel, example, tmp_path / "qat.onnx", opset=17, input_name="image", output_name="logits"
+    )
+    graph = onnx.load(str(path)).graph
+    assert not [n for n in graph.node if n.domain], "no custom-domain FakeQuantize may be left"
+    remaining = qdq_pairs(graph)
+    assert len(remaining) == len(hooks)
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    inits = {t.name: t for t in graph.initializer}
+
+    def on_its_tensor(kind: str, op: str, port: int, q, dq) -> bool:
+        if kind == "pre_hooks":  # an input of the op: the DQ feeds that op at that port
+            users = consumers[dq.output[0]]
+            return (
+                len(users) == 1 and users[0].op_type == ONNX_OP[op] and list(users[0].input).index(dq.output[0]) == port
+            )
+        if q.input[0] not in producer:
+            return q.input[0] == "image"
+        return producer[q.input[0]].op_type == ONNX_OP.get(op, op.capitalize())
+
+    for hook, fq in hooks.items():
+        kind, op_name, port = decode_hook_name(hook)
+        op = op_name.split("/")[-2] if op_name.count("/") >= 2 else op_name
+        scale, zp = fq.scale.detach().numpy(), fq.zero_point.detach().numpy()
+        per_channel = fq.qscheme in (torch.per_channel_symmetric, torch.per_channel_affine)
+        want_dtype = np.int8 if fq.quant_min < 0 else np.uint8
+        found = [
+            k
+            for k, (q, dq, s, z, axis) in remaining.items()
+            if s.size == scale.size
+            and np.allclose(s, scale.reshape(s.shape), rtol=1e-6)
+            and z.dtype == want_dtype
+            and z.size == zp.size
+            and np.array_equal(z.astype(np.int64), zp.reshape(z.shape).astype(np.int64))
+            and (axis == fq.ch_axis if per_channel else axis is None)
+            and on_its_tensor(kind, op, port, q, dq)
+        ]
+        assert found, f"no Q/DQ pair for {hook} ({fq.qscheme}, {fq.quant_min}..{fq.quant_max})"
+        q = remaining.pop(found[0])[0]
+        if per_channel:  # a weight, per output channel, symmetric s8
+            assert q.input[0] in inits and scale.size == inits[q.input[0]].dims[fq.ch_axis]
+            assert want_dtype is np.int8 and not zp.any()
+        if backend == "tensorrt":
+            assert want_dtype is np.int8 and not zp.any()  # TensorRT: symmetric, zero point 0 everywhere
+        if backend == "onnxruntime" and not per_channel:
+            assert want_dtype is np.uint8  # ORT's u8 asymmetric activations
+    assert not remaining, f"Q/DQ pairs no fake quantizer accounts for: {sorted(remaining)}"
+    if backend == "tensorrt":  # then made TensorRT-ready: only exact pairs added (Concat outputs on their inputs' grid)
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        before = sess.run(None, {"image": feeds.images[1]})[0]
+        done = fakequant.make_tensorrt_ready(path)
+        assert done["tensorrt_ready"] and done["concat_outputs_requantized"] == 1
+        after = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+            None, {"image": feeds.images[1]}
+        )[0]
+        np.testing.assert_allclose(after, before, atol=1e-5)
+
+
+def test_the_openvino_ir_has_one_fakequantize_per_fake_quantizer(tmp_path):
+    """OpenVINO targets: openvino.convert_model on the NNCF model gives an INT8 IR: one FakeQuantize per NNCF
+    activation quantizer (per hook), and each weight quantizer folded into an int8 weight constant (OpenVINO's
+    compressed weights); it computes what the fake-quantized torch model computes."""
+    ov = pytest.importorskip("openvino")
+    feeds = demo_feeds("train", n=4)
+    qmodel = fakequant.insert_fake_quant(wrapped_student(), list(feeds), fakequant.scheme_for("openvino"))
+    example = torch.from_numpy(feeds.images[0])
+    xml = fakequant.export_ir(qmodel, example, tmp_path / "int8" / "model.xml")
+    model = ov.Core().read_model(str(xml))
+    fq = [op for op in model.get_ops() if op.get_type_name() == "FakeQuantize"]
+    int8 = [op for op in model.get_ops() if op.get_type_name() == "Constant" and op.get_element_type() == ov.Type.i8]
+    hooks = fakequant.fake_quantizers(qmodel)
+    weights = [n for n, q in hooks.items() if q.per_channel]
+    assert len(fq) == len(hooks) - len(weights) > 0 and len(int8) == len(weights) > 0
+    compiled = ov.Core().compile_model(model, "CPU")
+    x = feeds.images[1]
+    got = compiled({0: x})[compiled.outputs[0]]
+    with torch.no_grad():
+        want = qmodel(torch.from_numpy(x)).numpy()
+    assert got.shape == want.shape and (got.argmax(1) == want.argmax(1)).mean() > 0.99
+
+
+def trained_student(train, iters: int = 150):
+    """tiny-student trained briefly on the demo images: its argmax varies over the image (an untrained one
+    predicts one class everywhere, which no quantization changes)."""
+    model = wrapped_student(seed=3)
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x = torch.from_numpy(np.concatenate(train.images))
+    y = torch.from_numpy(np.stack(train.labels))
+    for _ in range(iters):
+        loss = torch.nn.functional.cross_entropy(model(x), y, ignore_index=255)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+def _disagreement(onnx_path, reference, feeds) -> tuple[float, float]:
+    """(mean |logit INT8 - logit FP32|, fraction of pixels whose argmax differs) over ``feeds``."""
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    errors, differ, total = [], 0, 0
+    for feed in feeds:
+        got = sess.run(None, feed)[0]
+        with torch.no_grad():
+            want = reference(torch.from_numpy(feed["image"])).numpy()
+        errors.append(float(np.abs(got - want).mean()))
+        differ += int((got.argmax(1) != want.argmax(1)).sum())
+        total += got.shape[0] * got.shape[2] * got.shape[3]
+    return float(np.mean(errors)), differ / total
+
+
+def test_qat_reduces_the_int8_disagreement_where_ptq_loses(tmp_path):
+    """PTQ made to lose: an outlier channel (stage 0's first channel 50x the others, read by nothing downstream)
+    stretches a per-tensor activation range, so the other channels keep few levels; calibrated on two images.
+    QAT: NNCF's ranges from the same two images, then 60 steps of KD + BCKD + CE from the FP32 student (the
+    labels are its own argmax: a fixture of self-distillation) on the training images; judged on validation
+    images neither saw, against ONNX Runtime's PTQ of the same model (calibrate/onnxruntime.py)."""
+    from bckd_pipeline.calibrate.onnxruntime import quantize_ort
+    from bckd_pipeline.targets.profiles import CalibrationSpec
+
+    hw = (40, 72)  # BCKD's boundary term needs a 5 x 9 grid at stride 8
+    train = demo_feeds("train", n=24, hw=hw)
+    held_out = list(demo_feeds("val", n=8, hw=hw))
+    fp32 = trained_student(train)
+    with torch.no_grad():
+        stage = fp32.student.stages[0]
+        stage[0].weight[0] *= 50.0
+        stage[3].weight[:, 0] = 0.0
+        train.labels = [fp32(torch.from_numpy(x)).argmax(1)[0].numpy() for x in train.images]
+    calib = copy.copy(train)
+    calib.images, calib.labels = train.images[:2], train.labels[:2]
+    example = torch.from_numpy(calib.images[0])
+    onnx_fp32 = tmp_path / "fp32.onnx"
+    with torch.no_grad():
+        torch.onnx.export(
+            fp32,
+            (example,),
+            str(onnx_fp32),
+            input_names=["image"],
+            output_names=["logits"],
+            opset_version=17,
+            dynamo=False,
+        )
+    ptq, _ = quantize_ort(onnx_fp32, tmp_path / "ptq.onnx", calib, CalibrationSpec(size=2))
+    ptq_err, ptq_px = _disagreement(ptq, fp32, held_out)
+
+    qmodel = fakequant.insert_fake_quant(copy.deepcopy(fp32), list(calib), fakequant.scheme_for("onnxruntime"))
+    taps = [f"student.{t}" for t in default_taps("tiny-student")]
+    cost = finetune(
+        qmodel,
+        copy.deepcopy(fp32),
+        train.images,
+        train.labels,
+        QatSchedule(iters=60, lr=1e-4, batch_size=4),
+        student_taps=taps,
+        teacher_taps=taps,
+        ignore_index=255,
+    )
+    qat = fakequant.export_qdq(
+        qmodel, example, tmp_path / "qat.onnx", opset=17, input_name="image", output_name="logits"
+    )
+    qat_err, qat_px = _disagreement(qat, fp32, held_out)
+    print(
+        f"vs FP32 on held-out images: PTQ logit error {ptq_err:.4f}, pixels {ptq_px:.4f}; "
+        f"QAT {qat_err:.4f}, {qat_px:.4f}"
+    )
+    assert cost["iterations"] == 60 and cost["wall_s"] > 0 and {"kd", "boundary", "context"} <= set(cost["loss_last"])
+    assert ptq_px > 0.01, f"the fixture must make PTQ lose (PTQ changes {ptq_px:.4f} of the pixels)"
+    assert qat_err < ptq_err and qat_px < ptq_px
+
+
+# ---------------------------------------------------------------------------------------------
+# the flag, the stage, the ledger row, the reports and the gate
+# ---------------------------------------------------------------------------------------------
+SMOKE = ["--preset", "smoke", "--no-progress", "--train-device", "cpu"]
+FAST = [
+    "--latency-runs",
+    "3",
+    "--warmup-s",
+    "0",
+    "--warmup-runs",
+    "1",
+    "--no-throughput",
+    "--parity-images",
+    "4",
+    "--calib-size",
+    "4",
+]
+
+
+def demo_checkpoint(folder, model: str = "tiny-student"):
+    """A tiny preset over the demo dataset's classes, at 40x72 (BCKD's grid fits), random weights."""
+    from bckd_pipeline.data.demo import DemoDataset
+    from bckd_pipeline.distill.checkpoint import CheckpointMeta, save_checkpoint
+
+    names = tuple(DemoDataset("val", size=(32, 32), count=1).info.class_names)
+    torch.manual_seed(0)
+    role = "teacher" if "teacher" in model else "student"
+    path = folder / f"{role}.pt"
+    meta = CheckpointMeta(
+        model=model, num_classes=len(names), class_names=names, input_hw=(40, 72), dataset="demo", role=role
+    )
+    save_checkpoint(path, build_model(model, len(names)).eval(), meta)
+    return path
+
+
+def run_cli(capsys, *argv):
+    from bckd_pipeline.cli import main
+
+    rc = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
+
+
+@pytest.mark.parametrize("command", ["deploy", "run"])
+def test_qat_auto_without_a_budget_is_refused(tmp_path, capsys, command):
+    from test_cli import assert_clean_error
+
+    out = tmp_path / "R"
+    model = ["--model", demo_checkpoint(tmp_path)] if command == "deploy" else []
+    rc, _, err = run_cli(capsys, command, *SMOKE, *model, "--qat", "auto", "--out", out)
+    assert_clean_error(rc, err, out)
+    assert "--qat auto fine-tunes only when the INT8 row misses a max_miou_drop budget, and no budget was given" in err
+    assert "--qat-max-miou-drop" in err and "--budgets" in err and "--qat on" in err
+    budgets = tmp_path / "b.toml"
+    budgets.write_text("[onnxruntime-cpu]\nmax_p50_ms = 1000\n")  # a budgets file without max_miou_drop
+    rc, _, err = run_cli(capsys, command, *SMOKE, *model, "--qat", "auto", "--budgets", budgets, "--out", out)
+    assert_clean_error(rc, err, out)
+    assert f"--budgets {budgets} sets no max_miou_drop" in err
+    rc, _, err = run_cli(capsys, command, *SMOKE, *model, "--qat", "maybe", "--out", out)
+    assert_clean_error(rc, err, out)
+    assert "--qat 'maybe' is not allowed. Allowed: auto, on, off." in err
+
+
+def test_qat_on_a_target_that_is_not_int8_is_refused(tmp_path, capsys):
+    from test_cli import assert_clean_error
+
+    out = tmp_path / "R"
+    model = demo_checkpoint(tmp_path)
+    rc, _, err = run_cli(
+        capsys, "deploy", *SMOKE, "--model", model, "--target", "onnxruntime-cpu-fp32", "--qat", "on", "--out", out
+    )
+    assert_clean_error(rc, err, out)
+    assert "QAT fine-tunes an INT8 model" in err
+
+
+def test_the_qat_row_is_in_the_ledger_the_reports_and_the_gate(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "D"
+    model = demo_checkpoint(tmp_path)
+    budgets = tmp_path / "b.toml"
+    budgets.write_text(
+        "[onnxruntime-cpu]\nmax_miou_drop = 100\nmin_pixel_agreement = 0.01\n"
+        "[onnxruntime-cpu.stages.qat-int8]\nmax_p50_ms = 100000\n"
+    )
+    teacher = demo_checkpoint(tmp_path, "tiny-teacher")
+    argv = ["deploy", *SMOKE, "--model", model, "--teacher", teacher, "--qat", "on", "--qat-iters", "3"]
+    argv += ["--qat-batch", "2", *FAST]
+    rc, stdout, err = run_cli(capsys, *argv, "--budgets", budgets, "--out", out)
+    assert rc == 0, err
+    report = json.loads((out / "report.json").read_text())
+    names = [r["name"] for r in report["stages"]]
+    assert names[-2:] == ["onnxruntime-int8", "qat-int8"]  # the PTQ row kept beside it, QAT deployed last
+    row = report["stages"][-1]
+    assert row["parity_passed"] is not None and row["latency_ms"]["p50"] > 0  # parity and latency, like every row
+    assert row["artifact"].endswith("model.qat.int8.onnx")
+    q = report["qat"]
+    assert q["ran"] and q["mode"] == "on" and q["cost"]["iterations"] == 3 and q["cost"]["stage_wall_s"] > 0
+    assert q["teacher"] == f"teacher checkpoint {teacher}" and q["cached"] is False and q["kd"] == "kd+bckd"
+    assert q["scheme"]["activations"] == "asymmetric u8" and "recovered_miou" in q
+    html_text = (out / "report.html").read_text()
+    assert "qat-int8" in html_text and "QAT (--qat on)" in html_text
+    assert "QAT (--qat on)" in (out / "report.md").read_text()
+    assert "| qat-int8 |" in stdout
+    assert "qat-int8" in stdout.split("budget checks")[0] or "qat-int8" in stdout  # the gate's lines name it
+
+    from bckd_pipeline.gate.budgets import load_budgets
+    from bckd_pipeline.gate.gate import gate
+
+    result = gate(out / "report.json", load_budgets(budgets))
+    checked = {(c.stage, c.budget) for c in result.checks}
+    assert ("qat-int8", "max_miou_drop") in checked and ("qat-int8", "max_p50_ms") in checked
+    assert result.exit_code == 0
+
+    rc, _, err = run_cli(capsys, *argv, "--budgets", budgets, "--out", out)  # a rerun reuses the QAT stage
+    assert rc == 0, err
+    again = json.loads((out / "report.json").read_text())["qat"]
+    assert again["cached"] is True and again["cost"] == q["cost"]
+    assert "stage qat [onnxruntime-cpu]: cached" in err
+
+
+def test_qat_auto_keeps_the_ptq_row_when_it_meets_the_budget(tmp_path, capsys):
+    """--qat-max-miou-drop alone turns auto on; the PTQ row, judged on training images outside calibration,
+    is within it, so nothing is fine-tuned, the PTQ row stays deployed and the report says why."""
+    import json
+
+    out = tmp_path / "D"
+    model = demo_checkpoint(tmp_path)
+    rc, stdout, err = run_cli(
+        capsys, "deploy", *SMOKE, "--model", model, "--qat-max-miou-drop", "50", *FAST, "--out", out
+    )
+    assert rc == 0, err
+    report = json.loads((out / "report.json").read_text())
+    assert report["stages"][-1]["name"] == "onnxruntime-int8"
+    q = report["qat"]
+    assert q["mode"] == "auto" and q["ran"] is False and q["max_miou_drop"] == 50
+    assert "training images outside the calibration set" in q["decision"]["judged_on"]
+    assert q["decision"]["ptq_miou_drop"] <= 50 and "within max_miou_drop 50" in q["reason"]
+    assert "QAT (--qat auto): not run" in stdout and "stage qat [onnxruntime-cpu]: done" in err
+
+
+def test_qat_for_tensorrt_writes_the_tensorrt_ready_qdq_onnx_the_bundle_ships(tmp_path, capsys):
+    """A TensorRT target: the QAT row is the TensorRT-ready Q/DQ ONNX (check_tensorrt_qdq), checked on ONNX
+    Runtime here; the device bundle ships it, and the engine row (pending without a device) builds from it."""
+    import json
+
+    from bckd_pipeline.calibrate.tensorrt import check_tensorrt_qdq
+    from bckd_pipeline.cache import file_sha256
+
+    out = tmp_path / "D"
+    model = demo_checkpoint(tmp_path)
+    argv = ["deploy", *SMOKE, "--model", model, "--target", "tensorrt", "--qat", "on", "--qat-iters", "2"]
+    rc, _, err = run_cli(capsys, *argv, "--qat-batch", "2", *FAST, "--out", out)
+    assert rc == 3, err  # the engine is pending: no TensorRT device here
+    report = json.loads((out / "report.json").read_text())
+    names = [r["name"] for r in report["stages"]]
+    assert names[-3:] == ["onnx-qdq", "qat-int8", "tensorrt-int8"]
+    qat = out / "deploy/model.qat.qdq.onnx"
+    assert check_tensorrt_qdq(qat) == []
+    row = report["stages"][-2]
+    assert row["build"]["tensorrt_ready"] is True and row["parity_passed"] is not None
+    assert report["stages"][-1]["parent"] == "qat-int8"
+    assert file_sha256(out / "deploy/tensorrt/bundle/model.qdq.onnx") == file_sha256(qat)
+    assert report["qat"]["scheme"]["activations"] == "symmetric s8"
+
+
+def test_qat_for_openvino_deploys_the_int8_ir_after_the_ptq_ir(tmp_path, capsys):
+    """An OpenVINO target: the QAT row is an IR (openvino.convert_model of the NNCF model), after the NNCF PTQ
+    IR, with the profile's NNCF preset and device; parity and latency measure it like the PTQ row."""
+    import json
+
+    out = tmp_path / "D"
+    model = demo_checkpoint(tmp_path)
+    argv = ["deploy", *SMOKE, "--model", model, "--target", "openvino-cpu", "--qat", "on", "--qat-iters", "2"]
+    rc, _, err = run_cli(capsys, *argv, "--qat-batch", "2", *FAST, "--out", out)
+    assert rc == 0, err
+    report = json.loads((out / "report.json").read_text())
+    names = [r["name"] for r in report["stages"]]
+    assert names[-2:] == ["openvino-int8", "qat-int8"]
+    row = report["stages"][-1]
+    assert row["artifact"].endswith("qat-int8/model.xml") and row["parent"] == "openvino-fp32"
+    assert row["latency_ms"]["p50"] > 0 and row["build"]["format"] == "OpenVINO IR (FakeQuantize)"
+    assert report["qat"]["scheme"]["target_device"] == "CPU" and report["qat"]["scheme"]["preset"] == "performance"
+    from bckd_pipeline.predict.artifact import _ir_props
+
+    assert _ir_props(out / row["artifact"])["bckd.output"]  # the contract predict reads, as on the PTQ IR
+
+
+def test_run_fine_tunes_against_its_own_teacher_with_its_own_losses(smoke_report, tmp_path, capsys):
+    """`run --qat on`: the teacher is the run's (teacher/teacher.pt), the losses the run's --kd and --bckd; the
+    distillation stages are reused from the cache (a copy of the smoke run), only the deployment side reruns."""
+    import json
+    import shutil
+
+    from conftest import GATE_RUN_FLAGS
+
+    from bckd_pipeline.cache import file_sha256
+
+    out = tmp_path / "R"
+    shutil.copytree(smoke_report, out)
+    before = {p: file_sha256(out / p) for p in ("teacher/teacher.pt", "distilled/student.pt")}
+    rc, _, err = run_cli(capsys, "run", *GATE_RUN_FLAGS, "--qat", "on", "--qat-iters", "2", "--out", out)
+    assert rc == 0, err
+    report = json.loads((out / "report.json").read_text())
+    assert [r["name"] for r in report["stages"]][-2:] == ["onnxruntime-int8", "qat-int8"]
+    q = report["qat"]
+    assert q["teacher"] == f"teacher checkpoint {out / 'teacher/teacher.pt'}"
+    assert q["kd"] == "kd+bckd" and q["cost"]["bckd_left_out"] is None  # the smoke preset's BCKD grid fits
+    assert {p: file_sha256(out / p) for p in before} == before  # stage 1 reused, not retrained
