@@ -223,3 +223,38 @@ def test_openvino_absent_device_is_a_clear_error(artifacts):
         pytest.skip("this host has an NPU")
     with pytest.raises(ConfigError, match="device 'NPU' is not on this host"):
         OpenVINORuntime(artifacts[1], device="NPU").activate()
+
+
+@pytest.mark.parametrize("fine_tuned", [False, True])
+def test_a_fine_tuned_row_is_judged_by_miou_alone(fine_tuned):
+    """The QAT row computes something else than its FP32 parent by design: low agreement alone fails an INT8 row
+    made from the parent's weights, not a row whose weights were trained again."""
+
+    def logits(x, swap=False):
+        out = np.zeros((x.shape[0], NUM_CLASSES, *x.shape[2:]), np.float32)
+        out[:, 0], out[:, 1] = x[:, 0], -x[:, 0]
+        return out[:, [1, 0, *range(2, NUM_CLASSES)]] if swap else out
+
+    stages = [
+        LedgerStage("onnx-simplified", "fake", "fp32", FakeRuntime(logits), None),
+        LedgerStage("qat-int8", "fake", "int8", FakeRuntime(lambda x: logits(x, swap=True)), "onnx-simplified"),
+    ]
+    for s in stages:
+        s.runtime.activate()
+    try:
+        criteria = ParityCriteria(max_miou_drop=100.0, min_pixel_agreement=0.95, max_abs_logit=1e-3)
+        report = ledger(
+            stages,
+            demo_feeds(),
+            num_classes=NUM_CLASSES,
+            ignore_index=255,
+            criteria=lambda p: criteria,
+            fine_tuned=frozenset({"qat-int8"} if fine_tuned else ()),
+        )
+    finally:
+        for s in stages:
+            s.runtime.deactivate()
+    row = report.stage("qat-int8")
+    assert row.pixel_agreement_vs_parent < 0.95
+    assert row.passed is fine_tuned
+    assert fine_tuned or any("agreement" in f for f in row.failures)

@@ -24,7 +24,7 @@ failing stage in pipeline order: the one that caused the drop, not the ones that
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -115,11 +115,14 @@ def ledger(
     criteria: Callable[[str], ParityCriteria],
     keep_labels: int = 0,
     tick: Callable[[], None] | None = None,
+    fine_tuned: frozenset[str] = frozenset(),
 ) -> LedgerReport:
     """Run every stage's runtime on every image of ``feeds``; ``stages[0]`` is the reference.
 
     ``keep_labels``: also return every stage's label maps of that many first images; ``tick``: called after
-    each image (a progress bar).
+    each image (a progress bar). ``fine_tuned``: stages whose weights were trained again (the QAT row). They
+    are meant to compute something else than their parent, so they are judged by the mIoU drop alone; their
+    agreement and logit distance are reported, not required.
     """
     names = [s.name for s in stages]
     for s in stages[1:]:
@@ -190,7 +193,10 @@ def ledger(
             images=n,
         )
         if parent is not None:
-            _judge(row, parent, criteria(s.precision))
+            c = criteria(s.precision)
+            if s.name in fine_tuned:
+                c = replace(c, min_pixel_agreement=0.0, max_abs_logit=None)
+            _judge(row, parent, c)
         results[s.name] = row
     per_image = {s.name: np.stack(acc[s.name].per_image) for s in stages}
     labels = {s.name: np.stack(acc[s.name].kept_labels) for s in stages if acc[s.name].kept_labels}

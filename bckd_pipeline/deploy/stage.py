@@ -9,7 +9,7 @@ from pathlib import Path
 from ..cache import StageCache, stage_key
 from ..context import DeployContext, norm
 from ..export.wrapper import SegExportWrapper
-from ..ledger import SHARED_ROWS, Built
+from ..ledger import QAT_ROW, SHARED_ROWS, Built
 from ..ledger import target_dir
 from ..report.evidence import MASK_IMAGES, PARITY_IMAGES_FILE, save_parity_images
 from ..targets import Backend, Precision
@@ -82,6 +82,7 @@ def parity_stage(ctx: DeployContext, out: Path, cache: StageCache, built: list[B
             "stages": [(b.name, b.parent) for b in built],
             "feeds": ctx.eval_feeds.digests,
             "parity": ctx.profile.parity,
+            "fine_tuned_rows": "mIoU only (v1)",  # how a fine-tuned (QAT) row is judged
             "device": ctx.plan.can_measure,
             "device_result": None if ctx.device is None or ctx.device.result is None else ctx.device.result["files"],
         },
@@ -112,6 +113,7 @@ def parity_stage(ctx: DeployContext, out: Path, cache: StageCache, built: list[B
             criteria=lambda p: ctx.profile.parity[Precision(p)],
             keep_labels=MASK_IMAGES,  # report.html's masks of the distilled and deployed models
             tick=tick,
+            fine_tuned=frozenset({QAT_ROW}),
         )
     result = {
         "stages": {s.name: asdict(s) for s in report.stages},
