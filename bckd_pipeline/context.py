@@ -54,6 +54,7 @@ class QatConfig:
     seed: int = 0
     teacher: Path | None = None
     distill: DistillConfig | None = None  # run: the run's --kd/--bckd; None: DistillConfig() (kd+bckd)
+    kd: str | None = None  # --qat-kd: the fine-tune's terms instead (e.g. none: CE alone, the paired control)
     requested: bool = False  # --qat given (an implicit auto is dropped for a target that is not INT8)
 
 

@@ -455,3 +455,18 @@ def test_run_fine_tunes_against_its_own_teacher_with_its_own_losses(smoke_report
     assert q["teacher"] == f"teacher checkpoint {out / 'teacher/teacher.pt'}"
     assert q["kd"] == "kd+bckd" and q["cost"]["bckd_left_out"] is None  # the smoke preset's BCKD grid fits
     assert {p: file_sha256(out / p) for p in before} == before  # stage 1 reused, not retrained
+
+
+def test_qat_kd_none_fine_tunes_with_cross_entropy_alone(tmp_path, capsys):
+    """--qat-kd none: the paired control of a teacher-guided QAT run (same schedule, same seed, CE alone)."""
+    import json
+
+    out = tmp_path / "CE"
+    model = demo_checkpoint(tmp_path)
+    argv = ["deploy", *SMOKE, "--model", model, "--qat", "on", "--qat-iters", "2", "--qat-batch", "2", *FAST]
+    rc, _, err = run_cli(capsys, *argv, "--qat-kd", "none", "--qat-seed", "3", "--out", out)
+    assert rc == 0, err
+    q = json.loads((out / "report.json").read_text())["qat"]
+    assert q["ran"] and q["kd"] == "none"
+    rc, _, err = run_cli(capsys, *argv, "--qat-kd", "bogus", "--out", tmp_path / "bad")
+    assert rc == 2 and "--qat-kd 'bogus' is not allowed" in err and "Traceback" not in err

@@ -92,6 +92,13 @@ def qat_config(args):
         raise ConfigError(f"--qat {mode!r} is not allowed. Allowed: {', '.join(QAT_MODES)}.")
     if args.qat_max_miou_drop is not None and not args.qat_max_miou_drop > 0:
         raise ConfigError(f"--qat-max-miou-drop must be > 0 mIoU points, got {args.qat_max_miou_drop:g}.")
+    if args.qat_kd is not None:
+        from ..distill.task import KD_CHOICES
+
+        if args.qat_kd not in KD_CHOICES:
+            raise ConfigError(
+                f"--qat-kd {args.qat_kd!r} is not allowed. Allowed: {', '.join(KD_CHOICES)} (none: cross-entropy alone)."
+            )
     budgeted = args.qat_max_miou_drop is not None or _file_budgets_miou_drop(args.budgets)
     if mode == "auto" and not budgeted:
         given = f"--budgets {args.budgets} sets no max_miou_drop" if args.budgets else "no budget was given"
@@ -107,6 +114,8 @@ def qat_config(args):
         iters=args.qat_iters,
         lr=args.qat_lr,
         batch_size=args.qat_batch,
+        seed=args.qat_seed,
+        kd=args.qat_kd,
         teacher=getattr(args, "teacher", None),
         requested=mode is not None,
     )

@@ -480,6 +480,12 @@ def _deploy_flags(p: argparse.ArgumentParser) -> None:
     q.add_argument("--qat-iters", type=int, default=300, help="QAT fine-tune iterations")
     q.add_argument("--qat-lr", type=float, default=1e-5, help="QAT learning rate (Adam)")
     q.add_argument("--qat-batch", type=int, default=8, help="QAT batch size")
+    q.add_argument(
+        "--qat-kd",
+        help="the fine-tune's distillation terms, as --kd (default: run: the run's --kd; deploy: kd+bckd); "
+        "none: cross-entropy alone",
+    )
+    q.add_argument("--qat-seed", type=int, default=0, help="seed of the QAT fine-tune (its batches)")
     t = p.add_argument_group("TensorRT targets (jetson, jetson-orin-nano/-nx, jetson-agx-orin, tensorrt)")
     t.add_argument("--ssh-identity", type=Path, help="private key for --device ssh://... (default: ssh's own keys)")
     t.add_argument("--ssh-known-hosts", type=Path, help="known_hosts file to check the device's host key against")

@@ -234,6 +234,8 @@ def _train_and_export(ctx: DeployContext, row: Built, path: Path, calib, bar) ->
         teacher_taps, teacher_what = _taps(ctx.meta.model, "student"), "self-distillation from the FP32 student"
     student_taps = _taps(ctx.meta.model, "student")
     dcfg = q.distill or DistillConfig()
+    if q.kd is not None:
+        dcfg = replace(dcfg, kd=q.kd)
     if "bckd" in dcfg.kd and not (student_taps and teacher_taps):
         dcfg = replace(dcfg, kd="kd")  # a model without preset taps: logit KD + CE, recorded below
 
