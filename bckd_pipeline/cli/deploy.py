@@ -97,7 +97,8 @@ def qat_config(args):
 
         if args.qat_kd not in KD_CHOICES:
             raise ConfigError(
-                f"--qat-kd {args.qat_kd!r} is not allowed. Allowed: {', '.join(KD_CHOICES)} (none: cross-entropy alone)."
+                f"--qat-kd {args.qat_kd!r} is not allowed. Allowed: {', '.join(KD_CHOICES)} "
+                "(none: cross-entropy alone)."
             )
     budgeted = args.qat_max_miou_drop is not None or _file_budgets_miou_drop(args.budgets)
     if mode == "auto" and not budgeted:
