@@ -350,7 +350,6 @@ def test_the_qat_row_is_in_the_ledger_the_reports_and_the_gate(tmp_path, capsys)
     assert "qat-int8" in html_text and "QAT (--qat on)" in html_text
     assert "QAT (--qat on)" in (out / "report.md").read_text()
     assert "| qat-int8 |" in stdout
-    assert "qat-int8" in stdout.split("budget checks")[0] or "qat-int8" in stdout  # the gate's lines name it
 
     from bckd_pipeline.gate.budgets import load_budgets
     from bckd_pipeline.gate.gate import gate
@@ -385,6 +384,40 @@ def test_qat_auto_keeps_the_ptq_row_when_it_meets_the_budget(tmp_path, capsys):
     assert "training images outside the calibration set" in q["decision"]["judged_on"]
     assert q["decision"]["ptq_miou_drop"] <= 50 and "within max_miou_drop 50" in q["reason"]
     assert "QAT (--qat auto): not run" in stdout and "stage qat [onnxruntime-cpu]: done" in err
+
+    # A budgets file that also budgets the qat-int8 row by name: QAT did not run, so that table has nothing to
+    # check (the deployed PTQ row is gated by the target's own budgets), and the gate must not call the report
+    # incomplete.
+    from bckd_pipeline.gate.budgets import load_budgets
+    from bckd_pipeline.gate.gate import gate
+
+    budgets = tmp_path / "b.toml"
+    budgets.write_text("[onnxruntime-cpu]\nmax_miou_drop = 50\n[onnxruntime-cpu.stages.qat-int8]\nmax_p50_ms = 1e5\n")
+    result = gate(out / "report.json", load_budgets(budgets))
+    assert {c.stage for c in result.checks} == {"onnxruntime-int8"}
+
+
+def test_qat_of_a_real_student_exports_per_tensor_activations_onnx_runtime_runs(tmp_path):
+    """deeplabv3plus-mbv2 has depthwise convolutions, on whose inputs NNCF's CPU config would put per-channel
+    activation quantizers that ONNX Runtime's QLinearConv refuses: every activation Q/DQ must be per tensor,
+    and the exported file must load and compute what the fake-quantized model computes."""
+    feeds = demo_feeds("train", n=2)
+    torch.manual_seed(0)
+    model = SegExportWrapper(build_model("deeplabv3plus-mbv2", NUM_CLASSES), normalize=NORM).eval()
+    qmodel = fakequant.insert_fake_quant(model, list(feeds), fakequant.scheme_for("onnxruntime"))
+    example = torch.from_numpy(feeds.images[0])
+    path = fakequant.export_qdq(
+        qmodel, example, tmp_path / "qat.onnx", opset=17, input_name="image", output_name="logits"
+    )
+    graph = onnx.load(str(path)).graph
+    inits = {t.name for t in graph.initializer}
+    for q, _, _, zp, axis in qdq_pairs(graph).values():
+        if q.input[0] not in inits:  # an activation
+            assert axis is None and zp.size == 1, f"{q.name}: per-channel activation quantizer"
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": feeds.images[1]})[0]
+    with torch.no_grad():
+        want = qmodel(torch.from_numpy(feeds.images[1])).numpy()
+    assert (got.argmax(1) == want.argmax(1)).mean() > 0.99
 
 
 def test_qat_for_tensorrt_writes_the_tensorrt_ready_qdq_onnx_the_bundle_ships(tmp_path, capsys):

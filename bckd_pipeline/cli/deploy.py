@@ -100,6 +100,12 @@ def qat_config(args):
                 f"--qat-kd {args.qat_kd!r} is not allowed. Allowed: {', '.join(KD_CHOICES)} "
                 "(none: cross-entropy alone)."
             )
+    teacher = getattr(args, "teacher", None)
+    if teacher is not None and mode != "off" and not Path(teacher).is_file():
+        raise ConfigError(
+            f"--teacher {teacher} does not exist. Pass the teacher checkpoint (teacher.pt), or drop --teacher "
+            "to fine-tune against the FP32 student itself."
+        )
     budgeted = args.qat_max_miou_drop is not None or _file_budgets_miou_drop(args.budgets)
     if mode == "auto" and not budgeted:
         given = f"--budgets {args.budgets} sets no max_miou_drop" if args.budgets else "no budget was given"
@@ -117,7 +123,7 @@ def qat_config(args):
         batch_size=args.qat_batch,
         seed=args.qat_seed,
         kd=args.qat_kd,
-        teacher=getattr(args, "teacher", None),
+        teacher=teacher,
         requested=mode is not None,
     )
 

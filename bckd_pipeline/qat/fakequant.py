@@ -94,8 +94,18 @@ def insert_fake_quant(model, feeds, scheme: Scheme):
     tensors = [torch.from_numpy(next(iter(f.values()))) for f in feeds]
     preset = {"performance": nncf.QuantizationPreset.PERFORMANCE, "mixed": nncf.QuantizationPreset.MIXED}[scheme.preset]
     device = getattr(nncf.TargetDevice, scheme.target_device, nncf.TargetDevice.ANY)
+    extra = {}
+    if scheme.backend in ("onnxruntime", "tensorrt"):
+        # NNCF's CPU/ANY hardware configs put per-channel quantizers on depthwise-convolution inputs; ONNX Runtime's
+        # QLinearConv takes only a scalar activation zero point, TensorRT only per-tensor activation scales, and
+        # the PTQ rows of both quantize activations per tensor (nncf 3.4: quantization/advanced_parameters.py).
+        from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters
+
+        extra["advanced_parameters"] = AdvancedQuantizationParameters(
+            activations_quantization_params=QuantizationParameters(per_channel=False)
+        )
     quantized = nncf.quantize(
-        model.eval(), nncf.Dataset(tensors), preset=preset, target_device=device, subset_size=len(tensors)
+        model.eval(), nncf.Dataset(tensors), preset=preset, target_device=device, subset_size=len(tensors), **extra
     )
     if scheme.signed_activations:
         from nncf.torch.quantization.layers import SymmetricQuantizer

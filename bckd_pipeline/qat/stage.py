@@ -41,7 +41,9 @@ def qat_budget(ctx: DeployContext) -> float | None:
     return table.deployed.get("max_miou_drop")
 
 
-def check_qat(q: QatConfig, profile, *, onnx_source: bool, dynamic: tuple[str, ...]) -> QatConfig:
+def check_qat(
+    q: QatConfig, profile, *, onnx_source: bool, dynamic: tuple[str, ...], exclude: tuple[str, ...] = ()
+) -> QatConfig:
     """What ``pipeline.deploy_plan`` refuses before any stage: a mode not allowed, QAT of a non-INT8 target,
     of a user's ONNX (no PyTorch model to train), or of a dynamic-shape export. Returns the configuration the
     target runs: an ``auto`` the user did not ask for (the default with a budget) is off where QAT cannot run."""
@@ -52,7 +54,7 @@ def check_qat(q: QatConfig, profile, *, onnx_source: bool, dynamic: tuple[str, .
         raise ConfigError(f"--qat {q.mode!r} is not allowed. Allowed: {', '.join(QAT_MODES)}.")
     if q.mode == "off":
         return q
-    if not q.requested and (profile.precision is not Precision.INT8 or onnx_source or dynamic):
+    if not q.requested and (profile.precision is not Precision.INT8 or onnx_source or dynamic or exclude):
         return replace(q, mode="off")
     if profile.precision is not Precision.INT8:
         raise ConfigError(
@@ -68,6 +70,11 @@ def check_qat(q: QatConfig, profile, *, onnx_source: bool, dynamic: tuple[str, .
         raise ConfigError(
             f"--qat {q.mode} exports the fine-tuned model at a static shape, and --dynamic {','.join(dynamic)} was "
             "given. Drop --dynamic, or drop --qat."
+        )
+    if exclude:
+        raise ConfigError(
+            f"--qat {q.mode} with --int8-exclude {','.join(exclude)}: the QAT row quantizes every layer NNCF "
+            "places a quantizer on, so the exclusions would hold for the PTQ row only. Drop one of the two."
         )
     if q.iters < 1 or q.batch_size < 1 or not q.lr > 0:
         raise ConfigError(
@@ -104,7 +111,11 @@ def qat_stage(ctx: DeployContext, out: Path, cache: StageCache, built: list[Buil
         "device": ctx.profile.device,
         "preset": ctx.plan.calibration.preset if ctx.plan.calibration else None,
         "spec": asdict(ctx.spec),
-        "schedule": {k: v for k, v in asdict(q).items() if k not in ("mode", "max_miou_drop", "budgets", "teacher")},
+        "schedule": {
+            k: v
+            for k, v in asdict(q).items()
+            if k not in ("mode", "max_miou_drop", "budgets", "teacher", "requested")  # not what is trained
+        },
         "teacher": str(teacher_path) if teacher_path else "self",
         "calibration_sha256": calib.sha256,
         "libraries": _versions(),  # another NNCF or torch may place or train quantizers differently
@@ -140,6 +151,7 @@ def _ptq_drop(ctx: DeployContext, built: list[Built], ptq: Built, calib) -> tupl
     from ..metrics import ConfusionMatrix
 
     feeds = calib.validation if calib.validation is not None else _held_out(ctx, calib)
+    feeds = replace(feeds, batch=1)  # the runtimes of a static --batch N repeat each image themselves
     fp32 = next(b for b in built if b.name == "onnx-simplified")
     scores = []
     for b in (fp32, ptq):
@@ -166,8 +178,10 @@ def _held_out(ctx: DeployContext, calib):
 
     spec = calib.spec
     train_set = _training_set(ctx, spec.split)
-    used = set(calib.feeds.digests)
-    rest = [i for i in range(len(train_set)) if i not in _indices_of(train_set, used)]
+    # The calibration stage drew its images with pick_indices(size, len, seed): the same draw names them,
+    # without decoding the split (checked below against the images' digests all the same).
+    picked = set(pick_indices(spec.size, len(train_set), spec.seed))
+    rest = [i for i in range(len(train_set)) if i not in picked]
     if not rest:
         raise DataError(
             f"--qat auto judges the PTQ row on training images besides the {len(calib.feeds)} calibration images, "
@@ -182,13 +196,12 @@ def _held_out(ctx: DeployContext, calib):
         input_name=ctx.eval_feeds.input_name,
     )
     check_no_overlap(feeds, ctx.eval_digests)
-    return feeds.tiled(ctx.spec.batch)
-
-
-def _indices_of(dataset, digests: set[str]) -> set[int]:
-    from ..calibrate.data import image_digest
-
-    return {i for i in range(len(dataset)) if image_digest(dataset.load(i)[0]) in digests}
+    if set(feeds.digests) & set(calib.feeds.digests):
+        raise DataError(
+            "--qat auto would judge the PTQ row on calibration images: the calibration set was not drawn the "
+            "way this stage expects. Pass --qat on, or report this as a bug."
+        )
+    return feeds
 
 
 def _taps(model_name: str, role: str) -> list[str] | None:
