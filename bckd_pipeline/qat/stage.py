@@ -278,7 +278,10 @@ def _train_and_export(ctx: DeployContext, row: Built, path: Path, calib, bar) ->
 
     qstudent.head = spec.head  # the exported head (logits or argmax), as export/onnx_export.py writes it
     example = torch.zeros(spec.input_shape())
+    from ..cache import file_sha256
     from ..export.onnx_export import onnx_metadata
+
+    provenance = {"bckd.checkpoint_sha256": file_sha256(ctx.checkpoint), "bckd.qat": "teacher-guided QAT (qat/)"}
 
     if row.backend is Backend.OPENVINO:
         fakequant.export_ir(
@@ -287,7 +290,7 @@ def _train_and_export(ctx: DeployContext, row: Built, path: Path, calib, bar) ->
             path,
             input_name=ctx.eval_feeds.input_name,
             output_name=spec.output_name,
-            metadata=onnx_metadata(ctx.meta, spec),
+            metadata=onnx_metadata(ctx.meta, spec, provenance),
         )
         export = {"format": "OpenVINO IR (FakeQuantize)", "tool": "openvino.convert_model"}
     else:
@@ -298,11 +301,15 @@ def _train_and_export(ctx: DeployContext, row: Built, path: Path, calib, bar) ->
             opset=spec.opset,
             input_name=ctx.eval_feeds.input_name,
             output_name=spec.output_name,
-            metadata=onnx_metadata(ctx.meta, spec),
+            metadata=onnx_metadata(ctx.meta, spec, provenance),
         )
         export = {"format": "QDQ ONNX", "tool": "nncf.strip(native) + torch.onnx.export"}
         if ctx.profile.backend is Backend.TENSORRT:
-            export.update(fakequant.make_tensorrt_ready(path))
+            try:  # rewritten in place and then checked: a file that fails the check must not stay behind
+                export.update(fakequant.make_tensorrt_ready(path))
+            except BaseException:
+                Path(path).unlink(missing_ok=True)
+                raise
     settings = {**scheme.describe(), **export, "teacher": teacher_what, "kd": cost["kd"]}
     summary = {
         "ran": True,
