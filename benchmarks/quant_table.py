@@ -60,6 +60,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
+
 STUDENTS = ("pspnet-r18", "deeplabv3plus-r18", "deeplabv3plus-mbv2", "deeplabv3plus-effb1", "segformer-b0")
 FLAVOURS = {
     "ort-u8s8": "ORT QDQ u8 act / s8 per-channel weights (quantize_ort, the pipeline's)",
@@ -67,6 +69,7 @@ FLAVOURS = {
     "nncf": "OpenVINO NNCF PTQ (quantize_ir, the pipeline's)",
     "trt-qdq": "TensorRT-style symmetric Q/DQ (quantize_for_tensorrt), run by ONNX Runtime",
 }
+TRAIN_ORDER = {"deeplabv3plus-effb1": 4, "segformer-b0": 3, "deeplabv3plus-r18": 2, "pspnet-r18": 1}
 ORT_FLAVOURS = ("ort-u8s8", "ort-s8s8", "trt-qdq")  # the ones calibrated by ONNX Runtime (--calib-method applies)
 SIZES = ((96, 128), (360, 480), (512, 1024))
 FORMAT = "bckd-pipeline/quant-table-v1"
@@ -94,6 +97,7 @@ class Options:
     max_miou_drop: float = 0.5
     demo_count: int | None = None  # demo data only: images per split (tests)
     stop_at: datetime | None = None  # UTC: work not started by then is listed as not measured
+    calib_memory_gb: float = 6.0  # ONNX Runtime's calibrators hold every image's activations (calib_count)
     command: str = ""
 
     def key(self, **extra) -> dict:
@@ -197,7 +201,8 @@ def train_students(presets, teacher: Path, data: str, out: Path, *, epochs: int,
     """
     done: dict[str, dict] = {}
     queue = []
-    for preset in presets:
+    # Longest first (a guess from the architectures), so that the two job slots finish close together.
+    for preset in sorted(presets, key=lambda p: -TRAIN_ORDER.get(p, 0)):
         folder = out / "students" / preset
         cmd = distill_command(preset, teacher, data, folder, epochs, hw)
         if (folder / "student.pt").is_file():
@@ -301,6 +306,30 @@ def export_at(student: Student, hw, folder: Path, check_feeds) -> Path:
     _, sim_check, counts = simplify(onnx_path, sim, check_feeds)
     stamp.write_text(json.dumps({"key": key, "export": check.as_dict(), "simplify": counts}, indent=1))
     return sim
+
+
+def activation_bytes(sim: Path) -> int:
+    """Bytes of every float activation of one image (static shapes after simplification): what ONNX Runtime's
+    MinMax and histogram calibrators hold *per calibration image* (they keep every image's outputs, then reduce)."""
+    import onnx
+
+    graph = onnx.shape_inference.infer_shapes(onnx.load(str(sim))).graph
+    total = 0
+    for v in graph.value_info:
+        t = v.type.tensor_type
+        dims = [d.dim_value for d in t.shape.dim]
+        if t.elem_type == onnx.TensorProto.FLOAT and dims and all(dims):
+            total += 4 * int(np.prod(dims))
+    return total
+
+
+def calib_count(opts: Options, sim: Path, requested: int) -> tuple[int, str]:
+    """How many calibration images fit --calib-memory-gb in ONNX Runtime's calibrator, and why that many."""
+    per_image = activation_bytes(sim)
+    fit = max(1, int(opts.calib_memory_gb * 1e9 // max(per_image, 1)))
+    n = min(requested, fit)
+    why = f"{per_image / 1e6:.1f} MB of activations per image; {opts.calib_memory_gb:g} GB allow {fit}"
+    return n, why
 
 
 def fp32_ir(sim: Path) -> Path:
@@ -527,9 +556,12 @@ def latency_at(student: Student, hw, opts: Options, *, train_feeds=None) -> dict
             opts.key(**base, what="latency", flavour="fp32-openvino"),
             lambda: timing(fp32_ir(sim), bench, runs, opts, "fp32"),
         )
+    n_calib = opts.calib_size
+    if not is_train:  # the same count for every flavour at this size, so that rows compare
+        n_calib, out["calibration_images_why"] = calib_count(opts, sim, opts.latency_calib_size)
+        out["calibration_images"] = n_calib
     for flavour in opts.flavours:
         path = artifact_path(work, flavour)
-        n_calib = opts.calib_size if is_train else opts.latency_calib_size
 
         def make(flavour=flavour, path=path, n_calib=n_calib) -> dict:
             nonlocal calib
@@ -672,16 +704,31 @@ def remedies_for(student: Student, flavour: str, baseline: dict, opts: Options) 
         return result
 
     out: dict = {"student": preset, "flavour": flavour, "baseline_delta_miou": baseline["delta_miou"], "rows": {}}
+    per_image = activation_bytes(sim)
+
+    def too_big(n: int) -> dict | None:
+        """ONNX Runtime's calibrators hold n images' activations: refused beyond --calib-memory-gb, not OOM-killed."""
+        need = n * per_image / 1e9
+        if flavour in ORT_FLAVOURS and need > opts.calib_memory_gb:
+            return {"not_measured": f"ONNX Runtime's calibrator would hold {need:.1f} GB for {n} images "
+                    f"(> --calib-memory-gb {opts.calib_memory_gb:g})"}  # fmt: skip
+        return None
+
     if flavour in ORT_FLAVOURS:
-        out["rows"]["entropy"] = variant("entropy", flavour, calib_spec(opts, method="entropy"), calib)
-        out["rows"]["percentile"] = variant("percentile", flavour, calib_spec(opts, method="percentile"), calib)
+        for method in ("entropy", "percentile"):
+            out["rows"][method] = too_big(len(calib)) or variant(
+                method, flavour, calib_spec(opts, method=method), calib
+            )
     else:
         out["rows"]["entropy"] = out["rows"]["percentile"] = {
             "not_applicable": "NNCF chooses its own range statistics; --calib-method is ONNX Runtime's"
         }
-    more = feeds_of(opts, opts.data, "train", hw, opts.remedy_calib_size, seed=opts.seed)
-    check_no_overlap(more, val_digests)
-    out["rows"][f"calib{len(more)}"] = variant(f"calib{len(more)}", flavour, calib_spec(opts, len(more)), more)
+    n_more = min(opts.remedy_calib_size, len(dataset(opts, opts.data, "train", hw)))
+    out["rows"][f"calib{n_more}"] = too_big(n_more)
+    if out["rows"][f"calib{n_more}"] is None:
+        more = feeds_of(opts, opts.data, "train", hw, n_more, seed=opts.seed)
+        check_no_overlap(more, val_digests)
+        out["rows"][f"calib{n_more}"] = variant(f"calib{n_more}", flavour, calib_spec(opts, n_more), more)
     # NNCF accuracy-aware: judged on training images that are not calibration images (calibrate/stage.py).
     train = dataset(opts, opts.data, "train", hw)
     indices = pick_indices(opts.calib_size, len(train), opts.seed)
@@ -827,8 +874,8 @@ def out_of_time(opts: Options) -> bool:
 def run(opts: Options, trained: dict | None = None, write=None) -> dict:
     """The whole table for ``opts.students``; returns the JSON payload (also the test's entry point).
 
-    Phases, most needed first: every student's accuracy and training-size latency; the remedies for
-    the worst rows; the larger sizes, size by size. ``write(payload)`` is called after every unit of
+    Phases, most needed first: every student's accuracy and training-size latency; the second size;
+    the remedies for the worst rows; the other sizes. ``write(payload)`` is called after every unit of
     work, so the JSON on disk is always the latest complete state; with ``opts.stop_at`` the work not
     started by then is listed under ``not_measured``, never estimated.
     """
@@ -867,6 +914,20 @@ def run(opts: Options, trained: dict | None = None, write=None) -> dict:
         if trained and preset in trained:
             students[preset]["trained"] = trained[preset]
         snapshot()
+
+    def larger(hw) -> None:
+        for preset, student in loaded.items():
+            if "error" in students[preset]:
+                continue
+            if out_of_time(opts):
+                payload["not_measured"].append(f"{preset} latency at {hw_name(hw)} (--stop-at reached)")
+                continue
+            print(f"== {preset} at {hw_name(hw)}", flush=True)
+            students[preset]["latency"][hw_name(hw)] = latency_at(student, hw, opts)
+            snapshot()
+
+    for hw in opts.sizes[1:2]:  # the second size (CamVid's native) before the remedies, the rest after them
+        larger(hw)
     if opts.remedies:
         for preset, flavour in worst_rows(students, opts.worst):
             if out_of_time(opts):
@@ -877,16 +938,8 @@ def run(opts: Options, trained: dict | None = None, write=None) -> dict:
                 remedies_for(loaded[preset], flavour, students[preset]["accuracy"][flavour], opts)
             )
             snapshot()
-    for hw in opts.sizes[1:]:
-        for preset, student in loaded.items():
-            if "error" in students[preset]:
-                continue
-            if out_of_time(opts):
-                payload["not_measured"].append(f"{preset} latency at {hw_name(hw)} (--stop-at reached)")
-                continue
-            print(f"== {preset} at {hw_name(hw)}", flush=True)
-            students[preset]["latency"][hw_name(hw)] = latency_at(student, hw, opts)
-            snapshot()
+    for hw in opts.sizes[2:]:
+        larger(hw)
     payload["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     snapshot()
     return payload
@@ -901,7 +954,9 @@ def settings(opts: Options) -> dict:
         "latency_sizes": [list(hw) for hw in opts.sizes],
         "val_images": opts.val_images or "all",
         "calibration": f"{opts.calib_size} train-split images at the training size (pick_indices, seed {opts.seed}); "
-        f"{opts.latency_calib_size} train-split images of --latency-data resized to each larger size",
+        f"at each larger size up to {opts.latency_calib_size} train-split images of --latency-data resized to it, "
+        f"fewer where ONNX Runtime's calibrator would hold more than {opts.calib_memory_gb:g} GB of activations "
+        "(the count and why: latency.<size>.calibration_images[_why])",
         "latency": f"deploy/bench.py protocol, batch 1: {opts.runs} timed runs at the training size, "
         f"{opts.large_runs} at the larger sizes, after >= 20 runs and >= 1 s of warm-up; threads "
         f"{opts.threads or 'default (all cores)'}; 8 val images cycled",
@@ -976,7 +1031,8 @@ def markdown(payload: dict) -> str:
                     f"{100 * row['pixel_agreement']:.2f} | {row['latency']['p50_ms']:.2f} |"
                 )
             else:
-                lines.append(f"| {name} | {row.get('error') or row.get('not_applicable')} | | |")
+                why = row.get("error") or row.get("not_applicable") or row.get("not_measured")
+                lines.append(f"| {name} | {why} | | |")
         sweep = r["sweep"]
         lines += [
             "",
@@ -1034,6 +1090,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument(
         "--quick", action="store_true", help="16 val and calibration images, 10 runs, one size, no remedies"
     )
+    ap.add_argument("--calib-memory-gb", type=float, default=6.0, help="memory ONNX Runtime's calibrator may hold (GB)")
     ap.add_argument("--stop-at", help="UTC time HH:MM (today): work not started by then is listed, not measured")
     ap.add_argument("--json", type=Path)
     return ap.parse_args(argv)
@@ -1078,6 +1135,7 @@ def options(args: argparse.Namespace) -> Options:
         max_miou_drop=args.max_miou_drop,
         command=shlex.join([Path(sys.executable).name, *sys.argv]),
         stop_at=stop_at,
+        calib_memory_gb=args.calib_memory_gb,
     )
     if args.quick:
         opts = replace(
