@@ -599,13 +599,17 @@ def layer_groups(sim: Path) -> dict[str, list[str]]:
     nodes by their sub-block (``decoder/aspp``...; those without a weighted layer together as ``decoder/glue``),
     the head, and the rest (input normalisation, final resize).
 
-    Only the node types the quantizers put Q/DQ around are listed (kept in float, they change the INT8 graph).
+    The stride is H/h of a node's N x C x h x w output when H/h = W/w is a power of two (a feature map; not
+    an SE block's 1 x 1 or an attention tensor); other encoder nodes (SegFormer's token ops) take the stride
+    of the node that makes their first input. Nodes the simplifier renamed without their module path
+    (onnxsim's fused ``Gemm_12``) join the group of the node that makes their input. Only the node types the
+    quantizers put Q/DQ around are listed (kept in float, they change the INT8 graph).
     """
     import onnx
 
     model = onnx.shape_inference.infer_shapes(onnx.load(str(sim)))
     graph = model.graph
-    height = graph.input[0].type.tensor_type.shape.dim[2].dim_value
+    height, width = (d.dim_value for d in graph.input[0].type.tensor_type.shape.dim[2:4])
     shapes = {v.name: v.type.tensor_type.shape.dim for v in list(graph.value_info) + list(graph.output)}
     quantized = {
         "Conv",
@@ -626,25 +630,36 @@ def layer_groups(sim: Path) -> dict[str, list[str]]:
     }
     groups: dict[str, list[str]] = {}
     weighted: dict[str, bool] = {}
-    stride = 1  # of the last encoder node with a 4-D output: token ops (SegFormer's MatMuls) belong to its stage
-    for node in graph.node:  # topological order
+    producer: dict[str, str] = {}  # tensor -> the name of the node that makes it
+    group_of: dict[str, str] = {}  # node name -> its group
+    stride_of: dict[str, int] = {}  # node name -> the stride of the feature map it works on
+    for node in graph.node:  # topological order: a node's producers are placed before it
+        parents = [producer[i] for i in node.input if i in producer]
         parts = [p for p in node.name.split("/") if p]
         parts = parts[1:] if parts and parts[0] == "student" else parts
         top = parts[0] if len(parts) > 1 else ""
-        if top == "encoder":
-            dims = shapes.get(node.output[0]) if node.output else None
-            if dims is not None and len(dims) == 4 and dims[2].dim_value:
-                stride = max(1, height // dims[2].dim_value)
-        if node.op_type not in quantized or not node.name:
-            continue
-        if top == "encoder":
-            group = f"encoder/stride{stride}"
+        dims = shapes.get(node.output[0]) if node.output else None
+        h, w = (dims[2].dim_value, dims[3].dim_value) if dims is not None and len(dims) == 4 else (0, 0)
+        s = height // h if h and w and height % h == 0 and width % w == 0 else 0
+        if s and width // w == s and s & (s - 1) == 0:
+            stride_of[node.name] = s
+        else:
+            stride_of[node.name] = next((stride_of[q] for q in parents if q in stride_of), 1)
+        if "/" not in node.name:
+            group = next((group_of[q] for q in parents if q in group_of), "input+output")  # renamed by onnxsim
+        elif top == "encoder":
+            group = f"encoder/stride{stride_of[node.name]}"
         elif top == "decoder":
             group = f"decoder/{parts[1].split('.')[0]}" if len(parts) > 2 else "decoder/top"
         elif top in ("segmentation_head", "head"):
             group = "head"
         else:
             group = "input+output"
+        group_of[node.name] = group
+        for o in node.output:
+            producer[o] = node.name
+        if node.op_type not in quantized or not node.name:
+            continue
         groups.setdefault(group, []).append(node.name)
         weighted[group] = weighted.get(group, False) or node.op_type in ("Conv", "ConvTranspose", "MatMul", "Gemm")
     # Decoder sub-blocks without a weighted layer (a lone Concat or Resize) are one group: a sweep row each
@@ -798,7 +813,7 @@ def sensitivity_sweep(student: Student, flavour: str, sim: Path, calib, val, ben
             runs=opts.runs,
         )
         r = cached(res_dir / f"sweep-{flavour}-{tag}@{hw_name(hw)}.json", key, make)
-        row = {"group": group, "nodes": len(nodes), "excluded_nodes": len(names), **r}
+        row = {"group": group, "nodes": len(nodes), "excluded_nodes": len(names), "names": names, **r}
         if "error" not in r:
             row["recovered_miou"] = r["delta_miou"] - baseline["delta_miou"]
             if all_int8.get("p50_ms") and r["latency"].get("p50_ms"):
@@ -987,8 +1002,9 @@ def markdown(payload: dict) -> str:
         cells = []
         for s_name in sizes:
             lat = s["latency"].get(s_name, {})
-            ref = lat.get("fp32-onnxruntime", {})
-            cells.append(f"{ref['p50_ms']:.2f}" if ref.get("p50_ms") else lat.get("error", "-")[:60])
+            ref, ov = lat.get("fp32-onnxruntime", {}), lat.get("fp32-openvino", {})
+            cell = f"{ref['p50_ms']:.2f}" if ref.get("p50_ms") else lat.get("error", "-")[:60]
+            cells.append(cell + (f" (OpenVINO {ov['p50_ms']:.2f})" if ov.get("p50_ms") else ""))
         lines.append(
             f"| {preset} | FP32 ONNX (ORT) | {fp.get('miou', float('nan')):.2f} | - | 100 | - | "
             + " | ".join(cells)
