@@ -572,6 +572,9 @@ def latency_at(student: Student, hw, opts: Options, *, train_feeds=None) -> dict
             return timing(path, bench, runs, opts, "int8")
 
         key = opts.key(**base, what="latency", flavour=flavour, calib=n_calib)
+        if out_of_time(opts) and not is_train:
+            out[flavour] = {"not_measured": "--stop-at reached"}
+            continue
         out[flavour] = cached(res_dir / f"lat-{flavour}@{hw_name(hw)}.json", key, make)
     print(
         f"  {preset} @ {hw_name(hw)}: "
@@ -706,6 +709,8 @@ def remedies_for(student: Student, flavour: str, baseline: dict, opts: Options) 
     check_no_overlap(calib, val_digests)
 
     def variant(tag: str, which: str, spec, feeds, **kw) -> dict:
+        if out_of_time(opts):
+            return {"not_measured": "--stop-at reached"}
         path = artifact_path(work, which, f"-{tag}")
 
         def make() -> dict:
@@ -784,6 +789,9 @@ def sensitivity_sweep(student: Student, flavour: str, sim: Path, calib, val, ben
     )
     rows = []
     for group, nodes in layer_groups(sim).items():
+        if out_of_time(opts):
+            rows.append({"group": group, "nodes": len(nodes), "not_measured": "--stop-at reached"})
+            continue
         names = resolvable(flavour, sim, nodes)
         tag = "float-" + group.replace("/", "-")
         if not names:
@@ -1019,7 +1027,7 @@ def markdown(payload: dict) -> str:
                 if mine.get("p50_ms") and ref.get("p50_ms"):
                     cells.append(f"{mine['p50_ms']:.2f} (×{ref['p50_ms'] / mine['p50_ms']:.2f})")
                 else:
-                    cells.append((mine.get("error") or lat.get("error") or "-")[:60])
+                    cells.append((mine.get("error") or mine.get("not_measured") or lat.get("error") or "-")[:60])
             if "error" in acc:
                 lines.append(f"| {preset} | {flavour} | | {acc['error'][:120]} | | | " + " | ".join(cells) + " |")
                 continue
@@ -1065,7 +1073,8 @@ def markdown(payload: dict) -> str:
                     f"(×{g.get('latency_x_all_int8', float('nan')):.2f}) |"
                 )
             else:
-                lines.append(f"| {g['group']} | {g['nodes']} | {g.get('error') or g.get('skipped')} | | |")
+                why = g.get("error") or g.get("skipped") or g.get("not_measured")
+                lines.append(f"| {g['group']} | {g['nodes']} | {why} | | |")
     return "\n".join(lines)
 
 
