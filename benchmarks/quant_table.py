@@ -193,11 +193,15 @@ def distill_command(preset: str, teacher: Path, data: str, out: Path, epochs: in
     ]
 
 
-def train_students(presets, teacher: Path, data: str, out: Path, *, epochs: int, hw, jobs: int) -> dict[str, dict]:
+def train_students(
+    presets, teacher: Path, data: str, out: Path, *, epochs: int, hw, jobs: int, stop_at: datetime | None = None
+) -> dict[str, dict]:
     """Train the students whose OUT/students/<preset>/student.pt is missing, ``jobs`` at a time, one thread each.
 
     Each runs `python -m bckd_pipeline.cli distill ...` with this interpreter and environment (so a
-    PYTHONPATH pointing at a worktree is honoured); its log is OUT/students/<preset>/train.log.
+    PYTHONPATH pointing at a worktree is honoured); its log is OUT/students/<preset>/train.log. At
+    ``stop_at`` (--train-stop-at) no job starts and running ones are stopped (a rerun resumes them from
+    their training state); those students are recorded as not trained.
     """
     done: dict[str, dict] = {}
     queue = []
@@ -214,6 +218,19 @@ def train_students(presets, teacher: Path, data: str, out: Path, *, epochs: int,
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     running: list = []
     while queue or running:
+        if stop_at is not None and datetime.now(timezone.utc) >= stop_at:
+            for preset, _folder, cmd, proc, log, _started in running:
+                proc.terminate()  # our own child, by its handle
+                proc.wait()
+                log.close()
+                done[preset] = {
+                    "error": "not trained: --train-stop-at reached while training",
+                    "command": shlex.join(cmd),
+                }
+            for preset, _folder, cmd in queue:
+                done[preset] = {"error": "not trained: --train-stop-at reached first", "command": shlex.join(cmd)}
+            print("  training stopped: --train-stop-at", flush=True)
+            break
         while queue and len(running) < jobs:
             preset, folder, cmd = queue.pop(0)
             folder.mkdir(parents=True, exist_ok=True)
@@ -437,9 +454,11 @@ def timing(path: Path, feeds, runs: int, opts: Options, precision: str) -> dict:
     from bckd_pipeline.deploy.bench import benchmark
     from bckd_pipeline.targets.profiles import LatencySpec
 
+    load = os.getloadavg()[0]
     with runtime(path, opts.threads, precision) as rt:
         lat = benchmark(rt, feeds, LatencySpec(runs=runs, threads=opts.threads))
     return {
+        "loadavg_1min_before": load,  # another job on this 2-core host shows here
         "p50_ms": lat.p50,
         "p90_ms": lat.p90,
         "p99_ms": lat.p99,
@@ -1117,8 +1136,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     ap.add_argument("--calib-memory-gb", type=float, default=6.0, help="memory ONNX Runtime's calibrator may hold (GB)")
     ap.add_argument("--stop-at", help="UTC time HH:MM (today): work not started by then is listed, not measured")
+    ap.add_argument("--train-stop-at", help="UTC time HH:MM: training stops then (the table goes on without them)")
     ap.add_argument("--json", type=Path)
     return ap.parse_args(argv)
+
+
+def utc_today(text: str | None, flag: str) -> datetime | None:
+    if not text:
+        return None
+    try:
+        h, m = (int(v) for v in text.split(":"))
+        return datetime.now(timezone.utc).replace(hour=h, minute=m, second=0, microsecond=0)
+    except ValueError:
+        raise SystemExit(f"{flag} {text!r}: give a UTC time as HH:MM, e.g. 12:20.") from None
 
 
 def options(args: argparse.Namespace) -> Options:
@@ -1133,13 +1163,7 @@ def options(args: argparse.Namespace) -> Options:
     if bad:
         raise SystemExit(f"--flavours {','.join(bad)} unknown. Allowed: {', '.join(FLAVOURS)}.")
     sizes = tuple(parse_hw(s) for s in args.sizes.split(";") if s)
-    stop_at = None
-    if args.stop_at:
-        try:
-            h, m = (int(v) for v in args.stop_at.split(":"))
-            stop_at = datetime.now(timezone.utc).replace(hour=h, minute=m, second=0, microsecond=0)
-        except ValueError:
-            raise SystemExit(f"--stop-at {args.stop_at!r}: give a UTC time as HH:MM, e.g. 12:20.") from None
+    stop_at = utc_today(args.stop_at, "--stop-at")
     opts = Options(
         data=args.data,
         out=args.out,
@@ -1190,7 +1214,14 @@ def main(argv=None) -> None:
             )
         hw = opts.sizes[0]
         trained = train_students(
-            missing, args.teacher, opts.data, opts.out, epochs=args.epochs, hw=hw, jobs=args.train_jobs
+            missing,
+            args.teacher,
+            opts.data,
+            opts.out,
+            epochs=args.epochs,
+            hw=hw,
+            jobs=args.train_jobs,
+            stop_at=utc_today(args.train_stop_at, "--train-stop-at"),
         )
         for preset, t in trained.items():
             if "checkpoint" in t:
