@@ -926,6 +926,7 @@ def run(opts: Options, trained: dict | None = None, write=None) -> dict:
     payload = {
         "format": FORMAT,
         "command": opts.command,
+        "pythonpath": os.environ.get("PYTHONPATH"),
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "finished": None,
         "machine": machine_facts(),
