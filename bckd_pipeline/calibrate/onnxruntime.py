@@ -48,6 +48,8 @@ def quantize_ort(source: Path, path: Path, feeds: DatasetFeeds, spec: Calibratio
         "calibration_images": len(feeds),
         "pre_process": True,
     }
+    if spec.method == "entropy":
+        settings["entropy_histogram"] = {"bins": ENTROPY_BINS, "quantized_bins": ENTROPY_QUANTIZED_BINS}
     if spec.exclude:
         from .exclude import resolve
 
@@ -86,6 +88,9 @@ def quantize_qdq(
             _check_nodes_kept(pre, excluded.nodes)
         if op_types is not None and "op_types_to_quantize" in exclusion:  # the caller's op types, less the excluded
             exclusion["op_types_to_quantize"] = [t for t in op_types if t not in excluded.op_types]
+        cache = None
+        if spec.method == "entropy":
+            cache = _entropy_ranges(pre, Path(work), feeds, symmetric=bool(options.get("CalibTensorRangeSymmetric")))
         quantize_static(
             str(pre),
             str(tmp),
@@ -97,8 +102,49 @@ def quantize_qdq(
             weight_type=QuantType.QInt8,
             calibrate_method=getattr(CalibrationMethod, METHODS[spec.method]),
             extra_options=options,
+            **({"calibration_cache_path": str(cache)} if cache is not None else {}),
             **exclusion,
         )
+
+
+# ORT's entropy calibrator, as quantize_static builds it, histograms each tensor into num_bins=128 bins and
+# searches thresholds for num_quantized_bins=128 (onnxruntime/quantization/calibrate.py, create_calibrator):
+# with as many bins as quantized bins the KL search has a single candidate, the full range, so its ranges are
+# MinMax's (the quantized files came out byte-identical, docs/deploy.md), and quantize_static passes no bin
+# count through extra_options (only the Calib* keys it maps). The ranges are computed here with a finer
+# histogram and handed to quantize_static as its calibration cache (calibration_cache_path, ORT >= 1.32).
+ENTROPY_BINS = 2048  # PyTorch's HistogramObserver default, the figure ORT's authors tested (onnxruntime#9342)
+ENTROPY_QUANTIZED_BINS = 255  # the levels of an 8-bit tensor (suggested in onnxruntime#10130's review)
+
+
+def _entropy_ranges(model: Path, work: Path, feeds: DatasetFeeds, *, symmetric: bool) -> Path:
+    import inspect
+
+    from onnxruntime.quantization import CalibrationMethod, quantize_static
+    from onnxruntime.quantization.calibrate import create_calibrator
+
+    try:
+        from onnxruntime.quantization.calibrate import save_tensors_data
+    except ImportError:
+        save_tensors_data = None
+    if save_tensors_data is None or "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
+        import onnxruntime
+
+        raise BackendMissingError(
+            f"--calib-method entropy needs onnxruntime >= 1.32 (its calibration cache), and {onnxruntime.__version__} "
+            "is installed: pip install -U onnxruntime, or use --calib-method percentile."
+        )
+    calibrator = create_calibrator(
+        str(model),
+        [],
+        augmented_model_path=str(work / "augmented.onnx"),
+        calibrate_method=CalibrationMethod.Entropy,
+        extra_options={"num_bins": ENTROPY_BINS, "num_quantized_bins": ENTROPY_QUANTIZED_BINS, "symmetric": symmetric},
+    )
+    calibrator.collect_data(_reader(feeds))
+    cache = work / "entropy_ranges.json"
+    save_tensors_data(calibrator.compute_data(), cache)
+    return cache
 
 
 def _check_nodes_kept(pre: Path, nodes: tuple[str, ...]) -> None:
