@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import io
 import json
 import os
@@ -61,6 +60,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+
+from bckd_pipeline.fileio import file_sha256
 
 STUDENTS = ("pspnet-r18", "deeplabv3plus-r18", "deeplabv3plus-mbv2", "deeplabv3plus-effb1", "segformer-b0")
 FLAVOURS = {
@@ -113,16 +114,11 @@ class Options:
         }
 
 
+sha256 = file_sha256  # the checkpoints' digests, as the pipeline computes them
+
+
 def hw_name(hw) -> str:
     return f"{hw[0]}x{hw[1]}"
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def error_text(exc: BaseException) -> str:
