@@ -83,3 +83,12 @@ class Ticking:
 
     def __getattr__(self, name):
         return getattr(self._feeds, name)
+
+
+def library_bars(progress: bool):
+    """A context where a library's own progress bars written to stdout (NNCF's rich bars), where the ledger
+    goes, land on stderr with --progress, or nowhere with --no-progress."""
+    import contextlib
+    import io
+
+    return contextlib.redirect_stdout(sys.stderr if progress else io.StringIO())

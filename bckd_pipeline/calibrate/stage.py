@@ -11,6 +11,7 @@ from ..data import build_dataset
 from ..distill.stage import write_json
 from ..errors import DataError
 from ..ledger import Built, target_artifacts
+from ..progress import library_bars
 from ..targets import Backend, Precision
 from ..targets.profiles import CalibrationSpec
 from .data import DatasetFeeds, check_no_overlap, pick_indices
@@ -155,22 +156,12 @@ def _make(ctx: DeployContext, b: Built, path: Path, parent: Path, calib, simplif
         from . import openvino as ovq
 
         if b.precision is Precision.INT8:
-            with _nncf_bars(ctx.deploy.progress):
+            with library_bars(ctx.deploy.progress):  # NNCF's bars
                 _, settings = _quantize_ir(ovq, ctx, b, path, parent, calib, simplified)
         else:
             ovq.to_ir(parent, path, fp16=b.precision is Precision.FP16)
             settings = {"tool": "openvino.convert_model", "compress_to_fp16": b.precision is Precision.FP16}
     return settings
-
-
-def _nncf_bars(progress: bool):
-    """NNCF draws its own rich progress bars on stdout, where the ledger goes: on stderr with progress bars,
-    nowhere with --no-progress."""
-    import contextlib
-    import io
-    import sys
-
-    return contextlib.redirect_stdout(sys.stderr if progress else io.StringIO())
 
 
 def _quantize_ir(ovq, ctx: DeployContext, b: Built, path: Path, parent: Path, calib, simplified: Path):

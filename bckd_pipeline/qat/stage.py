@@ -23,6 +23,7 @@ from ..cache import StageCache, stage_key
 from ..context import DeployContext, QatConfig, feed_norm, norm
 from ..errors import BckdError, ConfigError
 from ..ledger import Built, qat_artifact
+from ..progress import library_bars
 from ..targets import Backend
 
 
@@ -234,7 +235,7 @@ def _train_and_export(ctx: DeployContext, row: Built, path: Path, calib, bar) ->
         device=ctx.profile.device,
     )
     one_image = replace(calib.feeds, batch=1)  # the ranges from the very calibration images of the PTQ row
-    with _nncf_bars(ctx.deploy.progress):
+    with library_bars(ctx.deploy.progress):  # NNCF's bars
         qstudent = fakequant.insert_fake_quant(student, list(one_image), scheme)
 
     if q.teacher is not None:
@@ -334,16 +335,6 @@ def _check_labels(train, meta, data: str) -> None:
             f"--qat fine-tunes on the labels of {data!r}, which include class {top}, and the model predicts "
             f"{meta.num_classes} classes. Deploy a model trained on this dataset, or pass --qat off."
         )
-
-
-def _nncf_bars(progress: bool):
-    """NNCF draws its rich progress bars on stdout, where the ledger goes: on stderr with progress bars,
-    nowhere with --no-progress (as calibrate/stage.py does for NNCF's PTQ)."""
-    import contextlib
-    import io
-    import sys
-
-    return contextlib.redirect_stdout(sys.stderr if progress else io.StringIO())
 
 
 def _bar(bar, total: int):
