@@ -41,8 +41,10 @@ class QatConfig:
 
     ``auto`` runs it when the PTQ row's mIoU drop, judged on training images outside the calibration set,
     exceeds ``max_miou_drop`` (``--qat-max-miou-drop``, else the budgets file's ``max_miou_drop`` of the
-    target); ``on`` always runs it. ``teacher``: the teacher checkpoint (``run``: the run's teacher; ``deploy``:
-    ``--teacher``); without one the FP32 student is its own teacher (self-distillation), and the report says so.
+    target); ``on`` always runs it; ``off`` (the default) never. The fine-tune's loss is cross-entropy alone
+    unless ``kd`` (``--qat-kd``) names teacher terms; then ``teacher`` is the teacher checkpoint (``run``: the
+    run's teacher; ``deploy``: ``--teacher``), and without one the FP32 student is its own teacher
+    (self-distillation), as the report says.
     """
 
     mode: str = "off"
@@ -54,8 +56,8 @@ class QatConfig:
     seed: int = 0
     teacher: Path | None = None
     distill: DistillConfig | None = None  # run: the run's --kd/--bckd; None: DistillConfig() (kd+bckd)
-    kd: str | None = None  # --qat-kd: the fine-tune's terms instead (e.g. none: CE alone, the paired control)
-    requested: bool = False  # --qat given (an implicit auto is dropped for a target that is not INT8)
+    kd: str | None = None  # --qat-kd: the fine-tune's teacher terms; None: cross-entropy alone (measured best)
+    requested: bool = False  # --qat given on the command line (not the default)
 
 
 @dataclass(frozen=True)

@@ -150,6 +150,33 @@ def test_the_check_accepts_model_optimizer_placement_and_both_quantized_but_not_
     assert len(problems) == 1 and "residual input has no Q/DQ" in problems[0]
 
 
+def test_a_layer_kept_in_float_passes_the_check_and_a_half_quantized_one_does_not(residual_onnx, tmp_path):
+    """--int8-exclude with the TensorRT quantizer: the excluded convolution has Q/DQ on neither its data nor its
+    weights, a layer TensorRT runs in float (explicit quantization quantizes only what Q/DQ marks). It passes the
+    check; a convolution with quantized weights and float data (or the reverse) does not."""
+    import onnx
+
+    calib = demo_feeds("train", n=4)
+    head = next(n.name for n in _graph(residual_onnx).node if n.op_type == "Conv" and "head" in n.name)
+    path, settings = quantize_for_tensorrt(
+        residual_onnx, tmp_path / "x.qdq.onnx", calib, CalibrationSpec(size=4, exclude=(head,))
+    )
+    g = _graph(path)
+    producer = {o: n for n in g.node for o in n.output}
+    (conv,) = [n for n in g.node if n.name == head]
+    assert all(i not in producer or producer[i].op_type != "DequantizeLinear" for i in conv.input)
+    assert check_tensorrt_qdq(path) == []
+    assert settings["int8_exclude"]["nodes"] == [head]
+
+    model = onnx.load(str(path))
+    stem = next(n for n in model.graph.node if n.op_type == "Conv" and "stem" in n.name)
+    by_output = {o: n for n in model.graph.node for o in n.output}
+    stem.input[0] = by_output[by_output[stem.input[0]].input[0]].input[0]  # float data into quantized weights
+    onnx.save(model, str(tmp_path / "half.onnx"))
+    problems = check_tensorrt_qdq(tmp_path / "half.onnx")
+    assert len(problems) == 1 and "data input has no Q/DQ" in problems[0]
+
+
 def test_the_check_rejects_a_cpu_style_qdq_onnx(residual_onnx, tmp_path):
     """ONNX Runtime's CPU default (u8 activations, int32 biases) is exactly what TensorRT rejects."""
     path, _ = quantize_ort(residual_onnx, tmp_path / "u8.onnx", demo_feeds("train", n=8), CalibrationSpec(size=8))

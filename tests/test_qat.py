@@ -126,11 +126,113 @@ def test_every_fake_quantizer_is_one_qdq_pair_on_the_same_tensor(tmp_path, backe
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         before = sess.run(None, {"image": feeds.images[1]})[0]
         done = fakequant.make_tensorrt_ready(path)
-        assert done["tensorrt_ready"] and done["concat_outputs_requantized"] == 1
+        assert done["tensorrt_ready"] and done["inputs_requantized"] == 1
         after = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
             None, {"image": feeds.images[1]}
         )[0]
         np.testing.assert_allclose(after, before, atol=1e-5)
+
+
+class RealPresetShapes(torch.nn.Module):
+    """The structures of the real presets that NNCF quantizes in ways TensorRT's check refused: a Pad before a
+    convolution (timm's "same" padding in EfficientNet-Lite), a MaxPool stem whose output is also the identity
+    shortcut of a residual Add (ResNet), and a Concat of two branches of different ranges before a separable
+    convolution (DeepLabV3+'s decoder)."""
+
+    def __init__(self):
+        super().__init__()
+        conv = torch.nn.Conv2d
+        self.stem = torch.nn.Sequential(conv(3, 8, 3, 1, 1), torch.nn.ReLU())
+        self.padded = conv(8, 8, 3, 2)  # after F.pad
+        self.pool = torch.nn.MaxPool2d(2)
+        self.block = torch.nn.Sequential(conv(8, 8, 3, 1, 1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(), conv(8, 8, 1))
+        self.loud = torch.nn.Sequential(conv(8, 8, 1), torch.nn.ReLU())
+        self.quiet = torch.nn.Sequential(conv(8, 8, 1), torch.nn.ReLU())
+        # A separable convolution after the Concat, as DeepLabV3+'s decoder has: NNCF does not unify the scales
+        # of a Concat that feeds a depthwise convolution.
+        self.head = torch.nn.Sequential(conv(16, 16, 3, padding=1, groups=16, bias=False), conv(16, NUM_CLASSES, 1))
+
+    def forward(self, x):
+        y = self.stem(x / 255.0)
+        y = self.padded(torch.nn.functional.pad(y, (0, 1, 0, 1)))
+        y = self.pool(y)
+        y = torch.relu(y + self.block(y))
+        loud = torch.nn.functional.interpolate(self.loud(y) * 8.0, scale_factor=1.0, mode="bilinear")
+        return self.head(torch.cat([loud, self.quiet(y)], 1))
+
+
+def test_tensorrt_qat_of_real_preset_structures_is_tensorrt_ready_without_changing_a_value(tmp_path):
+    """Pad, MaxPool, a MaxPool shortcut and a mixed-range Concat: the Concat's inputs share one quantizer before any
+    fine-tune (unify_concat_scales), the Q/DQ pairs TensorRT wants on a convolution's input or a residual input are
+    added on the grid those values already lie on (the same outputs), and the file passes check_tensorrt_qdq."""
+    import shutil
+
+    from onnx import numpy_helper
+
+    from bckd_pipeline.calibrate.tensorrt import check_tensorrt_qdq
+
+    torch.manual_seed(0)
+    feeds = demo_feeds("train", n=4)
+    model = RealPresetShapes().eval()
+    qmodel = fakequant.insert_fake_quant(model, list(feeds), fakequant.scheme_for("tensorrt"))
+    path = fakequant.export_qdq(
+        qmodel, torch.from_numpy(feeds.images[0]), tmp_path / "qat.onnx", opset=17, input_name="image",
+        output_name="logits",
+    )  # fmt: skip
+    graph = onnx.load(str(path)).graph
+    consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    conv_inputs = {n.input[0] for n in graph.node if n.op_type == "Conv"}
+    (concat,) = [n for n in graph.node if n.op_type == "Concat" and n.output[0] in conv_inputs]
+    scales = {float(consts[producer[i].input[1]]) for i in concat.input}
+    assert len(scales) == 1, "the Concat's inputs are quantized with one scale"
+    assert check_tensorrt_qdq(path) != [], "as exported, TensorRT's check refuses it"
+
+    shutil.copy(path, tmp_path / "requantized.onnx")
+    added = fakequant._requantize_inputs(tmp_path / "requantized.onnx")
+    assert added >= 4  # the padded conv, the conv after the pool, the shortcut, the conv after the Concat
+
+    def run(p):
+        return ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"image": feeds.images[1]})[0]
+
+    np.testing.assert_allclose(run(tmp_path / "requantized.onnx"), run(path), atol=1e-5)
+    done = fakequant.make_tensorrt_ready(path)
+    assert done["tensorrt_ready"] and done["inputs_requantized"] == added
+    assert check_tensorrt_qdq(path) == []
+
+
+def test_a_pyramid_pool_the_exporter_refuses_is_quantized_and_exported_as_slices(tmp_path):
+    """PSPNet's pyramid pools to 3x3 and 6x6, sizes that do not divide the map at the deployed input size: the
+    TorchScript exporter refuses adaptive pooling there. The QAT model is built on the static form
+    (export/wrapper.py::for_static_export), so NNCF traces and the Q/DQ export writes the same graph."""
+
+    class Pyramid(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, 3, 1, 1)
+            self.pool = torch.nn.AdaptiveAvgPool2d(3)
+            self.head = torch.nn.Conv2d(16, NUM_CLASSES, 1)
+
+        def forward(self, x):
+            y = torch.relu(self.conv(x / 255.0))
+            pooled = torch.nn.functional.interpolate(self.pool(y), size=y.shape[-2:], mode="bilinear")
+            return self.head(torch.cat([y, pooled], 1))
+
+    feeds = demo_feeds("train", n=2, hw=(32, 40))
+    model = Pyramid().eval()
+    with pytest.raises(Exception, match="adaptive_avg_pool2d"):
+        torch.onnx.export(model, torch.zeros(1, 3, 32, 40), str(tmp_path / "plain.onnx"), dynamo=False)
+    qmodel = fakequant.insert_fake_quant(model, list(feeds), fakequant.scheme_for("onnxruntime"))
+    path = fakequant.export_qdq(
+        qmodel, torch.from_numpy(feeds.images[0]), tmp_path / "qat.onnx", opset=17, input_name="image",
+        output_name="logits",
+    )  # fmt: skip
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": feeds.images[1]})[0]
+    with torch.no_grad():
+        want = qmodel(torch.from_numpy(feeds.images[1])).numpy()
+    # ONNX Runtime's integer kernels and NNCF's fake quantizers round a value on a bin edge differently now and then
+    np.testing.assert_allclose(got, want, atol=5e-3)
+    assert (got.argmax(1) == want.argmax(1)).mean() > 0.99
 
 
 def test_the_openvino_ir_has_one_fakequantize_per_fake_quantizer(tmp_path):
@@ -332,7 +434,8 @@ def test_the_qat_row_is_in_the_ledger_the_reports_and_the_gate(tmp_path, capsys)
         "[onnxruntime-cpu.stages.qat-int8]\nmax_p50_ms = 100000\n"
     )
     teacher = demo_checkpoint(tmp_path, "tiny-teacher")
-    argv = ["deploy", *SMOKE, "--model", model, "--teacher", teacher, "--qat", "on", "--qat-iters", "3"]
+    argv = ["deploy", *SMOKE, "--model", model, "--teacher", teacher, "--qat", "on", "--qat-kd", "kd+bckd"]
+    argv += ["--qat-iters", "3"]
     argv += ["--qat-batch", "2", *FAST]
     rc, stdout, err = run_cli(capsys, *argv, "--budgets", budgets, "--out", out)
     assert rc == 0, err
@@ -367,14 +470,17 @@ def test_the_qat_row_is_in_the_ledger_the_reports_and_the_gate(tmp_path, capsys)
 
 
 def test_qat_auto_keeps_the_ptq_row_when_it_meets_the_budget(tmp_path, capsys):
-    """--qat-max-miou-drop alone turns auto on; the PTQ row, judged on training images outside calibration,
-    is within it, so nothing is fine-tuned, the PTQ row stays deployed and the report says why."""
+    """--qat auto with --qat-max-miou-drop: the PTQ row, judged on training images outside calibration, is
+    within it, so nothing is fine-tuned, the PTQ row stays deployed and the report says why. QAT is off by
+    default: the budget alone, without --qat auto, is refused rather than ignored."""
     import json
 
     out = tmp_path / "D"
     model = demo_checkpoint(tmp_path)
+    rc, _, err = run_cli(capsys, "deploy", *SMOKE, "--model", model, "--qat-max-miou-drop", "50", "--out", out)
+    assert rc == 2 and "Add --qat auto" in err and not out.exists()
     rc, stdout, err = run_cli(
-        capsys, "deploy", *SMOKE, "--model", model, "--qat-max-miou-drop", "50", *FAST, "--out", out
+        capsys, "deploy", *SMOKE, "--model", model, "--qat", "auto", "--qat-max-miou-drop", "50", *FAST, "--out", out
     )
     assert rc == 0, err
     report = json.loads((out / "report.json").read_text())
@@ -468,8 +574,9 @@ def test_qat_for_openvino_deploys_the_int8_ir_after_the_ptq_ir(tmp_path, capsys)
 
 
 def test_run_fine_tunes_against_its_own_teacher_with_its_own_losses(smoke_report, tmp_path, capsys):
-    """`run --qat on`: the teacher is the run's (teacher/teacher.pt), the losses the run's --kd and --bckd; the
-    distillation stages are reused from the cache (a copy of the smoke run), only the deployment side reruns."""
+    """`run --qat on --qat-kd kd+bckd`: the teacher is the run's (teacher/teacher.pt), the BCKD settings the
+    run's --bckd; the distillation stages are reused from the cache (a copy of the smoke run), only the
+    deployment side reruns."""
     import json
     import shutil
 
@@ -480,7 +587,8 @@ def test_run_fine_tunes_against_its_own_teacher_with_its_own_losses(smoke_report
     out = tmp_path / "R"
     shutil.copytree(smoke_report, out)
     before = {p: file_sha256(out / p) for p in ("teacher/teacher.pt", "distilled/student.pt")}
-    rc, _, err = run_cli(capsys, "run", *GATE_RUN_FLAGS, "--qat", "on", "--qat-iters", "2", "--out", out)
+    argv = ["run", *GATE_RUN_FLAGS, "--qat", "on", "--qat-kd", "kd+bckd", "--qat-iters", "2"]
+    rc, _, err = run_cli(capsys, *argv, "--out", out)
     assert rc == 0, err
     report = json.loads((out / "report.json").read_text())
     assert [r["name"] for r in report["stages"]][-2:] == ["onnxruntime-int8", "qat-int8"]
@@ -490,16 +598,21 @@ def test_run_fine_tunes_against_its_own_teacher_with_its_own_losses(smoke_report
     assert {p: file_sha256(out / p) for p in before} == before  # stage 1 reused, not retrained
 
 
-def test_qat_kd_none_fine_tunes_with_cross_entropy_alone(tmp_path, capsys):
-    """--qat-kd none: the paired control of a teacher-guided QAT run (same schedule, same seed, CE alone)."""
+def test_qat_fine_tunes_with_cross_entropy_alone_by_default(tmp_path, capsys):
+    """Cross-entropy alone is the default loss (it beat the teacher's terms where measured): no teacher runs, the
+    report says so. A --teacher that this loss would not read is refused, not ignored."""
     import json
 
     out = tmp_path / "CE"
     model = demo_checkpoint(tmp_path)
     argv = ["deploy", *SMOKE, "--model", model, "--qat", "on", "--qat-iters", "2", "--qat-batch", "2", *FAST]
-    rc, _, err = run_cli(capsys, *argv, "--qat-kd", "none", "--qat-seed", "3", "--out", out)
+    rc, _, err = run_cli(capsys, *argv, "--qat-seed", "3", "--out", out)
     assert rc == 0, err
     q = json.loads((out / "report.json").read_text())["qat"]
-    assert q["ran"] and q["kd"] == "none"
+    assert q["ran"] and q["kd"] == "none" and q["teacher"] == "none (cross-entropy alone)"
+    assert set(q["cost"]["loss_last"]) == {"loss", "ce"}  # no teacher term
+    teacher = demo_checkpoint(tmp_path, "tiny-teacher")
+    rc, _, err = run_cli(capsys, *argv, "--teacher", teacher, "--out", tmp_path / "T")
+    assert rc == 2 and "Add --qat-kd kd+bckd" in err and not (tmp_path / "T").exists()
     rc, _, err = run_cli(capsys, *argv, "--qat-kd", "bogus", "--out", tmp_path / "bad")
     assert rc == 2 and "--qat-kd 'bogus' is not allowed" in err and "Traceback" not in err

@@ -6,8 +6,12 @@ nodes in the ONNX (TensorRT's "explicit quantization"). What TensorRT needs from
 
 - int8 Q/DQ with zero point 0 everywhere (symmetric; TensorRT rejects other zero points);
 - per-channel weights (a vector of scales along the output-channel axis) for Conv / ConvTranspose;
-- Q/DQ on the data input of every weighted layer, and on *at least the residual input* of a
-  residual ``Add`` (below);
+- Q/DQ on both the data input and the weights of a weighted layer, or on neither: a layer without Q/DQ
+  is one TensorRT runs in float (explicit quantization: "you must explicitly select reduced precision
+  for each layer that should use it" by inserting Q/DQ, TensorRT-RTX "Working with Quantized Types",
+  as TensorRT's "Explicit Quantization" section), which is what ``--int8-exclude`` and NNCF's
+  squeeze-excite convolutions ask for; a half-quantized one is an error;
+- Q/DQ on *at least the residual input* of a residual ``Add`` (below);
 - float biases (an int32 bias DequantizeLinear, which ONNX Runtime writes by default, does not parse).
 
 **Residual Adds.** TensorRT's developer guide (Q/DQ layer-placement recommendations: "quantize the
@@ -282,10 +286,14 @@ def check_tensorrt_qdq(path: Path) -> list[str]:
             problems.append(f"{n.op_type} {n.name!r} has a non-zero zero point (TensorRT needs symmetric, 0)")
     for n in graph.node:
         if n.op_type in WEIGHT_AXIS:
+            if not is_dq(n.input[0]) and not is_dq(n.input[1]):
+                continue  # a layer left in float on purpose (--int8-exclude, NNCF's squeeze-excite convs)
             if not is_dq(n.input[0]):
-                problems.append(f"{n.op_type} {n.name!r}: its data input has no Q/DQ")
+                problems.append(f"{n.op_type} {n.name!r}: its weights are quantized and its data input has no Q/DQ")
             if not is_dq(n.input[1]):
-                problems.append(f"{n.op_type} {n.name!r}: its weights have no DequantizeLinear")
+                problems.append(
+                    f"{n.op_type} {n.name!r}: its data input is quantized and its weights have no DequantizeLinear"
+                )
             else:
                 dq = producer[n.input[1]]
                 scale = inits.get(dq.input[1])

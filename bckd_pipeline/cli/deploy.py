@@ -82,8 +82,10 @@ def deploy_config(args, preset):
 
 
 def qat_config(args):
-    """--qat and its schedule. Default: auto when a max_miou_drop budget is given (the flag, or --budgets), off
-    without one; an explicit --qat auto without any budget has nothing to decide on and is refused."""
+    """--qat and its schedule. Default: off. On the two rows where it was measured (docs/deploy.md, "Does it
+    work?") the teacher's terms never beat cross-entropy alone and on one no fine-tune beat the PTQ file, so it
+    runs only when asked; an explicit --qat auto without any max_miou_drop budget has nothing to decide on and
+    is refused."""
     from ..context import QAT_MODES, QatConfig
     from ..errors import ConfigError
 
@@ -101,10 +103,21 @@ def qat_config(args):
                 "(none: cross-entropy alone)."
             )
     teacher = getattr(args, "teacher", None)
+    if args.command == "deploy" and teacher is not None and mode not in (None, "off") and args.qat_kd in (None, "none"):
+        raise ConfigError(
+            f"--teacher {teacher} is read only by teacher terms of the QAT fine-tune, and --qat-kd is "
+            f"{args.qat_kd or 'none (the default: cross-entropy alone, docs/deploy.md)'}. Add --qat-kd kd+bckd (or kd, "
+            "cwd) to fine-tune against the teacher, or drop --teacher."
+        )
     if teacher is not None and mode != "off" and not Path(teacher).is_file():
         raise ConfigError(
             f"--teacher {teacher} does not exist. Pass the teacher checkpoint (teacher.pt), or drop --teacher "
             "to fine-tune against the FP32 student itself."
+        )
+    if args.qat_max_miou_drop is not None and mode in (None, "off"):
+        raise ConfigError(
+            f"--qat-max-miou-drop {args.qat_max_miou_drop:g} is the budget --qat auto fine-tunes at, and QAT is off "
+            f"({'--qat off' if mode else 'the default'}). Add --qat auto, or drop --qat-max-miou-drop."
         )
     budgeted = args.qat_max_miou_drop is not None or _file_budgets_miou_drop(args.budgets)
     if mode == "auto" and not budgeted:
@@ -115,7 +128,7 @@ def qat_config(args):
             "or --qat on to always fine-tune."
         )
     return QatConfig(
-        mode=mode or ("auto" if budgeted else "off"),
+        mode=mode or "off",
         max_miou_drop=args.qat_max_miou_drop,
         budgets=args.budgets,
         iters=args.qat_iters,

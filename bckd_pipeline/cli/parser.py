@@ -301,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument(
         "--teacher",
         type=Path,
-        help="--qat: the teacher checkpoint the quantized student is fine-tuned against "
+        help="--qat with --qat-kd TERMS: the teacher checkpoint the quantized student is fine-tuned against "
         "(default: the FP32 student itself, self-distillation)",
     )
     _deploy_flags(p)
@@ -468,9 +468,9 @@ def _deploy_flags(p: argparse.ArgumentParser) -> None:
     q = p.add_argument_group("teacher-guided quantization-aware training (docs/deploy.md)")
     q.add_argument(
         "--qat",
-        help="auto | on | off: fine-tune the INT8 student with NNCF fake quantization against the teacher and "
-        "deploy it as the qat-int8 row (default: auto with a max_miou_drop budget, off without; auto runs it "
-        "when the PTQ row misses the budget)",
+        help="auto | on | off: fine-tune the INT8 student with NNCF fake quantization (cross-entropy, or the "
+        "teacher's terms with --qat-kd) and deploy it as the qat-int8 row (default: off; auto runs it when the "
+        "PTQ row misses the max_miou_drop budget, on always)",
     )
     q.add_argument(
         "--qat-max-miou-drop",
@@ -482,8 +482,8 @@ def _deploy_flags(p: argparse.ArgumentParser) -> None:
     q.add_argument("--qat-batch", type=int, default=8, help="QAT batch size")
     q.add_argument(
         "--qat-kd",
-        help="the fine-tune's distillation terms, as --kd (default: run: the run's --kd; deploy: kd+bckd); "
-        "none: cross-entropy alone",
+        help="the fine-tune's distillation terms against the teacher, as --kd (default: none, cross-entropy "
+        "alone: it beat the teacher's terms where measured, docs/deploy.md)",
     )
     q.add_argument("--qat-seed", type=int, default=0, help="seed of the QAT fine-tune (its batches)")
     t = p.add_argument_group("TensorRT targets (jetson, jetson-orin-nano/-nx, jetson-agx-orin, tensorrt)")

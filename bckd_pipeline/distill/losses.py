@@ -233,7 +233,53 @@ def semantic_boundary(probs: torch.Tensor, eps: float = 1e-4, *, valid: torch.Te
     return torch.log(b) - torch.log1p(-b)
 
 
+class _Gram(torch.autograd.Function):
+    """``G = Q^T Q`` (N x L x L from N x C x L) with the backward of a Gram matrix: ``dQ = Q (dG + dG^T)``, one
+    batched product where autograd's generic matmul backward runs two (one per operand, the same Q twice)."""
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(q)
+        return torch.bmm(q.transpose(1, 2), q)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (q,) = ctx.saved_tensors
+        sym = grad + grad.transpose(1, 2)
+        # Under autocast the forward product ran in the autocast dtype (the gradient's); the backward runs outside
+        # autocast, so it casts as autocast would, and returns the gradient in Q's own dtype.
+        return torch.bmm(q.to(sym.dtype), sym).to(q.dtype)
+
+
+class _RowKL(torch.autograd.Function):
+    """``sum_i w_i KL(softmax(lt_i) || softmax(ls_i))`` over the rows i of N x R x L logits, columns outside ``keep``
+    (N x L) masked out of both softmaxes, rows weighted by ``w`` (N x R; all 1 when None).
+
+    The gradient is the closed form ``w_i (softmax(ls_i) - softmax(lt_i))`` (the teacher's row sums to 1), zero
+    on masked columns where both probabilities are 0: one pass where autograd's chain through log_softmax, the
+    product, the mask and the sums makes several over the L x L block."""
+
+    @staticmethod
+    def forward(ctx, ls, lt, keep, w):
+        if keep is not None:
+            ls, lt = _mask_columns(ls, keep), _mask_columns(lt, keep)
+        log_ps, log_pt = ls.log_softmax(-1), lt.log_softmax(-1)
+        pt = log_pt.exp()
+        row_kl = (pt * (log_pt - log_ps)).sum(-1)
+        ctx.save_for_backward(log_ps, pt, w)
+        return row_kl.sum() if w is None else (row_kl * w).sum()
+
+    @staticmethod
+    def backward(ctx, grad):
+        log_ps, pt, w = ctx.saved_tensors
+        g = log_ps.exp().sub_(pt)
+        g.mul_(grad if w is None else grad * w.to(g.dtype)[..., None])
+        return g, None, None, None
+
+
 def _relation_logits(q: torch.Tensor, rows: slice, scale: float) -> torch.Tensor:
+    if rows.start in (None, 0) and (rows.stop is None or rows.stop >= q.shape[-1]):
+        return (_Gram.apply(q) if q.requires_grad else torch.bmm(q.transpose(1, 2), q)) * scale
     return torch.einsum("ncl,ncm->nlm", q[:, :, rows], q) * scale
 
 
@@ -269,12 +315,7 @@ def relation_kl(
         ls = _relation_logits(qs_, rows, student_scale).float()
         with torch.no_grad():
             lt = _relation_logits(qt, rows, teacher_scale / teacher_tau).float()
-        if keep is not None:
-            ls, lt = _mask_columns(ls, keep), _mask_columns(lt, keep)
-        log_ps = ls.log_softmax(-1)
-        log_pt = lt.log_softmax(-1)
-        row_kl = (log_pt.exp() * (log_pt - log_ps)).sum(-1)
-        return row_kl.sum() if keep is None else (row_kl * keep[:, rows]).sum()
+        return _RowKL.apply(ls, lt, keep, None if keep is None else keep[:, rows])
 
     total = qs.new_zeros((), dtype=torch.float32)
     for r0 in range(0, length, chunk):

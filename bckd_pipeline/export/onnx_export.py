@@ -14,7 +14,7 @@ import torch
 from ..distill.checkpoint import CheckpointMeta, atomic_write
 from ..errors import ExportError
 from .check import CheckReport, Feed, compare, require
-from .wrapper import INPUT_NAME, ExportSpec, SegExportWrapper
+from .wrapper import INPUT_NAME, ExportSpec, SegExportWrapper, for_static_export
 
 # Logit tolerance between PyTorch eager and ONNX Runtime, both fp32 on CPU: kernels differ in
 # summation order only, so anything beyond this is a real export bug.
@@ -100,6 +100,8 @@ def to_onnx(
     wrapper = SegExportWrapper(student.cpu(), normalize=norm, head=spec.head).eval()
     dummy = torch.zeros(spec.input_shape())
     exported = wrapper
+    if not spec.dynamic and not isinstance(student, torch.jit.ScriptModule):
+        exported = for_static_export(wrapper)  # PSPNet's pyramid at sizes it does not divide; checked against eager
     if isinstance(student, torch.jit.ScriptModule):
         # The ONNX exporter cannot trace a TorchScript *submodule* (pytorch#86261); a TorchScript top level it
         # exports, so the wrapper around a TorchScript file is traced into one first.

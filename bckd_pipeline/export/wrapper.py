@@ -88,3 +88,71 @@ class SegExportWrapper(nn.Module):
         if self.head == "argmax":
             return logits.argmax(1).to(torch.uint8)
         return logits
+
+
+class StaticAdaptiveAvgPool2d(nn.Module):
+    """``nn.AdaptiveAvgPool2d`` for a graph of fixed input size, written as slices and means.
+
+    The TorchScript ONNX exporter writes adaptive average pooling only when the output size divides the input
+    size (as an AveragePool); PSPNet's pyramid (bins 1, 2, 3, 6) on a 12 x 16 map at a 96 x 128 input does not.
+    PyTorch's bins (aten/src/ATen/native/AdaptiveAveragePooling.cpp: start = floor(i * H / oh), end =
+    ceil((i + 1) * H / oh)) are constants at a fixed size, so each is a Slice and a ReduceMean: the same numbers.
+    """
+
+    def __init__(self, output_size) -> None:
+        super().__init__()
+        self.output_size = output_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = int(x.shape[-2]), int(x.shape[-1])  # constants of the traced graph: the export is static
+        size = self.output_size if isinstance(self.output_size, tuple) else (self.output_size, self.output_size)
+        oh, ow = (h if size[0] is None else size[0]), (w if size[1] is None else size[1])
+        if h % oh == 0 and w % ow == 0:
+            return nn.functional.adaptive_avg_pool2d(x, (oh, ow))
+        rows = []
+        for i in range(oh):
+            band = x[..., (i * h) // oh : -(-((i + 1) * h) // oh), :]
+            cells = [band[..., (j * w) // ow : -(-((j + 1) * w) // ow)].mean((-2, -1), keepdim=True) for j in range(ow)]
+            rows.append(torch.cat(cells, -1))
+        return torch.cat(rows, -2)
+
+
+class StaticPSPBlock(nn.Module):
+    """segmentation_models_pytorch's ``PSPBlock`` (decoders/pspnet/decoder.py, smp 0.6.0) for a fixed-size export.
+
+    Under ``torch.onnx.is_in_onnx_export()`` smp's block pools with ``F.interpolate(mode="area")``, which is
+    adaptive average pooling again and fails the same way; this one pools with :class:`StaticAdaptiveAvgPool2d`
+    and then runs the block's own Conv2dReLU and bilinear upsampling, as its eager forward does."""
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        self.pool = StaticAdaptiveAvgPool2d((block.pool_size, block.pool_size))
+        self.conv = block.pool[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(self.pool(x))
+        return nn.functional.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=True)
+
+
+def _static_equivalent(module: nn.Module) -> nn.Module | None:
+    if isinstance(module, nn.AdaptiveAvgPool2d):
+        return StaticAdaptiveAvgPool2d(module.output_size)
+    if type(module).__name__ == "PSPBlock" and hasattr(module, "pool_size") and isinstance(module.pool, nn.Sequential):
+        return StaticPSPBlock(module)
+    return None
+
+
+def for_static_export(wrapper: nn.Module) -> nn.Module:
+    """A copy of ``wrapper`` with adaptive average pools (and smp's PSP blocks) written for a fixed input size
+    (the model that is checked against stays the original), or ``wrapper`` itself when it has none."""
+    import copy
+
+    if not any(_static_equivalent(m) is not None for m in wrapper.modules()):
+        return wrapper
+    patched = copy.deepcopy(wrapper)
+    for parent in list(patched.modules()):
+        for name, child in list(parent.named_children()):
+            replacement = _static_equivalent(child)
+            if replacement is not None:
+                setattr(parent, name, replacement)
+    return patched

@@ -20,9 +20,11 @@ One scheme per backend, chosen to match what the PTQ row of that backend writes 
   through NNCF's own ``SymmetricQuantizer.signed`` setter (which resets its levels): s8 with zero point 0
   everywhere, per-channel weights, float biases (NNCF does not quantize biases). NNCF's
   ``QuantizationParameters(signedness_to_force=True)`` would say the same up front, but NNCF 3.4.0 refuses it
-  for the convolutions under every hardware configuration ("incompatible with HW capabilities"). Then
-  :func:`make_tensorrt_ready`: an exact Q/DQ pair on Concat outputs that feed a convolution, the pipeline's
-  residual-Add placement (``calibrate/tensorrt.py::place_residual_qdq``) and ``check_tensorrt_qdq``.
+  for the convolutions under every hardware configuration ("incompatible with HW capabilities"). The inputs of
+  a Concat that feeds a convolution share one quantizer (:func:`unify_concat_scales`). After the export,
+  :func:`make_tensorrt_ready`: an exact Q/DQ pair on each convolution or residual input that lies on one grid
+  without a Q/DQ of its own, the pipeline's residual-Add placement (``calibrate/tensorrt.py::place_residual_qdq``)
+  and ``check_tensorrt_qdq``.
 
 Where NNCF places quantizers is NNCF's choice (its hardware configuration for the target device), not ORT's
 op list: the Q/DQ ONNX is what the fine-tuned model computes, node for node (tests/test_qat.py checks that
@@ -104,8 +106,14 @@ def insert_fake_quant(model, feeds, scheme: Scheme):
         extra["advanced_parameters"] = AdvancedQuantizationParameters(
             activations_quantization_params=QuantizationParameters(per_channel=False)
         )
+    from ..export.wrapper import for_static_export
+
+    # The QAT model is exported at one static shape (dynamic axes are refused with --qat): adaptive pools that
+    # the ONNX exporter refuses at that shape (PSPNet's pyramid) are written as fixed slices and means first, so
+    # NNCF traces, and the fine-tune trains, the very graph that is exported.
+    model = for_static_export(model.eval())
     quantized = nncf.quantize(
-        model.eval(), nncf.Dataset(tensors), preset=preset, target_device=device, subset_size=len(tensors), **extra
+        model, nncf.Dataset(tensors), preset=preset, target_device=device, subset_size=len(tensors), **extra
     )
     if scheme.signed_activations:
         from nncf.torch.quantization.layers import SymmetricQuantizer
@@ -113,6 +121,8 @@ def insert_fake_quant(model, feeds, scheme: Scheme):
         for q in fake_quantizers(quantized).values():
             if isinstance(q, SymmetricQuantizer) and not q.per_channel:
                 q.signed = True
+    if scheme.backend == "tensorrt":
+        unify_concat_scales(quantized, tensors[0])
     return quantized
 
 
@@ -247,60 +257,159 @@ def export_ir(
     return save_ir(converted, xml_path, compress_to_fp16=False)
 
 
-def _requantize_concats(path: Path) -> int:
-    """A Q/DQ pair on the output of each Concat that feeds a convolution, where every Concat input is
-    dequantized with one shared scale and zero point (NNCF unifies the scales of a Concat's inputs).
+# Ops whose output holds only values of their (data) input, or zeros: a tensor on a quantization grid with zero
+# point 0 stays on that grid through them, so a Q/DQ pair with the input's scale after them changes no value.
+# (Concat too, when every input is on one grid; Pad when it pads with 0 or copies values.)
+GRID_PRESERVING = (
+    "Pad",
+    "MaxPool",
+    "Reshape",
+    "Transpose",
+    "Flatten",
+    "Squeeze",
+    "Unsqueeze",
+    "Identity",
+    "Relu",
+    "Slice",
+)
 
-    TensorRT wants Q/DQ on the data input of every convolution (``check_tensorrt_qdq``); NNCF quantizes the
-    Concat's inputs instead. With one scale on every input, the Concat's output already lies on that grid, so
-    the added pair is exact: it changes no value, only where TensorRT sees the quantization.
+
+def _requantize_inputs(path: Path) -> int:
+    """An exact Q/DQ pair on each input TensorRT wants quantized (the data input of a quantized convolution, the
+    residual input of a residual Add) that is not dequantized itself but lies on one quantization grid: behind a
+    Pad or MaxPool (NNCF quantizes before them), a Reshape, or a Concat of inputs that share one scale (NNCF
+    unifies them; :func:`unify_concat_scales` where it does not). Returns how many pairs were added.
+
+    TensorRT wants Q/DQ on the data input of every convolution (``check_tensorrt_qdq``); the pair uses the grid's
+    own scale and zero point (0), so it changes no value, only where TensorRT sees the quantization.
     """
+    import numpy as np
     import onnx
-    from onnx import helper
+    from onnx import helper, numpy_helper
+
+    from ..calibrate.tensorrt import WEIGHT_AXIS as WEIGHTED
+    from ..calibrate.tensorrt import residual_adds
 
     model = onnx.load(str(path))
     graph = model.graph
+    consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    for n in graph.node:  # the TorchScript exporter writes small constants (a Pad's value) as Constant nodes
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+            consts[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
     producer = {o: n for n in graph.node for o in n.output}
-    added, new_nodes = 0, []
-    for node in graph.node:
-        new_nodes.append(node)
-        if node.op_type != "Concat":
+
+    def grid(tensor: str, depth: int = 0) -> tuple[str, str] | None:
+        node = producer.get(tensor)
+        if node is None or depth > 32:
+            return None
+        if node.op_type == "DequantizeLinear":
+            scale, zp = consts.get(node.input[1]), consts.get(node.input[2]) if len(node.input) > 2 else None
+            if scale is None or zp is None or scale.size != 1 or np.any(zp != 0):
+                return None
+            return node.input[1], node.input[2]
+        if node.op_type == "Concat":
+            grids = [grid(i, depth + 1) for i in node.input]
+            if not grids or any(g is None for g in grids):
+                return None
+            values = {(float(consts[g[0]]), consts[g[1]].dtype.str) for g in grids}
+            return grids[0] if len(values) == 1 else None
+        if node.op_type not in GRID_PRESERVING:
+            return None
+        if node.op_type == "Pad" and len(node.input) > 2 and node.input[2]:
+            value = consts.get(node.input[2])
+            if value is None or np.any(value != 0):
+                return None
+        return grid(node.input[0], depth + 1)
+
+    def dequantized(tensor: str) -> bool:
+        return tensor in producer and producer[tensor].op_type == "DequantizeLinear"
+
+    # (node, input index) that TensorRT wants quantized: the data input of a convolution whose weights are
+    # (a float convolution stays float), and the residual input of a residual Add.
+    wanted = [(n, 0) for n in graph.node if n.op_type in WEIGHTED and dequantized(n.input[1])]
+    wanted += [(add, list(add.input).index(residual)) for add, _conv, residual in residual_adds(graph)]
+    before: dict[int, list] = {}
+    for node, port in wanted:
+        found = None if dequantized(node.input[port]) else grid(node.input[port])
+        if found is None:
             continue
-        users = [n for n in graph.node if node.output[0] in n.input]
-        if not any(u.op_type in ("Conv", "ConvTranspose") for u in users):
+        scale, zp = found
+        src, tag = node.input[port], f"{node.name}/input{port}"
+        q = helper.make_node("QuantizeLinear", [src, scale, zp], [f"{tag}/qat_q"], name=f"{tag}/QuantizeLinear")
+        dq = helper.make_node(
+            "DequantizeLinear", [q.output[0], scale, zp], [f"{tag}/qat_dq"], name=f"{tag}/DequantizeLinear"
+        )
+        node.input[port] = dq.output[0]
+        before.setdefault(id(node), []).extend([q, dq])
+    if before:
+        nodes = [m for n in graph.node for m in (*before.get(id(n), []), n)]
+        del graph.node[:]
+        graph.node.extend(nodes)
+        onnx.save(model, str(path))
+    return sum(len(v) // 2 for v in before.values())
+
+
+def unify_concat_scales(qmodel, example) -> int:
+    """TensorRT scheme: one activation quantizer for all inputs of a Concat that feeds a convolution, where NNCF
+    left them with different scales (e.g. DeepLabV3+'s decoder Concat of an upsampled and a projected branch).
+
+    TensorRT needs Q/DQ on the convolution's input; on inputs of one scale the pair after the Concat is exact
+    (:func:`_requantize_inputs`), on mixed scales it would requantize one branch behind the fine-tune's back.
+    So the inputs share, before fine-tuning, the quantizer of the widest range (no branch clips more than it
+    did), the way NNCF itself shares one for Concats its hardware configuration unifies; the fine-tune then
+    trains that shared scale. Found on a probe export; returns how many quantizers now share another's.
+    """
+    import tempfile
+
+    import onnx
+    from nncf.torch.function_hook.wrapper import get_hook_storage
+
+    prefix, suffix = "__nncf_hooks.", ".scale"
+    quantizers = fake_quantizers(qmodel)
+    with tempfile.TemporaryDirectory() as work:
+        probe = export_qdq(qmodel, example, Path(work) / "probe.onnx", opset=17, input_name="image", output_name="y")
+        graph = onnx.load(str(probe)).graph
+    producer = {o: n for n in graph.node for o in n.output}
+    convs = {i for n in graph.node if n.op_type in ("Conv", "ConvTranspose") for i in n.input[:1]}
+    groups: list[set[str]] = []
+    for node in graph.node:
+        if node.op_type != "Concat" or node.output[0] not in convs:
             continue
         dqs = [producer.get(i) for i in node.input]
-        if not dqs or any(d is None or d.op_type != "DequantizeLinear" for d in dqs):
+        if any(d is None or d.op_type != "DequantizeLinear" for d in dqs):
             continue
-        if len({tuple(d.input[1:]) for d in dqs}) != 1:
-            continue
-        scale, zp = dqs[0].input[1], dqs[0].input[2]
-        out = node.output[0]
-        q_out, dq_out = f"{out}_qat_q", f"{out}_qat_dq"
-        new_nodes.append(
-            helper.make_node("QuantizeLinear", [out, scale, zp], [q_out], name=f"{node.name}/QuantizeLinear")
-        )
-        new_nodes.append(
-            helper.make_node("DequantizeLinear", [q_out, scale, zp], [dq_out], name=f"{node.name}/DequantizeLinear")
-        )
-        for u in users:
-            for i, name in enumerate(u.input):
-                if name == out:
-                    u.input[i] = dq_out
-        added += 1
-    if added:
-        del graph.node[:]
-        graph.node.extend(new_nodes)
-        onnx.save(model, str(path))
-    return added
+        names = {d.input[1][len(prefix) : -len(suffix)] for d in dqs if d.input[1].startswith(prefix)}
+        names = {n for n in names if n in quantizers}
+        if len({id(quantizers[n]) for n in names}) > 1:
+            groups.append(names)
+    merged: list[set[str]] = []  # groups that share a quantizer are one group (chained Concats)
+    for g in groups:
+        ids = {id(quantizers[n]) for n in g}
+        joined = [m for m in merged if ids & {id(quantizers[n]) for n in m}]
+        for m in joined:
+            merged.remove(m)
+            g = g | m
+        merged.append(g)
+    storage = get_hook_storage(qmodel)
+    shared = 0
+    for g in merged:
+        members = {id(quantizers[n]): quantizers[n] for n in g}
+        if not all(hasattr(q, "scale") for q in members.values()):
+            continue  # asymmetric quantizers (input_low/input_range): not the TensorRT scheme's
+        chosen = max(members.values(), key=lambda q: float(q.scale.detach().abs().max()))
+        for name, q in quantizers.items():
+            if id(q) in members and q is not chosen:
+                storage.set_submodule(name, chosen)
+                shared += 1
+    return shared
 
 
 def make_tensorrt_ready(path: Path) -> dict:
-    """The QAT Q/DQ ONNX as TensorRT takes it: Concat outputs re-quantized (exact), the residual-Add placement
-    of ``calibrate/tensorrt.py``, then ``check_tensorrt_qdq``; raises when TensorRT would still reject it."""
+    """The QAT Q/DQ ONNX as TensorRT takes it: inputs re-quantized on their own grid (exact), the residual-Add
+    placement of ``calibrate/tensorrt.py``, then ``check_tensorrt_qdq``; raises when TensorRT would still reject it."""
     from ..calibrate.tensorrt import check_tensorrt_qdq, place_residual_qdq
 
-    concats = _requantize_concats(path)
+    inputs = _requantize_inputs(path)
     residual = place_residual_qdq(path)
     problems = check_tensorrt_qdq(path)
     if problems:
@@ -309,4 +418,4 @@ def make_tensorrt_ready(path: Path) -> dict:
             + "; ".join(problems[:5])
             + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else "")
         )
-    return {"concat_outputs_requantized": concats, "residual_adds_fused": residual, "tensorrt_ready": True}
+    return {"inputs_requantized": inputs, "residual_adds_fused": residual, "tensorrt_ready": True}

@@ -1,16 +1,19 @@
-"""The short fine-tune of the fake-quantized student against the frozen teacher.
+"""The short fine-tune of the fake-quantized student: cross-entropy alone, or against the frozen teacher.
 
-The loss is the distillation task of stage 1 (``distill/task.py::SegDistillTask``, not a copy):
-``L = CE + w_kd KL(T_s || T_t) + gamma (alpha L_b + beta L_c)`` on the *quantized* student's logits and
-tapped features, the teacher frozen (eval mode, no gradients). The student is the export wrapper
-(normalisation + student), so the fake quantizers sit where the exported graph quantizes, and the teacher
-is wrapped the same way (both read the 0..255 feeds of the calibration images' preprocessing).
+With teacher terms (``--qat-kd``) the loss is the distillation task of stage 1 (``distill/task.py::SegDistillTask``,
+not a copy): ``L = CE + w_kd KL(T_s || T_t) + gamma (alpha L_b + beta L_c)`` on the *quantized* student's logits
+and tapped features, the teacher frozen (eval mode, no gradients); with ``none`` it is ``SegTrainTask``'s CE and
+no teacher runs. The student is the export wrapper (normalisation + student), so the fake quantizers sit where
+the exported graph quantizes, and the teacher is wrapped the same way (both read the 0..255 feeds of the
+calibration images' preprocessing).
 
-Defaults (``QatSchedule``): 300 iterations of Adam at lr 1e-5, batch 8, the run's ``--kd`` terms. NNCF's
-QAT guide ("Quantization-aware Training (QAT) with PyTorch", docs.openvino.ai) fine-tunes "for a few epochs
-with a small learning rate, for example, 1e-5"; here a few hundred steps keep the stage short on a CPU. The
-quantizers' scales are NNCF parameters and train with the weights. BatchNorm stays in eval mode: its running
-statistics are what the exported graph folds, and a few hundred small batches would only add noise to them.
+Defaults: 300 iterations of Adam at lr 1e-5, batch 8; the stage passes ``none`` unless ``--qat-kd`` says
+otherwise (cross-entropy alone beat logit KD and KD + BCKD on the row where they were compared, paired over four
+seeds: docs/deploy.md). NNCF's QAT guide ("Quantization-aware Training (QAT) with PyTorch", docs.openvino.ai)
+fine-tunes "for a few epochs with a small learning rate, for example, 1e-5"; here a few hundred steps keep the
+stage short on a CPU. The quantizers' scales are NNCF parameters and train with the weights. BatchNorm stays in
+eval mode: its running statistics are what the exported graph folds, and a few hundred small batches would only
+add noise to them.
 """
 
 from __future__ import annotations
@@ -72,11 +75,12 @@ def finetune(
     """Fine-tune ``qstudent`` in place on ``images``/``labels`` (the training split); returns the cost and losses.
 
     ``images``: 1 x 3 x H x W float32 arrays as the graph is fed; ``labels``: H x W int64. ``teacher``: a frozen
-    module of the same input (the run's teacher, or a copy of the FP32 student for self-distillation).
+    module of the same input (the run's teacher, or a copy of the FP32 student for self-distillation), or None when
+    the schedule's terms are ``none``.
     """
     import torch
 
-    from ..distill.task import DistillConfig, SegDistillTask, StepInfo
+    from ..distill.task import DistillConfig, SegDistillTask, SegTrainTask, StepInfo
 
     kd = schedule.kd
     cfg = schedule.distill or DistillConfig()
@@ -89,6 +93,8 @@ def finetune(
     h, w = images[0].shape[-2:]
 
     def make_task(cfg):
+        if cfg.kd == "none":  # cross-entropy alone: no teacher to run
+            return SegTrainTask(qstudent, ignore_index=ignore_index)
         return SegDistillTask(
             qstudent,
             teacher,
@@ -111,7 +117,7 @@ def finetune(
         kd = "kd" if "kd" in cfg.terms else "none"
         task = make_task(replace(cfg, kd=kd))
     task.train()
-    _freeze_batchnorm(task.student)
+    _freeze_batchnorm(qstudent)
     optimizer = torch.optim.Adam(task.trainable_parameters(), lr=schedule.lr)
     rng = np.random.default_rng(schedule.seed)
     batch = min(schedule.batch_size, len(images))

@@ -1,7 +1,8 @@
-"""The QAT stage: after the target's PTQ INT8 row, fine-tune the fake-quantized student with the teacher and
-export it as the ``qat-int8`` row (``ledger.qat_artifact``), through the same parity and latency stages.
+"""The QAT stage: after the target's PTQ INT8 row, fine-tune the fake-quantized student (cross-entropy alone by
+default, or with the teacher's terms: ``--qat-kd``) and export it as the ``qat-int8`` row
+(``ledger.qat_artifact``), through the same parity and latency stages.
 
-``--qat auto`` (the default when a ``max_miou_drop`` budget is given) runs it only when the PTQ row misses the
+``--qat`` is off by default. ``--qat auto`` runs it only when the PTQ row misses the ``max_miou_drop``
 budget. That decision is made on *training* images outside the calibration set (the accuracy-control images of
 calibrate/stage.py, or as many others), never on the evaluation split: the mIoU of the PTQ row against the FP32
 ONNX's on those images, in points, against the budget. The gate then judges the deployed row on the evaluation
@@ -238,7 +239,12 @@ def _train_and_export(ctx: DeployContext, row: Built, path: Path, calib, bar) ->
     with library_bars(ctx.deploy.progress):  # NNCF's bars
         qstudent = fakequant.insert_fake_quant(student, list(one_image), scheme)
 
-    if q.teacher is not None:
+    # --qat-kd: the fine-tune's terms; by default cross-entropy alone, which beat the teacher's terms on the row
+    # where the two were compared (docs/deploy.md, "Does it work?"). The run's --bckd settings apply when chosen.
+    dcfg = replace(q.distill or DistillConfig(), kd=q.kd or "none")
+    if dcfg.kd == "none":
+        teacher, teacher_taps, teacher_what = None, None, "none (cross-entropy alone)"
+    elif q.teacher is not None:
         teacher_model, tmeta = load_model(q.teacher, expect_classes=ctx.meta.num_classes)
         t_norm = norm(tmeta) if spec.bake_normalization else None
         teacher = SegExportWrapper(teacher_model, normalize=t_norm, head="logits").eval()
@@ -247,9 +253,6 @@ def _train_and_export(ctx: DeployContext, row: Built, path: Path, calib, bar) ->
         teacher = SegExportWrapper(copy.deepcopy(ctx.model).cpu(), normalize=normalize, head="logits").eval()
         teacher_taps, teacher_what = _taps(ctx.meta.model, "student"), "self-distillation from the FP32 student"
     student_taps = _taps(ctx.meta.model, "student")
-    dcfg = q.distill or DistillConfig()
-    if q.kd is not None:
-        dcfg = replace(dcfg, kd=q.kd)
     if "bckd" in dcfg.kd and not (student_taps and teacher_taps):
         dcfg = replace(dcfg, kd="kd")  # a model without preset taps: logit KD + CE, recorded below
 
