@@ -119,6 +119,8 @@ def qat_stage(ctx: DeployContext, out: Path, cache: StageCache, built: list[Buil
             if k not in ("mode", "max_miou_drop", "budgets", "teacher", "requested")  # not what is trained
         },
         "teacher": str(teacher_path) if teacher_path else "self",
+        # the fine-tune's terms as run: --qat-kd, or cross-entropy alone (whose default meaning changed once)
+        "terms": q.kd or "none",
         "calibration_sha256": calib.sha256,
         "libraries": _versions(),  # another NNCF or torch may place or train quantizers differently
     }
@@ -239,8 +241,8 @@ def _train_and_export(ctx: DeployContext, row: Built, path: Path, calib, bar) ->
     with library_bars(ctx.deploy.progress):  # NNCF's bars
         qstudent = fakequant.insert_fake_quant(student, list(one_image), scheme)
 
-    # --qat-kd: the fine-tune's terms; by default cross-entropy alone, which beat the teacher's terms on the row
-    # where the two were compared (docs/deploy.md, "Does it work?"). The run's --bckd settings apply when chosen.
+    # --qat-kd: the fine-tune's terms; by default cross-entropy alone, which the teacher's terms never beat on the
+    # two rows measured (docs/deploy.md, "Does it work?"). The run's --bckd settings apply when they are chosen.
     dcfg = replace(q.distill or DistillConfig(), kd=q.kd or "none")
     if dcfg.kd == "none":
         teacher, teacher_taps, teacher_what = None, None, "none (cross-entropy alone)"
