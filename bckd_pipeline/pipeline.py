@@ -178,10 +178,9 @@ def deploy_plan(
             )
         )
     steps += [PlanStep(b.name, _what(b), (str(b.path),)) for b in target_artifacts(profile)]
-    qat_cfg = check_qat(
+    check_qat(
         deploy.qat, profile, onnx_source=onnx is not None, dynamic=deploy.dynamic, exclude=deploy.calibration.exclude
     )
-    deploy = replace(deploy, qat=qat_cfg)
     qat = qat_artifact(profile) if deploy.qat.mode != "off" else None
     if qat is not None:
         q = deploy.qat

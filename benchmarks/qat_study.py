@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
 import sys
 import time
 from dataclasses import replace
@@ -89,16 +88,20 @@ def main(argv=None) -> None:
     started = time.time()
     args.code_hash = bckd_study.code_hash()  # of the code that runs, taken before it runs
 
-    student = quant_table.load_student(_preset_of(args.model), args.model)
+    from bckd_pipeline.fileio import file_sha256
+
+    model, model_meta = load_model(args.model)  # once: its preset names the quantization table's Student
+    student = quant_table.Student(model_meta.model, args.model, file_sha256(args.model), model, model_meta)
     calib = quant_table.feeds_of(opts, args.data, "train", hw, args.calib_size, seed=0)
     val = quant_table.feeds_of(opts, args.data, "val", hw, None)
-    sim = quant_table.export_at(student, hw, args.work / "export", quant_table.feeds_of(opts, args.data, "val", hw, 4))
+    sim = quant_table.export_at(student, hw, args.work / "export", val.head(4))
     flavour = BACKEND_FLAVOUR[args.backend]
     ptq_path = args.work / f"ptq-{flavour}.onnx"
     ptq_settings = quant_table.quantize(flavour, sim, ptq_path, calib, CalibrationSpec(size=args.calib_size, seed=0))
     meta = student.meta
     ptq = quant_table.score(sim, ptq_path, val, num_classes=meta.num_classes, ignore_index=meta.ignore_index, opts=opts)
     print(f"FP32 {ptq['miou_fp32']:.2f}  PTQ {flavour} {ptq['miou_int8']:.2f} ({ptq['delta_miou']:+.2f})", flush=True)
+    drop = ptq["miou_fp32"] - ptq["miou_int8"]
 
     wrapper = SegExportWrapper(copy.deepcopy(student.model).cpu(), normalize=norm(meta), head="logits").eval()
     teacher_model, tmeta = load_model(args.teacher, expect_classes=meta.num_classes)
@@ -143,7 +146,6 @@ def main(argv=None) -> None:
             scored = quant_table.score(
                 sim, path, val, num_classes=meta.num_classes, ignore_index=meta.ignore_index, opts=opts
             )
-            drop = ptq["miou_fp32"] - ptq["miou_int8"]
             rec = {
                 "row": row,
                 "seed": seed,
@@ -163,8 +165,8 @@ def main(argv=None) -> None:
                 f"recovered {rec['recovered']:.2f} of the drop, {cost['wall_s']:.0f} s",
                 flush=True,
             )
-            write(args, ptq, ptq_settings, flavour, records, rows, started, argv)
-    write(args, ptq, ptq_settings, flavour, records, rows, started, argv)
+            write(args, ptq, ptq_settings, flavour, records, rows, started, argv)  # a resumable file after every run
+    write(args, ptq, ptq_settings, flavour, records, rows, started, argv)  # also when every run was reused
     print(f"wrote {args.json}")
 
 
@@ -191,12 +193,6 @@ def previous_records(args, ptq: dict) -> list[dict]:
     return [{"code_hash": None, **r} for r in old["records"]]
 
 
-def _preset_of(checkpoint: Path) -> str:
-    from bckd_pipeline.distill.checkpoint import load_model
-
-    return load_model(checkpoint)[1].model
-
-
 def summary(records: list[dict], rows: list[str]) -> dict:
     out: dict = {"rows": {}, "paired": {}}
     for row in ["init"] + rows:
@@ -219,16 +215,9 @@ def summary(records: list[dict], rows: list[str]) -> dict:
 
 
 def _mean_ci(values: list[float]) -> list[float] | None:
-    """95 % t interval of a mean over seeds (the recovered share of the drop)."""
-    if len(values) < 2:
-        return None
-    import math
-
-    from scipy import stats
-
-    m, sd = statistics.fmean(values), statistics.stdev(values)
-    half = float(stats.t.ppf(0.975, len(values) - 1)) * sd / math.sqrt(len(values))
-    return [m - half, m + half]
+    """95 % t interval of a mean over seeds (the recovered share of the drop): bckd_study's paired interval
+    against zero."""
+    return bckd_study.paired(dict(enumerate(values)), dict.fromkeys(range(len(values)), 0.0))["t_ci"]
 
 
 def write(args, ptq, ptq_settings, flavour, records, rows, started, argv) -> None:
@@ -251,8 +240,10 @@ def write(args, ptq, ptq_settings, flavour, records, rows, started, argv) -> Non
         "records": records,
         "summary": summary(records, rows),
     }
+    from bckd_pipeline.fileio import write_text
+
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(payload, indent=1))
+    write_text(args.json, json.dumps(payload, indent=1))  # atomic: a rerun resumes from this file
 
 
 if __name__ == "__main__":

@@ -47,8 +47,6 @@ every measurement, the command, the machine (lscpu, /proc/cpuinfo ISA, OpenVINO'
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import os
 import shlex
@@ -377,8 +375,9 @@ def quantize(flavour: str, sim: Path, path: Path, calib, spec, *, validation=Non
     if flavour == "trt-qdq":
         return quantize_for_tensorrt(sim, path, calib, spec)[1]
     if flavour == "nncf":
-        # NNCF draws progress bars on stdout, where the table goes.
-        with contextlib.redirect_stdout(io.StringIO()):
+        from bckd_pipeline.progress import library_bars
+
+        with library_bars(False):  # NNCF draws progress bars on stdout, where the table goes
             return ovq.quantize_ir(
                 fp32_ir(sim),
                 path,

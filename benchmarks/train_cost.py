@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+from statistics import median
 import subprocess
 import sys
 import time
@@ -88,10 +89,6 @@ def step_times(args) -> dict:
             t = steps[kd]()
             if i >= args.warmup:
                 times[kd].append(t)
-
-    def median(v: list[float]) -> float:
-        v = sorted(v)
-        return (v[(len(v) - 1) // 2] + v[len(v) // 2]) / 2
 
     out = {
         "seconds_per_step": {kd: round(median(v), 4) for kd, v in times.items()},

@@ -117,8 +117,10 @@ def main(argv=None) -> None:
             f"{r['float_convolutions']}/{r['convolutions']} convolutions float",
             flush=True,
         )
+    from bckd_pipeline.fileio import write_text
+
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(out, indent=1))
+    write_text(args.json, json.dumps(out, indent=1))
     print(f"wrote {args.json}")
 
 

@@ -135,9 +135,8 @@ def qat_config(args):
         lr=args.qat_lr,
         batch_size=args.qat_batch,
         seed=args.qat_seed,
-        kd=args.qat_kd,
+        kd=args.qat_kd or "none",
         teacher=teacher,
-        requested=mode is not None,
     )
 
 

@@ -25,6 +25,7 @@ from ..context import DeployContext, QatConfig, feed_norm, norm
 from ..errors import BckdError, ConfigError
 from ..ledger import Built, qat_artifact
 from ..progress import library_bars
+from ..report.manifest import versions
 from ..targets import Backend
 
 
@@ -45,19 +46,16 @@ def qat_budget(ctx: DeployContext) -> float | None:
 
 def check_qat(
     q: QatConfig, profile, *, onnx_source: bool, dynamic: tuple[str, ...], exclude: tuple[str, ...] = ()
-) -> QatConfig:
+) -> None:
     """What ``pipeline.deploy_plan`` refuses before any stage: a mode not allowed, QAT of a non-INT8 target,
-    of a user's ONNX (no PyTorch model to train), or of a dynamic-shape export. Returns the configuration the
-    target runs: an ``auto`` the user did not ask for (the default with a budget) is off where QAT cannot run."""
+    of a user's ONNX (no PyTorch model to train), of a dynamic-shape export, or with INT8 exclusions."""
     from ..context import QAT_MODES
     from ..targets import Precision
 
     if q.mode not in QAT_MODES:
         raise ConfigError(f"--qat {q.mode!r} is not allowed. Allowed: {', '.join(QAT_MODES)}.")
     if q.mode == "off":
-        return q
-    if not q.requested and (profile.precision is not Precision.INT8 or onnx_source or dynamic or exclude):
-        return replace(q, mode="off")
+        return
     if profile.precision is not Precision.INT8:
         raise ConfigError(
             f"--qat {q.mode} was given for --target {profile.name}, which deploys {profile.precision}: QAT fine-tunes "
@@ -83,7 +81,6 @@ def check_qat(
             f"--qat-iters {q.iters}, --qat-batch {q.batch_size}, --qat-lr {q.lr:g}: each must be positive "
             "(defaults 300, 8, 1e-5)."
         )
-    return q
 
 
 def qat_stage(ctx: DeployContext, out: Path, cache: StageCache, built: list[Built], calib, bar=None):
@@ -116,13 +113,11 @@ def qat_stage(ctx: DeployContext, out: Path, cache: StageCache, built: list[Buil
         "schedule": {
             k: v
             for k, v in asdict(q).items()
-            if k not in ("mode", "max_miou_drop", "budgets", "teacher", "requested")  # not what is trained
+            if k not in ("mode", "max_miou_drop", "budgets", "teacher")  # not what is trained
         },
         "teacher": str(teacher_path) if teacher_path else "self",
-        # the fine-tune's terms as run: --qat-kd, or cross-entropy alone (whose default meaning changed once)
-        "terms": q.kd or "none",
         "calibration_sha256": calib.sha256,
-        "libraries": _versions(),  # another NNCF or torch may place or train quantizers differently
+        "libraries": versions(),  # another NNCF or torch may place or train quantizers differently
     }
     name = f"{row.name}@{ctx.profile.key}"
     inputs = [ctx.checkpoint] + ([Path(teacher_path)] if teacher_path else [])
@@ -135,18 +130,6 @@ def qat_stage(ctx: DeployContext, out: Path, cache: StageCache, built: list[Buil
     outputs = [path] + ([path.with_suffix(".bin")] if row.backend is Backend.OPENVINO else [])
     cache.store(name, key, outputs, {"settings": settings, "qat": summary})
     return [replace(row, path=path, settings=settings)], {**record, **summary, "cached": False}
-
-
-def _versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {}
-    for name in ("nncf", "torch", "openvino", "onnxruntime"):
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            found[name] = None
-    return found
 
 
 def _ptq_drop(ctx: DeployContext, built: list[Built], ptq: Built, calib) -> tuple[float, int]:
@@ -243,7 +226,7 @@ def _train_and_export(ctx: DeployContext, row: Built, path: Path, calib, bar) ->
 
     # --qat-kd: the fine-tune's terms; by default cross-entropy alone, which the teacher's terms never beat on the
     # two rows measured (docs/deploy.md, "Does it work?"). The run's --bckd settings apply when they are chosen.
-    dcfg = replace(q.distill or DistillConfig(), kd=q.kd or "none")
+    dcfg = replace(q.distill or DistillConfig(), kd=q.kd)
     if dcfg.kd == "none":
         teacher, teacher_taps, teacher_what = None, None, "none (cross-entropy alone)"
     elif q.teacher is not None:
@@ -287,7 +270,7 @@ def _train_and_export(ctx: DeployContext, row: Built, path: Path, calib, bar) ->
     from ..cache import file_sha256
     from ..export.onnx_export import onnx_metadata
 
-    provenance = {"bckd.checkpoint_sha256": file_sha256(ctx.checkpoint), "bckd.qat": "teacher-guided QAT (qat/)"}
+    provenance = {"bckd.checkpoint_sha256": file_sha256(ctx.checkpoint), "bckd.qat": f"QAT (qat/), --qat-kd {q.kd}"}
 
     if row.backend is Backend.OPENVINO:
         fakequant.export_ir(
