@@ -1,25 +1,26 @@
 """Training cost per iteration (student alone, + logit KD, + BCKD) and the context loss's peak memory.
 
-    python benchmarks/train_cost.py --device cpu --crop 96,128 --batch 8
+    python benchmarks/train_cost.py --device cpu --crop 96,128 --batch 8 --processes 3
     python benchmarks/train_cost.py --memory-only --device cuda
 
 Time: wall time of one optimisation step (teacher forward included for KD and BCKD), same batch and
 crop for every row, rows interleaved step by step (--warmup rounds, then --steps timed rounds) so
-that a busy spell of a shared machine slows every row alike; the median per row, and the median of
-the per-round ratios to KD. As in training, half of
-the batch is a padded crop (its bottom quarter marked as padding), so the masked path is timed;
+that a busy spell of a shared machine slows every row alike, in --processes fresh processes whose rounds
+are pooled; the median per row, and the median of the per-round ratios to KD with a bootstrap interval.
+As in training, half of the batch is a padded crop (its bottom quarter marked as padding), so the masked path is timed;
 BCKD uses its defaults, including the teacher's decoder tap.
 Memory: the context loss alone (Eq. 4-5) at a 64x64 feature grid (512x512 crops, stride 8),
 batch 8, C_s = 256 and C_t = 1024 as in the spec: the exact row-chunked version against the
 naive full-matrix one. On CUDA the peak is torch.cuda.max_memory_allocated above the inputs; on
-CPU it is the growth of the process's peak RSS, measured in a fresh subprocess per variant.
+CPU (Linux) it is the process's peak resident memory above its resident memory once the inputs exist,
+the peak reset there through /proc/self/clear_refs, in a fresh subprocess per variant.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
+import random
 from statistics import median
 import subprocess
 import sys
@@ -77,11 +78,9 @@ def build_step(kd: str, args):
     return step
 
 
-def step_times(args) -> dict:
+def round_times(args) -> dict[str, list[float]]:
     """Seconds per step of every row, measured interleaved: each round runs one step of every row in turn,
-    so a slow spell of a shared machine lands on all rows alike. Per row: mean and median over the timed
-    rounds; per ratio: the median over rounds of the round's ratio (the paired estimate) beside the ratio of
-    the medians."""
+    so a slow spell of a shared machine lands on all rows alike."""
     steps = {kd: build_step(kd, args) for kd in ROWS}
     times: dict[str, list[float]] = {kd: [] for kd in ROWS}
     for i in range(args.warmup + args.steps):
@@ -89,17 +88,44 @@ def step_times(args) -> dict:
             t = steps[kd]()
             if i >= args.warmup:
                 times[kd].append(t)
+    return times
 
+
+def step_times(args) -> dict:
+    """The rounds of ``--processes`` fresh processes, pooled (a process's memory layout shifts every row's time
+    by a few percent, differently from one process to the next, which interleaving cannot cancel). Per row:
+    mean and median over the rounds; per ratio: the median over rounds of the round's ratio (the paired
+    estimate) with its bootstrap interval, the ratio of the medians, and the paired estimate of each process."""
+    runs = []
+    for _ in range(args.processes):
+        command = [sys.executable, __file__, "--round-times", *sys.argv[1:]]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"train_cost: a timing process failed:\n{done.stderr[-2000:]}")
+        runs.append(json.loads(done.stdout))
+    times = {kd: [t for run in runs for t in run[kd]] for kd in ROWS}
     out = {
         "seconds_per_step": {kd: round(median(v), 4) for kd, v in times.items()},
         "mean_seconds_per_step": {kd: round(sum(v) / len(v), 4) for kd, v in times.items()},
         "rounds": args.steps,
+        "processes": args.processes,
     }
     for row in ("bckd", "kd+bckd"):
-        paired = median([b / k for b, k in zip(times[row], times["kd"], strict=True)])
+        ratios = [b / k for b, k in zip(times[row], times["kd"], strict=True)]
         out[f"{row}_over_kd"] = round(out["seconds_per_step"][row] / out["seconds_per_step"]["kd"], 3)
-        out[f"{row}_over_kd_paired"] = round(paired, 3)
+        out[f"{row}_over_kd_paired"] = round(median(ratios), 3)
+        out[f"{row}_over_kd_paired_interval95"] = [round(v, 3) for v in median_interval(ratios)]
+        out[f"{row}_over_kd_paired_per_process"] = [
+            round(median(b / k for b, k in zip(run[row], run["kd"], strict=True)), 3) for run in runs
+        ]
     return out
+
+
+def median_interval(values: list[float], resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of the median (rounds resampled with replacement, fixed seed)."""
+    rng = random.Random(seed)
+    medians = sorted(median(rng.choices(values, k=len(values))) for _ in range(resamples))
+    return medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
 
 
 def naive_relation_kl(qs, qt, ss, st):
@@ -122,7 +148,10 @@ def context_peak(variant: str, device: str, batch: int, grid: int) -> dict:
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        # Reset the kernel's high-water mark to the current resident set, so the peak is this loss's alone.
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        base = _proc_status_bytes("VmRSS")
     t0 = time.perf_counter()
     if variant == "chunked":
         loss = relation_kl(qs, qt, student_scale=ss, teacher_scale=st, chunk=512)
@@ -133,7 +162,7 @@ def context_peak(variant: str, device: str, batch: int, grid: int) -> dict:
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated() - base
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+        peak = _proc_status_bytes("VmHWM") - base
     return {
         "variant": variant,
         "device": device,
@@ -143,6 +172,12 @@ def context_peak(variant: str, device: str, batch: int, grid: int) -> dict:
         "seconds": round(time.perf_counter() - t0, 3),
         "loss": float(loss),
     }
+
+
+def _proc_status_bytes(field: str) -> int:
+    with open("/proc/self/status") as f:
+        line = next(line for line in f if line.startswith(field + ":"))
+    return int(line.split()[1]) * 1024  # reported in kB
 
 
 def _machine() -> dict:
@@ -173,11 +208,16 @@ def main() -> None:
     ap.add_argument("--memory-only", action="store_true")
     ap.add_argument("--time-only", action="store_true")
     ap.add_argument("--precision", default="auto", help="auto: bf16 autocast on CUDA as the trainer does; fp32")
+    ap.add_argument("--processes", type=int, default=1, help="fresh processes whose rounds are pooled")
     ap.add_argument("--context-peak", help=argparse.SUPPRESS)  # internal: one variant in this process
+    ap.add_argument("--round-times", action="store_true", help=argparse.SUPPRESS)  # internal: one timing process
     args = ap.parse_args()
     args.crop = tuple(int(v) for v in args.crop.split(","))
     if args.context_peak:
         print(json.dumps(context_peak(args.context_peak, args.device, 8, 64)))
+        return
+    if args.round_times:
+        print(json.dumps(round_times(args)))
         return
     result: dict = {
         "command": "python " + " ".join(sys.argv),

@@ -221,7 +221,7 @@ def test_pairwise_boundary_matches_brute_force(radius):
 
 @pytest.mark.parametrize("radius", [3, 5])
 def test_pairwise_boundary_gather_equals_slices_with_gradients(radius):
-    """The one-gather implementation (used on CUDA) gives the same values and gradients as the slices."""
+    """The one-gather implementation (used on CUDA) gives the same values and gradients as the CPU's unfold/fold."""
     mod = PairwiseBoundary(radius)
     z = torch.randn(3, 1, 11, 14, generator=torch.Generator().manual_seed(radius), requires_grad=True)
     weights = torch.randn_like(mod(z))
@@ -548,7 +548,10 @@ def test_from_overrides_rejects_unknown_key_and_bad_values():
 def test_relation_kl_closed_form_gradients_match_autograd_with_and_without_masks():
     """The Gram backward (dQ = Q (dG + dG^T)) and the row-KL closed form (w (p_s - p_t)) against a plain autograd
     chain of the same equations, single block and row-chunked, with padded columns and rows masked out."""
-    from bckd_pipeline.distill.losses import _mask_columns, relation_kl
+    from bckd_pipeline.distill.losses import MASKED_LOGIT, relation_kl
+
+    def _mask_columns(logits, keep):
+        return logits.masked_fill(~keep[:, None, :], MASKED_LOGIT)
 
     def reference(qs, qt, valid):
         n, _, length = qs.shape
@@ -562,16 +565,32 @@ def test_relation_kl_closed_form_gradients_match_autograd_with_and_without_masks
         return row.mean() if keep is None else (row * keep).sum() / keep.sum()
 
     torch.manual_seed(0)
-    for valid in (None, torch.rand(3, 1, 4, 5) > 0.3):
-        for chunk in (512, 7):
-            qs = torch.randn(3, 6, 20, dtype=torch.float64, requires_grad=True)
-            qt = torch.randn(3, 9, 20, dtype=torch.float64)
-            got = relation_kl(qs, qt, student_scale=0.5, teacher_scale=0.8, chunk=chunk, valid=valid)
-            (g_got,) = torch.autograd.grad(got, qs)
-            want = reference(qs, qt, valid)
-            (g_want,) = torch.autograd.grad(want, qs)
-            torch.testing.assert_close(got.double(), want, atol=1e-6, rtol=1e-5)  # the logits are taken in float32
-            torch.testing.assert_close(g_got, g_want, atol=1e-7, rtol=1e-5)
+    # 20 positions: one bmm; 140 (at least 32 per block): the CPU's symmetric block Gram, with a short last block.
+    cases = [
+        (masked, chunk, grid)
+        for masked in (False, True)
+        for chunk, grid in ((512, (4, 5)), (7, (4, 5)), (512, (10, 14)))
+    ]
+    for masked, chunk, (h, w) in cases:
+        valid = torch.rand(3, 1, h, w) > 0.3 if masked else None
+        qs = torch.randn(3, 6, h * w, dtype=torch.float64, requires_grad=True)
+        qt = torch.randn(3, 9, h * w, dtype=torch.float64)
+        got = relation_kl(qs, qt, student_scale=0.5, teacher_scale=0.8, chunk=chunk, valid=valid)
+        (g_got,) = torch.autograd.grad(got, qs)
+        want = reference(qs, qt, valid)
+        (g_want,) = torch.autograd.grad(want, qs)
+        torch.testing.assert_close(got.double(), want, atol=1e-6, rtol=1e-5)  # the logits are taken in float32
+        torch.testing.assert_close(g_got, g_want, atol=1e-7, rtol=1e-5)
+
+
+@pytest.mark.parametrize("length", [128, 140, 192, 203])
+def test_block_gram_equals_one_product_and_is_symmetric(length):
+    from bckd_pipeline.distill.losses import gram
+
+    q = torch.randn(2, 33, length, generator=torch.Generator().manual_seed(length))
+    got = gram(q)
+    torch.testing.assert_close(got, torch.bmm(q.transpose(1, 2), q), atol=1e-4, rtol=1e-5)
+    assert torch.equal(got, got.transpose(1, 2))
 
 
 def test_bckd_fast_paths_give_the_same_numbers():
@@ -588,3 +607,36 @@ def test_bckd_fast_paths_give_the_same_numbers():
     feats[1][0, :, 3, 4] = 0  # a position where one stage is all zero
     fusion = TeacherFusion([5, 7], 4, "normalized", torch.Generator())
     torch.testing.assert_close(fusion(feats, (12, 16), unit=True), unit_channels(fusion(feats, (12, 16))))
+
+
+def test_bckd_joint_readout_equals_the_two_modules(monkeypatch):
+    """The boundary head and Psi_s run as one stacked convolution: the same terms, and the same gradients for
+    both modules' parameters and the student features, as running them one after the other."""
+    from bckd_pipeline.distill.bckd import BCKD, BCKDConfig
+
+    cfg = BCKDConfig(grid_stride=4, radius=3, fusion_dim=8, chunk=16)
+    bckd = BCKD(cfg, [6, 10], [12, 8]).train()
+    g = torch.Generator().manual_seed(3)
+    student = [torch.randn(2, 6, 8, 10, generator=g), torch.randn(2, 10, 4, 5, generator=g)]
+    teacher = [torch.randn(2, 12, 8, 10, generator=g), torch.randn(2, 8, 4, 5, generator=g)]
+    logits = [torch.randn(2, 3, 32, 40, generator=g) for _ in range(2)]
+
+    def terms_and_grads():
+        feats = [f.clone().requires_grad_() for f in student]
+        bckd.zero_grad()
+        out = bckd(feats, teacher, *logits, (32, 40))
+        (out["boundary"] + out["context"]).backward()
+        grads = {name: p.grad.clone() for name, p in bckd.named_parameters() if p.grad is not None}
+        return out, grads, [f.grad for f in feats]
+
+    assert bckd._joint_readout
+    joint, joint_grads, joint_feat_grads = terms_and_grads()
+    monkeypatch.setattr(BCKD, "_joint_readout", property(lambda self: False))
+    apart, apart_grads, apart_feat_grads = terms_and_grads()
+    for term in ("boundary", "context"):
+        torch.testing.assert_close(joint[term], apart[term])
+    assert joint_grads.keys() == apart_grads.keys() and {"boundary_head.weight", "psi_s.weight"} <= joint_grads.keys()
+    for name in joint_grads:
+        torch.testing.assert_close(joint_grads[name], apart_grads[name], msg=name)
+    for a, b in zip(joint_feat_grads, apart_feat_grads, strict=True):
+        torch.testing.assert_close(a, b)

@@ -127,12 +127,16 @@ class PairwiseBoundary(nn.Module):
     ``sigmoid(max_k z_k) = max_k sigmoid(z_k)``, so the caller applies delta afterwards.
     The module has no parameters.
 
-    Two exact implementations. On CUDA, where kernel launches dominate, the path max is found by one
-    gather of all P x L path points (an index per grid size, cached) without autograd, and only
-    the P winners are gathered again with autograd, so the backward scatters P values per source
-    instead of P x L: a handful of kernels in place of one slice per offset (39 at r=5). On CPU
-    the per-offset slices were faster in a quick check on a 2-core CPU (12x16 grid, batch 8, forward +
-    backward), so the CPU keeps them.
+    Two exact implementations, both of which find the winner of each path without autograd and
+    send the gradient back through the P winners only (not through all P x L path points). On CUDA,
+    where kernel launches dominate, one gather of all path points from the flat map (an index per
+    grid size, cached), then one gather of the winners with autograd. On CPU, :class:`_PathMax`
+    reads the r x (2r - 1) window of every source with one ``unfold`` and scatters the gradient back
+    with one ``fold``, in place of the earlier slice per offset (39 at r=5), stacked, indexed and
+    max-reduced under autograd. Where points of a path tie for the max, the CPU splits the gradient evenly
+    between them (as ``amax``'s backward does, and as the slices did), while CUDA's gather gives it all
+    to one of them: a different subgradient. Ties are common where the head reads quantized or
+    all-zero features (QAT, ReLU), so the CPU keeps the slices' choice.
     """
 
     def __init__(self, radius: int = 5):
@@ -146,6 +150,11 @@ class PairwiseBoundary(nn.Module):
         rows = [[index[p] for p in path] + [index[(0, 0)]] * (longest - len(path)) for path in paths]
         self.offsets = offsets
         self.register_buffer("path_index", torch.tensor(rows, dtype=torch.long), persistent=False)
+        # The same path points as positions in the r x (2r - 1) window that F.unfold reads around a source:
+        # offset (oy, ox) is row oy, column ox + r - 1.
+        self.window = (radius, 2 * radius - 1)
+        in_window = torch.tensor([oy * self.window[1] + ox + radius - 1 for oy, ox in offsets])
+        self.register_buffer("window_index", in_window[self.path_index], persistent=False)
         self._gather_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
@@ -180,9 +189,7 @@ class PairwiseBoundary(nn.Module):
         n, _, h, w = z.shape
         hc, wc = self._source_grid(h, w)
         if z.device.type != "cuda":
-            rf = self.radius - 1
-            shifted = torch.stack([z[:, 0, oy : oy + hc, rf + ox : rf + ox + wc] for oy, ox in self.offsets], 1)
-            return shifted[:, self.path_index].amax(dim=2)
+            return _PathMax.apply(z, self.window_index, self.window).reshape(n, -1, hc, wc)
         return self.gathered(z)
 
     def gathered(self, z: torch.Tensor) -> torch.Tensor:
@@ -211,6 +218,34 @@ class PairwiseBoundary(nn.Module):
         return picked.all(dim=1).reshape(n, 1, hc, wc)
 
 
+class _PathMax(torch.autograd.Function):
+    """``amax`` over each path's points, read from the unfolded windows of the sources (N x 1 x H x W ->
+    N x P x S, S = sources). The backward spreads each path's gradient evenly over its points that tie for
+    the max (as ``amax``'s does), adds it up per window position and folds the windows back onto the map:
+    three passes, where autograd through slices, a stack, an index and ``amax`` makes one full-size
+    scatter per offset."""
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor, window_index: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
+        windows = F.unfold(z, window)  # N x (r (2r - 1)) x S
+        points = windows[:, window_index]  # N x P x L x S: the L points of each of the P paths
+        best = points.amax(dim=2)
+        ctx.save_for_backward(points == best[:, :, None], window_index)
+        ctx.map_hw, ctx.window, ctx.window_size = z.shape[-2:], window, windows.shape[1]
+        return best
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        winners, window_index = ctx.saved_tensors
+        n, paths, length, sources = winners.shape
+        share = winners.to(grad.dtype)
+        share *= (grad / share.sum(2))[:, :, None]
+        where = window_index.reshape(1, paths * length, 1).expand(n, -1, sources)
+        grad_windows = grad.new_zeros(n, ctx.window_size, sources)
+        grad_windows.scatter_add_(1, where, share.reshape(n, paths * length, sources))
+        return F.fold(grad_windows, ctx.map_hw, ctx.window), None, None
+
+
 def semantic_boundary(probs: torch.Tensor, eps: float = 1e-4, *, valid: torch.Tensor | None = None) -> torch.Tensor:
     """Per-pixel boundary probability from class probabilities, as logits (N x 1 x H x W).
 
@@ -233,6 +268,24 @@ def semantic_boundary(probs: torch.Tensor, eps: float = 1e-4, *, valid: torch.Te
     return torch.log(b) - torch.log1p(-b)
 
 
+def gram(q: torch.Tensor, blocks: int = 4) -> torch.Tensor:
+    """``Q^T Q`` (N x L x L from N x C x L). On the CPU, from its upper block rows only: block row i is
+    ``Q_i^T Q_{i:}`` and the blocks below the diagonal are mirrored, so about (blocks + 1) / (2 blocks) of the
+    multiply-adds run (5/8 at 4 blocks: 4.2 ms -> 2.9 ms for the teacher's 8 x 1280 x 192 on a 2-core AMD EPYC).
+    Every entry is the same dot product as in one ``bmm``; the result is exactly symmetric. On CUDA one ``bmm``
+    (one kernel beats several there)."""
+    length = q.shape[-1]
+    if q.device.type == "cuda" or length < 32 * blocks:
+        return torch.bmm(q.transpose(1, 2), q)
+    step = -(-length // blocks)
+    rows = [torch.bmm(q[:, :, r0 : r0 + step].transpose(1, 2), q[:, :, r0:]) for r0 in range(0, length, step)]
+    out = rows[0].new_empty(q.shape[0], length, length)
+    for r0, block in zip(range(0, length, step), rows, strict=True):
+        out[:, r0 : r0 + step, r0:] = block
+        out[:, r0 + step :, r0 : r0 + step] = block[:, :, step:].transpose(1, 2)
+    return out
+
+
 class _Gram(torch.autograd.Function):
     """``G = Q^T Q`` (N x L x L from N x C x L) with the backward of a Gram matrix: ``dQ = Q (dG + dG^T)``, one
     batched product where autograd's generic matmul backward runs two (one per operand, the same Q twice)."""
@@ -240,7 +293,7 @@ class _Gram(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(q)
-        return torch.bmm(q.transpose(1, 2), q)
+        return gram(q)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
@@ -252,35 +305,42 @@ class _Gram(torch.autograd.Function):
 
 
 class _RowKL(torch.autograd.Function):
-    """``sum_i w_i KL(softmax(lt_i) || softmax(ls_i))`` over the rows i of N x R x L logits, columns outside ``keep``
-    (N x L) masked out of both softmaxes, rows weighted by ``w`` (N x R; all 1 when None).
+    """``sum_i w_i KL(softmax(lt_i) || softmax(ls_i))`` over the rows i of N x R x L logits (masked columns already
+    at ``MASKED_LOGIT`` on both sides), rows weighted by ``w`` (N x R; all 1 when None).
 
     The gradient is the closed form ``w_i (softmax(ls_i) - softmax(lt_i))`` (the teacher's row sums to 1), zero
     on masked columns where both probabilities are 0: one pass where autograd's chain through log_softmax, the
     product, the mask and the sums makes several over the L x L block."""
 
     @staticmethod
-    def forward(ctx, ls, lt, keep, w):
-        if keep is not None:
-            ls, lt = _mask_columns(ls, keep), _mask_columns(lt, keep)
-        log_ps, log_pt = ls.log_softmax(-1), lt.log_softmax(-1)
-        pt = log_pt.exp()
-        row_kl = (pt * (log_pt - log_ps)).sum(-1)
+    def forward(ctx, ls, lt, w):
+        log_ps = ls.log_softmax(-1)
+        # softmax, not log_softmax(lt).exp(): on the CPU exp() of the masked columns' huge negative logits takes a
+        # slow underflow path (0.37 against 0.14 ms over 8 x 192 x 192), which the softmax kernel avoids.
+        pt = lt.softmax(-1)
+        # In place on the teacher's log-probabilities: two fewer N x R x L blocks alive at the peak.
+        row_kl = lt.log_softmax(-1).sub_(log_ps).mul_(pt).sum(-1)
         ctx.save_for_backward(log_ps, pt, w)
         return row_kl.sum() if w is None else (row_kl * w).sum()
 
     @staticmethod
     def backward(ctx, grad):
         log_ps, pt, w = ctx.saved_tensors
-        g = log_ps.exp().sub_(pt)
+        g = log_ps.softmax(-1).sub_(pt)  # softmax(log p_s) = p_s, by the same fast kernel as the forward's
         g.mul_(grad if w is None else grad * w.to(g.dtype)[..., None])
-        return g, None, None, None
+        return g, None, None
 
 
-def _relation_logits(q: torch.Tensor, rows: slice, scale: float) -> torch.Tensor:
+def _relation_logits(
+    q: torch.Tensor, rows: slice, scale: float, column_bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``scale * Q_rows^T Q`` (N x R x L), plus ``column_bias`` (N x 1 x L: 0, or MASKED_LOGIT on a padded column)
+    in the same pass when given."""
     if rows.start in (None, 0) and (rows.stop is None or rows.stop >= q.shape[-1]):
-        return (_Gram.apply(q) if q.requires_grad else torch.bmm(q.transpose(1, 2), q)) * scale
-    return torch.einsum("ncl,ncm->nlm", q[:, :, rows], q) * scale
+        products = _Gram.apply(q) if q.requires_grad else gram(q)
+    else:
+        products = torch.einsum("ncl,ncm->nlm", q[:, :, rows], q)
+    return products * scale if column_bias is None else torch.add(column_bias, products, alpha=scale)
 
 
 def relation_kl(
@@ -309,13 +369,15 @@ def relation_kl(
     qt = teacher_q.detach().flatten(2)
     n, _, length = qs.shape
     keep = None if valid is None else valid.reshape(n, length)
+    # Padded columns leave both softmaxes through a bias added with the scale (one pass, not a scale and a fill).
+    bias = None if keep is None else _column_bias(keep)
 
     def block(qs_: torch.Tensor, r0: int) -> torch.Tensor:
         rows = slice(r0, r0 + chunk)
-        ls = _relation_logits(qs_, rows, student_scale).float()
+        ls = _relation_logits(qs_, rows, student_scale, bias).float()
         with torch.no_grad():
-            lt = _relation_logits(qt, rows, teacher_scale / teacher_tau).float()
-        return _RowKL.apply(ls, lt, keep, None if keep is None else keep[:, rows])
+            lt = _relation_logits(qt, rows, teacher_scale / teacher_tau, bias).float()
+        return _RowKL.apply(ls, lt, None if keep is None else keep[:, rows])
 
     total = qs.new_zeros((), dtype=torch.float32)
     for r0 in range(0, length, chunk):
@@ -333,8 +395,10 @@ def _recompute(qs: torch.Tensor, length: int, chunk: int) -> bool:
     return qs.requires_grad and length > chunk
 
 
-def _mask_columns(logits: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    return logits.masked_fill(~keep[:, None, :], MASKED_LOGIT)
+def _column_bias(keep: torch.Tensor) -> torch.Tensor:
+    """N x L validity -> N x 1 x L float32: 0 on a valid column, MASKED_LOGIT on a padded one. A finite logit
+    plus MASKED_LOGIT stays within a few units of it, so its probability is exactly 0 on both sides."""
+    return torch.zeros(keep.shape[0], 1, keep.shape[1], device=keep.device).masked_fill_(~keep[:, None], MASKED_LOGIT)
 
 
 def relation_mse(
