@@ -3,6 +3,8 @@ gradient-norm logging and balancing, CWD at the head's native stride, and refuse
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -57,7 +59,9 @@ def test_padded_crop_changes_no_bckd_term_when_masked(where, options):
     alone = bckd(*crop, (24, 32))
     masked = bckd(*padded, (40, 48), valid)
     for term in ("boundary", "context"):
-        torch.testing.assert_close(masked[term], alone[term], rtol=1e-5, atol=1e-7)
+        # A KL sums p (log p_t - log p_s) over nearly equal log-probabilities: float32 rounding of the softmaxes,
+        # which differs between the padded and the cropped grid (other row lengths), reaches about 2e-5 of it.
+        torch.testing.assert_close(masked[term], alone[term], rtol=1e-4, atol=1e-7)
     # The same padded input without the mask sees the junk: the test can fail.
     unmasked = BCKD(_cfg(mask_padding=False, **options), S_CH, T_CH).eval()
     unmasked.load_state_dict(bckd.state_dict())
@@ -213,3 +217,21 @@ def test_grad_balance_sets_each_weight_to_its_target_ratio():
     assert float(out["bckd/alpha"]) != 10.0
     state = task.bckd.state_dict()
     assert "term_weights" in state and "balance_seen" in state  # a resumed run keeps them
+
+
+def test_kd_and_the_semantic_boundary_share_one_teacher_softmax(monkeypatch):
+    """With logit KD at T = 1 and the semantic teacher boundary, the task computes the teacher's probabilities
+    once for both: the same terms as each computing its own."""
+    task = _task("kd+bckd").eval()  # eval: two forwards must see the same BatchNorm statistics
+    images, masks = _batch()  # padded rows: the masked path too
+    assert task._shared_teacher_probs(*[torch.randn(2, 3, 8, 8)] * 2) is not None
+    shared = task(images, masks)
+    monkeypatch.setattr(SegDistillTask, "_shared_teacher_probs", lambda self, *_: None)
+    separate = task(images, masks)
+    for key in ("loss/kd", "loss/boundary", "loss/context", "loss"):
+        torch.testing.assert_close(shared[key], separate[key], msg=key)
+    # At another temperature KD's probabilities are not the boundary's: nothing is shared.
+    monkeypatch.undo()
+    warm = _task("kd+bckd")
+    warm.cfg = dataclasses.replace(warm.cfg, kd_temperature=4.0)
+    assert warm._shared_teacher_probs(*[torch.randn(2, 3, 8, 8)] * 2) is None

@@ -216,7 +216,13 @@ class TeacherFusion(nn.Module):
                 total = sum(s * r * r for s, r in zip(sq, inv, strict=True))
                 whole = total.clamp_min(eps2).rsqrt()
                 inv = [r * whole for r in inv]
-            return torch.cat([f * r for f, r in zip(resized, inv, strict=True)], 1)
+            # Each stage is scaled straight into its channels of the concatenation: one pass, no separate cat.
+            fused = resized[0].new_empty(resized[0].shape[0], self.out_channels, *grid)
+            start = 0
+            for f, r in zip(resized, inv, strict=True):
+                torch.mul(f, r, out=fused[:, start : start + f.shape[1]])
+                start += f.shape[1]
+            return fused
         fused = torch.cat(resized, 1)
         return unit_channels(fused) if unit else fused
 
@@ -327,9 +333,13 @@ class BCKD(nn.Module):
         teacher_logits: torch.Tensor,
         input_hw: tuple[int, int],
         valid: torch.Tensor | None = None,
+        *,
+        teacher_probs: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """The unweighted terms. ``valid`` (N x 1 x H x W, bool, at the input size) marks the real
-        pixels of a padded crop; with ``mask_padding`` the terms ignore the rest."""
+        pixels of a padded crop; with ``mask_padding`` the terms ignore the rest. ``teacher_probs``:
+        ``softmax(teacher_logits)`` over classes, when the caller has it already (see
+        :attr:`reads_teacher_probs`)."""
         grid = self.grid(input_hw)
         gv = grid_validity(valid, grid) if valid is not None and self.cfg.mask_padding else None
         fs = self.student_fusion(student_feats, grid) if self.student_fusion is not None else None
@@ -346,10 +356,15 @@ class BCKD(nn.Module):
         zs, qs = self._readouts(fs) if self._joint_readout else (None, None)
         out: dict[str, torch.Tensor] = {}
         if cfg.boundary:
-            out.update(self._boundary(fs, ft, student_logits, teacher_logits, grid, gv, zs=zs))
+            out.update(self._boundary(fs, ft, student_logits, teacher_logits, grid, gv, zs=zs, t_probs=teacher_probs))
         if cfg.context:
             out["context"] = self._context(fs, ft_unit, gv, teacher_unit=teacher_unit, qs=qs)
         return out
+
+    @property
+    def reads_teacher_probs(self) -> bool:
+        """The boundary term reads the teacher's class probabilities (``boundary_teacher="semantic"``)."""
+        return self.cfg.boundary and self.cfg.boundary_teacher == "semantic"
 
     @property
     def _joint_readout(self) -> bool:
@@ -381,8 +396,11 @@ class BCKD(nn.Module):
                 self.term_weights[i] = (self.term_weights[i] * k + target * ce / g) / (k + 1)
         self.balance_seen += 1
 
-    def _boundary(self, fs, ft, student_logits, teacher_logits, grid, gv, *, zs=None) -> dict[str, torch.Tensor]:
-        """Eqs. (2)-(3). ``zs``: the head's logits when :meth:`_readouts` computed them."""
+    def _boundary(
+        self, fs, ft, student_logits, teacher_logits, grid, gv, *, zs=None, t_probs=None
+    ) -> dict[str, torch.Tensor]:
+        """Eqs. (2)-(3). ``zs``: the head's logits when :meth:`_readouts` computed them; ``t_probs``: the
+        teacher's class probabilities when the caller had them."""
         cfg = self.cfg
         if zs is None and self.boundary_head is not None:
             zs = self.boundary_head(fs)
@@ -390,7 +408,9 @@ class BCKD(nn.Module):
             zs = semantic_boundary(_resize(student_logits.float().softmax(1), grid), valid=gv)
         if cfg.boundary_teacher == "semantic":
             with torch.no_grad():
-                probs = _resize(teacher_logits.detach().float().softmax(1), grid)
+                if t_probs is None:
+                    t_probs = teacher_logits.detach().float().softmax(1)
+                probs = _resize(t_probs, grid)
                 zt = semantic_boundary(probs, valid=gv)
         elif cfg.boundary_teacher == "conv":
             with torch.no_grad():

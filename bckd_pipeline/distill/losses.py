@@ -31,6 +31,7 @@ def kd_loss(
     temperature: float = 1.0,
     *,
     valid: torch.Tensor | None = None,
+    teacher_probs: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Pixel-wise logit KD (Hinton et al., 2015), the paper's Eq. (1) in its KL form.
 
@@ -38,11 +39,13 @@ def kd_loss(
     with ``p = softmax(f / T)`` over classes and V the valid pixels (all N H W of them without
     ``valid``, an N x 1 x H x W mask). KL differs from Eq. (1)'s cross-entropy by the teacher's
     entropy, a constant, so the gradients are identical and the loss is 0 at a match.
+    ``teacher_probs``: ``p^t`` when the caller has it already (shared with BCKD's semantic boundary).
     """
     t = temperature
     log_ps = F.log_softmax(student_logits / t, dim=1)
     log_pt = F.log_softmax(teacher_logits.detach() / t, dim=1)
-    kl = (log_pt.exp() * (log_pt - log_ps)).sum(1, keepdim=True)
+    pt = log_pt.exp() if teacher_probs is None else teacher_probs.detach()
+    kl = (pt * (log_pt - log_ps)).sum(1, keepdim=True)
     if valid is None:
         return kl.mean() * t * t
     weights = valid.to(kl.dtype).expand_as(kl)
@@ -230,7 +233,8 @@ class _PathMax(torch.autograd.Function):
         windows = F.unfold(z, window)  # N x (r (2r - 1)) x S
         points = windows[:, window_index]  # N x P x L x S: the L points of each of the P paths
         best = points.amax(dim=2)
-        ctx.save_for_backward(points == best[:, :, None], window_index)
+        if ctx.needs_input_grad[0]:  # the teacher's map needs no backward
+            ctx.save_for_backward(points == best[:, :, None], window_index)
         ctx.map_hw, ctx.window, ctx.window_size = z.shape[-2:], window, windows.shape[1]
         return best
 

@@ -231,16 +231,23 @@ class SegDistillTask(nn.Module):
         # name -> (unweighted term, its weight in the total)
         parts: dict[str, tuple[torch.Tensor, float | torch.Tensor]] = {"ce": (ce, 1.0)}
         t_aligned = _upsample_to(t_logits, raw_logits.shape[-2:]).float()
+        t_probs = self._shared_teacher_probs(t_logits, t_aligned)
         if "kd" in terms:
             kd = kd_loss(
-                raw_logits.float(), t_aligned, cfg.kd_temperature, valid=_valid_at(valid, raw_logits.shape[-2:])
+                raw_logits.float(),
+                t_aligned,
+                cfg.kd_temperature,
+                valid=_valid_at(valid, raw_logits.shape[-2:]),
+                teacher_probs=t_probs,
             )
             parts["kd"] = (kd, cfg.kd_weight)
         if "cwd" in terms:
             parts["cwd"] = (self._cwd(raw_logits, t_aligned, valid, tuple(images.shape[-2:])), cfg.cwd_weight)
         if self.bckd is not None:
             b = cfg.bckd
-            terms_b = self.bckd(s_feats, t_feats, raw_logits, t_logits, tuple(images.shape[-2:]), valid)
+            terms_b = self.bckd(
+                s_feats, t_feats, raw_logits, t_logits, tuple(images.shape[-2:]), valid, teacher_probs=t_probs
+            )
             gamma = 1.0
             if b.decay and step is not None:
                 gamma = decay_factor(
@@ -267,6 +274,15 @@ class SegDistillTask(nn.Module):
                 out[f"grad/{name}"] = torch.tensor(float(weight) * _grad_norm(term, s_feats[-1]))
         out["loss"] = total
         return out
+
+    def _shared_teacher_probs(self, t_logits: torch.Tensor, t_aligned: torch.Tensor) -> torch.Tensor | None:
+        """The teacher's class probabilities, once, when logit KD (at T = 1) and BCKD's semantic boundary both
+        read them at the same size (one softmax over the full-size logits fewer per step); else None."""
+        if not ("kd" in self.cfg.terms and self.cfg.kd_temperature == 1.0 and t_aligned.shape == t_logits.shape):
+            return None
+        if self.bckd is None or not self.bckd.reads_teacher_probs:
+            return None
+        return t_aligned.softmax(1)
 
     def _cwd(
         self, raw_logits: torch.Tensor, t_aligned: torch.Tensor, valid: torch.Tensor | None, hw: tuple[int, int]
