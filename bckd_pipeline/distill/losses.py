@@ -400,8 +400,8 @@ def _recompute(qs: torch.Tensor, length: int, chunk: int) -> bool:
 
 
 def _column_bias(keep: torch.Tensor) -> torch.Tensor:
-    """N x L validity -> N x 1 x L float32: 0 on a valid column, MASKED_LOGIT on a padded one. A finite logit
-    plus MASKED_LOGIT stays within a few units of it, so its probability is exactly 0 on both sides."""
+    """N x L validity -> N x 1 x L float32: 0 on a valid column, MASKED_LOGIT on a padded one. Any finite logit
+    plus MASKED_LOGIT stays about 1e9 below every valid logit, so its probability is exactly 0 on both sides."""
     return torch.zeros(keep.shape[0], 1, keep.shape[1], device=keep.device).masked_fill_(~keep[:, None], MASKED_LOGIT)
 
 
