@@ -58,16 +58,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def taps(model_name: str, role: str) -> list[str] | None:
-    """The preset's taps under the export wrapper (``student.``), as qat/stage.py passes them."""
-    from bckd_pipeline.distill.models import default_taps
-
-    try:
-        return [f"student.{t}" for t in default_taps(model_name, role=role)]
-    except KeyError:
-        return None
-
-
 def main(argv=None) -> None:
     import torch
 
@@ -77,6 +67,7 @@ def main(argv=None) -> None:
     from bckd_pipeline.export.wrapper import SegExportWrapper
     from bckd_pipeline.qat import fakequant
     from bckd_pipeline.qat.finetune import QatSchedule, finetune
+    from bckd_pipeline.qat.stage import preset_taps
     from bckd_pipeline.targets.profiles import CalibrationSpec
 
     args = parse_args(argv)
@@ -92,7 +83,10 @@ def main(argv=None) -> None:
 
     model, model_meta = load_model(args.model)  # once: its preset names the quantization table's Student
     student = quant_table.Student(model_meta.model, args.model, file_sha256(args.model), model, model_meta)
-    calib = quant_table.feeds_of(opts, args.data, "train", hw, args.calib_size, seed=0)
+    from bckd_pipeline.calibrate.data import DatasetFeeds, pick_indices
+
+    train_set = quant_table.dataset(opts, args.data, "train", hw)  # read once: calibration draws from it too
+    calib = DatasetFeeds.from_dataset(train_set, pick_indices(args.calib_size, len(train_set), 0), hw)
     val = quant_table.feeds_of(opts, args.data, "val", hw, None)
     sim = quant_table.export_at(student, hw, args.work / "export", val.head(4))
     flavour = BACKEND_FLAVOUR[args.backend]
@@ -106,9 +100,6 @@ def main(argv=None) -> None:
     wrapper = SegExportWrapper(copy.deepcopy(student.model).cpu(), normalize=norm(meta), head="logits").eval()
     teacher_model, tmeta = load_model(args.teacher, expect_classes=meta.num_classes)
     teacher = SegExportWrapper(teacher_model, normalize=norm(tmeta), head="logits").eval()
-    from bckd_pipeline.calibrate.data import DatasetFeeds
-
-    train_set = quant_table.dataset(opts, args.data, "train", hw)
     train = DatasetFeeds.from_dataset(train_set, range(len(train_set)), hw)
     scheme = fakequant.scheme_for(args.backend)
     one_image = list(replace(calib, batch=1))
@@ -134,8 +125,8 @@ def main(argv=None) -> None:
                     train.images,
                     train.labels,
                     schedule,
-                    student_taps=taps(meta.model, "student"),
-                    teacher_taps=taps(tmeta.model, "teacher"),
+                    student_taps=preset_taps(meta.model, "student"),
+                    teacher_taps=preset_taps(tmeta.model, "teacher"),
                     ignore_index=meta.ignore_index,
                 )
             path = args.work / f"qat-{row}-s{seed}.onnx"
@@ -160,12 +151,13 @@ def main(argv=None) -> None:
                 "code_hash": args.code_hash,
             }
             records.append(rec)
+            write(args, ptq, ptq_settings, flavour, records, rows, started, argv)  # a resumable file after every run
+            recovered = "n/a (PTQ lost nothing)" if rec["recovered"] is None else f"{rec['recovered']:.2f}"
             print(
                 f"seed {seed} {row:8s} QAT {rec['miou_qat']:.2f} ({rec['delta_miou']:+.2f}), "
-                f"recovered {rec['recovered']:.2f} of the drop, {cost['wall_s']:.0f} s",
+                f"recovered {recovered} of the drop, {cost['wall_s']:.0f} s",
                 flush=True,
             )
-            write(args, ptq, ptq_settings, flavour, records, rows, started, argv)  # a resumable file after every run
     write(args, ptq, ptq_settings, flavour, records, rows, started, argv)  # also when every run was reused
     print(f"wrote {args.json}")
 
@@ -242,7 +234,6 @@ def write(args, ptq, ptq_settings, flavour, records, rows, started, argv) -> Non
     }
     from bckd_pipeline.fileio import write_text
 
-    args.json.parent.mkdir(parents=True, exist_ok=True)
     write_text(args.json, json.dumps(payload, indent=1))  # atomic: a rerun resumes from this file
 
 

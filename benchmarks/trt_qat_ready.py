@@ -119,7 +119,6 @@ def main(argv=None) -> None:
         )
     from bckd_pipeline.fileio import write_text
 
-    args.json.parent.mkdir(parents=True, exist_ok=True)
     write_text(args.json, json.dumps(out, indent=1))
     print(f"wrote {args.json}")
 

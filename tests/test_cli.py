@@ -322,8 +322,9 @@ def test_bad_distill_options(teacher, tmp_path, capsys, flags, expected):
             ["distill", *SMOKE, "--teacher", "/nonexistent/teacher.pt"],
             "'/nonexistent/teacher.pt' does not exist",
         ),
+        (["run", *SMOKE, "--teacher", "/nonexistent/teacher.pt"], "'/nonexistent/teacher.pt' does not exist"),
     ],
-    ids=["preset", "model", "input-size", "eval-checkpoint", "teacher-checkpoint"],
+    ids=["preset", "model", "input-size", "eval-checkpoint", "teacher-checkpoint", "run-teacher-checkpoint"],
 )
 def test_bad_names_and_sizes(tmp_path, capsys, argv, expected):
     out = tmp_path / "out"

@@ -155,45 +155,42 @@ def test_bad_export_specs(kwargs, match):
         ExportSpec(input_hw=HW, **kwargs)
 
 
-def test_a_real_smp_student_at_a_size_off_its_stride(tmp_path):
-    """DeepLabV3+-MobileNetV2 (smp) at 56x80: the wrapper pads to the encoder's stride, like evaluation."""
+@pytest.mark.parametrize(
+    ("preset", "hw"),
+    [
+        # DeepLabV3+-MobileNetV2 at 56x80, off the encoder's stride: the wrapper pads to it, like evaluation.
+        ("deeplabv3plus-mbv2", (56, 80)),
+        # PSPNet at 96x128: the pyramid's bins 3 and 6 do not divide the 12x16 map, which the ONNX exporter refuses
+        # for adaptive pooling (and smp's export path, an 'area' interpolation, is the same op). The export writes
+        # them as fixed slices and means on a copy, and the check against the unpatched eager model holds.
+        ("pspnet-r18", (96, 128)),
+    ],
+)
+def test_a_real_smp_model_exports_at_an_awkward_size(tmp_path, preset, hw):
     from bckd_pipeline.distill.checkpoint import CheckpointMeta
     from bckd_pipeline.distill.models import build_model, padded_logits
 
     torch.manual_seed(0)
-    model = build_model("deeplabv3plus-mbv2", 5).eval()
-    meta = CheckpointMeta(model="deeplabv3plus-mbv2", num_classes=5, class_names=tuple("abcde"), input_hw=(56, 80))
-    feeds = demo_feeds(n=2, hw=(56, 80))
-    path, report = to_onnx(model, meta, ExportSpec(input_hw=(56, 80)), tmp_path / "m.onnx", feeds.head(2))
+    model = build_model(preset, 5).eval()
+    meta = CheckpointMeta(model=preset, num_classes=5, class_names=tuple("abcde"), input_hw=hw)
+    feeds = demo_feeds(n=2, hw=hw)
+    path, report = to_onnx(model, meta, ExportSpec(input_hw=hw), tmp_path / "m.onnx", feeds.head(2))
     assert report.passed and report.max_abs_diff["logits"] < 1e-3
     raw = torch.from_numpy(feeds.images[0])
     normalised = (raw / 255 - torch.tensor(meta.mean).view(1, 3, 1, 1)) / torch.tensor(meta.std).view(1, 3, 1, 1)
     with OrtRuntime(path) as rt, torch.no_grad():
         out = rt.infer({"image": feeds.images[0]})["logits"]
         np.testing.assert_allclose(out, padded_logits(model, normalised).numpy(), atol=1e-3)
-    assert out.shape == (1, 5, 56, 80)
+    assert out.shape == (1, 5, *hw)
+    assert not any(type(m).__name__.startswith("Static") for m in model.modules())  # the model itself is untouched
 
 
-@pytest.mark.parametrize("size", [1, 3, 6, (5, 7), (3, None)])
+# Sizes that do not divide the 12x16 map on at least one side, so the slices run (a dividing size is pooled by
+# PyTorch itself).
+@pytest.mark.parametrize("size", [3, 6, 5, (5, 7), (5, None), (None, 7)])
 def test_static_adaptive_pool_has_pytorchs_bins(size):
     from bckd_pipeline.export.wrapper import StaticAdaptiveAvgPool2d
 
     x = torch.randn(2, 4, 12, 16)
-    want = torch.nn.functional.adaptive_avg_pool2d(x, (3, 16) if size == (3, None) else size)
+    want = torch.nn.functional.adaptive_avg_pool2d(x, size)
     torch.testing.assert_close(StaticAdaptiveAvgPool2d(size)(x), want, atol=1e-6, rtol=1e-6)
-
-
-def test_pspnet_exports_at_a_size_its_pyramid_does_not_divide(tmp_path):
-    """PSPNet (smp) at 96x128: the pyramid's bins 3 and 6 do not divide the 12x16 map, which the ONNX exporter
-    refuses for adaptive pooling (and smp's export path, an 'area' interpolation, is the same op). The export
-    writes them as fixed slices and means on a copy, and the check against the unpatched eager model holds."""
-    from bckd_pipeline.distill.checkpoint import CheckpointMeta
-    from bckd_pipeline.distill.models import build_model
-
-    torch.manual_seed(0)
-    model = build_model("pspnet-r18", 5).eval()
-    meta = CheckpointMeta(model="pspnet-r18", num_classes=5, class_names=tuple("abcde"), input_hw=(96, 128))
-    feeds = demo_feeds(n=2, hw=(96, 128))
-    path, report = to_onnx(model, meta, ExportSpec(input_hw=(96, 128)), tmp_path / "m.onnx", feeds.head(2))
-    assert report.passed and report.max_abs_diff["logits"] < 1e-3
-    assert not any(type(m).__name__.startswith("Static") for m in model.modules())  # the model itself is untouched

@@ -161,17 +161,15 @@ def test_a_layer_kept_in_float_passes_the_check_and_a_half_quantized_one_does_no
     path, settings = quantize_for_tensorrt(
         residual_onnx, tmp_path / "x.qdq.onnx", calib, CalibrationSpec(size=4, exclude=(head,))
     )
-    g = _graph(path)
-    producer = {o: n for n in g.node for o in n.output}
-    (conv,) = [n for n in g.node if n.name == head]
+    model = onnx.load(str(path))
+    producer = {o: n for n in model.graph.node for o in n.output}
+    (conv,) = [n for n in model.graph.node if n.name == head]
     assert all(i not in producer or producer[i].op_type != "DequantizeLinear" for i in conv.input)
     assert check_tensorrt_qdq(path) == []
     assert settings["int8_exclude"]["nodes"] == [head]
 
-    model = onnx.load(str(path))
     stem = next(n for n in model.graph.node if n.op_type == "Conv" and "stem" in n.name)
-    by_output = {o: n for n in model.graph.node for o in n.output}
-    stem.input[0] = by_output[by_output[stem.input[0]].input[0]].input[0]  # float data into quantized weights
+    stem.input[0] = producer[producer[stem.input[0]].input[0]].input[0]  # float data into quantized weights
     onnx.save(model, str(tmp_path / "half.onnx"))
     problems = check_tensorrt_qdq(tmp_path / "half.onnx")
     assert len(problems) == 1 and "data input has no Q/DQ" in problems[0]

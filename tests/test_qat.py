@@ -620,5 +620,8 @@ def test_qat_fine_tunes_with_cross_entropy_alone_by_default(tmp_path, capsys):
     teacher = demo_checkpoint(tmp_path, "tiny-teacher")
     rc, _, err = run_cli(capsys, *argv, "--teacher", teacher, "--out", tmp_path / "T")
     assert rc == 2 and "Add --qat-kd kd+bckd" in err and not (tmp_path / "T").exists()
+    off = ["deploy", *SMOKE, "--model", model, "--teacher", teacher, *FAST, "--out", tmp_path / "off"]
+    rc, _, err = run_cli(capsys, *off)  # QAT off (the default): the teacher would be read by nothing
+    assert rc == 2 and "QAT is off (the default)" in err and not (tmp_path / "off").exists()
     rc, _, err = run_cli(capsys, *argv, "--qat-kd", "bogus", "--out", tmp_path / "bad")
     assert rc == 2 and "--qat-kd 'bogus' is not allowed" in err and "Traceback" not in err

@@ -102,22 +102,30 @@ def qat_config(args):
                 f"--qat-kd {args.qat_kd!r} is not allowed. Allowed: {', '.join(KD_CHOICES)} "
                 "(none: cross-entropy alone)."
             )
-    teacher = getattr(args, "teacher", None)
-    if args.command == "deploy" and teacher is not None and mode not in (None, "off") and args.qat_kd in (None, "none"):
+    mode = mode or "off"
+    # `run`'s --teacher is its distillation teacher, which the pipeline hands to QAT itself; `deploy`'s is QAT's.
+    teacher = args.teacher if args.command == "deploy" else None
+    if teacher is not None and mode == "off":
+        raise ConfigError(
+            f"--teacher {teacher} is read only by the QAT fine-tune, and QAT is off "
+            f"({'--qat off' if args.qat else 'the default'}). Add --qat on --qat-kd kd+bckd (or kd, cwd) to "
+            "fine-tune against it, or drop --teacher."
+        )
+    if teacher is not None and args.qat_kd in (None, "none"):
         raise ConfigError(
             f"--teacher {teacher} is read only by teacher terms of the QAT fine-tune, and --qat-kd is "
             f"{args.qat_kd or 'none (the default: cross-entropy alone, docs/deploy.md)'}. Add --qat-kd kd+bckd (or kd, "
             "cwd) to fine-tune against the teacher, or drop --teacher."
         )
-    if teacher is not None and mode != "off" and not Path(teacher).is_file():
+    if teacher is not None and not Path(teacher).is_file():
         raise ConfigError(
             f"--teacher {teacher} does not exist. Pass the teacher checkpoint (teacher.pt), or drop --teacher "
             "to fine-tune against the FP32 student itself."
         )
-    if args.qat_max_miou_drop is not None and mode in (None, "off"):
+    if args.qat_max_miou_drop is not None and mode == "off":
         raise ConfigError(
             f"--qat-max-miou-drop {args.qat_max_miou_drop:g} is the budget --qat auto fine-tunes at, and QAT is off "
-            f"({'--qat off' if mode else 'the default'}). Add --qat auto, or drop --qat-max-miou-drop."
+            f"({'--qat off' if args.qat else 'the default'}). Add --qat auto, or drop --qat-max-miou-drop."
         )
     budgeted = args.qat_max_miou_drop is not None or _file_budgets_miou_drop(args.budgets)
     if mode == "auto" and not budgeted:
@@ -128,7 +136,7 @@ def qat_config(args):
             "or --qat on to always fine-tune."
         )
     return QatConfig(
-        mode=mode or "off",
+        mode=mode,
         max_miou_drop=args.qat_max_miou_drop,
         budgets=args.budgets,
         iters=args.qat_iters,

@@ -3,6 +3,7 @@ preset's data; ``run`` goes on to deploy (cli/deploy.py)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 
 from ..errors import ConfigError
 
@@ -127,6 +128,11 @@ def _train_commands(args, preset, data, train_cfg, env, console) -> int:
     if env.distributed:
         raise ConfigError(
             "`run` is one process; under torchrun launch `train-teacher` and `distill` instead (docs/distributed.md)."
+        )
+    if args.teacher is not None and not Path(args.teacher).is_file():
+        raise ConfigError(
+            f"Teacher checkpoint {str(args.teacher)!r} does not exist. Pass the teacher.pt written by "
+            "`bckd-pipeline train-teacher` (or a run's OUT/teacher/teacher.pt), or drop --teacher to train one."
         )
     cfg = RunConfig(
         out=args.out,

@@ -346,7 +346,7 @@ class BCKD(nn.Module):
         cfg = self.cfg
         # A cosine relation of the raw fused teacher features (no pooling before it) reads them normalised: the
         # fusion does that itself, in fewer passes. The boundary's conv read-outs take the fused features as they are.
-        teacher_unit = cfg.context and cfg.relation == "cosine" and cfg.context_pool == 1
+        teacher_unit = self._cosine_at_full_grid
         ft = ft_unit = None
         if cfg.boundary and cfg.boundary_teacher != "semantic":
             ft = self.teacher_fusion(teacher_feats, grid)
@@ -367,10 +367,14 @@ class BCKD(nn.Module):
         return self.cfg.boundary and self.cfg.boundary_teacher == "semantic"
 
     @property
-    def _joint_readout(self) -> bool:
+    def _cosine_at_full_grid(self) -> bool:
+        """The context term is a cosine relation of the fused features at the full grid (no pooling first)."""
         cfg = self.cfg
-        cosine_at_full_grid = cfg.context and cfg.relation == "cosine" and cfg.context_pool == 1
-        return bool(cfg.boundary and self.boundary_head is not None and cosine_at_full_grid)
+        return cfg.context and cfg.relation == "cosine" and cfg.context_pool == 1
+
+    @property
+    def _joint_readout(self) -> bool:
+        return self.cfg.boundary and self.boundary_head is not None and self._cosine_at_full_grid
 
     def _readouts(self, fs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(boundary logits Z_s, Psi_s(F^s)) from one 1x1 convolution with both weight sets stacked: the same

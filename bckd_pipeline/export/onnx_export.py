@@ -100,14 +100,14 @@ def to_onnx(
     wrapper = SegExportWrapper(student.cpu(), normalize=norm, head=spec.head).eval()
     dummy = torch.zeros(spec.input_shape())
     exported = wrapper
-    if not spec.dynamic and not isinstance(student, torch.jit.ScriptModule):
-        exported = for_static_export(wrapper)  # PSPNet's pyramid at sizes it does not divide; checked against eager
     if isinstance(student, torch.jit.ScriptModule):
         # The ONNX exporter cannot trace a TorchScript *submodule* (pytorch#86261); a TorchScript top level it
         # exports, so the wrapper around a TorchScript file is traced into one first.
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # deprecation and tracer warnings: the export is checked against eager
             exported = torch.jit.trace(wrapper, (dummy,), check_trace=False)
+    elif not spec.dynamic:
+        exported = for_static_export(wrapper)  # PSPNet's pyramid at sizes it does not divide; checked against eager
 
     def write(tmp: Path) -> None:
         try:

@@ -134,12 +134,22 @@ class StaticPSPBlock(nn.Module):
         return nn.functional.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=True)
 
 
-def _static_equivalent(module: nn.Module) -> nn.Module | None:
+def _needs_static(module: nn.Module) -> bool:
     if isinstance(module, nn.AdaptiveAvgPool2d):
-        return StaticAdaptiveAvgPool2d(module.output_size)
-    if type(module).__name__ == "PSPBlock" and hasattr(module, "pool_size") and isinstance(module.pool, nn.Sequential):
-        return StaticPSPBlock(module)
-    return None
+        return True
+    is_psp = type(module).__name__ == "PSPBlock" and hasattr(module, "pool_size")
+    return is_psp and isinstance(module.pool, nn.Sequential)
+
+
+def _write_static(module: nn.Module) -> None:
+    """Replace, in place, every child that :func:`_needs_static` names; a replaced block is not descended into."""
+    for name, child in list(module.named_children()):
+        if isinstance(child, nn.AdaptiveAvgPool2d):
+            setattr(module, name, StaticAdaptiveAvgPool2d(child.output_size))
+        elif _needs_static(child):
+            setattr(module, name, StaticPSPBlock(child))
+        else:
+            _write_static(child)
 
 
 def for_static_export(wrapper: nn.Module) -> nn.Module:
@@ -147,12 +157,8 @@ def for_static_export(wrapper: nn.Module) -> nn.Module:
     (the model that is checked against stays the original), or ``wrapper`` itself when it has none."""
     import copy
 
-    if not any(_static_equivalent(m) is not None for m in wrapper.modules()):
+    if not any(_needs_static(m) for m in wrapper.modules()):
         return wrapper
     patched = copy.deepcopy(wrapper)
-    for parent in list(patched.modules()):
-        for name, child in list(parent.named_children()):
-            replacement = _static_equivalent(child)
-            if replacement is not None:
-                setattr(parent, name, replacement)
+    _write_static(patched)
     return patched

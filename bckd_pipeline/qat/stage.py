@@ -191,7 +191,8 @@ def _held_out(ctx: DeployContext, calib):
     return feeds
 
 
-def _taps(model_name: str, role: str) -> list[str] | None:
+def preset_taps(model_name: str, role: str) -> list[str] | None:
+    """A preset's BCKD taps under the export wrapper (``student.``); None for a model that is not a preset."""
     from ..distill.models import default_taps
 
     try:
@@ -233,11 +234,11 @@ def _train_and_export(ctx: DeployContext, row: Built, path: Path, calib, bar) ->
         teacher_model, tmeta = load_model(q.teacher, expect_classes=ctx.meta.num_classes)
         t_norm = norm(tmeta) if spec.bake_normalization else None
         teacher = SegExportWrapper(teacher_model, normalize=t_norm, head="logits").eval()
-        teacher_taps, teacher_what = _taps(tmeta.model, "teacher"), f"teacher checkpoint {q.teacher}"
+        teacher_taps, teacher_what = preset_taps(tmeta.model, "teacher"), f"teacher checkpoint {q.teacher}"
     else:  # no teacher: the FP32 student is the target (self-distillation); the report says which
         teacher = SegExportWrapper(copy.deepcopy(ctx.model).cpu(), normalize=normalize, head="logits").eval()
-        teacher_taps, teacher_what = _taps(ctx.meta.model, "student"), "self-distillation from the FP32 student"
-    student_taps = _taps(ctx.meta.model, "student")
+        teacher_taps, teacher_what = preset_taps(ctx.meta.model, "student"), "self-distillation from the FP32 student"
+    student_taps = preset_taps(ctx.meta.model, "student")
     if "bckd" in dcfg.kd and not (student_taps and teacher_taps):
         dcfg = replace(dcfg, kd="kd")  # a model without preset taps: logit KD + CE, recorded below
 
