@@ -27,7 +27,9 @@ Quick end-to-end check (tiny models on the embedded demo data, under a minute):
 
 Resumable: a row+seed whose OUT/<row>/s<seed>/metrics.json exists is read, not rerun (the command
 that made it must match, see OUT/<row>/s<seed>/command.txt); one with only a training state
-(train_state.pt) continues with --resume; OUT/teacher/teacher.pt is never retrained. Each run
+(train_state.pt) continues with --resume; OUT/teacher/teacher.pt is never retrained. On a new
+machine, --include RESULTS_JSON takes an earlier study's runs as recorded once OUT/teacher, retrained
+by the same command, reproduces that study's teacher metrics exactly. Each run
 records a hash of the bckd_pipeline sources it ran with (code.txt); table.md warns when a study
 mixes versions. The queue is seed-major (every row of seed 0, then seed 1, ...; the ablation
 last), so --deadline leaves whole seeds. Results: OUT/results.json (rewritten atomically after
@@ -80,6 +82,8 @@ MIN_SEEDS = 4
 BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0
 TINY_ENCODER_TAPS = "stages.0,stages.1,stages.2,stages.3"  # TinySegNet has no `encoder` module
+# What identifies a retrained teacher with a recorded one when the record has no sha256 (--include).
+TEACHER_IDENTITY = (*METRICS, "per_class_iou", "last_terms")
 
 
 @dataclass(frozen=True)
@@ -159,6 +163,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--jobs", type=int, help="runs at a time (default: the protocol's)")
     ap.add_argument("--threads", type=int, help="OMP_NUM_THREADS of each run (default: max(1, cpu_count // jobs))")
     ap.add_argument("--deadline", type=float, help="seconds after the start; no new run starts after it")
+    ap.add_argument(
+        "--include",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="RESULTS_JSON",
+        help="an earlier results.json of this study whose run folders are gone (a new machine): its runs are taken "
+        "as recorded instead of rerun. Its teacher command must be this study's and OUT/teacher must reproduce "
+        "the teacher's recorded metrics exactly (one teacher for every row); repeatable",
+    )
     ap.add_argument("--dry-run", action="store_true", help="print the teacher command and the job queue, run nothing")
     return ap.parse_args(argv)
 
@@ -351,10 +365,15 @@ def grad_entries(history: list[dict]) -> dict:
     return {k: {"last": round(v[-1], 6), "mean": round(statistics.fmean(v), 6), "n": len(v)} for k, v in values.items()}
 
 
-def run_job(args: argparse.Namespace, job: Job, teacher: Path, deadline_at: float | None) -> dict:
+def run_job(
+    args: argparse.Namespace, job: Job, teacher: Path, deadline_at: float | None, included: dict | None = None
+) -> dict:
     folder = job_dir(args.out, job)
     cmd = shlex.join(distill_command(args, job, teacher))
     rec = {"row": job.row, "seed": job.seed, "kind": job.kind, "out": str(folder), "command": cmd}
+    earlier = (included or {}).get((job.row, job.seed, job.kind))
+    if earlier is not None and not (folder / "metrics.json").exists():  # its command checked by included_runs
+        return {**earlier, "reused": True}
     if (folder / "metrics.json").exists():  # made by this same command (check_resumable)
         recorded = (folder / "command.txt").exists()
         code = (folder / "code.txt").read_text().strip() if (folder / "code.txt").exists() else None
@@ -381,6 +400,49 @@ def run_job(args: argparse.Namespace, job: Job, teacher: Path, deadline_at: floa
     if code != 0 or not (folder / "metrics.json").exists():
         return {**rec, "status": "failed", "stderr_tail": stderr[-3000:]}
     return {**rec, "status": "ok", **read_record(folder / "metrics.json")}
+
+
+def included_runs(args: argparse.Namespace, queue: list[Job], teacher: dict) -> dict[tuple[str, int, str], dict]:
+    """The finished runs of --include files that this study queues, keyed by (row, seed, kind).
+
+    Rows are paired only if every run distilled from the same teacher, so an included file must name this
+    study's teacher command, and the teacher must be the same: the checkpoint's sha256 where both records
+    have one, else every recorded number of its evaluation and training (mIoU, boundary F, LHD, per-class
+    IoU, last loss) equal to the last digit; a retrained teacher whose training diverged by any rounding
+    would not reproduce all of them. Each included run must have been made by the command this study would
+    run for it.
+    """
+    wanted = {(j.row, j.seed, j.kind): shlex.join(distill_command(args, j, Path(teacher["checkpoint"]))) for j in queue}
+    taken: dict[tuple[str, int, str], dict] = {}
+    for path in args.include:
+        try:
+            earlier = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"--include {path}: cannot read it as a results.json ({e}).") from None
+        before = earlier.get("teacher") or {}
+        if before.get("command") != teacher.get("command"):
+            raise SystemExit(
+                f"--include {path}: its teacher was made by\n  {before.get('command')}\nbut this study's by\n  "
+                f"{teacher.get('command')}\nA paired study needs one teacher: use the same teacher flags and --out."
+            )
+        same = ("sha256",) if before.get("sha256") and teacher.get("sha256") else TEACHER_IDENTITY
+        moved = {k: (before.get(k), teacher.get(k)) for k in same if before.get(k) != teacher.get(k)}
+        if moved:
+            raise SystemExit(
+                f"--include {path}: the teacher in {teacher['checkpoint']} is not the one its runs distilled from "
+                f"(recorded then / now: {moved}). Rerun those rows here instead of including them."
+            )
+        for rec in earlier.get("jobs", []):
+            key = (rec.get("row"), rec.get("seed"), rec.get("kind"))
+            if rec.get("status") != "ok" or key not in wanted:
+                continue
+            if rec.get("command") not in (wanted[key], wanted[key] + " --resume"):
+                raise SystemExit(
+                    f"--include {path}: {key[0]}/s{key[1]} was made by\n  {rec.get('command')}\nbut this study "
+                    f"would run\n  {wanted[key]}\nUse the flags of that study, or leave the file out."
+                )
+            taken[key] = {**rec, "included_from": str(path)}
+    return taken
 
 
 # ----------------------------------------------------------------------------------------------
@@ -413,7 +475,9 @@ def ensure_teacher(args: argparse.Namespace) -> dict:
             rec.update(status="trained", seconds=seconds, returncode=code)
             if code != 0 or not ckpt.exists():
                 raise SystemExit(f"The teacher failed (exit {code}):\n{stderr[-3000:]}")
-    rec.update(teacher_metrics(args, ckpt))
+    from bckd_pipeline.fileio import file_sha256  # standard library only
+
+    rec.update(teacher_metrics(args, ckpt), sha256=file_sha256(ckpt))
     return rec
 
 
@@ -669,8 +733,12 @@ def main(argv: list[str] | None = None) -> int:
     old_taps = args.old_teacher_taps or default_old_taps(teacher.get("model"))
     queue = build_queue(args, old_taps)
     check_resumable(args, queue, Path(teacher["checkpoint"]))
+    included = included_runs(args, queue, teacher)
+    if args.include:
+        teacher["included_runs_match_it"] = [str(p) for p in args.include]
+        print(f"taken from {', '.join(map(str, args.include))}: {len(included)} runs", flush=True)
     results = {
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "settings": {k: json_value(v) for k, v in vars(args).items()},
         "settings_line": settings_line(args),
         "old_teacher_taps": old_taps,
         "bckd_args": args.bckd_args,
@@ -682,7 +750,9 @@ def main(argv: list[str] | None = None) -> int:
         "jobs": [],
     }
     with ThreadPoolExecutor(args.jobs) as pool:  # FIFO: jobs start in queue order
-        futures = [pool.submit(run_job, args, job, Path(teacher["checkpoint"]), deadline_at) for job in queue]
+        futures = [
+            pool.submit(run_job, args, job, Path(teacher["checkpoint"]), deadline_at, included) for job in queue
+        ]
         for fut in as_completed(futures):
             rec = fut.result()
             results["jobs"].append(rec)
@@ -694,6 +764,12 @@ def main(argv: list[str] | None = None) -> int:
     save(args, results, started)
     print(table_md(results))
     return 0 if all(r["status"] == "ok" for r in results["jobs"]) else 1
+
+
+def json_value(v):
+    if isinstance(v, Path):
+        return str(v)
+    return [json_value(x) for x in v] if isinstance(v, list) else v
 
 
 def check_resumable(args: argparse.Namespace, queue: list[Job], teacher: Path) -> None:

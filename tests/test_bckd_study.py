@@ -184,3 +184,61 @@ def test_summary_and_table(study):
     assert "| kd | student | 4 | 1.00 |" in text and "kd/s4 (failed)" in text and "| teacher (None) | 1 | 60.00" in text
     assert s["code_hashes"] == ["aaa", "bbb"] and "2 versions of bckd_pipeline" in text
     assert math.isfinite(s["paired"]["kd"]["student"]["miou"]["t_ci"][0])
+
+
+def _earlier_study(study, args, queue, teacher, path, **teacher_changes):
+    """A results.json as an earlier study on another machine wrote it: its run folders are not here."""
+    jobs = [
+        {
+            "row": j.row,
+            "seed": j.seed,
+            "kind": j.kind,
+            "status": "ok",
+            "command": study.shlex.join(study.distill_command(args, j, Path(teacher["checkpoint"]))),
+            "code_hash": "old",
+            "miou": 30.0 + j.seed,
+        }
+        for j in queue
+    ]
+    path.write_text(json.dumps({"teacher": {**teacher, **teacher_changes}, "jobs": jobs}))
+    return path
+
+
+def test_include_takes_an_earlier_studys_runs_only_with_the_same_teacher(study, tmp_path, monkeypatch):
+    earlier = tmp_path / "earlier.json"
+    args = _args(study, tmp_path, "--rows", "kd", "--no-ablation", "--include", str(earlier))
+    queue = study.build_queue(args, "encoder")
+    teacher = {
+        "checkpoint": str(tmp_path / "teacher" / "teacher.pt"),
+        "command": "bckd-pipeline train-teacher --seed 0",
+        "miou": 42.918,
+        "boundary_f": 73.87,
+        "lhd": 5.07,
+        "per_class_iou": [90.1, 77.5],
+        "last_terms": {"loss": 0.44819},
+    }
+    _earlier_study(study, args, queue, teacher, earlier)
+    monkeypatch.setattr(study, "run_cli", lambda *a: pytest.fail("an included run must not be rerun"))
+    included = study.included_runs(args, queue, teacher)
+    assert sorted(included) == [("kd", s, "row") for s in range(4)]
+    rec = study.run_job(args, queue[1], Path(teacher["checkpoint"]), None, included)
+    assert (rec["miou"], rec["code_hash"], rec["reused"], rec["included_from"]) == (31.0, "old", True, str(earlier))
+
+    # One digit of one per-class IoU moved: the teacher was retrained into another network.
+    _earlier_study(study, args, queue, teacher, earlier, per_class_iou=[90.1, 77.6])
+    with pytest.raises(SystemExit, match=r"not the one its runs distilled from .*per_class_iou"):
+        study.included_runs(args, queue, teacher)
+    # Where both records carry the checkpoint's sha256, it decides alone.
+    _earlier_study(study, args, queue, {**teacher, "sha256": "ab"}, earlier, per_class_iou=[0.0])
+    assert len(study.included_runs(args, queue, {**teacher, "sha256": "ab"})) == 4
+    _earlier_study(study, args, queue, {**teacher, "sha256": "ab"}, earlier)
+    with pytest.raises(SystemExit, match="sha256"):
+        study.included_runs(args, queue, {**teacher, "sha256": "cd"})
+    # Another teacher command, or a run made by another distill command, is refused.
+    _earlier_study(study, args, queue, teacher, earlier, command="bckd-pipeline train-teacher --seed 1")
+    with pytest.raises(SystemExit, match="needs one teacher"):
+        study.included_runs(args, queue, teacher)
+    other = _args(study, tmp_path, "--rows", "kd", "--no-ablation", "--epochs", "3", "--include", str(earlier))
+    _earlier_study(study, other, queue, teacher, earlier)
+    with pytest.raises(SystemExit, match="Use the flags of that study"):
+        study.included_runs(args, queue, teacher)
