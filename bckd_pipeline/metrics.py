@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from bckd_pipeline.errors import ConfigError, DataError
-from bckd_pipeline.distill.models import padded_logits
+from bckd_pipeline.inference import padded_logits
 
 ArrayLike = np.ndarray | torch.Tensor
 FeatureFn = Callable[[torch.Tensor], Sequence[torch.Tensor]]

@@ -30,7 +30,8 @@ from bckd_pipeline.data.base import Normalization
 from bckd_pipeline.data.demo import DemoDataset
 from bckd_pipeline.data.transforms import resize_pair
 from bckd_pipeline.distill.checkpoint import CheckpointMeta, load_model, save_checkpoint
-from bckd_pipeline.distill.models import build_model, padded_logits
+from bckd_pipeline.distill.models import build_model
+from bckd_pipeline.inference import padded_logits
 from bckd_pipeline.errors import ConfigError
 from bckd_pipeline.export import ExportSpec, SegExportWrapper, to_onnx
 from bckd_pipeline.predict.image import fit, unfit

@@ -15,9 +15,10 @@ from torch import nn
 
 from ..data.base import PAD_LABEL
 from ..errors import ConfigError, unknown_name
+from ..inference import logits_of
 from .bckd import BCKD, BCKDConfig, grid_validity
 from .losses import cwd_loss, decay_factor, kd_loss
-from .models import FeatureTaps, logits_of, native_logits_tap
+from .models import FeatureTaps, native_logits_tap
 
 KD_CHOICES = ("none", "kd", "cwd", "bckd", "kd+bckd", "cwd+bckd")
 

@@ -209,7 +209,7 @@ def torch_meta(source: ModelSource, model, input_hw: tuple[int, int], dataset_cl
     import torch
 
     from ..distill.checkpoint import CheckpointMeta
-    from ..distill.models import logits_of
+    from ..inference import logits_of
 
     h = source.hints
     missing = []

@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from ..data.base import Normalization
-from ..distill.models import padded_logits
 from ..errors import ConfigError
+from ..inference import padded_logits
 
 Head = Literal["logits", "argmax"]
 HEADS = ("logits", "argmax")
