@@ -1,11 +1,17 @@
-"""Writing files safely and hashing them: standard library only (the device agent ships this file)."""
+"""Writing files safely and hashing them: standard library only (the device agent ships this file).
+
+Every file the package writes for a reader (JSON, text, checkpoints, artifacts) goes through ``atomic_write``;
+every digest is sha256: ``file_sha256`` of a file's bytes, ``array_sha256`` of an array's shape and values.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Callable
+from typing import Any
 from pathlib import Path
 
 
@@ -35,9 +41,35 @@ def write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
+def write_json(path: Path, payload: Any, *, indent: int = 2, default: Callable[[Any], Any] | None = None) -> None:
+    """``atomic_write`` of ``payload`` as JSON ending in a newline; ``Path`` values are written as strings.
+
+    ``default`` converts what JSON cannot hold (as ``json.dumps`` takes it); without one, anything but a
+    path is an error, so a report never holds a silently stringified object.
+    """
+    text = json.dumps(payload, indent=indent, default=default or _path_as_text)
+    atomic_write(path, lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
+
+
+def _path_as_text(obj: Any) -> str:
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
+    return h.hexdigest()
+
+
+def array_sha256(array: Any) -> str:
+    """sha256 of an array's shape and values (C order): the same pixels from another file hash the same.
+
+    Takes a numpy array or anything with ``shape`` and ``tobytes()``; no numpy import, for the device agent.
+    """
+    h = hashlib.sha256(str(tuple(array.shape)).encode())
+    h.update(array.tobytes())
     return h.hexdigest()

@@ -24,8 +24,9 @@ from .deploy.stage import latency_stage, parity_stage
 from .device.bundle import TENSORRT_DIR
 from .device.stage import device_stage
 from .distill.cached import student_stage, summarize, teacher_stage
-from .distill.stage import DataConfig, write_json
+from .distill.stage import DataConfig
 from .errors import BackendMissingError, ConfigError, DataError
+from .fileio import write_json
 from .export.source import ModelSource
 from .export.stage import export_stage, simplify_stage, take_onnx_stage
 from .export.wrapper import ExportSpec

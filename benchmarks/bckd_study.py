@@ -713,9 +713,9 @@ def git_state(repo: Path) -> dict:
 
 
 def write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+    from bckd_pipeline.fileio import write_json  # standard library only
+
+    write_json(path, obj, indent=1)
 
 
 # ----------------------------------------------------------------------------------------------

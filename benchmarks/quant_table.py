@@ -59,7 +59,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bckd_pipeline.fileio import file_sha256
+from bckd_pipeline.fileio import file_sha256, write_json
 
 STUDENTS = ("pspnet-r18", "deeplabv3plus-r18", "deeplabv3plus-mbv2", "deeplabv3plus-effb1", "segformer-b0")
 FLAVOURS = {
@@ -139,10 +139,7 @@ def cached(path: Path, key: dict, make) -> dict:
         result = {"error": error_text(exc)}
         print(f"  ! {path.parent.name}/{path.stem}: {result['error']}", flush=True)
     result["seconds"] = round(time.perf_counter() - started, 2)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"key": key, "result": result}, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_json(path, {"key": key, "result": result}, indent=1)
     return result
 
 
@@ -357,7 +354,7 @@ def quantize(flavour: str, sim: Path, path: Path, calib, spec, *, validation=Non
     from bckd_pipeline.calibrate import onnxruntime as ortq
     from bckd_pipeline.calibrate import openvino as ovq
     from bckd_pipeline.calibrate.tensorrt import quantize_for_tensorrt
-    from bckd_pipeline.distill.checkpoint import atomic_write
+    from bckd_pipeline.fileio import atomic_write
 
     path.parent.mkdir(parents=True, exist_ok=True)
     if flavour == "ort-u8s8":
@@ -1230,10 +1227,7 @@ def main(argv=None) -> None:
 
     def write(payload: dict) -> None:
         if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            tmp = args.json.with_suffix(".tmp")
-            tmp.write_text(json.dumps(payload, indent=1) + "\n")
-            os.replace(tmp, args.json)
+            write_json(args.json, payload, indent=1)
 
     payload = run(opts, trained, write)
     print()

@@ -8,7 +8,6 @@ nearest-neighbour mask) and, where normalisation is not baked into the graph, th
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -17,16 +16,10 @@ import numpy as np
 from ..data.base import Normalization, SegDataset
 from ..data.transforms import resize_pair
 from ..errors import DataError
+from ..fileio import array_sha256
 
 FeedDict = Mapping[str, np.ndarray]
 FeedSource = Iterable[FeedDict]
-
-
-def image_digest(image: np.ndarray) -> str:
-    """sha256 of the decoded pixels (and shape): the same photo in another container hashes the same."""
-    h = hashlib.sha256(str(image.shape).encode())
-    h.update(np.ascontiguousarray(image).tobytes())
-    return h.hexdigest()
 
 
 def preprocess(
@@ -64,7 +57,7 @@ class DatasetFeeds:
         images, labels, names, digests = [], [], [], []
         for i in indices:
             image, mask = dataset.load(i)
-            digests.append(image_digest(image))
+            digests.append(array_sha256(image))  # the decoded pixels: any container hashes the same
             x, label = preprocess(image, mask, input_hw, normalization)
             images.append(x)
             labels.append(label)
@@ -126,5 +119,5 @@ def check_no_overlap(calibration: DatasetFeeds, evaluation_digests: Mapping[str,
 
 
 def digests_of(dataset: SegDataset, indices: Iterable[int]) -> dict[str, str]:
-    """digest -> name of the given samples (decoded pixels, as in :func:`image_digest`)."""
-    return {image_digest(dataset.load(i)[0]): dataset.name(i) for i in indices}
+    """digest -> name of the given samples (their decoded pixels, as ``DatasetFeeds.digests``)."""
+    return {array_sha256(dataset.load(i)[0]): dataset.name(i) for i in indices}

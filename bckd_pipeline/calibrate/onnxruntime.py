@@ -11,8 +11,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from ..distill.checkpoint import atomic_write
 from ..errors import BackendMissingError
+from ..fileio import atomic_write
 from ..targets.profiles import CalibrationSpec
 from .data import DatasetFeeds
 

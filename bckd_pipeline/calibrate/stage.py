@@ -8,8 +8,8 @@ from pathlib import Path
 from ..cache import StageCache, file_sha256, stage_key
 from ..context import DeployContext, feed_norm
 from ..data import build_dataset
-from ..distill.stage import write_json
 from ..errors import DataError
+from ..fileio import write_json
 from ..ledger import Built, target_artifacts
 from ..progress import library_bars
 from ..targets import Backend, Precision

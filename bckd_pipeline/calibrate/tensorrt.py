@@ -41,8 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..distill.checkpoint import atomic_write
 from ..errors import BackendMissingError, ConfigError, StageCheckError
+from ..fileio import atomic_write
 from ..targets.profiles import CalibrationSpec
 from .data import DatasetFeeds
 from .onnxruntime import quantize_qdq

@@ -112,7 +112,7 @@ def _shown(shape) -> str:
 
 def bench(args, console) -> int:
     from ..deploy.bench import benchmark, synthetic_feeds
-    from ..distill.stage import write_json
+    from ..fileio import write_json
     from ..targets import Backend
     from ..targets.profiles import LatencySpec
 

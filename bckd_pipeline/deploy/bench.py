@@ -13,8 +13,6 @@ PyTorch, the async infer-request queue for OpenVINO), FPS = images / wall time.
 from __future__ import annotations
 
 import itertools
-import os
-import platform
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -22,6 +20,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..errors import ConfigError
+from ..machine import host_facts
 from ..targets.profiles import LatencySpec
 from .runtime import Feed, Runtime
 
@@ -61,15 +60,6 @@ class LatencyReport:
     @property
     def latency_ms(self) -> dict[str, float | None]:
         return {"p50": self.p50, "p90": self.p90, "p99": self.p99, "mean": self.mean}
-
-
-def host_facts() -> dict:
-    return {
-        "machine": platform.machine(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-    }
 
 
 def _batch(feeds: Sequence[Feed]) -> int:

@@ -20,7 +20,6 @@ It runs on Python 3.8+ (JetPack 5's system Python is 3.8; JetPack 6 has 3.10) wi
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -31,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..fileio import atomic_write, file_sha256
+from ..fileio import array_sha256, atomic_write, file_sha256, write_json
 from ..ledger import ENGINE_ROW, FALLBACK_ROW
 
 JOB_FORMAT = "bckd-pipeline/device-job-v1"
@@ -42,11 +41,6 @@ PLAN_FILE = "model.plan"
 # The ledger row the device's measurements become: the engine, or ONNX Runtime when TensorRT is not usable.
 LATENCY_IMAGES = 8  # the host's latency stage times the same first 8 evaluation images
 MIN_PYTHON = (3, 8)
-
-
-def feed_digest(image: np.ndarray) -> str:
-    """Identifies one preprocessed input, so the host can pair device outputs with its own images."""
-    return hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest()
 
 
 def _facts() -> dict:
@@ -163,12 +157,12 @@ def run_job(job_file: Path, out: Path | None = None) -> dict:
         "facts": facts,
         "latency": latency,
         "images": len(images),
-        "digests": [feed_digest(i[None]) for i in images],
+        "digests": [array_sha256(i[None]) for i in images],  # pairs outputs with the host's images
         "files": {name: file_sha256(out / name) for name in files if (out / name).exists()},
         "seconds": time.time() - started,
         "python": sys.version.split()[0],
     }
-    atomic_write(out / RESULT_FILE, lambda t: t.write_text(json.dumps(result, indent=2, default=str)))
+    write_json(out / RESULT_FILE, result, default=str)
     return result
 
 
@@ -197,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             error["job_id"] = json.loads(job_file.read_text()).get("job_id")
         except (OSError, ValueError):
             pass
-        atomic_write(out / RESULT_FILE, lambda t: t.write_text(json.dumps(error, indent=2)))
+        write_json(out / RESULT_FILE, error)
         return 1
 
 

@@ -26,9 +26,9 @@ import numpy as np
 from ..calibrate.data import DatasetFeeds
 from ..deploy.runtime import Feed, Runtime, TensorSpec
 from ..errors import StageCheckError
-from ..fileio import atomic_write, file_sha256
+from ..fileio import array_sha256, atomic_write, file_sha256
 from ..targets.profiles import LatencySpec, TargetProfile
-from .agent import JOB_FORMAT, LABELS_FILE, RESULT_FILE, RESULT_FORMAT, feed_digest
+from .agent import JOB_FORMAT, LABELS_FILE, RESULT_FILE, RESULT_FORMAT
 
 # What the agent imports on the device: the Runtime lifecycle, the latency protocol, the TensorRT
 # recipe and runtime, the Jetson facts. No torch, no onnx: a Jetson image rarely has them.
@@ -37,6 +37,7 @@ AGENT_MODULES = (
     "errors.py",
     "fileio.py",
     "ledger.py",
+    "machine.py",
     "targets/__init__.py",
     "targets/availability.py",
     "targets/profiles.py",
@@ -139,7 +140,7 @@ def write_bundle(
         "latency": asdict(latency),
         "cuda_graph": opts.cuda_graph,
         "allow_fallback": True,
-        "digests": [feed_digest(x) for x in feeds.images],
+        "digests": [array_sha256(x) for x in feeds.images],
     }
     folder = Path(folder)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
@@ -276,7 +277,7 @@ class ReplayRuntime(Runtime):
         return {self.input_name: TensorSpec(np.dtype(np.float32), self.input_shape)}
 
     def _infer(self, feed: Feed) -> dict[str, np.ndarray]:
-        digest = feed_digest(feed[self.input_name])
+        digest = array_sha256(feed[self.input_name])
         if digest not in self._by_digest:
             raise StageCheckError(f"The device returned no output for this input (digest {digest[:12]}).")
         return {"labels": self._by_digest[digest][None].astype(np.int64)}

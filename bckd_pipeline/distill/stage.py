@@ -6,7 +6,6 @@ checkpoint (atomically) and ``metrics.json`` (atomically, ``miou`` at its top le
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -18,7 +17,8 @@ from ..data import build_dataset
 from ..data.base import PAD_LABEL
 from ..data.transforms import EvalTransform, TrainTransform
 from ..errors import ConfigError, DataError
-from .checkpoint import CheckpointMeta, atomic_write, load_model, plain_values, save_checkpoint
+from ..fileio import write_json
+from .checkpoint import CheckpointMeta, load_model, plain_values, save_checkpoint
 from .distributed import SINGLE, DistEnv, all_reduce_sum, shard
 from .models import FeatureTaps, build_model, check_input_size, default_taps
 from .task import DistillConfig, SegDistillTask, SegTrainTask
@@ -66,19 +66,6 @@ class Schedule:
 class StepOutput:
     checkpoint: Path | None
     metrics: dict = field(default_factory=dict)
-
-
-def write_json(path: Path, payload: dict) -> None:
-    text = json.dumps(payload, indent=2, default=_json_default)
-    atomic_write(path, lambda tmp: tmp.write_text(text + "\n"))
-
-
-def _json_default(obj):
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, tuple):
-        return list(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
 def _input_hw(data: DataConfig, sample: torch.Tensor) -> tuple[int, int]:

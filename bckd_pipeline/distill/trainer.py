@@ -27,7 +27,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import ConfigError, NonFiniteLossError
-from .checkpoint import atomic_write, load_payload
+from ..fileio import atomic_write
+from .checkpoint import load_payload
 from .distributed import SINGLE, DistEnv, GlobalBatchSampler, SeededSamples, gather_objects
 from .task import StepInfo
 

@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..distill.checkpoint import CheckpointMeta, atomic_write
+from ..distill.checkpoint import CheckpointMeta
 from ..errors import ExportError
+from ..fileio import atomic_write
 from .check import CheckReport, Feed, compare, require
 from .wrapper import INPUT_NAME, ExportSpec, SegExportWrapper, for_static_export
 

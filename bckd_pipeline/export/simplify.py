@@ -10,8 +10,8 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
-from ..distill.checkpoint import atomic_write
 from ..errors import BackendMissingError, ConfigError, StageCheckError
+from ..fileio import atomic_write
 from ..onnxfile import load_onnx
 from .check import CheckReport, Feed, compare, require
 from .onnx_export import EXPORT_ATOL, check_onnx

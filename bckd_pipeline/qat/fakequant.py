@@ -195,7 +195,7 @@ def export_qdq(
     """
     import torch
 
-    from ..distill.checkpoint import atomic_write
+    from ..fileio import atomic_write
 
     stripped = strip_to_torch(qmodel, example)
 

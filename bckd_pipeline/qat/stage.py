@@ -24,8 +24,8 @@ from ..cache import StageCache, stage_key
 from ..context import DeployContext, QatConfig, feed_norm, norm
 from ..errors import BckdError, ConfigError
 from ..ledger import Built, qat_artifact
+from ..machine import package_versions
 from ..progress import library_bars
-from ..report.manifest import versions
 from ..targets import Backend
 
 
@@ -117,7 +117,7 @@ def qat_stage(ctx: DeployContext, out: Path, cache: StageCache, built: list[Buil
         },
         "teacher": str(teacher_path) if teacher_path else "self",
         "calibration_sha256": calib.sha256,
-        "libraries": versions(),  # another NNCF or torch may place or train quantizers differently
+        "libraries": package_versions(),  # another NNCF or torch may place or train quantizers differently
     }
     name = f"{row.name}@{ctx.profile.key}"
     inputs = [ctx.checkpoint] + ([Path(teacher_path)] if teacher_path else [])

@@ -19,9 +19,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-from ..deploy.bench import host_facts
-from ..distill.stage import write_json
-from ..fileio import write_text
+from ..fileio import write_json, write_text
 from ..ledger import (
     ENGINE_ROW,
     MEASURED,
@@ -33,9 +31,9 @@ from ..ledger import (
     pending_row_name,
     report_file,
 )
-from ..machine import int8_speed_note, machine_facts
+from ..machine import host_facts, int8_speed_note, machine_facts, package_versions
 from .html import write_html
-from .manifest import artifact_files, rel_path, versions
+from .manifest import artifact_files, rel_path
 from .markdown import markdown
 
 EXIT_DONE, EXIT_PARITY_FAILED, EXIT_PENDING = 0, 1, 3  # 2 (bad input) comes from BckdError
@@ -184,7 +182,7 @@ def build_report(
         "stages": rows,
         "host": host_facts(),
         "machine": machine,
-        "versions": versions(),
+        "versions": package_versions(),
     }
 
 

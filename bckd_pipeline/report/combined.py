@@ -22,8 +22,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..distill.stage import write_json
-from ..fileio import write_text
+from ..fileio import write_json, write_text
 from ..ledger import SHARED_ROWS, report_file
 from .manifest import MANIFEST_FORMAT
 from .markdown import fmt_value

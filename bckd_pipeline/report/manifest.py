@@ -1,41 +1,18 @@
 """``manifest.json``: every artifact with its hash, the input and output contract, the build flags.
 
-Also the facts both outputs carry: the package versions and the git commit of this checkout.
+It records the git commit of this checkout (machine.git_commit) and the package versions report.json holds.
 """
 
 from __future__ import annotations
 
-import platform
-import subprocess
 from dataclasses import asdict
-from importlib import metadata
 from pathlib import Path
 
 from ..cache import file_sha256
-from ..distill.stage import write_json
+from ..fileio import write_json
+from ..machine import git_commit
 
 MANIFEST_FORMAT = "bckd-pipeline/manifest-v1"
-PACKAGES = ("bckd-pipeline", "torch", "onnx", "onnxruntime", "onnxsim", "onnxslim", "openvino", "nncf", "numpy")
-
-
-def versions() -> dict[str, str | None]:
-    found = {}
-    for name in PACKAGES:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = None
-    found["python"] = platform.python_version()
-    return found
-
-
-def git_sha() -> str | None:
-    try:
-        here = Path(__file__).resolve().parent
-        res = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
-        return res.stdout.strip() or None if res.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def rel_path(path, out: Path) -> str | None:
@@ -135,7 +112,7 @@ def write_manifest(ctx, out: Path, built, report: dict, calibration) -> Path:
         "report_status": report["status"],
         "machine": report["machine"],
         "versions": report["versions"],
-        "git_sha": git_sha(),
+        "git_sha": git_commit(),
     }
     from ..ledger import report_file
 
