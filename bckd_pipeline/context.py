@@ -2,8 +2,9 @@
 
 ``RunConfig`` and ``DeployConfig`` are what the command line resolved; ``Plan`` is what
 ``pipeline.plan()`` validated (and what ``--dry-run`` prints); ``DeployContext`` is what every stage
-of stages 2-3 reads: the student loaded once, the export spec, the evaluation feeds. Stages import
-this module, never the pipeline.
+of stages 2-3 reads: the student loaded once, the export spec, the evaluation feeds
+(``pipeline.deploy_context`` builds it). Stages import this module, never the pipeline; this module
+imports no stage, only the shared pieces and the training room's configurations (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -11,21 +12,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from torch import nn
 
-from .calibrate.data import DatasetFeeds, digests_of
-from .data import build_dataset
 from .data.base import Normalization
-from .device.bundle import DeviceOutcome
-from .device.remote import SshOptions
-from .distill.checkpoint import CheckpointMeta, load_model
+from .data.feeds import DatasetFeeds
+from .distill.checkpoint import CheckpointMeta
 from .distill.stage import DataConfig, Schedule
 from .distill.task import DistillConfig
 from .distill.trainer import TrainConfig
-from .errors import DataError
-from .export.own_onnx import OnnxInfo
-from .export.source import ModelSource
-from .export.wrapper import INPUT_NAME, ExportSpec
+from .ledger import DEVICE_LABELS_FILE
+from .model_spec import ExportSpec, ModelSource, OnnxInfo
 from .targets import TargetProfile
 from .targets.profiles import CalibrationSpec, LatencySpec
 
@@ -33,6 +30,17 @@ CHECK_IMAGES = 4  # real evaluation images each rewrite is checked on
 
 
 QAT_MODES = ("auto", "on", "off")
+
+
+@dataclass(frozen=True)
+class SshOptions:
+    identity: Path | None = None  # -i; default: ssh's own keys and agent
+    known_hosts: Path | None = None  # UserKnownHostsFile; default: ~/.ssh/known_hosts
+    python: str = "python3"  # the device's interpreter
+    connect_timeout_s: int = 10
+    transfer_timeout_s: float = 600.0
+    job_timeout_s: float = 3600.0  # engine builds on a Nano take minutes
+    bandwidth_kbps: int | None = None  # scp -l: leave room on a shared or slow link
 
 
 @dataclass(frozen=True)
@@ -184,6 +192,20 @@ class Plan:
 
 
 @dataclass
+class DeviceOutcome:
+    """What the device stage produced: a checked result, or why it is pending."""
+
+    result: dict | None
+    folder: Path | None  # where result.json, labels.npz and the engine are
+    where: str  # "here", "ssh://...", or "" when pending
+    pending_reason: str | None = None
+
+    def labels(self) -> np.ndarray:
+        with np.load(self.folder / DEVICE_LABELS_FILE) as data:
+            return data["labels"]
+
+
+@dataclass
 class DeployContext:
     deploy: DeployConfig
     data: DataConfig
@@ -198,66 +220,6 @@ class DeployContext:
     device: DeviceOutcome | None = None  # TensorRT targets: the engine built and measured on the device
     source: ModelSource | None = None  # None: a checkpoint
     onnx: OnnxInfo | None = None  # --onnx: the user's graph's input, output, opset and metadata
-
-    @classmethod
-    def create(
-        cls, deploy: DeployConfig, d: DataConfig, the_plan: Plan, source: ModelSource | Path, out: Path
-    ) -> DeployContext:
-        """Load the model once and the evaluation images: the model's checks fail before any stage runs."""
-        from .export import own_onnx
-        from .export import source as own
-
-        if not isinstance(source, ModelSource):
-            source = ModelSource("checkpoint", Path(source))
-        eval_set = build_dataset(d.spec, d.eval_split, demo_size=d.demo_size, demo_count=d.demo_count)
-        if len(eval_set) == 0:
-            raise DataError(f"The evaluation split {d.eval_split!r} of {d.spec!r} is empty; parity needs images.")
-        first_hw = tuple(eval_set.load(0)[0].shape[:2])
-        dataset_classes = tuple(eval_set.info.class_names)
-        model, info = None, None
-        if source.kind == "checkpoint":
-            model, meta = load_model(source.path)
-            input_hw = deploy.input_hw or meta.input_hw or first_hw
-        elif source.is_onnx:
-            info = own_onnx.inspect_onnx(source.path)
-            contract = own_onnx.resolve_onnx(info, source.hints, deploy.input_hw)
-            input_hw = contract.input_hw
-            probe = own_onnx.probe_onnx(info, input_hw)
-            meta, head = own_onnx.onnx_meta(source, info, contract, probe, dataset_classes)
-        else:
-            model = own.load_torch_module(source)
-            input_hw = deploy.input_hw or first_hw
-            meta = own.torch_meta(source, model, tuple(input_hw), dataset_classes)
-        if info is not None:  # the user's graph as it is: nothing of it is chosen here
-            spec = ExportSpec(
-                input_hw=tuple(input_hw),
-                opset=info.opset,
-                head=head,
-                bake_normalization=meta.extra["input_scale"] == "0..255",
-                dynamic=info.dynamic,
-            )
-        else:
-            spec = ExportSpec(
-                input_hw=tuple(input_hw),
-                batch=deploy.batch,
-                opset=deploy.opset or the_plan.target.opset,
-                head=deploy.head,
-                bake_normalization=deploy.bake_normalization,
-                dynamic=deploy.dynamic,
-            )
-        n = len(eval_set) if deploy.parity_images is None else min(deploy.parity_images, len(eval_set))
-        feeds = DatasetFeeds.from_dataset(
-            eval_set,
-            range(n),
-            spec.input_hw,
-            normalization=feed_norm(meta, spec),
-            input_name=info.input_name if info else INPUT_NAME,
-        )
-        digests = {}
-        if the_plan.calibration is not None:  # every evaluation image, for the calibration overlap check
-            digests = dict(zip(feeds.digests, feeds.names, strict=True)) | digests_of(eval_set, range(n, len(eval_set)))
-        path = Path(source.path)
-        return cls(deploy, d, Path(out), the_plan, path, model, meta, spec, feeds, digests, None, source, info)
 
     @property
     def profile(self) -> TargetProfile:

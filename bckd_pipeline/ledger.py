@@ -30,6 +30,8 @@ QAT_ROW = "qat-int8"
 # The rows the device agent adds for a TensorRT target.
 ENGINE_ROW = "tensorrt-int8"
 FALLBACK_ROW = "onnx-qdq-on-device"
+# The device agent's label map of every evaluation image, beside its result.json (the parity ledger replays them).
+DEVICE_LABELS_FILE = "labels.npz"
 
 
 @dataclass(frozen=True)

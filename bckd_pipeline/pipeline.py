@@ -19,17 +19,15 @@ from pathlib import Path
 
 from .cache import StageCache, check_out_dir, claim_out_dir
 from .calibrate.stage import calibration_stage, compile_stage
-from .context import DeployConfig, DeployContext, Plan, PlanStep, RunConfig
+from .context import DeployConfig, DeployContext, Plan, PlanStep, RunConfig, feed_norm
 from .deploy.stage import latency_stage, parity_stage
 from .device.bundle import TENSORRT_DIR
 from .device.stage import device_stage
 from .distill.cached import student_stage, summarize, teacher_stage
 from .distill.stage import DataConfig
 from .errors import BackendMissingError, ConfigError, DataError
-from .fileio import write_json
-from .export.source import ModelSource
 from .export.stage import export_stage, simplify_stage, take_onnx_stage
-from .export.wrapper import ExportSpec
+from .fileio import write_json
 from .plan_checks import (
     check_calibration_flags,
     check_onnx_source,
@@ -39,6 +37,7 @@ from .plan_checks import (
 )
 from .progress import Stages
 from .ledger import Built, qat_artifact, report_file, shared_dir, target_artifacts
+from .model_spec import ExportSpec, ModelSource
 from .qat.stage import check_qat, qat_stage
 from .report import headlines
 from .report.build import build_report, write_reports
@@ -245,7 +244,7 @@ def run(cfg: RunConfig) -> RunResult:
     def context(p: Plan) -> DeployContext:
         # QAT's teacher is the run's teacher, and its losses the run's --kd/--bckd, unless given otherwise.
         qat = replace(p.deploy.qat, teacher=teacher_ckpt)  # the teacher stage's checkpoint (given or trained)
-        return DeployContext.create(replace(p.deploy, qat=qat), cfg.data, p, distilled.checkpoint, out)
+        return deploy_context(replace(p.deploy, qat=qat), cfg.data, p, distilled.checkpoint, out)
 
     return _each_target(the_plans, context, cache, summary)
 
@@ -280,11 +279,11 @@ def deploy_model(
         source = ModelSource("checkpoint", Path(source))
     the_plans = model_plan(source, data, deploy_cfg, out, force=force)
     # Reads the model and the evaluation images first: a bad model or dataset fails before the folder is claimed.
-    first = DeployContext.create(the_plans[0].deploy, data, the_plans[0], source, out)
+    first = deploy_context(the_plans[0].deploy, data, the_plans[0], source, out)
     claim_out_dir(out, _deploy_identity(source, data), force=force)
 
     def context(p: Plan) -> DeployContext:
-        return first if p is the_plans[0] else DeployContext.create(p.deploy, data, p, source, out)
+        return first if p is the_plans[0] else deploy_context(p.deploy, data, p, source, out)
 
     return _each_target(the_plans, context, StageCache(out), None)
 
@@ -346,3 +345,67 @@ def deploy_stages(ctx: DeployContext, cache: StageCache, summary: dict | None) -
 def _identity(cfg: RunConfig) -> dict:
     teacher = str(cfg.teacher_checkpoint or cfg.teacher_model)
     return {"data": cfg.data.spec, "teacher": teacher, "student": cfg.student_model}
+
+
+def deploy_context(
+    deploy: DeployConfig, d: DataConfig, the_plan: Plan, source: ModelSource | Path, out: Path
+) -> DeployContext:
+    """Load the model once and the evaluation images: the model's checks fail before any stage runs."""
+    from .data import build_dataset
+    from .data.feeds import DatasetFeeds, digests_of
+    from .distill.checkpoint import load_model
+    from .export import own_onnx
+    from .export import source as own
+    from .model_spec import INPUT_NAME
+
+    if not isinstance(source, ModelSource):
+        source = ModelSource("checkpoint", Path(source))
+    eval_set = build_dataset(d.spec, d.eval_split, demo_size=d.demo_size, demo_count=d.demo_count)
+    if len(eval_set) == 0:
+        raise DataError(f"The evaluation split {d.eval_split!r} of {d.spec!r} is empty; parity needs images.")
+    first_hw = tuple(eval_set.load(0)[0].shape[:2])
+    dataset_classes = tuple(eval_set.info.class_names)
+    model, info = None, None
+    if source.kind == "checkpoint":
+        model, meta = load_model(source.path)
+        input_hw = deploy.input_hw or meta.input_hw or first_hw
+    elif source.is_onnx:
+        info = own_onnx.inspect_onnx(source.path)
+        contract = own_onnx.resolve_onnx(info, source.hints, deploy.input_hw)
+        input_hw = contract.input_hw
+        probe = own_onnx.probe_onnx(info, input_hw)
+        meta, head = own_onnx.onnx_meta(source, info, contract, probe, dataset_classes)
+    else:
+        model = own.load_torch_module(source)
+        input_hw = deploy.input_hw or first_hw
+        meta = own.torch_meta(source, model, tuple(input_hw), dataset_classes)
+    if info is not None:  # the user's graph as it is: nothing of it is chosen here
+        spec = ExportSpec(
+            input_hw=tuple(input_hw),
+            opset=info.opset,
+            head=head,
+            bake_normalization=meta.extra["input_scale"] == "0..255",
+            dynamic=info.dynamic,
+        )
+    else:
+        spec = ExportSpec(
+            input_hw=tuple(input_hw),
+            batch=deploy.batch,
+            opset=deploy.opset or the_plan.target.opset,
+            head=deploy.head,
+            bake_normalization=deploy.bake_normalization,
+            dynamic=deploy.dynamic,
+        )
+    n = len(eval_set) if deploy.parity_images is None else min(deploy.parity_images, len(eval_set))
+    feeds = DatasetFeeds.from_dataset(
+        eval_set,
+        range(n),
+        spec.input_hw,
+        normalization=feed_norm(meta, spec),
+        input_name=info.input_name if info else INPUT_NAME,
+    )
+    digests = {}
+    if the_plan.calibration is not None:  # every evaluation image, for the calibration overlap check
+        digests = dict(zip(feeds.digests, feeds.names, strict=True)) | digests_of(eval_set, range(n, len(eval_set)))
+    path = Path(source.path)
+    return DeployContext(deploy, d, Path(out), the_plan, path, model, meta, spec, feeds, digests, None, source, info)

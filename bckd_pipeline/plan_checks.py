@@ -11,7 +11,7 @@ from dataclasses import replace
 
 from .context import DeployConfig
 from .errors import ConfigError
-from .export.source import ModelSource
+from .model_spec import ModelSource
 from .targets import Backend, Precision, TargetProfile
 from .targets.profiles import INT8_BUDGETS, CalibrationSpec, TensorRTOptions
 

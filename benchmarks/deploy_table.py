@@ -21,7 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bckd_pipeline.calibrate.data import DatasetFeeds, pick_indices
+from bckd_pipeline.data.feeds import DatasetFeeds, pick_indices
 from bckd_pipeline.data import build_dataset
 from bckd_pipeline.deploy.backends.onnxruntime import OrtRuntime
 from bckd_pipeline.deploy.bench import benchmark

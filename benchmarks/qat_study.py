@@ -83,7 +83,7 @@ def main(argv=None) -> None:
 
     model, model_meta = load_model(args.model)  # once: its preset names the quantization table's Student
     student = quant_table.Student(model_meta.model, args.model, file_sha256(args.model), model, model_meta)
-    from bckd_pipeline.calibrate.data import DatasetFeeds, pick_indices
+    from bckd_pipeline.data.feeds import DatasetFeeds, pick_indices
 
     train_set = quant_table.dataset(opts, args.data, "train", hw)  # read once: calibration draws from it too
     calib = DatasetFeeds.from_dataset(train_set, pick_indices(args.calib_size, len(train_set), 0), hw)

@@ -289,7 +289,7 @@ def dataset(opts: Options, spec: str, split: str, hw):
 def feeds_of(opts: Options, spec: str, split: str, hw, count: int | None, seed: int | None = None):
     """Preprocessed images of a split at ``hw`` (raw 0..255: the graph normalises); ``seed`` draws ``count``
     of them with the pipeline's pick_indices, else the first ``count``."""
-    from bckd_pipeline.calibrate.data import DatasetFeeds, pick_indices
+    from bckd_pipeline.data.feeds import DatasetFeeds, pick_indices
 
     ds = dataset(opts, spec, split, hw)
     n = len(ds) if count is None else min(count, len(ds))
@@ -301,7 +301,7 @@ def export_at(student: Student, hw, folder: Path, check_feeds) -> Path:
     """The pipeline's export (checked against eager) and simplification (checked against the export), once."""
     from bckd_pipeline.export.onnx_export import to_onnx
     from bckd_pipeline.export.simplify import simplify
-    from bckd_pipeline.export.wrapper import ExportSpec
+    from bckd_pipeline.model_spec import ExportSpec
 
     stamp = folder / "export.json"
     sim = folder / "model.sim.onnx"
@@ -705,7 +705,7 @@ def resolvable(flavour: str, sim: Path, nodes: list[str]) -> list[str]:
 
 def remedies_for(student: Student, flavour: str, baseline: dict, opts: Options) -> dict:
     """The cheap remedies on one (student, flavour) row: each with accuracy and training-size latency."""
-    from bckd_pipeline.calibrate.data import check_no_overlap, pick_indices
+    from bckd_pipeline.data.feeds import check_no_overlap, pick_indices
 
     preset, meta = student.preset, student.meta
     hw = opts.sizes[0]
@@ -765,7 +765,7 @@ def remedies_for(student: Student, flavour: str, baseline: dict, opts: Options) 
     indices = pick_indices(opts.calib_size, len(train), opts.seed)
     rest = sorted(set(range(len(train))) - set(indices))
     if rest:
-        from bckd_pipeline.calibrate.data import DatasetFeeds
+        from bckd_pipeline.data.feeds import DatasetFeeds
 
         chosen = [rest[i] for i in pick_indices(min(opts.calib_size, len(rest)), len(rest), opts.seed + 1)]
         judge = DatasetFeeds.from_dataset(train, chosen, tuple(hw))

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bckd_pipeline.calibrate.data import DatasetFeeds
+from bckd_pipeline.data.feeds import DatasetFeeds
 from bckd_pipeline.data.demo import DemoDataset
 from bckd_pipeline.distill.checkpoint import CheckpointMeta, save_checkpoint
 from bckd_pipeline.distill.models import build_model

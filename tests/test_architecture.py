@@ -1,5 +1,8 @@
 """The package's layout rules (docs/architecture.md), checked on the source.
 
+- The layer table (docs/architecture.md, "Layers") names every top-level module and package; imports
+  go down it, no two packages import each other, shared pieces import no stage, ``context.py`` imports
+  no stage. Each rule is its own test, so a failure says which rule broke.
 - No import circle between the package's modules. Every import counts: module level, inside a
   function, under ``TYPE_CHECKING``; a lazy import is still a dependency a reader has to follow.
 - Imports run one way: cli -> pipeline -> stages -> shared pieces. Nothing but the command line
@@ -7,16 +10,14 @@
 - Parsing the command line imports none of torch, onnx, onnxruntime, openvino: ``--help``, every
   command's ``--help`` and ``gate`` on a report start fast.
 
-Checked against the tree before issue 11 (commit 0b04864): ``import_circles`` found both circles
-(deploy/report <-> pipeline <-> deploy/html, export/onnx_export <-> deploy/backends/onnxruntime),
-``deploy/report.py`` and ``deploy/budgets.py`` imported the pipeline, and ``--help``, every
-command's ``--help`` and ``gate`` imported torch: the circle, direction and import tests here failed there.
+The checkers take the package's root folder, so they can be pointed at any tree of the package.
 """
 
 from __future__ import annotations
 
 import ast
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "bckd_pipeline"
+ARCHITECTURE = PACKAGE.parent / "docs" / "architecture.md"
 HEAVY = ("torch", "onnx", "onnxruntime", "openvino")
 
 
@@ -56,8 +58,8 @@ def imports_of(name: str, path: Path, mods: dict[str, Path]) -> set[str]:
     return {m for m in found if mods[m].name != "__init__.py" or not name.startswith(m + ".")}
 
 
-def import_graph() -> dict[str, set[str]]:
-    mods = modules()
+def import_graph(root: Path = PACKAGE) -> dict[str, set[str]]:
+    mods = modules(root)
     return {name: imports_of(name, path, mods) for name, path in mods.items()}
 
 
@@ -118,8 +120,147 @@ def test_imports_run_from_the_command_line_down():
 def test_the_graph_sees_lazy_and_relative_imports():
     """Sanity of the walker on this tree: a lazy, relative, two-level import is an edge."""
     graph = import_graph()
-    assert "bckd_pipeline.deploy.backends.onnxruntime" in graph["bckd_pipeline.deploy.stage"]
+    assert "bckd_pipeline.deploy.replay" in graph["bckd_pipeline.deploy.stage"]
     assert "bckd_pipeline.ledger" in graph["bckd_pipeline.device.agent"]
+
+
+# -- the layer table ------------------------------------------------------------------------------
+Layers = list[tuple[str, list[str]]]  # (layer, its packages in import order), lowest layer first
+ROOT = "bckd_pipeline"  # the package root's own __init__.py
+SHARED = ("base", "shared")  # the layers of shared pieces
+STAGES = "stages"
+
+
+def layer_table(doc: Path = ARCHITECTURE) -> Layers:
+    """The "Layers" table of docs/architecture.md: each row's layer name and the backticked packages."""
+    text = doc.read_text(encoding="utf-8")
+    section = text.split("\n## Layers\n", 1)[1].split("\n## ", 1)[0]
+    table = []
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) < 2 or not re.match(r"^\d+ ", cells[0]):
+            continue
+        table.append((cells[0].split(" ", 1)[1], re.findall(r"`([^`]+)`", cells[1])))
+    return table
+
+
+def top_level(module: str) -> str:
+    """The top-level module or package a module belongs to (``bckd_pipeline`` for the root)."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ROOT
+
+
+def ranks(table: Layers) -> dict[str, tuple[int, int, str]]:
+    """package -> (layer index, position in its layer, layer name)."""
+    return {p: (i, j, name) for i, (name, packages) in enumerate(table) for j, p in enumerate(packages)}
+
+
+def package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
+    for module, targets in graph.items():
+        found.setdefault(top_level(module), set()).update(
+            top_level(t) for t in targets if top_level(t) != top_level(module)
+        )
+    return found
+
+
+def unlisted(graph: dict[str, set[str]], table: Layers) -> list[str]:
+    listed = ranks(table)
+    return sorted({top_level(m) for m in graph} - set(listed))
+
+
+def upward_imports(graph: dict[str, set[str]], table: Layers) -> list[str]:
+    """Every import of a package not below the importer: a higher layer, or later in the same layer."""
+    rank, wrong = ranks(table), []
+    for module, targets in sorted(graph.items()):
+        a = top_level(module)
+        for target in sorted(targets):
+            b = top_level(target)
+            if a == b or a not in rank or b not in rank:
+                continue
+            if rank[b][:2] >= rank[a][:2]:
+                wrong.append(f"{module} imports {target} ({b}: layer {rank[b][2]} is not below {a}'s, {rank[a][2]})")
+    return wrong
+
+
+def imports_from_layers(graph: dict[str, set[str]], table: Layers, importers: set[str], banned: set[str]) -> list[str]:
+    """Imports by packages of the layers ``importers`` of packages in the layers ``banned``."""
+    rank = ranks(table)
+    return sorted(
+        f"{module} imports {target}"
+        for module, targets in graph.items()
+        if rank.get(top_level(module), (0, 0, ""))[2] in importers
+        for target in targets
+        if top_level(target) != top_level(module) and rank.get(top_level(target), (0, 0, ""))[2] in banned
+    )
+
+
+def layers_from(table: Layers, name: str) -> set[str]:
+    """The layer ``name`` and every layer above it."""
+    names = [n for n, _ in table]
+    return set(names[names.index(name) :])
+
+
+def test_the_layer_checker_sees_upward_imports_and_package_circles():
+    table = [("base", ["errors"]), ("shared", ["targets", "ledger"]), ("stages", ["export", "deploy"])]
+    graph = {
+        "bckd_pipeline.ledger": {"bckd_pipeline.targets", "bckd_pipeline.errors"},
+        "bckd_pipeline.targets": {"bckd_pipeline.ledger"},
+        "bckd_pipeline.export.stage": {"bckd_pipeline.deploy.runtime", "bckd_pipeline.export.wrapper"},
+        "bckd_pipeline.export.wrapper": set(),
+        "bckd_pipeline.deploy.runtime": set(),
+        "bckd_pipeline.deploy.stage": {"bckd_pipeline.export.wrapper"},
+        "bckd_pipeline.errors": set(),
+        "bckd_pipeline.gate.gate": set(),
+    }
+    assert upward_imports(graph, table) == [
+        "bckd_pipeline.export.stage imports bckd_pipeline.deploy.runtime (deploy: layer stages is not below "
+        "export's, stages)",
+        "bckd_pipeline.targets imports bckd_pipeline.ledger (ledger: layer shared is not below targets's, shared)",
+    ]
+    assert circles(package_graph(graph)) == [["deploy", "export"], ["ledger", "targets"]]
+    assert unlisted(graph, table) == ["gate"]
+    assert imports_from_layers(graph, table, {"shared"}, {"stages"}) == []
+
+
+def test_the_layer_table_is_read_from_the_docs():
+    table = layer_table()
+    assert [name for name, _ in table][:2] == list(SHARED)
+    assert STAGES in [name for name, _ in table]
+    assert "context" in ranks(table) and "errors" in ranks(table)
+
+
+def test_the_layer_table_names_each_package_once():
+    names = [p for _, packages in layer_table() for p in packages]
+    assert sorted(p for p in set(names) if names.count(p) > 1) == []
+
+
+def test_every_package_has_a_layer():
+    """A new top-level module or package needs its row in docs/architecture.md's layer table (a listed
+    package that does not exist yet is no failure)."""
+    assert unlisted(import_graph(), layer_table()) == []
+
+
+def test_imports_go_down_the_layers():
+    assert upward_imports(import_graph(), layer_table()) == []
+
+
+def test_no_two_packages_import_each_other():
+    packages = package_graph(import_graph())
+    found = circles(packages)
+    pairs = sorted(f"{a} <-> {b}" for a in packages for b in packages[a] if a < b and a in packages.get(b, ()))
+    assert found == [], "package circles: " + "; ".join(" -> ".join(c) for c in found) + "; pairs: " + ", ".join(pairs)
+
+
+def test_shared_pieces_import_no_stage():
+    table = layer_table()
+    above = layers_from(table, table[len(SHARED)][0])
+    assert imports_from_layers(import_graph(), table, set(SHARED), above) == []
+
+
+def test_the_context_imports_no_stage():
+    table = layer_table()
+    assert imports_from_layers(import_graph(), table, {"context"}, layers_from(table, STAGES)) == []
 
 
 # -- the command line parses without the heavy libraries ------------------------------------------

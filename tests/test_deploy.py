@@ -15,7 +15,8 @@ from bckd_pipeline.deploy.parity import LedgerStage, compare, ledger
 from bckd_pipeline.deploy.runtime import Runtime, TensorSpec
 from bckd_pipeline.distill.checkpoint import load_model
 from bckd_pipeline.errors import ConfigError
-from bckd_pipeline.export import ExportSpec, simplify, to_onnx
+from bckd_pipeline.export import simplify, to_onnx
+from bckd_pipeline.model_spec import ExportSpec
 from bckd_pipeline.targets.profiles import INT8_PARITY, CalibrationSpec, LatencySpec, ParityCriteria
 
 

@@ -15,7 +15,8 @@ from bckd_pipeline.data.base import Normalization
 from bckd_pipeline.deploy.backends.onnxruntime import OrtRuntime
 from bckd_pipeline.distill.checkpoint import load_model
 from bckd_pipeline.errors import ConfigError, ExportError, StageCheckError
-from bckd_pipeline.export import ExportSpec, SegExportWrapper, load_onnx, read_metadata, simplify, to_onnx
+from bckd_pipeline.export import SegExportWrapper, load_onnx, read_metadata, simplify, to_onnx
+from bckd_pipeline.model_spec import ExportSpec
 
 simplify_module = importlib.import_module("bckd_pipeline.export.simplify")  # the package re-exports the function
 

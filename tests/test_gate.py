@@ -160,7 +160,8 @@ def test_latency_noise_rule_on_synthetic_samples():
 # a real smoke report
 # ---------------------------------------------------------------------------------------------
 def test_smoke_report_keeps_timed_runs_per_image_confusions_and_masks(smoke_report):
-    from bckd_pipeline.report.evidence import load_parity_images, load_qualitative
+    from bckd_pipeline.parity_images import load_parity_images
+    from bckd_pipeline.report.evidence import load_qualitative
 
     report = _report(smoke_report)
     rows = {r["name"]: r for r in report["stages"]}

@@ -427,7 +427,8 @@ def test_remote_unknown_host_key_is_refused(jetson_run, sshd, tmp_path, capsys):
 
 
 def _device(sshd, **options):
-    from bckd_pipeline.device.remote import RemoteDevice, SshOptions, SshTarget
+    from bckd_pipeline.context import SshOptions
+    from bckd_pipeline.device.remote import RemoteDevice, SshTarget
 
     opts = SshOptions(identity=sshd.identity, known_hosts=sshd.known_hosts, python=sys.executable, **options)
     return RemoteDevice(SshTarget.parse(sshd.url), opts)

@@ -33,7 +33,8 @@ from bckd_pipeline.distill.checkpoint import CheckpointMeta, load_model, save_ch
 from bckd_pipeline.distill.models import build_model
 from bckd_pipeline.inference import padded_logits
 from bckd_pipeline.errors import ConfigError
-from bckd_pipeline.export import ExportSpec, SegExportWrapper, to_onnx
+from bckd_pipeline.export import SegExportWrapper, to_onnx
+from bckd_pipeline.model_spec import ExportSpec
 from bckd_pipeline.predict.image import fit, unfit
 from bckd_pipeline.targets.profiles import CalibrationSpec
 

@@ -1,5 +1,4 @@
-"""Stage 3, calibration and INT8: one feed contract, ONNX Runtime static QDQ, OpenVINO NNCF PTQ."""
+"""Stage 3, calibration and INT8: ONNX Runtime static QDQ, OpenVINO NNCF PTQ, TensorRT's Q/DQ.
 
-from .data import DatasetFeeds, FeedDict, FeedSource, check_no_overlap, digests_of, pick_indices, preprocess
-
-__all__ = ["DatasetFeeds", "FeedDict", "FeedSource", "check_no_overlap", "digests_of", "pick_indices", "preprocess"]
+The feeds it calibrates on are ``data/feeds.py``'s, shared with parity and the device bundle.
+"""

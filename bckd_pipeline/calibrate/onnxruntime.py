@@ -14,7 +14,7 @@ from pathlib import Path
 from ..errors import BackendMissingError
 from ..fileio import atomic_write
 from ..targets.profiles import CalibrationSpec
-from .data import DatasetFeeds
+from ..data.feeds import DatasetFeeds
 
 METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 

@@ -16,7 +16,7 @@ from ..deploy.backends.openvino import import_openvino
 from ..errors import BackendMissingError, StageCheckError
 from ..metrics import ConfusionMatrix
 from ..targets.profiles import CalibrationSpec
-from .data import DatasetFeeds
+from ..data.feeds import DatasetFeeds
 
 
 def save_ir(model, xml_path: Path, *, compress_to_fp16: bool) -> Path:

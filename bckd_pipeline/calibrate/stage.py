@@ -14,7 +14,7 @@ from ..ledger import Built, target_artifacts
 from ..progress import library_bars
 from ..targets import Backend, Precision
 from ..targets.profiles import CalibrationSpec
-from .data import DatasetFeeds, check_no_overlap, pick_indices
+from ..data.feeds import DatasetFeeds, check_no_overlap, pick_indices
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ import numpy as np
 from ..errors import BackendMissingError, ConfigError, StageCheckError
 from ..fileio import atomic_write
 from ..targets.profiles import CalibrationSpec
-from .data import DatasetFeeds
+from ..data.feeds import DatasetFeeds
 from .onnxruntime import quantize_qdq
 
 QUANTIZERS = ("onnxruntime", "modelopt")

@@ -6,7 +6,8 @@ from pathlib import Path
 
 
 def deploy(args, preset, data, console) -> int:
-    from ..export.source import ModelHints, model_source
+    from ..export.source import model_source
+    from ..model_spec import ModelHints
     from ..pipeline import deploy_model, model_plan
 
     hints = ModelHints(
@@ -33,7 +34,7 @@ def describe(the_plans, out) -> str:
 
 def deploy_config(args, preset):
     from ..context import DeployConfig
-    from ..device.remote import SshOptions
+    from ..context import SshOptions
     from ..targets.profiles import CalibrationSpec, LatencySpec, get_target
 
     from ..targets import expand_targets

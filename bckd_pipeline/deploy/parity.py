@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from ..calibrate.data import DatasetFeeds
+from ..data.feeds import DatasetFeeds
 from ..metrics import BoundaryFScore, ConfusionMatrix
 from ..targets.profiles import ParityCriteria
 from .runtime import Runtime

@@ -11,7 +11,7 @@ from ..context import DeployContext, norm
 from ..export.wrapper import SegExportWrapper
 from ..ledger import QAT_ROW, SHARED_ROWS, Built
 from ..ledger import target_dir
-from ..report.evidence import MASK_IMAGES, PARITY_IMAGES_FILE, save_parity_images
+from ..parity_images import MASK_IMAGES, PARITY_IMAGES_FILE, save_parity_images
 from ..targets import Backend, Precision
 
 
@@ -33,7 +33,7 @@ def make_runtime(ctx: DeployContext, b: Built, *, streams: int = 1):
 def _runtime(ctx: DeployContext, b: Built, *, streams: int = 1):
     threads = (ctx.deploy.latency or ctx.profile.latency).threads
     if is_device_row(ctx, b):
-        from ..device.bundle import ReplayRuntime
+        from .replay import ReplayRuntime
 
         return ReplayRuntime(ctx.device, ctx.spec.input_shape(), ctx.eval_feeds.input_name)
     if b.backend is Backend.TORCH:
@@ -118,7 +118,7 @@ def parity_stage(ctx: DeployContext, out: Path, cache: StageCache, built: list[B
     result = {
         "stages": {s.name: asdict(s) for s in report.stages},
         "culprit": None if report.culprit is None else report.culprit.name,
-        "per_image": save_parity_images(out, report, ctx.eval_feeds, name),
+        "per_image": save_parity_images(out, report.per_image, report.labels, ctx.eval_feeds.manifest(), name),
     }
     cache.store(stage, key, [out / name], result)
     return result

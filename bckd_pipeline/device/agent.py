@@ -31,12 +31,11 @@ from pathlib import Path
 import numpy as np
 
 from ..fileio import array_sha256, atomic_write, file_sha256, write_json
-from ..ledger import ENGINE_ROW, FALLBACK_ROW
+from ..ledger import DEVICE_LABELS_FILE, ENGINE_ROW, FALLBACK_ROW
 
 JOB_FORMAT = "bckd-pipeline/device-job-v1"
 RESULT_FORMAT = "bckd-pipeline/device-result-v1"
 RESULT_FILE = "result.json"
-LABELS_FILE = "labels.npz"
 PLAN_FILE = "model.plan"
 # The ledger row the device's measurements become: the engine, or ONNX Runtime when TensorRT is not usable.
 LATENCY_IMAGES = 8  # the host's latency stage times the same first 8 evaluation images
@@ -141,8 +140,8 @@ def run_job(job_file: Path, out: Path | None = None) -> dict:
         with open(tmp, "wb") as f:
             np.savez_compressed(f, labels=stacked)
 
-    atomic_write(out / LABELS_FILE, save_labels)
-    files = [LABELS_FILE] + ([PLAN_FILE, "build.log", "trtexec.sh"] if engine else [])
+    atomic_write(out / DEVICE_LABELS_FILE, save_labels)
+    files = [DEVICE_LABELS_FILE] + ([PLAN_FILE, "build.log", "trtexec.sh"] if engine else [])
     result = {
         "format": RESULT_FORMAT,
         "ok": True,

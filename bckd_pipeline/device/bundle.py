@@ -6,8 +6,8 @@ the Q/DQ ONNX, the evaluation images as the host preprocessed them, ``job.json``
 bundle runs three ways: in this process when this host has TensorRT and is the target
 (``run_here``), on a remote device over SSH (``device/remote.py``), or by hand on a device that is
 not reachable from here. ``read_result`` checks what came back (format, file hashes, that the
-labels belong to the host's images) and :class:`ReplayRuntime` feeds the device's label maps to the
-parity ledger, so the device row is judged by the same code as every other stage.
+labels belong to the host's images); ``deploy/replay.py`` feeds the device's label maps to the parity
+ledger, so the device row is judged by the same code as every other stage.
 """
 
 from __future__ import annotations
@@ -18,17 +18,17 @@ import os
 import shutil
 import tempfile
 import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-from ..calibrate.data import DatasetFeeds
-from ..deploy.runtime import Feed, Runtime, TensorSpec
+from ..context import DeviceOutcome
+from ..data.feeds import DatasetFeeds
 from ..errors import StageCheckError
 from ..fileio import array_sha256, atomic_write, file_sha256
 from ..targets.profiles import LatencySpec, TargetProfile
-from .agent import JOB_FORMAT, LABELS_FILE, RESULT_FILE, RESULT_FORMAT
+from .agent import JOB_FORMAT, RESULT_FILE, RESULT_FORMAT
 
 # What the agent imports on the device: the Runtime lifecycle, the latency protocol, the TensorRT
 # recipe and runtime, the Jetson facts. No torch, no onnx: a Jetson image rarely has them.
@@ -236,51 +236,6 @@ def read_result(folder: Path, job: dict) -> dict:
             "belongs to another job. Run again; nothing was kept."
         )
     return result
-
-
-@dataclass
-class DeviceOutcome:
-    """What the device stage produced: a checked result, or why it is pending."""
-
-    result: dict | None
-    folder: Path | None  # where result.json, labels.npz and the engine are
-    where: str  # "here", "ssh://...", or "" when pending
-    pending_reason: str | None = None
-
-    def labels(self) -> np.ndarray:
-        with np.load(self.folder / LABELS_FILE) as data:
-            return data["labels"]
-
-
-class ReplayRuntime(Runtime):
-    """The device's label maps, replayed for the parity ledger: infer(feed) returns the device's answer.
-
-    Looked up by the digest of the preprocessed input, so an image the device never saw is an error,
-    not a silently wrong row.
-    """
-
-    what_is_timed = "not timed here: the device's latency comes from its own run of the protocol"
-
-    def __init__(self, outcome: DeviceOutcome, input_shape: tuple[int, ...], input_name: str = "image") -> None:
-        super().__init__(outcome.result["row"])
-        self.backend = outcome.result["backend"]
-        self.precision = outcome.result["precision"]
-        self.outcome = outcome
-        self.input_shape = tuple(input_shape)
-        self.input_name = input_name
-
-    def _activate(self) -> None:
-        labels = self.outcome.labels()
-        self._by_digest = dict(zip(self.outcome.result["digests"], labels, strict=True))
-
-    def _input_spec(self) -> dict[str, TensorSpec]:
-        return {self.input_name: TensorSpec(np.dtype(np.float32), self.input_shape)}
-
-    def _infer(self, feed: Feed) -> dict[str, np.ndarray]:
-        digest = array_sha256(feed[self.input_name])
-        if digest not in self._by_digest:
-            raise StageCheckError(f"The device returned no output for this input (digest {digest[:12]}).")
-        return {"labels": self._by_digest[digest][None].astype(np.int64)}
 
 
 INGESTED_FILE = "ingested.json"  # in deploy/tensorrt/device: a result read in by `bckd-pipeline ingest`

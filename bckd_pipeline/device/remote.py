@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from ..context import SshOptions
 from ..errors import BckdError, ConfigError, StageCheckError
 from .agent import RESULT_FILE
 
@@ -70,23 +71,12 @@ class SshTarget:
         return f"ssh://{self.destination}" + (f":{self.port}" if self.port else "")
 
 
-@dataclass(frozen=True)
-class SshOptions:
-    identity: Path | None = None  # -i; default: ssh's own keys and agent
-    known_hosts: Path | None = None  # UserKnownHostsFile; default: ~/.ssh/known_hosts
-    python: str = "python3"  # the device's interpreter
-    connect_timeout_s: int = 10
-    transfer_timeout_s: float = 600.0
-    job_timeout_s: float = 3600.0  # engine builds on a Nano take minutes
-    bandwidth_kbps: int | None = None  # scp -l: leave room on a shared or slow link
-
-
 class RemoteDevice:
     """One device reached with the system ``ssh``/``scp``."""
 
-    def __init__(self, target: SshTarget, options: SshOptions = SshOptions()) -> None:
+    def __init__(self, target: SshTarget, options: SshOptions | None = None) -> None:
         self.target = target
-        self.options = options
+        self.options = options or SshOptions()
         for tool in ("ssh", "scp"):
             if shutil.which(tool) is None:
                 raise DeviceError(

@@ -7,13 +7,12 @@ import sys
 from pathlib import Path
 
 from ..cache import StageCache, stage_key
-from ..context import DeployContext
+from ..context import DeployContext, DeviceOutcome
 from ..ledger import ENGINE_ROW, Built
 from ..targets import Backend, Precision
 from .bundle import (
     BUNDLE_FILES,
     TENSORRT_DIR,
-    DeviceOutcome,
     agent_digest,
     ingested_outcome,
     run_here,

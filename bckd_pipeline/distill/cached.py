@@ -1,7 +1,8 @@
 """Stage 1 as ``bckd-pipeline run`` does it: the teacher, the student alone and the distilled student,
 each cached by content (cache.py) and resumed from its saved training state.
 
-``cfg`` is the pipeline's ``RunConfig`` (context.py).
+``cfg`` is what they read of the run's configuration (``RunSettings``); the pipeline passes its ``RunConfig``
+(context.py), which has all of it.
 """
 
 from __future__ import annotations
@@ -9,19 +10,34 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
+from typing import Protocol
 
 from ..cache import StageCache, stage_key
-from ..context import RunConfig
-from .stage import STATE_FILE, StepOutput, distill, train_teacher
+from .stage import STATE_FILE, DataConfig, Schedule, StepOutput, distill, train_teacher
 from .task import DistillConfig
 from .trainer import TrainConfig
+
+
+class RunSettings(Protocol):
+    """What the training stages read of the run's configuration."""
+
+    data: DataConfig
+    train: TrainConfig
+    teacher_model: str
+    student_model: str
+    teacher_schedule: Schedule
+    student_schedule: Schedule
+    teacher_checkpoint: Path | None
+    mfs_images: int
+    progress: bool
+    resume: bool
 
 
 def _read_metrics(folder: Path) -> dict:
     return json.loads((folder / "metrics.json").read_text())
 
 
-def teacher_stage(cfg: RunConfig, out: Path, cache: StageCache) -> tuple[Path, dict | None]:
+def teacher_stage(cfg: RunSettings, out: Path, cache: StageCache) -> tuple[Path, dict | None]:
     if cfg.teacher_checkpoint is not None:
         return Path(cfg.teacher_checkpoint), None
     folder = out / "teacher"
@@ -50,7 +66,7 @@ def teacher_stage(cfg: RunConfig, out: Path, cache: StageCache) -> tuple[Path, d
 
 
 def student_stage(
-    cfg: RunConfig, out: Path, cache: StageCache, teacher_ckpt: Path, dcfg: DistillConfig, name: str
+    cfg: RunSettings, out: Path, cache: StageCache, teacher_ckpt: Path, dcfg: DistillConfig, name: str
 ) -> StepOutput:
     folder = out / name
     key = stage_key(

@@ -7,12 +7,11 @@ from ..onnxfile import load_onnx, read_metadata
 from .check import CheckReport, compare
 from .onnx_export import to_onnx
 from .simplify import SIMPLIFIERS, simplify
-from .wrapper import ExportSpec, SegExportWrapper
+from .wrapper import SegExportWrapper
 
 __all__ = [
     "SIMPLIFIERS",
     "CheckReport",
-    "ExportSpec",
     "SegExportWrapper",
     "compare",
     "load_onnx",

@@ -15,7 +15,8 @@ from ..distill.checkpoint import CheckpointMeta
 from ..errors import ExportError
 from ..fileio import atomic_write
 from .check import CheckReport, Feed, compare, require
-from .wrapper import INPUT_NAME, ExportSpec, SegExportWrapper, for_static_export
+from ..model_spec import INPUT_NAME, ExportSpec
+from .wrapper import SegExportWrapper, for_static_export
 
 # Logit tolerance between PyTorch eager and ONNX Runtime, both fp32 on CPU: kernels differ in
 # summation order only, so anything beyond this is a real export bug.

@@ -9,11 +9,12 @@ answer into the ``CheckpointMeta`` every stage reads (export/source.py has the o
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError, ExportError
-from .source import INPUT_SCALES, ModelHints, ModelSource, _check_classes, _class_names
+from ..model_spec import INPUT_SCALES, ModelHints, ModelSource, OnnxInfo
+from .source import _check_classes, _class_names
 
 # The oldest opset taken from a user's ONNX: per-channel Q/DQ (INT8 targets) needs opset 13.
 MIN_ONNX_OPSET = 13
@@ -21,24 +22,6 @@ CONVERT_HINT = (
     'Convert it first: python -c "import onnx; from onnx import version_converter as v; '
     "onnx.save(v.convert_version(onnx.load('model.onnx'), 17), 'model17.onnx')\""
 )
-
-
-@dataclass(frozen=True)
-class OnnxInfo:
-    """A user's ONNX as read: its one input and first output, opset, metadata."""
-
-    path: Path
-    input_name: str
-    input_shape: tuple[int | None, ...]
-    output_name: str
-    output_rank: int | None
-    opset: int
-    metadata: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def dynamic(self) -> tuple[str, ...]:
-        names = {0: "batch", 2: "height", 3: "width"}
-        return tuple(names[i] for i in (0, 2, 3) if self.input_shape[i] is None)
 
 
 def inspect_onnx(path: Path) -> OnnxInfo:

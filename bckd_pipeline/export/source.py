@@ -17,69 +17,12 @@ flag that neither gives. This module: the source and its flags, PyTorch modules 
 from __future__ import annotations
 
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError, DataError
-
-KINDS = ("checkpoint", "onnx", "pt2", "torchscript", "factory")
-INPUT_SCALES = ("0..255", "normalized")
-
-
-@dataclass(frozen=True)
-class ModelHints:
-    """What a model file may not say about itself, from flags (None: not given)."""
-
-    mean: tuple[float, float, float] | None = None
-    std: tuple[float, float, float] | None = None
-    num_classes: int | None = None
-    class_names: tuple[str, ...] | None = None
-    input_scale: str | None = None  # "0..255": raw pixels, the graph normalises; "normalized": (x/255 - mean) / std
-
-    def __post_init__(self) -> None:
-        if self.input_scale is not None and self.input_scale not in INPUT_SCALES:
-            raise ConfigError(
-                f"--input-scale {self.input_scale!r} is not allowed. Allowed: 0..255 (the graph takes raw pixels and "
-                "normalises itself) or normalized ((x/255 - mean) / std; for 0..1 input give --mean 0,0,0 --std 1,1,1)."
-            )
-        if self.num_classes is not None and self.num_classes < 1:
-            raise ConfigError(f"--num-classes must be >= 1, got {self.num_classes}.")
-        if self.class_names and self.num_classes and len(self.class_names) != self.num_classes:
-            raise ConfigError(
-                f"--class-names names {len(self.class_names)} classes but --num-classes says {self.num_classes}. "
-                "Give one name per class (or only one of the two flags)."
-            )
-
-    @property
-    def classes(self) -> int | None:
-        return self.num_classes or (len(self.class_names) if self.class_names else None)
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    kind: str  # one of KINDS
-    path: Path  # the model file; for "factory", the state_dict
-    factory: str | None = None  # "module:function" for "factory"
-    hints: ModelHints = ModelHints()
-
-    @property
-    def is_onnx(self) -> bool:
-        return self.kind == "onnx"
-
-    def identity(self) -> dict:
-        """What run.json records as whose the --out folder is."""
-        if self.kind == "checkpoint":
-            return {"checkpoint": str(Path(self.path).resolve())}
-        factory = {"factory": self.factory} if self.factory else {}
-        return {"model": f"{self.kind}:{Path(self.path).resolve()}", **factory}
-
-    def describe(self) -> str:
-        if self.kind == "factory":
-            return f"{self.factory}() with the weights of {self.path}"
-        return f"{self.kind} {self.path}"
-
+from ..model_spec import ModelHints, ModelSource
 
 def model_source(
     model: Path | None, onnx: Path | None, factory: str | None, weights: Path | None, hints: ModelHints

@@ -10,61 +10,12 @@ PyTorch reference runtime, so that ONNX, ONNX Runtime, OpenVINO and TensorRT all
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 import torch
 from torch import nn
 
 from ..data.base import Normalization
-from ..errors import ConfigError
 from ..inference import padded_logits
-
-Head = Literal["logits", "argmax"]
-HEADS = ("logits", "argmax")
-INPUT_NAME = "image"
-OUTPUT_NAMES = {"logits": "logits", "argmax": "labels"}
-DYNAMIC_AXES = ("batch", "height", "width")
-
-
-@dataclass(frozen=True)
-class ExportSpec:
-    """Everything that decides the exported graph; it is also part of the export cache key."""
-
-    input_hw: tuple[int, int]
-    batch: int = 1
-    opset: int = 17
-    head: Head = "logits"
-    bake_normalization: bool = True
-    dynamic: tuple[str, ...] = ()  # any of DYNAMIC_AXES
-
-    def __post_init__(self) -> None:
-        if self.head not in HEADS:
-            raise ConfigError(f"--head {self.head!r} is not allowed. Allowed: {', '.join(HEADS)}.")
-        bad = [a for a in self.dynamic if a not in DYNAMIC_AXES]
-        if bad:
-            raise ConfigError(
-                f"--dynamic {','.join(bad)} is not allowed. Allowed: {', '.join(DYNAMIC_AXES)} "
-                "(comma-separated); leave it out for the static shape edge targets want."
-            )
-        if self.opset < 13:  # per-channel Q/DQ; pipeline.deploy_plan asks the target's opset (17) of exports
-            raise ConfigError(f"--opset {self.opset} is too old; use 17 or newer.")
-        if self.batch < 1 or min(self.input_hw) < 1:
-            raise ConfigError(f"Export shape must be positive, got batch={self.batch} input_hw={self.input_hw}.")
-
-    @property
-    def output_name(self) -> str:
-        return OUTPUT_NAMES[self.head]
-
-    def input_shape(self) -> tuple[int, int, int, int]:
-        return (self.batch, 3, *self.input_hw)
-
-    def dynamic_axes(self) -> dict[str, dict[int, str]]:
-        dims = {"batch": 0, "height": 2, "width": 3}
-        inp = {dims[a]: a for a in self.dynamic}
-        out = {dims[a] if a == "batch" or self.head == "logits" else dims[a] - 1: a for a in self.dynamic}
-        return {INPUT_NAME: inp, self.output_name: out} if inp else {}
-
+from ..model_spec import Head
 
 class SegExportWrapper(nn.Module):
     """Normalisation (optional) + the student + argmax (optional). Only for export and reference runs."""

@@ -33,7 +33,7 @@ import numpy as np
 from ..errors import ConfigError, DataError
 from ..ledger import PENDING, QAT_ROW, REPORT_FORMAT
 from ..machine import machine_differences
-from ..report.evidence import ParityImages, load_parity_images
+from ..parity_images import ParityImages, load_parity_images
 from .budgets import BUDGET_KEYS, DEFAULT_BASELINE_MIOU_DROP, Budgets, GateSettings
 from .noise import Interval, bootstrap_delta_miou, bootstrap_median_ratio, latency_regressed
 

@@ -160,7 +160,7 @@ def _training_set(ctx: DeployContext, split: str):
 
 def _held_out(ctx: DeployContext, calib):
     """As many training images as the calibration set holds, none of them calibration images."""
-    from ..calibrate.data import DatasetFeeds, check_no_overlap, pick_indices
+    from ..data.feeds import DatasetFeeds, check_no_overlap, pick_indices
     from ..errors import DataError
 
     spec = calib.spec
@@ -204,7 +204,7 @@ def preset_taps(model_name: str, role: str) -> list[str] | None:
 def _train_and_export(ctx: DeployContext, row: Built, path: Path, calib, bar) -> tuple[dict, dict]:
     import torch
 
-    from ..calibrate.data import DatasetFeeds, check_no_overlap
+    from ..data.feeds import DatasetFeeds, check_no_overlap
     from ..distill.checkpoint import load_model
     from ..distill.task import DistillConfig
     from ..export.wrapper import SegExportWrapper

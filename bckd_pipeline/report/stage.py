@@ -15,6 +15,7 @@ from ..deploy.stage import is_device_row, on_target
 from ..distill.checkpoint import CheckpointMeta, load_model
 from ..export.wrapper import SegExportWrapper
 from ..ledger import Built, target_dir
+from .. import parity_images
 from . import evidence as ev
 from .evidence import display_image
 
@@ -32,7 +33,7 @@ def qualitative_stage(
     alone = out / "student/student.pt" if summary else None
     deployed = built[-1]
     record = parity["per_image"]
-    n = min(ev.MASK_IMAGES, len(ctx.eval_feeds))
+    n = min(parity_images.MASK_IMAGES, len(ctx.eval_feeds))
     key = stage_key(
         "qualitative",
         {"parity": record["sha256"], "deployed": deployed.name, "columns": ev.MASK_COLUMNS},
@@ -58,7 +59,7 @@ def qualitative_stage(
         return predict
 
     def kept(stage: str):
-        maps = ev.stage_labels(out, record, stage)
+        maps = parity_images.stage_labels(out, record, stage)
         return lambda i: maps[i]
 
     predictors: dict = {"distilled": kept(built[0].name), "deployed": kept(deployed.name)}

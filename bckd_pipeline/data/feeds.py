@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..data.base import Normalization, SegDataset
-from ..data.transforms import resize_pair
 from ..errors import DataError
 from ..fileio import array_sha256
+from .base import Normalization, SegDataset
+from .transforms import resize_pair
 
 FeedDict = Mapping[str, np.ndarray]
 FeedSource = Iterable[FeedDict]

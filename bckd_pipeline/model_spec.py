@@ -1,0 +1,135 @@
+"""What a deployed model is: where it came from, the graph it is exported to, a user's ONNX as read.
+
+``ModelSource`` (and ``ModelHints``, what its flags add) is what ``deploy`` was given; ``ExportSpec`` is
+everything that decides the exported graph (size, batch, opset, head, baked normalisation, dynamic axes)
+and the I/O names every runtime sees; ``OnnxInfo`` is a user's ONNX as ``export/own_onnx.py`` read it.
+The stages, the context they share and the command line all speak these; standard library only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from .errors import ConfigError
+
+Head = Literal["logits", "argmax"]
+HEADS = ("logits", "argmax")
+INPUT_NAME = "image"
+OUTPUT_NAMES = {"logits": "logits", "argmax": "labels"}
+DYNAMIC_AXES = ("batch", "height", "width")
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    """Everything that decides the exported graph; it is also part of the export cache key."""
+
+    input_hw: tuple[int, int]
+    batch: int = 1
+    opset: int = 17
+    head: Head = "logits"
+    bake_normalization: bool = True
+    dynamic: tuple[str, ...] = ()  # any of DYNAMIC_AXES
+
+    def __post_init__(self) -> None:
+        if self.head not in HEADS:
+            raise ConfigError(f"--head {self.head!r} is not allowed. Allowed: {', '.join(HEADS)}.")
+        bad = [a for a in self.dynamic if a not in DYNAMIC_AXES]
+        if bad:
+            raise ConfigError(
+                f"--dynamic {','.join(bad)} is not allowed. Allowed: {', '.join(DYNAMIC_AXES)} "
+                "(comma-separated); leave it out for the static shape edge targets want."
+            )
+        if self.opset < 13:  # per-channel Q/DQ; pipeline.deploy_plan asks the target's opset (17) of exports
+            raise ConfigError(f"--opset {self.opset} is too old; use 17 or newer.")
+        if self.batch < 1 or min(self.input_hw) < 1:
+            raise ConfigError(f"Export shape must be positive, got batch={self.batch} input_hw={self.input_hw}.")
+
+    @property
+    def output_name(self) -> str:
+        return OUTPUT_NAMES[self.head]
+
+    def input_shape(self) -> tuple[int, int, int, int]:
+        return (self.batch, 3, *self.input_hw)
+
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        dims = {"batch": 0, "height": 2, "width": 3}
+        inp = {dims[a]: a for a in self.dynamic}
+        out = {dims[a] if a == "batch" or self.head == "logits" else dims[a] - 1: a for a in self.dynamic}
+        return {INPUT_NAME: inp, self.output_name: out} if inp else {}
+
+
+KINDS = ("checkpoint", "onnx", "pt2", "torchscript", "factory")
+INPUT_SCALES = ("0..255", "normalized")
+
+
+@dataclass(frozen=True)
+class ModelHints:
+    """What a model file may not say about itself, from flags (None: not given)."""
+
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    num_classes: int | None = None
+    class_names: tuple[str, ...] | None = None
+    input_scale: str | None = None  # "0..255": raw pixels, the graph normalises; "normalized": (x/255 - mean) / std
+
+    def __post_init__(self) -> None:
+        if self.input_scale is not None and self.input_scale not in INPUT_SCALES:
+            raise ConfigError(
+                f"--input-scale {self.input_scale!r} is not allowed. Allowed: 0..255 (the graph takes raw pixels and "
+                "normalises itself) or normalized ((x/255 - mean) / std; for 0..1 input give --mean 0,0,0 --std 1,1,1)."
+            )
+        if self.num_classes is not None and self.num_classes < 1:
+            raise ConfigError(f"--num-classes must be >= 1, got {self.num_classes}.")
+        if self.class_names and self.num_classes and len(self.class_names) != self.num_classes:
+            raise ConfigError(
+                f"--class-names names {len(self.class_names)} classes but --num-classes says {self.num_classes}. "
+                "Give one name per class (or only one of the two flags)."
+            )
+
+    @property
+    def classes(self) -> int | None:
+        return self.num_classes or (len(self.class_names) if self.class_names else None)
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    kind: str  # one of KINDS
+    path: Path  # the model file; for "factory", the state_dict
+    factory: str | None = None  # "module:function" for "factory"
+    hints: ModelHints = ModelHints()
+
+    @property
+    def is_onnx(self) -> bool:
+        return self.kind == "onnx"
+
+    def identity(self) -> dict:
+        """What run.json records as whose the --out folder is."""
+        if self.kind == "checkpoint":
+            return {"checkpoint": str(Path(self.path).resolve())}
+        factory = {"factory": self.factory} if self.factory else {}
+        return {"model": f"{self.kind}:{Path(self.path).resolve()}", **factory}
+
+    def describe(self) -> str:
+        if self.kind == "factory":
+            return f"{self.factory}() with the weights of {self.path}"
+        return f"{self.kind} {self.path}"
+
+
+@dataclass(frozen=True)
+class OnnxInfo:
+    """A user's ONNX as read: its one input and first output, opset, metadata."""
+
+    path: Path
+    input_name: str
+    input_shape: tuple[int | None, ...]
+    output_name: str
+    output_rank: int | None
+    opset: int
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def dynamic(self) -> tuple[str, ...]:
+        names = {0: "batch", 2: "height", 3: "width"}
+        return tuple(names[i] for i in (0, 2, 3) if self.input_shape[i] is None)

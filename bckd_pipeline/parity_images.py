@@ -1,0 +1,97 @@
+"""``parity_images.npz``: the parity ledger's evidence per evaluation image, written by the parity stage.
+
+For every ledger stage, one confusion matrix per evaluation image (``int32 [images, classes, classes]``,
+``[target, pred]``), and the label maps of the first ``MASK_IMAGES`` images (the ledger already ran every
+stage on them). Summed over images they give the report's dataset-level mIoU; resampled over images they
+give the bootstrap interval of ΔmIoU (gate/gate.py). ``report.json["parity_images"]`` names the file with
+its sha256 and lists the images (name and pixel sha256), so a baseline report can be paired with this one
+image by image. The parity stage writes it; the report and the CI gate read it (numpy only: the gate stays light).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError
+from .fileio import atomic_write, file_sha256
+
+PARITY_IMAGES_FILE = "parity_images.npz"
+PARITY_IMAGES_FORMAT = "bckd-pipeline/parity-images-v1"
+MASK_IMAGES = 4  # evaluation images whose label maps are kept (report.html's side-by-side figure)
+
+
+def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a temp name
+            np.savez_compressed(f, **arrays)
+
+    atomic_write(path, write)
+
+
+def save_parity_images(
+    out: Path,
+    per_image: dict[str, np.ndarray],
+    labels: dict[str, np.ndarray],
+    images: list[dict[str, str]],
+    name: str = PARITY_IMAGES_FILE,
+) -> dict:
+    """Write the ledger's per-image confusions (stage -> matrices) and kept label maps (stage -> maps);
+    return the record for report.json. ``images``: each evaluation image's name and pixel sha256.
+    ``name``: the file's path in ``out`` (each target of a run folder keeps its own, in its folder)."""
+    path = Path(out) / name
+    stages = list(per_image)
+    arrays = {f"confusion/{s}": per_image[s] for s in stages}
+    arrays |= {f"labels/{s}": maps for s, maps in labels.items()}
+    save_npz(path, arrays)
+    return {
+        "format": PARITY_IMAGES_FORMAT,
+        "path": str(name),
+        "sha256": file_sha256(path),
+        "stages": stages,
+        "images": images,
+    }
+
+
+def stage_labels(out: Path, record: dict, stage: str) -> np.ndarray:
+    """The label maps the parity ledger kept for ``stage`` (the first ``MASK_IMAGES`` evaluation images)."""
+    with np.load(Path(out) / record["path"]) as z:
+        return z[f"labels/{stage}"]
+
+
+@dataclass(frozen=True)
+class ParityImages:
+    """Per-image confusion matrices of one report, checked against the report's reference."""
+
+    names: tuple[str, ...]
+    digests: tuple[str, ...]
+    confusion: dict[str, np.ndarray]  # stage -> int32 [images, classes, classes]
+
+
+def load_parity_images(report: dict, report_path: Path) -> ParityImages | None:
+    """The report's per-image confusions, or None for a report written before they were kept.
+
+    Raises DataError when the report names the file but it is missing or altered: a gate must not
+    fall back silently to a weaker check because a file was not copied with the report.
+    """
+    ref = report.get("parity_images")
+    if not ref:
+        return None
+    path = Path(report_path).parent / ref["path"]
+    if not path.is_file():
+        raise DataError(
+            f"{report_path} names {ref['path']} (per-image confusion matrices) but {str(path)!r} does not exist. "
+            f"Keep {ref['path']} next to report.json when you copy or archive a report."
+        )
+    if file_sha256(path) != ref["sha256"]:
+        raise DataError(
+            f"{str(path)!r} does not match the sha256 recorded in {report_path} ({ref['sha256'][:12]}...): it belongs "
+            "to another run or was altered. Copy the report and its parity_images.npz from the same run."
+        )
+    with np.load(path) as z:
+        confusion = {s: z[f"confusion/{s}"] for s in ref["stages"]}
+    names = tuple(i["name"] for i in ref["images"])
+    digests = tuple(i["sha256"] for i in ref["images"])
+    return ParityImages(names, digests, confusion)
