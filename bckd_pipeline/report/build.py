@@ -5,7 +5,7 @@
 ``name``, ``backend``, ``precision``, ``artifact``, ``status``, ``device``, ``miou``, ``miou_delta``,
 ``pixel_agreement``, ``latency_ms`` {p50, p90, p99, mean} and ``fps``. A row that was not measured
 says so in ``status`` and carries nulls, never estimates. Each row's ``artifact_bytes`` and the
-references ``parity_images`` and ``qualitative`` (report/evidence.py) serve the CI gate (docs/ci.md);
+references ``parity_images`` (parity_images.py) and ``qualitative`` (report/evidence.py) serve the CI gate (docs/ci.md);
 ``device`` says where a TensorRT engine was built and measured; ``machine`` (machine.py) is the CPU model
 and vector ISA, OpenVINO's device names and capabilities and the GPU, which the CI gate compares
 before it compares a baseline's latency. An INT8 row not faster than its FP32 parent gets a ``note``
