@@ -288,9 +288,6 @@ def deploy_model(
     return _each_target(the_plans, context, StageCache(out), None)
 
 
-deploy_checkpoint = deploy_model  # the name before models other than checkpoints were taken
-
-
 def _deploy_identity(source: ModelSource, data: DataConfig) -> dict:
     return {"data": data.spec, **source.identity()}
 

@@ -102,10 +102,6 @@ def labels_of(output: np.ndarray) -> np.ndarray:
     return output.argmax(1) if output.ndim == 4 else output.astype(np.int64)
 
 
-def _delta(a: float | None, b: float | None) -> float | None:
-    return None if a is None or b is None else a - b
-
-
 def ledger(
     stages: list[LedgerStage],
     feeds: DatasetFeeds,

@@ -160,10 +160,6 @@ class PairwiseBoundary(nn.Module):
         self.register_buffer("window_index", in_window[self.path_index], persistent=False)
         self._gather_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    @property
-    def num_directions(self) -> int:
-        return self.path_index.shape[0]
-
     def _source_grid(self, h: int, w: int) -> tuple[int, int]:
         rf = self.radius - 1
         hc, wc = h - rf, w - 2 * rf

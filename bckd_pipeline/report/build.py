@@ -177,7 +177,6 @@ def build_report(
         "qat": _qat_section(qat, rows),
         "reference": reference["name"],
         "speedup_vs_reference": speedups,
-        "speedup_vs_pytorch": speedups if reference["name"] == "pytorch" else None,
         "parity_images": parity["per_image"],
         "qualitative": masks,
         "device": device_section,
