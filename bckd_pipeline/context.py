@@ -56,7 +56,7 @@ class QatConfig:
     seed: int = 0
     teacher: Path | None = None
     distill: DistillConfig | None = None  # run: the run's --kd/--bckd; None: DistillConfig() (kd+bckd)
-    # --qat-kd: the fine-tune's terms; "none" is cross-entropy alone (the default: it was never beaten where measured)
+    # --qat-kd: the fine-tune's terms; "none" is cross-entropy alone (the default, docs/decisions.md)
     kd: str = "none"
 
 

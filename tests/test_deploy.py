@@ -159,7 +159,8 @@ def test_ort_int8_qdq_is_per_channel_and_close_to_fp32(artifacts):
 @pytest.mark.parametrize("method", ["entropy", "percentile"])
 def test_ort_calibration_methods(artifacts, method, tmp_path):
     """Each method gives its own activation ranges: ORT's entropy calibrator, as quantize_static builds it,
-    returned MinMax's ranges exactly (a byte-identical file) until its histogram was made finer."""
+    returns MinMax's ranges exactly (a byte-identical file), so the project computes entropy ranges on a finer
+    histogram (calibrate/onnxruntime.py)."""
     import onnx
     from onnx import numpy_helper
 

@@ -126,8 +126,9 @@ def _edit_add(src: Path, dst: Path, *, strip: str) -> None:
 def test_the_check_accepts_model_optimizer_placement_and_both_quantized_but_not_a_bare_residual(
     residual_onnx, tmp_path
 ):
-    """Model Optimizer leaves the conv side of residual Adds unquantized: that passes. Q/DQ on both inputs (the old
-    placement) still passes. Only a residual input without Q/DQ fails: TensorRT could not fuse the Add in INT8."""
+    """Model Optimizer leaves the conv side of residual Adds unquantized: that passes. Q/DQ on both inputs (ONNX
+    Runtime's placement) passes too. Only a residual input without Q/DQ fails: TensorRT could not fuse the Add
+    in INT8."""
     import onnx
 
     from bckd_pipeline.calibrate.onnxruntime import quantize_qdq
@@ -136,7 +137,7 @@ def test_the_check_accepts_model_optimizer_placement_and_both_quantized_but_not_
     calib = demo_feeds("train", n=4)
     path, _ = quantize_for_tensorrt(residual_onnx, tmp_path / "ours.onnx", calib, CalibrationSpec(size=4))
     assert check_tensorrt_qdq(path) == []  # what modelopt writes: conv side bare, residual quantized
-    both = tmp_path / "both.onnx"  # the old placement, straight from ONNX Runtime
+    both = tmp_path / "both.onnx"  # Q/DQ on both inputs, straight from ONNX Runtime
     extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False, "DedicatedQDQPair": True}
     quantize_qdq(residual_onnx, both, calib, CalibrationSpec(size=4), activation_type="QInt8",
                  op_types=list(QUANTIZED_OPS), extra=extra)  # fmt: skip

@@ -1,4 +1,4 @@
-"""Issue 13, "Deploy your own model": `deploy --onnx` of an ONNX exported outside the project, `deploy --model`
+"""Deploy your own model: `deploy --onnx` of an ONNX exported outside the project, `deploy --model`
 with a .pt2 program, a TorchScript file or a factory and its weights, `bench` inferring the backend from the
 file, and the bad inputs that must end in one `error:` paragraph with exit code 2.
 

@@ -529,8 +529,8 @@ def test_build_int8_that_ran_no_int8_layer_is_refused(monkeypatch, tmp_path):
 
 
 def test_fakes_reject_what_the_real_modules_lack():
-    """The old recipe set STRONGLY_TYPED/--stronglyTyped from 10.12 and touched weak flags; TensorRT 11 has none of
-    them, and IBuilderConfig has no free attributes. The fakes must fail the same way."""
+    """TensorRT 11 has no weak-typing flags (INT8, FP16, --int8/--fp16), and IBuilderConfig has no free attributes.
+    The fakes must fail the same way, so that a recipe that sets them fails here as it would on TensorRT 11."""
     trt11 = make_fake_trt("11.1.0")
     for missing in ("INT8", "FP16"):
         with pytest.raises(AttributeError):
@@ -891,8 +891,8 @@ def test_runtime_call_sequence_events_around_the_enqueue(monkeypatch, plan):
 
 
 def test_fake_pycuda_has_no_stream_capture_like_every_pycuda_release(monkeypatch):
-    """The old runtime captured graphs with pycuda's Stream.begin_capture / end_capture and Graph.instantiate /
-    GraphExec.launch, which no pycuda release has; the fake must reject them as the real module does."""
+    """pycuda's Stream.begin_capture / end_capture and Graph.instantiate / GraphExec.launch exist in no pycuda
+    release; the fake must reject them as the real module does, so a runtime that calls them fails here."""
     make_fake_cuda_and_trt(monkeypatch)
     cuda = sys.modules["pycuda.driver"]
     for name in ("begin_capture", "end_capture"):
@@ -1005,7 +1005,7 @@ def test_cuda_graph_refused_with_a_cuda_11_cuda_python(monkeypatch, plan):
 def test_runtime_refuses_tensorrt_8_4_whose_engines_lack_the_name_based_api(monkeypatch, plan):
     log = make_fake_cuda_and_trt(monkeypatch, trt_version="8.4.1")
     engine = sys.modules["tensorrt"].Runtime(None).deserialize_cuda_engine(b"")
-    with pytest.raises(AttributeError):  # what the old code would have hit on JetPack 5.0.2
+    with pytest.raises(AttributeError):  # what a runtime without the version check would hit on JetPack 5.0.2
         engine.num_io_tensors  # noqa: B018
     with pytest.raises(ConfigError, match="8.5.*JetPack 5.1"):
         TensorRTRuntime(plan).activate()
@@ -1279,7 +1279,7 @@ def test_unknown_l4t_gives_a_note(tmp_path):
 
 
 def test_gpu_facts_parses_nvidia_smi():
-    # Verbatim output of this exact query on an NVIDIA H200 (driver 580.159.04), recorded on the lent GPU host.
+    # Verbatim output of this exact query on an NVIDIA H200 (driver 580.159.04).
     out = "NVIDIA H200, 580.159.04, 345, 1980, 3201, 3201, 34, 78.68, 700.00, 0x0000000000000001\n"
     facts = gpu_facts(run=fake_run({"nvidia-smi": out}))
     assert facts["name"] == "NVIDIA H200" and facts["driver"] == "580.159.04"

@@ -60,7 +60,7 @@ def bootstrap_delta_miou(
     n, c = new.shape[0], new.shape[1]
     rng = np.random.default_rng(seed)
     # Resample b's summed confusion = (how often each image was drawn) @ the per-image matrices. In
-    # float64, which NumPy multiplies with BLAS (int64 products are ~30x slower) and which holds pixel
+    # float64, which NumPy multiplies with BLAS (int64 products do not use it and are far slower) and which holds pixel
     # counts exactly below 2^53.
     weights = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(resamples)]).astype(np.float64)
 

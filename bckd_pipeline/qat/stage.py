@@ -225,8 +225,8 @@ def _train_and_export(ctx: DeployContext, row: Built, path: Path, calib, bar) ->
     with library_bars(ctx.deploy.progress):  # NNCF's bars
         qstudent = fakequant.insert_fake_quant(student, list(one_image), scheme)
 
-    # --qat-kd: the fine-tune's terms; by default cross-entropy alone, which the teacher's terms never beat on the
-    # two rows measured (docs/deploy.md, "Does it work?"). The run's --bckd settings apply when they are chosen.
+    # --qat-kd: the fine-tune's terms; by default cross-entropy alone (docs/decisions.md, "QAT: off by default,
+    # cross-entropy alone"). The run's --bckd settings apply when they are chosen.
     dcfg = replace(q.distill or DistillConfig(), kd=q.kd)
     if dcfg.kd == "none":
         teacher, teacher_taps, teacher_what = None, None, "none (cross-entropy alone)"

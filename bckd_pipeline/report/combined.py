@@ -83,8 +83,8 @@ def write_combined(out: Path, keys: list[str]) -> dict:
 
 
 def _keep_an_older_layout(out: Path, keys: list[str]) -> None:
-    """A run folder written before reports were per target holds only report.json and manifest.json of its one
-    target: keep them as that target's own files before the folder's view is rebuilt over them."""
+    """A run folder in the one-target layout holds only report.json and manifest.json, no per-target files:
+    keep them as that target's own files before the folder's view is rebuilt over them."""
     try:
         old = json.loads((out / "report.json").read_text())
         manifest = json.loads((out / "manifest.json").read_text())
