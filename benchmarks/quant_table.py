@@ -1,4 +1,4 @@
-"""The quantization table (issue 15, section 1): what each INT8 flavour costs each student, measured first.
+"""The quantization table: what each INT8 flavour costs each student, measured first.
 
 For every student preset distilled on CamVid and every INT8 flavour the pipeline can make, against the
 FP32 ONNX of the same student:
