@@ -296,8 +296,8 @@ def test_qat_reduces_the_int8_disagreement_where_ptq_loses(tmp_path):
     images neither saw, against ONNX Runtime's PTQ of the same model (calibrate/onnxruntime.py).
 
     Asserted: the mean logit error, which the fine-tune's KD term reduces. Not asserted: the fraction of pixels
-    whose label flips: on a fixture this small it is decided by a handful of pixels near class edges and moves
-    with float rounding and the fine-tune's seed, while the logit error does not."""
+    whose label flips, which on this fixture moves with float rounding and with the fine-tune's seed; the logit
+    error's ordering does not."""
     from bckd_pipeline.calibrate.onnxruntime import quantize_ort
     from bckd_pipeline.targets.profiles import CalibrationSpec
 
