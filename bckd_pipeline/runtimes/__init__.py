@@ -4,8 +4,8 @@ builds its Runtime (registry.py).
 
 A shared layer: deploy (parity, latency), export (checks against ONNX Runtime), calibrate, predict, the ``bench``
 command and the device agent run artifacts through it. The device agent ships base.py, registry.py and the
-ONNX Runtime and TensorRT files (device/bundle.py::AGENT_MODULES): none imports a backend's library at module
-level; each does so in ``_activate``.
+ONNX Runtime and TensorRT files (device/bundle.py::AGENT_MODULES); they import no backend library at module
+level (each does in ``_activate``), and the registry imports a backend's file only when it builds its Runtime.
 """
 
 from .base import Feed, Runtime, StaticBatch, TensorSpec

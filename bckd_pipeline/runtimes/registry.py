@@ -18,7 +18,7 @@ import importlib.util
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Mapping, Optional, Tuple  # typing: subscripted at run time on Python 3.8
+from typing import Callable, Mapping  # typing, not collections.abc: Factory is subscripted at run time on Python 3.8
 
 from ..errors import BackendMissingError, ConfigError, did_you_mean, unknown_name
 from ..targets.availability import TENSORRT_HINT
@@ -38,10 +38,10 @@ class RuntimeOptions:
     """The options every factory takes; a backend uses those that mean something to it."""
 
     precision: str = "fp32"  # what the file holds, for the report (fp32 | fp16 | int8)
-    device: Optional[str] = None  # None: the backend's default_device
-    threads: Optional[int] = None  # None: the backend's default
+    device: str | None = None  # None: the backend's default_device
+    threads: int | None = None  # None: the backend's default
     streams: int = 1  # requests in flight the runtime is compiled for (OpenVINO)
-    name: Optional[str] = None  # the ledger row; None: the file's name
+    name: str | None = None  # the ledger row; None: the file's name
     cuda_graph: bool = False  # replay the enqueue from a CUDA graph (TensorRT)
 
 
@@ -54,10 +54,10 @@ class BackendRuntime:
 
     name: str  # a targets.profiles.Backend value
     files: Mapping[str, FileKind]  # suffix (lower case, with the dot) -> what such a file is
-    factory: Optional[Factory]  # None: the backend runs a model in memory, built by its caller
+    factory: Factory | None  # None: the backend runs a model in memory, built by its caller
     default_device: str
     concurrent: bool = True  # runs several requests in flight (throughput mode)
-    requires: Tuple[str, ...] = ()  # the modules its runtime imports: see require()
+    requires: tuple[str, ...] = ()  # the modules its runtime imports: see require()
     install: str = ""  # how to install them, and what to do without them
 
     def build(self, path: Path, options: RuntimeOptions) -> Runtime:
@@ -69,7 +69,7 @@ class BackendRuntime:
         return self.factory(Path(path), options)
 
 
-_BACKENDS: Dict[str, BackendRuntime] = {}
+_BACKENDS: dict[str, BackendRuntime] = {}
 
 
 def register(entry: BackendRuntime) -> BackendRuntime:
@@ -96,11 +96,11 @@ def unregister(name: str) -> BackendRuntime:
     return _BACKENDS.pop(get_backend(name).name)
 
 
-def backend_names() -> Tuple[str, ...]:
+def backend_names() -> tuple[str, ...]:
     return tuple(_BACKENDS)
 
 
-def suffixes() -> Tuple[str, ...]:
+def suffixes() -> tuple[str, ...]:
     """Every suffix some backend runs, in registration order."""
     return tuple(dict.fromkeys(s for entry in _BACKENDS.values() for s in entry.files))
 
@@ -112,10 +112,16 @@ def get_backend(name: str) -> BackendRuntime:
     return entry
 
 
-def backends_for(path_or_suffix) -> Tuple[BackendRuntime, ...]:
+def _suffix(path_or_suffix) -> str:
+    """The lower-case suffix of "model.onnx", "dir/model.ONNX", or of ".onnx" itself."""
+    p = Path(path_or_suffix)
+    bare = p.name.startswith(".") and p.name.count(".") == 1  # the suffix alone
+    return (p.name if bare else p.suffix).lower()
+
+
+def backends_for(path_or_suffix) -> tuple[BackendRuntime, ...]:
     """The backends that run a file of this suffix, the default (the first registered) first."""
-    text = str(path_or_suffix)
-    suffix = text.lower() if text.startswith(".") else Path(text).suffix.lower()
+    text, suffix = str(path_or_suffix), _suffix(path_or_suffix)
     found = tuple(entry for entry in _BACKENDS.values() if suffix in entry.files)
     if not found:
         known = suffixes()
@@ -128,8 +134,7 @@ def backends_for(path_or_suffix) -> Tuple[BackendRuntime, ...]:
 
 def file_kind(path_or_suffix) -> FileKind:
     """What a file of this suffix is (every backend that runs it calls it the same)."""
-    text = str(path_or_suffix)
-    suffix = text.lower() if text.startswith(".") else Path(text).suffix.lower()
+    suffix = _suffix(path_or_suffix)
     return backends_for(suffix)[0].files[suffix]
 
 
@@ -142,7 +147,7 @@ def require(backend: str, path: Path) -> None:
     entry = get_backend(backend)
     missing = [m for m in entry.requires if not _importable(m)]
     if missing:
-        kind = entry.files.get(Path(path).suffix.lower())
+        kind = entry.files.get(_suffix(path))
         described = kind.described if kind is not None else f"a {entry.name} model"
         raise BackendMissingError(
             f"{str(path)!r} is {described}, and this host lacks {' and '.join(missing)}: {entry.install}"
