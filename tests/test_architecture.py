@@ -116,7 +116,7 @@ def test_imports_run_from_the_command_line_down():
 def test_the_graph_sees_lazy_and_relative_imports():
     """Sanity of the walker on this tree: a lazy, relative, two-level import is an edge."""
     graph = import_graph()
-    assert "bckd_pipeline.deploy.backends.onnxruntime" in graph["bckd_pipeline.deploy.stage"]
+    assert "bckd_pipeline.runtimes.torch" in graph["bckd_pipeline.deploy.stage"]
     assert "bckd_pipeline.ledger" in graph["bckd_pipeline.device.agent"]
 
 

@@ -21,7 +21,7 @@ from torch import nn
 
 from bckd_pipeline.calibrate.onnxruntime import quantize_ort
 from bckd_pipeline.calibrate.tensorrt import check_tensorrt_qdq, quantize_for_tensorrt
-from bckd_pipeline.deploy.backends.onnxruntime import OrtRuntime
+from bckd_pipeline.runtimes.onnxruntime import OrtRuntime
 from bckd_pipeline.deploy.parity import compare
 from bckd_pipeline.errors import ConfigError, StageCheckError
 from bckd_pipeline.targets import TARGETS, Backend, check_availability, get_target
@@ -495,7 +495,7 @@ def test_engine_path_end_to_end_with_stand_ins_for_tensorrt(jetson_run, tmp_path
     from test_tensorrt import make_fake_trt
 
     import bckd_pipeline.device.agent as agent
-    import bckd_pipeline.deploy.backends.tensorrt as trt_backend
+    import bckd_pipeline.runtimes.tensorrt as trt_backend
     import bckd_pipeline.pipeline as pipeline
     from bckd_pipeline.targets import Availability
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bckd_pipeline.deploy.backends.tensorrt import TensorRTRuntime
+from bckd_pipeline.runtimes.tensorrt import TensorRTRuntime
 from bckd_pipeline.device.jetson import device_facts, gpu_facts, jetpack_for_l4t, parse_l4t_release
 from bckd_pipeline.errors import BackendMissingError, ConfigError, ExportError, StageCheckError
 from bckd_pipeline.targets.tensorrt import (
@@ -978,7 +978,7 @@ def test_runtime_cuda_graph_through_cuda_python_captures_after_one_plain_enqueue
 
 
 def test_cuda_graph_enqueue_error_is_not_hidden_by_the_failing_end_capture(monkeypatch, plan):
-    from bckd_pipeline.deploy.backends.tensorrt import _capture
+    from bckd_pipeline.runtimes.tensorrt import _capture
 
     log = make_fake_cuda_and_trt(monkeypatch)
     _with_cudart(monkeypatch, log)
@@ -1074,8 +1074,10 @@ def test_modules_import_from_the_agent_subset_without_torch_or_onnx(tmp_path):
                 if name.split(".")[0] in {"torch", "onnx", "onnxruntime", "openvino", "tensorrt", "pycuda"}:
                     raise ImportError("blocked on the device: " + name)
         sys.meta_path.insert(0, Block())
-        import bckd_pipeline.targets.tensorrt, bckd_pipeline.deploy.backends.tensorrt, bckd_pipeline.device.jetson
+        import bckd_pipeline.targets.tensorrt, bckd_pipeline.runtimes.tensorrt, bckd_pipeline.device.jetson
+        import bckd_pipeline.runtimes.onnxruntime, bckd_pipeline.runtimes.registry
         import bckd_pipeline.device.agent
+        bckd_pipeline.runtimes.build_runtime("onnxruntime", "model.qdq.onnx", precision="int8")  # the fallback
         ours = [m for m in sys.modules if m.startswith("bckd_pipeline")]
         print(json.dumps({m: getattr(sys.modules[m], "__file__", None) for m in ours}))
     """)
@@ -1352,7 +1354,7 @@ def tiny_qdq_onnx(path: Path) -> None:
 
 @pytest.mark.parametrize("cuda_graph", [False, True])
 def test_real_build_and_run_matches_onnxruntime(trt_gpu, tmp_path, cuda_graph):
-    from bckd_pipeline.deploy.backends.onnxruntime import OrtRuntime
+    from bckd_pipeline.runtimes.onnxruntime import OrtRuntime
 
     onnx_path = tmp_path / "tiny.onnx"
     tiny_qdq_onnx(onnx_path)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..deploy.backends.openvino import import_openvino
+from ..runtimes.openvino import import_openvino
 from ..errors import BackendMissingError, StageCheckError
 from ..metrics import ConfusionMatrix
 from ..targets.profiles import CalibrationSpec

@@ -31,7 +31,7 @@ import numpy as np
 from ..calibrate.data import DatasetFeeds
 from ..metrics import BoundaryFScore, ConfusionMatrix
 from ..targets.profiles import ParityCriteria
-from .runtime import Runtime
+from ..runtimes.base import Runtime
 
 
 @dataclass

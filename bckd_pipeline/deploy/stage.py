@@ -24,7 +24,7 @@ def make_runtime(ctx: DeployContext, b: Built, *, streams: int = 1):
     artifact of a static ``--batch N`` is fed one image at a time like the other rows (StaticBatch)."""
     rt = _runtime(ctx, b, streams=streams)
     if ctx.spec.batch > 1 and not is_device_row(ctx, b):
-        from .runtime import StaticBatch
+        from ..runtimes import StaticBatch
 
         return StaticBatch(rt, ctx.spec.batch)
     return rt
@@ -37,7 +37,7 @@ def _runtime(ctx: DeployContext, b: Built, *, streams: int = 1):
 
         return ReplayRuntime(ctx.device, ctx.spec.input_shape(), ctx.eval_feeds.input_name)
     if b.backend is Backend.TORCH:
-        from .backends.torch import TorchRuntime
+        from ..runtimes.torch import TorchRuntime
 
         wrapper = SegExportWrapper(
             ctx.model, normalize=norm(ctx.meta) if ctx.spec.bake_normalization else None, head=ctx.spec.head
@@ -45,15 +45,16 @@ def _runtime(ctx: DeployContext, b: Built, *, streams: int = 1):
         return TorchRuntime(
             wrapper, ctx.spec.input_shape(), output_name=ctx.spec.output_name, threads=threads, name=b.name
         )
-    if b.backend is Backend.ONNXRUNTIME:
-        from .backends.onnxruntime import OrtRuntime
+    from ..runtimes import build_runtime
 
-        return OrtRuntime(b.path, threads=threads, precision=str(b.precision), name=b.name)
-    from .backends.openvino import OpenVINORuntime
-
-    dev = ctx.profile.device if ctx.plan.can_measure else "CPU"
-    return OpenVINORuntime(
-        b.path, device=dev, precision=str(b.precision), threads=threads, streams=streams, name=b.name
+    return build_runtime(
+        str(b.backend),
+        b.path,
+        device=ctx.profile.device if ctx.plan.can_measure else None,  # None: the backend's host device
+        precision=str(b.precision),
+        threads=threads,
+        streams=streams,
+        name=b.name,
     )
 
 

@@ -75,6 +75,8 @@ def _tensorrt_missing() -> list[str]:
 
 def _runtime(job: dict, work: Path, out: Path):
     """(runtime, engine section or None, fallback note or None) for this device."""
+    from ..runtimes import build_runtime
+
     missing = _tensorrt_missing()
     if not missing:
         from ..targets.tensorrt import (
@@ -84,8 +86,6 @@ def _runtime(job: dict, work: Path, out: Path):
             trtexec_command,
             write_build_script,
         )
-        from ..deploy.backends.tensorrt import TensorRTRuntime
-
         import tensorrt as trt
 
         shape = job["recipe"]["input_shape"]
@@ -96,7 +96,7 @@ def _runtime(job: dict, work: Path, out: Path):
         command = trtexec_command(job["onnx"], PLAN_FILE, recipe, version)
         # The script changes to its own folder: the ONNX is named relative to it.
         write_build_script(out / "trtexec.sh", os.path.relpath(work / job["onnx"], out), PLAN_FILE, recipe, version)
-        runtime = TensorRTRuntime(plan, name=ENGINE_ROW, precision="int8", cuda_graph=job["cuda_graph"])
+        runtime = build_runtime("tensorrt", plan, name=ENGINE_ROW, precision="int8", cuda_graph=job["cuda_graph"])
         return runtime, {"file": PLAN_FILE, "build": build, "trtexec": command}, None
     if not job.get("allow_fallback", True):
         from ..errors import BackendMissingError
@@ -105,13 +105,11 @@ def _runtime(job: dict, work: Path, out: Path):
             f"TensorRT is not usable on this device ({'; '.join(missing)}); install JetPack's TensorRT "
             "(apt install python3-libnvinfer) and pycuda, or allow the ONNX Runtime fallback."
         )
-    from ..deploy.backends.onnxruntime import OrtRuntime
-
     note = (
         f"TensorRT is not usable on this device ({'; '.join(missing)}): no engine was built; "
         "the Q/DQ ONNX was measured with ONNX Runtime on the device's CPU instead"
     )
-    return OrtRuntime(work / job["onnx"], precision="int8", name=FALLBACK_ROW), None, note
+    return build_runtime("onnxruntime", work / job["onnx"], precision="int8", name=FALLBACK_ROW), None, note
 
 
 def run_job(job_file: Path, out: Path | None = None) -> dict:

@@ -24,14 +24,15 @@ from pathlib import Path
 import numpy as np
 
 from ..calibrate.data import DatasetFeeds
-from ..deploy.runtime import Feed, Runtime, TensorSpec
+from ..runtimes.base import Feed, Runtime, TensorSpec
 from ..errors import StageCheckError
 from ..fileio import atomic_write, file_sha256
 from ..targets.profiles import LatencySpec, TargetProfile
 from .agent import JOB_FORMAT, LABELS_FILE, RESULT_FILE, RESULT_FORMAT, feed_digest
 
-# What the agent imports on the device: the Runtime lifecycle, the latency protocol, the TensorRT
-# recipe and runtime, the Jetson facts. No torch, no onnx: a Jetson image rarely has them.
+# What the agent imports on the device: the Runtime lifecycle and registry, the latency protocol, the
+# TensorRT recipe, the ONNX Runtime and TensorRT runtimes, the Jetson facts. No torch, no onnx: a Jetson
+# image rarely has them.
 AGENT_MODULES = (
     "__init__.py",
     "errors.py",
@@ -43,10 +44,11 @@ AGENT_MODULES = (
     "targets/tensorrt.py",
     "deploy/__init__.py",
     "deploy/bench.py",
-    "deploy/runtime.py",
-    "deploy/backends/__init__.py",
-    "deploy/backends/onnxruntime.py",
-    "deploy/backends/tensorrt.py",
+    "runtimes/__init__.py",
+    "runtimes/base.py",
+    "runtimes/registry.py",
+    "runtimes/onnxruntime.py",
+    "runtimes/tensorrt.py",
     "device/__init__.py",
     "device/agent.py",
     "device/jetson.py",

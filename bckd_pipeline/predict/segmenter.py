@@ -8,7 +8,7 @@
 
 Everything the model needs is read from the artifact (predict/artifact.py): input size, normalisation,
 class names. Images are resized (or letterboxed) to the model's input and the label map is mapped
-back (predict/image.py). The runtime is one of deploy/backends, kept active until ``close()`` (or the
+back (predict/image.py). The runtime is one of runtimes/, kept active until ``close()`` (or the
 end of a ``with`` block), so a Segmenter follows the Runtime lifecycle.
 """
 

@@ -244,7 +244,7 @@ def export_ir(
     import torch
 
     from ..calibrate.openvino import save_ir
-    from ..deploy.backends.openvino import import_openvino
+    from ..runtimes.openvino import import_openvino
 
     ov = import_openvino()
     model = copy.deepcopy(qmodel).eval()

@@ -35,9 +35,9 @@ from typing import Sequence
 
 import numpy as np
 
-from ...errors import BackendMissingError, ConfigError, StageCheckError
-from ...targets.tensorrt import MIN_VERSION, import_tensorrt, parse_trt_version
-from ..runtime import Feed, Runtime, TensorSpec
+from ..errors import BackendMissingError, ConfigError, StageCheckError
+from ..targets.tensorrt import MIN_VERSION, import_tensorrt, parse_trt_version
+from .base import Feed, Runtime, TensorSpec
 
 PYCUDA_HINT = (
     "pycuda is not installed: pip install pycuda (it compiles against the CUDA toolkit, so nvcc and the CUDA "
