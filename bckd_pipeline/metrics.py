@@ -33,6 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bckd_pipeline.errors import ConfigError, DataError
 from bckd_pipeline.distill.models import padded_logits
+from bckd_pipeline.tasks.segmentation import confusion_of, miou_of, per_class_iou_of
 
 ArrayLike = np.ndarray | torch.Tensor
 FeatureFn = Callable[[torch.Tensor], Sequence[torch.Tensor]]
@@ -99,23 +100,7 @@ class ConfusionMatrix:
 
     def update(self, pred: ArrayLike, target: ArrayLike) -> None:
         """Add one prediction/target pair of any matching shape (HxW or NxHxW); ignore pixels are skipped."""
-        p, t = _to_numpy(pred), _to_numpy(target)
-        if p.shape != t.shape:
-            raise DataError(
-                f"pred shape {p.shape} != target shape {t.shape}. Upsample logits to the label size "
-                "and take the argmax before updating."
-            )
-        valid = t != self.ignore_index
-        p, t = p[valid].astype(np.int64), t[valid].astype(np.int64)
-        for name, v in (("target", t), ("pred", p)):
-            if v.size and (v.min() < 0 or v.max() >= self.num_classes):
-                raise DataError(
-                    f"{name} holds label {int(v.min() if v.min() < 0 else v.max())}; allowed are "
-                    f"0..{self.num_classes - 1} and ignore_index={self.ignore_index}. Check num_classes "
-                    "and the dataset's label mapping."
-                )
-        n = self.num_classes
-        self.matrix += np.bincount(t * n + p, minlength=n * n).reshape(n, n)
+        self.matrix += confusion_of(_to_numpy(pred), _to_numpy(target), self.num_classes, self.ignore_index)
 
     def merge(self, other: ConfusionMatrix) -> ConfusionMatrix:
         """Add ``other``'s counts into this matrix (for summing across workers or ranks); return self."""
@@ -132,15 +117,11 @@ class ConfusionMatrix:
 
     def per_class_iou(self) -> np.ndarray:
         """IoU_c = TP / (TP + FP + FN) as fractions in [0, 1]; NaN for a class absent from target and pred."""
-        tp = np.diag(self.matrix).astype(np.float64)
-        union = self.matrix.sum(0) + self.matrix.sum(1) - tp
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(union > 0, tp / union, np.nan)
+        return per_class_iou_of(self.matrix)
 
     def miou(self) -> float:
         """Mean IoU in percent: 100 * nanmean_c IoU_c (NaN when no class has been seen)."""
-        iou = self.per_class_iou()
-        return float(100.0 * np.nanmean(iou)) if np.any(~np.isnan(iou)) else math.nan
+        return float(miou_of(self.matrix))
 
     def pixel_accuracy(self) -> float:
         """Pixel accuracy in percent: 100 * sum_c TP_c / (number of valid pixels)."""
