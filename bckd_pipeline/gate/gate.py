@@ -439,6 +439,8 @@ def gate(
         row = rows[stage]
         for key, limit in values.items():
             spec = keys.get(key)
+            if spec is None and key in tb.from_defaults:  # a target's default budget of another task
+                continue
             if spec is None:
                 raise ConfigError(
                     f"{budgets.path} budgets {key!r} for [{target}], a budget of another task than {report_path}'s "

@@ -109,7 +109,7 @@ class SegmentationParityMeter(ParityMeter):
     """One ledger stage: confusion per image, pixel agreement, boundary F and logit distances."""
 
     def __init__(self, num_classes: int, ignore_index: int) -> None:
-        from ..metrics import BoundaryFScore  # imported here: the gate and the device agent never measure parity
+        from .segmentation_metrics import BoundaryFScore  # imported here: scipy, which the device agent lacks
 
         self.num_classes, self.ignore_index = num_classes, ignore_index
         self.confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
@@ -192,7 +192,11 @@ class Segmentation(Task):
     )
     budget_keys = {
         "min_miou": BudgetKey(
-            "mIoU points", "min", 0.0, 100.0, "mIoU on the evaluation images",
+            "mIoU points",
+            "min",
+            0.0,
+            100.0,
+            "mIoU on the evaluation images",
             field="miou",
             label="mIoU",
             fmt=".2f",
