@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from ..errors import unknown_name
-from .base import BudgetKey, Interval, ParityMeter, SplitScore, Task
+from .base import BudgetKey, Column, Interval, ParityMeter, SplitScore, Task
 from .segmentation import SEGMENTATION
 
 DEFAULT_TASK = "segmentation"
@@ -23,4 +23,4 @@ def get_task(name: str) -> Task:
     return task
 
 
-__all__ = ["DEFAULT_TASK", "TASKS", "BudgetKey", "Interval", "ParityMeter", "SplitScore", "Task", "get_task"]
+__all__ = ["DEFAULT_TASK", "TASKS", "BudgetKey", "Column", "Interval", "ParityMeter", "SplitScore", "Task", "get_task"]

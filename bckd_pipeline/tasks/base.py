@@ -19,7 +19,8 @@ A new task is one file under ``tasks/`` with a subclass of :class:`Task`, regist
   parent (:class:`ParityMeter`), ``parity_fields`` (the report row keys it fills) and ``judge()``
   (the failures of a stage against its parent under the precision's criteria);
 - ``budget_keys``: the budgets the gate reads from a budgets file for this task;
-- ``export_heads``: the heads the exported graph may end in (the first is the default).
+- ``export_heads``: the heads the exported graph may end in (the first is the default);
+- ``columns``: the accuracy columns the report's ledger tables draw (:class:`Column`).
 
 The generic parts (the split loop, the paired bootstrap of the metric's delta) are written once here
 on top of those. This module and every task module import only numpy and the standard library at
@@ -72,6 +73,21 @@ class BudgetKey:
     example: str = "12"  # a sensible value, for messages
     default: float | None = None  # the limit when the budgets file sets none (``baseline_drop``: --baseline is
     # always judged)
+
+
+@dataclass(frozen=True)
+class Column:
+    """One accuracy column of the report's ledger tables: its header, the row field, its format and scale."""
+
+    header: str
+    field: str
+    fmt: str = ".2f"
+    scale: float = 1.0  # e.g. 100 for a fraction shown in percent
+
+    def value(self, row: Mapping[str, Any]) -> float | None:
+        """The row's value in the column's scale (None: not measured)."""
+        v = row.get(self.field)
+        return v if v is None or self.scale == 1.0 else self.scale * v
 
 
 class SplitScore:
@@ -136,6 +152,7 @@ class Task(ABC):
     parity_fields: tuple[str, ...]
     budget_keys: Mapping[str, BudgetKey]
     export_heads: tuple[str, ...]
+    columns: tuple[Column, ...]  # the accuracy columns of the report's ledger tables
 
     @abstractmethod
     def prediction_of(self, output: np.ndarray) -> np.ndarray:

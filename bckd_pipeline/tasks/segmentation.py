@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError
-from .base import BudgetKey, ParityMeter, Task
+from .base import BudgetKey, Column, ParityMeter, Task
 
 BOUNDARY_TOLERANCE_PX = 2
 
@@ -238,6 +238,11 @@ class Segmentation(Task):
         ),
     }
     export_heads = ("logits", "argmax")
+    columns = (
+        Column("mIoU", "miou"),
+        Column("ΔmIoU", "miou_delta", "+.3f"),
+        Column("agreement %", "pixel_agreement", ".3f", 100.0),
+    )
     criteria = {"fp32": FLOAT_PARITY, "fp16": FP16_PARITY, "int8": INT8_PARITY}
     int8_budgets = INT8_BUDGETS
 
