@@ -28,6 +28,7 @@ from .export.source import ModelSource
 from .export.wrapper import INPUT_NAME, ExportSpec
 from .targets import TargetProfile
 from .targets.profiles import CalibrationSpec, LatencySpec
+from .tasks import DEFAULT_TASK, Task, get_task
 
 CHECK_IMAGES = 4  # real evaluation images each rewrite is checked on
 
@@ -198,6 +199,11 @@ class DeployContext:
     device: DeviceOutcome | None = None  # TensorRT targets: the engine built and measured on the device
     source: ModelSource | None = None  # None: a checkpoint
     onnx: OnnxInfo | None = None  # --onnx: the user's graph's input, output, opset and metadata
+
+    @property
+    def task(self) -> Task:
+        """The run's task (tasks/): what a prediction is, how it is scored and judged."""
+        return get_task(DEFAULT_TASK)
 
     @classmethod
     def create(

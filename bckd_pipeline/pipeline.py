@@ -331,7 +331,16 @@ def deploy_stages(ctx: DeployContext, cache: StageCache, summary: dict | None) -
     with steps.stage("report") as step:
         masks = qualitative_stage(ctx, out, cache, built, summary, parity)
         report = build_report(
-            ctx, summary, built, parity, latency, export_check, simplify_check, calibration, masks, qat=qat
+            ctx,
+            summary=summary,
+            built=built,
+            parity=parity,
+            latency=latency,
+            export_check=export_check,
+            simplify_check=simplify_check,
+            calibration=calibration,
+            masks=masks,
+            qat=qat,
         )
         write_manifest(ctx, out, built, report, calibration)
         combined = write_reports(out, report, ctx.profile.key)  # the target's reports, then the folder's view

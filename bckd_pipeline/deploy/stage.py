@@ -3,7 +3,6 @@ and ``make_runtime``, which picks the Runtime for a ledger row."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 
 from ..cache import StageCache, stage_key
@@ -115,9 +114,10 @@ def parity_stage(ctx: DeployContext, out: Path, cache: StageCache, built: list[B
             keep_labels=MASK_IMAGES,  # report.html's masks of the distilled and deployed models
             tick=tick,
             fine_tuned=frozenset({QAT_ROW}),
+            task=ctx.task,
         )
     result = {
-        "stages": {s.name: asdict(s) for s in report.stages},
+        "stages": {s.name: s.as_dict() for s in report.stages},
         "culprit": None if report.culprit is None else report.culprit.name,
         "per_image": save_parity_images(out, report, ctx.eval_feeds, name),
     }

@@ -1,8 +1,9 @@
 """The device-side agent: build the TensorRT engine where it will run, then parity and latency there.
 
 It is shipped to the device as ``agent.pyz`` (a zipapp of this file and the few modules it needs:
-the Runtime lifecycle, the latency protocol, the TensorRT build recipe and runtime, the Jetson facts;
-no torch, no onnx) beside ``job.json``, the Q/DQ ONNX and the evaluation images, and run as::
+the Runtime lifecycle, the latency protocol, the TensorRT build recipe and runtime, the Jetson facts,
+the task that turns raw outputs into predictions; no torch, no onnx) beside ``job.json``, the Q/DQ
+ONNX and the evaluation images, and run as::
 
     python3 agent.pyz job.json [OUTPUT_DIR]
 
@@ -33,6 +34,7 @@ import numpy as np
 
 from ..fileio import atomic_write, file_sha256
 from ..ledger import ENGINE_ROW, FALLBACK_ROW
+from ..tasks import DEFAULT_TASK, get_task
 
 JOB_FORMAT = "bckd-pipeline/device-job-v1"
 RESULT_FORMAT = "bckd-pipeline/device-result-v1"
@@ -129,13 +131,14 @@ def run_job(job_file: Path, out: Path | None = None) -> dict:
     started = time.time()
     with np.load(work / job["feeds"]) as data:
         images = data["images"]
+    task = get_task(job.get("task", DEFAULT_TASK))
     facts = _facts()
     runtime, engine, fallback = _runtime(job, work, out)
     with runtime:
         labels = []
         for image in images:
             output = next(iter(runtime.infer({job["input_name"]: image[None]}).values()))
-            labels.append(output.argmax(1)[0] if output.ndim == 4 else output[0])
+            labels.append(task.prediction_of(output)[0])
         feeds = [{job["input_name"]: image[None]} for image in images[:LATENCY_IMAGES]]
         latency = benchmark(runtime, feeds, LatencySpec(**job["latency"])).as_dict()
     stacked = np.stack(labels)

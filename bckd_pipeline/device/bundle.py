@@ -31,8 +31,8 @@ from ..targets.profiles import LatencySpec, TargetProfile
 from .agent import JOB_FORMAT, LABELS_FILE, RESULT_FILE, RESULT_FORMAT, feed_digest
 
 # What the agent imports on the device: the Runtime lifecycle and registry, the latency protocol, the
-# TensorRT recipe, the ONNX Runtime and TensorRT runtimes, the Jetson facts. No torch, no onnx: a Jetson
-# image rarely has them.
+# TensorRT recipe, the ONNX Runtime and TensorRT runtimes, the Jetson facts, the task (raw outputs ->
+# predictions). No torch, no onnx: a Jetson image rarely has them.
 AGENT_MODULES = (
     "__init__.py",
     "errors.py",
@@ -52,6 +52,9 @@ AGENT_MODULES = (
     "device/__init__.py",
     "device/agent.py",
     "device/jetson.py",
+    "tasks/__init__.py",
+    "tasks/base.py",
+    "tasks/segmentation.py",
 )
 TENSORRT_DIR = "deploy/tensorrt"  # in OUT: bundle/ (what ships) and device/ (what came back)
 BUNDLE_FILES = ("job.json", "model.qdq.onnx", "feeds.npz", "agent.pyz", "build_engine.sh", "README.txt")

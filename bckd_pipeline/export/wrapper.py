@@ -19,9 +19,10 @@ from torch import nn
 from ..data.base import Normalization
 from ..distill.models import padded_logits
 from ..errors import ConfigError
+from ..tasks.segmentation import SEGMENTATION
 
 Head = Literal["logits", "argmax"]
-HEADS = ("logits", "argmax")
+HEADS = SEGMENTATION.export_heads  # the task's heads; the first is the default
 INPUT_NAME = "image"
 OUTPUT_NAMES = {"logits": "logits", "argmax": "labels"}
 DYNAMIC_AXES = ("batch", "height", "width")
