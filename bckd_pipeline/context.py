@@ -25,6 +25,7 @@ from .ledger import DEVICE_LABELS_FILE
 from .model_spec import ExportSpec, ModelSource, OnnxInfo
 from .targets import TargetProfile
 from .targets.profiles import CalibrationSpec, LatencySpec
+from .tasks import DEFAULT_TASK, Task, get_task
 
 CHECK_IMAGES = 4  # real evaluation images each rewrite is checked on
 
@@ -64,7 +65,7 @@ class QatConfig:
     seed: int = 0
     teacher: Path | None = None
     distill: DistillConfig | None = None  # run: the run's --kd/--bckd; None: DistillConfig() (kd+bckd)
-    # --qat-kd: the fine-tune's terms; "none" is cross-entropy alone (the default: it was never beaten where measured)
+    # --qat-kd: the fine-tune's terms; "none" is cross-entropy alone (the default, docs/decisions.md)
     kd: str = "none"
 
 
@@ -220,6 +221,11 @@ class DeployContext:
     device: DeviceOutcome | None = None  # TensorRT targets: the engine built and measured on the device
     source: ModelSource | None = None  # None: a checkpoint
     onnx: OnnxInfo | None = None  # --onnx: the user's graph's input, output, opset and metadata
+
+    @property
+    def task(self) -> Task:
+        """The run's task (tasks/): what a prediction is, how it is scored and judged."""
+        return get_task(DEFAULT_TASK)
 
     @property
     def profile(self) -> TargetProfile:

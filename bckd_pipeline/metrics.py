@@ -33,6 +33,13 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bckd_pipeline.errors import ConfigError, DataError
 from bckd_pipeline.inference import padded_logits
+from bckd_pipeline.tasks.segmentation import confusion_of, miou_of, per_class_iou_of
+from bckd_pipeline.tasks.segmentation_metrics import (  # noqa: F401  (BoundaryFScore: imported from here too)
+    BoundaryFScore,
+    boundary_map,
+    distance_to,
+    mask_ignored,
+)
 
 ArrayLike = np.ndarray | torch.Tensor
 FeatureFn = Callable[[torch.Tensor], Sequence[torch.Tensor]]
@@ -59,13 +66,6 @@ def _pair_hw(pred: ArrayLike, ref: ArrayLike, what: str) -> tuple[np.ndarray, np
             f"{r.shape}. Pass one image at a time (index the batch) at label resolution."
         )
     return p, r
-
-
-def _mask_ignored(pred: np.ndarray, ref: np.ndarray, ignore_index: int) -> np.ndarray:
-    """Return a copy of ``pred`` with the reference's ignore pixels set to ``ignore_index``."""
-    out = pred.astype(np.int64, copy=True)
-    out[ref == ignore_index] = ignore_index
-    return out
 
 
 def _nan_to_none(x: float) -> float | None:
@@ -99,23 +99,7 @@ class ConfusionMatrix:
 
     def update(self, pred: ArrayLike, target: ArrayLike) -> None:
         """Add one prediction/target pair of any matching shape (HxW or NxHxW); ignore pixels are skipped."""
-        p, t = _to_numpy(pred), _to_numpy(target)
-        if p.shape != t.shape:
-            raise DataError(
-                f"pred shape {p.shape} != target shape {t.shape}. Upsample logits to the label size "
-                "and take the argmax before updating."
-            )
-        valid = t != self.ignore_index
-        p, t = p[valid].astype(np.int64), t[valid].astype(np.int64)
-        for name, v in (("target", t), ("pred", p)):
-            if v.size and (v.min() < 0 or v.max() >= self.num_classes):
-                raise DataError(
-                    f"{name} holds label {int(v.min() if v.min() < 0 else v.max())}; allowed are "
-                    f"0..{self.num_classes - 1} and ignore_index={self.ignore_index}. Check num_classes "
-                    "and the dataset's label mapping."
-                )
-        n = self.num_classes
-        self.matrix += np.bincount(t * n + p, minlength=n * n).reshape(n, n)
+        self.matrix += confusion_of(_to_numpy(pred), _to_numpy(target), self.num_classes, self.ignore_index)
 
     def merge(self, other: ConfusionMatrix) -> ConfusionMatrix:
         """Add ``other``'s counts into this matrix (for summing across workers or ranks); return self."""
@@ -132,15 +116,11 @@ class ConfusionMatrix:
 
     def per_class_iou(self) -> np.ndarray:
         """IoU_c = TP / (TP + FP + FN) as fractions in [0, 1]; NaN for a class absent from target and pred."""
-        tp = np.diag(self.matrix).astype(np.float64)
-        union = self.matrix.sum(0) + self.matrix.sum(1) - tp
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(union > 0, tp / union, np.nan)
+        return per_class_iou_of(self.matrix)
 
     def miou(self) -> float:
         """Mean IoU in percent: 100 * nanmean_c IoU_c (NaN when no class has been seen)."""
-        iou = self.per_class_iou()
-        return float(100.0 * np.nanmean(iou)) if np.any(~np.isnan(iou)) else math.nan
+        return float(miou_of(self.matrix))
 
     def pixel_accuracy(self) -> float:
         """Pixel accuracy in percent: 100 * sum_c TP_c / (number of valid pixels)."""
@@ -149,82 +129,8 @@ class ConfusionMatrix:
 
 
 # ---------------------------------------------------------------------------------------------
-# boundaries
+# boundaries: boundary_map and BoundaryFScore live in tasks/segmentation_metrics.py (no torch)
 # ---------------------------------------------------------------------------------------------
-def boundary_map(labels: ArrayLike, ignore_index: int = 255) -> np.ndarray:
-    """Boolean HxW map of class-agnostic semantic boundary pixels.
-
-    A pixel p is a boundary pixel when p is valid and some q in its 8-neighbourhood is valid with
-    label(q) != label(p) (spec section 2, Eq. 24-25 "Boundaries"). Ignore pixels are never boundary
-    pixels and never make a neighbour one; the image border is not a boundary. Consequence: a class
-    change hidden behind an ignore band (e.g. VOC's 255 outlines) yields no boundary.
-    """
-    lab = _to_numpy(labels)
-    if lab.ndim != 2:
-        raise DataError(f"boundary_map takes one HxW label map; got shape {lab.shape}. Index the batch.")
-    h, w = lab.shape
-    valid = lab != ignore_index
-    lab_p = np.pad(lab, 1, mode="edge")
-    valid_p = np.pad(valid, 1, constant_values=False)
-    out = np.zeros((h, w), dtype=bool)
-    for dy in (-1, 0, 1):
-        for dx in (-1, 0, 1):
-            if dy or dx:
-                sl = (slice(1 + dy, 1 + dy + h), slice(1 + dx, 1 + dx + w))
-                out |= valid_p[sl] & (lab_p[sl] != lab)
-    return out & valid
-
-
-def _distance_to(mask: np.ndarray, empty: float = math.inf) -> np.ndarray:
-    """Euclidean distance from every pixel to the nearest True pixel of ``mask`` (``empty`` if none)."""
-    if not mask.any():
-        return np.full(mask.shape, empty)
-    return ndimage.distance_transform_edt(~mask)
-
-
-class BoundaryFScore:
-    """Dataset-level boundary F-score with a pixel tolerance, on class-agnostic boundaries.
-
-    With ∂P, ∂G the boundary pixels of prediction and target (:func:`boundary_map`) and d(x, S) the
-    Euclidean distance from x to the set S (distance transform), summed over all images:
-
-        precision = #{a ∈ ∂P : d(a, ∂G) <= tol} / #∂P
-        recall    = #{b ∈ ∂G : d(b, ∂P) <= tol} / #∂G
-        F         = 2 P R / (P + R)
-
-    All three are in percent. P (R) is NaN while no predicted (target) boundary pixel has been seen; F is
-    NaN when both are, and otherwise treats an undefined side as 0.
-    """
-
-    def __init__(self, tolerance_px: int = 2, ignore_index: int = 255) -> None:
-        if tolerance_px < 0:
-            raise ConfigError(f"tolerance_px must be >= 0; got {tolerance_px}. 2 px is the usual value.")
-        self.tolerance_px = tolerance_px
-        self.ignore_index = ignore_index
-        self.pred_matched = self.pred_total = self.target_matched = self.target_total = 0
-
-    def update(self, pred_hw: ArrayLike, target_hw: ArrayLike) -> None:
-        """Add one HxW prediction/target pair; prediction pixels under target ignore pixels are dropped."""
-        pred, target = _pair_hw(pred_hw, target_hw, "BoundaryFScore.update")
-        bp = boundary_map(_mask_ignored(pred, target, self.ignore_index), self.ignore_index)
-        bg = boundary_map(target, self.ignore_index)
-        self.pred_total += int(bp.sum())
-        self.target_total += int(bg.sum())
-        self.pred_matched += int((_distance_to(bg)[bp] <= self.tolerance_px).sum())
-        self.target_matched += int((_distance_to(bp)[bg] <= self.tolerance_px).sum())
-
-    def compute(self) -> dict[str, float]:
-        """Return ``{"precision", "recall", "f_score"}`` in percent (see the class docstring for NaNs)."""
-        p = 100.0 * self.pred_matched / self.pred_total if self.pred_total else math.nan
-        r = 100.0 * self.target_matched / self.target_total if self.target_total else math.nan
-        if math.isnan(p) and math.isnan(r):
-            f = math.nan
-        else:
-            p0, r0 = np.nan_to_num(p), np.nan_to_num(r)
-            f = float(2 * p0 * r0 / (p0 + r0)) if p0 + r0 > 0 else 0.0
-        return {"precision": p, "recall": r, "f_score": f}
-
-
 # ---------------------------------------------------------------------------------------------
 # LHD, Eq. (24)-(25)
 # ---------------------------------------------------------------------------------------------
@@ -251,12 +157,12 @@ def lhd(pred_hw: ArrayLike, ref_hw: ArrayLike, k: int = 5, ignore_index: int = 2
     if k < 0:
         raise ConfigError(f"LHD neighbourhood radius k must be >= 0; got {k}. The paper uses k=5.")
     pred, ref = _pair_hw(pred_hw, ref_hw, "lhd")
-    bp = boundary_map(_mask_ignored(pred, ref, ignore_index), ignore_index)
+    bp = boundary_map(mask_ignored(pred, ref, ignore_index), ignore_index)
     bg = boundary_map(ref, ignore_index)
     if not bg.any():
         return math.nan
-    a = np.where(bp, _distance_to(bg), 0.0)  # a ∈ ∂P: min_b ||a-b||
-    b = np.where(bg, _distance_to(bp, empty=math.hypot(*ref.shape)), 0.0)  # b ∈ ∂G: min_a ||a-b||
+    a = np.where(bp, distance_to(bg), 0.0)  # a ∈ ∂P: min_b ||a-b||
+    b = np.where(bg, distance_to(bp, empty=math.hypot(*ref.shape)), 0.0)  # b ∈ ∂G: min_a ||a-b||
     disk = _disk(k)
     local = np.maximum(
         ndimage.maximum_filter(a, footprint=disk, mode="constant", cval=0.0),
@@ -323,7 +229,7 @@ class FragmentStats:
     def update(self, pred_hw: ArrayLike, ref_hw: ArrayLike) -> None:
         """Add one HxW prediction/reference pair."""
         pred, ref = _pair_hw(pred_hw, ref_hw, "FragmentStats.update")
-        n_pred = _components_per_class(_mask_ignored(pred, ref, self.ignore_index), self.ignore_index)
+        n_pred = _components_per_class(mask_ignored(pred, ref, self.ignore_index), self.ignore_index)
         n_ref = _components_per_class(ref, self.ignore_index)
         self.num_images += 1
         self.pred_total += sum(n_pred.values())

@@ -3,7 +3,7 @@
 ``ModelSource`` (and ``ModelHints``, what its flags add) is what ``deploy`` was given; ``ExportSpec`` is
 everything that decides the exported graph (size, batch, opset, head, baked normalisation, dynamic axes)
 and the I/O names every runtime sees; ``OnnxInfo`` is a user's ONNX as ``export/own_onnx.py`` read it.
-The stages, the context they share and the command line all speak these; standard library only.
+The stages, the context they share and the command line all speak these; no torch (the heads are the task's).
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Literal
 
 from .errors import ConfigError
+from .tasks.segmentation import SEGMENTATION
 
 Head = Literal["logits", "argmax"]
-HEADS = ("logits", "argmax")
+HEADS = SEGMENTATION.export_heads  # the task's heads; the first is the default
 INPUT_NAME = "image"
 OUTPUT_NAMES = {"logits": "logits", "argmax": "labels"}
 DYNAMIC_AXES = ("batch", "height", "width")

@@ -71,7 +71,7 @@ class ParityImages:
 
 
 def load_parity_images(report: dict, report_path: Path) -> ParityImages | None:
-    """The report's per-image confusions, or None for a report written before they were kept.
+    """The report's per-image confusions, or None for a report that has no ``parity_images``.
 
     Raises DataError when the report names the file but it is missing or altered: a gate must not
     fall back silently to a weaker check because a file was not copied with the report.

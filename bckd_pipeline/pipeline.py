@@ -288,9 +288,6 @@ def deploy_model(
     return _each_target(the_plans, context, StageCache(out), None)
 
 
-deploy_checkpoint = deploy_model  # the name before models other than checkpoints were taken
-
-
 def _deploy_identity(source: ModelSource, data: DataConfig) -> dict:
     return {"data": data.spec, **source.identity()}
 
@@ -334,7 +331,16 @@ def deploy_stages(ctx: DeployContext, cache: StageCache, summary: dict | None) -
     with steps.stage("report") as step:
         masks = qualitative_stage(ctx, out, cache, built, summary, parity)
         report = build_report(
-            ctx, summary, built, parity, latency, export_check, simplify_check, calibration, masks, qat=qat
+            ctx,
+            summary=summary,
+            built=built,
+            parity=parity,
+            latency=latency,
+            export_check=export_check,
+            simplify_check=simplify_check,
+            calibration=calibration,
+            masks=masks,
+            qat=qat,
         )
         write_manifest(ctx, out, built, report, calibration)
         combined = write_reports(out, report, ctx.profile.key)  # the target's reports, then the folder's view

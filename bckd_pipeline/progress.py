@@ -1,4 +1,4 @@
-"""What a user sees while the deployment stages work (issue 13).
+"""What a user sees while the deployment stages work.
 
 Every stage after training prints one line on stderr when it starts and one when it ends, with its
 time and its headline figure (``stage parity [onnxruntime-cpu]: done in 3.1 s (onnxruntime-int8:

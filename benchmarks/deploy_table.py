@@ -23,7 +23,7 @@ from pathlib import Path
 
 from bckd_pipeline.data.feeds import DatasetFeeds, pick_indices
 from bckd_pipeline.data import build_dataset
-from bckd_pipeline.deploy.backends.onnxruntime import OrtRuntime
+from bckd_pipeline.runtimes.onnxruntime import OrtRuntime
 from bckd_pipeline.deploy.bench import benchmark
 from bckd_pipeline.deploy.parity import compare
 from bckd_pipeline.targets.profiles import INT8_PARITY, LatencySpec

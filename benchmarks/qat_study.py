@@ -1,4 +1,4 @@
-"""Issue 15 §3: does teacher-guided QAT recover what PTQ loses, and does the teacher beat CE alone?
+"""Does teacher-guided QAT recover what PTQ loses, and does the teacher beat CE alone?
 
     python benchmarks/qat_study.py --data camvid:.bench/camvid96 \
         --model .bench/study96-pt/teacher/teacher.pt --teacher .bench/study96/teacher/teacher.pt \

@@ -1,10 +1,10 @@
-"""The quantization table (issue 15, section 1): what each INT8 flavour costs each student, measured first.
+"""The quantization table: what each INT8 flavour costs each student, measured first.
 
 For every student preset distilled on CamVid and every INT8 flavour the pipeline can make, against the
 FP32 ONNX of the same student:
 
 - ΔmIoU with a paired-bootstrap 95 % interval over the val images (images resampled, the mIoU of both
-  models recomputed from per-image confusion matrices: gate/noise.py::bootstrap_delta_miou, two-sided),
+  models recomputed from per-image confusion matrices: Task.bootstrap_delta in tasks/base.py, two-sided),
   pixel agreement with FP32 and boundary F (metrics.py::BoundaryFScore, 2 px): at the training size only,
   where the students were trained;
 - latency (deploy/bench.py's protocol, batch 1) at the training size, at CamVid's native 360x480 and at
@@ -407,8 +407,8 @@ def runtime(path: Path, threads: int | None, precision: str):
 def score(ref_path: Path, path: Path, feeds, *, num_classes: int, ignore_index: int, opts: Options) -> dict:
     """ΔmIoU vs the FP32 ONNX with its paired-bootstrap 95 % interval, pixel agreement, boundary F."""
     from bckd_pipeline.deploy.parity import LedgerStage, ledger
-    from bckd_pipeline.gate.noise import bootstrap_delta_miou
     from bckd_pipeline.targets.profiles import INT8_PARITY
+    from bckd_pipeline.tasks.segmentation import SEGMENTATION
 
     with runtime(ref_path, opts.threads, "fp32") as ref, runtime(path, opts.threads, "int8") as cand:
         report = ledger(
@@ -423,7 +423,7 @@ def score(ref_path: Path, path: Path, feeds, *, num_classes: int, ignore_index: 
         )
     fp32, int8 = report.stage("fp32"), report.stage("int8")
     # One-sided bounds at 0.975 are the 2.5th and 97.5th percentiles: a two-sided 95 % interval.
-    ci = bootstrap_delta_miou(
+    ci = SEGMENTATION.bootstrap_delta(
         report.per_image["int8"], report.per_image["fp32"], confidence=0.975, resamples=opts.resamples, seed=opts.seed
     )
     return {

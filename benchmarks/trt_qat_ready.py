@@ -1,4 +1,4 @@
-"""Is the TensorRT QAT Q/DQ ONNX TensorRT-ready on real students? (issue 15: "writes the TensorRT-ready Q/DQ ONNX")
+"""Is the TensorRT QAT Q/DQ ONNX TensorRT-ready on real students?
 
     python benchmarks/trt_qat_ready.py --data camvid:.bench/camvid96 \
         --student deeplabv3plus-mbv2=.bench/study96/kd+bckd/s0/student.pt ... --json docs/results/trt_qat_ready_cpu.json

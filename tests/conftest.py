@@ -1,7 +1,7 @@
 """Shared test setup, kept small.
 
 One intra-op thread: every tensor in these tests is tiny, and on a 2-core machine shared with
-other jobs, OpenMP threads that spin-wait for a busy core make each op 10-100x slower.
+other jobs, OpenMP threads that spin-wait for a busy core make each op many times slower.
 """
 
 import torch
@@ -9,7 +9,7 @@ import torch
 torch.set_num_threads(1)
 
 
-# --- issue 5: one real `run --preset smoke` shared by test_gate.py, test_html.py and test_ci_examples.py ---
+# --- one real `run --preset smoke` shared by test_gate.py, test_html.py and test_ci_examples.py ---
 import pytest  # noqa: E402
 
 GATE_RUN_FLAGS = [

@@ -10,7 +10,9 @@
 - Parsing the command line imports none of torch, onnx, onnxruntime, openvino: ``--help``, every
   command's ``--help`` and ``gate`` on a report start fast.
 
-The checkers take the package's root folder, so they can be pointed at any tree of the package.
+The checkers take the package's root folder, so they can be pointed at any tree of the package. They are
+tested on small made-up graphs (``test_the_checker_sees_a_circle``, ``test_the_graph_sees_lazy_and_relative_imports``,
+``test_the_layer_checker_sees_upward_imports_and_package_circles``), so a rule that passes here is one that can fail.
 """
 
 from __future__ import annotations
@@ -120,6 +122,7 @@ def test_imports_run_from_the_command_line_down():
 def test_the_graph_sees_lazy_and_relative_imports():
     """Sanity of the walker on this tree: a lazy, relative, two-level import is an edge."""
     graph = import_graph()
+    assert "bckd_pipeline.runtimes.torch" in graph["bckd_pipeline.deploy.stage"]
     assert "bckd_pipeline.deploy.replay" in graph["bckd_pipeline.deploy.stage"]
     assert "bckd_pipeline.ledger" in graph["bckd_pipeline.device.agent"]
 

@@ -106,7 +106,7 @@ def test_identity_fusion_leaves_the_relation_of_equal_features_unchanged():
     fused = torch.nn.functional.normalize(identity([f], (6, 8)), dim=1)
     raw = torch.nn.functional.normalize(f, dim=1)
     assert float(relation_kl(fused, raw, **q)) == pytest.approx(0.0, abs=1e-7)
-    # The old default, a frozen random projection, moves the cosines: the relation is not the teacher's.
+    # A frozen random projection (the "frozen" option) moves the cosines: the relation is not the teacher's.
     frozen = torch.nn.functional.normalize(TeacherFusion([12], 4, "frozen", gen)([f], (6, 8)), dim=1)
     assert float(relation_kl(frozen, raw, **q)) > 1e-3
     # The default (per-stage normalisation) keeps a single stage's cosine relation exactly.

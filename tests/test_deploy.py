@@ -9,10 +9,10 @@ import pytest
 from deploy_fixtures import HW, NUM_CLASSES, demo_feeds, tiny_checkpoint
 
 from bckd_pipeline.calibrate.onnxruntime import quantize_ort
-from bckd_pipeline.deploy.backends.onnxruntime import OrtRuntime
+from bckd_pipeline.runtimes.onnxruntime import OrtRuntime
 from bckd_pipeline.deploy.bench import benchmark, synthetic_feeds
 from bckd_pipeline.deploy.parity import LedgerStage, compare, ledger
-from bckd_pipeline.deploy.runtime import Runtime, TensorSpec
+from bckd_pipeline.runtimes.base import Runtime, TensorSpec
 from bckd_pipeline.distill.checkpoint import load_model
 from bckd_pipeline.errors import ConfigError
 from bckd_pipeline.export import simplify, to_onnx
@@ -160,7 +160,8 @@ def test_ort_int8_qdq_is_per_channel_and_close_to_fp32(artifacts):
 @pytest.mark.parametrize("method", ["entropy", "percentile"])
 def test_ort_calibration_methods(artifacts, method, tmp_path):
     """Each method gives its own activation ranges: ORT's entropy calibrator, as quantize_static builds it,
-    returned MinMax's ranges exactly (a byte-identical file) until its histogram was made finer."""
+    returns MinMax's ranges exactly (a byte-identical file), so the project computes entropy ranges on a finer
+    histogram (calibrate/onnxruntime.py)."""
     import onnx
     from onnx import numpy_helper
 
@@ -184,7 +185,7 @@ def test_openvino_fp32_fp16_and_nncf_int8(artifacts):
     pytest.importorskip("openvino")
     pytest.importorskip("nncf")
     from bckd_pipeline.calibrate.openvino import quantize_ir, to_ir
-    from bckd_pipeline.deploy.backends.openvino import OpenVINORuntime
+    from bckd_pipeline.runtimes.openvino import OpenVINORuntime
 
     folder, sim, calib = artifacts
     fp32 = to_ir(sim, folder / "ov/fp32/model.xml", fp16=False)
@@ -224,7 +225,7 @@ def test_openvino_accuracy_controlled_quantization(artifacts):
     )
     assert int8.is_file() and settings["accuracy_control"] and settings["max_miou_drop"] == 0.5
     # The contract: on the validation images NNCF judged, INT8 stays within 0.5 mIoU of FP32.
-    from bckd_pipeline.deploy.backends.openvino import OpenVINORuntime
+    from bckd_pipeline.runtimes.openvino import OpenVINORuntime
 
     with OpenVINORuntime(fp32) as ref, OpenVINORuntime(int8, precision="int8") as rt:
         row = compare(ref, rt, demo_feeds(), criteria=ParityCriteria(0.5, 0.0), num_classes=NUM_CLASSES)
@@ -233,7 +234,7 @@ def test_openvino_accuracy_controlled_quantization(artifacts):
 
 def test_openvino_absent_device_is_a_clear_error(artifacts):
     pytest.importorskip("openvino")
-    from bckd_pipeline.deploy.backends.openvino import OpenVINORuntime
+    from bckd_pipeline.runtimes.openvino import OpenVINORuntime
     from bckd_pipeline.targets.availability import openvino_devices
 
     if "NPU" in openvino_devices():

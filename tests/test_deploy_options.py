@@ -1,4 +1,4 @@
-"""Issue 13, "the choices users expect": --precision fp32|fp16|int8 for the deployed artifact, --batch N (a static
+"""The choices users expect: --precision fp32|fp16|int8 for the deployed artifact, --batch N (a static
 batch), --int8-exclude NAME_OR_OPTYPE (ORT nodes_to_exclude / op_types_to_quantize, NNCF ignored_scope), each in
 the ledger and the manifest; and the flag names (one meaning each, old spellings kept one release with a warning)."""
 

@@ -12,7 +12,7 @@ import torch
 from deploy_fixtures import HW, NUM_CLASSES, demo_feeds, tiny_checkpoint
 
 from bckd_pipeline.data.base import Normalization
-from bckd_pipeline.deploy.backends.onnxruntime import OrtRuntime
+from bckd_pipeline.runtimes.onnxruntime import OrtRuntime
 from bckd_pipeline.distill.checkpoint import load_model
 from bckd_pipeline.errors import ConfigError, ExportError, StageCheckError
 from bckd_pipeline.export import SegExportWrapper, load_onnx, read_metadata, simplify, to_onnx

@@ -14,9 +14,12 @@ from test_cli import assert_clean_error, run_cli
 
 from bckd_pipeline.gate.budgets import GateSettings, parse_budgets
 from bckd_pipeline.gate.gate import gate
-from bckd_pipeline.gate.noise import bootstrap_delta_miou, bootstrap_median_ratio, latency_regressed, miou_of
+from bckd_pipeline.gate.noise import bootstrap_median_ratio, latency_regressed
 from bckd_pipeline.errors import ConfigError
 from bckd_pipeline.metrics import ConfusionMatrix
+from bckd_pipeline.tasks.segmentation import SEGMENTATION, miou_of
+
+bootstrap_delta_miou = SEGMENTATION.bootstrap_delta
 
 DEPLOYED = "onnxruntime-int8"
 

@@ -21,7 +21,7 @@ from torch import nn
 
 from bckd_pipeline.calibrate.onnxruntime import quantize_ort
 from bckd_pipeline.calibrate.tensorrt import check_tensorrt_qdq, quantize_for_tensorrt
-from bckd_pipeline.deploy.backends.onnxruntime import OrtRuntime
+from bckd_pipeline.runtimes.onnxruntime import OrtRuntime
 from bckd_pipeline.deploy.parity import compare
 from bckd_pipeline.errors import ConfigError, StageCheckError
 from bckd_pipeline.targets import TARGETS, Backend, check_availability, get_target
@@ -126,8 +126,9 @@ def _edit_add(src: Path, dst: Path, *, strip: str) -> None:
 def test_the_check_accepts_model_optimizer_placement_and_both_quantized_but_not_a_bare_residual(
     residual_onnx, tmp_path
 ):
-    """Model Optimizer leaves the conv side of residual Adds unquantized: that passes. Q/DQ on both inputs (the old
-    placement) still passes. Only a residual input without Q/DQ fails: TensorRT could not fuse the Add in INT8."""
+    """Model Optimizer leaves the conv side of residual Adds unquantized: that passes. Q/DQ on both inputs (ONNX
+    Runtime's placement) passes too. Only a residual input without Q/DQ fails: TensorRT could not fuse the Add
+    in INT8."""
     import onnx
 
     from bckd_pipeline.calibrate.onnxruntime import quantize_qdq
@@ -136,7 +137,7 @@ def test_the_check_accepts_model_optimizer_placement_and_both_quantized_but_not_
     calib = demo_feeds("train", n=4)
     path, _ = quantize_for_tensorrt(residual_onnx, tmp_path / "ours.onnx", calib, CalibrationSpec(size=4))
     assert check_tensorrt_qdq(path) == []  # what modelopt writes: conv side bare, residual quantized
-    both = tmp_path / "both.onnx"  # the old placement, straight from ONNX Runtime
+    both = tmp_path / "both.onnx"  # Q/DQ on both inputs, straight from ONNX Runtime
     extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False, "DedicatedQDQPair": True}
     quantize_qdq(residual_onnx, both, calib, CalibrationSpec(size=4), activation_type="QInt8",
                  op_types=list(QUANTIZED_OPS), extra=extra)  # fmt: skip
@@ -495,7 +496,7 @@ def test_engine_path_end_to_end_with_stand_ins_for_tensorrt(jetson_run, tmp_path
     from test_tensorrt import make_fake_trt
 
     import bckd_pipeline.device.agent as agent
-    import bckd_pipeline.deploy.backends.tensorrt as trt_backend
+    import bckd_pipeline.runtimes.tensorrt as trt_backend
     import bckd_pipeline.pipeline as pipeline
     from bckd_pipeline.targets import Availability
 

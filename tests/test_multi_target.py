@@ -1,4 +1,4 @@
-"""Several targets in one run folder (issue 13): one ledger over every target and precision on the same
+"""Several targets in one run folder: one ledger over every target and precision on the same
 images, each target's files in its own folder, per-target reports plus the folder's combined view; a
 second target run into the folder never overwrites the first's report or drops its artifacts."""
 

@@ -244,7 +244,7 @@ def test_out_folder_with_foreign_or_another_runs_files(smoke_run, tmp_path, caps
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
     rc, _, err = run_cli(capsys, "run", *SMOKE, "--out", foreign, "--dry-run")
-    assert_clean_error(rc, err, foreign)  # a dry run writes nothing, but checks what a run would refuse (issue 13)
+    assert_clean_error(rc, err, foreign)  # a dry run writes nothing, but checks what a run would refuse
     assert "did not write" in err
     rc, _, err = run_cli(capsys, "run", *SMOKE, "--out", foreign)
     assert_clean_error(rc, err, foreign)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bckd_pipeline.deploy.backends.tensorrt import TensorRTRuntime
+from bckd_pipeline.runtimes.tensorrt import TensorRTRuntime
 from bckd_pipeline.device.jetson import device_facts, gpu_facts, jetpack_for_l4t, parse_l4t_release
 from bckd_pipeline.errors import BackendMissingError, ConfigError, ExportError, StageCheckError
 from bckd_pipeline.targets.tensorrt import (
@@ -529,8 +529,8 @@ def test_build_int8_that_ran_no_int8_layer_is_refused(monkeypatch, tmp_path):
 
 
 def test_fakes_reject_what_the_real_modules_lack():
-    """The old recipe set STRONGLY_TYPED/--stronglyTyped from 10.12 and touched weak flags; TensorRT 11 has none of
-    them, and IBuilderConfig has no free attributes. The fakes must fail the same way."""
+    """TensorRT 11 has no weak-typing flags (INT8, FP16, --int8/--fp16), and IBuilderConfig has no free attributes.
+    The fakes must fail the same way, so that a recipe that sets them fails here as it would on TensorRT 11."""
     trt11 = make_fake_trt("11.1.0")
     for missing in ("INT8", "FP16"):
         with pytest.raises(AttributeError):
@@ -891,8 +891,8 @@ def test_runtime_call_sequence_events_around_the_enqueue(monkeypatch, plan):
 
 
 def test_fake_pycuda_has_no_stream_capture_like_every_pycuda_release(monkeypatch):
-    """The old runtime captured graphs with pycuda's Stream.begin_capture / end_capture and Graph.instantiate /
-    GraphExec.launch, which no pycuda release has; the fake must reject them as the real module does."""
+    """pycuda's Stream.begin_capture / end_capture and Graph.instantiate / GraphExec.launch exist in no pycuda
+    release; the fake must reject them as the real module does, so a runtime that calls them fails here."""
     make_fake_cuda_and_trt(monkeypatch)
     cuda = sys.modules["pycuda.driver"]
     for name in ("begin_capture", "end_capture"):
@@ -978,7 +978,7 @@ def test_runtime_cuda_graph_through_cuda_python_captures_after_one_plain_enqueue
 
 
 def test_cuda_graph_enqueue_error_is_not_hidden_by_the_failing_end_capture(monkeypatch, plan):
-    from bckd_pipeline.deploy.backends.tensorrt import _capture
+    from bckd_pipeline.runtimes.tensorrt import _capture
 
     log = make_fake_cuda_and_trt(monkeypatch)
     _with_cudart(monkeypatch, log)
@@ -1005,7 +1005,7 @@ def test_cuda_graph_refused_with_a_cuda_11_cuda_python(monkeypatch, plan):
 def test_runtime_refuses_tensorrt_8_4_whose_engines_lack_the_name_based_api(monkeypatch, plan):
     log = make_fake_cuda_and_trt(monkeypatch, trt_version="8.4.1")
     engine = sys.modules["tensorrt"].Runtime(None).deserialize_cuda_engine(b"")
-    with pytest.raises(AttributeError):  # what the old code would have hit on JetPack 5.0.2
+    with pytest.raises(AttributeError):  # what a runtime without the version check would hit on JetPack 5.0.2
         engine.num_io_tensors  # noqa: B018
     with pytest.raises(ConfigError, match="8.5.*JetPack 5.1"):
         TensorRTRuntime(plan).activate()
@@ -1074,8 +1074,10 @@ def test_modules_import_from_the_agent_subset_without_torch_or_onnx(tmp_path):
                 if name.split(".")[0] in {"torch", "onnx", "onnxruntime", "openvino", "tensorrt", "pycuda"}:
                     raise ImportError("blocked on the device: " + name)
         sys.meta_path.insert(0, Block())
-        import bckd_pipeline.targets.tensorrt, bckd_pipeline.deploy.backends.tensorrt, bckd_pipeline.device.jetson
+        import bckd_pipeline.targets.tensorrt, bckd_pipeline.runtimes.tensorrt, bckd_pipeline.device.jetson
+        import bckd_pipeline.runtimes.onnxruntime, bckd_pipeline.runtimes.registry
         import bckd_pipeline.device.agent
+        bckd_pipeline.runtimes.build_runtime("onnxruntime", "model.qdq.onnx", precision="int8")  # the fallback
         ours = [m for m in sys.modules if m.startswith("bckd_pipeline")]
         print(json.dumps({m: getattr(sys.modules[m], "__file__", None) for m in ours}))
     """)
@@ -1279,7 +1281,7 @@ def test_unknown_l4t_gives_a_note(tmp_path):
 
 
 def test_gpu_facts_parses_nvidia_smi():
-    # Verbatim output of this exact query on an NVIDIA H200 (driver 580.159.04), recorded on the lent GPU host.
+    # Verbatim output of this exact query on an NVIDIA H200 (driver 580.159.04).
     out = "NVIDIA H200, 580.159.04, 345, 1980, 3201, 3201, 34, 78.68, 700.00, 0x0000000000000001\n"
     facts = gpu_facts(run=fake_run({"nvidia-smi": out}))
     assert facts["name"] == "NVIDIA H200" and facts["driver"] == "580.159.04"
@@ -1352,7 +1354,7 @@ def tiny_qdq_onnx(path: Path) -> None:
 
 @pytest.mark.parametrize("cuda_graph", [False, True])
 def test_real_build_and_run_matches_onnxruntime(trt_gpu, tmp_path, cuda_graph):
-    from bckd_pipeline.deploy.backends.onnxruntime import OrtRuntime
+    from bckd_pipeline.runtimes.onnxruntime import OrtRuntime
 
     onnx_path = tmp_path / "tiny.onnx"
     tiny_qdq_onnx(onnx_path)

@@ -1,9 +1,9 @@
 """ONNX Runtime static INT8: ``quant_pre_process``, then QDQ with per-channel weights.
 
-The settings measured in docs/deploy.md: unsigned 8-bit activations with signed 8-bit weights (2.3x
-faster than FP32 on the benchmark CPU; signed activations were slower than FP32 there), per-channel
-weights (per-tensor lost 0.11 mIoU), QDQ rather than QOperator, the graph pre-processed (shape
-inference + fusion) before quantization, and ``ORT_ENABLE_ALL`` optimisation at load.
+The settings, each chosen by measurement (docs/decisions.md, "ONNX Runtime INT8 settings"): unsigned
+8-bit activations with signed 8-bit weights (the fast pair on x86; signed activations can be slower
+than FP32), per-channel weights (per-tensor ones cost accuracy), QDQ rather than QOperator, the graph
+pre-processed (shape inference + fusion) before quantization, and ``ORT_ENABLE_ALL`` optimisation at load.
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def quantize_qdq(
 # ORT's entropy calibrator, as quantize_static builds it, histograms each tensor into num_bins=128 bins and
 # searches thresholds for num_quantized_bins=128 (onnxruntime/quantization/calibrate.py, create_calibrator):
 # with as many bins as quantized bins the KL search has a single candidate, the full range, so its ranges are
-# MinMax's (the quantized files came out byte-identical, docs/deploy.md), and quantize_static passes no bin
+# MinMax's (docs/decisions.md, "Entropy calibration"), and quantize_static passes no bin
 # count through extra_options (only the Calib* keys it maps). The ranges are computed here with a finer
 # histogram and handed to quantize_static as its calibration cache (calibration_cache_path, ORT >= 1.32).
 ENTROPY_BINS = 2048  # PyTorch's HistogramObserver default, the figure ORT's authors tested (onnxruntime#9342)

@@ -1,7 +1,8 @@
 """OpenVINO IRs: FP32 and FP16 from the ONNX, and INT8 by NNCF post-training quantization.
 
 With ``CalibrationSpec.max_miou_drop`` NNCF's accuracy-controlled quantization reverts the most
-sensitive layers to float until the mIoU drop on the validation images is within the limit.
+sensitive layers to float until the drop of the task's metric (segmentation: mIoU) on the validation
+images is within the limit.
 """
 
 from __future__ import annotations
@@ -10,13 +11,12 @@ import os
 import tempfile
 from pathlib import Path
 
-import numpy as np
 
-from ..deploy.backends.openvino import import_openvino
+from ..runtimes.openvino import import_openvino
 from ..errors import BackendMissingError, StageCheckError
-from ..metrics import ConfusionMatrix
 from ..targets.profiles import CalibrationSpec
 from ..data.feeds import DatasetFeeds
+from ..tasks import DEFAULT_TASK, Task, get_task
 
 
 def save_ir(model, xml_path: Path, *, compress_to_fp16: bool) -> Path:
@@ -65,8 +65,12 @@ def quantize_ir(
     num_classes: int | None = None,
     ignore_index: int = 255,
     source_onnx: Path | None = None,
+    task: Task | None = None,
 ) -> tuple[Path, dict]:
-    """NNCF PTQ of the FP32 IR for ``target_device`` (CPU/GPU/NPU); returns the INT8 IR path and settings."""
+    """NNCF PTQ of the FP32 IR for ``target_device`` (CPU/GPU/NPU); returns the INT8 IR path and settings.
+
+    With ``spec.max_miou_drop``, NNCF's validation function is the task's metric over ``validation``
+    (``Task.score_split``; default task: segmentation, whose metric is mIoU)."""
     ov = import_openvino()
     nncf = _nncf()
     model = ov.Core().read_model(str(fp32_xml))
@@ -96,20 +100,20 @@ def quantize_ir(
         if validation is None or num_classes is None:
             raise StageCheckError("Accuracy-controlled quantization needs validation images and num_classes.")
         pairs = list(validation.pairs())
+        task = task if task is not None else get_task(DEFAULT_TASK)
 
-        def miou_fraction(compiled, items) -> float:
-            cm = ConfusionMatrix(num_classes, ignore_index)
+        def metric_fraction(compiled, items) -> float:
             out = compiled.outputs[0]
-            for feed, label in items:
-                y = np.asarray(compiled(feed)[out])
-                cm.update(y.argmax(1)[0] if y.ndim == 4 else y[0], label)
-            return cm.miou() / 100.0
+            score = task.score_split(
+                lambda feed: compiled(feed)[out], items, num_classes=num_classes, ignore_index=ignore_index
+            )
+            return score / 100.0  # the metric in points, and the drop below, as fractions
 
         quantized = nncf.quantize_with_accuracy_control(
             model,
             calibration,
             nncf.Dataset(pairs, lambda item: item[0]),
-            validation_fn=miou_fraction,
+            validation_fn=metric_fraction,
             max_drop=spec.max_miou_drop / 100.0,
             drop_type=nncf.DropType.ABSOLUTE,
             preset=preset,

@@ -175,4 +175,5 @@ def _quantize_ir(ovq, ctx: DeployContext, b: Built, path: Path, parent: Path, ca
         num_classes=ctx.meta.num_classes,
         ignore_index=ctx.meta.ignore_index,
         source_onnx=simplified,
+        task=ctx.task,
     )

@@ -83,8 +83,7 @@ def deploy_config(args, preset):
 
 
 def qat_config(args):
-    """--qat and its schedule. Default: off. On the two rows where it was measured (docs/deploy.md, "Does it
-    work?") the teacher's terms never beat cross-entropy alone and on one no fine-tune beat the PTQ file, so it
+    """--qat and its schedule. Default: off (docs/decisions.md, "QAT: off by default, cross-entropy alone"): it
     runs only when asked; an explicit --qat auto without any max_miou_drop budget has nothing to decide on and
     is refused."""
     from ..context import QAT_MODES, QatConfig

@@ -92,9 +92,6 @@ def _renamed(p, old: str, new: str, dest: str, **kwargs) -> None:
     p.add_argument(old, dest=dest, action=_Renamed, new=new, help=argparse.SUPPRESS, **kwargs)
 
 
-TRAIN_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
-
 def _common(p: argparse.ArgumentParser, *, training: bool = True, deploys: bool = False) -> None:
     p.add_argument("--data", help=f"KIND:PATH (kinds: {', '.join(DATA_KIND_NAMES)}); default: the preset's (demo data)")
     p.add_argument("--eval-split", default="val", help="split that metrics are reported on")

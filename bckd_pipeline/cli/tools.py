@@ -40,32 +40,37 @@ def targets(doctor: bool) -> int:
     return 0
 
 
-# The backend a model file runs on, from its suffix (Ultralytics' AutoBackend habit).
-SUFFIX_BACKENDS = {".onnx": "onnxruntime", ".xml": "openvino", ".plan": "tensorrt", ".engine": "tensorrt"}
+# The target bench times a model on when --target is not given, per backend (else: the backend's first target).
 DEFAULT_TARGETS = {"onnxruntime": "onnxruntime-cpu", "openvino": "openvino-cpu", "tensorrt": "tensorrt"}
 
 
 def bench_target(model, target: str | None):
-    """The target profile that runs ``model``: inferred from the file's suffix, or --target checked against it."""
-    from ..targets import Backend, get_target
+    """The target profile that runs ``model``: inferred from the file's suffix (the runtime registry's default
+    backend for it), or --target checked against the backends that run it."""
+    from ..runtimes import backends_for, suffixes
+    from ..targets import TARGETS, get_target
 
     suffix = model.suffix.lower()
-    if suffix not in SUFFIX_BACKENDS:
+    # suffix -> the backends that run such a file (PyTorch runs a model in memory, not a file)
+    file_backends = {s: [e for e in backends_for(s) if e.factory is not None] for s in suffixes()}
+    runs = file_backends.get(suffix) or []
+    if not runs:
+        files = ", ".join(f"{s} ({', '.join(e.name for e in r)})" for s, r in file_backends.items() if r)
         raise ConfigError(
-            f"bench cannot tell what runs {str(model)!r}: its suffix is {suffix or 'missing'}. Pass an .onnx file "
-            "(ONNX Runtime, or OpenVINO with --target openvino-*), an OpenVINO model.xml (with its .bin), or a "
-            "TensorRT .plan/.engine built on this host."
+            f"bench cannot tell what runs {str(model)!r}: its suffix is {suffix or 'missing'}. Pass a model file "
+            f"that a backend runs: {files} (an OpenVINO model.xml with its .bin; a TensorRT engine built on this "
+            "host; --target picks among the backends of one suffix)."
         )
-    backend = SUFFIX_BACKENDS[suffix]
+    backend = runs[0].name
     if target is None:
-        return get_target(DEFAULT_TARGETS[backend])
+        default = DEFAULT_TARGETS.get(backend) or next(n for n, p in TARGETS.items() if str(p.backend) == backend)
+        return get_target(default)
     profile = get_target(target)
-    runs = {Backend(backend)} | ({Backend.OPENVINO} if suffix == ".onnx" else set())  # OpenVINO reads ONNX too
-    if profile.backend not in runs:
-        kind = {"onnxruntime": "an ONNX model", "openvino": "an OpenVINO IR", "tensorrt": "a TensorRT engine"}[backend]
+    if str(profile.backend) not in {entry.name for entry in runs}:
         raise ConfigError(
-            f"{str(model)!r} is {kind}; --target {profile.name} runs {profile.backend}. Drop --target (bench picks "
-            f"{DEFAULT_TARGETS[backend]} from the suffix) or name a target of that backend."
+            f"{str(model)!r} is {runs[0].files[suffix].described}; --target {profile.name} runs {profile.backend}. "
+            f"Drop --target (bench picks {DEFAULT_TARGETS.get(backend, 'a target')} from the suffix) or name a "
+            "target of that backend."
         )
     return profile
 
@@ -113,7 +118,7 @@ def _shown(shape) -> str:
 def bench(args, console) -> int:
     from ..deploy.bench import benchmark, synthetic_feeds
     from ..fileio import write_json
-    from ..targets import Backend
+    from ..runtimes import build_runtime, get_backend
     from ..targets.profiles import LatencySpec
 
     if not args.model.is_file():
@@ -128,23 +133,19 @@ def bench(args, console) -> int:
         if "fp16" in str(args.model.parent)
         else "fp32"
     )
-    if profile.backend is Backend.ONNXRUNTIME:
-        from ..deploy.backends.onnxruntime import OrtRuntime
-
-        rt = OrtRuntime(args.model, threads=args.threads, precision=precision)
-    elif profile.backend is Backend.OPENVINO:
-        from ..deploy.backends.openvino import OpenVINORuntime
-
-        streams = args.streams if args.mode == "throughput" else 1
-        rt = OpenVINORuntime(
-            args.model, device=profile.device, precision=precision, threads=args.threads, streams=streams
+    entry = get_backend(str(profile.backend))
+    if args.mode == "throughput" and not entry.concurrent:
+        raise ConfigError(
+            f"bench --mode throughput is not built for {profile.backend} (one request in flight); use --mode latency."
         )
-    else:  # TensorRT: a plan built on this host's GPU (engines are not portable)
-        from ..deploy.backends.tensorrt import TensorRTRuntime
-
-        if args.mode == "throughput":
-            raise ConfigError("bench --mode throughput is not built for TensorRT engines; use --mode latency.")
-        rt = TensorRTRuntime(args.model, precision=precision)
+    rt = build_runtime(
+        entry.name,
+        args.model,
+        device=profile.device,
+        precision=precision,
+        threads=args.threads,
+        streams=args.streams if args.mode == "throughput" else 1,
+    )
     spec = LatencySpec(
         warmup_runs=args.warmup_runs,
         warmup_s=args.warmup_s,

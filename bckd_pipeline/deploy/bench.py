@@ -22,7 +22,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..machine import host_facts
 from ..targets.profiles import LatencySpec
-from .runtime import Feed, Runtime
+from ..runtimes.base import Feed, Runtime
 
 MODES = ("latency", "throughput")
 DEFAULT_LATENCY = LatencySpec()
@@ -87,7 +87,7 @@ def benchmark(
     while done < spec.warmup_runs or time.perf_counter() - start < spec.warmup_s:
         runtime.infer(next(cycle))
         done += 1
-    batch = getattr(runtime, "images_per_call", None) or _batch(feeds)  # deploy/runtime.py::StaticBatch
+    batch = getattr(runtime, "images_per_call", None) or _batch(feeds)  # runtimes/base.py::StaticBatch
     common = dict(
         batch=batch,
         runs=spec.runs,

@@ -7,7 +7,7 @@ import numpy as np
 from ..context import DeviceOutcome
 from ..errors import StageCheckError
 from ..fileio import array_sha256
-from .runtime import Feed, Runtime, TensorSpec
+from ..runtimes.base import Feed, Runtime, TensorSpec
 
 
 class ReplayRuntime(Runtime):

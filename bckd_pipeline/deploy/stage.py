@@ -3,7 +3,6 @@ and ``make_runtime``, which picks the Runtime for a ledger row."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 
 from ..cache import StageCache, stage_key
@@ -24,7 +23,7 @@ def make_runtime(ctx: DeployContext, b: Built, *, streams: int = 1):
     artifact of a static ``--batch N`` is fed one image at a time like the other rows (StaticBatch)."""
     rt = _runtime(ctx, b, streams=streams)
     if ctx.spec.batch > 1 and not is_device_row(ctx, b):
-        from .runtime import StaticBatch
+        from ..runtimes import StaticBatch
 
         return StaticBatch(rt, ctx.spec.batch)
     return rt
@@ -37,7 +36,7 @@ def _runtime(ctx: DeployContext, b: Built, *, streams: int = 1):
 
         return ReplayRuntime(ctx.device, ctx.spec.input_shape(), ctx.eval_feeds.input_name)
     if b.backend is Backend.TORCH:
-        from .backends.torch import TorchRuntime
+        from ..runtimes.torch import TorchRuntime
 
         wrapper = SegExportWrapper(
             ctx.model, normalize=norm(ctx.meta) if ctx.spec.bake_normalization else None, head=ctx.spec.head
@@ -45,15 +44,16 @@ def _runtime(ctx: DeployContext, b: Built, *, streams: int = 1):
         return TorchRuntime(
             wrapper, ctx.spec.input_shape(), output_name=ctx.spec.output_name, threads=threads, name=b.name
         )
-    if b.backend is Backend.ONNXRUNTIME:
-        from .backends.onnxruntime import OrtRuntime
+    from ..runtimes import build_runtime
 
-        return OrtRuntime(b.path, threads=threads, precision=str(b.precision), name=b.name)
-    from .backends.openvino import OpenVINORuntime
-
-    dev = ctx.profile.device if ctx.plan.can_measure else "CPU"
-    return OpenVINORuntime(
-        b.path, device=dev, precision=str(b.precision), threads=threads, streams=streams, name=b.name
+    return build_runtime(
+        str(b.backend),
+        b.path,
+        device=ctx.profile.device if ctx.plan.can_measure else None,  # None: the backend's host device
+        precision=str(b.precision),
+        threads=threads,
+        streams=streams,
+        name=b.name,
     )
 
 
@@ -114,9 +114,10 @@ def parity_stage(ctx: DeployContext, out: Path, cache: StageCache, built: list[B
             keep_labels=MASK_IMAGES,  # report.html's masks of the distilled and deployed models
             tick=tick,
             fine_tuned=frozenset({QAT_ROW}),
+            task=ctx.task,
         )
     result = {
-        "stages": {s.name: asdict(s) for s in report.stages},
+        "stages": {s.name: s.as_dict() for s in report.stages},
         "culprit": None if report.culprit is None else report.culprit.name,
         "per_image": save_parity_images(out, report.per_image, report.labels, ctx.eval_feeds.manifest(), name),
     }

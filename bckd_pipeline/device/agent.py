@@ -1,8 +1,9 @@
 """The device-side agent: build the TensorRT engine where it will run, then parity and latency there.
 
 It is shipped to the device as ``agent.pyz`` (a zipapp of this file and the few modules it needs:
-the Runtime lifecycle, the latency protocol, the TensorRT build recipe and runtime, the Jetson facts;
-no torch, no onnx) beside ``job.json``, the Q/DQ ONNX and the evaluation images, and run as::
+the Runtime lifecycle, the latency protocol, the TensorRT build recipe and runtime, the Jetson facts,
+the task that turns raw outputs into predictions; no torch, no onnx) beside ``job.json``, the Q/DQ
+ONNX and the evaluation images, and run as::
 
     python3 agent.pyz job.json [OUTPUT_DIR]
 
@@ -32,6 +33,7 @@ import numpy as np
 
 from ..fileio import array_sha256, atomic_write, file_sha256, write_json
 from ..ledger import DEVICE_LABELS_FILE, ENGINE_ROW, FALLBACK_ROW
+from ..tasks import DEFAULT_TASK, get_task
 
 JOB_FORMAT = "bckd-pipeline/device-job-v1"
 RESULT_FORMAT = "bckd-pipeline/device-result-v1"
@@ -68,6 +70,8 @@ def _tensorrt_missing() -> list[str]:
 
 def _runtime(job: dict, work: Path, out: Path):
     """(runtime, engine section or None, fallback note or None) for this device."""
+    from ..runtimes import build_runtime
+
     missing = _tensorrt_missing()
     if not missing:
         from ..targets.tensorrt import (
@@ -77,8 +81,6 @@ def _runtime(job: dict, work: Path, out: Path):
             trtexec_command,
             write_build_script,
         )
-        from ..deploy.backends.tensorrt import TensorRTRuntime
-
         import tensorrt as trt
 
         shape = job["recipe"]["input_shape"]
@@ -89,7 +91,7 @@ def _runtime(job: dict, work: Path, out: Path):
         command = trtexec_command(job["onnx"], PLAN_FILE, recipe, version)
         # The script changes to its own folder: the ONNX is named relative to it.
         write_build_script(out / "trtexec.sh", os.path.relpath(work / job["onnx"], out), PLAN_FILE, recipe, version)
-        runtime = TensorRTRuntime(plan, name=ENGINE_ROW, precision="int8", cuda_graph=job["cuda_graph"])
+        runtime = build_runtime("tensorrt", plan, name=ENGINE_ROW, precision="int8", cuda_graph=job["cuda_graph"])
         return runtime, {"file": PLAN_FILE, "build": build, "trtexec": command}, None
     if not job.get("allow_fallback", True):
         from ..errors import BackendMissingError
@@ -98,13 +100,11 @@ def _runtime(job: dict, work: Path, out: Path):
             f"TensorRT is not usable on this device ({'; '.join(missing)}); install JetPack's TensorRT "
             "(apt install python3-libnvinfer) and pycuda, or allow the ONNX Runtime fallback."
         )
-    from ..deploy.backends.onnxruntime import OrtRuntime
-
     note = (
         f"TensorRT is not usable on this device ({'; '.join(missing)}): no engine was built; "
         "the Q/DQ ONNX was measured with ONNX Runtime on the device's CPU instead"
     )
-    return OrtRuntime(work / job["onnx"], precision="int8", name=FALLBACK_ROW), None, note
+    return build_runtime("onnxruntime", work / job["onnx"], precision="int8", name=FALLBACK_ROW), None, note
 
 
 def run_job(job_file: Path, out: Path | None = None) -> dict:
@@ -124,13 +124,14 @@ def run_job(job_file: Path, out: Path | None = None) -> dict:
     started = time.time()
     with np.load(work / job["feeds"]) as data:
         images = data["images"]
+    task = get_task(job.get("task", DEFAULT_TASK))
     facts = _facts()
     runtime, engine, fallback = _runtime(job, work, out)
     with runtime:
         labels = []
         for image in images:
             output = next(iter(runtime.infer({job["input_name"]: image[None]}).values()))
-            labels.append(output.argmax(1)[0] if output.ndim == 4 else output[0])
+            labels.append(task.prediction_of(output)[0])
         feeds = [{job["input_name"]: image[None]} for image in images[:LATENCY_IMAGES]]
         latency = benchmark(runtime, feeds, LatencySpec(**job["latency"])).as_dict()
     stacked = np.stack(labels)

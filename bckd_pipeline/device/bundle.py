@@ -30,8 +30,9 @@ from ..fileio import array_sha256, atomic_write, file_sha256
 from ..targets.profiles import LatencySpec, TargetProfile
 from .agent import JOB_FORMAT, RESULT_FILE, RESULT_FORMAT
 
-# What the agent imports on the device: the Runtime lifecycle, the latency protocol, the TensorRT
-# recipe and runtime, the Jetson facts. No torch, no onnx: a Jetson image rarely has them.
+# What the agent imports on the device: the Runtime lifecycle and registry, the latency protocol, the
+# TensorRT recipe, the ONNX Runtime and TensorRT runtimes, the Jetson facts, the task (raw outputs ->
+# predictions). No torch, no onnx: a Jetson image rarely has them.
 AGENT_MODULES = (
     "__init__.py",
     "errors.py",
@@ -44,13 +45,17 @@ AGENT_MODULES = (
     "targets/tensorrt.py",
     "deploy/__init__.py",
     "deploy/bench.py",
-    "deploy/runtime.py",
-    "deploy/backends/__init__.py",
-    "deploy/backends/onnxruntime.py",
-    "deploy/backends/tensorrt.py",
+    "runtimes/__init__.py",
+    "runtimes/base.py",
+    "runtimes/registry.py",
+    "runtimes/onnxruntime.py",
+    "runtimes/tensorrt.py",
     "device/__init__.py",
     "device/agent.py",
     "device/jetson.py",
+    "tasks/__init__.py",
+    "tasks/base.py",
+    "tasks/segmentation.py",
 )
 TENSORRT_DIR = "deploy/tensorrt"  # in OUT: bundle/ (what ships) and device/ (what came back)
 BUNDLE_FILES = ("job.json", "model.qdq.onnx", "feeds.npz", "agent.pyz", "build_engine.sh", "README.txt")

@@ -12,8 +12,8 @@ NVIDIA's JetPack SDK pages (developer.nvidia.com/embedded/jetpack-sdk-51: "JetPa
 Linux 35.2.1 ... CUDA 11.4, TensorRT 8.5.2"), the JetPack archive (developer.nvidia.com/embedded/
 jetpack-archive; docs.nvidia.com/jetson/archives/jetpack-archived/jetpack-515 for 5.1.5), Torch-TensorRT's
 JetPack page ("JetPack 6.1 ... CUDA 12.6, TensorRT 10.3"), a vendor BSP release table (36.4.4 -> 6.2.1,
-36.4.3 -> 6.2, 36.4 -> 6.1, 36.3 -> 6.0) and issue 14's review (JetPack 6.0 = L4T 36.3 ships TensorRT
-8.6, not 10.3; 35.1 = 5.0.2 with TensorRT 8.4.1, which this agent refuses). 38.2 -> 7.0 and 38.4 -> 7.1
+36.4.3 -> 6.2, 36.4 -> 6.1, 36.3 -> 6.0), and for JetPack 6.0 = L4T 36.3 (TensorRT 8.6, not 10.3) and
+35.1 = 5.0.2 (TensorRT 8.4.1, which this agent refuses) a code review (docs/decisions.md). 38.2 -> 7.0 and 38.4 -> 7.1
 from NVIDIA's JetPack 7 download pages (their TensorRT is not in the table: unknown, not guessed).
 Releases not in the table are reported as None with a note (never guessed).
 

@@ -46,7 +46,7 @@ class BCKDConfig:
     teacher_fusion: "identity" (resize + concat of the raw teacher stages), "normalized" (each stage
         L2-normalised per position before the concat, so every stage weighs the same in a cosine),
         or "frozen" (a fixed random projection to fusion_dim per stage; the relation then depends on
-        the seed, and cosines move by about 0.1: only worth it to save memory on very wide teachers).
+        the seed, and the cosines move: only worth it to save memory on very wide teachers).
     boundary_teacher: where B^t comes from. "semantic": the teacher's class probabilities
         (semantic_boundary); "conv": a frozen random Conv_{C->1} on F^t (the literal reading);
         "trainable": a Conv_{C->1} trained by L_b (MMRazor's behaviour; can collapse, spec §7.1).
@@ -229,7 +229,7 @@ class TeacherFusion(nn.Module):
 
 def unit_channels(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """``F.normalize(x, dim=1)`` (x / max(||x||, eps) along channels), as x * rsqrt(max(||x||^2, eps^2)):
-    the same values, about three times faster on the CPU, where the norm over a strided channel axis is slow."""
+    the same values, faster on the CPU, where the norm over a strided channel axis is slow."""
     return x * x.square().sum(1, keepdim=True).clamp_min(eps * eps).rsqrt()
 
 
@@ -248,9 +248,9 @@ def _resize(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     if h % grid[0] == 0 and w % grid[1] == 0:
         kh, kw = h // grid[0], w // grid[1]
         if kh <= 2 and kw <= 2:
-            # A 2x2 mean as strided adds, rows then columns: the same numbers as avg_pool2d (to rounding) at about
-            # a tenth of its CPU time on channel-major maps (2 ms -> 0.2 ms for the teacher's 8 x 256 x 24 x 32
-            # stage), and a backward of two slice scatters instead of a pooling kernel.
+            # A 2x2 mean as strided adds, rows then columns: the same numbers as avg_pool2d (to rounding) at a
+            # fraction of its CPU time on channel-major maps (docs/decisions.md, "BCKD's CPU kernels"), and a
+            # backward of two slice scatters instead of a pooling kernel.
             if kh == 2:
                 x = x[..., 0::2, :] + x[..., 1::2, :]
             if kw == 2:
@@ -378,8 +378,8 @@ class BCKD(nn.Module):
 
     def _readouts(self, fs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(boundary logits Z_s, Psi_s(F^s)) from one 1x1 convolution with both weight sets stacked: the same
-        numbers as the two modules, at one convolution's fixed cost (the one-channel head alone took about
-        0.5 ms per step forward and backward on a 2-core CPU)."""
+        numbers as the two modules, at one convolution's fixed cost instead of two (a one-channel convolution
+        is mostly fixed cost on the CPU)."""
         head, psi = self.boundary_head, self.psi_s
         both = F.conv2d(fs, torch.cat([head.weight, psi.weight]), torch.cat([head.bias, psi.bias]))
         return both[:, :1], both[:, 1:]

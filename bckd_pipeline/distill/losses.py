@@ -135,11 +135,11 @@ class PairwiseBoundary(nn.Module):
     where kernel launches dominate, one gather of all path points from the flat map (an index per
     grid size, cached), then one gather of the winners with autograd. On CPU, :class:`_PathMax`
     reads the r x (2r - 1) window of every source with one ``unfold`` and scatters the gradient back
-    with one ``fold``, in place of the earlier slice per offset (39 at r=5), stacked, indexed and
-    max-reduced under autograd. Where points of a path tie for the max, the CPU splits the gradient evenly
-    between them (as ``amax``'s backward does, and as the slices did), while CUDA's gather gives it all
-    to one of them: a different subgradient. Ties are common where the head reads quantized or
-    all-zero features (QAT, ReLU), so the CPU keeps the slices' choice.
+    with one ``fold``, rather than a slice per offset (39 at r=5), stacked, indexed and
+    max-reduced under autograd (docs/decisions.md, "BCKD's CPU kernels"). Where points of a path tie for
+    the max, the CPU splits the gradient evenly between them (as ``amax``'s backward does), while CUDA's
+    gather gives it all to one of them: a different subgradient. Ties are common where the head reads
+    quantized or all-zero features (QAT, ReLU), so the CPU keeps ``amax``'s choice.
     """
 
     def __init__(self, radius: int = 5):
@@ -159,10 +159,6 @@ class PairwiseBoundary(nn.Module):
         in_window = torch.tensor([oy * self.window[1] + ox + radius - 1 for oy, ox in offsets])
         self.register_buffer("window_index", in_window[self.path_index], persistent=False)
         self._gather_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    @property
-    def num_directions(self) -> int:
-        return self.path_index.shape[0]
 
     def _source_grid(self, h: int, w: int) -> tuple[int, int]:
         rf = self.radius - 1
@@ -275,7 +271,7 @@ def semantic_boundary(probs: torch.Tensor, eps: float = 1e-4, *, valid: torch.Te
 def gram(q: torch.Tensor, blocks: int = 4) -> torch.Tensor:
     """``Q^T Q`` (N x L x L from N x C x L). On the CPU, from its upper block rows only: block row i is
     ``Q_i^T Q_{i:}`` and the blocks below the diagonal are mirrored, so about (blocks + 1) / (2 blocks) of the
-    multiply-adds run (5/8 at 4 blocks: 4.2 ms -> 2.9 ms for the teacher's 8 x 1280 x 192 on a 2-core AMD EPYC).
+    multiply-adds run (5/8 at 4 blocks; docs/decisions.md, "BCKD's CPU kernels").
     Every entry is the same dot product as in one ``bmm``; the result is exactly symmetric. On CUDA one ``bmm``
     (one kernel beats several there)."""
     length = q.shape[-1]
@@ -320,7 +316,7 @@ class _RowKL(torch.autograd.Function):
     def forward(ctx, ls, lt, w):
         log_ps = ls.log_softmax(-1)
         # softmax, not log_softmax(lt).exp(): on the CPU exp() of the masked columns' huge negative logits takes a
-        # slow underflow path (0.37 against 0.14 ms over 8 x 192 x 192), which the softmax kernel avoids.
+        # slow underflow path, which the softmax kernel avoids.
         pt = lt.softmax(-1)
         # In place on the teacher's log-probabilities: two fewer N x R x L blocks alive at the peak.
         row_kl = lt.log_softmax(-1).sub_(log_ps).mul_(pt).sum(-1)

@@ -22,10 +22,8 @@ baked into exports). The presets keep the project's normalisation: a teacher and
 the same normalised batch during distillation, so a per-preset normalisation would touch the data
 transforms, the checkpoint meta, the export wrapper and the distillation task. The encoder then
 sees its own input scaled by about 2.2 and shifted by 0.07-0.42 per channel; fine-tuning adapts
-BatchNorm to that, and the pretrained weights still work as they are: on the 101 CamVid val frames
-the full lite0/lite1/lite2 classifier puts a street class (streetcar, trolleybus, traffic light)
-first for 84/73/34% of the frames under its own statistics and 82/95/56% under ImageNet's
-(docs/results/pretrained_lite_probe.json; a coarse check, CamVid is not ImageNet).
+BatchNorm to that, and the pretrained weights still work as they are (docs/decisions.md, "Pretrained
+encoders keep the project's normalisation").
 """
 
 from __future__ import annotations

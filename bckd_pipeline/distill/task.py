@@ -205,10 +205,6 @@ class SegDistillTask(nn.Module):
         _, t_feats = self.teacher(example_input)
         return [f.shape[1] for f in s_feats], [f.shape[1] for f in t_feats]
 
-    def distill_modules(self) -> nn.Module | None:
-        """The modules that exist only for distillation (not part of the saved student)."""
-        return self.bckd
-
     def trainable_modules(self) -> dict[str, nn.Module]:
         """The modules whose state a resumed run needs: the student and the distillation modules."""
         return {"student": self.student, **({"bckd": self.bckd} if self.bckd is not None else {})}

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import StageCheckError
+from ..tasks.segmentation import labels_of
 
 Feed = Mapping[str, np.ndarray]
 InferFn = Callable[[Feed], Mapping[str, np.ndarray]]
@@ -34,10 +35,6 @@ class CheckReport:
             "atol": self.atol,
             "passed": self.passed,
         }
-
-
-def _labels(value: np.ndarray) -> np.ndarray:
-    return value.argmax(1) if value.ndim == 4 else value
 
 
 def compare(
@@ -71,7 +68,7 @@ def compare(
                 integer_outputs.add(name)
             diff = float(np.max(np.abs(r.astype(np.float64) - c.astype(np.float64)))) if r.size else 0.0
             worst[name] = max(worst.get(name, 0.0), diff)
-            lr, lc = _labels(r), _labels(c)
+            lr, lc = labels_of(r), labels_of(c)
             same += int((lr == lc).sum())
             total += lr.size
         n += 1

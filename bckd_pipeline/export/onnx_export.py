@@ -143,7 +143,7 @@ def to_onnx(
 
     atomic_write(path, write)
 
-    from ..deploy.backends.onnxruntime import OrtRuntime
+    from ..runtimes.onnxruntime import OrtRuntime
 
     def eager(feed: Feed) -> dict[str, np.ndarray]:
         with torch.no_grad():

@@ -54,7 +54,7 @@ def simplify(
     """Simplify ``source`` into ``path``; returns the path, the ORT check against ``source`` and node counts."""
     import onnx
 
-    from ..deploy.backends.onnxruntime import OrtRuntime
+    from ..runtimes.onnxruntime import OrtRuntime
 
     if tool not in SIMPLIFIERS:
         raise ConfigError(f"--simplifier {tool!r} is not allowed. Allowed: {', '.join(SIMPLIFIERS)}.")

@@ -66,7 +66,7 @@ def take_onnx_stage(ctx: DeployContext, out: Path, cache: StageCache):
         check_onnx(tmp)
 
     atomic_write(path, write)
-    from ..deploy.backends.onnxruntime import OrtRuntime
+    from ..runtimes.onnxruntime import OrtRuntime
 
     try:
         with OrtRuntime(ctx.checkpoint, threads=None) as given, OrtRuntime(path, threads=None) as copy:

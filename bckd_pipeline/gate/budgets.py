@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError, DataError, did_you_mean
+from ..tasks import TASKS, BudgetKey, Task
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -36,35 +37,33 @@ else:  # pragma: no cover - Python 3.10 reads TOML with the tomli backport (a de
     import tomli as tomllib
 
 
-@dataclass(frozen=True)
-class BudgetKey:
-    """One budget: its unit, whether the measured value must stay at or below it ("max") or above ("min"),
-    and the range a sensible value lies in."""
-
-    unit: str
-    direction: str  # "max" or "min"
-    low: float
-    high: float | None
-    what: str
-
-
-BUDGET_KEYS: dict[str, BudgetKey] = {
-    "max_p50_ms": BudgetKey("ms", "max", 0.0, None, "median latency of the timed runs"),
-    "max_p99_ms": BudgetKey("ms", "max", 0.0, None, "99th percentile latency of the timed runs"),
-    "min_fps": BudgetKey("fps", "min", 0.0, None, "images per second, one request at a time (batch / mean latency)"),
-    "min_miou": BudgetKey("mIoU points", "min", 0.0, 100.0, "mIoU on the evaluation images"),
-    "max_miou_drop": BudgetKey(
-        "mIoU points", "max", 0.0, 100.0, "drop of mIoU against the PyTorch student, at the stated confidence"
+# The task-independent budgets; each task adds its own (Task.budget_keys: segmentation's min_miou,
+# max_miou_drop, min_pixel_agreement, max_baseline_miou_drop).
+COMMON_BUDGET_KEYS: dict[str, BudgetKey] = {
+    "max_p50_ms": BudgetKey("ms", "max", 0.0, None, "median latency of the timed runs", check="latency"),
+    "max_p99_ms": BudgetKey("ms", "max", 0.0, None, "99th percentile latency of the timed runs", check="latency"),
+    "min_fps": BudgetKey(
+        "fps", "min", 0.0, None, "images per second, one request at a time (batch / mean latency)", check="latency"
     ),
-    "min_pixel_agreement": BudgetKey("fraction", "min", 0.0, 1.0, "share of pixels labelled as the PyTorch student"),
-    "max_artifact_mb": BudgetKey("MB", "max", 0.0, None, "size of the stage's artifact files (10^6 bytes)"),
-    "max_baseline_miou_drop": BudgetKey(
-        "mIoU points", "max", 0.0, 100.0, "with --baseline: drop of mIoU against the baseline's same stage"
+    "max_artifact_mb": BudgetKey(
+        "MB", "max", 0.0, None, "size of the stage's artifact files (10^6 bytes)", check="artifact", example="25"
     ),
 }
 
-# --baseline is judged even when the budgets file sets nothing for it.
-DEFAULT_BASELINE_MIOU_DROP = 0.5
+
+def budget_keys(task: Task) -> dict[str, BudgetKey]:
+    """The budgets a report of ``task`` is gated on: the common ones and the task's."""
+    return COMMON_BUDGET_KEYS | dict(task.budget_keys)
+
+
+def all_budget_keys() -> dict[str, BudgetKey]:
+    """Every key a budgets file may hold: a file budgets targets, whatever task their reports are of."""
+    keys = dict(COMMON_BUDGET_KEYS)
+    for task in TASKS.values():
+        keys.update(task.budget_keys)
+    return keys
+
+
 
 
 @dataclass(frozen=True)
@@ -117,7 +116,7 @@ def _where(path: str, table: str, key: str | None = None) -> str:
 
 
 def _number(path: str, table: str, key: str, value) -> float:
-    spec = BUDGET_KEYS[key]
+    spec = all_budget_keys()[key]
     if isinstance(value, str):
         raise ConfigError(
             f"{_where(path, table, key)} = {value!r} is a string. The unit is fixed by the key name ({spec.unit}); "
@@ -142,7 +141,7 @@ def _number(path: str, table: str, key: str, value) -> float:
 
 
 def _example(key: str) -> str:
-    return {"fraction": "0.95", "mIoU points": "1.0", "MB": "25"}.get(BUDGET_KEYS[key].unit, "12")
+    return all_budget_keys()[key].example
 
 
 def _budget_table(path: str, table: str, body: Mapping, *, allow_stages: bool) -> dict[str, float]:
@@ -150,8 +149,9 @@ def _budget_table(path: str, table: str, body: Mapping, *, allow_stages: bool) -
     for key, value in body.items():
         if key == "stages" and allow_stages:
             continue
-        if key not in BUDGET_KEYS:
-            allowed = list(BUDGET_KEYS) + (["stages"] if allow_stages else [])
+        known = all_budget_keys()
+        if key not in known:
+            allowed = list(known) + (["stages"] if allow_stages else [])
             hint = ""
             if key in SETTING_KEYS:
                 hint = f" {key!r} is a gate setting: put it in the [gate] table."

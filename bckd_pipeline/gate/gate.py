@@ -10,10 +10,11 @@ or override the deployed one. Every budget gives one :class:`Check` with status
   for latency): never counted as passed.
 
 Noise (docs/ci.md): latency and FPS budgets get a relative ``latency_tolerance`` and are judged on
-the median of the timed runs; ``max_miou_drop`` is judged on the one-sided lower confidence bound of
-ΔmIoU from a paired bootstrap over evaluation images; against a baseline, a latency regression needs
-the median to grow by more than the tolerance *and* the bootstrap lower bound of the ratio of
-medians to exceed 1 + tolerance.
+the median of the timed runs; a task's ``drop`` budget (segmentation: ``max_miou_drop``) is judged on the
+one-sided lower confidence bound of the metric's delta from the task's paired bootstrap over evaluation
+images (``Task.bootstrap_delta``; the report's ``task`` says which task, tasks/); against a baseline, a
+latency regression needs the median to grow by more than the tolerance *and* the bootstrap lower bound of
+the ratio of medians to exceed 1 + tolerance.
 
 Exit codes: 0 every check passed; 1 a budget was violated; 2 bad input; 3 nothing violated but a
 check is pending (0 with ``--allow-pending``).
@@ -34,8 +35,9 @@ from ..errors import ConfigError, DataError
 from ..ledger import PENDING, QAT_ROW, REPORT_FORMAT
 from ..machine import machine_differences
 from ..parity_images import ParityImages, load_parity_images
-from .budgets import BUDGET_KEYS, DEFAULT_BASELINE_MIOU_DROP, Budgets, GateSettings
-from .noise import Interval, bootstrap_delta_miou, bootstrap_median_ratio, latency_regressed
+from ..tasks import DEFAULT_TASK, Interval, Task, get_task
+from .budgets import Budgets, GateSettings, all_budget_keys, budget_keys
+from .noise import bootstrap_median_ratio, latency_regressed
 
 PASS, FAIL, NOT_MEASURED = "pass", "fail", "pending"
 EXIT_OK, EXIT_VIOLATED, EXIT_PENDING = 0, 1, 3
@@ -44,7 +46,7 @@ EXIT_OK, EXIT_VIOLATED, EXIT_PENDING = 0, 1, 3
 @dataclass(frozen=True)
 class Check:
     stage: str
-    budget: str  # a BUDGET_KEYS name, or "baseline_p50_ms" / "baseline_miou" for --baseline
+    budget: str  # a budget key name, or "baseline_p50_ms" / "baseline_<metric>" (e.g. baseline_miou) for --baseline
     status: str  # PASS, FAIL or NOT_MEASURED
     measured: float | None
     limit: float | None
@@ -134,7 +136,7 @@ def _pending(stage: str, budget: str, limit: float, row: dict, what: str) -> Che
         NOT_MEASURED,
         None,
         limit,
-        BUDGET_KEYS[budget].unit,
+        all_budget_keys()[budget].unit,
         f"{stage}: {budget} {limit:g} not checked: {what} was not measured ({note})",
     )
 
@@ -146,7 +148,7 @@ def _samples(row: dict) -> np.ndarray | None:
 
 
 def _latency_check(stage: str, key: str, limit: float, row: dict, tol: float) -> Check:
-    unit = BUDGET_KEYS[key].unit
+    unit = all_budget_keys()[key].unit
     samples = _samples(row)
     if key == "min_fps":
         value = row.get("fps")
@@ -181,36 +183,47 @@ def _latency_check(stage: str, key: str, limit: float, row: dict, tol: float) ->
 
 
 def _drop_check(
-    stage: str, limit: float, row: dict, images: ParityImages | None, reference: str, s: GateSettings
+    task: Task,
+    stage: str,
+    key: str,
+    limit: float,
+    row: dict,
+    images: ParityImages | None,
+    reference: str,
+    s: GateSettings,
 ) -> Check:
-    if row.get("miou_delta") is None:
-        return _pending(stage, "max_miou_drop", limit, row, "mIoU")
-    ci = _delta_interval(images, stage, images, reference, s)
+    """A ``drop`` budget: the task's metric against the reference stage, on the bootstrap's lower bound."""
+    spec, label = task.budget_keys[key], task.metric_label
+    if row.get(spec.field) is None:
+        return _pending(stage, key, limit, row, label)
+    ci = _delta_interval(task, images, stage, images, reference, s)
     if ci is None:
-        value = row["miou_delta"]
+        value = row[spec.field]
         ok = value >= -limit
         msg = (
-            f"{stage}: ΔmIoU {value:+.3f} vs {reference} (point estimate; the report kept no per-image confusions) "
-            f"vs budget max_miou_drop {limit:g}" + ("" if ok else f": dropped {-value - limit:.3f} points too far")
+            f"{stage}: Δ{label} {value:+.3f} vs {reference} (point estimate; the report kept no per-image "
+            f"{task.evidence}) vs budget {key} {limit:g}"
+            + ("" if ok else f": dropped {-value - limit:.3f} points too far")
         )
-        return Check(stage, "max_miou_drop", PASS if ok else FAIL, -value, limit, "mIoU points", msg, {})
+        return Check(stage, key, PASS if ok else FAIL, -value, limit, spec.unit, msg, {})
     ok = ci.lower >= -limit
     msg = (
-        f"{stage}: ΔmIoU {ci.point:+.3f} vs {reference}; with {s.confidence:.0%} confidence ΔmIoU >= {ci.lower:+.3f} "
-        f"(paired bootstrap over {len(images.names)} images, {ci.resamples} resamples) vs budget max_miou_drop "
-        f"{limit:g}" + (": within budget" if ok else f": the bound is {-ci.lower - limit:.3f} points past -{limit:g}")
+        f"{stage}: Δ{label} {ci.point:+.3f} vs {reference}; with {s.confidence:.0%} confidence Δ{label} >= "
+        f"{ci.lower:+.3f} (paired bootstrap over {len(images.names)} images, {ci.resamples} resamples) vs budget "
+        f"{key} {limit:g}"
+        + (": within budget" if ok else f": the bound is {-ci.lower - limit:.3f} points past -{limit:g}")
     )
     detail = {"point": ci.point, "lower": ci.lower, "upper": ci.upper, "confidence": ci.confidence}
-    return Check(stage, "max_miou_drop", PASS if ok else FAIL, -ci.lower, limit, "mIoU points", msg, detail)
+    return Check(stage, key, PASS if ok else FAIL, -ci.lower, limit, spec.unit, msg, detail)
 
 
 def _delta_interval(
-    new: ParityImages | None, new_stage: str, ref: ParityImages | None, ref_stage: str, s: GateSettings
+    task: Task, new: ParityImages | None, new_stage: str, ref: ParityImages | None, ref_stage: str, s: GateSettings
 ) -> Interval | None:
-    """The paired bootstrap of ΔmIoU between two stages' per-image confusions; None when either is missing."""
+    """The task's paired bootstrap of Δmetric between two stages' per-image evidence; None when either is missing."""
     if new is None or ref is None or new_stage not in new.confusion or ref_stage not in ref.confusion:
         return None
-    return bootstrap_delta_miou(
+    return task.bootstrap_delta(
         new.confusion[new_stage],
         ref.confusion[ref_stage],
         confidence=s.confidence,
@@ -219,13 +232,10 @@ def _delta_interval(
     )
 
 
-def _simple_check(stage: str, key: str, limit: float, row: dict) -> Check:
-    spec = BUDGET_KEYS[key]
-    if key == "min_miou":
-        value, label, fmt = row.get("miou"), "mIoU", ".2f"
-    elif key == "min_pixel_agreement":
-        value, label, fmt = row.get("pixel_agreement"), "pixel agreement with the PyTorch student", ".4f"
-    else:  # max_artifact_mb
+def _simple_check(task: Task, stage: str, key: str, limit: float, row: dict) -> Check:
+    """A ``value`` budget (a field of the row against the limit) or the artifact's size."""
+    spec = budget_keys(task)[key]
+    if spec.check == "artifact":
         size = row.get("artifact_bytes")
         if row.get("artifact") is None:
             return Check(
@@ -238,12 +248,15 @@ def _simple_check(stage: str, key: str, limit: float, row: dict) -> Check:
                 f"{stage}: {key} {limit:g} not checked: no artifact (the PyTorch reference runs from the checkpoint)",
             )
         value, label, fmt = (None if size is None else size / 1e6), "artifact", ".3f"
+    else:
+        value, label, fmt = row.get(spec.field), spec.label, spec.fmt
     if value is None:
         return _pending(stage, key, limit, row, label)
     ok = value <= limit if spec.direction == "max" else value >= limit
-    unit = "" if spec.unit in ("fraction", "mIoU points") else f" {spec.unit}"
+    points = spec.unit.endswith(" points")  # e.g. "mIoU points": the number is the unit
+    unit = "" if spec.unit == "fraction" or points else f" {spec.unit}"
     by = abs(value - limit)
-    by_unit = " points" if spec.unit == "mIoU points" else unit
+    by_unit = " points" if points else unit
     msg = f"{stage}: {label} {value:{fmt}}{unit} vs budget {key} {limit:g}" + (
         ": within budget" if ok else f": {'over' if spec.direction == 'max' else 'short'} by {by:{fmt}}{by_unit}"
     )
@@ -251,15 +264,17 @@ def _simple_check(stage: str, key: str, limit: float, row: dict) -> Check:
 
 
 def _baseline_checks(
+    task: Task,
     stage: str,
     row: dict,
     old: dict | None,
     images: ParityImages | None,
     old_images: ParityImages | None,
-    limit_drop: float,
+    limits: dict[str, float],
     s: GateSettings,
     other_machine: str = "",
 ) -> list[Check]:
+    """Latency against the baseline's same stage, and each of the task's ``baseline_drop`` budgets."""
     checks = []
     tol = s.latency_tolerance
     if old is None:
@@ -298,55 +313,61 @@ def _baseline_checks(
         )
         detail = {"ratio": r.point, "lower": r.lower, "upper": r.upper, "tolerance": tol}
         checks.append(Check(stage, "baseline_p50_ms", FAIL if bad else PASS, r.point, 1 + tol, "ratio", msg, detail))
-    if row.get("miou") is None or old.get("miou") is None:
-        checks.append(
-            Check(
-                stage,
-                "baseline_miou",
-                NOT_MEASURED,
-                None,
-                limit_drop,
-                "mIoU points",
-                f"{stage}: mIoU against the baseline not checked: one side was not measured",
-            )
-        )
-        return checks
-    ci = _delta_interval(images, stage, old_images, stage, s)
-    if ci is not None:
-        point, lower, how = ci.point, ci.lower, f"with {s.confidence:.0%} confidence ΔmIoU >= {ci.lower:+.3f}"
-    else:
-        point = lower = row["miou"] - old["miou"]
-        how = "point estimate (per-image confusions missing on one side)"
-    ok = lower >= -limit_drop
-    msg = (
-        f"{stage}: mIoU {row['miou']:.3f} vs baseline {old['miou']:.3f} (ΔmIoU {point:+.3f}; {how}) vs budget "
-        f"max_baseline_miou_drop {limit_drop:g}"
-        + (": within budget" if ok else f": {-lower - limit_drop:.3f} points past")
-    )
-    checks.append(
-        Check(
-            stage,
-            "baseline_miou",
-            PASS if ok else FAIL,
-            -lower,
-            limit_drop,
-            "mIoU points",
-            msg,
-            {"point": point, "lower": lower},
-        )
-    )
+    for key, limit in limits.items():
+        checks.append(_baseline_drop_check(task, stage, key, limit, row, old, images, old_images, s))
     return checks
 
 
-def _pair_images(report_path: Path, images: ParityImages | None, base_path: Path, old: ParityImages | None) -> None:
+def _baseline_drop_check(
+    task: Task,
+    stage: str,
+    key: str,
+    limit_drop: float,
+    row: dict,
+    old: dict,
+    images: ParityImages | None,
+    old_images: ParityImages | None,
+    s: GateSettings,
+) -> Check:
+    """The task's metric against the baseline's same stage: the bootstrap's lower bound (paired by image)."""
+    spec = task.budget_keys[key]
+    field, label, name = spec.field, spec.label, f"baseline_{spec.field}"
+    if row.get(field) is None or old.get(field) is None:
+        return Check(
+            stage,
+            name,
+            NOT_MEASURED,
+            None,
+            limit_drop,
+            spec.unit,
+            f"{stage}: {label} against the baseline not checked: one side was not measured",
+        )
+    ci = _delta_interval(task, images, stage, old_images, stage, s)
+    if ci is not None:
+        point, lower, how = ci.point, ci.lower, f"with {s.confidence:.0%} confidence Δ{label} >= {ci.lower:+.3f}"
+    else:
+        point = lower = row[field] - old[field]
+        how = f"point estimate (per-image {task.evidence} missing on one side)"
+    ok = lower >= -limit_drop
+    msg = (
+        f"{stage}: {label} {row[field]:.3f} vs baseline {old[field]:.3f} (Δ{label} {point:+.3f}; {how}) vs budget "
+        f"{key} {limit_drop:g}" + (": within budget" if ok else f": {-lower - limit_drop:.3f} points past")
+    )
+    detail = {"point": point, "lower": lower}
+    return Check(stage, name, PASS if ok else FAIL, -lower, limit_drop, spec.unit, msg, detail)
+
+
+def _pair_images(
+    task: Task, report_path: Path, images: ParityImages | None, base_path: Path, old: ParityImages | None
+) -> None:
     if images is None or old is None:
         return
     if images.digests != old.digests:
         shared = len(set(images.digests) & set(old.digests))
         raise DataError(
             f"{base_path} was evaluated on other images than {report_path} ({len(old.digests)} vs "
-            f"{len(images.digests)} images, {shared} shared): ΔmIoU must be paired image by image. Make the "
-            "baseline with the same --data, --eval-split and --parity-images."
+            f"{len(images.digests)} images, {shared} shared): Δ{task.metric_label} must be paired image by image. "
+            "Make the baseline with the same --data, --eval-split and --parity-images."
         )
 
 
@@ -365,6 +386,8 @@ def gate(
     unless ``compare_other_machine``; then each latency comparison says so.
     """
     report, report_path = read_report(report_path)
+    task = get_task(report.get("task", DEFAULT_TASK))
+    keys = budget_keys(task)
     settings = budgets.settings if confidence is None else replace(budgets.settings, confidence=confidence)
     if not 0.5 < settings.confidence < 1:
         raise ConfigError(f"--confidence {settings.confidence!r} must be a fraction in (0.5, 1), e.g. 0.95.")
@@ -395,7 +418,7 @@ def gate(
                 f"{target!r}. Compare reports of the same target."
             )
         old_images = load_parity_images(old_report, base_path)
-        _pair_images(report_path, images, base_path, old_images)
+        _pair_images(task, report_path, images, base_path, old_images)
         diffs = machine_differences(old_report.get("machine"), report.get("machine"))
         if diffs and not compare_other_machine:
             raise DataError(
@@ -411,24 +434,33 @@ def gate(
         plan[stage] = plan.get(stage, {}) | values
     checks: list[Check] = []
     tol = settings.latency_tolerance
+    baseline_keys = [k for k, spec in keys.items() if spec.check == "baseline_drop"]
     for stage, values in plan.items():
         row = rows[stage]
         for key, limit in values.items():
-            if key == "max_baseline_miou_drop":
+            spec = keys.get(key)
+            if spec is None and key in tb.from_defaults:  # a target's default budget of another task
                 continue
-            if key in ("max_p50_ms", "max_p99_ms", "min_fps"):
+            if spec is None:
+                raise ConfigError(
+                    f"{budgets.path} budgets {key!r} for [{target}], a budget of another task than {report_path}'s "
+                    f"({task.name}: {', '.join(keys)}). Gate it with a budgets file for {task.name}."
+                )
+            if spec.check == "baseline_drop":
+                continue
+            if spec.check == "latency":
                 check = _latency_check(stage, key, limit, row, tol)
-            elif key == "max_miou_drop":
-                check = _drop_check(stage, limit, row, images, reference, settings)
+            elif spec.check == "drop":
+                check = _drop_check(task, stage, key, limit, row, images, reference, settings)
             else:
-                check = _simple_check(stage, key, limit, row)
+                check = _simple_check(task, stage, key, limit, row)
             if stage == deployed and key in tb.from_defaults and key not in tb.stages.get(stage, {}):
                 check = replace(check, message=f"{check.message} [default budget of target {target}]")
             checks.append(check)
         if old_report is not None:
-            limit_drop = values.get("max_baseline_miou_drop", DEFAULT_BASELINE_MIOU_DROP)
+            limits = {k: values.get(k, keys[k].default) for k in baseline_keys}
             old_row = _rows(old_report).get(stage)
-            checks += _baseline_checks(stage, row, old_row, images, old_images, limit_drop, settings, other_machine)
+            checks += _baseline_checks(task, stage, row, old_row, images, old_images, limits, settings, other_machine)
     return GateResult(
         target, str(report_path), None if base_path is None else str(base_path), settings, tuple(checks), allow_pending
     )

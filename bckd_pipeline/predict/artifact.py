@@ -1,7 +1,8 @@
 """What to run and how to feed it, read from the artifact itself (Ultralytics' AutoBackend idea, one small
 function per step): ``locate`` turns a run folder or a file into one artifact and its backend,
 ``read_contract`` reads the preprocessing and class names the artifact carries, ``make_runtime``
-builds the Runtime (deploy/backends) that runs it.
+builds the Runtime that runs it. Which backends run a file, and the default among them, is the runtime
+registry's word (runtimes/registry.py).
 
 Where the contract comes from, per kind of file:
 
@@ -22,17 +23,9 @@ import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ..errors import BackendMissingError, ConfigError
+from .. import runtimes
+from ..errors import ConfigError
 
-# The file kinds predict runs, and the backends that can run each (the first is the default).
-KINDS = {
-    ".onnx": ("onnx", ("onnxruntime", "openvino")),
-    ".xml": ("openvino-ir", ("openvino",)),
-    ".plan": ("tensorrt-plan", ("tensorrt",)),
-    ".engine": ("tensorrt-plan", ("tensorrt",)),
-    ".pt": ("checkpoint", ("torch",)),
-}
-DEFAULT_DEVICE = {"onnxruntime": "cpu", "openvino": "CPU", "tensorrt": "GPU", "torch": "cpu"}
 ARTIFACT_HELP = (
     "Pass a run folder (with manifest.json), an .onnx, an OpenVINO model.xml, a TensorRT .plan/.engine, or a "
     "student checkpoint (.pt)."
@@ -119,13 +112,14 @@ def locate(model: Path | str, target: str | None = None) -> Artifact:
     else:
         run_dir, manifest = _enclosing_run(path)
     suffix = path.suffix.lower()
-    if suffix not in KINDS:
+    if suffix not in runtimes.suffixes():
         raise ConfigError(
             f"{str(path)!r} is not a model file predict runs (suffix {suffix or 'none'!r}). {ARTIFACT_HELP}"
         )
-    kind, backends = KINDS[suffix]
+    kind = runtimes.file_kind(suffix).kind
+    backends = tuple(entry.name for entry in runtimes.backends_for(suffix))  # the default first
     backend, target_name = backends[0], None
-    device = DEFAULT_DEVICE[backend]
+    device = runtimes.get_backend(backend).default_device
     if manifest is not None and run_dir is not None and Path(model).is_dir():
         target_name = manifest.get("target")
         backend, device = _target_backend(target_name, backends, backend)
@@ -148,7 +142,7 @@ def _target_backend(target_name: str | None, backends: tuple[str, ...], default:
 
     profile = TARGETS.get(target_name or "")
     if profile is None or str(profile.backend) not in backends:
-        return default, DEFAULT_DEVICE[default]
+        return default, runtimes.get_backend(default).default_device
     return str(profile.backend), profile.device
 
 
@@ -279,7 +273,7 @@ def contract_from_props(props: dict[str, str], source: str) -> Contract:
 
 
 def _ir_props(path: Path) -> dict[str, str]:
-    from ..deploy.backends.openvino import import_openvino
+    from ..runtimes.openvino import import_openvino
 
     ov = import_openvino()
     try:
@@ -314,37 +308,23 @@ def _checkpoint_contract(path: Path) -> Contract:
 
 # -- the runtime ---------------------------------------------------------------------------------------
 def make_runtime(artifact: Artifact, *, threads: int | None = None):
-    """The Runtime of deploy/backends that runs ``artifact`` (not yet active)."""
-    name = artifact.path.name
-    precision = precision_of(artifact)
-    if artifact.backend == "onnxruntime":
-        from ..deploy.backends.onnxruntime import OrtRuntime
-
-        return OrtRuntime(artifact.path, threads=threads, precision=precision, name=name)
-    if artifact.backend == "openvino":
-        from ..deploy.backends.openvino import OpenVINORuntime
-
-        return OpenVINORuntime(artifact.path, device=artifact.device, precision=precision, threads=threads, name=name)
-    if artifact.backend == "tensorrt":
-        from ..targets.availability import TENSORRT_HINT, module_present
-
-        missing = [m for m in ("tensorrt", "pycuda") if not module_present(m)]
-        if missing:
-            raise BackendMissingError(
-                f"{str(artifact.path)!r} is a TensorRT engine, and this host lacks {' and '.join(missing)} "
-                f"({TENSORRT_HINT}). Engines run only with the GPU and TensorRT version that built them: run predict "
-                "on that device, or pass the run's Q/DQ ONNX (deploy/model.qdq.onnx) to run the same quantized "
-                "model here on ONNX Runtime."
-            )
-        from ..deploy.backends.tensorrt import TensorRTRuntime
-
-        return TensorRTRuntime(artifact.path, precision=precision, name=name)
-    return _torch_runtime(artifact, threads)
+    """The Runtime that runs ``artifact`` (not yet active); a library missing here is refused at once."""
+    runtimes.require(artifact.backend, artifact.path)
+    if artifact.kind == "checkpoint":  # a checkpoint is rebuilt into the student before it runs
+        return _torch_runtime(artifact, threads)
+    return runtimes.build_runtime(
+        artifact.backend,
+        artifact.path,
+        device=artifact.device,
+        precision=precision_of(artifact),
+        threads=threads,
+        name=artifact.path.name,
+    )
 
 
 def _torch_runtime(artifact: Artifact, threads: int | None):
     from ..data.base import Normalization
-    from ..deploy.backends.torch import TorchRuntime
+    from ..runtimes.torch import TorchRuntime
     from ..distill.checkpoint import load_model
     from ..export.wrapper import SegExportWrapper
 

@@ -8,7 +8,7 @@
 
 Everything the model needs is read from the artifact (predict/artifact.py): input size, normalisation,
 class names. Images are resized (or letterboxed) to the model's input and the label map is mapped
-back (predict/image.py). The runtime is one of deploy/backends, kept active until ``close()`` (or the
+back (predict/image.py). The runtime is one of runtimes/, kept active until ``close()`` (or the
 end of a ``with`` block), so a Segmenter follows the Runtime lifecycle.
 """
 
@@ -23,6 +23,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..palette import palette
+from ..tasks import DEFAULT_TASK, Task, get_task
 from .artifact import Artifact, Contract, locate, make_runtime, read_contract
 from .image import Placement, fit, to_rgb, unfit
 
@@ -111,6 +112,11 @@ class Segmenter:
         contract = read_contract(artifact).with_overrides(mean, std, classes)
         contract.require(artifact.path)
         return cls(runtime, artifact, contract, letterbox=letterbox, batch=batch, input_size=input_size)
+
+    @property
+    def task(self) -> Task:
+        """The run's task (its manifest's ``task``; an artifact from elsewhere is taken as segmentation)."""
+        return get_task((self.artifact.manifest or {}).get("task", DEFAULT_TASK))
 
     # -- set-up --------------------------------------------------------------------------------
     def _configure(self, batch: int | None, input_size: tuple[int, int] | None) -> None:
@@ -275,8 +281,7 @@ class Segmenter:
             x = np.concatenate([x, np.repeat(x[-1:], self.static_batch - len(images), axis=0)])
         y = self.runtime.infer({self.input_name: x})[self.output_name]
         infer_s = self.runtime.last_latency_s or 0.0
-        labels = y.argmax(1) if y.ndim == 4 else y
-        labels = labels.astype(np.uint8, copy=False)
+        labels = self.task.prediction_of(y).astype(np.uint8, copy=False)
         maps = [unfit(labels[i], where) for i, where in enumerate(placed)]
         total_s = time.perf_counter() - start
         n = len(images)

@@ -6,8 +6,8 @@ only by suffix (``a.jpg``, ``a.png``), both keep their suffix (``a.jpg``, ``a.pn
 ``<video stem>/frame_000000``. Decoding happens batch by batch, never all at once.
 
 Video needs a decoder that is not a dependency of this package: PyAV (``pip install av``, the
-``[video]`` extra) or OpenCV (``pip install opencv-python-headless``), whichever is installed. Tested
-with PyAV 18.1; the OpenCV path (``cv2.VideoCapture``) was not run here (OpenCV is not installed).
+``[video]`` extra) or OpenCV (``pip install opencv-python-headless``), whichever is installed. The tests
+cover the PyAV path; the OpenCV path (``cv2.VideoCapture``) has none (OpenCV is not a test dependency).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Teacher-guided quantization-aware training (issue 15, section 2): fake-quantize the student the way the
+"""Teacher-guided quantization-aware training: fake-quantize the student the way the
 target's backend quantizes it, fine-tune it against the frozen teacher, export it as the ``qat-int8`` row.
 
 ``fakequant.py`` (NNCF's PyTorch quantization, one scheme per backend, and the exports), ``finetune.py``

@@ -244,7 +244,7 @@ def export_ir(
     import torch
 
     from ..calibrate.openvino import save_ir
-    from ..deploy.backends.openvino import import_openvino
+    from ..runtimes.openvino import import_openvino
 
     ov = import_openvino()
     model = copy.deepcopy(qmodel).eval()
@@ -357,7 +357,7 @@ def unify_concat_scales(qmodel, example) -> int:
     (:func:`_requantize_inputs`), on mixed scales it would requantize one branch behind the fine-tune's back.
     So the inputs share, before fine-tuning, the quantizer of the widest range (no branch clips more than it
     did), the way NNCF itself shares one for Concats its hardware configuration unifies; the fine-tune then
-    trains that shared scale. Found on a probe export; returns how many quantizers now share another's.
+    trains that shared scale. Returns how many quantizers now share another's.
     """
     import tempfile
 

@@ -8,8 +8,7 @@ the exported graph quantizes, and the teacher is wrapped the same way (both read
 calibration images' preprocessing).
 
 Defaults: 300 iterations of Adam at lr 1e-5, batch 8; the stage passes ``none`` unless ``--qat-kd`` says
-otherwise (on the hard row of docs/deploy.md cross-entropy alone beat logit KD and KD + BCKD, paired over four
-seeds; on the other row KD + BCKD was ahead of it within the interval). NNCF's QAT guide ("Quantization-aware
+otherwise (docs/decisions.md, "QAT: off by default, cross-entropy alone"). NNCF's QAT guide ("Quantization-aware
 Training (QAT) with PyTorch", docs.openvino.ai) fine-tunes "for a few epochs with a small learning rate, for
 example, 1e-5"; here a few hundred steps keep the stage short on a CPU. The quantizers' scales are NNCF
 parameters and train with the weights. BatchNorm stays in eval mode: its running statistics are what the

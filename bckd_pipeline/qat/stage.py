@@ -133,21 +133,23 @@ def qat_stage(ctx: DeployContext, out: Path, cache: StageCache, built: list[Buil
 
 
 def _ptq_drop(ctx: DeployContext, built: list[Built], ptq: Built, calib) -> tuple[float, int]:
-    """mIoU (points) of the FP32 simplified ONNX minus the PTQ row's, on training images outside calibration."""
+    """The task's metric (mIoU points) of the FP32 simplified ONNX minus the PTQ row's, on training images outside
+    calibration."""
     from ..deploy.stage import make_runtime
-    from ..metrics import ConfusionMatrix
 
     feeds = calib.validation if calib.validation is not None else _held_out(ctx, calib)
     feeds = replace(feeds, batch=1)  # the runtimes of a static --batch N repeat each image themselves
     fp32 = next(b for b in built if b.name == "onnx-simplified")
     scores = []
     for b in (fp32, ptq):
-        cm = ConfusionMatrix(ctx.meta.num_classes, ctx.meta.ignore_index)
         with make_runtime(ctx, b) as rt:
-            for feed, label in feeds.pairs():
-                y = next(iter(rt.infer(feed).values()))
-                cm.update(y.argmax(1)[0] if y.ndim == 4 else y[0], label)
-        scores.append(cm.miou())
+            score = ctx.task.score_split(
+                lambda feed, rt=rt: next(iter(rt.infer(feed).values())),
+                feeds.pairs(),
+                num_classes=ctx.meta.num_classes,
+                ignore_index=ctx.meta.ignore_index,
+            )
+        scores.append(score)
     return scores[0] - scores[1], len(feeds)
 
 
@@ -225,8 +227,8 @@ def _train_and_export(ctx: DeployContext, row: Built, path: Path, calib, bar) ->
     with library_bars(ctx.deploy.progress):  # NNCF's bars
         qstudent = fakequant.insert_fake_quant(student, list(one_image), scheme)
 
-    # --qat-kd: the fine-tune's terms; by default cross-entropy alone, which the teacher's terms never beat on the
-    # two rows measured (docs/deploy.md, "Does it work?"). The run's --bckd settings apply when they are chosen.
+    # --qat-kd: the fine-tune's terms; by default cross-entropy alone (docs/decisions.md, "QAT: off by default,
+    # cross-entropy alone"). The run's --bckd settings apply when they are chosen.
     dcfg = replace(q.distill or DistillConfig(), kd=q.kd)
     if dcfg.kd == "none":
         teacher, teacher_taps, teacher_what = None, None, "none (cross-entropy alone)"

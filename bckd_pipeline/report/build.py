@@ -1,9 +1,11 @@
 """``report.json``: the ledger of the run, one row per stage, and where it was measured.
 
-``report.json`` (format ``bckd-pipeline/report-v1``) holds ``target``, ``status``, ``exit_code``,
+``report.json`` (format ``bckd-pipeline/report-v1``) holds ``task`` (tasks/: the name readers pass to
+``get_task``; absent in older reports, which are segmentation), ``target``, ``status``, ``exit_code``,
 ``distill`` (teacher / student / distilled mIoU), and ``stages``: one row per ledger stage with
-``name``, ``backend``, ``precision``, ``artifact``, ``status``, ``device``, ``miou``, ``miou_delta``,
-``pixel_agreement``, ``latency_ms`` {p50, p90, p99, mean} and ``fps``. A row that was not measured
+``name``, ``backend``, ``precision``, ``artifact``, ``status``, ``device``, the task's parity fields
+(segmentation: ``miou``, ``miou_delta``, ``pixel_agreement``, ...), ``latency_ms`` {p50, p90, p99, mean}
+and ``fps``. A row that was not measured
 says so in ``status`` and carries nulls, never estimates. Each row's ``artifact_bytes`` and the
 references ``parity_images`` (parity_images.py) and ``qualitative`` (report/evidence.py) serve the CI gate (docs/ci.md);
 ``device`` says where a TensorRT engine was built and measured; ``machine`` (machine.py) is the CPU model
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..fileio import write_json, write_text
 from ..ledger import (
@@ -36,25 +39,17 @@ from .html import write_html
 from .manifest import artifact_files, rel_path
 from .markdown import markdown
 
+if TYPE_CHECKING:
+    from ..calibrate.stage import Calibration
+    from ..context import DeployContext
+
 EXIT_DONE, EXIT_PARITY_FAILED, EXIT_PENDING = 0, 1, 3  # 2 (bad input) comes from BckdError
 
 
-PARITY_FIELDS = (
-    "miou",
-    "miou_delta",
-    "miou_delta_vs_parent",
-    "pixel_agreement",
-    "pixel_agreement_vs_parent",
-    "boundary_f",
-    "max_abs_logit",
-    "mean_abs_logit",
-    "per_class_iou",
-    "per_class_delta",
-)
-
-
-def _row(b, out: Path, *, name: str, status: str, device: str, parent: str | None) -> dict:
-    """A ledger row with every measurement null; callers fill in what was measured."""
+def _row(
+    b, out: Path, *, name: str, status: str, device: str, parent: str | None, fields: tuple[str, ...]
+) -> dict:
+    """A ledger row with every measurement null (``fields``: the task's parity fields); callers fill in the rest."""
     return {
         "name": name,
         "backend": b.backend.value,
@@ -64,7 +59,7 @@ def _row(b, out: Path, *, name: str, status: str, device: str, parent: str | Non
         "artifact_bytes": None if b.path is None else sum(f.stat().st_size for f in artifact_files(b.path)),
         "status": status,
         "device": device,
-        **dict.fromkeys(PARITY_FIELDS),
+        **dict.fromkeys(fields),
         "parity_passed": None,
         "parity_failures": [],
         "latency_ms": dict.fromkeys(("p50", "p90", "p99", "mean")),
@@ -76,10 +71,29 @@ def _row(b, out: Path, *, name: str, status: str, device: str, parent: str | Non
 
 
 def build_report(
-    ctx, summary, built, parity, latency, export_check, simplify_check, calibration, masks, *, qat: dict | None = None
+    ctx: DeployContext,
+    *,
+    summary: dict | None,
+    built: list[Built],
+    parity: dict,
+    latency: dict[str, dict],
+    export_check: dict,
+    simplify_check: dict | None,
+    calibration: Calibration | None,
+    masks: dict | None,
+    qat: dict | None = None,
 ) -> dict:
+    """report.json's content from what the deploy stages returned.
+
+    ``summary``: the distillation's metrics (None for ``deploy``); ``built``: the ledger's rows in pipeline
+    order; ``parity``: parity_stage's record (per stage the task's fields, ``culprit``, ``per_image``);
+    ``latency``: stage name -> latency_stage's record (absent: not measured here); ``export_check`` and
+    ``simplify_check``: the ONNX checks; ``calibration``: the INT8 calibration (None for a float target);
+    ``masks``: qualitative_stage's record; ``qat``: qat_stage's record (None without ``--qat``).
+    """
     out = Path(ctx.out)
     profile = ctx.profile
+    task = ctx.task
     rows = []
     on_device = ctx.device.result if ctx.device is not None and ctx.device.result is not None else None
     for b in built:
@@ -91,9 +105,13 @@ def build_report(
             device = "cpu (host)"
         else:
             device = profile.device if ctx.plan.can_measure else "CPU (host plugin, stand-in)"
-        row = _row(b, out, name=b.name, status=MEASURED if lat else PARITY_ON_HOST, device=device, parent=b.parent)
+        status = MEASURED if lat else PARITY_ON_HOST
+        row = _row(b, out, name=b.name, status=status, device=device, parent=b.parent, fields=task.parity_fields)
         row.update(
-            {k: p[k] for k in PARITY_FIELDS}, parity_passed=p["passed"], parity_failures=p["failures"], build=b.settings
+            {k: p[k] for k in task.parity_fields},
+            parity_passed=p["passed"],
+            parity_failures=p["failures"],
+            build=b.settings,
         )
         if lat is not None:
             L = lat["latency"]
@@ -118,6 +136,7 @@ def build_report(
             status=PENDING,
             device=profile.device,
             parent=deployed.name,
+            fields=task.parity_fields,
         )
         pending["note"] = (
             f"not measured: {ctx.plan.availability_note}. Run `bckd-pipeline bench --target {profile.name} "
@@ -138,6 +157,7 @@ def build_report(
     }
     return {
         "format": REPORT_FORMAT,
+        "task": task.name,
         "target": profile.name,
         "target_key": profile.key,
         "target_profile": {
@@ -175,7 +195,6 @@ def build_report(
         "qat": _qat_section(qat, rows),
         "reference": reference["name"],
         "speedup_vs_reference": speedups,
-        "speedup_vs_pytorch": speedups if reference["name"] == "pytorch" else None,
         "parity_images": parity["per_image"],
         "qualitative": masks,
         "device": device_section,
@@ -245,7 +264,8 @@ def _pending_engine_row(ctx, qdq, out: Path) -> dict:
     from ..targets.profiles import Backend, Precision
 
     engine = Built(ENGINE_ROW, Backend.TENSORRT, Precision.INT8, None, qdq.name)
-    row = _row(engine, out, name=ENGINE_ROW, status=PENDING, device=ctx.profile.device, parent=qdq.name)
+    fields = ctx.task.parity_fields
+    row = _row(engine, out, name=ENGINE_ROW, status=PENDING, device=ctx.profile.device, parent=qdq.name, fields=fields)
     row["note"] = (
         f"engine build and on-device measurements pending: {ctx.device.pending_reason}. To finish: rerun with "
         "--device ssh://user@device (the engine is built and measured there), or copy deploy/tensorrt/bundle to "

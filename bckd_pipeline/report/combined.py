@@ -24,6 +24,7 @@ from pathlib import Path
 
 from ..fileio import write_json, write_text
 from ..ledger import SHARED_ROWS, report_file
+from ..tasks import DEFAULT_TASK, get_task
 from .manifest import MANIFEST_FORMAT
 from .markdown import fmt_value
 
@@ -82,8 +83,8 @@ def write_combined(out: Path, keys: list[str]) -> dict:
 
 
 def _keep_an_older_layout(out: Path, keys: list[str]) -> None:
-    """A run folder written before reports were per target holds only report.json and manifest.json of its one
-    target: keep them as that target's own files before the folder's view is rebuilt over them."""
+    """A run folder in the one-target layout holds only report.json and manifest.json, no per-target files:
+    keep them as that target's own files before the folder's view is rebuilt over them."""
     try:
         old = json.loads((out / "report.json").read_text())
         manifest = json.loads((out / "manifest.json").read_text())
@@ -110,6 +111,7 @@ def combined_report(reports: dict[str, dict], listing: dict) -> dict:
     worst = max(reports.values(), key=lambda r: _SEVERITY.get(r["status"], 0))
     return {
         "format": COMBINED_FORMAT,
+        "task": first.get("task", DEFAULT_TASK),
         **listing,
         "status": worst["status"],
         "exit_code": 1 if any(r["exit_code"] == 1 for r in reports.values()) else worst["exit_code"],
@@ -125,20 +127,23 @@ def combined_report(reports: dict[str, dict], listing: dict) -> dict:
     }
 
 
-HEADER = (
-    "| target | stage | backend | precision | device | status | mIoU | ΔmIoU | agreement % | p50 ms | p99 ms | FPS |",
-    "|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|",
-)
+def header(columns) -> tuple[str, str]:
+    """The Markdown header and alignment lines of the combined ledger, with the task's accuracy ``columns``."""
+    accuracy = " | ".join(c.header for c in columns)
+    return (
+        f"| target | stage | backend | precision | device | status | {accuracy} | p50 ms | p99 ms | FPS |",
+        "|---|---|---|---|---|---|" + "---:|" * len(columns) + "---:|---:|---:|",
+    )
 
 
-def table_lines(rows: list[dict]) -> list[str]:
-    lines = list(HEADER)
+def table_lines(rows: list[dict], task: str = DEFAULT_TASK) -> list[str]:
+    columns = get_task(task).columns
+    lines = list(header(columns))
     for r in rows:
-        agree = None if r["pixel_agreement"] is None else 100 * r["pixel_agreement"]
+        accuracy = " | ".join(fmt_value(c.value(r), c.fmt) for c in columns)
         lines.append(
             f"| {r['target']} | {r['name']} | {r['backend']} | {r['precision']} | {r['device']} | {r['status']} | "
-            f"{fmt_value(r['miou'])} | {fmt_value(r['miou_delta'], '+.3f')} | {fmt_value(agree, '.3f')} | "
-            f"{fmt_value(r['latency_ms']['p50'])} | {fmt_value(r['latency_ms']['p99'])} | "
+            f"{accuracy} | {fmt_value(r['latency_ms']['p50'])} | {fmt_value(r['latency_ms']['p99'])} | "
             f"{fmt_value(r['fps'], '.1f')} |"
         )
     return lines
@@ -153,7 +158,7 @@ def combined_markdown(report: dict) -> str:
         f"{ev['images']} images of `{ev['data']}` split `{ev['split']}` at {ev['input_hw'][0]}x{ev['input_hw'][1]}; "
         "ΔmIoU against the reference row.",
         "",
-        *table_lines(report["stages"]),
+        *table_lines(report["stages"], report.get("task", DEFAULT_TASK)),
         "",
         "Per target (its own ledger, notes and files):",
         *(
@@ -171,10 +176,11 @@ def combined_markdown(report: dict) -> str:
 def combined_html(report: dict) -> str:
     from html import escape
 
-    head = "".join(f"<th>{escape(c.strip())}</th>" for c in HEADER[0].strip("|").split("|"))
+    lines = table_lines(report["stages"], report.get("task", DEFAULT_TASK))
+    head = "".join(f"<th>{escape(c.strip())}</th>" for c in lines[0].strip("|").split("|"))
     body = "".join(
         "<tr>" + "".join(f"<td>{escape(c.strip())}</td>" for c in line.strip("|").split("|")) + "</tr>"
-        for line in table_lines(report["stages"])[2:]
+        for line in lines[2:]
     )
     links = "".join(
         f'<li><a href="{escape(v["report"][:-5])}.html">{escape(k)}</a>: {escape(report["status_per_target"][k])}</li>'

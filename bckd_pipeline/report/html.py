@@ -20,6 +20,7 @@ from scipy import ndimage
 from ..fileio import write_text
 from ..palette import palette
 from .evidence import MASK_COLUMNS, load_qualitative
+from ..tasks import DEFAULT_TASK, get_task
 from .markdown import fmt_value, qat_line
 
 BOUNDARY_PX = 2  # a wrong pixel within this many pixels of a ground-truth boundary is a boundary error
@@ -89,21 +90,22 @@ def colorize(
 
 
 def ledger_table(report: dict) -> str:
+    columns = get_task(report.get("task", DEFAULT_TASK)).columns
     head = (
-        "<tr><th>stage</th><th>backend</th><th>precision</th><th>status</th><th>mIoU</th><th>ΔmIoU</th>"
-        "<th>agreement %</th><th>p50 ms</th><th>p99 ms</th><th>FPS</th><th>artifact MB</th></tr>"
+        "<tr><th>stage</th><th>backend</th><th>precision</th><th>status</th>"
+        + "".join(f"<th>{html.escape(c.header)}</th>" for c in columns)
+        + "<th>p50 ms</th><th>p99 ms</th><th>FPS</th><th>artifact MB</th></tr>"
     )
     rows = []
     for r in report["stages"]:
-        agree = None if r.get("pixel_agreement") is None else 100 * r["pixel_agreement"]
+        accuracy = "".join(f"<td class=n>{fmt_value(c.value(r), c.fmt)}</td>" for c in columns)
         size = r.get("artifact_bytes")
         lat = r.get("latency_ms") or {}
         cls = ' class="fail"' if r.get("parity_passed") is False else ""
         rows.append(
             f"<tr{cls}><td>{html.escape(r['name'])}</td><td>{html.escape(r['backend'])}</td>"
             f'<td>{html.escape(r["precision"])}</td><td class="status-{html.escape(r["status"])}">'
-            f"{html.escape(r['status'])}</td><td class=n>{fmt_value(r.get('miou'))}</td>"
-            f"<td class=n>{fmt_value(r.get('miou_delta'), '+.3f')}</td><td class=n>{fmt_value(agree, '.3f')}</td>"
+            f"{html.escape(r['status'])}</td>{accuracy}"
             f"<td class=n>{fmt_value(lat.get('p50'), '.3f')}</td><td class=n>{fmt_value(lat.get('p99'), '.3f')}</td>"
             f"<td class=n>{fmt_value(r.get('fps'), '.1f')}</td>"
             f"<td class=n>{fmt_value(None if size is None else size / 1e6, '.3f')}</td></tr>"

@@ -52,6 +52,7 @@ def write_manifest(ctx, out: Path, built, report: dict, calibration) -> Path:
 
     manifest = {
         "format": MANIFEST_FORMAT,
+        "task": ctx.task.name,
         "target": ctx.profile.name,
         "target_key": ctx.profile.key,
         "deployable": [a["path"] for a in artifacts if a["stage"] == deployed.name],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..machine import machine_line
+from ..tasks import DEFAULT_TASK, get_task
 
 
 def fmt_value(v, spec: str = ".2f") -> str:
@@ -76,6 +77,7 @@ def qat_line(report: dict) -> str | None:
 
 def markdown(report: dict) -> str:
     ev = report["evaluation"]
+    columns = get_task(report.get("task", DEFAULT_TASK)).columns
     lines = [
         f"# bckd-pipeline report: {report.get('target_key') or report['target']}",
         "",
@@ -86,15 +88,15 @@ def markdown(report: dict) -> str:
         _model_line(report),
         "",
         *_deploy_line(report),
-        "| stage | backend | precision | status | mIoU | ΔmIoU | agreement % | p50 ms | p99 ms | FPS |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
+        f"| stage | backend | precision | status | {' | '.join(c.header for c in columns)} | p50 ms | p99 ms | FPS |",
+        "|---|---|---|---|" + "---:|" * len(columns) + "---:|---:|---:|",
     ]
     for r in report["stages"]:
-        agree = None if r["pixel_agreement"] is None else 100 * r["pixel_agreement"]
+        accuracy = " | ".join(fmt_value(c.value(r), c.fmt) for c in columns)
         lines.append(
-            f"| {r['name']} | {r['backend']} | {r['precision']} | {r['status']} | {fmt_value(r['miou'])} | "
-            f"{fmt_value(r['miou_delta'], '+.3f')} | {fmt_value(agree, '.3f')} | {fmt_value(r['latency_ms']['p50'])} | "
-            f"{fmt_value(r['latency_ms']['p99'])} | {fmt_value(r['fps'], '.1f')} |"
+            f"| {r['name']} | {r['backend']} | {r['precision']} | {r['status']} | {accuracy} | "
+            f"{fmt_value(r['latency_ms']['p50'])} | {fmt_value(r['latency_ms']['p99'])} | "
+            f"{fmt_value(r['fps'], '.1f')} |"
         )
     qat = qat_line(report)
     if qat:

@@ -10,7 +10,6 @@ from torch import nn
 
 from ..cache import StageCache, stage_key
 from ..context import DeployContext, norm
-from ..deploy.parity import labels_of
 from ..deploy.stage import is_device_row, on_target
 from ..distill.checkpoint import CheckpointMeta, load_model
 from ..export.wrapper import SegExportWrapper
@@ -54,7 +53,7 @@ def qualitative_stage(
         def predict(i: int) -> np.ndarray:
             x = torch.from_numpy(images[i].transpose(2, 0, 1)[None].astype(np.float32))
             with torch.inference_mode():
-                return labels_of(wrapper(x).numpy())[0].astype(np.int16)
+                return ctx.task.prediction_of(wrapper(x).numpy())[0].astype(np.int16)
 
         return predict
 

@@ -1,8 +1,8 @@
 """Target profiles: one frozen dataclass per deployment target, listed in a plain dict.
 
 A profile says which backend and device run the deployed model, at which precision, how it is
-calibrated, how close each stage must stay to the PyTorch student (parity), and how latency is
-measured there. ``bckd-pipeline targets`` prints them.
+calibrated, how close each stage must stay to the PyTorch student (parity: the task's criteria per
+precision, tasks/segmentation.py), and how latency is measured there. ``bckd-pipeline targets`` prints them.
 """
 
 from __future__ import annotations
@@ -11,6 +11,13 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 
 from ..errors import ConfigError, unknown_name
+from ..tasks.segmentation import (  # noqa: F401  (ParityCriteria and its values are imported from here too)
+    FLOAT_PARITY,
+    FP16_PARITY,
+    INT8_PARITY,
+    SEGMENTATION,
+    ParityCriteria,
+)
 
 
 class StrEnum(str, Enum):
@@ -66,24 +73,6 @@ class CalibrationSpec:
             raise unknown_name("NNCF preset", self.preset, NNCF_PRESETS)
         if self.max_miou_drop is not None and self.max_miou_drop <= 0:
             raise ConfigError(f"--nncf-max-miou-drop must be > 0 mIoU points, got {self.max_miou_drop}.")
-
-
-@dataclass(frozen=True)
-class ParityCriteria:
-    """How far a stage may move from the stage before it (mIoU points, fraction of pixels, logits).
-
-    ``max_abs_logit`` is checked only between float stages of the same precision family; quantized
-    stages are judged on labels (mIoU and agreement), where their error matters.
-    """
-
-    max_miou_drop: float
-    min_pixel_agreement: float
-    max_abs_logit: float | None = None
-
-
-FLOAT_PARITY = ParityCriteria(max_miou_drop=0.01, min_pixel_agreement=0.999, max_abs_logit=1e-3)
-FP16_PARITY = ParityCriteria(max_miou_drop=0.1, min_pixel_agreement=0.99)
-INT8_PARITY = ParityCriteria(max_miou_drop=1.0, min_pixel_agreement=0.95)
 
 
 @dataclass(frozen=True)
@@ -148,8 +137,9 @@ class TargetProfile:
     calibration: CalibrationSpec | None = None
     fp16_stage: bool = False  # add an FP16 IR to the ledger (OpenVINO)
     latency: LatencySpec = LatencySpec()
+    # the task's criteria per precision (tasks/segmentation.py: FLOAT_PARITY, FP16_PARITY, INT8_PARITY)
     parity: dict[Precision, ParityCriteria] = field(
-        default_factory=lambda: {Precision.FP32: FLOAT_PARITY, Precision.FP16: FP16_PARITY, Precision.INT8: INT8_PARITY}
+        default_factory=lambda: {Precision(k): c for k, c in SEGMENTATION.criteria.items()}
     )
     default_budgets: dict[str, float] = field(default_factory=dict)
     tensorrt: TensorRTOptions | None = None  # TensorRT targets only
@@ -172,7 +162,7 @@ class TargetProfile:
             raise ConfigError(f"Target {self.name!r} asks for opset {self.opset}; this pipeline exports opset >= 17.")
 
 
-INT8_BUDGETS = {"max_miou_drop": 1.0, "min_pixel_agreement": 0.95}
+INT8_BUDGETS = SEGMENTATION.int8_budgets
 
 ONNXRUNTIME_CPU = TargetProfile(
     name="onnxruntime-cpu",

@@ -20,7 +20,7 @@ Version rules, with where each comes from (NVIDIA documentation, read for this m
   exclusively in the future", 10.12.0 release notes) but kept the flags; a strongly typed build
   would keep every layer without Q/DQ in the ONNX's FP32, so ``precision=fp16`` (and the FP16
   fallback of an INT8 build) would silently become FP32, and an x86 host on 10.12+ would build
-  another engine than a Jetson on 10.3 from the same ONNX (issue 14, item 6).
+  another engine than a Jetson on 10.3 from the same ONNX.
 * TensorRT 11.x: "removes all weak typing APIs" - ``BuilderFlag.FP16/INT8/...`` are gone (11.x
   migration guide, "Removed Python APIs"); strong typing is always on. An INT8 build is then INT8
   where the ONNX has Q/DQ and the ONNX's float type elsewhere: ``builder_settings`` says so
@@ -31,9 +31,8 @@ Version rules, with where each comes from (NVIDIA documentation, read for this m
   is read back (``IBuilderConfig.can_run_on_DLA`` per network layer, the engine inspector's
   per-layer JSON after the build, ``create_engine_inspector`` from 8.2, ``ProfilingVerbosity.DETAILED``)
   and reported as the share of layers and of FLOPs on the DLA. TensorRT 11 builds for DLA on AGX
-  Orin with a recent JetPack (issue 14, item 8, from the 11.x release notes as the reviewer read
-  them; not re-read here), so DLA is no longer refused there: a module without that DLA core
-  fails at ``builder.num_DLA_cores``.
+  Orin with a recent JetPack (11.x release notes; docs/decisions.md says how sure that is), so DLA is
+  not refused there: a module without that DLA core fails at ``builder.num_DLA_cores``.
 * Timing cache: ``IBuilderConfig.set_timing_cache(cache, ignore_mismatch)`` returns False when the
   cache was made by another GPU or TensorRT version (TensorRT Python API, IBuilderConfig). Such a
   cache is not used, is left as it was on disk, and the build's settings say so.

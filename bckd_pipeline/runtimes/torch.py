@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..runtime import Feed, Runtime, TensorSpec
+from .base import Feed, Runtime, TensorSpec
 
 
 class TorchRuntime(Runtime):

@@ -18,7 +18,7 @@ time_till, pagelocked_empty, mem_alloc, memcpy_htod_async / memcpy_dtoh_async).
 
 CUDA graphs (``cuda_graph=True``) go through cuda-python's runtime bindings, never pycuda: no pycuda
 release has stream capture (``Stream.begin_capture``/``end_capture``, ``Graph.instantiate`` exist only in
-an unmerged pycuda pull request; checked against every pycuda tag for issue 14). The calls are the
+an unmerged pycuda pull request; checked against every pycuda tag). The calls are the
 ones NVIDIA's own code makes: ``from cuda import cudart`` and the ``(err, value)`` tuple check of
 NVIDIA/TensorRT samples/python/common_runtime.py (``cuda_call``), and the capture sequence of
 NVIDIA/TensorRT demo/Diffusion/demo_diffusion/engine.py ``Engine.infer`` (one plain
@@ -35,9 +35,9 @@ from typing import Sequence
 
 import numpy as np
 
-from ...errors import BackendMissingError, ConfigError, StageCheckError
-from ...targets.tensorrt import MIN_VERSION, import_tensorrt, parse_trt_version
-from ..runtime import Feed, Runtime, TensorSpec
+from ..errors import BackendMissingError, ConfigError, StageCheckError
+from ..targets.tensorrt import MIN_VERSION, import_tensorrt, parse_trt_version
+from .base import Feed, Runtime, TensorSpec
 
 PYCUDA_HINT = (
     "pycuda is not installed: pip install pycuda (it compiles against the CUDA toolkit, so nvcc and the CUDA "

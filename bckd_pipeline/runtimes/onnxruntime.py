@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ...errors import BackendMissingError
-from ..runtime import Feed, Runtime, TensorSpec, dim
+from ..errors import BackendMissingError
+from .base import Feed, Runtime, TensorSpec, dim
 
 ORT_DTYPES = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8, "tensor(float16)": np.float16}
 
@@ -37,7 +37,7 @@ class OrtRuntime(Runtime):
             raise BackendMissingError("onnxruntime is not installed: pip install onnxruntime.") from None
         try:
             import onnx  # noqa: F401 - onnxfile needs it; a device may have bckd-pipeline installed but no onnx
-            from ...onnxfile import load_onnx
+            from ..onnxfile import load_onnx
         except ImportError:  # the device agent ships without them: ONNX Runtime's own error remains
             load_onnx = None
         if load_onnx is not None:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ...errors import BackendMissingError, ConfigError
-from ..runtime import Feed, Runtime, TensorSpec, dim
+from ..errors import BackendMissingError, ConfigError
+from .base import Feed, Runtime, TensorSpec, dim
 
 
 def import_openvino():

@@ -1,1 +1,0 @@
-"""One file per backend; each imports its package inside ``_activate``."""

@@ -1,0 +1,231 @@
+"""What a task is: everything in the pipeline that depends on what the model predicts.
+
+The stages (distil, export, calibrate, deploy, parity, report, gate, predict, the device agent) are the
+same for every dense-prediction task; what differs is how a model's raw output becomes a prediction,
+how a prediction is scored against the labels, and how two deployments of one model are compared.
+A task answers those questions, and the stages ask it instead of naming a metric themselves.
+
+A new task is one file under ``tasks/`` with a subclass of :class:`Task`, registered in
+``tasks/__init__.py::TASKS``. It implements:
+
+- ``prediction_of(output)``: a model's raw output batch (what the exported graph returns) as the
+  prediction batch that is scored and written;
+- ``image_evidence(prediction, target)``: one image's sufficient statistics, a numpy array that sums
+  over images (segmentation: the image's confusion matrix). The ledger keeps it per image; summed it
+  gives the split's metric and resampled over images it gives the gate's bootstrap interval;
+- ``metric_of(evidence)``: the headline metric (``metric``, in ``metric_unit``) of evidence summed over
+  images, vectorised over leading axes;
+- ``parity_meter()``: what the parity ledger measures for one stage against the reference and its
+  parent (:class:`ParityMeter`), ``parity_fields`` (the report row keys it fills) and ``judge()``
+  (the failures of a stage against its parent under the precision's criteria);
+- ``budget_keys``: the budgets the gate reads from a budgets file for this task;
+- ``export_heads``: the heads the exported graph may end in (the first is the default);
+- ``columns``: the accuracy columns the report's ledger tables draw (:class:`Column`).
+
+The generic parts (the split loop, the paired bootstrap of the metric's delta) are written once here
+on top of those. This module and every task module import only numpy and the standard library at
+module level: the CI gate has no torch, and the device agent ships them under Python 3.8.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from ..errors import DataError
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A bootstrap estimate: the point value and its one-sided bounds at ``confidence``."""
+
+    point: float
+    lower: float  # one-sided lower bound at ``confidence``
+    upper: float  # one-sided upper bound at ``confidence``
+    confidence: float
+    resamples: int
+
+
+@dataclass(frozen=True)
+class BudgetKey:
+    """One budget of the CI gate: its unit, whether the measured value must stay at or below it ("max")
+    or above ("min"), and the range a sensible value lies in.
+
+    ``check`` says how the gate judges it: ``"latency"`` and ``"artifact"`` (the task-independent budgets),
+    ``"value"`` (the report row's ``field`` against the limit), ``"drop"`` (the headline metric's drop
+    against the reference stage, on the bootstrap bound) or ``"baseline_drop"`` (its drop against the
+    same stage of a ``--baseline`` report). ``label`` names the measured value in messages, ``fmt`` formats it.
+    """
+
+    unit: str
+    direction: str  # "max" or "min"
+    low: float
+    high: float | None
+    what: str
+    check: str = "value"
+    field: str | None = None
+    label: str = ""
+    fmt: str = ".3f"
+    example: str = "12"  # a sensible value, for messages
+    default: float | None = None  # the limit when the budgets file sets none (``baseline_drop``: --baseline is
+    # always judged)
+
+
+@dataclass(frozen=True)
+class Column:
+    """One accuracy column of the report's ledger tables: its header, the row field, its format and scale."""
+
+    header: str
+    field: str
+    fmt: str = ".2f"
+    scale: float = 1.0  # e.g. 100 for a fraction shown in percent
+
+    def value(self, row: Mapping[str, Any]) -> float | None:
+        """The row's value in the column's scale (None: not measured)."""
+        v = row.get(self.field)
+        return v if v is None or self.scale == 1.0 else self.scale * v
+
+
+class SplitScore:
+    """The headline metric accumulated over the images of a split: ``update`` per batch, then ``value``."""
+
+    def __init__(self, task: Task, num_classes: int, ignore_index: int) -> None:
+        self.task, self.num_classes, self.ignore_index = task, num_classes, ignore_index
+        self.evidence: np.ndarray | None = None
+        self.images = 0
+
+    def update(self, predictions: np.ndarray, targets: np.ndarray) -> None:
+        """Add a batch of predictions and their targets (matching leading batch axes)."""
+        for i in range(len(predictions)):
+            e = self.task.image_evidence(
+                predictions[i], targets[i], num_classes=self.num_classes, ignore_index=self.ignore_index
+            )
+            self.evidence = e.astype(np.int64) if self.evidence is None else self.evidence + e
+            self.images += 1
+
+    def value(self) -> float:
+        """The metric of everything added so far (NaN before any update)."""
+        if self.evidence is None:
+            return float("nan")
+        return float(self.task.metric_of(self.evidence))
+
+
+class ParityMeter(ABC):
+    """What the parity ledger measures for one stage, image by image.
+
+    ``update`` gets the stage's raw output and prediction for one image, the same for the reference
+    stage and the stage's parent (None for the reference itself), and the image's label map. ``fields``
+    returns the report row's parity fields (``Task.parity_fields``) given the reference's meter and the
+    parent's finished fields. ``per_image`` is the evidence per image (stacked: the gate's bootstrap).
+    """
+
+    per_image: list[np.ndarray]
+    kept: list[np.ndarray]
+
+    @abstractmethod
+    def update(
+        self,
+        output: np.ndarray,
+        prediction: np.ndarray,
+        reference: tuple[np.ndarray, np.ndarray],
+        parent: tuple[np.ndarray, np.ndarray] | None,
+        label: np.ndarray,
+        keep: bool,
+    ) -> None: ...
+
+    @abstractmethod
+    def fields(self, reference: ParityMeter, parent: Mapping[str, Any] | None) -> dict[str, Any]: ...
+
+
+class Task(ABC):
+    """The task-specific half of the pipeline (see the module docstring for what a task implements)."""
+
+    name: str
+    metric: str  # the report row field of the headline metric, e.g. "miou"
+    metric_label: str  # how messages name it, e.g. "mIoU"
+    metric_unit: str  # e.g. "mIoU points"
+    evidence: str  # what the per-image evidence is, for messages, e.g. "confusions"
+    parity_fields: tuple[str, ...]
+    budget_keys: Mapping[str, BudgetKey]
+    export_heads: tuple[str, ...]
+    columns: tuple[Column, ...]  # the accuracy columns of the report's ledger tables
+
+    @abstractmethod
+    def prediction_of(self, output: np.ndarray) -> np.ndarray:
+        """A model's raw output batch as the prediction batch."""
+
+    @abstractmethod
+    def image_evidence(self, prediction: np.ndarray, target: np.ndarray, *, num_classes: int, ignore_index: int):
+        """One image's sufficient statistics (a numpy array that sums over images)."""
+
+    @abstractmethod
+    def metric_of(self, evidence: np.ndarray) -> np.ndarray:
+        """The headline metric of evidence summed over images; vectorised over leading axes."""
+
+    @abstractmethod
+    def parity_meter(self, num_classes: int, ignore_index: int) -> ParityMeter:
+        """A fresh meter for one stage of the parity ledger."""
+
+    @abstractmethod
+    def judge(self, row: Mapping[str, Any], parent_name: str, same_precision: bool, criteria: Any) -> list[str]:
+        """The failures of a stage's parity ``row`` against its parent under ``criteria`` (empty: it passed)."""
+
+    def split_score(self, num_classes: int, ignore_index: int) -> SplitScore:
+        """An accumulator of the headline metric over a split."""
+        return SplitScore(self, num_classes, ignore_index)
+
+    def score_split(
+        self,
+        predict: Callable[[Any], np.ndarray],
+        pairs: Iterable[tuple[Any, np.ndarray]],
+        *,
+        num_classes: int,
+        ignore_index: int,
+    ) -> float:
+        """The headline metric of ``predict`` (input -> raw output batch) over ``(input, label)`` pairs.
+
+        The one evaluation loop over a split for the runtimes (ONNX Runtime, OpenVINO, TensorRT); a torch
+        model over a dataset goes through ``metrics.evaluate``, which uses the same prediction and metric.
+        """
+        score = self.split_score(num_classes, ignore_index)
+        for x, label in pairs:
+            score.update(self.prediction_of(np.asarray(predict(x)))[:1], np.asarray(label)[None])
+        return score.value()
+
+    def bootstrap_delta(
+        self, new: np.ndarray, ref: np.ndarray, *, confidence: float = 0.95, resamples: int = 2000, seed: int = 0
+    ) -> Interval:
+        """Paired bootstrap of Δ = metric(new) - metric(ref) over images.
+
+        ``new`` and ``ref`` are the per-image evidence ``[N, ...]`` of the same N images. Each resample b
+        draws N image indices with replacement (the same indices for both, so the pairing cancels the
+        variation shared by the two models) and computes Δ_b = metric(Σ_k new[i_k]) - metric(Σ_k ref[i_k]),
+        the split-level metric of the resampled set. ``point`` is Δ on all images; ``lower``/``upper`` are the
+        (1 - confidence) and confidence percentiles of Δ_b (percentile method).
+        """
+        new, ref = np.asarray(new, np.int64), np.asarray(ref, np.int64)
+        if new.shape != ref.shape or new.ndim < 2 or len(new) == 0:
+            raise DataError(
+                f"A paired Δ{self.metric_label} needs per-image evidence of the same images, got shapes {new.shape} "
+                f"and {ref.shape}. Compare reports evaluated on the same images."
+            )
+        n, shape = new.shape[0], new.shape[1:]
+        rng = np.random.default_rng(seed)
+        # Resample b's summed evidence = (how often each image was drawn) @ the per-image evidence. In
+        # float64, which NumPy multiplies with BLAS (int64 products are ~30x slower) and which holds pixel
+        # counts exactly below 2^53.
+        draws = [np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(resamples)]
+        weights = np.stack(draws).astype(np.float64)
+
+        def resampled(e: np.ndarray) -> np.ndarray:
+            return self.metric_of((weights @ e.reshape(n, -1).astype(np.float64)).reshape((-1,) + shape))
+
+        deltas = resampled(new) - resampled(ref)
+        deltas = deltas[~np.isnan(deltas)]
+        point = float(self.metric_of(new.sum(0)) - self.metric_of(ref.sum(0)))
+        lower, upper = np.percentile(deltas, [100 * (1 - confidence), 100 * confidence])
+        return Interval(point, float(lower), float(upper), confidence, resamples)
