@@ -66,7 +66,7 @@ def test_ci_example_calls_real_commands_and_flags(file, kind):
 
 
 def test_the_example_budgets_pass_a_real_smoke_report(smoke_report, capsys):
-    from test_cli import run_cli
+    from helpers.cli import run_cli
 
     rc, out, err = run_cli(capsys, "gate", smoke_report, "--budgets", CI / "budgets.toml")
     assert rc == 0, out + err

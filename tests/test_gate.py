@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import GATE_RUN_FLAGS as RUN_FLAGS
-from test_cli import assert_clean_error, run_cli
+from helpers.cli import GATE_RUN_FLAGS as RUN_FLAGS
+from helpers.cli import assert_clean_error, run_cli
 
 from bckd_pipeline.gate.budgets import GateSettings, parse_budgets
 from bckd_pipeline.gate.gate import gate

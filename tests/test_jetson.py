@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from deploy_fixtures import NUM_CLASSES, demo_feeds
-from ssh_fixtures import start_sshd, stop_sshd
-from test_cli import SMOKE, assert_clean_error, run_cli
+from helpers.deploy import NUM_CLASSES, demo_feeds
+from helpers.ssh import start_sshd, stop_sshd
+from helpers.cli import SMOKE, assert_clean_error, run_cli
 from torch import nn
 
 from bckd_pipeline.calibrate.onnxruntime import quantize_ort
@@ -488,10 +488,10 @@ def test_ssh_target_parsing():
 # --- the TensorRT branch of the agent, in-process, with recording stand-ins ------------------------
 def test_engine_path_end_to_end_with_stand_ins_for_tensorrt(jetson_run, tmp_path, capsys, monkeypatch):
     """What `run --target tensorrt` does on a GPU host, with TensorRT's builder replaced by the recording fake
-    of tests/test_tensorrt.py and the engine's execution by ONNX Runtime on the same Q/DQ ONNX. It checks our
+    of tests/helpers/fake_tensorrt.py and the engine's execution by ONNX Runtime on the same Q/DQ ONNX. It checks our
     glue (job -> recipe -> build -> trtexec.sh -> runtime -> result -> ledger row, report, manifest), not TensorRT.
     """
-    from test_tensorrt import make_fake_trt
+    from helpers.fake_tensorrt import make_fake_trt
 
     import bckd_pipeline.device.agent as agent
     import bckd_pipeline.deploy.backends.tensorrt as trt_backend

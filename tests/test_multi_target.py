@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 
 import pytest
-from test_cli import SMOKE, assert_clean_error, run_cli
-from test_own_model import models  # noqa: F401  (the module fixture: ONNX files of a model the project does not know)
+from helpers.cli import SMOKE, assert_clean_error, run_cli
+from helpers.own_model import onnx_flags
 
 FAST = ["--latency-runs", "5", "--warmup-runs", "1", "--warmup-s", "0", "--no-throughput", "--parity-images", "8"]
 
@@ -132,9 +132,7 @@ def test_all_local_plans_every_target_this_host_measures(tmp_path, capsys):
 
 # --- what a user sees while it works -----------------------------------------------------------------------------
 def test_stage_lines_on_deploy_and_cached_on_rerun(models, tmp_path, capsys):
-    from test_deploy_options import _onnx
-
-    argv = ["deploy", *SMOKE, *_onnx(models), *FAST, "--out", tmp_path / "D"]
+    argv = ["deploy", *SMOKE, *onnx_flags(models), *FAST, "--out", tmp_path / "D"]
     rc, _, err = run_cli(capsys, *argv)
     assert rc == 0, err
     lines = [line for line in err.splitlines() if line.startswith("stage ")]

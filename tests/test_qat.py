@@ -19,7 +19,7 @@ from bckd_pipeline.export.wrapper import SegExportWrapper  # noqa: E402
 from bckd_pipeline.qat import fakequant  # noqa: E402
 from bckd_pipeline.qat.finetune import QatSchedule, finetune  # noqa: E402
 
-from deploy_fixtures import NUM_CLASSES, demo_feeds  # noqa: E402
+from helpers.deploy import NUM_CLASSES, demo_feeds  # noqa: E402
 
 NORM = Normalization((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 # NNCF's traced op names -> the ONNX op the exporter writes for them.
@@ -399,7 +399,7 @@ def run_cli(capsys, *argv):
 
 @pytest.mark.parametrize("command", ["deploy", "run"])
 def test_qat_auto_without_a_budget_is_refused(tmp_path, capsys, command):
-    from test_cli import assert_clean_error
+    from helpers.cli import assert_clean_error
 
     out = tmp_path / "R"
     model = ["--model", demo_checkpoint(tmp_path)] if command == "deploy" else []
@@ -418,7 +418,7 @@ def test_qat_auto_without_a_budget_is_refused(tmp_path, capsys, command):
 
 
 def test_qat_on_a_target_that_is_not_int8_is_refused(tmp_path, capsys):
-    from test_cli import assert_clean_error
+    from helpers.cli import assert_clean_error
 
     out = tmp_path / "R"
     model = demo_checkpoint(tmp_path)
@@ -586,7 +586,7 @@ def test_run_fine_tunes_against_its_own_teacher_with_its_own_losses(smoke_report
     import json
     import shutil
 
-    from conftest import GATE_RUN_FLAGS
+    from helpers.cli import GATE_RUN_FLAGS
 
     from bckd_pipeline.cache import file_sha256
 

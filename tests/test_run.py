@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_cli import SMOKE, assert_clean_error, run_cli
+from helpers.cli import SMOKE, assert_clean_error, run_cli
 
 from bckd_pipeline.cache import file_sha256
 
@@ -225,7 +225,7 @@ def test_calibration_on_the_evaluation_split_is_refused(tmp_path, capsys):
 
 
 def test_calibration_images_that_are_also_evaluation_images_are_refused(tmp_path, capsys):
-    from test_cli import FOLDER_FLAGS, make_folder_dataset
+    from helpers.cli import FOLDER_FLAGS, make_folder_dataset
 
     data = make_folder_dataset(tmp_path / "data", counts={"train": 4, "val": 2})
     for name in ("images", "masks"):  # val image 0 is a copy of a train image
