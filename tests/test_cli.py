@@ -117,6 +117,7 @@ def _metrics(folder: Path) -> dict:
     return json.loads((folder / "metrics.json").read_text())
 
 
+@pytest.mark.slow
 def test_train_teacher_writes_checkpoint_and_metrics(teacher):
     m = _metrics(teacher)
     assert 0 <= m["miou"] <= 100 and m["role"] == "teacher" and m["model"] == "tiny-teacher"
@@ -125,6 +126,7 @@ def test_train_teacher_writes_checkpoint_and_metrics(teacher):
     assert sorted(p.name for p in teacher.iterdir()) == ["metrics.json", "teacher.pt", "train_state.pt"]
 
 
+@pytest.mark.slow
 def test_distill_then_eval(teacher, tmp_path, capsys):
     s_out, e_out = tmp_path / "S", tmp_path / "E"
     rc, _, err = run_cli(capsys, "distill", *SMOKE, "--teacher", teacher / "teacher.pt", "--kd", "bckd", "--out", s_out)
@@ -144,6 +146,7 @@ def test_distill_then_eval(teacher, tmp_path, capsys):
     assert _metrics(e_out)["miou"] == pytest.approx(m["miou"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_run_whole_pipeline(tmp_path, capsys):
     out = tmp_path / "R"
     # Stage 1 is what this test checks; the FP32 target keeps stages 2-3 short (tests/test_run.py covers them).
@@ -206,6 +209,7 @@ def test_missing_dataset_path(tmp_path, capsys):
     assert "'/nonexistent'" in err and "does not exist" in err
 
 
+@pytest.mark.slow
 def test_teacher_for_another_class_count(teacher, tmp_path, capsys):
     data = make_folder_dataset(tmp_path / "data", classes=3)
     out = tmp_path / "out"
@@ -226,6 +230,7 @@ def test_teacher_for_another_class_count(teacher, tmp_path, capsys):
     assert "predicts 7 classes" in err and "the dataset has 3" in err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("flags", "expected"),
     [
@@ -296,6 +301,7 @@ def test_teacher_that_cannot_take_the_crop(tmp_path, capsys):
 # Divergence
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_exits_1_and_keeps_last_good_checkpoint(teacher, tmp_path, capsys, recwarn):
     out = tmp_path / "out"
     rc, _, err = run_cli(

@@ -288,6 +288,7 @@ def _disagreement(onnx_path, reference, feeds) -> tuple[float, float]:
     return float(np.mean(errors)), differ / total
 
 
+@pytest.mark.slow
 def test_qat_reduces_the_int8_disagreement_where_ptq_loses(tmp_path):
     """PTQ made to lose: an outlier channel (stage 0's first channel 200x the others, read by nothing downstream)
     stretches a per-tensor activation range, so the other channels keep few levels; calibrated on two images.
@@ -429,6 +430,7 @@ def test_qat_on_a_target_that_is_not_int8_is_refused(tmp_path, capsys):
     assert "QAT fine-tunes an INT8 model" in err
 
 
+@pytest.mark.slow
 def test_the_qat_row_is_in_the_ledger_the_reports_and_the_gate(tmp_path, capsys):
     import json
 
@@ -509,6 +511,7 @@ def test_qat_auto_keeps_the_ptq_row_when_it_meets_the_budget(tmp_path, capsys):
     assert {c.stage for c in result.checks} == {"onnxruntime-int8"}
 
 
+@pytest.mark.slow
 def test_qat_of_a_real_student_exports_per_tensor_activations_onnx_runtime_runs(tmp_path):
     """deeplabv3plus-mbv2 has depthwise convolutions, on whose inputs NNCF's CPU config would put per-channel
     activation quantizers that ONNX Runtime's QLinearConv refuses: every activation Q/DQ must be per tensor,
@@ -532,6 +535,7 @@ def test_qat_of_a_real_student_exports_per_tensor_activations_onnx_runtime_runs(
     assert (got.argmax(1) == want.argmax(1)).mean() > 0.99
 
 
+@pytest.mark.slow
 def test_qat_for_tensorrt_writes_the_tensorrt_ready_qdq_onnx_the_bundle_ships(tmp_path, capsys):
     """A TensorRT target: the QAT row is the TensorRT-ready Q/DQ ONNX (check_tensorrt_qdq), checked on ONNX
     Runtime here; the device bundle ships it, and the engine row (pending without a device) builds from it."""
@@ -557,6 +561,7 @@ def test_qat_for_tensorrt_writes_the_tensorrt_ready_qdq_onnx_the_bundle_ships(tm
     assert report["qat"]["scheme"]["activations"] == "symmetric s8"
 
 
+@pytest.mark.slow
 def test_qat_for_openvino_deploys_the_int8_ir_after_the_ptq_ir(tmp_path, capsys):
     """An OpenVINO target: the QAT row is an IR (openvino.convert_model of the NNCF model), after the NNCF PTQ
     IR, with the profile's NNCF preset and device; parity and latency measure it like the PTQ row."""
@@ -579,6 +584,7 @@ def test_qat_for_openvino_deploys_the_int8_ir_after_the_ptq_ir(tmp_path, capsys)
     assert _ir_props(out / row["artifact"])["bckd.output"]  # the contract predict reads, as on the PTQ IR
 
 
+@pytest.mark.slow
 def test_run_fine_tunes_against_its_own_teacher_with_its_own_losses(smoke_report, tmp_path, capsys):
     """`run --qat on --qat-kd kd+bckd`: the teacher is the run's (teacher/teacher.pt), the BCKD settings the
     run's --bckd; the distillation stages are reused from the cache (a copy of the smoke run), only the

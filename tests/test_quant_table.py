@@ -59,6 +59,7 @@ def table(qt, tmp_path_factory):
     return qt, opts, qt.run(opts)
 
 
+@pytest.mark.slow
 def test_json_structure(table, lib):
     qt, opts, payload = table
     assert payload["format"] == lib.table.FORMAT
@@ -83,6 +84,7 @@ def test_json_structure(table, lib):
     assert "| tiny-student | ort-u8s8 |" in md and "| tiny-student | trt-qdq |" in md
 
 
+@pytest.mark.slow
 def test_bootstrap_interval_brackets_the_point(table):
     _, _, payload = table
     for acc in payload["students"]["tiny-student"]["accuracy"].values():
@@ -91,6 +93,7 @@ def test_bootstrap_interval_brackets_the_point(table):
         assert lo <= acc["delta_miou"] <= hi
 
 
+@pytest.mark.slow
 def test_rerun_reads_the_cache(table):
     qt, opts, payload = table
     again = qt.run(opts)
@@ -101,6 +104,7 @@ def test_rerun_reads_the_cache(table):
     assert lat == payload["students"]["tiny-student"]["latency"]["32x32"]["ort-u8s8"]
 
 
+@pytest.mark.slow
 def test_layer_groups_and_worst_rows(table, lib):
     _, opts, payload = table
     sim = opts.out / "work" / "tiny-student" / "32x32" / "model.sim.onnx"
