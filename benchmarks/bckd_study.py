@@ -41,9 +41,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
-import math
 import os
-import platform
 import shlex
 import statistics
 import subprocess
@@ -53,6 +51,10 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # common, also when loaded by path (tests)
+
+from common import child_env, cli_argv, code_hash, environment, mean_sd, paired, write_json_atomic  # noqa: E402
 
 # Row name -> the distill flags that define it. Order is the table's order.
 ROWS: dict[str, list[str]] = {
@@ -79,8 +81,6 @@ ABLATION_REUSES = "bckd"
 REFERENCES = ("kd", "student")
 METRICS = {"miou": "mIoU", "boundary_f": "boundary F", "lhd": "LHD (GT, lower is better)"}
 MIN_SEEDS = 4
-BOOTSTRAP_RESAMPLES = 10_000
-BOOTSTRAP_SEED = 0
 TINY_ENCODER_TAPS = "stages.0,stages.1,stages.2,stages.3"  # TinySegNet has no `encoder` module
 # What identifies a retrained teacher with a recorded one when the record has no sha256 (--include).
 TEACHER_IDENTITY = (*METRICS, "per_class_iou", "last_terms")
@@ -289,31 +289,14 @@ def job_dir(out: Path, job: Job) -> Path:
     return out / job.row / f"s{job.seed}"
 
 
-def code_hash() -> str:
-    """A short hash of the bckd_pipeline sources as they are now: a resumed study may span code changes."""
-    import hashlib
-
-    pkg = Path(__file__).resolve().parent.parent / "bckd_pipeline"
-    h = hashlib.sha256()
-    for f in sorted(pkg.rglob("*.py")):
-        h.update(str(f.relative_to(pkg)).encode() + b"\0" + f.read_bytes())
-    return h.hexdigest()[:12]
-
-
 # ----------------------------------------------------------------------------------------------
 # Running one command
-
-
-def child_env(threads: int) -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
 
 
 def run_cli(cmd: list[str], threads: int) -> tuple[int, str, float]:
     """Run a `bckd-pipeline ...` command (the console script and `python -m bckd_pipeline.cli` are one)."""
     t0 = time.time()
-    proc = subprocess.run(
-        [sys.executable, "-m", "bckd_pipeline.cli", *cmd[1:]], capture_output=True, text=True, env=child_env(threads)
-    )
+    proc = subprocess.run(cli_argv(cmd), capture_output=True, text=True, env=child_env(threads))
     return proc.returncode, proc.stderr, round(time.time() - t0, 1)
 
 
@@ -499,49 +482,6 @@ def teacher_metrics(args: argparse.Namespace, ckpt: Path) -> dict:
 # Statistics
 
 
-def paired(row: dict[int, float], ref: dict[int, float]) -> dict:
-    """Paired difference row - ref over the seeds both have: mean, sd, 95% t and bootstrap intervals."""
-    seeds = sorted(set(row) & set(ref))
-    diffs = [row[s] - ref[s] for s in seeds]
-    out: dict = {
-        "n": len(diffs),
-        "seeds": seeds,
-        "mean": None,
-        "sd": None,
-        "t_ci": None,
-        "bootstrap_ci": None,
-        "significant": False,
-    }
-    if not diffs:
-        return out
-    out["mean"] = statistics.fmean(diffs)
-    if len(diffs) < 2:
-        return out
-    from scipy import stats
-
-    sd = statistics.stdev(diffs)
-    half = float(stats.t.ppf(0.975, len(diffs) - 1)) * sd / math.sqrt(len(diffs))
-    lo, hi = out["mean"] - half, out["mean"] + half
-    out.update(sd=sd, t_ci=[lo, hi], bootstrap_ci=bootstrap_ci(diffs), significant=lo > 0 or hi < 0)
-    return out
-
-
-def bootstrap_ci(diffs: list[float], resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> list[float]:
-    """95% percentile interval of the mean difference, resampling seeds with replacement (fixed rng)."""
-    import numpy as np
-
-    d = np.asarray(diffs, dtype=float)
-    idx = np.random.default_rng(seed).integers(0, len(d), size=(resamples, len(d)))
-    lo, hi = np.percentile(d[idx].mean(axis=1), [2.5, 97.5])
-    return [float(lo), float(hi)]
-
-
-def mean_sd(values: list[float]) -> dict:
-    if not values:
-        return {"mean": None, "sd": None}
-    return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else None}
-
-
 def by_seed(records: list[dict], row: str, key: str) -> dict[int, float]:
     return {
         r["seed"]: r[key]
@@ -674,48 +614,6 @@ def settings_line(args: argparse.Namespace) -> str:
         + (f", bckd args `{args.bckd_args}`" if args.bckd_args else "")
         + (f", extra `{args.extra}`" if args.extra else "")
     )
-
-
-def environment() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        )
-    except (OSError, StopIteration):
-        pass
-    try:
-        torch_version = version("torch")
-    except PackageNotFoundError:
-        torch_version = None
-    repo = Path(__file__).resolve().parent.parent
-    return {
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch_version,
-        **git_state(repo),
-    }
-
-
-def git_state(repo: Path) -> dict:
-    def git(*a: str) -> str:
-        return subprocess.run(["git", *a], cwd=repo, capture_output=True, text=True).stdout.strip()
-
-    try:
-        return {"git_commit": git("rev-parse", "HEAD"), "git_dirty": bool(git("status", "--porcelain"))}
-    except OSError:
-        return {"git_commit": None, "git_dirty": None}
-
-
-def write_json_atomic(path: Path, obj: dict) -> None:
-    from bckd_pipeline.fileio import write_json  # standard library only
-
-    write_json(path, obj, indent=1)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -20,10 +20,11 @@ import json
 import os
 import shlex
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from common import cli_argv
 
 GEOMETRY = ["--bckd", "grid_stride=4", "--bckd", "radius=3"]
 TUNE = {
@@ -85,9 +86,7 @@ def main() -> None:
         ]
         t0 = time.time()
         env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-        proc = subprocess.run(
-            [sys.executable, "-m", "bckd_pipeline.cli", *cmd[1:]], capture_output=True, text=True, env=env
-        )
+        proc = subprocess.run(cli_argv(cmd), capture_output=True, text=True, env=env)
         row = {
             "phase": phase,
             "name": name,

@@ -27,6 +27,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from common import cli_argv
+
 # BCKD option variants tried in the tuning phase: name -> --bckd overrides (+ alpha/beta).
 VARIANTS: dict[str, list[str]] = {
     "literal": ["--bckd", "boundary_teacher=conv", "--bckd", "softmax_input=prob", "--bckd", "relation=dot"],
@@ -78,8 +80,7 @@ def main() -> None:
             return {"name": name, "phase": phase, "seed": seed, "status": "skipped (deadline)"}
         cmd = ["bckd-pipeline", *argv, "--out", str(out), "--seed", str(seed), *common]
         t0 = time.time()
-        # The console script and `python -m bckd_pipeline.cli` are the same entry point.
-        proc = subprocess.run([sys.executable, "-m", "bckd_pipeline.cli", *cmd[1:]], capture_output=True, text=True)
+        proc = subprocess.run(cli_argv(cmd), capture_output=True, text=True)
         row = {
             "name": name,
             "phase": phase,

@@ -17,6 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from common import cli_argv
+
 
 def main() -> None:
     ap = argparse.ArgumentParser()
@@ -25,7 +27,7 @@ def main() -> None:
     ap.add_argument("--cores", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
-    cli = [sys.executable, "-m", "bckd_pipeline.cli"]
+    cli = cli_argv(["bckd-pipeline"])
     common = ["--preset", "demo", "--train-device", args.device, "--num-workers", "0", "--no-progress"]
     teacher = args.out / "teacher"
     run = dict(check=True, capture_output=True, text=True)

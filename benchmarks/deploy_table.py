@@ -18,8 +18,9 @@ import argparse
 import json
 import shlex
 import subprocess
-import sys
 from pathlib import Path
+
+from common import cli_argv
 
 from bckd_pipeline.data.feeds import DatasetFeeds, pick_indices
 from bckd_pipeline.data import build_dataset
@@ -48,9 +49,7 @@ ORT_VARIANTS = {
 
 def deploy(args, target: str) -> dict:
     cmd = [
-        sys.executable,
-        "-m",
-        "bckd_pipeline.cli",
+        "bckd-pipeline",
         "deploy",
         "--model",
         str(args.model),
@@ -68,6 +67,7 @@ def deploy(args, target: str) -> dict:
     ]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
+    cmd = cli_argv(cmd)
     print("$", shlex.join(cmd), flush=True)
     rc = subprocess.run(cmd).returncode
     if rc not in (0, 3):

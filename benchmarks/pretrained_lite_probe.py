@@ -21,7 +21,6 @@ import argparse
 import json
 import platform
 import shlex
-import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import cpu_model
 from PIL import Image
 
 STREET = {829: "streetcar", 874: "trolleybus", 920: "traffic light"}
@@ -111,13 +111,11 @@ def main() -> int:
         row["seconds"] = round(time.perf_counter() - t0, 1)
         rows.append(row)
         print(json.dumps(row), flush=True)
-    cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    cpu_model = next((line.split(":", 1)[1].strip() for line in cpu.splitlines() if line.startswith("Model name")), "")
     result = {
         "what": __doc__.strip().splitlines()[0],
         "command": command,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "cpu": cpu_model,
+        "cpu": cpu_model(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "timm": timm.__version__,

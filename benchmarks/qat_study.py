@@ -9,7 +9,7 @@ One INT8 row (``--backend``'s PTQ flavour, the table's: ``trt-qdq`` is the Tenso
 row, the QAT stage's own steps (``qat/``): NNCF fake quantization with the backend's scheme, ranges from the same
 calibration images, the fine-tune against the frozen teacher with that row's terms (``--qat-kd``: ``none`` is
 cross-entropy alone, the control), the Q/DQ export (made TensorRT-ready for ``tensorrt``), scored against the FP32
-ONNX on every evaluation image as the quantization table scores (``quant_table.score``). Rows of one seed share
+ONNX on every evaluation image as the quantization table scores (``measure.score``). Rows of one seed share
 the initial quantized model, the batches and the learning rate: only the loss differs (paired).
 
 Reported: FP32, PTQ and per-row QAT mIoU; per row the recovered share of the PTQ drop, (QAT − PTQ) / (FP32 − PTQ);
@@ -29,8 +29,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import bckd_study  # noqa: E402  (paired, mean_sd, code_hash)
-import quant_table  # noqa: E402  (export_at, quantize, score, feeds_of)
+import common  # noqa: E402  (paired, mean_sd, code_hash, lscpu, versions)
+from quant import measure  # noqa: E402  (export_at, quantize, score, feeds_of)
 
 BACKEND_FLAVOUR = {"tensorrt": "trt-qdq", "onnxruntime": "ort-u8s8"}
 
@@ -77,23 +77,23 @@ def main(argv=None) -> None:
     opts = argparse.Namespace(threads=None, resamples=1000, seed=0, demo_count=None)
     args.work.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    args.code_hash = bckd_study.code_hash()  # of the code that runs, taken before it runs
+    args.code_hash = common.code_hash()  # of the code that runs, taken before it runs
 
     from bckd_pipeline.fileio import file_sha256
 
     model, model_meta = load_model(args.model)  # once: its preset names the quantization table's Student
-    student = quant_table.Student(model_meta.model, args.model, file_sha256(args.model), model, model_meta)
+    student = measure.Student(model_meta.model, args.model, file_sha256(args.model), model, model_meta)
     from bckd_pipeline.data.feeds import DatasetFeeds, pick_indices
 
-    train_set = quant_table.dataset(opts, args.data, "train", hw)  # read once: calibration draws from it too
+    train_set = measure.dataset(opts, args.data, "train", hw)  # read once: calibration draws from it too
     calib = DatasetFeeds.from_dataset(train_set, pick_indices(args.calib_size, len(train_set), 0), hw)
-    val = quant_table.feeds_of(opts, args.data, "val", hw, None)
-    sim = quant_table.export_at(student, hw, args.work / "export", val.head(4))
+    val = measure.feeds_of(opts, args.data, "val", hw, None)
+    sim = measure.export_at(student, hw, args.work / "export", val.head(4))
     flavour = BACKEND_FLAVOUR[args.backend]
     ptq_path = args.work / f"ptq-{flavour}.onnx"
-    ptq_settings = quant_table.quantize(flavour, sim, ptq_path, calib, CalibrationSpec(size=args.calib_size, seed=0))
+    ptq_settings = measure.quantize(flavour, sim, ptq_path, calib, CalibrationSpec(size=args.calib_size, seed=0))
     meta = student.meta
-    ptq = quant_table.score(sim, ptq_path, val, num_classes=meta.num_classes, ignore_index=meta.ignore_index, opts=opts)
+    ptq = measure.score(sim, ptq_path, val, num_classes=meta.num_classes, ignore_index=meta.ignore_index, opts=opts)
     print(f"FP32 {ptq['miou_fp32']:.2f}  PTQ {flavour} {ptq['miou_int8']:.2f} ({ptq['delta_miou']:+.2f})", flush=True)
     drop = ptq["miou_fp32"] - ptq["miou_int8"]
 
@@ -134,7 +134,7 @@ def main(argv=None) -> None:
                 qstudent, torch.zeros(1, 3, *hw), path, opset=17, input_name="image", output_name="logits"
             )
             ready = fakequant.make_tensorrt_ready(path) if args.backend == "tensorrt" else None
-            scored = quant_table.score(
+            scored = measure.score(
                 sim, path, val, num_classes=meta.num_classes, ignore_index=meta.ignore_index, opts=opts
             )
             rec = {
@@ -191,25 +191,25 @@ def summary(records: list[dict], rows: list[str]) -> dict:
         mine = [r for r in records if r["row"] == row]
         out["rows"][row] = {
             "seeds": [r["seed"] for r in mine],
-            "miou_qat": bckd_study.mean_sd([r["miou_qat"] for r in mine]),
-            "recovered": bckd_study.mean_sd([r["recovered"] for r in mine if r["recovered"] is not None]),
+            "miou_qat": common.mean_sd([r["miou_qat"] for r in mine]),
+            "recovered": common.mean_sd([r["recovered"] for r in mine if r["recovered"] is not None]),
             "recovered_t_ci": _mean_ci([r["recovered"] for r in mine if r["recovered"] is not None]),
         }
     by = {row: {r["seed"]: r["miou_qat"] for r in records if r["row"] == row} for row in rows}
     for i, row in enumerate(rows):
         for other in rows[i + 1 :]:
-            out["paired"][f"{row} - {other}"] = bckd_study.paired(by[row], by[other])
+            out["paired"][f"{row} - {other}"] = common.paired(by[row], by[other])
     init = next((r["miou_qat"] for r in records if r["row"] == "init"), None)
     if init is not None:  # what the fine-tune adds to NNCF's initial quantized model, per row
         for row in rows:
-            out["paired"][f"{row} - init"] = bckd_study.paired(by[row], {s: init for s in by[row]})
+            out["paired"][f"{row} - init"] = common.paired(by[row], {s: init for s in by[row]})
     return out
 
 
 def _mean_ci(values: list[float]) -> list[float] | None:
-    """95 % t interval of a mean over seeds (the recovered share of the drop): bckd_study's paired interval
+    """95 % t interval of a mean over seeds (the recovered share of the drop): common.paired's interval
     against zero."""
-    return bckd_study.paired(dict(enumerate(values)), dict.fromkeys(range(len(values)), 0.0))["t_ci"]
+    return common.paired(dict(enumerate(values)), dict.fromkeys(range(len(values)), 0.0))["t_ci"]
 
 
 def write(args, ptq, ptq_settings, flavour, records, rows, started, argv) -> None:
@@ -218,8 +218,8 @@ def write(args, ptq, ptq_settings, flavour, records, rows, started, argv) -> Non
         "code_hash": args.code_hash,
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "wall_s": round(time.time() - started, 1),
-        "machine": quant_table.lscpu(),
-        "versions": quant_table.versions(),
+        "machine": common.lscpu(),
+        "versions": common.versions(),
         "model": str(args.model),
         "teacher": str(args.teacher),
         "data": args.data,

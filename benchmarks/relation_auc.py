@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from common import cpu_model, git_state
 from scipy.stats import rankdata
 
 
@@ -160,15 +159,8 @@ def main() -> None:
                 "same_class_share": round(float(f.mean()), 4),
             }
         )
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    cpu = cpu_model()
+    commit = git_state()["git_commit"]
     result = {
         "command": "python " + " ".join(sys.argv),
         "what": "ROC AUC of the cosine similarity of fused features at the BCKD grid for same-class vs different-class "

@@ -27,6 +27,7 @@ import sys
 import time
 
 import torch
+from common import cpu_summary
 
 
 ROWS = ("none", "kd", "bckd", "kd+bckd")
@@ -182,14 +183,7 @@ def _proc_status_bytes(field: str) -> int:
 
 def _machine() -> dict:
     """CPU model and vector ISA (latency means nothing without them), and the GPU when used."""
-    info = {}
-    try:
-        text = open("/proc/cpuinfo").read()
-        info["cpu"] = next(line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name"))
-        flags = next(line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags"))
-        info["isa"] = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile") if f in flags]
-    except (OSError, StopIteration):
-        pass
+    info = cpu_summary()
     info["threads"] = torch.get_num_threads()
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()

@@ -22,7 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import quant_table  # noqa: E402  (load_student, feeds_of, lscpu, versions)
+import common  # noqa: E402  (versions, error_text)
+from quant import measure  # noqa: E402  (load_student, feeds_of)
 
 
 def one(preset: str, checkpoint: Path, args, opts) -> dict:
@@ -37,8 +38,8 @@ def one(preset: str, checkpoint: Path, args, opts) -> dict:
     from bckd_pipeline.qat import fakequant
 
     hw = tuple(int(v) for v in args.size.split(","))
-    student = quant_table.load_student(preset, checkpoint)
-    calib = quant_table.feeds_of(opts, args.data, "train", hw, args.calib_size, seed=0)
+    student = measure.load_student(preset, checkpoint)
+    calib = measure.feeds_of(opts, args.data, "train", hw, args.calib_size, seed=0)
     wrapper = SegExportWrapper(student.model, normalize=norm(student.meta), head="logits").eval()
     qmodel = fakequant.insert_fake_quant(wrapper, list(replace(calib, batch=1)), fakequant.scheme_for("tensorrt"))
     with tempfile.TemporaryDirectory() as work:
@@ -95,7 +96,7 @@ def main(argv=None) -> None:
     out = {
         "command": "python benchmarks/trt_qat_ready.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "versions": quant_table.versions(),
+        "versions": common.versions(),
         "students": {},
     }
     for entry in args.student:
@@ -106,7 +107,7 @@ def main(argv=None) -> None:
             out["students"][preset] = {
                 "checkpoint": ckpt,
                 "tensorrt_ready": False,
-                "error": quant_table.error_text(exc),
+                "error": common.error_text(exc),
             }
             print(f"{preset}: {out['students'][preset]['error']}", flush=True)
             continue

@@ -11,17 +11,7 @@ torch.set_num_threads(1)
 
 # --- one real `run --preset smoke` shared by test_gate.py, test_html.py and test_ci_examples.py ---
 import pytest  # noqa: E402
-
-GATE_RUN_FLAGS = [
-    "--preset",
-    "smoke",
-    "--no-progress",
-    "--train-device",
-    "cpu",
-    "--latency-runs",
-    "20",
-    "--no-throughput",
-]
+from helpers.cli import GATE_RUN_FLAGS  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -32,3 +22,11 @@ def smoke_report(tmp_path_factory):
     out = tmp_path_factory.mktemp("gate") / "R"
     assert main(["run", *GATE_RUN_FLAGS, "--out", str(out)]) == 0
     return out
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """Files of a model the project does not know (helpers/own_model.py), built once per test module."""
+    from helpers.own_model import build_models
+
+    return build_models(tmp_path_factory.mktemp("own"))

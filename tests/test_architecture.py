@@ -335,6 +335,7 @@ def test_every_command_is_probed():
     assert sorted(sub.choices) == sorted(COMMANDS)
 
 
+@pytest.mark.slow
 def test_gate_on_a_report_imports_no_heavy_library(smoke_report, tmp_path):
     budgets = tmp_path / "budgets.toml"
     budgets.write_text("[onnxruntime-cpu]\nmin_miou = 0.0\n")

@@ -65,8 +65,9 @@ def test_ci_example_calls_real_commands_and_flags(file, kind):
         assert job["artifacts"]["reports"]["junit"] == "runs/ci/gate.xml" and job["allow_failure"]["exit_codes"] == [3]
 
 
+@pytest.mark.slow
 def test_the_example_budgets_pass_a_real_smoke_report(smoke_report, capsys):
-    from test_cli import run_cli
+    from helpers.cli import run_cli
 
     rc, out, err = run_cli(capsys, "gate", smoke_report, "--budgets", CI / "budgets.toml")
     assert rc == 0, out + err

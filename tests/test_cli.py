@@ -13,65 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from helpers.cli import FOLDER_FLAGS, SMOKE, assert_clean_error, make_folder_dataset, run_cli
 
 from bckd_pipeline.cli import main
 from bckd_pipeline.data.demo import DEMO_CLASSES
 from bckd_pipeline.distill.checkpoint import CheckpointMeta, load_model, read_checkpoint, save_checkpoint
 from bckd_pipeline.distill.models import PRESETS, build_model
-
-SMOKE = ["--preset", "smoke", "--no-progress", "--train-device", "cpu"]  # CPU even where CUDA exists: repeatable
-
-
-def run_cli(capsys, *argv: str | Path) -> tuple[int, str, str]:
-    rc = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return rc, captured.out, captured.err
-
-
-def make_folder_dataset(
-    root: Path,
-    *,
-    classes: int = 3,
-    size: tuple[int, int] = (32, 32),
-    counts: dict[str, int] | None = None,
-    train_label: int | None = None,
-    train_mask_size: tuple[int, int] | None = None,
-) -> Path:
-    """A ``folder:`` dataset: images/{split}/*.png, masks/{split}/*.png, classes.txt.
-
-    ``train_label`` writes that value into one pixel of every train mask; ``train_mask_size``
-    gives every train mask another size than its image.
-    """
-    rng = np.random.default_rng(0)
-    for split, n in (counts or {"train": 4, "val": 2}).items():
-        (root / "images" / split).mkdir(parents=True)
-        (root / "masks" / split).mkdir(parents=True)
-        for i in range(n):
-            image = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
-            Image.fromarray(image).save(root / "images" / split / f"{i}.png")
-            mask_size = train_mask_size if split == "train" and train_mask_size else size
-            mask = np.zeros(mask_size, np.uint8)
-            mask[:, mask_size[1] // 2 :] = 1
-            mask[:4, :4] = classes - 1
-            if split == "train" and train_label is not None:
-                mask[-1, -1] = train_label
-            Image.fromarray(mask).save(root / "masks" / split / f"{i}.png")
-    (root / "classes.txt").write_text("".join(f"class{k}\n" for k in range(classes)))
-    return root
-
-
-def assert_clean_error(rc: int, err: str, out_dir: Path | None, *, code: int = 2) -> None:
-    """Exit code, one paragraph starting with 'error:', no traceback, nothing written. The stage lines of a run
-    (progress.py: "stage export: started") are not part of the error: they are set aside first."""
-    err = "".join(line for line in err.splitlines(keepends=True) if not line.startswith("stage "))
-    assert rc == code, err
-    assert err.startswith("error: "), err
-    assert "Traceback" not in err and 'File "' not in err, err
-    assert err.strip().count("\n") == 0, err  # one paragraph
-    if out_dir is not None and out_dir.exists():
-        written = sorted(p.name for p in out_dir.rglob("*") if p.suffix in (".json", ".pt") or p.name.endswith(".tmp"))
-        assert written == [], written
 
 
 @pytest.fixture(scope="module")
@@ -170,6 +117,7 @@ def _metrics(folder: Path) -> dict:
     return json.loads((folder / "metrics.json").read_text())
 
 
+@pytest.mark.slow
 def test_train_teacher_writes_checkpoint_and_metrics(teacher):
     m = _metrics(teacher)
     assert 0 <= m["miou"] <= 100 and m["role"] == "teacher" and m["model"] == "tiny-teacher"
@@ -178,6 +126,7 @@ def test_train_teacher_writes_checkpoint_and_metrics(teacher):
     assert sorted(p.name for p in teacher.iterdir()) == ["metrics.json", "teacher.pt", "train_state.pt"]
 
 
+@pytest.mark.slow
 def test_distill_then_eval(teacher, tmp_path, capsys):
     s_out, e_out = tmp_path / "S", tmp_path / "E"
     rc, _, err = run_cli(capsys, "distill", *SMOKE, "--teacher", teacher / "teacher.pt", "--kd", "bckd", "--out", s_out)
@@ -197,6 +146,7 @@ def test_distill_then_eval(teacher, tmp_path, capsys):
     assert _metrics(e_out)["miou"] == pytest.approx(m["miou"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_run_whole_pipeline(tmp_path, capsys):
     out = tmp_path / "R"
     # Stage 1 is what this test checks; the FP32 target keeps stages 2-3 short (tests/test_run.py covers them).
@@ -224,7 +174,6 @@ def test_run_whole_pipeline(tmp_path, capsys):
 # Bad input: exit code 2, one clean message, nothing written
 
 
-FOLDER_FLAGS = [*SMOKE, "--crop", "32,32", "--batch-size", "2"]  # fit the 32x32 fixture datasets
 FOLDER_TRAIN = ["train-teacher", *FOLDER_FLAGS, "--iters", "1"]
 
 
@@ -260,6 +209,7 @@ def test_missing_dataset_path(tmp_path, capsys):
     assert "'/nonexistent'" in err and "does not exist" in err
 
 
+@pytest.mark.slow
 def test_teacher_for_another_class_count(teacher, tmp_path, capsys):
     data = make_folder_dataset(tmp_path / "data", classes=3)
     out = tmp_path / "out"
@@ -280,6 +230,7 @@ def test_teacher_for_another_class_count(teacher, tmp_path, capsys):
     assert "predicts 7 classes" in err and "the dataset has 3" in err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("flags", "expected"),
     [
@@ -350,6 +301,7 @@ def test_teacher_that_cannot_take_the_crop(tmp_path, capsys):
 # Divergence
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_exits_1_and_keeps_last_good_checkpoint(teacher, tmp_path, capsys, recwarn):
     out = tmp_path / "out"
     rc, _, err = run_cli(

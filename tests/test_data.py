@@ -20,7 +20,9 @@ from bckd_pipeline.data import (
     build_dataset,
     parse_data_spec,
 )
+from bckd_pipeline.data.base import PAD_LABEL
 from bckd_pipeline.data.demo import DEMO_CLASSES, FENCE, POLE, VEHICLE, WIRE, DemoDataset
+from bckd_pipeline.distill.task import split_padding
 from bckd_pipeline.errors import ConfigError, DataError
 
 H, W = 12, 16
@@ -365,3 +367,16 @@ def test_eval_transform_resizes_mask_by_nearest() -> None:
 def test_train_transform_rejects_bad_options(kwargs: dict) -> None:
     with pytest.raises(ConfigError):
         TrainTransform(**{"resize": None, "crop": (8, 8), **kwargs})
+
+
+def test_train_transform_marks_padding_only_when_asked():
+    image = torch.randint(0, 255, (20, 30, 3), dtype=torch.uint8).numpy()
+    mask = torch.randint(0, 3, (20, 30)).numpy()
+    kwargs = dict(resize=None, crop=(40, 40), scale_range=(1.0, 1.0), flip=False, brightness=0.0, seed=0)
+    _, marked = TrainTransform(**kwargs, pad_label=PAD_LABEL)(image, mask)
+    _, plain = TrainTransform(**kwargs)(image, mask)
+    assert int((marked == PAD_LABEL).sum()) == 40 * 40 - 20 * 30
+    assert not bool((plain == PAD_LABEL).any()) and int((plain == 255).sum()) == 40 * 40 - 20 * 30
+    masks, valid = split_padding(marked[None], ignore_index=255)
+    assert torch.equal(masks[0], plain) and valid.shape == (1, 1, 40, 40) and int(valid.sum()) == 600
+    assert split_padding(plain[None], ignore_index=255)[1] is None

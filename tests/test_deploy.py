@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 import pytest
-from deploy_fixtures import HW, NUM_CLASSES, demo_feeds, tiny_checkpoint
+from helpers.deploy import HW, NUM_CLASSES, demo_feeds, tiny_checkpoint
 
 from bckd_pipeline.calibrate.onnxruntime import quantize_ort
 from bckd_pipeline.runtimes.onnxruntime import OrtRuntime

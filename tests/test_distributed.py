@@ -109,6 +109,7 @@ def _ddp_worker(rank: int, world: int, rendezvous: str, out: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_path):
     out = tmp_path / "ddp.pt"
     mp.spawn(_ddp_worker, args=(2, str(tmp_path / "rendezvous"), str(out)), nprocs=2, join=True)
@@ -151,6 +152,7 @@ def _cli(*args, env_extra=None, **kw):
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, cwd=REPO, **kw)
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_train_and_only_rank0_writes(tmp_path):
     out = tmp_path / "t"
     proc = _cli(
@@ -180,6 +182,7 @@ def _distill_args(teacher: Path, out: Path, *extra: str) -> list[str]:
             "--train-device", "cpu", "--no-progress", "--out", str(out), *extra]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, smoke_teacher):
     full, part = tmp_path / "full", tmp_path / "part"
     assert _cli(*_distill_args(smoke_teacher, full)).returncode == 0
@@ -205,6 +208,7 @@ def test_sigkill_then_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, 
     assert ma["miou"] == mb["miou"] and mb["train"]["iterations"] == 40
 
 
+@pytest.mark.slow
 def test_resume_refuses_other_settings_and_a_missing_state(tmp_path, smoke_teacher):
     out = tmp_path / "run"
     assert _cli(*_distill_args(smoke_teacher, out)).returncode == 0

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from deploy_fixtures import HW, NUM_CLASSES, demo_feeds, tiny_checkpoint
+from helpers.deploy import HW, NUM_CLASSES, demo_feeds, tiny_checkpoint
 
 from bckd_pipeline.data.base import Normalization
 from bckd_pipeline.runtimes.onnxruntime import OrtRuntime

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import GATE_RUN_FLAGS as RUN_FLAGS
-from test_cli import assert_clean_error, run_cli
+from helpers.cli import GATE_RUN_FLAGS as RUN_FLAGS
+from helpers.cli import assert_clean_error, run_cli
 
 from bckd_pipeline.gate.budgets import GateSettings, parse_budgets
 from bckd_pipeline.gate.gate import gate
@@ -162,6 +162,7 @@ def test_latency_noise_rule_on_synthetic_samples():
 # ---------------------------------------------------------------------------------------------
 # a real smoke report
 # ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_smoke_report_keeps_timed_runs_per_image_confusions_and_masks(smoke_report):
     from bckd_pipeline.parity_images import load_parity_images
     from bckd_pipeline.report.evidence import load_qualitative
@@ -181,6 +182,7 @@ def test_smoke_report_keeps_timed_runs_per_image_confusions_and_masks(smoke_repo
     assert masks["image"].shape == (4, 64, 64, 3) and masks["pred/deployed"].shape == (4, 64, 64)
 
 
+@pytest.mark.slow
 def test_gate_passes_and_fails_a_real_report_with_exit_codes_and_named_violations(smoke_report, tmp_path, capsys):
     rc, out, err = run_cli(capsys, "gate", smoke_report / "report.json", "--budgets", _write(tmp_path, PASSING))
     assert rc == 0, out + err
@@ -198,6 +200,7 @@ def test_gate_passes_and_fails_a_real_report_with_exit_codes_and_named_violation
     assert "min_pixel_agreement 0.95: within budget [default budget of target onnxruntime-cpu]" in out
 
 
+@pytest.mark.slow
 def test_junit_and_markdown_outputs_validate(smoke_report, tmp_path, capsys):
     junit, md = tmp_path / "gate.xml", tmp_path / "summary.md"
     budgets = _write(tmp_path, FAILING + "max_p99_ms = 1000\n")
@@ -232,6 +235,7 @@ def _pending_copy(smoke_report: Path, dst: Path) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_a_budget_on_a_value_not_measured_is_pending_never_passed(smoke_report, tmp_path, capsys):
     out = _pending_copy(smoke_report, tmp_path / "P")
     junit = tmp_path / "p.xml"
@@ -246,6 +250,7 @@ def test_a_budget_on_a_value_not_measured_is_pending_never_passed(smoke_report, 
     assert rc == 0 and "PASSED: 1 of 4 checks passed, 3 not measured (exit code 0)" in stdout
 
 
+@pytest.mark.slow
 def test_baseline_comparison_flags_a_slower_run_and_passes_the_same_run(smoke_report, tmp_path, capsys):
     budgets = _write(tmp_path, "[onnxruntime-cpu]\nmax_p50_ms = 1000\n")
     rc, out, _ = run_cli(capsys, "gate", smoke_report, "--budgets", budgets, "--baseline", smoke_report / "report.json")
@@ -262,6 +267,7 @@ def test_baseline_comparison_flags_a_slower_run_and_passes_the_same_run(smoke_re
     assert f"FAIL     {DEPLOYED}: median" in out and "(x2.000;" in out and "REGRESSED" in out
 
 
+@pytest.mark.slow
 def test_a_baseline_from_another_cpu_is_refused_unless_told_to_compare(smoke_report, tmp_path, capsys):
     report = _report(smoke_report)
     assert report["machine"]["cpu"]["model"] and "isa" in report["machine"]["cpu"]
@@ -293,6 +299,7 @@ def test_a_baseline_from_another_cpu_is_refused_unless_told_to_compare(smoke_rep
     assert rc == 0 and "[other machine" not in out, out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "case", ["other_target", "missing_stage", "not_a_report", "evidence_missing", "baseline", "baseline_images"]
 )
@@ -333,6 +340,7 @@ def test_bad_gate_input_is_exit_2_with_one_clear_message(case, smoke_report, tmp
     assert expected in err
 
 
+@pytest.mark.slow
 def test_run_with_budgets_gates_by_itself(smoke_report, tmp_path, capsys):
     out = _copy(smoke_report, tmp_path / "R")  # cached stages: only the reports are rewritten
     junit = tmp_path / "run.xml"
@@ -355,6 +363,7 @@ def test_run_with_budgets_gates_by_itself(smoke_report, tmp_path, capsys):
     assert "has no [onnxruntime-cpu] table: this run is of target 'onnxruntime-cpu'" in err
 
 
+@pytest.mark.slow
 def test_gate_api_result_counts(smoke_report, tmp_path):
     result = gate(smoke_report / "report.json", parse_budgets(PASSING, "p.toml"))
     assert result.exit_code == 0 and len(result.checks) == 8
@@ -364,6 +373,7 @@ def test_gate_api_result_counts(smoke_report, tmp_path):
     }
 
 
+@pytest.mark.slow
 def test_confidence_flag_and_deploy_with_budgets(smoke_report, tmp_path, capsys):
     budgets = _write(tmp_path, "[onnxruntime-cpu]\nmax_miou_drop = 5\n")
     rc, out, _ = run_cli(capsys, "gate", smoke_report, "--budgets", budgets, "--confidence", "0.99")

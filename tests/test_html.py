@@ -22,6 +22,7 @@ def _page(out: Path) -> str:
     return (out / "report.html").read_text(encoding="utf-8")
 
 
+@pytest.mark.slow
 def test_report_html_is_self_contained_and_has_every_section(smoke_report):
     page = _page(smoke_report)
     # No network at all: no URL, no script, no stylesheet link; images are inline PNG data URIs.
@@ -56,6 +57,7 @@ def test_colorize_marks_wrong_pixels_near_a_boundary_in_magenta():
     assert len({tuple(c) for c in palette(32)}) == 32 and BOUNDARY_ERROR not in {tuple(c) for c in palette(32)}
 
 
+@pytest.mark.slow
 def test_a_deploy_run_without_teacher_says_what_is_missing(smoke_report, tmp_path):
     report = json.loads((smoke_report / "report.json").read_text())
     images = np.zeros((2, 8, 8, 3), np.uint8)
@@ -70,6 +72,7 @@ def test_a_deploy_run_without_teacher_says_what_is_missing(smoke_report, tmp_pat
     assert len(re.findall(r'<img[^>]* src="data:image/png', page)) == 2 * 4
 
 
+@pytest.mark.slow
 def test_unmeasured_rows_are_said_in_words(smoke_report, tmp_path):
     report = json.loads((smoke_report / "report.json").read_text())
     for row in report["stages"][1:]:
@@ -78,6 +81,7 @@ def test_unmeasured_rows_are_said_in_words(smoke_report, tmp_path):
     assert page.count("not measured here") == 3 and page.count("per-class IoU not measured") == 3
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium); .ci/run installs it")
 def test_report_html_renders_in_headless_chromium(smoke_report, tmp_path):
     page = (smoke_report / "report.html").resolve()

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from deploy_fixtures import NUM_CLASSES, demo_feeds
-from ssh_fixtures import start_sshd, stop_sshd
-from test_cli import SMOKE, assert_clean_error, run_cli
+from helpers.deploy import NUM_CLASSES, demo_feeds
+from helpers.ssh import start_sshd, stop_sshd
+from helpers.cli import SMOKE, assert_clean_error, run_cli
 from torch import nn
 
 from bckd_pipeline.calibrate.onnxruntime import quantize_ort
@@ -259,6 +259,7 @@ def _json(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+@pytest.mark.slow
 def test_run_target_jetson_without_tensorrt_is_an_honest_pending_report(jetson_run):
     out = jetson_run
     report = _json(out / "report.json")
@@ -294,6 +295,7 @@ def test_run_target_jetson_without_tensorrt_is_an_honest_pending_report(jetson_r
     assert "tensorrt-int8" in md and "pending" in md
 
 
+@pytest.mark.slow
 def test_the_agent_runs_without_torch_or_onnx_and_falls_back_to_onnxruntime(jetson_run, tmp_path):
     """What a bare Jetson image has: Python, numpy, maybe ONNX Runtime; never torch."""
     bundle = jetson_run / "deploy/tensorrt/bundle"
@@ -315,6 +317,7 @@ def test_the_agent_runs_without_torch_or_onnx_and_falls_back_to_onnxruntime(jets
     assert "is_jetson" in result["facts"]
 
 
+@pytest.mark.slow
 def test_a_tampered_or_foreign_device_result_is_refused(jetson_run, tmp_path):
     from bckd_pipeline.device.agent import main as agent_main
     from bckd_pipeline.device.bundle import read_result
@@ -353,6 +356,7 @@ def _copy(src: Path, dst: Path) -> Path:
     return dst
 
 
+@pytest.mark.slow
 def test_remote_device_over_ssh_completes_with_device_side_measurements(jetson_run, sshd, tmp_path, capsys):
     out = _copy(jetson_run, tmp_path / "R")
     rc, stdout, err = run_cli(
@@ -404,6 +408,7 @@ def _nothing_half_written(out: Path) -> None:
     assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []
 
 
+@pytest.mark.slow
 def test_remote_host_unreachable(jetson_run, sshd, tmp_path, capsys):
     out = _copy(jetson_run, tmp_path / "R")
     rc, err = _remote_failure(capsys, out, sshd, *_ssh_flags(sshd), device="ssh://nobody@127.0.0.1:1")
@@ -411,6 +416,7 @@ def test_remote_host_unreachable(jetson_run, sshd, tmp_path, capsys):
     _nothing_half_written(out)
 
 
+@pytest.mark.slow
 def test_remote_authentication_failure(jetson_run, sshd, tmp_path, capsys):
     out = _copy(jetson_run, tmp_path / "R")
     rc, err = _remote_failure(capsys, out, sshd, *_ssh_flags(sshd, identity=sshd.wrong_identity))
@@ -418,6 +424,7 @@ def test_remote_authentication_failure(jetson_run, sshd, tmp_path, capsys):
     _nothing_half_written(out)
 
 
+@pytest.mark.slow
 def test_remote_unknown_host_key_is_refused(jetson_run, sshd, tmp_path, capsys):
     out = _copy(jetson_run, tmp_path / "R")
     empty = tmp_path / "known_hosts"
@@ -443,6 +450,7 @@ def _remote_workdirs(sshd) -> set[str]:
     return set(res.stdout.split())
 
 
+@pytest.mark.slow
 def test_remote_build_error_is_reported_and_nothing_is_kept(jetson_run, sshd, tmp_path):
     bundle = _copy(jetson_run / "deploy/tensorrt/bundle", tmp_path / "bundle")
     (bundle / "model.qdq.onnx").write_bytes(b"not an onnx file")
@@ -456,6 +464,7 @@ def test_remote_build_error_is_reported_and_nothing_is_kept(jetson_run, sshd, tm
     assert _remote_workdirs(sshd) == before  # the remote work folder is removed too
 
 
+@pytest.mark.slow
 def test_interrupted_transfer_is_a_clear_error_and_nothing_is_kept(jetson_run, sshd, tmp_path):
     from bckd_pipeline.device.remote import DeviceError
 
@@ -488,12 +497,13 @@ def test_ssh_target_parsing():
 
 
 # --- the TensorRT branch of the agent, in-process, with recording stand-ins ------------------------
+@pytest.mark.slow
 def test_engine_path_end_to_end_with_stand_ins_for_tensorrt(jetson_run, tmp_path, capsys, monkeypatch):
     """What `run --target tensorrt` does on a GPU host, with TensorRT's builder replaced by the recording fake
-    of tests/test_tensorrt.py and the engine's execution by ONNX Runtime on the same Q/DQ ONNX. It checks our
+    of tests/helpers/fake_tensorrt.py and the engine's execution by ONNX Runtime on the same Q/DQ ONNX. It checks our
     glue (job -> recipe -> build -> trtexec.sh -> runtime -> result -> ledger row, report, manifest), not TensorRT.
     """
-    from test_tensorrt import make_fake_trt
+    from helpers.fake_tensorrt import make_fake_trt
 
     import bckd_pipeline.device.agent as agent
     import bckd_pipeline.runtimes.tensorrt as trt_backend
@@ -558,6 +568,7 @@ def _agent_locally(bundle: Path, out: Path) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_ingest_fills_a_pending_run_from_the_agents_result_and_the_gate_then_decides(jetson_run, tmp_path, capsys):
     out = _copy(jetson_run, tmp_path / "R")
     rc, _, _ = run_cli(capsys, "gate", out, "--budgets", CI_BUDGETS)
@@ -584,6 +595,7 @@ def test_ingest_fills_a_pending_run_from_the_agents_result_and_the_gate_then_dec
     assert rc in (0, 1) and "gate" in stdout
 
 
+@pytest.mark.slow
 def test_ingest_of_a_result_made_over_ssh_on_the_loopback_device(jetson_run, sshd, tmp_path, capsys):
     """The agent runs on the OpenSSH test bed (the device), its out/ comes back, and ingest completes the run."""
     out = _copy(jetson_run, tmp_path / "R")
@@ -594,6 +606,7 @@ def test_ingest_of_a_result_made_over_ssh_on_the_loopback_device(jetson_run, ssh
     assert _json(out / "report.json")["status"] == "complete"
 
 
+@pytest.mark.slow
 def test_ingest_refuses_a_result_of_another_bundle_or_altered_files(jetson_run, tmp_path, capsys):
     out = _copy(jetson_run, tmp_path / "R")
     bundle = out / "deploy/tensorrt/bundle"

@@ -640,3 +640,17 @@ def test_bckd_joint_readout_equals_the_two_modules(monkeypatch):
         torch.testing.assert_close(joint_grads[name], apart_grads[name], msg=name)
     for a, b in zip(joint_feat_grads, apart_feat_grads, strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_kd_and_relation_ignore_invalid_positions():
+    g = torch.Generator().manual_seed(1)
+    s, t = torch.randn(2, 4, 5, 6, generator=g), torch.randn(2, 4, 5, 6, generator=g)
+    valid = torch.ones(2, 1, 5, 6, dtype=torch.bool)
+    valid[:, :, 3:] = False
+    junk_s, junk_t = s.clone(), t.clone()
+    junk_s[:, :, 3:], junk_t[:, :, 3:] = 100.0, -100.0
+    torch.testing.assert_close(kd_loss(junk_s, junk_t, valid=valid), kd_loss(s[:, :, :3], t[:, :, :3]))
+    q = dict(student_scale=2.0, teacher_scale=3.0, chunk=7)
+    torch.testing.assert_close(
+        relation_kl(junk_s, junk_t, valid=valid, **q), relation_kl(s[:, :, :3], t[:, :, :3], **q), rtol=1e-5, atol=0
+    )

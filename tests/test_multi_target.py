@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 
 import pytest
-from test_cli import SMOKE, assert_clean_error, run_cli
-from test_own_model import models  # noqa: F401  (the module fixture: ONNX files of a model the project does not know)
+from helpers.cli import SMOKE, assert_clean_error, run_cli
+from helpers.own_model import onnx_flags
 
 FAST = ["--latency-runs", "5", "--warmup-runs", "1", "--warmup-s", "0", "--no-throughput", "--parity-images", "8"]
 
@@ -34,12 +34,14 @@ def two_commands(tmp_path_factory):
     return out, first
 
 
+@pytest.mark.slow
 def test_one_target_folder_keeps_the_single_report_layout(two_commands):
     _, first = two_commands
     assert first["top"]["format"] == "bckd-pipeline/report-v1" and first["top"]["targets"] == ["onnxruntime-cpu"]
     assert first["manifest"]["deployable"] == ["deploy/onnxruntime-cpu/model.int8.onnx"]
 
 
+@pytest.mark.slow
 def test_second_command_adds_targets_without_losing_the_first(two_commands):
     out, first = two_commands
     assert (out / "report.onnxruntime-cpu.json").read_bytes() == first["report"]  # never overwritten
@@ -64,6 +66,7 @@ def test_second_command_adds_targets_without_losing_the_first(two_commands):
     assert manifest["deployable_per_target"]["openvino-cpu"][0] == "deploy/openvino-cpu/int8/model.xml"
 
 
+@pytest.mark.slow
 def test_combined_ledger_compares_every_target_on_the_same_images(two_commands):
     out, _ = two_commands
     report = _json(out / "report.json")
@@ -77,6 +80,7 @@ def test_combined_ledger_compares_every_target_on_the_same_images(two_commands):
     assert "openvino-cpu" in (out / "report.html").read_text()
 
 
+@pytest.mark.slow
 def test_predict_picks_a_target_of_a_multi_target_folder(two_commands, tmp_path, capsys):
     from bckd_pipeline.predict.artifact import locate
 
@@ -93,6 +97,7 @@ def test_predict_picks_a_target_of_a_multi_target_folder(two_commands, tmp_path,
     assert "deployed onnxruntime-cpu, onnxruntime-cpu-fp32, openvino-cpu" in err
 
 
+@pytest.mark.slow
 def test_gate_refuses_the_combined_view_and_names_each_report(two_commands, tmp_path, capsys):
     out, _ = two_commands
     budgets = tmp_path / "b.toml"
@@ -132,9 +137,7 @@ def test_all_local_plans_every_target_this_host_measures(tmp_path, capsys):
 
 # --- what a user sees while it works -----------------------------------------------------------------------------
 def test_stage_lines_on_deploy_and_cached_on_rerun(models, tmp_path, capsys):
-    from test_deploy_options import _onnx
-
-    argv = ["deploy", *SMOKE, *_onnx(models), *FAST, "--out", tmp_path / "D"]
+    argv = ["deploy", *SMOKE, *onnx_flags(models), *FAST, "--out", tmp_path / "D"]
     rc, _, err = run_cli(capsys, *argv)
     assert rc == 0, err
     lines = [line for line in err.splitlines() if line.startswith("stage ")]

@@ -15,68 +15,10 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
-from test_cli import SMOKE, assert_clean_error, run_cli
-from torch import nn
+from helpers.cli import SMOKE, assert_clean_error, run_cli
+from helpers.own_model import FAST, IMAGENET, K, Outsider, export_onnx
 
 from bckd_pipeline.data.demo import DEMO_CLASSES
-
-K = len(DEMO_CLASSES)  # the smoke preset evaluates on the demo data's classes
-FAST = ["--latency-runs", "5", "--warmup-s", "0", "--no-throughput"]
-IMAGENET = ["--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225"]
-
-
-class Outsider(nn.Module):
-    """A segmentation net the project has never seen: stride-2 body, 1x1 head, bilinear upsampling."""
-
-    def __init__(self, classes: int = K, labels: bool = False) -> None:
-        super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, 2, 1), nn.ReLU())
-        self.head = nn.Conv2d(8, classes, 1)
-        self.labels = labels
-
-    def forward(self, x):
-        y = nn.functional.interpolate(self.head(self.body(x)), size=x.shape[-2:], mode="bilinear")
-        return y.argmax(1) if self.labels else y
-
-
-def _export(path: Path, *, dynamic: bool, labels: bool = False, opset: int = 17, name: str = "input") -> Path:
-    torch.manual_seed(0)
-    axes = {name: {0: "n", 2: "h", 3: "w"}, "out": {0: "n", 1 if labels else 2: "h", 2 if labels else 3: "w"}}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            Outsider(labels=labels).eval(),
-            (torch.zeros(1, 3, 64, 64),),
-            str(path),
-            input_names=[name],
-            output_names=["out"],
-            dynamic_axes=axes if dynamic else None,
-            opset_version=opset,
-            dynamo=False,
-        )
-    return path
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("own")
-    torch.manual_seed(0)
-    module = Outsider().eval()
-    x = torch.zeros(1, 3, 64, 64)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.jit.save(torch.jit.trace(module, x), folder / "outsider.ts")
-        torch.export.save(torch.export.export(module, (x,)), folder / "outsider.pt2")
-    torch.save(module.state_dict(), folder / "outsider.pth")
-    (folder / "outsider_factory.py").write_text(
-        "from test_own_model import Outsider\n\ndef build():\n    return Outsider()\n"
-    )
-    return {
-        "dynamic": _export(folder / "dynamic.onnx", dynamic=True),
-        "static": _export(folder / "static.onnx", dynamic=False, name="x"),
-        "labels": _export(folder / "labels.onnx", dynamic=False, labels=True),
-        "folder": folder,
-    }
 
 
 def _json(path: Path) -> dict:
@@ -192,7 +134,7 @@ def test_bad_flags_with_an_onnx(models, tmp_path, capsys, flags, expected):
 
 
 def test_an_old_opset_onnx_gets_the_convert_command(tmp_path, capsys):
-    old = _export(tmp_path / "old.onnx", dynamic=False, opset=11)
+    old = export_onnx(tmp_path / "old.onnx", dynamic=False, opset=11)
     rc, _, err = run_cli(capsys, "deploy", *SMOKE, "--onnx", old, "--out", tmp_path / "R", "--dry-run")
     assert_clean_error(rc, err, None)
     assert "is ONNX opset 11; deploy takes opset 13 or newer" in err and "version_converter" in err

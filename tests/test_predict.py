@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from deploy_fixtures import NUM_CLASSES, demo_feeds
+from helpers.deploy import NUM_CLASSES, demo_feeds
 from PIL import Image
 
 from bckd_pipeline import Segmenter

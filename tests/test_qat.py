@@ -19,7 +19,7 @@ from bckd_pipeline.export.wrapper import SegExportWrapper  # noqa: E402
 from bckd_pipeline.qat import fakequant  # noqa: E402
 from bckd_pipeline.qat.finetune import QatSchedule, finetune  # noqa: E402
 
-from deploy_fixtures import NUM_CLASSES, demo_feeds  # noqa: E402
+from helpers.deploy import NUM_CLASSES, demo_feeds  # noqa: E402
 
 NORM = Normalization((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 # NNCF's traced op names -> the ONNX op the exporter writes for them.
@@ -288,6 +288,7 @@ def _disagreement(onnx_path, reference, feeds) -> tuple[float, float]:
     return float(np.mean(errors)), differ / total
 
 
+@pytest.mark.slow
 def test_qat_reduces_the_int8_disagreement_where_ptq_loses(tmp_path):
     """PTQ made to lose: an outlier channel (stage 0's first channel 200x the others, read by nothing downstream)
     stretches a per-tensor activation range, so the other channels keep few levels; calibrated on two images.
@@ -397,7 +398,7 @@ def run_cli(capsys, *argv):
 
 @pytest.mark.parametrize("command", ["deploy", "run"])
 def test_qat_auto_without_a_budget_is_refused(tmp_path, capsys, command):
-    from test_cli import assert_clean_error
+    from helpers.cli import assert_clean_error
 
     out = tmp_path / "R"
     model = ["--model", demo_checkpoint(tmp_path)] if command == "deploy" else []
@@ -416,7 +417,7 @@ def test_qat_auto_without_a_budget_is_refused(tmp_path, capsys, command):
 
 
 def test_qat_on_a_target_that_is_not_int8_is_refused(tmp_path, capsys):
-    from test_cli import assert_clean_error
+    from helpers.cli import assert_clean_error
 
     out = tmp_path / "R"
     model = demo_checkpoint(tmp_path)
@@ -427,6 +428,7 @@ def test_qat_on_a_target_that_is_not_int8_is_refused(tmp_path, capsys):
     assert "QAT fine-tunes an INT8 model" in err
 
 
+@pytest.mark.slow
 def test_the_qat_row_is_in_the_ledger_the_reports_and_the_gate(tmp_path, capsys):
     import json
 
@@ -507,6 +509,7 @@ def test_qat_auto_keeps_the_ptq_row_when_it_meets_the_budget(tmp_path, capsys):
     assert {c.stage for c in result.checks} == {"onnxruntime-int8"}
 
 
+@pytest.mark.slow
 def test_qat_of_a_real_student_exports_per_tensor_activations_onnx_runtime_runs(tmp_path):
     """deeplabv3plus-mbv2 has depthwise convolutions, on whose inputs NNCF's CPU config would put per-channel
     activation quantizers that ONNX Runtime's QLinearConv refuses: every activation Q/DQ must be per tensor,
@@ -530,6 +533,7 @@ def test_qat_of_a_real_student_exports_per_tensor_activations_onnx_runtime_runs(
     assert (got.argmax(1) == want.argmax(1)).mean() > 0.99
 
 
+@pytest.mark.slow
 def test_qat_for_tensorrt_writes_the_tensorrt_ready_qdq_onnx_the_bundle_ships(tmp_path, capsys):
     """A TensorRT target: the QAT row is the TensorRT-ready Q/DQ ONNX (check_tensorrt_qdq), checked on ONNX
     Runtime here; the device bundle ships it, and the engine row (pending without a device) builds from it."""
@@ -555,6 +559,7 @@ def test_qat_for_tensorrt_writes_the_tensorrt_ready_qdq_onnx_the_bundle_ships(tm
     assert report["qat"]["scheme"]["activations"] == "symmetric s8"
 
 
+@pytest.mark.slow
 def test_qat_for_openvino_deploys_the_int8_ir_after_the_ptq_ir(tmp_path, capsys):
     """An OpenVINO target: the QAT row is an IR (openvino.convert_model of the NNCF model), after the NNCF PTQ
     IR, with the profile's NNCF preset and device; parity and latency measure it like the PTQ row."""
@@ -577,6 +582,7 @@ def test_qat_for_openvino_deploys_the_int8_ir_after_the_ptq_ir(tmp_path, capsys)
     assert _ir_props(out / row["artifact"])["bckd.output"]  # the contract predict reads, as on the PTQ IR
 
 
+@pytest.mark.slow
 def test_run_fine_tunes_against_its_own_teacher_with_its_own_losses(smoke_report, tmp_path, capsys):
     """`run --qat on --qat-kd kd+bckd`: the teacher is the run's (teacher/teacher.pt), the BCKD settings the
     run's --bckd; the distillation stages are reused from the cache (a copy of the smoke run), only the
@@ -584,7 +590,7 @@ def test_run_fine_tunes_against_its_own_teacher_with_its_own_losses(smoke_report
     import json
     import shutil
 
-    from conftest import GATE_RUN_FLAGS
+    from helpers.cli import GATE_RUN_FLAGS
 
     from bckd_pipeline.cache import file_sha256
 

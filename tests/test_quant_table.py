@@ -1,11 +1,12 @@
-"""benchmarks/quant_table.py on a tiny student and the demo data: the JSON it writes, the bootstrap
-interval around its point estimate, the layer groups of the sensitivity sweep, and the resumable cache."""
+"""benchmarks/quant_table.py and its library benchmarks/quant/ on a tiny student and the demo data: the JSON it
+writes, the bootstrap interval around its point estimate, the layer groups of the sensitivity sweep, and the
+resumable cache."""
 
 import importlib.util
 import json
-import sys
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -20,12 +21,19 @@ HW = (32, 32)
 
 @pytest.fixture(scope="module")
 def qt():
+    """The command, loaded by path; it puts benchmarks/ on sys.path, where its library (quant/, common) lives."""
     spec = importlib.util.spec_from_file_location("quant_table", SCRIPT)
     module = importlib.util.module_from_spec(spec)
-    sys.modules["quant_table"] = module  # dataclasses look their module up here
     spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("quant_table", None)
+    return module
+
+
+@pytest.fixture(scope="module")
+def lib(qt):
+    """benchmarks/quant/: the table (run, markdown, worst_rows) and the remedies (layer groups)."""
+    from quant import remedies, table
+
+    return SimpleNamespace(table=table, remedies=remedies)
 
 
 @pytest.fixture(scope="module")
@@ -51,9 +59,10 @@ def table(qt, tmp_path_factory):
     return qt, opts, qt.run(opts)
 
 
-def test_json_structure(table):
+@pytest.mark.slow
+def test_json_structure(table, lib):
     qt, opts, payload = table
-    assert payload["format"] == qt.FORMAT
+    assert payload["format"] == lib.table.FORMAT
     assert payload["machine"]["cpu"]["model"] and "isa" in payload["machine"]["cpu"]
     assert payload["versions"]["onnxruntime"] and payload["settings"]["accuracy_size"] == [32, 32]
     student = payload["students"]["tiny-student"]
@@ -75,6 +84,7 @@ def test_json_structure(table):
     assert "| tiny-student | ort-u8s8 |" in md and "| tiny-student | trt-qdq |" in md
 
 
+@pytest.mark.slow
 def test_bootstrap_interval_brackets_the_point(table):
     _, _, payload = table
     for acc in payload["students"]["tiny-student"]["accuracy"].values():
@@ -83,6 +93,7 @@ def test_bootstrap_interval_brackets_the_point(table):
         assert lo <= acc["delta_miou"] <= hi
 
 
+@pytest.mark.slow
 def test_rerun_reads_the_cache(table):
     qt, opts, payload = table
     again = qt.run(opts)
@@ -93,14 +104,15 @@ def test_rerun_reads_the_cache(table):
     assert lat == payload["students"]["tiny-student"]["latency"]["32x32"]["ort-u8s8"]
 
 
-def test_layer_groups_and_worst_rows(table):
-    qt, opts, payload = table
+@pytest.mark.slow
+def test_layer_groups_and_worst_rows(table, lib):
+    _, opts, payload = table
     sim = opts.out / "work" / "tiny-student" / "32x32" / "model.sim.onnx"
-    groups = qt.layer_groups(sim)
+    groups = lib.remedies.layer_groups(sim)
     names = [n for nodes in groups.values() for n in nodes]
     assert names and len(names) == len(set(names))  # every quantizable node in exactly one group
-    assert qt.resolvable("ort-u8s8", sim, names)  # most names survive ORT's pre-processing
-    worst = qt.worst_rows(payload["students"], 1)
+    assert lib.remedies.resolvable("ort-u8s8", sim, names)  # most names survive ORT's pre-processing
+    worst = lib.table.worst_rows(payload["students"], 1)
     accs = payload["students"]["tiny-student"]["accuracy"]
     assert worst == [("tiny-student", min(accs, key=lambda f: accs[f]["delta_miou"]))]
 

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_cli import SMOKE, assert_clean_error, run_cli
+from helpers.cli import SMOKE, assert_clean_error, run_cli
 
 from bckd_pipeline.cache import file_sha256
 
@@ -49,6 +49,7 @@ def copy_run(src: Path, dst: Path) -> Path:
     return dst
 
 
+@pytest.mark.slow
 def test_smoke_run_writes_artifacts_manifest_and_reports(smoke_run):
     out = smoke_run
     report = _json(out / "report.json")
@@ -79,6 +80,7 @@ def test_smoke_run_writes_artifacts_manifest_and_reports(smoke_run):
     assert "| onnxruntime-int8 | onnxruntime | int8 | measured |" in md and "p50 ms" in md
 
 
+@pytest.mark.slow
 def test_rerun_redoes_nothing_and_a_changed_option_redoes_only_what_depends_on_it(smoke_run, tmp_path, capsys):
     out = copy_run(smoke_run, tmp_path / "R")
     before = _mtimes(out)
@@ -106,6 +108,7 @@ def test_rerun_redoes_nothing_and_a_changed_option_redoes_only_what_depends_on_i
     assert len(_json(out / "deploy/calibration.json")["images"]) == 8
 
 
+@pytest.mark.slow
 def test_interrupted_stage_leaves_nothing_half_written_and_rerun_resumes(smoke_run, tmp_path, capsys, monkeypatch):
     import onnxruntime.quantization as q
 
@@ -132,6 +135,7 @@ def test_interrupted_stage_leaves_nothing_half_written_and_rerun_resumes(smoke_r
     assert (out / "deploy/onnxruntime-cpu/model.int8.onnx").is_file()
 
 
+@pytest.mark.slow
 def test_openvino_cpu_target(smoke_run, tmp_path, capsys):
     pytest.importorskip("nncf")
     out = copy_run(smoke_run, tmp_path / "R")
@@ -149,6 +153,7 @@ def test_openvino_cpu_target(smoke_run, tmp_path, capsys):
     assert "openvino-int8" in stdout
 
 
+@pytest.mark.slow
 def test_a_target_whose_device_is_absent_makes_artifacts_and_exits_3(smoke_run, tmp_path, capsys):
     pytest.importorskip("nncf")
     from bckd_pipeline.targets.availability import openvino_devices
@@ -190,6 +195,7 @@ def test_targets_and_doctor_commands(capsys):
     assert rc == 0 and "onnxruntime" in stdout and "installed" in stdout
 
 
+@pytest.mark.slow
 def test_bench_measures_an_exported_model(smoke_run, tmp_path, capsys):
     rc, stdout, err = run_cli(
         capsys,
@@ -225,7 +231,7 @@ def test_calibration_on_the_evaluation_split_is_refused(tmp_path, capsys):
 
 
 def test_calibration_images_that_are_also_evaluation_images_are_refused(tmp_path, capsys):
-    from test_cli import FOLDER_FLAGS, make_folder_dataset
+    from helpers.cli import FOLDER_FLAGS, make_folder_dataset
 
     data = make_folder_dataset(tmp_path / "data", counts={"train": 4, "val": 2})
     for name in ("images", "masks"):  # val image 0 is a copy of a train image
@@ -239,6 +245,7 @@ def test_calibration_images_that_are_also_evaluation_images_are_refused(tmp_path
     )
 
 
+@pytest.mark.slow
 def test_out_folder_with_foreign_or_another_runs_files(smoke_run, tmp_path, capsys):
     foreign = tmp_path / "foreign"
     foreign.mkdir()
@@ -263,6 +270,7 @@ def test_corrupt_onnx_in_bench_is_a_clear_error(tmp_path, capsys):
     assert "truncated, corrupt, or not an ONNX model" in err
 
 
+@pytest.mark.slow
 def test_deploy_command_runs_stages_2_and_3_on_a_checkpoint(smoke_run, tmp_path, capsys):
     out = tmp_path / "D"
     ckpt = smoke_run / "distilled/student.pt"
@@ -311,6 +319,7 @@ def test_bad_deploy_flags(tmp_path, capsys, flags, expected):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_a_stage_outside_its_parity_tolerance_exits_1_and_is_named(smoke_run, tmp_path, capsys, monkeypatch):
     from dataclasses import replace
 
@@ -332,6 +341,7 @@ def test_a_stage_outside_its_parity_tolerance_exits_1_and_is_named(smoke_run, tm
     assert "Parity failed at stage `onnxruntime-int8`" in stdout
 
 
+@pytest.mark.slow
 def test_openvino_accuracy_controlled_int8_is_judged_on_training_images(smoke_run, tmp_path, capsys):
     pytest.importorskip("nncf")
     out = copy_run(smoke_run, tmp_path / "R")
