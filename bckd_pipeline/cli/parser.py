@@ -4,13 +4,12 @@ Parsing imports no torch, onnx, onnxruntime or openvino (tests/test_architecture
 ``--help`` and ``gate`` start fast; each command imports what it needs when it runs.
 
 One module over 400 lines on purpose: it is one table of every command's flags, read whole so that a
-flag means one thing everywhere (the naming scheme and its deprecated spellings live here too).
+flag means one thing everywhere (docs/deploy.md, 'Flag names').
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 KD_HELP = "none | kd (Hinton logits) | cwd | bckd | kd+bckd | cwd+bckd"
@@ -65,33 +64,6 @@ def _keyval(text: str) -> tuple[str, str]:
     return k.strip(), v.strip()
 
 
-# One name per meaning (docs/deploy.md, "Flag names"): old spellings work for one release, with one line on stderr.
-RENAMES_DOC = "docs/deploy.md, 'Flag names'"
-
-
-def deprecated(old: str, new: str) -> None:
-    print(
-        f"warning: {old} is deprecated; use {new} ({RENAMES_DOC}). The old spelling goes in the next release.",
-        file=sys.stderr,
-    )
-
-
-class _Renamed(argparse.Action):
-    """An old spelling kept for one release: it sets the new flag's value and says so on stderr, in one line."""
-
-    def __init__(self, option_strings, dest, new: str, **kwargs):
-        self.new = new
-        super().__init__(option_strings, dest, **kwargs)
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        deprecated(option_string, self.new)
-        setattr(namespace, self.dest, True if self.nargs == 0 else values)
-
-
-def _renamed(p, old: str, new: str, dest: str, **kwargs) -> None:
-    p.add_argument(old, dest=dest, action=_Renamed, new=new, help=argparse.SUPPRESS, **kwargs)
-
-
 def _common(p: argparse.ArgumentParser, *, training: bool = True, deploys: bool = False) -> None:
     p.add_argument("--data", help=f"KIND:PATH (kinds: {', '.join(DATA_KIND_NAMES)}); default: the preset's (demo data)")
     p.add_argument("--eval-split", default="val", help="split that metrics are reported on")
@@ -110,7 +82,7 @@ def _common(p: argparse.ArgumentParser, *, training: bool = True, deploys: bool 
         help="where the model is deployed: ssh://user@host[:port], the device that builds and measures a TensorRT "
         "target's engine"
         if deploys
-        else argparse.SUPPRESS,  # here only the old spelling of --train-device
+        else argparse.SUPPRESS,  # here only to be refused with a pointer to --train-device
     )
     p.add_argument("--num-workers", type=int, help="data loader workers (default: preset)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -132,8 +104,6 @@ def _common(p: argparse.ArgumentParser, *, training: bool = True, deploys: bool 
         p.add_argument(
             "--train-precision", default=None, help="auto | fp32 | bf16 | fp16 (mixed precision on CUDA; default: auto)"
         )
-        if not deploys:  # in run, --precision is the deployed artifact's (cli/train.py routes auto/bf16 here)
-            _renamed(p, "--precision", "--train-precision", "train_precision")
         p.add_argument("--channels-last", action="store_true", help="channels_last memory format (CUDA)")
         p.add_argument("--compile", action="store_true", help="torch.compile the training step")
         p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across torchrun processes (CUDA)")
@@ -237,13 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train-teacher", help="train a teacher (or any preset) with cross-entropy", formatter_class=fmt)
     _common(p)
     p.add_argument("--arch", help="model preset name, `bckd-pipeline models` (default: the preset's teacher)")
-    _renamed(p, "--model", "--arch", "arch")
 
     p = sub.add_parser("distill", help="distill a student from a teacher checkpoint", formatter_class=fmt)
     _common(p)
     p.add_argument("--teacher", type=Path, required=True, help="teacher checkpoint (teacher.pt)")
     p.add_argument("--student-arch", help="student preset name (default: the preset's student)")
-    _renamed(p, "--student", "--student-arch", "student_arch")
     _distill_flags(p)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint", formatter_class=fmt)
@@ -260,9 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, deploys=True)
     p.add_argument("--teacher", type=Path, help="teacher checkpoint; trained on the fly when omitted")
     p.add_argument("--teacher-arch", help="teacher preset name when training one (default: the preset's)")
-    _renamed(p, "--teacher-model", "--teacher-arch", "teacher_arch")
     p.add_argument("--student-arch", help="student preset name (default: the preset's student)")
-    _renamed(p, "--student", "--student-arch", "student_arch")
     _distill_flags(p)
     _deploy_flags(p)
     _gate_flags(p, required=False)
@@ -324,7 +290,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision", default=None, help="the artifact's precision, for the report (default: read from the file name)"
     )
     p.add_argument("--latency-runs", type=int, default=200, help="timed runs")
-    _renamed(p, "--runs", "--latency-runs", "latency_runs", type=int)
     p.add_argument("--warmup-runs", type=int, default=20, help="untimed runs first (at least)")
     p.add_argument("--warmup-s", type=float, default=1.0, help="untimed seconds first (at least)")
     p.add_argument("--threads", type=int, help="intra-op threads (default: the runtime's)")
@@ -446,7 +411,6 @@ def _deploy_flags(p: argparse.ArgumentParser) -> None:
         type=float,
         help="OpenVINO: NNCF accuracy-controlled INT8 with at most this mIoU drop (not the gate's max_miou_drop)",
     )
-    _renamed(g, "--max-miou-drop", "--nncf-max-miou-drop", "nncf_max_miou_drop", type=float)
     g.add_argument(
         "--int8-exclude",
         type=_entries,

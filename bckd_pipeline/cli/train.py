@@ -27,11 +27,6 @@ def command(args, console) -> int:
             f"--device {args.target_device} names a deployment device; `{args.command}` trains or evaluates here. "
             "Use --train-device cpu or cuda[:N], or pass the SSH device to `run`/`deploy` with a TensorRT target."
         )
-    if args.command == "run" and args.precision in ("auto", "bf16"):  # only a training precision: the old meaning
-        from .parser import deprecated
-
-        deprecated(f"--precision {args.precision} (the training precision)", f"--train-precision {args.precision}")
-        args.train_precision, args.precision = args.train_precision or args.precision, None
     preset = get_preset(args.preset)
     if args.command in ("run", "deploy"):
         from ..targets import get_target
