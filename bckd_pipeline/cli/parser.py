@@ -203,21 +203,41 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action=_VersionAction, help="print the installed version and exit")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("models", help="list the model presets", formatter_class=fmt)
+    _train_teacher_parser(sub, fmt)
+    _distill_parser(sub, fmt)
+    _eval_parser(sub, fmt)
+    _run_parser(sub, fmt)
+    _deploy_parser(sub, fmt)
+    sub.add_parser("targets", help="list the deployment targets", formatter_class=fmt)
+    sub.add_parser("doctor", help="which backends and devices this host has", formatter_class=fmt)
+    _bench_parser(sub, fmt)
+    _predict_parser(sub, fmt)
+    _gate_parser(sub, fmt)
+    _ingest_parser(sub, fmt)
+    return parser
 
+
+def _train_teacher_parser(sub, fmt) -> None:
     p = sub.add_parser("train-teacher", help="train a teacher (or any preset) with cross-entropy", formatter_class=fmt)
     _common(p)
     p.add_argument("--arch", help="model preset name, `bckd-pipeline models` (default: the preset's teacher)")
 
+
+def _distill_parser(sub, fmt) -> None:
     p = sub.add_parser("distill", help="distill a student from a teacher checkpoint", formatter_class=fmt)
     _common(p)
     p.add_argument("--teacher", type=Path, required=True, help="teacher checkpoint (teacher.pt)")
     p.add_argument("--student-arch", help="student preset name (default: the preset's student)")
     _distill_flags(p)
 
+
+def _eval_parser(sub, fmt) -> None:
     p = sub.add_parser("eval", help="evaluate a checkpoint", formatter_class=fmt)
     _common(p, training=False)
     p.add_argument("--model", type=Path, required=True, help="checkpoint to evaluate")
 
+
+def _run_parser(sub, fmt) -> None:
     p = sub.add_parser(
         "run",
         help="the whole pipeline: teacher -> distilled student -> ONNX -> INT8 -> target, verified and measured",
@@ -232,9 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
     _distill_flags(p)
     _deploy_flags(p)
     _gate_flags(p, required=False)
-    p.add_argument("--dry-run", action="store_true", help="print the resolved plan and exit; nothing is written")
-    p.add_argument("--force", action="store_true", help="write into an --out folder that holds other files")
+    _dry_run_and_force_flags(p)
 
+
+def _deploy_parser(sub, fmt) -> None:
     p = sub.add_parser(
         "deploy",
         help="stages 2 and 3 alone: export, quantize, compile, verify and measure a student checkpoint",
@@ -242,6 +263,14 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes as for `run`: 0 done, 1 parity failed, 2 bad input, 3 pending on the device.",
     )
     _common(p, training=False, deploys=True)
+    _model_source_flags(p)
+    _deploy_flags(p)
+    _gate_flags(p, required=False)
+    _dry_run_and_force_flags(p)
+
+
+def _model_source_flags(p: argparse.ArgumentParser) -> None:
+    """`deploy`'s model: this pipeline's checkpoint, an exported program, a user's ONNX or model factory."""
     m = p.add_argument_group(
         "the model (one of --model, --onnx, --model-factory; docs/deploy.md, 'Deploy your own model')"
     )
@@ -267,14 +296,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="--qat with --qat-kd TERMS: the teacher checkpoint the quantized student is fine-tuned against "
         "(default: the FP32 student itself, self-distillation)",
     )
-    _deploy_flags(p)
-    _gate_flags(p, required=False)
+
+
+def _dry_run_and_force_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the resolved plan and exit; nothing is written")
     p.add_argument("--force", action="store_true", help="write into an --out folder that holds other files")
 
-    sub.add_parser("targets", help="list the deployment targets", formatter_class=fmt)
-    sub.add_parser("doctor", help="which backends and devices this host has", formatter_class=fmt)
 
+def _bench_parser(sub, fmt) -> None:
     p = sub.add_parser("bench", help="measure an exported model under the latency protocol", formatter_class=fmt)
     p.add_argument(
         "model", type=Path, help="an .onnx file, an OpenVINO model.xml, or a TensorRT .plan/.engine built here"
@@ -297,8 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", default="latency", help="latency | throughput")
     p.add_argument("--json", type=Path, help="also write the LatencyReport here")
 
-    _predict_parser(sub, fmt)
 
+def _gate_parser(sub, fmt) -> None:
     p = sub.add_parser(
         "gate",
         help="CI gate: check a run's report against latency and mIoU budgets (docs/ci.md)",
@@ -310,6 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("report", type=Path, help="OUT/report.json of `run` or `deploy` (or the OUT folder)")
     _gate_flags(p, required=True)
 
+
+def _ingest_parser(sub, fmt) -> None:
     p = sub.add_parser(
         "ingest",
         help="read a device result made by hand (agent.pyz on the device) into a pending TensorRT run (docs/jetson.md)",
@@ -322,7 +353,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", type=Path, help="the --out folder of the pending `run`/`deploy --target jetson...`")
     p.add_argument("result_dir", type=Path, help="the agent's output folder copied back from the device (out/)")
     _gate_flags(p, required=False)
-    return parser
 
 
 def _predict_parser(sub, fmt) -> None:
@@ -426,6 +456,11 @@ def _deploy_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--threads", type=int, help="intra-op threads for every runtime (default: the runtime's)")
     g.add_argument("--streams", type=int, default=2, help="requests in flight in throughput mode")
     g.add_argument("--no-throughput", action="store_true", help="skip the throughput measurement")
+    _qat_flags(p)
+    _tensorrt_flags(p)
+
+
+def _qat_flags(p: argparse.ArgumentParser) -> None:
     q = p.add_argument_group("teacher-guided quantization-aware training (docs/deploy.md)")
     q.add_argument(
         "--qat",
@@ -447,6 +482,9 @@ def _deploy_flags(p: argparse.ArgumentParser) -> None:
         "alone: it beat the teacher's terms where measured, docs/deploy.md)",
     )
     q.add_argument("--qat-seed", type=int, default=0, help="seed of the QAT fine-tune (its batches)")
+
+
+def _tensorrt_flags(p: argparse.ArgumentParser) -> None:
     t = p.add_argument_group("TensorRT targets (jetson, jetson-orin-nano/-nx, jetson-agx-orin, tensorrt)")
     t.add_argument("--ssh-identity", type=Path, help="private key for --device ssh://... (default: ssh's own keys)")
     t.add_argument("--ssh-known-hosts", type=Path, help="known_hosts file to check the device's host key against")
