@@ -195,7 +195,7 @@ def _kept(best_it: int, best: float) -> str:
 
 
 @dataclass
-class _Progress:
+class _LoopState:
     """What the loop carries from one iteration to the next; a resume restores it."""
 
     iteration: int = 0
@@ -244,7 +244,7 @@ def _restore(
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
     env: DistEnv,
-) -> _Progress:
+) -> _LoopState:
     """Load the saved training state into the modules, optimizer, scaler and RNGs."""
     state = load_train_state(state_path, fingerprint)
     for name, module in modules.items():
@@ -252,7 +252,7 @@ def _restore(
     optimizer.load_state_dict(state["optimizer"])
     scaler.load_state_dict(state["scaler"])
     _set_rng_state(state["rng"][min(env.rank, len(state["rng"]) - 1)])
-    return _Progress(state["iteration"], state["best"], state["best_iteration"], state["history"])
+    return _LoopState(state["iteration"], state["best"], state["best_iteration"], state["history"])
 
 
 def _parallel(task: nn.Module, cfg: TrainConfig, env: DistEnv, device: torch.device) -> nn.Module:
@@ -305,7 +305,7 @@ def _optimizer_step(
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
     amp_dtype: torch.dtype | None,
-    progress: _Progress,
+    loop: _LoopState,
 ) -> dict[str, torch.Tensor]:
     """One forward and backward pass and the optimizer update; returns the task's loss dict."""
     images, masks = batch
@@ -317,7 +317,7 @@ def _optimizer_step(
         terms = {k: float(v) for k, v in out.items() if k.startswith("loss/")}
         raise NonFiniteLossError(
             f"The loss became {float(loss.detach())} at iteration {step.iteration + 1} (terms: {terms}). "
-            f"Training stopped; {_kept(progress.best_iteration, progress.best)} "
+            f"Training stopped; {_kept(loop.best_iteration, loop.best)} "
             "Lower --lr, or the weight of the term that diverged."
         )
     optimizer.zero_grad(set_to_none=True)
@@ -340,22 +340,22 @@ def _log_interval(
     out: dict[str, torch.Tensor],
     n: int,
     lr: float,
-    progress: _Progress,
+    loop: _LoopState,
     bar: ProgressBar,
 ) -> None:
     """Append the mean of each term over the last ``n`` iterations to the history and the bar."""
     means = {k: float(v) / n for k, v in running.items()}
     # grad/* are one measurement on this iteration, not a mean over the interval.
     means |= {k: float(v) for k, v in out.items() if k.startswith("grad/")}
-    progress.history.append({"iteration": progress.iteration, "lr": lr, **means})
-    bar.update(progress.iteration, means)
+    loop.history.append({"iteration": loop.iteration, "lr": lr, **means})
+    bar.update(loop.iteration, means)
     running.clear()
 
 
 def _validate(
     task: nn.Module,
     params: list[nn.Parameter],
-    progress: _Progress,
+    loop: _LoopState,
     *,
     evaluate: Callable[[], float],
     save_best: Callable[[int, float], None],
@@ -364,22 +364,22 @@ def _validate(
     env: DistEnv,
 ) -> None:
     """Score the current weights and keep them when they beat the best so far."""
-    it = progress.iteration
+    it = loop.iteration
     # A finite loss can still give non-finite gradients; never evaluate or save such weights.
     if not all(bool(torch.isfinite(p).all()) for p in params):
         raise NonFiniteLossError(
             f"The weights became non-finite at iteration {it} (the loss was finite, its "
-            f"gradient was not). Training stopped; {_kept(progress.best_iteration, progress.best)} "
+            f"gradient was not). Training stopped; {_kept(loop.best_iteration, loop.best)} "
             "Lower --lr, or the weight of the term that diverged."
         )
     t0 = time.perf_counter()
     score = evaluate()
-    progress.eval_seconds += time.perf_counter() - t0
+    loop.eval_seconds += time.perf_counter() - t0
     task.train()
-    progress.history.append({"iteration": it, "val_miou": score})
+    loop.history.append({"iteration": it, "val_miou": score})
     bar.log(f"[{label}] iteration {it}: val mIoU {score:.2f}")
-    if score > progress.best:
-        progress.best, progress.best_iteration = score, it
+    if score > loop.best:
+        loop.best, loop.best_iteration = score, it
         if env.is_main:
             save_best(it, score)
 
@@ -387,7 +387,7 @@ def _validate(
 def _save_state(
     state_path: Path,
     fingerprint: dict,
-    progress: _Progress,
+    loop: _LoopState,
     modules: dict[str, nn.Module],
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
@@ -399,10 +399,10 @@ def _save_state(
         payload = {
             "format": STATE_FORMAT,
             "fingerprint": fingerprint,
-            "iteration": progress.iteration,
-            "best": progress.best,
-            "best_iteration": progress.best_iteration,
-            "history": progress.history,
+            "iteration": loop.iteration,
+            "best": loop.best,
+            "best_iteration": loop.best_iteration,
+            "history": loop.history,
             "modules": {name: m.state_dict() for name, m in modules.items()},
             "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict(),
@@ -451,12 +451,12 @@ def train(
     _check_one_batch_fits(train_set, cfg)
 
     if resume:
-        done = _restore(state_path, fingerprint, modules, optimizer, scaler, env)
+        loop = _restore(state_path, fingerprint, modules, optimizer, scaler, env)
     else:
-        done = _Progress()
+        loop = _LoopState()
         # Dropout and other in-model randomness differ per rank; the weights do not (DDP broadcasts rank 0's).
         torch.manual_seed(cfg.seed + env.rank)
-    start_it = done.iteration
+    start_it = loop.iteration
     model = _parallel(task, cfg, env, device)
     loader = _loader(train_set, cfg, env, device, start_it)
     eval_every = cfg.eval_every or cfg.iters
@@ -467,26 +467,26 @@ def train(
     try:
         task.train()
         for images, masks in loader:
-            it = done.iteration
+            it = loop.iteration
             lr = _set_poly_lr(optimizer, cfg, it)
             batch = _to_device(images, masks, device, cfg.channels_last)
             # Gradient norms cost a partial backward per term: measured on the logged iterations only.
             logged = (it + 1) % log_every == 0 or it + 1 == cfg.iters
             step = StepInfo(it, cfg.iters, cfg.batch_size, len(train_set), measure_grads=logged)
             out = _optimizer_step(
-                model, batch, step, optimizer=optimizer, scaler=scaler, amp_dtype=amp_dtype, progress=done
+                model, batch, step, optimizer=optimizer, scaler=scaler, amp_dtype=amp_dtype, loop=loop
             )
-            done.iteration = it = it + 1
+            loop.iteration = it = it + 1
             _accumulate(running, out)
             if logged:
-                _log_interval(running, out, log_every if it % log_every == 0 else it % log_every, lr, done, bar)
+                _log_interval(running, out, log_every if it % log_every == 0 else it % log_every, lr, loop, bar)
             evaluated = it % eval_every == 0 or it == cfg.iters
             if evaluated:
                 _validate(
-                    task, params, done, evaluate=evaluate, save_best=save_best, bar=bar, label=description, env=env
+                    task, params, loop, evaluate=evaluate, save_best=save_best, bar=bar, label=description, env=env
                 )
             if state_path is not None and (evaluated or it % save_every == 0):
-                _save_state(state_path, fingerprint, done, modules, optimizer, scaler, env)
+                _save_state(state_path, fingerprint, loop, modules, optimizer, scaler, env)
     finally:
         bar.close()
-    return done.result(time.perf_counter() - started, resumed_from=start_it)
+    return loop.result(time.perf_counter() - started, resumed_from=start_it)
