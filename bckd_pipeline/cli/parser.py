@@ -40,13 +40,6 @@ def _triple(text: str) -> tuple[float, float, float]:
     return values
 
 
-def _names(text: str) -> tuple[str, ...]:
-    names = tuple(n.strip() for n in text.split(",") if n.strip())
-    if not names:
-        raise argparse.ArgumentTypeError(f"expected comma-separated class names, got {text!r}")
-    return names
-
-
 def _dims(text: str) -> tuple[int, ...]:
     try:
         dims = tuple(int(v) for v in text.replace("x", ",").split(","))
