@@ -1,14 +1,16 @@
 """The evidence a CI gate and ``report.html`` need beside ``report.json``, saved once per run.
 
-- ``OUT/parity_images.npz``: for every ledger stage, one confusion matrix per evaluation image
-  (``int32 [images, classes, classes]``, ``[target, pred]``), and the label maps of the first
-  ``MASK_IMAGES`` images (the ledger already ran every stage on them). Summed over images they give the
-  report's dataset-level mIoU; resampled over images they give the bootstrap interval of ΔmIoU
-  (gate/gate.py). ``report.json["parity_images"]`` names the file with its sha256 and lists the
-  images (name and pixel sha256), so a baseline report can be paired with this one image by image.
-- ``OUT/qualitative.npz``: label maps of a few evaluation images (``MASK_IMAGES``) from every model
-  the run has: ground truth, teacher, student alone, the distilled (e.g. BCKD) student, and the deployed
-  artifact. ``bckd-pipeline deploy`` has only the last two; the missing ones are listed, not faked.
+- ``OUT/parity_images.npz``: for every ledger stage, the task's evidence per evaluation image
+  (segmentation: one confusion matrix, ``int32 [images, classes, classes]``, ``[target, pred]``), and the
+  predictions of the first ``MASK_IMAGES`` images as the task saves them (``Task.as_saved``; the ledger
+  already ran every stage on them). Summed over images the evidence gives the report's dataset-level
+  metric; resampled over images it gives the bootstrap interval of its delta (gate/gate.py).
+  ``report.json["parity_images"]`` names the file with its sha256 and lists the images (name and pixel
+  sha256), so a baseline report can be paired with this one image by image.
+- ``OUT/qualitative.npz``: predictions of a few evaluation images (``MASK_IMAGES``; as ``Task.as_saved``
+  gives them, segmentation: int16 label maps) from every model the run has: ground truth, teacher,
+  student alone, the distilled (e.g. BCKD) student, and the deployed artifact. ``bckd-pipeline deploy``
+  has only the last two; the missing ones are listed, not faked.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..fileio import atomic_write, file_sha256
+from ..tasks import DEFAULT_TASK, Task, get_task
 
 if TYPE_CHECKING:  # the CI gate reads evidence without the pipeline's torch-heavy modules
     from ..calibrate.data import DatasetFeeds
@@ -45,7 +48,7 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 def save_parity_images(out: Path, ledger: LedgerReport, feeds: DatasetFeeds, name: str = PARITY_IMAGES_FILE) -> dict:
-    """Write the ledger's per-image confusions and kept label maps; return the record for report.json.
+    """Write the ledger's per-image evidence and kept predictions; return the record for report.json.
     ``name``: the file's path in ``out`` (each target of a run folder keeps its own, in its folder)."""
     path = Path(out) / name
     stages = list(ledger.per_image)
@@ -62,7 +65,7 @@ def save_parity_images(out: Path, ledger: LedgerReport, feeds: DatasetFeeds, nam
 
 
 def stage_labels(out: Path, record: dict, stage: str) -> np.ndarray:
-    """The label maps the parity ledger kept for ``stage`` (the first ``MASK_IMAGES`` evaluation images)."""
+    """The predictions the parity ledger kept for ``stage`` (the first ``MASK_IMAGES`` evaluation images)."""
     with np.load(Path(out) / record["path"]) as z:
         return z[f"labels/{stage}"]
 
@@ -106,7 +109,7 @@ def load_parity_images(report: dict, report_path: Path) -> ParityImages | None:
 # ---------------------------------------------------------------------------------------------
 # qualitative masks
 # ---------------------------------------------------------------------------------------------
-Predictor = Callable[[int], np.ndarray]  # image index -> H x W int label map
+Predictor = Callable[[int], np.ndarray]  # image index -> its prediction (segmentation: an H x W label map)
 
 
 def display_image(x: np.ndarray, mean: Sequence[float], std: Sequence[float], normalized: bool) -> np.ndarray:
@@ -126,21 +129,24 @@ def write_qualitative(
     notes: dict[str, str],
     ignore_index: int,
     name: str = QUALITATIVE_FILE,
+    task: Task | None = None,
 ) -> dict:
-    """Run every available predictor on the images and save the label maps; return the summary for report.json.
+    """Run every available predictor on the images and save the predictions; return the summary for report.json.
 
     ``predictors`` maps a column of ``MASK_COLUMNS`` to a predictor, or to None when the run does not
-    have that model (``notes`` says why); missing columns are recorded as missing.
+    have that model (``notes`` says why); missing columns are recorded as missing. The predictions and
+    the ground truth are saved as ``task.as_saved`` gives them; ``task``: the run's (default: segmentation).
     """
+    task = task if task is not None else get_task(DEFAULT_TASK)
     path = Path(out) / name
-    arrays = {"image": images, "ground_truth": ground_truth.astype(np.int16)}
+    arrays = {"image": images, "ground_truth": task.as_saved(ground_truth)}
     present, missing = [], {}
     for column in MASK_COLUMNS:
         predict = predictors.get(column)
         if predict is None:
             missing[column] = notes.get(column, "not produced by this command")
             continue
-        arrays[f"pred/{column}"] = np.stack([predict(i) for i in range(len(images))])
+        arrays[f"pred/{column}"] = np.stack([task.as_saved(predict(i)) for i in range(len(images))])
         present.append(column)
     _save_npz(path, arrays)
     return {
@@ -155,7 +161,7 @@ def write_qualitative(
 
 
 def load_qualitative(out: Path, ref: dict | None) -> dict[str, np.ndarray] | None:
-    """The saved label maps, or None when the run has none or the file no longer matches its record."""
+    """The saved predictions, or None when the run has none or the file no longer matches its record."""
     if not ref:
         return None
     path = Path(out) / ref["path"]
