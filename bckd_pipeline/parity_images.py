@@ -1,13 +1,13 @@
 """``parity_images.npz``: the parity ledger's evidence per evaluation image, written by the parity stage.
 
-For every ledger stage, one confusion matrix per evaluation image (``int32 [images, classes, classes]``,
-``[target, pred]``), and the label maps of the first ``MASK_IMAGES`` images (the ledger already ran every
-stage on them). Summed over images they give the report's dataset-level mIoU; resampled over images they
-give the bootstrap interval of ΔmIoU (gate/gate.py). ``report.json["parity_images"]`` names the file with
-its sha256 and lists the images (name and pixel sha256), so a baseline report can be paired with this one
-image by image. The parity stage writes it; the report and the CI gate read it (numpy only: the gate stays light).
+For every ledger stage, the task's evidence per evaluation image (segmentation: one confusion matrix,
+``int32 [images, classes, classes]``, ``[target, pred]``), and the predictions of the first ``MASK_IMAGES``
+images as the task saves them (``Task.as_saved``; the ledger already ran every stage on them). Summed over
+images the evidence gives the report's dataset-level metric; resampled over images it gives the bootstrap
+interval of its delta (gate/gate.py). ``report.json["parity_images"]`` names the file with its sha256 and
+lists the images (name and pixel sha256), so a baseline report can be paired with this one image by image.
+The parity stage writes it; the report and the CI gate read it (numpy only: the gate stays light).
 """
-
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -38,7 +38,7 @@ def save_parity_images(
     images: list[dict[str, str]],
     name: str = PARITY_IMAGES_FILE,
 ) -> dict:
-    """Write the ledger's per-image confusions (stage -> matrices) and kept label maps (stage -> maps);
+    """Write the ledger's per-image evidence (stage -> per-image arrays) and kept predictions (stage -> maps);
     return the record for report.json. ``images``: each evaluation image's name and pixel sha256.
     ``name``: the file's path in ``out`` (each target of a run folder keeps its own, in its folder)."""
     path = Path(out) / name
@@ -56,7 +56,7 @@ def save_parity_images(
 
 
 def stage_labels(out: Path, record: dict, stage: str) -> np.ndarray:
-    """The label maps the parity ledger kept for ``stage`` (the first ``MASK_IMAGES`` evaluation images)."""
+    """The predictions the parity ledger kept for ``stage`` (the first ``MASK_IMAGES`` evaluation images)."""
     with np.load(Path(out) / record["path"]) as z:
         return z[f"labels/{stage}"]
 

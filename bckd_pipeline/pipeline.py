@@ -19,19 +19,23 @@ from pathlib import Path
 
 from .cache import StageCache, check_out_dir, claim_out_dir
 from .calibrate.stage import calibration_stage, compile_stage
-from .context import DeployConfig, DeployContext, Plan, PlanStep, RunConfig, feed_norm
+from .context import DeployConfig, DeployContext, Plan, PlanStep, QatConfig, RunConfig, feed_norm
 from .deploy.stage import latency_stage, parity_stage
 from .device.bundle import TENSORRT_DIR
 from .device.stage import device_stage
 from .distill.cached import student_stage, summarize, teacher_stage
 from .distill.stage import DataConfig
-from .errors import BackendMissingError, ConfigError, DataError
+from .errors import ConfigError, DataError
 from .export.stage import export_stage, simplify_stage, take_onnx_stage
 from .fileio import write_json
 from .plan_checks import (
-    check_calibration_flags,
+    check_buildable,
+    check_calibration,
+    check_export_shape,
     check_onnx_source,
     check_opset,
+    check_simplifier,
+    check_tensorrt_shape,
     with_deploy_options,
     with_tensorrt_options,
 )
@@ -43,7 +47,7 @@ from .report import headlines
 from .report.build import build_report, write_reports
 from .report.manifest import write_manifest
 from .report.stage import qualitative_stage
-from .targets import Backend, Precision, check_availability, expand_targets, get_target
+from .targets import Backend, CalibrationSpec, Precision, TargetProfile, expand_targets, get_target
 
 
 @dataclass
@@ -111,109 +115,100 @@ def deploy_plan(
     (``deploy --onnx``) is read here, so that a flag it needs and lacks fails a dry run too.
     """
     profile = with_deploy_options(with_tensorrt_options(get_target(deploy.target), deploy), deploy)
-    avail = check_availability(profile)
-    if not avail.can_build:
-        raise BackendMissingError(f"--target {profile.name} cannot be built on this host: {avail.reason}.")
-    can_measure, note = avail.can_measure, avail.reason
-    if deploy.device is not None:
-        from .device.remote import SshTarget
-
-        SshTarget.parse(deploy.device)
-        can_measure, note = True, ""
-    from .export.simplify import SIMPLIFIERS
-
-    if deploy.simplifier not in SIMPLIFIERS:
-        raise ConfigError(f"--simplifier {deploy.simplifier!r} is not allowed. Allowed: {', '.join(SIMPLIFIERS)}.")
+    can_measure, note = check_buildable(profile, deploy.device)
+    check_simplifier(deploy.simplifier)
     onnx = check_onnx_source(source, deploy, profile) if source is not None and source.is_onnx else None
     opset = onnx.opset if onnx else check_opset(deploy.opset, profile)
-    ExportSpec(input_hw=deploy.input_hw or (32, 32), opset=opset, head=deploy.head, dynamic=deploy.dynamic)
-    if profile.static_shape and deploy.dynamic and profile.device == "NPU":
-        raise ConfigError(
-            f"--dynamic {','.join(deploy.dynamic)} was given for --target {profile.name}, whose device compiles "
-            "static shapes only. Drop --dynamic."
-        )
-    calibration = deploy.calibration if profile.precision is Precision.INT8 else None
-    if calibration is not None and calibration.split == data.eval_split:
-        raise DataError(
-            f"--calib-split {calibration.split!r} is the evaluation split. Calibration images must not be evaluation "
-            "images; calibrate on the training split (--calib-split train)."
-        )
-    if calibration is not None:
-        check_calibration_flags(calibration, profile)
+    check_export_shape(deploy, profile, opset)
+    calibration = check_calibration(deploy, profile, data.eval_split)
     latency = deploy.latency or profile.latency
-    if profile.backend is Backend.TENSORRT and deploy.dynamic:
-        raise ConfigError(
-            f"--dynamic {','.join(deploy.dynamic)} was given for --target {profile.name}: the engine is built for the "
-            "exported static shape. Drop --dynamic (export the size you deploy with --input-size H,W)."
-        )
-    shape = f"dynamic {','.join(deploy.dynamic)}" if deploy.dynamic else "static shape"
+    check_tensorrt_shape(deploy, profile)
+    check_qat(
+        deploy.qat, profile, onnx_source=onnx is not None, dynamic=deploy.dynamic, exclude=deploy.calibration.exclude
+    )
+
+    steps = [*before, _model_step(deploy, source, onnx, opset), _simplify_step(deploy)]
+    if calibration is not None:
+        steps.append(_calibration_step(calibration, data))
+    steps += [PlanStep(b.name, _what(b), (str(b.path),)) for b in target_artifacts(profile)]
+    qat = qat_artifact(profile) if deploy.qat.mode != "off" else None
+    if qat is not None:
+        steps.append(_qat_step(deploy.qat, profile, qat))
+    if profile.backend is Backend.TENSORRT:
+        steps += _tensorrt_steps(deploy.device, can_measure, note)
+    steps += _measure_and_report_steps(profile, data, can_measure, against_onnx=onnx is not None)
+    return Plan(profile, calibration, latency, can_measure, note, tuple(steps), deploy)
+
+
+def _model_step(deploy: DeployConfig, source: ModelSource | None, onnx, opset: int) -> PlanStep:
+    """The first deployment step: the user's ONNX taken as it is, or the model exported."""
     if onnx is not None:
-        first = PlanStep(
+        return PlanStep(
             "take-onnx",
             f"{source.path} as it is (opset {opset}, input {onnx.input_name!r} "
             f"{'x'.join('?' if d is None else str(d) for d in onnx.input_shape)}, output {onnx.output_name!r}), "
             "bckd.* metadata added; checker + ORT vs your file",
             ("deploy/model.onnx",),
         )
-    else:
-        what = "" if source is None or source.kind == "checkpoint" else f"{source.describe()}: "
-        first = PlanStep(
-            "export",
-            f"{what}ONNX opset {opset}, head {deploy.head}, {shape}; checker + ORT vs PyTorch",
-            (str(shared_dir(deploy.batch) / "model.onnx"),),
-        )
-    steps = [
-        *before,
-        first,
+    what = "" if source is None or source.kind == "checkpoint" else f"{source.describe()}: "
+    shape = f"dynamic {','.join(deploy.dynamic)}" if deploy.dynamic else "static shape"
+    return PlanStep(
+        "export",
+        f"{what}ONNX opset {opset}, head {deploy.head}, {shape}; checker + ORT vs PyTorch",
+        (str(shared_dir(deploy.batch) / "model.onnx"),),
+    )
+
+
+def _simplify_step(deploy: DeployConfig) -> PlanStep:
+    return PlanStep(
+        "simplify", f"{deploy.simplifier}; ORT before vs after", (str(shared_dir(deploy.batch) / "model.sim.onnx"),)
+    )
+
+
+def _calibration_step(calibration: CalibrationSpec, data: DataConfig) -> PlanStep:
+    return PlanStep(
+        "calibration",
+        f"{calibration.size} images from {calibration.split!r}, no overlap with {data.eval_split!r}",
+        ("deploy/calibration.json",),
+    )
+
+
+def _qat_step(q: QatConfig, profile: TargetProfile, qat: Built) -> PlanStep:
+    when = "always" if q.mode == "on" else "when the INT8 row misses max_miou_drop on training images"
+    teacher = f"teacher {q.teacher}" if q.teacher else "the FP32 student as its own teacher"
+    return PlanStep(
+        "qat",
+        f"--qat {q.mode} ({when}): NNCF fake-quant as {profile.backend} quantizes, {q.iters} iterations "
+        f"lr {q.lr:g} against {teacher}; row {qat.name}",
+        (str(qat.path),),
+    )
+
+
+def _tensorrt_steps(device: str | None, can_measure: bool, note: str) -> list[PlanStep]:
+    """The device bundle, and the engine built on --device, on this host, or pending."""
+    where = device or ("this host" if can_measure else None)
+    return [
         PlanStep(
-            "simplify", f"{deploy.simplifier}; ORT before vs after", (str(shared_dir(deploy.batch) / "model.sim.onnx"),)
+            "device-bundle",
+            "Q/DQ ONNX, evaluation images, job.json, agent.pyz, build_engine.sh (trtexec)",
+            (f"{TENSORRT_DIR}/bundle/",),
+        ),
+        PlanStep(
+            "engine",
+            f"TensorRT engine built and measured on {where}"
+            if where
+            else f"PENDING (exit 3): {note}; --device ssh://user@device builds and measures it there",
+            (f"{TENSORRT_DIR}/device/model.plan",) if where else (),
         ),
     ]
-    if calibration is not None:
-        steps.append(
-            PlanStep(
-                "calibration",
-                f"{calibration.size} images from {calibration.split!r}, no overlap with {data.eval_split!r}",
-                ("deploy/calibration.json",),
-            )
-        )
-    steps += [PlanStep(b.name, _what(b), (str(b.path),)) for b in target_artifacts(profile)]
-    check_qat(
-        deploy.qat, profile, onnx_source=onnx is not None, dynamic=deploy.dynamic, exclude=deploy.calibration.exclude
-    )
-    qat = qat_artifact(profile) if deploy.qat.mode != "off" else None
-    if qat is not None:
-        q = deploy.qat
-        when = "always" if q.mode == "on" else "when the INT8 row misses max_miou_drop on training images"
-        teacher = f"teacher {q.teacher}" if q.teacher else "the FP32 student as its own teacher"
-        steps.append(
-            PlanStep(
-                "qat",
-                f"--qat {q.mode} ({when}): NNCF fake-quant as {profile.backend} quantizes, {q.iters} iterations "
-                f"lr {q.lr:g} against {teacher}; row {qat.name}",
-                (str(qat.path),),
-            )
-        )
-    if profile.backend is Backend.TENSORRT:
-        where = deploy.device or ("this host" if can_measure else None)
-        steps += [
-            PlanStep(
-                "device-bundle",
-                "Q/DQ ONNX, evaluation images, job.json, agent.pyz, build_engine.sh (trtexec)",
-                (f"{TENSORRT_DIR}/bundle/",),
-            ),
-            PlanStep(
-                "engine",
-                f"TensorRT engine built and measured on {where}"
-                if where
-                else f"PENDING (exit 3): {note}; --device ssh://user@device builds and measures it there",
-                (f"{TENSORRT_DIR}/device/model.plan",) if where else (),
-            ),
-        ]
-    steps += [
-        PlanStep(
-            "parity", f"every stage on split {data.eval_split!r} vs {'your FP32 ONNX' if onnx else 'PyTorch'}", ()
-        ),
+
+
+def _measure_and_report_steps(
+    profile: TargetProfile, data: DataConfig, can_measure: bool, *, against_onnx: bool
+) -> list[PlanStep]:
+    reference = "your FP32 ONNX" if against_onnx else "PyTorch"
+    return [
+        PlanStep("parity", f"every stage on split {data.eval_split!r} vs {reference}", ()),
         PlanStep("latency", "the latency protocol on every stage" if can_measure else "pending: device absent", ()),
         PlanStep(
             "report",
@@ -221,7 +216,6 @@ def deploy_plan(
             (report_file(profile.key, "manifest"), report_file(profile.key, "json"), report_file(profile.key, "md")),
         ),
     ]
-    return Plan(profile, calibration, latency, can_measure, note, tuple(steps), deploy)
 
 
 def _what(b: Built) -> str:

@@ -1,8 +1,9 @@
 """Flags against the target: what ``deploy_plan`` checks before any stage runs, one function per kind of flag.
 
-Each takes the target's profile and the deploy flags, refuses a combination that cannot work with one
-paragraph that says what to change (exit 2), and returns the profile the flags make (precision, batch,
-exclusions, TensorRT options). Only ``pipeline.py`` imports this module.
+Each takes the target's profile and the deploy flags and refuses a combination that cannot work with one
+paragraph that says what to change (exit 2); some return what the flags resolve to (the profile with
+precision, batch, exclusions and TensorRT options applied, the opset, the calibration, whether latency
+can be measured). Only ``pipeline.py`` imports this module.
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 from .context import DeployConfig
-from .errors import ConfigError
-from .model_spec import ModelSource
-from .targets import Backend, Precision, TargetProfile
+from .errors import BackendMissingError, ConfigError, DataError
+from .model_spec import ExportSpec, ModelSource
+from .targets import Backend, Precision, TargetProfile, check_availability
 from .targets.profiles import INT8_BUDGETS, CalibrationSpec, TensorRTOptions
 
 
@@ -165,4 +166,59 @@ def check_calibration_flags(c: CalibrationSpec, profile: TargetProfile) -> None:
         raise ConfigError(
             f"--calib-method {c.method} applies to ONNX Runtime targets; NNCF chooses its own statistics for "
             f"--target {profile.name}. Use --nncf-preset performance|mixed instead."
+        )
+
+
+def check_buildable(profile: TargetProfile, device: str | None) -> tuple[bool, str]:
+    """The target's backend is installed here; returns whether latency can be measured, and why not.
+
+    A TensorRT target given ``--device ssh://...`` is measured there, whatever this host lacks.
+    """
+    avail = check_availability(profile)
+    if not avail.can_build:
+        raise BackendMissingError(f"--target {profile.name} cannot be built on this host: {avail.reason}.")
+    if device is None:
+        return avail.can_measure, avail.reason
+    from .device.remote import SshTarget
+
+    SshTarget.parse(device)
+    return True, ""
+
+
+def check_simplifier(name: str) -> None:
+    from .export.simplify import SIMPLIFIERS
+
+    if name not in SIMPLIFIERS:
+        raise ConfigError(f"--simplifier {name!r} is not allowed. Allowed: {', '.join(SIMPLIFIERS)}.")
+
+
+def check_export_shape(deploy: DeployConfig, profile: TargetProfile, opset: int) -> None:
+    """--head, --dynamic and the opset make a valid export, with dynamic axes only where the target takes them."""
+    ExportSpec(input_hw=deploy.input_hw or (32, 32), opset=opset, head=deploy.head, dynamic=deploy.dynamic)
+    if profile.static_shape and deploy.dynamic and profile.device == "NPU":
+        raise ConfigError(
+            f"--dynamic {','.join(deploy.dynamic)} was given for --target {profile.name}, whose device compiles "
+            "static shapes only. Drop --dynamic."
+        )
+
+
+def check_calibration(deploy: DeployConfig, profile: TargetProfile, eval_split: str) -> CalibrationSpec | None:
+    """The calibration an INT8 target uses (None for a float one): never on evaluation images."""
+    calibration = deploy.calibration if profile.precision is Precision.INT8 else None
+    if calibration is None:
+        return None
+    if calibration.split == eval_split:
+        raise DataError(
+            f"--calib-split {calibration.split!r} is the evaluation split. Calibration images must not be evaluation "
+            "images; calibrate on the training split (--calib-split train)."
+        )
+    check_calibration_flags(calibration, profile)
+    return calibration
+
+
+def check_tensorrt_shape(deploy: DeployConfig, profile: TargetProfile) -> None:
+    if profile.backend is Backend.TENSORRT and deploy.dynamic:
+        raise ConfigError(
+            f"--dynamic {','.join(deploy.dynamic)} was given for --target {profile.name}: the engine is built for the "
+            "exported static shape. Drop --dynamic (export the size you deploy with --input-size H,W)."
         )

@@ -115,39 +115,22 @@ def test_int8_exclude_naming_nothing_lists_the_graphs_op_types(models, tmp_path,
     assert "--int8-exclude Nope names no node and no op type of model.sim.onnx" in err and "Conv" in err
 
 
-# --- one meaning per flag; the old spellings, one release, with one warning line -----------------------------
-@pytest.mark.parametrize(
-    ("argv", "old", "new"),
-    [
-        (["train-teacher", "--model", "pspnet-r101"], "--model", "--arch"),
-        (["train-teacher", "--precision", "fp32"], "--precision", "--train-precision"),
-        (["distill", "--teacher", "t.pt", "--student", "pspnet-r101"], "--student", "--student-arch"),
-        (["run", "--teacher-model", "pspnet-r101"], "--teacher-model", "--teacher-arch"),
-        (["run", "--max-miou-drop", "1"], "--max-miou-drop", "--nncf-max-miou-drop"),
-        (["bench", "m.onnx", "--runs", "5"], "--runs", "--latency-runs"),
-    ],
-)
-def test_old_spellings_still_parse_with_one_warning(capsys, argv, old, new):
-    from bckd_pipeline.cli.parser import build_parser
-
-    args = build_parser().parse_args(argv)
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith(f"warning: {old} is deprecated; use {new} ")
-    dest = new.lstrip("-").replace("-", "_")
-    assert getattr(args, dest) == argv[argv.index(old) + 1] or getattr(args, dest) in (1, 5)
+# --- one meaning per flag ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_device_names_the_deployment_device_and_points_to_train_device(tmp_path, capsys, device):
+    for argv in (["run", "--dry-run"], ["train-teacher"]):
+        rc, _, err = run_cli(capsys, *argv, *SMOKE, "--device", device, "--out", tmp_path / "R")
+        assert_clean_error(rc, err, tmp_path / "R")
+        assert f"--device {device} is not a deployment device" in err and f"use --train-device {device}" in err
 
 
-def test_device_cpu_is_the_old_train_device_and_run_precision_bf16_the_old_train_precision(tmp_path, capsys):
-    argv = ["run", "--preset", "smoke", "--no-progress", "--device", "cpu", "--out", tmp_path / "R", "--dry-run"]
-    rc, stdout, err = run_cli(capsys, *argv)
-    assert rc == 0, err
-    assert "warning: --device cpu (the training device) is deprecated; use --train-device cpu" in err
+def test_run_precision_is_the_deployed_artifacts_and_names_train_precision(tmp_path, capsys):
     rc, _, err = run_cli(capsys, "run", *SMOKE, "--precision", "bf16", "--out", tmp_path / "R", "--dry-run")
-    assert "warning: --precision bf16 (the training precision) is deprecated; use --train-precision bf16" in err
-    assert "error: --train-precision bf16 needs --train-device cuda" in err and rc == 2
+    assert_clean_error(rc, err, tmp_path / "R")
+    assert "--precision 'bf16' is not a precision of the deployed artifact" in err and "--train-precision" in err
 
 
-def test_new_spellings_print_no_warning(tmp_path, capsys):
+def test_the_flag_names_parse_without_a_warning(tmp_path, capsys):
     argv = ["run", *SMOKE, "--teacher-arch", "pspnet-r101", "--student-arch", "pspnet-r101", "--dry-run"]
     rc, _, err = run_cli(capsys, *argv, "--train-precision", "fp32", "--out", tmp_path / "R")
     assert rc == 0 and "warning" not in err, err

@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from bckd_pipeline.report.evidence import write_qualitative
-from bckd_pipeline.report.html import BOUNDARY_ERROR, colorize, palette, render
+from bckd_pipeline.report.html import palette, render
+from bckd_pipeline.tasks.segmentation_draw import BOUNDARY_ERROR, colorize
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

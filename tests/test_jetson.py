@@ -507,14 +507,14 @@ def test_engine_path_end_to_end_with_stand_ins_for_tensorrt(jetson_run, tmp_path
 
     import bckd_pipeline.device.agent as agent
     import bckd_pipeline.runtimes.tensorrt as trt_backend
-    import bckd_pipeline.pipeline as pipeline
+    import bckd_pipeline.plan_checks as plan_checks
     from bckd_pipeline.targets import Availability
 
     out = _copy(jetson_run, tmp_path / "R")
     fake = make_fake_trt("10.3.0.30", input_shape=(1, 3, 64, 64))
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
     monkeypatch.setattr(agent, "_tensorrt_missing", lambda: [])
-    monkeypatch.setattr(pipeline, "check_availability", lambda profile: Availability(True, True, ""))
+    monkeypatch.setattr(plan_checks, "check_availability", lambda profile: Availability(True, True, ""))
     qdq = out / "deploy/tensorrt/bundle/model.qdq.onnx"
 
     class EngineOnOrt(OrtRuntime):

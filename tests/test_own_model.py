@@ -245,9 +245,9 @@ def test_an_openvino_device_name_in_device_is_one_clear_error(models, tmp_path, 
 @pytest.mark.parametrize("device", ["cuda", "cuda:1"])
 def test_cuda_on_a_host_without_a_gpu_is_one_clear_error(tmp_path, capsys, device):
     for argv in (["run", "--dry-run"], ["train-teacher"]):
-        rc, _, err = run_cli(capsys, *argv, "--preset", "smoke", "--device", device, "--out", tmp_path / "R")
+        rc, _, err = run_cli(capsys, *argv, "--preset", "smoke", "--train-device", device, "--out", tmp_path / "R")
         assert_clean_error(rc, err, tmp_path / "R")
-        assert f"--device {device} was given, but this host has no CUDA GPU" in err
+        assert f"--train-device {device} was given, but this host has no CUDA GPU" in err
 
 
 @pytest.mark.parametrize(

@@ -1,14 +1,16 @@
 """The task interface: the registry, segmentation's numbers pinned, and consumers that go through the task.
 
 A second task (``Agreement``: the share of pixels whose label matches, a made-up metric) is registered
-in the tests below: the parity ledger and the CI gate must measure, judge and name it, which they can
-only do by asking the task.
+in the tests below: the parity ledger and the CI gate must measure, judge and name it, and ``predict``
+and report.html must write and draw its predictions, which they can only do by asking the task.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -21,6 +23,11 @@ from bckd_pipeline.errors import ConfigError
 from bckd_pipeline.gate.budgets import parse_budgets
 from bckd_pipeline.gate.gate import FAIL, PASS, gate
 from bckd_pipeline.ledger import REPORT_FORMAT
+from bckd_pipeline.predict.outputs import PredictionsWriter
+from bckd_pipeline.predict.segmenter import Prediction
+from bckd_pipeline.predict.sources import Item, Source
+from bckd_pipeline.report.evidence import write_qualitative
+from bckd_pipeline.report.html import masks_table
 from bckd_pipeline.metrics import ConfusionMatrix
 from bckd_pipeline.targets.profiles import FLOAT_PARITY, INT8_PARITY
 from bckd_pipeline.tasks import TASKS, BudgetKey, ParityMeter, Task, get_task
@@ -201,6 +208,8 @@ class Agreement(Task):
         "min_score": BudgetKey("score points", "min", 0.0, 100.0, "agreement score", field="score", label="score"),
     }
     export_heads = ("labels",)
+    output_folders = ("agreement",)
+    legend = (("#123456", "pixels as labelled"),)
 
     def prediction_of(self, output):
         return output.argmax(1) if output.ndim == 4 else output
@@ -218,6 +227,25 @@ class Agreement(Task):
     def judge(self, row, parent_name, same_precision, criteria):
         drop = -(row["score_delta_vs_parent"] or 0.0)
         return [f"score fell {drop:.1f} from {parent_name}"] if drop > criteria.max_score_drop else []
+
+    def as_saved(self, prediction):
+        return prediction.astype(np.uint8)
+
+    def write_prediction(self, prediction, out, stem, *, colors, classes):
+        path = Path(out) / "agreement" / f"{stem}.npy"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, prediction)
+        return {"agreement": path.relative_to(out).as_posix(), "pixels": int(prediction.size)}
+
+    def write_overlay(self, prediction, rgb, out, stem, *, colors):
+        return {"overlay": "none drawn"}
+
+    def draw(self, prediction, colors, *, ignore_index, truth=None):
+        same = np.ones(prediction.shape, bool) if truth is None else prediction == truth
+        return np.repeat(np.where(same, 255, 0).astype(np.uint8)[..., None], 3, axis=-1)
+
+    def caption(self, prediction, truth, *, ignore_index):
+        return f"{100 * float((prediction == truth).mean()):.0f}% as labelled"
 
 
 @pytest.fixture
@@ -281,7 +309,7 @@ def test_the_gate_refuses_a_budget_of_another_task(agreement, tmp_path):
         gate(_agreement_report(tmp_path, 50.0), budgets)
 
 
-def test_task_modules_import_neither_torch_nor_scipy_at_module_level():
+def test_task_modules_import_neither_torch_nor_scipy_nor_pil_at_module_level():
     import ast
     from pathlib import Path
 
@@ -293,4 +321,41 @@ def test_task_modules_import_neither_torch_nor_scipy_at_module_level():
         top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
         names = {a.name.split(".")[0] for n in top if isinstance(n, ast.Import) for a in n.names}
         names |= {(n.module or "").split(".")[0] for n in top if isinstance(n, ast.ImportFrom) and n.level == 0}
-        assert names <= {"__future__", "abc", "collections", "dataclasses", "typing", "numpy"}, (path.name, names)
+        assert names <= {"__future__", "abc", "collections", "dataclasses", "pathlib", "typing", "numpy"}, (
+            path.name,
+            names,
+        )
+
+
+def test_predict_writes_what_the_task_writes(agreement, tmp_path):
+    seg = SimpleNamespace(task=agreement, palette=np.zeros((C, 3), np.uint8), classes=("a", "b", "c", "d"))
+    seg.info = SimpleNamespace(as_dict=lambda: {"backend": "fake"})
+    writer = PredictionsWriter(tmp_path, seg, Source(tmp_path, "folder"), overlay=True)
+    labels = np.arange(H * W).reshape(H, W) % C
+    writer.add(Item("x.png", "x", tmp_path / "x.png"), np.zeros((H, W, 3), np.uint8), Prediction(labels, 1.0, 2.0))
+    path, _ = writer.finish(1.0)
+    (entry,) = json.loads(path.read_text())["images"]
+    assert entry == {
+        "path": "x.png",
+        "agreement": "agreement/x.npy",
+        "pixels": H * W,
+        "infer_ms": 1.0,
+        "total_ms": 2.0,
+        "overlay": "none drawn",
+    }
+    assert np.array_equal(np.load(tmp_path / "agreement/x.npy"), labels)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["agreement", "predictions.json"]  # no labels/ PNG
+
+
+def test_report_html_draws_what_the_task_draws(agreement, tmp_path):
+    truth = np.zeros((2, H, W), np.int64)
+    pred = truth.copy()
+    pred[:, :, : W // 2] = 1  # half the pixels differ from the label
+    qualitative = write_qualitative(
+        tmp_path, np.zeros((2, H, W, 3), np.uint8), truth, ["a", "b"], {"deployed": lambda i: pred[i]}, {}, 255,
+        task=agreement,
+    )  # fmt: skip
+    assert np.load(tmp_path / qualitative["path"])["pred/deployed"].dtype == np.uint8  # saved as the task says
+    page = masks_table({"task": "agreement", "class_names": ["a", "b"], "qualitative": qualitative}, tmp_path)
+    assert page.count("50% as labelled") == 2 and "px correct" not in page
+    assert "pixels as labelled" in page and "ground-truth boundary" not in page

@@ -80,28 +80,23 @@ def _message(exc: BckdError) -> str:
 
 def _split_device(args) -> None:
     """``--train-device`` is where training runs (cpu/cuda), ``--device`` where a TensorRT target's engine is built
-    (ssh://...). ``--device cpu|cuda`` is the old spelling of --train-device (one release, with a warning);
-    the commands read the training device as ``args.device``, the deployment device as ``args.target_device``."""
+    (ssh://...); the commands read the training device as ``args.device``, the deployment device as
+    ``args.target_device``."""
     if not hasattr(args, "device"):
         return
-    from .parser import deprecated
-
     given = args.device or []
     remote = [d for d in given if "://" in d]
     local = [d for d in given if "://" not in d]
+    if local:
+        _refuse_openvino_device(local[-1], getattr(args, "target", None), "--device")
+        raise ConfigError(
+            f"--device {local[-1]} is not a deployment device: --device takes ssh://user@host[:port], where a "
+            f"TensorRT target's engine is built and measured. For where training runs, use --train-device {local[-1]}."
+        )
     if len(remote) > 1:
         raise ConfigError(f"--device names one deployment device; got {', '.join(remote)}. Keep one.")
-    if local and args.train_device:
-        raise ConfigError(
-            f"--device {local[-1]} and --train-device {args.train_device} both name the training device. Keep "
-            "--train-device (--device now names where the model is deployed: ssh://user@host)."
-        )
-    if local:
-        _check_local_device(local[-1], getattr(args, "target", None), "--device")
-        deprecated(f"--device {local[-1]} (the training device)", f"--train-device {local[-1]}")
     args.target_device = remote[0] if remote else None
-    train = args.train_device or (local[-1] if local else None)
-    args.device = train or ("cuda" if _cuda() else "cpu")
+    args.device = args.train_device or ("cuda" if _cuda() else "cpu")
     _check_local_device(args.device, getattr(args, "target", None))
 
 
@@ -109,8 +104,8 @@ def _split_device(args) -> None:
 OPENVINO_DEVICES = {"CPU": "openvino-cpu", "GPU": "openvino-gpu", "NPU": "openvino-npu"}
 
 
-def _check_local_device(device: str, target: str | None, flag: str = "--train-device") -> None:
-    """The training device: cpu or cuda[:N], and cuda only where a GPU is."""
+def _refuse_openvino_device(device: str, target: str | None, flag: str) -> None:
+    """An OpenVINO device name (GPU, NPU, ...) where a training or ssh:// device was asked for."""
     base = device.split(".")[0].split(":")[0]
     if base.upper() in (*OPENVINO_DEVICES, "AUTO", "HETERO", "MULTI") and base != base.lower():
         pick = OPENVINO_DEVICES.get(base.upper())
@@ -120,6 +115,12 @@ def _check_local_device(device: str, target: str | None, flag: str = "--train-de
             f"cuda[:N]) and --device the ssh:// device of a TensorRT target; {on}. "
             + (f"For OpenVINO on {base.upper()}, use --target {pick} and drop {flag}." if pick else f"Drop {flag}.")
         )
+
+
+def _check_local_device(device: str, target: str | None, flag: str = "--train-device") -> None:
+    """The training device: cpu or cuda[:N], and cuda only where a GPU is."""
+    _refuse_openvino_device(device, target, flag)
+    base = device.split(".")[0].split(":")[0]
     if base == "cpu" and device == "cpu":
         return
     if base != "cuda" or (":" in device and not device.split(":", 1)[1].isdigit()):

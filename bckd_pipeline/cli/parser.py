@@ -4,13 +4,12 @@ Parsing imports no torch, onnx, onnxruntime or openvino (tests/test_architecture
 ``--help`` and ``gate`` start fast; each command imports what it needs when it runs.
 
 One module over 400 lines on purpose: it is one table of every command's flags, read whole so that a
-flag means one thing everywhere (the naming scheme and its deprecated spellings live here too).
+flag means one thing everywhere (docs/deploy.md, 'Flag names').
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 KD_HELP = "none | kd (Hinton logits) | cwd | bckd | kd+bckd | cwd+bckd"
@@ -41,13 +40,6 @@ def _triple(text: str) -> tuple[float, float, float]:
     return values
 
 
-def _names(text: str) -> tuple[str, ...]:
-    names = tuple(n.strip() for n in text.split(",") if n.strip())
-    if not names:
-        raise argparse.ArgumentTypeError(f"expected comma-separated class names, got {text!r}")
-    return names
-
-
 def _dims(text: str) -> tuple[int, ...]:
     try:
         dims = tuple(int(v) for v in text.replace("x", ",").split(","))
@@ -63,33 +55,6 @@ def _keyval(text: str) -> tuple[str, str]:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     k, v = text.split("=", 1)
     return k.strip(), v.strip()
-
-
-# One name per meaning (docs/deploy.md, "Flag names"): old spellings work for one release, with one line on stderr.
-RENAMES_DOC = "docs/deploy.md, 'Flag names'"
-
-
-def deprecated(old: str, new: str) -> None:
-    print(
-        f"warning: {old} is deprecated; use {new} ({RENAMES_DOC}). The old spelling goes in the next release.",
-        file=sys.stderr,
-    )
-
-
-class _Renamed(argparse.Action):
-    """An old spelling kept for one release: it sets the new flag's value and says so on stderr, in one line."""
-
-    def __init__(self, option_strings, dest, new: str, **kwargs):
-        self.new = new
-        super().__init__(option_strings, dest, **kwargs)
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        deprecated(option_string, self.new)
-        setattr(namespace, self.dest, True if self.nargs == 0 else values)
-
-
-def _renamed(p, old: str, new: str, dest: str, **kwargs) -> None:
-    p.add_argument(old, dest=dest, action=_Renamed, new=new, help=argparse.SUPPRESS, **kwargs)
 
 
 def _common(p: argparse.ArgumentParser, *, training: bool = True, deploys: bool = False) -> None:
@@ -110,7 +75,7 @@ def _common(p: argparse.ArgumentParser, *, training: bool = True, deploys: bool 
         help="where the model is deployed: ssh://user@host[:port], the device that builds and measures a TensorRT "
         "target's engine"
         if deploys
-        else argparse.SUPPRESS,  # here only the old spelling of --train-device
+        else argparse.SUPPRESS,  # here only to be refused with a pointer to --train-device
     )
     p.add_argument("--num-workers", type=int, help="data loader workers (default: preset)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -132,8 +97,6 @@ def _common(p: argparse.ArgumentParser, *, training: bool = True, deploys: bool 
         p.add_argument(
             "--train-precision", default=None, help="auto | fp32 | bf16 | fp16 (mixed precision on CUDA; default: auto)"
         )
-        if not deploys:  # in run, --precision is the deployed artifact's (cli/train.py routes auto/bf16 here)
-            _renamed(p, "--precision", "--train-precision", "train_precision")
         p.add_argument("--channels-last", action="store_true", help="channels_last memory format (CUDA)")
         p.add_argument("--compile", action="store_true", help="torch.compile the training step")
         p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across torchrun processes (CUDA)")
@@ -233,23 +196,41 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action=_VersionAction, help="print the installed version and exit")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("models", help="list the model presets", formatter_class=fmt)
+    _train_teacher_parser(sub, fmt)
+    _distill_parser(sub, fmt)
+    _eval_parser(sub, fmt)
+    _run_parser(sub, fmt)
+    _deploy_parser(sub, fmt)
+    sub.add_parser("targets", help="list the deployment targets", formatter_class=fmt)
+    sub.add_parser("doctor", help="which backends and devices this host has", formatter_class=fmt)
+    _bench_parser(sub, fmt)
+    _predict_parser(sub, fmt)
+    _gate_parser(sub, fmt)
+    _ingest_parser(sub, fmt)
+    return parser
 
+
+def _train_teacher_parser(sub, fmt) -> None:
     p = sub.add_parser("train-teacher", help="train a teacher (or any preset) with cross-entropy", formatter_class=fmt)
     _common(p)
     p.add_argument("--arch", help="model preset name, `bckd-pipeline models` (default: the preset's teacher)")
-    _renamed(p, "--model", "--arch", "arch")
 
+
+def _distill_parser(sub, fmt) -> None:
     p = sub.add_parser("distill", help="distill a student from a teacher checkpoint", formatter_class=fmt)
     _common(p)
     p.add_argument("--teacher", type=Path, required=True, help="teacher checkpoint (teacher.pt)")
     p.add_argument("--student-arch", help="student preset name (default: the preset's student)")
-    _renamed(p, "--student", "--student-arch", "student_arch")
     _distill_flags(p)
 
+
+def _eval_parser(sub, fmt) -> None:
     p = sub.add_parser("eval", help="evaluate a checkpoint", formatter_class=fmt)
     _common(p, training=False)
     p.add_argument("--model", type=Path, required=True, help="checkpoint to evaluate")
 
+
+def _run_parser(sub, fmt) -> None:
     p = sub.add_parser(
         "run",
         help="the whole pipeline: teacher -> distilled student -> ONNX -> INT8 -> target, verified and measured",
@@ -260,15 +241,14 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, deploys=True)
     p.add_argument("--teacher", type=Path, help="teacher checkpoint; trained on the fly when omitted")
     p.add_argument("--teacher-arch", help="teacher preset name when training one (default: the preset's)")
-    _renamed(p, "--teacher-model", "--teacher-arch", "teacher_arch")
     p.add_argument("--student-arch", help="student preset name (default: the preset's student)")
-    _renamed(p, "--student", "--student-arch", "student_arch")
     _distill_flags(p)
     _deploy_flags(p)
     _gate_flags(p, required=False)
-    p.add_argument("--dry-run", action="store_true", help="print the resolved plan and exit; nothing is written")
-    p.add_argument("--force", action="store_true", help="write into an --out folder that holds other files")
+    _dry_run_and_force_flags(p)
 
+
+def _deploy_parser(sub, fmt) -> None:
     p = sub.add_parser(
         "deploy",
         help="stages 2 and 3 alone: export, quantize, compile, verify and measure a student checkpoint",
@@ -276,6 +256,14 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes as for `run`: 0 done, 1 parity failed, 2 bad input, 3 pending on the device.",
     )
     _common(p, training=False, deploys=True)
+    _model_source_flags(p)
+    _deploy_flags(p)
+    _gate_flags(p, required=False)
+    _dry_run_and_force_flags(p)
+
+
+def _model_source_flags(p: argparse.ArgumentParser) -> None:
+    """`deploy`'s model: this pipeline's checkpoint, an exported program, a user's ONNX or model factory."""
     m = p.add_argument_group(
         "the model (one of --model, --onnx, --model-factory; docs/deploy.md, 'Deploy your own model')"
     )
@@ -301,14 +289,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="--qat with --qat-kd TERMS: the teacher checkpoint the quantized student is fine-tuned against "
         "(default: the FP32 student itself, self-distillation)",
     )
-    _deploy_flags(p)
-    _gate_flags(p, required=False)
+
+
+def _dry_run_and_force_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the resolved plan and exit; nothing is written")
     p.add_argument("--force", action="store_true", help="write into an --out folder that holds other files")
 
-    sub.add_parser("targets", help="list the deployment targets", formatter_class=fmt)
-    sub.add_parser("doctor", help="which backends and devices this host has", formatter_class=fmt)
 
+def _bench_parser(sub, fmt) -> None:
     p = sub.add_parser("bench", help="measure an exported model under the latency protocol", formatter_class=fmt)
     p.add_argument(
         "model", type=Path, help="an .onnx file, an OpenVINO model.xml, or a TensorRT .plan/.engine built here"
@@ -324,7 +312,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision", default=None, help="the artifact's precision, for the report (default: read from the file name)"
     )
     p.add_argument("--latency-runs", type=int, default=200, help="timed runs")
-    _renamed(p, "--runs", "--latency-runs", "latency_runs", type=int)
     p.add_argument("--warmup-runs", type=int, default=20, help="untimed runs first (at least)")
     p.add_argument("--warmup-s", type=float, default=1.0, help="untimed seconds first (at least)")
     p.add_argument("--threads", type=int, help="intra-op threads (default: the runtime's)")
@@ -332,8 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", default="latency", help="latency | throughput")
     p.add_argument("--json", type=Path, help="also write the LatencyReport here")
 
-    _predict_parser(sub, fmt)
 
+def _gate_parser(sub, fmt) -> None:
     p = sub.add_parser(
         "gate",
         help="CI gate: check a run's report against latency and mIoU budgets (docs/ci.md)",
@@ -345,6 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("report", type=Path, help="OUT/report.json of `run` or `deploy` (or the OUT folder)")
     _gate_flags(p, required=True)
 
+
+def _ingest_parser(sub, fmt) -> None:
     p = sub.add_parser(
         "ingest",
         help="read a device result made by hand (agent.pyz on the device) into a pending TensorRT run (docs/jetson.md)",
@@ -357,7 +346,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", type=Path, help="the --out folder of the pending `run`/`deploy --target jetson...`")
     p.add_argument("result_dir", type=Path, help="the agent's output folder copied back from the device (out/)")
     _gate_flags(p, required=False)
-    return parser
 
 
 def _predict_parser(sub, fmt) -> None:
@@ -446,7 +434,6 @@ def _deploy_flags(p: argparse.ArgumentParser) -> None:
         type=float,
         help="OpenVINO: NNCF accuracy-controlled INT8 with at most this mIoU drop (not the gate's max_miou_drop)",
     )
-    _renamed(g, "--max-miou-drop", "--nncf-max-miou-drop", "nncf_max_miou_drop", type=float)
     g.add_argument(
         "--int8-exclude",
         type=_entries,
@@ -462,6 +449,11 @@ def _deploy_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--threads", type=int, help="intra-op threads for every runtime (default: the runtime's)")
     g.add_argument("--streams", type=int, default=2, help="requests in flight in throughput mode")
     g.add_argument("--no-throughput", action="store_true", help="skip the throughput measurement")
+    _qat_flags(p)
+    _tensorrt_flags(p)
+
+
+def _qat_flags(p: argparse.ArgumentParser) -> None:
     q = p.add_argument_group("teacher-guided quantization-aware training (docs/deploy.md)")
     q.add_argument(
         "--qat",
@@ -483,6 +475,9 @@ def _deploy_flags(p: argparse.ArgumentParser) -> None:
         "alone: it beat the teacher's terms where measured, docs/deploy.md)",
     )
     q.add_argument("--qat-seed", type=int, default=0, help="seed of the QAT fine-tune (its batches)")
+
+
+def _tensorrt_flags(p: argparse.ArgumentParser) -> None:
     t = p.add_argument_group("TensorRT targets (jetson, jetson-orin-nano/-nx, jetson-agx-orin, tensorrt)")
     t.add_argument("--ssh-identity", type=Path, help="private key for --device ssh://... (default: ssh's own keys)")
     t.add_argument("--ssh-known-hosts", type=Path, help="known_hosts file to check the device's host key against")

@@ -32,7 +32,7 @@ def predict(args, console) -> int:
         threads=args.threads,
     )
     with seg:
-        out = prepare_out(args.out)
+        out = prepare_out(args.out, seg.task.output_folders)
         writer = PredictionsWriter(out, seg, source, overlay=args.save_overlay)
         bar = _Progress(source.count, enabled=not args.no_progress, console=console)
         start = time.perf_counter()

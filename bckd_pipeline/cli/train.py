@@ -27,11 +27,6 @@ def command(args, console) -> int:
             f"--device {args.target_device} names a deployment device; `{args.command}` trains or evaluates here. "
             "Use --train-device cpu or cuda[:N], or pass the SSH device to `run`/`deploy` with a TensorRT target."
         )
-    if args.command == "run" and args.precision in ("auto", "bf16"):  # only a training precision: the old meaning
-        from .parser import deprecated
-
-        deprecated(f"--precision {args.precision} (the training precision)", f"--train-precision {args.precision}")
-        args.train_precision, args.precision = args.train_precision or args.precision, None
     preset = get_preset(args.preset)
     if args.command in ("run", "deploy"):
         from ..targets import get_target
@@ -74,57 +69,69 @@ def command(args, console) -> int:
 
 
 def _train_commands(args, preset, data, train_cfg, env, console) -> int:
-    from ..distill import stage
-
     # Under torchrun only rank 0 prints and writes; every rank trains.
     progress = not args.no_progress and env.is_main
     if not env.is_main:
         console.quiet = True
     if args.command == "train-teacher":
-        out = stage.check_out_dir(args.out)
-        res = stage.train_teacher(
-            args.arch or preset.teacher,
-            data,
-            _schedule(args, preset.teacher_iters, preset.teacher_epochs),
-            train_cfg,
-            out,
-            pretrained=args.pretrained,
-            progress=progress,
-            resume=args.resume,
-            env=env,
-        )
-        if env.is_main:
-            console.print(f"teacher mIoU {res.metrics['miou']:.2f} -> {res.checkpoint}")
-        return 0
+        return _train_teacher(args, preset, data, train_cfg, env, console, progress)
+    if args.command == "distill":
+        return _distill(args, preset, data, train_cfg, env, console, progress)
+    return _run(args, preset, data, train_cfg, env, console, progress)
+
+
+def _train_teacher(args, preset, data, train_cfg, env, console, progress: bool) -> int:
+    from ..distill import stage
+
+    out = stage.check_out_dir(args.out)
+    res = stage.train_teacher(
+        args.arch or preset.teacher,
+        data,
+        _schedule(args, preset.teacher_iters, preset.teacher_epochs),
+        train_cfg,
+        out,
+        pretrained=args.pretrained,
+        progress=progress,
+        resume=args.resume,
+        env=env,
+    )
+    if env.is_main:
+        console.print(f"teacher mIoU {res.metrics['miou']:.2f} -> {res.checkpoint}")
+    return 0
+
+
+def _distill(args, preset, data, train_cfg, env, console, progress: bool) -> int:
+    from ..distill import stage
 
     dcfg = _distill_config(args, preset)
-    mfs_images = preset.mfs_images if args.mfs_images is None else args.mfs_images
-    if args.command == "distill":
-        out = stage.check_out_dir(args.out)
-        res = stage.distill(
-            args.teacher,
-            args.student_arch or preset.student,
-            data,
-            _schedule(args, preset.student_iters, preset.student_epochs),
-            train_cfg,
-            dcfg,
-            out,
-            student_taps=_taps(args.student_taps),
-            teacher_taps=_taps(args.teacher_taps),
-            pretrained=args.pretrained,
-            progress=progress,
-            mfs_images=mfs_images,
-            resume=args.resume,
-            env=env,
-        )
-        if env.is_main:
-            console.print(f"student mIoU {res.metrics['miou']:.2f} (kd={dcfg.kd}) -> {res.checkpoint}")
-        return 0
+    out = stage.check_out_dir(args.out)
+    res = stage.distill(
+        args.teacher,
+        args.student_arch or preset.student,
+        data,
+        _schedule(args, preset.student_iters, preset.student_epochs),
+        train_cfg,
+        dcfg,
+        out,
+        student_taps=_taps(args.student_taps),
+        teacher_taps=_taps(args.teacher_taps),
+        pretrained=args.pretrained,
+        progress=progress,
+        mfs_images=_mfs_images(args, preset),
+        resume=args.resume,
+        env=env,
+    )
+    if env.is_main:
+        console.print(f"student mIoU {res.metrics['miou']:.2f} (kd={dcfg.kd}) -> {res.checkpoint}")
+    return 0
 
+
+def _run(args, preset, data, train_cfg, env, console, progress: bool) -> int:
     from ..context import RunConfig
     from ..pipeline import plan, run
     from .deploy import deploy_config, describe, finish, gated
 
+    dcfg = _distill_config(args, preset)
     if env.distributed:
         raise ConfigError(
             "`run` is one process; under torchrun launch `train-teacher` and `distill` instead (docs/distributed.md)."
@@ -144,7 +151,7 @@ def _train_commands(args, preset, data, train_cfg, env, console) -> int:
         teacher_schedule=_schedule(args, preset.teacher_iters, preset.teacher_epochs),
         student_schedule=_schedule(args, preset.student_iters, preset.student_epochs),
         teacher_checkpoint=args.teacher,
-        mfs_images=mfs_images,
+        mfs_images=_mfs_images(args, preset),
         progress=progress,
         resume=args.resume,
         deploy=deploy_config(args, preset),
@@ -162,6 +169,10 @@ def _train_commands(args, preset, data, train_cfg, env, console) -> int:
         f"distilled ({s['kd']}) {s['distilled']['miou']:.2f} mIoU"
     )
     return gated(args, finish(result, args.out, console, data=cfg.data), result.targets)
+
+
+def _mfs_images(args, preset) -> int:
+    return preset.mfs_images if args.mfs_images is None else args.mfs_images
 
 
 def data_config(args, preset):

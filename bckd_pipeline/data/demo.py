@@ -15,6 +15,8 @@ shape and context matter, not colour alone.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from PIL import Image
 
@@ -41,24 +43,65 @@ def _paint(image: np.ndarray, mask: np.ndarray, region: np.ndarray, label: int, 
     image[region] = colour[region] if colour.ndim == 3 else colour
 
 
+@dataclass
+class _Canvas:
+    """The scene being drawn: its image and mask, the pixel grid, and the horizon row."""
+
+    image: np.ndarray  # H x W x 3 float32
+    mask: np.ndarray  # H x W int64
+    yy: np.ndarray
+    xx: np.ndarray
+    horizon: float
+
+    @property
+    def h(self) -> int:
+        return self.mask.shape[0]
+
+    @property
+    def w(self) -> int:
+        return self.mask.shape[1]
+
+    def paint(self, region: np.ndarray, label: int, colour: np.ndarray) -> None:
+        _paint(self.image, self.mask, region, label, colour)
+
+
 def generate(rng: np.random.Generator, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """One scene of ``size`` (H, W): uint8 RGB image and int64 mask with ids into :data:`DEMO_CLASSES`."""
+    """One scene of ``size`` (H, W): uint8 RGB image and int64 mask with ids into :data:`DEMO_CLASSES`.
+
+    Layers are drawn back to front, each over what is there; the order of the random draws is the scene.
+    """
     h, w = size
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    image = np.empty((h, w, 3), np.float32)
-    mask = np.empty((h, w), np.int64)
-    horizon = rng.uniform(0.35, 0.6) * h
+    c = _Canvas(np.empty((h, w, 3), np.float32), np.empty((h, w), np.int64), yy, xx, rng.uniform(0.35, 0.6) * h)
+    _ground_and_sky(rng, c)
+    _buildings(rng, c)
+    vehicles = _vehicles(rng, c)
+    if rng.uniform() < 0.85:
+        _fence(rng, c, *vehicles[0])
+    _poles(rng, c, *vehicles[0])
+    _wires(rng, c)
+    image = c.image
+    image *= rng.uniform(0.8, 1.2, 3)
+    image += rng.normal(0, rng.uniform(3, 10), image.shape).astype(np.float32)
+    return np.clip(image, 0, 255).astype(np.uint8), c.mask
 
-    # Ground: perspective stripes and blotches; sky: a blue-to-grey gradient with clouds.
+
+def _ground_and_sky(rng: np.random.Generator, c: _Canvas) -> None:
+    """Ground: perspective stripes and blotches; sky: a blue-to-grey gradient with clouds."""
+    xx, yy, horizon, size = c.xx, c.yy, c.horizon, (c.h, c.w)
     ground = rng.uniform((60, 55, 45), (150, 145, 130))
     stripes = np.sin(xx * rng.uniform(0.2, 0.8) + (yy - horizon) * rng.uniform(-0.6, 0.6) + rng.uniform(0, 6))
     ground_tex = ground + (stripes * rng.uniform(5, 20) + _smooth_noise(rng, size, 8) * 12)[..., None]
-    _paint(image, mask, np.ones((h, w), bool), GROUND, ground_tex)
+    c.paint(np.ones(size, bool), GROUND, ground_tex)
     overcast = rng.uniform(0, 1)
     sky = (1 - overcast) * rng.uniform((70, 120, 170), (140, 190, 250)) + overcast * rng.uniform(120, 210)
     sky_tex = sky * (0.8 + 0.3 * yy / horizon)[..., None] + (_smooth_noise(rng, size, 16) * 18)[..., None]
-    _paint(image, mask, yy < horizon, SKY, sky_tex)
+    c.paint(yy < horizon, SKY, sky_tex)
 
+
+def _buildings(rng: np.random.Generator, c: _Canvas) -> None:
+    """1-3 walls standing on the horizon, with a grid of windows."""
+    xx, yy, horizon, h, w = c.xx, c.yy, c.horizon, c.h, c.w
     for _ in range(rng.integers(1, 4)):
         x0, top = rng.uniform(-0.1, 0.85) * w, rng.uniform(0.05, 0.8) * horizon
         region = (xx >= x0) & (xx < x0 + rng.uniform(0.15, 0.4) * w) & (yy >= top)
@@ -66,8 +109,13 @@ def generate(rng: np.random.Generator, size: tuple[int, int]) -> tuple[np.ndarra
         period_x, period_y = rng.integers(4, 9), rng.integers(5, 10)
         windows = (((xx - x0) % period_x) < period_x / 2) & (((yy - top) % period_y) < period_y / 2)
         wall = rng.uniform(70, 200) * rng.uniform(0.85, 1.15, 3)
-        _paint(image, mask, region, BUILDING, wall * np.where(windows, rng.uniform(0.4, 0.7), 1.0)[..., None])
+        c.paint(region, BUILDING, wall * np.where(windows, rng.uniform(0.4, 0.7), 1.0)[..., None])
 
+
+def _vehicles(rng: np.random.Generator, c: _Canvas) -> list[tuple[float, float, float]]:
+    """1-2 vehicles (a body and a cabin with glass) below the horizon; returns each one's centre, half width
+    and bottom row."""
+    xx, yy, horizon, h, w = c.xx, c.yy, c.horizon, c.h, c.w
     vehicles = []
     for _ in range(rng.integers(1, 3)):
         cx, half = rng.uniform(0.15, 0.85) * w, rng.uniform(0.12, 0.25) * w
@@ -80,28 +128,35 @@ def generate(rng: np.random.Generator, size: tuple[int, int]) -> tuple[np.ndarra
         )
         paint = rng.uniform(30, 230, 3) * (1 + 0.15 * np.cos((yy - bottom) * 0.5))[..., None]
         glass = cabin & (np.abs(xx - cabin_cx) < 0.45 * half) & (yy > bottom - body_h - 0.6 * body_h)
-        _paint(image, mask, body | cabin, VEHICLE, np.where(glass[..., None], paint * 0.35, paint))
+        c.paint(body | cabin, VEHICLE, np.where(glass[..., None], paint * 0.35, paint))
         vehicles.append((cx, half, bottom))
+    return vehicles
 
-    if rng.uniform() < 0.85:
-        cx, half, bottom = vehicles[0]
-        centre = cx + rng.normal(0, 0.6 * half)
-        x0, x1 = int(centre - rng.uniform(0.15, 0.35) * w), int(centre + rng.uniform(0.15, 0.35) * w)
-        period = int(rng.integers(4, 8))
-        # Integer rows, the height a whole number of periods: the grid's rows then fall on the rails.
-        last = int(min(h, bottom + rng.uniform(0, 0.1) * h)) - 1
-        first = last - period * max(2, round(rng.uniform(0.12, 0.3) * h / period))
-        inside = (xx >= x0) & (xx <= x1) & (yy >= first) & (yy <= last)
-        rails = (yy == first) | (yy == last)
-        if rng.uniform() < 0.5:
-            lattice = ((xx - x0) % period == 0) | ((yy - first) % period == 0)
-        else:
-            lattice = ((xx + yy) % period == 0) | ((xx - yy) % period == 0)
-        _paint(image, mask, inside & (lattice | rails), FENCE, rng.uniform(40, 220) * rng.uniform(0.85, 1.15, 3))
 
-    # The first pole stands in front of a vehicle and splits it; all poles are at least 6 px apart,
-    # so two of them never merge into one thick bar.
-    cx, half, bottom = vehicles[0]
+def _fence(rng: np.random.Generator, c: _Canvas, cx: float, half: float, bottom: float) -> None:
+    """A fence of 1 px lines (grid or chain-link) in front of the vehicle at ``cx``."""
+    xx, yy, h, w = c.xx, c.yy, c.h, c.w
+    centre = cx + rng.normal(0, 0.6 * half)
+    x0, x1 = int(centre - rng.uniform(0.15, 0.35) * w), int(centre + rng.uniform(0.15, 0.35) * w)
+    period = int(rng.integers(4, 8))
+    # Integer rows, the height a whole number of periods: the grid's rows then fall on the rails.
+    last = int(min(h, bottom + rng.uniform(0, 0.1) * h)) - 1
+    first = last - period * max(2, round(rng.uniform(0.12, 0.3) * h / period))
+    inside = (xx >= x0) & (xx <= x1) & (yy >= first) & (yy <= last)
+    rails = (yy == first) | (yy == last)
+    if rng.uniform() < 0.5:
+        lattice = ((xx - x0) % period == 0) | ((yy - first) % period == 0)
+    else:
+        lattice = ((xx + yy) % period == 0) | ((xx - yy) % period == 0)
+    c.paint(inside & (lattice | rails), FENCE, rng.uniform(40, 220) * rng.uniform(0.85, 1.15, 3))
+
+
+def _poles(rng: np.random.Generator, c: _Canvas, cx: float, half: float, bottom: float) -> None:
+    """Poles 1-3 px wide; the first stands in front of the vehicle at ``cx`` and splits it.
+
+    All poles are at least 6 px apart, so two of them never merge into one thick bar.
+    """
+    xx, yy, horizon, h, w = c.xx, c.yy, c.horizon, c.h, c.w
     poles = [(cx + rng.uniform(-0.8, 0.8) * half, min(h, bottom + rng.uniform(0, 0.1) * h))]
     for _ in range(rng.integers(0, 3)):
         x = rng.uniform(0, w - 3)
@@ -110,10 +165,15 @@ def generate(rng: np.random.Generator, size: tuple[int, int]) -> tuple[np.ndarra
     for x, foot in poles:
         x, width = int(np.clip(x, 0, w - 3)), int(rng.integers(1, 4))
         region = (xx >= x) & (xx < x + width) & (yy >= rng.uniform(0, 0.6) * horizon) & (yy < foot)
-        _paint(image, mask, region, POLE, rng.uniform(30, 200) * rng.uniform(0.9, 1.1, 3))
+        c.paint(region, POLE, rng.uniform(30, 200) * rng.uniform(0.9, 1.1, 3))
 
-    # One bundle of 1-3 wires along a sagging curve, spaced 4-7 px apart so they never merge into a
-    # thick band. The distance to the curve is measured perpendicularly, so a steep wire keeps its width.
+
+def _wires(rng: np.random.Generator, c: _Canvas) -> None:
+    """One bundle of 1-3 wires along a sagging curve, spaced 4-7 px apart so they never merge into a thick band.
+
+    The distance to the curve is measured perpendicularly, so a steep wire keeps its width.
+    """
+    xx, yy, horizon, h, w = c.xx, c.yy, c.horizon, c.h, c.w
     y0, y1 = rng.uniform(0.05, 0.9, 2) * horizon
     x0 = rng.uniform(0, 0.4) * w
     x1 = x0 + rng.uniform(0.4, 1.0) * (w - x0)
@@ -124,12 +184,8 @@ def generate(rng: np.random.Generator, size: tuple[int, int]) -> tuple[np.ndarra
     offset = 0.0
     for _ in range(rng.integers(1, 4)):
         region = span & (np.abs(distance - offset) < rng.integers(1, 3) / 2)
-        _paint(image, mask, region, WIRE, rng.uniform(10, 90) * rng.uniform(0.9, 1.1, 3))
+        c.paint(region, WIRE, rng.uniform(10, 90) * rng.uniform(0.9, 1.1, 3))
         offset += rng.uniform(4, 7)
-
-    image *= rng.uniform(0.8, 1.2, 3)
-    image += rng.normal(0, rng.uniform(3, 10), image.shape).astype(np.float32)
-    return np.clip(image, 0, 255).astype(np.uint8), mask
 
 
 class DemoDataset(SegDataset):

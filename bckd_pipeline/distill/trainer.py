@@ -18,7 +18,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -195,6 +195,223 @@ def _kept(best_it: int, best: float) -> str:
     return f"the last good checkpoint (iteration {best_it}, score {best:.2f}) is kept."
 
 
+@dataclass
+class _LoopState:
+    """What the loop carries from one iteration to the next; a resume restores it."""
+
+    iteration: int = 0
+    best: float = -math.inf
+    best_iteration: int = 0
+    history: list[dict] = field(default_factory=list)
+    eval_seconds: float = 0.0
+
+    def result(self, seconds: float, resumed_from: int) -> TrainResult:
+        return TrainResult(
+            self.best,
+            self.best_iteration,
+            self.iteration,
+            self.history,
+            seconds,
+            resumed_from=resumed_from,
+            eval_seconds=self.eval_seconds,
+        )
+
+
+def _check_one_batch_fits(train_set: Dataset, cfg: TrainConfig) -> None:
+    if len(train_set) < cfg.batch_size:
+        raise ConfigError(
+            f"The training split has {len(train_set)} images, fewer than one batch of {cfg.batch_size}. "
+            "Lower --batch-size or use more training images."
+        )
+
+
+def _trainable_modules(task: nn.Module, cfg: TrainConfig, env: DistEnv) -> dict[str, nn.Module]:
+    """The modules a resume must restore, with BatchNorm synchronised across ranks when asked."""
+    # Tasks name the modules a resume needs; any other loss-dict module is saved whole.
+    modules: dict[str, nn.Module] = task.trainable_modules() if hasattr(task, "trainable_modules") else {"task": task}
+    if cfg.sync_bn and env.distributed:
+        for name, module in modules.items():
+            converted = nn.SyncBatchNorm.convert_sync_batchnorm(module)
+            if converted is not module:
+                setattr(task, name, converted)
+                modules[name] = converted
+    return modules
+
+
+def _restore(
+    state_path: Path,
+    fingerprint: dict,
+    modules: dict[str, nn.Module],
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    env: DistEnv,
+) -> _LoopState:
+    """Load the saved training state into the modules, optimizer, scaler and RNGs."""
+    state = load_train_state(state_path, fingerprint)
+    for name, module in modules.items():
+        module.load_state_dict(state["modules"][name])
+    optimizer.load_state_dict(state["optimizer"])
+    scaler.load_state_dict(state["scaler"])
+    _set_rng_state(state["rng"][min(env.rank, len(state["rng"]) - 1)])
+    return _LoopState(state["iteration"], state["best"], state["best_iteration"], state["history"])
+
+
+def _parallel(task: nn.Module, cfg: TrainConfig, env: DistEnv, device: torch.device) -> nn.Module:
+    """The module the loop calls: ``task`` wrapped in DDP under torchrun, compiled when asked."""
+    model: nn.Module = task
+    if env.distributed:
+        ids = [device.index] if device.type == "cuda" else None
+        model = nn.parallel.DistributedDataParallel(task, device_ids=ids)
+    if cfg.compile:
+        model = torch.compile(model)
+    return model
+
+
+def _loader(train_set: Dataset, cfg: TrainConfig, env: DistEnv, device: torch.device, start_it: int) -> DataLoader:
+    """This rank's batches for iterations ``start_it`` to ``cfg.iters``."""
+    sampler = GlobalBatchSampler(
+        len(train_set), cfg.batch_size, iterations=cfg.iters, seed=cfg.seed, env=env, start_iteration=start_it
+    )
+    return DataLoader(
+        SeededSamples(train_set),
+        batch_sampler=sampler,
+        num_workers=cfg.num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )
+
+
+def _set_poly_lr(optimizer: torch.optim.Optimizer, cfg: TrainConfig, iteration: int) -> float:
+    """Set and return the poly-schedule learning rate for ``iteration``."""
+    lr = cfg.lr * (1 - iteration / cfg.iters) ** cfg.poly_power
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+def _to_device(
+    images: torch.Tensor, masks: torch.Tensor, device: torch.device, channels_last: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    images = images.to(device, non_blocking=True)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, masks.to(device, non_blocking=True)
+
+
+def _optimizer_step(
+    model: nn.Module,
+    batch: tuple[torch.Tensor, torch.Tensor],
+    step: StepInfo,
+    *,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    amp_dtype: torch.dtype | None,
+    loop: _LoopState,
+) -> dict[str, torch.Tensor]:
+    """One forward and backward pass and the optimizer update; returns the task's loss dict."""
+    images, masks = batch
+    device_type = images.device.type
+    with torch.autocast(device_type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        out = model(images, masks, step)
+    loss = out["loss"]
+    if not torch.isfinite(loss):
+        terms = {k: float(v) for k, v in out.items() if k.startswith("loss/")}
+        raise NonFiniteLossError(
+            f"The loss became {float(loss.detach())} at iteration {step.iteration + 1} (terms: {terms}). "
+            f"Training stopped; {_kept(loop.best_iteration, loop.best)} "
+            "Lower --lr, or the weight of the term that diverged."
+        )
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return out
+
+
+def _accumulate(running: dict[str, torch.Tensor], out: dict[str, torch.Tensor]) -> None:
+    """Add this iteration's loss and BCKD terms to the running sums."""
+    for k, v in out.items():
+        if k.startswith(("loss", "bckd/")):
+            # Tensors, not floats: a float() per term per step would stall the GPU queue.
+            running[k] = running.get(k, 0.0) + v.detach()
+
+
+def _log_interval(
+    running: dict[str, torch.Tensor],
+    out: dict[str, torch.Tensor],
+    n: int,
+    lr: float,
+    loop: _LoopState,
+    bar: ProgressBar,
+) -> None:
+    """Append the mean of each term over the last ``n`` iterations to the history and the bar."""
+    means = {k: float(v) / n for k, v in running.items()}
+    # grad/* are one measurement on this iteration, not a mean over the interval.
+    means |= {k: float(v) for k, v in out.items() if k.startswith("grad/")}
+    loop.history.append({"iteration": loop.iteration, "lr": lr, **means})
+    bar.update(loop.iteration, means)
+    running.clear()
+
+
+def _validate(
+    task: nn.Module,
+    params: list[nn.Parameter],
+    loop: _LoopState,
+    *,
+    evaluate: Callable[[], float],
+    save_best: Callable[[int, float], None],
+    bar: ProgressBar,
+    label: str,
+    env: DistEnv,
+) -> None:
+    """Score the current weights and keep them when they beat the best so far."""
+    it = loop.iteration
+    # A finite loss can still give non-finite gradients; never evaluate or save such weights.
+    if not all(bool(torch.isfinite(p).all()) for p in params):
+        raise NonFiniteLossError(
+            f"The weights became non-finite at iteration {it} (the loss was finite, its "
+            f"gradient was not). Training stopped; {_kept(loop.best_iteration, loop.best)} "
+            "Lower --lr, or the weight of the term that diverged."
+        )
+    t0 = time.perf_counter()
+    score = evaluate()
+    loop.eval_seconds += time.perf_counter() - t0
+    task.train()
+    loop.history.append({"iteration": it, "val_miou": score})
+    bar.log(f"[{label}] iteration {it}: val mIoU {score:.2f}")
+    if score > loop.best:
+        loop.best, loop.best_iteration = score, it
+        if env.is_main:
+            save_best(it, score)
+
+
+def _save_state(
+    state_path: Path,
+    fingerprint: dict,
+    loop: _LoopState,
+    modules: dict[str, nn.Module],
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    env: DistEnv,
+) -> None:
+    """Write the full training state (rank 0 writes; every rank contributes its RNG state)."""
+    rng_states = gather_objects(env, _rng_state())  # a collective: every rank takes part
+    if env.is_main:
+        payload = {
+            "format": STATE_FORMAT,
+            "fingerprint": fingerprint,
+            "iteration": loop.iteration,
+            "best": loop.best,
+            "best_iteration": loop.best_iteration,
+            "history": loop.history,
+            "modules": {name: m.state_dict() for name, m in modules.items()},
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
+            "rng": rng_states,
+        }
+        save_train_state(state_path, payload)
+
+
 def train(
     task: nn.Module,
     train_set: Dataset,
@@ -224,14 +441,7 @@ def train(
     task.to(device)
     if cfg.channels_last:
         task.to(memory_format=torch.channels_last)
-    # Tasks name the modules a resume needs; any other loss-dict module is saved whole.
-    modules: dict[str, nn.Module] = task.trainable_modules() if hasattr(task, "trainable_modules") else {"task": task}
-    if cfg.sync_bn and env.distributed:
-        for name, module in modules.items():
-            converted = nn.SyncBatchNorm.convert_sync_batchnorm(module)
-            if converted is not module:
-                setattr(task, name, converted)
-                modules[name] = converted
+    modules = _trainable_modules(task, cfg, env)
     params = task.trainable_parameters()
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     amp_dtype = autocast_dtype(cfg)
@@ -239,128 +449,45 @@ def train(
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    if len(train_set) < cfg.batch_size:
-        raise ConfigError(
-            f"The training split has {len(train_set)} images, fewer than one batch of {cfg.batch_size}. "
-            "Lower --batch-size or use more training images."
-        )
+    _check_one_batch_fits(train_set, cfg)
 
-    start_it, best, best_it, history = 0, -math.inf, 0, []
     if resume:
-        state = load_train_state(state_path, fingerprint)
-        for name, module in modules.items():
-            module.load_state_dict(state["modules"][name])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        start_it, best, best_it, history = state["iteration"], state["best"], state["best_iteration"], state["history"]
-        _set_rng_state(state["rng"][min(env.rank, len(state["rng"]) - 1)])
+        loop = _restore(state_path, fingerprint, modules, optimizer, scaler, env)
     else:
+        loop = _LoopState()
         # Dropout and other in-model randomness differ per rank; the weights do not (DDP broadcasts rank 0's).
         torch.manual_seed(cfg.seed + env.rank)
-
-    model: nn.Module = task
-    if env.distributed:
-        ids = [device.index] if device.type == "cuda" else None
-        model = nn.parallel.DistributedDataParallel(task, device_ids=ids)
-    if cfg.compile:
-        model = torch.compile(model)
-    sampler = GlobalBatchSampler(
-        len(train_set), cfg.batch_size, iterations=cfg.iters, seed=cfg.seed, env=env, start_iteration=start_it
-    )
-    loader = DataLoader(
-        SeededSamples(train_set),
-        batch_sampler=sampler,
-        num_workers=cfg.num_workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=False,
-    )
+    start_it = loop.iteration
+    model = _parallel(task, cfg, env, device)
+    loader = _loader(train_set, cfg, env, device, start_it)
     eval_every = cfg.eval_every or cfg.iters
     save_every = cfg.checkpoint_every or eval_every
     bar = ProgressBar(cfg.iters, description, progress and env.is_main, completed=start_it)
     running: dict[str, torch.Tensor] = {}
     started = time.perf_counter()
-    eval_seconds = 0.0
-    it = start_it
-
-    def snapshot(rng_states: list) -> dict:
-        return {
-            "format": STATE_FORMAT,
-            "fingerprint": fingerprint,
-            "iteration": it,
-            "best": best,
-            "best_iteration": best_it,
-            "history": history,
-            "modules": {name: m.state_dict() for name, m in modules.items()},
-            "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict(),
-            "rng": rng_states,
-        }
-
     try:
         task.train()
         for images, masks in loader:
-            lr = cfg.lr * (1 - it / cfg.iters) ** cfg.poly_power
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            images = images.to(device, non_blocking=True)
-            if cfg.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            masks = masks.to(device, non_blocking=True)
+            it = loop.iteration
+            lr = _set_poly_lr(optimizer, cfg, it)
+            batch = _to_device(images, masks, device, cfg.channels_last)
             # Gradient norms cost a partial backward per term: measured on the logged iterations only.
             logged = (it + 1) % log_every == 0 or it + 1 == cfg.iters
             step = StepInfo(it, cfg.iters, cfg.batch_size, len(train_set), measure_grads=logged)
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                out = model(images, masks, step)
-            loss = out["loss"]
-            if not torch.isfinite(loss):
-                terms = {k: float(v) for k, v in out.items() if k.startswith("loss/")}
-                raise NonFiniteLossError(
-                    f"The loss became {float(loss.detach())} at iteration {it + 1} (terms: {terms}). "
-                    f"Training stopped; {_kept(best_it, best)} "
-                    "Lower --lr, or the weight of the term that diverged."
-                )
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            it += 1
-            for k, v in out.items():
-                if k.startswith(("loss", "bckd/")):
-                    # Tensors, not floats: a float() per term per step would stall the GPU queue.
-                    running[k] = running.get(k, 0.0) + v.detach()
-            if it % log_every == 0 or it == cfg.iters:
-                n = log_every if it % log_every == 0 else it % log_every
-                means = {k: float(v) / n for k, v in running.items()}
-                # grad/* are one measurement on this iteration, not a mean over the interval.
-                means |= {k: float(v) for k, v in out.items() if k.startswith("grad/")}
-                history.append({"iteration": it, "lr": lr, **means})
-                bar.update(it, means)
-                running.clear()
+            out = _optimizer_step(
+                model, batch, step, optimizer=optimizer, scaler=scaler, amp_dtype=amp_dtype, loop=loop
+            )
+            loop.iteration = it = it + 1
+            _accumulate(running, out)
+            if logged:
+                _log_interval(running, out, log_every if it % log_every == 0 else it % log_every, lr, loop, bar)
             evaluated = it % eval_every == 0 or it == cfg.iters
             if evaluated:
-                # A finite loss can still give non-finite gradients; never evaluate or save such weights.
-                if not all(bool(torch.isfinite(p).all()) for p in params):
-                    raise NonFiniteLossError(
-                        f"The weights became non-finite at iteration {it} (the loss was finite, its "
-                        f"gradient was not). Training stopped; {_kept(best_it, best)} "
-                        "Lower --lr, or the weight of the term that diverged."
-                    )
-                t0 = time.perf_counter()
-                score = evaluate()
-                eval_seconds += time.perf_counter() - t0
-                task.train()
-                history.append({"iteration": it, "val_miou": score})
-                bar.log(f"[{description}] iteration {it}: val mIoU {score:.2f}")
-                if score > best:
-                    best, best_it = score, it
-                    if env.is_main:
-                        save_best(it, score)
+                _validate(
+                    task, params, loop, evaluate=evaluate, save_best=save_best, bar=bar, label=description, env=env
+                )
             if state_path is not None and (evaluated or it % save_every == 0):
-                rng_states = gather_objects(env, _rng_state())  # a collective: every rank takes part
-                if env.is_main:
-                    save_train_state(state_path, snapshot(rng_states))
+                _save_state(state_path, fingerprint, loop, modules, optimizer, scaler, env)
     finally:
         bar.close()
-    return TrainResult(
-        best, best_it, it, history, time.perf_counter() - started, resumed_from=start_it, eval_seconds=eval_seconds
-    )
+    return loop.result(time.perf_counter() - started, resumed_from=start_it)

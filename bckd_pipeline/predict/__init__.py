@@ -5,7 +5,8 @@
 - ``image.py``: decoding, resize or letterbox to the model's input, and mapping labels back;
 - ``segmenter.py``: ``Segmenter.load(...)``, ``seg(image)``, ``seg.predict_batch(...)``;
 - ``sources.py``: an image, a folder of images (recursive) or a video, as named items;
-- ``outputs.py``: palette PNG label maps, overlays, predictions.json.
+- ``outputs.py``: predictions.json, and each image's files as the run's task writes them (segmentation:
+  palette PNG label maps, overlays).
 
 Nothing here imports torch unless a checkpoint is run, nor onnx/openvino until a model of theirs is loaded.
 """

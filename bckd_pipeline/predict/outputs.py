@@ -1,10 +1,12 @@
 """What ``predict`` writes into its --out folder:
 
-- ``labels/<stem>.png``: the label map, a palette PNG whose pixel values are the class ids (read it back
-  with ``np.asarray(Image.open(path))``); the palette is report.html's class colours;
-- ``overlays/<stem>.jpg`` (``--save-overlay``): the image with the classes blended over it;
+- each image's files, written by the run's task (``Task.write_prediction``; segmentation:
+  ``labels/<stem>.png``, a palette PNG of the class ids, see tasks/segmentation_draw.py);
+- with ``--save-overlay``, the prediction drawn over the image (``Task.write_overlay``; segmentation:
+  ``overlays/<stem>.jpg``);
 - ``predictions.json``: the model (``Segmenter.info``), the classes and their colours, and per image
-  its size, the classes present with their pixel shares, and its latency.
+  its source path, the fields the task gives (segmentation: the label PNG, the size, the classes
+  present with their pixel shares), its latency and the overlay.
 """
 
 from __future__ import annotations
@@ -14,60 +16,34 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from ..errors import ConfigError
-from ..fileio import atomic_write, write_text
+from ..fileio import write_text
 from .segmenter import Prediction, Segmenter
 from .sources import Item, Source
 
 PREDICTIONS_FORMAT = "bckd-pipeline/predictions-v1"
 PREDICTIONS_FILE = "predictions.json"
-OVERLAY_ALPHA = 0.5
 
 
-def prepare_out(out: Path) -> Path:
-    """--out: a new or empty folder, or one a previous ``predict`` wrote (its labels/ and overlays/ are replaced)."""
+def prepare_out(out: Path, folders: tuple[str, ...]) -> Path:
+    """--out: a new or empty folder, or one a previous ``predict`` wrote (its ``folders``, the task's
+    ``output_folders``, are replaced)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {str(out)!r} is a file. Pass a folder (it is created if missing).")
     if out.is_dir() and any(out.iterdir()):
         previous = out / PREDICTIONS_FILE
         if not previous.is_file() or PREDICTIONS_FORMAT not in previous.read_text(errors="replace")[:400]:
+            written = ", ".join(f"{f}/" for f in folders)
             raise ConfigError(
                 f"--out {str(out)!r} holds other files and no {PREDICTIONS_FILE} of a previous predict. Pass a new or "
-                "empty folder (predict writes labels/, overlays/ and predictions.json there)."
+                f"empty folder (predict writes {written} and {PREDICTIONS_FILE} there)."
             )
-        for sub in ("labels", "overlays"):
+        for sub in folders:
             shutil.rmtree(out / sub, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     return out
-
-
-def write_label_png(path: Path, labels: np.ndarray, colors: np.ndarray) -> None:
-    """uint8 class ids -> a palette ("P") PNG: pixel value = class id, colour = ``colors[id]``."""
-    image = Image.fromarray(np.ascontiguousarray(labels, dtype=np.uint8))  # mode L
-    flat = np.zeros((256, 3), np.uint8)
-    flat[: len(colors)] = colors
-    image.putpalette(flat.tobytes())  # an L image with a palette becomes a P image
-    atomic_write(path, lambda tmp: image.save(tmp, format="PNG", optimize=True))
-
-
-def write_overlay(path: Path, rgb: np.ndarray, labels: np.ndarray, colors: np.ndarray) -> None:
-    blend = rgb.astype(np.float32) * (1 - OVERLAY_ALPHA) + colors[labels].astype(np.float32) * OVERLAY_ALPHA
-    image = Image.fromarray(np.clip(blend + 0.5, 0, 255).astype(np.uint8))
-    atomic_write(path, lambda tmp: image.save(tmp, format="JPEG", quality=90))
-
-
-def class_shares(labels: np.ndarray, class_names: tuple[str, ...]) -> dict[str, float]:
-    """The classes present, largest first, with the share of the image's pixels each covers."""
-    counts = np.bincount(labels.ravel(), minlength=len(class_names))
-    order = np.argsort(-counts, kind="stable")
-    return {
-        (class_names[i] if i < len(class_names) else str(i)): round(float(counts[i]) / labels.size, 6)
-        for i in order
-        if counts[i]
-    }
 
 
 class PredictionsWriter:
@@ -75,26 +51,21 @@ class PredictionsWriter:
 
     def __init__(self, out: Path, seg: Segmenter, source: Source, *, overlay: bool) -> None:
         self.out, self.seg, self.source, self.overlay = Path(out), seg, source, overlay
-        self.colors = seg.palette
+        self.colors, self.task = seg.palette, seg.task
         self.entries: list[dict] = []
 
     def add(self, item: Item, rgb: np.ndarray, prediction: Prediction) -> None:
-        labels = prediction.labels
-        label_path = self.out / "labels" / f"{item.stem}.png"
-        write_label_png(label_path, labels, self.colors)
+        labels, stem = prediction.labels, item.stem
+        fields = self.task.write_prediction(labels, self.out, stem, colors=self.colors, classes=self.seg.classes)
         entry = {
             "path": item.name,
             **({} if item.frame is None else {"frame": item.frame}),
-            "labels": label_path.relative_to(self.out).as_posix(),
-            "size": [int(labels.shape[0]), int(labels.shape[1])],
-            "classes": class_shares(labels, self.seg.classes),
+            **fields,
             "infer_ms": round(prediction.infer_ms, 3),
             "total_ms": round(prediction.total_ms, 3),
         }
         if self.overlay:
-            overlay_path = self.out / "overlays" / f"{item.stem}.jpg"
-            write_overlay(overlay_path, rgb, labels, self.colors)
-            entry["overlay"] = overlay_path.relative_to(self.out).as_posix()
+            entry |= self.task.write_overlay(labels, rgb, self.out, stem, colors=self.colors)
         self.entries.append(entry)
 
     def finish(self, wall_s: float) -> tuple[Path, dict]:

@@ -79,7 +79,7 @@ def finetune(
     """
     import torch
 
-    from ..distill.task import DistillConfig, SegDistillTask, SegTrainTask, StepInfo
+    from ..distill.task import DistillConfig, StepInfo
 
     kd = schedule.kd
     cfg = schedule.distill or DistillConfig()
@@ -89,32 +89,8 @@ def finetune(
             "Use --kd kd for the QAT fine-tune of a model without preset taps."
         )
     torch.manual_seed(schedule.seed)
-    h, w = images[0].shape[-2:]
-
-    def make_task(cfg):
-        if cfg.kd == "none":  # cross-entropy alone: no teacher to run
-            return SegTrainTask(qstudent, ignore_index=ignore_index)
-        return SegDistillTask(
-            qstudent,
-            teacher,
-            cfg=cfg,
-            student_taps=student_taps if "bckd" in cfg.kd else None,
-            teacher_taps=teacher_taps if "bckd" in cfg.kd else None,
-            example_input=torch.zeros(2, 3, h, w),
-            ignore_index=ignore_index,
-        )
-
-    skipped = None
-    try:
-        task = make_task(cfg)
-    except ConfigError as exc:
-        if "bckd" not in kd:
-            raise
-        # BCKD's grid does not fit this input size (bckd.py::check_input): the deployment's size is fixed by
-        # the export, so the fine-tune keeps logit KD + CE and the record says why BCKD was left out.
-        skipped = str(exc)
-        kd = "kd" if "kd" in cfg.terms else "none"
-        task = make_task(replace(cfg, kd=kd))
+    taps = (student_taps, teacher_taps)
+    task, kd, skipped = _task(qstudent, teacher, cfg, kd, taps=taps, hw=images[0].shape[-2:], ignore_index=ignore_index)
     task.train()
     _freeze_batchnorm(qstudent)
     optimizer = torch.optim.Adam(task.trainable_parameters(), lr=schedule.lr)
@@ -150,3 +126,39 @@ def finetune(
         "loss_first": first,
         "loss_last": last,
     }
+
+
+def _task(qstudent, teacher, cfg, kd: str, *, taps: tuple, hw: tuple[int, int], ignore_index: int):
+    """The loss module of the fine-tune: cross-entropy alone, or the distillation terms against ``teacher``.
+
+    ``taps``: the student's and the teacher's feature taps. Returns ``(task, the terms used, why BCKD was left
+    out or None)``.
+    """
+    import torch
+
+    student_taps, teacher_taps = taps
+
+    from ..distill.task import SegDistillTask, SegTrainTask
+
+    def make_task(cfg):
+        if cfg.kd == "none":  # cross-entropy alone: no teacher to run
+            return SegTrainTask(qstudent, ignore_index=ignore_index)
+        return SegDistillTask(
+            qstudent,
+            teacher,
+            cfg=cfg,
+            student_taps=student_taps if "bckd" in cfg.kd else None,
+            teacher_taps=teacher_taps if "bckd" in cfg.kd else None,
+            example_input=torch.zeros(2, 3, *hw),
+            ignore_index=ignore_index,
+        )
+
+    try:
+        return make_task(cfg), kd, None
+    except ConfigError as exc:
+        if "bckd" not in kd:
+            raise
+        # BCKD's grid does not fit this input size (bckd.py::check_input): the deployment's size is fixed by
+        # the export, so the fine-tune keeps logit KD + CE and the record says why BCKD was left out.
+        kd = "kd" if "kd" in cfg.terms else "none"
+        return make_task(replace(cfg, kd=kd)), kd, str(exc)

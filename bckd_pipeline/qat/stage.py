@@ -204,56 +204,16 @@ def preset_taps(model_name: str, role: str) -> list[str] | None:
 
 
 def _train_and_export(ctx: DeployContext, row: Built, path: Path, calib, bar) -> tuple[dict, dict]:
-    import torch
-
-    from ..data.feeds import DatasetFeeds, check_no_overlap
-    from ..distill.checkpoint import load_model
-    from ..distill.task import DistillConfig
-    from ..export.wrapper import SegExportWrapper
-    from . import fakequant
     from .finetune import QatSchedule, finetune
 
-    q, spec = ctx.deploy.qat, ctx.spec
+    q = ctx.deploy.qat
     start = time.perf_counter()
-    normalize = norm(ctx.meta) if spec.bake_normalization else None
-    student = SegExportWrapper(copy.deepcopy(ctx.model).cpu(), normalize=normalize, head="logits").eval()
-    backend = ctx.profile.backend.value
-    scheme = fakequant.scheme_for(
-        backend,
-        preset=ctx.plan.calibration.preset if ctx.plan.calibration else "performance",
-        device=ctx.profile.device,
-    )
-    one_image = replace(calib.feeds, batch=1)  # the ranges from the very calibration images of the PTQ row
-    with library_bars(ctx.deploy.progress):  # NNCF's bars
-        qstudent = fakequant.insert_fake_quant(student, list(one_image), scheme)
-
-    # --qat-kd: the fine-tune's terms; by default cross-entropy alone (docs/decisions.md, "QAT: off by default,
-    # cross-entropy alone"). The run's --bckd settings apply when they are chosen.
-    dcfg = replace(q.distill or DistillConfig(), kd=q.kd)
-    if dcfg.kd == "none":
-        teacher, teacher_taps, teacher_what = None, None, "none (cross-entropy alone)"
-    elif q.teacher is not None:
-        teacher_model, tmeta = load_model(q.teacher, expect_classes=ctx.meta.num_classes)
-        t_norm = norm(tmeta) if spec.bake_normalization else None
-        teacher = SegExportWrapper(teacher_model, normalize=t_norm, head="logits").eval()
-        teacher_taps, teacher_what = preset_taps(tmeta.model, "teacher"), f"teacher checkpoint {q.teacher}"
-    else:  # no teacher: the FP32 student is the target (self-distillation); the report says which
-        teacher = SegExportWrapper(copy.deepcopy(ctx.model).cpu(), normalize=normalize, head="logits").eval()
-        teacher_taps, teacher_what = preset_taps(ctx.meta.model, "student"), "self-distillation from the FP32 student"
+    qstudent, scheme = _fake_quant_student(ctx, calib)
+    dcfg, teacher, teacher_taps, teacher_what = _qat_teacher(ctx)
     student_taps = preset_taps(ctx.meta.model, "student")
     if "bckd" in dcfg.kd and not (student_taps and teacher_taps):
         dcfg = replace(dcfg, kd="kd")  # a model without preset taps: logit KD + CE, recorded below
-
-    train_set = _training_set(ctx, calib.spec.split)
-    train = DatasetFeeds.from_dataset(
-        train_set,
-        range(len(train_set)),
-        spec.input_hw,
-        normalization=feed_norm(ctx.meta, spec),
-        input_name=ctx.eval_feeds.input_name,
-    )
-    check_no_overlap(train, ctx.eval_digests)
-    _check_labels(train, ctx.meta, ctx.data.spec)
+    train = _training_feeds(ctx, calib.spec.split)
     schedule = QatSchedule(iters=q.iters, lr=q.lr, batch_size=q.batch_size, seed=q.seed, distill=dcfg)
     with _bar(bar, q.iters) as tick:
         cost = finetune(
@@ -267,41 +227,7 @@ def _train_and_export(ctx: DeployContext, row: Built, path: Path, calib, bar) ->
             ignore_index=ctx.meta.ignore_index,
             tick=tick,
         )
-
-    qstudent.head = spec.head  # the exported head (logits or argmax), as export/onnx_export.py writes it
-    example = torch.zeros(spec.input_shape())
-    from ..cache import file_sha256
-    from ..export.onnx_export import onnx_metadata
-
-    provenance = {"bckd.checkpoint_sha256": file_sha256(ctx.checkpoint), "bckd.qat": f"QAT (qat/), --qat-kd {q.kd}"}
-
-    if row.backend is Backend.OPENVINO:
-        fakequant.export_ir(
-            qstudent,
-            example,
-            path,
-            input_name=ctx.eval_feeds.input_name,
-            output_name=spec.output_name,
-            metadata=onnx_metadata(ctx.meta, spec, provenance),
-        )
-        export = {"format": "OpenVINO IR (FakeQuantize)", "tool": "openvino.convert_model"}
-    else:
-        fakequant.export_qdq(
-            qstudent,
-            example,
-            path,
-            opset=spec.opset,
-            input_name=ctx.eval_feeds.input_name,
-            output_name=spec.output_name,
-            metadata=onnx_metadata(ctx.meta, spec, provenance),
-        )
-        export = {"format": "QDQ ONNX", "tool": "nncf.strip(native) + torch.onnx.export"}
-        if ctx.profile.backend is Backend.TENSORRT:
-            try:  # rewritten in place and then checked: a file that fails the check must not stay behind
-                export.update(fakequant.make_tensorrt_ready(path))
-            except BaseException:
-                Path(path).unlink(missing_ok=True)
-                raise
+    export = _export(ctx, row, qstudent, path)
     settings = {**scheme.describe(), **export, "teacher": teacher_what, "kd": cost["kd"]}
     summary = {
         "ran": True,
@@ -312,6 +238,95 @@ def _train_and_export(ctx: DeployContext, row: Built, path: Path, calib, bar) ->
         "cost": {**cost, "stage_wall_s": round(time.perf_counter() - start, 3)},
     }
     return settings, summary
+
+
+def _fake_quant_student(ctx: DeployContext, calib):
+    """The FP32 student under the export wrapper with fake quantization inserted as the target's quantizer does,
+    its ranges from the PTQ row's own calibration images; returns it and the quantization scheme."""
+    from ..export.wrapper import SegExportWrapper
+    from . import fakequant
+
+    normalize = norm(ctx.meta) if ctx.spec.bake_normalization else None
+    student = SegExportWrapper(copy.deepcopy(ctx.model).cpu(), normalize=normalize, head="logits").eval()
+    scheme = fakequant.scheme_for(
+        ctx.profile.backend.value,
+        preset=ctx.plan.calibration.preset if ctx.plan.calibration else "performance",
+        device=ctx.profile.device,
+    )
+    one_image = replace(calib.feeds, batch=1)  # the ranges from the very calibration images of the PTQ row
+    with library_bars(ctx.deploy.progress):  # NNCF's bars
+        return fakequant.insert_fake_quant(student, list(one_image), scheme), scheme
+
+
+def _qat_teacher(ctx: DeployContext):
+    """The fine-tune's distillation settings and its teacher: none, --teacher's checkpoint, or the FP32 student.
+
+    Returns ``(distill config, teacher module or None, teacher taps or None, what the report calls the teacher)``.
+    """
+    from ..distill.checkpoint import load_model
+    from ..distill.task import DistillConfig
+    from ..export.wrapper import SegExportWrapper
+
+    q, spec = ctx.deploy.qat, ctx.spec
+    # --qat-kd: the fine-tune's terms; by default cross-entropy alone (docs/decisions.md, "QAT: off by default,
+    # cross-entropy alone"). The run's --bckd settings apply when they are chosen.
+    dcfg = replace(q.distill or DistillConfig(), kd=q.kd)
+    if dcfg.kd == "none":
+        return dcfg, None, None, "none (cross-entropy alone)"
+    if q.teacher is not None:
+        teacher_model, tmeta = load_model(q.teacher, expect_classes=ctx.meta.num_classes)
+        t_norm = norm(tmeta) if spec.bake_normalization else None
+        teacher = SegExportWrapper(teacher_model, normalize=t_norm, head="logits").eval()
+        return dcfg, teacher, preset_taps(tmeta.model, "teacher"), f"teacher checkpoint {q.teacher}"
+    # No teacher: the FP32 student is the target (self-distillation); the report says which.
+    normalize = norm(ctx.meta) if spec.bake_normalization else None
+    teacher = SegExportWrapper(copy.deepcopy(ctx.model).cpu(), normalize=normalize, head="logits").eval()
+    return dcfg, teacher, preset_taps(ctx.meta.model, "student"), "self-distillation from the FP32 student"
+
+
+def _training_feeds(ctx: DeployContext, split: str):
+    """The fine-tune's images and labels: the calibration split, checked apart from the evaluation images."""
+    from ..data.feeds import DatasetFeeds, check_no_overlap
+
+    train_set = _training_set(ctx, split)
+    train = DatasetFeeds.from_dataset(
+        train_set,
+        range(len(train_set)),
+        ctx.spec.input_hw,
+        normalization=feed_norm(ctx.meta, ctx.spec),
+        input_name=ctx.eval_feeds.input_name,
+    )
+    check_no_overlap(train, ctx.eval_digests)
+    _check_labels(train, ctx.meta, ctx.data.spec)
+    return train
+
+
+def _export(ctx: DeployContext, row: Built, qstudent, path: Path) -> dict:
+    """Write the fine-tuned student as the row's artifact (FakeQuantize IR or Q/DQ ONNX); returns how."""
+    import torch
+
+    from ..cache import file_sha256
+    from ..export.onnx_export import onnx_metadata
+    from . import fakequant
+
+    q, spec = ctx.deploy.qat, ctx.spec
+    qstudent.head = spec.head  # the exported head (logits or argmax), as export/onnx_export.py writes it
+    example = torch.zeros(spec.input_shape())
+    provenance = {"bckd.checkpoint_sha256": file_sha256(ctx.checkpoint), "bckd.qat": f"QAT (qat/), --qat-kd {q.kd}"}
+    metadata = onnx_metadata(ctx.meta, spec, provenance)
+    io_names = {"input_name": ctx.eval_feeds.input_name, "output_name": spec.output_name}
+    if row.backend is Backend.OPENVINO:
+        fakequant.export_ir(qstudent, example, path, **io_names, metadata=metadata)
+        return {"format": "OpenVINO IR (FakeQuantize)", "tool": "openvino.convert_model"}
+    fakequant.export_qdq(qstudent, example, path, opset=spec.opset, **io_names, metadata=metadata)
+    export = {"format": "QDQ ONNX", "tool": "nncf.strip(native) + torch.onnx.export"}
+    if ctx.profile.backend is Backend.TENSORRT:
+        try:  # rewritten in place and then checked: a file that fails the check must not stay behind
+            export.update(fakequant.make_tensorrt_ready(path))
+        except BaseException:
+            Path(path).unlink(missing_ok=True)
+            raise
+    return export
 
 
 def _check_labels(train, meta, data: str) -> None:

@@ -2,8 +2,9 @@
 
 Sections: the stage ledger; latency distributions per stage (box plots of every timed run);
 per-class IoU deltas against the PyTorch student; the qualitative masks side by side (image,
-ground truth, teacher, student alone, distilled student, deployed artifact) with boundary errors
-highlighted. Whatever the run did not measure or does not have is said in words, never drawn.
+ground truth, teacher, student alone, distilled student, deployed artifact), each drawn by the run's
+task (``Task.draw``, ``caption``, ``legend``; segmentation: boundary errors highlighted).
+Whatever the run did not measure or does not have is said in words, never drawn.
 """
 
 from __future__ import annotations
@@ -15,17 +16,12 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage
 
 from ..fileio import write_text
 from ..palette import palette
 from .evidence import MASK_COLUMNS, load_qualitative
 from ..tasks import DEFAULT_TASK, get_task
 from .markdown import fmt_value, qat_line
-
-BOUNDARY_PX = 2  # a wrong pixel within this many pixels of a ground-truth boundary is a boundary error
-BOUNDARY_ERROR = (255, 0, 255)  # magenta: no class colour uses it
-IGNORE = (0, 0, 0)
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1d2330;background:#fff}
@@ -49,44 +45,6 @@ def _png_uri(rgb: np.ndarray) -> str:
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)).save(buf, format="PNG", optimize=True)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def boundary_band(truth: np.ndarray, radius: int = BOUNDARY_PX) -> np.ndarray:
-    """Pixels within ``radius`` of a ground-truth class boundary (4-neighbour label change), as a bool mask."""
-    edge = np.zeros(truth.shape, bool)
-    dv = truth[1:, :] != truth[:-1, :]
-    dh = truth[:, 1:] != truth[:, :-1]
-    edge[1:, :] |= dv
-    edge[:-1, :] |= dv
-    edge[:, 1:] |= dh
-    edge[:, :-1] |= dh
-    return ndimage.binary_dilation(edge, iterations=radius) if radius > 0 else edge
-
-
-def colorize(
-    labels: np.ndarray,
-    colors: np.ndarray,
-    ignore_index: int,
-    truth: np.ndarray | None = None,
-    near: np.ndarray | None = None,
-) -> np.ndarray:
-    """Class colours; with ``truth``, wrong pixels darkened and wrong pixels near a boundary in magenta.
-
-    ``near``: ``boundary_band(truth)`` when the caller colours several predictions of one image.
-    """
-    lab = labels.astype(np.int64)
-    valid = (lab >= 0) & (lab < len(colors))
-    rgb = np.zeros((*lab.shape, 3), np.uint8)
-    rgb[valid] = colors[lab[valid]]
-    if truth is None:
-        rgb[lab == ignore_index] = IGNORE
-        return rgb
-    scored = truth != ignore_index
-    wrong = scored & (lab != truth)
-    near = boundary_band(truth) if near is None else near
-    rgb[wrong] = (rgb[wrong] * 0.45).astype(np.uint8)
-    rgb[wrong & near] = BOUNDARY_ERROR
-    return rgb
 
 
 def ledger_table(report: dict) -> str:
@@ -218,6 +176,7 @@ def masks_table(report: dict, out: Path) -> str:
     n_classes = len(report.get("class_names") or []) or int(data["ground_truth"].max()) + 1
     ignore = ref.get("ignore_index", 255)
     colors = palette(max(n_classes, 1))
+    task = get_task(report.get("task", DEFAULT_TASK))
     kd = (report.get("distill") or {}).get("kd")
     titles = {c: c for c in MASK_COLUMNS} | {"distilled": f"distilled ({kd})" if kd else "distilled"}
     notes = ref.get("notes", {})
@@ -232,10 +191,9 @@ def masks_table(report: dict, out: Path) -> str:
     rows = []
     for i, name in enumerate(ref["images"]):
         truth = data["ground_truth"][i]
-        near = boundary_band(truth)  # once per image, shared by every column
         cells = [
             f'<td><img alt="image {html.escape(name)}" src="{_png_uri(data["image"][i])}"><br>{html.escape(name)}</td>',
-            f'<td><img alt="ground truth" src="{_png_uri(colorize(truth, colors, ignore))}"></td>',
+            f'<td><img alt="ground truth" src="{_png_uri(task.draw(truth, colors, ignore_index=ignore))}"></td>',
         ]
         for c in MASK_COLUMNS:
             key = f"pred/{c}"
@@ -244,20 +202,18 @@ def masks_table(report: dict, out: Path) -> str:
                 cells.append(f'<td><div class="missing">not available: {html.escape(why)}</div></td>')
                 continue
             pred = data[key][i]
-            scored = truth != ignore
-            acc = float((pred[scored] == truth[scored]).mean() * 100) if scored.any() else float("nan")
-            uri = _png_uri(colorize(pred, colors, ignore, truth, near))
-            cells.append(f'<td><img alt="{html.escape(c)} prediction" src="{uri}">{acc:.1f}% px correct</td>')
+            uri = _png_uri(task.draw(pred, colors, ignore_index=ignore, truth=truth))
+            caption = html.escape(task.caption(pred, truth, ignore_index=ignore))
+            cells.append(f'<td><img alt="{html.escape(c)} prediction" src="{uri}">{caption}</td>')
         rows.append("<tr>" + "".join(cells) + "</tr>")
     names = report.get("class_names") or [f"class {i}" for i in range(n_classes)]
     legend = "".join(
         f'<span><i class="sw" style="background:rgb{tuple(int(v) for v in colors[i])}"></i>{html.escape(n)}</span>'
         for i, n in enumerate(names)
     )
-    legend += (
-        f'<span><i class="sw" style="background:rgb{BOUNDARY_ERROR}"></i>wrong within {BOUNDARY_PX} px of a '
-        'ground-truth boundary</span><span><i class="sw" style="background:#333"></i>other wrong pixels '
-        '(darkened class colour)</span><span><i class="sw" style="background:#000"></i>ignore</span>'
+    legend += "".join(
+        f'<span><i class="sw" style="background:{html.escape(color)}"></i>{html.escape(meaning)}</span>'
+        for color, meaning in task.legend
     )
     deployed_note = notes.get("deployed", "")
     return (

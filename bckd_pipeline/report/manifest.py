@@ -32,6 +32,42 @@ def artifact_files(path: Path) -> list[Path]:
 
 
 def write_manifest(ctx, out: Path, built, report: dict, calibration) -> Path:
+    artifacts = _artifacts(built, out)
+    deployed = built[-1]
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "task": ctx.task.name,
+        "target": ctx.profile.name,
+        "target_key": ctx.profile.key,
+        "deployable": [a["path"] for a in artifacts if a["stage"] == deployed.name],
+        "artifacts": artifacts,
+        "checkpoint": {
+            "path": rel_path(ctx.checkpoint, out),
+            "sha256": file_sha256(ctx.checkpoint),
+            "model": ctx.meta.model,
+            "kind": report["source"]["kind"],
+        },
+        **_model_interface(ctx),
+        "build_flags": _build_flags(ctx, built),
+        "calibration_manifest": None
+        if calibration is None
+        else {"path": rel_path(calibration.manifest_path, out), "sha256": calibration.sha256},
+        "device_bundle": _device_bundle(report, out),
+        "engine": None if report.get("device") is None else report["device"].get("engine"),
+        "report_status": report["status"],
+        "machine": report["machine"],
+        "versions": report["versions"],
+        "git_sha": git_commit(),
+    }
+    from ..ledger import report_file
+
+    path = out / report_file(ctx.profile.key, "manifest")  # manifest.json: the folder's view (report/combined.py)
+    write_json(path, manifest)
+    return path
+
+
+def _artifacts(built, out: Path) -> list[dict]:
+    """Every file of every built artifact, with its stage, backend, precision, hash and size."""
     artifacts = []
     for b in built:
         if b.path is None:
@@ -47,22 +83,15 @@ def write_manifest(ctx, out: Path, built, report: dict, calibration) -> Path:
                     "bytes": f.stat().st_size,
                 }
             )
-    deployed = built[-1]
+    return artifacts
+
+
+def _model_interface(ctx) -> dict:
+    """What a caller of the deployed model needs: its input, the preprocessing, its output and classes."""
     from ..export.onnx_export import onnx_metadata
 
-    manifest = {
-        "format": MANIFEST_FORMAT,
-        "task": ctx.task.name,
-        "target": ctx.profile.name,
-        "target_key": ctx.profile.key,
-        "deployable": [a["path"] for a in artifacts if a["stage"] == deployed.name],
-        "artifacts": artifacts,
-        "checkpoint": {
-            "path": rel_path(ctx.checkpoint, out),
-            "sha256": file_sha256(ctx.checkpoint),
-            "model": ctx.meta.model,
-            "kind": report["source"]["kind"],
-        },
+    normalization_known = ctx.meta.extra.get("normalization_known", True)
+    return {
         "input": {
             "name": ctx.eval_feeds.input_name,
             "shape": list(ctx.spec.input_shape()),
@@ -75,8 +104,8 @@ def write_manifest(ctx, out: Path, built, report: dict, calibration) -> Path:
         "preprocessing": {
             "resize_to": list(ctx.spec.input_hw),
             "resize": "bilinear",
-            "mean": list(ctx.meta.mean) if ctx.meta.extra.get("normalization_known", True) else None,
-            "std": list(ctx.meta.std) if ctx.meta.extra.get("normalization_known", True) else None,
+            "mean": list(ctx.meta.mean) if normalization_known else None,
+            "std": list(ctx.meta.std) if normalization_known else None,
             "normalization_in_graph": ctx.spec.bake_normalization,
         },
         "output": {"name": ctx.output_name, "kind": ctx.spec.head},
@@ -85,38 +114,33 @@ def write_manifest(ctx, out: Path, built, report: dict, calibration) -> Path:
         "onnx_metadata": onnx_metadata(
             ctx.meta, ctx.spec, input_name=ctx.eval_feeds.input_name, output_name=ctx.output_name
         ),
-        "build_flags": {
-            "export": asdict(ctx.spec),
-            "simplifier": ctx.deploy.simplifier,
-            "allow_unsimplified": ctx.deploy.allow_unsimplified,
-            "stages": {b.name: b.settings for b in built if b.settings},
-            "profile": {
-                "name": ctx.profile.name,
-                "backend": ctx.profile.backend.value,
-                "device": ctx.profile.device,
-                "precision": ctx.profile.precision.value,
-                "precision_flag": ctx.deploy.precision,  # --precision as given (None: the target's own)
-                "batch": ctx.spec.batch,
-                "int8_exclude": list(ctx.plan.calibration.exclude) if ctx.plan.calibration else [],
-            },
-        },
-        "calibration_manifest": None
-        if calibration is None
-        else {"path": rel_path(calibration.manifest_path, out), "sha256": calibration.sha256},
-        "device_bundle": None
-        if report.get("device") is None
-        else [
-            {"path": rel_path(f, out), "sha256": file_sha256(f), "bytes": f.stat().st_size}
-            for f in sorted((Path(out) / report["device"]["bundle"]).iterdir())
-        ],
-        "engine": None if report.get("device") is None else report["device"].get("engine"),
-        "report_status": report["status"],
-        "machine": report["machine"],
-        "versions": report["versions"],
-        "git_sha": git_commit(),
     }
-    from ..ledger import report_file
 
-    path = out / report_file(ctx.profile.key, "manifest")  # manifest.json: the folder's view (report/combined.py)
-    write_json(path, manifest)
-    return path
+
+def _build_flags(ctx, built) -> dict:
+    """The export, simplification and target settings the artifacts were built with, and each stage's own."""
+    return {
+        "export": asdict(ctx.spec),
+        "simplifier": ctx.deploy.simplifier,
+        "allow_unsimplified": ctx.deploy.allow_unsimplified,
+        "stages": {b.name: b.settings for b in built if b.settings},
+        "profile": {
+            "name": ctx.profile.name,
+            "backend": ctx.profile.backend.value,
+            "device": ctx.profile.device,
+            "precision": ctx.profile.precision.value,
+            "precision_flag": ctx.deploy.precision,  # --precision as given (None: the target's own)
+            "batch": ctx.spec.batch,
+            "int8_exclude": list(ctx.plan.calibration.exclude) if ctx.plan.calibration else [],
+        },
+    }
+
+
+def _device_bundle(report: dict, out: Path) -> list[dict] | None:
+    """The files shipped to the device (a TensorRT target), with hashes; None for a target built here."""
+    if report.get("device") is None:
+        return None
+    return [
+        {"path": rel_path(f, out), "sha256": file_sha256(f), "bytes": f.stat().st_size}
+        for f in sorted((Path(out) / report["device"]["bundle"]).iterdir())
+    ]

@@ -53,7 +53,7 @@ def qualitative_stage(
         def predict(i: int) -> np.ndarray:
             x = torch.from_numpy(images[i].transpose(2, 0, 1)[None].astype(np.float32))
             with torch.inference_mode():
-                return ctx.task.prediction_of(wrapper(x).numpy())[0].astype(np.int16)
+                return ctx.task.prediction_of(wrapper(x).numpy())[0]
 
         return predict
 
@@ -76,6 +76,8 @@ def qualitative_stage(
         where = ctx.profile.device if on_target(ctx, deployed) else "the host CPU plugin (device absent)"
     notes["deployed"] = f"{deployed.name} ({deployed.backend} {deployed.precision}) on {where}"
     name = str(target_dir(ctx.profile) / ev.QUALITATIVE_FILE)
-    result = ev.write_qualitative(out, images, truth, feeds.names[:n], predictors, notes, ctx.meta.ignore_index, name)
+    result = ev.write_qualitative(
+        out, images, truth, feeds.names[:n], predictors, notes, ctx.meta.ignore_index, name, task=ctx.task
+    )
     cache.store(stage, key, [out / name], result)
     return result

@@ -360,64 +360,14 @@ def build_engine(
 def _build(trt, logger, lines, onnx_path, plan_path, recipe, settings, log_path) -> dict:
     start = time.perf_counter()
     builder = trt.Builder(logger)
-    flags = 0
-    for name in settings["network_flags"]:
-        flags |= 1 << int(getattr(trt.NetworkDefinitionCreationFlag, name))
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = _parser_errors(parser) or ["(the parser gave no details; see the log)"]
-        raise ExportError(
-            f"TensorRT {settings['tensorrt_version']} could not parse {str(onnx_path)!r}: "
-            + "; ".join(errors)
-            + ". Check that every op is supported by this TensorRT (opset, Q/DQ placement), or re-export."
-        )
-    if settings["typing"] == "strong" and recipe.precision == "fp16" and not _has_half_tensors(trt, network):
-        raise ConfigError(
-            f"precision fp16 was asked for with TensorRT {settings['tensorrt_version']}, which builds strongly typed "
-            f"(no FP16 flag), and {onnx_path.name} carries no FP16 tensor: the engine would be FP32 labelled fp16. "
-            "Export the ONNX in FP16, build with TensorRT 10.x, or ask for precision fp32."
-        )
-
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings["memory_pool_limits"]["WORKSPACE"])
-    # Per-layer names, types and formats in the engine inspector's JSON (ProfilingVerbosity, 8.2+).
-    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
-    for name in settings["builder_flags"]:
-        config.set_flag(getattr(trt.BuilderFlag, name))
-    placement = None
-    if recipe.dla_core is not None:
-        available = builder.num_DLA_cores
-        if recipe.dla_core >= available:
-            raise ConfigError(
-                f"DLA core {recipe.dla_core} was asked for, but this module has {available} DLA core(s)"
-                + (f" (0..{available - 1})" if available else "")
-                + ". Use a core that exists, or leave dla_core unset to build for the GPU."
-            )
-        config.default_device_type = trt.DeviceType.DLA
-        config.DLA_core = recipe.dla_core
-        placement = dla_plan(trt, network, config)
-    if recipe.builder_optimization_level is not None:
-        config.builder_optimization_level = recipe.builder_optimization_level
-
+    network, parser = _parse(trt, builder, logger, onnx_path, recipe, settings)
+    config, placement = _builder_config(trt, builder, network, recipe, settings)
     cache_path = Path(recipe.timing_cache) if recipe.timing_cache is not None else None
-    cache_status = None
-    if cache_path is not None:
-        blob = cache_path.read_bytes() if cache_path.is_file() else b""
-        cache = config.create_timing_cache(blob)
-        if config.set_timing_cache(cache, ignore_mismatch=False):
-            cache_status = "loaded" if blob else "new"
-        else:  # made by another GPU or TensorRT version: not used, and not overwritten
-            config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
-            cache_status = "rejected"
-            lines.append(
-                f"[WARNING] bckd-pipeline: the timing cache {str(cache_path)!r} was made by another GPU or TensorRT "
-                "version; TensorRT did not use it, and it is left as it was. Delete it, or give another path."
-            )
-
+    cache_status = _load_timing_cache(config, cache_path, lines)
     _add_profile(trt, builder, network, config, recipe)
 
     serialized = builder.build_serialized_network(network, config)
+    del parser  # it owns the network's weights: kept alive until the engine is built
     if serialized is None:
         where = f"the build log {str(log_path)!r}" if log_path else "TensorRT's messages above"
         tail = " | ".join(lines[-5:])
@@ -439,15 +389,7 @@ def _build(trt, logger, lines, onnx_path, plan_path, recipe, settings, log_path)
     if placement is not None:
         placement["engine"] = dla_engine_share(layers)
         _check_dla(placement, recipe, lines)
-    atomic_write(plan_path, lambda tmp: tmp.write_bytes(data))
-    if cache_path is not None and cache_status != "rejected":
-        blob = bytes(memoryview(config.get_timing_cache().serialize()))
-        atomic_write(cache_path, lambda tmp: tmp.write_bytes(blob))
-    layers_file = None
-    if layers is not None:
-        layers_file = plan_path.with_name(plan_path.stem + ".layers.json")
-        text = json.dumps(layers, indent=1)
-        atomic_write(layers_file, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    layers_file = _write_outputs(plan_path, data, layers, config, cache_path if cache_status != "rejected" else None)
 
     return {
         **settings,
@@ -463,6 +405,88 @@ def _build(trt, logger, lines, onnx_path, plan_path, recipe, settings, log_path)
         "layers_file": None if layers_file is None else layers_file.name,
         "dla": placement,
     }
+
+
+def _parse(trt, builder, logger, onnx_path: Path, recipe: EngineRecipe, settings: dict):
+    """The ONNX parsed into a network with the recipe's creation flags; returns the network and its parser."""
+    flags = 0
+    for name in settings["network_flags"]:
+        flags |= 1 << int(getattr(trt.NetworkDefinitionCreationFlag, name))
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = _parser_errors(parser) or ["(the parser gave no details; see the log)"]
+        raise ExportError(
+            f"TensorRT {settings['tensorrt_version']} could not parse {str(onnx_path)!r}: "
+            + "; ".join(errors)
+            + ". Check that every op is supported by this TensorRT (opset, Q/DQ placement), or re-export."
+        )
+    if settings["typing"] == "strong" and recipe.precision == "fp16" and not _has_half_tensors(trt, network):
+        raise ConfigError(
+            f"precision fp16 was asked for with TensorRT {settings['tensorrt_version']}, which builds strongly typed "
+            f"(no FP16 flag), and {onnx_path.name} carries no FP16 tensor: the engine would be FP32 labelled fp16. "
+            "Export the ONNX in FP16, build with TensorRT 10.x, or ask for precision fp32."
+        )
+    return network, parser
+
+
+def _builder_config(trt, builder, network, recipe: EngineRecipe, settings: dict):
+    """The builder config: workspace, detailed profiling, builder flags, DLA placement, optimization level.
+
+    Returns the config and the DLA placement plan (None when building for the GPU).
+    """
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings["memory_pool_limits"]["WORKSPACE"])
+    # Per-layer names, types and formats in the engine inspector's JSON (ProfilingVerbosity, 8.2+).
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+    for name in settings["builder_flags"]:
+        config.set_flag(getattr(trt.BuilderFlag, name))
+    placement = None
+    if recipe.dla_core is not None:
+        available = builder.num_DLA_cores
+        if recipe.dla_core >= available:
+            raise ConfigError(
+                f"DLA core {recipe.dla_core} was asked for, but this module has {available} DLA core(s)"
+                + (f" (0..{available - 1})" if available else "")
+                + ". Use a core that exists, or leave dla_core unset to build for the GPU."
+            )
+        config.default_device_type = trt.DeviceType.DLA
+        config.DLA_core = recipe.dla_core
+        placement = dla_plan(trt, network, config)
+    if recipe.builder_optimization_level is not None:
+        config.builder_optimization_level = recipe.builder_optimization_level
+    return config, placement
+
+
+def _load_timing_cache(config, cache_path: Optional[Path], lines: list) -> Optional[str]:
+    """Give the builder the timing cache at ``cache_path``: "loaded", "new" (none yet), "rejected", or None."""
+    if cache_path is None:
+        return None
+    blob = cache_path.read_bytes() if cache_path.is_file() else b""
+    cache = config.create_timing_cache(blob)
+    if config.set_timing_cache(cache, ignore_mismatch=False):
+        return "loaded" if blob else "new"
+    # Made by another GPU or TensorRT version: not used, and not overwritten.
+    config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+    lines.append(
+        f"[WARNING] bckd-pipeline: the timing cache {str(cache_path)!r} was made by another GPU or TensorRT "
+        "version; TensorRT did not use it, and it is left as it was. Delete it, or give another path."
+    )
+    return "rejected"
+
+
+def _write_outputs(plan_path: Path, data: bytes, layers, config, cache_path: Optional[Path]) -> Optional[Path]:
+    """Write the plan, the updated timing cache (when given) and the layer list; returns the layer file."""
+    atomic_write(plan_path, lambda tmp: tmp.write_bytes(data))
+    if cache_path is not None:
+        blob = bytes(memoryview(config.get_timing_cache().serialize()))
+        atomic_write(cache_path, lambda tmp: tmp.write_bytes(blob))
+    if layers is None:
+        return None
+    layers_file = plan_path.with_name(plan_path.stem + ".layers.json")
+    text = json.dumps(layers, indent=1)
+    atomic_write(layers_file, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    return layers_file
 
 
 def _has_half_tensors(trt, network) -> bool:

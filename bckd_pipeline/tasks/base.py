@@ -20,11 +20,21 @@ A new task is one file under ``tasks/`` with a subclass of :class:`Task`, regist
   (the failures of a stage against its parent under the precision's criteria);
 - ``budget_keys``: the budgets the gate reads from a budgets file for this task;
 - ``export_heads``: the heads the exported graph may end in (the first is the default);
-- ``columns``: the accuracy columns the report's ledger tables draw (:class:`Column`).
+- ``columns``: the accuracy columns the report's ledger tables draw (:class:`Column`);
+- ``as_saved(prediction)``: one image's prediction (or label) as the run's evidence files keep it
+  (parity_images.npz, qualitative.npz; segmentation: the int16 label map);
+- ``write_prediction(prediction, out, stem, ...)``: ``predict``'s files of one image under ``out`` and
+  its predictions.json entry fields (paths relative to ``out``); ``write_overlay(...)``: the picture
+  ``--save-overlay`` adds, and the entry field naming it; ``output_folders``: the folders under ``out``
+  they write into (a rerun into the same ``out`` replaces them);
+- ``draw(prediction, colors, ...)``: one prediction (or label) as an RGB picture for report.html, its
+  errors against the label marked; ``caption(prediction, label, ...)``: the line under that picture;
+  ``legend``: what the marks ``draw`` adds beside the class colours mean.
 
 The generic parts (the split loop, the paired bootstrap of the metric's delta) are written once here
 on top of those. This module and every task module import only numpy and the standard library at
-module level: the CI gate has no torch, and the device agent ships them under Python 3.8.
+module level: the CI gate has no torch, and the device agent ships them under Python 3.8. The files and
+pictures need PIL: a task imports it inside those hooks (segmentation: ``tasks/segmentation_draw.py``).
 """
 
 from __future__ import annotations
@@ -32,11 +42,14 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import DataError
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -153,6 +166,8 @@ class Task(ABC):
     budget_keys: Mapping[str, BudgetKey]
     export_heads: tuple[str, ...]
     columns: tuple[Column, ...]  # the accuracy columns of the report's ledger tables
+    output_folders: tuple[str, ...]  # the folders ``write_prediction`` and ``write_overlay`` write under --out
+    legend: tuple[tuple[str, str], ...]  # (CSS colour, meaning) of the marks ``draw`` adds to a prediction
 
     @abstractmethod
     def prediction_of(self, output: np.ndarray) -> np.ndarray:
@@ -173,6 +188,35 @@ class Task(ABC):
     @abstractmethod
     def judge(self, row: Mapping[str, Any], parent_name: str, same_precision: bool, criteria: Any) -> list[str]:
         """The failures of a stage's parity ``row`` against its parent under ``criteria`` (empty: it passed)."""
+
+    @abstractmethod
+    def as_saved(self, prediction: np.ndarray) -> np.ndarray:
+        """One image's prediction (or label) as parity_images.npz and qualitative.npz keep it."""
+
+    @abstractmethod
+    def write_prediction(
+        self, prediction: np.ndarray, out: Path, stem: str, *, colors: np.ndarray, classes: tuple[str, ...]
+    ) -> dict:
+        """Write one image's prediction files under ``out`` (named after ``stem``); return its predictions.json
+        entry fields, files as paths relative to ``out``. ``colors``: the class colours (``palette.palette``)."""
+
+    @abstractmethod
+    def write_overlay(
+        self, prediction: np.ndarray, rgb: np.ndarray, out: Path, stem: str, *, colors: np.ndarray
+    ) -> dict:
+        """Write the prediction drawn over the H x W x 3 uint8 image ``rgb`` (``--save-overlay``); return the
+        entry fields naming the file (relative to ``out``)."""
+
+    @abstractmethod
+    def draw(
+        self, prediction: np.ndarray, colors: np.ndarray, *, ignore_index: int, truth: np.ndarray | None = None
+    ) -> np.ndarray:
+        """One prediction as an H x W x 3 uint8 picture for report.html; with ``truth`` (the image's label),
+        its errors marked. A label drawn alone is the ground truth's picture."""
+
+    @abstractmethod
+    def caption(self, prediction: np.ndarray, truth: np.ndarray, *, ignore_index: int) -> str:
+        """The line under a prediction's picture in report.html (how well it matches ``truth``)."""
 
     def split_score(self, num_classes: int, ignore_index: int) -> SplitScore:
         """An accumulator of the headline metric over a split."""

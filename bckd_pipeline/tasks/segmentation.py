@@ -12,6 +12,9 @@
   boundary F-score (2 px), and |logit differences| between float stages.
 - Criteria (``ParityCriteria``): how far a stage may move from its parent, per precision.
 - Budgets: ``min_miou``, ``max_miou_drop``, ``min_pixel_agreement``, ``max_baseline_miou_drop``.
+- Files and pictures (``tasks/segmentation_draw.py``): ``predict`` writes a palette PNG label map per
+  image (and with ``--save-overlay`` the classes blended over the image); report.html draws label maps
+  in class colours, wrong pixels darkened and those near a ground-truth boundary in magenta.
 
 Only numpy and the standard library: the gate and the device agent (Python 3.8) import this module.
 """
@@ -77,6 +80,11 @@ def labels_of(output: np.ndarray) -> np.ndarray:
     return output.argmax(1) if output.ndim == 4 else output.astype(np.int64)
 
 
+def saved_labels(labels: np.ndarray) -> np.ndarray:
+    """Label maps as the run's evidence files keep them: int16 (class ids and an ignore index of 255 fit)."""
+    return labels.astype(np.int16)
+
+
 # ---------------------------------------------------------------------------------------------
 # parity
 # ---------------------------------------------------------------------------------------------
@@ -127,7 +135,7 @@ class SegmentationParityMeter(ParityMeter):
         image_cm = confusion_of(prediction[0], label, self.num_classes, self.ignore_index)
         self.per_image.append(image_cm.astype(np.int32))  # one image's counts fit; halves the memory
         if keep:
-            self.kept.append(prediction[0].astype(np.int16))
+            self.kept.append(saved_labels(prediction[0]))
         self.confusion += image_cm
         self.boundary.update(prediction[0], label)
         self.pixels += prediction.size
@@ -243,6 +251,7 @@ class Segmentation(Task):
         Column("ΔmIoU", "miou_delta", "+.3f"),
         Column("agreement %", "pixel_agreement", ".3f", 100.0),
     )
+    output_folders = ("labels", "overlays")
     criteria = {"fp32": FLOAT_PARITY, "fp16": FP16_PARITY, "int8": INT8_PARITY}
     int8_budgets = INT8_BUDGETS
 
@@ -257,6 +266,35 @@ class Segmentation(Task):
 
     def parity_meter(self, num_classes: int, ignore_index: int) -> SegmentationParityMeter:
         return SegmentationParityMeter(num_classes, ignore_index)
+
+    @property
+    def legend(self) -> tuple[tuple[str, str], ...]:
+        from .segmentation_draw import LEGEND
+
+        return LEGEND
+
+    def as_saved(self, prediction: np.ndarray) -> np.ndarray:
+        return saved_labels(prediction)
+
+    def write_prediction(self, prediction, out, stem, *, colors, classes) -> dict:
+        from .segmentation_draw import write_prediction  # PIL, which the gate and the device agent lack
+
+        return write_prediction(prediction, out, stem, colors=colors, classes=classes)
+
+    def write_overlay(self, prediction, rgb, out, stem, *, colors) -> dict:
+        from .segmentation_draw import write_overlay_file
+
+        return write_overlay_file(prediction, rgb, out, stem, colors=colors)
+
+    def draw(self, prediction, colors, *, ignore_index: int, truth=None) -> np.ndarray:
+        from .segmentation_draw import colorize
+
+        return colorize(prediction, colors, ignore_index, truth)
+
+    def caption(self, prediction, truth, *, ignore_index: int) -> str:
+        from .segmentation_draw import pixels_correct
+
+        return pixels_correct(prediction, truth, ignore_index)
 
     def judge(self, row, parent_name: str, same_precision: bool, criteria: ParityCriteria) -> list[str]:
         c = criteria
