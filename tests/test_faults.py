@@ -3,7 +3,9 @@ and the gate's figures. Each test is fast: no training, fakes where a run would 
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -22,6 +24,106 @@ def run_cli(capsys, *argv) -> tuple[int, str, str]:
     rc = main([str(a) for a in argv])
     captured = capsys.readouterr()
     return rc, captured.out, captured.err
+
+
+# -- one writer per --out ----------------------------------------------------------------------------------------
+HOLDER = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from bckd_pipeline.outlock import out_lock
+
+    with out_lock(Path(sys.argv[1]), "bckd-pipeline run --out " + sys.argv[1]):
+        print("held", flush=True)
+        time.sleep(120)
+    """
+)
+
+
+@pytest.fixture
+def holder(tmp_path):
+    """A process that holds the lock of ``tmp_path / 'out'`` until it is killed."""
+    out = tmp_path / "out"
+    argv = [sys.executable, "-c", HOLDER, str(out)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=ENV, cwd=ROOT)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        yield out, proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=30)
+        proc.stdout.close()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("run", "--preset", "smoke", "--target", "no-such-target"),
+        ("deploy", "--onnx", "missing.onnx", "--data", "demo"),
+        ("predict", "missing-images", "--model", "missing.onnx"),
+    ],
+    ids=["run", "deploy", "predict"],
+)
+def test_a_second_command_into_a_busy_out_is_refused_at_once(holder, capsys, argv):
+    out, proc = holder
+    start = time.perf_counter()
+    rc, stdout, err = run_cli(capsys, *argv, "--out", out)
+    assert rc == 2 and stdout == ""
+    assert f"--out {str(out)!r} is in use: process {proc.pid} on " in err
+    assert "since 20" in err and "(bckd-pipeline run --out" in err
+    assert "Wait for it to finish, or pass another --out." in err
+    assert "Traceback" not in err and time.perf_counter() - start < 10
+
+
+def test_a_killed_holder_leaves_the_out_folder_free(holder, capsys):
+    from bckd_pipeline.outlock import LOCK_FILE, out_lock
+
+    out, proc = holder
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert (out / LOCK_FILE).is_file()  # the file stays; the OS dropped the lock with the process
+    rc, _, err = run_cli(capsys, "predict", "missing-images", "--model", "missing.onnx", "--out", out)
+    assert rc == 2 and "in use" not in err  # refused for its own reason, not the dead holder's lock
+    with out_lock(out, "test"):
+        assert json.loads((out / LOCK_FILE).read_text())["pid"] == os.getpid()
+    assert not (out / LOCK_FILE).exists()
+
+
+def test_a_dry_run_takes_no_lock(holder, capsys):
+    out, _ = holder
+    rc, _, err = run_cli(capsys, "run", "--preset", "smoke", "--target", "no-such-target", "--out", out, "--dry-run")
+    assert rc == 2 and "in use" not in err and "Unknown --target" in err
+
+
+def test_a_refused_command_leaves_no_folder_behind(tmp_path, capsys):
+    rc, _, _ = run_cli(capsys, "predict", "missing-images", "--model", "missing.onnx", "--out", tmp_path / "a/b")
+    assert rc == 2 and list(tmp_path.iterdir()) == []
+
+
+def test_a_stale_lock_file_is_not_a_foreign_file_in_out(tmp_path):
+    from bckd_pipeline.cache import check_out_dir
+    from bckd_pipeline.outlock import LOCK_FILE
+    from bckd_pipeline.predict.outputs import prepare_out
+
+    for out in (tmp_path / "run", tmp_path / "predict"):
+        out.mkdir()
+        (out / LOCK_FILE).write_text('{"pid": 1}\n')
+    check_out_dir(tmp_path / "run", {"data": "demo"}, force=False)
+    prepare_out(tmp_path / "predict")
+
+
+def test_another_runs_out_names_unset_values_without_python_none(tmp_path):
+    from bckd_pipeline.cache import claim_out_dir, check_out_dir
+    from bckd_pipeline.errors import DataError
+
+    out = claim_out_dir(tmp_path / "out", {"data": "demo", "onnx": "a.onnx"}, force=False)
+    (out / "deploy").mkdir()
+    with pytest.raises(DataError) as info:
+        check_out_dir(out, {"data": "demo", "teacher": "t.pt"}, force=False)
+    message = str(info.value)
+    assert "None" not in message
+    assert "teacher: not set -> 't.pt'" in message and "onnx: 'a.onnx' -> not set" in message
 
 
 # -- NNCF --------------------------------------------------------------------------------------------------------
