@@ -126,6 +126,19 @@ def test_another_runs_out_names_unset_values_without_python_none(tmp_path):
     assert "teacher: not set -> 't.pt'" in message and "onnx: 'a.onnx' -> not set" in message
 
 
+# -- progress on stderr, results on stdout -----------------------------------------------------------------------
+def test_training_progress_goes_to_stderr(capsys):
+    from bckd_pipeline.distill.trainer import ProgressBar
+
+    bar = ProgressBar(3, "distill", True)
+    bar.update(2, {"loss/ce": 0.5})
+    bar.log("iter 2: mIoU 12.00")
+    bar.close()
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "distill" in captured.err and "iter 2: mIoU 12.00" in captured.err
+
+
 # -- NNCF --------------------------------------------------------------------------------------------------------
 
 
