@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from bckd_pipeline.cli import main
+from bckd_pipeline.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -137,6 +138,59 @@ def test_training_progress_goes_to_stderr(capsys):
     captured = capsys.readouterr()
     assert captured.out == ""
     assert "distill" in captured.err and "iter 2: mIoU 12.00" in captured.err
+
+
+# -- suggestions by meaning ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("given", "meant"),
+    [
+        ("openvino", "openvino-cpu"),
+        ("ov", "openvino-cpu"),
+        ("OpenVINO_CPU", "openvino-cpu"),
+        ("ort", "onnxruntime-cpu"),
+        ("onnxruntime", "onnxruntime-cpu"),
+        ("onnx", "onnxruntime-cpu"),
+        ("onnxruntime-fp32", "onnxruntime-cpu-fp32"),
+        ("trt", "tensorrt"),
+        ("ov-gpu", "openvino-gpu"),
+        ("jetson_orin_nano", "jetson-orin-nano"),
+        ("opnvino-cpu", "openvino-cpu"),  # a typo: the closest spelling
+    ],
+)
+def test_an_unknown_target_suggests_what_it_means(given, meant):
+    from bckd_pipeline.targets import get_target
+
+    with pytest.raises(ConfigError) as info:
+        get_target(given)  # suggested, never accepted
+    assert f"Did you mean {meant!r}?" in str(info.value)
+
+
+@pytest.mark.parametrize(("given", "meant"), [("openvino", "openvino-cpu"), ("ort", "onnxruntime-cpu")])
+def test_run_target_suggestion(given, meant, tmp_path, capsys):
+    rc, _, err = run_cli(capsys, "run", "--preset", "smoke", "--target", given, "--out", tmp_path / "o", "--dry-run")
+    assert rc == 2 and f"Did you mean {meant!r}?" in err
+
+
+def test_predict_target_on_a_run_of_several_targets_suggests_the_one_meant(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    per_target = {k: {"manifest": f"{k}/manifest.json"} for k in ("onnxruntime-cpu", "openvino-cpu")}
+    (run / "manifest.json").write_text(json.dumps({"format": "bckd-pipeline/manifest-v1", "per_target": per_target}))
+    (tmp_path / "images").mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "images" / "a.png")
+    argv = ("predict", tmp_path / "images", "--model", run, "--target", "openvino_cpu", "--out", tmp_path / "p")
+    rc, _, err = run_cli(capsys, *argv)
+    assert rc == 2 and "Did you mean --target openvino-cpu?" in err
+    assert "--target onnxruntime-cpu " not in err
+
+
+def test_a_budgets_table_named_after_a_backend_suggests_its_target():
+    from bckd_pipeline.gate.budgets import parse_budgets
+
+    with pytest.raises(ConfigError, match="Did you mean 'openvino-cpu'"):
+        parse_budgets("[openvino]\nmax_miou_drop = 1.0\n")
 
 
 # -- NNCF --------------------------------------------------------------------------------------------------------
