@@ -193,6 +193,31 @@ def test_a_budgets_table_named_after_a_backend_suggests_its_target():
         parse_budgets("[openvino]\nmax_miou_drop = 1.0\n")
 
 
+# -- the gate's Markdown writes the console's figures ------------------------------------------------------------
+def test_gate_markdown_writes_delta_bounds_as_the_console_does():
+    import numpy as np
+
+    from bckd_pipeline.gate.budgets import GateSettings
+    from bckd_pipeline.gate.gate import GateResult, _drop_check
+    from bckd_pipeline.gate.output import markdown, text_lines
+    from bckd_pipeline.report.evidence import ParityImages
+    from bckd_pipeline.tasks import get_task
+
+    task, settings = get_task("segmentation"), GateSettings(bootstrap_resamples=200)
+    stage, key = "onnxruntime-int8", "max_miou_drop"
+    point = _drop_check(task, stage, key, 1.0, {"miou_delta": 0.03955}, None, "pytorch", settings)
+    confusion = np.stack([np.diag([5, 3]).astype(np.int32)] * 4)  # the same four images on both stages
+    images = ParityImages(("a", "b", "c", "d"), ("",) * 4, {"pytorch": confusion, stage: confusion})
+    bound = _drop_check(task, stage, key, 0.0, {"miou_delta": 0.0}, images, "pytorch", settings)
+    result = GateResult("onnxruntime-cpu", "report.json", None, settings, (point, bound))
+    console = "\n".join(text_lines(result))
+    table = [line for line in markdown(result).splitlines() if "`max_miou_drop`" in line]
+    assert "ΔmIoU +0.040 vs pytorch" in console and "ΔmIoU >= +0.000" in console
+    assert "| ΔmIoU +0.040 | 1 |" in table[0]
+    assert "| ΔmIoU ≥ +0.000 | 0 |" in table[1]
+    assert not any(s in "\n".join(table) for s in ("-0.03955", "| -0 |", "-0 mIoU"))
+
+
 # -- NNCF --------------------------------------------------------------------------------------------------------
 
 
