@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .errors import DataError
 from .fileio import atomic_write, file_sha256, write_text
+from .outlock import holds_other_files
 
 __all__ = ["StageCache", "file_sha256", "stage_key"]
 
@@ -120,7 +121,7 @@ def check_out_dir(out: Path, identity: dict, *, force: bool) -> Path:
             + ". Pick an --out folder you can write to."
         )
     marker = out / RUN_MARKER
-    if out.is_dir() and any(out.iterdir()) and not force:
+    if out.is_dir() and holds_other_files(out) and not force:
         try:
             previous = json.loads(marker.read_text())
         except (OSError, ValueError):
@@ -131,13 +132,19 @@ def check_out_dir(out: Path, identity: dict, *, force: bool) -> Path:
                 "empty or new folder, or pass --force to write into it anyway."
             )
         if previous.get("identity") != identity:
+            before = previous.get("identity") or {}
             diff = ", ".join(
-                f"{k}: {previous.get('identity', {}).get(k)!r} -> {v!r}"
-                for k, v in identity.items()
-                if previous.get("identity", {}).get(k) != v
+                f"{k}: {_shown(before.get(k))} -> {_shown(identity.get(k))}"
+                for k in dict.fromkeys([*identity, *before])
+                if before.get(k) != identity.get(k)
             )
             raise DataError(
                 f"--out {str(out)!r} holds another run ({diff}). Use a new --out, or pass --force to replace its "
                 "stages."
             )
     return out
+
+
+def _shown(value) -> str:
+    """A run identity's value in a message: ``not set`` where the run had none (never Python's ``None``)."""
+    return "not set" if value is None else repr(value)

@@ -45,12 +45,16 @@ def to_ir(source: Path, xml_path: Path, *, fp16: bool) -> Path:
 
 
 def _nncf():
+    from .. import nncf_env
+
+    nncf_env.prepare()  # no CUDA notice on a CPU host
     try:
         import nncf
     except ImportError:
         raise BackendMissingError(
             'NNCF is not installed: pip install "bckd-pipeline[openvino]" (openvino and nncf).'
         ) from None
+    nncf_env.logs_to_stderr()  # its log is not the ledger's stdout
     return nncf
 
 

@@ -24,6 +24,13 @@ def _console():
 
 
 def dispatch(args) -> int:
+    from ..outlock import locked_out
+
+    with locked_out(args):  # run, deploy and predict: one writer per --out
+        return _dispatch(args)
+
+
+def _dispatch(args) -> int:
     if args.command == "models":
         from .train import models
 

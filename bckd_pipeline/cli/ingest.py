@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -124,7 +125,10 @@ def ingest(args, replay) -> int:
     record = _recorded(run_dir)
     job = _check_against_bundle(run_dir, result_dir)
     _place(result_dir, run_dir / TENSORRT_DIR / "device", job)
-    print(f"ingested {result_dir} (job {job.get('job_id')}) into {run_dir}; recomputing the ledger and reports")
+    print(
+        f"ingested {result_dir} (job {job.get('job_id')}) into {run_dir}; recomputing the ledger and reports",
+        file=sys.stderr,
+    )
 
     again = build_parser().parse_args(record["argv"])
     again.out = run_dir

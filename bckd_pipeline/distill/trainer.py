@@ -116,6 +116,7 @@ class ProgressBar:
     def __init__(self, total: int, description: str, enabled: bool, completed: int = 0):
         self.enabled = enabled
         if enabled:
+            from rich.console import Console
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
             self.progress = Progress(
@@ -126,6 +127,7 @@ class ProgressBar:
                 TextColumn("ETA"),
                 TimeRemainingColumn(),
                 TextColumn("{task.fields[terms]}"),
+                console=Console(stderr=True),  # progress is not output: stdout holds the ledger and results
                 transient=False,
             )
             self.progress.start()

@@ -202,6 +202,7 @@ def parse_budgets(text: str, path: str = "<budgets>") -> Budgets:
     """Parse and validate a budgets file's text; every error names the file, the table and the key."""
     from ..ledger import ledger_row_names
     from ..targets import TARGETS, get_target
+    from ..targets.aliases import did_you_mean_target
 
     try:
         data = tomllib.loads(text)
@@ -214,7 +215,7 @@ def parse_budgets(text: str, path: str = "<budgets>") -> Budgets:
             continue
         if name not in TARGETS:
             raise ConfigError(
-                f"{path}: [{name}] is not a target.{did_you_mean(name, TARGETS)} Allowed tables: gate, "
+                f"{path}: [{name}] is not a target.{did_you_mean_target(name, TARGETS)} Allowed tables: gate, "
                 f"{', '.join(sorted(TARGETS))}. Name each budgets table after a target (`bckd-pipeline targets`)."
             )
         if not isinstance(body, Mapping):

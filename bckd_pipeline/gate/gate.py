@@ -53,6 +53,13 @@ class Check:
     unit: str
     message: str
     detail: dict = field(default_factory=dict)
+    shown: str = ""  # the measured figure as the message writes it (the Markdown table's "measured" cell)
+
+
+def signed(delta: float) -> str:
+    """A Δ as every gate output writes it: its sign and three decimals; zero is +0.000, never -0.000."""
+    text = f"{delta:+.3f}"
+    return "+0.000" if text == "-0.000" else text
 
 
 @dataclass(frozen=True)
@@ -162,7 +169,8 @@ def _latency_check(stage: str, key: str, limit: float, row: dict, tol: float) ->
             + (f" (tolerance {tol:.0%}: fails below {floor:.1f})" if tol else "")
             + ("" if ok else f", short by {limit - value:.1f} FPS ({(limit - value) / limit:.1%})")
         )
-        return Check(stage, key, PASS if ok else FAIL, value, limit, unit, msg, {"tolerance": tol, "floor": floor})
+        detail = {"tolerance": tol, "floor": floor}
+        return Check(stage, key, PASS if ok else FAIL, value, limit, unit, msg, detail, f"{value:.1f} FPS")
     pct = 50 if key == "max_p50_ms" else 99
     if samples is not None:
         value, source = float(np.percentile(samples, pct)), f"of {samples.size} timed runs"
@@ -179,7 +187,7 @@ def _latency_check(stage: str, key: str, limit: float, row: dict, tol: float) ->
         + (": within budget" if ok else f": over by {value - limit:.3f} ms ({(value - limit) / limit:+.1%})")
     )
     detail = {"tolerance": tol, "ceiling": ceiling, "runs": None if samples is None else int(samples.size)}
-    return Check(stage, key, PASS if ok else FAIL, value, limit, unit, msg, detail)
+    return Check(stage, key, PASS if ok else FAIL, value, limit, unit, msg, detail, f"{value:.3f} ms")
 
 
 def _drop_check(
@@ -201,20 +209,21 @@ def _drop_check(
         value = row[spec.field]
         ok = value >= -limit
         msg = (
-            f"{stage}: Δ{label} {value:+.3f} vs {reference} (point estimate; the report kept no per-image "
+            f"{stage}: Δ{label} {signed(value)} vs {reference} (point estimate; the report kept no per-image "
             f"{task.evidence}) vs budget {key} {limit:g}"
             + ("" if ok else f": dropped {-value - limit:.3f} points too far")
         )
-        return Check(stage, key, PASS if ok else FAIL, -value, limit, spec.unit, msg, {})
+        return Check(stage, key, PASS if ok else FAIL, -value, limit, spec.unit, msg, {}, f"Δ{label} {signed(value)}")
     ok = ci.lower >= -limit
     msg = (
-        f"{stage}: Δ{label} {ci.point:+.3f} vs {reference}; with {s.confidence:.0%} confidence Δ{label} >= "
-        f"{ci.lower:+.3f} (paired bootstrap over {len(images.names)} images, {ci.resamples} resamples) vs budget "
+        f"{stage}: Δ{label} {signed(ci.point)} vs {reference}; with {s.confidence:.0%} confidence Δ{label} >= "
+        f"{signed(ci.lower)} (paired bootstrap over {len(images.names)} images, {ci.resamples} resamples) vs budget "
         f"{key} {limit:g}"
         + (": within budget" if ok else f": the bound is {-ci.lower - limit:.3f} points past -{limit:g}")
     )
     detail = {"point": ci.point, "lower": ci.lower, "upper": ci.upper, "confidence": ci.confidence}
-    return Check(stage, key, PASS if ok else FAIL, -ci.lower, limit, spec.unit, msg, detail)
+    shown = f"Δ{label} ≥ {signed(ci.lower)}"
+    return Check(stage, key, PASS if ok else FAIL, -ci.lower, limit, spec.unit, msg, detail, shown)
 
 
 def _delta_interval(
@@ -260,7 +269,8 @@ def _simple_check(task: Task, stage: str, key: str, limit: float, row: dict) -> 
     msg = f"{stage}: {label} {value:{fmt}}{unit} vs budget {key} {limit:g}" + (
         ": within budget" if ok else f": {'over' if spec.direction == 'max' else 'short'} by {by:{fmt}}{by_unit}"
     )
-    return Check(stage, key, PASS if ok else FAIL, value, limit, spec.unit, msg)
+    shown = f"{value:{fmt}}{unit}"
+    return Check(stage, key, PASS if ok else FAIL, value, limit, spec.unit, msg, {}, shown)
 
 
 def _baseline_checks(
@@ -344,17 +354,18 @@ def _baseline_drop_check(
         )
     ci = _delta_interval(task, images, stage, old_images, stage, s)
     if ci is not None:
-        point, lower, how = ci.point, ci.lower, f"with {s.confidence:.0%} confidence Δ{label} >= {ci.lower:+.3f}"
+        point, lower, how = ci.point, ci.lower, f"with {s.confidence:.0%} confidence Δ{label} >= {signed(ci.lower)}"
     else:
         point = lower = row[field] - old[field]
         how = f"point estimate (per-image {task.evidence} missing on one side)"
     ok = lower >= -limit_drop
     msg = (
-        f"{stage}: {label} {row[field]:.3f} vs baseline {old[field]:.3f} (Δ{label} {point:+.3f}; {how}) vs budget "
+        f"{stage}: {label} {row[field]:.3f} vs baseline {old[field]:.3f} (Δ{label} {signed(point)}; {how}) vs budget "
         f"{key} {limit_drop:g}" + (": within budget" if ok else f": {-lower - limit_drop:.3f} points past")
     )
     detail = {"point": point, "lower": lower}
-    return Check(stage, name, PASS if ok else FAIL, -lower, limit_drop, spec.unit, msg, detail)
+    shown = f"Δ{label} ≥ {signed(lower)}" if ci is not None else f"Δ{label} {signed(lower)}"
+    return Check(stage, name, PASS if ok else FAIL, -lower, limit_drop, spec.unit, msg, detail, shown)
 
 
 def _pair_images(

@@ -78,9 +78,10 @@ def _cell(text: str) -> str:
 
 
 def _value(c) -> str:
+    """The measured figure as the console line writes it (a metric's drop: the Δ bound, with its sign)."""
     if c.measured is None:
         return "–"
-    return f"{c.measured:.4g} {c.unit}".strip()
+    return c.shown or f"{c.measured:.4g} {c.unit}".strip()
 
 
 def markdown(result: GateResult) -> str:
@@ -96,7 +97,7 @@ def markdown(result: GateResult) -> str:
         "|---|---|---|---:|---:|---|",
     ]
     for c in result.checks:
-        limit = "–" if c.limit is None else f"{c.limit:g}"
+        limit = "–" if c.limit is None else f"{c.limit + 0.0:g}"  # + 0.0: a zero limit is 0, never -0
         lines.append(
             f"| {MD_SYMBOL[c.status]} | `{c.stage}` | `{c.budget}` | {_value(c)} | {limit} | {_cell(c.message)} |"
         )

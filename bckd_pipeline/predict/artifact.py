@@ -176,10 +176,14 @@ def _one_target(manifest: dict, run_dir: Path, target: str | None) -> dict:
     else:
         matches = [k for k in keys if k == target] or [k for k in keys if k.startswith(f"{target}-")]
         if len(matches) != 1:
+            from ..targets.aliases import suggest_target
+
+            pick = suggest_target(target, keys) if not matches else None
             raise ConfigError(
                 f"--target {target}: the run in {str(run_dir)!r} deployed {', '.join(keys)}"
                 + (f", and {target} matches {', '.join(matches)}" if matches else "")
-                + f". Pick one with --target {keys[0]} (or leave --target out for the first, {keys[0]})."
+                + (f". Did you mean --target {pick}?" if pick else f". Pick one with --target {keys[0]}")
+                + f" (or leave --target out for the first, {keys[0]})."
             )
         key = matches[0]
     return _read_manifest(run_dir / per_target[key]["manifest"], folder=run_dir)

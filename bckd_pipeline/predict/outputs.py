@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..fileio import write_text
+from ..outlock import holds_other_files
 from .segmenter import Prediction, Segmenter
 from .sources import Item, Source
 
@@ -32,7 +33,7 @@ def prepare_out(out: Path, folders: tuple[str, ...]) -> Path:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {str(out)!r} is a file. Pass a folder (it is created if missing).")
-    if out.is_dir() and any(out.iterdir()):
+    if out.is_dir() and holds_other_files(out):
         previous = out / PREDICTIONS_FILE
         if not previous.is_file() or PREDICTIONS_FORMAT not in previous.read_text(errors="replace")[:400]:
             written = ", ".join(f"{f}/" for f in folders)

@@ -76,12 +76,18 @@ def scheme_for(backend: str, *, preset: str = "performance", device: str = "CPU"
 
 
 def import_nncf():
+    """NNCF with its torch extension loaded (a clear error where it cannot be: nncf_env.py)."""
+    from .. import nncf_env
+
+    nncf_env.prepare()
     try:
         import nncf
     except ImportError:
         raise BackendMissingError(
             'QAT needs NNCF: pip install "bckd-pipeline[openvino]" (openvino and nncf), or run with --qat off.'
         ) from None
+    nncf_env.logs_to_stderr()
+    nncf_env.load_torch_extension()
     return nncf
 
 

@@ -264,5 +264,7 @@ TARGETS: dict[str, TargetProfile] = {
 
 def get_target(name: str) -> TargetProfile:
     if name not in TARGETS:
-        raise unknown_name("--target", name, TARGETS, "`bckd-pipeline targets` lists them.")
+        from .aliases import unknown_target
+
+        raise unknown_target(name, TARGETS, "`bckd-pipeline targets` lists them.")
     return TARGETS[name]
