@@ -4,7 +4,8 @@
 ``pipeline.plan()`` validated (and what ``--dry-run`` prints); ``DeployContext`` is what every stage
 of stages 2-3 reads: the student loaded once, the export spec, the evaluation feeds
 (``pipeline.deploy_context`` builds it). Stages import this module, never the pipeline; this module
-imports no stage, only the shared pieces and the training room's configurations (docs/architecture.md).
+imports no stage, only the shared pieces, the training configurations among them (``configs.py``,
+docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -17,10 +18,7 @@ from torch import nn
 
 from .data.base import Normalization
 from .data.feeds import DatasetFeeds
-from .distill.checkpoint import CheckpointMeta
-from .distill.stage import DataConfig, Schedule
-from .distill.task import DistillConfig
-from .distill.trainer import TrainConfig
+from .configs import CheckpointMeta, DataConfig, DistillConfig, Schedule, TrainConfig
 from .ledger import DEVICE_LABELS_FILE
 from .model_spec import ExportSpec, ModelSource, OnnxInfo
 from .targets import TargetProfile

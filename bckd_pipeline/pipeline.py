@@ -24,7 +24,7 @@ from .deploy.stage import latency_stage, parity_stage
 from .device.bundle import TENSORRT_DIR
 from .device.stage import device_stage
 from .distill.cached import student_stage, summarize, teacher_stage
-from .distill.stage import DataConfig
+from .configs import DataConfig
 from .errors import ConfigError, DataError
 from .export.stage import export_stage, simplify_stage, take_onnx_stage
 from .fileio import write_json

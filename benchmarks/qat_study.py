@@ -63,7 +63,7 @@ def main(argv=None) -> None:
 
     from bckd_pipeline.context import norm
     from bckd_pipeline.distill.checkpoint import load_model
-    from bckd_pipeline.distill.task import DistillConfig
+    from bckd_pipeline.configs import DistillConfig
     from bckd_pipeline.export.wrapper import SegExportWrapper
     from bckd_pipeline.qat import fakequant
     from bckd_pipeline.qat.finetune import QatSchedule, finetune

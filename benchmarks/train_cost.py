@@ -35,10 +35,10 @@ ROWS = ("none", "kd", "bckd", "kd+bckd")
 
 def build_step(kd: str, args):
     """One optimisation step of a row, as the trainer runs it (a closure over its own models)."""
-    from bckd_pipeline.distill.bckd import BCKDConfig
+    from bckd_pipeline.configs import BCKDConfig, DistillConfig
     from bckd_pipeline.data.base import PAD_LABEL
     from bckd_pipeline.distill.models import build_model, default_taps
-    from bckd_pipeline.distill.task import DistillConfig, SegDistillTask, SegTrainTask
+    from bckd_pipeline.distill.task import SegDistillTask, SegTrainTask
 
     torch.manual_seed(0)
     dev = torch.device(args.device)

@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from bckd_pipeline.data.base import PAD_LABEL
-from bckd_pipeline.distill.bckd import BCKD, BCKDConfig, TeacherFusion
+from bckd_pipeline.configs import BCKDConfig, DistillConfig
+from bckd_pipeline.distill.bckd import BCKD, TeacherFusion
 from bckd_pipeline.distill.losses import cwd_loss, relation_kl
 from bckd_pipeline.distill.models import build_model, default_taps, native_logits_tap
-from bckd_pipeline.distill.task import DistillConfig, SegDistillTask, StepInfo
+from bckd_pipeline.distill.task import SegDistillTask, StepInfo
 from bckd_pipeline.errors import ConfigError
 
 S_CH, T_CH = [6, 10], [12, 8]

@@ -17,7 +17,8 @@ from helpers.cli import FOLDER_FLAGS, SMOKE, assert_clean_error, make_folder_dat
 
 from bckd_pipeline.cli import main
 from bckd_pipeline.data.demo import DEMO_CLASSES
-from bckd_pipeline.distill.checkpoint import CheckpointMeta, load_model, read_checkpoint, save_checkpoint
+from bckd_pipeline.configs import CheckpointMeta
+from bckd_pipeline.distill.checkpoint import load_model, read_checkpoint, save_checkpoint
 from bckd_pipeline.distill.models import PRESETS, build_model
 
 

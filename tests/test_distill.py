@@ -10,17 +10,16 @@ import torch
 from torch import nn
 
 from bckd_pipeline.data import TrainTransform, build_dataset
-from bckd_pipeline.distill.bckd import BCKDConfig
+from bckd_pipeline.configs import KD_CHOICES, BCKDConfig, CheckpointMeta, DistillConfig, TrainConfig
 from bckd_pipeline.distill.checkpoint import (
-    CheckpointMeta,
     atomic_write,
     load_model,
     read_checkpoint,
     save_checkpoint,
 )
 from bckd_pipeline.distill.models import FeatureTaps, build_model, default_taps
-from bckd_pipeline.distill.task import KD_CHOICES, DistillConfig, SegDistillTask, SegTrainTask, StepInfo
-from bckd_pipeline.distill.trainer import TrainConfig, train
+from bckd_pipeline.distill.task import SegDistillTask, SegTrainTask, StepInfo
+from bckd_pipeline.distill.trainer import train
 from bckd_pipeline.errors import CheckpointError, ConfigError, FeatureTapError, NonFiniteLossError
 from bckd_pipeline.metrics import count_params
 

@@ -19,7 +19,8 @@ from torch import nn
 
 from bckd_pipeline.distill.distributed import DistEnv, GlobalBatchSampler
 from bckd_pipeline.distill.stage import _miou_only
-from bckd_pipeline.distill.trainer import TrainConfig, load_train_state, save_train_state, train
+from bckd_pipeline.configs import TrainConfig
+from bckd_pipeline.distill.trainer import load_train_state, save_train_state, train
 from bckd_pipeline.errors import CheckpointError, ConfigError
 
 REPO = Path(__file__).resolve().parents[1]

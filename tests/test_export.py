@@ -168,7 +168,7 @@ def test_bad_export_specs(kwargs, match):
     ],
 )
 def test_a_real_smp_model_exports_at_an_awkward_size(tmp_path, preset, hw):
-    from bckd_pipeline.distill.checkpoint import CheckpointMeta
+    from bckd_pipeline.configs import CheckpointMeta
     from bckd_pipeline.distill.models import build_model
     from bckd_pipeline.inference import padded_logits
 

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from bckd_pipeline.distill.bckd import _CHOICES, BCKD, BCKDConfig
+from bckd_pipeline.configs import BCKD_CHOICES, BCKDConfig
+from bckd_pipeline.distill.bckd import BCKD
 from bckd_pipeline.distill.losses import (
     PairwiseBoundary,
     TemperatureSchedule,
@@ -440,7 +441,7 @@ def _features(seed: int = 0, classes: int = 3):
     return sf, tf, sl, tl
 
 
-CHOICE_CASES = [(name, value) for name, values in _CHOICES.items() for value in values]
+CHOICE_CASES = [(name, value) for name, values in BCKD_CHOICES.items() for value in values]
 # Choices that only act together with others (alone they are refused: see test_refused_combinations).
 COMPANIONS = {("delta", "hard_ste"): {"softmax_input": "prob", "boundary_teacher": "conv"}}
 
@@ -506,13 +507,13 @@ def test_too_small_input_fails_up_front():
     BCKD(_small_cfg(boundary_repr="pixel", radius=5), S_CH, T_CH).check_input((16, 64))  # no paths: fine
 
 
-@pytest.mark.parametrize("name", list(_CHOICES))
+@pytest.mark.parametrize("name", list(BCKD_CHOICES))
 def test_invalid_choice_lists_allowed_values(name):
     with pytest.raises(ConfigError) as info:
         BCKDConfig(**{name: "nope"})
     msg = str(info.value)
     assert f"{name}='nope'" in msg
-    assert all(v in msg for v in _CHOICES[name])
+    assert all(v in msg for v in BCKD_CHOICES[name])
 
 
 @pytest.mark.parametrize("bad", [{"radius": 0}, {"grid_stride": 0}, {"temperature": 0.0}, {"teacher_tau": -1.0}])
@@ -612,7 +613,8 @@ def test_bckd_fast_paths_give_the_same_numbers():
 def test_bckd_joint_readout_equals_the_two_modules(monkeypatch):
     """The boundary head and Psi_s run as one stacked convolution: the same terms, and the same gradients for
     both modules' parameters and the student features, as running them one after the other."""
-    from bckd_pipeline.distill.bckd import BCKD, BCKDConfig
+    from bckd_pipeline.configs import BCKDConfig
+    from bckd_pipeline.distill.bckd import BCKD
 
     cfg = BCKDConfig(grid_stride=4, radius=3, fusion_dim=8, chunk=16)
     bckd = BCKD(cfg, [6, 10], [12, 8]).train()

@@ -29,7 +29,8 @@ from bckd_pipeline.cli import main
 from bckd_pipeline.data.base import Normalization
 from bckd_pipeline.data.demo import DemoDataset
 from bckd_pipeline.data.transforms import resize_pair
-from bckd_pipeline.distill.checkpoint import CheckpointMeta, load_model, save_checkpoint
+from bckd_pipeline.configs import CheckpointMeta
+from bckd_pipeline.distill.checkpoint import load_model, save_checkpoint
 from bckd_pipeline.distill.models import build_model
 from bckd_pipeline.inference import padded_logits
 from bckd_pipeline.errors import ConfigError

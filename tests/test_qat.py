@@ -375,7 +375,8 @@ FAST = [
 def demo_checkpoint(folder, model: str = "tiny-student"):
     """A tiny preset over the demo dataset's classes, at 40x72 (BCKD's grid fits), random weights."""
     from bckd_pipeline.data.demo import DemoDataset
-    from bckd_pipeline.distill.checkpoint import CheckpointMeta, save_checkpoint
+    from bckd_pipeline.configs import CheckpointMeta
+    from bckd_pipeline.distill.checkpoint import save_checkpoint
 
     names = tuple(DemoDataset("val", size=(32, 32), count=1).info.class_names)
     torch.manual_seed(0)

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from bckd_pipeline.data.demo import DEMO_CLASSES
-from bckd_pipeline.distill.checkpoint import CheckpointMeta, save_checkpoint
+from bckd_pipeline.configs import CheckpointMeta
+from bckd_pipeline.distill.checkpoint import save_checkpoint
 from bckd_pipeline.distill.models import build_model
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "quant_table.py"

@@ -95,7 +95,7 @@ def qat_config(args):
     if args.qat_max_miou_drop is not None and not args.qat_max_miou_drop > 0:
         raise ConfigError(f"--qat-max-miou-drop must be > 0 mIoU points, got {args.qat_max_miou_drop:g}.")
     if args.qat_kd is not None:
-        from ..distill.task import KD_CHOICES
+        from ..configs import KD_CHOICES
 
         if args.qat_kd not in KD_CHOICES:
             raise ConfigError(

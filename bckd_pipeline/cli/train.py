@@ -176,7 +176,7 @@ def _mfs_images(args, preset) -> int:
 
 
 def data_config(args, preset):
-    from ..distill.stage import DataConfig
+    from ..configs import DataConfig
 
     spec = args.data or preset.data
     if not spec:
@@ -193,7 +193,7 @@ def data_config(args, preset):
 
 
 def _train_config(args, preset):
-    from ..distill.trainer import TrainConfig
+    from ..configs import TrainConfig
 
     return TrainConfig(
         batch_size=args.batch_size or preset.batch_size,
@@ -212,7 +212,7 @@ def _train_config(args, preset):
 
 
 def _schedule(args, iters, epochs):
-    from ..distill.stage import Schedule
+    from ..configs import Schedule
 
     if args.iters or args.epochs:
         return Schedule(iters=args.iters, epochs=args.epochs)
@@ -220,8 +220,7 @@ def _schedule(args, iters, epochs):
 
 
 def _distill_config(args, preset):
-    from ..distill.bckd import BCKDConfig
-    from ..distill.task import DistillConfig
+    from ..configs import BCKDConfig, DistillConfig
 
     overrides = {**preset.bckd, **dict(args.bckd)}
     base = {

@@ -11,157 +11,16 @@ project docs for what each default is and which measurement chose it.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError, unknown_name
+from ..configs import BCKDConfig
+from ..errors import ConfigError
 from .losses import PairwiseBoundary, TemperatureSchedule, relation_kl, relation_mse, semantic_boundary, spatial_kl
 
-_CHOICES = {
-    "teacher_fusion": ("identity", "normalized", "frozen"),
-    "boundary_teacher": ("semantic", "conv", "trainable"),
-    "boundary_student": ("head", "semantic"),
-    "boundary_repr": ("pairwise", "pixel"),
-    "polarity": ("boundary", "affinity"),
-    "delta": ("sigmoid", "hard_ste"),
-    "softmax_input": ("logit", "prob"),
-    "relation": ("cosine", "dot"),
-    "context_loss": ("kl", "mse"),
-    "gamma_mode": ("epoch", "iter"),
-    "balance": ("none", "grad"),
-}
 
-
-@dataclass(frozen=True)
-class BCKDConfig:
-    """Every knob of BCKD. Defaults are the ones the CamVid benchmark chose (docs/benchmarks.md).
-
-    alpha, beta: Eq. (6) weights of L_b and L_c (paper: 10 and 50).
-    boundary, context, decay: the ablation switches (Table I).
-    grid_stride: the fused features live at 1/grid_stride of the input (spec §1: 8).
-    fusion_dim: channels of each student stage after its 1x1 projection P_k.
-    teacher_fusion: "identity" (resize + concat of the raw teacher stages), "normalized" (each stage
-        L2-normalised per position before the concat, so every stage weighs the same in a cosine),
-        or "frozen" (a fixed random projection to fusion_dim per stage; the relation then depends on
-        the seed, and the cosines move: only worth it to save memory on very wide teachers).
-    boundary_teacher: where B^t comes from. "semantic": the teacher's class probabilities
-        (semantic_boundary); "conv": a frozen random Conv_{C->1} on F^t (the literal reading);
-        "trainable": a Conv_{C->1} trained by L_b (MMRazor's behaviour; can collapse, spec §7.1).
-    boundary_student: "head" is Eq. (2)'s Conv_{C->1} on the student's fused features F^s (trainable);
-        "semantic" reads the student's own class probabilities like the teacher's (no head).
-    boundary_repr: "pairwise" Eq. (2) over IRNet paths of ``radius``, or "pixel" (b itself).
-    polarity, delta: boundary (max) or affinity (1 - max); sigmoid or hard threshold (STE).
-    softmax_input: Eq. (3)'s softmax over the boundary "logit" (max-logit) or the "prob" B in [0,1].
-    relation: "dot" is Eq. (4) as written (Psi_s conv+BN+ReLU, Psi_t non-affine BN+ReLU, 1/sqrt(C));
-        "cosine" L2-normalises both sides and divides by relation_tau (CIRKD's form).
-    context_loss: "kl" is Eq. (5); "mse" is SKD's pairwise form.
-    context_pool: average-pool F before the relation (1 = exact, full grid).
-    teacher_tau: teacher relation sharpening (SERE 0.5; paper silent, 1).
-    gamma_mode: Eq. (7) stepped per epoch or continuous per iteration.
-    temperature, temperature_factor, temperature_threshold, temperature_schedule: the T rule.
-    chunk: rows per block of the exact chunked relation (memory bound, not a result knob).
-    mask_padding: leave padded positions of a crop out of both terms (softmaxes and means).
-    balance: "none" uses alpha and beta as given; "grad" replaces them by weights that make each
-        term's gradient norm (at the student's deepest tapped stage) ``balance_boundary`` and
-        ``balance_context`` times the cross-entropy's, averaged over the first ``balance_iters``
-        iterations and then frozen (a fixed-ratio rule in the spirit of GradNorm, without its
-        continual updates).
-    """
-
-    alpha: float = 10.0
-    beta: float = 50.0
-    boundary: bool = True
-    context: bool = True
-    decay: bool = True
-    grid_stride: int = 8
-    fusion_dim: int = 64
-    teacher_fusion: str = "normalized"
-    boundary_teacher: str = "semantic"
-    boundary_student: str = "head"
-    boundary_repr: str = "pairwise"
-    radius: int = 5
-    polarity: str = "boundary"
-    delta: str = "sigmoid"
-    softmax_input: str = "logit"
-    relation: str = "cosine"
-    relation_tau: float = 0.1
-    context_loss: str = "kl"
-    context_pool: int = 1
-    teacher_tau: float = 1.0
-    gamma_mode: str = "epoch"
-    temperature: float = 1.0
-    temperature_factor: float = 1.05
-    temperature_threshold: float = 0.5
-    temperature_schedule: bool = True
-    chunk: int = 512
-    seed: int = 0
-    mask_padding: bool = True
-    balance: str = "none"
-    balance_boundary: float = 0.5
-    balance_context: float = 0.5
-    balance_iters: int = 50
-
-    def __post_init__(self):
-        for name, allowed in _CHOICES.items():
-            value = getattr(self, name)
-            if value not in allowed:
-                raise ConfigError(
-                    f"BCKD option {name}={value!r} is not allowed. Allowed: {', '.join(allowed)}. "
-                    f"Pass --bckd {name}={allowed[0]} (for example)."
-                )
-        for name in ("grid_stride", "fusion_dim", "radius", "context_pool", "chunk", "balance_iters"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"BCKD option {name}={getattr(self, name)} must be a positive integer.")
-        if self.temperature <= 0 or self.relation_tau <= 0 or self.teacher_tau <= 0:
-            raise ConfigError("BCKD temperatures (temperature, relation_tau, teacher_tau) must be > 0.")
-        if self.balance_boundary <= 0 or self.balance_context <= 0:
-            raise ConfigError(
-                f"balance_boundary={self.balance_boundary} and balance_context={self.balance_context} are target "
-                "ratios of a term's gradient norm to the cross-entropy's; give positive numbers, e.g. 0.5."
-            )
-        self._refuse_silent_combinations()
-
-    def _refuse_silent_combinations(self) -> None:
-        """Option combinations that would silently do nothing, or break training, are refused."""
-        if self.boundary and self.delta == "hard_ste" and self.softmax_input == "logit":
-            raise ConfigError(
-                "--bckd delta=hard_ste does nothing with softmax_input=logit: delta is applied to the boundary "
-                "probability, and the logit form softmaxes the path max-logit directly. "
-                "Add --bckd softmax_input=prob, or drop delta=hard_ste."
-            )
-        if self.boundary and self.delta == "hard_ste" and self.boundary_teacher == "semantic":
-            raise ConfigError(
-                "--bckd delta=hard_ste with boundary_teacher=semantic gives an all-zero teacher map: the "
-                "semantic boundary probability of an edge is about 1/3, under hard_ste's 0.5 threshold. "
-                "Use delta=sigmoid, or boundary_teacher=conv|trainable."
-            )
-
-    @classmethod
-    def from_overrides(cls, overrides: dict[str, str], **base) -> BCKDConfig:
-        """Build from ``key=value`` strings (the CLI's ``--bckd``), converting to each field's type."""
-        types = {f.name: f.type for f in fields(cls)}
-        values = dict(base)
-        for key, raw in overrides.items():
-            if key not in types:
-                raise unknown_name("BCKD option", key, types, "Use --bckd KEY=VALUE with one of these keys.")
-            kind = types[key]
-            try:
-                if kind == "bool":
-                    if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
-                        raise ValueError(raw)
-                    values[key] = raw.lower() in ("1", "true", "yes")
-                elif kind == "int":
-                    values[key] = int(raw)
-                elif kind == "float":
-                    values[key] = float(raw)
-                else:
-                    values[key] = raw
-            except ValueError:
-                raise ConfigError(f"--bckd {key}={raw!r}: expected a {kind} value.") from None
-        return cls(**values)
 
 
 class StudentFusion(nn.Module):

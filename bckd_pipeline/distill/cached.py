@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Protocol
 
 from ..cache import StageCache, stage_key
-from .stage import STATE_FILE, DataConfig, Schedule, StepOutput, distill, train_teacher
-from .task import DistillConfig
-from .trainer import TrainConfig
+from ..configs import DataConfig, DistillConfig, Schedule, TrainConfig
+from .stage import STATE_FILE, StepOutput, distill, train_teacher
 
 
 class RunSettings(Protocol):

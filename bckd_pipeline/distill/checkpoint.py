@@ -7,31 +7,18 @@ crash mid-save never leaves a truncated checkpoint under the real name.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ..configs import CheckpointMeta
 from ..errors import CheckpointError
 from ..fileio import atomic_write
 from .models import PRESETS, build_model
 
 FORMAT = "bckd-pipeline/checkpoint-v1"
-
-
-@dataclass(frozen=True)
-class CheckpointMeta:
-    model: str  # a preset name (see `bckd-pipeline models`)
-    num_classes: int
-    class_names: tuple[str, ...]
-    ignore_index: int = 255
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-    input_hw: tuple[int, int] | None = None  # the resize used in training, if any
-    role: str = "student"
-    dataset: str = ""
-    extra: dict = field(default_factory=dict)
 
 
 def save_checkpoint(path: Path, model: nn.Module, meta: CheckpointMeta) -> None:

@@ -13,53 +13,16 @@ import torch
 from torch import nn
 
 from .. import metrics as M
-from ..data import build_dataset
-from ..data.base import PAD_LABEL
-from ..data.transforms import EvalTransform, TrainTransform
-from ..errors import ConfigError, DataError
+from ..configs import CheckpointMeta, DataConfig, DistillConfig, Schedule, TrainConfig
+from ..errors import DataError
 from ..fileio import write_json
-from .checkpoint import CheckpointMeta, load_model, plain_values, save_checkpoint
+from .checkpoint import load_model, plain_values, save_checkpoint
 from .distributed import SINGLE, DistEnv, all_reduce_sum, shard
 from .models import FeatureTaps, build_model, check_input_size, default_taps
-from .task import DistillConfig, SegDistillTask, SegTrainTask
-from .trainer import TrainConfig, epochs_to_iters, seed_everything, train
+from .task import SegDistillTask, SegTrainTask
+from .trainer import seed_everything, train
 
 STATE_FILE = "train_state.pt"
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    spec: str = "demo"
-    train_split: str = "train"
-    eval_split: str = "val"
-    resize: tuple[int, int] | None = None
-    crop: tuple[int, int] | None = None
-    scale_range: tuple[float, float] = (0.5, 2.0)
-    demo_size: tuple[int, int] = (96, 128)
-    demo_count: int | None = None
-
-    def train_set(self):
-        tf = TrainTransform(resize=self.resize, crop=self.crop, scale_range=self.scale_range, pad_label=PAD_LABEL)
-        return build_dataset(self.spec, self.train_split, tf, demo_size=self.demo_size, demo_count=self.demo_count)
-
-    def eval_set(self):
-        tf = EvalTransform(resize=self.resize)
-        return build_dataset(self.spec, self.eval_split, tf, demo_size=self.demo_size, demo_count=self.demo_count)
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """--iters wins over --epochs; one of them is required."""
-
-    iters: int | None = None
-    epochs: int | None = None
-
-    def resolve(self, dataset_size: int, batch_size: int) -> int:
-        if self.iters:
-            return self.iters
-        if self.epochs:
-            return epochs_to_iters(self.epochs, dataset_size, batch_size)
-        raise ConfigError("Give --iters N or --epochs N.")
 
 
 @dataclass

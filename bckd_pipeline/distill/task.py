@@ -7,57 +7,19 @@ sums nothing itself; it backpropagates ``loss`` and logs every ``loss/*`` entry.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..configs import DistillConfig
 from ..data.base import PAD_LABEL
-from ..errors import ConfigError, unknown_name
+from ..errors import ConfigError
 from ..inference import logits_of
-from .bckd import BCKD, BCKDConfig, grid_validity
+from .bckd import BCKD, grid_validity
 from .losses import cwd_loss, decay_factor, kd_loss
 from .models import FeatureTaps, native_logits_tap
-
-KD_CHOICES = ("none", "kd", "cwd", "bckd", "kd+bckd", "cwd+bckd")
-
-
-@dataclass(frozen=True)
-class DistillConfig:
-    """Which distillation terms, and their weights. ``kd`` is one of :data:`KD_CHOICES`.
-
-    Logit KD: T = 1, weight 1 (the common segmentation setting). CWD: T = 1, weight 5, on the
-    logits of the segmentation head's last conv at their native stride (before any upsampling), as
-    published for PSPNet-R101 -> PSPNet-R18 on Cityscapes by the CWD authors
-    (pppppM/mmsegmentation-distiller, configs/distiller/cwd/
-    cwd_psp_r101-d8_distill_psp_r18_d8_512_1024_80k_cityscapes.py: tau 1.0, weight 5.0,
-    ``decode_head.conv_seg``) and by MMRazor (configs/distill/mmseg/cwd/
-    cwd_logits_pspnet_r101_d8_pspnet_r18_d8_512x1024_cityscapes_80k.py:
-    ``ChannelWiseDivergence(tau=1, loss_weight=5)`` on ``decode_head.conv_seg``). The CWD authors'
-    ADE20K configs use weight 10. BCKD: see :class:`BCKDConfig`.
-    """
-
-    kd: str = "kd+bckd"
-    kd_temperature: float = 1.0
-    kd_weight: float = 1.0
-    cwd_temperature: float = 1.0
-    cwd_weight: float = 5.0
-    bckd: BCKDConfig = field(default_factory=BCKDConfig)
-
-    def __post_init__(self):
-        if self.kd not in KD_CHOICES:
-            raise unknown_name("--kd method", self.kd, KD_CHOICES, "Pick one of them, e.g. --kd bckd.")
-        if "bckd" in self.terms and not self.bckd.boundary and not self.bckd.context:
-            raise ConfigError(
-                "--no-boundary and --no-context together leave BCKD with no term. "
-                "Drop one of them, or use --kd kd (or --kd none) for a run without BCKD."
-            )
-
-    @property
-    def terms(self) -> set[str]:
-        return set() if self.kd == "none" else set(self.kd.split("+"))
-
 
 @dataclass(frozen=True)
 class StepInfo:

@@ -26,53 +26,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..configs import TrainConfig
 from ..errors import ConfigError, NonFiniteLossError
 from ..fileio import atomic_write
 from .checkpoint import load_payload
 from .distributed import SINGLE, DistEnv, GlobalBatchSampler, SeededSamples, gather_objects
 from .task import StepInfo
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 STATE_FORMAT = "bckd-pipeline/train-state-v1"
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    iters: int = 1000
-    batch_size: int = 8  # the global batch, split over processes under torchrun
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    poly_power: float = 0.9
-    eval_every: int = 0  # 0: only at the end
-    seed: int = 0
-    num_workers: int = 2
-    device: str = "cpu"
-    precision: str = "auto"  # auto: bf16 on CUDA where supported, else fp16 on CUDA, fp32 on CPU
-    channels_last: bool = False
-    compile: bool = False
-    sync_bn: bool = False
-    checkpoint_every: int = 500  # also at every evaluation; 0: only at evaluations
-
-    def __post_init__(self):
-        for name in ("iters", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}.")
-        if self.lr <= 0:
-            raise ConfigError(f"--lr must be > 0, got {self.lr}.")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(
-                f"--train-precision {self.precision!r} is not allowed. Allowed: {', '.join(PRECISIONS)}. "
-                "auto picks bf16 on CUDA where supported and fp32 on CPU."
-            )
-        on_cuda = self.device.startswith("cuda")
-        if not on_cuda and self.precision in ("bf16", "fp16"):
-            raise ConfigError(
-                f"--train-precision {self.precision} needs --train-device cuda (mixed precision is for GPUs here). "
-                "Use --train-precision fp32 (or auto) on CPU."
-            )
-        if not on_cuda and self.sync_bn:
-            raise ConfigError("--sync-bn needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel). Drop it on CPU.")
 
 
 # Settings that may change between an interrupted run and its resume without changing the result.
@@ -86,11 +47,6 @@ def autocast_dtype(cfg: TrainConfig) -> torch.dtype | None:
     if cfg.precision == "auto":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16 if cfg.precision == "bf16" else torch.float16
-
-
-def epochs_to_iters(epochs: int, dataset_size: int, batch_size: int) -> int:
-    """Iterations for ``epochs`` passes with drop_last batches."""
-    return max(1, epochs * max(1, dataset_size // batch_size))
 
 
 def seed_everything(seed: int) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..distill.checkpoint import CheckpointMeta
+from ..configs import CheckpointMeta
 from ..errors import ExportError
 from ..fileio import atomic_write
 from .check import CheckReport, Feed, compare, require

@@ -135,7 +135,7 @@ def onnx_meta(source: ModelSource, info: OnnxInfo, contract: OnnxContract, probe
     """A CheckpointMeta for the user's ONNX, from the contract and one inference (``probe``: the output array)."""
     import numpy as np
 
-    from ..distill.checkpoint import CheckpointMeta
+    from ..configs import CheckpointMeta
 
     hw = contract.input_hw
     if probe.ndim == 4 and np.issubdtype(probe.dtype, np.floating):

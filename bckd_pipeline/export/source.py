@@ -151,7 +151,7 @@ def torch_meta(source: ModelSource, model, input_hw: tuple[int, int], dataset_cl
     """A CheckpointMeta for a plain module: normalisation from flags, classes from one forward pass."""
     import torch
 
-    from ..distill.checkpoint import CheckpointMeta
+    from ..configs import CheckpointMeta
     from ..inference import logits_of
 
     h = source.hints

@@ -26,7 +26,7 @@ import numpy as np
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
-    from ..distill.task import DistillConfig
+    from ..configs import DistillConfig
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,8 @@ def finetune(
     """
     import torch
 
-    from ..distill.task import DistillConfig, StepInfo
+    from ..configs import DistillConfig
+    from ..distill.task import StepInfo
 
     kd = schedule.kd
     cfg = schedule.distill or DistillConfig()

@@ -264,7 +264,7 @@ def _qat_teacher(ctx: DeployContext):
     Returns ``(distill config, teacher module or None, teacher taps or None, what the report calls the teacher)``.
     """
     from ..distill.checkpoint import load_model
-    from ..distill.task import DistillConfig
+    from ..configs import DistillConfig
     from ..export.wrapper import SegExportWrapper
 
     q, spec = ctx.deploy.qat, ctx.spec

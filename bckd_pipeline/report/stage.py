@@ -11,7 +11,8 @@ from torch import nn
 from ..cache import StageCache, stage_key
 from ..context import DeployContext, norm
 from ..deploy.stage import is_device_row, on_target
-from ..distill.checkpoint import CheckpointMeta, load_model
+from ..configs import CheckpointMeta
+from ..distill.checkpoint import load_model
 from ..export.wrapper import SegExportWrapper
 from ..ledger import Built, target_dir
 from .. import parity_images

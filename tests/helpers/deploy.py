@@ -9,7 +9,8 @@ import torch
 
 from bckd_pipeline.data.feeds import DatasetFeeds
 from bckd_pipeline.data.demo import DemoDataset
-from bckd_pipeline.distill.checkpoint import CheckpointMeta, save_checkpoint
+from bckd_pipeline.configs import CheckpointMeta
+from bckd_pipeline.distill.checkpoint import save_checkpoint
 from bckd_pipeline.distill.models import build_model
 
 NUM_CLASSES = 4
