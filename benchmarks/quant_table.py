@@ -5,8 +5,8 @@ FP32 ONNX of the same student:
 
 - ΔmIoU with a paired-bootstrap 95 % interval over the val images (images resampled, the mIoU of both
   models recomputed from per-image confusion matrices: Task.bootstrap_delta in tasks/base.py, two-sided),
-  pixel agreement with FP32 and boundary F (tasks/segmentation_metrics.py::BoundaryFScore, 2 px): at the training size only,
-  where the students were trained;
+  pixel agreement with FP32 and boundary F (tasks/segmentation_metrics.py::BoundaryFScore, 2 px): at the training
+  size only, where the students were trained;
 - latency (deploy/bench.py's protocol, batch 1) at the training size, at CamVid's native 360x480 and at
   512x1024. The larger sizes are latency-only: the same weights exported at that static size, each INT8
   flavour calibrated on training images resized to that size (from --latency-data).

@@ -111,7 +111,7 @@ def test_a_stale_lock_file_is_not_a_foreign_file_in_out(tmp_path):
         out.mkdir()
         (out / LOCK_FILE).write_text('{"pid": 1}\n')
     check_out_dir(tmp_path / "run", {"data": "demo"}, force=False)
-    prepare_out(tmp_path / "predict")
+    prepare_out(tmp_path / "predict", ("labels", "overlays"))
 
 
 def test_another_runs_out_names_unset_values_without_python_none(tmp_path):
@@ -200,7 +200,7 @@ def test_gate_markdown_writes_delta_bounds_as_the_console_does():
     from bckd_pipeline.gate.budgets import GateSettings
     from bckd_pipeline.gate.gate import GateResult, _drop_check
     from bckd_pipeline.gate.output import markdown, text_lines
-    from bckd_pipeline.report.evidence import ParityImages
+    from bckd_pipeline.parity_images import ParityImages
     from bckd_pipeline.tasks import get_task
 
     task, settings = get_task("segmentation"), GateSettings(bootstrap_resamples=200)

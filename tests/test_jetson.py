@@ -576,7 +576,7 @@ def test_ingest_fills_a_pending_run_from_the_agents_result_and_the_gate_then_dec
     result = _agent_locally(out / "deploy/tensorrt/bundle", tmp_path / "device-out")
     rc, stdout, err = run_cli(capsys, "ingest", out, result)
     assert rc == 0, err
-    assert "ingested" in stdout and "onnx-qdq-on-device" in stdout
+    assert "ingested" in err and "onnx-qdq-on-device" in stdout
     report = _json(out / "report.json")
     assert report["status"] == "complete" and report["exit_code"] == 0
     row = report["stages"][-1]
