@@ -318,7 +318,7 @@ def deploy_stages(ctx: DeployContext, cache: StageCache, summary: dict | None) -
             step.headline = headlines.device(ctx)
     with steps.stage("parity") as step:
         parity = parity_stage(ctx, out, cache, built, steps.bar)
-        step.headline = headlines.parity(parity, built[-1].name)
+        step.headline = headlines.parity(parity, built[-1].name, ctx.task)
     with steps.stage("latency") as step:
         latency = latency_stage(ctx, out, cache, built, steps.bar)
         step.headline = headlines.latency(latency, built[-1].name)

@@ -359,3 +359,22 @@ def test_report_html_draws_what_the_task_draws(agreement, tmp_path):
     page = masks_table({"task": "agreement", "class_names": ["a", "b"], "qualitative": qualitative}, tmp_path)
     assert page.count("50% as labelled") == 2 and "px correct" not in page
     assert "pixels as labelled" in page and "ground-truth boundary" not in page
+
+
+def test_the_report_lines_name_the_tasks_metric(agreement):
+    """The stage's end line, the distillation sentence and the QAT sentence read the task's metric keys."""
+    from bckd_pipeline.report.headlines import parity
+    from bckd_pipeline.report.markdown import distillation_line, qat_line
+
+    task = get_task("agreement")
+    assert parity({"stages": {"int8": {"score_delta": -0.25}}}, "int8", task) == "int8, dscore -0.250"
+    assert parity({"stages": {"int8": {"score_delta": -0.25}}}, "int8", SEGMENTATION) == "int8"
+    report = {"task": "agreement", "distill": {"kd": "kd", "teacher_score": 80.0, "student_score": 70.0,
+                                               "distilled_score": 75.0}}
+    assert distillation_line(report) == "Distillation (kd): teacher 80.00, student alone 70.00, distilled 75.00 score."
+    qat = {"mode": "on", "ran": True, "teacher": "t", "kd": "none", "cost": {}, "ptq_row": "int8",
+           "score_delta_ptq": -2.0, "score_delta_qat": -0.5, "recovered_score": 1.5}
+    assert "Δscore -0.500 (qat-int8) against -2.000 (int8): +1.500 points" in qat_line({**report, "qat": qat})
+    row = {"pixel_agreement": 0.9915, "miou_delta": -0.129}
+    assert SEGMENTATION.headline(row) == ["agreement 99.15 %", "dmIoU -0.129"]
+    assert SEGMENTATION.drop_budget() == "max_miou_drop"

@@ -30,7 +30,8 @@ from ..targets import Backend
 
 
 def qat_budget(ctx: DeployContext) -> float | None:
-    """``--qat-max-miou-drop``, else the budgets file's ``max_miou_drop`` for this target (its deployed stage)."""
+    """``--qat-max-miou-drop``, else the budgets file's drop budget of the task (segmentation: ``max_miou_drop``)
+    for this target (its deployed stage)."""
     q = ctx.deploy.qat
     if q.max_miou_drop is not None:
         return q.max_miou_drop
@@ -39,9 +40,10 @@ def qat_budget(ctx: DeployContext) -> float | None:
     from ..gate.budgets import load_budgets
 
     table = load_budgets(q.budgets).for_target(ctx.profile.name, "this run")
-    if "max_miou_drop" in table.from_defaults:  # the profile's default is the gate's, not a request for QAT
+    key = ctx.task.drop_budget()
+    if key in table.from_defaults:  # the profile's default is the gate's, not a request for QAT
         return None
-    return table.deployed.get("max_miou_drop")
+    return table.deployed.get(key)
 
 
 def check_qat(

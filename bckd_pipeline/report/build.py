@@ -192,7 +192,7 @@ def build_report(
             **asdict(calibration.spec),
         },
         # --qat: the decision, the teacher, the schedule and its cost (wall time, iterations); None when off.
-        "qat": _qat_section(qat, rows),
+        "qat": _qat_section(qat, rows, ctx.task.metric),
         "reference": reference["name"],
         "speedup_vs_reference": speedups,
         "parity_images": parity["per_image"],
@@ -205,17 +205,19 @@ def build_report(
     }
 
 
-def _qat_section(qat: dict | None, rows: list[dict]) -> dict | None:
-    """The QAT record, with the mIoU the PTQ row lost and what the QAT row recovered (evaluation split)."""
+def _qat_section(qat: dict | None, rows: list[dict], metric: str) -> dict | None:
+    """The QAT record, with the task's metric the PTQ row lost and what the QAT row recovered (evaluation split):
+    ``<metric>_delta_ptq``, ``<metric>_delta_qat``, ``recovered_<metric>``."""
     if qat is None:
         return None
     section = dict(qat)
     by_name = {r["name"]: r for r in rows}
     ptq, row = by_name.get(qat.get("ptq_row")), by_name.get(QAT_ROW)
-    if ptq is not None and row is not None and ptq.get("miou_delta") is not None and row.get("miou_delta") is not None:
-        section["miou_delta_ptq"] = ptq["miou_delta"]
-        section["miou_delta_qat"] = row["miou_delta"]
-        section["recovered_miou"] = row["miou_delta"] - ptq["miou_delta"]
+    delta = f"{metric}_delta"
+    if ptq is not None and row is not None and ptq.get(delta) is not None and row.get(delta) is not None:
+        section[f"{delta}_ptq"] = ptq[delta]
+        section[f"{delta}_qat"] = row[delta]
+        section[f"recovered_{metric}"] = row[delta] - ptq[delta]
     return section
 
 
@@ -308,21 +310,19 @@ def _device_section(ctx, out: Path) -> dict:
 
 
 def _distill_section(summary: dict | None, ctx) -> dict:
+    """Stage 1's three models scored by the task's metric (``teacher_<metric>``, ...) and the gap closed."""
+    metric = ctx.task.metric
+    models = ("teacher", "student", "distilled")
     if summary is None:  # `bckd-pipeline deploy` of a checkpoint trained elsewhere
-        kd = ctx.meta.extra.get("kd")
         return {
-            "kd": kd,
-            "teacher_miou": None,
-            "student_miou": None,
-            "distilled_miou": None,
+            "kd": ctx.meta.extra.get("kd"),
+            **{f"{m}_{metric}": None for m in models},
             "gap_closed_percent": None,
             "checkpoint": str(ctx.checkpoint),
         }
     return {
         "kd": summary["kd"],
-        "teacher_miou": summary["teacher"]["miou"],
-        "student_miou": summary["student"]["miou"],
-        "distilled_miou": summary["distilled"]["miou"],
+        **{f"{m}_{metric}": summary[m][metric] for m in models},
         "gap_closed_percent": summary["gap_closed_percent"],
     }
 

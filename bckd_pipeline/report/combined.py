@@ -156,7 +156,7 @@ def combined_markdown(report: dict) -> str:
         "",
         f"Status: **{report['status']}** (exit code {report['exit_code']}). Every target on the same "
         f"{ev['images']} images of `{ev['data']}` split `{ev['split']}` at {ev['input_hw'][0]}x{ev['input_hw'][1]}; "
-        "ΔmIoU against the reference row.",
+        f"Δ{get_task(report.get('task', DEFAULT_TASK)).metric_label} against the reference row.",
         "",
         *table_lines(report["stages"], report.get("task", DEFAULT_TASK)),
         "",

@@ -33,14 +33,8 @@ def device(ctx) -> str:
     return "pending" if d is None or d.result is None else f"built and measured on {d.where}"
 
 
-def parity(p: dict, deployed: str) -> str:
-    row = p["stages"].get(deployed) or {}
-    agree, delta = row.get("pixel_agreement"), row.get("miou_delta")
-    parts = [deployed]
-    if agree is not None:
-        parts.append(f"agreement {100 * agree:.2f} %")
-    if delta is not None:
-        parts.append(f"dmIoU {delta:+.3f}")
+def parity(p: dict, deployed: str, task) -> str:
+    parts = [deployed, *task.headline(p["stages"].get(deployed) or {})]
     culprit = f"; FAILED at {p['culprit']}" if p.get("culprit") else ""
     return ", ".join(parts) + culprit
 

@@ -21,7 +21,7 @@ from ..fileio import write_text
 from ..palette import palette
 from .evidence import MASK_COLUMNS, load_qualitative
 from ..tasks import DEFAULT_TASK, get_task
-from .markdown import fmt_value, qat_line
+from .markdown import distillation_line, fmt_value, qat_line
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1d2330;background:#fff}
@@ -223,12 +223,9 @@ def masks_table(report: dict, out: Path) -> str:
 
 
 def render(report: dict, out: Path) -> str:
-    d, ev = report.get("distill") or {}, report.get("evaluation") or {}
+    ev = report.get("evaluation") or {}
     title = f"bckd-pipeline report: {report['target']}"
-    distill = (
-        f"Distillation ({html.escape(str(d.get('kd')))}): teacher {fmt_value(d.get('teacher_miou'))}, student alone "
-        f"{fmt_value(d.get('student_miou'))}, distilled {fmt_value(d.get('distilled_miou'))} mIoU."
-    )
+    distill = html.escape(distillation_line(report))
     qat = qat_line(report)
     qat_html = f'\n<p class="meta">{html.escape(qat)}</p>' if qat else ""
     culprit = ""

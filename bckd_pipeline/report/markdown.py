@@ -27,13 +27,20 @@ def _facts_line(facts: dict) -> str:
     return ", ".join(p for p in parts if p)
 
 
+def distillation_line(report: dict) -> str:
+    """Stage 1 in one sentence: the teacher, the student alone and the distilled student by the task's metric."""
+    d, task = report.get("distill") or {}, get_task(report.get("task", DEFAULT_TASK))
+    scores = {m: fmt_value(d.get(f"{m}_{task.metric}")) for m in ("teacher", "student", "distilled")}
+    return (
+        f"Distillation ({d.get('kd')}): teacher {scores['teacher']}, student alone {scores['student']}, "
+        f"distilled {scores['distilled']} {task.metric_label}."
+    )
+
+
 def _model_line(report: dict) -> str:
-    d, source = report["distill"], report.get("source") or {}
+    source = report.get("source") or {}
     if source.get("kind", "checkpoint") == "checkpoint":
-        return (
-            f"Distillation ({d['kd']}): teacher {fmt_value(d['teacher_miou'])}, student alone "
-            f"{fmt_value(d['student_miou'])}, distilled {fmt_value(d['distilled_miou'])} mIoU."
-        )
+        return distillation_line(report)
     what = {"onnx": "your ONNX", "pt2": "your torch.export program", "torchscript": "your TorchScript model"}
     name = source.get("factory") or source["path"]
     ref = "the reference row" if source["kind"] == "onnx" else "exported from PyTorch"
@@ -53,7 +60,7 @@ def _deploy_line(report: dict) -> list[str]:
 
 def qat_line(report: dict) -> str | None:
     """One sentence on teacher-guided QAT (report["qat"]): what ran, against which teacher, its cost, and the
-    mIoU of the QAT row beside the PTQ row's (evaluation split); None when --qat was off."""
+    task's metric of the QAT row beside the PTQ row's (evaluation split); None when --qat was off."""
     q = report.get("qat")
     if not q:
         return None
@@ -67,10 +74,12 @@ def qat_line(report: dict) -> str | None:
         f"{cost.get('stage_wall_s')} s in all ({cost.get('wall_s')} s fine-tuning)"
         + (", reused from the cache" if q.get("cached") else "")
     )
-    if q.get("recovered_miou") is not None:
+    task = get_task(report.get("task", DEFAULT_TASK))
+    m = task.metric
+    if q.get(f"recovered_{m}") is not None:
         text += (
-            f"; ΔmIoU {q['miou_delta_qat']:+.3f} (qat-int8) against {q['miou_delta_ptq']:+.3f} "
-            f"({q.get('ptq_row')}): {q['recovered_miou']:+.3f} points"
+            f"; Δ{task.metric_label} {q[f'{m}_delta_qat']:+.3f} (qat-int8) against {q[f'{m}_delta_ptq']:+.3f} "
+            f"({q.get('ptq_row')}): {q[f'recovered_{m}']:+.3f} points"
         )
     return text + "."
 

@@ -240,6 +240,15 @@ class Task(ABC):
             score.update(self.prediction_of(np.asarray(predict(x)))[:1], np.asarray(label)[None])
         return score.value()
 
+    def headline(self, row: Mapping[str, Any]) -> list[str]:
+        """The parity stage's end line for the deployed row: its metric's change against the reference."""
+        delta = row.get(f"{self.metric}_delta")
+        return [] if delta is None else [f"d{self.metric_label} {delta:+.3f}"]
+
+    def drop_budget(self) -> str:
+        """The budget key that bounds the headline metric's drop (the one ``--qat auto`` reads from a budgets file)."""
+        return next(name for name, key in self.budget_keys.items() if key.check == "drop")
+
     def bootstrap_delta(
         self, new: np.ndarray, ref: np.ndarray, *, confidence: float = 0.95, resamples: int = 2000, seed: int = 0
     ) -> Interval:

@@ -296,6 +296,11 @@ class Segmentation(Task):
 
         return pixels_correct(prediction, truth, ignore_index)
 
+    def headline(self, row) -> list[str]:
+        """Pixel agreement with the reference first, then the mIoU change."""
+        agree = row.get("pixel_agreement")
+        return ([] if agree is None else [f"agreement {100 * agree:.2f} %"]) + super().headline(row)
+
     def judge(self, row, parent_name: str, same_precision: bool, criteria: ParityCriteria) -> list[str]:
         c = criteria
         failures = []
