@@ -410,6 +410,41 @@ def _equal_shape_groups(items: list[tuple[Any, ...]]) -> Iterable[tuple[torch.Te
 
 
 @torch.no_grad()
+def predicted_batches(
+    model: nn.Module,
+    dataset: Dataset,
+    *,
+    num_classes: int,
+    batch_size: int = 8,
+    device: str | torch.device = "cpu",
+    reference_model: nn.Module | None = None,
+    num_workers: int = 0,
+) -> Iterable[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+    """The one evaluation loop of a torch model over a split: ``(predictions, ground truths, reference
+    predictions or None)`` per batch of equally shaped (image 3xHxW, mask HxW) pairs, as N x H x W int64 label
+    maps at the masks' resolution (:func:`predict_labels`). The models run in eval mode without grad on
+    ``device``; their training modes are restored when the loop ends or is abandoned."""
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=list)
+    models = [m for m in (model, reference_model) if m is not None]
+    modes = [m.training for m in models]
+    try:
+        for m in models:
+            m.to(device).eval()
+        for items in loader:
+            for images, masks in _equal_shape_groups(items):
+                images = images.to(device, torch.float32)
+                label_hw = tuple(masks.shape[-2:])
+                preds = predict_labels(model, images, label_hw, num_classes)
+                refs = None
+                if reference_model is not None:
+                    refs = predict_labels(reference_model, images, label_hw, num_classes)
+                yield preds, masks.numpy().astype(np.int64), refs
+    finally:
+        for m, mode in zip(models, modes, strict=True):
+            m.train(mode)
+
+
+@torch.no_grad()
 def evaluate(
     model: nn.Module,
     dataset: Dataset,
@@ -449,42 +484,35 @@ def evaluate(
             "Check the dataset path and split, and pass max_images >= 1 or None."
         )
     subset = dataset if total == len(dataset) else torch.utils.data.Subset(dataset, range(total))
-    loader = DataLoader(subset, batch_size=batch_size, num_workers=num_workers, collate_fn=list)
 
     confusion = ConfusionMatrix(num_classes, ignore_index)
     boundary = BoundaryFScore(boundary_tolerance_px, ignore_index)
     lhd_gt = LHDMeter(lhd_k, ignore_index)
     lhd_ref = LHDMeter(lhd_k, ignore_index)
     fragments = FragmentStats(num_classes, ignore_index)
-    models = [m for m in (model, reference_model) if m is not None]
-    modes = [m.training for m in models]
     done = 0
-    try:
-        for m in models:
-            m.to(device).eval()
-        for items in loader:
-            for images, masks in _equal_shape_groups(items):
-                images = images.to(device, torch.float32)
-                label_hw = tuple(masks.shape[-2:])
-                preds = predict_labels(model, images, label_hw, num_classes)
-                gts = masks.numpy().astype(np.int64)
-                confusion.update(preds, gts)
-                refs = None
-                if reference_model is not None:
-                    refs = predict_labels(reference_model, images, label_hw, num_classes)
-                    refs[gts == ignore_index] = ignore_index
-                for i, (pred, gt) in enumerate(zip(preds, gts, strict=True)):
-                    boundary.update(pred, gt)
-                    lhd_gt.update(pred, gt)
-                    fragments.update(pred, gt)
-                    if refs is not None:
-                        lhd_ref.update(pred, refs[i])
-                done += len(preds)
-            if progress is not None:
-                progress(done, total)
-    finally:
-        for m, mode in zip(models, modes, strict=True):
-            m.train(mode)
+    batches = predicted_batches(
+        model,
+        subset,
+        num_classes=num_classes,
+        batch_size=batch_size,
+        device=device,
+        reference_model=reference_model,
+        num_workers=num_workers,
+    )
+    for preds, gts, refs in batches:
+        confusion.update(preds, gts)
+        if refs is not None:
+            refs[gts == ignore_index] = ignore_index
+        for i, (pred, gt) in enumerate(zip(preds, gts, strict=True)):
+            boundary.update(pred, gt)
+            lhd_gt.update(pred, gt)
+            fragments.update(pred, gt)
+            if refs is not None:
+                lhd_ref.update(pred, refs[i])
+        done += len(preds)
+        if progress is not None:
+            progress(done, total)
 
     def lhd_summary(meter: LHDMeter, reference: str) -> dict[str, Any]:
         s = meter.compute()

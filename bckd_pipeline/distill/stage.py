@@ -70,12 +70,12 @@ def _miou_only(model: nn.Module, eval_set, info, train_cfg: TrainConfig, env: Di
 
     def run() -> float:
         cm = M.ConfusionMatrix(info.num_classes, info.ignore_index)
-        model.eval()
         subset = torch.utils.data.Subset(eval_set, shard(env, len(eval_set)))
-        with torch.no_grad():
-            for images, masks in torch.utils.data.DataLoader(subset, batch_size=train_cfg.batch_size):
-                labels = M.predict_labels(model, images.to(device), tuple(masks.shape[-2:]), info.num_classes)
-                cm.update(labels, masks.numpy())
+        batches = M.predicted_batches(
+            model, subset, num_classes=info.num_classes, batch_size=train_cfg.batch_size, device=device
+        )
+        for labels, masks, _ in batches:
+            cm.update(labels, masks)
         total = all_reduce_sum(env, torch.from_numpy(cm.matrix.copy()))
         cm.matrix[...] = total.numpy()
         return cm.miou()
