@@ -92,84 +92,23 @@ def build_report(
     ``masks``: qualitative_stage's record; ``qat``: qat_stage's record (None without ``--qat``).
     """
     out = Path(ctx.out)
-    profile = ctx.profile
-    task = ctx.task
-    rows = []
-    on_device = ctx.device.result if ctx.device is not None and ctx.device.result is not None else None
-    for b in built:
-        p = parity["stages"][b.name]
-        lat = latency.get(b.name)
-        if on_device is not None and b.name == on_device["row"]:
-            device = _device_name(on_device, ctx.device.where)
-        elif b.backend.value in ("torch", "onnxruntime"):
-            device = "cpu (host)"
-        else:
-            device = profile.device if ctx.plan.can_measure else "CPU (host plugin, stand-in)"
-        status = MEASURED if lat else PARITY_ON_HOST
-        row = _row(b, out, name=b.name, status=status, device=device, parent=b.parent, fields=task.parity_fields)
-        row.update(
-            {k: p[k] for k in task.parity_fields},
-            parity_passed=p["passed"],
-            parity_failures=p["failures"],
-            build=b.settings,
-        )
-        if lat is not None:
-            L = lat["latency"]
-            row.update(latency_ms={k: L[k] for k in row["latency_ms"]}, fps=L["fps"], latency=L)
-            if "throughput" in lat:
-                row.update(throughput_fps=lat["throughput"]["fps"], throughput=lat["throughput"])
-        else:
-            row["note"] = (
-                f"accuracy from the host CPU plugin; latency pending on {profile.device}, which is not on this host"
-            )
-        if on_device is not None and b.name == on_device["row"] and on_device["fallback"]:
-            row["note"] = on_device["fallback"]
-        rows.append(row)
-    if ctx.device is not None and ctx.device.result is None:
-        rows.append(_pending_engine_row(ctx, built[-1], out))
-    elif ctx.device is None and not ctx.plan.can_measure:  # TensorRT targets: the device stage decides
-        deployed = built[-1]
-        pending = _row(
-            deployed,
-            out,
-            name=pending_row_name(deployed.name, profile),
-            status=PENDING,
-            device=profile.device,
-            parent=deployed.name,
-            fields=task.parity_fields,
-        )
-        pending["note"] = (
-            f"not measured: {ctx.plan.availability_note}. Run `bckd-pipeline bench --target {profile.name} "
-            f"{rel_path(deployed.path, out)}` on a host with the device."
-        )
-        rows.append(pending)
+    rows = [_stage_row(ctx, b, out, parity["stages"][b.name], latency.get(b.name)) for b in built]
+    pending_row = _pending_row(ctx, built[-1], out)
+    if pending_row is not None:
+        rows.append(pending_row)
     machine = machine_facts()
-    _note_int8_not_faster(rows, machine, profile)
+    _note_int8_not_faster(rows, machine, ctx.profile)
     culprit = parity["culprit"]
     pending = any(r["status"] != MEASURED for r in rows)
-    device_section = None if ctx.device is None else _device_section(ctx, out)
-    exit_code = EXIT_PARITY_FAILED if culprit else EXIT_PENDING if pending else EXIT_DONE
     reference = rows[0]  # PyTorch; for `deploy --onnx`, the user's FP32 ONNX
-    speedups = {
-        r["name"]: reference["latency_ms"]["mean"] / r["latency_ms"]["mean"]
-        for r in rows
-        if r["latency_ms"]["mean"] and reference["latency_ms"]["mean"]
-    }
     return {
         "format": REPORT_FORMAT,
-        "task": task.name,
-        "target": profile.name,
-        "target_key": profile.key,
-        "target_profile": {
-            "backend": profile.backend.value,
-            "device": profile.device,
-            "precision": profile.precision.value,
-            "description": profile.description,
-            "batch": ctx.spec.batch,
-            "int8_exclude": list(ctx.plan.calibration.exclude) if ctx.plan.calibration else [],
-        },
+        "task": ctx.task.name,
+        "target": ctx.profile.name,
+        "target_key": ctx.profile.key,
+        "target_profile": _target_section(ctx),
         "status": "parity_failed" if culprit else "pending" if pending else "complete",
-        "exit_code": exit_code,
+        "exit_code": EXIT_PARITY_FAILED if culprit else EXIT_PENDING if pending else EXIT_DONE,
         "culprit": culprit,
         "culprit_reason": parity["stages"][culprit]["failures"] if culprit else None,
         "distill": _distill_section(summary, ctx),
@@ -183,25 +122,106 @@ def build_report(
         "class_names": list(ctx.meta.class_names),
         "source": _source_section(ctx),
         "checks": {"export": export_check, "simplify": simplify_check},
-        "calibration": None
-        if calibration is None
-        else {
-            "manifest": rel_path(calibration.manifest_path, out),
-            "sha256": calibration.sha256,
-            "images": len(calibration.feeds),
-            **asdict(calibration.spec),
-        },
+        "calibration": _calibration_section(calibration, out),
         # --qat: the decision, the teacher, the schedule and its cost (wall time, iterations); None when off.
         "qat": _qat_section(qat, rows, ctx.task.metric),
         "reference": reference["name"],
-        "speedup_vs_reference": speedups,
+        "speedup_vs_reference": _speedups(rows, reference),
         "parity_images": parity["per_image"],
         "qualitative": masks,
-        "device": device_section,
+        "device": None if ctx.device is None else _device_section(ctx, out),
         "stages": rows,
         "host": host_facts(),
         "machine": machine,
         "versions": package_versions(),
+    }
+
+
+def _stage_row(ctx: DeployContext, b: Built, out: Path, p: dict, lat: dict | None) -> dict:
+    """One ledger row: the artifact, where it ran, the task's parity fields, and its latency when measured here."""
+    profile = ctx.profile
+    on_device = ctx.device.result if ctx.device is not None and ctx.device.result is not None else None
+    if on_device is not None and b.name == on_device["row"]:
+        device = _device_name(on_device, ctx.device.where)
+    elif b.backend.value in ("torch", "onnxruntime"):
+        device = "cpu (host)"
+    else:
+        device = profile.device if ctx.plan.can_measure else "CPU (host plugin, stand-in)"
+    status = MEASURED if lat else PARITY_ON_HOST
+    fields = ctx.task.parity_fields
+    row = _row(b, out, name=b.name, status=status, device=device, parent=b.parent, fields=fields)
+    row.update(
+        {k: p[k] for k in fields},
+        parity_passed=p["passed"],
+        parity_failures=p["failures"],
+        build=b.settings,
+    )
+    if lat is not None:
+        L = lat["latency"]
+        row.update(latency_ms={k: L[k] for k in row["latency_ms"]}, fps=L["fps"], latency=L)
+        if "throughput" in lat:
+            row.update(throughput_fps=lat["throughput"]["fps"], throughput=lat["throughput"])
+    else:
+        row["note"] = (
+            f"accuracy from the host CPU plugin; latency pending on {profile.device}, which is not on this host"
+        )
+    if on_device is not None and b.name == on_device["row"] and on_device["fallback"]:
+        row["note"] = on_device["fallback"]
+    return row
+
+
+def _pending_row(ctx: DeployContext, deployed: Built, out: Path) -> dict | None:
+    """The row of the deployed artifact on a device this host lacks (None when it was measured here)."""
+    if ctx.device is not None and ctx.device.result is None:
+        return _pending_engine_row(ctx, deployed, out)
+    if ctx.device is not None or ctx.plan.can_measure:  # TensorRT targets: the device stage decides
+        return None
+    profile = ctx.profile
+    pending = _row(
+        deployed,
+        out,
+        name=pending_row_name(deployed.name, profile),
+        status=PENDING,
+        device=profile.device,
+        parent=deployed.name,
+        fields=ctx.task.parity_fields,
+    )
+    pending["note"] = (
+        f"not measured: {ctx.plan.availability_note}. Run `bckd-pipeline bench --target {profile.name} "
+        f"{rel_path(deployed.path, out)}` on a host with the device."
+    )
+    return pending
+
+
+def _target_section(ctx: DeployContext) -> dict:
+    profile = ctx.profile
+    return {
+        "backend": profile.backend.value,
+        "device": profile.device,
+        "precision": profile.precision.value,
+        "description": profile.description,
+        "batch": ctx.spec.batch,
+        "int8_exclude": list(ctx.plan.calibration.exclude) if ctx.plan.calibration else [],
+    }
+
+
+def _calibration_section(calibration: Calibration | None, out: Path) -> dict | None:
+    if calibration is None:
+        return None
+    return {
+        "manifest": rel_path(calibration.manifest_path, out),
+        "sha256": calibration.sha256,
+        "images": len(calibration.feeds),
+        **asdict(calibration.spec),
+    }
+
+
+def _speedups(rows: list[dict], reference: dict) -> dict[str, float]:
+    """Each row's mean latency against the reference row's (rows measured here only)."""
+    return {
+        r["name"]: reference["latency_ms"]["mean"] / r["latency_ms"]["mean"]
+        for r in rows
+        if r["latency_ms"]["mean"] and reference["latency_ms"]["mean"]
     }
 
 
