@@ -3,8 +3,11 @@
 
 - **Size first.** The width and height are read from the header (``Image.open`` reads no pixels) and
   an image of more than ``max_pixels`` pixels is refused before it is decoded. The default is PIL's
-  own ``Image.MAX_IMAGE_PIXELS`` (89,478,485: about 9459 x 9459, 256 MiB as 8-bit RGB), which PIL
-  otherwise turns into a warning or a ``DecompressionBombError``; ``predict --max-pixels N`` raises it.
+  own ``Image.MAX_IMAGE_PIXELS`` (89,478,485: about 9459 x 9459, 256 MiB as 8-bit RGB);
+  ``predict --max-pixels N`` raises it. PIL's own check (a ``DecompressionBombWarning`` over its limit,
+  a ``DecompressionBombError`` over twice it) is switched off while the file is open, so that this one,
+  which names the size and the flag, decides; ``Image.MAX_IMAGE_PIXELS`` is process-wide, so another
+  thread opening images at that moment goes without PIL's check.
 - **EXIF orientation applied** (``PIL.ImageOps.exif_transpose``, as OpenCV's ``imread`` and
   Ultralytics do): a phone photo stored 200 x 100 with orientation 6 decodes to its displayed
   100 x 200. ``Decoded.orientation`` is the tag's value (1 when there is none).
