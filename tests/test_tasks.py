@@ -22,6 +22,7 @@ from bckd_pipeline.runtimes.base import Runtime, TensorSpec
 from bckd_pipeline.errors import ConfigError
 from bckd_pipeline.gate.budgets import parse_budgets
 from bckd_pipeline.gate.gate import FAIL, PASS, gate
+from bckd_pipeline.imagefile import Decoded
 from bckd_pipeline.ledger import REPORT_FORMAT
 from bckd_pipeline.predict.outputs import PredictionsWriter
 from bckd_pipeline.predict.segmenter import Prediction
@@ -332,7 +333,8 @@ def test_predict_writes_what_the_task_writes(agreement, tmp_path):
     seg.info = SimpleNamespace(as_dict=lambda: {"backend": "fake"})
     writer = PredictionsWriter(tmp_path, seg, Source(tmp_path, "folder"), overlay=True)
     labels = np.arange(H * W).reshape(H, W) % C
-    writer.add(Item("x.png", "x", tmp_path / "x.png"), np.zeros((H, W, 3), np.uint8), Prediction(labels, 1.0, 2.0))
+    image = Decoded(np.zeros((H, W, 3), np.uint8))
+    writer.add(Item("x.png", "x", tmp_path / "x.png"), image, Prediction(labels, 1.0, 2.0))
     path, _ = writer.finish(1.0)
     (entry,) = json.loads(path.read_text())["images"]
     assert entry == {

@@ -16,6 +16,9 @@ KD_HELP = "none | kd (Hinton logits) | cwd | bckd | kd+bckd | cwd+bckd"
 # The kinds of data.DATA_KINDS, named here so that --help need not import the datasets (and torch);
 # tests/test_architecture.py keeps the two equal.
 DATA_KIND_NAMES = ("demo", "voc", "cityscapes", "ade20k", "cocostuff", "camvid", "folder")
+# imagefile.DEFAULT_MAX_PIXELS (PIL's Image.MAX_IMAGE_PIXELS), named here so that --help need not import PIL;
+# tests/test_predict_inputs.py keeps the two equal.
+DEFAULT_MAX_PIXELS = 89_478_485
 
 
 def _pair(text: str) -> tuple[int, int]:
@@ -26,6 +29,16 @@ def _pair(text: str) -> tuple[int, int]:
     if h < 1 or w < 1:
         raise argparse.ArgumentTypeError(f"H and W must be positive, got {text!r}")
     return h, w
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
 
 def _triple(text: str) -> tuple[float, float, float]:
@@ -354,7 +367,9 @@ def _predict_parser(sub, fmt) -> None:
         help="run a deployed model (a run folder or any artifact) on your images, a folder or a video",
         formatter_class=fmt,
         epilog="Writes OUT/labels/<name>.png (class ids as pixel values, palette colours), OUT/overlays/<name>.jpg "
-        "with --save-overlay, and OUT/predictions.json. Exit codes: 0 done; 2 bad input (source, model, flags).",
+        "with --save-overlay, and OUT/predictions.json. Exit codes: 0 done; 2 bad input (source, model, flags), or "
+        "an unreadable input with --on-error stop; 4 done, but unreadable inputs were skipped (listed in "
+        "predictions.json).",
     )
     p.add_argument("source", type=Path, help="an image, a folder of images (recursive), or a video file")
     p.add_argument(
@@ -372,6 +387,21 @@ def _predict_parser(sub, fmt) -> None:
     p.add_argument("--input-size", type=_pair, help="H,W for a model with dynamic height and width")
     p.add_argument("--threads", type=int, help="intra-op threads (default: the runtime's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--on-error",
+        choices=("skip", "stop"),
+        default="skip",
+        help="an input that cannot be read (truncated, not an image, over --max-pixels): skip it with a warning, "
+        "list it in predictions.json and exit 4 at the end (skip), or stop there with exit 2 (stop)",
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=_positive_int,
+        default=DEFAULT_MAX_PIXELS,
+        metavar="N",
+        help="refuse images of more than N pixels (width x height, read from the header) before decoding them "
+        "(default: PIL's limit, %(default)s)",
+    )
     g = p.add_argument_group("models exported elsewhere (what their metadata lacks; never overrides it)")
     g.add_argument("--mean", type=_floats3, help="normalisation mean R,G,B on the 0..1 scale")
     g.add_argument("--std", type=_floats3, help="normalisation std R,G,B on the 0..1 scale")

@@ -1,13 +1,23 @@
 """``predict``: the Segmenter (bckd_pipeline/predict) over an image, a folder or a video, with a progress bar
-and the files of predict/outputs.py; the last line names the output folder."""
+and the files of predict/outputs.py; the last line names the output folder.
+
+An input that cannot be read (truncated, not an image, over ``--max-pixels``) is, with ``--on-error skip``
+(the default), skipped with a warning on stderr and listed in predictions.json, the rest are predicted, and
+the command exits ``EXIT_SKIPPED``; with ``--on-error stop`` the first one ends it with exit 2 after
+predictions.json lists what was done.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import time
 from pathlib import Path
 
+from ..errors import DataError
 from .parser import DATA_KIND_NAMES
+
+EXIT_SKIPPED = 4  # predicted, but some inputs could not be read and were skipped
 
 # Where a dataset kind keeps the images of a split, relative to its root (data/layouts.py), for the
 # command that run/deploy print last; a layout not listed here gets the IMAGES placeholder.
@@ -36,25 +46,58 @@ def predict(args, console) -> int:
         writer = PredictionsWriter(out, seg, source, overlay=args.save_overlay)
         bar = _Progress(source.count, enabled=not args.no_progress, console=console)
         start = time.perf_counter()
+        stopped = None
         try:
-            for batch in source.batches(seg.batch):
-                for (item, rgb), found in zip(batch, seg.predict([rgb for _, rgb in batch]), strict=True):
-                    writer.add(item, rgb, found)
+            for batch in source.batches(seg.batch, max_pixels=args.max_pixels):
+                good, stopped = _sort_out(batch, writer, console, stop=args.on_error == "stop")
+                for (item, decoded), found in zip(good, seg.predict([d.rgb for _, d in good]), strict=True):
+                    writer.add(item, decoded, found)
                 bar.advance(len(batch), time.perf_counter() - start)
+                if stopped is not None:
+                    item, error = stopped
+                    raise DataError(
+                        f"{error} predict stopped there (--on-error stop): {len(writer.entries)} image(s) before it "
+                        f"were predicted and are listed in {out / PREDICTIONS_FILE}. Pass --on-error skip to skip "
+                        "files that cannot be read and predict the rest."
+                    )
+        except BaseException:
+            with contextlib.suppress(OSError):  # the error that ended it is the one to report
+                writer.finish(time.perf_counter() - start, complete=False, stopped_at=stopped and stopped[0])
+            raise
         finally:
             bar.close()
         path, summary = writer.finish(time.perf_counter() - start)
         info = seg.info
     size = "own size" if info.input_size is None else f"{info.input_size[0]}x{info.input_size[1]}"
     written = "labels/" + (", overlays/" if args.save_overlay else "") + f", {PREDICTIONS_FILE}"
-    n = summary["images"]
+    n, skipped = summary["images"], summary["skipped"]
+    note = (
+        f"; {skipped} skipped (not readable, listed in {PREDICTIONS_FILE}; exit code {EXIT_SKIPPED})" if skipped else ""
+    )
     console.print(
         f"predicted {n} image{'s' * (n != 1)} with {Path(info.path).name} ({info.backend} {info.precision}, "
         f"input {size}{', letterboxed' if info.letterbox else ''}, batch {info.batch}) in {summary['wall_s']:.2f} s: "
-        f"{summary['images_per_s']} images/s, infer {summary['infer_ms_mean']:.2f} ms/image -> {out}/ ({written})",
+        f"{summary['images_per_s']} images/s, infer {summary['infer_ms_mean'] or 0:.2f} ms/image -> {out}/ ({written})"
+        f"{note}",
         highlight=False,
+        markup=False,
     )
-    return 0
+    return EXIT_SKIPPED if skipped else 0
+
+
+def _sort_out(batch, writer, console, *, stop: bool):
+    """The decoded items of a batch, up to the first unreadable one when ``stop`` (returned with its error);
+    without ``stop`` each unreadable one is listed as skipped, with a warning."""
+    good = []
+    for item, got in batch:
+        if not isinstance(got, DataError):
+            good.append((item, got))
+        elif stop:
+            return good, (item, got)
+        else:
+            writer.skip(item, str(got))
+            console.print(f"warning: skipped {str(item.path)!r}: {got}", highlight=False, markup=False)
+    return good, None
 
 
 class _Progress:

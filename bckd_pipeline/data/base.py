@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from bckd_pipeline.errors import ConfigError, DataError
+from bckd_pipeline.imagefile import decode_image
 
 IGNORE_INDEX = 255
 # Mask value of the pixels a training crop was padded with, when the transform is asked to mark them
@@ -111,9 +112,10 @@ def check_sample(
 
 
 def read_rgb(path: Path) -> np.ndarray:
-    """Decode an image file to uint8 H x W x 3 RGB."""
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
+    """Decode an image file to uint8 H x W x 3 RGB as displayed (imagefile.py: its EXIF orientation applied, 16-bit
+    scaled, the pixel limit). A mask is read as stored: the convention is that masks are drawn on the displayed
+    image, so a photo with an EXIF rotation is turned to match its mask."""
+    return decode_image(path).rgb
 
 
 def read_index_png(path: Path) -> np.ndarray:

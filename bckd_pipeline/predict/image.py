@@ -5,7 +5,7 @@
 normalisation mean colour (which normalises to exactly 0, as training pads). It returns the
 ``Placement`` that ``unfit`` uses to map a label map at the input size back to the image's own size:
 the padding is cut away first, then labels are resized by nearest neighbour (labels stay labels).
-numpy and PIL only.
+numpy and PIL only; files and PIL images are decoded by imagefile.py (EXIF orientation, modes, the pixel limit).
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError
+from ..imagefile import decode_image, from_pil
 
 Size = tuple[int, int]  # (height, width) everywhere
 
@@ -34,11 +35,12 @@ class Placement:
 
 
 def to_rgb(image, *, name: str = "image") -> np.ndarray:
-    """A path, a PIL image or a uint8 H x W x 3 RGB array -> uint8 H x W x 3 RGB array."""
+    """A path, a PIL image or a uint8 H x W x 3 RGB array -> uint8 H x W x 3 RGB array (a file or a PIL image
+    as displayed: its EXIF orientation applied)."""
     if isinstance(image, (str, Path)):
-        return read_rgb(Path(image))
+        return decode_image(Path(image)).rgb
     if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"))
+        return from_pil(image).rgb
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3:
             raise ConfigError(
@@ -56,20 +58,6 @@ def to_rgb(image, *, name: str = "image") -> np.ndarray:
         f"{name} is a {type(image).__name__}; a Segmenter takes a file path, a PIL image, or a uint8 H x W x 3 RGB "
         "numpy array."
     )
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    """Decode an image file to uint8 H x W x 3 RGB, with an error naming the file."""
-    if not path.is_file():
-        raise DataError(f"Image {str(path)!r} does not exist. Pass an existing image file, a folder, or a video.")
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except (OSError, ValueError) as exc:
-        raise DataError(
-            f"Could not decode {str(path)!r} as an image ({type(exc).__name__}: {str(exc)[:160]}). The file is "
-            "truncated or not an image; remove it or convert it to PNG/JPEG."
-        ) from None
 
 
 def fit(image: np.ndarray, size: Size, *, letterbox: bool, fill: tuple[int, int, int]) -> tuple[np.ndarray, Placement]:

@@ -4,9 +4,13 @@
   ``labels/<stem>.png``, a palette PNG of the class ids, see tasks/segmentation_draw.py);
 - with ``--save-overlay``, the prediction drawn over the image (``Task.write_overlay``; segmentation:
   ``overlays/<stem>.jpg``);
-- ``predictions.json``: the model (``Segmenter.info``), the classes and their colours, and per image
-  its source path, the fields the task gives (segmentation: the label PNG, the size, the classes
-  present with their pixel shares), its latency and the overlay.
+- ``predictions.json``: the model (``Segmenter.info``), the classes and their colours, how images are
+  decoded, and per image its source path, the fields the task gives (segmentation: the label PNG, the
+  size, the classes present with their pixel shares), its latency, the overlay, and the EXIF orientation
+  applied to it or the mode it was stored in where those are not plain; ``skipped``: each input that could
+  not be read, with the reason. It is written when predict starts (empty, ``complete: false``), so a
+  killed predict leaves a folder the next one accepts, and again at the end, or where predict stops
+  (``complete: false``, ``stopped_at``: the input it stopped at), listing what was done.
 """
 
 from __future__ import annotations
@@ -15,16 +19,21 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 
 from ..errors import ConfigError
 from ..fileio import write_text
+from ..imagefile import Decoded
 from ..outlock import holds_other_files
 from .segmenter import Prediction, Segmenter
 from .sources import Item, Source
 
 PREDICTIONS_FORMAT = "bckd-pipeline/predictions-v1"
 PREDICTIONS_FILE = "predictions.json"
+DECODING = (
+    "images are decoded as displayed: EXIF orientation applied (exif_orientation: the tag's value, where not 1); "
+    "16-bit grey scaled to 8 bit (round(v / 257)); CMYK converted by PIL; alpha and palette transparency dropped, "
+    "colour kept; stored_mode: the file's PIL mode, where not RGB"
+)
 
 
 def prepare_out(out: Path, folders: tuple[str, ...]) -> Path:
@@ -54,26 +63,37 @@ class PredictionsWriter:
         self.out, self.seg, self.source, self.overlay = Path(out), seg, source, overlay
         self.colors, self.task = seg.palette, seg.task
         self.entries: list[dict] = []
+        self.skipped: list[dict] = []
+        self.finish(0.0, complete=False)  # a marker a rerun recognises, however this one ends
 
-    def add(self, item: Item, rgb: np.ndarray, prediction: Prediction) -> None:
+    def add(self, item: Item, decoded: Decoded, prediction: Prediction) -> None:
         labels, stem = prediction.labels, item.stem
         fields = self.task.write_prediction(labels, self.out, stem, colors=self.colors, classes=self.seg.classes)
         entry = {
             "path": item.name,
             **({} if item.frame is None else {"frame": item.frame}),
             **fields,
+            **({} if decoded.orientation == 1 else {"exif_orientation": decoded.orientation}),
+            **({} if decoded.mode == "RGB" else {"stored_mode": decoded.mode}),
             "infer_ms": round(prediction.infer_ms, 3),
             "total_ms": round(prediction.total_ms, 3),
         }
         if self.overlay:
-            entry |= self.task.write_overlay(labels, rgb, self.out, stem, colors=self.colors)
+            entry |= self.task.write_overlay(labels, decoded.rgb, self.out, stem, colors=self.colors)
         self.entries.append(entry)
 
-    def finish(self, wall_s: float) -> tuple[Path, dict]:
+    def skip(self, item: Item, reason: str) -> None:
+        """An input that could not be read: listed, with why."""
+        self.skipped.append({"path": item.name, "reason": reason})
+
+    def finish(self, wall_s: float, *, complete: bool = True, stopped_at: Item | None = None) -> tuple[Path, dict]:
         """Write predictions.json; returns its path and the summary it holds."""
         n = len(self.entries)
         summary = {
             "images": n,
+            "skipped": len(self.skipped),
+            "complete": complete,
+            **({} if stopped_at is None else {"stopped_at": stopped_at.name}),
             "wall_s": round(wall_s, 3),
             "images_per_s": round(n / wall_s, 2) if wall_s > 0 else None,
             "infer_ms_mean": round(sum(e["infer_ms"] for e in self.entries) / n, 3) if n else None,
@@ -89,8 +109,10 @@ class PredictionsWriter:
                 {"id": i, "name": name, "color": [int(c) for c in self.colors[i]]}
                 for i, name in enumerate(self.seg.classes)
             ],
+            "decoding": DECODING,
             "summary": summary,
             "images": self.entries,
+            "skipped": self.skipped,
         }
         path = self.out / PREDICTIONS_FILE
         write_text(path, json.dumps(payload, indent=2) + "\n")

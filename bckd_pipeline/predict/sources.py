@@ -3,7 +3,9 @@
 Each item has an output stem: its path relative to the folder without the suffix (``street/a.jpg`` ->
 ``street/a``), so a recursive folder never writes two outputs under one name; where two inputs differ
 only by suffix (``a.jpg``, ``a.png``), both keep their suffix (``a.jpg``, ``a.png``). Video frames are
-``<video stem>/frame_000000``. Decoding happens batch by batch, never all at once.
+``<video stem>/frame_000000``. Decoding happens batch by batch, never all at once; an image that cannot
+be decoded (truncated, not an image, over the pixel limit) comes out as its ``DataError`` in place of
+its pixels, so the caller decides whether to skip it or stop (``predict --on-error``).
 
 Video needs a decoder that is not a dependency of this package: PyAV (``pip install av``, the
 ``[video]`` extra) or OpenCV (``pip install opencv-python-headless``), whichever is installed. The tests
@@ -21,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BackendMissingError, ConfigError, DataError
-from .image import read_rgb
+from ..imagefile import DEFAULT_MAX_PIXELS, Decoded, decode_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
@@ -51,10 +53,12 @@ class Source:
     def count(self) -> int | None:
         return self.frames if self.kind == "video" else len(self.items)
 
-    def batches(self, n: int) -> Iterator[list[tuple[Item, np.ndarray]]]:
-        """Decoded items, ``n`` at a time."""
-        stream = self._video() if self.kind == "video" else ((it, read_rgb(it.path)) for it in self.items)
-        batch: list[tuple[Item, np.ndarray]] = []
+    def batches(
+        self, n: int, *, max_pixels: int = DEFAULT_MAX_PIXELS
+    ) -> Iterator[list[tuple[Item, Decoded | DataError]]]:
+        """Decoded items, ``n`` at a time; an image that cannot be decoded is its error."""
+        stream = self._video() if self.kind == "video" else ((it, _decode(it, max_pixels)) for it in self.items)
+        batch: list[tuple[Item, Decoded | DataError]] = []
         for pair in stream:
             batch.append(pair)
             if len(batch) == n:
@@ -63,9 +67,16 @@ class Source:
         if batch:
             yield batch
 
-    def _video(self) -> Iterator[tuple[Item, np.ndarray]]:
+    def _video(self) -> Iterator[tuple[Item, Decoded]]:
         for i, rgb in enumerate(read_video(self.path)):
-            yield Item(self.path.name, f"{self.path.stem}/frame_{i:06d}", self.path, i), rgb
+            yield Item(self.path.name, f"{self.path.stem}/frame_{i:06d}", self.path, i), Decoded(rgb)
+
+
+def _decode(item: Item, max_pixels: int) -> Decoded | DataError:
+    try:
+        return decode_image(item.path, max_pixels=max_pixels)
+    except DataError as exc:
+        return exc
 
 
 def open_source(path: Path | str, *, exclude: Path | None = None) -> Source:
