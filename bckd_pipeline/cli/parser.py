@@ -15,7 +15,7 @@ from pathlib import Path
 KD_HELP = "none | kd (Hinton logits) | cwd | bckd | kd+bckd | cwd+bckd"
 # The kinds of data.DATA_KINDS, named here so that --help need not import the datasets (and torch);
 # tests/test_architecture.py keeps the two equal.
-DATA_KIND_NAMES = ("demo", "voc", "cityscapes", "ade20k", "cocostuff", "camvid", "folder")
+DATA_KIND_NAMES = ("demo", "voc", "cityscapes", "ade20k", "cocostuff", "camvid", "folder", "coco", "yolo")
 
 
 def _pair(text: str) -> tuple[int, int]:
@@ -59,6 +59,12 @@ def _keyval(text: str) -> tuple[str, str]:
 
 def _common(p: argparse.ArgumentParser, *, training: bool = True, deploys: bool = False) -> None:
     p.add_argument("--data", help=f"KIND:PATH (kinds: {', '.join(DATA_KIND_NAMES)}); default: the preset's (demo data)")
+    p.add_argument(
+        "--skip-bad-annotations",
+        action="store_true",
+        help="detection data: leave out annotations (and images) that cannot be used, counting them on stderr, "
+        "instead of stopping with an error naming the first (boxes crossing the image border are clipped either way)",
+    )
     p.add_argument("--eval-split", default="val", help="split that metrics are reported on")
     p.add_argument("--out", type=Path, default=Path("runs/latest"), help="output folder")
     p.add_argument("--preset", default="demo", help="demo | smoke | camvid: defaults for everything below")
