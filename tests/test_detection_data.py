@@ -329,7 +329,7 @@ def test_transforms_and_collate_variable_objects() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- demo
-# sha256 of generate()'s images and masks for these scenes, from the generator before it knew its objects.
+# sha256 of generate()'s images and masks for these scenes: the segmentation demo data must stay bit-for-bit.
 DEMO_SCENES = [(0, 0, 0, (96, 128)), (0, 1, 3, (96, 128)), (7, 0, 11, (64, 80)), (0, 0, 5, (192, 256))]
 DEMO_HASH = "cec445631eb7928556dd824e8d5ff1685934b6228b51b789cafc5511429cf164"
 
