@@ -15,7 +15,7 @@ from pathlib import Path
 KD_HELP = "none | kd (Hinton logits) | cwd | bckd | kd+bckd | cwd+bckd"
 # The kinds of data.DATA_KINDS, named here so that --help need not import the datasets (and torch);
 # tests/test_architecture.py keeps the two equal.
-DATA_KIND_NAMES = ("demo", "voc", "cityscapes", "ade20k", "cocostuff", "camvid", "folder")
+DATA_KIND_NAMES = ("demo", "voc", "cityscapes", "ade20k", "cocostuff", "camvid", "folder", "coco", "yolo")
 # imagefile.DEFAULT_MAX_PIXELS (PIL's Image.MAX_IMAGE_PIXELS), named here so that --help need not import PIL;
 # tests/test_predict_inputs.py keeps the two equal.
 DEFAULT_MAX_PIXELS = 89_478_485

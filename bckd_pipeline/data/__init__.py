@@ -1,6 +1,9 @@
-"""Datasets for distillation and export: ``build_dataset("KIND:PATH", split)``.
+"""Datasets for distillation and export: ``build_dataset("KIND:PATH", split)`` for segmentation,
+``build_detection_dataset("KIND:PATH", split)`` for detection.
 
 ``KIND`` is one of :data:`DATA_KINDS`; ``demo`` needs no PATH (``demo:SEED`` picks another scene set).
+:data:`DETECTION_KINDS` are the kinds with objects: ``demo`` (its vehicles and poles), ``voc`` (read as
+VOC detection: Annotations/ and ImageSets/Main/), and the detection-only ``coco`` and ``yolo``.
 Nothing here downloads data: every kind but ``demo`` reads a dataset already on disk.
 """
 
@@ -9,20 +12,27 @@ from __future__ import annotations
 from pathlib import Path
 
 from bckd_pipeline.data.base import IGNORE_INDEX, DatasetInfo, Normalization, SegDataset, Transform
-from bckd_pipeline.data.demo import DEMO_CLASSES, DemoDataset
+from bckd_pipeline.data.demo import DEMO_CLASSES, DEMO_OBJECT_CLASSES, DemoDataset, DemoDetectionDataset
+from bckd_pipeline.data.detection_formats import DET_LAYOUTS
+from bckd_pipeline.data.instances import DetectionDataset, DetTransform, Instances, collate_detection
 from bckd_pipeline.data.layouts import LAYOUTS
 from bckd_pipeline.data.transforms import EvalTransform, TrainTransform
 from bckd_pipeline.errors import ConfigError, DataError, unknown_name
 
 __all__ = [
     "DATA_KINDS",
+    "DETECTION_KINDS",
     "IGNORE_INDEX",
     "DatasetInfo",
+    "DetectionDataset",
+    "Instances",
     "EvalTransform",
     "Normalization",
     "SegDataset",
     "TrainTransform",
     "build_dataset",
+    "build_detection_dataset",
+    "collate_detection",
     "parse_data_spec",
 ]
 
@@ -30,6 +40,14 @@ DATA_KINDS: dict[str, str] = {
     "demo": "synthetic street scenes made in memory, demo[:SEED]; splits train/val; "
     f"{len(DEMO_CLASSES)} classes ({', '.join(DEMO_CLASSES)})",
     **{kind: layout.description for kind, layout in LAYOUTS.items()},
+    **{kind: layout.description for kind, layout in DET_LAYOUTS.items() if kind not in LAYOUTS},
+}
+DATA_KINDS["voc"] += f"; for detection: {DET_LAYOUTS['voc'].description}"
+# The kinds build_detection_dataset reads; voc is read in its detection layout there.
+DETECTION_KINDS: dict[str, str] = {
+    "demo": f"the synthetic scenes' objects, demo[:SEED]; {len(DEMO_OBJECT_CLASSES)} classes "
+    f"({', '.join(DEMO_OBJECT_CLASSES)}), with masks",
+    **{kind: layout.description for kind, layout in DET_LAYOUTS.items()},
 }
 
 _SPEC_HINT = "Write --data KIND:PATH, e.g. 'camvid:/data/camvid', or 'demo' for the built-in synthetic set."
@@ -69,10 +87,48 @@ def build_dataset(
     kind, path = parse_data_spec(spec)
     if kind == "demo":
         return DemoDataset(split, seed=int(path or 0), size=demo_size, count=demo_count, transform=transform)
+    if kind not in LAYOUTS:
+        raise ConfigError(
+            f"Data kind {kind!r} holds boxes, not label maps: it is a detection format. Use it with "
+            f"--task detection, or give a segmentation kind ({', '.join(LAYOUTS)})."
+        )
+    return LAYOUTS[kind].build(_root(kind, path), split, transform)
+
+
+def _root(kind: str, path: str) -> Path:
     root = Path(path).expanduser()
     if not root.is_dir():
         raise DataError(
             f"Dataset folder {path!r} for kind {kind!r} does not exist. Expected layout: {DATA_KINDS[kind]}. "
             f"Fix the PATH in --data {kind}:PATH."
         )
-    return LAYOUTS[kind].build(root, split, transform)
+    return root
+
+
+def build_detection_dataset(
+    spec: str,
+    split: str,
+    transform: DetTransform | None = None,
+    *,
+    skip_bad_annotations: bool = False,
+    demo_size: tuple[int, int] = (96, 128),
+    demo_count: int | None = None,
+) -> DetectionDataset:
+    """The ``split`` of the detection dataset ``spec`` (a kind of :data:`DETECTION_KINDS`), with
+    ``transform`` (image, :class:`Instances`) -> (tensor, target) applied on indexing.
+
+    A bad annotation is a :class:`DataError` naming its file and line or id; ``skip_bad_annotations``
+    (``--skip-bad-annotations``) leaves such annotations and images out and prints their count on stderr.
+    """
+    kind, path = parse_data_spec(spec)
+    if kind == "demo":
+        return DemoDetectionDataset(split, seed=int(path or 0), size=demo_size, count=demo_count, transform=transform)
+    if kind not in DET_LAYOUTS:
+        proxy = ""
+        if kind == "camvid":
+            proxy = " For CamVid, benchmarks/camvid_instances.py derives a COCO-JSON proxy of instances."
+        raise ConfigError(
+            f"Data kind {kind!r} has label maps, not objects. Detection reads {', '.join(DETECTION_KINDS)} "
+            f"(--data KIND:PATH).{proxy}"
+        )
+    return DET_LAYOUTS[kind].build(_root(kind, path), split, transform, skip_bad_annotations)

@@ -11,16 +11,23 @@ every call and machine, and train and val never share one. Nothing is written to
 Colours vary per image and overlap between classes (an overcast sky is grey like a building, a
 pole can be any grey), textures (clouds, stripes, windows) and pixel noise are added on top, so
 shape and context matter, not colour alone.
+
+The generator also knows every object it draws (:func:`generate_scene`): each vehicle and each pole is
+an instance (things; ground, sky, buildings, wires and fences are stuff, as in the panoptic
+convention). An instance's mask is the pixels it owns after every later layer is drawn over it, its
+box the tight box of that mask; an object drawn over entirely is dropped, and one with fewer than
+:data:`MIN_VISIBLE_PIXELS` visible pixels is kept as ``iscrowd`` (ignored in evaluation).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
 
 from bckd_pipeline.data.base import DatasetInfo, SegDataset, Transform, check_sample
+from bckd_pipeline.data.instances import DetectionDataset, DetTransform, Instances, box_of_mask, check_instances
 from bckd_pipeline.errors import ConfigError, DataError
 
 DEMO_CLASSES = ("ground", "sky", "building", "vehicle", "pole", "wire", "fence")
@@ -28,6 +35,11 @@ GROUND, SKY, BUILDING, VEHICLE, POLE, WIRE, FENCE = range(len(DEMO_CLASSES))
 DEMO_SPLITS = {"train": 0, "val": 1}
 DEMO_COUNTS = {"train": 240, "val": 60}
 MIN_SIZE = 32
+# The object classes of the detection view, in the order of their ids there, and their segmentation ids.
+DEMO_OBJECT_CLASSES = ("vehicle", "pole")
+OBJECT_LABELS = {VEHICLE: 0, POLE: 1}
+# Fewer visible pixels than this and an instance is a sliver: kept, marked iscrowd (ignored by evaluation).
+MIN_VISIBLE_PIXELS = 16
 
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], cell: int) -> np.ndarray:
@@ -45,13 +57,16 @@ def _paint(image: np.ndarray, mask: np.ndarray, region: np.ndarray, label: int, 
 
 @dataclass
 class _Canvas:
-    """The scene being drawn: its image and mask, the pixel grid, and the horizon row."""
+    """The scene being drawn: its image and mask, the pixel grid, the horizon row, and which object owns
+    each pixel (``owner``: index into ``objects``, the class of each object drawn; -1 = stuff)."""
 
     image: np.ndarray  # H x W x 3 float32
     mask: np.ndarray  # H x W int64
     yy: np.ndarray
     xx: np.ndarray
     horizon: float
+    owner: np.ndarray  # H x W int32
+    objects: list[int] = field(default_factory=list)
 
     @property
     def h(self) -> int:
@@ -62,17 +77,31 @@ class _Canvas:
         return self.mask.shape[1]
 
     def paint(self, region: np.ndarray, label: int, colour: np.ndarray) -> None:
+        """Draw ``region``; a label in :data:`OBJECT_LABELS` makes it a new object owning those pixels."""
         _paint(self.image, self.mask, region, label, colour)
+        if label in OBJECT_LABELS:
+            self.owner[region] = len(self.objects)
+            self.objects.append(label)
+        else:
+            self.owner[region] = -1
 
 
 def generate(rng: np.random.Generator, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """One scene of ``size`` (H, W): uint8 RGB image and int64 mask with ids into :data:`DEMO_CLASSES`.
+    """One scene of ``size`` (H, W): uint8 RGB image and int64 mask with ids into :data:`DEMO_CLASSES`."""
+    image, mask, _ = generate_scene(rng, size)
+    return image, mask
+
+
+def generate_scene(rng: np.random.Generator, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, Instances]:
+    """One scene of ``size`` (H, W): the image, the mask and its objects (:func:`scene_instances`).
 
     Layers are drawn back to front, each over what is there; the order of the random draws is the scene.
     """
     h, w = size
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    c = _Canvas(np.empty((h, w, 3), np.float32), np.empty((h, w), np.int64), yy, xx, rng.uniform(0.35, 0.6) * h)
+    horizon = rng.uniform(0.35, 0.6) * h
+    owner = np.full((h, w), -1, np.int32)
+    c = _Canvas(np.empty((h, w, 3), np.float32), np.empty((h, w), np.int64), yy, xx, horizon, owner)
     _ground_and_sky(rng, c)
     _buildings(rng, c)
     vehicles = _vehicles(rng, c)
@@ -83,7 +112,22 @@ def generate(rng: np.random.Generator, size: tuple[int, int]) -> tuple[np.ndarra
     image = c.image
     image *= rng.uniform(0.8, 1.2, 3)
     image += rng.normal(0, rng.uniform(3, 10), image.shape).astype(np.float32)
-    return np.clip(image, 0, 255).astype(np.uint8), c.mask
+    return np.clip(image, 0, 255).astype(np.uint8), c.mask, scene_instances(c.owner, c.objects)
+
+
+def scene_instances(owner: np.ndarray, objects: list[int]) -> Instances:
+    """The visible objects of a drawn scene: object ``k`` owns the pixels where ``owner == k``.
+
+    Objects with no pixel left are dropped; those under :data:`MIN_VISIBLE_PIXELS` are ``iscrowd``.
+    Labels are detection ids (:data:`DEMO_OBJECT_CLASSES`), masks uint8 K x H x W.
+    """
+    visible = [k for k in range(len(objects)) if (owner == k).any()]
+    if not visible:
+        return Instances.empty(owner.shape)
+    masks = np.stack([owner == k for k in visible]).astype(np.uint8)
+    boxes = np.stack([box_of_mask(m) for m in masks])
+    labels = [OBJECT_LABELS[objects[k]] for k in visible]
+    return Instances(boxes, labels, masks.sum(axis=(1, 2)) < MIN_VISIBLE_PIXELS, masks)
 
 
 def _ground_and_sky(rng: np.random.Generator, c: _Canvas) -> None:
@@ -200,14 +244,7 @@ class DemoDataset(SegDataset):
         count: int | None = None,
         transform: Transform | None = None,
     ) -> None:
-        if split not in DEMO_SPLITS:
-            raise DataError(f"The demo dataset has no split {split!r}. Available splits: {', '.join(DEMO_SPLITS)}.")
-        if len(size) != 2 or min(size) < MIN_SIZE:
-            raise ConfigError(
-                f"demo_size={size!r} is too small. Give (height, width), both >= {MIN_SIZE}, e.g. (96, 128)."
-            )
-        if count is not None and count < 1:
-            raise ConfigError(f"demo_count={count!r} must be a positive number of images, e.g. 32.")
+        _check_demo_args(split, size, count)
         super().__init__(DatasetInfo("demo", "", len(DEMO_CLASSES), DEMO_CLASSES), split, transform)
         self.seed = seed
         self.size = (int(size[0]), int(size[1]))
@@ -226,3 +263,46 @@ class DemoDataset(SegDataset):
         name = self.name(index)
         check_sample(self.info, image, mask, image_name=name, mask_name=name)
         return image, mask
+
+
+def _check_demo_args(split: str, size: tuple[int, int], count: int | None) -> None:
+    if split not in DEMO_SPLITS:
+        raise DataError(f"The demo dataset has no split {split!r}. Available splits: {', '.join(DEMO_SPLITS)}.")
+    if len(size) != 2 or min(size) < MIN_SIZE:
+        raise ConfigError(f"demo_size={size!r} is too small. Give (height, width), both >= {MIN_SIZE}, e.g. (96, 128).")
+    if count is not None and count < 1:
+        raise ConfigError(f"demo_count={count!r} must be a positive number of images, e.g. 32.")
+
+
+class DemoDetectionDataset(DetectionDataset):
+    """The synthetic scenes' objects (vehicles and poles, with masks): the same images as
+    :class:`DemoDataset` for the same seed, split and size."""
+
+    def __init__(
+        self,
+        split: str,
+        *,
+        seed: int = 0,
+        size: tuple[int, int] = (96, 128),
+        count: int | None = None,
+        transform: DetTransform | None = None,
+    ) -> None:
+        _check_demo_args(split, size, count)
+        info = DatasetInfo("demo", "", len(DEMO_OBJECT_CLASSES), DEMO_OBJECT_CLASSES)
+        super().__init__(info, split, transform=transform)
+        self.seed = seed
+        self.size = (int(size[0]), int(size[1]))
+        self.count = DEMO_COUNTS[split] if count is None else count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def name(self, index: int) -> str:
+        return f"demo{self.seed}-{self.split}-{index:04d}"
+
+    def load(self, index: int) -> tuple[np.ndarray, Instances]:
+        if not 0 <= index < self.count:
+            raise IndexError(f"demo {self.split} index {index} out of range 0..{self.count - 1}")
+        image, _, inst = generate_scene(np.random.default_rng((self.seed, DEMO_SPLITS[self.split], index)), self.size)
+        check_instances(self.info, inst, self.size, name=self.name(index))
+        return image, inst
