@@ -264,13 +264,6 @@ def test_kinds_keep_their_task(tmp_path: Path) -> None:
         build_detection_dataset(f"yolo:{tmp_path / 'nowhere'}", "val")
 
 
-def test_skip_flag_parses() -> None:
-    from bckd_pipeline.cli.parser import build_parser
-
-    args = build_parser().parse_args(["train-teacher", "--data", "coco:/x", "--skip-bad-annotations"])
-    assert args.skip_bad_annotations is True
-
-
 # ---------------------------------------------------------------------------------------------- transforms
 def sample() -> tuple[np.ndarray, Instances]:
     image = np.random.default_rng(0).integers(0, 256, (H, W, 3), dtype=np.uint8)
