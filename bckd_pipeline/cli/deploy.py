@@ -19,9 +19,8 @@ def deploy(args, preset, data, console) -> int:
     )
     source = model_source(args.model, args.onnx, args.model_factory, args.weights, hints)
     dcfg = deploy_config(args, preset)
-    the_plans = model_plan(source, data, dcfg, args.out, force=args.force)
-    if args.dry_run:
-        print(describe(the_plans, args.out))
+    if args.dry_run:  # the checks deploy_model makes before its first stage, the model's against the data included
+        print(describe(model_plan(source, data, dcfg, args.out, force=args.force), args.out))
         return 0
     result = deploy_model(source, data, dcfg, args.out, force=args.force)
     return gated(args, finish(result, args.out, console, data=data), result.targets)
