@@ -11,6 +11,11 @@ import difflib
 from collections.abc import Iterable
 
 
+# The exit code of an exception that is not a BckdError: a bug, never a verdict on the model. BSD's sysexits.h
+# EX_SOFTWARE ("internal software error"); Python's own code for an uncaught exception, 1, is the parity failure's.
+EXIT_CRASH = 70
+
+
 class BckdError(Exception):
     """Base class of every error the user can act on."""
 

@@ -257,10 +257,14 @@ def _each_target(the_plans: list[Plan], context, cache: StageCache, summary: dic
 def model_plan(
     source: ModelSource, data: DataConfig, deploy_cfg: DeployConfig, out: Path, *, force: bool
 ) -> list[Plan]:
-    """What `deploy` checks before its first stage (and all that `deploy --dry-run` does): the plan of each
-    target, the model file's kind and flags, the --out folder."""
+    """What `deploy --dry-run` checks, and `deploy` before its first stage: the plan of each target, the model
+    file's kind and flags, the --out folder, and the model against the data (``resolve_model``: the input size
+    it takes, its classes), as `deploy` resolves it."""
     the_plans = deploy_plans(deploy_cfg, data, source=source)
     check_out_dir(out, _deploy_identity(source, data), force=force)
+    if source.kind != "checkpoint":
+        eval_set = _eval_set(data)
+        resolve_model(source, the_plans[0].deploy, tuple(eval_set.load(0)[0].shape[:2]), eval_set.info.class_names)
     return the_plans
 
 
@@ -271,8 +275,9 @@ def deploy_model(
     pipeline, a .pt2 program, a TorchScript file, a factory with its weights, or the user's ONNX."""
     if not isinstance(source, ModelSource):
         source = ModelSource("checkpoint", Path(source))
-    the_plans = model_plan(source, data, deploy_cfg, out, force=force)
-    # Reads the model and the evaluation images first: a bad model or dataset fails before the folder is claimed.
+    the_plans = deploy_plans(deploy_cfg, data, source=source)
+    check_out_dir(out, _deploy_identity(source, data), force=force)
+    # Resolves the model against the evaluation images (model_plan's checks) before the folder is claimed.
     first = deploy_context(the_plans[0].deploy, data, the_plans[0], source, out)
     claim_out_dir(out, _deploy_identity(source, data), force=force)
 
@@ -347,43 +352,70 @@ def _identity(cfg: RunConfig) -> dict:
     return {"data": cfg.data.spec, "teacher": teacher, "student": cfg.student_model}
 
 
+def _eval_set(d: DataConfig):
+    from .data import build_dataset
+
+    eval_set = build_dataset(d.spec, d.eval_split, demo_size=d.demo_size, demo_count=d.demo_count)
+    if len(eval_set) == 0:
+        raise DataError(f"The evaluation split {d.eval_split!r} of {d.spec!r} is empty; parity needs images.")
+    return eval_set
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """The model deploy was given, loaded and checked against the data (None: the ONNX is not loaded as a module)."""
+
+    model: object | None
+    meta: object  # configs.CheckpointMeta
+    input_hw: tuple[int, int]
+    info: object | None = None  # model_spec.OnnxInfo of a user's ONNX
+    head: str | None = None  # a user's ONNX's output: logits or argmax
+
+
+def resolve_model(
+    source: ModelSource, deploy: DeployConfig, first_hw: tuple[int, int], dataset_classes
+) -> ResolvedModel:
+    """Load the model and settle its input size and classes against the data; a model that does not take the
+    size deploy feeds, or predicts other classes than the data's, is refused here (a dry run too)."""
+    from .distill.checkpoint import load_model
+    from .export import own_onnx
+    from .export import source as own
+
+    dataset_classes = tuple(dataset_classes)
+    if source.kind == "checkpoint":
+        model, meta = load_model(source.path)
+        return ResolvedModel(model, meta, tuple(deploy.input_hw or meta.input_hw or first_hw))
+    if source.is_onnx:
+        info = own_onnx.inspect_onnx(source.path)
+        contract = own_onnx.resolve_onnx(info, source.hints, deploy.input_hw)
+        probe = own_onnx.probe_onnx(info, contract.input_hw)
+        meta, head = own_onnx.onnx_meta(source, info, contract, probe, dataset_classes)
+        return ResolvedModel(None, meta, tuple(contract.input_hw), info, head)
+    model = own.load_torch_module(source)
+    input_hw = tuple(deploy.input_hw or first_hw)
+    given = deploy.input_hw is not None
+    meta = own.torch_meta(source, model, input_hw, dataset_classes, batch=deploy.batch, given_hw=given)
+    return ResolvedModel(model, meta, input_hw)
+
+
 def deploy_context(
     deploy: DeployConfig, d: DataConfig, the_plan: Plan, source: ModelSource | Path, out: Path
 ) -> DeployContext:
     """Load the model once and the evaluation images: the model's checks fail before any stage runs."""
-    from .data import build_dataset
     from .data.feeds import DatasetFeeds, digests_of
-    from .distill.checkpoint import load_model
-    from .export import own_onnx
-    from .export import source as own
     from .model_spec import INPUT_NAME
 
     if not isinstance(source, ModelSource):
         source = ModelSource("checkpoint", Path(source))
-    eval_set = build_dataset(d.spec, d.eval_split, demo_size=d.demo_size, demo_count=d.demo_count)
-    if len(eval_set) == 0:
-        raise DataError(f"The evaluation split {d.eval_split!r} of {d.spec!r} is empty; parity needs images.")
+    eval_set = _eval_set(d)
     first_hw = tuple(eval_set.load(0)[0].shape[:2])
-    dataset_classes = tuple(eval_set.info.class_names)
-    model, info = None, None
-    if source.kind == "checkpoint":
-        model, meta = load_model(source.path)
-        input_hw = deploy.input_hw or meta.input_hw or first_hw
-    elif source.is_onnx:
-        info = own_onnx.inspect_onnx(source.path)
-        contract = own_onnx.resolve_onnx(info, source.hints, deploy.input_hw)
-        input_hw = contract.input_hw
-        probe = own_onnx.probe_onnx(info, input_hw)
-        meta, head = own_onnx.onnx_meta(source, info, contract, probe, dataset_classes)
-    else:
-        model = own.load_torch_module(source)
-        input_hw = deploy.input_hw or first_hw
-        meta = own.torch_meta(source, model, tuple(input_hw), dataset_classes)
+    resolved = resolve_model(source, deploy, first_hw, eval_set.info.class_names)
+    model, meta, input_hw, info = resolved.model, resolved.meta, resolved.input_hw, resolved.info
     if info is not None:  # the user's graph as it is: nothing of it is chosen here
         spec = ExportSpec(
             input_hw=tuple(input_hw),
             opset=info.opset,
-            head=head,
+            head=resolved.head,
             bake_normalization=meta.extra["input_scale"] == "0..255",
             dynamic=info.dynamic,
         )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from ..errors import BckdError, ConfigError
+from ..errors import EXIT_CRASH, BckdError, ConfigError
 from .parser import build_parser
 
 __all__ = ["build_parser", "dispatch", "main"]
@@ -169,3 +169,13 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `bckd-pipeline targets | head`: the reader left; not an error of ours
         sys.stderr.close()
         return 0
+    except Exception as exc:  # noqa: BLE001 - a bug: its traceback, and a code no verdict uses
+        import traceback
+
+        traceback.print_exc()
+        print(
+            f"internal error ({type(exc).__name__}): a bug in bckd-pipeline, not a verdict on the model; exit code "
+            f"{EXIT_CRASH}. Please report it with the traceback above.",
+            file=sys.stderr,
+        )
+        return EXIT_CRASH

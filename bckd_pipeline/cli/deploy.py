@@ -19,9 +19,8 @@ def deploy(args, preset, data, console) -> int:
     )
     source = model_source(args.model, args.onnx, args.model_factory, args.weights, hints)
     dcfg = deploy_config(args, preset)
-    the_plans = model_plan(source, data, dcfg, args.out, force=args.force)
-    if args.dry_run:
-        print(describe(the_plans, args.out))
+    if args.dry_run:  # the checks deploy_model makes before its first stage, the model's against the data included
+        print(describe(model_plan(source, data, dcfg, args.out, force=args.force), args.out))
         return 0
     result = deploy_model(source, data, dcfg, args.out, force=args.force)
     return gated(args, finish(result, args.out, console, data=data), result.targets)
@@ -165,13 +164,20 @@ def finish(result, out: Path, console, *, data=None) -> int:
     """Print the ledger, where the reports are, and the command that runs the deployed model; the exit code is
     the report's."""
     from ..report.combined import COMBINED_FORMAT, combined_markdown
+    from ..report.build import degenerate_warning
     from ..report.markdown import markdown
+    from ..tasks import DEFAULT_TASK, get_task
     from .predict import predict_hint
 
     report, folder = result.report, result.combined or result.report
     several = folder.get("format") == COMBINED_FORMAT  # the run folder holds more than one target
     print(combined_markdown(report) if report.get("format") == COMBINED_FORMAT else markdown(report), end="")
     console.print(f"{report['status']} -> {Path(out) / 'report.json'}, {Path(out) / 'manifest.json'}")
+    label = get_task(report.get("task", DEFAULT_TASK)).metric_label
+    for row in report["stages"]:
+        if row.get("degenerate"):
+            where = f"{row['target']} " if row.get("target") else ""
+            console.print(f"warning: {where}{degenerate_warning(row, label)}", highlight=False, soft_wrap=True)
     if several:
         for key, files in folder["per_target"].items():
             console.print(f"  {key}: {Path(out) / files['report']}, {Path(out) / files['manifest']}", highlight=False)

@@ -80,9 +80,10 @@ class ExportedModule(nn.Module):
     """A torch.export program's module. Its train/eval behaviour was fixed when it was exported and its own
     ``eval()`` raises; here ``eval()`` (which the export wrapper and the runtimes call) only sets the flag."""
 
-    def __init__(self, program: nn.Module) -> None:
+    def __init__(self, program: nn.Module, input_ranges: tuple[tuple[int, int | None], ...] | None = None) -> None:
         super().__init__()
         self.program = program
+        self.input_ranges = input_ranges  # what each input dimension takes (program_input_ranges)
 
     def train(self, mode: bool = True) -> ExportedModule:
         self.training = mode
@@ -99,7 +100,8 @@ def load_torch_module(source: ModelSource):
     path = source.path
     try:
         if source.kind == "pt2":
-            model = ExportedModule(torch.export.load(str(path)).module())
+            program = torch.export.load(str(path))
+            model = ExportedModule(program.module(), program_input_ranges(program))
         elif source.kind == "torchscript":
             model = torch.jit.load(str(path), map_location="cpu")
         else:
@@ -113,6 +115,57 @@ def load_torch_module(source: ModelSource):
             f"{str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}. Save it again with that API."
         ) from None
     return model.eval()
+
+
+def program_input_ranges(program) -> tuple[tuple[int, int | None], ...] | None:
+    """The sizes each dimension of a torch.export program's image input takes, as ``(low, high)``: ``(n, n)`` for
+    a size fixed when it was exported (the example input's, in the placeholder's ``meta["val"]``), the bounds of
+    ``range_constraints`` for a dynamic one (``high`` None: unbounded). None when the program does not say."""
+    import torch
+
+    user = set(program.graph_signature.user_inputs)
+    node = next((n for n in program.graph.nodes if n.op == "placeholder" and n.name in user), None)
+    shape = getattr(node.meta.get("val") if node is not None else None, "shape", None)
+    if shape is None:
+        return None
+    ranges = []
+    for d in shape:
+        if isinstance(d, torch.SymInt):
+            r = program.range_constraints.get(d.node.expr)
+            ranges.append((_bound(r.lower) or 0, _bound(r.upper)) if r is not None else (0, None))
+        else:
+            ranges.append((int(d), int(d)))
+    return tuple(ranges)
+
+
+def _bound(value) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError, OverflowError):  # sympy's infinity: no bound
+        return None
+
+
+def check_input_size(source: ModelSource, model, shape: tuple[int, int, int, int], *, given_hw: bool) -> None:
+    """Refuse an input ``shape`` (N, 3, H, W) that the model's program does not take, naming the size it takes."""
+    ranges = getattr(model, "input_ranges", None)
+    if not ranges or len(ranges) != 4:
+        return
+    fits = [lo <= n and (hi is None or n <= hi) for (lo, hi), n in zip(ranges, shape, strict=True)]
+    if all(fits):
+        return
+    takes = "x".join(str(lo) if lo == hi else f"[{lo}..{'' if hi is None else hi}]" for lo, hi in ranges)
+    (nlo, nhi), (hlo, hhi), (wlo, whi) = ranges[0], ranges[2], ranges[3]
+    fixes = []
+    if not (fits[2] and fits[3]):
+        fixes.append(f"--input-size {hlo},{wlo}" if (hlo, wlo) == (hhi, whi) else "--input-size H,W in that range")
+    if not fits[0]:
+        fixes.append(f"--batch {nlo}" if nlo == nhi else "a --batch in that range")
+    fed = "--input-size" if given_hw else "the --data images' size, as no --input-size was given"
+    raise ConfigError(
+        f"{source.describe()} takes {takes} (N x 3 x H x W, as it was exported); deploy would feed "
+        f"{'x'.join(map(str, shape))} ({fed}). Pass {' and '.join(fixes)}, or export the program with "
+        "dynamic_shapes for the sizes you deploy."
+    )
 
 
 def _from_factory(factory: str, weights: Path):
@@ -147,8 +200,17 @@ def _from_factory(factory: str, weights: Path):
     return model
 
 
-def torch_meta(source: ModelSource, model, input_hw: tuple[int, int], dataset_classes: tuple[str, ...]):
-    """A CheckpointMeta for a plain module: normalisation from flags, classes from one forward pass."""
+def torch_meta(
+    source: ModelSource,
+    model,
+    input_hw: tuple[int, int],
+    dataset_classes: tuple[str, ...],
+    *,
+    batch: int = 1,
+    given_hw: bool = False,
+):
+    """A CheckpointMeta for a plain module: normalisation from flags, classes from one forward pass on a zero image
+    of the size deploy feeds (a size the model does not take is refused first, with the size it wants)."""
     import torch
 
     from ..configs import CheckpointMeta
@@ -168,8 +230,17 @@ def torch_meta(source: ModelSource, model, input_hw: tuple[int, int], dataset_cl
         )
     if missing:
         raise ConfigError(f"{source.describe()} carries no preprocessing metadata; deploy needs {'; '.join(missing)}.")
-    with torch.no_grad():
-        out = logits_of(model(torch.zeros(1, 3, *input_hw)))
+    check_input_size(source, model, (batch, 3, *input_hw), given_hw=given_hw)
+    try:
+        with torch.no_grad():
+            out = logits_of(model(torch.zeros(1, 3, *input_hw)))
+    except Exception as exc:  # noqa: BLE001 - a module fails on a size it does not take with any exception type
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]  # TorchScript's cause comes last
+        raise ConfigError(
+            f"{source.describe()} failed on a 1x3x{input_hw[0]}x{input_hw[1]} zero image ({type(exc).__name__}: "
+            f"{lines[-1][:200] if lines else ''}). If it takes another input size, pass --input-size H,W; run it "
+            "on that input in Python to see."
+        ) from None
     if out.ndim != 4 or tuple(out.shape[-2:]) != tuple(input_hw):
         raise ConfigError(
             f"{source.describe()} returned shape {tuple(out.shape)} for a 1x3x{input_hw[0]}x{input_hw[1]} input; "

@@ -74,6 +74,7 @@ class GateSettings:
     latency_tolerance: float = 0.10
     bootstrap_resamples: int = 2000
     seed: int = 0
+    allow_degenerate: bool = False  # a deployed row whose predictions are degenerate passes (the report still warns)
 
 
 SETTING_KEYS = {
@@ -81,7 +82,9 @@ SETTING_KEYS = {
     "latency_tolerance": "a fraction >= 0, e.g. 0.10 for 10%",
     "bootstrap_resamples": "an integer >= 100, e.g. 2000",
     "seed": "an integer, e.g. 0",
+    "allow_degenerate": "true or false",
 }
+FLAG_SETTINGS = ("allow_degenerate",)
 
 
 @dataclass(frozen=True)
@@ -175,6 +178,10 @@ def _settings(path: str, body) -> GateSettings:
     s = GateSettings()
     values = {k: body.get(k, getattr(s, k)) for k in SETTING_KEYS}
     for key, value in values.items():
+        if key in FLAG_SETTINGS:
+            if not isinstance(value, bool):
+                raise ConfigError(f"{_where(path, 'gate', key)} = {value!r}: expected {SETTING_KEYS[key]}.")
+            continue
         integer = key in ("bootstrap_resamples", "seed")
         ok = isinstance(value, int) if integer else isinstance(value, (int, float))
         if isinstance(value, bool) or not ok:
@@ -194,7 +201,10 @@ def _settings(path: str, body) -> GateSettings:
             f"{SETTING_KEYS['bootstrap_resamples']}; fewer resamples make the confidence bound itself noisy."
         )
     return GateSettings(
-        **{k: (int(v) if k in ("bootstrap_resamples", "seed") else float(v)) for k, v in values.items()}
+        **{
+            k: v if k in FLAG_SETTINGS else int(v) if k in ("bootstrap_resamples", "seed") else float(v)
+            for k, v in values.items()
+        }
     )
 
 

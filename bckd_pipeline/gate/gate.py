@@ -16,6 +16,10 @@ images (``Task.bootstrap_delta``; the report's ``task`` says which task, tasks/)
 latency regression needs the median to grow by more than the tolerance *and* the bootstrap lower bound of
 the ratio of medians to exceed 1 + tolerance.
 
+A deployed row whose predictions are degenerate (the task's ``degenerate`` field: one class everywhere,
+the same output for every image) fails the ``degenerate`` check, which runs whatever the budgets: its
+accuracy figures say nothing. ``allow_degenerate = true`` in the ``[gate]`` table passes it, still named.
+
 Exit codes: 0 every check passed; 1 a budget was violated; 2 bad input; 3 nothing violated but a
 check is pending (0 with ``--allow-pending``).
 
@@ -472,6 +476,23 @@ def gate(
             limits = {k: values.get(k, keys[k].default) for k in baseline_keys}
             old_row = _rows(old_report).get(stage)
             checks += _baseline_checks(task, stage, row, old_row, images, old_images, limits, settings, other_machine)
+    checks += _degenerate_check(task, deployed, rows[deployed], settings)
     return GateResult(
         target, str(report_path), None if base_path is None else str(base_path), settings, tuple(checks), allow_pending
     )
+
+
+def _degenerate_check(task: Task, stage: str, row: dict, settings: GateSettings) -> list[Check]:
+    """The deployed row's predictions are not degenerate (no check for a row, or a report, without the field)."""
+    why = row.get("degenerate")
+    if not why:
+        return []
+    allowed = settings.allow_degenerate
+    verdict = (
+        "model (allowed: [gate] allow_degenerate = true)."
+        if allowed
+        else "model. Fix the model or its preprocessing; [gate] allow_degenerate = true passes it knowingly."
+    )
+    what = f"its {task.metric_label} and agreement say nothing about the"
+    message = f"{stage}: degenerate predictions, {why}; {what} {verdict}"
+    return [Check(stage, "degenerate", PASS if allowed else FAIL, None, None, "", message)]

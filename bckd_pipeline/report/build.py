@@ -11,7 +11,8 @@ references ``parity_images`` (parity_images.py) and ``qualitative`` (report/evid
 ``device`` says where a TensorRT engine was built and measured; ``machine`` (machine.py) is the CPU model
 and vector ISA, OpenVINO's device names and capabilities and the GPU, which the CI gate compares
 before it compares a baseline's latency. An INT8 row not faster than its FP32 parent gets a ``note``
-saying why. ``write_reports`` writes it with
+saying why, and so does a row whose predictions are degenerate (the task's ``degenerate`` field).
+``write_reports`` writes it with
 ``report.md`` (report/markdown.py) and ``report.html`` (report/html.py); ``manifest.json`` is
 report/manifest.py's.
 """
@@ -98,6 +99,7 @@ def build_report(
         rows.append(pending_row)
     machine = machine_facts()
     _note_int8_not_faster(rows, machine, ctx.profile)
+    _note_degenerate(rows, ctx.task.metric_label)
     culprit = parity["culprit"]
     pending = any(r["status"] != MEASURED for r in rows)
     reference = rows[0]  # PyTorch; for `deploy --onnx`, the user's FP32 ONNX
@@ -254,6 +256,24 @@ def _note_int8_not_faster(rows: list[dict], machine: dict, profile) -> None:
         note = int8_speed_note(r, parent, machine["cpu"], on_cpu=on_cpu)
         if note:
             r["note"] = f"{r['note']} {note}" if r.get("note") else note
+
+
+def degenerate_warning(row: dict, metric_label: str) -> str:
+    """What the report and the end of a run say about a row whose predictions are degenerate (the task's
+    ``degenerate`` field: why they say nothing)."""
+    return (
+        f"DEGENERATE: `{row['name']}` {row['degenerate']}; its agreement and Δ{metric_label} against other rows say "
+        "nothing about the model. Check the model and its preprocessing (--mean/--std, --input-scale, the classes); "
+        "the CI gate fails such a deployed row unless [gate] allow_degenerate = true."
+    )
+
+
+def _note_degenerate(rows: list[dict], metric_label: str) -> None:
+    """A degenerate row's note leads with the warning (report.md, report.html and the combined report show notes)."""
+    for r in rows:
+        if r.get("degenerate"):
+            warning = degenerate_warning(r, metric_label)
+            r["note"] = f"{warning} {r['note']}" if r.get("note") else warning
 
 
 def _source_section(ctx) -> dict:

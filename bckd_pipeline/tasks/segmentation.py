@@ -10,6 +10,9 @@
 - Parity (``SegmentationParityMeter``): mIoU and its deltas against the reference and the parent,
   per-class IoU and its delta, the share of pixels labelled as the reference (and the parent), the
   boundary F-score (2 px), and |logit differences| between float stages.
+- Degenerate predictions (``degenerate`` in a parity row, None when not): one class on every pixel
+  while the labels hold more, or the same output for every image (``DEGENERATE_SPREAD``). Agreement and
+  deltas against a reference say nothing then; the report warns, and the gate fails such a deployed row.
 - Criteria (``ParityCriteria``): how far a stage may move from its parent, per precision.
 - Budgets: ``min_miou``, ``max_miou_drop``, ``min_pixel_agreement``, ``max_baseline_miou_drop``.
 - Files and pictures (``tasks/segmentation_draw.py``): ``predict`` writes a palette PNG label map per
@@ -31,6 +34,9 @@ from ..errors import DataError
 from .base import BudgetKey, Column, ParityMeter, Task
 
 BOUNDARY_TOLERANCE_PX = 2
+# The largest |difference| between two images' outputs that still counts as "the same output for every image":
+# a model that ignores its input gives bit-identical outputs; float noise of a real one is far above this.
+DEGENERATE_SPREAD = 1e-6
 
 
 def confusion_of(pred: np.ndarray, target: np.ndarray, num_classes: int, ignore_index: int = 255) -> np.ndarray:
@@ -129,10 +135,22 @@ class SegmentationParityMeter(ParityMeter):
         self.has_parent = False
         self.per_image: list[np.ndarray] = []
         self.kept: list[np.ndarray] = []
+        self.predicted = np.zeros(num_classes, dtype=np.int64)  # pixels predicted per class
+        self.labelled = np.zeros(num_classes, dtype=np.int64)  # pixels labelled per class (ignore skipped)
+        self.first_output: np.ndarray | None = None
+        self.spread = 0.0  # max |output - the first image's output| over the images
 
     def update(self, output, prediction, reference, parent, label, keep) -> None:
         ref_out, ref_lab = reference
         image_cm = confusion_of(prediction[0], label, self.num_classes, self.ignore_index)
+        self.predicted += image_cm.sum(0)
+        self.labelled += image_cm.sum(1)
+        if self.first_output is None:
+            self.first_output = np.array(output, dtype=np.float64)
+        elif output.shape != self.first_output.shape:
+            self.spread = float("inf")
+        else:
+            self.spread = max(self.spread, float(np.abs(output.astype(np.float64) - self.first_output).max()))
         self.per_image.append(image_cm.astype(np.int32))  # one image's counts fit; halves the memory
         if keep:
             self.kept.append(saved_labels(prediction[0]))
@@ -173,7 +191,27 @@ class SegmentationParityMeter(ParityMeter):
             "max_abs_logit": self.max_ref if logits else None,
             "mean_abs_logit": self.sum_ref / self.logit_values if logits and self.logit_values else None,
             "max_abs_logit_vs_parent": self.max_parent if logits and self.has_parent else None,
+            "degenerate": self.degenerate(),
         }
+
+    def degenerate(self) -> str | None:
+        """Why this stage's predictions say nothing about the model (None: they do): one class on every pixel
+        where the labels hold several, or the same output for every image (a model that ignores its input)."""
+        images = len(self.per_image)
+        predicted = np.flatnonzero(self.predicted)
+        labelled = int(np.count_nonzero(self.labelled))
+        if len(predicted) == 1 and labelled > 1:
+            return (
+                f"predicts class {int(predicted[0])} on every pixel of {images} image{'s' if images != 1 else ''}, "
+                f"where the labels hold {labelled} classes"
+            )
+        if images > 1 and self.spread <= DEGENERATE_SPREAD:
+            what = "logits" if self.first_output.ndim == 4 else "label map"
+            return (
+                f"gives the same {what} for all {images} images (max |difference| {self.spread:.1e}): "
+                "it ignores its input"
+            )
+        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,6 +235,7 @@ class Segmentation(Task):
         "mean_abs_logit",
         "per_class_iou",
         "per_class_delta",
+        "degenerate",
     )
     budget_keys = {
         "min_miou": BudgetKey(
