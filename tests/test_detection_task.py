@@ -26,7 +26,7 @@ from bckd_pipeline.tasks import base as task_base
 from bckd_pipeline.tasks import detection_ap as ap
 from bckd_pipeline.tasks import get_task
 from bckd_pipeline.tasks.detection import DETECTION, FLOAT_PARITY, INT8_PARITY, matched_share
-from bckd_pipeline.tasks.detection_decode import HeadOutputs, anchor_points, batched_nms, decode
+from bckd_pipeline.tasks.detection_decode import HeadOutputs, anchor_points, batched_nms, decode, to_source
 
 C, H, W = 3, 64, 96
 A = sum(len(p) for p in anchor_points(H, W))
@@ -390,3 +390,10 @@ def test_draw_puts_each_box_in_its_class_colour_over_the_ground_truth():
     assert DETECTION.caption(ROWS, truth, ignore_index=-1) == "2 boxes, 1/1 objects found (IoU ≥ 0.5)"
     stacked = DETECTION.as_saved([{"boxes": np.zeros((0, 4)), "labels": np.zeros(0, np.int64)}] * 2)
     assert stacked.shape == (2, 100, 6) and (stacked[..., 5] == -1).all()
+
+
+def test_boxes_go_back_to_the_original_images_pixels():
+    """A 100 x 200 image letterboxed into 64 x 96: scaled by 0.48 into 48 x 96 rows 8..56."""
+    placed = to_source(ROWS, source=(100, 200), inner=(48, 96), top=8, left=0)
+    np.testing.assert_allclose(placed[0, :4], [4 / 0.48, 0.0, 20 / 0.48, (30 - 8) / 0.48], rtol=1e-6)
+    assert (placed[2:] == ROWS[2:]).all()  # y1 = (6 - 8) / 0.48 is clipped to the image; padding stays padding

@@ -174,21 +174,25 @@ def split_evidence(evidence: np.ndarray, bins: int = SCORE_BINS) -> Tuple[np.nda
 WITHIN_BIN = {"worst": (1.0, 0.0), "best": (0.0, 1.0), "mid": (0.5, 0.5)}  # weights of the (FP-first, TP-first) APs
 
 
-def ap_table(evidence: np.ndarray, bins: int = SCORE_BINS, within_bin: str = "mid") -> np.ndarray:
-    """AP(t, a, c) as fractions ``[..., T, A, C]`` of summed evidence (NaN where a class has no ground truth).
+def ap_table(evidence: np.ndarray, bins: int = SCORE_BINS, within_bin: str = "mid", areas: slice = slice(None)):
+    """AP(t, a, c) as fractions ``[..., T, A, C]`` of summed evidence (NaN where a class has no ground truth), for
+    the area ranges ``areas`` selects (all four by default).
 
     ``within_bin``: how the detections inside one score bin are ranked: ``"worst"`` (its FPs first: the curve
     has only the bins' ends, a subset of COCOeval's points), ``"best"`` (its TPs first), ``"mid"`` (the mean of
     the two). COCOeval's AP lies between worst and best; mid is within half their gap of it.
     """
     counts, gts = split_evidence(evidence, bins)
-    cum = np.cumsum(counts[..., ::-1, :].astype(np.float64), axis=-2)  # highest score bin first
-    tp, fp = cum[..., 0], cum[..., 1]
+    counts, gts = counts[..., areas, :, :, :], gts[..., areas, :]
+    # Cumulative counts, highest score bin first.
+    tp = np.cumsum(np.asarray(counts[..., ::-1, 0], np.float64), axis=-1)
+    fp = np.cumsum(np.asarray(counts[..., ::-1, 1], np.float64), axis=-1)
     n_gt = gts.astype(np.float64)[..., None, :, :, None]
     with np.errstate(invalid="ignore", divide="ignore"):
         recall = tp / n_gt
     reached = np.searchsorted(RECALL_THRESHOLDS, np.nan_to_num(recall, nan=-1.0), side="right")  # r_i <= recall
-    first = np.diff(reached, axis=-1, prepend=0)  # the recall thresholds first reached at this bin
+    first = reached.copy()  # the recall thresholds first reached at this bin
+    first[..., 1:] -= reached[..., :-1]
     fp_before = np.concatenate([np.zeros_like(fp[..., :1]), fp[..., :-1]], axis=-1)
     ap = np.zeros(tp.shape[:-1])
     for weight, fp_at in ((WITHIN_BIN[within_bin][0], fp), (WITHIN_BIN[within_bin][1], fp_before)):
@@ -210,7 +214,7 @@ def _class_mean(ap: np.ndarray) -> np.ndarray:
 
 def map_of(evidence: np.ndarray, bins: int = SCORE_BINS) -> np.ndarray:
     """AP@[.5:.95] in points of summed evidence ``[..., L]``, vectorised over leading axes."""
-    return _class_mean(ap_table(evidence, bins)[..., :, 0, :].mean(-2))
+    return _class_mean(ap_table(evidence, bins, areas=slice(0, 1))[..., :, 0, :].mean(-2))
 
 
 def coco_summary(evidence: np.ndarray, bins: int = SCORE_BINS, within_bin: str = "mid") -> Dict[str, Any]:
