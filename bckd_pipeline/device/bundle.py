@@ -56,6 +56,9 @@ AGENT_MODULES = (
     "tasks/__init__.py",
     "tasks/base.py",
     "tasks/segmentation.py",
+    "tasks/detection.py",
+    "tasks/detection_ap.py",
+    "tasks/detection_decode.py",
 )
 TENSORRT_DIR = "deploy/tensorrt"  # in OUT: bundle/ (what ships) and device/ (what came back)
 BUNDLE_FILES = ("job.json", "model.qdq.onnx", "feeds.npz", "agent.pyz", "build_engine.sh", "README.txt")
