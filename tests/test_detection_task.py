@@ -368,7 +368,8 @@ def test_predict_writes_coco_style_detections_and_an_overlay(tmp_path):
     seg = SimpleNamespace(task=get_task("detection"), palette=COLORS, classes=("car", "person", "bike"))
     seg.info = SimpleNamespace(as_dict=lambda: {"backend": "fake"})
     writer = PredictionsWriter(tmp_path, seg, Source(tmp_path, "folder"), overlay=True)
-    writer.add(Item("x.png", "x", tmp_path / "x.png"), Decoded(np.zeros((48, 64, 3), np.uint8)), Prediction(ROWS, 1.0, 2.0))
+    image = Decoded(np.zeros((48, 64, 3), np.uint8))
+    writer.add(Item("x.png", "x", tmp_path / "x.png"), image, Prediction(ROWS, 1.0, 2.0))
     path, _ = writer.finish(1.0)
     (entry,) = json.loads(path.read_text())["images"]
     assert entry["detections"] == [
