@@ -3,9 +3,10 @@
     nice -n 10 python benchmarks/det_step.py --presets fcos-lite0,fcos-r18,fcos-r50 --batch 8 --size 192,256
 
 FP32, random weights (the time does not depend on them), a fixed synthetic batch (uniform noise images, four
-boxes per image of 16-160 px, five classes), ``--warmup`` untimed steps then ``--steps`` timed ones per preset;
-the median and every step's time are recorded, with the load average before and after (the machine is shared)
-and torch's thread count. Results: docs/results/det_step_cpu.json.
+boxes per image of 16-160 px, five classes). ``--warmup`` untimed rounds, then ``--steps`` timed ones; each round
+runs one step of every preset in turn, so a busy spell of the shared machine slows every row alike. The median
+and every step's time are recorded, with the load average before and after and torch's thread count.
+Results: docs/results/det_step_cpu.json.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ def synthetic_batch(batch: int, hw: tuple[int, int], classes: int, seed: int = 0
     return images, targets
 
 
-def time_preset(name: str, args) -> dict:
+def build_step(name: str, args):
+    """One optimisation step of a preset, as a closure over its own model, optimiser and batch."""
     from bckd_pipeline.distill.detection import build_detector
     from bckd_pipeline.distill.detection_task import DetTrainTask
 
@@ -51,21 +53,36 @@ def time_preset(name: str, args) -> dict:
     task = DetTrainTask(model).train()
     opt = torch.optim.SGD(task.trainable_parameters(), lr=0.01, momentum=0.9)
     images, targets = synthetic_batch(args.batch, hw, args.classes)
-    times = []
-    for i in range(args.warmup + args.steps):
-        t0 = time.perf_counter()
+
+    def step() -> float:
         out = task(images, targets)
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
         opt.step()
-        dt = time.perf_counter() - t0
-        if i >= args.warmup:
-            times.append(dt)
-        print(f"{name} step {i}: {dt:.2f} s, loss {float(out['loss']):.3f}", file=sys.stderr)
+        return float(out["loss"].detach())
+
+    return model, step
+
+
+def time_presets(names: list[str], args) -> dict:
+    """Rounds of one step per preset, interleaved, so that a busy spell of the shared machine slows every row."""
+    steps = {name: build_step(name, args) for name in names}
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for i in range(args.warmup + args.steps):
+        for name, (_, step) in steps.items():
+            t0 = time.perf_counter()
+            loss = step()
+            dt = time.perf_counter() - t0
+            if i >= args.warmup:
+                times[name].append(dt)
+            print(f"{name} round {i}: {dt:.2f} s, loss {loss:.3f}", file=sys.stderr)
     return {
-        "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
-        "step_s_median": round(statistics.median(times), 3),
-        "step_s": [round(t, 3) for t in times],
+        name: {
+            "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
+            "step_s_median": round(statistics.median(times[name]), 3),
+            "step_s": [round(t, 3) for t in times[name]],
+        }
+        for name, (model, _) in steps.items()
     }
 
 
@@ -80,10 +97,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPO / "docs/results/det_step_cpu.json")
     args = ap.parse_args()
     load_before = os.getloadavg()
-    rows = {name: time_preset(name, args) for name in args.presets.split(",")}
+    rows = time_presets(args.presets.split(","), args)
     result = {
         "command": "python benchmarks/det_step.py " + " ".join(sys.argv[1:]),
-        "what": "one FCOS training step (forward, losses, backward, SGD), fp32, synthetic batch; median of steps",
+        "what": "one FCOS training step (forward, losses, backward, SGD), fp32, synthetic batch; "
+        "median of interleaved rounds",
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
         "torch_threads": torch.get_num_threads(),
         "load_average_before": [round(v, 2) for v in load_before],
