@@ -1,11 +1,13 @@
 """Wall time of one detector training step on this machine (forward, FCOS losses, backward, SGD update).
 
-    nice -n 10 python benchmarks/det_step.py --presets fcos-lite0,fcos-r18,fcos-r50 --batch 8 --size 192,256
+    nice -n 10 python benchmarks/det_step.py --presets fcos-lite0,fcos-r18,fcos-r50 --threads 1,2
 
 FP32, random weights (the time does not depend on them), a fixed synthetic batch (uniform noise images, four
 boxes per image of 16-160 px, five classes). ``--warmup`` untimed rounds, then ``--steps`` timed ones; each round
-runs one step of every preset in turn, so a busy spell of the shared machine slows every row alike. The median
-and every step's time are recorded, with the load average before and after and torch's thread count.
+runs one step of every preset in turn, so a busy spell of the shared machine slows every row alike. Each preset
+runs at every ``--threads`` count: on a shared 2-core machine two OpenMP threads wait at every barrier for a
+thread the scheduler has taken away, so one thread can be the faster setting there. The median, the minimum and
+every step's time are recorded, with the load average before and after.
 Results: docs/results/det_step_cpu.json.
 """
 
@@ -64,25 +66,31 @@ def build_step(name: str, args):
     return model, step
 
 
-def time_presets(names: list[str], args) -> dict:
-    """Rounds of one step per preset, interleaved, so that a busy spell of the shared machine slows every row."""
+def time_presets(names: list[str], threads: list[int], args) -> dict:
+    """Rounds of one step per (thread count, preset), interleaved, so that a busy spell of the shared machine
+    slows every row alike. Rows are keyed ``<preset>@<threads>t``."""
     steps = {name: build_step(name, args) for name in names}
-    times: dict[str, list[float]] = {name: [] for name in names}
+    rows = [(f"{name}@{t}t", name, t) for t in threads for name in names]
+    times: dict[str, list[float]] = {key: [] for key, _, _ in rows}
     for i in range(args.warmup + args.steps):
-        for name, (_, step) in steps.items():
+        for key, name, t in rows:
+            torch.set_num_threads(t)
             t0 = time.perf_counter()
-            loss = step()
+            loss = steps[name][1]()
             dt = time.perf_counter() - t0
             if i >= args.warmup:
-                times[name].append(dt)
-            print(f"{name} round {i}: {dt:.2f} s, loss {loss:.3f}", file=sys.stderr)
+                times[key].append(dt)
+            print(f"{key} round {i}: {dt:.2f} s, loss {loss:.3f}", file=sys.stderr)
     return {
-        name: {
-            "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
-            "step_s_median": round(statistics.median(times[name]), 3),
-            "step_s": [round(t, 3) for t in times[name]],
+        key: {
+            "preset": name,
+            "threads": t,
+            "params_m": round(sum(p.numel() for p in steps[name][0].parameters()) / 1e6, 3),
+            "step_s_median": round(statistics.median(times[key]), 3),
+            "step_s_min": round(min(times[key]), 3),
+            "step_s": [round(v, 3) for v in times[key]],
         }
-        for name, (model, _) in steps.items()
+        for key, name, t in rows
     }
 
 
@@ -92,18 +100,19 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--size", default="192,256", help="H,W")
     ap.add_argument("--classes", type=int, default=5)
+    ap.add_argument("--threads", default="1,2", help="torch thread counts to time, comma-separated")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--out", type=Path, default=REPO / "docs/results/det_step_cpu.json")
     args = ap.parse_args()
     load_before = os.getloadavg()
-    rows = time_presets(args.presets.split(","), args)
+    threads = [int(t) for t in args.threads.split(",")]
+    rows = time_presets(args.presets.split(","), threads, args)
     result = {
         "command": "python benchmarks/det_step.py " + " ".join(sys.argv[1:]),
         "what": "one FCOS training step (forward, losses, backward, SGD), fp32, synthetic batch; "
         "median of interleaved rounds",
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
-        "torch_threads": torch.get_num_threads(),
         "load_average_before": [round(v, 2) for v in load_before],
         "load_average_after": [round(v, 2) for v in os.getloadavg()],
         "machine": {**cpu_summary(), "lscpu": lscpu()},
