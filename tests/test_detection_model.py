@@ -20,9 +20,10 @@ from bckd_pipeline.distill.detection import (
     build_detector,
     check_detector_input,
     detector_taps,
+    p3_map,
 )
 from bckd_pipeline.distill.detection_losses import FCOSLoss, assign_targets, centerness_target, scale_ranges
-from bckd_pipeline.distill.detection_task import DetTrainTask
+from bckd_pipeline.distill.detection_task import DetDistillTask, DetTrainTask
 from bckd_pipeline.errors import ConfigError
 
 H, W = 64, 96
@@ -303,3 +304,41 @@ def test_bckd_taps_give_backbone_and_fpn_maps_and_the_dense_score_map():
     assert torch.isfinite(terms["boundary"]) and torch.isfinite(terms["context"])
     (terms["boundary"] + terms["context"]).backward()
     assert student.fpn.body.layer_blocks[0][0].weight.grad is not None
+
+
+# --------------------------------------------------------------------------------------------
+# BCKD on detectors
+# --------------------------------------------------------------------------------------------
+def test_p3_map_is_the_first_level_block_of_the_flat_output():
+    model = build_detector("fcos-tiny-s", 3).eval()
+    x = torch.rand(1, 3, H, W)
+    with torch.no_grad():
+        cls, _, _ = model.head_maps(x)
+        scores, _, _ = model(x)
+    assert torch.equal(p3_map(scores, (H, W)), cls[0])
+
+
+def test_bckd_distills_a_detector_with_the_segmentation_implementation():
+    from bckd_pipeline.configs import DistillConfig
+    from bckd_pipeline.distill.task import StepInfo
+
+    torch.manual_seed(0)
+    student, teacher = build_detector("fcos-tiny-s", 3), build_detector("fcos-tiny-t", 3)
+    images, targets = _two_images()
+    task = DetDistillTask(student, teacher, cfg=DistillConfig(kd="bckd"), example_input=images[:1]).train()
+    assert not task.teacher.model.training
+    out = task(images, targets, StepInfo(iteration=0, max_iters=10, batch_size=2, dataset_size=2))
+    assert set(out) >= {"loss", "loss/cls", "loss/box", "loss/ctr", "loss/boundary", "loss/context"}
+    assert all(bool(torch.isfinite(out[k])) for k in out if k.startswith("loss"))
+    out["loss"].backward()
+    assert student.backbone.stages[0][0].weight.grad is not None
+    assert all(p.grad is None for p in teacher.parameters())
+    assert set(task.trainable_modules()) == {"student", "bckd"}
+
+
+def test_detector_distillation_refuses_segmentation_terms():
+    from bckd_pipeline.configs import DistillConfig
+
+    student, teacher = build_detector("fcos-tiny-s", 3), build_detector("fcos-tiny-t", 3)
+    with pytest.raises(ConfigError, match="not defined for detectors"):
+        DetDistillTask(student, teacher, cfg=DistillConfig(kd="kd+bckd"), example_input=torch.rand(1, 3, H, W))

@@ -262,21 +262,32 @@ class FCOSDetector(nn.Module):
 
     @torch.no_grad()
     def dense_class_probs(self, images: torch.Tensor | None = None, *, p3_logits: torch.Tensor | None = None):
-        """The dense class-score map at P3 for BCKD's semantic boundary: N x (C + 1) x H/8 x W/8.
-
-        Channels 0..C-1 are the class scores ``sigmoid(z_c)``, channel C the background ``1 - max_c sigmoid(z_c)``;
-        the C + 1 values of a cell are then divided by their sum, so each cell is a distribution, which the
-        semantic boundary ``1 - sum_c p_c pbar_c`` reads as one. Pass the images, or the P3 class logits of a
-        forward already run (``head_maps(images)[0][0]``).
-        """
+        """The teacher's dense class-score map at P3 for BCKD's semantic boundary: N x (C + 1) x H/8 x W/8
+        (:func:`dense_class_probs`). Pass the images, or the P3 class logits of a forward already run."""
         if p3_logits is None:
             if images is None:
                 raise ValueError("dense_class_probs needs images or p3_logits")
             p3_logits = self.head_maps(images)[0][0]
-        scores = p3_logits.float().sigmoid()
-        background = 1.0 - scores.amax(1, keepdim=True)
-        probs = torch.cat([scores, background], 1)
-        return probs / probs.sum(1, keepdim=True).clamp_min(1e-12)
+        return dense_class_probs(p3_logits)
+
+
+def dense_class_probs(p3_logits: torch.Tensor) -> torch.Tensor:
+    """Class logits N x C x h x w -> the dense class-score map N x (C + 1) x h x w.
+
+    Channels 0..C-1 are the class scores ``sigmoid(z_c)``, channel C the background ``1 - max_c sigmoid(z_c)``;
+    the C + 1 values of a cell are then divided by their sum, so each cell is a distribution, which the
+    semantic boundary ``1 - sum_c p_c pbar_c`` reads as one.
+    """
+    scores = p3_logits.float().sigmoid()
+    background = 1.0 - scores.amax(1, keepdim=True)
+    probs = torch.cat([scores, background], 1)
+    return probs / probs.sum(1, keepdim=True).clamp_min(1e-12)
+
+
+def p3_map(flat: torch.Tensor, hw: tuple[int, int], stride: int = STRIDES[0]) -> torch.Tensor:
+    """The first level's block of a flattened output (N x A x K) as a map N x K x H/s x W/s (the contract's order)."""
+    h, w = hw[0] // stride, hw[1] // stride
+    return flat[:, : h * w].reshape(flat.shape[0], h, w, flat.shape[-1]).permute(0, 3, 1, 2)
 
 
 def detector_taps() -> list[str]:
