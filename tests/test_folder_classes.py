@@ -1,5 +1,5 @@
 """A user's own segmentation data in the ``folder:`` layout: their class ids, and a classes file with names and
-colours (``classes.txt`` lines ``name`` or ``name R G B``, or ``classes.json``); the example of docs/data.md."""
+colours (``classes.txt`` lines ``name`` or ``name R G B``, or ``classes.json``); the example of README.md, "Data"."""
 
 from __future__ import annotations
 
