@@ -111,6 +111,10 @@ def test_a_factory_student_and_a_torchscript_teacher_with_logit_kd(tv, tmp_path,
     assert rc == 0, err
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["teacher_kind"] == "torchscript" and metrics["model"] == "tvteacher:build"
+    # the factory student's checkpoint fills the factory's module again: `deploy --model-factory --weights` takes it
+    from bckd_pipeline.model_files import module_from_factory
+
+    assert isinstance(module_from_factory("tvteacher:build", out / "student.pt"), tv["module"].TvSeg)
     # BCKD taps need forward hooks, which a TorchScript module does not run: refused with the reason
     rc, _, err = run_cli(
         capsys, "distill", *SMOKE, "--teacher", scripted, "--kd", "kd+bckd", "--iters", "1", "--out", tmp_path / "B"
@@ -145,3 +149,15 @@ def test_teacher_refusals(tv, tmp_path, capsys, flags, expected):
     assert_clean_error(rc, err, out)
     for text in expected:
         assert text in err, err
+
+
+def test_an_exported_program_teacher_distils_from_logits_only(tv, tmp_path):
+    from bckd_pipeline.distill.any_model import load_teacher
+    from bckd_pipeline.errors import ConfigError
+
+    pt2 = tmp_path / "teacher.pt2"
+    torch.export.save(torch.export.export(tv["module"].build().eval(), (torch.zeros(1, 3, 64, 64),)), str(pt2))
+    teacher = load_teacher(pt2, None, None, len(DEMO_CLASSES))
+    assert teacher.kind == "pt2" and teacher.taps(None, bckd=False) is None
+    with pytest.raises(ConfigError, match="cannot tap its features"):
+        teacher.taps(["layer2"], bckd=True)
