@@ -1,0 +1,375 @@
+"""Render the results quoted in README.md and docs/*.md from docs/results/*.json, and check they agree.
+
+How it works. A results table or figure in the docs sits between two HTML comments that Markdown does not
+show:
+
+    <!-- results:NAME ARG ... -->
+    | the table, as this script renders it |
+    <!-- /results:NAME -->
+
+and an inline figure inside a sentence as ``<!-- r:NAME ARG ... -->2.33<!-- /r -->``. NAME is a function
+of this script registered in RENDERERS (blocks) or INLINE (inline figures); each reads its JSON under
+docs/results/ and returns Markdown (a block) or a short text (inline). ARG words are passed to it as
+strings (most take the JSON's file stem). Text outside the markers is never touched.
+
+    python benchmarks/render_results.py            # rewrite every region from the JSON
+    python benchmarks/render_results.py --check    # exit 1 with a diff when a committed region differs
+    python benchmarks/render_results.py --audit    # which JSON lacks which provenance field (exit 0)
+
+To add a figure: write a function here that returns its text from the JSON, register it, put the markers
+in the doc, and run the script; tests/test_docs_results.py fails when the docs and the JSON disagree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from quant.table import markdown as quant_markdown  # noqa: E402
+
+RESULTS = ROOT / "docs" / "results"
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+BLOCK = re.compile(r"(<!-- results:(?P<spec>[^>]*?) -->\n)(?P<body>.*?)(<!-- /results:(?P<end>[\w.+-]+) -->)", re.S)
+INLINE = re.compile(r"(<!-- r:(?P<spec>[^>]*?) -->)(?P<body>.*?)(<!-- /r -->)", re.S)
+
+
+def load(stem: str) -> dict:
+    return json.loads((RESULTS / f"{stem}.json").read_text())
+
+
+# ---------------------------------------------------------------------------------------------- formats
+
+MINUS = "\u2212"
+
+
+def f2(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def s2(v: float, minus: str = "-") -> str:
+    """Signed, two decimals; ``minus`` is the sign a negative value is written with."""
+    return f"{v:+.2f}".replace("-", minus)
+
+
+def ci(lo_hi: list[float], minus: str = "-") -> str:
+    return f"[{s2(lo_hi[0], minus)}, {s2(lo_hi[1], minus)}]"
+
+
+def mean_sd(cell: dict) -> str:
+    return f"{cell['mean']:.2f} ± {cell['sd']:.2f}"
+
+
+# ---------------------------------------------------------------------------------------------- study tables
+
+
+def _teacher_label(study: dict) -> str:
+    t = study["summary"]["teacher"]
+    imagenet = study["settings"].get("pretrained_teacher") == "imagenet"
+    return f"teacher `{t['model']}`" + (" (ImageNet)" if imagenet else "")
+
+
+def study_rows(stem: str) -> str:
+    """Per-seed mIoU, mean ± sd of mIoU, boundary F and LHD per row of a paired-seed BCKD study."""
+    d = load(stem)
+    seeds = d["settings"]["seed_list"]
+    per = {(j["row"], j["seed"]): j["miou"] for j in d["jobs"] if j["kind"] == "row" and j["status"] == "ok"}
+    t = d["summary"]["teacher"]
+    lines = [
+        "| row | " + " | ".join(f"seed {s}" for s in seeds) + " | mIoU mean ± sd | boundary F | LHD (GT) |",
+        "|---|" + "---:|" * (len(seeds) + 3),
+        f"| {_teacher_label(d)} | {f2(t['miou'])} |" + " |" * len(seeds) + f" {f2(t['boundary_f'])} | {f2(t['lhd'])} |",
+    ]
+    for row, r in d["summary"]["rows"].items():
+        cells = " | ".join(f2(per.get((row, s))) for s in seeds)
+        lines.append(f"| {row} | {cells} | {mean_sd(r['miou'])} | {mean_sd(r['boundary_f'])} | {mean_sd(r['lhd'])} |")
+    return "\n".join(lines)
+
+
+def study_paired(stem: str, ref: str) -> str:
+    """Paired differences (row − ``ref`` per seed) with 95 % t and bootstrap intervals; ** where t excludes 0."""
+    d = load(stem)
+    lines = [
+        "| row | n | ΔmIoU | 95 % t | 95 % bootstrap | Δ boundary F (95 % t) | Δ LHD (95 % t) |",
+        "|---|---:|---:|---|---|---|---|",
+    ]
+    for row, p in d["summary"]["paired"][ref].items():
+        m, bf, lhd = p["miou"], p["boundary_f"], p["lhd"]
+        star = " **" if m["significant"] else ""
+        lines.append(
+            f"| {row} | {m['n']} | {s2(m['mean'])}{star} | {ci(m['t_ci'])} | {ci(m['bootstrap_ci'])} | "
+            f"{s2(bf['mean'])} {ci(bf['t_ci'])} | {s2(lhd['mean'])} {ci(lhd['t_ci'])} |"
+        )
+    return "\n".join(lines)
+
+
+def study_ablation(stem: str) -> str:
+    """The Table I ablation (first seed, BCKD without logit KD), against the student alone on that seed."""
+    d = load(stem)
+    seed = next(a["seed"] for a in d["summary"]["ablation"] if a["seed"] is not None)
+    student = next(j["miou"] for j in d["jobs"] if j["row"] == "student" and j["seed"] == seed)
+    lines = [
+        f"| L_b | L_c | WD | mIoU | vs student (seed {seed}: {f2(student)}) | boundary F | LHD |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    for a in d["summary"]["ablation"]:
+        marks = " | ".join("✓" if a[k] else "" for k in ("L_b", "L_c", "WD"))
+        lines.append(
+            f"| {marks} | {f2(a['miou'])} | {s2(a['miou'] - student)} | {f2(a['boundary_f'])} | {f2(a['lhd'])} |"
+        )
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- deployment
+
+
+def quickstart_ledger(stem: str) -> str:
+    """The stage ledger of a `bckd-pipeline run` report (report.json), as report.md prints it."""
+    d = load(stem)
+    lines = [
+        "| stage | backend | precision | status | mIoU | ΔmIoU | agreement % | p50 ms | p99 ms | FPS |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for s in d["stages"]:
+        lat = s["latency_ms"]
+        lines.append(
+            f"| {s['name']} | {s['backend']} | {s['precision']} | {s['status']} | {s['miou']:.2f} | "
+            f"{s['miou_delta']:+.3f} | {100 * s['pixel_agreement']:.3f} | {lat['p50']:.2f} | {lat['p99']:.2f} | "
+            f"{s['fps']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def deploy_table(stem: str = "deploy_cpu_camvid96x128") -> str:
+    """The CPU deployment table: accuracy, agreement, latency and speed-up over PyTorch eager per runtime."""
+    d = load(stem)
+    lines = [
+        "| row | mIoU | ΔmIoU | agreement % | p50 ms | p99 ms | FPS | × PyTorch eager |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in d["rows"]:
+        lines.append(
+            f"| {r['row']} | {r['miou']:.2f} | {r['miou_delta']:+.3f} | {100 * r['pixel_agreement']:.2f} | "
+            f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['fps']:.0f} | {r['speedup_vs_pytorch']:.2f} |".replace(
+                "| -", f"| {MINUS}"
+            )
+        )
+    return "\n".join(lines)
+
+
+ORT_VARIANT_LABELS = {
+    "QDQ u8 act / s8 weight, per-channel (ours)": "QDQ, u8 activations / s8 weights, per-channel (**ours**)",
+    "QDQ s8 act / s8 weight, per-channel": "QDQ, s8 activations / s8 weights, per-channel",
+    "QDQ u8/s8, per-tensor weights": "QDQ, u8 / s8, per-tensor weights",
+    "QOperator u8/s8, per-channel": "QOperator, u8 / s8, per-channel",
+}
+
+
+def deploy_ort_variants(stem: str = "deploy_cpu_camvid96x128") -> str:
+    """The ONNX Runtime INT8 settings of the deployment table's run, against ORT FP32."""
+    d = load(stem)
+    lines = ["| ONNX Runtime setting | p50 ms | × FP32 | ΔmIoU vs FP32 |", "|---|---:|---:|---:|"]
+    for v in d["ort_variants"]:
+        label = ORT_VARIANT_LABELS.get(v["variant"], v["variant"])
+        speedup, delta = v.get("speedup_vs_fp32", 1.0), v.get("miou_delta_vs_fp32", 0.0)
+        lines.append(f"| {label} | {v['p50_ms']:.2f} | {speedup:.2f} | {delta:+.3f} |".replace("| -", f"| {MINUS}"))
+    return "\n".join(lines)
+
+
+def quant_table(stem: str = "quant_table_cpu") -> str:
+    """The quantization table, its remedies and sensitivity sweeps (benchmarks/quant/table.py's Markdown)."""
+    return quant_markdown(load(stem))
+
+
+def qat_table(stem: str) -> str:
+    """QAT study: per row the QAT mIoU and the recovered share of the PTQ drop, (QAT − PTQ) / (FP32 − PTQ)."""
+    d = load(stem)
+    labels = {
+        "init": "`init` (no fine-tune)",
+        "kd+bckd": "`kd+bckd` (CE + logit KD + BCKD)",
+        "kd": "`kd` (CE + logit KD)",
+        "none": "`none` (CE alone)",
+    }
+    lines = [
+        "| row (`--qat-kd`) | seeds | QAT mIoU (mean ± sd) | recovered of the PTQ drop (mean [95 % t]) |",
+        "|---|---:|---|---|",
+    ]
+    rows = d["summary"]["rows"]
+    for name in sorted(rows, key=lambda n: list(labels).index(n) if n in labels else len(labels)):
+        r = rows[name]
+        q, rec = r["miou_qat"], r["recovered"]
+        miou = f2(q["mean"]) if q["sd"] is None else mean_sd(q)
+        recovered = s2(rec["mean"], MINUS) + (f" {ci(r['recovered_t_ci'], MINUS)}" if r["recovered_t_ci"] else "")
+        lines.append(f"| {labels.get(name, name)} | {len(r['seeds'])} | {miou} | {recovered} |")
+    return "\n".join(lines)
+
+
+RENDERERS: dict[str, Callable[..., str]] = {
+    f.__name__: f
+    for f in (
+        study_rows,
+        study_paired,
+        study_ablation,
+        quickstart_ledger,
+        deploy_table,
+        deploy_ort_variants,
+        quant_table,
+        qat_table,
+    )
+}
+
+
+# ---------------------------------------------------------------------------------------------- inline figures
+
+
+def ort_int8_over_fp32(stem: str = "deploy_cpu_camvid96x128") -> str:
+    """ONNX Runtime INT8 over ONNX Runtime FP32, ratio of mean latencies of the deployment table, 1 decimal."""
+    rows = {r["row"]: r for r in load(stem)["rows"]}
+    return f"{rows['ONNX Runtime FP32']['mean_ms'] / rows['ONNX Runtime INT8']['mean_ms']:.1f}"
+
+
+def speedup_vs_eager(stem: str, row: str) -> str:
+    """A row's speed-up over PyTorch eager FP32 (ratio of mean latencies), 1 decimal."""
+    rows = {r["row"].split(" (")[0]: r for r in load(stem)["rows"]}
+    return f"{rows[row.replace('_', ' ')]['speedup_vs_pytorch']:.1f}"
+
+
+INLINE_RENDERERS: dict[str, Callable[..., str]] = {f.__name__: f for f in (ort_int8_over_fp32, speedup_vs_eager)}
+
+
+# ---------------------------------------------------------------------------------------------- render / check
+
+
+def render_text(text: str) -> str:
+    """``text`` with every marked region re-rendered from the JSON."""
+
+    def block(m: re.Match) -> str:
+        name, *args = m["spec"].split()
+        if name != m["end"]:
+            raise ValueError(f"region {name!r} is closed by {m['end']!r}")
+        if name not in RENDERERS:
+            raise ValueError(f"no renderer {name!r}; known: {', '.join(sorted(RENDERERS))}")
+        return f"{m[1]}{RENDERERS[name](*args).rstrip()}\n{m[4]}"
+
+    def inline(m: re.Match) -> str:
+        name, *args = m["spec"].split()
+        if name not in INLINE_RENDERERS:
+            raise ValueError(f"no inline renderer {name!r}; known: {', '.join(sorted(INLINE_RENDERERS))}")
+        return f"{m[1]}{INLINE_RENDERERS[name](*args)}{m[4]}"
+
+    return INLINE.sub(inline, BLOCK.sub(block, text))
+
+
+def regions(text: str) -> list[str]:
+    return [m["spec"] for m in BLOCK.finditer(text)] + [m["spec"] for m in INLINE.finditer(text)]
+
+
+def _name(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def check(paths: list[Path]) -> list[str]:
+    """A unified diff per file whose committed regions differ from what the JSON renders."""
+    diffs = []
+    for path in paths:
+        old = path.read_text()
+        new = render_text(old)
+        if new != old:
+            name = _name(path)
+            diffs.append(
+                "".join(
+                    difflib.unified_diff(
+                        old.splitlines(True), new.splitlines(True), f"{name} (committed)", f"{name} (rendered)"
+                    )
+                )
+            )
+    return diffs
+
+
+# ---------------------------------------------------------------------------------------------- audit
+
+# Provenance a results file must record, and the keys that hold it, looked up at any depth (a study records
+# its machine once per configuration). A field counts when one of its keys holds a value other than null/"".
+PROVENANCE: dict[str, tuple[str, ...]] = {
+    "command": ("command", "commands", "study_command"),
+    "commit": ("git_commit", "code_hash", "git"),
+    "cpu": ("cpu", "Model name", "lscpu_model"),
+    "isa": ("isa", "Flags"),
+    "gpu": ("gpus", "gpu", "gpu_name"),
+    "versions": ("versions", "torch"),
+    "wall_time": ("wall_s", "seconds", "finished", "ended"),
+}
+
+
+def _values(d, key: str):
+    """Every value stored under ``key`` anywhere in ``d``."""
+    if isinstance(d, dict):
+        for k, v in d.items():
+            if k == key:
+                yield v
+            yield from _values(v, key)
+    elif isinstance(d, list):
+        for v in d:
+            yield from _values(v, key)
+
+
+def _device_is_cpu(d) -> bool:
+    """A run whose recorded device is the CPU used no GPU: that is its GPU record."""
+    return any(isinstance(v, str) and v.startswith("cpu") for v in _values(d, "device"))
+
+
+def audit_file(d: dict | list) -> list[str]:
+    """The provenance fields ``d`` lacks."""
+    missing = []
+    for field, keys in PROVENANCE.items():
+        found = any(v not in (None, "") for k in keys for v in _values(d, k))
+        if field == "gpu":
+            found = found or _device_is_cpu(d)
+        if field == "cpu":
+            found = found or any(isinstance(v, str) and v for v in _values(d, "machine"))
+        if not found:
+            missing.append(field)
+    return missing
+
+
+def audit() -> dict[str, list[str]]:
+    return {p.stem: audit_file(json.loads(p.read_text())) for p in sorted(RESULTS.glob("*.json"))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--check", action="store_true", help="exit 1 with a diff when the docs differ from the JSON")
+    ap.add_argument("--audit", action="store_true", help="list the provenance fields each results JSON lacks")
+    ap.add_argument("files", nargs="*", type=Path, help="Markdown files (default: README.md and docs/*.md)")
+    args = ap.parse_args(argv)
+    paths = [p.resolve() for p in args.files] or DOCS
+    if args.audit:
+        for stem, missing in audit().items():
+            print(f"{stem}: {'complete' if not missing else 'lacks ' + ', '.join(missing)}")
+        return 0
+    if args.check:
+        diffs = check(paths)
+        for d in diffs:
+            print(d)
+        n = sum(len(regions(p.read_text())) for p in paths)
+        print(f"{n} regions, {len(diffs)} file(s) differ from docs/results", file=sys.stderr)
+        return 1 if diffs else 0
+    for path in paths:
+        old = path.read_text()
+        new = render_text(old)
+        if new != old:
+            path.write_text(new)
+            print(f"rendered {_name(path)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
