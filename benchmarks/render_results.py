@@ -128,6 +128,44 @@ def study_ablation(stem: str) -> str:
     return "\n".join(lines)
 
 
+TABLE_ROWS = {"student": "student alone", "kd": "logit KD", "bckd": "BCKD", "kd+bckd": "KD + BCKD"}
+
+
+def two_teacher_table(stem: str) -> str:
+    """A camvid_table.py result made by two invocations (``run_1``, ``run_2``), each with its own teacher:
+    per-seed mIoU, mean ± sd over seeds, and boundary F and LHD means, per row."""
+    import statistics
+
+    d = load(stem)
+    runs = [d[k]["rows"] for k in sorted(k for k in d if k.startswith("run_"))]
+    teachers = [r for rows in runs for r in rows if r["name"] == "teacher"]
+    students = [r for rows in runs for r in rows if r["name"] != "teacher" and r["status"] == "ok"]
+    seeds = sorted({r["seed"] for r in students})
+    lines = [
+        "| row | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± sd | boundary F | LHD (GT) |",
+        "|---|" + "---:|" * (len(seeds) + 3),
+        "| teacher | "
+        + " / ".join(f2(t["miou"]) for t in teachers)
+        + " |" * (len(seeds) + 1)
+        + " "
+        + " / ".join(f2(t["boundary_f"]) for t in teachers)
+        + " | "
+        + " / ".join(f2(t["lhd"]) for t in teachers)
+        + " |",
+    ]
+    for name, label in TABLE_ROWS.items():
+        mine = {r["seed"]: r for r in students if r["name"] == name}
+        if not mine:
+            continue
+        miou = [mine[s]["miou"] for s in seeds]
+        lines.append(
+            f"| {label} | " + " | ".join(f2(v) for v in miou) + f" | {f2(statistics.mean(miou))} ± "
+            f"{f2(statistics.stdev(miou))} | {f2(statistics.mean(r['boundary_f'] for r in mine.values()))} | "
+            f"{f2(statistics.mean(r['lhd'] for r in mine.values()))} |"
+        )
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------------------------- deployment
 
 
@@ -189,6 +227,65 @@ def quant_table(stem: str = "quant_table_cpu") -> str:
     return quant_markdown(load(stem))
 
 
+def _quant_rows(stem: str) -> list[tuple[str, str, dict]]:
+    return [
+        (preset, flavour, acc)
+        for preset, s in load(stem)["students"].items()
+        for flavour, acc in s.get("accuracy", {}).items()
+        if "delta_miou" in acc
+    ]
+
+
+def _delta(acc: dict) -> str:
+    return f"{s2(acc['delta_miou'], MINUS)} {ci(acc['delta_miou_ci95'], MINUS)}"
+
+
+def quant_moves(stem: str = "quant_table_cpu") -> str:
+    """Bullets on the quantization table: how many intervals exclude zero, which rows moved up, pixel
+    agreement, and for which students NNCF is the smallest move."""
+    rows = _quant_rows(stem)
+    excludes = [r for r in rows if r[2]["delta_miou_ci95"][0] > 0 or r[2]["delta_miou_ci95"][1] < 0]
+    up = [r for r in rows if r[2]["delta_miou"] > 0]
+    up_excl = [r for r in up if r[2]["delta_miou_ci95"][0] > 0]
+    lowest = min(rows, key=lambda r: r[2]["pixel_agreement"])
+    others = min(100 * r[2]["pixel_agreement"] for r in rows if r is not lowest)
+    bullets = [
+        f"- The moves are small but mostly not noise: {len(excludes)} of the {len(rows)} intervals exclude "
+        f"zero. {len(up)} rows moved up: "
+        + ", ".join(f"`{p}` `{f}` {_delta(a)}" for p, f, a in up)
+        + f"; the intervals of {len(up_excl)} of them exclude zero ("
+        + ", ".join(f"`{p}` `{f}`" for p, f, _ in up_excl)
+        + f"). `{lowest[0]}` `{lowest[1]}` is also the row with the lowest pixel agreement "
+        f"({100 * lowest[2]['pixel_agreement']:.2f} %); every other row agrees with FP32 on at least "
+        f"{others:.2f} % of pixels."
+    ]
+    smallest, not_smallest = [], []
+    for preset in dict.fromkeys(p for p, _, _ in rows):
+        mine = {f: a for p, f, a in rows if p == preset}
+        if "nncf" not in mine:
+            continue
+        best = min(mine, key=lambda f: abs(mine[f]["delta_miou"]))
+        nncf = s2(mine["nncf"]["delta_miou"], MINUS)
+        if best == "nncf":
+            smallest.append(f"`{preset}` ({nncf})")
+        else:
+            not_smallest.append(f"`{preset}` ({nncf}; `{best}` {s2(mine[best]['delta_miou'], MINUS)})")
+    bullets.append(
+        "- NNCF's move is the smallest of the flavours for "
+        + ", ".join(smallest)
+        + " and not for "
+        + ", ".join(not_smallest)
+        + ": mixed. Its interval contains zero for "
+        + ", ".join(
+            f"`{p}` ({_delta(a)})"
+            for p, f, a in rows
+            if f == "nncf" and a["delta_miou_ci95"][0] <= 0 <= a["delta_miou_ci95"][1]
+        )
+        + "."
+    )
+    return "\n".join(bullets)
+
+
 def qat_table(stem: str) -> str:
     """QAT study: per row the QAT mIoU and the recovered share of the PTQ drop, (QAT − PTQ) / (FP32 − PTQ)."""
     d = load(stem)
@@ -218,10 +315,12 @@ RENDERERS: dict[str, Callable[..., str]] = {
         study_rows,
         study_paired,
         study_ablation,
+        two_teacher_table,
         quickstart_ledger,
         deploy_table,
         deploy_ort_variants,
         quant_table,
+        quant_moves,
         qat_table,
     )
 }
