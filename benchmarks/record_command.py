@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     provenance = git_provenance()
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
@@ -64,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         **provenance,
         "started": started.isoformat(timespec="seconds"),
         "wall_s": round(wall, 2),
+        "loadavg_1min_before": load_before,
         "exit_code": proc.returncode,
         "machine": machine_facts(),
         "versions": package_versions(),

@@ -341,7 +341,15 @@ def speedup_vs_eager(stem: str, row: str) -> str:
     return f"{rows[row.replace('_', ' ')]['speedup_vs_pytorch']:.1f}"
 
 
-INLINE_RENDERERS: dict[str, Callable[..., str]] = {f.__name__: f for f in (ort_int8_over_fp32, speedup_vs_eager)}
+def wall_time(stem: str) -> str:
+    """The wall time a results file records (``wall_s``), as "N s" or "N min N s"."""
+    s = round(load(stem)["wall_s"])
+    return f"{s} s" if s < 60 else f"{s // 60} min {s % 60} s"
+
+
+INLINE_RENDERERS: dict[str, Callable[..., str]] = {
+    f.__name__: f for f in (ort_int8_over_fp32, speedup_vs_eager, wall_time)
+}
 
 
 # ---------------------------------------------------------------------------------------------- render / check
@@ -408,6 +416,9 @@ PROVENANCE: dict[str, tuple[str, ...]] = {
 }
 
 
+ARCHES = {"x86_64", "AMD64", "aarch64", "arm64"}  # platform.machine(): an architecture, not a CPU model
+
+
 def _values(d, key: str):
     """Every value stored under ``key`` anywhere in ``d``."""
     if isinstance(d, dict):
@@ -433,7 +444,7 @@ def audit_file(d: dict | list) -> list[str]:
         if field == "gpu":
             found = found or _device_is_cpu(d)
         if field == "cpu":
-            found = found or any(isinstance(v, str) and v for v in _values(d, "machine"))
+            found = found or any(isinstance(v, str) and v not in ARCHES for v in _values(d, "machine") if v)
         if not found:
             missing.append(field)
     return missing
@@ -441,6 +452,27 @@ def audit_file(d: dict | list) -> list[str]:
 
 def audit() -> dict[str, list[str]]:
     return {p.stem: audit_file(json.loads(p.read_text())) for p in sorted(RESULTS.glob("*.json"))}
+
+
+def provenance_table() -> str:
+    """One row per results file: the provenance fields it records and those it lacks."""
+    lines = ["| results file | lacks |", "|---|---|"]
+    for stem, missing in audit().items():
+        lines.append(f"| `docs/results/{stem}.json` | {', '.join(missing) if missing else 'nothing'} |")
+    return "\n".join(lines)
+
+
+def recorded_output(stem: str, last: str = "0", prompt: str = "$ ") -> str:
+    """A fenced block: the command a benchmarks/record_command.py file recorded and what it printed on stdout
+    (its ``last`` lines only, when not 0)."""
+    d = load(stem)
+    out = d["stdout"].rstrip("\n").splitlines()
+    n = int(last)
+    return "\n".join(["```", f"{prompt}{d['command']}", *(out[-n:] if n else out), "```"])
+
+
+RENDERERS["provenance_table"] = provenance_table
+RENDERERS["recorded_output"] = recorded_output
 
 
 def main(argv: list[str] | None = None) -> int:
