@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
+    load_after = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     record = {
         "what": args.what,
         "command": shlex.join(cmd),
@@ -66,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         "started": started.isoformat(timespec="seconds"),
         "wall_s": round(wall, 2),
         "loadavg_1min_before": load_before,
+        "loadavg_1min_after": load_after,
+        "cpu_count": os.cpu_count(),
         "exit_code": proc.returncode,
         "machine": machine_facts(),
         "versions": package_versions(),
