@@ -166,6 +166,18 @@ def two_teacher_table(stem: str) -> str:
     return "\n".join(lines)
 
 
+def relation_auc(stem: str) -> str:
+    """benchmarks/relation_auc.py: the same-class ROC AUC of the cosine between fused features per feature set."""
+    d = load(stem)
+    lines = ["| features (fused at the 12x16 grid) | AUC |", "|---|---:|"]
+    for r in d["rows"]:
+        label = re.sub(
+            r"^student \S+/student/s(\d+)/student\.pt", r"student `student` row, seed \1 (trained alone)", r["features"]
+        )
+        lines.append(f"| {label} | {r['auc']:.4f} |")
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------------------------- deployment
 
 
@@ -316,6 +328,7 @@ RENDERERS: dict[str, Callable[..., str]] = {
         study_paired,
         study_ablation,
         two_teacher_table,
+        relation_auc,
         quickstart_ledger,
         deploy_table,
         deploy_ort_variants,
@@ -341,6 +354,11 @@ def speedup_vs_eager(stem: str, row: str) -> str:
     return f"{rows[row.replace('_', ' ')]['speedup_vs_pytorch']:.1f}"
 
 
+def distill_miou(stem: str, key: str) -> str:
+    """A run report's distillation mIoU: ``teacher``, ``student`` (alone) or ``distilled``, 2 decimals."""
+    return f"{load(stem)['distill'][f'{key}_miou']:.2f}"
+
+
 def wall_time(stem: str) -> str:
     """The wall time a results file records (``wall_s``), as "N s" or "N min N s"."""
     s = round(load(stem)["wall_s"])
@@ -348,7 +366,7 @@ def wall_time(stem: str) -> str:
 
 
 INLINE_RENDERERS: dict[str, Callable[..., str]] = {
-    f.__name__: f for f in (ort_int8_over_fp32, speedup_vs_eager, wall_time)
+    f.__name__: f for f in (ort_int8_over_fp32, speedup_vs_eager, distill_miou, wall_time)
 }
 
 
