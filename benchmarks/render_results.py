@@ -178,6 +178,66 @@ def relation_auc(stem: str) -> str:
     return "\n".join(lines)
 
 
+TUNE_LABELS = {
+    "none": "student alone (`--kd none`)",
+    "kd": "logit KD (`--kd kd`)",
+    "semantic": "semantic (the defaults)",
+    "semantic-b0.5": "semantic, beta 0.5",
+    "semantic-a1-b5": "semantic, alpha 1, beta 5",
+    "semantic-b5": "semantic, beta 5",
+    "semantic-b5-g4": "semantic, beta 5, grid_stride 4",
+    "literal": "literal (conv teacher head, prob softmax, dot relation)",
+    "semantic-student-sem": "semantic, boundary_student=semantic",
+    "semantic-student-sem-b5": "semantic, boundary_student=semantic, beta 5",
+    "semantic-mse": "semantic, context_loss=mse",
+}
+
+
+def options_table(stem: str, chosen: str = "semantic") -> str:
+    """The tuning-split rows of a camvid_table.py result (one seed), in TUNE_LABELS' order; ``chosen`` in bold."""
+    rows = {r["name"]: r for r in load(stem)["rows"] if r["phase"] == "tune" and r["status"] == "ok"}
+    lines = [
+        "| variant (`--kd bckd` plus) | tune mIoU | boundary F | LHD vs teacher | last L_b / L_c |",
+        "|---|---|---|---|---|",
+    ]
+    for name, label in TUNE_LABELS.items():
+        if name not in rows:
+            continue
+        r, terms = rows[name], rows[name]["last_terms"]
+        cells = [label, f2(r["miou"]), f2(r["boundary_f"]), f2(r["lhd_vs_teacher"])]
+        if name == chosen:
+            cells = [f"**{c}**" for c in cells]
+        lb = f" {terms['loss/boundary']:.3f} / {terms['loss/context']:.3f} " if "loss/boundary" in terms else ""
+        lines.append("| " + " | ".join(cells) + f" |{lb or ' '}|")
+    return "\n".join(lines)
+
+
+BALANCE_LABELS = {"none": "none (alpha 10, beta 50)", "grad-0.5": "grad, 0.5 / 0.5"}
+
+
+def balance_table(stem: str = "bckd_tune_cpu96") -> str:
+    """The balance option on the tuning split: weights used, per-seed mIoU, mean and boundary F per config."""
+    d = load(stem)
+    lines = [
+        "| balance | alpha / beta used (seed 0; seed 1) | tune mIoU seed 0 | seed 1 | mean | boundary F |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for name, c in d["configs"].items():
+        jobs = sorted(c["jobs"], key=lambda j: j["seed"])
+        weights = [(j["last_terms"]["bckd/alpha"], j["last_terms"]["bckd/beta"]) for j in jobs]
+        if len(set(weights)) == 1:
+            used = f"{weights[0][0]:g} / {weights[0][1]:g}"
+        else:
+            used = "; ".join(f"{a:.2f} / {b:.2f}" for a, b in weights)
+        s = c["summary"]["kd+bckd"]
+        lines.append(
+            f"| {BALANCE_LABELS.get(name, name)} | {used} | "
+            + " | ".join(f2(j["miou"]) for j in jobs)
+            + f" | {f2(s['miou']['mean'])} | {f2(s['boundary_f']['mean'])} |"
+        )
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------------------------- deployment
 
 
@@ -329,6 +389,8 @@ RENDERERS: dict[str, Callable[..., str]] = {
         study_ablation,
         two_teacher_table,
         relation_auc,
+        options_table,
+        balance_table,
         quickstart_ledger,
         deploy_table,
         deploy_ort_variants,
