@@ -416,6 +416,22 @@ def speedup_vs_eager(stem: str, row: str) -> str:
     return f"{rows[row.replace('_', ' ')]['speedup_vs_pytorch']:.1f}"
 
 
+def pd(stem: str, ref: str, row: str, metric: str = "miou") -> str:
+    """A study's paired mean difference, row − ``ref``, signed, 2 decimals."""
+    return s2(load(stem)["summary"]["paired"][ref][row][metric]["mean"])
+
+
+def pci(stem: str, ref: str, row: str, metric: str = "miou") -> str:
+    """The 95 % paired-t interval of that difference, "lo to hi"."""
+    lo, hi = load(stem)["summary"]["paired"][ref][row][metric]["t_ci"]
+    return f"{s2(lo)} to {s2(hi)}"
+
+
+def ms(stem: str, row: str, metric: str = "miou") -> str:
+    """A study row's mean ± sd over seeds."""
+    return mean_sd(load(stem)["summary"]["rows"][row][metric])
+
+
 def distill_miou(stem: str, key: str) -> str:
     """A run report's distillation mIoU: ``teacher``, ``student`` (alone) or ``distilled``, 2 decimals."""
     return f"{load(stem)['distill'][f'{key}_miou']:.2f}"
@@ -428,7 +444,7 @@ def wall_time(stem: str) -> str:
 
 
 INLINE_RENDERERS: dict[str, Callable[..., str]] = {
-    f.__name__: f for f in (ort_int8_over_fp32, speedup_vs_eager, distill_miou, wall_time)
+    f.__name__: f for f in (ort_int8_over_fp32, speedup_vs_eager, pd, pci, ms, distill_miou, wall_time)
 }
 
 
