@@ -437,6 +437,11 @@ def distill_miou(stem: str, key: str) -> str:
     return f"{load(stem)['distill'][f'{key}_miou']:.2f}"
 
 
+def loadavg(stem: str, when: str = "before") -> str:
+    """The 1-minute load average a benchmarks/record_command.py file recorded ``before`` or ``after`` the command."""
+    return f"{load(stem)[f'loadavg_1min_{when}']:.1f}"
+
+
 def wall_time(stem: str) -> str:
     """The wall time a results file records (``wall_s``), as "N s" or "N min N s"."""
     s = round(load(stem)["wall_s"])
@@ -444,7 +449,7 @@ def wall_time(stem: str) -> str:
 
 
 INLINE_RENDERERS: dict[str, Callable[..., str]] = {
-    f.__name__: f for f in (ort_int8_over_fp32, speedup_vs_eager, pd, pci, ms, distill_miou, wall_time)
+    f.__name__: f for f in (ort_int8_over_fp32, speedup_vs_eager, pd, pci, ms, distill_miou, loadavg, wall_time)
 }
 
 
@@ -558,16 +563,27 @@ def provenance_table() -> str:
     return "\n".join(lines)
 
 
-def recorded_output(stem: str, last: str = "0", prompt: str = "$ ") -> str:
-    """A fenced block: the command a benchmarks/record_command.py file recorded and what it printed on stdout
-    (its ``last`` lines only, when not 0)."""
+def recorded_output(stem: str, last: str = "0", stream: str = "stdout", command: str = "yes") -> str:
+    """A fenced block: the command a benchmarks/record_command.py file recorded (unless ``command`` is "no") and
+    what it printed on ``stream`` (stdout, or stderr_tail), its ``last`` lines only when not 0."""
     d = load(stem)
-    out = d["stdout"].rstrip("\n").splitlines()
+    out = d[stream].rstrip("\n").splitlines()
     n = int(last)
-    return "\n".join(["```", f"{prompt}{d['command']}", *(out[-n:] if n else out), "```"])
+    head = [f"$ {d['command']}"] if command == "yes" else []
+    return "\n".join(["```", *head, *(out[-n:] if n else out), "```"])
+
+
+def prediction_entry(stem: str, name: str) -> str:
+    """A fenced JSON block: one image's entry of the predictions.json a recorded `predict` run wrote."""
+    entry = next(e for e in load(stem)["predictions"]["images"] if e["path"] == name)
+    keys = list(entry)
+    first = ", ".join(f"{json.dumps(k)}: {json.dumps(entry[k])}" for k in keys[:3])
+    rest = ", ".join(f"{json.dumps(k)}: {json.dumps(entry[k])}" for k in keys[3:])
+    return "\n".join(["```json", "{" + first + ",", " " + rest + "}", "```"])
 
 
 RENDERERS["provenance_table"] = provenance_table
+RENDERERS["prediction_entry"] = prediction_entry
 RENDERERS["recorded_output"] = recorded_output
 
 

@@ -3,15 +3,19 @@ renders from its JSON to exactly the committed text, the check catches a region 
 results files whose provenance is complete stay complete."""
 
 import importlib.util
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "render_results.py"
+RECORD = ROOT / "benchmarks" / "record_command.py"
 
 # Results files that record command, commit, CPU model and ISA, GPU, versions and wall time.
-COMPLETE = {"quant_table_cpu"}
+COMPLETE = {"quant_table_cpu", "quickstart_smoke_timed_cpu"}
 
 
 @pytest.fixture(scope="module")
@@ -86,3 +90,17 @@ def test_the_audit_names_what_a_file_lacks(rr):
     assert rr.audit_file(full) == []
     assert rr.audit_file({k: v for k, v in full.items() if k != "wall_s"}) == ["wall_time"]
     assert rr.audit_file({**full, "git_commit": None}) == ["commit"]
+
+
+def test_record_command_writes_a_complete_results_file(rr, tmp_path):
+    out = tmp_path / "r.json"
+    subprocess.run(
+        [sys.executable, str(RECORD), "--json", str(out), "--what", "a test", "--", sys.executable, "-c", "print(42)"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    record = json.loads(out.read_text())
+    assert record["stdout"] == "42\n" and record["exit_code"] == 0 and record["wall_s"] > 0
+    assert rr.audit_file(record) == []
+    assert record["git_dirty"] is (record["git_diff_sha256"] is not None)
