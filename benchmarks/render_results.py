@@ -442,6 +442,11 @@ def loadavg(stem: str, when: str = "before") -> str:
     return f"{load(stem)[f'loadavg_1min_{when}']:.1f}"
 
 
+def last_line(stem: str, stream: str = "stdout") -> str:
+    """The last line a benchmarks/record_command.py file recorded on ``stream`` (a verdict, a summary)."""
+    return load(stem)[stream].rstrip("\n").splitlines()[-1]
+
+
 def wall_time(stem: str) -> str:
     """The wall time a results file records (``wall_s``), as "N s" or "N min N s"."""
     s = round(load(stem)["wall_s"])
@@ -449,7 +454,8 @@ def wall_time(stem: str) -> str:
 
 
 INLINE_RENDERERS: dict[str, Callable[..., str]] = {
-    f.__name__: f for f in (ort_int8_over_fp32, speedup_vs_eager, pd, pci, ms, distill_miou, loadavg, wall_time)
+    f.__name__: f
+    for f in (ort_int8_over_fp32, speedup_vs_eager, pd, pci, ms, distill_miou, loadavg, last_line, wall_time)
 }
 
 
