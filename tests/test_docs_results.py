@@ -15,7 +15,15 @@ SCRIPT = ROOT / "benchmarks" / "render_results.py"
 RECORD = ROOT / "benchmarks" / "record_command.py"
 
 # Results files that record command, commit, CPU model and ISA, GPU, versions and wall time.
-COMPLETE = {"quant_table_cpu", "quickstart_smoke_timed_cpu"}
+COMPLETE = {
+    "quant_table_cpu",
+    "quickstart_smoke_timed_cpu",
+    "predict_smoke_camvid_cpu",
+    "segmenter_smoke_cpu",
+    "multi_target_smoke_cpu",
+    "ci_gate_smoke_cpu",
+    "own_onnx_lraspp_cpu",
+}
 
 
 @pytest.fixture(scope="module")
