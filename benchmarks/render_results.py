@@ -238,6 +238,141 @@ def balance_table(stem: str = "bckd_tune_cpu96") -> str:
     return "\n".join(lines)
 
 
+CPU96_LABELS = {
+    "teacher": None,
+    "student": "student alone (`--kd none`)",
+    "kd": "+ logit KD (`--kd kd`)",
+    "cwd": "+ CWD (`--kd cwd`)",
+    "bckd": "+ BCKD (`--kd bckd`): L_b + L_c + decay",
+    "kd+bckd": "+ KD + BCKD (`--kd kd+bckd`)",
+    "ablation: boundary only": "BCKD ablation: L_b only (`--no-context --no-decay`)",
+    "ablation: context only": "BCKD ablation: L_c only (`--no-boundary --no-decay`)",
+    "ablation: both, no decay": "BCKD ablation: L_b + L_c (`--no-decay`)",
+}
+
+
+def one_seed_table(stem: str) -> str:
+    """A one-seed camvid_table.py result (final phase): each row against the student alone, the share of the
+    teacher-student gap it closes, boundary F, LHD against the labels and the teacher, fragments and MFS."""
+    rows = {r["name"]: r for r in load(stem)["rows"] if r["phase"] == "final" and r["status"] == "ok"}
+    teacher, student = rows["teacher"], rows["student"]
+    gap = teacher["miou"] - student["miou"]
+    lines = [
+        "| row | mIoU | vs student | gap closed | boundary F | LHD (GT) | LHD (teacher) | fragments | MFS |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, label in CPU96_LABELS.items():
+        if name not in rows:
+            continue
+        r = rows[name]
+        if name == "teacher":
+            label = f"teacher `{r.get('model', 'pspnet-r50')}`"
+        if name in ("teacher", "student"):
+            vs, closed = "", ""
+        else:
+            d = r["miou"] - student["miou"]
+            vs, closed = s2(d), f"{100 * d / gap:.0f}%"
+        lines.append(
+            f"| {label} | {f2(r['miou'])} | {vs} | {closed} | {f2(r['boundary_f'])} | {f2(r['lhd'])} | "
+            f"{f2(r['lhd_vs_teacher'])} | {f2(r['fragment_ratio'])} | {f2(r['mfs'])} |"
+        )
+    return "\n".join(lines)
+
+
+GEOMETRY_LABELS = {
+    "none": "student alone",
+    "kd": "logit KD",
+    "bckd-g4r3": "BCKD, g4 r3",
+    "bckd-g4r3-b5": "BCKD, g4 r3, beta 5",
+    "kd+bckd-g4r3": "KD + BCKD, g4 r3",
+    "kd+bckd-g4r3-b5": "KD + BCKD, g4 r3, beta 5",
+}
+
+
+def geometry_table(stem: str, student_stem: str) -> str:
+    """camvid_geometry_study.py: every row's tuning-split mIoU, and val figures for the rows trained in full (the
+    chosen one in bold); the student alone's val mIoU comes from ``student_stem``'s table."""
+    rows = load(stem)
+    tune = {r["name"]: r for r in rows if r["phase"] == "tune" and r["rc"] == 0}
+    final = {r["name"]: r for r in rows if r["phase"] == "final" and r["rc"] == 0}
+    chosen = next(n for n in final if n != "kd")
+    student = next(r for r in load(student_stem)["rows"] if r["name"] == "student" and r["phase"] == "final")
+    lines = [
+        "| row | tuning split mIoU (20 ep) | val mIoU (40 ep) | val boundary F | val LHD |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, label in GEOMETRY_LABELS.items():
+        if name not in tune:
+            continue
+        miou = f2(tune[name]["miou"])
+        if name == chosen:
+            label, miou = f"{label} (chosen)", f"**{miou}**"
+        if name in final:
+            f = final[name]
+            val = f"{f2(f['miou'])} | {f2(f['boundary_f'])} | {f2(f['lhd'])}"
+        elif name == "none":
+            val = f"({f2(student['miou'])} in the table above) | |"
+        else:
+            val = None
+        lines.append(f"| {label} | {miou} | {val} |" if val else f"| {label} | {miou} | | | |")
+    return "\n".join(lines)
+
+
+def gpu_cost_table(*stems: str) -> str:
+    """benchmarks/train_cost.py on a GPU, one file per crop and precision: the step time of the student alone,
+    with logit KD and with BCKD, and BCKD / KD."""
+    lines = ["| crop | precision | student alone | + KD | + BCKD | BCKD / KD |", "|---|---|---|---|---|---|"]
+    said_default = False
+    for stem in stems:
+        d = load(stem)
+        precision = "bf16 autocast" if stem.endswith("bf16") else "fp32"
+        if precision.startswith("bf16") and not said_default:
+            precision, said_default = precision + " (the trainer's default on CUDA)", True
+        s = d["seconds_per_step"]
+        lines.append(
+            f"| {d['crop'][0]}x{d['crop'][1]} | {precision} | "
+            + " | ".join(f"{1000 * s[k]:.1f} ms" for k in ("none", "kd", "bckd"))
+            + f" | {d['bckd_over_kd']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def context_memory_table(stem: str) -> str:
+    """The context loss's peak memory and value, row-chunked against the naive full matrices."""
+    labels = {
+        "chunked": "exact, row-chunked (512 rows) with activation checkpointing (`relation_kl`)",
+        "naive": "naive full HW x HW matrices",
+    }
+    lines = ["| implementation | peak memory above inputs | value |", "|---|---|---|"]
+    for r in load(stem)["context_memory"]:
+        peak = f"{r['peak_gib']:.3f} GiB"
+        if r["variant"] == "chunked":
+            peak = f"**{peak}**"
+        lines.append(f"| {labels.get(r['variant'], r['variant'])} | {peak} | {r['loss']:.8f} |")
+    return "\n".join(lines)
+
+
+def cpu_cost_table(stem: str) -> str:
+    """benchmarks/train_cost.py on the CPU, interleaved rounds in several processes: median step time per row,
+    and each ratio to KD with its paired median and 95 % bootstrap interval."""
+    d = load(stem)
+    s = d["seconds_per_step"]
+
+    def ratio(key: str) -> str:
+        lo, hi = d[f"{key}_over_kd_paired_interval95"]
+        return f"{d[f'{key}_over_kd']:.3f} (paired {d[f'{key}_over_kd_paired']:.3f}, {lo:.3f} to {hi:.3f})"
+
+    return "\n".join(
+        [
+            "| crop | student alone | + KD | + BCKD | + KD + BCKD | BCKD / KD | KD+BCKD / KD |",
+            "|---|---|---|---|---|---|---|",
+            f"| {d['crop'][0]}x{d['crop'][1]}, fp32, half the batch padded | "
+            + " | ".join(f"{1000 * s[k]:.1f} ms" for k in ("none", "kd", "bckd", "kd+bckd"))
+            + f" | {ratio('bckd')} | {ratio('kd+bckd')} |",
+        ]
+    )
+
+
 # ---------------------------------------------------------------------------------------------- deployment
 
 
@@ -390,6 +525,11 @@ RENDERERS: dict[str, Callable[..., str]] = {
         two_teacher_table,
         relation_auc,
         options_table,
+        one_seed_table,
+        geometry_table,
+        gpu_cost_table,
+        context_memory_table,
+        cpu_cost_table,
         balance_table,
         quickstart_ledger,
         deploy_table,
