@@ -582,6 +582,26 @@ def loadavg(stem: str, when: str = "before") -> str:
     return f"{load(stem)[f'loadavg_1min_{when}']:.1f}"
 
 
+def value(stem: str, path: str, fmt: str = ".2f", scale: str = "1") -> str:
+    """Any number of a results file: ``path`` is dotted (list items by index), ``fmt`` a format spec ("+.2f"),
+    ``scale`` a factor (100 for a share in percent). A minus sign is written as "−"."""
+    v = load(stem)
+    for part in path.split("."):
+        v = v[int(part)] if isinstance(v, list) else v[part]
+    return format(v * float(scale), fmt).replace("-", MINUS)
+
+
+def qat_ms(stem: str, row: str) -> str:
+    """A QAT study row's mIoU, mean ± sd over its seeds."""
+    return mean_sd(load(stem)["summary"]["rows"][row]["miou_qat"])
+
+
+def qat_over_fp32(stem: str, row: str) -> str:
+    """How far a QAT row's mean mIoU ends above (positive) the FP32 model's, 2 decimals."""
+    d = load(stem)
+    return f"{d['summary']['rows'][row]['miou_qat']['mean'] - d['fp32_miou']:.2f}"
+
+
 def last_line(stem: str, stream: str = "stdout") -> str:
     """The last line a benchmarks/record_command.py file recorded on ``stream`` (a verdict, a summary)."""
     return load(stem)[stream].rstrip("\n").splitlines()[-1]
@@ -595,7 +615,20 @@ def wall_time(stem: str) -> str:
 
 INLINE_RENDERERS: dict[str, Callable[..., str]] = {
     f.__name__: f
-    for f in (ort_int8_over_fp32, speedup_vs_eager, pd, pci, ms, distill_miou, loadavg, last_line, wall_time)
+    for f in (
+        value,
+        qat_ms,
+        qat_over_fp32,
+        ort_int8_over_fp32,
+        speedup_vs_eager,
+        pd,
+        pci,
+        ms,
+        distill_miou,
+        loadavg,
+        last_line,
+        wall_time,
+    )
 }
 
 
