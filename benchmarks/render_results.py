@@ -602,6 +602,15 @@ def qat_over_fp32(stem: str, row: str) -> str:
     return f"{d['summary']['rows'][row]['miou_qat']['mean'] - d['fp32_miou']:.2f}"
 
 
+def qat_pair(stem: str, a: str, b: str, interval: str = "t_ci") -> str:
+    """A QAT study's paired difference ``a`` − ``b`` over seeds, "mean [lo, hi]" (``interval``: t_ci or
+    bootstrap_ci; "only" gives the interval alone)."""
+    p = load(stem)["summary"]["paired"][f"{a} - {b}"]
+    if interval.endswith("only"):
+        return ci(p[interval.removesuffix("_only")], MINUS)
+    return f"{s2(p['mean'], MINUS)} {ci(p[interval], MINUS)}"
+
+
 def last_line(stem: str, stream: str = "stdout") -> str:
     """The last line a benchmarks/record_command.py file recorded on ``stream`` (a verdict, a summary)."""
     return load(stem)[stream].rstrip("\n").splitlines()[-1]
@@ -619,6 +628,7 @@ INLINE_RENDERERS: dict[str, Callable[..., str]] = {
         value,
         qat_ms,
         qat_over_fp32,
+        qat_pair,
         ort_int8_over_fp32,
         speedup_vs_eager,
         pd,
