@@ -23,6 +23,8 @@ COMPLETE = {
     "multi_target_smoke_cpu",
     "ci_gate_smoke_cpu",
     "own_onnx_lraspp_cpu",
+    "ci_gate_tight_cpu",
+    "ci_gate_npu_pending_cpu",
 }
 
 
