@@ -771,7 +771,14 @@ def prediction_entry(stem: str, name: str) -> str:
     return "\n".join(["```json", "{" + first + ",", " " + rest + "}", "```"])
 
 
+def stage_note(stem: str, stage: str) -> str:
+    """A fenced block: the ledger note of one stage of the report a recorded run embedded (``report``)."""
+    note = next(s["note"] for s in load(stem)["report"]["stages"] if s["name"] == stage)
+    return "\n".join(["```", f"- `{stage}`: {note}", "```"])
+
+
 RENDERERS["provenance_table"] = provenance_table
+RENDERERS["stage_note"] = stage_note
 RENDERERS["prediction_entry"] = prediction_entry
 RENDERERS["recorded_output"] = recorded_output
 
