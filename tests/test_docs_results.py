@@ -25,6 +25,8 @@ COMPLETE = {
     "own_onnx_lraspp_cpu",
     "ci_gate_tight_cpu",
     "ci_gate_npu_pending_cpu",
+    "ci_base_smoke_cpu",
+    "ci_gate_baseline_cpu",
 }
 
 
