@@ -1,0 +1,829 @@
+"""Render the results quoted in README.md and docs/*.md from docs/results/*.json, and check they agree.
+
+How it works. A results table or figure in the docs sits between two HTML comments that Markdown does not
+show:
+
+    <!-- results:NAME ARG ... -->
+    | the table, as this script renders it |
+    <!-- /results:NAME -->
+
+and an inline figure inside a sentence as ``<!-- r:NAME ARG ... -->2.33<!-- /r -->``. NAME is a function
+of this script registered in RENDERERS (blocks) or INLINE (inline figures); each reads its JSON under
+docs/results/ and returns Markdown (a block) or a short text (inline). ARG words are passed to it as
+strings (most take the JSON's file stem). Text outside the markers is never touched.
+
+    python benchmarks/render_results.py            # rewrite every region from the JSON
+    python benchmarks/render_results.py --check    # exit 1 with a diff when a committed region differs
+    python benchmarks/render_results.py --audit    # which JSON lacks which provenance field (exit 0)
+
+To add a figure: write a function here that returns its text from the JSON, register it, put the markers
+in the doc, and run the script; tests/test_docs_results.py fails when the docs and the JSON disagree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from quant.table import markdown as quant_markdown  # noqa: E402
+
+RESULTS = ROOT / "docs" / "results"
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+BLOCK = re.compile(r"(<!-- results:(?P<spec>[^>]*?) -->\n)(?P<body>.*?)(<!-- /results:(?P<end>[\w.+-]+) -->)", re.S)
+INLINE = re.compile(r"(<!-- r:(?P<spec>[^>]*?) -->)(?P<body>.*?)(<!-- /r -->)", re.S)
+
+
+def load(stem: str) -> dict:
+    return json.loads((RESULTS / f"{stem}.json").read_text())
+
+
+# ---------------------------------------------------------------------------------------------- formats
+
+MINUS = "\u2212"
+
+
+def f2(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def s2(v: float, minus: str = "-") -> str:
+    """Signed, two decimals; ``minus`` is the sign a negative value is written with."""
+    return f"{v:+.2f}".replace("-", minus)
+
+
+def ci(lo_hi: list[float], minus: str = "-") -> str:
+    return f"[{s2(lo_hi[0], minus)}, {s2(lo_hi[1], minus)}]"
+
+
+def mean_sd(cell: dict) -> str:
+    return f"{cell['mean']:.2f} ± {cell['sd']:.2f}"
+
+
+# ---------------------------------------------------------------------------------------------- study tables
+
+
+def _teacher_label(study: dict) -> str:
+    t = study["summary"]["teacher"]
+    imagenet = study["settings"].get("pretrained_teacher") == "imagenet"
+    return f"teacher `{t['model']}`" + (" (ImageNet)" if imagenet else "")
+
+
+def study_rows(stem: str) -> str:
+    """Per-seed mIoU, mean ± sd of mIoU, boundary F and LHD per row of a paired-seed BCKD study."""
+    d = load(stem)
+    seeds = d["settings"]["seed_list"]
+    per = {(j["row"], j["seed"]): j["miou"] for j in d["jobs"] if j["kind"] == "row" and j["status"] == "ok"}
+    t = d["summary"]["teacher"]
+    lines = [
+        "| row | " + " | ".join(f"seed {s}" for s in seeds) + " | mIoU mean ± sd | boundary F | LHD (GT) |",
+        "|---|" + "---:|" * (len(seeds) + 3),
+        f"| {_teacher_label(d)} | {f2(t['miou'])} |" + " |" * len(seeds) + f" {f2(t['boundary_f'])} | {f2(t['lhd'])} |",
+    ]
+    for row, r in d["summary"]["rows"].items():
+        cells = " | ".join(f2(per.get((row, s))) for s in seeds)
+        lines.append(f"| {row} | {cells} | {mean_sd(r['miou'])} | {mean_sd(r['boundary_f'])} | {mean_sd(r['lhd'])} |")
+    return "\n".join(lines)
+
+
+def study_paired(stem: str, ref: str) -> str:
+    """Paired differences (row − ``ref`` per seed) with 95 % t and bootstrap intervals; ** where t excludes 0."""
+    d = load(stem)
+    lines = [
+        "| row | n | ΔmIoU | 95 % t | 95 % bootstrap | Δ boundary F (95 % t) | Δ LHD (95 % t) |",
+        "|---|---:|---:|---|---|---|---|",
+    ]
+    for row, p in d["summary"]["paired"][ref].items():
+        m, bf, lhd = p["miou"], p["boundary_f"], p["lhd"]
+        star = " **" if m["significant"] else ""
+        lines.append(
+            f"| {row} | {m['n']} | {s2(m['mean'])}{star} | {ci(m['t_ci'])} | {ci(m['bootstrap_ci'])} | "
+            f"{s2(bf['mean'])} {ci(bf['t_ci'])} | {s2(lhd['mean'])} {ci(lhd['t_ci'])} |"
+        )
+    return "\n".join(lines)
+
+
+def study_ablation(stem: str) -> str:
+    """The Table I ablation (first seed, BCKD without logit KD), against the student alone on that seed."""
+    d = load(stem)
+    seed = next(a["seed"] for a in d["summary"]["ablation"] if a["seed"] is not None)
+    student = next(j["miou"] for j in d["jobs"] if j["row"] == "student" and j["seed"] == seed)
+    lines = [
+        f"| L_b | L_c | WD | mIoU | vs student (seed {seed}: {f2(student)}) | boundary F | LHD |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    for a in d["summary"]["ablation"]:
+        marks = " | ".join("✓" if a[k] else "" for k in ("L_b", "L_c", "WD"))
+        lines.append(
+            f"| {marks} | {f2(a['miou'])} | {s2(a['miou'] - student)} | {f2(a['boundary_f'])} | {f2(a['lhd'])} |"
+        )
+    return "\n".join(lines)
+
+
+TABLE_ROWS = {"student": "student alone", "kd": "logit KD", "bckd": "BCKD", "kd+bckd": "KD + BCKD"}
+
+
+def two_teacher_table(stem: str) -> str:
+    """A camvid_table.py result made by two invocations (``run_1``, ``run_2``), each with its own teacher:
+    per-seed mIoU, mean ± sd over seeds, and boundary F and LHD means, per row."""
+    import statistics
+
+    d = load(stem)
+    runs = [d[k]["rows"] for k in sorted(k for k in d if k.startswith("run_"))]
+    teachers = [r for rows in runs for r in rows if r["name"] == "teacher"]
+    students = [r for rows in runs for r in rows if r["name"] != "teacher" and r["status"] == "ok"]
+    seeds = sorted({r["seed"] for r in students})
+    lines = [
+        "| row | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± sd | boundary F | LHD (GT) |",
+        "|---|" + "---:|" * (len(seeds) + 3),
+        "| teacher | "
+        + " / ".join(f2(t["miou"]) for t in teachers)
+        + " |" * (len(seeds) + 1)
+        + " "
+        + " / ".join(f2(t["boundary_f"]) for t in teachers)
+        + " | "
+        + " / ".join(f2(t["lhd"]) for t in teachers)
+        + " |",
+    ]
+    for name, label in TABLE_ROWS.items():
+        mine = {r["seed"]: r for r in students if r["name"] == name}
+        if not mine:
+            continue
+        miou = [mine[s]["miou"] for s in seeds]
+        lines.append(
+            f"| {label} | " + " | ".join(f2(v) for v in miou) + f" | {f2(statistics.mean(miou))} ± "
+            f"{f2(statistics.stdev(miou))} | {f2(statistics.mean(r['boundary_f'] for r in mine.values()))} | "
+            f"{f2(statistics.mean(r['lhd'] for r in mine.values()))} |"
+        )
+    return "\n".join(lines)
+
+
+def relation_auc(stem: str) -> str:
+    """benchmarks/relation_auc.py: the same-class ROC AUC of the cosine between fused features per feature set."""
+    d = load(stem)
+    lines = ["| features (fused at the 12x16 grid) | AUC |", "|---|---:|"]
+    for r in d["rows"]:
+        label = re.sub(
+            r"^student \S+/student/s(\d+)/student\.pt", r"student `student` row, seed \1 (trained alone)", r["features"]
+        )
+        lines.append(f"| {label} | {r['auc']:.4f} |")
+    return "\n".join(lines)
+
+
+TUNE_LABELS = {
+    "none": "student alone (`--kd none`)",
+    "kd": "logit KD (`--kd kd`)",
+    "semantic": "semantic (the defaults)",
+    "semantic-b0.5": "semantic, beta 0.5",
+    "semantic-a1-b5": "semantic, alpha 1, beta 5",
+    "semantic-b5": "semantic, beta 5",
+    "semantic-b5-g4": "semantic, beta 5, grid_stride 4",
+    "literal": "literal (conv teacher head, prob softmax, dot relation)",
+    "semantic-student-sem": "semantic, boundary_student=semantic",
+    "semantic-student-sem-b5": "semantic, boundary_student=semantic, beta 5",
+    "semantic-mse": "semantic, context_loss=mse",
+}
+
+
+def options_table(stem: str, chosen: str = "semantic") -> str:
+    """The tuning-split rows of a camvid_table.py result (one seed), in TUNE_LABELS' order; ``chosen`` in bold."""
+    rows = {r["name"]: r for r in load(stem)["rows"] if r["phase"] == "tune" and r["status"] == "ok"}
+    lines = [
+        "| variant (`--kd bckd` plus) | tune mIoU | boundary F | LHD vs teacher | last L_b / L_c |",
+        "|---|---|---|---|---|",
+    ]
+    for name, label in TUNE_LABELS.items():
+        if name not in rows:
+            continue
+        r, terms = rows[name], rows[name]["last_terms"]
+        cells = [label, f2(r["miou"]), f2(r["boundary_f"]), f2(r["lhd_vs_teacher"])]
+        if name == chosen:
+            cells = [f"**{c}**" for c in cells]
+        lb = f" {terms['loss/boundary']:.3f} / {terms['loss/context']:.3f} " if "loss/boundary" in terms else ""
+        lines.append("| " + " | ".join(cells) + f" |{lb or ' '}|")
+    return "\n".join(lines)
+
+
+BALANCE_LABELS = {"none": "none (alpha 10, beta 50)", "grad-0.5": "grad, 0.5 / 0.5"}
+
+
+def balance_table(stem: str = "bckd_tune_cpu96") -> str:
+    """The balance option on the tuning split: weights used, per-seed mIoU, mean and boundary F per config."""
+    d = load(stem)
+    lines = [
+        "| balance | alpha / beta used (seed 0; seed 1) | tune mIoU seed 0 | seed 1 | mean | boundary F |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for name, c in d["configs"].items():
+        jobs = sorted(c["jobs"], key=lambda j: j["seed"])
+        weights = [(j["last_terms"]["bckd/alpha"], j["last_terms"]["bckd/beta"]) for j in jobs]
+        if len(set(weights)) == 1:
+            used = f"{weights[0][0]:g} / {weights[0][1]:g}"
+        else:
+            used = "; ".join(f"{a:.2f} / {b:.2f}" for a, b in weights)
+        s = c["summary"]["kd+bckd"]
+        lines.append(
+            f"| {BALANCE_LABELS.get(name, name)} | {used} | "
+            + " | ".join(f2(j["miou"]) for j in jobs)
+            + f" | {f2(s['miou']['mean'])} | {f2(s['boundary_f']['mean'])} |"
+        )
+    return "\n".join(lines)
+
+
+CPU96_LABELS = {
+    "teacher": None,
+    "student": "student alone (`--kd none`)",
+    "kd": "+ logit KD (`--kd kd`)",
+    "cwd": "+ CWD (`--kd cwd`)",
+    "bckd": "+ BCKD (`--kd bckd`): L_b + L_c + decay",
+    "kd+bckd": "+ KD + BCKD (`--kd kd+bckd`)",
+    "ablation: boundary only": "BCKD ablation: L_b only (`--no-context --no-decay`)",
+    "ablation: context only": "BCKD ablation: L_c only (`--no-boundary --no-decay`)",
+    "ablation: both, no decay": "BCKD ablation: L_b + L_c (`--no-decay`)",
+}
+
+
+def one_seed_table(stem: str) -> str:
+    """A one-seed camvid_table.py result (final phase): each row against the student alone, the share of the
+    teacher-student gap it closes, boundary F, LHD against the labels and the teacher, fragments and MFS."""
+    rows = {r["name"]: r for r in load(stem)["rows"] if r["phase"] == "final" and r["status"] == "ok"}
+    teacher, student = rows["teacher"], rows["student"]
+    gap = teacher["miou"] - student["miou"]
+    lines = [
+        "| row | mIoU | vs student | gap closed | boundary F | LHD (GT) | LHD (teacher) | fragments | MFS |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, label in CPU96_LABELS.items():
+        if name not in rows:
+            continue
+        r = rows[name]
+        if name == "teacher":
+            label = f"teacher `{r.get('model', 'pspnet-r50')}`"
+        if name in ("teacher", "student"):
+            vs, closed = "", ""
+        else:
+            d = r["miou"] - student["miou"]
+            vs, closed = s2(d), f"{100 * d / gap:.0f}%"
+        lines.append(
+            f"| {label} | {f2(r['miou'])} | {vs} | {closed} | {f2(r['boundary_f'])} | {f2(r['lhd'])} | "
+            f"{f2(r['lhd_vs_teacher'])} | {f2(r['fragment_ratio'])} | {f2(r['mfs'])} |"
+        )
+    return "\n".join(lines)
+
+
+GEOMETRY_LABELS = {
+    "none": "student alone",
+    "kd": "logit KD",
+    "bckd-g4r3": "BCKD, g4 r3",
+    "bckd-g4r3-b5": "BCKD, g4 r3, beta 5",
+    "kd+bckd-g4r3": "KD + BCKD, g4 r3",
+    "kd+bckd-g4r3-b5": "KD + BCKD, g4 r3, beta 5",
+}
+
+
+def geometry_table(stem: str, student_stem: str) -> str:
+    """camvid_geometry_study.py: every row's tuning-split mIoU, and val figures for the rows trained in full (the
+    chosen one in bold); the student alone's val mIoU comes from ``student_stem``'s table."""
+    rows = load(stem)
+    tune = {r["name"]: r for r in rows if r["phase"] == "tune" and r["rc"] == 0}
+    final = {r["name"]: r for r in rows if r["phase"] == "final" and r["rc"] == 0}
+    chosen = next(n for n in final if n != "kd")
+    student = next(r for r in load(student_stem)["rows"] if r["name"] == "student" and r["phase"] == "final")
+    lines = [
+        "| row | tuning split mIoU (20 ep) | val mIoU (40 ep) | val boundary F | val LHD |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, label in GEOMETRY_LABELS.items():
+        if name not in tune:
+            continue
+        miou = f2(tune[name]["miou"])
+        if name == chosen:
+            label, miou = f"{label} (chosen)", f"**{miou}**"
+        if name in final:
+            f = final[name]
+            val = f"{f2(f['miou'])} | {f2(f['boundary_f'])} | {f2(f['lhd'])}"
+        elif name == "none":
+            val = f"({f2(student['miou'])} in the table above) | |"
+        else:
+            val = None
+        lines.append(f"| {label} | {miou} | {val} |" if val else f"| {label} | {miou} | | | |")
+    return "\n".join(lines)
+
+
+def gpu_cost_table(*stems: str) -> str:
+    """benchmarks/train_cost.py on a GPU, one file per crop and precision: the step time of the student alone,
+    with logit KD and with BCKD, and BCKD / KD."""
+    lines = ["| crop | precision | student alone | + KD | + BCKD | BCKD / KD |", "|---|---|---|---|---|---|"]
+    said_default = False
+    for stem in stems:
+        d = load(stem)
+        precision = "bf16 autocast" if stem.endswith("bf16") else "fp32"
+        if precision.startswith("bf16") and not said_default:
+            precision, said_default = precision + " (the trainer's default on CUDA)", True
+        s = d["seconds_per_step"]
+        lines.append(
+            f"| {d['crop'][0]}x{d['crop'][1]} | {precision} | "
+            + " | ".join(f"{1000 * s[k]:.1f} ms" for k in ("none", "kd", "bckd"))
+            + f" | {d['bckd_over_kd']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def context_memory_table(stem: str) -> str:
+    """The context loss's peak memory and value, row-chunked against the naive full matrices."""
+    labels = {
+        "chunked": "exact, row-chunked (512 rows) with activation checkpointing (`relation_kl`)",
+        "naive": "naive full HW x HW matrices",
+    }
+    lines = ["| implementation | peak memory above inputs | value |", "|---|---|---|"]
+    for r in load(stem)["context_memory"]:
+        peak = f"{r['peak_gib']:.3f} GiB"
+        if r["variant"] == "chunked":
+            peak = f"**{peak}**"
+        lines.append(f"| {labels.get(r['variant'], r['variant'])} | {peak} | {r['loss']:.8f} |")
+    return "\n".join(lines)
+
+
+def cpu_cost_table(stem: str) -> str:
+    """benchmarks/train_cost.py on the CPU, interleaved rounds in several processes: median step time per row,
+    and each ratio to KD with its paired median and 95 % bootstrap interval."""
+    d = load(stem)
+    s = d["seconds_per_step"]
+
+    def ratio(key: str) -> str:
+        lo, hi = d[f"{key}_over_kd_paired_interval95"]
+        return f"{d[f'{key}_over_kd']:.3f} (paired {d[f'{key}_over_kd_paired']:.3f}, {lo:.3f} to {hi:.3f})"
+
+    return "\n".join(
+        [
+            "| crop | student alone | + KD | + BCKD | + KD + BCKD | BCKD / KD | KD+BCKD / KD |",
+            "|---|---|---|---|---|---|---|",
+            f"| {d['crop'][0]}x{d['crop'][1]}, fp32, half the batch padded | "
+            + " | ".join(f"{1000 * s[k]:.1f} ms" for k in ("none", "kd", "bckd", "kd+bckd"))
+            + f" | {ratio('bckd')} | {ratio('kd+bckd')} |",
+        ]
+    )
+
+
+# ---------------------------------------------------------------------------------------------- deployment
+
+
+def quickstart_ledger(stem: str) -> str:
+    """The stage ledger of a `bckd-pipeline run` report (report.json), as report.md prints it."""
+    d = load(stem)
+    lines = [
+        "| stage | backend | precision | status | mIoU | ΔmIoU | agreement % | p50 ms | p99 ms | FPS |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for s in d["stages"]:
+        lat = s["latency_ms"]
+        lines.append(
+            f"| {s['name']} | {s['backend']} | {s['precision']} | {s['status']} | {s['miou']:.2f} | "
+            f"{s['miou_delta']:+.3f} | {100 * s['pixel_agreement']:.3f} | {lat['p50']:.2f} | {lat['p99']:.2f} | "
+            f"{s['fps']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def deploy_table(stem: str = "deploy_cpu_camvid96x128") -> str:
+    """The CPU deployment table: accuracy, agreement, latency and speed-up over PyTorch eager per runtime."""
+    d = load(stem)
+    lines = [
+        "| row | mIoU | ΔmIoU | agreement % | p50 ms | p99 ms | FPS | × PyTorch eager |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in d["rows"]:
+        lines.append(
+            f"| {r['row']} | {r['miou']:.2f} | {r['miou_delta']:+.3f} | {100 * r['pixel_agreement']:.2f} | "
+            f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['fps']:.0f} | {r['speedup_vs_pytorch']:.2f} |".replace(
+                "| -", f"| {MINUS}"
+            )
+        )
+    return "\n".join(lines)
+
+
+ORT_VARIANT_LABELS = {
+    "QDQ u8 act / s8 weight, per-channel (ours)": "QDQ, u8 activations / s8 weights, per-channel (**ours**)",
+    "QDQ s8 act / s8 weight, per-channel": "QDQ, s8 activations / s8 weights, per-channel",
+    "QDQ u8/s8, per-tensor weights": "QDQ, u8 / s8, per-tensor weights",
+    "QOperator u8/s8, per-channel": "QOperator, u8 / s8, per-channel",
+}
+
+
+def deploy_ort_variants(stem: str = "deploy_cpu_camvid96x128") -> str:
+    """The ONNX Runtime INT8 settings of the deployment table's run, against ORT FP32."""
+    d = load(stem)
+    lines = ["| ONNX Runtime setting | p50 ms | × FP32 | ΔmIoU vs FP32 |", "|---|---:|---:|---:|"]
+    for v in d["ort_variants"]:
+        label = ORT_VARIANT_LABELS.get(v["variant"], v["variant"])
+        speedup, delta = v.get("speedup_vs_fp32", 1.0), v.get("miou_delta_vs_fp32", 0.0)
+        lines.append(f"| {label} | {v['p50_ms']:.2f} | {speedup:.2f} | {delta:+.3f} |".replace("| -", f"| {MINUS}"))
+    return "\n".join(lines)
+
+
+def quant_table(stem: str = "quant_table_cpu") -> str:
+    """The quantization table, its remedies and sensitivity sweeps (benchmarks/quant/table.py's Markdown)."""
+    return quant_markdown(load(stem))
+
+
+def _quant_rows(stem: str) -> list[tuple[str, str, dict]]:
+    return [
+        (preset, flavour, acc)
+        for preset, s in load(stem)["students"].items()
+        for flavour, acc in s.get("accuracy", {}).items()
+        if "delta_miou" in acc
+    ]
+
+
+def _delta(acc: dict) -> str:
+    return f"{s2(acc['delta_miou'], MINUS)} {ci(acc['delta_miou_ci95'], MINUS)}"
+
+
+def quant_moves(stem: str = "quant_table_cpu") -> str:
+    """Bullets on the quantization table: how many intervals exclude zero, which rows moved up, pixel
+    agreement, and for which students NNCF is the smallest move."""
+    rows = _quant_rows(stem)
+    excludes = [r for r in rows if r[2]["delta_miou_ci95"][0] > 0 or r[2]["delta_miou_ci95"][1] < 0]
+    up = [r for r in rows if r[2]["delta_miou"] > 0]
+    up_excl = [r for r in up if r[2]["delta_miou_ci95"][0] > 0]
+    lowest = min(rows, key=lambda r: r[2]["pixel_agreement"])
+    others = min(100 * r[2]["pixel_agreement"] for r in rows if r is not lowest)
+    bullets = [
+        f"- The moves are small but mostly not noise: {len(excludes)} of the {len(rows)} intervals exclude "
+        f"zero. {len(up)} rows moved up: "
+        + ", ".join(f"`{p}` `{f}` {_delta(a)}" for p, f, a in up)
+        + f"; the intervals of {len(up_excl)} of them exclude zero ("
+        + ", ".join(f"`{p}` `{f}`" for p, f, _ in up_excl)
+        + f"). `{lowest[0]}` `{lowest[1]}` is also the row with the lowest pixel agreement "
+        f"({100 * lowest[2]['pixel_agreement']:.2f} %); every other row agrees with FP32 on at least "
+        f"{others:.2f} % of pixels."
+    ]
+    smallest, not_smallest = [], []
+    for preset in dict.fromkeys(p for p, _, _ in rows):
+        mine = {f: a for p, f, a in rows if p == preset}
+        if "nncf" not in mine:
+            continue
+        best = min(mine, key=lambda f: abs(mine[f]["delta_miou"]))
+        nncf = s2(mine["nncf"]["delta_miou"], MINUS)
+        if best == "nncf":
+            smallest.append(f"`{preset}` ({nncf})")
+        else:
+            not_smallest.append(f"`{preset}` ({nncf}; `{best}` {s2(mine[best]['delta_miou'], MINUS)})")
+    bullets.append(
+        "- NNCF's move is the smallest of the flavours for "
+        + ", ".join(smallest)
+        + " and not for "
+        + ", ".join(not_smallest)
+        + ": mixed. Its interval contains zero for "
+        + ", ".join(
+            f"`{p}` ({_delta(a)})"
+            for p, f, a in rows
+            if f == "nncf" and a["delta_miou_ci95"][0] <= 0 <= a["delta_miou_ci95"][1]
+        )
+        + "."
+    )
+    return "\n".join(bullets)
+
+
+def qat_table(stem: str) -> str:
+    """QAT study: per row the QAT mIoU and the recovered share of the PTQ drop, (QAT − PTQ) / (FP32 − PTQ)."""
+    d = load(stem)
+    labels = {
+        "init": "`init` (no fine-tune)",
+        "kd+bckd": "`kd+bckd` (CE + logit KD + BCKD)",
+        "kd": "`kd` (CE + logit KD)",
+        "none": "`none` (CE alone)",
+    }
+    lines = [
+        "| row (`--qat-kd`) | seeds | QAT mIoU (mean ± sd) | recovered of the PTQ drop (mean [95 % t]) |",
+        "|---|---:|---|---|",
+    ]
+    rows = d["summary"]["rows"]
+    for name in sorted(rows, key=lambda n: list(labels).index(n) if n in labels else len(labels)):
+        r = rows[name]
+        q, rec = r["miou_qat"], r["recovered"]
+        miou = f2(q["mean"]) if q["sd"] is None else mean_sd(q)
+        recovered = s2(rec["mean"], MINUS) + (f" {ci(r['recovered_t_ci'], MINUS)}" if r["recovered_t_ci"] else "")
+        lines.append(f"| {labels.get(name, name)} | {len(r['seeds'])} | {miou} | {recovered} |")
+    return "\n".join(lines)
+
+
+RENDERERS: dict[str, Callable[..., str]] = {
+    f.__name__: f
+    for f in (
+        study_rows,
+        study_paired,
+        study_ablation,
+        two_teacher_table,
+        relation_auc,
+        options_table,
+        one_seed_table,
+        geometry_table,
+        gpu_cost_table,
+        context_memory_table,
+        cpu_cost_table,
+        balance_table,
+        quickstart_ledger,
+        deploy_table,
+        deploy_ort_variants,
+        quant_table,
+        quant_moves,
+        qat_table,
+    )
+}
+
+
+# ---------------------------------------------------------------------------------------------- inline figures
+
+
+def ort_int8_over_fp32(stem: str = "deploy_cpu_camvid96x128") -> str:
+    """ONNX Runtime INT8 over ONNX Runtime FP32, ratio of mean latencies of the deployment table, 1 decimal."""
+    rows = {r["row"]: r for r in load(stem)["rows"]}
+    return f"{rows['ONNX Runtime FP32']['mean_ms'] / rows['ONNX Runtime INT8']['mean_ms']:.1f}"
+
+
+def speedup_vs_eager(stem: str, row: str) -> str:
+    """A row's speed-up over PyTorch eager FP32 (ratio of mean latencies), 1 decimal."""
+    rows = {r["row"].split(" (")[0]: r for r in load(stem)["rows"]}
+    return f"{rows[row.replace('_', ' ')]['speedup_vs_pytorch']:.1f}"
+
+
+def _paired(stem: str, ref: str, row: str, metric: str) -> dict:
+    """The study's paired statistics of row − ``ref``; for a reference the study did not tabulate, computed
+    from its per-seed runs with the study's own function (benchmarks/common.py::paired)."""
+    d = load(stem)
+    if row in d["summary"]["paired"].get(ref, {}):
+        return d["summary"]["paired"][ref][row][metric]
+    from common import paired
+
+    per = {}
+    for j in d["jobs"]:
+        if j["kind"] == "row" and j["status"] == "ok":
+            per.setdefault(j["row"], {})[j["seed"]] = j[metric]
+    return paired(per[row], per[ref])
+
+
+def pd(stem: str, ref: str, row: str, metric: str = "miou") -> str:
+    """A study's paired mean difference, row − ``ref``, signed, 2 decimals."""
+    return s2(_paired(stem, ref, row, metric)["mean"])
+
+
+def pci(stem: str, ref: str, row: str, metric: str = "miou") -> str:
+    """The 95 % paired-t interval of that difference, "lo to hi"."""
+    lo, hi = _paired(stem, ref, row, metric)["t_ci"]
+    return f"{s2(lo)} to {s2(hi)}"
+
+
+def ms(stem: str, row: str, metric: str = "miou") -> str:
+    """A study row's mean ± sd over seeds."""
+    return mean_sd(load(stem)["summary"]["rows"][row][metric])
+
+
+def distill_miou(stem: str, key: str) -> str:
+    """A run report's distillation mIoU: ``teacher``, ``student`` (alone) or ``distilled``, 2 decimals."""
+    return f"{load(stem)['distill'][f'{key}_miou']:.2f}"
+
+
+def loadavg(stem: str, when: str = "before") -> str:
+    """The 1-minute load average a benchmarks/record_command.py file recorded ``before`` or ``after`` the command."""
+    return f"{load(stem)[f'loadavg_1min_{when}']:.1f}"
+
+
+def value(stem: str, path: str, fmt: str = ".2f", scale: str = "1") -> str:
+    """Any number of a results file: ``path`` is dotted (list items by index), ``fmt`` a format spec ("+.2f"),
+    ``scale`` a factor (100 for a share in percent). A minus sign is written as "−"."""
+    v = load(stem)
+    for part in path.split("."):
+        v = v[int(part)] if isinstance(v, list) else v[part]
+    return format(v * float(scale), fmt).replace("-", MINUS)
+
+
+def qat_ms(stem: str, row: str) -> str:
+    """A QAT study row's mIoU, mean ± sd over its seeds."""
+    return mean_sd(load(stem)["summary"]["rows"][row]["miou_qat"])
+
+
+def qat_over_fp32(stem: str, row: str) -> str:
+    """How far a QAT row's mean mIoU ends above (positive) the FP32 model's, 2 decimals."""
+    d = load(stem)
+    return f"{d['summary']['rows'][row]['miou_qat']['mean'] - d['fp32_miou']:.2f}"
+
+
+def qat_pair(stem: str, a: str, b: str, interval: str = "t_ci") -> str:
+    """A QAT study's paired difference ``a`` − ``b`` over seeds, "mean [lo, hi]" (``interval``: t_ci or
+    bootstrap_ci; "only" gives the interval alone)."""
+    p = load(stem)["summary"]["paired"][f"{a} - {b}"]
+    if interval.endswith("only"):
+        return ci(p[interval.removesuffix("_only")], MINUS)
+    return f"{s2(p['mean'], MINUS)} {ci(p[interval], MINUS)}"
+
+
+def last_line(stem: str, stream: str = "stdout") -> str:
+    """The last line a benchmarks/record_command.py file recorded on ``stream`` (a verdict, a summary)."""
+    return load(stem)[stream].rstrip("\n").splitlines()[-1]
+
+
+def wall_time(stem: str) -> str:
+    """The wall time a results file records (``wall_s``), as "N s" or "N min N s"."""
+    s = round(load(stem)["wall_s"])
+    return f"{s} s" if s < 60 else f"{s // 60} min {s % 60} s"
+
+
+INLINE_RENDERERS: dict[str, Callable[..., str]] = {
+    f.__name__: f
+    for f in (
+        value,
+        qat_ms,
+        qat_over_fp32,
+        qat_pair,
+        ort_int8_over_fp32,
+        speedup_vs_eager,
+        pd,
+        pci,
+        ms,
+        distill_miou,
+        loadavg,
+        last_line,
+        wall_time,
+    )
+}
+
+
+# ---------------------------------------------------------------------------------------------- render / check
+
+
+def render_text(text: str) -> str:
+    """``text`` with every marked region re-rendered from the JSON."""
+
+    def block(m: re.Match) -> str:
+        name, *args = m["spec"].split()
+        if name != m["end"]:
+            raise ValueError(f"region {name!r} is closed by {m['end']!r}")
+        if name not in RENDERERS:
+            raise ValueError(f"no renderer {name!r}; known: {', '.join(sorted(RENDERERS))}")
+        return f"{m[1]}{RENDERERS[name](*args).rstrip()}\n{m[4]}"
+
+    def inline(m: re.Match) -> str:
+        name, *args = m["spec"].split()
+        if name not in INLINE_RENDERERS:
+            raise ValueError(f"no inline renderer {name!r}; known: {', '.join(sorted(INLINE_RENDERERS))}")
+        return f"{m[1]}{INLINE_RENDERERS[name](*args)}{m[4]}"
+
+    return INLINE.sub(inline, BLOCK.sub(block, text))
+
+
+def regions(text: str) -> list[str]:
+    return [m["spec"] for m in BLOCK.finditer(text)] + [m["spec"] for m in INLINE.finditer(text)]
+
+
+def _name(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def check(paths: list[Path]) -> list[str]:
+    """A unified diff per file whose committed regions differ from what the JSON renders."""
+    diffs = []
+    for path in paths:
+        old = path.read_text()
+        new = render_text(old)
+        if new != old:
+            name = _name(path)
+            diffs.append(
+                "".join(
+                    difflib.unified_diff(
+                        old.splitlines(True), new.splitlines(True), f"{name} (committed)", f"{name} (rendered)"
+                    )
+                )
+            )
+    return diffs
+
+
+# ---------------------------------------------------------------------------------------------- audit
+
+# Provenance a results file must record, and the keys that hold it, looked up at any depth (a study records
+# its machine once per configuration). A field counts when one of its keys holds a value other than null/"".
+PROVENANCE: dict[str, tuple[str, ...]] = {
+    "command": ("command", "commands", "study_command"),
+    "commit": ("git_commit", "code_hash", "git"),
+    "cpu": ("cpu", "Model name", "lscpu_model"),
+    "isa": ("isa", "Flags"),
+    "gpu": ("gpus", "gpu", "gpu_name"),
+    "versions": ("versions", "torch"),
+    "wall_time": ("wall_s", "seconds", "finished", "ended"),
+}
+
+
+ARCHES = {"x86_64", "AMD64", "aarch64", "arm64"}  # platform.machine(): an architecture, not a CPU model
+
+
+def _values(d, key: str):
+    """Every value stored under ``key`` anywhere in ``d``."""
+    if isinstance(d, dict):
+        for k, v in d.items():
+            if k == key:
+                yield v
+            yield from _values(v, key)
+    elif isinstance(d, list):
+        for v in d:
+            yield from _values(v, key)
+
+
+def _device_is_cpu(d) -> bool:
+    """A run whose recorded device is the CPU used no GPU: that is its GPU record."""
+    return any(isinstance(v, str) and v.startswith("cpu") for v in _values(d, "device"))
+
+
+def audit_file(d: dict | list) -> list[str]:
+    """The provenance fields ``d`` lacks."""
+    missing = []
+    for field, keys in PROVENANCE.items():
+        found = any(v not in (None, "") for k in keys for v in _values(d, k))
+        if field == "gpu":
+            found = found or _device_is_cpu(d)
+        if field == "cpu":
+            found = found or any(isinstance(v, str) and v not in ARCHES for v in _values(d, "machine") if v)
+        if not found:
+            missing.append(field)
+    return missing
+
+
+def audit() -> dict[str, list[str]]:
+    return {p.stem: audit_file(json.loads(p.read_text())) for p in sorted(RESULTS.glob("*.json"))}
+
+
+def provenance_table() -> str:
+    """One row per results file: the provenance fields it records and those it lacks."""
+    lines = ["| results file | lacks |", "|---|---|"]
+    for stem, missing in audit().items():
+        lines.append(f"| `docs/results/{stem}.json` | {', '.join(missing) if missing else 'nothing'} |")
+    return "\n".join(lines)
+
+
+def recorded_output(stem: str, last: str = "0", stream: str = "stdout", command: str = "yes") -> str:
+    """A fenced block: the command a benchmarks/record_command.py file recorded (unless ``command`` is "no") and
+    what it printed on ``stream`` (stdout, or stderr_tail), its ``last`` lines only when not 0."""
+    d = load(stem)
+    out = d[stream].rstrip("\n").splitlines()
+    n = int(last)
+    head = [f"$ {d['command']}"] if command == "yes" else []
+    return "\n".join(["```", *head, *(out[-n:] if n else out), "```"])
+
+
+def prediction_entry(stem: str, name: str) -> str:
+    """A fenced JSON block: one image's entry of the predictions.json a recorded `predict` run wrote."""
+    entry = next(e for e in load(stem)["predictions"]["images"] if e["path"] == name)
+    keys = list(entry)
+    first = ", ".join(f"{json.dumps(k)}: {json.dumps(entry[k])}" for k in keys[:3])
+    rest = ", ".join(f"{json.dumps(k)}: {json.dumps(entry[k])}" for k in keys[3:])
+    return "\n".join(["```json", "{" + first + ",", " " + rest + "}", "```"])
+
+
+def stage_note(stem: str, stage: str) -> str:
+    """A fenced block: the ledger note of one stage of the report a recorded run embedded (``report``)."""
+    note = next(s["note"] for s in load(stem)["report"]["stages"] if s["name"] == stage)
+    return "\n".join(["```", f"- `{stage}`: {note}", "```"])
+
+
+RENDERERS["provenance_table"] = provenance_table
+RENDERERS["stage_note"] = stage_note
+RENDERERS["prediction_entry"] = prediction_entry
+RENDERERS["recorded_output"] = recorded_output
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--check", action="store_true", help="exit 1 with a diff when the docs differ from the JSON")
+    ap.add_argument("--audit", action="store_true", help="list the provenance fields each results JSON lacks")
+    ap.add_argument("files", nargs="*", type=Path, help="Markdown files (default: README.md and docs/*.md)")
+    args = ap.parse_args(argv)
+    paths = [p.resolve() for p in args.files] or DOCS
+    if args.audit:
+        for stem, missing in audit().items():
+            print(f"{stem}: {'complete' if not missing else 'lacks ' + ', '.join(missing)}")
+        return 0
+    if args.check:
+        diffs = check(paths)
+        for d in diffs:
+            print(d)
+        n = sum(len(regions(p.read_text())) for p in paths)
+        print(f"{n} regions, {len(diffs)} file(s) differ from docs/results", file=sys.stderr)
+        return 1 if diffs else 0
+    for path in paths:
+        old = path.read_text()
+        new = render_text(old)
+        if new != old:
+            path.write_text(new)
+            print(f"rendered {_name(path)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

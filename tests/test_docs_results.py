@@ -1,0 +1,118 @@
+"""The results quoted in README.md and docs/*.md are the ones docs/results/*.json holds: every marked region
+renders from its JSON to exactly the committed text, the check catches a region edited by hand, and the
+results files whose provenance is complete stay complete."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "benchmarks" / "render_results.py"
+RECORD = ROOT / "benchmarks" / "record_command.py"
+
+# Results files that record command, commit, CPU model and ISA, GPU, versions and wall time.
+COMPLETE = {
+    "quant_table_cpu",
+    "quickstart_smoke_timed_cpu",
+    "predict_smoke_camvid_cpu",
+    "segmenter_smoke_cpu",
+    "multi_target_smoke_cpu",
+    "ci_gate_smoke_cpu",
+    "own_onnx_lraspp_cpu",
+    "ci_gate_tight_cpu",
+    "ci_gate_npu_pending_cpu",
+    "ci_base_smoke_cpu",
+    "ci_gate_baseline_cpu",
+}
+
+
+@pytest.fixture(scope="module")
+def rr():
+    spec = importlib.util.spec_from_file_location("render_results", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_committed_docs_render_from_the_results_json(rr):
+    diffs = rr.check(rr.DOCS)
+    assert not diffs, "docs differ from docs/results; run `python benchmarks/render_results.py`:\n" + "\n".join(diffs)
+
+
+def test_the_docs_have_regions_and_every_region_names_a_renderer(rr):
+    specs = [s for p in rr.DOCS for s in rr.regions(p.read_text())]
+    assert len(specs) >= 10
+    for spec in specs:
+        name = spec.split()[0]
+        assert name in rr.RENDERERS or name in rr.INLINE_RENDERERS, spec
+
+
+def test_check_fails_on_a_tampered_table(rr, tmp_path):
+    doc = (ROOT / "docs" / "deploy.md").read_text()
+    assert "| ONNX Runtime INT8 | 33.82 |" in doc
+    tampered = tmp_path / "deploy.md"
+    tampered.write_text(doc.replace("| ONNX Runtime INT8 | 33.82 |", "| ONNX Runtime INT8 | 34.82 |", 1))
+    diffs = rr.check([tampered])
+    assert len(diffs) == 1
+    assert "-| ONNX Runtime INT8 | 34.82 |" in diffs[0] and "+| ONNX Runtime INT8 | 33.82 |" in diffs[0]
+    assert rr.main(["--check", str(tampered)]) == 1
+    rr.main([str(tampered)])
+    assert tampered.read_text() == doc
+
+
+def test_check_fails_on_a_tampered_inline_figure(rr, tmp_path):
+    path = tmp_path / "x.md"
+    path.write_text("ORT INT8 is <!-- r:ort_int8_over_fp32 -->9.9<!-- /r -->x faster than ORT FP32.\n")
+    assert rr.main(["--check", str(path)]) == 1
+    rr.main([str(path)])
+    assert rr.main(["--check", str(path)]) == 0
+    assert "9.9" not in path.read_text()
+
+
+def test_text_outside_regions_is_left_alone(rr):
+    text = "before 1.23\n<!-- results:deploy_table -->\nstale\n<!-- /results:deploy_table -->\nafter 4.56\n"
+    out = rr.render_text(text)
+    assert out.startswith("before 1.23\n<!-- results:deploy_table -->\n| row |")
+    assert out.endswith("<!-- /results:deploy_table -->\nafter 4.56\n")
+
+
+def test_a_region_closed_by_another_name_is_refused(rr):
+    with pytest.raises(ValueError, match="closed by"):
+        rr.render_text("<!-- results:deploy_table -->\nx\n<!-- /results:quant_table -->\n")
+
+
+def test_complete_results_files_stay_complete(rr):
+    report = rr.audit()
+    assert COMPLETE <= set(report)
+    assert {stem: report[stem] for stem in COMPLETE} == {stem: [] for stem in COMPLETE}
+
+
+def test_the_audit_names_what_a_file_lacks(rr):
+    full = {
+        "command": "x",
+        "git_commit": "0" * 40,
+        "machine": {"cpu": "AMD EPYC", "isa": ["AVX2"], "gpus": []},
+        "versions": {"torch": "2"},
+        "wall_s": 1.0,
+    }
+    assert rr.audit_file(full) == []
+    assert rr.audit_file({k: v for k, v in full.items() if k != "wall_s"}) == ["wall_time"]
+    assert rr.audit_file({**full, "git_commit": None}) == ["commit"]
+
+
+def test_record_command_writes_a_complete_results_file(rr, tmp_path):
+    out = tmp_path / "r.json"
+    subprocess.run(
+        [sys.executable, str(RECORD), "--json", str(out), "--what", "a test", "--", sys.executable, "-c", "print(42)"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    record = json.loads(out.read_text())
+    assert record["stdout"] == "42\n" and record["exit_code"] == 0 and record["wall_s"] > 0
+    assert rr.audit_file(record) == []
+    assert record["git_dirty"] is (record["git_diff_sha256"] is not None)
