@@ -56,6 +56,7 @@ def _crop_and_padded(seed: int, rows: slice, cols: slice, padded_hw=(40, 48), cr
 def test_padded_crop_changes_no_bckd_term_when_masked(where, options):
     cols = slice(0, 32) if where == "bottom-right" else slice(16, 48)
     crop, padded, valid = _crop_and_padded(0, slice(0, 24), cols)
+    torch.manual_seed(0)  # the module's initial weights: the leak check below compares against fixed values
     bckd = BCKD(_cfg(**options), S_CH, T_CH).eval()  # eval: BatchNorm must not pool the padding's statistics
     alone = bckd(*crop, (24, 32))
     masked = bckd(*padded, (40, 48), valid)
