@@ -11,6 +11,9 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -176,3 +179,19 @@ def test_schema_accepts_the_smoke_runs_report(validator, smoke_report):
     for path in sorted(smoke_report.glob("report*.json")):
         report = json.loads(path.read_text(encoding="utf-8"))
         assert _errors(validator, report) == [], path.name
+
+
+def test_site_builds_strictly(tmp_path):
+    """The docs site builds with every link, anchor and nav entry checked (mkdocs.yml `validation`, strict)."""
+    pytest.importorskip("mkdocs")
+    pytest.importorskip("material")
+    done = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=ROOT,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    warnings = [line for line in done.stderr.splitlines() if line.startswith(("WARNING", "ERROR"))]
+    assert done.returncode == 0, "\n".join(warnings) or done.stderr[-2000:]
