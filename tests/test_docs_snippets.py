@@ -4,6 +4,9 @@
   ``python -m bckd_pipeline.cli ...``, ``torchrun ... -m bckd_pipeline.cli ...``) is parsed by the real
   argument parser: a command or flag that no longer exists, or a missing required argument, fails here
   without running any training.
+- A shell fence marked ``<!-- test -->`` is also run here, command by command, in that folder (below):
+  it must end with a verdict (0, 1 a budget or parity failure, 3 pending, 4 skipped inputs), never a usage
+  error (2) or a crash (70).
 - Every ```python fence carries a marker on the line before it: ``<!-- test -->`` runs it here in a
   subprocess, in a folder where ``runs/demo`` is a real smoke run and ``photo.jpg``, ``photos/`` are
   images; ``<!-- not tested: REASON -->`` says why it cannot run here (a dataset or device it needs).
@@ -159,16 +162,19 @@ def test_every_python_example_is_run_or_says_why_not():
         f"before each ```python fence: {unmarked}"
     )
     assert any(f.marker == "test" for f in PYTHON_FENCES)
+    assert any(f.marker == "test" for f in SHELL_FENCES)
 
 
 @pytest.fixture(scope="module")
 def workspace(smoke_report, tmp_path_factory):
-    """The folder the runnable examples start in: ``runs/demo`` a real run, ``photo.jpg`` and ``photos/`` images."""
+    """The folder the runnable examples start in: ``runs/demo`` a real run, ``photo.jpg`` and ``photos/`` images,
+    ``docs/`` the repository's (``docs/ci/budgets.toml``)."""
     ws = tmp_path_factory.mktemp("docs-snippets")
     (ws / "runs").mkdir()
     (ws / "runs" / "demo").symlink_to(smoke_report, target_is_directory=True)
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)).save(ws / "photo.jpg")
+    (ws / "docs").symlink_to(ROOT / "docs", target_is_directory=True)
     (ws / "photos").mkdir()
     for i in range(2):
         Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(ws / "photos" / f"{i}.png")
@@ -183,3 +189,24 @@ def test_python_example_runs(fence, workspace):
         [sys.executable, "-c", fence.body], cwd=workspace, env=env, capture_output=True, text=True, timeout=600
     )
     assert done.returncode == 0, f"{fence.where} failed:\n{done.stdout}\n{done.stderr}"
+
+
+VERDICTS = (0, 1, 3, 4)  # done, a failed check, pending, skipped inputs: what a working command may answer
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fence", [f for f in SHELL_FENCES if f.marker == "test"], ids=lambda f: f.where)
+def test_shell_example_runs(fence, workspace):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    commands = cli_invocations(fence.body)
+    assert commands, f"{fence.where} is marked <!-- test --> but calls no bckd-pipeline command"
+    for args in commands:
+        done = subprocess.run(
+            [sys.executable, "-m", "bckd_pipeline.cli", *args],
+            cwd=workspace,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert done.returncode in VERDICTS, f"{fence.where}: bckd-pipeline {shlex.join(args)}:\n{done.stderr[-3000:]}"
