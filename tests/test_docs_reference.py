@@ -195,3 +195,14 @@ def test_site_builds_strictly(tmp_path):
     )
     warnings = [line for line in done.stderr.splitlines() if line.startswith(("WARNING", "ERROR"))]
     assert done.returncode == 0, "\n".join(warnings) or done.stderr[-2000:]
+
+
+def test_readme_links_point_at_files_that_exist():
+    """README.md is outside the site, so mkdocs does not check it: its relative links are checked here."""
+    import re
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    targets = [t.split("#", 1)[0] for t in re.findall(r"\]\(([^)\s]+)\)", text) if "://" not in t]
+    assert targets
+    missing = [t for t in targets if t and not (ROOT / t).exists()]
+    assert not missing, f"README.md links to files that do not exist: {missing}"

@@ -4,7 +4,8 @@
   ``python -m bckd_pipeline.cli ...``, ``torchrun ... -m bckd_pipeline.cli ...``) is parsed by the real
   argument parser: a command or flag that no longer exists, or a missing required argument, fails here
   without running any training.
-- A shell fence marked ``<!-- test -->`` is also run here, command by command, in that folder (below):
+- A shell fence marked ``<!-- test -->`` is also run here, command by command, in that folder (below), after
+  the runnable Python examples above it on its page:
   it must end with a verdict (0, 1 a budget or parity failure, 3 pending, 4 skipped inputs), never a usage
   error (2) or a crash (70).
 - Every ```python fence carries a marker on the line before it: ``<!-- test -->`` runs it here in a
@@ -200,6 +201,10 @@ def test_shell_example_runs(fence, workspace):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     commands = cli_invocations(fence.body)
     assert commands, f"{fence.where} is marked <!-- test --> but calls no bckd-pipeline command"
+    for before in PYTHON_FENCES:  # what the page's runnable examples above it prepare (a dataset, a file)
+        if before.page == fence.page and before.line < fence.line and before.marker == "test":
+            done = subprocess.run([sys.executable, "-c", before.body], cwd=workspace, env=env, timeout=600)
+            assert done.returncode == 0, f"{before.where} failed"
     for args in commands:
         done = subprocess.run(
             [sys.executable, "-m", "bckd_pipeline.cli", *args],
