@@ -84,12 +84,6 @@ def check_onnx_source(source: ModelSource, deploy: DeployConfig, profile: Target
             f"deployed as it is (opset {info.opset}, its own input and output). Drop "
             f"{'it' if len(flags) == 1 else 'them'}; to change the graph, re-export it."
         )
-    if profile.backend is Backend.TENSORRT:
-        raise ConfigError(
-            f"--onnx with --target {profile.name} (TensorRT) is not built yet: the device bundle assumes this "
-            "pipeline's input name and static shape. Use an onnxruntime-* or openvino-* target, or deploy from "
-            "PyTorch (--model FILE.pt2, TorchScript, or --model-factory)."
-        )
     if info.dynamic and profile.static_shape and profile.device == "NPU":
         raise ConfigError(
             f"--onnx {str(source.path)!r} has dynamic {','.join(info.dynamic)}; --target {profile.name} compiles "

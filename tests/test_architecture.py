@@ -289,6 +289,7 @@ COMMANDS = [
     "models",
     "train-teacher",
     "distill",
+    "taps",
     "eval",
     "run",
     "deploy",

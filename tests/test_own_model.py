@@ -118,7 +118,6 @@ def test_dry_run_of_an_onnx_prints_the_take_step(models, tmp_path, capsys):
     [
         (["--opset", "18"], "--opset shapes the ONNX export"),
         (["--head", "argmax", "--dynamic", "batch"], "--head, --dynamic shape the ONNX export"),
-        (["--target", "jetson"], "is not built yet"),
         (["--num-classes", "3"], "outputs 7 class logits, but the classes given number 3"),
         (["--input-size", "32,32"], "has the static input size 64x64"),
         (["--input-scale", "raw"], "--input-scale 'raw' is not allowed"),
@@ -283,3 +282,70 @@ def test_dry_run_checks_the_out_folder(models, tmp_path, capsys, command):
     rc, _, err = run_cli(capsys, command, *SMOKE, *model, "--out", foreign / "notes.txt" / "x", "--dry-run")
     assert_clean_error(rc, err, None)
     assert "cannot be written" in err and "is not a folder" in err
+
+
+# --- a TensorRT target from the user's ONNX: the Q/DQ file, the device bundle, the engine with a stand-in ------
+@pytest.mark.slow
+def test_an_onnx_from_outside_deploys_to_a_tensorrt_target(models, tmp_path, capsys, monkeypatch):
+    """No TensorRT here: the run ends pending (exit 3) with the Q/DQ ONNX checked TensorRT-ready and the bundle;
+    the bundle's job then runs with the recording stand-in of tests/helpers/fake_tensorrt.py, the engine's
+    execution done by ONNX Runtime on the same Q/DQ ONNX. It checks our glue, not TensorRT."""
+    import sys
+
+    from helpers.fake_tensorrt import make_fake_trt
+
+    import bckd_pipeline.device.agent as agent
+    import bckd_pipeline.runtimes.tensorrt as trt_backend
+    from bckd_pipeline.calibrate.tensorrt import check_tensorrt_qdq
+    from bckd_pipeline.runtimes.onnxruntime import OrtRuntime
+    from bckd_pipeline.targets import check_availability, get_target
+
+    if check_availability(get_target("jetson")).can_measure:
+        pytest.skip("this host has TensorRT: the engine would be built here")
+    out = tmp_path / "J"
+    rc, _, err = run_cli(
+        capsys, "deploy", *SMOKE, "--onnx", models["dynamic"], "--out", out, "--input-size", "64,64",
+        "--input-scale", "normalized", *IMAGENET, "--target", "jetson", *FAST,
+    )  # fmt: skip
+    assert rc == 3, err
+    report = _json(out / "report.json")
+    assert [s["name"] for s in report["stages"]] == ["onnx", "onnx-simplified", "onnx-qdq", "tensorrt-int8"]
+    assert report["stages"][2]["status"] == "measured" and report["stages"][3]["status"] == "pending"
+    qdq = out / "deploy/model.qdq.onnx"
+    assert check_tensorrt_qdq(qdq) == []
+    bundle = out / "deploy/tensorrt/bundle"
+    job = _json(bundle / "job.json")
+    # the user's input name, and the shape the dynamic ONNX is built for (an optimisation profile)
+    assert job["input_name"] == "input" and job["recipe"]["input_shape"] == [1, 3, 64, 64]
+    assert "--minShapes=input:1x3x64x64" in (bundle / "build_engine.sh").read_text()
+
+    fake = make_fake_trt("10.3.0.30", input_shape=(-1, 3, -1, -1), input_name="input")
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    monkeypatch.setattr(agent, "_tensorrt_missing", lambda: [])
+
+    class EngineOnOrt(OrtRuntime):
+        backend = "tensorrt"
+
+        def __init__(self, plan, *, name, precision, cuda_graph):
+            super().__init__(bundle / "model.qdq.onnx", precision=precision, name=name)
+
+    monkeypatch.setattr(trt_backend, "TensorRTRuntime", EngineOnOrt)
+    result = agent.run_job(bundle / "job.json", tmp_path / "device")
+    assert result["ok"] and result["engine"] and result["row"] == "tensorrt-int8"
+    assert ("add_optimization_profile", ("input", (1, 3, 64, 64), (1, 3, 64, 64), (1, 3, 64, 64))) in fake.calls
+
+
+@pytest.mark.parametrize("kind", ["pt2", "torchscript", "factory", "onnx"])
+def test_every_kind_of_own_model_plans_a_tensorrt_target(models, tmp_path, capsys, monkeypatch, kind):
+    folder = models["folder"]
+    if kind == "factory":
+        monkeypatch.syspath_prepend(str(folder))
+        model = ["--model-factory", "outsider_factory:build", "--weights", folder / "outsider.pth", *IMAGENET]
+    elif kind == "onnx":
+        model = ["--onnx", models["dynamic"], "--input-size", "64,64", "--input-scale", "normalized", *IMAGENET]
+    else:
+        model = ["--model", folder / ("outsider.pt2" if kind == "pt2" else "outsider.ts"), *IMAGENET]
+    out = tmp_path / "R"
+    rc, stdout, err = run_cli(capsys, "deploy", *SMOKE, *model, "--out", out, "--target", "jetson", "--dry-run")
+    assert rc == 0, err
+    assert " onnx-qdq " in stdout and " device-bundle " in stdout and not out.exists()

@@ -169,7 +169,7 @@ def test_one_miou_formula_serves_the_confusion_matrix_and_the_bootstrap():
 
 def test_an_unknown_task_is_refused_with_the_known_names():
     assert get_task("segmentation") is SEGMENTATION
-    with pytest.raises(ConfigError, match=r"Unknown task 'detectoin'.*Allowed: segmentation"):
+    with pytest.raises(ConfigError, match=r"Unknown task 'detectoin'.*Allowed: detection, segmentation"):
         get_task("detectoin")
 
 

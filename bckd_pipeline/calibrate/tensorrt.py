@@ -120,14 +120,16 @@ def _modelopt_writer(source: Path, tmp: Path, feeds: DatasetFeeds, spec: Calibra
             f"--calib-method {spec.method} is not offered by Model Optimizer; use minmax or entropy with "
             "--trt-quantizer modelopt."
         )
-    images = np.concatenate([f["image"] for f in feeds], axis=0)
+    batches = list(feeds)
+    name = next(iter(batches[0]))  # the ONNX's input: "image" for an export of ours, a user's own name
+    images = np.concatenate([f[name] for f in batches], axis=0)
     from .exclude import resolve
 
     ex = resolve(source, spec.exclude) if spec.exclude else None
     quantize(
         str(source),
         quantize_mode="int8",
-        calibration_data={"image": images},
+        calibration_data={name: images},
         calibration_method="max" if spec.method == "minmax" else "entropy",
         nodes_to_exclude=list(ex.nodes) if ex else None,
         op_types_to_exclude=list(ex.op_types) if ex else None,

@@ -35,6 +35,10 @@ def _dispatch(args) -> int:
         from .train import models
 
         return models()
+    if args.command == "taps":
+        from .train import taps
+
+        return taps(args)
     if args.command in ("targets", "doctor"):
         from .tools import targets
 

@@ -211,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("models", help="list the model presets", formatter_class=fmt)
     _train_teacher_parser(sub, fmt)
     _distill_parser(sub, fmt)
+    _taps_parser(sub, fmt)
     _eval_parser(sub, fmt)
     _run_parser(sub, fmt)
     _deploy_parser(sub, fmt)
@@ -230,11 +231,30 @@ def _train_teacher_parser(sub, fmt) -> None:
 
 
 def _distill_parser(sub, fmt) -> None:
-    p = sub.add_parser("distill", help="distill a student from a teacher checkpoint", formatter_class=fmt)
+    p = sub.add_parser("distill", help="distill a student from a teacher (any nn.Module)", formatter_class=fmt)
     _common(p)
-    p.add_argument("--teacher", type=Path, required=True, help="teacher checkpoint (teacher.pt)")
+    p.add_argument(
+        "--teacher", type=Path, help="teacher file: a teacher.pt checkpoint, a TorchScript file or a .pt2 program"
+    )
+    p.add_argument(
+        "--teacher-factory", metavar="MODULE:FUNCTION", help="a function returning the teacher nn.Module (any model)"
+    )
+    p.add_argument("--teacher-weights", type=Path, help="the --teacher-factory module's state_dict")
     p.add_argument("--student-arch", help="student preset name (default: the preset's student)")
+    p.add_argument("--student-factory", metavar="MODULE:FUNCTION", help="a function returning the student nn.Module")
+    p.add_argument("--student-weights", type=Path, help="the --student-factory module's initial state_dict")
     _distill_flags(p)
+
+
+def _taps_parser(sub, fmt) -> None:
+    p = sub.add_parser(
+        "taps", help="list a model's candidate feature taps (module, output shape, stride)", formatter_class=fmt
+    )
+    p.add_argument("--arch", help="a model preset (`bckd-pipeline models`)")
+    p.add_argument("--model-factory", metavar="MODULE:FUNCTION", help="a function returning the nn.Module")
+    p.add_argument("--weights", type=Path, help="the --model-factory module's state_dict (optional here)")
+    p.add_argument("--input-size", type=_pair, default=(256, 256), help="the zero image's H,W")
+    p.add_argument("--num-classes", type=int, default=2, help="classes of the --arch preset built")
 
 
 def _eval_parser(sub, fmt) -> None:

@@ -18,6 +18,28 @@ def models() -> int:
     return 0
 
 
+def taps(args) -> int:
+    """Print a model's candidate feature taps: module name, output shape, stride (input size / output size)."""
+    from ..distill.any_model import candidate_taps
+    from ..distill.models import build_model
+    from ..model_files import module_from_factory
+
+    if (args.arch is None) == (args.model_factory is None):
+        raise ConfigError("taps lists one model: pass --arch PRESET, or --model-factory module:function.")
+    if args.arch is not None:
+        model = build_model(args.arch, args.num_classes)
+    else:
+        model = module_from_factory(args.model_factory, args.weights)
+    h, w = args.input_size
+    print(f"# candidate taps on a 1x3x{h}x{w} zero image (--teacher-taps/--student-taps take the names)")
+    print(f"{'module':40s} {'output shape':22s} stride")
+    for t in candidate_taps(model, (h, w)):
+        sh, sw = t.stride
+        stride = f"{sh:g}" if sh == sw else f"{sh:g}x{sw:g}"
+        print(f"{t.name:40s} {'x'.join(map(str, t.shape)):22s} {stride}")
+    return 0
+
+
 def command(args, console) -> int:
     """train-teacher, distill, eval, run, deploy: the commands that share a preset and a dataset."""
     from ..presets import get_preset
@@ -120,6 +142,10 @@ def _distill(args, preset, data, train_cfg, env, console, progress: bool) -> int
         mfs_images=_mfs_images(args, preset),
         resume=args.resume,
         env=env,
+        teacher_factory=args.teacher_factory,
+        teacher_weights=args.teacher_weights,
+        student_factory=args.student_factory,
+        student_weights=args.student_weights,
     )
     if env.is_main:
         console.print(f"student mIoU {res.metrics['miou']:.2f} (kd={dcfg.kd}) -> {res.checkpoint}")

@@ -55,8 +55,14 @@ class DatasetInfo:
     num_classes: int
     class_names: tuple[str, ...]
     ignore_index: int = IGNORE_INDEX
+    colors: tuple[tuple[int, int, int], ...] | None = None  # one RGB 0..255 per class, when the data gives them
 
     def __post_init__(self) -> None:
+        if self.colors is not None and len(self.colors) != self.num_classes:
+            raise DataError(
+                f"Dataset {self.kind!r} at {self.root!r} gives {len(self.colors)} colours for {self.num_classes} "
+                "classes. Give one colour per class, or none."
+            )
         if not 0 < self.num_classes <= self.ignore_index:
             raise DataError(
                 f"Dataset {self.kind!r} at {self.root!r} has {self.num_classes} classes; allowed is "

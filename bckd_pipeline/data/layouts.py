@@ -257,26 +257,90 @@ def camvid(root: Path, split: str, transform: Transform | None) -> FileSegDatase
 
 
 def folder(root: Path, split: str, transform: Transform | None) -> FileSegDataset:
-    """Your own data: ``images/{split}/*.{png,jpg,jpeg}``, ``masks/{split}/<stem>.png``, ``classes.txt``.
+    """Your own data: ``images/{split}/*.{png,jpg,jpeg}``, ``masks/{split}/<stem>.png``, and the classes in
+    ``classes.txt`` or ``classes.json`` (:func:`read_classes`).
 
-    Mask pixels are class ids in the order of ``classes.txt`` (one name per line), 255 = ignore.
+    Mask pixels are class ids in the order of the classes file (line k, or item k, names class k), 255 = ignore.
     """
-    classes_file = root / "classes.txt"
-    if not classes_file.is_file():
-        raise DataError(
-            f"folder: {str(classes_file)!r} not found. Write one class name per line; line k names class k."
-        )
-    names = tuple(_read_list(classes_file))
-    if not names:
-        raise DataError(f"folder: {str(classes_file)!r} is empty. Write one class name per line.")
+    names, colors = read_classes(root)
     image_dir = root / "images" / split
     if not image_dir.is_dir():
         raise _missing_split("folder", split, image_dir, _subdirs(root / "images"))
     images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     pairs = [(i, root / "masks" / split / f"{i.stem}.png") for i in images]
     hint = "Every image needs a mask PNG with the same stem in masks/{split}/."
-    info = DatasetInfo("folder", str(root), len(names), names)
+    info = DatasetInfo("folder", str(root), len(names), names, colors=colors)
     return FileSegDataset(info, split, _checked("folder", split, pairs, image_dir, hint), transform=transform)
+
+
+CLASSES_HELP = (
+    'Write classes.txt with one class per line, "name" or "name R G B" (a colour 0..255), line k naming class k; '
+    'or classes.json, a list of names or of {"name": ..., "color": [R, G, B]}.'
+)
+
+
+def read_classes(root: Path) -> tuple[tuple[str, ...], tuple[tuple[int, int, int], ...] | None]:
+    """The class names of a ``folder:`` dataset, and their colours where the file gives them (every class or none).
+
+    ``classes.txt``: a line ``name`` or ``name R G B`` per class (a name may hold spaces; the last three fields
+    are the colour when all three are whole numbers). ``classes.json``: ``["road", ...]`` or
+    ``[{"name": "road", "color": [128, 64, 128]}, ...]``.
+    """
+    import json
+
+    txt, js = root / "classes.txt", root / "classes.json"
+    if txt.is_file() and js.is_file():
+        raise DataError(f"folder: both {str(txt)!r} and {str(js)!r} exist; keep one. {CLASSES_HELP}")
+    if js.is_file():
+        try:
+            items = json.loads(js.read_text())
+        except ValueError as exc:
+            raise DataError(f"folder: {str(js)!r} is not valid JSON ({exc}). {CLASSES_HELP}") from None
+        if not isinstance(items, list):
+            raise DataError(f"folder: {str(js)!r} holds a {type(items).__name__}, not a list. {CLASSES_HELP}")
+        entries = []
+        for k, item in enumerate(items):
+            if isinstance(item, str):
+                entries.append((item, None))
+            elif isinstance(item, dict) and isinstance(item.get("name"), str):
+                entries.append((item["name"], item.get("color")))
+            else:
+                raise DataError(f"folder: {str(js)!r} item {k} is {item!r}. {CLASSES_HELP}")
+        where = js
+    elif txt.is_file():
+        entries = [_class_line(line) for line in _read_list(txt)]
+        where = txt
+    else:
+        raise DataError(f"folder: no classes file in {str(root)!r}. {CLASSES_HELP}")
+    if not entries:
+        raise DataError(f"folder: {str(where)!r} is empty. {CLASSES_HELP}")
+    names = tuple(name.strip() for name, _ in entries)
+    given = [c is not None for _, c in entries]
+    if any(given) and not all(given):
+        missing = [names[k] for k, g in enumerate(given) if not g][:3]
+        raise DataError(
+            f"folder: {str(where)!r} gives a colour for {sum(given)} of {len(entries)} classes (none for "
+            f"{', '.join(missing)}). Give a colour on every line, or on none (the project's palette is used)."
+        )
+    colors = None
+    if all(given):
+        colors = []
+        for name, c in entries:
+            if not (isinstance(c, (list, tuple)) and len(c) == 3 and all(type(v) is int and 0 <= v <= 255 for v in c)):
+                raise DataError(f"folder: {str(where)!r}: the colour of {name!r} is {c!r}; give R G B, each 0..255.")
+            colors.append(tuple(c))
+        colors = tuple(colors)
+    if len(set(names)) != len(names) or not all(names):
+        raise DataError(f"folder: {str(where)!r} has an empty or repeated class name ({', '.join(names)}).")
+    return names, colors
+
+
+def _class_line(line: str) -> tuple[str, list[int] | None]:
+    """``name`` or ``name R G B``: the colour when the last three fields are whole numbers."""
+    fields = line.split()
+    if len(fields) >= 4 and all(f.lstrip("-").isdigit() for f in fields[-3:]):
+        return " ".join(fields[:-3]), [int(f) for f in fields[-3:]]
+    return line, None
 
 
 @dataclass(frozen=True)
@@ -314,7 +378,7 @@ LAYOUTS: dict[str, Layout] = {
     ),
     "folder": Layout(
         "your data: images/{split}/*.{png,jpg,jpeg}, masks/{split}/<stem>.png "
-        "(pixel = class id, 255 = ignore), classes.txt (one name per line)",
+        "(pixel = class id, 255 = ignore), classes.txt (a line per class: name, or name R G B) or classes.json",
         folder,
     ),
 }

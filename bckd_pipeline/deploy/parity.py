@@ -121,7 +121,7 @@ def ledger(
     ref = stages[0].name
     n = 0
     for feed, label in feeds.pairs():
-        outputs = {s.name: next(iter(s.runtime.infer(feed).values())) for s in stages}
+        outputs = {s.name: task.raw_output(s.runtime.infer(feed), feed) for s in stages}
         if tick is not None:
             tick()
         predictions = {k: task.prediction_of(v) for k, v in outputs.items()}

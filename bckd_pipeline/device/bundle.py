@@ -56,6 +56,9 @@ AGENT_MODULES = (
     "tasks/__init__.py",
     "tasks/base.py",
     "tasks/segmentation.py",
+    "tasks/detection.py",
+    "tasks/detection_ap.py",
+    "tasks/detection_decode.py",
 )
 TENSORRT_DIR = "deploy/tensorrt"  # in OUT: bundle/ (what ships) and device/ (what came back)
 BUNDLE_FILES = ("job.json", "model.qdq.onnx", "feeds.npz", "agent.pyz", "build_engine.sh", "README.txt")
@@ -122,8 +125,14 @@ def write_bundle(
     feeds: DatasetFeeds,
     profile: TargetProfile,
     latency: LatencySpec,
+    *,
+    dynamic: bool = False,
 ) -> dict:
-    """Write the portable bundle into ``folder`` (replaced whole); returns the job."""
+    """Write the portable bundle into ``folder`` (replaced whole); returns the job.
+
+    ``dynamic``: the ONNX has dynamic dimensions (a user's ``deploy --onnx`` file): the engine is built for
+    the evaluation images' shape (an optimisation profile with min = opt = max). A static ONNX carries its
+    shape, which TensorRT (and trtexec) read from it."""
     from ..targets.tensorrt import EngineRecipe, write_build_script
 
     opts = profile.tensorrt
@@ -132,7 +141,7 @@ def write_bundle(
         workspace_mib=opts.workspace_mib,
         dla_core=opts.dla_core,
         input_name=feeds.input_name,
-        input_shape=None,  # the exported ONNX is static: TensorRT (and trtexec) read the shape from it
+        input_shape=tuple(int(d) for d in feeds.images[0].shape) if dynamic else None,
     )
     job = {
         "format": JOB_FORMAT,

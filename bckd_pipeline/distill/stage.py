@@ -18,6 +18,7 @@ from ..errors import DataError
 from ..fileio import write_json
 from .checkpoint import load_model, plain_values, save_checkpoint
 from .distributed import SINGLE, DistEnv, all_reduce_sum, shard
+from .any_model import check_pair, load_student, load_teacher
 from .models import FeatureTaps, build_model, check_input_size, default_taps
 from .task import SegDistillTask, SegTrainTask
 from .trainer import seed_everything, train
@@ -141,7 +142,7 @@ def train_teacher(
 
 
 def distill(
-    teacher_ckpt: Path,
+    teacher_ckpt: Path | None,
     student_name: str,
     data: DataConfig,
     schedule: Schedule,
@@ -156,19 +157,29 @@ def distill(
     mfs_images: int = 16,
     resume: bool = False,
     env: DistEnv = SINGLE,
+    teacher_factory: str | None = None,
+    teacher_weights: Path | None = None,
+    student_factory: str | None = None,
+    student_weights: Path | None = None,
 ) -> StepOutput:
+    """Distil ``student_name`` (or ``student_factory``'s module) from ``teacher_ckpt`` (a preset checkpoint, a
+    TorchScript or .pt2 file) or ``teacher_factory`` with ``teacher_weights`` (distill/any_model.py)."""
     seed_everything(train_cfg.seed)
     train_set, eval_set = data.train_set(), data.eval_set()
     info = train_set.info
-    teacher, tmeta = load_model(teacher_ckpt, expect_classes=info.num_classes)
-    student = build_model(student_name, info.num_classes, pretrained=pretrained)
+    t = load_teacher(teacher_ckpt, teacher_factory, teacher_weights, info.num_classes)
+    s = load_student(student_name, student_factory, student_weights, info.num_classes, pretrained=pretrained)
+    teacher, student, student_name = t.model, s.model, s.name
     iters = schedule.resolve(len(train_set), train_cfg.batch_size)
     cfg = replace(train_cfg, iters=iters)
     hw = _input_hw(data, eval_set[0][0])
     check_input_size(student, student_name, hw)
-    check_input_size(teacher, tmeta.model, hw)
-    s_taps = student_taps or default_taps(student_name)
-    t_taps = teacher_taps or default_taps(tmeta.model, role="teacher")
+    check_input_size(teacher, t.name, hw)
+    check_pair(s, t, hw, info.num_classes)
+    uses_bckd = "bckd" in dcfg.terms
+    t_taps = t.taps(teacher_taps, bckd=uses_bckd)
+    s_taps = s.taps(student_taps, bckd=uses_bckd)
+    teacher_name = str(teacher_ckpt) if teacher_ckpt is not None else f"{teacher_factory} ({teacher_weights})"
     task = SegDistillTask(
         student,
         teacher,
@@ -179,7 +190,10 @@ def distill(
         ignore_index=info.ignore_index,
     )
     ckpt = Path(out) / "student.pt"
-    meta = _meta(student_name, info, data, "student", {"kd": dcfg.kd, "teacher": str(teacher_ckpt)})
+    extra = {"kd": dcfg.kd, "teacher": teacher_name, "teacher_kind": t.kind}
+    if s.factory is not None:
+        extra["factory"] = s.factory
+    meta = _meta(student_name, info, data, "student", extra)
     result = train(
         task,
         train_set,
@@ -193,7 +207,7 @@ def distill(
         fingerprint={
             "command": "distill",
             "student": student_name,
-            "teacher": str(teacher_ckpt),
+            "teacher": teacher_name,
             "distill": plain_values(dcfg),
             "data": plain_values(data),
             "taps": [s_taps, t_taps],
@@ -202,7 +216,7 @@ def distill(
     )
     if not env.is_main:
         return StepOutput(ckpt)
-    best, _ = load_model(ckpt)
+    best = _reload_student(ckpt, s)
     teacher = task.teacher.model
     metrics = _full_metrics(best, eval_set, info, cfg, reference=teacher)
     payload = {
@@ -211,17 +225,36 @@ def distill(
         "role": "student",
         "kd": dcfg.kd,
         "class_names": list(info.class_names),
-        "teacher_checkpoint": str(teacher_ckpt),
-        "teacher_model": tmeta.model,
+        "teacher_checkpoint": teacher_name,
+        "teacher_model": t.name,
+        "teacher_kind": t.kind,
         "cost": {"student": M.model_cost(best, (1, 3, *hw)), "teacher": M.model_cost(teacher, (1, 3, *hw))},
         # MFS pairs encoder stages of both models (the teacher's decoder tap is a BCKD target, not a stage).
-        "mfs": _mfs(best, teacher, s_taps, default_taps(tmeta.model), eval_set, mfs_images),
+        "mfs": _mfs(best, teacher, s_taps, _mfs_teacher_taps(t, t_taps), eval_set, mfs_images),
         "distill_config": asdict(dcfg),
         "train": _train_summary(result, cfg),
         "data": asdict(data),
     }
     write_json(Path(out) / "metrics.json", payload)
     return StepOutput(ckpt, payload)
+
+
+def _reload_student(ckpt: Path, s) -> nn.Module:
+    """The best student saved: a preset rebuilt from its checkpoint, a factory's module filled from it."""
+    if s.factory is None:
+        return load_model(ckpt)[0]
+    from ..model_files import module_from_factory
+    from .checkpoint import read_checkpoint
+
+    model = module_from_factory(s.factory, None, flag="--student-factory")
+    model.load_state_dict(read_checkpoint(ckpt)[1])
+    return model.eval()
+
+
+def _mfs_teacher_taps(t, t_taps: list[str] | None) -> list[str] | None:
+    """MFS pairs encoder stages of both models: a preset teacher's encoder taps (its decoder tap is a BCKD target,
+    not a stage), the named taps of any other teacher."""
+    return default_taps(t.name) if t.is_preset else t_taps
 
 
 def evaluate_checkpoint(
@@ -253,7 +286,7 @@ def evaluate_checkpoint(
 
 def _mfs(student, teacher, s_taps, t_taps, eval_set, n_images: int) -> dict | None:
     """MFS on the first ``n_images`` eval images; stages paired from the deepest down."""
-    if n_images <= 0:
+    if n_images <= 0 or not s_taps or not t_taps:
         return None
     images = torch.stack([eval_set[i][0] for i in range(min(n_images, len(eval_set)))])
     device = next(student.parameters()).device

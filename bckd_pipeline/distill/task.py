@@ -96,7 +96,9 @@ class Teacher(nn.Module):
 
     def __init__(self, model: nn.Module, taps: list[str] | None):
         super().__init__()
-        self.model = model.eval().requires_grad_(False)
+        self.model = model.eval()
+        for p in model.parameters():  # per tensor: a TorchScript module has no requires_grad_()
+            p.requires_grad_(False)
         self.taps = FeatureTaps(model, taps) if taps else None
 
     def train(self, mode: bool = True) -> Teacher:

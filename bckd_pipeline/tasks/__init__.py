@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from ..errors import unknown_name
 from .base import BudgetKey, Column, Interval, ParityMeter, SplitScore, Task
+from .detection import DETECTION
 from .segmentation import SEGMENTATION
 
 DEFAULT_TASK = "segmentation"
 
-TASKS: dict[str, Task] = {SEGMENTATION.name: SEGMENTATION}
+TASKS: dict[str, Task] = {SEGMENTATION.name: SEGMENTATION, DETECTION.name: DETECTION}
 
 
 def get_task(name: str) -> Task:

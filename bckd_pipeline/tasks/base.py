@@ -8,8 +8,9 @@ A task answers those questions, and the stages ask it instead of naming a metric
 A new task is one file under ``tasks/`` with a subclass of :class:`Task`, registered in
 ``tasks/__init__.py::TASKS``. It implements:
 
-- ``prediction_of(output)``: a model's raw output batch (what the exported graph returns) as the
-  prediction batch that is scored and written;
+- ``prediction_of(output)``: a model's raw output batch (what the exported graph returns; ``raw_output``
+  picks it from the runtime's named outputs: the first by default) as the prediction batch that is scored
+  and written;
 - ``image_evidence(prediction, target)``: one image's sufficient statistics, a numpy array that sums
   over images (segmentation: the image's confusion matrix). The ledger keeps it per image; summed it
   gives the split's metric and resampled over images it gives the gate's bootstrap interval;
@@ -50,6 +51,9 @@ from ..errors import DataError
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+
+BOOTSTRAP_CHUNK_VALUES = 1 << 22  # summed evidence values per bootstrap chunk (float64: 32 MiB)
 
 
 @dataclass(frozen=True)
@@ -169,9 +173,14 @@ class Task(ABC):
     output_folders: tuple[str, ...]  # the folders ``write_prediction`` and ``write_overlay`` write under --out
     legend: tuple[tuple[str, str], ...]  # (CSS colour, meaning) of the marks ``draw`` adds to a prediction
 
+    def raw_output(self, outputs: Mapping[str, np.ndarray], feed: Mapping[str, np.ndarray]) -> Any:
+        """What ``prediction_of`` takes, from a runtime's named outputs for the input ``feed``: the first output
+        (segmentation's logits or labels); a task whose model has several outputs takes them all (detection)."""
+        return next(iter(outputs.values()))
+
     @abstractmethod
     def prediction_of(self, output: np.ndarray) -> np.ndarray:
-        """A model's raw output batch as the prediction batch."""
+        """A model's raw output batch (``raw_output``) as the prediction batch."""
 
     @abstractmethod
     def image_evidence(self, prediction: np.ndarray, target: np.ndarray, *, num_classes: int, ignore_index: int):
@@ -273,11 +282,20 @@ class Task(ABC):
         # counts exactly below 2^53.
         draws = [np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(resamples)]
         weights = np.stack(draws).astype(np.float64)
+        flat_new, flat_ref = (e.reshape(n, -1).astype(np.float64) for e in (new, ref))
+        # Resamples in chunks of at most BOOTSTRAP_CHUNK_VALUES summed values: large evidence (detection's score
+        # histograms) stays within memory. The sums are exact integers, so chunking changes no value.
+        step = max(1, BOOTSTRAP_CHUNK_VALUES // max(1, flat_new.shape[1]))
 
-        def resampled(e: np.ndarray) -> np.ndarray:
-            return self.metric_of((weights @ e.reshape(n, -1).astype(np.float64)).reshape((-1,) + shape))
+        def resampled(w: np.ndarray, e: np.ndarray) -> np.ndarray:
+            return self.metric_of((w @ e).reshape((-1,) + shape))
 
-        deltas = resampled(new) - resampled(ref)
+        deltas = np.concatenate(
+            [
+                resampled(weights[i : i + step], flat_new) - resampled(weights[i : i + step], flat_ref)
+                for i in range(0, resamples, step)
+            ]
+        )
         deltas = deltas[~np.isnan(deltas)]
         point = float(self.metric_of(new.sum(0)) - self.metric_of(ref.sum(0)))
         lower, upper = np.percentile(deltas, [100 * (1 - confidence), 100 * confidence])

@@ -20,6 +20,7 @@ def make_fake_trt(
     weak_flags: bool | None = None,
     dla_cores: int = 0,
     input_shape=(1, 3, 8, 8),
+    input_name: str = "image",
     parse_errors=(),
     build_ok: bool = True,
     cache_accepted: bool = True,
@@ -73,7 +74,7 @@ def make_fake_trt(
             self.shape, self.dtype = tuple(shape), trt.DataType[dtype]
 
     class Tensor:
-        name = "image"
+        name = input_name
         shape = input_shape
 
     class ILayer:

@@ -1,0 +1,153 @@
+"""The detection training tasks: a detector on its own (teachers, the undistilled student baseline), and a
+student detector distilled from a frozen teacher with BCKD.
+
+Like ``task.py``'s tasks, an ``nn.Module`` whose forward returns a loss dict:
+``{"loss": total, "loss/cls": ..., "loss/box": ..., "loss/ctr": ..., "det/num_pos": ..., "outputs": raw}``.
+The anchor points of an input size are computed once and kept (they depend on nothing else).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import nn
+
+from ..configs import DistillConfig
+from ..errors import ConfigError
+from .bckd import BCKD
+from .detection import FCOSDetector, anchor_points, check_detector_input, dense_class_probs, detector_taps, p3_map
+from .detection_losses import FCOSLoss
+from .losses import decay_factor
+from .models import FeatureTaps
+from .task import StepInfo, Teacher
+
+
+@functools.lru_cache(maxsize=16)
+def _points(hw: tuple[int, int], strides: tuple[int, ...], device: str) -> tuple[torch.Tensor, ...]:
+    check_detector_input(hw, strides)
+    return anchor_points(hw, strides, device=torch.device(device))
+
+
+def points_of(hw: tuple[int, int], strides: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, ...]:
+    """(points A x 2, strides A, levels A) of an input size, computed once per size and device."""
+    return _points(tuple(hw), tuple(strides), str(device))
+
+
+class DetTrainTask(nn.Module):
+    """Plain supervised detector training: ``L = L_cls + L_box + L_ctr`` (``detection_losses.FCOSLoss``)."""
+
+    def __init__(self, model: FCOSDetector):
+        super().__init__()
+        self.model = model
+        self.criterion = FCOSLoss(model.num_classes)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def trainable_modules(self) -> dict[str, nn.Module]:
+        """The modules whose state a resumed run needs (attribute name -> module)."""
+        return {"model": self.model}
+
+    def forward(self, images: torch.Tensor, targets: list[dict[str, torch.Tensor]], step=None) -> dict:
+        """``targets``: per image ``boxes`` K x 4 float xyxy pixels, ``labels`` K int64, ``iscrowd`` K bool."""
+        outputs = self.model.outputs(images)
+        points = points_of(tuple(images.shape[-2:]), self.model.strides, images.device)
+        terms = self.criterion(outputs, targets, *points)
+        total = terms["cls"] + terms["box"] + terms["ctr"]
+        out = {f"loss/{k}": terms[k].detach() for k in ("cls", "box", "ctr")}
+        out["det/num_pos"] = terms["num_pos"]
+        out["outputs"] = outputs
+        out["loss"] = total
+        return out
+
+
+class DetDistillTask(nn.Module):
+    """A student detector distilled from a frozen teacher detector with BCKD (Eq. (6)/(8) of the paper):
+
+    ``L = L_cls + L_box + L_ctr + gamma(e) (alpha L_b + beta L_c)``, with gamma = 1 unless ``cfg.bckd.decay``.
+
+    BCKD is the segmentation implementation (``bckd.BCKD``), unchanged: its features are both detectors'
+    backbone and FPN maps (:func:`detection.detector_taps`), fused at its grid (stride 8); the teacher's semantic
+    boundary comes from its dense class-score map at P3 (:func:`detection.dense_class_probs`), and a semantic
+    student boundary (``boundary_student="semantic"``) from the student's own. ``cfg.kd`` may be ``none`` or
+    ``bckd``: logit KD and CWD are segmentation terms. ``example_input`` (N x 3 x H x W) sizes BCKD's modules.
+    """
+
+    def __init__(
+        self, student: FCOSDetector, teacher: FCOSDetector, *, cfg: DistillConfig, example_input: torch.Tensor
+    ):
+        super().__init__()
+        if cfg.kd not in ("none", "bckd"):
+            raise ConfigError(
+                f"--kd {cfg.kd!r} is not defined for detectors. Allowed: none, bckd (logit KD and CWD act on "
+                "segmentation logits). Use --kd bckd, or --kd none for the student alone."
+            )
+        if cfg.bckd.balance != "none":
+            raise ConfigError(
+                f"--bckd balance={cfg.bckd.balance} is not defined for detectors; use balance=none (fixed alpha, beta)."
+            )
+        self.cfg = cfg
+        self.student = student
+        self.criterion = FCOSLoss(student.num_classes)
+        uses_bckd = cfg.kd == "bckd"
+        self.teacher = Teacher(teacher, detector_taps() if uses_bckd else None)
+        self.student_taps = FeatureTaps(student, detector_taps()) if uses_bckd else None
+        self.bckd: BCKD | None = None
+        if uses_bckd:
+            hw = tuple(example_input.shape[-2:])
+            with torch.no_grad():
+                was_training = student.training
+                student.eval()
+                student(example_input)
+                student.train(was_training)
+                s_ch = [f.shape[1] for f in self.student_taps.collect(hw)]
+                t_ch = [f.shape[1] for f in self.teacher(example_input)[1]]
+            self.bckd = BCKD(cfg.bckd, s_ch, t_ch)
+            self.bckd.check_input(hw)
+
+    def trainable_modules(self) -> dict[str, nn.Module]:
+        """The modules whose state a resumed run needs: the student and BCKD's modules."""
+        return {"student": self.student, **({"bckd": self.bckd} if self.bckd is not None else {})}
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        params = [p for p in self.student.parameters() if p.requires_grad]
+        if self.bckd is not None:
+            params += [p for p in self.bckd.parameters() if p.requires_grad]
+        return params
+
+    def forward(self, images: torch.Tensor, targets: list[dict[str, torch.Tensor]], step: StepInfo | None = None):
+        hw = tuple(images.shape[-2:])
+        outputs = self.student.outputs(images)
+        terms = self.criterion(outputs, targets, *points_of(hw, self.student.strides, images.device))
+        parts: dict[str, tuple[torch.Tensor, float]] = {k: (terms[k], 1.0) for k in ("cls", "box", "ctr")}
+        out: dict = {"outputs": outputs, "det/num_pos": terms["num_pos"]}
+        if self.bckd is not None:
+            s_feats = self.student_taps.collect(hw)
+            t_scores, t_feats = self.teacher(images)
+            t_probs = dense_class_probs(p3_map(t_scores, hw))
+            s_probs = dense_class_probs(p3_map(outputs.scores, hw))
+            # BCKD reads class logits through a softmax; the log of a distribution softmaxes back to it.
+            terms_b = self.bckd(
+                s_feats, t_feats, s_probs.clamp_min(1e-12).log(), t_probs.log(), hw, teacher_probs=t_probs
+            )
+            b = self.cfg.bckd
+            gamma = 1.0
+            if b.decay and step is not None:
+                gamma = decay_factor(
+                    step.iteration,
+                    step.max_iters,
+                    samples_per_iter=step.batch_size,
+                    dataset_size=step.dataset_size,
+                    mode=b.gamma_mode,
+                )
+            alpha, beta = self.bckd.term_weights.tolist()
+            if "boundary" in terms_b:
+                parts["boundary"] = (terms_b["boundary"], gamma * alpha)
+                out["bckd/temperature"] = terms_b["temperature"]
+            if "context" in terms_b:
+                parts["context"] = (terms_b["context"], gamma * beta)
+            out["bckd/gamma"] = torch.tensor(gamma)
+        out.update({f"loss/{name}": term.detach() for name, (term, _) in parts.items()})
+        out["loss"] = sum(weight * term for term, weight in parts.values())
+        return out
