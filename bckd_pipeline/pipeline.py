@@ -166,9 +166,10 @@ def _simplify_step(deploy: DeployConfig) -> PlanStep:
 
 
 def _calibration_step(calibration: CalibrationSpec, data: DataConfig) -> PlanStep:
+    where = f" of {calibration.data} (images only)" if calibration.data else ""
     return PlanStep(
         "calibration",
-        f"{calibration.size} images from {calibration.split!r}, no overlap with {data.eval_split!r}",
+        f"{calibration.size} images from {calibration.split!r}{where}, no overlap with {data.eval_split!r}",
         ("deploy/calibration.json",),
     )
 
@@ -261,11 +262,39 @@ def model_plan(
     file's kind and flags, the --out folder, and the model against the data (``resolve_model``: the input size
     it takes, its classes), as `deploy` resolves it."""
     the_plans = deploy_plans(deploy_cfg, data, source=source)
+    check_data_domain(source, data, deploy_cfg)
     check_out_dir(out, _deploy_identity(source, data), force=force)
     if source.kind != "checkpoint":
         eval_set = _eval_set(data)
-        resolve_model(source, the_plans[0].deploy, tuple(eval_set.load(0)[0].shape[:2]), eval_set.info.class_names)
+        resolve_model(source, the_plans[0].deploy, tuple(eval_set.load(0)[0].shape[:2]), _classes_of(eval_set))
     return the_plans
+
+
+def _classes_of(dataset) -> tuple[str, ...] | None:
+    """The dataset's class names, which the model's must match; None for images without labels (the model's own)."""
+    from .data.unlabelled import is_labelled
+
+    return tuple(dataset.info.class_names) if is_labelled(dataset) else None
+
+
+def check_data_domain(source: ModelSource, data: DataConfig, deploy: DeployConfig) -> None:
+    """A model trained elsewhere is not scored, nor calibrated, on the built-in demo scenes (synthetic streets:
+    another domain than the model's) unless ``--allow-demo-data`` says so; a checkpoint of this pipeline was
+    trained on whatever --data it was given, demo included."""
+    from .data import is_demo
+
+    if source.kind == "checkpoint" or deploy.allow_demo_data:
+        return
+    flags = {"--data": data.spec, "--calib-data": deploy.calibration.data}
+    demo = [f"{flag} {spec}" for flag, spec in flags.items() if is_demo(spec)]
+    if demo:
+        raise DataError(
+            f"{source.describe()} is your model, and {' and '.join(demo)} is the built-in demo data (synthetic "
+            "street scenes, no --data given means the same): figures on it say nothing about your model. Point "
+            "--data at your labelled images (--data folder:PATH), or give plain images with --calib-data "
+            "images:FOLDER (calibration, and parity against your FP32 model on held-out images), or pass "
+            "--allow-demo-data to proceed anyway (the report and ledger then say DEMO DATA)."
+        )
 
 
 def deploy_model(
@@ -276,6 +305,7 @@ def deploy_model(
     if not isinstance(source, ModelSource):
         source = ModelSource("checkpoint", Path(source))
     the_plans = deploy_plans(deploy_cfg, data, source=source)
+    check_data_domain(source, data, deploy_cfg)
     check_out_dir(out, _deploy_identity(source, data), force=force)
     # Resolves the model against the evaluation images (model_plan's checks) before the folder is claimed.
     first = deploy_context(the_plans[0].deploy, data, the_plans[0], source, out)
@@ -376,12 +406,13 @@ def resolve_model(
     source: ModelSource, deploy: DeployConfig, first_hw: tuple[int, int], dataset_classes
 ) -> ResolvedModel:
     """Load the model and settle its input size and classes against the data; a model that does not take the
-    size deploy feeds, or predicts other classes than the data's, is refused here (a dry run too)."""
+    size deploy feeds, or predicts other classes than the data's, is refused here (a dry run too).
+    ``dataset_classes`` None: images without labels; the class count is the model's."""
     from .distill.checkpoint import load_model
     from .export import own_onnx
     from .export import source as own
 
-    dataset_classes = tuple(dataset_classes)
+    dataset_classes = None if dataset_classes is None else tuple(dataset_classes)
     if source.kind == "checkpoint":
         model, meta = load_model(source.path)
         return ResolvedModel(model, meta, tuple(deploy.input_hw or meta.input_hw or first_hw))
@@ -409,7 +440,7 @@ def deploy_context(
         source = ModelSource("checkpoint", Path(source))
     eval_set = _eval_set(d)
     first_hw = tuple(eval_set.load(0)[0].shape[:2])
-    resolved = resolve_model(source, deploy, first_hw, eval_set.info.class_names)
+    resolved = resolve_model(source, deploy, first_hw, _classes_of(eval_set))
     model, meta, input_hw, info = resolved.model, resolved.meta, resolved.input_hw, resolved.info
     if info is not None:  # the user's graph as it is: nothing of it is chosen here
         spec = ExportSpec(
@@ -440,4 +471,7 @@ def deploy_context(
     if the_plan.calibration is not None:  # every evaluation image, for the calibration overlap check
         digests = dict(zip(feeds.digests, feeds.names, strict=True)) | digests_of(eval_set, range(n, len(eval_set)))
     path = Path(source.path)
-    return DeployContext(deploy, d, Path(out), the_plan, path, model, meta, spec, feeds, digests, None, source, info)
+    labelled = _classes_of(eval_set) is not None
+    return DeployContext(
+        deploy, d, Path(out), the_plan, path, model, meta, spec, feeds, digests, None, source, info, labelled
+    )
