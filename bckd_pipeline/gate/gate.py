@@ -76,6 +76,12 @@ class GateResult:
     checks: tuple[Check, ...]
     allow_pending: bool = False
     labels: str = "ground_truth"  # what the report's task metric is computed against (its parity_labels)
+    key: str | None = None  # the report's target key (e.g. onnxruntime-cpu-fp32: a target at another precision)
+
+    @property
+    def label(self) -> str:
+        """The target as outputs name it: its key where that differs from the target's name."""
+        return self.key or self.target
 
     def count(self, status: str) -> int:
         return sum(c.status == status for c in self.checks)
@@ -501,6 +507,7 @@ def gate(
         tuple(checks),
         allow_pending,
         scored,
+        report.get("target_key") or target,
     )
 
 

@@ -19,7 +19,7 @@ MD_SYMBOL = {PASS: "✅ pass", FAIL: "❌ **fail**", NOT_MEASURED: "⏸ not meas
 
 def text_lines(result: GateResult) -> list[str]:
     lines = [
-        f"gate {result.report} (target {result.target})"
+        f"gate {result.report} (target {result.label})"
         + (f" vs baseline {result.baseline}" if result.baseline else "")
         + ("; parity label-free, against the FP32 reference" if result.labels == "reference" else "")
     ]
@@ -60,7 +60,7 @@ def _suite(result: GateResult) -> ET.Element:
     suite = ET.Element(
         "testsuite",
         {
-            "name": f"bckd-pipeline gate: {result.target}",
+            "name": f"bckd-pipeline gate: {result.label}",
             "tests": str(len(result.checks)),
             "failures": str(result.count(FAIL)),
             "skipped": str(result.count(NOT_MEASURED)),
@@ -80,7 +80,7 @@ def _suite(result: GateResult) -> ET.Element:
         case = ET.SubElement(
             suite,
             "testcase",
-            {"classname": f"bckd-pipeline.gate.{result.target}.{c.stage}", "name": c.budget, "time": "0"},
+            {"classname": f"bckd-pipeline.gate.{result.label}.{c.stage}", "name": c.budget, "time": "0"},
         )
         if c.status == FAIL:
             ET.SubElement(case, "failure", {"message": c.message, "type": "BudgetViolated"}).text = c.message
@@ -114,7 +114,7 @@ def markdown(results: GateResult | list[GateResult]) -> str:
     lines = [
         f"## {icon} bckd-pipeline gate: {len(results)} targets (exit code {code})",
         "",
-        *(f"- `{r.target}`: {r.verdict}" for r in results),
+        *(f"- `{r.label}`: {r.verdict}" for r in results),
         "",
     ]
     return "\n".join(lines) + "\n".join(_markdown_one(r) for r in results)
@@ -123,7 +123,7 @@ def markdown(results: GateResult | list[GateResult]) -> str:
 def _markdown_one(result: GateResult) -> str:
     icon = "❌" if result.count(FAIL) else "⏸" if result.exit_code else "✅"
     lines = [
-        f"### {icon} bckd-pipeline gate: `{result.target}`",
+        f"### {icon} bckd-pipeline gate: `{result.label}`",
         "",
         f"**{result.verdict}** (exit code {result.exit_code}). Report `{result.report}`"
         + (f", baseline `{result.baseline}`" if result.baseline else "")
