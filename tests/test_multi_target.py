@@ -9,7 +9,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from helpers.cli import SMOKE, assert_clean_error, run_cli
+from helpers.cli import OWN, SMOKE, assert_clean_error, run_cli
 from helpers.own_model import onnx_flags
 
 FAST = ["--latency-runs", "5", "--warmup-runs", "1", "--warmup-s", "0", "--no-throughput", "--parity-images", "8"]
@@ -147,7 +147,7 @@ def test_all_local_plans_every_target_this_host_measures(tmp_path, capsys):
 
 # --- what a user sees while it works -----------------------------------------------------------------------------
 def test_stage_lines_on_deploy_and_cached_on_rerun(models, tmp_path, capsys):
-    argv = ["deploy", *SMOKE, *onnx_flags(models), *FAST, "--out", tmp_path / "D"]
+    argv = ["deploy", *OWN, *onnx_flags(models), *FAST, "--out", tmp_path / "D"]
     rc, _, err = run_cli(capsys, *argv)
     assert rc == 0, err
     lines = [line for line in err.splitlines() if line.startswith("stage ")]
