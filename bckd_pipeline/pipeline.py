@@ -207,9 +207,12 @@ def _tensorrt_steps(device: str | None, can_measure: bool, note: str) -> list[Pl
 def _measure_and_report_steps(
     profile: TargetProfile, data: DataConfig, can_measure: bool, *, against_onnx: bool
 ) -> list[PlanStep]:
+    from .data import is_unlabelled
+
     reference = "your FP32 ONNX" if against_onnx else "PyTorch"
+    free = ", label-free: scored against its own predictions (no labels)" if is_unlabelled(data.spec) else ""
     return [
-        PlanStep("parity", f"every stage on split {data.eval_split!r} vs {reference}", ()),
+        PlanStep("parity", f"every stage on split {data.eval_split!r} vs {reference}{free}", ()),
         PlanStep("latency", "the latency protocol on every stage" if can_measure else "pending: device absent", ()),
         PlanStep(
             "report",

@@ -138,6 +138,7 @@ def test_dry_run_from_plain_images_takes_the_models_21_classes(user, tmp_path, c
     rc, stdout, err = run_cli(capsys, *argv, "--target", "onnxruntime-cpu,openvino-cpu", "--out", out, "--dry-run")
     assert rc == 0, err
     assert f"of images:{user['images']} (images only)" in stdout
+    assert "vs your FP32 ONNX, label-free: scored against its own predictions" in stdout
     assert "21 classes have no names" in err and "class_0..class_20" in err  # a warning, not an error
 
 

@@ -80,6 +80,12 @@ def is_demo(spec: str | None) -> bool:
     return spec is not None and parse_data_spec(spec)[0] == "demo"
 
 
+def is_unlabelled(spec: str) -> bool:
+    """Whether a --data spec reads plain images without labels (``images:PATH``, ``folder:PATH`` sans classes.txt)."""
+    kind, path = parse_data_spec(spec)
+    return kind == "images" or (kind == "folder" and is_image_folder(Path(path).expanduser()))
+
+
 def build_dataset(
     spec: str,
     split: str,
@@ -95,7 +101,7 @@ def build_dataset(
     kind, path = parse_data_spec(spec)
     if kind == "demo":
         return DemoDataset(split, seed=int(path or 0), size=demo_size, count=demo_count, transform=transform)
-    if kind == "images" or (kind == "folder" and is_image_folder(Path(path).expanduser())):
+    if is_unlabelled(spec):
         return UnlabelledImages(_root(kind, path), split, transform, kind)
     if kind not in LAYOUTS:
         raise ConfigError(
