@@ -74,6 +74,7 @@ def plan(cfg: RunConfig) -> list[Plan]:
     teacher = q.teacher or cfg.teacher_checkpoint or Path(cfg.out) / "teacher/teacher.pt"
     deploy = replace(cfg.deploy, qat=replace(q, teacher=teacher, distill=q.distill or cfg.distill))
     the_plans = deploy_plans(deploy, cfg.data, stage1)
+    check_without_labels(cfg.data, deploy)
     check_out_dir(cfg.out, _identity(cfg), force=cfg.force)  # what run() claims first: a dry run checks it too
     return the_plans
 
@@ -266,6 +267,7 @@ def model_plan(
     it takes, its classes), as `deploy` resolves it."""
     the_plans = deploy_plans(deploy_cfg, data, source=source)
     check_data_domain(source, data, deploy_cfg)
+    check_without_labels(data, deploy_cfg)
     check_out_dir(out, _deploy_identity(source, data), force=force)
     if source.kind != "checkpoint":
         eval_set = _eval_set(data)
@@ -300,6 +302,25 @@ def check_data_domain(source: ModelSource, data: DataConfig, deploy: DeployConfi
         )
 
 
+def check_without_labels(data: DataConfig, deploy: DeployConfig) -> None:
+    """What needs labels is refused on plain images: NNCF's accuracy control measures mIoU on the calibration
+    data's labels, QAT trains on --data's."""
+    from .data import is_unlabelled
+
+    calib = deploy.calibration.data or data.spec
+    flag = "--calib-data" if deploy.calibration.data else "--data"
+    if deploy.calibration.max_miou_drop is not None and is_unlabelled(calib):
+        raise ConfigError(
+            f"--nncf-max-miou-drop measures mIoU on labelled training images, and {flag} {calib} has no labels. "
+            "Drop --nncf-max-miou-drop, or calibrate on labelled data (--calib-data folder:PATH with masks)."
+        )
+    if deploy.qat.mode != "off" and is_unlabelled(data.spec):
+        raise ConfigError(
+            f"--qat {deploy.qat.mode} fine-tunes on labelled training images, and --data {data.spec} has no labels. "
+            "Drop --qat, or give labelled data (--data folder:PATH with masks)."
+        )
+
+
 def deploy_model(
     source: ModelSource | Path, data: DataConfig, deploy_cfg: DeployConfig, out: Path, *, force: bool = False
 ) -> RunResult:
@@ -309,6 +330,7 @@ def deploy_model(
         source = ModelSource("checkpoint", Path(source))
     the_plans = deploy_plans(deploy_cfg, data, source=source)
     check_data_domain(source, data, deploy_cfg)
+    check_without_labels(data, deploy_cfg)
     check_out_dir(out, _deploy_identity(source, data), force=force)
     # Resolves the model against the evaluation images (model_plan's checks) before the folder is claimed.
     first = deploy_context(the_plans[0].deploy, data, the_plans[0], source, out)

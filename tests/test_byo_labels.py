@@ -142,6 +142,14 @@ def test_dry_run_from_plain_images_takes_the_models_21_classes(user, tmp_path, c
     assert "21 classes have no names" in err and "class_0..class_20" in err  # a warning, not an error
 
 
+def test_what_needs_labels_is_refused_on_plain_images(user, tmp_path, capsys):
+    base = ["deploy", *SMOKE, "--onnx", user["onnx"], *IMAGENET, "--calib-data", f"images:{user['images']}"]
+    nncf = ["--target", "openvino-cpu", "--nncf-max-miou-drop", "1"]
+    rc, _, err = run_cli(capsys, *base, *nncf, "--out", tmp_path / "R", "--dry-run")
+    assert_clean_error(rc, err, tmp_path / "R")
+    assert "--nncf-max-miou-drop measures mIoU on labelled training images" in err and "has no labels" in err
+
+
 # --- end to end: two targets from plain images, the ledger and the gate -----------------------------------
 @pytest.fixture(scope="module")
 def deployed(user, tmp_path_factory):
