@@ -78,6 +78,9 @@ class DeployConfig:
     simplifier: str = "onnxsim"
     allow_unsimplified: bool = False
     calibration: CalibrationSpec = CalibrationSpec()
+    # A user's model scored on the built-in demo scenes (another domain than its own): refused unless set,
+    # and then named in the report and the ledger.
+    allow_demo_data: bool = False
     parity_images: int | None = None  # None: the whole evaluation split
     latency: LatencySpec | None = None  # None: the target's
     throughput: bool = True  # also measure the deployed artifact with several requests in flight
@@ -219,6 +222,12 @@ class DeployContext:
     device: DeviceOutcome | None = None  # TensorRT targets: the engine built and measured on the device
     source: ModelSource | None = None  # None: a checkpoint
     onnx: OnnxInfo | None = None  # --onnx: the user's graph's input, output, opset and metadata
+    labelled: bool = True  # the evaluation images have labels; False: parity against the FP32 reference alone
+
+    @property
+    def parity_labels(self) -> str:
+        """What the ledger's task metric is computed against: "ground_truth" or "reference" (label-free)."""
+        return "ground_truth" if self.labelled else "reference"
 
     @property
     def task(self) -> Task:

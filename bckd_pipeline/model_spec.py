@@ -134,3 +134,43 @@ class OnnxInfo:
     def dynamic(self) -> tuple[str, ...]:
         names = {0: "batch", 2: "height", 3: "width"}
         return tuple(names[i] for i in (0, 2, 3) if self.input_shape[i] is None)
+
+
+def default_class_names(classes: int) -> tuple[str, ...]:
+    """``class_0..N-1``, and a warning that names how to give the real names."""
+    import sys
+
+    print(
+        f"warning: the model's {classes} classes have no names (no --classes, --classes-file, metadata or labelled "
+        f"--data): they are called class_0..class_{classes - 1}.",
+        file=sys.stderr,
+    )
+    return tuple(f"class_{i}" for i in range(classes))
+
+
+def read_classes_file(path) -> tuple[str, ...] | None:
+    """``--classes-file``: one class name per line, or a JSON list of names (or an object with a "classes" list)."""
+    if path is None:
+        return None
+    import json
+
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--classes-file {str(path)!r} cannot be read ({exc}). Pass a text or JSON file.") from None
+    names = None
+    if text.lstrip().startswith(("[", "{")):
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise ConfigError(f"--classes-file {str(path)!r} is not valid JSON ({exc}).") from None
+        names = data.get("classes") if isinstance(data, dict) else data
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ConfigError(
+                f"--classes-file {str(path)!r}: expected a JSON list of names or {{\"classes\": [names]}}."
+            )
+    else:
+        names = [line.strip() for line in text.splitlines() if line.strip()]
+    if not names:
+        raise ConfigError(f"--classes-file {str(path)!r} names no class. Write one name per line.")
+    return tuple(names)

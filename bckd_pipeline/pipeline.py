@@ -74,6 +74,7 @@ def plan(cfg: RunConfig) -> list[Plan]:
     teacher = q.teacher or cfg.teacher_checkpoint or Path(cfg.out) / "teacher/teacher.pt"
     deploy = replace(cfg.deploy, qat=replace(q, teacher=teacher, distill=q.distill or cfg.distill))
     the_plans = deploy_plans(deploy, cfg.data, stage1)
+    check_without_labels(cfg.data, deploy)
     check_out_dir(cfg.out, _identity(cfg), force=cfg.force)  # what run() claims first: a dry run checks it too
     return the_plans
 
@@ -166,9 +167,10 @@ def _simplify_step(deploy: DeployConfig) -> PlanStep:
 
 
 def _calibration_step(calibration: CalibrationSpec, data: DataConfig) -> PlanStep:
+    where = f" of {calibration.data} (images only)" if calibration.data else ""
     return PlanStep(
         "calibration",
-        f"{calibration.size} images from {calibration.split!r}, no overlap with {data.eval_split!r}",
+        f"{calibration.size} images from {calibration.split!r}{where}, no overlap with {data.eval_split!r}",
         ("deploy/calibration.json",),
     )
 
@@ -206,9 +208,12 @@ def _tensorrt_steps(device: str | None, can_measure: bool, note: str) -> list[Pl
 def _measure_and_report_steps(
     profile: TargetProfile, data: DataConfig, can_measure: bool, *, against_onnx: bool
 ) -> list[PlanStep]:
+    from .data import is_unlabelled
+
     reference = "your FP32 ONNX" if against_onnx else "PyTorch"
+    free = ", label-free: scored against its own predictions (no labels)" if is_unlabelled(data.spec) else ""
     return [
-        PlanStep("parity", f"every stage on split {data.eval_split!r} vs {reference}", ()),
+        PlanStep("parity", f"every stage on split {data.eval_split!r} vs {reference}{free}", ()),
         PlanStep("latency", "the latency protocol on every stage" if can_measure else "pending: device absent", ()),
         PlanStep(
             "report",
@@ -261,11 +266,59 @@ def model_plan(
     file's kind and flags, the --out folder, and the model against the data (``resolve_model``: the input size
     it takes, its classes), as `deploy` resolves it."""
     the_plans = deploy_plans(deploy_cfg, data, source=source)
+    check_data_domain(source, data, deploy_cfg)
+    check_without_labels(data, deploy_cfg)
     check_out_dir(out, _deploy_identity(source, data), force=force)
     if source.kind != "checkpoint":
         eval_set = _eval_set(data)
-        resolve_model(source, the_plans[0].deploy, tuple(eval_set.load(0)[0].shape[:2]), eval_set.info.class_names)
+        resolve_model(source, the_plans[0].deploy, tuple(eval_set.load(0)[0].shape[:2]), _classes_of(eval_set))
     return the_plans
+
+
+def _classes_of(dataset) -> tuple[str, ...] | None:
+    """The dataset's class names, which the model's must match; None for images without labels (the model's own)."""
+    from .data.unlabelled import is_labelled
+
+    return tuple(dataset.info.class_names) if is_labelled(dataset) else None
+
+
+def check_data_domain(source: ModelSource, data: DataConfig, deploy: DeployConfig) -> None:
+    """A model trained elsewhere is not scored, nor calibrated, on the built-in demo scenes (synthetic streets:
+    another domain than the model's) unless ``--allow-demo-data`` says so; a checkpoint of this pipeline was
+    trained on whatever --data it was given, demo included."""
+    from .data import is_demo
+
+    if source.kind == "checkpoint" or deploy.allow_demo_data:
+        return
+    flags = {"--data": data.spec, "--calib-data": deploy.calibration.data}
+    demo = [f"{flag} {spec}" for flag, spec in flags.items() if is_demo(spec)]
+    if demo:
+        raise DataError(
+            f"{source.describe()} is your model, and {' and '.join(demo)} is the built-in demo data (synthetic "
+            "street scenes, no --data given means the same): figures on it say nothing about your model. Point "
+            "--data at your labelled images (--data folder:PATH), or give plain images with --calib-data "
+            "images:FOLDER (calibration, and parity against your FP32 model on held-out images), or pass "
+            "--allow-demo-data to proceed anyway (the report and ledger then say DEMO DATA)."
+        )
+
+
+def check_without_labels(data: DataConfig, deploy: DeployConfig) -> None:
+    """What needs labels is refused on plain images: NNCF's accuracy control measures mIoU on the calibration
+    data's labels, QAT trains on --data's."""
+    from .data import is_unlabelled
+
+    calib = deploy.calibration.data or data.spec
+    flag = "--calib-data" if deploy.calibration.data else "--data"
+    if deploy.calibration.max_miou_drop is not None and is_unlabelled(calib):
+        raise ConfigError(
+            f"--nncf-max-miou-drop measures mIoU on labelled training images, and {flag} {calib} has no labels. "
+            "Drop --nncf-max-miou-drop, or calibrate on labelled data (--calib-data folder:PATH with masks)."
+        )
+    if deploy.qat.mode != "off" and is_unlabelled(data.spec):
+        raise ConfigError(
+            f"--qat {deploy.qat.mode} fine-tunes on labelled training images, and --data {data.spec} has no labels. "
+            "Drop --qat, or give labelled data (--data folder:PATH with masks)."
+        )
 
 
 def deploy_model(
@@ -276,6 +329,8 @@ def deploy_model(
     if not isinstance(source, ModelSource):
         source = ModelSource("checkpoint", Path(source))
     the_plans = deploy_plans(deploy_cfg, data, source=source)
+    check_data_domain(source, data, deploy_cfg)
+    check_without_labels(data, deploy_cfg)
     check_out_dir(out, _deploy_identity(source, data), force=force)
     # Resolves the model against the evaluation images (model_plan's checks) before the folder is claimed.
     first = deploy_context(the_plans[0].deploy, data, the_plans[0], source, out)
@@ -376,12 +431,13 @@ def resolve_model(
     source: ModelSource, deploy: DeployConfig, first_hw: tuple[int, int], dataset_classes
 ) -> ResolvedModel:
     """Load the model and settle its input size and classes against the data; a model that does not take the
-    size deploy feeds, or predicts other classes than the data's, is refused here (a dry run too)."""
+    size deploy feeds, or predicts other classes than the data's, is refused here (a dry run too).
+    ``dataset_classes`` None: images without labels; the class count is the model's."""
     from .distill.checkpoint import load_model
     from .export import own_onnx
     from .export import source as own
 
-    dataset_classes = tuple(dataset_classes)
+    dataset_classes = None if dataset_classes is None else tuple(dataset_classes)
     if source.kind == "checkpoint":
         model, meta = load_model(source.path)
         return ResolvedModel(model, meta, tuple(deploy.input_hw or meta.input_hw or first_hw))
@@ -409,7 +465,7 @@ def deploy_context(
         source = ModelSource("checkpoint", Path(source))
     eval_set = _eval_set(d)
     first_hw = tuple(eval_set.load(0)[0].shape[:2])
-    resolved = resolve_model(source, deploy, first_hw, eval_set.info.class_names)
+    resolved = resolve_model(source, deploy, first_hw, _classes_of(eval_set))
     model, meta, input_hw, info = resolved.model, resolved.meta, resolved.input_hw, resolved.info
     if info is not None:  # the user's graph as it is: nothing of it is chosen here
         spec = ExportSpec(
@@ -440,4 +496,7 @@ def deploy_context(
     if the_plan.calibration is not None:  # every evaluation image, for the calibration overlap check
         digests = dict(zip(feeds.digests, feeds.names, strict=True)) | digests_of(eval_set, range(n, len(eval_set)))
     path = Path(source.path)
-    return DeployContext(deploy, d, Path(out), the_plan, path, model, meta, spec, feeds, digests, None, source, info)
+    labelled = _classes_of(eval_set) is not None
+    return DeployContext(
+        deploy, d, Path(out), the_plan, path, model, meta, spec, feeds, digests, None, source, info, labelled
+    )

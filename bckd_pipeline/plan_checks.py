@@ -201,7 +201,7 @@ def check_calibration(deploy: DeployConfig, profile: TargetProfile, eval_split: 
     calibration = deploy.calibration if profile.precision is Precision.INT8 else None
     if calibration is None:
         return None
-    if calibration.split == eval_split:
+    if calibration.split == eval_split and calibration.data is None:
         raise DataError(
             f"--calib-split {calibration.split!r} is the evaluation split. Calibration images must not be evaluation "
             "images; calibrate on the training split (--calib-split train)."

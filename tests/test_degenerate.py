@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from helpers.cli import SMOKE, run_cli
+from helpers.cli import OWN, run_cli
 from helpers.own_model import FAST, IMAGENET, K
 from test_tasks import CRITERIA, C, FnRuntime, H, W, fixed_stages
 
@@ -138,7 +138,7 @@ def test_a_constant_model_deploys_with_a_warning_in_the_report_and_at_the_end(tm
         torch.export.save(torch.export.export(Constant().eval(), (torch.zeros(1, 3, 64, 64),)), path)
     out = tmp_path / "D"
     argv = ["--model", path, *IMAGENET, "--target", "onnxruntime-cpu-fp32", *FAST, "--out", out]
-    rc, stdout, err = run_cli(capsys, "deploy", *SMOKE, *argv)
+    rc, stdout, err = run_cli(capsys, "deploy", *OWN, *argv)
     assert rc == 0, err  # parity holds: every row agrees with the reference
     report = json.loads((out / "report.json").read_text())
     flagged = {r["name"]: r["degenerate"] for r in report["stages"] if r.get("degenerate")}

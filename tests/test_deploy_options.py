@@ -9,7 +9,7 @@ from pathlib import Path
 
 import onnx
 import pytest
-from helpers.cli import SMOKE, assert_clean_error, run_cli
+from helpers.cli import OWN, SMOKE, assert_clean_error, run_cli
 from helpers.own_model import FAST, IMAGENET, onnx_flags
 
 
@@ -19,7 +19,7 @@ def _json(path: Path) -> dict:
 
 def test_precision_fp16_on_onnxruntime(models, tmp_path, capsys):
     out = tmp_path / "D"
-    rc, stdout, err = run_cli(capsys, "deploy", *SMOKE, *onnx_flags(models), "--precision", "fp16", *FAST, "--out", out)
+    rc, stdout, err = run_cli(capsys, "deploy", *OWN, *onnx_flags(models), "--precision", "fp16", *FAST, "--out", out)
     assert rc == 0, err
     report = _json(out / "report.json")
     assert report["target_key"] == "onnxruntime-cpu-fp16" and report["target_profile"]["precision"] == "fp16"
@@ -38,7 +38,7 @@ def test_precision_fp16_on_onnxruntime(models, tmp_path, capsys):
 
 def test_precision_fp32_on_openvino_deploys_the_fp32_ir(models, tmp_path, capsys):
     out = tmp_path / "D"
-    argv = ["deploy", *SMOKE, *onnx_flags(models), "--target", "openvino-cpu", "--precision", "fp32", *FAST]
+    argv = ["deploy", *OWN, *onnx_flags(models), "--target", "openvino-cpu", "--precision", "fp32", *FAST]
     rc, _, err = run_cli(capsys, *argv, "--out", out)
     assert rc == 0, err
     report = _json(out / "report.json")
@@ -48,7 +48,7 @@ def test_precision_fp32_on_openvino_deploys_the_fp32_ir(models, tmp_path, capsys
 
 def test_int8_exclude_keeps_an_op_type_in_float_on_onnxruntime(models, tmp_path, capsys):
     out = tmp_path / "D"
-    rc, _, err = run_cli(capsys, "deploy", *SMOKE, *onnx_flags(models), "--int8-exclude", "Conv", *FAST, "--out", out)
+    rc, _, err = run_cli(capsys, "deploy", *OWN, *onnx_flags(models), "--int8-exclude", "Conv", *FAST, "--out", out)
     assert rc == 0, err
     report = _json(out / "report.json")
     int8 = report["stages"][-1]
@@ -65,7 +65,7 @@ def test_int8_exclude_by_node_name_reaches_nncf_ignored_scope(models, tmp_path, 
     pytest.importorskip("nncf")
     first_conv = next(n.name for n in onnx.load(models["static"]).graph.node if n.op_type == "Conv")
     out = tmp_path / "D"
-    argv = ["deploy", *SMOKE, *onnx_flags(models), "--target", "openvino-cpu", "--int8-exclude", first_conv, *FAST]
+    argv = ["deploy", *OWN, *onnx_flags(models), "--target", "openvino-cpu", "--int8-exclude", first_conv, *FAST]
     rc, _, err = run_cli(capsys, *argv, "--calib-size", "4", "--out", out)
     assert rc == 0, err
     int8 = _json(out / "report.json")["stages"][-1]
@@ -78,7 +78,7 @@ def test_static_batch_is_exported_fed_and_counted(models, tmp_path, capsys, monk
     monkeypatch.syspath_prepend(str(folder))
     model = ["--model-factory", "outsider_factory:build", "--weights", folder / "outsider.pth", *IMAGENET]
     out = tmp_path / "D"
-    argv = ["deploy", *SMOKE, *model, "--target", "onnxruntime-cpu-fp32", "--batch", "2", *FAST]
+    argv = ["deploy", *OWN, *model, "--target", "onnxruntime-cpu-fp32", "--batch", "2", *FAST]
     rc, _, err = run_cli(capsys, *argv, "--out", out)
     assert rc == 0, err
     report = _json(out / "report.json")
@@ -110,7 +110,7 @@ def test_bad_precision_batch_and_exclude_flags_exit_2(tmp_path, capsys, flags, e
 
 def test_int8_exclude_naming_nothing_lists_the_graphs_op_types(models, tmp_path, capsys):
     out = tmp_path / "D"
-    rc, _, err = run_cli(capsys, "deploy", *SMOKE, *onnx_flags(models), "--int8-exclude", "Nope", *FAST, "--out", out)
+    rc, _, err = run_cli(capsys, "deploy", *OWN, *onnx_flags(models), "--int8-exclude", "Nope", *FAST, "--out", out)
     assert rc == 2 and "Traceback" not in err
     assert "--int8-exclude Nope names no node and no op type of model.sim.onnx" in err and "Conv" in err
 

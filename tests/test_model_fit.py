@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers.cli import SMOKE, assert_clean_error, run_cli
+from helpers.cli import OWN, SMOKE, assert_clean_error, run_cli
 from helpers.own_model import IMAGENET, Outsider
 
 from bckd_pipeline.errors import EXIT_CRASH
@@ -42,24 +42,24 @@ def programs(tmp_path_factory):
 @pytest.mark.parametrize("dry", [["--dry-run"], []])
 def test_a_program_of_another_fixed_size_names_the_size_it_takes(programs, tmp_path, capsys, dry):
     out = tmp_path / "R"
-    rc, _, err = run_cli(capsys, "deploy", *SMOKE, "--model", programs["fixed"], *IMAGENET, *ORT, "--out", out, *dry)
+    rc, _, err = run_cli(capsys, "deploy", *OWN, "--model", programs["fixed"], *IMAGENET, *ORT, "--out", out, *dry)
     assert_clean_error(rc, err, out)
     assert "takes 1x3x32x48" in err and "would feed 1x3x64x64" in err and "Pass --input-size 32,48" in err
 
 
 def test_a_program_fed_a_batch_it_was_not_exported_for(programs, tmp_path, capsys):
     argv = ["--model", programs["fixed"], "--input-size", "32,48", "--batch", "2", *IMAGENET, *ORT]
-    rc, _, err = run_cli(capsys, "deploy", *SMOKE, *argv, "--out", tmp_path / "R", "--dry-run")
+    rc, _, err = run_cli(capsys, "deploy", *OWN, *argv, "--out", tmp_path / "R", "--dry-run")
     assert_clean_error(rc, err, tmp_path / "R")
     assert "would feed 2x3x32x48 (--input-size). Pass --batch 1" in err
 
 
 def test_a_dynamic_program_takes_sizes_in_its_range_only(programs, tmp_path, capsys):
     argv = ["--model", programs["ranged"], *IMAGENET, *ORT, "--dry-run"]
-    rc, _, err = run_cli(capsys, "deploy", *SMOKE, *argv, "--out", tmp_path / "R")  # 64x64 data: above 48
+    rc, _, err = run_cli(capsys, "deploy", *OWN, *argv, "--out", tmp_path / "R")  # 64x64 data: above 48
     assert_clean_error(rc, err, tmp_path / "R")
     assert "takes 1x3x[16..48]x[16..48]" in err and "--input-size H,W in that range" in err
-    rc, stdout, err = run_cli(capsys, "deploy", *SMOKE, *argv, "--input-size", "32,48", "--out", tmp_path / "R")
+    rc, stdout, err = run_cli(capsys, "deploy", *OWN, *argv, "--input-size", "32,48", "--out", tmp_path / "R")
     assert rc == 0, err
     assert "export" in stdout
 
@@ -67,7 +67,7 @@ def test_a_dynamic_program_takes_sizes_in_its_range_only(programs, tmp_path, cap
 @pytest.mark.parametrize("dry", [["--dry-run"], []])
 def test_a_program_for_other_classes_is_refused_in_a_dry_run_too(programs, tmp_path, capsys, dry):
     out = tmp_path / "R"
-    rc, _, err = run_cli(capsys, "deploy", *SMOKE, "--model", programs["three"], *IMAGENET, *ORT, "--out", out, *dry)
+    rc, _, err = run_cli(capsys, "deploy", *OWN, "--model", programs["three"], *IMAGENET, *ORT, "--out", out, *dry)
     assert_clean_error(rc, err, out)
     assert "predicts 3 classes; the --data dataset has 7" in err
 
@@ -78,7 +78,7 @@ def test_an_onnx_for_other_classes_is_refused_in_a_dry_run(tmp_path, capsys):
         warnings.simplefilter("ignore")
         torch.onnx.export(Outsider(classes=3).eval(), (torch.zeros(1, 3, 64, 64),), str(path), dynamo=False)
     argv = ["--onnx", path, "--input-scale", "0..255", *ORT, "--out", tmp_path / "R", "--dry-run"]
-    rc, _, err = run_cli(capsys, "deploy", *SMOKE, *argv)
+    rc, _, err = run_cli(capsys, "deploy", *OWN, *argv)
     assert_clean_error(rc, err, tmp_path / "R")
     assert "predicts 3 classes; the --data dataset has 7" in err
 
@@ -98,7 +98,7 @@ def test_a_torchscript_module_failing_on_the_size_is_a_clean_error(tmp_path, cap
         warnings.simplefilter("ignore")
         torch.jit.save(torch.jit.script(Picky()), path)
     argv = ["--model", path, *IMAGENET, *ORT, "--out", tmp_path / "R", "--dry-run"]
-    rc, _, err = run_cli(capsys, "deploy", *SMOKE, *argv)
+    rc, _, err = run_cli(capsys, "deploy", *OWN, *argv)
     assert_clean_error(rc, err, tmp_path / "R")
     assert "failed on a 1x3x64x64 zero image" in err and "expected a 32 pixels wide input" in err
     assert "pass --input-size H,W" in err

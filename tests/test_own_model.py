@@ -15,7 +15,7 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
-from helpers.cli import SMOKE, assert_clean_error, run_cli
+from helpers.cli import OWN, SMOKE, assert_clean_error, run_cli
 from helpers.own_model import FAST, IMAGENET, K, Outsider, export_onnx
 
 from bckd_pipeline.data.demo import DEMO_CLASSES
@@ -30,7 +30,7 @@ def test_an_onnx_from_outside_goes_through_the_whole_ledger(models, tmp_path, ca
     out = tmp_path / "D"
     src = models["dynamic"]
     rc, stdout, err = run_cli(
-        capsys, "deploy", *SMOKE, "--onnx", src, "--out", out, "--input-size", "64,64",
+        capsys, "deploy", *OWN, "--onnx", src, "--out", out, "--input-size", "64,64",
         "--input-scale", "normalized", *IMAGENET, *FAST,
     )  # fmt: skip
     assert rc == 0, err
@@ -63,7 +63,7 @@ def test_an_onnx_from_outside_goes_through_the_whole_ledger(models, tmp_path, ca
 def test_a_graph_that_normalises_itself_and_one_that_outputs_labels(models, tmp_path, capsys):
     out = tmp_path / "S"
     rc, _, err = run_cli(
-        capsys, "deploy", *SMOKE, "--onnx", models["static"], "--out", out, "--input-scale", "0..255",
+        capsys, "deploy", *OWN, "--onnx", models["static"], "--out", out, "--input-scale", "0..255",
         "--target", "onnxruntime-cpu-fp32", *FAST,
     )  # fmt: skip
     assert rc == 0, err
@@ -73,7 +73,7 @@ def test_a_graph_that_normalises_itself_and_one_that_outputs_labels(models, tmp_
 
     out = tmp_path / "L"
     rc, _, err = run_cli(
-        capsys, "deploy", *SMOKE, "--onnx", models["labels"], "--out", out, "--input-scale", "0..255",
+        capsys, "deploy", *OWN, "--onnx", models["labels"], "--out", out, "--input-scale", "0..255",
         "--num-classes", str(K), "--target", "onnxruntime-cpu-fp32", *FAST,
     )  # fmt: skip
     assert rc == 0, err
@@ -93,7 +93,7 @@ def test_a_graph_that_normalises_itself_and_one_that_outputs_labels(models, tmp_
 def test_missing_flags_are_named_exactly(models, tmp_path, capsys, which, flags, expected, absent):
     out = tmp_path / "R"
     for dry in ([], ["--dry-run"]):  # a dry run checks them too
-        rc, _, err = run_cli(capsys, "deploy", *SMOKE, "--onnx", models[which], "--out", out, *flags, *dry)
+        rc, _, err = run_cli(capsys, "deploy", *OWN, "--onnx", models[which], "--out", out, *flags, *dry)
         assert_clean_error(rc, err, out)
         assert "does not say everything deploy needs" in err
         for text in expected:
@@ -106,7 +106,7 @@ def test_missing_flags_are_named_exactly(models, tmp_path, capsys, which, flags,
 def test_dry_run_of_an_onnx_prints_the_take_step(models, tmp_path, capsys):
     out = tmp_path / "R"
     rc, stdout, err = run_cli(
-        capsys, "deploy", *SMOKE, "--onnx", models["static"], "--out", out, "--input-scale", "0..255", "--dry-run"
+        capsys, "deploy", *OWN, "--onnx", models["static"], "--out", out, "--input-scale", "0..255", "--dry-run"
     )
     assert rc == 0, err
     assert " take-onnx " in stdout and "opset 17, input 'x' 1x3x64x64, output 'out'" in stdout
@@ -126,7 +126,7 @@ def test_dry_run_of_an_onnx_prints_the_take_step(models, tmp_path, capsys):
 def test_bad_flags_with_an_onnx(models, tmp_path, capsys, flags, expected):
     out = tmp_path / "R"
     rc, _, err = run_cli(
-        capsys, "deploy", *SMOKE, "--onnx", models["static"], "--out", out, "--input-scale", "0..255", *flags, *FAST
+        capsys, "deploy", *OWN, "--onnx", models["static"], "--out", out, "--input-scale", "0..255", *flags, *FAST
     )
     assert_clean_error(rc, err, out)
     assert expected in err
@@ -134,7 +134,7 @@ def test_bad_flags_with_an_onnx(models, tmp_path, capsys, flags, expected):
 
 def test_an_old_opset_onnx_gets_the_convert_command(tmp_path, capsys):
     old = export_onnx(tmp_path / "old.onnx", dynamic=False, opset=11)
-    rc, _, err = run_cli(capsys, "deploy", *SMOKE, "--onnx", old, "--out", tmp_path / "R", "--dry-run")
+    rc, _, err = run_cli(capsys, "deploy", *OWN, "--onnx", old, "--out", tmp_path / "R", "--dry-run")
     assert_clean_error(rc, err, None)
     assert "is ONNX opset 11; deploy takes opset 13 or newer" in err and "version_converter" in err
 
@@ -144,7 +144,7 @@ def test_an_onnx_for_other_classes_than_the_data_is_refused(tmp_path, capsys):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(Outsider(classes=3).eval(), (torch.zeros(1, 3, 64, 64),), str(path), dynamo=False)
-    rc, _, err = run_cli(capsys, "deploy", *SMOKE, "--onnx", path, "--out", tmp_path / "R", "--input-scale", "0..255")
+    rc, _, err = run_cli(capsys, "deploy", *OWN, "--onnx", path, "--out", tmp_path / "R", "--input-scale", "0..255")
     assert_clean_error(rc, err, tmp_path / "R")
     assert "predicts 3 classes; the --data dataset has 7" in err
 
@@ -160,7 +160,7 @@ def test_pytorch_files_deploy_like_a_checkpoint(models, tmp_path, capsys, monkey
         model = ["--model", folder / ("outsider.pt2" if kind == "pt2" else "outsider.ts")]
     out = tmp_path / "D"
     rc, _, err = run_cli(
-        capsys, "deploy", *SMOKE, *model, "--out", out, *IMAGENET, "--target", "onnxruntime-cpu-fp32", *FAST
+        capsys, "deploy", *OWN, *model, "--out", out, *IMAGENET, "--target", "onnxruntime-cpu-fp32", *FAST
     )
     assert rc == 0, err
     report = _json(out / "report.json")
@@ -171,7 +171,7 @@ def test_pytorch_files_deploy_like_a_checkpoint(models, tmp_path, capsys, monkey
 
 def test_pytorch_files_need_their_normalisation(models, tmp_path, capsys):
     pt2 = models["folder"] / "outsider.pt2"
-    rc, _, err = run_cli(capsys, "deploy", *SMOKE, "--model", pt2, "--out", tmp_path / "R")
+    rc, _, err = run_cli(capsys, "deploy", *OWN, "--model", pt2, "--out", tmp_path / "R")
     assert_clean_error(rc, err, tmp_path / "R")
     assert "carries no preprocessing metadata; deploy needs --mean R,G,B and --std R,G,B" in err
 
@@ -188,7 +188,7 @@ def test_pytorch_files_need_their_normalisation(models, tmp_path, capsys):
 )
 def test_bad_model_arguments(models, tmp_path, capsys, argv, expected):
     argv = [models["folder"] / "outsider.pth" if a == "W" else a for a in argv]
-    rc, _, err = run_cli(capsys, "deploy", *SMOKE, *argv, *IMAGENET, "--out", tmp_path / "R")
+    rc, _, err = run_cli(capsys, "deploy", *OWN, *argv, *IMAGENET, "--out", tmp_path / "R")
     assert_clean_error(rc, err, tmp_path / "R")
     assert expected in err
 
@@ -233,7 +233,7 @@ def test_bench_never_calls_a_valid_ir_a_corrupt_onnx(models, tmp_path, capsys):
 @pytest.mark.parametrize("command", ["run", "deploy"])
 @pytest.mark.parametrize("dry", [True, False])
 def test_an_openvino_device_name_in_device_is_one_clear_error(models, tmp_path, capsys, command, dry):
-    model = ["--onnx", models["static"], "--input-scale", "0..255"] if command == "deploy" else []
+    model = ["--onnx", models["static"], "--input-scale", "0..255", "--allow-demo-data"] if command == "deploy" else []
     argv = ["--preset", "smoke", "--no-progress", "--device", "GPU", "--target", "openvino-cpu", *model]
     rc, _, err = run_cli(capsys, command, *argv, "--out", tmp_path / "R", *(["--dry-run"] if dry else []))
     assert_clean_error(rc, err, tmp_path / "R")
@@ -275,7 +275,7 @@ def test_dry_run_checks_the_out_folder(models, tmp_path, capsys, command):
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
-    model = ["--onnx", models["static"], "--input-scale", "0..255"] if command == "deploy" else []
+    model = ["--onnx", models["static"], "--input-scale", "0..255", "--allow-demo-data"] if command == "deploy" else []
     rc, _, err = run_cli(capsys, command, *SMOKE, *model, "--out", foreign, "--dry-run")
     assert_clean_error(rc, err, None)
     assert "already holds files that bckd-pipeline run/deploy did not write" in err

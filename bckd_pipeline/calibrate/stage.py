@@ -33,7 +33,8 @@ def calibration_stage(ctx: DeployContext, out: Path, cache: StageCache) -> Calib
     if spec is None:
         return None
     d = ctx.data
-    train_set = build_dataset(d.spec, spec.split, demo_size=d.demo_size, demo_count=d.demo_count)
+    source = spec.data or d.spec  # --calib-data, else --data: only its images are read
+    train_set = build_dataset(source, spec.split, demo_size=d.demo_size, demo_count=d.demo_count)
     indices = pick_indices(spec.size, len(train_set), spec.seed)
     name = ctx.eval_feeds.input_name
     feeds = DatasetFeeds.from_dataset(
@@ -61,7 +62,8 @@ def calibration_stage(ctx: DeployContext, out: Path, cache: StageCache) -> Calib
         path,
         {
             "format": "bckd-pipeline/calibration-v1",
-            "data": d.spec,
+            "data": source,
+            "labels": "not read (images only)",
             "split": spec.split,
             "size": len(feeds),
             "requested_size": spec.size,

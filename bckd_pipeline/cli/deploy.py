@@ -7,14 +7,14 @@ from pathlib import Path
 
 def deploy(args, preset, data, console) -> int:
     from ..export.source import model_source
-    from ..model_spec import ModelHints
+    from ..model_spec import ModelHints, read_classes_file
     from ..pipeline import deploy_model, model_plan
 
     hints = ModelHints(
         mean=args.mean,
         std=args.std,
         num_classes=args.num_classes,
-        class_names=args.class_names,
+        class_names=args.class_names or read_classes_file(args.classes_file),
         input_scale=args.input_scale,
     )
     source = model_source(args.model, args.onnx, args.model_factory, args.weights, hints)
@@ -64,7 +64,9 @@ def deploy_config(args, preset):
             preset=args.nncf_preset,
             max_miou_drop=args.nncf_max_miou_drop,
             exclude=tuple(args.int8_exclude),
+            data=args.calib_data,
         ),
+        allow_demo_data=args.allow_demo_data,
         parity_images=args.parity_images,
         latency=latency,
         throughput=not args.no_throughput,
@@ -195,7 +197,6 @@ def gated(args, code: int, keys: tuple[str, ...]) -> int:
     from ..ledger import report_file
     from .gate import gate_report
 
-    codes = [code]
-    for key in keys:  # each target's own report, against its own [target] table
-        codes.append(gate_report(args, Path(args.out) / report_file(key, "json")))
+    # each target's own report against its own [target] table, in one gate call: one --junit, one --markdown
+    codes = [code, gate_report(args, [Path(args.out) / report_file(key, "json") for key in keys])]
     return 1 if 1 in codes else 3 if 3 in codes else 0

@@ -1,28 +1,30 @@
-"""``gate``: a report against budgets (and a baseline); prints every check, writes --junit/--markdown."""
+"""``gate``: a report (or every target of a run folder) against budgets (and a baseline); prints every check,
+writes --junit/--markdown."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 
-def gate_report(args, report: Path) -> int:
-    """Gate a report; print every check, write --junit/--markdown; the exit code is the gate's."""
-    from ..gate.budgets import load_budgets
-    from ..gate.gate import gate
+def gate_report(args, report: Path | list[Path]) -> int:
+    """Gate a report, a run folder of several targets (each against its own table), or a list of reports: every
+    check printed, one --junit file (a test suite per target), one --markdown summary; the worst exit code."""
     from ..fileio import write_text
+    from ..gate.budgets import load_budgets
+    from ..gate.gate import gate_all, worst_exit_code
     from ..gate.output import junit_xml, markdown, text_lines
 
-    result = gate(
-        report,
-        load_budgets(args.budgets),
-        baseline=args.baseline,
-        confidence=args.confidence,
-        allow_pending=args.allow_pending,
-        compare_other_machine=args.compare_other_machine,
-    )
-    print("\n".join(text_lines(result)))
+    budgets = load_budgets(args.budgets)
+    options = {
+        "confidence": args.confidence,
+        "allow_pending": args.allow_pending,
+        "compare_other_machine": args.compare_other_machine,
+    }
+    reports = report if isinstance(report, list) else [report]
+    results = [r for path in reports for r in gate_all(path, budgets, baseline=args.baseline, **options)]
+    print("\n".join(line for r in results for line in text_lines(r)))
     if args.junit:
-        write_text(args.junit, junit_xml(result))
+        write_text(args.junit, junit_xml(results))
     if args.markdown:
-        write_text(args.markdown, markdown(result))
-    return result.exit_code
+        write_text(args.markdown, markdown(results))
+    return worst_exit_code(results)

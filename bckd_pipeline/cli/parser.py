@@ -15,7 +15,7 @@ from pathlib import Path
 KD_HELP = "none | kd (Hinton logits) | cwd | bckd | kd+bckd | cwd+bckd"
 # The kinds of data.DATA_KINDS, named here so that --help need not import the datasets (and torch);
 # tests/test_architecture.py keeps the two equal.
-DATA_KIND_NAMES = ("demo", "voc", "cityscapes", "ade20k", "cocostuff", "camvid", "folder", "coco", "yolo")
+DATA_KIND_NAMES = ("demo", "voc", "cityscapes", "ade20k", "cocostuff", "camvid", "folder", "coco", "yolo", "images")
 # imagefile.DEFAULT_MAX_PIXELS (PIL's Image.MAX_IMAGE_PIXELS), named here so that --help need not import PIL;
 # tests/test_predict_inputs.py keeps the two equal.
 DEFAULT_MAX_PIXELS = 89_478_485
@@ -311,7 +311,16 @@ def _model_source_flags(p: argparse.ArgumentParser) -> None:
     m.add_argument("--mean", type=_triple, help="R,G,B mean on 0..1 pixels, where the model's metadata lacks it")
     m.add_argument("--std", type=_triple, help="R,G,B std on 0..1 pixels, where the model's metadata lacks it")
     m.add_argument("--num-classes", type=int, help="classes the model predicts, where its output does not say")
-    m.add_argument("--class-names", type=_names, help="comma-separated class names (default: the dataset's)")
+    m.add_argument(
+        "--class-names",
+        "--classes",
+        dest="class_names",
+        type=_names,
+        help="comma-separated class names (default: the model's metadata, the dataset's, else class_0..N-1)",
+    )
+    m.add_argument(
+        "--classes-file", type=Path, help="class names: one per line, or a JSON list (or {\"classes\": [...]})"
+    )
     m.add_argument(
         "--input-scale",
         help="--onnx: 0..255 (the graph takes raw pixels) or normalized ((x/255 - mean) / std, with --mean/--std)",
@@ -425,7 +434,12 @@ def _predict_parser(sub, fmt) -> None:
     g = p.add_argument_group("models exported elsewhere (what their metadata lacks; never overrides it)")
     g.add_argument("--mean", type=_floats3, help="normalisation mean R,G,B on the 0..1 scale")
     g.add_argument("--std", type=_floats3, help="normalisation std R,G,B on the 0..1 scale")
-    g.add_argument("--classes", type=_names, help="class names, comma-separated, one per output channel")
+    g.add_argument(
+        "--classes", type=_names, help="class names, comma-separated, one per output channel (default: class_0..N-1)"
+    )
+    g.add_argument(
+        "--classes-file", type=Path, help="class names: one per line, or a JSON list (or {\"classes\": [...]})"
+    )
 
 
 def _gate_flags(p: argparse.ArgumentParser, *, required: bool) -> None:
@@ -477,6 +491,17 @@ def _deploy_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--calib-size", type=int, help="INT8 calibration images (default: preset, 100)")
     g.add_argument("--calib-seed", type=int, default=0, help="seed that picks the calibration images")
     g.add_argument("--calib-split", default="train", help="split the calibration images come from")
+    g.add_argument(
+        "--calib-data",
+        help="KIND:PATH the calibration images come from, labels unread (e.g. images:FOLDER, a folder of plain "
+        "images); without --data, parity is label-free on its held-out images (docs/deploy.md)",
+    )
+    g.add_argument(
+        "--allow-demo-data",
+        action="store_true",
+        help="score and calibrate your own model on the built-in demo scenes anyway (refused otherwise: another "
+        "domain); the report and ledger say DEMO DATA",
+    )
     g.add_argument("--calib-method", default="minmax", help="ONNX Runtime: minmax | entropy | percentile")
     g.add_argument("--nncf-preset", default="performance", help="OpenVINO NNCF: performance | mixed")
     g.add_argument(

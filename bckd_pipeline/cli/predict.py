@@ -28,6 +28,7 @@ def predict(args, console) -> int:
     from ..predict.outputs import PREDICTIONS_FILE, PredictionsWriter, prepare_out
     from ..predict.segmenter import Segmenter
     from ..predict.sources import open_source
+    from ..model_spec import read_classes_file
 
     source = open_source(args.source, exclude=Path(args.out))  # a bad source fails before the model loads
     seg = Segmenter.load(
@@ -38,7 +39,7 @@ def predict(args, console) -> int:
         input_size=args.input_size,
         mean=args.mean,
         std=args.std,
-        classes=args.classes,
+        classes=args.classes or read_classes_file(args.classes_file),
         threads=args.threads,
     )
     with seg:

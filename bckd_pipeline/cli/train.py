@@ -204,7 +204,10 @@ def _mfs_images(args, preset) -> int:
 def data_config(args, preset):
     from ..configs import DataConfig
 
-    spec = args.data or preset.data
+    # deploy with --calib-data and no --data: those images are the evaluation images too (label-free parity);
+    # run trains on --data, so its --calib-data only calibrates.
+    images = getattr(args, "calib_data", None) if args.command == "deploy" else None
+    spec = args.data or images or preset.data
     if not spec:
         raise ConfigError(f"--preset {preset.name} needs --data KIND:PATH (e.g. --data camvid:../shared/data/camvid).")
     return DataConfig(

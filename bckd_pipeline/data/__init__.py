@@ -17,6 +17,7 @@ from bckd_pipeline.data.detection_formats import DET_LAYOUTS
 from bckd_pipeline.data.instances import DetectionDataset, DetTransform, Instances, collate_detection
 from bckd_pipeline.data.layouts import LAYOUTS
 from bckd_pipeline.data.transforms import EvalTransform, TrainTransform
+from bckd_pipeline.data.unlabelled import UnlabelledImages, is_image_folder
 from bckd_pipeline.errors import ConfigError, DataError, unknown_name
 
 __all__ = [
@@ -41,6 +42,8 @@ DATA_KINDS: dict[str, str] = {
     f"{len(DEMO_CLASSES)} classes ({', '.join(DEMO_CLASSES)})",
     **{kind: layout.description for kind, layout in LAYOUTS.items()},
     **{kind: layout.description for kind, layout in DET_LAYOUTS.items() if kind not in LAYOUTS},
+    "images": "plain images without labels, for calibration and label-free parity: PATH/{train,val}/*.png|jpg, "
+    "or the images directly in PATH (every fifth held out for parity); folder:PATH without classes.txt reads the same",
 }
 DATA_KINDS["voc"] += f"; for detection: {DET_LAYOUTS['voc'].description}"
 # The kinds build_detection_dataset reads; voc is read in its detection layout there.
@@ -72,6 +75,17 @@ def parse_data_spec(spec: str) -> tuple[str, str]:
     return kind, rest
 
 
+def is_demo(spec: str | None) -> bool:
+    """Whether a --data/--calib-data spec is the built-in demo data (``demo`` or ``demo:SEED``)."""
+    return spec is not None and parse_data_spec(spec)[0] == "demo"
+
+
+def is_unlabelled(spec: str) -> bool:
+    """Whether a --data spec reads plain images without labels (``images:PATH``, ``folder:PATH`` sans classes.txt)."""
+    kind, path = parse_data_spec(spec)
+    return kind == "images" or (kind == "folder" and is_image_folder(Path(path).expanduser()))
+
+
 def build_dataset(
     spec: str,
     split: str,
@@ -87,6 +101,8 @@ def build_dataset(
     kind, path = parse_data_spec(spec)
     if kind == "demo":
         return DemoDataset(split, seed=int(path or 0), size=demo_size, count=demo_count, transform=transform)
+    if is_unlabelled(spec):
+        return UnlabelledImages(_root(kind, path), split, transform, kind)
     if kind not in LAYOUTS:
         raise ConfigError(
             f"Data kind {kind!r} holds boxes, not label maps: it is a detection format. Use it with "

@@ -28,6 +28,8 @@ from ..data.feeds import DatasetFeeds
 from ..runtimes.base import Runtime
 from ..tasks import DEFAULT_TASK, Task, get_task
 
+GROUND_TRUTH, REFERENCE = "ground_truth", "reference"  # what a ledger's task metric is computed against
+
 
 @dataclass
 class LedgerStage:
@@ -79,6 +81,8 @@ class LedgerReport:
     per_image: dict[str, np.ndarray] = field(default_factory=dict)
     # stage name -> int16 (keep_labels, H, W): the label maps of the first images (report.html's masks)
     labels: dict[str, np.ndarray] = field(default_factory=dict)
+    # what the rows are scored against: the dataset's labels, or the reference's own predictions (label-free)
+    scored_against: str = GROUND_TRUTH
 
     @property
     def culprit(self) -> StageParity | None:
@@ -102,6 +106,7 @@ def ledger(
     tick: Callable[[], None] | None = None,
     fine_tuned: frozenset[str] = frozenset(),
     task: Task | None = None,
+    labels: str = GROUND_TRUTH,
 ) -> LedgerReport:
     """Run every stage's runtime on every image of ``feeds``; ``stages[0]`` is the reference.
 
@@ -110,8 +115,13 @@ def ledger(
     bar). ``fine_tuned``: stages whose weights were trained again (the QAT row). They are meant to compute
     something else than their parent, so they are judged by their criteria's ``for_fine_tuned()`` (for
     segmentation: the mIoU drop alone; agreement and logit distance are reported, not required).
-    ``task``: the run's task (default: segmentation).
+    ``task``: the run's task (default: segmentation). ``labels``: ``"reference"`` scores every row against the
+    reference's own predictions (``Task.reference_labels``) instead of the feeds' labels: a label-free ledger,
+    whose task metric is the agreement in the task's terms (segmentation: each row's mIoU against the reference
+    row's label maps), with the same per-image evidence, bootstrap and culprit.
     """
+    if labels not in (GROUND_TRUTH, REFERENCE):
+        raise ValueError(f"labels must be {GROUND_TRUTH!r} or {REFERENCE!r}, got {labels!r}")
     task = task if task is not None else get_task(DEFAULT_TASK)
     names = [s.name for s in stages]
     for s in stages[1:]:
@@ -119,12 +129,26 @@ def ledger(
             raise ValueError(f"stage {s.name!r} names parent {s.parent!r}, which is not an earlier stage")
     meters = {s.name: task.parity_meter(num_classes, ignore_index) for s in stages}
     ref = stages[0].name
+    # Every row's evidence against the reference's own predictions too: with labels, both kinds of figures
+    # (``<metric>_vs_reference``, ``<metric>_delta_vs_reference``, where the task's parity_fields list them).
+    vs_reference: dict[str, np.ndarray] = {}
     n = 0
     for feed, label in feeds.pairs():
         outputs = {s.name: task.raw_output(s.runtime.infer(feed), feed) for s in stages}
         if tick is not None:
             tick()
         predictions = {k: task.prediction_of(v) for k, v in outputs.items()}
+        reference_label = task.reference_labels(predictions[ref], label)
+        for s in stages:
+            e = task.image_evidence(
+                task.reference_labels(predictions[s.name], label),
+                reference_label,
+                num_classes=num_classes,
+                ignore_index=ignore_index,
+            ).astype(np.int64)
+            vs_reference[s.name] = e if s.name not in vs_reference else vs_reference[s.name] + e
+        if labels == REFERENCE:
+            label = reference_label
         for s in stages:
             parent = None if s.parent is None else (outputs[s.parent], predictions[s.parent])
             meters[s.name].update(
@@ -138,6 +162,8 @@ def ledger(
     for s in stages:
         parent = results.get(s.parent) if s.parent else None
         metrics = meters[s.name].fields(meters[ref], None if parent is None else parent.metrics)
+        if f"{task.metric}_vs_reference" in task.parity_fields:  # a task that reports them lists them
+            metrics |= _against_reference(task, vs_reference[s.name], vs_reference[ref])
         row = StageParity(s.name, s.backend, s.precision, s.parent, metrics, images=n)
         if parent is not None:
             c = criteria(s.precision)
@@ -147,8 +173,15 @@ def ledger(
             row.passed = not row.failures
         results[s.name] = row
     per_image = {s.name: np.stack(meters[s.name].per_image) for s in stages}
-    labels = {s.name: np.stack(meters[s.name].kept) for s in stages if meters[s.name].kept}
-    return LedgerReport(list(results.values()), per_image, labels)
+    kept = {s.name: np.stack(meters[s.name].kept) for s in stages if meters[s.name].kept}
+    return LedgerReport(list(results.values()), per_image, kept, labels)
+
+
+def _against_reference(task: Task, evidence: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    """The task metric of a row against the reference's predictions (``<metric>_vs_reference``) and its change
+    from the reference's own score (``<metric>_delta_vs_reference``; segmentation: 100 against itself)."""
+    value, own = float(task.metric_of(evidence)), float(task.metric_of(reference))
+    return {f"{task.metric}_vs_reference": value, f"{task.metric}_delta_vs_reference": value - own}
 
 
 def compare(

@@ -83,6 +83,7 @@ def parity_stage(ctx: DeployContext, out: Path, cache: StageCache, built: list[B
             "feeds": ctx.eval_feeds.digests,
             "parity": ctx.profile.parity,
             "fine_tuned_rows": "mIoU only (v1)",  # how a fine-tuned (QAT) row is judged
+            "labels": ctx.parity_labels,
             "device": ctx.plan.can_measure,
             "device_result": None if ctx.device is None or ctx.device.result is None else ctx.device.result["files"],
         },
@@ -115,8 +116,10 @@ def parity_stage(ctx: DeployContext, out: Path, cache: StageCache, built: list[B
             tick=tick,
             fine_tuned=frozenset({QAT_ROW}),
             task=ctx.task,
+            labels=ctx.parity_labels,
         )
     result = {
+        "labels": report.scored_against,
         "stages": {s.name: s.as_dict() for s in report.stages},
         "culprit": None if report.culprit is None else report.culprit.name,
         "per_image": save_parity_images(out, report.per_image, report.labels, ctx.eval_feeds.manifest(), name),

@@ -89,7 +89,8 @@ def resolve_onnx(info: OnnxInfo, hints: ModelHints, input_hw: tuple[int, int] | 
     md = info.metadata
     pre = _json(md.get("bckd.preprocessing")) or {}
     inp = _json(md.get("bckd.input")) or {}
-    names = _json(md.get("bckd.class_names"))
+    # This pipeline's bckd.class_names, else a plain "classes" entry (a JSON list, or names comma-separated).
+    names = _json(md.get("bckd.class_names")) or _names_entry(md.get("classes"))
     missing = []
     h, w = info.input_shape[2], info.input_shape[3]
     if h is not None and w is not None:
@@ -197,6 +198,15 @@ def probe_onnx(info: OnnxInfo, input_hw: tuple[int, int]):
             f"ONNX Runtime could not run {str(info.path)!r} on a 1x3x{input_hw[0]}x{input_hw[1]} input: "
             f"{str(exc).strip().splitlines()[0][:300]}. Check the model with onnx.checker, and --input-size."
         ) from None
+
+
+def _names_entry(text: str | None) -> list[str] | None:
+    """A ``classes`` metadata entry: a JSON list of names, or names separated by commas."""
+    if not text:
+        return None
+    listed = _json(text) if text.lstrip().startswith("[") else None
+    names = listed if isinstance(listed, list) else [n.strip() for n in text.split(",")]
+    return [str(n) for n in names if str(n)] or None
 
 
 def _json(text: str | None):

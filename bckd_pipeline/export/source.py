@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..errors import CheckpointError, ConfigError, DataError
 from ..model_files import ExportedModule, load_torch_module, program_input_ranges, torch_kind
-from ..model_spec import ModelHints, ModelSource
+from ..model_spec import ModelHints, ModelSource, default_class_names
 
 __all__ = ["ExportedModule", "load_torch_module", "model_source", "program_input_ranges", "torch_meta"]
 
@@ -150,7 +150,7 @@ def torch_meta(
 def _check_classes(classes: int, hints: ModelHints, dataset_classes: tuple[str, ...], what: str) -> None:
     if hints.classes is not None and hints.classes != classes:
         raise ConfigError(f"{what} predicts {classes} classes, but --num-classes/--class-names say {hints.classes}.")
-    if len(dataset_classes) != classes:
+    if dataset_classes is not None and len(dataset_classes) != classes:
         raise DataError(
             f"{what} predicts {classes} classes; the --data dataset has {len(dataset_classes)} "
             f"({', '.join(dataset_classes[:8])}{', ...' if len(dataset_classes) > 8 else ''}). The ledger's mIoU "
@@ -159,7 +159,11 @@ def _check_classes(classes: int, hints: ModelHints, dataset_classes: tuple[str, 
 
 
 def _class_names(classes, given, from_file, dataset_classes) -> tuple[str, ...]:
+    """The names given (--classes, --classes-file), else the model's metadata, else the labelled dataset's; else
+    ``class_0..N-1``, with a warning on stderr (the report, ledger and predict then name classes by number)."""
     for names in (given, from_file):
         if names:
             return tuple(names)
-    return tuple(dataset_classes) if len(dataset_classes) == classes else tuple(f"class{i}" for i in range(classes))
+    if dataset_classes is not None and len(dataset_classes) == classes:
+        return tuple(dataset_classes)
+    return default_class_names(classes)

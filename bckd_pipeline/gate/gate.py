@@ -45,6 +45,7 @@ from .noise import bootstrap_median_ratio, latency_regressed
 
 PASS, FAIL, NOT_MEASURED = "pass", "fail", "pending"
 EXIT_OK, EXIT_VIOLATED, EXIT_PENDING = 0, 1, 3
+COMBINED_FORMAT = "bckd-pipeline/combined-report-v1"  # a run folder's report.json over several targets
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,13 @@ class GateResult:
     settings: GateSettings
     checks: tuple[Check, ...]
     allow_pending: bool = False
+    labels: str = "ground_truth"  # what the report's task metric is computed against (its parity_labels)
+    key: str | None = None  # the report's target key (e.g. onnxruntime-cpu-fp32: a target at another precision)
+
+    @property
+    def label(self) -> str:
+        """The target as outputs name it: its key where that differs from the target's name."""
+        return self.key or self.target
 
     def count(self, status: str) -> int:
         return sum(c.status == status for c in self.checks)
@@ -111,12 +119,12 @@ def read_report(path: Path, flag: str = "REPORT") -> tuple[dict, Path]:
         raise DataError(f"{flag} {str(path)!r} does not exist. Pass OUT/report.json of a `run` or `deploy`.") from None
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise DataError(f"{flag} {str(path)!r} is not a JSON report ({exc}). Pass OUT/report.json of a run.") from None
-    if isinstance(report, dict) and report.get("format") == "bckd-pipeline/combined-report-v1":
+    if isinstance(report, dict) and report.get("format") == COMBINED_FORMAT:
         files = ", ".join(str(path.parent / v["report"]) for v in (report.get("per_target") or {}).values())
         raise DataError(
             f"{flag} {str(path)!r} combines {len(report.get('targets') or [])} targets "
-            f"({', '.join(report.get('targets') or [])}); budgets are per target. Gate each target's own report: "
-            f"{files}."
+            f"({', '.join(report.get('targets') or [])}); a baseline is compared target by target. Pass the "
+            f"baseline's run folder with the gated run folder, or one target's own report: {files}."
         )
     if (
         not isinstance(report, dict)
@@ -213,8 +221,8 @@ def _drop_check(
         value = row[spec.field]
         ok = value >= -limit
         msg = (
-            f"{stage}: Δ{label} {signed(value)} vs {reference} (point estimate; the report kept no per-image "
-            f"{task.evidence}) vs budget {key} {limit:g}"
+            f"{stage}: Δ{label} {signed(value)} vs {reference} (point estimate; no per-image {task.evidence} "
+            f"of this figure in the report) vs budget {key} {limit:g}"
             + ("" if ok else f": dropped {-value - limit:.3f} points too far")
         )
         return Check(stage, key, PASS if ok else FAIL, -value, limit, spec.unit, msg, {}, f"Δ{label} {signed(value)}")
@@ -450,9 +458,11 @@ def gate(
     checks: list[Check] = []
     tol = settings.latency_tolerance
     baseline_keys = [k for k, spec in keys.items() if spec.check == "baseline_drop"]
+    scored = report.get("parity_labels", GROUND_TRUTH)  # what the report's task metric was computed against
     for stage, values in plan.items():
         row = rows[stage]
         for key, limit in values.items():
+            default = key in tb.from_defaults and key not in tb.stages.get(stage, {})
             spec = keys.get(key)
             if spec is None and key in tb.from_defaults:  # a target's default budget of another task
                 continue
@@ -463,13 +473,25 @@ def gate(
                 )
             if spec.check == "baseline_drop":
                 continue
+            if spec.labels == GROUND_TRUTH and scored != GROUND_TRUTH:
+                twin = labels_twin(keys, key)
+                if key in tb.from_defaults and twin is not None and twin not in values:
+                    key, spec = twin, keys[twin]  # a profile default applies to the figures the report has
+                elif key in tb.from_defaults:
+                    continue
+                else:
+                    checks.append(_other_labels(stage, key, limit, spec, scored, twin))
+                    continue
             if spec.check == "latency":
                 check = _latency_check(stage, key, limit, row, tol)
             elif spec.check == "drop":
-                check = _drop_check(task, stage, key, limit, row, images, reference, settings)
+                # The per-image evidence is against the labels the report was scored on: a figure against the
+                # other labels (a _vs_reference key on a labelled report) is judged on its point estimate.
+                evidence = images if spec.labels in (None, scored) else None
+                check = _drop_check(task, stage, key, limit, row, evidence, reference, settings)
             else:
                 check = _simple_check(task, stage, key, limit, row)
-            if stage == deployed and key in tb.from_defaults and key not in tb.stages.get(stage, {}):
+            if stage == deployed and default:
                 check = replace(check, message=f"{check.message} [default budget of target {target}]")
             checks.append(check)
         if old_report is not None:
@@ -478,7 +500,86 @@ def gate(
             checks += _baseline_checks(task, stage, row, old_row, images, old_images, limits, settings, other_machine)
     checks += _degenerate_check(task, deployed, rows[deployed], settings)
     return GateResult(
-        target, str(report_path), None if base_path is None else str(base_path), settings, tuple(checks), allow_pending
+        target,
+        str(report_path),
+        None if base_path is None else str(base_path),
+        settings,
+        tuple(checks),
+        allow_pending,
+        scored,
+        report.get("target_key") or target,
+    )
+
+
+def target_reports(path: Path) -> list[Path]:
+    """The report(s) a gate call checks: a run folder's combined report.json (several targets) -> each target's
+    own report beside it, in the folder's order; any other report -> itself."""
+    path = Path(path)
+    file = path / "report.json" if path.is_dir() else path
+    try:
+        report = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return [path]  # read_report says what is wrong with it
+    if not isinstance(report, dict) or report.get("format") != COMBINED_FORMAT:
+        return [path]
+    per_target = report.get("per_target") or {}
+    if not per_target:
+        raise DataError(f"{file} combines no target (empty per_target). Pass the report.json of a finished run.")
+    return [file.parent / v["report"] for v in per_target.values()]
+
+
+def gate_all(report_path: Path, budgets: Budgets, *, baseline: Path | None = None, **options) -> list[GateResult]:
+    """``gate`` of each target of a run folder (one report: that one), each against its own ``[target]`` table.
+    With several targets, ``baseline`` is a run folder (or its combined report.json) holding the same targets:
+    each is compared with its own report there."""
+    paths = target_reports(report_path)
+    if len(paths) == 1:
+        return [gate(paths[0], budgets, baseline=baseline, **options)]
+    bases = [None] * len(paths)
+    if baseline is not None:
+        folder = Path(baseline) if Path(baseline).is_dir() else Path(baseline).parent
+        bases = [folder / p.name for p in paths]
+        missing = [str(b) for b in bases if not b.is_file()]
+        if missing:
+            raise DataError(
+                f"--baseline {str(baseline)!r}: {report_path} holds {len(paths)} targets, and the baseline folder has "
+                f"no report for {', '.join(missing)}. Pass the run folder of a baseline with the same targets."
+            )
+    return [gate(p, budgets, baseline=b, **options) for p, b in zip(paths, bases, strict=True)]
+
+
+def worst_exit_code(results: list[GateResult]) -> int:
+    """One exit code for several gates: a violation (1) wins over pending (3), which wins over passed (0)."""
+    codes = {r.exit_code for r in results}
+    return EXIT_VIOLATED if EXIT_VIOLATED in codes else EXIT_PENDING if EXIT_PENDING in codes else EXIT_OK
+
+
+GROUND_TRUTH, REFERENCE = "ground_truth", "reference"
+VS_REFERENCE = "_vs_reference"
+LABEL_KINDS = {
+    GROUND_TRUTH: "against ground-truth labels",
+    REFERENCE: "label-free, against the FP32 reference's own predictions",
+}
+
+
+def labels_twin(keys: dict, key: str) -> str | None:
+    """The budget of the same figure scored against the other labels (max_miou_drop <-> max_miou_drop_vs_reference)."""
+    twin = key.removesuffix(VS_REFERENCE) if key.endswith(VS_REFERENCE) else key + VS_REFERENCE
+    return twin if twin in keys else None
+
+
+def _other_labels(stage: str, key: str, limit: float, spec, scored: str, twin: str | None) -> Check:
+    """A budget on figures scored against labels the report does not have: not measured, and which key would be."""
+    use = f"; budget it with {twin}" if twin else ""
+    return Check(
+        stage,
+        key,
+        NOT_MEASURED,
+        None,
+        limit,
+        spec.unit,
+        f"{stage}: {key} {limit:g} not checked: it judges figures {LABEL_KINDS[spec.labels]}, and this report's "
+        f"parity is {LABEL_KINDS.get(scored, scored)} (parity_labels: {scored}){use}",
     )
 
 

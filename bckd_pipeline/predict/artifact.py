@@ -80,11 +80,10 @@ class Contract:
         )
 
     def require(self, path: Path) -> None:
+        """The normalisation must be known; class names default to class_0..N-1 (Segmenter, from the output)."""
         missing = []
         if self.mean is None or self.std is None:
             missing.append("mean/std (the normalisation: --mean R,G,B --std R,G,B, on the 0..1 scale)")
-        if self.class_names is None:
-            missing.append("class names (--classes NAME,NAME,...)")
         if missing:
             raise ConfigError(
                 f"{str(path)!r} does not carry {' or '.join(missing)} ({self.source} has no bckd.* entries: it was "

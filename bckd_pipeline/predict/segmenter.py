@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -169,6 +169,8 @@ class Segmenter:
         outputs = self.runtime.infer({self.input_name: probe})  # one warm-up run also tells the output's layout
         name = self.contract.output_name if self.contract.output_name in outputs else next(iter(outputs))
         y = outputs[name]
+        if self.contract.class_names is None:
+            self.contract = replace(self.contract, class_names=_default_names(self.artifact.path, y))
         if y.ndim == 4 and y.shape[1] != len(self.classes):
             raise ConfigError(
                 f"{self.artifact.path.name} outputs {y.shape[1]} class scores, but {len(self.classes)} class names are "
@@ -303,3 +305,15 @@ class Segmenter:
             f"Segmenter({self.artifact.path.name}: {self.artifact.backend} {self.info.precision}, input {size}, "
             f"{len(self.classes)} classes)"
         )
+
+
+def _default_names(path: Path, y: np.ndarray) -> tuple[str, ...]:
+    """class_0..N-1 for a model that names no classes, N from its class-score output (a warning on stderr)."""
+    if y.ndim != 4:
+        raise ConfigError(
+            f"{path.name} outputs label maps and carries no class names, so the number of classes is unknown. Give "
+            "them with --classes NAME,NAME,... or --classes-file FILE (one name per line)."
+        )
+    from ..model_spec import default_class_names
+
+    return default_class_names(int(y.shape[1]))

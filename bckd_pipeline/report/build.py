@@ -71,6 +71,14 @@ def _row(
     }
 
 
+def _demo_data(ctx: DeployContext) -> bool:
+    from ..data import is_demo
+
+    return ctx.deploy.allow_demo_data and ctx.source is not None and ctx.source.kind != "checkpoint" and (
+        is_demo(ctx.data.spec) or is_demo(ctx.deploy.calibration.data)
+    )
+
+
 def build_report(
     ctx: DeployContext,
     *,
@@ -119,8 +127,15 @@ def build_report(
             "split": ctx.data.eval_split,
             "images": len(ctx.eval_feeds),
             "input_hw": list(ctx.spec.input_hw),
-            "note": "labels resized (nearest) to the input size",
+            "note": "labels resized (nearest) to the input size"
+            if ctx.labelled
+            else "no labels: every row scored against the FP32 reference's own predictions",
+            # ground_truth: the dataset's labels; reference: label-free, against the reference row's predictions
+            "labels": parity.get("labels", "ground_truth"),
+            # a user's model scored on the built-in demo scenes (--allow-demo-data): not its domain
+            "demo_data": _demo_data(ctx),
         },
+        "parity_labels": parity.get("labels", "ground_truth"),
         "class_names": list(ctx.meta.class_names),
         "source": _source_section(ctx),
         "checks": {"export": export_check, "simplify": simplify_check},

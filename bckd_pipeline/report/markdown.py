@@ -96,6 +96,7 @@ def markdown(report: dict) -> str:
         "",
         _model_line(report),
         "",
+        *_labels_lines(ev),
         *_deploy_line(report),
         f"| stage | backend | precision | status | {' | '.join(c.header for c in columns)} | p50 ms | p99 ms | FPS |",
         "|---|---|---|---|" + "---:|" * len(columns) + "---:|---:|---:|",
@@ -139,3 +140,21 @@ def markdown(report: dict) -> str:
     if dev and dev["status"] == "measured":
         lines.append(f"On the device ({dev['row']}): {dev['what_is_timed']}.")
     return "\n".join(lines) + "\n"
+
+
+def _labels_lines(ev: dict) -> list[str]:
+    """What the accuracy columns are scored against (label-free parity), and a demo-data warning."""
+    lines = []
+    if ev.get("demo_data"):
+        lines += [
+            "**DEMO DATA**: your model was scored and calibrated on the built-in synthetic scenes (--allow-demo-data),"
+            " not on images of its own domain: its accuracy figures say nothing about it.",
+            "",
+        ]
+    if ev.get("labels") == "reference":
+        lines += [
+            "**Label-free parity**: no labels were given; every accuracy figure (mIoU, ΔmIoU) is computed against "
+            "the FP32 reference's own predictions (`labels: reference`), not ground truth.",
+            "",
+        ]
+    return lines

@@ -63,6 +63,8 @@ class CalibrationSpec:
     # --int8-exclude: node names or op types kept in float (ORT nodes_to_exclude / op_types_to_quantize, NNCF
     # IgnoredScope names / types); calibrate/exclude.py resolves each against the graph.
     exclude: tuple[str, ...] = ()
+    # --calib-data KIND:PATH: the dataset the calibration images come from, its labels unread (None: --data's).
+    data: str | None = None
 
     def __post_init__(self) -> None:
         if self.size < 1:

@@ -90,6 +90,9 @@ class BudgetKey:
     example: str = "12"  # a sensible value, for messages
     default: float | None = None  # the limit when the budgets file sets none (``baseline_drop``: --baseline is
     # always judged)
+    # Which labels the figure is scored against: "ground_truth" (the dataset's), "reference" (the FP32
+    # reference's own predictions, a label-free run) or None (either: e.g. agreement with the reference).
+    labels: str | None = None
 
 
 @dataclass(frozen=True)
@@ -181,6 +184,14 @@ class Task(ABC):
     @abstractmethod
     def prediction_of(self, output: np.ndarray) -> np.ndarray:
         """A model's raw output batch (``raw_output``) as the prediction batch."""
+
+    def reference_labels(self, prediction: np.ndarray, like: np.ndarray) -> np.ndarray:
+        """The reference's prediction of one image as the labels a label-free ledger scores every row against
+        (``like``: the dataset's labels of that image, for their shape and dtype; a static batch's first image)."""
+        p = np.asarray(prediction)
+        if p.ndim == like.ndim + 1:
+            p = p[0]
+        return p.astype(like.dtype).reshape(like.shape)
 
     @abstractmethod
     def image_evidence(self, prediction: np.ndarray, target: np.ndarray, *, num_classes: int, ignore_index: int):

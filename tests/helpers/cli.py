@@ -10,6 +10,8 @@ from PIL import Image
 from bckd_pipeline.cli import main
 
 SMOKE = ["--preset", "smoke", "--no-progress", "--train-device", "cpu"]  # CPU even where CUDA exists: repeatable
+# `deploy` of a user's model (not a checkpoint of this pipeline) on the demo scenes: refused unless asked for.
+OWN = [*SMOKE, "--allow-demo-data"]
 
 
 def run_cli(capsys, *argv: str | Path) -> tuple[int, str, str]:
