@@ -298,6 +298,17 @@ def test_the_ledger_measures_and_judges_a_detector():
     assert ci.point == pytest.approx(int8["map_delta"])
 
 
+def test_a_label_free_ledger_scores_a_detector_against_the_references_detections():
+    stages, feeds = detection_stages()
+    criteria = {"fp32": FLOAT_PARITY, "int8": INT8_PARITY}.get
+    report = ledger(
+        stages, feeds, num_classes=C, ignore_index=-1, criteria=criteria, task=DETECTION, labels="reference"
+    )
+    ref, onnx, int8 = (report.stage(n).as_dict() for n in ("pytorch", "onnx", "int8"))
+    assert ref["map"] == pytest.approx(100.0) and onnx["map"] == pytest.approx(100.0)  # the reference scores itself
+    assert int8["map"] < 100.0 and int8["map_delta"] < 0
+
+
 def test_the_judge_reads_the_criteria_of_the_precision():
     row = {"map_delta_vs_parent": -0.5, "matched_share_vs_parent": 0.9, "max_abs_logit_vs_parent": 2e-3,
            "max_abs_box_vs_parent": 0.5}  # fmt: skip

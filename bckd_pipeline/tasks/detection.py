@@ -283,6 +283,12 @@ class Detection(Task):
     def prediction_of(self, output: HeadOutputs) -> np.ndarray:
         return decode(output, self.settings)
 
+    def reference_labels(self, prediction, like) -> np.ndarray:
+        """The reference's detections of one image as the ground truth a label-free ledger scores against: its
+        ``[D, 6]`` rows, every detection an object (padding rows, label -1, are dropped by the evaluation)."""
+        rows = np.asarray(prediction)
+        return rows[0] if rows.ndim == 3 else rows
+
     def image_evidence(self, prediction, target, *, num_classes: int, ignore_index: int = -1) -> np.ndarray:
         return ap.image_evidence(prediction, target, num_classes, self.bins)
 
