@@ -113,7 +113,7 @@ class Context:
             rc, _, err = cli(*SMOKE_RUN, "--out", out, timeout=RUN_TIMEOUT_S)
             if rc != 0:
                 raise RuntimeError(f"the uninterrupted reference run failed (exit {rc}): {err[-2000:]}")
-            self.reference_s = time.perf_counter() - started
+            self.reference_s = self.full_run_s = time.perf_counter() - started
             self._reference, self._reference_log = out, err
         return self._reference
 
@@ -316,7 +316,10 @@ def rerun_matches(ctx: Context, out: Path, before: str = "", injected: str | Non
     no file may be half-written before the rerun (but the one the case broke on purpose, ``injected``) or after.
     """
     half = [f for f in scan_half_written(out) if f.split(" (")[0] != injected] if out.exists() else []
+    started = time.perf_counter()
     rc, _, err = cli(*SMOKE_RUN, "--out", out, timeout=RUN_TIMEOUT_S)
+    if rc == 0 and len(VAL_LINE.findall(err)) >= 3:  # it trained all three models: a whole run's length, now
+        ctx.full_run_s = time.perf_counter() - started
     diffs = compare_runs(ctx.reference(), out) if rc == 0 else ["the rerun did not finish"]
     after = scan_half_written(out) if out.exists() else []
     notes = [before] if before else []
@@ -435,7 +438,8 @@ def _register_kills() -> None:
         def fn(ctx, k=k):
             name = f"kill-random-{k}"
             ctx.reference()
-            at = ctx.rng(name).uniform(1.0, max(ctx.reference_s, 2.0))
+            # within the length of the latest whole run seen (the host's load changes while the campaign runs)
+            at = ctx.rng(name).uniform(1.0, max(0.9 * getattr(ctx, "full_run_s", ctx.reference_s), 2.0))
             return kill_and_resume(ctx, name, lambda lines, out: True, at)
 
         case(
@@ -1105,6 +1109,23 @@ def markdown(result: dict) -> str:
         f"| **all** ({t['faults_injected']} faults injected, {t['bad_inputs_tried']} bad inputs tried) | "
         f"{t['cases'] - t['skipped']} | {t['handled_cleanly']} | {t['not_handled']} | {t['lost_or_corrupted']} |",
     ]
+    landed = {r["name"]: m.group(1) for r in rows if (m := re.search(r"killed during: ([^;]+)", r["detail"] or ""))}
+    if landed:
+        lines += [
+            "",
+            "Where each kill landed (the stage running at SIGKILL, read from its stderr; a stage shorter than "
+            "the time to see its start line and signal is passed):",
+            "",
+        ]
+        lines += [f"- `{name}`: {phase}" for name, phase in landed.items()]
+        stale = [r["name"] for r in rows if "temporary files left beside" in (r["detail"] or "")]
+        if stale:
+            lines += [
+                "",
+                "Temporary files (`.NAME.XXXXXXXX.tmp`, never under a final name) left after the rerun in: "
+                + ", ".join(f"`{n}`" for n in stale)
+                + ".",
+            ]
     if t["skipped"]:
         lines += [
             "",
