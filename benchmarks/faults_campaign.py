@@ -1094,7 +1094,13 @@ def markdown(result: dict) -> str:
         f"({', '.join(isa) if isinstance(isa, list) else isa}, "
         f"{result['machine']['logical_cores']} logical cores), commit {str(result['git_commit'])[:12]}"
         + (" (with uncommitted changes)" if result["git_dirty"] else "")
-        + f", {result['wall_s']:.0f} s wall:",
+        + f", {result['wall_s']:.0f} s wall"
+        + (
+            f" (load average {result['machine']['load_average_at_start'][0]:.1f} at the start)"
+            if result["machine"].get("load_average_at_start")
+            else ""
+        )
+        + ":",
         "",
         "| category | cases | handled cleanly | not handled | lost or corrupted |",
         "|---|---:|---:|---:|---:|",
@@ -1129,7 +1135,7 @@ def markdown(result: dict) -> str:
     if t["skipped"]:
         lines += [
             "",
-            f"{t['skipped']} cases skipped on this host: "
+            f"{t['skipped']} case{'s' if t['skipped'] != 1 else ''} skipped on this host: "
             + "; ".join(f"{r['name']} ({r['skipped']})" for r in result["cases"] if r["skipped"]),
         ]
     bad = [r for r in rows if not r["handled_cleanly"] or r["lost_or_corrupted"]]
