@@ -2,8 +2,9 @@
 
 Each finished stage leaves ``OUT/.cache/<stage>.json`` holding its key (a hash of its options and of
 the bytes of its input artifacts) and the sha256 of every file it produced. A stage is skipped when
-the key matches and every output still has the recorded hash; a stage interrupted midway left no
-record (records are written after the outputs are in place), so it simply runs again.
+the key matches, every output still has the recorded hash and the record still has its own digest (a result
+altered on disk is redone, never reported); a stage interrupted midway left no record (records are written
+after the outputs are in place), so it simply runs again.
 
 ``claim_out_dir`` guards the folder the cache lives in: ``--out`` is new, empty, or this run's own
 (``OUT/run.json`` says whose it is).
@@ -75,8 +76,8 @@ class StageCache:
             record = json.loads(path.read_text())
         except (OSError, ValueError):
             return None
-        if record.get("key") != key:
-            return None
+        if record.get("key") != key or record.get("digest") != _record_digest(record):
+            return None  # another stage's inputs, or a record altered since it was written (a flipped figure)
         for rel, digest in record.get("outputs", {}).items():
             f = self.folder.parent / rel
             if not f.is_file() or file_sha256(f) != digest:
@@ -90,8 +91,15 @@ class StageCache:
             "outputs": {str(Path(p).relative_to(root)): file_sha256(p) for p in outputs},
             "result": _plain(result),
         }
+        record["digest"] = _record_digest(record)
         text = json.dumps(record, indent=1)
         atomic_write(self._record(stage), lambda tmp: tmp.write_text(text))
+
+
+def _record_digest(record: dict) -> str:
+    """sha256 of a record's key, outputs and result: a figure altered on disk no longer matches its record."""
+    body = {k: record.get(k) for k in ("key", "outputs", "result")}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 RUN_MARKER = "run.json"

@@ -6,6 +6,7 @@ every digest is sha256: ``file_sha256`` of a file's bytes, ``array_sha256`` of a
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -18,7 +19,9 @@ from pathlib import Path
 def atomic_write(path: Path, write: Callable[[Path], None], *, mode: int | None = None) -> None:
     """Call ``write(tmp_path)`` then rename onto ``path``; the temp file is removed on failure.
 
-    A crash mid-write never leaves a truncated file under the real name. ``mode`` defaults to 0o666
+    A crash mid-write never leaves a truncated file under the real name. A write that fails on a full disk
+    raises ``OSError`` with ``errno.ENOSPC`` whatever the writer raised (torch's and onnx's writers have their
+    own messages for it), so the command line can say so in one line. ``mode`` defaults to 0o666
     (less the umask), the mode of any new file: mkstemp's 0600 would surprise users of the artifact.
     """
     path = Path(path)
@@ -31,9 +34,31 @@ def atomic_write(path: Path, write: Callable[[Path], None], *, mode: int | None 
         os.umask(umask)
         os.chmod(tmp, (0o666 if mode is None else mode) & ~umask)
         os.replace(tmp, path)
+    except Exception as exc:
+        full = _disk_full(exc, path.parent)
+        Path(tmp).unlink(missing_ok=True)
+        if full and not (isinstance(exc, OSError) and exc.errno in DISK_FULL):
+            # A writer that reports a full disk in its own words (torch.save: "unexpected pos"): say it plainly.
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from exc
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+FULL_BELOW_BYTES = 1 << 20  # a write that fails with less than this left on its filesystem failed for space
+
+
+def _disk_full(exc: BaseException, folder: Path) -> bool:
+    """Whether a failed write failed because the disk (or the user's quota) is full."""
+    if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+        return True
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):  # AttributeError: no statvfs (Windows)
+        return False
+    return st.f_bavail * st.f_frsize < FULL_BELOW_BYTES
 
 
 def write_text(path: Path, text: str) -> None:

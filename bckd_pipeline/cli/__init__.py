@@ -9,6 +9,7 @@ point is ``bckd_pipeline.cli:main``.
 
 from __future__ import annotations
 
+import errno
 import sys
 
 from ..errors import EXIT_CRASH, BckdError, ConfigError
@@ -167,6 +168,16 @@ def main(argv: list[str] | None = None) -> int:
     except BckdError as exc:
         print(f"error: {_message(exc)}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            raise
+        where = f" writing {exc.filename}" if exc.filename else ""
+        print(
+            f"error: {exc.strerror or exc}{where}. Free space there (or make it writable), or pick another --out; "
+            "finished stages are kept: the same command continues from them.",
+            file=sys.stderr,
+        )
+        return 2
     except KeyboardInterrupt:
         print("interrupted: finished stages are kept; partial files were not written.", file=sys.stderr)
         return 130

@@ -232,6 +232,7 @@ def read_result(folder: Path, job: dict) -> dict:
         raise StageCheckError(f"{path} is not a device result (format {result.get('format')!r}).")
     if not result.get("ok"):
         raise StageCheckError(f"The device-side build or measurement failed: {result.get('error')}")
+    _check_result_fields(result, path)
     for name, digest in result["files"].items():
         if not (folder / name).is_file() or file_sha256(folder / name) != digest:
             raise StageCheckError(
@@ -250,6 +251,44 @@ def read_result(folder: Path, job: dict) -> dict:
             "belongs to another job. Run again; nothing was kept."
         )
     return result
+
+
+# The result's figures: numbers (never a bool or a string) or, where not measured, null.
+RESULT_FIGURES = ("p50", "p90", "p99", "mean", "std", "min", "fps", "runs", "batch", "warmup_runs", "warmup_s")
+
+
+def _check_result_fields(result: dict, path: Path) -> None:
+    """Refuse a result whose files lie outside its folder or whose figures have the wrong type."""
+
+    def refuse(what: str) -> None:
+        raise StageCheckError(f"{path} is not a device result the agent writes: {what}; nothing was kept.")
+
+    def number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    files = result.get("files")
+    if not isinstance(files, dict):
+        refuse(f"'files' is {type(files).__name__}, not a table of file names and sha256 digests")
+    engine = result.get("engine")
+    named = [*files, *([engine.get("file")] if isinstance(engine, dict) else [])]
+    for name in named:
+        if not isinstance(name, str) or not name or Path(name).is_absolute() or ".." in Path(name).parts:
+            refuse(f"the file name {name!r} points outside the result folder (only names inside it are taken)")
+    if engine is not None and not isinstance(engine, dict):
+        refuse(f"'engine' is {type(engine).__name__}")
+    if not isinstance(result.get("images"), int) or isinstance(result.get("images"), bool):
+        refuse(f"'images' is {result.get('images')!r}, not a count")
+    if not isinstance(result.get("digests"), list):
+        refuse(f"'digests' is {type(result.get('digests')).__name__}, not a list")
+    latency = result.get("latency")
+    if not isinstance(latency, dict):
+        refuse(f"'latency' is {type(latency).__name__}, not a table")
+    for key in RESULT_FIGURES:
+        if latency.get(key) is not None and not number(latency[key]):
+            refuse(f"latency figure {key!r} is {latency[key]!r}, not a number")
+    samples = latency.get("samples_ms", [])
+    if not isinstance(samples, list) or not all(number(v) for v in samples):
+        refuse("latency 'samples_ms' is not a list of numbers")
 
 
 INGESTED_FILE = "ingested.json"  # in deploy/tensorrt/device: a result read in by `bckd-pipeline ingest`

@@ -23,6 +23,10 @@ CONVERT_HINT = (
     "onnx.save(v.convert_version(onnx.load('model.onnx'), 17), 'model17.onnx')\""
 )
 
+# The largest input deploy feeds: PIL's decompression-bomb limit (Image.MAX_IMAGE_PIXELS), above which no image it
+# reads can be; a larger declared size is refused before anything of that size is allocated.
+MAX_INPUT_PIXELS = 89_478_485
+
 
 def inspect_onnx(path: Path) -> OnnxInfo:
     """Read the ONNX's inputs, outputs, opset and metadata; refuse what deploy cannot feed."""
@@ -104,6 +108,12 @@ def resolve_onnx(info: OnnxInfo, hints: ModelHints, input_hw: tuple[int, int] | 
         hw = tuple(input_hw) if input_hw else tuple(pre["resize_to"]) if pre.get("resize_to") else None
         if hw is None:
             missing.append(f"--input-size H,W (the input {info.input_name!r} is {_dims(info.input_shape)}: dynamic)")
+    if hw is not None and hw[0] * hw[1] > MAX_INPUT_PIXELS:
+        raise ConfigError(
+            f"{str(info.path)!r} takes a {hw[0]}x{hw[1]} input ({hw[0] * hw[1]:,} pixels per image); deploy feeds at "
+            f"most {MAX_INPUT_PIXELS:,} pixels (PIL's image limit). Export the model for the size of your images, or "
+            "with dynamic height and width and --input-size H,W."
+        )
     scale = hints.input_scale or inp.get("scale")
     if scale is None:
         missing.append(
