@@ -304,7 +304,7 @@ def test_an_onnx_from_outside_deploys_to_a_tensorrt_target(models, tmp_path, cap
         pytest.skip("this host has TensorRT: the engine would be built here")
     out = tmp_path / "J"
     rc, _, err = run_cli(
-        capsys, "deploy", *SMOKE, "--onnx", models["dynamic"], "--out", out, "--input-size", "64,64",
+        capsys, "deploy", *OWN, "--onnx", models["dynamic"], "--out", out, "--input-size", "64,64",
         "--input-scale", "normalized", *IMAGENET, "--target", "jetson", *FAST,
     )  # fmt: skip
     assert rc == 3, err
@@ -346,6 +346,6 @@ def test_every_kind_of_own_model_plans_a_tensorrt_target(models, tmp_path, capsy
     else:
         model = ["--model", folder / ("outsider.pt2" if kind == "pt2" else "outsider.ts"), *IMAGENET]
     out = tmp_path / "R"
-    rc, stdout, err = run_cli(capsys, "deploy", *SMOKE, *model, "--out", out, "--target", "jetson", "--dry-run")
+    rc, stdout, err = run_cli(capsys, "deploy", *OWN, *model, "--out", out, "--target", "jetson", "--dry-run")
     assert rc == 0, err
     assert " onnx-qdq " in stdout and " device-bundle " in stdout and not out.exists()

@@ -437,6 +437,7 @@ def test_the_qat_row_is_in_the_ledger_the_reports_and_the_gate(tmp_path, capsys)
     model = demo_checkpoint(tmp_path)
     budgets = tmp_path / "b.toml"
     budgets.write_text(
+        "[gate]\nallow_degenerate = true  # a 3-iteration demo model predicts one class: the rows still count\n"
         "[onnxruntime-cpu]\nmax_miou_drop = 100\nmin_pixel_agreement = 0.01\n"
         "[onnxruntime-cpu.stages.qat-int8]\nmax_p50_ms = 100000\n"
     )

@@ -279,7 +279,8 @@ def degenerate_warning(row: dict, metric_label: str) -> str:
     return (
         f"DEGENERATE: `{row['name']}` {row['degenerate']}; its agreement and Δ{metric_label} against other rows say "
         "nothing about the model. Check the model and its preprocessing (--mean/--std, --input-scale, the classes); "
-        "the CI gate fails such a deployed row unless [gate] allow_degenerate = true."
+        "the CI gate fails such a deployed row unless its budgets file sets allow_degenerate = true in the gate "
+        "table."
     )
 
 
