@@ -59,7 +59,8 @@ def test_parse_data_spec() -> None:
     assert parse_data_spec("camvid:/x/y") == ("camvid", "/x/y")
     assert parse_data_spec("demo") == ("demo", "")
     assert parse_data_spec("demo:7") == ("demo", "7")
-    assert set(DATA_KINDS) == {"demo", "voc", "cityscapes", "ade20k", "cocostuff", "camvid", "folder", "coco", "yolo", "images"}
+    kinds = {"demo", "voc", "cityscapes", "ade20k", "cocostuff", "camvid", "folder", "coco", "yolo", "images"}
+    assert set(DATA_KINDS) == kinds
 
 
 @pytest.mark.parametrize(
