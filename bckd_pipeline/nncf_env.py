@@ -18,11 +18,17 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
+from pathlib import Path
 
 from .errors import BckdError
 
 TIMEOUT_VAR = "NNCF_EXTENSION_LOAD_TIMEOUT"  # NNCF's own variable (nncf/torch/extensions/__init__.py)
 EXTENSION_TIMEOUT_S = 900  # room for a cold build on a host whose cores other jobs keep busy
+# torch's build lock (cpp_extension's FileBaton): a loader killed while holding it leaves the file behind, and
+# every later loader waits on it until its time limit. No live loader holds it longer than that limit.
+LOCK_FILE = "lock"
+STALE_LOCK_S = EXTENSION_TIMEOUT_S
 CUDA_HOME_NOTICE = "No CUDA runtime is found"  # torch/utils/cpp_extension.py, logged on import without a GPU
 
 
@@ -64,12 +70,28 @@ def load_torch_extension() -> None:
     from nncf.torch.extensions import ExtensionLoaderTimeoutException
     from nncf.torch.quantization.extensions import QuantizedFunctionsCPU, QuantizedFunctionsCPULoader
 
+    clear_stale_lock(Path(QuantizedFunctionsCPULoader.get_build_dir()))
     try:
         QuantizedFunctionsCPU.get("Quantize_forward")
     except ExtensionLoaderTimeoutException:
         raise ExtensionBuildError(
             timeout_message(os.environ.get(TIMEOUT_VAR, ""), QuantizedFunctionsCPULoader.get_build_dir())
         ) from None
+
+
+def clear_stale_lock(build_dir: Path, now: float | None = None) -> bool:
+    """Remove torch's build lock in ``build_dir`` when it is older than :data:`STALE_LOCK_S` (its holder was
+    killed: a live one gives up sooner); True when one was removed, which stderr says."""
+    lock = build_dir / LOCK_FILE
+    try:
+        age = (time.time() if now is None else now) - lock.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    if age <= STALE_LOCK_S:
+        return False
+    lock.unlink(missing_ok=True)
+    print(f"warning: removed a stale build lock of NNCF's extension ({lock}, {age:.0f} s old)", file=sys.stderr)
+    return True
 
 
 def timeout_message(limit: str, build_dir: str) -> str:

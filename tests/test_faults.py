@@ -248,6 +248,19 @@ def test_nncf_extension_timeout_is_a_clear_error(monkeypatch):
     assert "python -m bckd_pipeline.nncf_env" in message and "--qat off" in message
 
 
+def test_a_stale_build_lock_of_a_killed_loader_is_removed_and_a_live_one_kept(tmp_path, capsys):
+    from bckd_pipeline.nncf_env import LOCK_FILE, STALE_LOCK_S, clear_stale_lock
+
+    assert clear_stale_lock(tmp_path) is False  # no lock: nothing to do
+    lock = tmp_path / LOCK_FILE
+    lock.touch()
+    assert clear_stale_lock(tmp_path) is False and lock.exists()  # a loader may hold it right now
+    old = time.time() - STALE_LOCK_S - 60
+    os.utime(lock, (old, old))
+    assert clear_stale_lock(tmp_path) is True and not lock.exists()
+    assert "removed a stale build lock" in capsys.readouterr().err
+
+
 def test_nncf_logs_on_stderr_and_no_cuda_notice_on_a_cpu_host():
     pytest.importorskip("nncf")
     script = textwrap.dedent(

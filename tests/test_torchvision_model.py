@@ -85,6 +85,9 @@ def test_torchvisions_21_class_model_deploys_from_plain_images_with_label_free_p
         assert report["parity_labels"] == "reference" and report["class_names"][-1] == "class_20"
         rows = {r["name"]: r for r in report["stages"]}
         assert rows["onnx"]["miou"] == pytest.approx(100.0)
+        assert "Label-free parity" in (out / f"report.{key}.html").read_text()
+    for combined in ("report.md", "report.html"):  # the run folder's view over both targets says it too
+        assert "Label-free parity" in (out / combined).read_text()
     budgets = tmp_path / "b.toml"
     budgets.write_text("[onnxruntime-cpu]\nmax_miou_drop_vs_reference = 100\n[openvino-cpu]\n")
     rc, stdout, err = run_cli(capsys, "gate", out, "--budgets", budgets)

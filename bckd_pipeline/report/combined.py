@@ -26,7 +26,7 @@ from ..fileio import write_json, write_text
 from ..ledger import SHARED_ROWS, report_file
 from ..tasks import DEFAULT_TASK, get_task
 from .manifest import MANIFEST_FORMAT
-from .markdown import fmt_value
+from .markdown import fmt_value, labels_lines
 
 COMBINED_FORMAT = "bckd-pipeline/combined-report-v1"
 _SEVERITY = {"parity_failed": 2, "pending": 1, "complete": 0}
@@ -158,6 +158,7 @@ def combined_markdown(report: dict) -> str:
         f"{ev['images']} images of `{ev['data']}` split `{ev['split']}` at {ev['input_hw'][0]}x{ev['input_hw'][1]}; "
         f"Δ{get_task(report.get('task', DEFAULT_TASK)).metric_label} against the reference row.",
         "",
+        *labels_lines(ev),
         *table_lines(report["stages"], report.get("task", DEFAULT_TASK)),
         "",
         "Per target (its own ledger, notes and files):",
@@ -191,8 +192,15 @@ def combined_html(report: dict) -> str:
         f"{escape(', '.join(report['targets']))}</title><style>body{{font-family:sans-serif}}td,th{{padding:2px 8px;"
         "border-bottom:1px solid #ddd;text-align:right}}</style></head><body>"
         f"<h1>{len(report['targets'])} targets, one ledger</h1><p>Status: <b>{escape(report['status'])}</b></p>"
-        f"<table><tr>{head}</tr>{body}</table><h2>Each target's report</h2><ul>{links}</ul></body></html>\n"
+        + "".join(f"<p>{_bold(escape(line))}</p>" for line in labels_lines(report["evaluation"]) if line)
+        + f"<table><tr>{head}</tr>{body}</table><h2>Each target's report</h2><ul>{links}</ul></body></html>\n"
     )
+
+
+def _bold(text: str) -> str:
+    """``**x**`` of a Markdown line as ``<b>x</b>``."""
+    parts = text.split("**")
+    return "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
 
 
 def combined_manifest(manifests: dict[str, dict], listing: dict) -> dict:

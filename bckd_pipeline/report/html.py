@@ -21,7 +21,7 @@ from ..fileio import write_text
 from ..palette import palette
 from .evidence import MASK_COLUMNS, load_qualitative
 from ..tasks import DEFAULT_TASK, get_task
-from .markdown import distillation_line, fmt_value, qat_line
+from .markdown import distillation_line, fmt_value, labels_lines, qat_line
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1d2330;background:#fff}
@@ -228,9 +228,11 @@ def render(report: dict, out: Path) -> str:
     distill = html.escape(distillation_line(report))
     qat = qat_line(report)
     qat_html = f'\n<p class="meta">{html.escape(qat)}</p>' if qat else ""
-    culprit = ""
+    culprit = "".join(
+        f'<p class="fail">{html.escape(line).replace("**", "")}</p>' for line in labels_lines(ev) if line
+    )
     if report.get("culprit"):
-        culprit = (
+        culprit += (
             f'<p class="fail">Parity failed at stage <code>{html.escape(report["culprit"])}</code>: '
             f"{html.escape('; '.join(report.get('culprit_reason') or []))}</p>"
         )

@@ -96,7 +96,7 @@ def markdown(report: dict) -> str:
         "",
         _model_line(report),
         "",
-        *_labels_lines(ev),
+        *labels_lines(ev),
         *_deploy_line(report),
         f"| stage | backend | precision | status | {' | '.join(c.header for c in columns)} | p50 ms | p99 ms | FPS |",
         "|---|---|---|---|" + "---:|" * len(columns) + "---:|---:|---:|",
@@ -142,7 +142,7 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _labels_lines(ev: dict) -> list[str]:
+def labels_lines(ev: dict) -> list[str]:
     """What the accuracy columns are scored against (label-free parity), and a demo-data warning."""
     lines = []
     if ev.get("demo_data"):
