@@ -214,6 +214,9 @@ class PairwiseBoundary(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         n, _, h, w = z.shape
         hc, wc = self._source_grid(h, w)
+        # In fp32: the gradient of a path max is spread over its tied points and summed back onto the map, which a
+        # bf16 map would do in bf16 (and bf16 logits tie far more often).
+        z = z.float()
         if z.device.type != "cuda":
             return _PathMax.apply(z, self.window_index, self.window).reshape(n, -1, hc, wc)
         return self.gathered(z)

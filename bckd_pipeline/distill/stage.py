@@ -134,6 +134,7 @@ def train_teacher(
         "class_names": list(info.class_names),
         "cost": M.model_cost(best, (1, 3, *hw)),
         "train": _train_summary(result, cfg),
+        "train_precision": result.precision,
         "data": asdict(data),
     }
     write_json(Path(out) / "metrics.json", payload)
@@ -218,6 +219,8 @@ def distill(
         "mfs": _mfs(best, teacher, s_taps, default_taps(tmeta.model), eval_set, mfs_images),
         "distill_config": asdict(dcfg),
         "train": _train_summary(result, cfg),
+        # What the training steps ran in (fp32, bf16 or fp16 autocast) and why; evaluation always runs in fp32.
+        "train_precision": result.precision,
         "data": asdict(data),
     }
     write_json(Path(out) / "metrics.json", payload)
