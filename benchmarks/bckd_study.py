@@ -150,6 +150,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--allow-few-seeds", action="store_true", help=f"allow fewer than {MIN_SEEDS} seeds (checks only)")
     ap.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of: {', '.join(ROWS)}")
     ap.add_argument(
+        "--precisions",
+        help="comma-separated --train-precision values (e.g. fp32,bf16): every row runs once per precision, as "
+        "ROW@PRECISION, each paired with the row at the first precision (default: no --train-precision flag)",
+    )
+    ap.add_argument(
         "--ablation",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -186,8 +191,33 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     if args.threads is None:
         args.threads = max(1, (os.cpu_count() or 1) // args.jobs)
     args.seed_list = parse_seeds(args.seeds, args.allow_few_seeds)
-    args.row_list = select_rows(args.rows)
+    args.row_list = with_precisions(select_rows(args.rows), args.precisions)
     return args
+
+
+PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
+
+
+def with_precisions(rows: list[str], text: str | None) -> list[str]:
+    """The rows, each once per precision as ROW@PRECISION (row-major), or as given without --precisions."""
+    if not text:
+        return rows
+    precisions = list(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
+    bad = [p for p in precisions if p not in PRECISION_CHOICES]
+    if bad or not precisions:
+        raise SystemExit(f"--precisions {text!r}: allowed values are {', '.join(PRECISION_CHOICES)}, comma-separated.")
+    return [f"{row}@{p}" for row in rows for p in precisions]
+
+
+def split_row(name: str) -> tuple[str, str | None]:
+    """'kd+bckd@bf16' -> ('kd+bckd', 'bf16'); 'kd' -> ('kd', None)."""
+    row, _, precision = name.partition("@")
+    return row, precision or None
+
+
+def precision_flags(name: str) -> list[str]:
+    precision = split_row(name)[1]
+    return ["--train-precision", precision] if precision else []
 
 
 def parse_seeds(text: str, allow_few: bool) -> list[int]:
@@ -237,7 +267,12 @@ def row_flags(flags: list[str], bckd_args: str, extra: str, old_taps: str) -> tu
 def build_queue(args: argparse.Namespace, old_taps: str) -> list[Job]:
     """Seed-major: every selected row of seed 0, then seed 1, ...; the ablation (first seed) last."""
     queue = [
-        Job(row, seed, row_flags(ROWS[row], args.bckd_args, args.extra, old_taps), "row")
+        Job(
+            row,
+            seed,
+            row_flags(ROWS[split_row(row)[0]], args.bckd_args, args.extra, old_taps) + tuple(precision_flags(row)),
+            "row",
+        )
         for seed in args.seed_list
         for row in args.row_list
     ]
@@ -506,6 +541,14 @@ def summarize(records: list[dict], rows: list[str], first_seed: int, teacher: di
         for ref in REFERENCES
         if ref in rows
     }
+    # ROW@PRECISION rows: each against the same row at the first precision given.
+    for row in rows:
+        base, precision = split_row(row)
+        ref = next(r for r in rows if split_row(r)[0] == base)
+        if precision is not None and ref != row:
+            comparisons.setdefault(ref, {})[row] = {
+                key: paired(by_seed(records, row, key), by_seed(records, ref, key)) for key in METRICS
+            }
     summary = {
         "rows": per_row,
         "paired": comparisons,
@@ -613,6 +656,7 @@ def settings_line(args: argparse.Namespace) -> str:
         f"seeds {','.join(map(str, args.seed_list))}, device {args.device}"
         + (f", bckd args `{args.bckd_args}`" if args.bckd_args else "")
         + (f", extra `{args.extra}`" if args.extra else "")
+        + (f", precisions {args.precisions}" if args.precisions else "")
     )
 
 
