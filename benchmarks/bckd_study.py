@@ -19,6 +19,12 @@ GPU protocol (144x192, teacher 80 epochs, students 40, 4 jobs on one GPU):
     python benchmarks/bckd_study.py --protocol gpu --data camvid:.bench/camvid --out .bench/study144 \\
         --seeds 0,1,2,3 --jobs 4 --num-workers 3
 
+fp32 against bf16 training (every row once per --train-precision, paired per seed with its fp32 run):
+
+    python benchmarks/bckd_study.py --protocol cpu --data camvid:.bench/camvid96 --out .bench/study96-bf16 \\
+        --teacher-epochs 40 --epochs 40 --seeds 0,1,2,3 --jobs 2 --rows student,kd+bckd --precisions fp32,bf16 \\
+        --no-ablation
+
 Quick end-to-end check (tiny models on the embedded demo data, under a minute):
 
     python benchmarks/bckd_study.py --preset smoke --data demo --out /tmp/study-smoke --size 64,64 \\
@@ -363,6 +369,7 @@ def read_record(metrics_path: Path) -> dict:
         "last_terms": last_terms(history),
         "grad": grad_entries(history),
         "train_seconds": train.get("seconds"),
+        "train_precision": m.get("train_precision"),  # what the run trained in, and why (None: an older run)
         "model": m.get("model"),
     }
 
