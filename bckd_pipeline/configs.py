@@ -102,7 +102,7 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 2
     device: str = "cpu"
-    precision: str = "auto"  # auto: bf16 on CUDA where supported, else fp16 on CUDA, fp32 on CPU
+    precision: str = "auto"  # see distill/trainer.py resolve_precision: what auto picks on CUDA and on the CPU
     channels_last: bool = False
     compile: bool = False
     sync_bn: bool = False
@@ -117,13 +117,13 @@ class TrainConfig:
         if self.precision not in PRECISIONS:
             raise ConfigError(
                 f"--train-precision {self.precision!r} is not allowed. Allowed: {', '.join(PRECISIONS)}. "
-                "auto picks bf16 on CUDA where supported and fp32 on CPU."
+                "auto picks bf16 on CUDA where supported, else fp16; on the CPU see docs/decisions.md."
             )
         on_cuda = self.device.startswith("cuda")
-        if not on_cuda and self.precision in ("bf16", "fp16"):
+        if not on_cuda and self.precision == "fp16":
             raise ConfigError(
-                f"--train-precision {self.precision} needs --train-device cuda (mixed precision is for GPUs here). "
-                "Use --train-precision fp32 (or auto) on CPU."
+                "--train-precision fp16 needs --train-device cuda (fp16 autocast with loss scaling is for GPUs). "
+                "Use --train-precision bf16, fp32 or auto on the CPU."
             )
         if not on_cuda and self.sync_bn:
             raise ConfigError("--sync-bn needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel). Drop it on CPU.")

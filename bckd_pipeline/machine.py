@@ -38,10 +38,14 @@ ISA_FLAGS = {
     "asimd": "NEON",
     "asimddp": "NEON-DOTPROD",
     "i8mm": "I8MM",
+    "bf16": "NEON-BF16",
     "sve": "SVE",
 }
 # The instructions that make INT8 faster than FP32 on a CPU.
 INT8_ISA = ("AVX512-VNNI", "AVX-VNNI", "AMX-INT8", "NEON-DOTPROD", "I8MM")
+# The instructions that compute bf16 products natively: without them a bf16 matmul or convolution converts to fp32
+# and back around fp32 arithmetic, so bf16 autocast trains slower than fp32.
+BF16_ISA = ("AVX512-BF16", "AMX-BF16", "NEON-BF16")
 
 
 def _cpuinfo(path: Path = Path("/proc/cpuinfo")) -> tuple[str | None, set[str]]:
@@ -107,8 +111,14 @@ def cpu_facts(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict:
         "logical_cores": os.cpu_count(),
         "isa": isa,
         "int8_dot_product": [n for n in isa if n in INT8_ISA],
+        "bf16_native": [n for n in isa if n in BF16_ISA],
         "source": "/proc/cpuinfo" if flags else "platform (no ISA flags readable)",
     }
+
+
+def native_bf16(cpu: dict) -> list[str]:
+    """The native bf16 instructions among a CPU's (``cpu_facts()``) ISA; empty when it has none."""
+    return [n for n in cpu.get("isa", []) if n in BF16_ISA]
 
 
 def openvino_facts() -> dict | None:

@@ -19,6 +19,12 @@ GPU protocol (144x192, teacher 80 epochs, students 40, 4 jobs on one GPU):
     python benchmarks/bckd_study.py --protocol gpu --data camvid:.bench/camvid --out .bench/study144 \\
         --seeds 0,1,2,3 --jobs 4 --num-workers 3
 
+fp32 against bf16 training (every row once per --train-precision, paired per seed with its fp32 run):
+
+    python benchmarks/bckd_study.py --protocol cpu --data camvid:.bench/camvid96 --out .bench/study96-bf16 \\
+        --teacher-epochs 40 --epochs 40 --seeds 0,1,2,3 --jobs 2 --rows student,kd+bckd --precisions fp32,bf16 \\
+        --no-ablation
+
 Quick end-to-end check (tiny models on the embedded demo data, under a minute):
 
     python benchmarks/bckd_study.py --preset smoke --data demo --out /tmp/study-smoke --size 64,64 \\
@@ -150,6 +156,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--allow-few-seeds", action="store_true", help=f"allow fewer than {MIN_SEEDS} seeds (checks only)")
     ap.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of: {', '.join(ROWS)}")
     ap.add_argument(
+        "--precisions",
+        help="comma-separated --train-precision values (e.g. fp32,bf16): every row runs once per precision, as "
+        "ROW@PRECISION, each paired with the row at the first precision (default: no --train-precision flag)",
+    )
+    ap.add_argument(
         "--ablation",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -186,8 +197,33 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     if args.threads is None:
         args.threads = max(1, (os.cpu_count() or 1) // args.jobs)
     args.seed_list = parse_seeds(args.seeds, args.allow_few_seeds)
-    args.row_list = select_rows(args.rows)
+    args.row_list = with_precisions(select_rows(args.rows), args.precisions)
     return args
+
+
+PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
+
+
+def with_precisions(rows: list[str], text: str | None) -> list[str]:
+    """The rows, each once per precision as ROW@PRECISION (row-major), or as given without --precisions."""
+    if not text:
+        return rows
+    precisions = list(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
+    bad = [p for p in precisions if p not in PRECISION_CHOICES]
+    if bad or not precisions:
+        raise SystemExit(f"--precisions {text!r}: allowed values are {', '.join(PRECISION_CHOICES)}, comma-separated.")
+    return [f"{row}@{p}" for row in rows for p in precisions]
+
+
+def split_row(name: str) -> tuple[str, str | None]:
+    """'kd+bckd@bf16' -> ('kd+bckd', 'bf16'); 'kd' -> ('kd', None)."""
+    row, _, precision = name.partition("@")
+    return row, precision or None
+
+
+def precision_flags(name: str) -> list[str]:
+    precision = split_row(name)[1]
+    return ["--train-precision", precision] if precision else []
 
 
 def parse_seeds(text: str, allow_few: bool) -> list[int]:
@@ -237,7 +273,12 @@ def row_flags(flags: list[str], bckd_args: str, extra: str, old_taps: str) -> tu
 def build_queue(args: argparse.Namespace, old_taps: str) -> list[Job]:
     """Seed-major: every selected row of seed 0, then seed 1, ...; the ablation (first seed) last."""
     queue = [
-        Job(row, seed, row_flags(ROWS[row], args.bckd_args, args.extra, old_taps), "row")
+        Job(
+            row,
+            seed,
+            row_flags(ROWS[split_row(row)[0]], args.bckd_args, args.extra, old_taps) + tuple(precision_flags(row)),
+            "row",
+        )
         for seed in args.seed_list
         for row in args.row_list
     ]
@@ -328,6 +369,7 @@ def read_record(metrics_path: Path) -> dict:
         "last_terms": last_terms(history),
         "grad": grad_entries(history),
         "train_seconds": train.get("seconds"),
+        "train_precision": m.get("train_precision"),  # what the run trained in, and why (None: an older run)
         "model": m.get("model"),
     }
 
@@ -506,6 +548,14 @@ def summarize(records: list[dict], rows: list[str], first_seed: int, teacher: di
         for ref in REFERENCES
         if ref in rows
     }
+    # ROW@PRECISION rows: each against the same row at the first precision given.
+    for row in rows:
+        base, precision = split_row(row)
+        ref = next(r for r in rows if split_row(r)[0] == base)
+        if precision is not None and ref != row:
+            comparisons.setdefault(ref, {})[row] = {
+                key: paired(by_seed(records, row, key), by_seed(records, ref, key)) for key in METRICS
+            }
     summary = {
         "rows": per_row,
         "paired": comparisons,
@@ -613,6 +663,7 @@ def settings_line(args: argparse.Namespace) -> str:
         f"seeds {','.join(map(str, args.seed_list))}, device {args.device}"
         + (f", bckd args `{args.bckd_args}`" if args.bckd_args else "")
         + (f", extra `{args.extra}`" if args.extra else "")
+        + (f", precisions {args.precisions}" if args.precisions else "")
     )
 
 

@@ -1,7 +1,13 @@
-"""Training cost per iteration (student alone, + logit KD, + BCKD) and the context loss's peak memory.
+"""Training cost per iteration (teacher, student alone, + logit KD, + BCKD) and the context loss's peak memory.
 
     python benchmarks/train_cost.py --device cpu --crop 96,128 --batch 8 --processes 3
+    python benchmarks/train_cost.py --device cpu --time-only --rows teacher,none,kd,kd+bckd --variants fp32,bf16
     python benchmarks/train_cost.py --memory-only --device cuda
+
+Variants (``--variants``, interleaved with the rows): a precision, ``fp32``, ``bf16`` (autocast, as
+``--train-precision bf16`` trains) or ``auto`` (bf16 on CUDA, fp32 on CPU), optionally followed by ``+cl``
+(channels_last) and ``+compile`` (torch.compile), e.g. ``bf16+cl``. With several variants every row's time
+under each variant is also given as a paired ratio to the first variant's.
 
 Time: wall time of one optimisation step (teacher forward included for KD and BCKD), same batch and
 crop for every row, rows interleaved step by step (--warmup rounds, then --steps timed rounds) so
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 from statistics import median
 import subprocess
@@ -27,13 +34,35 @@ import sys
 import time
 
 import torch
-from common import cpu_summary
+from common import cpu_summary, git_state
 
 
 ROWS = ("none", "kd", "bckd", "kd+bckd")
+# "teacher": the teacher preset trained alone; the others are SegDistillTask's --kd choices ("none": the student alone).
+ROW_CHOICES = ("teacher", *ROWS)
 
 
-def build_step(kd: str, args):
+def parse_variant(variant: str) -> tuple[str, bool, bool]:
+    """'bf16+cl+compile' -> (precision, channels_last, compile)."""
+    precision, *flags = variant.split("+")
+    if precision not in ("fp32", "bf16", "auto") or not set(flags) <= {"cl", "compile"}:
+        raise SystemExit(f"train_cost: variant {variant!r}: want fp32|bf16|auto, then optional +cl, +compile")
+    return precision, "cl" in flags, "compile" in flags
+
+
+def autocast_dtype(precision: str, dev: torch.device) -> torch.dtype | None:
+    """The trainer's autocast dtype for a precision: auto is bf16 on CUDA and fp32 on CPU."""
+    if precision == "bf16" or (precision == "auto" and dev.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def row_key(row: str, variant: str, args) -> str:
+    """One variant: the row's name, as results without a variant dimension have it; else 'row variant'."""
+    return row if len(args.variants) == 1 else f"{row} {variant}"
+
+
+def build_step(kd: str, args, variant: str = "auto"):
     """One optimisation step of a row, as the trainer runs it (a closure over its own models)."""
     from bckd_pipeline.configs import BCKDConfig, DistillConfig
     from bckd_pipeline.data.base import PAD_LABEL
@@ -42,11 +71,14 @@ def build_step(kd: str, args):
 
     torch.manual_seed(0)
     dev = torch.device(args.device)
+    precision, channels_last, compiled = parse_variant(variant)
     student = build_model(args.student, 11)
     x = torch.randn(args.batch, 3, *args.crop, device=dev)
     y = torch.randint(0, 11, (args.batch, *args.crop), device=dev)
     y[: args.batch // 2, -args.crop[0] // 4 :] = PAD_LABEL
-    if kd == "none":
+    if kd == "teacher":
+        task = SegTrainTask(build_model(args.teacher, 11))
+    elif kd == "none":
         task = SegTrainTask(student)
     else:
         teacher = build_model(args.teacher, 11)
@@ -59,16 +91,19 @@ def build_step(kd: str, args):
             example_input=torch.randn(2, 3, *args.crop),
         )
     task.to(dev).train()
+    if channels_last:
+        task.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
     opt = torch.optim.SGD(task.trainable_parameters(), lr=0.01, momentum=0.9)
-    # The trainer's precision: bf16 autocast on CUDA (--precision auto), fp32 on CPU.
-    dtype = torch.bfloat16 if dev.type == "cuda" and args.precision == "auto" else None
+    dtype = autocast_dtype(precision, dev)
+    model = torch.compile(task) if compiled else task
 
     def step() -> float:
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         with torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            loss = task(x, y)["loss"]
+            loss = model(x, y)["loss"]
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -82,13 +117,13 @@ def build_step(kd: str, args):
 def round_times(args) -> dict[str, list[float]]:
     """Seconds per step of every row, measured interleaved: each round runs one step of every row in turn,
     so a slow spell of a shared machine lands on all rows alike."""
-    steps = {kd: build_step(kd, args) for kd in ROWS}
-    times: dict[str, list[float]] = {kd: [] for kd in ROWS}
+    steps = {row_key(r, v, args): build_step(r, args, v) for r in args.rows for v in args.variants}
+    times: dict[str, list[float]] = {key: [] for key in steps}
     for i in range(args.warmup + args.steps):
-        for kd in ROWS:
-            t = steps[kd]()
+        for key, step in steps.items():
+            t = step()
             if i >= args.warmup:
-                times[kd].append(t)
+                times[key].append(t)
     return times
 
 
@@ -104,21 +139,33 @@ def step_times(args) -> dict:
         if done.returncode != 0:
             raise SystemExit(f"train_cost: a timing process failed:\n{done.stderr[-2000:]}")
         runs.append(json.loads(done.stdout))
-    times = {kd: [t for run in runs for t in run[kd]] for kd in ROWS}
+    keys = list(runs[0])
+    times = {key: [t for run in runs for t in run[key]] for key in keys}
     out = {
-        "seconds_per_step": {kd: round(median(v), 4) for kd, v in times.items()},
-        "mean_seconds_per_step": {kd: round(sum(v) / len(v), 4) for kd, v in times.items()},
+        "seconds_per_step": {key: round(median(v), 4) for key, v in times.items()},
+        "mean_seconds_per_step": {key: round(sum(v) / len(v), 4) for key, v in times.items()},
         "rounds": args.steps,
         "processes": args.processes,
     }
-    for row in ("bckd", "kd+bckd"):
-        ratios = [b / k for b, k in zip(times[row], times["kd"], strict=True)]
-        out[f"{row}_over_kd"] = round(out["seconds_per_step"][row] / out["seconds_per_step"]["kd"], 3)
-        out[f"{row}_over_kd_paired"] = round(median(ratios), 3)
-        out[f"{row}_over_kd_paired_interval95"] = [round(v, 3) for v in median_interval(ratios)]
-        out[f"{row}_over_kd_paired_per_process"] = [
-            round(median(b / k for b, k in zip(run[row], run["kd"], strict=True)), 3) for run in runs
+
+    def paired(prefix: str, key: str, base: str) -> None:
+        ratios = [b / k for b, k in zip(times[key], times[base], strict=True)]
+        out[prefix] = round(out["seconds_per_step"][key] / out["seconds_per_step"][base], 3)
+        out[f"{prefix}_paired"] = round(median(ratios), 3)
+        out[f"{prefix}_paired_interval95"] = [round(v, 3) for v in median_interval(ratios)]
+        out[f"{prefix}_paired_per_process"] = [
+            round(median(b / k for b, k in zip(run[key], run[base], strict=True)), 3) for run in runs
         ]
+
+    for variant in args.variants:
+        for row in ("bckd", "kd+bckd"):
+            if row in args.rows and "kd" in args.rows:
+                suffix = "" if len(args.variants) == 1 else f" {variant}"
+                paired(f"{row}_over_kd{suffix}", row_key(row, variant, args), row_key("kd", variant, args))
+    base = args.variants[0]
+    for variant in args.variants[1:]:
+        for row in args.rows:
+            paired(f"{row} {variant}_over_{base}", row_key(row, variant, args), row_key(row, base, args))
     return out
 
 
@@ -183,7 +230,10 @@ def _proc_status_bytes(field: str) -> int:
 
 def _machine() -> dict:
     """CPU model and vector ISA (latency means nothing without them), and the GPU when used."""
+    from bckd_pipeline.machine import cpu_facts, native_bf16
+
     info = cpu_summary()
+    info["native_bf16"] = native_bf16(cpu_facts())
     info["threads"] = torch.get_num_threads()
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
@@ -201,12 +251,20 @@ def main() -> None:
     ap.add_argument("--student", default="deeplabv3plus-mbv2")
     ap.add_argument("--memory-only", action="store_true")
     ap.add_argument("--time-only", action="store_true")
-    ap.add_argument("--precision", default="auto", help="auto: bf16 autocast on CUDA as the trainer does; fp32")
+    ap.add_argument("--precision", default="auto", help="auto: bf16 autocast on CUDA, fp32 on CPU; fp32; bf16")
+    ap.add_argument("--variants", help="comma list of fp32|bf16|auto[+cl][+compile] (default: --precision)")
+    ap.add_argument("--rows", default=",".join(ROWS), help=f"comma list of {', '.join(ROW_CHOICES)}")
     ap.add_argument("--processes", type=int, default=1, help="fresh processes whose rounds are pooled")
     ap.add_argument("--context-peak", help=argparse.SUPPRESS)  # internal: one variant in this process
     ap.add_argument("--round-times", action="store_true", help=argparse.SUPPRESS)  # internal: one timing process
     args = ap.parse_args()
     args.crop = tuple(int(v) for v in args.crop.split(","))
+    args.variants = (args.variants or args.precision).split(",")
+    args.rows = args.rows.split(",")
+    for variant in args.variants:
+        parse_variant(variant)
+    if not set(args.rows) <= set(ROW_CHOICES):
+        raise SystemExit(f"train_cost: --rows {args.rows}: want a comma list of {', '.join(ROW_CHOICES)}")
     if args.context_peak:
         print(json.dumps(context_peak(args.context_peak, args.device, 8, 64)))
         return
@@ -215,7 +273,10 @@ def main() -> None:
         return
     result: dict = {
         "command": "python " + " ".join(sys.argv),
+        **git_state(),
         "machine": _machine(),
+        "rows": args.rows,
+        "variants": args.variants,
         "device": args.device,
         "crop": args.crop,
         "batch": args.batch,
@@ -224,7 +285,10 @@ def main() -> None:
         "torch": torch.__version__,
     }
     if not args.memory_only:
+        # The machine is shared: the 1, 5 and 15-minute load averages around the timing say how busy it was.
+        result["load_average_before"] = [round(v, 2) for v in os.getloadavg()]
         result.update(step_times(args))
+        result["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
     result["context_memory"] = []
     for variant in () if args.time_only else ("chunked", "naive"):
         out = subprocess.run(

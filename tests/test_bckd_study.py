@@ -242,3 +242,24 @@ def test_include_takes_an_earlier_studys_runs_only_with_the_same_teacher(study, 
     _earlier_study(study, other, queue, teacher, earlier)
     with pytest.raises(SystemExit, match="Use the flags of that study"):
         study.included_runs(args, queue, teacher)
+
+
+def test_precisions_run_every_row_once_per_precision_paired_with_the_first(study, tmp_path):
+    args = _args(study, tmp_path, "--rows", "student,kd+bckd", "--precisions", "fp32,bf16", "--no-ablation")
+    assert args.row_list == ["student@fp32", "student@bf16", "kd+bckd@fp32", "kd+bckd@bf16"]
+    queue = study.build_queue(args, "encoder")
+    assert [(j.row, j.seed) for j in queue[:4]] == [(r, 0) for r in args.row_list]
+    assert queue[1].flags == ("--kd", "none", "--train-precision", "bf16")
+    assert queue[3].flags[:2] == ("--kd", "kd+bckd") and queue[3].flags[-2:] == ("--train-precision", "bf16")
+    assert study.job_dir(tmp_path, queue[1]) == tmp_path / "student@bf16" / "s0"
+    with pytest.raises(SystemExit, match="allowed values are auto, fp32, bf16, fp16"):
+        _args(study, tmp_path, "--precisions", "fp8")
+    recs = [
+        {"row": row, "seed": s, "kind": "row", "status": "ok", "miou": 40.0 + s + d, "boundary_f": 50.0, "lhd": 3.0}
+        for row, d in (("student@fp32", 0.0), ("student@bf16", 0.5), ("kd+bckd@fp32", 2.0), ("kd+bckd@bf16", 1.0))
+        for s in range(4)
+    ]
+    s = study.summarize(recs, args.row_list, 0)
+    assert s["paired"]["student@fp32"]["student@bf16"]["miou"]["mean"] == pytest.approx(0.5)
+    assert s["paired"]["kd+bckd@fp32"]["kd+bckd@bf16"]["miou"]["mean"] == pytest.approx(-1.0)
+    assert set(s["paired"]) == {"student@fp32", "kd+bckd@fp32"}

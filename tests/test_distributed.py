@@ -253,9 +253,10 @@ def test_corrupt_state_is_a_clear_error(tmp_path):
         load_train_state(path, {})
 
 
-def test_mixed_precision_and_sync_bn_need_cuda():
+def test_fp16_and_sync_bn_need_cuda_bf16_does_not():
     with pytest.raises(ConfigError, match="needs --train-device cuda"):
-        TrainConfig(device="cpu", precision="bf16")
+        TrainConfig(device="cpu", precision="fp16")
+    assert TrainConfig(device="cpu", precision="bf16").precision == "bf16"
     with pytest.raises(ConfigError, match="SyncBatchNorm"):
         TrainConfig(device="cpu", sync_bn=True)
     with pytest.raises(ConfigError, match="Allowed: auto, fp32, bf16, fp16"):

@@ -18,7 +18,15 @@ from torch import nn
 
 from ..configs import BCKDConfig
 from ..errors import ConfigError
-from .losses import PairwiseBoundary, TemperatureSchedule, relation_kl, relation_mse, semantic_boundary, spatial_kl
+from .losses import (
+    PairwiseBoundary,
+    TemperatureSchedule,
+    full_precision,
+    relation_kl,
+    relation_mse,
+    semantic_boundary,
+    spatial_kl,
+)
 
 
 
@@ -280,13 +288,16 @@ class BCKD(nn.Module):
                 zt = self.teacher_boundary_head(ft)
         else:
             zt = self.teacher_boundary_head(ft.detach())
-        bs, bt = self._maps(zs), self._maps(zt)
         map_valid = None
         if gv is not None:
             map_valid = self.paths.valid_sources(gv) if self.paths is not None else gv
-        t = self.temperature.update(bt.detach(), map_valid)
-        # "trainable": MMRazor trains teacher-side connectors through the same loss (spec §7.1).
-        loss = spatial_kl(bs, bt, t, detach_teacher=cfg.boundary_teacher != "trainable", valid=map_valid)
+        # The path max and the spatial softmax in fp32 under autocast: bf16 logits tie along a path far more
+        # often, and a softmax over a few hundred positions needs more than bf16's 8-bit mantissa.
+        with full_precision(zs.device.type):
+            bs, bt = self._maps(zs.float()), self._maps(zt.float())
+            t = self.temperature.update(bt.detach(), map_valid)
+            # "trainable": MMRazor trains teacher-side connectors through the same loss (spec §7.1).
+            loss = spatial_kl(bs, bt, t, detach_teacher=cfg.boundary_teacher != "trainable", valid=map_valid)
         return {"boundary": loss, "temperature": torch.tensor(t), "teacher_boundary_std": bt.detach().std()}
 
     def _maps(self, z: torch.Tensor) -> torch.Tensor:

@@ -120,4 +120,6 @@ def summarize(teacher: dict | None, alone: dict, distilled: dict, teacher_ckpt: 
             "lhd": distilled["lhd"].get("mean"),
         },
         "gap_closed_percent": closed,
+        # The distilled student's training precision and why (None from a metrics.json that predates the record).
+        "train_precision": distilled.get("train_precision"),
     }

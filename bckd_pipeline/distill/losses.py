@@ -25,6 +25,32 @@ from torch.utils.checkpoint import checkpoint
 MASKED_LOGIT = -1e9
 
 
+def full_precision(device_type: str) -> torch.autocast:
+    """Autocast off on ``device_type`` ("cpu", "cuda"): inside, every op runs in its inputs' dtype, so a caller that
+    passes fp32 tensors gets fp32 softmaxes, logs and sums whatever autocast the training step runs under."""
+    return torch.autocast(device_type, enabled=False)
+
+
+def _fp32(value):
+    return value.float() if isinstance(value, torch.Tensor) and value.is_floating_point() else value
+
+
+def in_fp32(fn):
+    """Run a loss in fp32 under any autocast: floating tensor arguments are cast to fp32 (a no-op when they are
+    already), and autocast is off on their device while ``fn`` runs. Softmaxes over many classes or positions and
+    their logs lose the small probability differences a distillation gradient is made of when run in bf16, whose
+    8-bit mantissa resolves about 0.4% of a value."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        device = next(a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)).device.type
+        with full_precision(device):
+            return fn(*(_fp32(a) for a in args), **{k: _fp32(v) for k, v in kwargs.items()})
+
+    return wrapper
+
+
+@in_fp32
 def kd_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
@@ -52,6 +78,7 @@ def kd_loss(
     return (kl * weights).sum() / weights.sum().clamp_min(1.0) * t * t
 
 
+@in_fp32
 def cwd_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
@@ -187,6 +214,9 @@ class PairwiseBoundary(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         n, _, h, w = z.shape
         hc, wc = self._source_grid(h, w)
+        # In fp32: the gradient of a path max is spread over its tied points and summed back onto the map, which a
+        # bf16 map would do in bf16 (and bf16 logits tie far more often).
+        z = z.float()
         if z.device.type != "cuda":
             return _PathMax.apply(z, self.window_index, self.window).reshape(n, -1, hc, wc)
         return self.gathered(z)
@@ -246,6 +276,7 @@ class _PathMax(torch.autograd.Function):
         return F.fold(grad_windows, ctx.map_hw, ctx.window), None, None
 
 
+@in_fp32
 def semantic_boundary(probs: torch.Tensor, eps: float = 1e-4, *, valid: torch.Tensor | None = None) -> torch.Tensor:
     """Per-pixel boundary probability from class probabilities, as logits (N x 1 x H x W).
 
@@ -374,10 +405,13 @@ def relation_kl(
 
     def block(qs_: torch.Tensor, r0: int) -> torch.Tensor:
         rows = slice(r0, r0 + chunk)
+        # The products run in the autocast dtype (the costly part, and measured harmless: tests/test_precision.py);
+        # the row softmaxes and their KL in fp32.
         ls = _relation_logits(qs_, rows, student_scale, bias).float()
         with torch.no_grad():
             lt = _relation_logits(qt, rows, teacher_scale / teacher_tau, bias).float()
-        return _RowKL.apply(ls, lt, None if keep is None else keep[:, rows])
+        with full_precision(ls.device.type):
+            return _RowKL.apply(ls, lt, None if keep is None else keep[:, rows])
 
     total = qs.new_zeros((), dtype=torch.float32)
     for r0 in range(0, length, chunk):
@@ -415,16 +449,18 @@ def relation_mse(
     qs = student_q.flatten(2)
     qt = teacher_q.detach().flatten(2)
     n, _, length = qs.shape
-    keep = None if valid is None else valid.reshape(n, length).to(qs.dtype)
+    keep = None if valid is None else valid.reshape(n, length).float()
 
     def block(qs_: torch.Tensor, r0: int) -> torch.Tensor:
         rows = slice(r0, r0 + chunk)
         with torch.no_grad():
-            st = _relation_logits(qt, rows, teacher_scale)
-        sq = (_relation_logits(qs_, rows, student_scale) - st) ** 2
-        return sq.sum() if keep is None else (sq * keep[:, rows, None] * keep[:, None, :]).sum()
+            st = _relation_logits(qt, rows, teacher_scale).float()
+        ss = _relation_logits(qs_, rows, student_scale).float()
+        with full_precision(ss.device.type):  # the difference of close similarities and its sum, in fp32
+            sq = (ss - st) ** 2
+            return sq.sum() if keep is None else (sq * keep[:, rows, None] * keep[:, None, :]).sum()
 
-    total = qs.new_zeros(())
+    total = qs.new_zeros((), dtype=torch.float32)
     for r0 in range(0, length, chunk):
         fn = functools.partial(block, r0=r0)
         total = total + (checkpoint(fn, qs, use_reentrant=False) if _recompute(qs, length, chunk) else fn(qs))

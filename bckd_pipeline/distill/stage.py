@@ -135,6 +135,7 @@ def train_teacher(
         "class_names": list(info.class_names),
         "cost": M.model_cost(best, (1, 3, *hw)),
         "train": _train_summary(result, cfg),
+        "train_precision": result.precision,
         "data": asdict(data),
     }
     write_json(Path(out) / "metrics.json", payload)
@@ -233,6 +234,8 @@ def distill(
         "mfs": _mfs(best, teacher, s_taps, _mfs_teacher_taps(t, t_taps), eval_set, mfs_images),
         "distill_config": asdict(dcfg),
         "train": _train_summary(result, cfg),
+        # What the training steps ran in (fp32, bf16 or fp16 autocast) and why; evaluation always runs in fp32.
+        "train_precision": result.precision,
         "data": asdict(data),
     }
     write_json(Path(out) / "metrics.json", payload)

@@ -2,7 +2,8 @@
 
 SGD with momentum and the poly schedule (the paper's protocol), iteration-based, evaluation every
 ``eval_every`` iterations with the best checkpoint kept, a progress bar with every loss term and
-the ETA, repeatable runs from one seed, mixed precision and channels_last on CUDA, and
+the ETA, repeatable runs from one seed, mixed precision (bf16 or fp16 autocast on CUDA, bf16 on the CPU; see
+:func:`resolve_precision`) and channels_last, and
 data-parallel training under torchrun (see ``distributed.py``).
 
 The full training state (trainable modules, optimizer, loss scaler, RNG states, iteration, best
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -40,13 +42,75 @@ STATE_FORMAT = "bckd-pipeline/train-state-v1"
 _RESUMABLE = {"num_workers", "checkpoint_every", "device"}
 
 
+# Whether --train-precision auto trains in bf16 on a CPU with native bf16 instructions. Off until a paired-seed
+# accuracy study shows bf16 training matches fp32 there (docs/decisions.md, "bf16 training on the CPU").
+CPU_AUTO_BF16 = False
+
+_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class TrainPrecision:
+    """The precision a run trains in (``used``: fp32, bf16 or fp16 autocast) and why (``reason``)."""
+
+    used: str
+    reason: str
+    slower_than_fp32: bool = False  # bf16 on a CPU without native bf16 instructions
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        """The autocast dtype, or None for full fp32."""
+        return _DTYPES[self.used]
+
+    def as_dict(self) -> dict:
+        return {"used": self.used, "reason": self.reason}
+
+
+def resolve_precision(
+    cfg: TrainConfig, cpu: dict | None = None, *, auto_bf16_on_cpu: bool | None = None
+) -> TrainPrecision:
+    """What ``--train-precision`` means on this device. On CUDA, auto is bf16 where the GPU has it, else fp16 (with
+    loss scaling). On the CPU, auto is bf16 only on a CPU with native bf16 instructions (``cpu``: machine.cpu_facts,
+    read when None) and only while :data:`CPU_AUTO_BF16` allows it; bf16 asked for on a CPU without them is
+    granted, and the reason says that it trains slower than fp32 there."""
+    asked = cfg.precision
+    if asked == "fp32":
+        return TrainPrecision("fp32", "--train-precision fp32")
+    if cfg.device.startswith("cuda"):
+        if asked != "auto":
+            return TrainPrecision(asked, f"--train-precision {asked} on CUDA")
+        if torch.cuda.is_bf16_supported():
+            return TrainPrecision("bf16", "auto on CUDA: the GPU supports bf16")
+        return TrainPrecision("fp16", "auto on CUDA: the GPU has no bf16, so fp16 with loss scaling")
+    from ..machine import cpu_facts, describe_cpu, native_bf16
+
+    cpu = cpu if cpu is not None else cpu_facts()
+    units = native_bf16(cpu)
+    allow = CPU_AUTO_BF16 if auto_bf16_on_cpu is None else auto_bf16_on_cpu
+    if asked == "bf16":
+        if units:
+            return TrainPrecision("bf16", f"--train-precision bf16 on a CPU with native bf16 ({', '.join(units)})")
+        return TrainPrecision(
+            "bf16",
+            f"--train-precision bf16 on a CPU with no native bf16 instructions ({describe_cpu(cpu)}): bf16 "
+            "products run as conversions around fp32 arithmetic, so training is slower than in fp32 here",
+            slower_than_fp32=True,
+        )
+    if not units:
+        return TrainPrecision("fp32", "auto on a CPU without native bf16 instructions (AVX512-BF16, AMX-BF16)")
+    if allow:
+        return TrainPrecision("bf16", f"auto on a CPU with native bf16 ({', '.join(units)})")
+    return TrainPrecision(
+        "fp32",
+        f"auto on the CPU stays fp32: this CPU has native bf16 ({', '.join(units)}), but no paired-seed study has "
+        'shown yet that bf16 training matches fp32 accuracy here (docs/decisions.md, "bf16 training on the CPU"); '
+        "--train-precision bf16 trains in bf16",
+    )
+
+
 def autocast_dtype(cfg: TrainConfig) -> torch.dtype | None:
     """The autocast dtype for this run, or None for full fp32."""
-    if not cfg.device.startswith("cuda") or cfg.precision == "fp32":
-        return None
-    if cfg.precision == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if cfg.precision == "bf16" else torch.float16
+    return resolve_precision(cfg).dtype
 
 
 def seed_everything(seed: int) -> None:
@@ -64,6 +128,7 @@ class TrainResult:
     seconds: float
     resumed_from: int = 0
     eval_seconds: float = 0.0
+    precision: dict = field(default_factory=dict)  # TrainPrecision.as_dict(): what the steps ran in, and why
 
 
 class ProgressBar:
@@ -163,7 +228,7 @@ class _LoopState:
     history: list[dict] = field(default_factory=list)
     eval_seconds: float = 0.0
 
-    def result(self, seconds: float, resumed_from: int) -> TrainResult:
+    def result(self, seconds: float, resumed_from: int, precision: TrainPrecision) -> TrainResult:
         return TrainResult(
             self.best,
             self.best_iteration,
@@ -172,6 +237,7 @@ class _LoopState:
             seconds,
             resumed_from=resumed_from,
             eval_seconds=self.eval_seconds,
+            precision=precision.as_dict(),
         )
 
 
@@ -402,7 +468,10 @@ def train(
     modules = _trainable_modules(task, cfg, env)
     params = task.trainable_parameters()
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    amp_dtype = autocast_dtype(cfg)
+    precision = resolve_precision(cfg)
+    amp_dtype = precision.dtype
+    if precision.slower_than_fp32 and env.is_main:
+        print(f"warning: {precision.reason}. Use --train-precision fp32 (or auto) for speed.", file=sys.stderr)
     # bf16 needs no loss scaling and cannot overflow where fp16 would.
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     if device.type == "cuda":
@@ -448,4 +517,4 @@ def train(
                 _save_state(state_path, fingerprint, loop, modules, optimizer, scaler, env)
     finally:
         bar.close()
-    return loop.result(time.perf_counter() - started, resumed_from=start_it)
+    return loop.result(time.perf_counter() - started, resumed_from=start_it, precision=precision)

@@ -374,12 +374,14 @@ def _distill_section(summary: dict | None, ctx) -> dict:
             "kd": ctx.meta.extra.get("kd"),
             **{f"{m}_{metric}": None for m in models},
             "gap_closed_percent": None,
+            "train_precision": None,
             "checkpoint": str(ctx.checkpoint),
         }
     return {
         "kd": summary["kd"],
         **{f"{m}_{metric}": summary[m][metric] for m in models},
         "gap_closed_percent": summary["gap_closed_percent"],
+        "train_precision": summary.get("train_precision"),
     }
 
 

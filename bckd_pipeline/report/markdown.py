@@ -31,9 +31,11 @@ def distillation_line(report: dict) -> str:
     """Stage 1 in one sentence: the teacher, the student alone and the distilled student by the task's metric."""
     d, task = report.get("distill") or {}, get_task(report.get("task", DEFAULT_TASK))
     scores = {m: fmt_value(d.get(f"{m}_{task.metric}")) for m in ("teacher", "student", "distilled")}
+    precision = d.get("train_precision")
+    trained = f" Trained in {precision['used']}: {precision['reason']}." if precision else ""
     return (
         f"Distillation ({d.get('kd')}): teacher {scores['teacher']}, student alone {scores['student']}, "
-        f"distilled {scores['distilled']} {task.metric_label}."
+        f"distilled {scores['distilled']} {task.metric_label}.{trained}"
     )
 
 
