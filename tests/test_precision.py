@@ -238,3 +238,17 @@ def test_the_run_summary_and_the_report_carry_the_distilled_students_precision(t
     report = {"distill": {"kd": "kd+bckd", "teacher_miou": 70.0, "student_miou": 50.0, "distilled_miou": 60.0,
                           "train_precision": chosen}}
     assert distillation_line(report).endswith(f"Trained in bf16: {chosen['reason']}.")
+
+
+def test_the_stage_cache_key_holds_the_precision_auto_resolves_to(monkeypatch):
+    """Flipping the CPU policy must not reuse a stage trained in the other precision from the cache."""
+    import bckd_pipeline.machine as machine
+    from bckd_pipeline.distill import cached, trainer
+
+    monkeypatch.setattr(machine, "cpu_facts", lambda *a, **k: AVX512_BF16)
+    cfg = TrainConfig(device="cpu", precision="auto")
+    monkeypatch.setattr(trainer, "CPU_AUTO_BF16", False)
+    fp32 = cached._train_options(cfg)
+    monkeypatch.setattr(trainer, "CPU_AUTO_BF16", True)
+    bf16 = cached._train_options(cfg)
+    assert (fp32["precision_used"], bf16["precision_used"]) == ("fp32", "bf16")

@@ -99,8 +99,12 @@ def student_stage(
 
 
 def _train_options(train: TrainConfig) -> dict:
-    # Where and how often state is saved does not change the trained weights.
-    return {k: v for k, v in asdict(train).items() if k not in ("checkpoint_every", "num_workers")}
+    # Where and how often state is saved does not change the trained weights; what `auto` resolves to on this
+    # device (fp32 or bf16) does, so the key holds the precision trained in, not only the flag.
+    from .trainer import resolve_precision
+
+    options = {k: v for k, v in asdict(train).items() if k not in ("checkpoint_every", "num_workers")}
+    return {**options, "precision_used": resolve_precision(train).used}
 
 
 def summarize(teacher: dict | None, alone: dict, distilled: dict, teacher_ckpt: Path, student_ckpt: Path) -> dict:
