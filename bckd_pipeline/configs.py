@@ -41,6 +41,9 @@ class CheckpointMeta:
     role: str = "student"
     dataset: str = ""
     extra: dict = field(default_factory=dict)
+    # One RGB 0..255 per class when the training data gives them (a folder: dataset's classes file); None: the
+    # project's palette (palette.py). A checkpoint without the entry reads back as None.
+    class_colors: tuple[tuple[int, int, int], ...] | None = None
 
 
 @dataclass(frozen=True)

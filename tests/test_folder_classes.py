@@ -68,3 +68,73 @@ def test_a_teacher_trains_on_the_users_own_classes(root, tmp_path, capsys):
     assert rc == 0, err
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["class_names"] == ["background", "crack", "rust spot", "void area"]
+
+
+COLOURS = ((0, 0, 0), (255, 0, 0), (200, 120, 40), (0, 0, 255))
+
+
+def test_the_classes_file_colours_travel_in_the_checkpoint_and_the_onnx_metadata(root, tmp_path):
+    from torch import nn
+
+    from bckd_pipeline.configs import DataConfig
+    from bckd_pipeline.distill.checkpoint import read_checkpoint, save_checkpoint
+    from bckd_pipeline.distill.stage import _meta
+    from bckd_pipeline.export.onnx_export import onnx_metadata
+    from bckd_pipeline.model_spec import ExportSpec
+    from bckd_pipeline.predict.artifact import contract_from_props
+
+    (root / "classes.txt").write_text(TXT)
+    data = DataConfig(spec=f"folder:{root}")
+    meta = _meta("tiny-student", build_dataset(data.spec, "train").info, data, "student", {})
+    save_checkpoint(tmp_path / "s.pt", nn.Conv2d(3, 4, 1), meta)
+    read, _ = read_checkpoint(tmp_path / "s.pt")
+    assert read.class_colors == COLOURS and read == meta
+    props = onnx_metadata(read, ExportSpec(input_hw=(32, 32)))
+    assert json.loads(props["bckd.class_colors"]) == [list(c) for c in COLOURS]
+    assert contract_from_props(props, "test").class_colors == COLOURS
+
+    (root / "classes.txt").write_text("background\ncrack\nrust\nvoid\n")  # names alone: nothing written
+    plain = _meta("tiny-student", build_dataset(data.spec, "train").info, data, "student", {})
+    assert plain.class_colors is None and "bckd.class_colors" not in onnx_metadata(plain, ExportSpec(input_hw=(32, 32)))
+    assert contract_from_props(onnx_metadata(plain, ExportSpec(input_hw=(32, 32))), "test").class_colors is None
+
+
+def test_report_html_draws_with_the_reports_class_colours():
+    import numpy as np
+
+    from bckd_pipeline.palette import palette
+    from bckd_pipeline.report.html import class_colors
+
+    assert class_colors({"class_colors": [list(c) for c in COLOURS]}, 4).tolist() == [list(c) for c in COLOURS]
+    assert np.array_equal(class_colors({"class_colors": None}, 4), palette(4))
+    assert np.array_equal(class_colors({}, 3), palette(3))
+
+
+@pytest.mark.slow
+def test_a_run_on_the_users_classes_draws_in_their_colours(root, tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from bckd_pipeline import Segmenter
+    from bckd_pipeline.distill.checkpoint import read_checkpoint
+    from bckd_pipeline.onnxfile import read_metadata
+
+    (root / "classes.txt").write_text(TXT)
+    out = tmp_path / "R"
+    rc, _, err = run_cli(capsys, "run", *FOLDER_FLAGS, "--data", f"folder:{root}", "--iters", "2",
+                         "--target", "onnxruntime-cpu-fp32", "--out", out)  # fmt: skip
+    assert rc == 0, err
+    assert read_checkpoint(out / "distilled/student.pt")[0].class_colors == COLOURS
+    onnx = sorted(out.rglob("*.onnx"))[0]
+    assert json.loads(read_metadata(onnx)["bckd.class_colors"]) == [list(c) for c in COLOURS]
+    report = json.loads(next(out.rglob("report.json")).read_text())
+    assert report["class_colors"] == [list(c) for c in COLOURS]
+    assert "rgb(200, 120, 40)" in next(out.rglob("report.html")).read_text()
+    with Segmenter.load(out) as seg:
+        assert seg.palette.tolist() == [list(c) for c in COLOURS]
+
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "a.png")
+    rc, _, err = run_cli(capsys, "predict", tmp_path / "a.png", "--model", out, "--out", tmp_path / "P")
+    assert rc == 0, err
+    label = Image.open(tmp_path / "P/labels/a.png")
+    assert label.mode == "P" and label.getpalette()[: 3 * 4] == [v for c in COLOURS for v in c]

@@ -73,6 +73,8 @@ def read_checkpoint(path: Path) -> tuple[CheckpointMeta, dict[str, torch.Tensor]
     for key in ("class_names", "mean", "std", "input_hw"):
         if meta.get(key) is not None:
             meta[key] = tuple(meta[key])
+    if meta.get("class_colors") is not None:
+        meta["class_colors"] = tuple(tuple(int(v) for v in c) for c in meta["class_colors"])
     return CheckpointMeta(**meta), payload["state_dict"]
 
 

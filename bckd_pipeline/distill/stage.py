@@ -46,6 +46,7 @@ def _meta(model_name: str, info, data: DataConfig, role: str, extra: dict) -> Ch
         role=role,
         dataset=data.spec,
         extra=extra,
+        class_colors=getattr(info, "colors", None),
     )
 
 

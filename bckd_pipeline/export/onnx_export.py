@@ -62,6 +62,8 @@ def onnx_metadata(
         "bckd.ignore_index": str(meta.ignore_index),
         "bckd.opset": str(spec.opset),
     }
+    if meta.class_colors is not None:  # absent: readers draw with the project's palette
+        props["bckd.class_colors"] = json.dumps([list(c) for c in meta.class_colors])
     props.update(extra or {})
     return props
 

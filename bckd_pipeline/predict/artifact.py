@@ -58,6 +58,7 @@ class Contract:
     model: str | None
     source: str  # where it was read: "onnx metadata_props", "openvino rt_info", ...
     extra: dict = field(default_factory=dict)
+    class_colors: tuple[tuple[int, int, int], ...] | None = None  # one RGB 0..255 per class, from the training data
 
     def with_overrides(self, mean=None, std=None, classes=None) -> Contract:
         """The user's values where the artifact has none; they never replace what it carries."""
@@ -254,6 +255,7 @@ def contract_from_props(props: dict[str, str], source: str) -> Contract:
     pre = load("bckd.preprocessing") or {}
     out = load("bckd.output") or {}
     names = load("bckd.class_names")
+    colors = load("bckd.class_colors")
     return Contract(
         mean=None if pre.get("mean") is None else tuple(pre["mean"]),
         std=None if pre.get("std") is None else tuple(pre["std"]),
@@ -263,6 +265,7 @@ def contract_from_props(props: dict[str, str], source: str) -> Contract:
         output_name=out.get("name"),
         model=props.get("bckd.model"),
         source=source,
+        class_colors=None if colors is None else tuple(tuple(int(v) for v in c) for c in colors),
         extra={
             name: props[key]
             for key, name in (
@@ -305,6 +308,7 @@ def _checkpoint_contract(path: Path) -> Contract:
         output_name="logits",
         model=meta.model,
         source="checkpoint meta",
+        class_colors=meta.class_colors,
         extra={"dataset": meta.dataset, "role": meta.role},
     )
 

@@ -190,7 +190,11 @@ class Segmenter:
 
     @property
     def palette(self) -> np.ndarray:
-        """n_classes x 3 uint8 colours, the ones report.html uses."""
+        """n_classes x 3 uint8 colours, the ones report.html uses: the artifact's own (the training data's classes
+        file) where it carries one per class, else the project's palette."""
+        colors = self.contract.class_colors
+        if colors is not None and len(colors) == len(self.classes):
+            return np.asarray(colors, np.uint8).reshape(-1, 3)
         return palette(len(self.classes))
 
     @property

@@ -137,6 +137,8 @@ def build_report(
         },
         "parity_labels": parity.get("labels", "ground_truth"),
         "class_names": list(ctx.meta.class_names),
+        # the training data's own class colours (RGB 0..255), which report.html draws with; None: the default palette
+        "class_colors": None if ctx.meta.class_colors is None else [list(c) for c in ctx.meta.class_colors],
         "source": _source_section(ctx),
         "checks": {"export": export_check, "simplify": simplify_check},
         "calibration": _calibration_section(calibration, out),

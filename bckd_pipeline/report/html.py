@@ -168,6 +168,15 @@ def class_delta_svg(report: dict) -> str:
     return '<div style="display:flex;flex-wrap:wrap;gap:18px">' + "".join(charts) + "</div>"
 
 
+def class_colors(report: dict, n_classes: int) -> np.ndarray:
+    """n x 3 uint8: the report's ``class_colors`` (the training data's own) when it gives one per class, else the
+    project's palette."""
+    given = report.get("class_colors")
+    if given and len(given) >= n_classes:
+        return np.asarray(given, np.uint8).reshape(-1, 3)
+    return palette(max(n_classes, 1))
+
+
 def masks_table(report: dict, out: Path) -> str:
     ref = report.get("qualitative")
     data = load_qualitative(out, ref)
@@ -175,7 +184,7 @@ def masks_table(report: dict, out: Path) -> str:
         return "<p>No qualitative masks in this run (qualitative.npz is missing or does not match the report).</p>"
     n_classes = len(report.get("class_names") or []) or int(data["ground_truth"].max()) + 1
     ignore = ref.get("ignore_index", 255)
-    colors = palette(max(n_classes, 1))
+    colors = class_colors(report, n_classes)
     task = get_task(report.get("task", DEFAULT_TASK))
     kd = (report.get("distill") or {}).get("kd")
     titles = {c: c for c in MASK_COLUMNS} | {"distilled": f"distilled ({kd})" if kd else "distilled"}
