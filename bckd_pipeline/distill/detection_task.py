@@ -20,7 +20,7 @@ from .detection import FCOSDetector, anchor_points, check_detector_input, dense_
 from .detection_losses import FCOSLoss
 from .losses import decay_factor
 from .models import FeatureTaps
-from .task import StepInfo, Teacher
+from .task import StepInfo, StudentAndBCKD, Teacher
 
 
 @functools.lru_cache(maxsize=16)
@@ -62,7 +62,7 @@ class DetTrainTask(nn.Module):
         return out
 
 
-class DetDistillTask(nn.Module):
+class DetDistillTask(StudentAndBCKD):
     """A student detector distilled from a frozen teacher detector with BCKD (Eq. (6)/(8) of the paper):
 
     ``L = L_cls + L_box + L_ctr + gamma(e) (alpha L_b + beta L_c)``, with gamma = 1 unless ``cfg.bckd.decay``.
@@ -105,16 +105,6 @@ class DetDistillTask(nn.Module):
                 t_ch = [f.shape[1] for f in self.teacher(example_input)[1]]
             self.bckd = BCKD(cfg.bckd, s_ch, t_ch)
             self.bckd.check_input(hw)
-
-    def trainable_modules(self) -> dict[str, nn.Module]:
-        """The modules whose state a resumed run needs: the student and BCKD's modules."""
-        return {"student": self.student, **({"bckd": self.bckd} if self.bckd is not None else {})}
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        params = [p for p in self.student.parameters() if p.requires_grad]
-        if self.bckd is not None:
-            params += [p for p in self.bckd.parameters() if p.requires_grad]
-        return params
 
     def forward(self, images: torch.Tensor, targets: list[dict[str, torch.Tensor]], step: StepInfo | None = None):
         hw = tuple(images.shape[-2:])

@@ -112,7 +112,25 @@ class Teacher(nn.Module):
         return logits, feats
 
 
-class SegDistillTask(nn.Module):
+class StudentAndBCKD(nn.Module):
+    """What a distillation task trains: its ``student`` and, when BCKD is on, the ``bckd`` module (its
+    projections); the frozen teacher is neither saved with a resumed run nor optimised."""
+
+    student: nn.Module
+    bckd: BCKD | None
+
+    def trainable_modules(self) -> dict[str, nn.Module]:
+        """The modules whose state a resumed run needs: the student and the distillation modules."""
+        return {"student": self.student, **({"bckd": self.bckd} if self.bckd is not None else {})}
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        params = [p for p in self.student.parameters() if p.requires_grad]
+        if self.bckd is not None:
+            params += [p for p in self.bckd.parameters() if p.requires_grad]
+        return params
+
+
+class SegDistillTask(StudentAndBCKD):
     """Student + frozen teacher + distillation terms: Eq. (6)/(8) of BCKD, or a baseline.
 
     ``L = L_task + w_kd L_KD + w_cwd L_cwd + gamma(e) (alpha L_b + beta L_c)`` where each term
@@ -168,16 +186,6 @@ class SegDistillTask(nn.Module):
         self.student.train(was_training)
         _, t_feats = self.teacher(example_input)
         return [f.shape[1] for f in s_feats], [f.shape[1] for f in t_feats]
-
-    def trainable_modules(self) -> dict[str, nn.Module]:
-        """The modules whose state a resumed run needs: the student and the distillation modules."""
-        return {"student": self.student, **({"bckd": self.bckd} if self.bckd is not None else {})}
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        params = [p for p in self.student.parameters() if p.requires_grad]
-        if self.bckd is not None:
-            params += [p for p in self.bckd.parameters() if p.requires_grad]
-        return params
 
     def forward(self, images: torch.Tensor, masks: torch.Tensor, step: StepInfo | None = None) -> dict:
         cfg, terms = self.cfg, self.cfg.terms
