@@ -115,17 +115,32 @@ def module_from_factory(
             f"{flag} {factory!r}: {type(exc).__name__}: {exc}. The module must be importable from here "
             "(on PYTHONPATH or installed) and define the function."
         ) from None
-    model = fn()
+    try:
+        model = fn()
+    except Exception as exc:  # noqa: BLE001 - the user's code: whatever it raises, the user fixes it
+        raise ConfigError(f"{flag} {factory!r}: calling {fn_name}() raised {type(exc).__name__}: {exc}") from None
     if not isinstance(model, torch.nn.Module):
         raise ConfigError(f"{flag} {factory!r} returned {type(model).__name__}, not a torch.nn.Module.")
     if weights is None:
         return model
-    state = torch.load(weights, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - a missing, truncated or code-carrying file means the same to the user
+        raise CheckpointError(
+            f"{weights_flag} {str(weights)!r} could not be read as a state_dict ({type(exc).__name__}: "
+            f"{str(exc)[:200]}). Save it with torch.save(model.state_dict(), path)."
+        ) from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise CheckpointError(f"{weights_flag} {str(weights)!r} holds {type(state).__name__}, not a state_dict.")
-    result = model.load_state_dict(state, strict=False)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # a tensor of another shape: another architecture or class count
+        raise CheckpointError(
+            f"{weights_flag} {str(weights)!r} does not fit {factory}(): {str(exc)[:300]}. Save the state_dict of "
+            "the module this function builds."
+        ) from None
     if result.missing_keys or result.unexpected_keys:
         shown = (result.missing_keys + result.unexpected_keys)[:3]
         raise CheckpointError(

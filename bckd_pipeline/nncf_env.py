@@ -89,7 +89,11 @@ def clear_stale_lock(build_dir: Path, now: float | None = None) -> bool:
         return False
     if age <= STALE_LOCK_S:
         return False
-    lock.unlink(missing_ok=True)
+    try:
+        lock.unlink(missing_ok=True)
+    except OSError as exc:  # a shared extensions folder this user cannot write
+        print(f"warning: a stale build lock of NNCF's extension ({lock}) could not be removed: {exc}", file=sys.stderr)
+        return False
     print(f"warning: removed a stale build lock of NNCF's extension ({lock}, {age:.0f} s old)", file=sys.stderr)
     return True
 

@@ -278,3 +278,58 @@ def test_nncf_logs_on_stderr_and_no_cuda_notice_on_a_cpu_host():
     assert done.stdout == ""
     assert "a line of NNCF's log" in done.stderr
     assert "No CUDA runtime is found" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("raised", "code", "says"),
+    [
+        (PermissionError(13, "Permission denied", "/x/out"), 2, "error: Permission denied: /x/out"),
+        (OSError(5, "Input/output error"), 70, "internal error (OSError)"),
+    ],
+)
+def test_os_errors_end_in_a_message_or_the_crash_code_never_a_bare_traceback(monkeypatch, capsys, raised, code, says):
+    import bckd_pipeline.cli as cli
+
+    def fail(args):
+        raise raised
+
+    monkeypatch.setattr(cli, "dispatch", fail)
+    assert cli.main(["models"]) == code
+    assert says in capsys.readouterr().err
+
+
+def test_a_reader_that_left_the_pipe_is_no_error(monkeypatch):
+    """`bckd-pipeline targets | head`: a BrokenPipeError, an OSError too, still ends quietly with 0."""
+    import io
+
+    import bckd_pipeline.cli as cli
+
+    def fail(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(cli, "dispatch", fail)
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    assert cli.main(["models"]) == 0
+
+
+def test_a_factory_that_raises_or_weights_that_do_not_fit_are_user_errors(tmp_path, monkeypatch):
+    import torch
+
+    from bckd_pipeline.errors import CheckpointError, ConfigError
+    from bckd_pipeline.model_files import module_from_factory
+
+    (tmp_path / "userfactory.py").write_text(
+        "import torch\ndef broken():\n    raise RuntimeError('no GPU here')\n"
+        "def conv():\n    return torch.nn.Conv2d(3, 4, 1)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError, match="calling broken\\(\\) raised RuntimeError: no GPU here"):
+        module_from_factory("userfactory:broken", None)
+    wrong = tmp_path / "wrong.pth"
+    torch.save(torch.nn.Conv2d(3, 8, 1).state_dict(), wrong)
+    with pytest.raises(CheckpointError, match="does not fit userfactory:conv"):
+        module_from_factory("userfactory:conv", wrong)
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a torch file")
+    with pytest.raises(CheckpointError, match="could not be read as a state_dict"):
+        module_from_factory("userfactory:conv", junk)

@@ -168,29 +168,41 @@ def main(argv: list[str] | None = None) -> int:
     except BckdError as exc:
         print(f"error: {_message(exc)}", file=sys.stderr)
         return exc.exit_code
-    except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
-            raise
-        where = f" writing {exc.filename}" if exc.filename else ""
-        print(
-            f"error: {exc.strerror or exc}{where}. Free space there (or make it writable), or pick another --out; "
-            "finished stages are kept: the same command continues from them.",
-            file=sys.stderr,
-        )
-        return 2
     except KeyboardInterrupt:
         print("interrupted: finished stages are kept; partial files were not written.", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `bckd-pipeline targets | head`: the reader left; not an error of ours
         sys.stderr.close()
         return 0
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            where = f" writing {exc.filename}" if exc.filename else ""
+            print(
+                f"error: {exc.strerror or exc}{where}. Free space there (or make it writable), or pick another "
+                "--out; finished stages are kept: the same command continues from them.",
+                file=sys.stderr,
+            )
+            return 2
+        if isinstance(exc, (PermissionError, FileNotFoundError, IsADirectoryError, NotADirectoryError)):
+            where = f": {exc.filename}" if exc.filename else ""
+            print(
+                f"error: {exc.strerror or exc}{where}. Check the path and its permissions, or pick another one.",
+                file=sys.stderr,
+            )
+            return 2
+        return _crash(exc)
     except Exception as exc:  # noqa: BLE001 - a bug: its traceback, and a code no verdict uses
-        import traceback
+        return _crash(exc)
 
-        traceback.print_exc()
-        print(
-            f"internal error ({type(exc).__name__}): a bug in bckd-pipeline, not a verdict on the model; exit code "
-            f"{EXIT_CRASH}. Please report it with the traceback above.",
-            file=sys.stderr,
-        )
-        return EXIT_CRASH
+
+def _crash(exc: BaseException) -> int:
+    """A bug: its traceback on stderr, and an exit code that no verdict on the model uses."""
+    import traceback
+
+    traceback.print_exception(type(exc), exc, exc.__traceback__)
+    print(
+        f"internal error ({type(exc).__name__}): a bug in bckd-pipeline, not a verdict on the model; exit code "
+        f"{EXIT_CRASH}. Please report it with the traceback above.",
+        file=sys.stderr,
+    )
+    return EXIT_CRASH

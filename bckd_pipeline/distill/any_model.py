@@ -204,6 +204,11 @@ def candidate_taps(model: nn.Module, hw: tuple[int, int]) -> list[Tap]:
     model.eval()
     try:
         model(torch.zeros(1, 3, *hw))
+    except Exception as exc:  # noqa: BLE001 - the user's model refusing the size
+        raise ConfigError(
+            f"{type(model).__name__} failed on a 1x3x{hw[0]}x{hw[1]} zero image ({type(exc).__name__}: "
+            f"{str(exc)[:200]}). Pass --input-size H,W that it takes."
+        ) from None
     finally:
         model.train(was)
         for h in handles:
