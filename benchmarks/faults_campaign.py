@@ -257,6 +257,8 @@ def scan_half_written(out: Path) -> list[str]:
     for path in sorted(Path(out).rglob("*")):
         if not path.is_file() or TEMP_FILE.match(path.name) or path.name == ".bckd-pipeline.lock":
             continue
+        if any(p.startswith(".") and p != ".cache" for p in path.relative_to(out).parts[:-1]):
+            continue  # a hidden working folder (an artifact's temporary files), not a final name
         try:
             _parse(path)
         except Exception as exc:  # noqa: BLE001 - any failure to read it whole is the finding

@@ -80,7 +80,8 @@ def quantize_qdq(
     excluded = resolve(source, spec.exclude) if spec.exclude else None  # refused here when it names nothing
     if spec.method == "percentile":
         options["CalibPercentile"] = 99.999
-    with tempfile.TemporaryDirectory(dir=Path(tmp).parent) as work:
+    # a hidden working folder beside the artifact: a killed run leaves it, never a file under a final name
+    with tempfile.TemporaryDirectory(dir=Path(tmp).parent, prefix=f".{Path(tmp).name}.") as work:
         pre = Path(work) / "pre.onnx"
         quant_pre_process(str(source), str(pre), skip_symbolic_shape=True)
         exclusion = ort_arguments(excluded)
