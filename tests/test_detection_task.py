@@ -12,6 +12,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from helpers.ledger import FnRuntime
+
 from bckd_pipeline.imagefile import Decoded
 from bckd_pipeline.data.feeds import DatasetFeeds
 from bckd_pipeline.deploy.parity import LedgerStage, ledger
@@ -22,7 +24,6 @@ from bckd_pipeline.ledger import REPORT_FORMAT
 from bckd_pipeline.predict.outputs import PredictionsWriter
 from bckd_pipeline.predict.segmenter import Prediction
 from bckd_pipeline.predict.sources import Item, Source
-from bckd_pipeline.runtimes.base import Runtime, TensorSpec
 from bckd_pipeline.tasks import base as task_base
 from bckd_pipeline.tasks import detection_ap as ap
 from bckd_pipeline.tasks import get_task
@@ -233,21 +234,9 @@ def test_the_bootstrap_runs_on_detection_evidence_in_chunks_with_the_same_result
 # ---------------------------------------------------------------------------------------------
 # parity
 # ---------------------------------------------------------------------------------------------
-class HeadRuntime(Runtime):
-    backend = "fake"
-
-    def __init__(self, fn, name: str) -> None:
-        super().__init__(name)
-        self.fn = fn
-
-    def _activate(self) -> None:
-        pass
-
-    def _input_spec(self):
-        return {"image": TensorSpec(np.dtype(np.float32), (1, 3, H, W))}
-
-    def _infer(self, feed):
-        return self.fn(feed["image"])
+def HeadRuntime(fn, name: str) -> FnRuntime:  # noqa: N802 - reads as the runtime class it builds
+    """A detector's runtime: the function returns the head's named outputs."""
+    return FnRuntime(fn, name, shape=(1, 3, H, W), output=None)
 
 
 def detection_stages():

@@ -15,10 +15,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from helpers.ledger import CRITERIA, C, H, N, W, fixed_stages
+
 from bckd_pipeline import tasks as task_registry
-from bckd_pipeline.data.feeds import DatasetFeeds
-from bckd_pipeline.deploy.parity import LedgerStage, ledger
-from bckd_pipeline.runtimes.base import Runtime, TensorSpec
+from bckd_pipeline.deploy.parity import ledger
 from bckd_pipeline.errors import ConfigError
 from bckd_pipeline.gate.budgets import parse_budgets
 from bckd_pipeline.gate.gate import FAIL, PASS, gate
@@ -30,65 +30,9 @@ from bckd_pipeline.predict.sources import Item, Source
 from bckd_pipeline.report.evidence import write_qualitative
 from bckd_pipeline.report.html import masks_table
 from bckd_pipeline.metrics import ConfusionMatrix
-from bckd_pipeline.targets.profiles import FLOAT_PARITY, INT8_PARITY
 from bckd_pipeline.tasks import TASKS, BudgetKey, ParityMeter, Task, get_task
 from bckd_pipeline.tasks.segmentation import SEGMENTATION, miou_of
 
-C, H, W, N = 4, 6, 8, 5
-
-
-class FnRuntime(Runtime):
-    """A Runtime around a numpy function of the image batch."""
-
-    backend = "fake"
-
-    def __init__(self, fn, name: str) -> None:
-        super().__init__(name)
-        self.fn = fn
-
-    def _activate(self) -> None:
-        pass
-
-    def _input_spec(self):
-        return {"image": TensorSpec(np.dtype(np.float32), (1, 3, H, W))}
-
-    def _infer(self, feed):
-        return {"logits": self.fn(feed["image"])}
-
-
-def fixed_stages() -> tuple[list[LedgerStage], DatasetFeeds]:
-    """Four stages on five seeded images: float logits, a float copy, a noisy "int8" and its label head."""
-    rng = np.random.default_rng(7)
-    images = [rng.normal(size=(1, 3, H, W)).astype(np.float32) for _ in range(N)]
-    labels = [rng.integers(0, C, size=(H, W)).astype(np.int64) for _ in range(N)]
-    for lab in labels:
-        lab[0, :2] = 255
-    weights = rng.normal(size=(C, 3)).astype(np.float32)
-
-    def logits(x):
-        return np.einsum("cd,ndhw->nchw", weights, x).astype(np.float32)
-
-    def noisy(x):
-        y = logits(x)
-        return (y + 0.35 * np.sin(7 * y)).astype(np.float32)
-
-    feeds = DatasetFeeds(images, labels, [f"i{i}" for i in range(N)], [str(i) for i in range(N)], "val")
-    stages = [
-        LedgerStage("pytorch", "torch", "fp32", FnRuntime(logits, "pytorch"), None),
-        LedgerStage(
-            "onnx", "onnxruntime", "fp32", FnRuntime(lambda x: logits(x) + np.float32(1e-4), "onnx"), "pytorch"
-        ),
-        LedgerStage("int8", "onnxruntime", "int8", FnRuntime(noisy, "int8"), "onnx"),
-        LedgerStage(
-            "labels", "onnxruntime", "int8", FnRuntime(lambda x: noisy(x).argmax(1).astype(np.uint8), "labels"), "int8"
-        ),
-    ]
-    for s in stages:
-        s.runtime.activate()
-    return stages, feeds
-
-
-CRITERIA = {"fp32": FLOAT_PARITY, "int8": INT8_PARITY}
 
 # The segmentation ledger of fixed_stages(), as the pipeline computed it before the task interface existed.
 GOLDEN = {

@@ -18,9 +18,8 @@ from ..errors import ConfigError
 from .bckd import BCKD
 from .detection import FCOSDetector, anchor_points, check_detector_input, dense_class_probs, detector_taps, p3_map
 from .detection_losses import FCOSLoss
-from .losses import decay_factor
 from .models import FeatureTaps
-from .task import StepInfo, StudentAndBCKD, Teacher
+from .task import StepInfo, StudentAndBCKD, Teacher, bckd_gamma
 
 
 @functools.lru_cache(maxsize=16)
@@ -122,15 +121,7 @@ class DetDistillTask(StudentAndBCKD):
                 s_feats, t_feats, s_probs.clamp_min(1e-12).log(), t_probs.log(), hw, teacher_probs=t_probs
             )
             b = self.cfg.bckd
-            gamma = 1.0
-            if b.decay and step is not None:
-                gamma = decay_factor(
-                    step.iteration,
-                    step.max_iters,
-                    samples_per_iter=step.batch_size,
-                    dataset_size=step.dataset_size,
-                    mode=b.gamma_mode,
-                )
+            gamma = bckd_gamma(b.decay, b.gamma_mode, step)
             alpha, beta = self.bckd.term_weights.tolist()
             if "boundary" in terms_b:
                 parts["boundary"] = (terms_b["boundary"], gamma * alpha)

@@ -32,6 +32,15 @@ class StepInfo:
     measure_grads: bool = False
 
 
+def bckd_gamma(decay: bool, mode: str, step: StepInfo | None) -> float:
+    """Eq. (7)'s decay of BCKD's terms at ``step`` (1 without decay, or outside training)."""
+    if not decay or step is None:
+        return 1.0
+    return decay_factor(
+        step.iteration, step.max_iters, samples_per_iter=step.batch_size, dataset_size=step.dataset_size, mode=mode
+    )
+
+
 def split_padding(masks: torch.Tensor, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Masks with :data:`PAD_LABEL` for padded pixels -> (masks with those pixels ignored, validity
     N x 1 x H x W), or (masks, None) when the batch has no padding marked."""
@@ -217,15 +226,7 @@ class SegDistillTask(StudentAndBCKD):
             terms_b = self.bckd(
                 s_feats, t_feats, raw_logits, t_logits, tuple(images.shape[-2:]), valid, teacher_probs=t_probs
             )
-            gamma = 1.0
-            if b.decay and step is not None:
-                gamma = decay_factor(
-                    step.iteration,
-                    step.max_iters,
-                    samples_per_iter=step.batch_size,
-                    dataset_size=step.dataset_size,
-                    mode=b.gamma_mode,
-                )
+            gamma = bckd_gamma(b.decay, b.gamma_mode, step)
             if self.training and self.bckd.balancing and s_feats:
                 self._balance(ce, terms_b, s_feats[-1])
             alpha, beta = self.bckd.term_weights.tolist()
