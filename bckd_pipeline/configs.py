@@ -44,11 +44,15 @@ class CheckpointMeta:
     # One RGB 0..255 per class when the training data gives them (a folder: dataset's classes file); None: the
     # project's palette (palette.py). A checkpoint without the entry reads back as None.
     class_colors: tuple[tuple[int, int, int], ...] | None = None
+    # The task the model was trained for (tasks/: "segmentation", "detection"); a checkpoint without the entry
+    # is a segmentation model.
+    task: str = "segmentation"
 
 
 @dataclass(frozen=True)
 class DataConfig:
     spec: str = "demo"
+    task: str = "segmentation"  # what the labels are: label maps ("segmentation") or boxes ("detection")
     train_split: str = "train"
     eval_split: str = "val"
     resize: tuple[int, int] | None = None

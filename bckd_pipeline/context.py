@@ -231,8 +231,8 @@ class DeployContext:
 
     @property
     def task(self) -> Task:
-        """The run's task (tasks/): what a prediction is, how it is scored and judged."""
-        return get_task(DEFAULT_TASK)
+        """The run's task (tasks/): what a prediction is, how it is scored and judged (the deployed model's)."""
+        return get_task(getattr(self.meta, "task", None) or DEFAULT_TASK)
 
     @property
     def profile(self) -> TargetProfile:

@@ -16,6 +16,7 @@ from torch import nn
 from ..configs import CheckpointMeta
 from ..errors import CheckpointError
 from ..fileio import atomic_write
+from .detection import DETECTOR_PRESETS, build_detector
 from .models import PRESETS, build_model
 
 FORMAT = "bckd-pipeline/checkpoint-v1"
@@ -94,12 +95,16 @@ def load_model(
             f"but the dataset has {expect_classes}. Use a checkpoint trained on this dataset's classes, "
             "or pick the --data it was trained on."
         )
-    if meta.model not in PRESETS:
+    presets = DETECTOR_PRESETS if meta.task == "detection" else PRESETS
+    if meta.model not in presets:
         raise CheckpointError(
-            f"Checkpoint {str(path)!r} names model {meta.model!r}, which is not a preset of this version. "
-            "Build the model in Python and load the state_dict from read_checkpoint()."
+            f"Checkpoint {str(path)!r} names {meta.task} model {meta.model!r}, which is not a preset of this "
+            "version. Build the model in Python and load the state_dict from read_checkpoint()."
         )
-    model = build_model(meta.model, meta.num_classes)
+    if meta.task == "detection":
+        model = build_detector(meta.model, meta.num_classes, class_names=list(meta.class_names))
+    else:
+        model = build_model(meta.model, meta.num_classes)
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
