@@ -341,4 +341,4 @@ def test_detector_distillation_refuses_segmentation_terms():
 
     student, teacher = build_detector("fcos-tiny-s", 3), build_detector("fcos-tiny-t", 3)
     with pytest.raises(ConfigError, match="not defined for detectors"):
-        DetDistillTask(student, teacher, cfg=DistillConfig(kd="kd+bckd"), example_input=torch.rand(1, 3, H, W))
+        DetDistillTask(student, teacher, cfg=DistillConfig(kd="cwd+bckd"), example_input=torch.rand(1, 3, H, W))

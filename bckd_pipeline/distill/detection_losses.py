@@ -14,6 +14,10 @@ and when several boxes qualify, the one of smallest area wins (FCOS Sec. 3.2, "a
 Boxes marked ``iscrowd`` are never assigned: a point inside a crowd box that no other box claims is ignored,
 neither positive nor negative (left out of the classification loss), as COCO's evaluation ignores
 detections matched to crowd regions.
+
+Two distillation baselines for detectors sit beside the task losses (published settings, sources in their
+docstrings): :func:`dense_score_kd`, a dense KD of the sigmoid class scores, and :class:`PKDLoss`, PKD's
+Pearson-correlation imitation of the FPN maps.
 """
 
 from __future__ import annotations
@@ -104,7 +108,8 @@ class FCOSLoss(nn.Module):
 
     ``forward(outputs, targets, points, strides, levels)``: the raw outputs (scores N x A x C, boxes N x A x 4,
     centerness N x A x 1), and per image a dict with ``boxes`` K x 4 xyxy, ``labels`` K int64 and optionally
-    ``iscrowd`` K bool.
+    ``iscrowd`` K bool. Besides the three terms it returns ``num_pos`` (positives found in the batch) and
+    ``keep`` (N x A bool, False at the ignored points), which the distillation terms share.
     """
 
     def __init__(self, num_classes: int, *, alpha: float = FOCAL_ALPHA, gamma: float = FOCAL_GAMMA):
@@ -158,4 +163,111 @@ class FCOSLoss(nn.Module):
         else:  # no positive: zero terms that still reach the outputs, so every parameter gets a gradient
             loss_box = ltrb.sum() * 0.0
             loss_ctr = ctr.sum() * 0.0
-        return {"cls": loss_cls, "box": loss_box, "ctr": loss_ctr, "num_pos": torch.tensor(float(found))}
+        return {
+            "cls": loss_cls,
+            "box": loss_box,
+            "ctr": loss_ctr,
+            "num_pos": torch.tensor(float(found)),
+            "keep": keep,
+        }
+
+
+# Dense score-map KD: CrossKD's KDQualityFocalLoss (Wang et al., "CrossKD: Cross-Head Knowledge Distillation for
+# Object Detection", CVPR 2024), beta 1 and weight 1.0 in configs/crosskd/crosskd_r50_retinanet_r101_fpn_1x_coco.py
+# (normalised by the positives, ignored anchors left out); no temperature.
+DENSE_KD_BETA = 1.0
+DENSE_KD_WEIGHT = 1.0
+# PKD: MMRazor's PKDLoss with loss_weight 10 in configs/distill/mmdet/pkd/pkd_fpn_retina_x101_retina_r50_2x_coco.py,
+# which pkd_fpn_fcos_x101_retina_r50_1x_coco.py (the FCOS teacher) inherits; resize_stu=True (its default).
+PKD_WEIGHT = 10.0
+PKD_EPS = 1e-6
+
+
+def dense_score_kd(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    num_pos: float,
+    keep: torch.Tensor | None = None,
+    *,
+    beta: float = DENSE_KD_BETA,
+) -> torch.Tensor:
+    """Dense KD of the class-score maps, every anchor point and class (sigmoid scores, teacher -> student):
+
+    ``L_kd = 1/N_pos sum_{p kept} sum_c |sigma(s_{p,c}) - t_{p,c}|^beta BCE(sigma(s_{p,c}), t_{p,c})``,
+    ``t = sigma(z^T)``,
+
+    the quality focal loss of GFL (Li et al., NeurIPS 2020) with the teacher's scores as soft targets:
+    CrossKD's ``KDQualityFocalLoss`` (beta 1, weight 1.0, normalised by the number of positives, ignored
+    anchors left out, in its RetinaNet configuration ``crosskd_r50_retinanet_r101_fpn_1x_coco.py``). CrossKD
+    applies it to a student head run through the teacher's last layers; here it reads the student's own scores,
+    the plain prediction-mimicking baseline. No temperature: the scores are the sigmoid of the logits (T = 1).
+    Zero when the student's scores equal the teacher's.
+
+    ``student_logits``/``teacher_logits`` N x A x C, ``num_pos`` the batch's positives (at least 1 is used),
+    ``keep`` N x A bool (False at ignored points), or None for all points.
+    """
+    s = student_logits.float()
+    target = teacher_logits.detach().float().sigmoid()
+    loss = F.binary_cross_entropy_with_logits(s, target, reduction="none")
+    loss = loss * (s.sigmoid() - target).abs().pow(beta)
+    if keep is not None:
+        loss = loss[keep]
+    return loss.sum() / max(1.0, float(num_pos))
+
+
+def _standardise(feat: torch.Tensor, eps: float = PKD_EPS) -> torch.Tensor:
+    """Each channel of N x C x H x W to zero mean and unit (unbiased) standard deviation over N, H, W."""
+    flat = feat.transpose(0, 1).reshape(feat.shape[1], -1)
+    flat = (flat - flat.mean(1, keepdim=True)) / (flat.std(1, keepdim=True) + eps)
+    return flat.reshape(feat.shape[1], feat.shape[0], *feat.shape[2:]).transpose(0, 1)
+
+
+def pkd_loss(student_feats: list[torch.Tensor], teacher_feats: list[torch.Tensor]) -> torch.Tensor:
+    """PKD (Cao et al., "PKD: General Distillation Framework for Object Detectors via Pearson Correlation
+    Coefficient", NeurIPS 2022): the FPN maps imitated after standardising each channel, summed over levels:
+
+    ``L_pkd = sum_l 1/(2 N C H W) sum (s^_l - t^_l)^2``, ``x^ = (x - mu_c) / (sigma_c + 1e-6)``
+
+    with mu_c and sigma_c (unbiased) the mean and standard deviation of channel c over the batch and the
+    positions, as MMRazor's ``PKDLoss.norm`` computes them. Per channel it equals ``(M - 1)/M (1 - r_c)`` up to
+    the 1e-6, with r_c Pearson's correlation of the student's and teacher's channel over its M = N H W values:
+    the loss compares the maps' pattern, not their magnitude. A student map of another
+    size is resized (bilinear) to the teacher's (MMRazor's ``resize_stu=True``). Zero when the maps are equal.
+    The teacher's maps are read detached. Channels must match (:class:`PKDLoss` adapts them).
+    """
+    if len(student_feats) != len(teacher_feats):
+        raise ValueError(
+            f"PKD needs one teacher map per student map; got {len(student_feats)} and {len(teacher_feats)}"
+        )
+    total = student_feats[0].new_zeros((), dtype=torch.float32)
+    for s, t in zip(student_feats, teacher_feats, strict=True):
+        s, t = s.float(), t.detach().float()
+        if s.shape[-2:] != t.shape[-2:]:
+            s = F.interpolate(s, size=t.shape[-2:], mode="bilinear", align_corners=False)
+        if s.shape != t.shape:
+            raise ValueError(f"PKD compares maps of one shape; got student {tuple(s.shape)}, teacher {tuple(t.shape)}")
+        total = total + F.mse_loss(_standardise(s), _standardise(t)) / 2
+    return total
+
+
+class PKDLoss(nn.Module):
+    """:func:`pkd_loss` on the FPN levels, with a 1x1 convolution per level mapping the student's channels to the
+    teacher's where they differ (an identity where they agree). The published configurations pair FPNs of one
+    width (256 channels), where no adapter is needed; a narrower student FPN needs one, and a 1x1 convolution
+    trained with the student is the common adapter of feature distillation (FitNets' regressor, MMRazor's
+    connectors). ``forward(student_feats, teacher_feats)`` takes the P3-P5 maps of each detector."""
+
+    def __init__(self, student_channels: list[int], teacher_channels: list[int]):
+        super().__init__()
+        if len(student_channels) != len(teacher_channels):
+            raise ValueError(
+                f"PKD needs as many student levels as teacher levels; got {student_channels} and {teacher_channels}"
+            )
+        self.adapters = nn.ModuleList(
+            nn.Identity() if cs == ct else nn.Conv2d(cs, ct, 1)
+            for cs, ct in zip(student_channels, teacher_channels, strict=True)
+        )
+
+    def forward(self, student_feats: list[torch.Tensor], teacher_feats: list[torch.Tensor]) -> torch.Tensor:
+        adapted = [a(f) for a, f in zip(self.adapters, student_feats, strict=True)]
+        return pkd_loss(adapted, teacher_feats)

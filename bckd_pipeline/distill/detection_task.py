@@ -1,5 +1,5 @@
 """The detection training tasks: a detector on its own (teachers, the undistilled student baseline), and a
-student detector distilled from a frozen teacher with BCKD.
+student detector distilled from a frozen teacher with BCKD, a baseline (dense score KD, PKD), or both.
 
 Like ``task.py``'s tasks, an ``nn.Module`` whose forward returns a loss dict:
 ``{"loss": total, "loss/cls": ..., "loss/box": ..., "loss/ctr": ..., "det/num_pos": ..., "outputs": raw}``.
@@ -17,9 +17,13 @@ from ..configs import DistillConfig
 from ..errors import ConfigError
 from .bckd import BCKD
 from .detection import FCOSDetector, anchor_points, check_detector_input, dense_class_probs, detector_taps, p3_map
-from .detection_losses import FCOSLoss
+from .detection_losses import DENSE_KD_WEIGHT, PKD_WEIGHT, FCOSLoss, PKDLoss, dense_score_kd
 from .models import FeatureTaps
 from .task import StepInfo, StudentAndBCKD, Teacher, bckd_gamma
+
+
+# The distillation methods for detectors: the student alone, the two baselines, BCKD, and each baseline with BCKD.
+DET_KD_CHOICES: tuple[str, ...] = ("none", "kd", "pkd", "bckd", "kd+bckd", "pkd+bckd")
 
 
 @functools.lru_cache(maxsize=16)
@@ -62,38 +66,65 @@ class DetTrainTask(nn.Module):
 
 
 class DetDistillTask(StudentAndBCKD):
-    """A student detector distilled from a frozen teacher detector with BCKD (Eq. (6)/(8) of the paper):
+    """A student detector distilled from a frozen teacher detector, with the terms ``kd`` names
+    (one of :data:`DET_KD_CHOICES`; ``None`` reads ``cfg.kd``):
 
-    ``L = L_cls + L_box + L_ctr + gamma(e) (alpha L_b + beta L_c)``, with gamma = 1 unless ``cfg.bckd.decay``.
+    ``L = L_cls + L_box + L_ctr + w_kd L_kd + w_pkd L_pkd + gamma(e) (alpha L_b + beta L_c)``,
 
-    BCKD is the segmentation implementation (``bckd.BCKD``), unchanged: its features are both detectors'
-    backbone and FPN maps (:func:`detection.detector_taps`), fused at its grid (stride 8); the teacher's semantic
-    boundary comes from its dense class-score map at P3 (:func:`detection.dense_class_probs`), and a semantic
-    student boundary (``boundary_student="semantic"``) from the student's own. ``cfg.kd`` may be ``none`` or
-    ``bckd``: logit KD and CWD are segmentation terms. ``example_input`` (N x 3 x H x W) sizes BCKD's modules.
+    each distillation term present only when ``kd`` names it, gamma = 1 unless ``cfg.bckd.decay``.
+
+    - ``kd``: :func:`detection_losses.dense_score_kd` on the dense class scores of every level (weight ``kd_weight``,
+      CrossKD's published 1.0);
+    - ``pkd``: :class:`detection_losses.PKDLoss` on the FPN maps P3-P5 (weight ``pkd_weight``, MMRazor's
+      published 10);
+    - ``bckd``: BCKD's boundary and context terms (Eq. (6)/(8) of the paper), the segmentation implementation
+      (``bckd.BCKD``) unchanged: its features are both detectors' backbone and FPN maps
+      (:func:`detection.detector_taps`), fused at its grid (stride 8); the teacher's semantic boundary comes from
+      its dense class-score map at P3 (:func:`detection.dense_class_probs`), and a semantic student boundary
+      (``boundary_student="semantic"``) from the student's own.
+
+    The step dict reports each unweighted term as ``loss/<name>`` (``cls``, ``box``, ``ctr``, ``kd``, ``pkd``,
+    ``boundary``, ``context``) and BCKD's ``bckd/gamma`` and ``bckd/temperature``, as the trainer logs them.
+    ``example_input`` (N x 3 x H x W) sizes BCKD's modules and PKD's channel adapters.
     """
 
     def __init__(
-        self, student: FCOSDetector, teacher: FCOSDetector, *, cfg: DistillConfig, example_input: torch.Tensor
+        self,
+        student: FCOSDetector,
+        teacher: FCOSDetector,
+        *,
+        cfg: DistillConfig,
+        example_input: torch.Tensor,
+        kd: str | None = None,
+        kd_weight: float = DENSE_KD_WEIGHT,
+        pkd_weight: float = PKD_WEIGHT,
     ):
         super().__init__()
-        if cfg.kd not in ("none", "bckd"):
+        kd = cfg.kd if kd is None else kd
+        if kd not in DET_KD_CHOICES:
             raise ConfigError(
-                f"--kd {cfg.kd!r} is not defined for detectors. Allowed: none, bckd (logit KD and CWD act on "
+                f"--kd {kd!r} is not defined for detectors. Allowed: {', '.join(DET_KD_CHOICES)} (cwd acts on "
                 "segmentation logits). Use --kd bckd, or --kd none for the student alone."
             )
-        if cfg.bckd.balance != "none":
+        terms = set() if kd == "none" else set(kd.split("+"))
+        if "bckd" in terms and cfg.bckd.balance != "none":
             raise ConfigError(
                 f"--bckd balance={cfg.bckd.balance} is not defined for detectors; use balance=none (fixed alpha, beta)."
             )
         self.cfg = cfg
+        self.kd = kd
+        self.terms = terms
+        self.kd_weight, self.pkd_weight = float(kd_weight), float(pkd_weight)
         self.student = student
         self.criterion = FCOSLoss(student.num_classes)
-        uses_bckd = cfg.kd == "bckd"
-        self.teacher = Teacher(teacher, detector_taps() if uses_bckd else None)
-        self.student_taps = FeatureTaps(student, detector_taps()) if uses_bckd else None
+        uses_bckd = "bckd" in terms
+        # BCKD reads the backbone and FPN maps, PKD the FPN maps: the last len(strides) tapped maps.
+        taps = detector_taps() if uses_bckd else ["fpn"] if "pkd" in terms else None
+        self.teacher = Teacher(teacher, taps)
+        self.student_taps = FeatureTaps(student, taps) if taps else None
         self.bckd: BCKD | None = None
-        if uses_bckd:
+        self.pkd: PKDLoss | None = None
+        if taps:
             hw = tuple(example_input.shape[-2:])
             with torch.no_grad():
                 was_training = student.training
@@ -102,8 +133,22 @@ class DetDistillTask(StudentAndBCKD):
                 student.train(was_training)
                 s_ch = [f.shape[1] for f in self.student_taps.collect(hw)]
                 t_ch = [f.shape[1] for f in self.teacher(example_input)[1]]
-            self.bckd = BCKD(cfg.bckd, s_ch, t_ch)
-            self.bckd.check_input(hw)
+            if uses_bckd:
+                self.bckd = BCKD(cfg.bckd, s_ch, t_ch)
+                self.bckd.check_input(hw)
+            if "pkd" in terms:
+                levels = len(student.strides)
+                self.pkd = PKDLoss(s_ch[-levels:], t_ch[-levels:])
+
+    def trainable_modules(self) -> dict[str, nn.Module]:
+        """The student, BCKD's module and PKD's channel adapters (those in use)."""
+        return {**super().trainable_modules(), **({"pkd": self.pkd} if self.pkd is not None else {})}
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        params = super().trainable_parameters()
+        if self.pkd is not None:
+            params += [p for p in self.pkd.parameters() if p.requires_grad]
+        return params
 
     def forward(self, images: torch.Tensor, targets: list[dict[str, torch.Tensor]], step: StepInfo | None = None):
         hw = tuple(images.shape[-2:])
@@ -111,9 +156,17 @@ class DetDistillTask(StudentAndBCKD):
         terms = self.criterion(outputs, targets, *points_of(hw, self.student.strides, images.device))
         parts: dict[str, tuple[torch.Tensor, float]] = {k: (terms[k], 1.0) for k in ("cls", "box", "ctr")}
         out: dict = {"outputs": outputs, "det/num_pos": terms["num_pos"]}
+        if not self.terms:
+            return self._total(out, parts)
+        s_feats = self.student_taps.collect(hw) if self.student_taps is not None else []
+        t_scores, t_feats = self.teacher(images)
+        if "kd" in self.terms:
+            kd = dense_score_kd(outputs.scores, t_scores, float(terms["num_pos"]), terms["keep"])
+            parts["kd"] = (kd, self.kd_weight)
+        if self.pkd is not None:
+            levels = len(self.student.strides)
+            parts["pkd"] = (self.pkd(s_feats[-levels:], t_feats[-levels:]), self.pkd_weight)
         if self.bckd is not None:
-            s_feats = self.student_taps.collect(hw)
-            t_scores, t_feats = self.teacher(images)
             t_probs = dense_class_probs(p3_map(t_scores, hw))
             s_probs = dense_class_probs(p3_map(outputs.scores, hw))
             # BCKD reads class logits through a softmax; the log of a distribution softmaxes back to it.
@@ -129,6 +182,10 @@ class DetDistillTask(StudentAndBCKD):
             if "context" in terms_b:
                 parts["context"] = (terms_b["context"], gamma * beta)
             out["bckd/gamma"] = torch.tensor(gamma)
+        return self._total(out, parts)
+
+    @staticmethod
+    def _total(out: dict, parts: dict[str, tuple[torch.Tensor, float]]) -> dict:
         out.update({f"loss/{name}": term.detach() for name, (term, _) in parts.items()})
         out["loss"] = sum(weight * term for term, weight in parts.values())
         return out
