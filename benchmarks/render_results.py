@@ -373,6 +373,31 @@ def cpu_cost_table(stem: str) -> str:
     )
 
 
+def det_cost_table(stem: str = "det_cost_cpu") -> str:
+    """benchmarks/det_step.py --distill: a detector student's training step with each distillation method, its
+    median (min) over interleaved rounds, and its time over the student's plain step (median of the paired
+    per-round ratios)."""
+    d = load(stem)["distillation"]
+    labels = {
+        "none": "student alone",
+        "kd": "+ dense score KD",
+        "pkd": "+ PKD",
+        "bckd": "+ BCKD",
+        "kd+bckd": "+ dense score KD + BCKD",
+        "pkd+bckd": "+ PKD + BCKD",
+    }
+    lines = [
+        "| method | threads | trainable params | step: median (min) | x student alone (paired) |",
+        "|---|---|---|---|---|",
+    ]
+    for r in d["rows"].values():
+        lines.append(
+            f"| {labels.get(r['kd'], r['kd'])} | {r['threads']} | {r['trainable_params_m']:.2f} M | "
+            f"{r['step_s_median']:.2f} s ({r['step_s_min']:.2f} s) | {r['over_student_paired_median']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------------------------- deployment
 
 
@@ -530,6 +555,7 @@ RENDERERS: dict[str, Callable[..., str]] = {
         gpu_cost_table,
         context_memory_table,
         cpu_cost_table,
+        det_cost_table,
         balance_table,
         quickstart_ledger,
         deploy_table,

@@ -85,7 +85,9 @@ class DetDistillTask(StudentAndBCKD):
 
     The step dict reports each unweighted term as ``loss/<name>`` (``cls``, ``box``, ``ctr``, ``kd``, ``pkd``,
     ``boundary``, ``context``) and BCKD's ``bckd/gamma`` and ``bckd/temperature``, as the trainer logs them.
-    ``example_input`` (N x 3 x H x W) sizes BCKD's modules and PKD's channel adapters.
+    ``example_input`` (N x 3 x H x W) sizes BCKD's modules and PKD's channel adapters. ``cfg`` gives BCKD's
+    settings; its ``kd_weight``, ``kd_temperature`` and ``cwd_*`` belong to segmentation's logit terms and are not
+    read here (the dense score KD has no temperature).
     """
 
     def __init__(
