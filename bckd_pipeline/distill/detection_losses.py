@@ -178,7 +178,8 @@ class FCOSLoss(nn.Module):
 DENSE_KD_BETA = 1.0
 DENSE_KD_WEIGHT = 1.0
 # PKD: MMRazor's PKDLoss with loss_weight 10 in configs/distill/mmdet/pkd/pkd_fpn_retina_x101_retina_r50_2x_coco.py,
-# which pkd_fpn_fcos_x101_retina_r50_1x_coco.py (the FCOS teacher) inherits; resize_stu=True (its default).
+# which the FCOS-teacher (pkd_fpn_fcos_x101_retina_r50_1x_coco.py) and RepPoints configs inherit (the Faster R-CNN
+# and Mask R-CNN-Swin-teacher configs use 6); resize_stu=True (its default).
 PKD_WEIGHT = 10.0
 PKD_EPS = 1e-6
 
@@ -234,6 +235,9 @@ def pkd_loss(student_feats: list[torch.Tensor], teacher_feats: list[torch.Tensor
     the loss compares the maps' pattern, not their magnitude. A student map of another
     size is resized (bilinear) to the teacher's (MMRazor's ``resize_stu=True``). Zero when the maps are equal.
     The teacher's maps are read detached. Channels must match (:class:`PKDLoss` adapts them).
+
+    MMRazor's configs apply one such term, weight 10 each, to each of the first four neck outputs
+    (``data_idx`` 0-3: P3-P6 of RetinaNet's P3-P7); the detectors here have P3-P5, and all three are distilled.
     """
     if len(student_feats) != len(teacher_feats):
         raise ValueError(
