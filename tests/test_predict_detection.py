@@ -187,6 +187,19 @@ def test_the_api_refuses_a_model_of_another_task(built, tmp_path):
         load(untagged, score_threshold=0.3)
 
 
+def test_a_run_folder_s_manifest_names_the_task_of_an_untagged_file(built, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    export(built.wrapper, run / "model.onnx", task=None)
+    manifest = {"format": "bckd-pipeline/manifest-v1", "task": "detection", "deployable": ["model.onnx"]}
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    with load(run) as det:
+        assert isinstance(det, Detector) and len(det(scene(45, 70, 1))) > 0
+    export(built.wrapper, run / "model.onnx", task="segmentation")  # the file and its run disagree
+    with pytest.raises(ConfigError, match="'segmentation'.*manifest.*'detection'"):
+        load(run)
+
+
 def exif_photo(path: Path, stored: np.ndarray, orientation: int) -> Path:
     image = Image.fromarray(stored)
     exif = image.getexif()
