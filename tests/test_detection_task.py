@@ -373,8 +373,8 @@ def test_predict_writes_coco_style_detections_and_an_overlay(tmp_path):
     path, _ = writer.finish(1.0)
     (entry,) = json.loads(path.read_text())["images"]
     assert entry["detections"] == [
-        {"bbox": [4.0, 6.0, 16.0, 24.0], "score": 0.875, "category_id": 1, "category": "person"},
-        {"bbox": [30.0, 10.0, 30.0, 30.0], "score": 0.5, "category_id": 0, "category": "car"},
+        {"bbox": [4.0, 6.0, 16.0, 24.0], "score": 0.875, "category_id": 1, "category_name": "person"},
+        {"bbox": [30.0, 10.0, 30.0, 30.0], "score": 0.5, "category_id": 0, "category_name": "car"},
     ]
     assert entry["count"] == 2 and entry["overlay"] == "overlays/x.jpg"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["overlays", "predictions.json"]

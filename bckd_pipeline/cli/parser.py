@@ -398,8 +398,10 @@ def _predict_parser(sub, fmt) -> None:
         "predict",
         help="run a deployed model (a run folder or any artifact) on your images, a folder or a video",
         formatter_class=fmt,
-        epilog="Writes OUT/labels/<name>.png (class ids as pixel values, palette colours), OUT/overlays/<name>.jpg "
-        "with --save-overlay, and OUT/predictions.json. Exit codes: 0 done; 2 bad input (source, model, flags), or "
+        epilog="Writes OUT/predictions.json (a detector's boxes there, COCO-style, in each image's pixels), for a "
+        "segmentation model OUT/labels/<name>.png (class ids as pixel values, palette colours), and with "
+        "--save-overlay OUT/overlays/<name>.jpg (classes blended in, or boxes drawn). "
+        "Exit codes: 0 done; 2 bad input (source, model, flags), or "
         "an unreadable input with --on-error stop; 4 done, but unreadable inputs were skipped (listed in "
         "predictions.json).",
     )
@@ -415,7 +417,15 @@ def _predict_parser(sub, fmt) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/predict"), help="output folder")
     p.add_argument("--batch", type=int, help="images per inference call (default: the model's batch, else 1)")
     p.add_argument("--letterbox", action="store_true", help="keep the aspect ratio: scale to fit and pad")
-    p.add_argument("--save-overlay", action="store_true", help="also write each image with its classes blended in")
+    p.add_argument(
+        "--save-overlay", action="store_true", help="also write each image with its classes blended in (or boxes drawn)"
+    )
+    p.add_argument(
+        "--score-threshold",
+        type=float,
+        metavar="S",
+        help="detection models: keep boxes scoring above S in 0..1 (default: the decoding's, 0.2)",
+    )
     p.add_argument("--input-size", type=_pair, help="H,W for a model with dynamic height and width")
     p.add_argument("--threads", type=int, help="intra-op threads (default: the runtime's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -1,5 +1,6 @@
-"""``predict``: the Segmenter (bckd_pipeline/predict) over an image, a folder or a video, with a progress bar
-and the files of predict/outputs.py; the last line names the output folder.
+"""``predict``: the model's API (bckd_pipeline/predict: a Segmenter or a Detector, by the artifact's task) over an
+image, a folder or a video, with a progress bar and the files of predict/outputs.py; the last line names the
+output folder.
 
 An input that cannot be read (truncated, not an image, over ``--max-pixels``) is, with ``--on-error skip``
 (the default), skipped with a warning on stderr and listed in predictions.json, the rest are predicted, and
@@ -26,12 +27,12 @@ SPLIT_IMAGE_FOLDERS = ("{split}", "images/{split}", "leftImg8bit/{split}", "img_
 
 def predict(args, console) -> int:
     from ..predict.outputs import PREDICTIONS_FILE, PredictionsWriter, prepare_out
-    from ..predict.segmenter import Segmenter
+    from ..predict.loading import load
     from ..predict.sources import open_source
     from ..model_spec import read_classes_file
 
     source = open_source(args.source, exclude=Path(args.out))  # a bad source fails before the model loads
-    seg = Segmenter.load(
+    seg = load(
         args.model,
         target=args.target,
         letterbox=args.letterbox,
@@ -41,6 +42,7 @@ def predict(args, console) -> int:
         std=args.std,
         classes=args.classes or read_classes_file(args.classes_file),
         threads=args.threads,
+        score_threshold=args.score_threshold,
     )
     with seg:
         out = prepare_out(args.out, seg.task.output_folders)
@@ -70,7 +72,8 @@ def predict(args, console) -> int:
         path, summary = writer.finish(time.perf_counter() - start)
         info = seg.info
     size = "own size" if info.input_size is None else f"{info.input_size[0]}x{info.input_size[1]}"
-    written = "labels/" + (", overlays/" if args.save_overlay else "") + f", {PREDICTIONS_FILE}"
+    folders = [f for f in seg.task.output_folders if f != "overlays" or args.save_overlay]
+    written = ", ".join([f"{f}/" for f in folders] + [PREDICTIONS_FILE])
     n, skipped = summary["images"], summary["skipped"]
     note = (
         f"; {skipped} skipped (not readable, listed in {PREDICTIONS_FILE}; exit code {EXIT_SKIPPED})" if skipped else ""

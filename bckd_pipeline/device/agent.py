@@ -130,8 +130,8 @@ def run_job(job_file: Path, out: Path | None = None) -> dict:
     with runtime:
         labels = []
         for image in images:
-            output = next(iter(runtime.infer({job["input_name"]: image[None]}).values()))
-            labels.append(task.prediction_of(output)[0])
+            feed = {job["input_name"]: image[None]}
+            labels.append(task.prediction_of(task.raw_output(runtime.infer(feed), feed))[0])
         feeds = [{job["input_name"]: image[None]} for image in images[:LATENCY_IMAGES]]
         latency = benchmark(runtime, feeds, LatencySpec(**job["latency"])).as_dict()
     stacked = np.stack(labels)

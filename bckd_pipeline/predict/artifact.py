@@ -59,6 +59,7 @@ class Contract:
     source: str  # where it was read: "onnx metadata_props", "openvino rt_info", ...
     extra: dict = field(default_factory=dict)
     class_colors: tuple[tuple[int, int, int], ...] | None = None  # one RGB 0..255 per class, from the training data
+    task: str | None = None  # the model's task (tasks/): ONNX ``bckd.task``, a checkpoint's meta; None: not said
 
     def with_overrides(self, mean=None, std=None, classes=None) -> Contract:
         """The user's values where the artifact has none; they never replace what it carries."""
@@ -255,6 +256,7 @@ def contract_from_props(props: dict[str, str], source: str) -> Contract:
     pre = load("bckd.preprocessing") or {}
     out = load("bckd.output") or {}
     names = load("bckd.class_names")
+    output = out.get("name")  # a model of several outputs (a detector's raw head) may list them
     colors = load("bckd.class_colors")
     return Contract(
         mean=None if pre.get("mean") is None else tuple(pre["mean"]),
@@ -262,10 +264,11 @@ def contract_from_props(props: dict[str, str], source: str) -> Contract:
         normalization_in_graph=bool(pre.get("baked_into_graph", False)),
         class_names=None if names is None else tuple(names),
         resize_to=None if pre.get("resize_to") is None else tuple(pre["resize_to"]),
-        output_name=out.get("name"),
+        output_name=output if isinstance(output, str) else None,
         model=props.get("bckd.model"),
         source=source,
         class_colors=None if colors is None else tuple(tuple(int(v) for v in c) for c in colors),
+        task=props.get("bckd.task"),
         extra={
             name: props[key]
             for key, name in (
@@ -309,8 +312,26 @@ def _checkpoint_contract(path: Path) -> Contract:
         model=meta.model,
         source="checkpoint meta",
         class_colors=meta.class_colors,
+        task=meta.task,
         extra={"dataset": meta.dataset, "role": meta.role},
     )
+
+
+def task_of(artifact: Artifact, contract: Contract) -> str:
+    """The artifact's task: what the file says (ONNX/IR ``bckd.task``, a checkpoint's meta), else its run's
+    manifest ``task``, else segmentation (a model exported before tasks were recorded, or elsewhere)."""
+    from ..tasks import DEFAULT_TASK, get_task
+
+    in_manifest = (artifact.manifest or {}).get("task")
+    if contract.task is not None and in_manifest is not None and contract.task != in_manifest:
+        raise ConfigError(
+            f"{str(artifact.path)!r} says its task is {contract.task!r} ({contract.source}), but the manifest of its "
+            f"run in {str(artifact.run_dir)!r} says {in_manifest!r}. The file is not the one that run deployed; pass "
+            "the artifact file itself, or re-run `bckd-pipeline deploy` into that folder."
+        )
+    name = contract.task or in_manifest or DEFAULT_TASK
+    get_task(name)  # an unknown name fails here, listing the tasks
+    return name
 
 
 # -- the runtime ---------------------------------------------------------------------------------------
@@ -336,6 +357,11 @@ def _torch_runtime(artifact: Artifact, threads: int | None):
     from ..export.wrapper import SegExportWrapper
 
     model, meta = load_model(artifact.path)
+    if meta.task != "segmentation":
+        raise ConfigError(
+            f"{str(artifact.path)!r} is a {meta.task} checkpoint; predict runs detectors from their exported graph. "
+            "Export it first (`bckd-pipeline deploy`), then pass the run folder or its .onnx/model.xml."
+        )
     wrapper = SegExportWrapper(model, normalize=Normalization(meta.mean, meta.std), head="logits")
     # Any batch and size: the wrapper pads to the encoder's stride and crops back, as evaluation does.
     return TorchRuntime(wrapper, (None, 3, None, None), threads=threads, name=artifact.path.name)

@@ -4,13 +4,14 @@
   ``labels/<stem>.png``, a palette PNG of the class ids, see tasks/segmentation_draw.py);
 - with ``--save-overlay``, the prediction drawn over the image (``Task.write_overlay``; segmentation:
   ``overlays/<stem>.jpg``);
-- ``predictions.json``: the model (``Segmenter.info``), the classes and their colours, how images are
-  decoded, and per image its source path, the fields the task gives (segmentation: the label PNG, the
-  size, the classes present with their pixel shares), its latency, the overlay, and the EXIF orientation
-  applied to it or the mode it was stored in where those are not plain; ``skipped``: each input that could
-  not be read, with the reason. It is written when predict starts (empty, ``complete: false``), so a
-  killed predict leaves a folder the next one accepts, and again at the end, or where predict stops
-  (``complete: false``, ``stopped_at``: the input it stopped at), listing what was done.
+- ``predictions.json``: the model (``Segmenter.info``, ``Detector.info``), the classes and their colours, how
+  images are decoded, and per image its ``image_id`` (its index in ``images``), source path, the fields the
+  task gives (segmentation: the label PNG, the size, the classes present with their pixel shares; detection:
+  ``detections``, COCO-style results in the image's pixels, and their ``count``), its latency, the overlay,
+  and the EXIF orientation applied to it or the mode it was stored in where those are not plain; ``skipped``:
+  each input that could not be read, with the reason. It is written when predict starts (empty,
+  ``complete: false``), so a killed predict leaves a folder the next one accepts, and again at the end, or
+  where predict stops (``complete: false``, ``stopped_at``: the input it stopped at), listing what was done.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from ..errors import ConfigError
 from ..fileio import write_text
 from ..imagefile import Decoded
 from ..outlock import holds_other_files
-from .segmenter import Prediction, Segmenter
+from .predictor import Predictor
 from .sources import Item, Source
 
 PREDICTIONS_FORMAT = "bckd-pipeline/predictions-v1"
@@ -59,17 +60,20 @@ def prepare_out(out: Path, folders: tuple[str, ...]) -> Path:
 class PredictionsWriter:
     """Writes each item's files as it comes, then predictions.json once at the end."""
 
-    def __init__(self, out: Path, seg: Segmenter, source: Source, *, overlay: bool) -> None:
+    def __init__(self, out: Path, seg: Predictor, source: Source, *, overlay: bool) -> None:
         self.out, self.seg, self.source, self.overlay = Path(out), seg, source, overlay
         self.colors, self.task = seg.palette, seg.task
         self.entries: list[dict] = []
         self.skipped: list[dict] = []
         self.finish(0.0, complete=False)  # a marker a rerun recognises, however this one ends
 
-    def add(self, item: Item, decoded: Decoded, prediction: Prediction) -> None:
-        labels, stem = prediction.labels, item.stem
-        fields = self.task.write_prediction(labels, self.out, stem, colors=self.colors, classes=self.seg.classes)
+    def add(self, item: Item, decoded: Decoded, prediction) -> None:
+        """``prediction``: a Segmenter's ``Prediction`` or a Detector's ``DetectionResult`` (its ``output`` is what
+        the task writes: a label map, or boxes in the image's pixels)."""
+        found, stem, classes = prediction.output, item.stem, self.seg.classes
+        fields = self.task.write_prediction(found, self.out, stem, colors=self.colors, classes=classes)
         entry = {
+            "image_id": len(self.entries),
             "path": item.name,
             **({} if item.frame is None else {"frame": item.frame}),
             **fields,
@@ -79,7 +83,7 @@ class PredictionsWriter:
             "total_ms": round(prediction.total_ms, 3),
         }
         if self.overlay:
-            entry |= self.task.write_overlay(labels, decoded.rgb, self.out, stem, colors=self.colors)
+            entry |= self.task.write_overlay(found, decoded.rgb, self.out, stem, colors=self.colors, classes=classes)
         self.entries.append(entry)
 
     def skip(self, item: Item, reason: str) -> None:

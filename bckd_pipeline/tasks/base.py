@@ -222,10 +222,11 @@ class Task(ABC):
 
     @abstractmethod
     def write_overlay(
-        self, prediction: np.ndarray, rgb: np.ndarray, out: Path, stem: str, *, colors: np.ndarray
+        self, prediction: np.ndarray, rgb: np.ndarray, out: Path, stem: str, *, colors: np.ndarray, classes: tuple = ()
     ) -> dict:
         """Write the prediction drawn over the H x W x 3 uint8 image ``rgb`` (``--save-overlay``); return the
-        entry fields naming the file (relative to ``out``)."""
+        entry fields naming the file (relative to ``out``). ``classes``: the class names, for a task that labels
+        what it draws."""
 
     @abstractmethod
     def draw(

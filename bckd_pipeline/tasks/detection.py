@@ -329,10 +329,10 @@ class Detection(Task):
 
         return write_prediction(prediction, out, stem, colors=colors, classes=classes)
 
-    def write_overlay(self, prediction, rgb, out, stem, *, colors) -> dict:
+    def write_overlay(self, prediction, rgb, out, stem, *, colors, classes=()) -> dict:
         from .detection_draw import write_overlay_file
 
-        return write_overlay_file(prediction, rgb, out, stem, colors=colors)
+        return write_overlay_file(prediction, rgb, out, stem, colors=colors, classes=classes)
 
     def draw(self, prediction, colors, *, ignore_index: int = -1, truth=None, image=None) -> np.ndarray:
         """The boxes over ``image`` (H x W x 3 uint8; without it, a grey canvas holding every box); with ``truth``,

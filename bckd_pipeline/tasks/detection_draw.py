@@ -1,8 +1,8 @@
 """Detection's files and pictures: what ``predict`` writes per image and how report.html draws boxes.
 
 - predictions.json entry fields: ``detections``, COCO-style results in the original image's pixels, highest
-  score first: ``{"bbox": [x, y, w, h], "score", "category_id", "category"}`` (``category_id``: the class's
-  index in the model's class list, ``category``: its name), and ``count``;
+  score first: ``{"bbox": [x, y, w, h], "score", "category_id", "category_name"}`` (``category_id``: the class's
+  index in the model's class list, ``category_name``: its name), and ``count``;
 - ``overlays/<stem>.jpg`` (``--save-overlay``): the boxes drawn over the image, each in its class colour
   with its class name and score;
 - report.html: the boxes over the image (or a grey canvas), the ground truth's boxes as thin white
@@ -46,7 +46,7 @@ def coco_entries(prediction, classes: tuple) -> list:
                 "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
                 "score": round(score, 4),
                 "category_id": c,
-                "category": classes[c] if c < len(classes) else str(c),
+                "category_name": classes[c] if c < len(classes) else str(c),
             }
         )
     return out
@@ -100,12 +100,15 @@ def draw_boxes(prediction, colors: np.ndarray, *, truth=None, image=None, classe
     return np.asarray(canvas)
 
 
-def write_overlay_file(prediction, rgb: np.ndarray, out: Path, stem: str, *, colors: np.ndarray) -> dict:
-    """Write ``overlays/<stem>.jpg``, the boxes over the image; return the entry's ``overlay`` field."""
+def write_overlay_file(
+    prediction, rgb: np.ndarray, out: Path, stem: str, *, colors: np.ndarray, classes: tuple = ()
+) -> dict:
+    """Write ``overlays/<stem>.jpg``, the boxes over the image labelled with ``classes``' names; return the entry's
+    ``overlay`` field."""
     from PIL import Image
 
     path = out / "overlays" / f"{stem}.jpg"
-    picture = Image.fromarray(draw_boxes(prediction, colors, image=rgb))
+    picture = Image.fromarray(draw_boxes(prediction, colors, image=rgb, classes=classes))
     atomic_write(path, lambda tmp: picture.save(tmp, format="JPEG", quality=90))
     return {"overlay": path.relative_to(out).as_posix()}
 

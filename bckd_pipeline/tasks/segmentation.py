@@ -348,7 +348,7 @@ class Segmentation(Task):
 
         return write_prediction(prediction, out, stem, colors=colors, classes=classes)
 
-    def write_overlay(self, prediction, rgb, out, stem, *, colors) -> dict:
+    def write_overlay(self, prediction, rgb, out, stem, *, colors, classes=()) -> dict:
         from .segmentation_draw import write_overlay_file
 
         return write_overlay_file(prediction, rgb, out, stem, colors=colors)
