@@ -17,7 +17,7 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 from bckd_pipeline.distill.detection import build_detector  # noqa: E402
-from bckd_pipeline.errors import ConfigError  # noqa: E402
+from bckd_pipeline.errors import ConfigError, DataError  # noqa: E402
 from bckd_pipeline.export.detection_nms import candidate_count, nms_graph, with_nms  # noqa: E402
 from bckd_pipeline.tasks.detection import DETECTION, NMS_OUTPUT_NAMES, Detection, NmsOutputs  # noqa: E402
 from bckd_pipeline.tasks.detection_decode import DEFAULT_DECODE, OUTPUT_NAMES, DecodeSettings  # noqa: E402
@@ -271,5 +271,7 @@ def test_task_reads_nms_outputs_as_rows_and_keeps_the_raw_path():
     np.testing.assert_array_equal(rows[0, :2, :4], outputs["det_boxes"][0, :2])
     np.testing.assert_array_equal(rows[0, :2, 4:], np.array([[0.9, 1], [0.5, 0]], np.float32))
     assert (rows[0, 2:, 5] == -1).all() and (rows[1, :, 5] == -1).all()
-    with pytest.raises(Exception, match="scores, boxes, centerness"):
+    with pytest.raises(DataError, match="never negative"):
+        DETECTION.prediction_of(DETECTION.raw_output({**outputs, "num_dets": np.array([[-1], [0]], np.int32)}, feed))
+    with pytest.raises(DataError, match="scores, boxes, centerness"):
         DETECTION.raw_output({"det_boxes": outputs["det_boxes"]}, feed)

@@ -71,7 +71,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import ConfigError
-from ..tasks.detection_decode import DEFAULT_STRIDES, OUTPUT_NAMES, DecodeSettings, anchor_points
+from ..tasks.detection_decode import OUTPUT_NAMES, DecodeSettings, anchor_points
 from ..tasks.detection import NMS_OUTPUT_NAMES
 
 VARIANTS = ("onnx", "tensorrt")
@@ -120,8 +120,8 @@ def _check(settings: DecodeSettings, variant: str, trt_version) -> None:
 def with_nms(
     model,
     settings: DecodeSettings,
-    strides: Sequence[int] = DEFAULT_STRIDES,
-    input_hw: Sequence[int] = (0, 0),
+    strides: Sequence[int],
+    input_hw: Sequence[int],
     variant: str = "onnx",
     *,
     trt_version=None,

@@ -57,12 +57,13 @@ NMS_OUTPUT_NAMES = ("num_dets", "det_boxes", "det_scores", "det_labels")
 
 @dataclass(frozen=True)
 class NmsOutputs:
-    """The outputs of a graph that decodes and suppresses inside (the ``nms`` head), as a runtime gives them."""
+    """The outputs of a graph that decodes and suppresses inside (the ``nms`` head), as a runtime gives them. Named
+    as the outputs, not as ``HeadOutputs``' fields: code that reads head tensors fails loudly on these."""
 
     num_dets: np.ndarray  # [N, 1] int
-    boxes: np.ndarray  # [N, K, 4] x1, y1, x2, y2 in input pixels
-    scores: np.ndarray  # [N, K]
-    labels: np.ndarray  # [N, K] int
+    det_boxes: np.ndarray  # [N, K, 4] x1, y1, x2, y2 in input pixels
+    det_scores: np.ndarray  # [N, K]
+    det_labels: np.ndarray  # [N, K] int
 
     @classmethod
     def of(cls, outputs: Mapping[str, Any]) -> NmsOutputs:
@@ -71,17 +72,17 @@ class NmsOutputs:
     def rows(self, detections_per_img: int) -> np.ndarray:
         """``[N, detections_per_img, 6]`` rows as ``decode`` writes them: the first ``num_dets`` detections of each
         image, highest score first, then padding (label -1)."""
-        n = len(self.boxes)
+        n = len(self.det_boxes)
         out = np.zeros((n, detections_per_img, 6), np.float32)
         out[:, :, 5] = PAD_LABEL
         for i in range(n):
-            k = min(int(np.asarray(self.num_dets[i]).reshape(-1)[0]), self.boxes.shape[1], detections_per_img)
+            k = min(int(np.asarray(self.num_dets[i]).reshape(-1)[0]), self.det_boxes.shape[1], detections_per_img)
             if k < 0:
                 raise DataError(f"The NMS graph says image {i} has {k} detections; a count is never negative.")
-            order = np.argsort(-self.scores[i, :k].astype(np.float32), kind="stable")
-            out[i, :k, :4] = self.boxes[i, order]
-            out[i, :k, 4] = self.scores[i, order]
-            out[i, :k, 5] = self.labels[i, order]
+            order = np.argsort(-self.det_scores[i, :k].astype(np.float32), kind="stable")
+            out[i, :k, :4] = self.det_boxes[i, order]
+            out[i, :k, 4] = self.det_scores[i, order]
+            out[i, :k, 5] = self.det_labels[i, order]
         return out
 
 
