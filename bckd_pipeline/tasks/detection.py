@@ -3,7 +3,8 @@
 - Raw output (the contract, tasks/detection_decode.py): ``scores`` ``[N, A, C]`` class logits (sigmoid),
   ``boxes`` ``[N, A, 4]`` (left, top, right, bottom) distances in input pixels, ``centerness`` ``[N, A, 1]``
   logits, over the anchor points of strides (8, 16, 32). ``raw_output`` takes the three named outputs and
-  the input's size from the feed (``HeadOutputs``).
+  the input's size from the feed (``HeadOutputs``); the ``nms`` head's outputs (``NMS_OUTPUT_NAMES``, made by
+  export/detection_nms.py) are read as ``NmsOutputs``, whose rows are already decoded and suppressed.
 - Prediction: per image ``[100, 6]`` float32 rows ``(x1, y1, x2, y2, score, label)`` in input pixels,
   highest score first, padded with label -1: torchvision FCOS's decoding and class-wise NMS, in numpy,
   one implementation for every backend (``decode``).
@@ -48,6 +49,42 @@ from .detection_decode import (
     decode,
     valid_rows,
 )
+
+# The outputs of the graph with NMS inside (export/detection_nms.py: num_dets [N, 1] int32, det_boxes [N, K, 4],
+# det_scores [N, K], det_labels [N, K] int32; rows at and after num_dets are padding).
+NMS_OUTPUT_NAMES = ("num_dets", "det_boxes", "det_scores", "det_labels")
+
+
+@dataclass(frozen=True)
+class NmsOutputs:
+    """The outputs of a graph that decodes and suppresses inside (the ``nms`` head), as a runtime gives them. Named
+    as the outputs, not as ``HeadOutputs``' fields: code that reads head tensors fails loudly on these."""
+
+    num_dets: np.ndarray  # [N, 1] int
+    det_boxes: np.ndarray  # [N, K, 4] x1, y1, x2, y2 in input pixels
+    det_scores: np.ndarray  # [N, K]
+    det_labels: np.ndarray  # [N, K] int
+
+    @classmethod
+    def of(cls, outputs: Mapping[str, Any]) -> NmsOutputs:
+        return cls(*(np.asarray(outputs[n]) for n in NMS_OUTPUT_NAMES))
+
+    def rows(self, detections_per_img: int) -> np.ndarray:
+        """``[N, detections_per_img, 6]`` rows as ``decode`` writes them: the first ``num_dets`` detections of each
+        image, highest score first, then padding (label -1)."""
+        n = len(self.det_boxes)
+        out = np.zeros((n, detections_per_img, 6), np.float32)
+        out[:, :, 5] = PAD_LABEL
+        for i in range(n):
+            k = min(int(np.asarray(self.num_dets[i]).reshape(-1)[0]), self.det_boxes.shape[1], detections_per_img)
+            if k < 0:
+                raise DataError(f"The NMS graph says image {i} has {k} detections; a count is never negative.")
+            order = np.argsort(-self.det_scores[i, :k].astype(np.float32), kind="stable")
+            out[i, :k, :4] = self.det_boxes[i, order]
+            out[i, :k, 4] = self.det_scores[i, order]
+            out[i, :k, 5] = self.det_labels[i, order]
+        return out
+
 
 MATCH_IOU = 0.9  # a detection is found again when a box of its class overlaps it this much ...
 MATCH_SCORE_TOL = 0.05  # ... and its score moved at most this much (absolute)
@@ -274,13 +311,19 @@ class Detection(Task):
     def __init__(self, settings: DecodeSettings = DEFAULT_DECODE, strides=DEFAULT_STRIDES, bins: int = ap.SCORE_BINS):
         self.settings, self.strides, self.bins = settings, tuple(strides), bins
 
-    def raw_output(self, outputs, feed) -> HeadOutputs:
+    def raw_output(self, outputs, feed) -> HeadOutputs | NmsOutputs:
+        """The named outputs of a raw head (``HeadOutputs``), or of a graph with NMS inside (``NmsOutputs``, when the
+        outputs are ``NMS_OUTPUT_NAMES``)."""
+        if all(n in outputs for n in NMS_OUTPUT_NAMES):
+            return NmsOutputs.of(outputs)
         images = [v for v in feed.values() if np.ndim(v) == 4]
         if len(images) != 1:
             raise DataError(f"A detector takes one [N, 3, H, W] image input; the feed holds {', '.join(feed)}.")
         return HeadOutputs.of(outputs, images[0].shape[2:], self.strides)
 
-    def prediction_of(self, output: HeadOutputs) -> np.ndarray:
+    def prediction_of(self, output: HeadOutputs | NmsOutputs) -> np.ndarray:
+        if isinstance(output, NmsOutputs):
+            return output.rows(self.settings.detections_per_img)
         return decode(output, self.settings)
 
     def reference_labels(self, prediction, like) -> np.ndarray:
