@@ -52,9 +52,9 @@ def test_the_docs_have_regions_and_every_region_names_a_renderer(rr):
 
 
 def test_check_fails_on_a_tampered_table(rr, tmp_path):
-    doc = (ROOT / "docs" / "deploy.md").read_text()
+    doc = (ROOT / "docs" / "deploy-parity.md").read_text()
     assert "| ONNX Runtime INT8 | 33.82 |" in doc
-    tampered = tmp_path / "deploy.md"
+    tampered = tmp_path / "deploy-parity.md"
     tampered.write_text(doc.replace("| ONNX Runtime INT8 | 33.82 |", "| ONNX Runtime INT8 | 34.82 |", 1))
     diffs = rr.check([tampered])
     assert len(diffs) == 1
