@@ -26,6 +26,7 @@ import argparse
 import difflib
 import json
 import re
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -785,7 +786,7 @@ def render_text(text: str) -> str:
     """``text`` with every marked region re-rendered from the JSON."""
 
     def block(m: re.Match) -> str:
-        name, *args = m["spec"].split()
+        name, *args = shlex.split(m["spec"])
         if name != m["end"]:
             raise ValueError(f"region {name!r} is closed by {m['end']!r}")
         if name not in RENDERERS:
@@ -793,7 +794,7 @@ def render_text(text: str) -> str:
         return f"{m[1]}{RENDERERS[name](*args).rstrip()}\n{m[4]}"
 
     def inline(m: re.Match) -> str:
-        name, *args = m["spec"].split()
+        name, *args = shlex.split(m["spec"])
         if name not in INLINE_RENDERERS:
             raise ValueError(f"no inline renderer {name!r}; known: {', '.join(sorted(INLINE_RENDERERS))}")
         return f"{m[1]}{INLINE_RENDERERS[name](*args)}{m[4]}"
