@@ -734,6 +734,12 @@ def ratio_of(stem: str, a: str, b: str, fmt: str = ".1f") -> str:
     return format(_at(load(stem), a) / _at(load(stem), b), fmt)
 
 
+def diff_of(stem: str, a: str, b: str, fmt: str = ".1f", scale: str = "1") -> str:
+    """The difference of two numbers of one results file, (``a`` − ``b``) x ``scale`` (dotted paths)."""
+    d = load(stem)
+    return format((_at(d, a) - _at(d, b)) * float(scale), fmt).replace("-", MINUS)
+
+
 def _at(d, path: str):
     for part in path.split("."):
         d = d[int(part)] if isinstance(d, list) else d[part]
@@ -756,6 +762,36 @@ def provenance(stem: str) -> str:
     return ", ".join(parts)
 
 
+def _tt_runs(stem: str) -> dict[str, dict[int, dict]]:
+    """A two-teacher camvid_table.py result's students: row name -> seed -> its result."""
+    d = load(stem)
+    rows: dict[str, dict[int, dict]] = {}
+    for k in sorted(k for k in d if k.startswith("run_")):
+        for r in d[k]["rows"]:
+            if r["name"] != "teacher" and r["status"] == "ok":
+                rows.setdefault(r["name"], {})[r["seed"]] = r
+    return rows
+
+
+def tt(stem: str, row: str, seed: str = "mean", metric: str = "miou") -> str:
+    """A two-teacher table's ``row``: its ``metric`` on one ``seed``, or the mean over seeds, 2 decimals."""
+    runs = _tt_runs(stem)[row]
+    if seed == "mean":
+        return f2(sum(r[metric] for r in runs.values()) / len(runs))
+    return f2(runs[int(seed)][metric])
+
+
+def tt_diff(stem: str, a: str, b: str, seed: str = "mean", metric: str = "miou") -> str:
+    """``a`` − ``b`` in a two-teacher table, on one ``seed`` or between the means, 2 decimals."""
+    return f2(float(tt(stem, a, seed, metric)) - float(tt(stem, b, seed, metric)))
+
+
+def tt_spread(stem: str, row: str, metric: str = "miou") -> str:
+    """How far apart a row's seeds are in a two-teacher table (largest − smallest), 1 decimal."""
+    values = [r[metric] for r in _tt_runs(stem)[row].values()]
+    return f"{max(values) - min(values):.1f}"
+
+
 INLINE_RENDERERS: dict[str, Callable[..., str]] = {
     f.__name__: f
     for f in (
@@ -774,7 +810,11 @@ INLINE_RENDERERS: dict[str, Callable[..., str]] = {
         wall_time,
         ratios,
         ratio_of,
+        diff_of,
         provenance,
+        tt,
+        tt_diff,
+        tt_spread,
     )
 }
 
