@@ -573,6 +573,50 @@ def quant_moves(stem: str = "quant_table_cpu") -> str:
     return "\n".join(bullets)
 
 
+QUANT_COMPARISONS = (
+    ("ort-u8s8", "ort-s8s8"),
+    ("ort-u8s8", "fp32-onnxruntime"),
+    ("nncf", "fp32-openvino"),
+    ("trt-qdq", "fp32-onnxruntime"),
+)
+
+
+def quant_latency_notes(stem: str = "quant_table_cpu") -> str:
+    """Bullets on the quantization table's latency cells (every student at every size): the load they ran
+    under, the widest p99 / p50, and for each pair of flavours in how many cells the first was faster (the
+    range of p50 ratios, the cells where it was not, and the largest ratio's reference spread); then the
+    calibration images each size could hold."""
+    students = load(stem)["students"]
+    cells = [(p, size, c) for p, st in students.items() for size, c in st.get("latency", {}).items()]
+    timings = [(p, size, f, t) for p, size, c in cells for f, t in c.items() if isinstance(t, dict) and "p50_ms" in t]
+    loads = [t["loadavg_1min_before"] for *_, t in timings if t.get("loadavg_1min_before") is not None]
+    wp, wsize, wf, wt = max(timings, key=lambda x: x[3]["p99_ms"] / x[3]["p50_ms"])
+    bullets = [
+        f"- The 1-minute load average before each timing was {min(loads):.2f} to {max(loads):.2f}; p99 was up to "
+        f"{wt['p99_ms'] / wt['p50_ms']:.0f}x p50 (`{wp}` `{wf}` at {wsize}: {wt['p99_ms']:.1f} against "
+        f"{wt['p50_ms']:.2f} ms)."
+    ]
+    for a, ref in QUANT_COMPARISONS:
+        pairs = [(p, size, c[ref], c[a]) for p, size, c in cells if a in c and ref in c]
+        ratios = [(r["p50_ms"] / x["p50_ms"], p, size, r) for p, size, r, x in pairs]
+        slower = [f"`{p}` at {size}" for ratio, p, size, _ in ratios if ratio <= 1]
+        top = max(ratios, key=lambda x: x[0])
+        line = (
+            f"- `{a}` was faster than `{ref}` in {len(ratios) - len(slower)} of {len(ratios)} cells "
+            f"(×{min(ratios)[0]:.2f} to ×{top[0]:.2f}; the largest, `{top[1]}` at {top[2]}, where `{ref}` had a p50 of "
+            f"{top[3]['p50_ms']:.2f} ms and a standard deviation of {top[3]['std_ms']:.0f} ms)"
+        )
+        bullets.append(line + (f"; not in {', '.join(slower)}." if 0 < len(slower) <= 3 else "."))
+    sizes = dict.fromkeys(size for _, size, _ in cells)
+    calib = []
+    for size in list(sizes)[1:]:
+        counts = ", ".join(f"{students[p]['latency'][size]['calibration_images']} for `{p}`"
+                           for p in students if size in students[p].get("latency", {}))
+        calib.append(f"{size}: {counts}")
+    bullets.append("- Calibration images at the larger sizes: " + "; ".join(calib) + ".")
+    return "\n".join(bullets)
+
+
 def qat_table(stem: str) -> str:
     """QAT study: per row the QAT mIoU and the recovered share of the PTQ drop, (QAT − PTQ) / (FP32 − PTQ)."""
     d = load(stem)
@@ -616,6 +660,7 @@ RENDERERS: dict[str, Callable[..., str]] = {
         deploy_ort_variants,
         quant_table,
         quant_moves,
+        quant_latency_notes,
         qat_table,
         cpu_precision_table,
         compile_table,
@@ -710,6 +755,18 @@ def qat_pair(stem: str, a: str, b: str, interval: str = "t_ci") -> str:
     return f"{s2(p['mean'], MINUS)} {ci(p[interval], MINUS)}"
 
 
+def qat_seeds(stem: str, row: str, field: str = "miou_qat") -> str:
+    """A QAT study row's ``field`` on each seed, in seed order, 2 decimals: "27.66, 28.23, ..."."""
+    records = sorted((r for r in load(stem)["records"] if r["row"] == row), key=lambda r: r["seed"])
+    return ", ".join(f2(r[field]) for r in records)
+
+
+def qat_span(stem: str, rows: str, field: str = "pixel_agreement", fmt: str = ".1f", scale: str = "100") -> str:
+    """The range of ``field`` over the QAT study's runs of ``rows`` (comma list), "lo-hi" (x ``scale``)."""
+    values = [r[field] * float(scale) for r in load(stem)["records"] if r["row"] in rows.split(",")]
+    return f"{format(min(values), fmt)}-{format(max(values), fmt)}"
+
+
 def last_line(stem: str, stream: str = "stdout") -> str:
     """The last line a benchmarks/record_command.py file recorded on ``stream`` (a verdict, a summary)."""
     return load(stem)[stream].rstrip("\n").splitlines()[-1]
@@ -792,6 +849,29 @@ def tt_spread(stem: str, row: str, metric: str = "miou") -> str:
     return f"{max(values) - min(values):.1f}"
 
 
+def qdelta(stem: str, preset: str, flavour: str, field: str = "delta") -> str:
+    """A quantization-table row's ΔmIoU with its 95 % interval, "−0.30 [−0.37, −0.23]"; ``field`` "agreement"
+    gives its pixel agreement in %, "bf" its change in boundary F, "fp32" the FP32 mIoU, 2 decimals."""
+    acc = load(stem)["students"][preset]["accuracy"][flavour]
+    if field == "agreement":
+        return f"{100 * acc['pixel_agreement']:.2f}"
+    if field == "bf":
+        return s2(acc["delta_boundary_f"], MINUS)
+    if field == "fp32":
+        return f2(acc["miou_fp32"])
+    return _delta(acc)
+
+
+def qremedy(stem: str, flavour: str, remedy: str, field: str = "delta") -> str:
+    """A remedy of the quantization table's worst rows (by ``flavour``): its ΔmIoU [95 % interval], or with
+    ``field`` "agreement" its pixel agreement in %, "baseline" the row's ΔmIoU before any remedy."""
+    r = next(r for r in load(stem)["remedies"] if r["flavour"] == flavour)
+    if field == "baseline":
+        return s2(r["baseline_delta_miou"], MINUS)
+    row = r["rows"][remedy]
+    return f"{100 * row['pixel_agreement']:.2f}" if field == "agreement" else _delta(row)
+
+
 INLINE_RENDERERS: dict[str, Callable[..., str]] = {
     f.__name__: f
     for f in (
@@ -799,6 +879,8 @@ INLINE_RENDERERS: dict[str, Callable[..., str]] = {
         qat_ms,
         qat_over_fp32,
         qat_pair,
+        qat_seeds,
+        qat_span,
         ort_int8_over_fp32,
         speedup_vs_eager,
         pd,
@@ -815,6 +897,8 @@ INLINE_RENDERERS: dict[str, Callable[..., str]] = {
         tt,
         tt_diff,
         tt_spread,
+        qdelta,
+        qremedy,
     )
 }
 
