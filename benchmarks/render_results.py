@@ -772,6 +772,15 @@ def last_line(stem: str, stream: str = "stdout") -> str:
     return load(stem)[stream].rstrip("\n").splitlines()[-1]
 
 
+def recorded_match(stem: str, pattern: str, stream: str = "stdout") -> str:
+    """The first match of the regular expression ``pattern`` in what a benchmarks/record_command.py file
+    recorded on ``stream``: a message quoted in prose, exactly as the command printed it."""
+    m = re.search(pattern, load(stem)[stream])
+    if m is None:
+        raise ValueError(f"{stem}: {pattern!r} matches nothing in its {stream}")
+    return m.group(0)
+
+
 def wall_time(stem: str) -> str:
     """The wall time a results file records (``wall_s``), as "N s" or "N min N s"."""
     s = round(load(stem)["wall_s"])
@@ -889,6 +898,7 @@ INLINE_RENDERERS: dict[str, Callable[..., str]] = {
         distill_miou,
         loadavg,
         last_line,
+        recorded_match,
         wall_time,
         ratios,
         ratio_of,
