@@ -715,6 +715,12 @@ def ms(stem: str, row: str, metric: str = "miou") -> str:
     return mean_sd(load(stem)["summary"]["rows"][row][metric])
 
 
+def study_seed(stem: str, row: str, seed: str, metric: str = "miou") -> str:
+    """One run of a paired-seed study: ``row`` on ``seed``, 2 decimals."""
+    return f2(next(j[metric] for j in load(stem)["jobs"] if j["kind"] == "row" and j["row"] == row
+                   and j["seed"] == int(seed) and j["status"] == "ok"))
+
+
 def distill_miou(stem: str, key: str) -> str:
     """A run report's distillation mIoU: ``teacher``, ``student`` (alone) or ``distilled``, 2 decimals."""
     return f"{load(stem)['distill'][f'{key}_miou']:.2f}"
@@ -895,6 +901,7 @@ INLINE_RENDERERS: dict[str, Callable[..., str]] = {
         pd,
         pci,
         ms,
+        study_seed,
         distill_miou,
         loadavg,
         last_line,
