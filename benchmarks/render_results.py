@@ -721,6 +721,15 @@ def study_seed(stem: str, row: str, seed: str, metric: str = "miou") -> str:
                    and j["seed"] == int(seed) and j["status"] == "ok"))
 
 
+def study_seeds(stem: str, row: str, metric: str = "miou", skip: str = "") -> str:
+    """A paired-seed study row on every seed, in seed order, 2 decimals ("28.50, 28.47, ..."); ``skip`` a
+    comma list of seeds left out."""
+    d = load(stem)
+    left_out = {int(x) for x in skip.split(",") if x}
+    return ", ".join(study_seed(stem, row, str(seed), metric) for seed in d["settings"]["seed_list"]
+                     if seed not in left_out)
+
+
 def distill_miou(stem: str, key: str) -> str:
     """A run report's distillation mIoU: ``teacher``, ``student`` (alone) or ``distilled``, 2 decimals."""
     return f"{load(stem)['distill'][f'{key}_miou']:.2f}"
@@ -902,6 +911,7 @@ INLINE_RENDERERS: dict[str, Callable[..., str]] = {
         pci,
         ms,
         study_seed,
+        study_seeds,
         distill_miou,
         loadavg,
         last_line,
