@@ -821,6 +821,13 @@ def diff_of(stem: str, a: str, b: str, fmt: str = ".1f", scale: str = "1") -> st
     return format((_at(d, a) - _at(d, b)) * float(scale), fmt).replace("-", MINUS)
 
 
+def span(stem: str, items: str, indices: str, field: str, fmt: str = ".2f") -> str:
+    """The range "lo-hi" of ``field`` over some items (``indices``, a comma list) of the list at ``items``."""
+    d = load(stem)
+    values = [_at(d, f"{items}.{i}.{field}") for i in indices.split(",")]
+    return f"{format(min(values), fmt)}-{format(max(values), fmt)}"
+
+
 def _at(d, path: str):
     for part in path.split("."):
         d = d[int(part)] if isinstance(d, list) else d[part]
@@ -920,6 +927,7 @@ INLINE_RENDERERS: dict[str, Callable[..., str]] = {
         ratios,
         ratio_of,
         diff_of,
+        span,
         provenance,
         tt,
         tt_diff,
