@@ -828,6 +828,19 @@ def span(stem: str, items: str, indices: str, field: str, fmt: str = ".2f") -> s
     return f"{format(min(values), fmt)}-{format(max(values), fmt)}"
 
 
+def over(stem: str, items: str, field: str, how: str = "range", fmt: str = "d") -> str:
+    """``field`` over every entry of the dict or list at ``items``: its "range" ("lo to hi"), "max", "min",
+    or the entries' "count"."""
+    d = _at(load(stem), items)
+    entries = list(d.values()) if isinstance(d, dict) else list(d)
+    if how == "count":
+        return str(len(entries))
+    values = [e[field] for e in entries]
+    if how == "range":
+        return f"{format(min(values), fmt)} to {format(max(values), fmt)}"
+    return format(max(values) if how == "max" else min(values), fmt)
+
+
 def _at(d, path: str):
     for part in path.split("."):
         d = d[int(part)] if isinstance(d, list) else d[part]
@@ -928,6 +941,7 @@ INLINE_RENDERERS: dict[str, Callable[..., str]] = {
         ratio_of,
         diff_of,
         span,
+        over,
         provenance,
         tt,
         tt_diff,
