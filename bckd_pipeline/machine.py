@@ -8,7 +8,7 @@ baseline's latency with a report's.
 INT8 kernels are fast on CPUs with 8-bit dot-product instructions: VNNI (AVX512-VNNI, AVX-VNNI) or
 AMX on x86, the dot-product extensions on Arm. Without them an INT8 convolution runs on the same
 vector units as FP32 and pays for the quantize/dequantize work around it, so on an AVX2-only CPU it
-can be no faster than FP32 (docs/deploy.md, "The machine a latency was measured on").
+can be no faster than FP32 (docs/deploy-parity.md, "The machine a latency was measured on").
 
 Standard library at import; OpenVINO is asked only when installed, torch only when already imported.
 """

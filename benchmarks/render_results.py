@@ -26,11 +26,13 @@ import argparse
 import difflib
 import json
 import re
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from quant.table import markdown as quant_markdown  # noqa: E402
@@ -398,6 +400,84 @@ def det_cost_table(stem: str = "det_cost_cpu") -> str:
     return "\n".join(lines)
 
 
+PRECISION_ROWS = {"teacher": "teacher ({teacher})", "none": "student alone", "kd": "KD", "kd+bckd": "KD + BCKD"}
+VARIANT_LABELS = {"fp32": "fp32", "bf16": "bf16", "fp32+cl": "fp32 + channels_last", "bf16+cl": "bf16 + channels_last",
+                  "bf16+compile": "bf16 + torch.compile"}
+
+
+def _ratio(d: dict, row: str, variant: str, ref: str) -> str:
+    """A row's paired median ratio ``variant`` / ``ref`` with its 95 % bootstrap interval, "r (lo to hi)"."""
+    key = f"{row} {variant}_over_{ref}_paired"
+    lo, hi = d[f"{key}_interval95"]
+    return f"{d[key]:.2f} ({lo:.2f} to {hi:.2f})"
+
+
+def cpu_precision_table(stem: str, ref: str = "fp32") -> str:
+    """benchmarks/train_cost.py with ``--variants``: the median step time per row and variant, and each
+    variant's paired ratio to ``ref`` (median over rounds of each round's ratio, 95 % bootstrap interval)."""
+    d = load(stem)
+    others = [v for v in d["variants"] if v != ref]
+    lines = [
+        "| row | " + " | ".join(VARIANT_LABELS.get(v, v) for v in d["variants"]) + " | "
+        + " | ".join(f"{v} / {ref}" for v in others) + " |",
+        "|---|" + "---:|" * len(d["variants"]) + "---|" * len(others),
+    ]
+    for row in d["rows"]:
+        label = PRECISION_ROWS.get(row, row).format(teacher=d["teacher"])
+        times = [d["seconds_per_step"][f"{row} {v}"] for v in d["variants"]]
+        lines.append(
+            f"| {label} | " + " | ".join(f"{1000 * t:.0f} ms" for t in times) + " | "
+            + " | ".join(_ratio(d, row, v, ref) for v in others) + " |"
+        )
+    return "\n".join(lines)
+
+
+def compile_table(stem: str = "cost_cpu_96x128_compile", eager: str = "bf16", compiled: str = "bf16+compile") -> str:
+    """benchmarks/train_cost.py, eager against compiled: median and mean step time of each, the ratio of the
+    medians, and the paired ratio (median over rounds of each round's ratio, 95 % bootstrap interval)."""
+    d = load(stem)
+    med, mean = d["seconds_per_step"], d["mean_seconds_per_step"]
+    lines = [
+        "| row | eager median | compiled median | eager mean | compiled mean | ratio of medians | "
+        "paired ratio compiled / eager |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for row in d["rows"]:
+        label = PRECISION_ROWS.get(row, row).format(teacher=d["teacher"])
+        e, c = f"{row} {eager}", f"{row} {compiled}"
+        lines.append(
+            f"| {label} | {1000 * med[e]:.0f} ms | {1000 * med[c]:.0f} ms | {1000 * mean[e]:.0f} ms | "
+            f"{1000 * mean[c]:.0f} ms | {d[f'{row} {compiled}_over_{eager}']:.2f} | {_ratio(d, row, compiled, eager)} |"
+        )
+    return "\n".join(lines)
+
+
+DET_PRESETS = {
+    "fcos-lite0": "`fcos-lite0` (student: Lite0, 64-ch FPN, 2 head convs)",
+    "fcos-r18": "`fcos-r18` (student: ResNet-18, 64-ch FPN, 2 head convs)",
+    "fcos-r50": "`fcos-r50` (teacher: ResNet-50, 128-ch FPN, 4 head convs)",
+}
+
+
+def det_step_table(stem: str = "det_step_cpu") -> str:
+    """benchmarks/det_step.py: per preset its parameters and the median (min) step time per thread count."""
+    rows = load(stem)["rows"]
+    threads = sorted({r["threads"] for r in rows.values()})
+    presets = list(dict.fromkeys(r["preset"] for r in rows.values()))
+    lines = [
+        "| preset | params | " + " | ".join(f"{t} thread{'s' if t > 1 else ''}: median (min)" for t in threads) + " |",
+        "|---|---|" + "---|" * len(threads),
+    ]
+    for preset in presets:
+        mine = {r["threads"]: r for r in rows.values() if r["preset"] == preset}
+        params = next(iter(mine.values()))["params_m"]
+        cells = " | ".join(
+            f"{mine[t]['step_s_median']:#.3g} s ({mine[t]['step_s_min']:#.3g} s)" if t in mine else "-" for t in threads
+        )
+        lines.append(f"| {DET_PRESETS.get(preset, f'`{preset}`')} | {params:.3g} M | {cells} |")
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------------------------- deployment
 
 
@@ -518,6 +598,50 @@ def quant_moves(stem: str = "quant_table_cpu") -> str:
     return "\n".join(bullets)
 
 
+QUANT_COMPARISONS = (
+    ("ort-u8s8", "ort-s8s8"),
+    ("ort-u8s8", "fp32-onnxruntime"),
+    ("nncf", "fp32-openvino"),
+    ("trt-qdq", "fp32-onnxruntime"),
+)
+
+
+def quant_latency_notes(stem: str = "quant_table_cpu") -> str:
+    """Bullets on the quantization table's latency cells (every student at every size): the load they ran
+    under, the widest p99 / p50, and for each pair of flavours in how many cells the first was faster (the
+    range of p50 ratios, the cells where it was not, and the largest ratio's reference spread); then the
+    calibration images each size could hold."""
+    students = load(stem)["students"]
+    cells = [(p, size, c) for p, st in students.items() for size, c in st.get("latency", {}).items()]
+    timings = [(p, size, f, t) for p, size, c in cells for f, t in c.items() if isinstance(t, dict) and "p50_ms" in t]
+    loads = [t["loadavg_1min_before"] for *_, t in timings if t.get("loadavg_1min_before") is not None]
+    wp, wsize, wf, wt = max(timings, key=lambda x: x[3]["p99_ms"] / x[3]["p50_ms"])
+    bullets = [
+        f"- The 1-minute load average before each timing was {min(loads):.2f} to {max(loads):.2f}; p99 was up to "
+        f"{wt['p99_ms'] / wt['p50_ms']:.0f}x p50 (`{wp}` `{wf}` at {wsize}: {wt['p99_ms']:.1f} against "
+        f"{wt['p50_ms']:.2f} ms)."
+    ]
+    for a, ref in QUANT_COMPARISONS:
+        pairs = [(p, size, c[ref], c[a]) for p, size, c in cells if a in c and ref in c]
+        ratios = [(r["p50_ms"] / x["p50_ms"], p, size, r) for p, size, r, x in pairs]
+        slower = [f"`{p}` at {size}" for ratio, p, size, _ in ratios if ratio <= 1]
+        top = max(ratios, key=lambda x: x[0])
+        line = (
+            f"- `{a}` was faster than `{ref}` in {len(ratios) - len(slower)} of {len(ratios)} cells "
+            f"(×{min(ratios)[0]:.2f} to ×{top[0]:.2f}; the largest, `{top[1]}` at {top[2]}, where `{ref}` had a p50 of "
+            f"{top[3]['p50_ms']:.2f} ms and a standard deviation of {top[3]['std_ms']:.0f} ms)"
+        )
+        bullets.append(line + (f"; not in {', '.join(slower)}." if 0 < len(slower) <= 3 else "."))
+    sizes = dict.fromkeys(size for _, size, _ in cells)
+    calib = []
+    for size in list(sizes)[1:]:
+        counts = ", ".join(f"{students[p]['latency'][size]['calibration_images']} for `{p}`"
+                           for p in students if size in students[p].get("latency", {}))
+        calib.append(f"{size}: {counts}")
+    bullets.append("- Calibration images at the larger sizes: " + "; ".join(calib) + ".")
+    return "\n".join(bullets)
+
+
 def qat_table(stem: str) -> str:
     """QAT study: per row the QAT mIoU and the recovered share of the PTQ drop, (QAT − PTQ) / (FP32 − PTQ)."""
     d = load(stem)
@@ -562,7 +686,11 @@ RENDERERS: dict[str, Callable[..., str]] = {
         deploy_ort_variants,
         quant_table,
         quant_moves,
+        quant_latency_notes,
         qat_table,
+        cpu_precision_table,
+        compile_table,
+        det_step_table,
     )
 }
 
@@ -613,6 +741,21 @@ def ms(stem: str, row: str, metric: str = "miou") -> str:
     return mean_sd(load(stem)["summary"]["rows"][row][metric])
 
 
+def study_seed(stem: str, row: str, seed: str, metric: str = "miou") -> str:
+    """One run of a paired-seed study: ``row`` on ``seed``, 2 decimals."""
+    return f2(next(j[metric] for j in load(stem)["jobs"] if j["kind"] == "row" and j["row"] == row
+                   and j["seed"] == int(seed) and j["status"] == "ok"))
+
+
+def study_seeds(stem: str, row: str, metric: str = "miou", skip: str = "") -> str:
+    """A paired-seed study row on every seed, in seed order, 2 decimals ("28.50, 28.47, ..."); ``skip`` a
+    comma list of seeds left out."""
+    d = load(stem)
+    left_out = {int(x) for x in skip.split(",") if x}
+    return ", ".join(study_seed(stem, row, str(seed), metric) for seed in d["settings"]["seed_list"]
+                     if seed not in left_out)
+
+
 def distill_miou(stem: str, key: str) -> str:
     """A run report's distillation mIoU: ``teacher``, ``student`` (alone) or ``distilled``, 2 decimals."""
     return f"{load(stem)['distill'][f'{key}_miou']:.2f}"
@@ -625,11 +768,12 @@ def loadavg(stem: str, when: str = "before") -> str:
 
 def value(stem: str, path: str, fmt: str = ".2f", scale: str = "1") -> str:
     """Any number of a results file: ``path`` is dotted (list items by index), ``fmt`` a format spec ("+.2f"),
-    ``scale`` a factor (100 for a share in percent). A minus sign is written as "−"."""
-    v = load(stem)
-    for part in path.split("."):
-        v = v[int(part)] if isinstance(v, list) else v[part]
-    return format(v * float(scale), fmt).replace("-", MINUS)
+    ``scale`` a factor (100 for a share in percent; numbers only, and an integer stays one at scale 1, for
+    ``fmt`` "d"); a text is formatted as it is ("s"). A minus sign is written as "−"."""
+    v = _at(load(stem), path)
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and scale != "1":
+        v = v * float(scale)
+    return format(v, fmt).replace("-", MINUS)
 
 
 def qat_ms(stem: str, row: str) -> str:
@@ -652,15 +796,150 @@ def qat_pair(stem: str, a: str, b: str, interval: str = "t_ci") -> str:
     return f"{s2(p['mean'], MINUS)} {ci(p[interval], MINUS)}"
 
 
+def qat_seeds(stem: str, row: str, field: str = "miou_qat") -> str:
+    """A QAT study row's ``field`` on each seed, in seed order, 2 decimals: "27.66, 28.23, ..."."""
+    records = sorted((r for r in load(stem)["records"] if r["row"] == row), key=lambda r: r["seed"])
+    return ", ".join(f2(r[field]) for r in records)
+
+
+def qat_span(stem: str, rows: str, field: str = "pixel_agreement", fmt: str = ".1f", scale: str = "100") -> str:
+    """The range of ``field`` over the QAT study's runs of ``rows`` (comma list), "lo-hi" (x ``scale``)."""
+    values = [r[field] * float(scale) for r in load(stem)["records"] if r["row"] in rows.split(",")]
+    return f"{format(min(values), fmt)}-{format(max(values), fmt)}"
+
+
 def last_line(stem: str, stream: str = "stdout") -> str:
     """The last line a benchmarks/record_command.py file recorded on ``stream`` (a verdict, a summary)."""
     return load(stem)[stream].rstrip("\n").splitlines()[-1]
+
+
+def recorded_match(stem: str, pattern: str, stream: str = "stdout") -> str:
+    """The first match of the regular expression ``pattern`` in what a benchmarks/record_command.py file
+    recorded on ``stream``: a message quoted in prose, exactly as the command printed it."""
+    m = re.search(pattern, load(stem)[stream])
+    if m is None:
+        raise ValueError(f"{stem}: {pattern!r} matches nothing in its {stream}")
+    return m.group(0)
 
 
 def wall_time(stem: str) -> str:
     """The wall time a results file records (``wall_s``), as "N s" or "N min N s"."""
     s = round(load(stem)["wall_s"])
     return f"{s} s" if s < 60 else f"{s // 60} min {s % 60} s"
+
+
+def ratios(stem: str, variant: str, ref: str = "fp32") -> str:
+    """Each row's paired ratio ``variant`` / ``ref`` as a phrase: "0.59 (0.54 to 0.64) for the teacher, ..."."""
+    d = load(stem)
+    names = {"teacher": "the teacher", "none": "the student", "kd": "KD", "kd+bckd": "KD + BCKD"}
+    parts = [f"{_ratio(d, row, variant, ref)} for {names.get(row, row)}" for row in d["rows"]]
+    return ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]
+
+
+def ratio_of(stem: str, a: str, b: str, fmt: str = ".1f") -> str:
+    """The ratio of two numbers of one results file, ``a`` / ``b`` (dotted paths, as for ``value``)."""
+    return format(_at(load(stem), a) / _at(load(stem), b), fmt)
+
+
+def diff_of(stem: str, a: str, b: str, fmt: str = ".1f", scale: str = "1") -> str:
+    """The difference of two numbers of one results file, (``a`` − ``b``) x ``scale`` (dotted paths)."""
+    d = load(stem)
+    return format((_at(d, a) - _at(d, b)) * float(scale), fmt).replace("-", MINUS)
+
+
+def span(stem: str, items: str, indices: str, field: str, fmt: str = ".2f") -> str:
+    """The range "lo-hi" of ``field`` over some items (``indices``, a comma list) of the list at ``items``."""
+    d = load(stem)
+    values = [_at(d, f"{items}.{i}.{field}") for i in indices.split(",")]
+    return f"{format(min(values), fmt)}-{format(max(values), fmt)}"
+
+
+def over(stem: str, items: str, field: str, how: str = "range", fmt: str = "d") -> str:
+    """``field`` over every entry of the dict or list at ``items``: its "range" ("lo to hi"), "max", "min",
+    or the entries' "count"."""
+    d = _at(load(stem), items)
+    entries = list(d.values()) if isinstance(d, dict) else list(d)
+    if how == "count":
+        return str(len(entries))
+    values = [e[field] for e in entries]
+    if how == "range":
+        return f"{format(min(values), fmt)} to {format(max(values), fmt)}"
+    return format(max(values) if how == "max" else min(values), fmt)
+
+
+def _at(d, path: str):
+    for part in path.split("."):
+        d = d[int(part)] if isinstance(d, list) else d[part]
+    return d
+
+
+def provenance(stem: str) -> str:
+    """The machine, versions and commit a results file records, as one phrase: "AMD EPYC (AVX2, ...), torch X,
+    commit abc1234" (with "with uncommitted changes" when its tree was dirty)."""
+    d = load(stem)
+    machine = d.get("machine", {})
+    env = d.get("environment", {})
+    versions = d.get("versions") or {"torch": d.get("torch") or env.get("torch")}
+    commit = d.get("git_commit") or env.get("git_commit")
+    dirty = d.get("git_dirty", env.get("git_dirty"))
+    parts = [f"{machine.get('cpu', env.get('cpu', 'CPU'))} ({', '.join(machine.get('isa', []))})"]
+    parts += [f"{k} {str(versions[k]).split('+')[0]}" for k in ("torch", "torchvision", "timm") if versions.get(k)]
+    if commit:
+        parts.append(f"commit {commit[:7]}" + (" with uncommitted changes" if dirty else ""))
+    return ", ".join(parts)
+
+
+def _tt_runs(stem: str) -> dict[str, dict[int, dict]]:
+    """A two-teacher camvid_table.py result's students: row name -> seed -> its result."""
+    d = load(stem)
+    rows: dict[str, dict[int, dict]] = {}
+    for k in sorted(k for k in d if k.startswith("run_")):
+        for r in d[k]["rows"]:
+            if r["name"] != "teacher" and r["status"] == "ok":
+                rows.setdefault(r["name"], {})[r["seed"]] = r
+    return rows
+
+
+def tt(stem: str, row: str, seed: str = "mean", metric: str = "miou") -> str:
+    """A two-teacher table's ``row``: its ``metric`` on one ``seed``, or the mean over seeds, 2 decimals."""
+    runs = _tt_runs(stem)[row]
+    if seed == "mean":
+        return f2(sum(r[metric] for r in runs.values()) / len(runs))
+    return f2(runs[int(seed)][metric])
+
+
+def tt_diff(stem: str, a: str, b: str, seed: str = "mean", metric: str = "miou") -> str:
+    """``a`` − ``b`` in a two-teacher table, on one ``seed`` or between the means, 2 decimals."""
+    return f2(float(tt(stem, a, seed, metric)) - float(tt(stem, b, seed, metric)))
+
+
+def tt_spread(stem: str, row: str, metric: str = "miou") -> str:
+    """How far apart a row's seeds are in a two-teacher table (largest − smallest), 1 decimal."""
+    values = [r[metric] for r in _tt_runs(stem)[row].values()]
+    return f"{max(values) - min(values):.1f}"
+
+
+def qdelta(stem: str, preset: str, flavour: str, field: str = "delta") -> str:
+    """A quantization-table row's ΔmIoU with its 95 % interval, "−0.30 [−0.37, −0.23]"; ``field`` "agreement"
+    gives its pixel agreement in %, "bf" its change in boundary F, "fp32" the FP32 mIoU, 2 decimals."""
+    acc = load(stem)["students"][preset]["accuracy"][flavour]
+    if field == "agreement":
+        return f"{100 * acc['pixel_agreement']:.2f}"
+    if field == "bf":
+        return s2(acc["delta_boundary_f"], MINUS)
+    if field == "fp32":
+        return f2(acc["miou_fp32"])
+    return _delta(acc)
+
+
+def qremedy(stem: str, flavour: str, remedy: str, field: str = "delta") -> str:
+    """A remedy of the quantization table's worst rows (by ``flavour``): its ΔmIoU [95 % interval], or with
+    ``field`` "agreement" its pixel agreement in %, "baseline" the row's ΔmIoU before any remedy."""
+    r = next(r for r in load(stem)["remedies"] if r["flavour"] == flavour)
+    if field == "baseline":
+        return s2(r["baseline_delta_miou"], MINUS)
+    row = r["rows"][remedy]
+    return f"{100 * row['pixel_agreement']:.2f}" if field == "agreement" else _delta(row)
 
 
 INLINE_RENDERERS: dict[str, Callable[..., str]] = {
@@ -670,15 +949,31 @@ INLINE_RENDERERS: dict[str, Callable[..., str]] = {
         qat_ms,
         qat_over_fp32,
         qat_pair,
+        qat_seeds,
+        qat_span,
         ort_int8_over_fp32,
         speedup_vs_eager,
         pd,
         pci,
         ms,
+        study_seed,
+        study_seeds,
         distill_miou,
         loadavg,
         last_line,
+        recorded_match,
         wall_time,
+        ratios,
+        ratio_of,
+        diff_of,
+        span,
+        over,
+        provenance,
+        tt,
+        tt_diff,
+        tt_spread,
+        qdelta,
+        qremedy,
     )
 }
 
@@ -690,7 +985,7 @@ def render_text(text: str) -> str:
     """``text`` with every marked region re-rendered from the JSON."""
 
     def block(m: re.Match) -> str:
-        name, *args = m["spec"].split()
+        name, *args = shlex.split(m["spec"])
         if name != m["end"]:
             raise ValueError(f"region {name!r} is closed by {m['end']!r}")
         if name not in RENDERERS:
@@ -698,7 +993,7 @@ def render_text(text: str) -> str:
         return f"{m[1]}{RENDERERS[name](*args).rstrip()}\n{m[4]}"
 
     def inline(m: re.Match) -> str:
-        name, *args = m["spec"].split()
+        name, *args = shlex.split(m["spec"])
         if name not in INLINE_RENDERERS:
             raise ValueError(f"no inline renderer {name!r}; known: {', '.join(sorted(INLINE_RENDERERS))}")
         return f"{m[1]}{INLINE_RENDERERS[name](*args)}{m[4]}"

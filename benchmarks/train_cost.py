@@ -258,6 +258,7 @@ def main() -> None:
     ap.add_argument("--context-peak", help=argparse.SUPPRESS)  # internal: one variant in this process
     ap.add_argument("--round-times", action="store_true", help=argparse.SUPPRESS)  # internal: one timing process
     args = ap.parse_args()
+    started = time.perf_counter()
     args.crop = tuple(int(v) for v in args.crop.split(","))
     args.variants = (args.variants or args.precision).split(",")
     args.rows = args.rows.split(",")
@@ -299,6 +300,7 @@ def main() -> None:
         result["context_memory"].append(
             json.loads(out.stdout) if out.returncode == 0 else {"variant": variant, "error": out.stderr[-500:]}
         )
+    result["wall_s"] = round(time.perf_counter() - started, 1)
     print(json.dumps(result, indent=1))
 
 

@@ -52,9 +52,9 @@ def test_the_docs_have_regions_and_every_region_names_a_renderer(rr):
 
 
 def test_check_fails_on_a_tampered_table(rr, tmp_path):
-    doc = (ROOT / "docs" / "deploy.md").read_text()
+    doc = (ROOT / "docs" / "deploy-parity.md").read_text()
     assert "| ONNX Runtime INT8 | 33.82 |" in doc
-    tampered = tmp_path / "deploy.md"
+    tampered = tmp_path / "deploy-parity.md"
     tampered.write_text(doc.replace("| ONNX Runtime INT8 | 33.82 |", "| ONNX Runtime INT8 | 34.82 |", 1))
     diffs = rr.check([tampered])
     assert len(diffs) == 1
@@ -116,3 +116,36 @@ def test_record_command_writes_a_complete_results_file(rr, tmp_path):
     assert record["stdout"] == "42\n" and record["exit_code"] == 0 and record["wall_s"] > 0
     assert rr.audit_file(record) == []
     assert record["git_dirty"] is (record["git_diff_sha256"] is not None)
+
+
+@pytest.mark.parametrize(
+    ("page", "figure"),
+    [
+        ("benchmarks.md", "| teacher (pspnet-r50) | 157 ms | 112 ms |"),
+        ("benchmarks.md", "| `fcos-r50` (teacher: ResNet-50, 128-ch FPN, 4 head convs) | 25.6 M | 6.90 s"),
+        ("deploy-int8.md", "`ort-u8s8` was faster than `ort-s8s8` in 14 of 15 cells"),
+    ],
+)
+def test_check_fails_on_a_tampered_figure_of_each_kind_of_table(rr, tmp_path, page, figure):
+    doc = (ROOT / "docs" / page).read_text()
+    assert figure in doc
+    tampered = tmp_path / page
+    tampered.write_text(doc.replace(figure, figure.replace("1", "7"), 1))
+    assert rr.main(["--check", str(tampered)]) == 1
+    rr.main([str(tampered)])
+    assert tampered.read_text() == doc
+
+
+def test_a_quoted_message_that_the_recorded_output_lacks_is_an_error(rr, tmp_path):
+    path = tmp_path / "x.md"
+    path.write_text('"<!-- r:recorded_match ci_gate_smoke_cpu "no such message [0-9]+" -->x<!-- /r -->"\n')
+    with pytest.raises(ValueError, match="matches nothing"):
+        rr.main(["--check", str(path)])
+
+
+def test_a_region_spec_may_quote_a_json_key_with_spaces(rr):
+    text = '<!-- r:value cost_cpu_96x128_bf16 "teacher bf16_over_fp32_paired" .3f -->x<!-- /r -->'
+    value = json.loads((ROOT / "docs" / "results" / "cost_cpu_96x128_bf16.json").read_text())[
+        "teacher bf16_over_fp32_paired"
+    ]
+    assert rr.render_text(text) == text.replace("-->x<", f"-->{value:.3f}<")

@@ -115,8 +115,8 @@ def qat_config(args):
     if teacher is not None and args.qat_kd in (None, "none"):
         raise ConfigError(
             f"--teacher {teacher} is read only by teacher terms of the QAT fine-tune, and --qat-kd is "
-            f"{args.qat_kd or 'none (the default: cross-entropy alone, docs/deploy.md)'}. Add --qat-kd kd+bckd (or kd, "
-            "cwd) to fine-tune against the teacher, or drop --teacher."
+            f"{args.qat_kd or 'none (the default: cross-entropy alone, docs/deploy-int8.md)'}. "
+            "Add --qat-kd kd+bckd (or kd, cwd) to fine-tune against the teacher, or drop --teacher."
         )
     if teacher is not None and not Path(teacher).is_file():
         raise ConfigError(

@@ -542,7 +542,7 @@ def _deploy_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _qat_flags(p: argparse.ArgumentParser) -> None:
-    q = p.add_argument_group("teacher-guided quantization-aware training (docs/deploy.md)")
+    q = p.add_argument_group("teacher-guided quantization-aware training (docs/deploy-int8.md)")
     q.add_argument(
         "--qat",
         help="auto | on | off: fine-tune the INT8 student with NNCF fake quantization (cross-entropy, or the "
@@ -560,7 +560,7 @@ def _qat_flags(p: argparse.ArgumentParser) -> None:
     q.add_argument(
         "--qat-kd",
         help="the fine-tune's distillation terms against the teacher, as --kd (default: none, cross-entropy "
-        "alone: it beat the teacher's terms where measured, docs/deploy.md)",
+        "alone: it beat the teacher's terms where measured, docs/deploy-int8.md)",
     )
     q.add_argument("--qat-seed", type=int, default=0, help="seed of the QAT fine-tune (its batches)")
 
