@@ -166,7 +166,7 @@ def _task_flags(p: argparse.ArgumentParser) -> None:
         "--skip-bad-annotations",
         action="store_true",
         help="detection data: leave out boxes outside the image, of zero area or of unknown classes, and missing "
-        "images, with their count on stderr (default: stop at the first, naming its file)",
+        "images, with their count on stderr; without it the first one stops the command, naming its file",
     )
 
 

@@ -35,7 +35,9 @@ def check_preset(name: str, task: str, flag: str) -> None:
             f"{flag} {name} is a {other} preset, and this is a --task {task} run. {task.capitalize()} presets: "
             f"{choices} (`bckd-pipeline models`). Pick one of them, or pass --task {other}."
         )
-    raise unknown_name(f"{task} preset", name, presets, f"Run `bckd-pipeline models` to list them ({flag}).")
+    # The words of build_model's and build_detector's own refusals.
+    what = "detector" if task == "detection" else "model"
+    raise unknown_name(what, name, presets, "Run `bckd-pipeline models` to list them.")
 
 
 def build_preset(name: str, task: str, num_classes: int, *, pretrained: str, class_names=None) -> nn.Module:
