@@ -12,7 +12,11 @@ from dataclasses import dataclass, field, fields
 
 from .errors import ConfigError, unknown_name
 
-KD_CHOICES = ("none", "kd", "cwd", "bckd", "kd+bckd", "cwd+bckd")
+KD_CHOICES = ("none", "kd", "cwd", "bckd", "kd+bckd", "cwd+bckd")  # segmentation's --kd methods
+# Detection's: the student alone, dense score-map KD, PKD, BCKD, each baseline with BCKD (distill/detection_task.py).
+DET_KD_CHOICES = ("none", "kd", "pkd", "bckd", "kd+bckd", "pkd+bckd")
+KD_CHOICES_OF_TASK = {"segmentation": KD_CHOICES, "detection": DET_KD_CHOICES}
+ANY_KD_CHOICES = tuple(dict.fromkeys(KD_CHOICES + DET_KD_CHOICES))  # what DistillConfig takes; the task narrows it
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 BCKD_CHOICES = {
     "teacher_fusion": ("identity", "normalized", "frozen"),
@@ -329,8 +333,8 @@ class DistillConfig:
     bckd: BCKDConfig = field(default_factory=BCKDConfig)
 
     def __post_init__(self):
-        if self.kd not in KD_CHOICES:
-            raise unknown_name("--kd method", self.kd, KD_CHOICES, "Pick one of them, e.g. --kd bckd.")
+        if self.kd not in ANY_KD_CHOICES:
+            raise unknown_name("--kd method", self.kd, ANY_KD_CHOICES, "Pick one of them, e.g. --kd bckd.")
         if "bckd" in self.terms and not self.bckd.boundary and not self.bckd.context:
             raise ConfigError(
                 "--no-boundary and --no-context together leave BCKD with no term. "

@@ -43,7 +43,7 @@ def test_teacher_writes_detector_checkpoint_and_ap_metrics(teacher):
     assert m["map"] is None or 0 <= m["map"] <= 100
 
 
-@pytest.mark.parametrize("kd", ["bckd", "none"])
+@pytest.mark.parametrize("kd", ["bckd", "none", "pkd+bckd"])
 def test_distill_round_trip(teacher, tmp_path, kd):
     dcfg = DistillConfig(kd=kd, bckd=BCKDConfig(radius=3))  # a 64x64 input gives an 8x8 grid at stride 8
     step = stage.distill(teacher, "fcos-tiny-s", DATA, Schedule(iters=2), TRAIN, dcfg, tmp_path, progress=False,
@@ -53,15 +53,16 @@ def test_distill_round_trip(teacher, tmp_path, kd):
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert all(k in m for k in AP_FIELDS) and m["teacher_model"] == "fcos-tiny-t" and m["kd"] == kd
     history = m["train"]["history"]
-    assert ("loss/boundary" in history[0]) == (kd == "bckd")
+    assert ("loss/boundary" in history[0]) == ("bckd" in kd)
+    assert ("loss/pkd" in history[0]) == ("pkd" in kd)
     # eval reads the checkpoint back and scores it with the same AP
     rc = stage.evaluate_checkpoint(step.checkpoint, DATA, tmp_path / "eval", batch_size=2).metrics
     assert rc["map"] == m["map"]
 
 
 def test_distill_refuses_what_detectors_do_not_take(teacher, tmp_path):
-    with pytest.raises(ConfigError, match="--kd kd\\+bckd is not available for --task detection"):
-        stage.distill(teacher, "fcos-tiny-s", DATA, Schedule(iters=1), TRAIN, DistillConfig(), tmp_path)
+    with pytest.raises(ConfigError, match="--kd cwd is not a --task detection method"):
+        stage.distill(teacher, "fcos-tiny-s", DATA, Schedule(iters=1), TRAIN, DistillConfig(kd="cwd"), tmp_path)
     with pytest.raises(ConfigError, match="--student-taps"):
         stage.distill(teacher, "fcos-tiny-s", DATA, Schedule(iters=1), TRAIN, DistillConfig(kd="bckd"), tmp_path,
                       student_taps=["x"])  # fmt: skip
@@ -147,7 +148,7 @@ def test_summarize_detection_and_segmentation_keys():
     [
         (["run", "--teacher-arch", "tiny-teacher", "--dry-run"], "--teacher-arch tiny-teacher is a segmentation"),
         (["run", "--student-arch", "deeplabv3plus-lite0", "--dry-run"], "--student-arch deeplabv3plus-lite0 is a seg"),
-        (["run", "--kd", "kd", "--dry-run"], "--kd kd is not available for --task detection"),
+        (["run", "--kd", "cwd+bckd", "--dry-run"], "--kd cwd+bckd is not a --task detection method"),
         (["train-teacher", "--arch", "pspnet-r50"], "--arch pspnet-r50 is a segmentation preset"),
         (["train-teacher", "--crop", "64,64"], "Drop --crop"),
         (["train-teacher", "--preset", "camvid"], "Unknown --preset for --task detection 'camvid'"),
@@ -158,6 +159,12 @@ def test_cli_refuses_presets_of_the_other_task(argv, message, capsys, tmp_path):
     rc, _, err = run_cli(capsys, argv[0], *SMOKE_DET, *argv[1:], "--out", out)  # later flags win: the preset
     assert_clean_error(rc, err, out)
     assert message in err, err
+
+
+def test_cli_refuses_a_detection_kd_method_for_segmentation(capsys, tmp_path):
+    rc, _, err = run_cli(capsys, "run", "--preset", "smoke", "--kd", "pkd", "--dry-run", "--out", tmp_path / "o")
+    assert_clean_error(rc, err, tmp_path / "o")
+    assert "--kd pkd is not a --task segmentation method" in err and "cwd+bckd" in err, err
 
 
 def test_cli_refuses_a_detector_for_segmentation(capsys, tmp_path):

@@ -25,7 +25,7 @@ from .distributed import SINGLE, DistEnv, all_reduce_sum, shard
 from .any_model import check_pair, load_student, load_teacher
 from .models import FeatureTaps, check_input_size, default_taps
 from .task import SegDistillTask, SegTrainTask
-from .task_models import build_preset, check_detection_kd, check_preset
+from .task_models import build_preset, check_kd, check_preset
 from .trainer import seed_everything, train
 
 STATE_FILE = "train_state.pt"
@@ -274,6 +274,7 @@ def distill(
             resume=resume,
             env=env,
         )
+    check_kd(dcfg.kd, "segmentation")
     seed_everything(train_cfg.seed)
     train_set, eval_set = data.train_set(), data.eval_set()
     info = train_set.info
@@ -352,12 +353,11 @@ def distill(
 
 
 def _det_distill_task(student: nn.Module, teacher: nn.Module, dcfg: DistillConfig, example: torch.Tensor):
-    """The detection distillation task of ``dcfg.kd``; the KD choices DetDistillTask does not take yet are refused
-    here (``check_detection_kd``), and ``kd=dcfg.kd`` is passed on once it takes that argument."""
+    """The detection distillation task of ``dcfg.kd`` (one of detection's methods, ``check_kd``)."""
     from .detection_task import DetDistillTask
 
-    check_detection_kd(dcfg.kd)
-    return DetDistillTask(student, teacher, cfg=dcfg, example_input=example)
+    check_kd(dcfg.kd, "detection")
+    return DetDistillTask(student, teacher, cfg=dcfg, example_input=example, kd=dcfg.kd)
 
 
 def _detector_teacher(teacher_ckpt: Path, num_classes: int) -> tuple[nn.Module, CheckpointMeta]:

@@ -7,14 +7,10 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..configs import TASK_NAMES
+from ..configs import KD_CHOICES_OF_TASK, TASK_NAMES
 from ..errors import ConfigError, unknown_name
 from .detection import DETECTOR_PRESETS, build_detector
 from .models import PRESETS, build_model
-
-# The --kd choices DetDistillTask accepts; the detection KD baselines (dense score-map KD, PKD) come with it.
-DET_KD_ACCEPTED = ("none", "bckd")
-
 
 def presets_of(task: str) -> dict:
     """The preset registry of ``task``: name -> preset (each with ``role`` and ``description``)."""
@@ -47,11 +43,12 @@ def build_preset(name: str, task: str, num_classes: int, *, pretrained: str, cla
     return build_model(name, num_classes, pretrained=pretrained)
 
 
-def check_detection_kd(kd: str) -> None:
-    """The --kd methods a detection distillation runs with today; the others are refused with the allowed ones."""
-    if kd not in DET_KD_ACCEPTED:
+def check_kd(kd: str, task: str) -> None:
+    """``--kd`` names a distillation method of ``task``; a ConfigError lists that task's methods otherwise."""
+    allowed = KD_CHOICES_OF_TASK[task]
+    if kd not in allowed:
+        other = next(t for t, methods in KD_CHOICES_OF_TASK.items() if t != task)
         raise ConfigError(
-            f"--kd {kd} is not available for --task detection in this version. Allowed: "
-            f"{', '.join(DET_KD_ACCEPTED)} (BCKD on the backbone and FPN features, or the student alone). "
-            "Use --kd bckd, or --kd none."
+            f"--kd {kd} is not a --task {task} method (it is one of --task {other}'s). Allowed for {task}: "
+            f"{', '.join(allowed)}. Pick one of them."
         )
