@@ -407,10 +407,14 @@ def _identity(cfg: RunConfig) -> dict:
     return {"data": cfg.data.spec, "teacher": teacher, "student": cfg.student_model}
 
 
-def _eval_set(d: DataConfig):
-    from .data import build_dataset
+def _eval_set(d: DataConfig, task: str = "segmentation"):
+    """The evaluation split: label maps for segmentation, boxes for detection (a folder of plain images either way)."""
+    from .data import build_dataset, build_detection_dataset, is_unlabelled
 
-    eval_set = build_dataset(d.spec, d.eval_split, demo_size=d.demo_size, demo_count=d.demo_count)
+    if task == "detection" and not is_unlabelled(d.spec):
+        eval_set = build_detection_dataset(d.spec, d.eval_split, demo_size=d.demo_size, demo_count=d.demo_count)
+    else:
+        eval_set = build_dataset(d.spec, d.eval_split, demo_size=d.demo_size, demo_count=d.demo_count)
     if len(eval_set) == 0:
         raise DataError(f"The evaluation split {d.eval_split!r} of {d.spec!r} is empty; parity needs images.")
     return eval_set
@@ -454,6 +458,14 @@ def resolve_model(
     return ResolvedModel(model, meta, input_hw)
 
 
+def export_head(head: str, task: str) -> str:
+    """``--head`` for a model of ``task``: the segmentation default (``logits``) stands for the task's own default."""
+    from .tasks import get_task
+
+    heads = get_task(task).export_heads
+    return heads[0] if head == "logits" and head not in heads else head
+
+
 def deploy_context(
     deploy: DeployConfig, d: DataConfig, the_plan: Plan, source: ModelSource | Path, out: Path
 ) -> DeployContext:
@@ -463,10 +475,19 @@ def deploy_context(
 
     if not isinstance(source, ModelSource):
         source = ModelSource("checkpoint", Path(source))
-    eval_set = _eval_set(d)
-    first_hw = tuple(eval_set.load(0)[0].shape[:2])
-    resolved = resolve_model(source, deploy, first_hw, _classes_of(eval_set))
+    if source.kind == "checkpoint":  # the checkpoint says its task, and so which labels the evaluation reads
+        from .distill.checkpoint import load_model
+
+        model, meta = load_model(source.path)
+        eval_set = _eval_set(d, meta.task)
+        input_hw = tuple(deploy.input_hw or meta.input_hw or eval_set.load(0)[0].shape[:2])
+        resolved = ResolvedModel(model, meta, input_hw)
+    else:
+        eval_set = _eval_set(d, d.task)
+        first_hw = tuple(eval_set.load(0)[0].shape[:2])
+        resolved = resolve_model(source, deploy, first_hw, _classes_of(eval_set))
     model, meta, input_hw, info = resolved.model, resolved.meta, resolved.input_hw, resolved.info
+    task = getattr(meta, "task", "segmentation")
     if info is not None:  # the user's graph as it is: nothing of it is chosen here
         spec = ExportSpec(
             input_hw=tuple(input_hw),
@@ -480,9 +501,10 @@ def deploy_context(
             input_hw=tuple(input_hw),
             batch=deploy.batch,
             opset=deploy.opset or the_plan.target.opset,
-            head=deploy.head,
+            head=export_head(deploy.head, task),
             bake_normalization=deploy.bake_normalization,
             dynamic=deploy.dynamic,
+            task=task,
         )
     n = len(eval_set) if deploy.parity_images is None else min(deploy.parity_images, len(eval_set))
     feeds = DatasetFeeds.from_dataset(
@@ -491,6 +513,7 @@ def deploy_context(
         spec.input_hw,
         normalization=feed_norm(meta, spec),
         input_name=info.input_name if info else INPUT_NAME,
+        boxes=task == "detection",
     )
     digests = {}
     if the_plan.calibration is not None:  # every evaluation image, for the calibration overlap check
