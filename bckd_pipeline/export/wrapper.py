@@ -67,7 +67,7 @@ def named_outputs(out, names: tuple[str, ...]) -> dict:
     outs = out if isinstance(out, (tuple, list)) else (out,)
     if len(outs) != len(names):
         raise ValueError(f"the model gave {len(outs)} outputs for the names {', '.join(names)}")
-    return {n: o.detach().cpu().numpy() for n, o in zip(names, outs)}
+    return {n: o.detach().cpu().numpy() for n, o in zip(names, outs, strict=True)}
 
 
 class SegExportWrapper(nn.Module):

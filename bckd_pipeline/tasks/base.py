@@ -175,6 +175,9 @@ class Task(ABC):
     columns: tuple[Column, ...]  # the accuracy columns of the report's ledger tables
     output_folders: tuple[str, ...]  # the folders ``write_prediction`` and ``write_overlay`` write under --out
     legend: tuple[tuple[str, str], ...]  # (CSS colour, meaning) of the marks ``draw`` adds to a prediction
+    # INT8 keeps the ops between the last convolution of each branch and the graph's outputs in float (a detector's
+    # box decoding: calibrate/exclude.py ``output_tail_names``)
+    int8_float_tail: bool = False
 
     def raw_output(self, outputs: Mapping[str, np.ndarray], feed: Mapping[str, np.ndarray]) -> Any:
         """What ``prediction_of`` takes, from a runtime's named outputs for the input ``feed``: the first output

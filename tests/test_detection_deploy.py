@@ -1,0 +1,179 @@
+"""Stages 2-3 of a detector: the raw-head export, the feeds with boxes, INT8 with the head's decoding in float,
+and `deploy` to ONNX Runtime and OpenVINO with AP in the ledger, the report and the gate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from helpers.cli import run_cli
+
+from bckd_pipeline.configs import CheckpointMeta
+from bckd_pipeline.data import build_detection_dataset
+from bckd_pipeline.data.base import Normalization
+from bckd_pipeline.data.detection_transforms import DetEvalTransform
+from bckd_pipeline.data.feeds import DatasetFeeds
+from bckd_pipeline.distill.checkpoint import load_model, save_checkpoint
+from bckd_pipeline.distill.detection import build_detector
+from bckd_pipeline.errors import ConfigError
+from bckd_pipeline.export import read_metadata, simplify, to_onnx
+from bckd_pipeline.export.wrapper import DetExportWrapper
+from bckd_pipeline.model_spec import ExportSpec
+from bckd_pipeline.tasks.detection import DETECTION
+
+HW = (64, 96)  # multiples of 32, as the presets need
+OUTPUTS = ("scores", "boxes", "centerness")
+
+
+def tiny_detector_checkpoint(folder: Path) -> Path:
+    """An untrained ``fcos-tiny-s`` on the demo scenes' classes (the fixture the issue names)."""
+    names = tuple(build_detection_dataset("demo", "val").info.class_names)
+    torch.manual_seed(0)
+    model = build_detector("fcos-tiny-s", len(names), class_names=list(names))
+    path = Path(folder) / "det.pt"
+    meta = CheckpointMeta(
+        model="fcos-tiny-s", task="detection", ignore_index=-1, num_classes=len(names), class_names=names, input_hw=HW
+    )
+    save_checkpoint(path, model, meta)
+    return path
+
+
+@pytest.fixture(scope="module")
+def detector(tmp_path_factory):
+    return load_model(tiny_detector_checkpoint(tmp_path_factory.mktemp("det")))
+
+
+def det_feeds(n: int = 3, normalization: Normalization | None = None) -> DatasetFeeds:
+    ds = build_detection_dataset("demo", "val")
+    return DatasetFeeds.from_dataset(ds, range(n), HW, normalization=normalization)
+
+
+def test_export_spec_speaks_the_tasks_heads_and_outputs():
+    spec = ExportSpec(input_hw=HW, head="raw", task="detection")
+    assert spec.output_names == OUTPUTS and spec.output_name == "scores"
+    assert ExportSpec(input_hw=HW).output_names == ("logits",)  # segmentation unchanged
+    with pytest.raises(ConfigError, match="not available in this version"):
+        ExportSpec(input_hw=HW, head="nms", task="detection")
+    with pytest.raises(ConfigError, match="for a detection model"):
+        ExportSpec(input_hw=HW, head="argmax", task="detection")
+    with pytest.raises(ConfigError, match="for a segmentation model"):
+        ExportSpec(input_hw=HW, head="raw")
+
+
+def test_feeds_hold_targets_in_the_inputs_pixels():
+    ds = build_detection_dataset("demo", "val")
+    image, inst = ds.load(0)
+    feeds = DatasetFeeds.from_dataset(ds, [0], HW)
+    (feed, target), = list(feeds.pairs())
+    assert feed["image"].shape == (1, 3, *HW) and feed["image"].dtype == np.float32
+    assert set(target) == {"boxes", "labels", "iscrowd"} and len(target["boxes"]) == len(inst)
+    sy, sx = HW[0] / image.shape[0], HW[1] / image.shape[1]
+    np.testing.assert_allclose(target["boxes"], inst.boxes * np.array([sx, sy, sx, sy]), rtol=1e-5)
+    # the same pixels as the evaluation transform's
+    x, t = DetEvalTransform(resize=HW, normalization=Normalization())(image, inst)
+    np.testing.assert_allclose(target["boxes"], t["boxes"].numpy(), rtol=1e-6)
+    assert feeds.digests == DatasetFeeds.from_dataset(ds, [0], (32, 32)).digests  # digests: the decoded pixels
+
+
+def test_wrapper_and_export_check_every_output(detector, tmp_path):
+    model, meta = detector
+    norm = Normalization(meta.mean, meta.std)
+    wrapper = DetExportWrapper(model, normalize=norm)
+    raw = torch.rand(1, 3, *HW) * 255
+    normalised = torch.from_numpy(norm(raw[0].permute(1, 2, 0).numpy())).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        for a, b in zip(wrapper(raw), model(normalised), strict=True):
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    spec = ExportSpec(input_hw=HW, head="raw", task="detection")
+    path, report = to_onnx(model, meta, spec, tmp_path / "model.onnx", det_feeds())
+    assert report.passed and set(report.max_abs_diff) == set(OUTPUTS) and report.label_agreement is None
+    graph = onnx.load(str(path)).graph
+    assert [o.name for o in graph.output] == list(OUTPUTS)
+    props = read_metadata(path)
+    assert props["bckd.task"] == "detection"
+    assert json.loads(props["bckd.output"])["names"] == list(OUTPUTS)
+    _, check, counts = simplify(path, tmp_path / "model.sim.onnx", det_feeds())
+    assert check.passed and set(check.max_abs_diff) == set(OUTPUTS) and counts["applied"]
+
+
+def test_segmentation_metadata_has_no_task_key():
+    from bckd_pipeline.export.onnx_export import onnx_metadata
+
+    meta = CheckpointMeta(model="m", num_classes=2, class_names=("a", "b"))
+    props = onnx_metadata(meta, ExportSpec(input_hw=HW))
+    assert "bckd.task" not in props and json.loads(props["bckd.output"]) == {"name": "logits", "kind": "logits"}
+
+
+def test_openvino_int8_keeps_the_box_decoding_in_float(detector, tmp_path):
+    pytest.importorskip("nncf")
+    import openvino as ov
+
+    from bckd_pipeline.calibrate.exclude import output_tail_names
+    from bckd_pipeline.calibrate.openvino import quantize_ir, to_ir
+    from bckd_pipeline.targets.profiles import CalibrationSpec
+
+    model, meta = detector
+    path, _ = to_onnx(model, meta, ExportSpec(input_hw=HW, head="raw", task="detection"), tmp_path / "m.onnx",
+                      det_feeds(1))  # fmt: skip
+    fp32 = to_ir(path, tmp_path / "fp32/model.xml", fp16=False)
+    tail = output_tail_names(ov.Core().read_model(str(fp32)))
+    kinds = {n.rsplit("/", 1)[-1].rstrip("_0123456789") for n in tail}
+    assert {"Exp", "Concat"} <= kinds | {"Concat"} and "Exp" in kinds and set(OUTPUTS) <= set(tail)
+    assert not any("Conv" in n for n in tail)
+    xml, settings = quantize_ir(
+        fp32, tmp_path / "int8/model.xml", det_feeds(4), CalibrationSpec(size=4), target_device="CPU",
+        task=DETECTION,
+    )  # fmt: skip
+    assert settings["float_output_tail"] == tail
+    q = ov.Core().read_model(str(xml))
+    fq_consumers = {
+        t.get_node().get_friendly_name()
+        for op in q.get_ordered_ops()
+        if op.get_type_name() == "FakeQuantize"
+        for out in op.outputs()
+        for t in out.get_target_inputs()
+    }
+    assert not fq_consumers & set(tail)  # nothing after the last convolutions reads a quantized value
+
+
+FAST = ["--no-progress", "--parity-images", "6", "--calib-size", "8", "--latency-runs", "5", "--warmup-runs", "1",
+        "--warmup-s", "0", "--no-throughput"]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_deploy_a_detector_to_ort_and_openvino_with_ap_in_the_ledger(capsys, tmp_path):
+    pytest.importorskip("nncf")
+    ckpt = tiny_detector_checkpoint(tmp_path)
+    out = tmp_path / "out"
+    rc, stdout, err = run_cli(
+        capsys, "deploy", "--model", ckpt, "--data", "demo", "--target", "onnxruntime-cpu,openvino-cpu", "--out", out,
+        *FAST,
+    )  # fmt: skip
+    assert rc == 0, err[-3000:]
+    for key in ("onnxruntime-cpu", "openvino-cpu"):
+        report = json.loads((out / f"report.{key}.json").read_text())
+        assert report["task"] == "detection"
+        rows = {r["name"]: r for r in report["stages"]}
+        assert {"pytorch", "onnx", "onnx-simplified"} <= set(rows)
+        int8 = [r for r in rows.values() if r["precision"] == "int8"]
+        assert int8, sorted(rows)
+        for r in rows.values():
+            for field in ("map", "ap50", "ap75", "matched_share", "per_class_ap"):
+                assert field in r, (r["name"], field)
+        html = (out / f"report.{key}.html").read_text()
+        assert 'alt="deployed prediction"' in html and "AP delta" in html and "IoU" not in html
+    assert "AP" in stdout
+    with np.load(out / "deploy/onnxruntime-cpu/parity_images.npz") as z:
+        assert any(k.startswith("evidence/") for k in z.files) and not any(k.startswith("confusion/") for k in z.files)
+
+    budgets = tmp_path / "b.toml"
+    budgets.write_text("[onnxruntime-cpu]\nmin_map = 0\n")
+    rc, _, err = run_cli(capsys, "gate", out / "report.onnxruntime-cpu.json", "--budgets", budgets)
+    assert rc == 0, err
+    budgets.write_text("[onnxruntime-cpu]\nmin_map = 50\n")
+    rc, stdout, err = run_cli(capsys, "gate", out / "report.onnxruntime-cpu.json", "--budgets", budgets)
+    assert rc == 1 and "AP" in stdout + err
