@@ -165,7 +165,7 @@ def test_deploy_a_detector_to_ort_and_openvino_with_ap_in_the_ledger(capsys, tmp
             for field in ("map", "ap50", "ap75", "matched_share", "per_class_ap"):
                 assert field in r, (r["name"], field)
         html = (out / f"report.{key}.html").read_text()
-        assert 'alt="deployed prediction"' in html and "AP delta" in html and "IoU" not in html
+        assert 'alt="deployed prediction"' in html and "AP delta" in html and "IoU delta" not in html
     assert "AP" in stdout
     with np.load(out / "deploy/onnxruntime-cpu/parity_images.npz") as z:
         assert any(k.startswith("evidence/") for k in z.files) and not any(k.startswith("confusion/") for k in z.files)
@@ -177,3 +177,21 @@ def test_deploy_a_detector_to_ort_and_openvino_with_ap_in_the_ledger(capsys, tmp
     budgets.write_text("[onnxruntime-cpu]\nmin_map = 50\n")
     rc, stdout, err = run_cli(capsys, "gate", out / "report.onnxruntime-cpu.json", "--budgets", budgets)
     assert rc == 1 and "AP" in stdout + err
+
+
+def test_parity_images_name_the_evidence_and_read_segmentation_files(tmp_path):
+    from bckd_pipeline.parity_images import load_parity_images, save_npz, save_parity_images
+
+    per_image = {"pytorch": np.arange(6, dtype=np.int64).reshape(2, 3)}
+    images = [{"name": "a", "sha256": "0"}, {"name": "b", "sha256": "1"}]
+    record = save_parity_images(tmp_path, per_image, {}, images)
+    with np.load(tmp_path / record["path"]) as z:
+        assert z.files == ["evidence/pytorch"]
+    got = load_parity_images({"parity_images": record}, tmp_path / "report.json")
+    np.testing.assert_array_equal(got.evidence["pytorch"], per_image["pytorch"])
+    save_npz(tmp_path / "old.npz", {"confusion/pytorch": per_image["pytorch"]})  # the segmentation name
+    from bckd_pipeline.fileio import file_sha256
+
+    old = {**record, "path": "old.npz", "sha256": file_sha256(tmp_path / "old.npz")}
+    got = load_parity_images({"parity_images": old}, tmp_path / "report.json")
+    np.testing.assert_array_equal(got.confusion["pytorch"], per_image["pytorch"])
