@@ -195,3 +195,27 @@ def test_parity_images_name_the_evidence_and_read_segmentation_files(tmp_path):
     old = {**record, "path": "old.npz", "sha256": file_sha256(tmp_path / "old.npz")}
     got = load_parity_images({"parity_images": old}, tmp_path / "report.json")
     np.testing.assert_array_equal(got.confusion["pytorch"], per_image["pytorch"])
+
+
+def test_latency_times_the_network_and_the_host_post_processing_under_one_protocol():
+    from bckd_pipeline.deploy.bench import benchmark
+    from bckd_pipeline.runtimes.torch import TorchRuntime
+    from bckd_pipeline.targets.profiles import LatencySpec
+
+    names = tuple(build_detection_dataset("demo", "val").info.class_names)
+    model = build_detector("fcos-tiny-s", len(names))
+    wrapper = DetExportWrapper(model, normalize=Normalization())
+    calls = []
+
+    def post(outputs, feed):
+        calls.append(sorted(outputs))
+        return DETECTION.prediction_of(DETECTION.raw_output(outputs, feed))
+
+    spec = LatencySpec(runs=4, warmup_runs=1, warmup_s=0.0)
+    with TorchRuntime(wrapper, (1, 3, *HW), output_names=OUTPUTS) as rt:
+        report = benchmark(rt, det_feeds(2).head(2), spec, postprocess=post).as_dict()
+        plain = benchmark(rt, det_feeds(2).head(2), spec).as_dict()
+    assert calls == [sorted(OUTPUTS)] * 4
+    assert report["postprocess_ms"]["p50"] > 0
+    assert report["end_to_end_ms"]["mean"] == pytest.approx(report["mean"] + report["postprocess_ms"]["mean"])
+    assert plain["postprocess_ms"] is None and plain["end_to_end_ms"] is None

@@ -140,6 +140,15 @@ def parity_criteria(ctx: DeployContext, precision: str):
     return ctx.task.criteria[str(Precision(precision))]
 
 
+def host_postprocess(ctx: DeployContext):
+    """What the host does with a runtime's outputs to get the prediction, where the task times it beside the
+    network (``Task.times_postprocess``: detection's decoding and NMS); None: the network alone."""
+    task = ctx.task
+    if not task.times_postprocess:
+        return None
+    return lambda outputs, feed: task.prediction_of(task.raw_output(outputs, feed))
+
+
 def latency_stage(ctx: DeployContext, out: Path, cache: StageCache, built: list[Built], bar=_no_bar) -> dict:
     from .bench import benchmark
 
@@ -170,7 +179,7 @@ def latency_stage(ctx: DeployContext, out: Path, cache: StageCache, built: list[
             results[b.name] = hit
             continue
         with make_runtime(ctx, b) as rt, bar(f"latency {b.name}", spec.runs) as tick:
-            entry = {"latency": benchmark(rt, feeds, spec, tick=tick).as_dict()}
+            entry = {"latency": benchmark(rt, feeds, spec, tick=tick, postprocess=host_postprocess(ctx)).as_dict()}
         if ctx.deploy.throughput and b is built[-1] and ctx.profile.backend is not Backend.TENSORRT:
             with make_runtime(ctx, b, streams=spec.streams) as rt:
                 entry["throughput"] = benchmark(rt, feeds, spec, mode="throughput").as_dict()

@@ -131,6 +131,13 @@ def markdown(report: dict) -> str:
     if deployed.get("throughput_fps"):
         t = deployed["throughput"]
         lines += ["", f"Throughput of `{deployed['name']}` with {t['streams']} requests in flight: {t['fps']:.1f} FPS."]
+    if deployed.get("postprocess_ms"):
+        post, both = deployed["postprocess_ms"], deployed["end_to_end_ms"]
+        lines += [
+            "",
+            f"Host post-processing of `{deployed['name']}` (decoding and NMS, the same for every row): p50 "
+            f"{post['p50']:.2f} ms; network + post-processing p50 {both['p50']:.2f} ms, p99 {both['p99']:.2f} ms.",
+        ]
     if report.get("machine"):
         lines += ["", f"Machine: {machine_line(report['machine'])}."]
     lines += [

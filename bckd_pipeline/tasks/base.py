@@ -178,6 +178,8 @@ class Task(ABC):
     # INT8 keeps the ops between the last convolution of each branch and the graph's outputs in float (a detector's
     # box decoding: calibrate/exclude.py ``output_tail_names``)
     int8_float_tail: bool = False
+    # The latency stage also times ``prediction_of`` on the host beside the network (detection: decoding and NMS)
+    times_postprocess: bool = False
 
     def raw_output(self, outputs: Mapping[str, np.ndarray], feed: Mapping[str, np.ndarray]) -> Any:
         """What ``prediction_of`` takes, from a runtime's named outputs for the input ``feed``: the first output
