@@ -409,12 +409,9 @@ def _identity(cfg: RunConfig) -> dict:
 
 def _eval_set(d: DataConfig, task: str = "segmentation"):
     """The evaluation split: label maps for segmentation, boxes for detection (a folder of plain images either way)."""
-    from .data import build_dataset, build_detection_dataset, is_unlabelled
+    from .data import build_task_dataset
 
-    if task == "detection" and not is_unlabelled(d.spec):
-        eval_set = build_detection_dataset(d.spec, d.eval_split, demo_size=d.demo_size, demo_count=d.demo_count)
-    else:
-        eval_set = build_dataset(d.spec, d.eval_split, demo_size=d.demo_size, demo_count=d.demo_count)
+    eval_set = build_task_dataset(d.spec, d.eval_split, task, demo_size=d.demo_size, demo_count=d.demo_count)
     if len(eval_set) == 0:
         raise DataError(f"The evaluation split {d.eval_split!r} of {d.spec!r} is empty; parity needs images.")
     return eval_set

@@ -160,7 +160,7 @@ def benchmark(
 def _summary(ms) -> dict[str, float]:
     v = np.asarray(ms, np.float64)
     quantiles = {k: float(np.percentile(v, q)) for k, q in (("p50", 50), ("p90", 90), ("p99", 99))}
-    return quantiles | {"mean": float(v.mean())}
+    return {**quantiles, "mean": float(v.mean())}
 
 
 def synthetic_feeds(spec: dict, count: int = 4, seed: int = 0, *, shapes: dict | None = None) -> list[dict]:

@@ -130,12 +130,13 @@ def run_job(job_file: Path, out: Path | None = None) -> dict:
     with runtime:
         labels = []
         for image in images:
-            output = next(iter(runtime.infer({job["input_name"]: image[None]}).values()))
-            labels.append(task.prediction_of(output)[0])
+            feed = {job["input_name"]: image[None]}
+            labels.append(task.prediction_of(task.raw_output(runtime.infer(feed), feed))[0])
         feeds = [{job["input_name"]: image[None]} for image in images[:LATENCY_IMAGES]]
         latency = benchmark(runtime, feeds, LatencySpec(**job["latency"])).as_dict()
     stacked = np.stack(labels)
-    stacked = stacked.astype(np.uint8 if stacked.max() < 256 else np.uint16)
+    if np.issubdtype(stacked.dtype, np.integer):  # label maps: the smallest type that holds them
+        stacked = stacked.astype(np.uint8 if stacked.max() < 256 else np.uint16)
 
     def save_labels(tmp: Path) -> None:
         with open(tmp, "wb") as f:
