@@ -219,3 +219,27 @@ def test_latency_times_the_network_and_the_host_post_processing_under_one_protoc
     assert report["postprocess_ms"]["p50"] > 0
     assert report["end_to_end_ms"]["mean"] == pytest.approx(report["mean"] + report["postprocess_ms"]["mean"])
     assert plain["postprocess_ms"] is None and plain["end_to_end_ms"] is None
+
+
+def test_device_agent_decodes_every_output_of_a_detector(detector, tmp_path):
+    from bckd_pipeline.device import agent
+    from bckd_pipeline.device.bundle import write_bundle
+    from bckd_pipeline.ledger import DEVICE_LABELS_FILE
+    from bckd_pipeline.runtimes.onnxruntime import OrtRuntime
+    from bckd_pipeline.targets import get_target
+    from bckd_pipeline.targets.profiles import LatencySpec
+
+    model, meta = detector
+    onnx_path, _ = to_onnx(model, meta, ExportSpec(input_hw=HW, head="raw", task="detection"), tmp_path / "m.onnx",
+                           det_feeds(1))  # fmt: skip
+    feeds = det_feeds(2)
+    job = write_bundle(tmp_path / "bundle", onnx_path, feeds, get_target("jetson"),
+                       LatencySpec(runs=2, warmup_runs=1, warmup_s=0.0), task="detection")  # fmt: skip
+    assert job["task"] == "detection"
+    agent.run_job(tmp_path / "bundle/job.json", tmp_path / "device")
+    with np.load(tmp_path / "device" / DEVICE_LABELS_FILE) as z:
+        rows = z["labels"]
+    with OrtRuntime(onnx_path) as rt:
+        expected = [DETECTION.prediction_of(DETECTION.raw_output(rt.infer(f), f))[0] for f in feeds]
+    assert rows.dtype == np.float32 and rows.shape == (2, *expected[0].shape)
+    np.testing.assert_allclose(rows, np.stack(expected), atol=1e-4)
