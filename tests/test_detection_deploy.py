@@ -243,3 +243,28 @@ def test_device_agent_decodes_every_output_of_a_detector(detector, tmp_path):
         expected = [DETECTION.prediction_of(DETECTION.raw_output(rt.infer(f), f))[0] for f in feeds]
     assert rows.dtype == np.float32 and rows.shape == (2, *expected[0].shape)
     np.testing.assert_allclose(rows, np.stack(expected), atol=1e-4)
+
+
+def test_score_split_takes_a_detectors_named_outputs_and_target_dicts(detector):
+    """The loop NNCF's accuracy control scores each candidate with (``Task.score_split``)."""
+    model, meta = detector
+    wrapper = DetExportWrapper(model, normalize=Normalization(meta.mean, meta.std))
+    feeds = det_feeds(3)
+
+    def predict(feed):
+        with torch.no_grad():
+            outputs = dict(zip(OUTPUTS, (t.numpy() for t in wrapper(torch.from_numpy(feed["image"]))), strict=True))
+        return DETECTION.raw_output(outputs, feed)
+
+    pairs = list(feeds.pairs())
+    value = DETECTION.score_split(predict, pairs, num_classes=meta.num_classes, ignore_index=-1)
+    evidence = sum(
+        DETECTION.image_evidence(DETECTION.prediction_of(predict(f))[0], t, num_classes=meta.num_classes)
+        .astype(np.int64)
+        for f, t in pairs
+    )
+    assert value == pytest.approx(float(DETECTION.metric_of(evidence)))
+    # the same loop over its own predictions as the ground truth: every detection is found
+    own = [(f, DETECTION.reference_labels(DETECTION.prediction_of(predict(f)), t)) for f, t in pairs]
+    if any(len(r[r[:, 5] >= 0]) for _, r in own):
+        assert DETECTION.score_split(predict, own, num_classes=meta.num_classes, ignore_index=-1) > 50

@@ -112,10 +112,11 @@ def quantize_ir(
         pairs = list(validation.pairs())
 
         def metric_fraction(compiled, items) -> float:
-            out = compiled.outputs[0]
-            score = task.score_split(
-                lambda feed: compiled(feed)[out], items, num_classes=num_classes, ignore_index=ignore_index
-            )
+            def predict(feed):
+                result = compiled(feed)
+                return task.raw_output({o.get_any_name(): result[o] for o in compiled.outputs}, feed)
+
+            score = task.score_split(predict, items, num_classes=num_classes, ignore_index=ignore_index)
             return score / 100.0  # the metric in points, and the drop below, as fractions
 
         quantized = nncf.quantize_with_accuracy_control(

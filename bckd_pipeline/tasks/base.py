@@ -255,14 +255,18 @@ class Task(ABC):
         num_classes: int,
         ignore_index: int,
     ) -> float:
-        """The headline metric of ``predict`` (input -> raw output batch) over ``(input, label)`` pairs.
+        """The headline metric of ``predict`` (input -> raw output batch, ``raw_output`` of the runtime's outputs)
+        over ``(input, label)`` pairs.
 
         The one evaluation loop over a split for the runtimes (ONNX Runtime, OpenVINO, TensorRT); a torch
         model over a dataset goes through ``metrics.evaluate``, which uses the same prediction and metric.
         """
         score = self.split_score(num_classes, ignore_index)
         for x, label in pairs:
-            score.update(self.prediction_of(np.asarray(predict(x)))[:1], np.asarray(label)[None])
+            output = predict(x)  # an array, or what ``raw_output`` made of several named outputs
+            output = np.asarray(output) if isinstance(output, (np.ndarray, list, tuple)) else output
+            target = [label] if isinstance(label, Mapping) else np.asarray(label)[None]  # a target dict: as it is
+            score.update(self.prediction_of(output)[:1], target)
         return score.value()
 
     def headline(self, row: Mapping[str, Any]) -> list[str]:
