@@ -167,6 +167,10 @@ def test_deploy_a_detector_to_ort_and_openvino_with_ap_in_the_ledger(capsys, tmp
         html = (out / f"report.{key}.html").read_text()
         assert 'alt="deployed prediction"' in html and "AP delta" in html and "IoU delta" not in html
     assert "AP" in stdout
+    md = (out / "report.onnxruntime-cpu.md").read_text()
+    assert "Per-class AP of `pytorch`" in md and "| vehicle |" in md and "Host post-processing" in md
+    row = json.loads((out / "report.onnxruntime-cpu.json").read_text())["stages"][-1]
+    assert row["postprocess_ms"]["p50"] > 0 and row["end_to_end_ms"]["p50"] >= row["postprocess_ms"]["p50"]
     with np.load(out / "deploy/onnxruntime-cpu/parity_images.npz") as z:
         assert any(k.startswith("evidence/") for k in z.files) and not any(k.startswith("confusion/") for k in z.files)
 
