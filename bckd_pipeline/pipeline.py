@@ -270,7 +270,7 @@ def model_plan(
     check_without_labels(data, deploy_cfg)
     check_out_dir(out, _deploy_identity(source, data), force=force)
     if source.kind != "checkpoint":
-        eval_set = _eval_set(data)
+        eval_set = _eval_set(data, data.task)
         resolve_model(source, the_plans[0].deploy, tuple(eval_set.load(0)[0].shape[:2]), _classes_of(eval_set))
     return the_plans
 
