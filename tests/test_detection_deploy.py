@@ -175,7 +175,7 @@ def test_deploy_a_detector_to_ort_and_openvino_with_ap_in_the_ledger(capsys, tmp
         assert any(k.startswith("evidence/") for k in z.files) and not any(k.startswith("confusion/") for k in z.files)
 
     budgets = tmp_path / "b.toml"
-    budgets.write_text("[onnxruntime-cpu]\nmin_map = 0\n")
+    budgets.write_text("[onnxruntime-cpu]\nmin_map = 0\nmax_map_drop = 1.0\n")
     rc, _, err = run_cli(capsys, "gate", out / "report.onnxruntime-cpu.json", "--budgets", budgets)
     assert rc == 0, err
     budgets.write_text("[onnxruntime-cpu]\nmin_map = 50\n")
