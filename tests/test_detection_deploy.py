@@ -272,3 +272,21 @@ def test_score_split_takes_a_detectors_named_outputs_and_target_dicts(detector):
     own = [(f, DETECTION.reference_labels(DETECTION.prediction_of(predict(f)), t)) for f, t in pairs]
     if any(len(r[r[:, 5] >= 0]) for _, r in own):
         assert DETECTION.score_split(predict, own, num_classes=meta.num_classes, ignore_index=-1) > 50
+
+
+def test_deploy_context_of_a_detection_checkpoint_reads_boxes_and_exports_the_raw_head(tmp_path):
+    from bckd_pipeline.configs import DataConfig
+    from bckd_pipeline.context import DeployConfig
+    from bckd_pipeline.pipeline import deploy_context, deploy_plans, export_head
+
+    assert export_head("logits", "detection") == "raw" and export_head("logits", "segmentation") == "logits"
+    assert export_head("nms", "detection") == "nms"
+    ckpt = tiny_detector_checkpoint(tmp_path)
+    data = DataConfig(spec="demo", demo_count=3)
+    deploy = DeployConfig(target="onnxruntime-cpu", parity_images=2)
+    plan = deploy_plans(deploy, data)[0]
+    ctx = deploy_context(plan.deploy or deploy, data, plan, ckpt, tmp_path / "out")
+    assert ctx.task.name == "detection" and ctx.spec.head == "raw" and ctx.spec.output_names == OUTPUTS
+    assert ctx.spec.input_hw == HW and len(ctx.eval_feeds) == 2
+    _, target = next(ctx.eval_feeds.pairs())
+    assert set(target) == {"boxes", "labels", "iscrowd"}
