@@ -149,7 +149,7 @@ class ModelSource:
 
 @dataclass(frozen=True)
 class OnnxInfo:
-    """A user's ONNX as read: its one input and first output, opset, metadata."""
+    """A user's ONNX as read: its one input and first output (a detector's: ``scores``), opset, metadata, task."""
 
     path: Path
     input_name: str
@@ -158,6 +158,8 @@ class OnnxInfo:
     output_rank: int | None
     opset: int
     metadata: dict[str, str] = field(default_factory=dict)
+    output_names: tuple[str, ...] = ()  # every output, in the graph's order
+    task: str = "segmentation"  # "detection": the raw head of a detector (outputs scores, boxes, centerness)
 
     @property
     def dynamic(self) -> tuple[str, ...]:

@@ -270,7 +270,7 @@ def model_plan(
     check_without_labels(data, deploy_cfg)
     check_out_dir(out, _deploy_identity(source, data), force=force)
     if source.kind != "checkpoint":
-        eval_set = _eval_set(data, data.task)
+        eval_set = _eval_set(data, _source_task(source, data))
         resolve_model(source, the_plans[0].deploy, tuple(eval_set.load(0)[0].shape[:2]), _classes_of(eval_set))
     return the_plans
 
@@ -407,6 +407,16 @@ def _identity(cfg: RunConfig) -> dict:
     return {"data": cfg.data.spec, "teacher": teacher, "student": cfg.student_model}
 
 
+def _source_task(source: ModelSource, d: DataConfig) -> str:
+    """The task of a model that is not a checkpoint: a user's ONNX says it (a detector's raw head outputs), other
+    files are the data's task."""
+    if source.is_onnx:
+        from .export.own_onnx import inspect_onnx
+
+        return inspect_onnx(source.path).task
+    return d.task
+
+
 def _eval_set(d: DataConfig, task: str = "segmentation"):
     """The evaluation split: label maps for segmentation, boxes for detection (a folder of plain images either way)."""
     from .data import build_task_dataset
@@ -480,7 +490,7 @@ def deploy_context(
         input_hw = tuple(deploy.input_hw or meta.input_hw or eval_set.load(0)[0].shape[:2])
         resolved = ResolvedModel(model, meta, input_hw)
     else:
-        eval_set = _eval_set(d, d.task)
+        eval_set = _eval_set(d, _source_task(source, d))
         first_hw = tuple(eval_set.load(0)[0].shape[:2])
         resolved = resolve_model(source, deploy, first_hw, _classes_of(eval_set))
     model, meta, input_hw, info = resolved.model, resolved.meta, resolved.input_hw, resolved.info
@@ -492,6 +502,7 @@ def deploy_context(
             head=resolved.head,
             bake_normalization=meta.extra["input_scale"] == "0..255",
             dynamic=info.dynamic,
+            task=info.task,
         )
     else:
         spec = ExportSpec(

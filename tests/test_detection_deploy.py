@@ -290,3 +290,17 @@ def test_deploy_context_of_a_detection_checkpoint_reads_boxes_and_exports_the_ra
     assert ctx.spec.input_hw == HW and len(ctx.eval_feeds) == 2
     _, target = next(ctx.eval_feeds.pairs())
     assert set(target) == {"boxes", "labels", "iscrowd"}
+
+
+@pytest.mark.slow
+def test_deploy_a_users_detector_onnx_with_raw_head_outputs(detector, capsys, tmp_path):
+    model, meta = detector
+    onnx_path, _ = to_onnx(model, meta, ExportSpec(input_hw=HW, head="raw", task="detection"), tmp_path / "user.onnx",
+                           det_feeds(1))  # fmt: skip
+    out = tmp_path / "out"
+    rc, _, err = run_cli(capsys, "deploy", "--onnx", onnx_path, "--data", "demo", "--allow-demo-data", "--target",
+                         "onnxruntime-cpu", "--out", out, *FAST)  # fmt: skip
+    assert rc == 0, err[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["task"] == "detection" and report["stages"][-1]["map"] is not None
+    assert read_metadata(out / "deploy/model.onnx")["bckd.task"] == "detection"
