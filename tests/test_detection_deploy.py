@@ -304,3 +304,22 @@ def test_deploy_a_users_detector_onnx_with_raw_head_outputs(detector, capsys, tm
     report = json.loads((out / "report.json").read_text())
     assert report["task"] == "detection" and report["stages"][-1]["map"] is not None
     assert read_metadata(out / "deploy/model.onnx")["bckd.task"] == "detection"
+
+
+def test_ort_int8_keeps_the_box_decoding_in_float(detector, tmp_path):
+    from bckd_pipeline.calibrate.exclude import onnx_output_tail
+    from bckd_pipeline.calibrate.onnxruntime import quantize_ort
+    from bckd_pipeline.targets.profiles import CalibrationSpec
+
+    model, meta = detector
+    path, _ = to_onnx(model, meta, ExportSpec(input_hw=HW, head="raw", task="detection"), tmp_path / "m.onnx",
+                      det_feeds(1))  # fmt: skip
+    tail = onnx_output_tail(path)
+    assert any("Exp" in n for n in tail) and not any("Conv" in n for n in tail)
+    q, settings = quantize_ort(path, tmp_path / "m.int8.onnx", det_feeds(4), CalibrationSpec(size=4), float_tail=True)
+    assert settings["float_output_tail"] == tail
+    graph = onnx.load(str(q)).graph
+    producer = {o: n for n in graph.node for o in n.output}
+    exp_inputs = [producer.get(i) for n in graph.node if n.op_type == "Exp" for i in n.input]
+    assert exp_inputs and all(p is None or p.op_type != "DequantizeLinear" for p in exp_inputs)
+    assert any(n.op_type == "QuantizeLinear" for n in graph.node)  # the convolutions are still INT8

@@ -127,3 +127,25 @@ def with_output_tail(nncf, model, scope):
     if scope is None:
         return nncf.IgnoredScope(names=tail, validate=False)
     return nncf.IgnoredScope(names=sorted(set(scope.names) | set(tail)), types=list(scope.types), validate=False)
+
+
+_ONNX_BRANCH_ENDS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+
+
+def onnx_output_tail(path: Path) -> list[str]:
+    """The ONNX graph's nodes after the last convolution of each branch that leads to an output (the ONNX
+    counterpart of :func:`output_tail_names`, for ONNX Runtime's ``nodes_to_exclude``)."""
+    from ..onnxfile import load_onnx
+
+    graph = load_onnx(path).graph
+    producer = {o: n for n in graph.node for o in n.output}
+    names: set[str] = set()
+    stack = [o.name for o in graph.output]
+    while stack:
+        node = producer.get(stack.pop())
+        if node is None or node.name in names or node.op_type in _ONNX_BRANCH_ENDS:
+            continue
+        if node.op_type != "Constant":
+            names.add(node.name)
+        stack.extend(node.input)
+    return sorted(names)

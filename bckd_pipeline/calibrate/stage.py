@@ -154,7 +154,7 @@ def _make(ctx: DeployContext, b: Built, path: Path, parent: Path, calib, simplif
     elif b.backend is Backend.ONNXRUNTIME:
         from .onnxruntime import quantize_ort
 
-        _, settings = quantize_ort(parent, path, calib.feeds, calib.spec)
+        _, settings = quantize_ort(parent, path, calib.feeds, calib.spec, float_tail=ctx.task.int8_float_tail)
     else:
         from . import openvino as ovq
 
