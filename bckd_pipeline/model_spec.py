@@ -13,12 +13,20 @@ from pathlib import Path
 from typing import Literal
 
 from .errors import ConfigError
+from .tasks import get_task
 from .tasks.segmentation import SEGMENTATION
 
-Head = Literal["logits", "argmax"]
-HEADS = SEGMENTATION.export_heads  # the task's heads; the first is the default
+Head = Literal["logits", "argmax", "raw", "nms"]
+HEADS = SEGMENTATION.export_heads  # segmentation's heads; the first is the default (``ExportSpec.heads``: any task's)
 INPUT_NAME = "image"
 OUTPUT_NAMES = {"logits": "logits", "argmax": "labels"}
+# Each head's outputs, in the graph's order (a detector's raw head: the contract of distill/detection.py).
+HEAD_OUTPUTS = {"logits": ("logits",), "argmax": ("labels",), "raw": ("scores", "boxes", "centerness")}
+# Heads a task declares that this version cannot export yet, and what to use instead.
+NOT_YET_EXPORTED = {
+    "nms": "--head nms (NMS inside the graph) is not available in this version; deploy --head raw, whose host "
+    "decoding and NMS are the same for every runtime."
+}
 DYNAMIC_AXES = ("batch", "height", "width")
 
 
@@ -32,10 +40,16 @@ class ExportSpec:
     head: Head = "logits"
     bake_normalization: bool = True
     dynamic: tuple[str, ...] = ()  # any of DYNAMIC_AXES
+    task: str = "segmentation"  # the model's task (tasks/): which heads it may end in
 
     def __post_init__(self) -> None:
-        if self.head not in HEADS:
-            raise ConfigError(f"--head {self.head!r} is not allowed. Allowed: {', '.join(HEADS)}.")
+        heads = self.heads
+        if self.head not in heads:
+            raise ConfigError(
+                f"--head {self.head!r} is not allowed for a {self.task} model. Allowed: {', '.join(heads)}."
+            )
+        if self.head in NOT_YET_EXPORTED:
+            raise ConfigError(NOT_YET_EXPORTED[self.head])
         bad = [a for a in self.dynamic if a not in DYNAMIC_AXES]
         if bad:
             raise ConfigError(
@@ -48,8 +62,19 @@ class ExportSpec:
             raise ConfigError(f"Export shape must be positive, got batch={self.batch} input_hw={self.input_hw}.")
 
     @property
+    def heads(self) -> tuple[str, ...]:
+        """The heads this task's graph may end in (the first is the default)."""
+        return get_task(self.task).export_heads
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        """The graph's outputs, in order (segmentation: one; a detector's raw head: scores, boxes, centerness)."""
+        return HEAD_OUTPUTS[self.head]
+
+    @property
     def output_name(self) -> str:
-        return OUTPUT_NAMES[self.head]
+        """The first output (segmentation's only one)."""
+        return self.output_names[0]
 
     def input_shape(self) -> tuple[int, int, int, int]:
         return (self.batch, 3, *self.input_hw)
@@ -57,8 +82,12 @@ class ExportSpec:
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
         dims = {"batch": 0, "height": 2, "width": 3}
         inp = {dims[a]: a for a in self.dynamic}
+        if not inp:
+            return {}
+        if self.task != "segmentation":  # the outputs' anchor axis follows H and W: only the batch is named
+            return {INPUT_NAME: inp, **{n: {0: "batch"} for n in self.output_names if "batch" in self.dynamic}}
         out = {dims[a] if a == "batch" or self.head == "logits" else dims[a] - 1: a for a in self.dynamic}
-        return {INPUT_NAME: inp, self.output_name: out} if inp else {}
+        return {INPUT_NAME: inp, self.output_name: out}
 
 
 KINDS = ("checkpoint", "onnx", "pt2", "torchscript", "factory")
@@ -120,7 +149,7 @@ class ModelSource:
 
 @dataclass(frozen=True)
 class OnnxInfo:
-    """A user's ONNX as read: its one input and first output, opset, metadata."""
+    """A user's ONNX as read: its one input and first output (a detector's: ``scores``), opset, metadata, task."""
 
     path: Path
     input_name: str
@@ -129,6 +158,8 @@ class OnnxInfo:
     output_rank: int | None
     opset: int
     metadata: dict[str, str] = field(default_factory=dict)
+    output_names: tuple[str, ...] = ()  # every output, in the graph's order
+    task: str = "segmentation"  # "detection": the raw head of a detector (outputs scores, boxes, centerness)
 
     @property
     def dynamic(self) -> tuple[str, ...]:

@@ -6,7 +6,9 @@ images as the task saves them (``Task.as_saved``; the ledger already ran every s
 images the evidence gives the report's dataset-level metric; resampled over images it gives the bootstrap
 interval of its delta (gate/gate.py). ``report.json["parity_images"]`` names the file with its sha256 and
 lists the images (name and pixel sha256), so a baseline report can be paired with this one image by image.
-The parity stage writes it; the report and the CI gate read it (numpy only: the gate stays light).
+The evidence is stored as ``evidence/<stage>`` (a v1 file may hold it as ``confusion/<stage>``, read as well), the
+predictions as ``labels/<stage>``. The parity stage writes it; the report and the CI gate read it (numpy only:
+the gate stays light).
 """
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ from .fileio import atomic_write, file_sha256
 
 PARITY_IMAGES_FILE = "parity_images.npz"
 PARITY_IMAGES_FORMAT = "bckd-pipeline/parity-images-v1"
+EVIDENCE_KEY = "evidence"  # "evidence/<stage>": the task's per-image evidence
+LEGACY_EVIDENCE_KEY = "confusion"  # the same arrays under segmentation's name (format v1 files hold it): still read
 MASK_IMAGES = 4  # evaluation images whose label maps are kept (report.html's side-by-side figure)
 
 
@@ -43,7 +47,7 @@ def save_parity_images(
     ``name``: the file's path in ``out`` (each target of a run folder keeps its own, in its folder)."""
     path = Path(out) / name
     stages = list(per_image)
-    arrays = {f"confusion/{s}": per_image[s] for s in stages}
+    arrays = {f"{EVIDENCE_KEY}/{s}": per_image[s] for s in stages}
     arrays |= {f"labels/{s}": maps for s, maps in labels.items()}
     save_npz(path, arrays)
     return {
@@ -63,11 +67,16 @@ def stage_labels(out: Path, record: dict, stage: str) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ParityImages:
-    """Per-image confusion matrices of one report, checked against the report's reference."""
+    """The per-image evidence of one report (segmentation: confusion matrices), checked against the report."""
 
     names: tuple[str, ...]
     digests: tuple[str, ...]
-    confusion: dict[str, np.ndarray]  # stage -> int32 [images, classes, classes]
+    evidence: dict[str, np.ndarray]  # stage -> the task's evidence per image (segmentation: [images, C, C])
+
+    @property
+    def confusion(self) -> dict[str, np.ndarray]:
+        """``evidence`` under segmentation's name."""
+        return self.evidence
 
 
 def load_parity_images(report: dict, report_path: Path) -> ParityImages | None:
@@ -82,7 +91,7 @@ def load_parity_images(report: dict, report_path: Path) -> ParityImages | None:
     path = Path(report_path).parent / ref["path"]
     if not path.is_file():
         raise DataError(
-            f"{report_path} names {ref['path']} (per-image confusion matrices) but {str(path)!r} does not exist. "
+            f"{report_path} names {ref['path']} (the per-image evidence) but {str(path)!r} does not exist. "
             f"Keep {ref['path']} next to report.json when you copy or archive a report."
         )
     if file_sha256(path) != ref["sha256"]:
@@ -91,7 +100,8 @@ def load_parity_images(report: dict, report_path: Path) -> ParityImages | None:
             "to another run or was altered. Copy the report and its parity_images.npz from the same run."
         )
     with np.load(path) as z:
-        confusion = {s: z[f"confusion/{s}"] for s in ref["stages"]}
+        prefix = EVIDENCE_KEY if any(k.startswith(f"{EVIDENCE_KEY}/") for k in z.files) else LEGACY_EVIDENCE_KEY
+        evidence = {s: z[f"{prefix}/{s}"] for s in ref["stages"]}
     names = tuple(i["name"] for i in ref["images"])
     digests = tuple(i["sha256"] for i in ref["images"])
-    return ParityImages(names, digests, confusion)
+    return ParityImages(names, digests, evidence)

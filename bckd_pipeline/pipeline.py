@@ -284,7 +284,7 @@ def model_plan(
     check_without_labels(data, deploy_cfg)
     check_out_dir(out, _deploy_identity(source, data), force=force)
     if source.kind != "checkpoint":
-        eval_set = _eval_set(data)
+        eval_set = _eval_set(data, _source_task(source, data))
         resolve_model(source, the_plans[0].deploy, tuple(eval_set.load(0)[0].shape[:2]), _classes_of(eval_set))
     return the_plans
 
@@ -421,10 +421,21 @@ def _identity(cfg: RunConfig) -> dict:
     return {"data": cfg.data.spec, "teacher": teacher, "student": cfg.student_model}
 
 
-def _eval_set(d: DataConfig):
-    from .data import build_dataset
+def _source_task(source: ModelSource, d: DataConfig) -> str:
+    """The task of a model that is not a checkpoint: a user's ONNX says it (a detector's raw head outputs), other
+    files are the data's task."""
+    if source.is_onnx:
+        from .export.own_onnx import inspect_onnx
 
-    eval_set = build_dataset(d.spec, d.eval_split, demo_size=d.demo_size, demo_count=d.demo_count)
+        return inspect_onnx(source.path).task
+    return d.task
+
+
+def _eval_set(d: DataConfig, task: str = "segmentation"):
+    """The evaluation split: label maps for segmentation, boxes for detection (a folder of plain images either way)."""
+    from .data import build_task_dataset
+
+    eval_set = build_task_dataset(d.spec, d.eval_split, task, demo_size=d.demo_size, demo_count=d.demo_count)
     if len(eval_set) == 0:
         raise DataError(f"The evaluation split {d.eval_split!r} of {d.spec!r} is empty; parity needs images.")
     return eval_set
@@ -468,6 +479,14 @@ def resolve_model(
     return ResolvedModel(model, meta, input_hw)
 
 
+def export_head(head: str, task: str) -> str:
+    """``--head`` for a model of ``task``: the segmentation default (``logits``) stands for the task's own default."""
+    from .tasks import get_task
+
+    heads = get_task(task).export_heads
+    return heads[0] if head == "logits" and head not in heads else head
+
+
 def deploy_context(
     deploy: DeployConfig, d: DataConfig, the_plan: Plan, source: ModelSource | Path, out: Path
 ) -> DeployContext:
@@ -477,10 +496,19 @@ def deploy_context(
 
     if not isinstance(source, ModelSource):
         source = ModelSource("checkpoint", Path(source))
-    eval_set = _eval_set(d)
-    first_hw = tuple(eval_set.load(0)[0].shape[:2])
-    resolved = resolve_model(source, deploy, first_hw, _classes_of(eval_set))
+    if source.kind == "checkpoint":  # the checkpoint says its task, and so which labels the evaluation reads
+        from .distill.checkpoint import load_model
+
+        model, meta = load_model(source.path)
+        eval_set = _eval_set(d, meta.task)
+        input_hw = tuple(deploy.input_hw or meta.input_hw or eval_set.load(0)[0].shape[:2])
+        resolved = ResolvedModel(model, meta, input_hw)
+    else:
+        eval_set = _eval_set(d, _source_task(source, d))
+        first_hw = tuple(eval_set.load(0)[0].shape[:2])
+        resolved = resolve_model(source, deploy, first_hw, _classes_of(eval_set))
     model, meta, input_hw, info = resolved.model, resolved.meta, resolved.input_hw, resolved.info
+    task = getattr(meta, "task", "segmentation")
     if info is not None:  # the user's graph as it is: nothing of it is chosen here
         spec = ExportSpec(
             input_hw=tuple(input_hw),
@@ -488,15 +516,17 @@ def deploy_context(
             head=resolved.head,
             bake_normalization=meta.extra["input_scale"] == "0..255",
             dynamic=info.dynamic,
+            task=info.task,
         )
     else:
         spec = ExportSpec(
             input_hw=tuple(input_hw),
             batch=deploy.batch,
             opset=deploy.opset or the_plan.target.opset,
-            head=deploy.head,
+            head=export_head(deploy.head, task),
             bake_normalization=deploy.bake_normalization,
             dynamic=deploy.dynamic,
+            task=task,
         )
     n = len(eval_set) if deploy.parity_images is None else min(deploy.parity_images, len(eval_set))
     feeds = DatasetFeeds.from_dataset(
@@ -505,6 +535,7 @@ def deploy_context(
         spec.input_hw,
         normalization=feed_norm(meta, spec),
         input_name=info.input_name if info else INPUT_NAME,
+        boxes=task == "detection",
     )
     digests = {}
     if the_plan.calibration is not None:  # every evaluation image, for the calibration overlap check

@@ -91,3 +91,61 @@ def nncf_ignored_scope(nncf, model, ex: Exclusion | None):
             "the neighbouring node, or an op type OpenVINO keeps (Conv, MatMul, Add, Mul, Resize, Concat)."
         )
     return nncf.IgnoredScope(names=names, types=types, validate=False)
+
+
+# Ops that end a head branch: the last convolution (and its bias Add) before the outputs.
+_BRANCH_ENDS = ("Convolution", "GroupConvolution", "MatMul")
+_NOT_OPS = ("Constant", "Parameter", "Result")
+
+
+def output_tail_names(model) -> list[str]:
+    """The OpenVINO model's ops after the last convolution of each branch that leads to an output: walking back
+    from each Result, every op up to (not including) a Convolution, its bias Add, or a constant.
+
+    For a detector these are the head's decoding arithmetic (FCOS: the per-level scale, clamp and exp of the box
+    distances times the stride, and the permutes, reshapes and concatenations of every output), which INT8 would
+    quantize at the resolution of a few hundred pixels; NNCF's YOLOv8 example keeps its head's box arithmetic in
+    an ``IgnoredScope`` for the same reason (examples/post_training_quantization/openvino/yolov8/main.py)."""
+    names: set[str] = set()
+    stack = [r.input_value(0).get_node() for r in model.get_results()]
+    while stack:
+        node = stack.pop()
+        kind = node.get_type_name()
+        if kind in _NOT_OPS or kind in _BRANCH_ENDS or node.get_friendly_name() in names:
+            continue
+        inputs = [v.get_node() for v in node.input_values()]
+        if kind == "Add" and any(i.get_type_name() in _BRANCH_ENDS for i in inputs):
+            continue  # a convolution's bias: part of the convolution
+        names.add(node.get_friendly_name())
+        stack.extend(inputs)
+    return sorted(names)
+
+
+def with_output_tail(nncf, model, scope):
+    """``scope`` (an ``nncf.IgnoredScope`` or None) plus :func:`output_tail_names` of ``model``."""
+    tail = output_tail_names(model)
+    if scope is None:
+        return nncf.IgnoredScope(names=tail, validate=False)
+    return nncf.IgnoredScope(names=sorted(set(scope.names) | set(tail)), types=list(scope.types), validate=False)
+
+
+_ONNX_BRANCH_ENDS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+
+
+def onnx_output_tail(path: Path) -> list[str]:
+    """The ONNX graph's nodes after the last convolution of each branch that leads to an output (the ONNX
+    counterpart of :func:`output_tail_names`, for ONNX Runtime's ``nodes_to_exclude``)."""
+    from ..onnxfile import load_onnx
+
+    graph = load_onnx(path).graph
+    producer = {o: n for n in graph.node for o in n.output}
+    names: set[str] = set()
+    stack = [o.name for o in graph.output]
+    while stack:
+        node = producer.get(stack.pop())
+        if node is None or node.name in names or node.op_type in _ONNX_BRANCH_ENDS:
+            continue
+        if node.op_type != "Constant":
+            names.add(node.name)
+        stack.extend(node.input)
+    return sorted(names)

@@ -37,8 +37,13 @@ def _reader(feeds: DatasetFeeds):
     return FeedReader()
 
 
-def quantize_ort(source: Path, path: Path, feeds: DatasetFeeds, spec: CalibrationSpec) -> tuple[Path, dict]:
-    """FP32 ONNX -> INT8 QDQ ONNX calibrated on ``feeds``; returns the path and the settings used."""
+def quantize_ort(
+    source: Path, path: Path, feeds: DatasetFeeds, spec: CalibrationSpec, *, float_tail: bool = False
+) -> tuple[Path, dict]:
+    """FP32 ONNX -> INT8 QDQ ONNX calibrated on ``feeds``; returns the path and the settings used.
+
+    ``float_tail``: the nodes after each output branch's last convolution stay in float (``Task.int8_float_tail``:
+    a detector's box decoding; calibrate/exclude.py ``onnx_output_tail``)."""
     settings = {
         "format": "QDQ",
         "activation_type": "QUInt8",
@@ -54,7 +59,13 @@ def quantize_ort(source: Path, path: Path, feeds: DatasetFeeds, spec: Calibratio
         from .exclude import resolve
 
         settings["int8_exclude"] = resolve(source, spec.exclude).as_dict()
-    atomic_write(path, lambda tmp: quantize_qdq(source, tmp, feeds, spec, activation_type="QUInt8"))
+    tail: list[str] = []
+    if float_tail:
+        from .exclude import onnx_output_tail
+
+        tail = onnx_output_tail(source)
+        settings["float_output_tail"] = tail
+    atomic_write(path, lambda tmp: quantize_qdq(source, tmp, feeds, spec, activation_type="QUInt8", keep_float=tail))
     return Path(path), settings
 
 
@@ -67,8 +78,10 @@ def quantize_qdq(
     activation_type: str,
     op_types: list[str] | None = None,
     extra: dict | None = None,
+    keep_float: list[str] | None = None,
 ) -> None:
-    """``quant_pre_process`` then ORT's static QDQ quantizer (per-channel s8 weights) into ``tmp``."""
+    """``quant_pre_process`` then ORT's static QDQ quantizer (per-channel s8 weights) into ``tmp``; ``keep_float``:
+    more node names left in float (those the pre-processing kept)."""
     try:
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
         from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -87,6 +100,12 @@ def quantize_qdq(
         exclusion = ort_arguments(excluded)
         if excluded is not None and excluded.nodes:
             _check_nodes_kept(pre, excluded.nodes)
+        if keep_float:
+            from ..onnxfile import load_onnx
+
+            kept = {n.name for n in load_onnx(pre).graph.node}
+            tail = [n for n in keep_float if n in kept]
+            exclusion["nodes_to_exclude"] = [*exclusion.get("nodes_to_exclude", []), *tail]
         if op_types is not None and "op_types_to_quantize" in exclusion:  # the caller's op types, less the excluded
             exclusion["op_types_to_quantize"] = [t for t in op_types if t not in excluded.op_types]
         cache = None

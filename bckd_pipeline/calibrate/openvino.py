@@ -96,6 +96,12 @@ def quantize_ir(
         ex = resolve(source_onnx, spec.exclude)
         ignored = nncf_ignored_scope(nncf, model, ex)
         settings["int8_exclude"] = {**ex.as_dict(), "ignored_scope": {"names": ignored.names, "types": ignored.types}}
+    task = task if task is not None else get_task(DEFAULT_TASK)
+    if task.int8_float_tail:  # the head's decoding arithmetic stays in float (calibrate/exclude.py)
+        from .exclude import output_tail_names, with_output_tail
+
+        ignored = with_output_tail(nncf, model, ignored)
+        settings["float_output_tail"] = output_tail_names(model)
     if spec.max_miou_drop is None:
         quantized = nncf.quantize(
             model, calibration, preset=preset, target_device=device, subset_size=len(feeds), ignored_scope=ignored
@@ -104,13 +110,13 @@ def quantize_ir(
         if validation is None or num_classes is None:
             raise StageCheckError("Accuracy-controlled quantization needs validation images and num_classes.")
         pairs = list(validation.pairs())
-        task = task if task is not None else get_task(DEFAULT_TASK)
 
         def metric_fraction(compiled, items) -> float:
-            out = compiled.outputs[0]
-            score = task.score_split(
-                lambda feed: compiled(feed)[out], items, num_classes=num_classes, ignore_index=ignore_index
-            )
+            def predict(feed):
+                result = compiled(feed)
+                return task.raw_output({o.get_any_name(): result[o] for o in compiled.outputs}, feed)
+
+            score = task.score_split(predict, items, num_classes=num_classes, ignore_index=ignore_index)
             return score / 100.0  # the metric in points, and the drop below, as fractions
 
         quantized = nncf.quantize_with_accuracy_control(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..cache import StageCache, file_sha256, stage_key
 from ..context import DeployContext, feed_norm
-from ..data import build_dataset
+from ..data import build_task_dataset
 from ..errors import DataError
 from ..fileio import write_json
 from ..ledger import Built, target_artifacts
@@ -34,7 +34,8 @@ def calibration_stage(ctx: DeployContext, out: Path, cache: StageCache) -> Calib
         return None
     d = ctx.data
     source = spec.data or d.spec  # --calib-data, else --data: only its images are read
-    train_set = build_dataset(source, spec.split, demo_size=d.demo_size, demo_count=d.demo_count)
+    # Only the images are read: a detector's split is read as boxes (a detection format), its boxes unused.
+    train_set = build_task_dataset(source, spec.split, ctx.task.name, demo_size=d.demo_size, demo_count=d.demo_count)
     indices = pick_indices(spec.size, len(train_set), spec.seed)
     name = ctx.eval_feeds.input_name
     feeds = DatasetFeeds.from_dataset(
@@ -153,7 +154,7 @@ def _make(ctx: DeployContext, b: Built, path: Path, parent: Path, calib, simplif
     elif b.backend is Backend.ONNXRUNTIME:
         from .onnxruntime import quantize_ort
 
-        _, settings = quantize_ort(parent, path, calib.feeds, calib.spec)
+        _, settings = quantize_ort(parent, path, calib.feeds, calib.spec, float_tail=ctx.task.int8_float_tail)
     else:
         from . import openvino as ovq
 

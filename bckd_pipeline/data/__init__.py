@@ -33,6 +33,7 @@ __all__ = [
     "TrainTransform",
     "build_dataset",
     "build_detection_dataset",
+    "build_task_dataset",
     "collate_detection",
     "parse_data_spec",
 ]
@@ -109,6 +110,16 @@ def build_dataset(
             f"--task detection, or give a segmentation kind ({', '.join(LAYOUTS)})."
         )
     return LAYOUTS[kind].build(_root(kind, path), split, transform)
+
+
+def build_task_dataset(
+    spec: str, split: str, task: str, *, demo_size: tuple[int, int] = (96, 128), demo_count: int | None = None
+):
+    """The ``split`` of ``spec`` as a model of ``task`` reads it without a transform (evaluation, calibration):
+    label maps for segmentation, boxes for detection; a folder of plain images is the same for every task."""
+    if task == "detection" and not is_unlabelled(spec):
+        return build_detection_dataset(spec, split, demo_size=demo_size, demo_count=demo_count)
+    return build_dataset(spec, split, demo_size=demo_size, demo_count=demo_count)
 
 
 def _root(kind: str, path: str) -> Path:

@@ -3,7 +3,10 @@
 A ``FeedSource`` is any iterable of ``FeedDict`` (input name -> numpy array). ``DatasetFeeds`` builds
 one from a dataset split with the same preprocessing as evaluation (``resize_pair``: bilinear image,
 nearest-neighbour mask) and, where normalisation is not baked into the graph, the same
-``Normalization``. Its ``pairs()`` also yields the labels, for the parity ledger.
+``Normalization``. Its ``pairs()`` also yields the labels, for the parity ledger: a label map for a
+segmentation dataset; for a detection dataset (``data/instances.py::DetectionDataset``) the target dict
+(``boxes`` float32 [K, 4] xyxy in the input's pixels, ``labels`` int64 [K], ``iscrowd`` bool [K]) of the
+image resized to the input, as ``DetEvalTransform`` resizes it.
 """
 
 from __future__ import annotations
@@ -22,6 +25,27 @@ FeedDict = Mapping[str, np.ndarray]
 FeedSource = Iterable[FeedDict]
 
 
+def detection_target(boxes: np.ndarray, labels: np.ndarray, iscrowd: np.ndarray) -> dict[str, np.ndarray]:
+    """A target dict of numpy arrays (what the detection task scores against)."""
+    return {
+        "boxes": np.asarray(boxes, np.float32).reshape(-1, 4),
+        "labels": np.asarray(labels, np.int64).reshape(-1),
+        "iscrowd": np.asarray(iscrowd, bool).reshape(-1),
+    }
+
+
+def preprocess_detection(
+    image: np.ndarray, instances, input_hw: tuple[int, int], normalization: Normalization | None
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """uint8 H x W x 3 RGB and its ``Instances`` -> float32 1 x 3 x H x W input at ``input_hw`` (resized as
+    ``DetEvalTransform`` does) and its target dict with the boxes in the input's pixels."""
+    from .detection_transforms import resize_instances
+
+    resized, inst = resize_instances(image, instances, tuple(input_hw))
+    x = normalization(resized) if normalization is not None else resized.astype(np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1)[None]), detection_target(inst.boxes, inst.labels, inst.iscrowd)
+
+
 def preprocess(
     image: np.ndarray, mask: np.ndarray, input_hw: tuple[int, int], normalization: Normalization | None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -37,7 +61,7 @@ class DatasetFeeds:
     """Preprocessed images (and labels at the same size) of chosen samples of a split, held in memory."""
 
     images: list[np.ndarray]
-    labels: list[np.ndarray]
+    labels: list  # label maps (segmentation) or target dicts (detection)
     names: list[str]
     digests: list[str]
     split: str
@@ -47,18 +71,29 @@ class DatasetFeeds:
     @classmethod
     def from_dataset(
         cls,
-        dataset: SegDataset,
+        dataset,
         indices: Sequence[int],
         input_hw: tuple[int, int],
         *,
         normalization: Normalization | None = None,
         input_name: str = "image",
+        boxes: bool = False,
     ) -> DatasetFeeds:
+        """The samples ``indices`` of ``dataset`` (a ``SegDataset``, or a ``DetectionDataset`` whose labels are
+        target dicts); a dataset without labels (``labelled`` False) of a detection run gets empty targets
+        (``boxes=True``)."""
+        from .instances import DetectionDataset, Instances
+
         images, labels, names, digests = [], [], [], []
+        detection = isinstance(dataset, DetectionDataset) or boxes
         for i in indices:
-            image, mask = dataset.load(i)
+            image, label = dataset.load(i)
             digests.append(array_sha256(image))  # the decoded pixels: any container hashes the same
-            x, label = preprocess(image, mask, input_hw, normalization)
+            if detection:
+                inst = label if isinstance(label, Instances) else Instances.empty()
+                x, label = preprocess_detection(image, inst, input_hw, normalization)
+            else:
+                x, label = preprocess(image, label, input_hw, normalization)
             images.append(x)
             labels.append(label)
             names.append(dataset.name(i))
@@ -74,7 +109,7 @@ class DatasetFeeds:
         for x in self.images:
             yield self._feed(x)
 
-    def pairs(self) -> Iterator[tuple[FeedDict, np.ndarray]]:
+    def pairs(self) -> Iterator[tuple[FeedDict, np.ndarray | dict]]:
         for x, y in zip(self.images, self.labels, strict=True):
             yield self._feed(x), y
 

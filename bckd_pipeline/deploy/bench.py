@@ -8,13 +8,18 @@ events around the enqueue) adds ``device_ms`` {p50, mean}. Reported: p50/p90/p99
 FPS = batch / mean, and ``samples_ms``: every timed run in order, so a CI gate can judge medians
 against their own noise (gate/noise.py). Throughput mode: ``streams`` requests in flight (threads for ONNX Runtime and
 PyTorch, the async infer-request queue for OpenVINO), FPS = images / wall time.
+
+With ``postprocess`` (a detector: the host's decoding and NMS, ``Task.prediction_of`` of the outputs), each timed
+run also times that call on the run's outputs, right after it and by the same clock: ``postprocess_ms`` and
+``end_to_end_ms`` (network + post-processing of the same run) give {p50, p90, p99, mean}; the network's own
+figures stay the top-level p50/p90/p99.
 """
 
 from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -53,6 +58,9 @@ class LatencyReport:
     samples_ms: tuple[float, ...] = ()
     # The backend's own device time per run (Runtime.last_device_ms: p50 and mean), where it measures one.
     device_ms: dict | None = None
+    # With a host post-processing step (detection's decoding and NMS): its time per run, and network + it.
+    postprocess_ms: dict | None = None
+    end_to_end_ms: dict | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -74,6 +82,7 @@ def benchmark(
     *,
     mode: str = "latency",
     tick=None,  # called after each timed run in latency mode (a progress bar)
+    postprocess: Callable[[dict, Feed], object] | None = None,  # (outputs, feed) -> prediction, timed per run
 ) -> LatencyReport:
     if mode not in MODES:
         raise ConfigError(f"Benchmark mode {mode!r} is not allowed. Allowed: {', '.join(MODES)}.")
@@ -101,11 +110,16 @@ def benchmark(
         what_is_timed=runtime.what_is_timed,
     )
     if mode == "latency":
-        times, device = [], []
+        times, device, post = [], [], []
         for _ in range(spec.runs):
-            runtime.infer(next(cycle))
+            feed = next(cycle)
+            outputs = runtime.infer(feed)
             times.append(runtime.last_latency_s * 1000.0)
             device.append(runtime.last_device_ms)
+            if postprocess is not None:
+                t0 = time.perf_counter()
+                postprocess(outputs, feed)
+                post.append((time.perf_counter() - t0) * 1000.0)
             if tick is not None:
                 tick()
         t = np.asarray(times)
@@ -123,6 +137,8 @@ def benchmark(
             streams=1,
             samples_ms=tuple(float(v) for v in times),
             device_ms=None if d is None else {"p50": float(np.percentile(d, 50)), "mean": float(d.mean())},
+            postprocess_ms=_summary(post) if post else None,
+            end_to_end_ms=_summary(np.asarray(post) + t) if post else None,
             **common,
         )
     requests = [next(cycle) for _ in range(spec.runs)]
@@ -139,6 +155,12 @@ def benchmark(
         streams=spec.streams,
         **common,
     )
+
+
+def _summary(ms) -> dict[str, float]:
+    v = np.asarray(ms, np.float64)
+    quantiles = {k: float(np.percentile(v, q)) for k, q in (("p50", 50), ("p90", 90), ("p99", 99))}
+    return {**quantiles, "mean": float(v.mean())}
 
 
 def synthetic_feeds(spec: dict, count: int = 4, seed: int = 0, *, shapes: dict | None = None) -> list[dict]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..cache import StageCache, stage_key
 from ..context import DeployContext, norm
-from ..export.wrapper import SegExportWrapper
+from ..export.wrapper import export_wrapper
 from ..ledger import QAT_ROW, SHARED_ROWS, Built
 from ..ledger import target_dir
 from ..parity_images import MASK_IMAGES, PARITY_IMAGES_FILE, save_parity_images
@@ -38,11 +38,15 @@ def _runtime(ctx: DeployContext, b: Built, *, streams: int = 1):
     if b.backend is Backend.TORCH:
         from ..runtimes.torch import TorchRuntime
 
-        wrapper = SegExportWrapper(
-            ctx.model, normalize=norm(ctx.meta) if ctx.spec.bake_normalization else None, head=ctx.spec.head
-        )
+        normalize = norm(ctx.meta) if ctx.spec.bake_normalization else None
+        wrapper = export_wrapper(ctx.model, normalize=normalize, head=ctx.spec.head, task=ctx.spec.task)
         return TorchRuntime(
-            wrapper, ctx.spec.input_shape(), output_name=ctx.spec.output_name, threads=threads, name=b.name
+            wrapper,
+            ctx.spec.input_shape(),
+            output_name=ctx.spec.output_name,
+            output_names=ctx.spec.output_names,
+            threads=threads,
+            name=b.name,
         )
     from ..runtimes import build_runtime
 
@@ -111,7 +115,7 @@ def parity_stage(ctx: DeployContext, out: Path, cache: StageCache, built: list[B
             ctx.eval_feeds,
             num_classes=ctx.meta.num_classes,
             ignore_index=ctx.meta.ignore_index,
-            criteria=lambda p: ctx.profile.parity[Precision(p)],
+            criteria=lambda p: parity_criteria(ctx, p),
             keep_labels=MASK_IMAGES,  # report.html's masks of the distilled and deployed models
             tick=tick,
             fine_tuned=frozenset({QAT_ROW}),
@@ -126,6 +130,23 @@ def parity_stage(ctx: DeployContext, out: Path, cache: StageCache, built: list[B
     }
     cache.store(stage, key, [out / name], result)
     return result
+
+
+def parity_criteria(ctx: DeployContext, precision: str):
+    """How far a stage of ``precision`` may move from its parent: the target's criteria for segmentation (the task
+    the targets' profiles are written for), the task's own (``Task.criteria``) for any other task."""
+    if ctx.task.name == "segmentation":
+        return ctx.profile.parity[Precision(precision)]
+    return ctx.task.criteria[str(Precision(precision))]
+
+
+def host_postprocess(ctx: DeployContext):
+    """What the host does with a runtime's outputs to get the prediction, where the task times it beside the
+    network (``Task.times_postprocess``: detection's decoding and NMS); None: the network alone."""
+    task = ctx.task
+    if not task.times_postprocess:
+        return None
+    return lambda outputs, feed: task.prediction_of(task.raw_output(outputs, feed))
 
 
 def latency_stage(ctx: DeployContext, out: Path, cache: StageCache, built: list[Built], bar=_no_bar) -> dict:
@@ -158,7 +179,7 @@ def latency_stage(ctx: DeployContext, out: Path, cache: StageCache, built: list[
             results[b.name] = hit
             continue
         with make_runtime(ctx, b) as rt, bar(f"latency {b.name}", spec.runs) as tick:
-            entry = {"latency": benchmark(rt, feeds, spec, tick=tick).as_dict()}
+            entry = {"latency": benchmark(rt, feeds, spec, tick=tick, postprocess=host_postprocess(ctx)).as_dict()}
         if ctx.deploy.throughput and b is built[-1] and ctx.profile.backend is not Backend.TENSORRT:
             with make_runtime(ctx, b, streams=spec.streams) as rt:
                 entry["throughput"] = benchmark(rt, feeds, spec, mode="throughput").as_dict()

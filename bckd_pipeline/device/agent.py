@@ -135,7 +135,8 @@ def run_job(job_file: Path, out: Path | None = None) -> dict:
         feeds = [{job["input_name"]: image[None]} for image in images[:LATENCY_IMAGES]]
         latency = benchmark(runtime, feeds, LatencySpec(**job["latency"])).as_dict()
     stacked = np.stack(labels)
-    stacked = stacked.astype(np.uint8 if stacked.max() < 256 else np.uint16)
+    if np.issubdtype(stacked.dtype, np.integer):  # label maps: the smallest type that holds them
+        stacked = stacked.astype(np.uint8 if stacked.max() < 256 else np.uint16)
 
     def save_labels(tmp: Path) -> None:
         with open(tmp, "wb") as f:

@@ -127,8 +127,12 @@ def write_bundle(
     latency: LatencySpec,
     *,
     dynamic: bool = False,
+    task: str = "segmentation",
 ) -> dict:
     """Write the portable bundle into ``folder`` (replaced whole); returns the job.
+
+    ``task``: the model's (tasks/); the agent turns the engine's named outputs into predictions with it (a job
+    without the key is a segmentation model's).
 
     ``dynamic``: the ONNX has dynamic dimensions (a user's ``deploy --onnx`` file): the engine is built for
     the evaluation images' shape (an optimisation profile with min = opt = max). A static ONNX carries its
@@ -156,6 +160,8 @@ def write_bundle(
         "allow_fallback": True,
         "digests": [array_sha256(x) for x in feeds.images],
     }
+    if task != "segmentation":
+        job["task"] = task
     folder = Path(folder)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:

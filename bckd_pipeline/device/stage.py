@@ -40,7 +40,9 @@ def device_stage(ctx: DeployContext, out: Path, cache: StageCache, qdq: Built) -
     hit = cache.lookup("device-bundle", key)
     if hit is None:
         folder.mkdir(parents=True, exist_ok=True)
-        job = write_bundle(bundle, qdq.path, ctx.eval_feeds, ctx.profile, spec, dynamic=bool(ctx.spec.dynamic))
+        job = write_bundle(
+            bundle, qdq.path, ctx.eval_feeds, ctx.profile, spec, dynamic=bool(ctx.spec.dynamic), task=ctx.task.name
+        )
         cache.store("device-bundle", key, [bundle / f for f in BUNDLE_FILES], {"job": job})
     else:
         job = hit["job"]

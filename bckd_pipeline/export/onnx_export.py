@@ -16,7 +16,7 @@ from ..errors import ExportError
 from ..fileio import atomic_write
 from .check import CheckReport, Feed, compare, require
 from ..model_spec import INPUT_NAME, ExportSpec
-from .wrapper import SegExportWrapper, for_static_export
+from .wrapper import export_wrapper, for_static_export, named_outputs
 
 # Logit tolerance between PyTorch eager and ONNX Runtime, both fp32 on CPU: kernels differ in
 # summation order only, so anything beyond this is a real export bug.
@@ -57,11 +57,17 @@ def onnx_metadata(
                 "resize_to": list(spec.input_hw),
             }
         ),
-        "bckd.output": json.dumps({"name": output_name or spec.output_name, "kind": spec.head}),
+        "bckd.output": json.dumps(
+            {"name": output_name or spec.output_name, "kind": spec.head}
+            if output_name is not None or len(spec.output_names) == 1
+            else {"name": spec.output_names[0], "names": list(spec.output_names), "kind": spec.head}
+        ),
         "bckd.class_names": json.dumps(list(meta.class_names)),
         "bckd.ignore_index": str(meta.ignore_index),
         "bckd.opset": str(spec.opset),
     }
+    if spec.task != "segmentation":  # absent: a segmentation model (files written before tasks existed)
+        props["bckd.task"] = spec.task
     if meta.class_colors is not None:  # absent: readers draw with the project's palette
         props["bckd.class_colors"] = json.dumps([list(c) for c in meta.class_colors])
     props.update(extra or {})
@@ -95,13 +101,14 @@ def to_onnx(
     *,
     extra_metadata: dict[str, str] | None = None,
 ) -> tuple[Path, CheckReport]:
-    """Export ``SegExportWrapper(student)``; then the full checker, then ORT-CPU vs eager on ``check_feeds``."""
+    """Export the task's wrapper of ``student`` (export/wrapper.py); then the full checker, then ORT-CPU vs eager
+    on ``check_feeds``, on every output."""
     import onnx
 
     from ..data.base import Normalization
 
     norm = Normalization(meta.mean, meta.std) if spec.bake_normalization else None
-    wrapper = SegExportWrapper(student.cpu(), normalize=norm, head=spec.head).eval()
+    wrapper = export_wrapper(student.cpu(), normalize=norm, head=spec.head, task=spec.task).eval()
     dummy = torch.zeros(spec.input_shape())
     exported = wrapper
     if isinstance(student, torch.jit.ScriptModule):
@@ -124,7 +131,7 @@ def to_onnx(
                     (dummy,),
                     str(tmp),
                     input_names=[INPUT_NAME],
-                    output_names=[spec.output_name],
+                    output_names=list(spec.output_names),
                     dynamic_axes=spec.dynamic_axes() or None,
                     opset_version=spec.opset,
                     do_constant_folding=True,
@@ -149,7 +156,7 @@ def to_onnx(
 
     def eager(feed: Feed) -> dict[str, np.ndarray]:
         with torch.no_grad():
-            return {spec.output_name: wrapper(torch.from_numpy(feed[INPUT_NAME])).numpy()}
+            return named_outputs(wrapper(torch.from_numpy(feed[INPUT_NAME])), spec.output_names)
 
     try:
         with OrtRuntime(path, threads=None) as ort_rt:

@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError, ExportError
-from ..model_spec import INPUT_SCALES, ModelHints, ModelSource, OnnxInfo
+from ..model_spec import HEAD_OUTPUTS, INPUT_SCALES, ModelHints, ModelSource, OnnxInfo
 from .source import _check_classes, _class_names
+
+DETECTOR_OUTPUTS = HEAD_OUTPUTS["raw"]
 
 # The oldest opset taken from a user's ONNX: per-channel Q/DQ (INT8 targets) needs opset 13.
 MIN_ONNX_OPSET = 13
@@ -60,7 +62,10 @@ def inspect_onnx(path: Path) -> OnnxInfo:
         raise ExportError(
             f"{where}: input batch is {shape[0]}; deploy measures batch 1. Export with batch 1 or a dynamic batch."
         )
-    out = model.graph.output[0]
+    outputs = {o.name: o for o in model.graph.output}
+    # A detector's raw head (the contract of tasks/detection.py), by its output names or this pipeline's metadata.
+    task = "detection" if set(DETECTOR_OUTPUTS) <= set(outputs) else "segmentation"
+    out = outputs["scores"] if task == "detection" else model.graph.output[0]
     rank = len(out.type.tensor_type.shape.dim) if out.type.tensor_type.HasField("shape") else None
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < MIN_ONNX_OPSET:
@@ -69,7 +74,7 @@ def inspect_onnx(path: Path) -> OnnxInfo:
             f"Q/DQ needs 13; 17 is what this pipeline exports). {CONVERT_HINT}"
         )
     meta = {p.key: p.value for p in model.metadata_props}
-    return OnnxInfo(Path(path), inp.name, shape, out.name, rank, opset, meta)
+    return OnnxInfo(Path(path), inp.name, shape, out.name, rank, opset, meta, tuple(outputs), task)
 
 
 def _dims(shape) -> str:
@@ -131,7 +136,7 @@ def resolve_onnx(info: OnnxInfo, hints: ModelHints, input_hw: tuple[int, int] | 
             f"{str(info.path)!r} metadata says input scale {scale!r}; pass --input-scale 0..255|normalized."
         )
     classes = hints.classes or (len(names) if names else None)
-    if info.output_rank == 3 and classes is None:
+    if info.task == "segmentation" and info.output_rank == 3 and classes is None:
         missing.append("--num-classes N (or --class-names a,b,...): the output is a label map, which does not say")
     if missing:
         raise ConfigError(
@@ -149,6 +154,8 @@ def onnx_meta(source: ModelSource, info: OnnxInfo, contract: OnnxContract, probe
     from ..configs import CheckpointMeta
 
     hw = contract.input_hw
+    if info.task == "detection":
+        return _detector_meta(source, info, contract, probe, dataset_classes), "raw"
     if probe.ndim == 4 and np.issubdtype(probe.dtype, np.floating):
         kind, classes = "logits", int(probe.shape[1])
         if contract.num_classes is not None and contract.num_classes != classes:
@@ -185,6 +192,43 @@ def onnx_meta(source: ModelSource, info: OnnxInfo, contract: OnnxContract, probe
         },
     )
     return meta, kind
+
+
+def _detector_meta(source: ModelSource, info: OnnxInfo, contract: OnnxContract, probe, dataset_classes):
+    """A detector's raw head: its class count is the last axis of ``scores`` (float N x A x C)."""
+    import numpy as np
+
+    from ..configs import CheckpointMeta
+
+    if probe.ndim != 3 or not np.issubdtype(probe.dtype, np.floating):
+        raise ExportError(
+            f"{str(info.path)!r} output 'scores' is {probe.dtype} of shape {probe.shape}; a detector's raw head gives "
+            "float class logits N x A x C (with boxes N x A x 4 and centerness N x A x 1)."
+        )
+    classes = int(probe.shape[-1])
+    if contract.num_classes is not None and contract.num_classes != classes:
+        raise ConfigError(
+            f"{str(info.path)!r} scores {classes} classes, but the classes given number {contract.num_classes} "
+            "(--num-classes/--class-names or its metadata). Make them agree."
+        )
+    _check_classes(classes, source.hints, dataset_classes, repr(str(info.path)))
+    norm_known = contract.mean is not None and contract.std is not None
+    return CheckpointMeta(
+        model=f"onnx:{info.path.name}",
+        num_classes=classes,
+        class_names=_class_names(classes, contract.class_names, None, dataset_classes),
+        ignore_index=-1,
+        mean=contract.mean if norm_known else (0.0, 0.0, 0.0),
+        std=contract.std if norm_known else (1.0, 1.0, 1.0),
+        input_hw=contract.input_hw,
+        extra={
+            "source": "onnx",
+            "input_scale": contract.input_scale,
+            "normalization_known": norm_known,
+            "output_kind": "raw",
+        },
+        task="detection",
+    )
 
 
 def probe_onnx(info: OnnxInfo, input_hw: tuple[int, int]):

@@ -51,7 +51,7 @@ def take_onnx_stage(ctx: DeployContext, out: Path, cache: StageCache):
         ctx.spec,
         {"bckd.source": "deploy --onnx", "bckd.source_sha256": file_sha256(ctx.checkpoint)},
         input_name=info.input_name,
-        output_name=info.output_name,
+        output_name=info.output_name if info.task == "segmentation" else None,  # a detector's: every output
     )
     props = {k: v for k, v in props.items() if k not in info.metadata}  # the user's own keys are kept as they are
     key = stage_key("take-onnx", {"props": props, "feeds": ctx.eval_feeds.digests[:CHECK_IMAGES]}, [ctx.checkpoint])

@@ -6,6 +6,10 @@ PyTorch reference runtime, so that ONNX, ONNX Runtime, OpenVINO and TensorRT all
 - input ``image``: float32, N x 3 x H x W, RGB in 0..255 when normalisation is baked in (the default),
   or already normalised when ``normalize`` is None;
 - output ``logits`` (float32, N x C x H x W) or, with ``head="argmax"``, ``labels`` (uint8, N x H x W).
+
+``DetExportWrapper`` does the same for a detector (``head="raw"``): the same input, and the detector's
+outputs ``scores`` (N x A x C logits), ``boxes`` (N x A x 4 l, t, r, b distances in input pixels) and
+``centerness`` (N x A x 1 logits); decoding and NMS stay on the host (tasks/detection.py).
 """
 
 from __future__ import annotations
@@ -16,6 +20,55 @@ from torch import nn
 from ..data.base import Normalization
 from ..inference import padded_logits
 from ..model_spec import Head
+
+
+class _Normalize(nn.Module):
+    """``(image - 255 * mean) * 1 / (255 * std)``, or nothing when ``normalize`` is None."""
+
+    def __init__(self, normalize: Normalization | None) -> None:
+        super().__init__()
+        self.enabled = normalize is not None
+        mean = torch.tensor(normalize.mean if normalize else (0.0, 0.0, 0.0)) * 255.0
+        std = torch.tensor(normalize.std if normalize else (1.0, 1.0, 1.0)) * 255.0
+        # Multiply by 1/std rather than divide: one Mul that quantizers and compilers fold cleanly.
+        self.register_buffer("mean", mean.view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("inv_std", (1.0 / std).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return (image - self.mean) * self.inv_std if self.enabled else image
+
+
+class DetExportWrapper(nn.Module):
+    """Normalisation (optional) + the detector's raw head outputs. Only for export and reference runs."""
+
+    def __init__(self, detector: nn.Module, *, normalize: Normalization | None, head: Head = "raw") -> None:
+        super().__init__()
+        if head != "raw":
+            raise ValueError(f"DetExportWrapper exports the raw head only, got head={head!r}")
+        self.student = detector.eval()
+        self.head = head
+        self.normalize = _Normalize(normalize)
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        scores, boxes, centerness = self.student(self.normalize(image))
+        return scores, boxes, centerness
+
+
+def export_wrapper(model: nn.Module, *, normalize: Normalization | None, head: Head, task: str) -> nn.Module:
+    """The export wrapper of ``task``'s model (segmentation: :class:`SegExportWrapper`; detection:
+    :class:`DetExportWrapper`)."""
+    if task == "detection":
+        return DetExportWrapper(model, normalize=normalize, head=head)
+    return SegExportWrapper(model, normalize=normalize, head=head)
+
+
+def named_outputs(out, names: tuple[str, ...]) -> dict:
+    """A wrapper's output (a tensor, or a tuple of them) as numpy arrays under the graph's output ``names``."""
+    outs = out if isinstance(out, (tuple, list)) else (out,)
+    if len(outs) != len(names):
+        raise ValueError(f"the model gave {len(outs)} outputs for the names {', '.join(names)}")
+    return {n: o.detach().cpu().numpy() for n, o in zip(names, outs, strict=True)}
+
 
 class SegExportWrapper(nn.Module):
     """Normalisation (optional) + the student + argmax (optional). Only for export and reference runs."""

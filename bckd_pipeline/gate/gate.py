@@ -242,11 +242,11 @@ def _delta_interval(
     task: Task, new: ParityImages | None, new_stage: str, ref: ParityImages | None, ref_stage: str, s: GateSettings
 ) -> Interval | None:
     """The task's paired bootstrap of Δmetric between two stages' per-image evidence; None when either is missing."""
-    if new is None or ref is None or new_stage not in new.confusion or ref_stage not in ref.confusion:
+    if new is None or ref is None or new_stage not in new.evidence or ref_stage not in ref.evidence:
         return None
     return task.bootstrap_delta(
-        new.confusion[new_stage],
-        ref.confusion[ref_stage],
+        new.evidence[new_stage],
+        ref.evidence[ref_stage],
         confidence=s.confidence,
         resamples=s.bootstrap_resamples,
         seed=s.seed,

@@ -91,6 +91,11 @@ def qat_stage(ctx: DeployContext, out: Path, cache: StageCache, built: list[Buil
     row = qat_artifact(ctx.profile)
     if q.mode == "off" or row is None or calib is None or ctx.model is None:
         return [], None
+    if ctx.task.name != "segmentation":  # the fine-tune trains segmentation's losses on label maps
+        raise ConfigError(
+            f"--qat {q.mode} fine-tunes segmentation models; this is a {ctx.task.name} model. Drop --qat (its "
+            "post-training INT8 row is deployed), or keep layers in float with --int8-exclude."
+        )
     budget = qat_budget(ctx)
     ptq = next(b for b in reversed(built) if b.precision.value == "int8")
     record: dict = {"mode": q.mode, "max_miou_drop": budget, "ptq_row": ptq.name}

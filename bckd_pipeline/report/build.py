@@ -178,6 +178,8 @@ def _stage_row(ctx: DeployContext, b: Built, out: Path, p: dict, lat: dict | Non
     if lat is not None:
         L = lat["latency"]
         row.update(latency_ms={k: L[k] for k in row["latency_ms"]}, fps=L["fps"], latency=L)
+        if L.get("postprocess_ms"):  # the host's post-processing (detection: decoding and NMS), and network + it
+            row.update(postprocess_ms=L["postprocess_ms"], end_to_end_ms=L["end_to_end_ms"])
         if "throughput" in lat:
             row.update(throughput_fps=lat["throughput"]["fps"], throughput=lat["throughput"])
     else:

@@ -124,14 +124,21 @@ def latency_svg(report: dict) -> str:
     return "".join(parts) + legend
 
 
+def per_class_label(report: dict) -> str:
+    """What the task scores per class: IoU (segmentation's mIoU per class), AP (detection)."""
+    return get_task(report.get("task", DEFAULT_TASK)).metric_label.removeprefix("m")
+
+
 def class_delta_svg(report: dict) -> str:
-    """Per-class IoU delta (points) of every stage against the PyTorch student, one bar chart per stage."""
+    """Per-class delta of the task's metric (points; segmentation: IoU, detection: AP) of every stage against the
+    PyTorch student, one bar chart per stage."""
     names = report.get("class_names") or []
+    what = per_class_label(report)
     charts = []
     for r in report["stages"][1:]:
         deltas = r.get("per_class_delta")
         if not deltas:
-            charts.append(f"<p><code>{html.escape(r['name'])}</code>: per-class IoU not measured.</p>")
+            charts.append(f"<p><code>{html.escape(r['name'])}</code>: per-class {what} not measured.</p>")
             continue
         vals = [0.0 if d is None else float(d) for d in deltas]
         span = max(0.5, max(abs(v) for v in vals))
@@ -140,7 +147,7 @@ def class_delta_svg(report: dict) -> str:
         height = bar_h * len(vals) + 34
         parts = [
             f'<svg width="{left + width + 70}" height="{height}" role="img" '
-            f'aria-label="per-class IoU delta of {html.escape(r["name"])}" class="plot classes">',
+            f'aria-label="per-class {what} delta of {html.escape(r["name"])}" class="plot classes">',
             f'<text x="4" y="12" font-size="12" font-weight="600">{html.escape(r["name"])}</text>',
         ]
         for i, (v, d) in enumerate(zip(vals, deltas, strict=True)):
@@ -161,7 +168,7 @@ def class_delta_svg(report: dict) -> str:
             parts.append(f'<text x="{left + width + 4}" y="{y + 10}" font-size="10">{v:+.2f}</text>')
         parts.append(f'<line x1="{mid}" x2="{mid}" y1="18" y2="{height - 12}" stroke="#333"/>')
         parts.append(
-            f'<text x="{mid}" y="{height - 2}" font-size="10" text-anchor="middle">0 (±{span:.2g} IoU points '
+            f'<text x="{mid}" y="{height - 2}" font-size="10" text-anchor="middle">0 (±{span:.2g} {what} points '
             "at the edges)</text></svg>"
         )
         charts.append("".join(parts))
@@ -175,6 +182,14 @@ def class_colors(report: dict, n_classes: int) -> np.ndarray:
     if given and len(given) >= n_classes:
         return np.asarray(given, np.uint8).reshape(-1, 3)
     return palette(max(n_classes, 1))
+
+
+def _draw(task, prediction, colors, ignore: int, truth, image) -> np.ndarray:
+    """``task.draw``, over the input ``image`` where the task draws over one (detection's boxes)."""
+    import inspect
+
+    extra = {"image": image} if "image" in inspect.signature(task.draw).parameters else {}
+    return task.draw(prediction, colors, ignore_index=ignore, truth=truth, **extra)
 
 
 def masks_table(report: dict, out: Path) -> str:
@@ -202,7 +217,8 @@ def masks_table(report: dict, out: Path) -> str:
         truth = data["ground_truth"][i]
         cells = [
             f'<td><img alt="image {html.escape(name)}" src="{_png_uri(data["image"][i])}"><br>{html.escape(name)}</td>',
-            f'<td><img alt="ground truth" src="{_png_uri(task.draw(truth, colors, ignore_index=ignore))}"></td>',
+            f'<td><img alt="ground truth" src="{_png_uri(_draw(task, truth, colors, ignore, None, data["image"][i]))}">'
+            "</td>",
         ]
         for c in MASK_COLUMNS:
             key = f"pred/{c}"
@@ -211,7 +227,7 @@ def masks_table(report: dict, out: Path) -> str:
                 cells.append(f'<td><div class="missing">not available: {html.escape(why)}</div></td>')
                 continue
             pred = data[key][i]
-            uri = _png_uri(task.draw(pred, colors, ignore_index=ignore, truth=truth))
+            uri = _png_uri(_draw(task, pred, colors, ignore, truth, data["image"][i]))
             caption = html.escape(task.caption(pred, truth, ignore_index=ignore))
             cells.append(f'<td><img alt="{html.escape(c)} prediction" src="{uri}">{caption}</td>')
         rows.append("<tr>" + "".join(cells) + "</tr>")
@@ -237,6 +253,8 @@ def render(report: dict, out: Path) -> str:
     distill = html.escape(distillation_line(report))
     qat = qat_line(report)
     qat_html = f'\n<p class="meta">{html.escape(qat)}</p>' if qat else ""
+    segmentation = report.get("task", DEFAULT_TASK) == "segmentation"
+    qualitative = "Qualitative masks" if segmentation else "Qualitative predictions"
     culprit = "".join(
         f'<p class="fail">{html.escape(line).replace("**", "")}</p>' for line in labels_lines(ev) if line
     )
@@ -254,13 +272,13 @@ def render(report: dict, out: Path) -> str:
 Evaluation: {ev.get("images")} images of <code>{html.escape(str(ev.get("data")))}</code> split
 <code>{html.escape(str(ev.get("split")))}</code> at {"x".join(str(v) for v in ev.get("input_hw", []))}.</p>
 <p class="meta">{distill}</p>{qat_html}{culprit}
-<h2>Qualitative masks</h2>
+<h2>{qualitative}</h2>
 {masks_table(report, out)}
 <h2>Stage ledger</h2>
 {ledger_table(report)}
 <h2>Latency per stage (every timed run)</h2>
 {latency_svg(report)}
-<h2>Per-class IoU delta against the PyTorch student</h2>
+<h2>Per-class {per_class_label(report)} delta against the PyTorch student</h2>
 {class_delta_svg(report)}
 </body></html>
 """

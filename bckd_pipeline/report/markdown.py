@@ -86,6 +86,28 @@ def qat_line(report: dict) -> str | None:
     return text + "."
 
 
+def per_class_ap_lines(report: dict) -> list[str]:
+    """A detector's per-class AP of the reference row and each row's change against it (points), one line per class;
+    nothing for a report without per-class AP."""
+    rows = [r for r in report["stages"] if r.get("per_class_ap")]
+    if not rows:
+        return []
+    names = report.get("class_names") or [f"class {i}" for i in range(len(rows[0]["per_class_ap"]))]
+    ref, others = rows[0], rows[1:]
+    lines = [
+        "",
+        f"Per-class AP of `{ref['name']}` and each stage's ΔAP against it (points):",
+        "",
+        f"| class | {ref['name']} AP | " + " | ".join(f"{r['name']} ΔAP" for r in others) + " |",
+        "|---|---:|" + "---:|" * len(others),
+    ]
+    for c, name in enumerate(names):
+        deltas = [(r.get("per_class_delta") or [None] * len(names))[c] for r in others]
+        shown = " | ".join(fmt_value(d, "+.2f") for d in deltas)
+        lines.append(f"| {name} | {fmt_value(ref['per_class_ap'][c])} | {shown} |")
+    return lines
+
+
 def markdown(report: dict) -> str:
     ev = report["evaluation"]
     columns = get_task(report.get("task", DEFAULT_TASK)).columns
@@ -110,6 +132,7 @@ def markdown(report: dict) -> str:
             f"{fmt_value(r['latency_ms']['p50'])} | {fmt_value(r['latency_ms']['p99'])} | "
             f"{fmt_value(r['fps'], '.1f')} |"
         )
+    lines += per_class_ap_lines(report)
     qat = qat_line(report)
     if qat:
         lines += ["", qat]
@@ -131,6 +154,13 @@ def markdown(report: dict) -> str:
     if deployed.get("throughput_fps"):
         t = deployed["throughput"]
         lines += ["", f"Throughput of `{deployed['name']}` with {t['streams']} requests in flight: {t['fps']:.1f} FPS."]
+    if deployed.get("postprocess_ms"):
+        post, both = deployed["postprocess_ms"], deployed["end_to_end_ms"]
+        lines += [
+            "",
+            f"Host post-processing of `{deployed['name']}` (decoding and NMS, the same for every row): p50 "
+            f"{post['p50']:.2f} ms; network + post-processing p50 {both['p50']:.2f} ms, p99 {both['p99']:.2f} ms.",
+        ]
     if report.get("machine"):
         lines += ["", f"Machine: {machine_line(report['machine'])}."]
     lines += [

@@ -13,7 +13,9 @@ from ..context import DeployContext, norm
 from ..deploy.stage import is_device_row, on_target
 from ..configs import CheckpointMeta
 from ..distill.checkpoint import load_model
-from ..export.wrapper import SegExportWrapper
+from ..export.wrapper import export_wrapper, named_outputs
+from ..model_spec import HEAD_OUTPUTS, INPUT_NAME
+from ..tasks import get_task
 from ..ledger import Built, target_dir
 from .. import parity_images
 from . import evidence as ev
@@ -46,15 +48,18 @@ def qualitative_stage(
     feeds = ctx.eval_feeds
     normalized = not ctx.spec.bake_normalization
     images = np.stack([display_image(x, ctx.meta.mean, ctx.meta.std, normalized) for x in feeds.images[:n]])
-    truth = np.stack(feeds.labels[:n])
+    labels = feeds.labels[:n]
+    truth = list(labels) if labels and isinstance(labels[0], dict) else np.stack(labels)  # targets: one per image
 
     def torch_predictor(model: nn.Module, meta: CheckpointMeta):
-        wrapper = SegExportWrapper(model, normalize=norm(meta), head="logits").eval()
+        head = get_task(meta.task).export_heads[0]  # the raw output: logits, or a detector's three tensors
+        wrapper = export_wrapper(model, normalize=norm(meta), head=head, task=meta.task).eval()
 
         def predict(i: int) -> np.ndarray:
-            x = torch.from_numpy(images[i].transpose(2, 0, 1)[None].astype(np.float32))
+            x = images[i].transpose(2, 0, 1)[None].astype(np.float32)
             with torch.inference_mode():
-                return ctx.task.prediction_of(wrapper(x).numpy())[0]
+                outputs = named_outputs(wrapper(torch.from_numpy(x)), HEAD_OUTPUTS[head])
+            return ctx.task.prediction_of(ctx.task.raw_output(outputs, {INPUT_NAME: x}))[0]
 
         return predict
 

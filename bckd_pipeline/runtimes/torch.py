@@ -20,11 +20,14 @@ class TorchRuntime(Runtime):
         output_name: str = "logits",
         threads: int | None = None,
         name: str = "pytorch",
+        output_names: tuple[str, ...] | None = None,
     ) -> None:
         super().__init__(name)
         self.module = module
         self.input_shape = tuple(input_shape)
         self.input_name, self.output_name = input_name, output_name
+        # A module returning a tuple (a detector's scores, boxes, centerness) names each output in order.
+        self.output_names = tuple(output_names) if output_names else (output_name,)
         self.threads = threads
 
     def _activate(self) -> None:
@@ -42,7 +45,8 @@ class TorchRuntime(Runtime):
     def _infer(self, feed: Feed) -> dict[str, np.ndarray]:
         with torch.inference_mode():
             out = self.module(torch.from_numpy(np.ascontiguousarray(feed[self.input_name])))
-        return {self.output_name: out.numpy()}
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        return {n: o.numpy() for n, o in zip(self.output_names, outs, strict=True)}
 
     def versions(self) -> dict[str, str]:
         return {"torch": torch.__version__}

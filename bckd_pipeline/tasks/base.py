@@ -175,6 +175,11 @@ class Task(ABC):
     columns: tuple[Column, ...]  # the accuracy columns of the report's ledger tables
     output_folders: tuple[str, ...]  # the folders ``write_prediction`` and ``write_overlay`` write under --out
     legend: tuple[tuple[str, str], ...]  # (CSS colour, meaning) of the marks ``draw`` adds to a prediction
+    # INT8 keeps the ops between the last convolution of each branch and the graph's outputs in float (a detector's
+    # box decoding: calibrate/exclude.py ``output_tail_names``)
+    int8_float_tail: bool = False
+    # The latency stage also times ``prediction_of`` on the host beside the network (detection: decoding and NMS)
+    times_postprocess: bool = False
 
     def raw_output(self, outputs: Mapping[str, np.ndarray], feed: Mapping[str, np.ndarray]) -> Any:
         """What ``prediction_of`` takes, from a runtime's named outputs for the input ``feed``: the first output
@@ -251,14 +256,18 @@ class Task(ABC):
         num_classes: int,
         ignore_index: int,
     ) -> float:
-        """The headline metric of ``predict`` (input -> raw output batch) over ``(input, label)`` pairs.
+        """The headline metric of ``predict`` (input -> raw output batch, ``raw_output`` of the runtime's outputs)
+        over ``(input, label)`` pairs.
 
         The one evaluation loop over a split for the runtimes (ONNX Runtime, OpenVINO, TensorRT); a torch
         model over a dataset goes through ``metrics.evaluate``, which uses the same prediction and metric.
         """
         score = self.split_score(num_classes, ignore_index)
         for x, label in pairs:
-            score.update(self.prediction_of(np.asarray(predict(x)))[:1], np.asarray(label)[None])
+            output = predict(x)  # an array, or what ``raw_output`` made of several named outputs
+            output = np.asarray(output) if isinstance(output, (np.ndarray, list, tuple)) else output
+            target = [label] if isinstance(label, Mapping) else np.asarray(label)[None]  # a target dict: as it is
+            score.update(self.prediction_of(output)[:1], target)
         return score.value()
 
     def headline(self, row: Mapping[str, Any]) -> list[str]:

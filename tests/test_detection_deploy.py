@@ -1,0 +1,325 @@
+"""Stages 2-3 of a detector: the raw-head export, the feeds with boxes, INT8 with the head's decoding in float,
+and `deploy` to ONNX Runtime and OpenVINO with AP in the ledger, the report and the gate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from helpers.cli import run_cli
+
+from bckd_pipeline.configs import CheckpointMeta
+from bckd_pipeline.data import build_detection_dataset
+from bckd_pipeline.data.base import Normalization
+from bckd_pipeline.data.detection_transforms import DetEvalTransform
+from bckd_pipeline.data.feeds import DatasetFeeds
+from bckd_pipeline.distill.checkpoint import load_model, save_checkpoint
+from bckd_pipeline.distill.detection import build_detector
+from bckd_pipeline.errors import ConfigError
+from bckd_pipeline.export import read_metadata, simplify, to_onnx
+from bckd_pipeline.export.wrapper import DetExportWrapper
+from bckd_pipeline.model_spec import ExportSpec
+from bckd_pipeline.tasks.detection import DETECTION
+
+HW = (64, 96)  # multiples of 32, as the presets need
+OUTPUTS = ("scores", "boxes", "centerness")
+
+
+def tiny_detector_checkpoint(folder: Path) -> Path:
+    """An untrained ``fcos-tiny-s`` on the demo scenes' classes (the fixture the issue names)."""
+    names = tuple(build_detection_dataset("demo", "val").info.class_names)
+    torch.manual_seed(0)
+    model = build_detector("fcos-tiny-s", len(names), class_names=list(names))
+    path = Path(folder) / "det.pt"
+    meta = CheckpointMeta(
+        model="fcos-tiny-s", task="detection", ignore_index=-1, num_classes=len(names), class_names=names, input_hw=HW
+    )
+    save_checkpoint(path, model, meta)
+    return path
+
+
+@pytest.fixture(scope="module")
+def detector(tmp_path_factory):
+    return load_model(tiny_detector_checkpoint(tmp_path_factory.mktemp("det")))
+
+
+def det_feeds(n: int = 3, normalization: Normalization | None = None) -> DatasetFeeds:
+    ds = build_detection_dataset("demo", "val")
+    return DatasetFeeds.from_dataset(ds, range(n), HW, normalization=normalization)
+
+
+def test_export_spec_speaks_the_tasks_heads_and_outputs():
+    spec = ExportSpec(input_hw=HW, head="raw", task="detection")
+    assert spec.output_names == OUTPUTS and spec.output_name == "scores"
+    assert ExportSpec(input_hw=HW).output_names == ("logits",)  # segmentation unchanged
+    with pytest.raises(ConfigError, match="not available in this version"):
+        ExportSpec(input_hw=HW, head="nms", task="detection")
+    with pytest.raises(ConfigError, match="for a detection model"):
+        ExportSpec(input_hw=HW, head="argmax", task="detection")
+    with pytest.raises(ConfigError, match="for a segmentation model"):
+        ExportSpec(input_hw=HW, head="raw")
+
+
+def test_feeds_hold_targets_in_the_inputs_pixels():
+    ds = build_detection_dataset("demo", "val")
+    image, inst = ds.load(0)
+    feeds = DatasetFeeds.from_dataset(ds, [0], HW)
+    (feed, target), = list(feeds.pairs())
+    assert feed["image"].shape == (1, 3, *HW) and feed["image"].dtype == np.float32
+    assert set(target) == {"boxes", "labels", "iscrowd"} and len(target["boxes"]) == len(inst)
+    sy, sx = HW[0] / image.shape[0], HW[1] / image.shape[1]
+    np.testing.assert_allclose(target["boxes"], inst.boxes * np.array([sx, sy, sx, sy]), rtol=1e-5)
+    # the same pixels as the evaluation transform's
+    x, t = DetEvalTransform(resize=HW, normalization=Normalization())(image, inst)
+    np.testing.assert_allclose(target["boxes"], t["boxes"].numpy(), rtol=1e-6)
+    assert feeds.digests == DatasetFeeds.from_dataset(ds, [0], (32, 32)).digests  # digests: the decoded pixels
+
+
+def test_wrapper_and_export_check_every_output(detector, tmp_path):
+    model, meta = detector
+    norm = Normalization(meta.mean, meta.std)
+    wrapper = DetExportWrapper(model, normalize=norm)
+    raw = torch.rand(1, 3, *HW) * 255
+    normalised = torch.from_numpy(norm(raw[0].permute(1, 2, 0).numpy())).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        for a, b in zip(wrapper(raw), model(normalised), strict=True):
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    spec = ExportSpec(input_hw=HW, head="raw", task="detection")
+    path, report = to_onnx(model, meta, spec, tmp_path / "model.onnx", det_feeds())
+    assert report.passed and set(report.max_abs_diff) == set(OUTPUTS) and report.label_agreement is None
+    graph = onnx.load(str(path)).graph
+    assert [o.name for o in graph.output] == list(OUTPUTS)
+    props = read_metadata(path)
+    assert props["bckd.task"] == "detection"
+    assert json.loads(props["bckd.output"])["names"] == list(OUTPUTS)
+    _, check, counts = simplify(path, tmp_path / "model.sim.onnx", det_feeds())
+    assert check.passed and set(check.max_abs_diff) == set(OUTPUTS) and counts["applied"]
+
+
+def test_segmentation_metadata_has_no_task_key():
+    from bckd_pipeline.export.onnx_export import onnx_metadata
+
+    meta = CheckpointMeta(model="m", num_classes=2, class_names=("a", "b"))
+    props = onnx_metadata(meta, ExportSpec(input_hw=HW))
+    assert "bckd.task" not in props and json.loads(props["bckd.output"]) == {"name": "logits", "kind": "logits"}
+
+
+def test_openvino_int8_keeps_the_box_decoding_in_float(detector, tmp_path):
+    pytest.importorskip("nncf")
+    import openvino as ov
+
+    from bckd_pipeline.calibrate.exclude import output_tail_names
+    from bckd_pipeline.calibrate.openvino import quantize_ir, to_ir
+    from bckd_pipeline.targets.profiles import CalibrationSpec
+
+    model, meta = detector
+    path, _ = to_onnx(model, meta, ExportSpec(input_hw=HW, head="raw", task="detection"), tmp_path / "m.onnx",
+                      det_feeds(1))  # fmt: skip
+    fp32 = to_ir(path, tmp_path / "fp32/model.xml", fp16=False)
+    tail = output_tail_names(ov.Core().read_model(str(fp32)))
+    kinds = {n.rsplit("/", 1)[-1].rstrip("_0123456789") for n in tail}
+    assert {"Exp", "Concat"} <= kinds | {"Concat"} and "Exp" in kinds and set(OUTPUTS) <= set(tail)
+    assert not any("Conv" in n for n in tail)
+    xml, settings = quantize_ir(
+        fp32, tmp_path / "int8/model.xml", det_feeds(4), CalibrationSpec(size=4), target_device="CPU",
+        task=DETECTION,
+    )  # fmt: skip
+    assert settings["float_output_tail"] == tail
+    q = ov.Core().read_model(str(xml))
+    fq_consumers = {
+        t.get_node().get_friendly_name()
+        for op in q.get_ordered_ops()
+        if op.get_type_name() == "FakeQuantize"
+        for out in op.outputs()
+        for t in out.get_target_inputs()
+    }
+    assert not fq_consumers & set(tail)  # nothing after the last convolutions reads a quantized value
+
+
+FAST = ["--no-progress", "--parity-images", "6", "--calib-size", "8", "--latency-runs", "5", "--warmup-runs", "1",
+        "--warmup-s", "0", "--no-throughput"]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_deploy_a_detector_to_ort_and_openvino_with_ap_in_the_ledger(capsys, tmp_path):
+    pytest.importorskip("nncf")
+    ckpt = tiny_detector_checkpoint(tmp_path)
+    out = tmp_path / "out"
+    rc, stdout, err = run_cli(
+        capsys, "deploy", "--model", ckpt, "--data", "demo", "--target", "onnxruntime-cpu,openvino-cpu", "--out", out,
+        *FAST,
+    )  # fmt: skip
+    assert rc == 0, err[-3000:]
+    for key in ("onnxruntime-cpu", "openvino-cpu"):
+        report = json.loads((out / f"report.{key}.json").read_text())
+        assert report["task"] == "detection"
+        rows = {r["name"]: r for r in report["stages"]}
+        assert {"pytorch", "onnx", "onnx-simplified"} <= set(rows)
+        int8 = [r for r in rows.values() if r["precision"] == "int8"]
+        assert int8, sorted(rows)
+        for r in rows.values():
+            for field in ("map", "ap50", "ap75", "matched_share", "per_class_ap"):
+                assert field in r, (r["name"], field)
+        html = (out / f"report.{key}.html").read_text()
+        assert 'alt="deployed prediction"' in html and "AP delta" in html and "IoU delta" not in html
+    assert "AP" in stdout
+    md = (out / "report.onnxruntime-cpu.md").read_text()
+    assert "Per-class AP of `pytorch`" in md and "| vehicle |" in md and "Host post-processing" in md
+    row = json.loads((out / "report.onnxruntime-cpu.json").read_text())["stages"][-1]
+    assert row["postprocess_ms"]["p50"] > 0 and row["end_to_end_ms"]["p50"] >= row["postprocess_ms"]["p50"]
+    with np.load(out / "deploy/onnxruntime-cpu/parity_images.npz") as z:
+        assert any(k.startswith("evidence/") for k in z.files) and not any(k.startswith("confusion/") for k in z.files)
+
+    budgets = tmp_path / "b.toml"
+    budgets.write_text("[onnxruntime-cpu]\nmin_map = 0\nmax_map_drop = 1.0\n")
+    rc, _, err = run_cli(capsys, "gate", out / "report.onnxruntime-cpu.json", "--budgets", budgets)
+    assert rc == 0, err
+    budgets.write_text("[onnxruntime-cpu]\nmin_map = 50\n")
+    rc, stdout, err = run_cli(capsys, "gate", out / "report.onnxruntime-cpu.json", "--budgets", budgets)
+    assert rc == 1 and "AP" in stdout + err
+
+
+def test_parity_images_name_the_evidence_and_read_segmentation_files(tmp_path):
+    from bckd_pipeline.parity_images import load_parity_images, save_npz, save_parity_images
+
+    per_image = {"pytorch": np.arange(6, dtype=np.int64).reshape(2, 3)}
+    images = [{"name": "a", "sha256": "0"}, {"name": "b", "sha256": "1"}]
+    record = save_parity_images(tmp_path, per_image, {}, images)
+    with np.load(tmp_path / record["path"]) as z:
+        assert z.files == ["evidence/pytorch"]
+    got = load_parity_images({"parity_images": record}, tmp_path / "report.json")
+    np.testing.assert_array_equal(got.evidence["pytorch"], per_image["pytorch"])
+    save_npz(tmp_path / "old.npz", {"confusion/pytorch": per_image["pytorch"]})  # the segmentation name
+    from bckd_pipeline.fileio import file_sha256
+
+    old = {**record, "path": "old.npz", "sha256": file_sha256(tmp_path / "old.npz")}
+    got = load_parity_images({"parity_images": old}, tmp_path / "report.json")
+    np.testing.assert_array_equal(got.confusion["pytorch"], per_image["pytorch"])
+
+
+def test_latency_times_the_network_and_the_host_post_processing_under_one_protocol():
+    from bckd_pipeline.deploy.bench import benchmark
+    from bckd_pipeline.runtimes.torch import TorchRuntime
+    from bckd_pipeline.targets.profiles import LatencySpec
+
+    names = tuple(build_detection_dataset("demo", "val").info.class_names)
+    model = build_detector("fcos-tiny-s", len(names))
+    wrapper = DetExportWrapper(model, normalize=Normalization())
+    calls = []
+
+    def post(outputs, feed):
+        calls.append(sorted(outputs))
+        return DETECTION.prediction_of(DETECTION.raw_output(outputs, feed))
+
+    spec = LatencySpec(runs=4, warmup_runs=1, warmup_s=0.0)
+    with TorchRuntime(wrapper, (1, 3, *HW), output_names=OUTPUTS) as rt:
+        report = benchmark(rt, det_feeds(2).head(2), spec, postprocess=post).as_dict()
+        plain = benchmark(rt, det_feeds(2).head(2), spec).as_dict()
+    assert calls == [sorted(OUTPUTS)] * 4
+    assert report["postprocess_ms"]["p50"] > 0
+    assert report["end_to_end_ms"]["mean"] == pytest.approx(report["mean"] + report["postprocess_ms"]["mean"])
+    assert plain["postprocess_ms"] is None and plain["end_to_end_ms"] is None
+
+
+def test_device_agent_decodes_every_output_of_a_detector(detector, tmp_path):
+    from bckd_pipeline.device import agent
+    from bckd_pipeline.device.bundle import write_bundle
+    from bckd_pipeline.ledger import DEVICE_LABELS_FILE
+    from bckd_pipeline.runtimes.onnxruntime import OrtRuntime
+    from bckd_pipeline.targets import get_target
+    from bckd_pipeline.targets.profiles import LatencySpec
+
+    model, meta = detector
+    onnx_path, _ = to_onnx(model, meta, ExportSpec(input_hw=HW, head="raw", task="detection"), tmp_path / "m.onnx",
+                           det_feeds(1))  # fmt: skip
+    feeds = det_feeds(2)
+    job = write_bundle(tmp_path / "bundle", onnx_path, feeds, get_target("jetson"),
+                       LatencySpec(runs=2, warmup_runs=1, warmup_s=0.0), task="detection")  # fmt: skip
+    assert job["task"] == "detection"
+    agent.run_job(tmp_path / "bundle/job.json", tmp_path / "device")
+    with np.load(tmp_path / "device" / DEVICE_LABELS_FILE) as z:
+        rows = z["labels"]
+    with OrtRuntime(onnx_path) as rt:
+        expected = [DETECTION.prediction_of(DETECTION.raw_output(rt.infer(f), f))[0] for f in feeds]
+    assert rows.dtype == np.float32 and rows.shape == (2, *expected[0].shape)
+    np.testing.assert_allclose(rows, np.stack(expected), atol=1e-4)
+
+
+def test_score_split_takes_a_detectors_named_outputs_and_target_dicts(detector):
+    """The loop NNCF's accuracy control scores each candidate with (``Task.score_split``)."""
+    model, meta = detector
+    wrapper = DetExportWrapper(model, normalize=Normalization(meta.mean, meta.std))
+    feeds = det_feeds(3)
+
+    def predict(feed):
+        with torch.no_grad():
+            outputs = dict(zip(OUTPUTS, (t.numpy() for t in wrapper(torch.from_numpy(feed["image"]))), strict=True))
+        return DETECTION.raw_output(outputs, feed)
+
+    pairs = list(feeds.pairs())
+    value = DETECTION.score_split(predict, pairs, num_classes=meta.num_classes, ignore_index=-1)
+    evidence = sum(
+        DETECTION.image_evidence(DETECTION.prediction_of(predict(f))[0], t, num_classes=meta.num_classes)
+        .astype(np.int64)
+        for f, t in pairs
+    )
+    assert value == pytest.approx(float(DETECTION.metric_of(evidence)))
+    # the same loop over its own predictions as the ground truth: every detection is found
+    own = [(f, DETECTION.reference_labels(DETECTION.prediction_of(predict(f)), t)) for f, t in pairs]
+    if any(len(r[r[:, 5] >= 0]) for _, r in own):
+        assert DETECTION.score_split(predict, own, num_classes=meta.num_classes, ignore_index=-1) > 50
+
+
+def test_deploy_context_of_a_detection_checkpoint_reads_boxes_and_exports_the_raw_head(tmp_path):
+    from bckd_pipeline.configs import DataConfig
+    from bckd_pipeline.context import DeployConfig
+    from bckd_pipeline.pipeline import deploy_context, deploy_plans, export_head
+
+    assert export_head("logits", "detection") == "raw" and export_head("logits", "segmentation") == "logits"
+    assert export_head("nms", "detection") == "nms"
+    ckpt = tiny_detector_checkpoint(tmp_path)
+    data = DataConfig(spec="demo", demo_count=3)
+    deploy = DeployConfig(target="onnxruntime-cpu", parity_images=2)
+    plan = deploy_plans(deploy, data)[0]
+    ctx = deploy_context(plan.deploy or deploy, data, plan, ckpt, tmp_path / "out")
+    assert ctx.task.name == "detection" and ctx.spec.head == "raw" and ctx.spec.output_names == OUTPUTS
+    assert ctx.spec.input_hw == HW and len(ctx.eval_feeds) == 2
+    _, target = next(ctx.eval_feeds.pairs())
+    assert set(target) == {"boxes", "labels", "iscrowd"}
+
+
+@pytest.mark.slow
+def test_deploy_a_users_detector_onnx_with_raw_head_outputs(detector, capsys, tmp_path):
+    model, meta = detector
+    onnx_path, _ = to_onnx(model, meta, ExportSpec(input_hw=HW, head="raw", task="detection"), tmp_path / "user.onnx",
+                           det_feeds(1))  # fmt: skip
+    out = tmp_path / "out"
+    rc, _, err = run_cli(capsys, "deploy", "--onnx", onnx_path, "--data", "demo", "--allow-demo-data", "--target",
+                         "onnxruntime-cpu", "--out", out, *FAST)  # fmt: skip
+    assert rc == 0, err[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["task"] == "detection" and report["stages"][-1]["map"] is not None
+    assert read_metadata(out / "deploy/model.onnx")["bckd.task"] == "detection"
+
+
+def test_ort_int8_keeps_the_box_decoding_in_float(detector, tmp_path):
+    from bckd_pipeline.calibrate.exclude import onnx_output_tail
+    from bckd_pipeline.calibrate.onnxruntime import quantize_ort
+    from bckd_pipeline.targets.profiles import CalibrationSpec
+
+    model, meta = detector
+    path, _ = to_onnx(model, meta, ExportSpec(input_hw=HW, head="raw", task="detection"), tmp_path / "m.onnx",
+                      det_feeds(1))  # fmt: skip
+    tail = onnx_output_tail(path)
+    assert any("Exp" in n for n in tail) and not any("Conv" in n for n in tail)
+    q, settings = quantize_ort(path, tmp_path / "m.int8.onnx", det_feeds(4), CalibrationSpec(size=4), float_tail=True)
+    assert settings["float_output_tail"] == tail
+    graph = onnx.load(str(q)).graph
+    producer = {o: n for n in graph.node for o in n.output}
+    exp_inputs = [producer.get(i) for n in graph.node if n.op_type == "Exp" for i in n.input]
+    assert exp_inputs and all(p is None or p.op_type != "DequantizeLinear" for p in exp_inputs)
+    assert any(n.op_type == "QuantizeLinear" for n in graph.node)  # the convolutions are still INT8
