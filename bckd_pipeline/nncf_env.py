@@ -59,7 +59,9 @@ def prepare() -> None:
 
 
 def logs_to_stderr() -> None:
-    """After ``import nncf``: its log handlers write to stderr."""
+    """After ``import nncf``: its log handlers write to stderr, warnings and errors only (its INFO lines list every
+    operation an ignored scope leaves unquantized, one line each)."""
+    logging.getLogger("nncf").setLevel(logging.WARNING)
     for handler in logging.getLogger("nncf").handlers:
         if isinstance(handler, logging.StreamHandler) and handler.stream in (sys.stdout, sys.__stdout__):
             handler.setStream(_Stderr())
