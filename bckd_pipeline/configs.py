@@ -49,8 +49,15 @@ class CheckpointMeta:
     task: str = "segmentation"
 
 
+TASK_NAMES = ("segmentation", "detection")  # tasks/TASKS' names, here so that configs need not import the tasks
+
+
 @dataclass(frozen=True)
 class DataConfig:
+    """The training and evaluation data. Segmentation trains on random crops (``crop``) of images resized to
+    ``resize``; detection trains on whole images resized to ``resize`` (a crop would cut boxes, so ``crop`` is
+    refused), and ``skip_bad_annotations`` leaves bad boxes out with a count instead of stopping."""
+
     spec: str = "demo"
     task: str = "segmentation"  # what the labels are: label maps ("segmentation") or boxes ("detection")
     train_split: str = "train"
@@ -60,8 +67,26 @@ class DataConfig:
     scale_range: tuple[float, float] = (0.5, 2.0)
     demo_size: tuple[int, int] = (96, 128)
     demo_count: int | None = None
+    skip_bad_annotations: bool = False
+
+    def __post_init__(self):
+        if self.task not in TASK_NAMES:
+            raise unknown_name("--task", self.task, TASK_NAMES, "Pass --task segmentation or --task detection.")
+        if self.task == "detection" and self.crop is not None:
+            raise ConfigError(
+                f"--crop {self.crop[0]},{self.crop[1]} was given with --task detection: a detector trains on whole "
+                "images (a random crop would cut boxes). Drop --crop and set the input size with --resize H,W."
+            )
+
+    @property
+    def is_detection(self) -> bool:
+        return self.task == "detection"
 
     def train_set(self):
+        if self.is_detection:
+            from .data.detection_transforms import DetTrainTransform
+
+            return self._detection_set(self.train_split, DetTrainTransform(resize=self.resize))
         from .data import build_dataset
         from .data.base import PAD_LABEL
         from .data.transforms import TrainTransform
@@ -70,11 +95,27 @@ class DataConfig:
         return build_dataset(self.spec, self.train_split, tf, demo_size=self.demo_size, demo_count=self.demo_count)
 
     def eval_set(self):
+        if self.is_detection:
+            from .data.detection_transforms import DetEvalTransform
+
+            return self._detection_set(self.eval_split, DetEvalTransform(resize=self.resize))
         from .data import build_dataset
         from .data.transforms import EvalTransform
 
         tf = EvalTransform(resize=self.resize)
         return build_dataset(self.spec, self.eval_split, tf, demo_size=self.demo_size, demo_count=self.demo_count)
+
+    def _detection_set(self, split: str, transform):
+        from .data import build_detection_dataset
+
+        return build_detection_dataset(
+            self.spec,
+            split,
+            transform,
+            skip_bad_annotations=self.skip_bad_annotations,
+            demo_size=self.demo_size,
+            demo_count=self.demo_count,
+        )
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Evaluation metrics: mIoU, boundary F-score, LHD (Eq. 24-25), fragmentation, MFS (Eq. 22-23), cost.
+"""Evaluation metrics: mIoU, boundary F-score, LHD (Eq. 24-25), fragmentation, MFS (Eq. 22-23), cost; and the
+torch evaluation loop of a detector, scored by the detection task's COCO AP (tasks/detection_ap.py).
 
 Label conventions shared by every metric here:
 
@@ -33,6 +34,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bckd_pipeline.errors import ConfigError, DataError
 from bckd_pipeline.inference import padded_logits
+from bckd_pipeline.tasks.detection import DETECTION, HEAD_NAMES as DET_OUTPUT_NAMES
+from bckd_pipeline.tasks.detection_decode import HeadOutputs
 from bckd_pipeline.tasks.segmentation import confusion_of, miou_of, per_class_iou_of
 from bckd_pipeline.tasks.segmentation_metrics import (  # noqa: F401  (BoundaryFScore: imported from here too)
     BoundaryFScore,
@@ -409,6 +412,27 @@ def _equal_shape_groups(items: list[tuple[Any, ...]]) -> Iterable[tuple[torch.Te
         yield torch.stack([g[0] for g in group]), torch.stack([g[1] for g in group])
 
 
+def _model_batches(
+    models: Sequence[nn.Module],
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    device: str | torch.device,
+    num_workers: int,
+) -> Iterable[list[Any]]:
+    """The split's items in lists of ``batch_size``, with ``models`` on ``device`` in eval mode meanwhile; their
+    training modes are restored when the loop ends or is abandoned. What both evaluation loops share."""
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=list)
+    modes = [m.training for m in models]
+    try:
+        for m in models:
+            m.to(device).eval()
+        yield from loader
+    finally:
+        for m, mode in zip(models, modes, strict=True):
+            m.train(mode)
+
+
 @torch.no_grad()
 def predicted_batches(
     model: nn.Module,
@@ -424,24 +448,92 @@ def predicted_batches(
     predictions or None)`` per batch of equally shaped (image 3xHxW, mask HxW) pairs, as N x H x W int64 label
     maps at the masks' resolution (:func:`predict_labels`). The models run in eval mode without grad on
     ``device``; their training modes are restored when the loop ends or is abandoned."""
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=list)
     models = [m for m in (model, reference_model) if m is not None]
-    modes = [m.training for m in models]
-    try:
-        for m in models:
-            m.to(device).eval()
-        for items in loader:
-            for images, masks in _equal_shape_groups(items):
-                images = images.to(device, torch.float32)
-                label_hw = tuple(masks.shape[-2:])
-                preds = predict_labels(model, images, label_hw, num_classes)
-                refs = None
-                if reference_model is not None:
-                    refs = predict_labels(reference_model, images, label_hw, num_classes)
-                yield preds, masks.numpy().astype(np.int64), refs
-    finally:
-        for m, mode in zip(models, modes, strict=True):
-            m.train(mode)
+    for items in _model_batches(models, dataset, batch_size=batch_size, device=device, num_workers=num_workers):
+        for images, masks in _equal_shape_groups(items):
+            images = images.to(device, torch.float32)
+            label_hw = tuple(masks.shape[-2:])
+            preds = predict_labels(model, images, label_hw, num_classes)
+            refs = None
+            if reference_model is not None:
+                refs = predict_labels(reference_model, images, label_hw, num_classes)
+            yield preds, masks.numpy().astype(np.int64), refs
+
+
+def detect_boxes(model: nn.Module, images: torch.Tensor) -> np.ndarray:
+    """A torch detector's detections of ``images`` (N x 3 x H x W): its raw ``(scores, boxes, centerness)`` as
+    numpy ``HeadOutputs`` decoded by the task (``DETECTION.prediction_of``): ``[N, 100, 6]`` rows x1, y1, x2, y2,
+    score, label in input pixels, padded with label -1."""
+    outputs = model(images)
+    if not isinstance(outputs, (tuple, list)) or len(outputs) != len(DET_OUTPUT_NAMES):
+        raise ConfigError(
+            f"A detector returns ({', '.join(DET_OUTPUT_NAMES)}); this model returned {type(outputs).__name__}. "
+            "Use a detector preset (`bckd-pipeline models`)."
+        )
+    named = {n: o.detach().float().cpu().numpy() for n, o in zip(DET_OUTPUT_NAMES, outputs, strict=True)}
+    strides = getattr(model, "strides", DETECTION.strides)
+    return DETECTION.prediction_of(HeadOutputs.of(named, images.shape[-2:], strides))
+
+
+@torch.no_grad()
+def detected_batches(
+    model: nn.Module,
+    dataset: Dataset,
+    *,
+    batch_size: int = 8,
+    device: str | torch.device = "cpu",
+    num_workers: int = 0,
+) -> Iterable[tuple[np.ndarray, list[dict]]]:
+    """The detection twin of :func:`predicted_batches`: ``(detections [N, 100, 6], targets)`` per batch of
+    (image 3xHxW, target dict) items of one size (:func:`detect_boxes`), over the same shared loop."""
+    from bckd_pipeline.data.instances import collate_detection
+
+    for items in _model_batches([model], dataset, batch_size=batch_size, device=device, num_workers=num_workers):
+        images, targets = collate_detection(items)
+        yield detect_boxes(model, images.to(device, torch.float32)), targets
+
+
+def detection_evidence(
+    model: nn.Module,
+    dataset: Dataset,
+    *,
+    num_classes: int,
+    batch_size: int = 8,
+    device: str | torch.device = "cpu",
+    num_workers: int = 0,
+) -> tuple[np.ndarray, int]:
+    """Per-image AP evidence (``DETECTION.image_evidence``) summed over the split (int64), and the image count."""
+    total = np.zeros(0, np.int64)
+    images = 0
+    batches = detected_batches(model, dataset, batch_size=batch_size, device=device, num_workers=num_workers)
+    for rows, targets in batches:
+        for pred, target in zip(rows, targets, strict=True):
+            e = DETECTION.image_evidence(pred, target, num_classes=num_classes).astype(np.int64)
+            total = e if not total.size else total + e
+            images += 1
+    return total, images
+
+
+def evaluate_detection(
+    model: nn.Module,
+    dataset: Dataset,
+    *,
+    num_classes: int,
+    batch_size: int = 8,
+    device: str | torch.device = "cpu",
+    num_workers: int = 0,
+) -> dict[str, Any]:
+    """COCO AP of a detector on a dataset of (image 3xHxW float, target dict) pairs: the task's summary of the
+    summed evidence (``DETECTION.summary``: ``map`` = AP@[.5:.95], ``ap50``, ``ap75``, ``ap_small``, ``ap_medium``,
+    ``ap_large`` in points, ``per_class_ap``; None where no ground truth makes one) and ``num_images``."""
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1; got {batch_size}.")
+    if len(dataset) < 1:
+        raise DataError("Nothing to evaluate: the detection split has no images. Check the dataset path and split.")
+    evidence, n = detection_evidence(
+        model, dataset, num_classes=num_classes, batch_size=batch_size, device=device, num_workers=num_workers
+    )
+    return {**DETECTION.summary(evidence), "num_images": n}
 
 
 @torch.no_grad()

@@ -61,6 +61,7 @@ class RunResult:
 
 def plan(cfg: RunConfig) -> list[Plan]:
     """Resolve and validate the whole run before any work: stage 1, then the deployment stages of each target."""
+    check_stage1(cfg)
     stage1 = [
         *(
             []
@@ -77,6 +78,18 @@ def plan(cfg: RunConfig) -> list[Plan]:
     check_without_labels(cfg.data, deploy)
     check_out_dir(cfg.out, _identity(cfg), force=cfg.force)  # what run() claims first: a dry run checks it too
     return the_plans
+
+
+def check_stage1(cfg: RunConfig) -> None:
+    """What stage 1 can tell before any work: the presets belong to the run's task, and a detection run's --kd is
+    one that detectors take."""
+    from .distill.task_models import check_detection_kd, check_preset
+
+    if cfg.teacher_checkpoint is None:
+        check_preset(cfg.teacher_model, cfg.data.task, "--teacher-arch")
+    check_preset(cfg.student_model, cfg.data.task, "--student-arch")
+    if cfg.data.is_detection:
+        check_detection_kd(cfg.distill.kd)
 
 
 def deploy_plans(
@@ -237,7 +250,9 @@ def run(cfg: RunConfig) -> RunResult:
     teacher_ckpt, teacher_metrics = teacher_stage(cfg, out, cache)
     alone = student_stage(cfg, out, cache, teacher_ckpt, replace(cfg.distill, kd="none"), "student")
     distilled = student_stage(cfg, out, cache, teacher_ckpt, cfg.distill, "distilled")
-    summary = summarize(teacher_metrics, alone.metrics, distilled.metrics, teacher_ckpt, distilled.checkpoint)
+    summary = summarize(
+        teacher_metrics, alone.metrics, distilled.metrics, teacher_ckpt, distilled.checkpoint, task=cfg.data.task
+    )
     write_json(out / "metrics.json", summary)
 
     def context(p: Plan) -> DeployContext:

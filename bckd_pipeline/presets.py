@@ -4,6 +4,10 @@
   DeepLabV3+-MobileNetV2 student); a full stage-1 run in minutes on 2 CPU cores.
 - ``smoke``: tiny CNNs on a small demo set at 64x64; finishes in well under a minute (tests, CI).
 - ``camvid``: the CamVid benchmark protocol of docs/benchmarks.md (``--data camvid:PATH`` required).
+
+With ``--task detection`` the same names pick :data:`DETECTION_PRESETS`: ``demo`` (the detection quick start:
+an FCOS EfficientNet-Lite2 teacher and Lite0 student on the demo scenes' objects) and ``smoke`` (the tiny FCOS
+pair, a few iterations). Detectors train on whole images resized to ``resize`` (no crop).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ class Preset:
     data: str  # "" means --data is required
     teacher: str
     student: str
-    crop: tuple[int, int]
+    crop: tuple[int, int] | None  # None: no random crop (detection)
     teacher_iters: int | None = None  # iterations, or epochs when None
     student_iters: int | None = None
     teacher_epochs: int | None = None
@@ -77,7 +81,47 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def get_preset(name: str) -> Preset:
+# The detection versions, picked by --task detection. Sizes are multiples of 32 (a detector's coarsest stride).
+DETECTION_PRESETS: dict[str, Preset] = {
+    "demo": Preset(
+        name="demo",
+        data="demo",
+        teacher="fcos-lite2",
+        student="fcos-lite0",
+        crop=None,
+        teacher_iters=60,
+        student_iters=40,
+        resize=(96, 128),
+        bckd={"radius": "3"},
+    ),
+    "smoke": Preset(
+        name="smoke",
+        data="demo",
+        teacher="fcos-tiny-t",
+        student="fcos-tiny-s",
+        crop=None,
+        teacher_iters=20,
+        student_iters=10,
+        resize=(64, 64),
+        demo_size=(64, 64),
+        demo_count=32,
+        num_workers=0,
+        bckd={"radius": "3"},
+        mfs_images=4,
+        calib_size=16,
+        latency_runs=50,
+        warmup_s=0.2,
+    ),
+}
+
+
+def get_preset(name: str, task: str = "segmentation") -> Preset:
+    """The preset ``name`` of ``task`` (``--preset``, ``--task``)."""
+    if task == "detection":
+        if name not in DETECTION_PRESETS:
+            hint = "demo is the detection default; smoke is the quick check."
+            raise unknown_name("--preset for --task detection", name, DETECTION_PRESETS, hint)
+        return DETECTION_PRESETS[name]
     if name not in PRESETS:
         raise unknown_name("--preset", name, PRESETS, "demo is the default; smoke is the quick check.")
     return PRESETS[name]

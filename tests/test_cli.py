@@ -19,6 +19,7 @@ from bckd_pipeline.cli import main
 from bckd_pipeline.data.demo import DEMO_CLASSES
 from bckd_pipeline.configs import CheckpointMeta
 from bckd_pipeline.distill.checkpoint import load_model, read_checkpoint, save_checkpoint
+from bckd_pipeline.distill.detection import DETECTOR_PRESETS
 from bckd_pipeline.distill.models import PRESETS, build_model
 
 
@@ -37,9 +38,11 @@ def teacher(tmp_path_factory) -> Path:
 def test_models_lists_every_preset(capsys):
     rc, out, _ = run_cli(capsys, "models")
     assert rc == 0
-    names = [line.split()[0] for line in out.splitlines() if line.strip()]
+    segmentation, _, detection = out.partition("# detectors (--task detection)\n")
+    names = [line.split()[0] for line in segmentation.splitlines() if line.strip()]
     assert names == list(PRESETS)
     assert names[0] == "pspnet-r101" and "segformer-b0" in names and "deeplabv3plus-mbv2" in names
+    assert [line.split()[0] for line in detection.splitlines() if line.strip()] == list(DETECTOR_PRESETS)
 
 
 COMMON_FLAGS = {
@@ -76,12 +79,13 @@ DEPLOY_FLAGS = {
     "--latency-runs": "default: preset",
     "--dry-run": "(default: False)",
 }
+TASK_FLAGS = {"--task": "(default: segmentation)", "--skip-bad-annotations": "(default: False)"}
 HELP_FLAGS = {
-    "train-teacher": {**COMMON_FLAGS, **TRAIN_FLAGS},
-    "distill": {**COMMON_FLAGS, **TRAIN_FLAGS, **DISTILL_FLAGS},
-    "run": {**COMMON_FLAGS, **TRAIN_FLAGS, **DISTILL_FLAGS, **DEPLOY_FLAGS},
+    "train-teacher": {**COMMON_FLAGS, **TRAIN_FLAGS, **TASK_FLAGS},
+    "distill": {**COMMON_FLAGS, **TRAIN_FLAGS, **DISTILL_FLAGS, **TASK_FLAGS},
+    "run": {**COMMON_FLAGS, **TRAIN_FLAGS, **DISTILL_FLAGS, **DEPLOY_FLAGS, **TASK_FLAGS},
     "deploy": {**COMMON_FLAGS, **DEPLOY_FLAGS},
-    "eval": COMMON_FLAGS,  # eval trains nothing: no --seed/--epochs/--iters/--crop
+    "eval": {**COMMON_FLAGS, **TASK_FLAGS},  # eval trains nothing: no --seed/--epochs/--iters/--crop
 }
 
 

@@ -12,7 +12,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-KD_HELP = "none | kd (Hinton logits) | cwd | bckd | kd+bckd | cwd+bckd"
+KD_HELP = (
+    "none | kd (Hinton logits) | cwd | bckd | kd+bckd | cwd+bckd (default: kd+bckd); with --task detection: none | "
+    "bckd (default: bckd)"
+)
+# tasks.TASKS' names, named here so that --help need not import the tasks.
+TASK_NAMES = ("segmentation", "detection")
 # The kinds of data.DATA_KINDS, named here so that --help need not import the datasets (and torch);
 # tests/test_architecture.py keeps the two equal.
 DATA_KIND_NAMES = ("demo", "voc", "cityscapes", "ade20k", "cocostuff", "camvid", "folder", "coco", "yolo", "images")
@@ -123,7 +128,7 @@ def _common(p: argparse.ArgumentParser, *, training: bool = True, deploys: bool 
 
 
 def _distill_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--kd", default="kd+bckd", help=KD_HELP)
+    p.add_argument("--kd", help=KD_HELP)
     p.add_argument("--no-boundary", action="store_true", help="BCKD ablation: drop the boundary term L_b")
     p.add_argument("--no-context", action="store_true", help="BCKD ablation: drop the context term L_c")
     p.add_argument("--no-decay", action="store_true", help="BCKD ablation: no gamma(e) weight decay (Eq. 7)")
@@ -146,6 +151,23 @@ def _distill_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--student-taps", help="comma-separated module names of the student's feature stages")
     p.add_argument("--teacher-taps", help="comma-separated module names of the teacher's feature stages")
     p.add_argument("--mfs-images", type=int, help="eval images used for MFS, 0 skips it (default: preset)")
+
+
+def _task_flags(p: argparse.ArgumentParser) -> None:
+    """The task a training command works on, and how its data loader treats bad annotations."""
+    p.add_argument(
+        "--task",
+        choices=TASK_NAMES,
+        default="segmentation",
+        help="segmentation (label maps) or detection (boxes: detector presets, COCO AP); --preset then picks that "
+        "task's version",
+    )
+    p.add_argument(
+        "--skip-bad-annotations",
+        action="store_true",
+        help="detection data: leave out boxes outside the image, of zero area or of unknown classes, and missing "
+        "images, with their count on stderr; without it the first one stops the command, naming its file",
+    )
 
 
 def _floats3(text: str) -> tuple[float, float, float]:
@@ -230,12 +252,14 @@ def build_parser() -> argparse.ArgumentParser:
 def _train_teacher_parser(sub, fmt) -> None:
     p = sub.add_parser("train-teacher", help="train a teacher (or any preset) with cross-entropy", formatter_class=fmt)
     _common(p)
+    _task_flags(p)
     p.add_argument("--arch", help="model preset name, `bckd-pipeline models` (default: the preset's teacher)")
 
 
 def _distill_parser(sub, fmt) -> None:
     p = sub.add_parser("distill", help="distill a student from a teacher (any nn.Module)", formatter_class=fmt)
     _common(p)
+    _task_flags(p)
     p.add_argument(
         "--teacher", type=Path, help="teacher file: a teacher.pt checkpoint, a TorchScript file or a .pt2 program"
     )
@@ -263,6 +287,7 @@ def _taps_parser(sub, fmt) -> None:
 def _eval_parser(sub, fmt) -> None:
     p = sub.add_parser("eval", help="evaluate a checkpoint", formatter_class=fmt)
     _common(p, training=False)
+    _task_flags(p)
     p.add_argument("--model", type=Path, required=True, help="checkpoint to evaluate")
 
 
@@ -275,6 +300,7 @@ def _run_parser(sub, fmt) -> None:
         "2 bad input or usage; 3 artifacts made but some target step could only run on the device (pending).",
     )
     _common(p, deploys=True)
+    _task_flags(p)
     p.add_argument("--teacher", type=Path, help="teacher checkpoint; trained on the fly when omitted")
     p.add_argument("--teacher-arch", help="teacher preset name when training one (default: the preset's)")
     p.add_argument("--student-arch", help="student preset name (default: the preset's student)")

@@ -9,13 +9,27 @@ from ..errors import ConfigError
 
 
 def models() -> int:
+    from ..distill.detection import DETECTOR_PRESETS
     from ..distill.models import PRESETS
     from ..distill.pretrained import has_offline_weights
 
+    offline = " (ImageNet weights offline: --pretrained imagenet)"
     for p in PRESETS.values():
-        offline = " (ImageNet weights offline: --pretrained imagenet)" if has_offline_weights(p.encoder) else ""
-        print(f"{p.name:22s} {p.role:8s} {p.description}{offline}")
+        print(f"{p.name:22s} {p.role:8s} {p.description}{offline if has_offline_weights(p.encoder) else ''}")
+    print("# detectors (--task detection)")
+    for p in DETECTOR_PRESETS.values():
+        local = not p.backbone.startswith("tiny-") and has_offline_weights(f"tu-{p.backbone}")
+        print(f"{p.name:22s} {p.role:8s} {p.description}{offline if local else ''}")
     return 0
+
+
+def _task(args) -> str:
+    return getattr(args, "task", "segmentation")
+
+
+def _label(args) -> tuple[str, str]:
+    """The task's headline metric: (metrics.json key, label)."""
+    return ("map", "AP") if _task(args) == "detection" else ("miou", "mIoU")
 
 
 def taps(args) -> int:
@@ -49,7 +63,7 @@ def command(args, console) -> int:
             f"--device {args.target_device} names a deployment device; `{args.command}` trains or evaluates here. "
             "Use --train-device cpu or cuda[:N], or pass the SSH device to `run`/`deploy` with a TensorRT target."
         )
-    preset = get_preset(args.preset)
+    preset = get_preset(args.preset, _task(args))
     if args.command in ("run", "deploy"):
         from ..targets import get_target
 
@@ -75,7 +89,8 @@ def command(args, console) -> int:
         res = stage.evaluate_checkpoint(
             args.model, data, out, batch_size=args.batch_size or preset.batch_size, device=args.device
         )
-        console.print(f"mIoU {res.metrics['miou']:.2f} -> {out / 'metrics.json'}")
+        key, label = _label(args)
+        console.print(f"{label} {_shown(res.metrics[key])} -> {out / 'metrics.json'}")
         return 0
 
     train_cfg = _train_config(args, preset)
@@ -118,7 +133,8 @@ def _train_teacher(args, preset, data, train_cfg, env, console, progress: bool) 
         env=env,
     )
     if env.is_main:
-        console.print(f"teacher mIoU {res.metrics['miou']:.2f} -> {res.checkpoint}")
+        key, label = _label(args)
+        console.print(f"teacher {label} {_shown(res.metrics[key])} -> {res.checkpoint}")
     return 0
 
 
@@ -148,7 +164,8 @@ def _distill(args, preset, data, train_cfg, env, console, progress: bool) -> int
         student_weights=args.student_weights,
     )
     if env.is_main:
-        console.print(f"student mIoU {res.metrics['miou']:.2f} (kd={dcfg.kd}) -> {res.checkpoint}")
+        key, label = _label(args)
+        console.print(f"student {label} {_shown(res.metrics[key])} (kd={dcfg.kd}) -> {res.checkpoint}")
     return 0
 
 
@@ -189,12 +206,18 @@ def _run(args, preset, data, train_cfg, env, console, progress: bool) -> int:
         return 0
     result = run(cfg)
     s = result.summary
-    t = s["teacher"]["miou"]
+    key, label = _label(args)
+    t = s["teacher"][key]
     console.print(
-        f"teacher {'' if t is None else f'{t:.2f}'} | student alone {s['student']['miou']:.2f} | "
-        f"distilled ({s['kd']}) {s['distilled']['miou']:.2f} mIoU"
+        f"teacher {'' if t is None else _shown(t)} | student alone {_shown(s['student'][key])} | "
+        f"distilled ({s['kd']}) {_shown(s['distilled'][key])} {label}"
     )
     return gated(args, finish(result, args.out, console, data=cfg.data), result.targets)
+
+
+def _shown(value: float | None) -> str:
+    """A metric as printed: two decimals, or "n/a" (an AP without ground truth to score)."""
+    return "n/a" if value is None else f"{value:.2f}"
 
 
 def _mfs_images(args, preset) -> int:
@@ -212,12 +235,14 @@ def data_config(args, preset):
         raise ConfigError(f"--preset {preset.name} needs --data KIND:PATH (e.g. --data camvid:../shared/data/camvid).")
     return DataConfig(
         spec=spec,
+        task=_task(args),
         train_split=getattr(args, "train_split", "train"),
         eval_split=args.eval_split,
         resize=args.resize or preset.resize,
         crop=getattr(args, "crop", None) or preset.crop,
         demo_size=preset.demo_size,
         demo_count=preset.demo_count,
+        skip_bad_annotations=getattr(args, "skip_bad_annotations", False),
     )
 
 
@@ -260,8 +285,9 @@ def _distill_config(args, preset):
         "decay": not args.no_decay,
         "seed": args.seed,
     }
+    kd = args.kd or ("bckd" if _task(args) == "detection" else "kd+bckd")
     return DistillConfig(
-        kd=args.kd,
+        kd=kd,
         kd_temperature=args.kd_temperature,
         kd_weight=args.kd_weight,
         cwd_temperature=args.cwd_temperature,

@@ -107,21 +107,36 @@ def _train_options(train: TrainConfig) -> dict:
     return {**options, "precision_used": resolve_precision(train).used}
 
 
-def summarize(teacher: dict | None, alone: dict, distilled: dict, teacher_ckpt: Path, student_ckpt: Path) -> dict:
-    t = teacher["miou"] if teacher else None
-    gap = (t - alone["miou"]) if t is not None else None
-    closed = (distilled["miou"] - alone["miou"]) / gap * 100 if gap else None
+def summarize(
+    teacher: dict | None,
+    alone: dict,
+    distilled: dict,
+    teacher_ckpt: Path,
+    student_ckpt: Path,
+    *,
+    task: str = "segmentation",
+) -> dict:
+    """The run's stage-1 figures: teacher, student alone and distilled student on the task's headline metric
+    (``miou``, or ``map`` for detection), and the share of the teacher-student gap that distillation closed."""
+    key = "map" if task == "detection" else "miou"
+    t = teacher[key] if teacher else None
+    gap = (t - alone[key]) if t is not None else None
+    closed = (distilled[key] - alone[key]) / gap * 100 if gap else None
+    if task == "detection":
+        extra = {k: distilled.get(k) for k in ("ap50", "ap75", "ap_small", "ap_medium", "ap_large")}
+    else:
+        extra = {"boundary_f": distilled["boundary_f"].get("f_score"), "lhd": distilled["lhd"].get("mean")}
     return {
-        "miou": distilled["miou"],
+        key: distilled[key],
+        **({"task": task} if task == "detection" else {}),
         "kd": distilled["kd"],
-        "teacher": {"model": distilled["teacher_model"], "miou": t, "checkpoint": str(teacher_ckpt)},
-        "student": {"model": alone["model"], "miou": alone["miou"]},
+        "teacher": {"model": distilled["teacher_model"], key: t, "checkpoint": str(teacher_ckpt)},
+        "student": {"model": alone["model"], key: alone[key]},
         "distilled": {
             "model": distilled["model"],
-            "miou": distilled["miou"],
+            key: distilled[key],
             "checkpoint": str(student_ckpt),
-            "boundary_f": distilled["boundary_f"].get("f_score"),
-            "lhd": distilled["lhd"].get("mean"),
+            **extra,
         },
         "gap_closed_percent": closed,
         # The distilled student's training precision and why (None from a metrics.json that predates the record).

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -291,8 +292,16 @@ def _parallel(task: nn.Module, cfg: TrainConfig, env: DistEnv, device: torch.dev
     return model
 
 
-def _loader(train_set: Dataset, cfg: TrainConfig, env: DistEnv, device: torch.device, start_it: int) -> DataLoader:
-    """This rank's batches for iterations ``start_it`` to ``cfg.iters``."""
+def _loader(
+    train_set: Dataset,
+    cfg: TrainConfig,
+    env: DistEnv,
+    device: torch.device,
+    start_it: int,
+    collate: Callable | None = None,
+) -> DataLoader:
+    """This rank's batches for iterations ``start_it`` to ``cfg.iters``, put together by ``collate`` (torch's
+    default stacking when None; detection's lists of target dicts need ``collate_detection``)."""
     sampler = GlobalBatchSampler(
         len(train_set), cfg.batch_size, iterations=cfg.iters, seed=cfg.seed, env=env, start_iteration=start_it
     )
@@ -300,6 +309,7 @@ def _loader(train_set: Dataset, cfg: TrainConfig, env: DistEnv, device: torch.de
         SeededSamples(train_set),
         batch_sampler=sampler,
         num_workers=cfg.num_workers,
+        collate_fn=collate,
         pin_memory=device.type == "cuda",
         persistent_workers=False,
     )
@@ -313,13 +323,14 @@ def _set_poly_lr(optimizer: torch.optim.Optimizer, cfg: TrainConfig, iteration: 
     return lr
 
 
-def _to_device(
-    images: torch.Tensor, masks: torch.Tensor, device: torch.device, channels_last: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _to_device(images: torch.Tensor, targets, device: torch.device, channels_last: bool) -> tuple[torch.Tensor, Any]:
+    """The batch on ``device``: the images, and the targets (a mask tensor, or per image a dict of tensors)."""
     images = images.to(device, non_blocking=True)
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
-    return images, masks.to(device, non_blocking=True)
+    if isinstance(targets, torch.Tensor):
+        return images, targets.to(device, non_blocking=True)
+    return images, [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
 
 
 def _optimizer_step(
@@ -387,8 +398,9 @@ def _validate(
     bar: ProgressBar,
     label: str,
     env: DistEnv,
+    score_name: tuple[str, str] = ("miou", "mIoU"),
 ) -> None:
-    """Score the current weights and keep them when they beat the best so far."""
+    """Score the current weights and keep them when they beat the best so far (history key ``val_<name>``)."""
     it = loop.iteration
     # A finite loss can still give non-finite gradients; never evaluate or save such weights.
     if not all(bool(torch.isfinite(p).all()) for p in params):
@@ -401,8 +413,9 @@ def _validate(
     score = evaluate()
     loop.eval_seconds += time.perf_counter() - t0
     task.train()
-    loop.history.append({"iteration": it, "val_miou": score})
-    bar.log(f"[{label}] iteration {it}: val mIoU {score:.2f}")
+    key, shown = score_name
+    loop.history.append({"iteration": it, f"val_{key}": score})
+    bar.log(f"[{label}] iteration {it}: val {shown} {score:.2f}")
     if score > loop.best:
         loop.best, loop.best_iteration = score, it
         if env.is_main:
@@ -450,14 +463,18 @@ def train(
     resume: bool = False,
     fingerprint: dict | None = None,
     env: DistEnv = SINGLE,
+    collate: Callable | None = None,
+    score_name: tuple[str, str] = ("miou", "mIoU"),
 ) -> TrainResult:
     """Train ``task`` (a module returning a loss dict) for ``cfg.iters`` iterations.
 
-    ``evaluate()`` returns the score to maximise (val mIoU; under torchrun every rank calls it and
-    it must reduce across ranks); ``save_best(iteration, score)`` is called on rank 0 whenever the
-    score improves and must write the checkpoint atomically. ``state_path`` receives the full
+    ``evaluate()`` returns the score to maximise (the task's metric, ``score_name`` = (key, label): val mIoU, or
+    AP for detection; under torchrun every rank calls it and it must reduce across ranks);
+    ``save_best(iteration, score)`` is called on rank 0 whenever the score improves and must write the
+    checkpoint atomically. ``state_path`` receives the full
     training state; ``resume`` continues from it. ``fingerprint`` (plain values) must match the
-    saved one for a resume to be accepted.
+    saved one for a resume to be accepted. ``collate`` batches the dataset's items (``collate_detection`` for
+    detection); targets that are lists of dicts are moved to the device tensor by tensor.
     """
     seed_everything(cfg.seed)
     device = torch.device(env.device if env.distributed else cfg.device)
@@ -486,7 +503,7 @@ def train(
         torch.manual_seed(cfg.seed + env.rank)
     start_it = loop.iteration
     model = _parallel(task, cfg, env, device)
-    loader = _loader(train_set, cfg, env, device, start_it)
+    loader = _loader(train_set, cfg, env, device, start_it, collate)
     eval_every = cfg.eval_every or cfg.iters
     save_every = cfg.checkpoint_every or eval_every
     bar = ProgressBar(cfg.iters, description, progress and env.is_main, completed=start_it)
@@ -511,7 +528,15 @@ def train(
             evaluated = it % eval_every == 0 or it == cfg.iters
             if evaluated:
                 _validate(
-                    task, params, loop, evaluate=evaluate, save_best=save_best, bar=bar, label=description, env=env
+                    task,
+                    params,
+                    loop,
+                    evaluate=evaluate,
+                    save_best=save_best,
+                    bar=bar,
+                    label=description,
+                    env=env,
+                    score_name=score_name,
                 )
             if state_path is not None and (evaluated or it % save_every == 0):
                 _save_state(state_path, fingerprint, loop, modules, optimizer, scaler, env)
