@@ -60,8 +60,8 @@ def test_distill_round_trip(teacher, tmp_path, kd):
 
 
 def test_distill_refuses_what_detectors_do_not_take(teacher, tmp_path):
-    with pytest.raises(ConfigError, match="--kd kd\\+bckd is not available for --task detection"):
-        stage.distill(teacher, "fcos-tiny-s", DATA, Schedule(iters=1), TRAIN, DistillConfig(), tmp_path)
+    with pytest.raises(ConfigError, match="--kd cwd is not available for --task detection"):
+        stage.distill(teacher, "fcos-tiny-s", DATA, Schedule(iters=1), TRAIN, DistillConfig(kd="cwd"), tmp_path)
     with pytest.raises(ConfigError, match="--student-taps"):
         stage.distill(teacher, "fcos-tiny-s", DATA, Schedule(iters=1), TRAIN, DistillConfig(kd="bckd"), tmp_path,
                       student_taps=["x"])  # fmt: skip
@@ -147,7 +147,7 @@ def test_summarize_detection_and_segmentation_keys():
     [
         (["run", "--teacher-arch", "tiny-teacher", "--dry-run"], "--teacher-arch tiny-teacher is a segmentation"),
         (["run", "--student-arch", "deeplabv3plus-lite0", "--dry-run"], "--student-arch deeplabv3plus-lite0 is a seg"),
-        (["run", "--kd", "kd", "--dry-run"], "--kd kd is not available for --task detection"),
+        (["run", "--kd", "cwd+bckd", "--dry-run"], "--kd cwd+bckd is not available for --task detection"),
         (["train-teacher", "--arch", "pspnet-r50"], "--arch pspnet-r50 is a segmentation preset"),
         (["train-teacher", "--crop", "64,64"], "Drop --crop"),
         (["train-teacher", "--preset", "camvid"], "Unknown --preset for --task detection 'camvid'"),

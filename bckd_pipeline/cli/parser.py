@@ -14,7 +14,7 @@ from pathlib import Path
 
 KD_HELP = (
     "none | kd (Hinton logits) | cwd | bckd | kd+bckd | cwd+bckd (default: kd+bckd); with --task detection: none | "
-    "bckd (default: bckd)"
+    "kd (dense score KD) | pkd (PKD on the FPN maps) | bckd | kd+bckd | pkd+bckd (default: bckd)"
 )
 # tasks.TASKS' names, named here so that --help need not import the tasks.
 TASK_NAMES = ("segmentation", "detection")

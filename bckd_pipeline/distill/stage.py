@@ -353,12 +353,12 @@ def distill(
 
 
 def _det_distill_task(student: nn.Module, teacher: nn.Module, dcfg: DistillConfig, example: torch.Tensor):
-    """The detection distillation task of ``dcfg.kd``; the KD choices DetDistillTask does not take yet are refused
-    here (``check_detection_kd``), and ``kd=dcfg.kd`` is passed on once it takes that argument."""
+    """The detection distillation task of ``dcfg.kd`` (a choice detectors do not take is refused here, by
+    ``check_detection_kd``, with the CLI's words)."""
     from .detection_task import DetDistillTask
 
     check_detection_kd(dcfg.kd)
-    return DetDistillTask(student, teacher, cfg=dcfg, example_input=example)
+    return DetDistillTask(student, teacher, cfg=dcfg, example_input=example, kd=dcfg.kd)
 
 
 def _detector_teacher(teacher_ckpt: Path, num_classes: int) -> tuple[nn.Module, CheckpointMeta]:

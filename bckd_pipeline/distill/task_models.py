@@ -10,10 +10,11 @@ from torch import nn
 from ..configs import TASK_NAMES
 from ..errors import ConfigError, unknown_name
 from .detection import DETECTOR_PRESETS, build_detector
+from .detection_task import DET_KD_CHOICES
 from .models import PRESETS, build_model
 
-# The --kd choices DetDistillTask accepts; the detection KD baselines (dense score-map KD, PKD) come with it.
-DET_KD_ACCEPTED = ("none", "bckd")
+# The --kd choices DetDistillTask accepts: the student alone, dense score-map KD, PKD, BCKD and their compositions.
+DET_KD_ACCEPTED = DET_KD_CHOICES
 
 
 def presets_of(task: str) -> dict:
@@ -52,6 +53,6 @@ def check_detection_kd(kd: str) -> None:
     if kd not in DET_KD_ACCEPTED:
         raise ConfigError(
             f"--kd {kd} is not available for --task detection in this version. Allowed: "
-            f"{', '.join(DET_KD_ACCEPTED)} (BCKD on the backbone and FPN features, or the student alone). "
-            "Use --kd bckd, or --kd none."
+            f"{', '.join(DET_KD_ACCEPTED)} (cwd acts on segmentation logits). Use --kd bckd, or --kd none for the "
+            "student alone."
         )
