@@ -12,7 +12,9 @@ from dataclasses import dataclass, field, fields
 
 from .errors import ConfigError, unknown_name
 
-KD_CHOICES = ("none", "kd", "cwd", "bckd", "kd+bckd", "cwd+bckd")
+KD_CHOICES = ("none", "kd", "cwd", "bckd", "kd+bckd", "cwd+bckd")  # segmentation's --kd
+# Detection's --kd (distill/detection_task.py): dense score KD for kd, PKD on the FPN maps; no cwd.
+DET_KD_CHOICES = ("none", "kd", "pkd", "bckd", "kd+bckd", "pkd+bckd")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 BCKD_CHOICES = {
     "teacher_fusion": ("identity", "normalized", "frozen"),
@@ -329,8 +331,13 @@ class DistillConfig:
     bckd: BCKDConfig = field(default_factory=BCKDConfig)
 
     def __post_init__(self):
-        if self.kd not in KD_CHOICES:
-            raise unknown_name("--kd method", self.kd, KD_CHOICES, "Pick one of them, e.g. --kd bckd.")
+        if self.kd not in KD_CHOICES and self.kd not in DET_KD_CHOICES:  # each task checks its own (task_models)
+            raise unknown_name(
+                "--kd method",
+                self.kd,
+                KD_CHOICES,
+                "Pick one of them, e.g. --kd bckd (--task detection also takes pkd and pkd+bckd, not cwd).",
+            )
         if "bckd" in self.terms and not self.bckd.boundary and not self.bckd.context:
             raise ConfigError(
                 "--no-boundary and --no-context together leave BCKD with no term. "

@@ -81,15 +81,17 @@ def plan(cfg: RunConfig) -> list[Plan]:
 
 
 def check_stage1(cfg: RunConfig) -> None:
-    """What stage 1 can tell before any work: the presets belong to the run's task, and a detection run's --kd is
-    one that detectors take."""
-    from .distill.task_models import check_detection_kd, check_preset
+    """What stage 1 can tell before any work: the presets belong to the run's task, and the run's --kd is one that
+    its task takes."""
+    from .distill.task_models import check_detection_kd, check_preset, check_segmentation_kd
 
     if cfg.teacher_checkpoint is None:
         check_preset(cfg.teacher_model, cfg.data.task, "--teacher-arch")
     check_preset(cfg.student_model, cfg.data.task, "--student-arch")
     if cfg.data.is_detection:
         check_detection_kd(cfg.distill.kd)
+    else:
+        check_segmentation_kd(cfg.distill.kd)
 
 
 def deploy_plans(

@@ -43,7 +43,7 @@ def test_teacher_writes_detector_checkpoint_and_ap_metrics(teacher):
     assert m["map"] is None or 0 <= m["map"] <= 100
 
 
-@pytest.mark.parametrize("kd", ["bckd", "none"])
+@pytest.mark.parametrize("kd", ["bckd", "none", "pkd+bckd"])
 def test_distill_round_trip(teacher, tmp_path, kd):
     dcfg = DistillConfig(kd=kd, bckd=BCKDConfig(radius=3))  # a 64x64 input gives an 8x8 grid at stride 8
     step = stage.distill(teacher, "fcos-tiny-s", DATA, Schedule(iters=2), TRAIN, dcfg, tmp_path, progress=False,
@@ -52,8 +52,9 @@ def test_distill_round_trip(teacher, tmp_path, kd):
     assert (meta.task, meta.model, meta.extra["kd"]) == ("detection", "fcos-tiny-s", kd)
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert all(k in m for k in AP_FIELDS) and m["teacher_model"] == "fcos-tiny-t" and m["kd"] == kd
+    assert ("loss/pkd" in m["train"]["history"][0]) == ("pkd" in kd)  # the method reached the detection task
     history = m["train"]["history"]
-    assert ("loss/boundary" in history[0]) == (kd == "bckd")
+    assert ("loss/boundary" in history[0]) == ("bckd" in kd)
     # eval reads the checkpoint back and scores it with the same AP
     rc = stage.evaluate_checkpoint(step.checkpoint, DATA, tmp_path / "eval", batch_size=2).metrics
     assert rc["map"] == m["map"]
@@ -147,6 +148,7 @@ def test_summarize_detection_and_segmentation_keys():
     [
         (["run", "--teacher-arch", "tiny-teacher", "--dry-run"], "--teacher-arch tiny-teacher is a segmentation"),
         (["run", "--student-arch", "deeplabv3plus-lite0", "--dry-run"], "--student-arch deeplabv3plus-lite0 is a seg"),
+        (["run", "--task", "segmentation", "--preset", "smoke", "--kd", "pkd", "--dry-run"], "--kd pkd is a detection"),
         (["run", "--kd", "cwd+bckd", "--dry-run"], "--kd cwd+bckd is not available for --task detection"),
         (["train-teacher", "--arch", "pspnet-r50"], "--arch pspnet-r50 is a segmentation preset"),
         (["train-teacher", "--crop", "64,64"], "Drop --crop"),

@@ -13,17 +13,13 @@ import functools
 import torch
 from torch import nn
 
-from ..configs import DistillConfig
+from ..configs import DET_KD_CHOICES, DistillConfig
 from ..errors import ConfigError
 from .bckd import BCKD
 from .detection import FCOSDetector, anchor_points, check_detector_input, dense_class_probs, detector_taps, p3_map
 from .detection_losses import DENSE_KD_WEIGHT, PKD_WEIGHT, FCOSLoss, PKDLoss, dense_score_kd
 from .models import FeatureTaps
 from .task import StepInfo, StudentAndBCKD, Teacher, bckd_gamma
-
-
-# The distillation methods for detectors: the student alone, the two baselines, BCKD, and each baseline with BCKD.
-DET_KD_CHOICES: tuple[str, ...] = ("none", "kd", "pkd", "bckd", "kd+bckd", "pkd+bckd")
 
 
 @functools.lru_cache(maxsize=16)

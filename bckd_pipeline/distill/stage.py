@@ -26,7 +26,7 @@ from .distributed import SINGLE, DistEnv, all_reduce_sum, shard
 from .any_model import check_pair, load_student, load_teacher
 from .models import FeatureTaps, check_input_size, default_taps
 from .task import SegDistillTask, SegTrainTask
-from .task_models import build_preset, check_detection_kd, check_preset
+from .task_models import build_preset, check_detection_kd, check_preset, check_segmentation_kd
 from .trainer import seed_everything, train
 
 STATE_FILE = "train_state.pt"
@@ -275,6 +275,7 @@ def distill(
             resume=resume,
             env=env,
         )
+    check_segmentation_kd(dcfg.kd)
     seed_everything(train_cfg.seed)
     train_set, eval_set = data.train_set(), data.eval_set()
     info = train_set.info

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..configs import TASK_NAMES
+from ..configs import DET_KD_CHOICES, KD_CHOICES, TASK_NAMES
 from ..errors import ConfigError, unknown_name
 from .detection import DETECTOR_PRESETS, build_detector
-from .detection_task import DET_KD_CHOICES
 from .models import PRESETS, build_model
 
 # The --kd choices DetDistillTask accepts: the student alone, dense score-map KD, PKD, BCKD and their compositions.
@@ -46,6 +45,15 @@ def build_preset(name: str, task: str, num_classes: int, *, pretrained: str, cla
     if task == "detection":
         return build_detector(name, num_classes, pretrained=pretrained, class_names=class_names)
     return build_model(name, num_classes, pretrained=pretrained)
+
+
+def check_segmentation_kd(kd: str) -> None:
+    """A segmentation distillation's --kd: PKD is a detection method (FPN maps), refused here by name."""
+    if kd not in KD_CHOICES:
+        raise ConfigError(
+            f"--kd {kd} is a detection method (PKD on a detector's FPN maps), and this is a --task segmentation run. "
+            f"Allowed: {', '.join(KD_CHOICES)}. Use one of them, or pass --task detection with a detector preset."
+        )
 
 
 def check_detection_kd(kd: str) -> None:
