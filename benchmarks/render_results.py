@@ -663,6 +663,14 @@ def wall_time(stem: str) -> str:
     return f"{s} s" if s < 60 else f"{s // 60} min {s % 60} s"
 
 
+def det_study_hours(stem: str = "det_study_cost_cpu", part: str = "total_s", protocol: str = "cpu-det") -> str:
+    """The hours of a detection study protocol's training steps (``part``: total_s, teacher_s, gap_step_s, rest_s)
+    from the step times of ``stem``, by benchmarks/bckd_study.py's own ``estimate_seconds``, 1 decimal."""
+    import bckd_study
+
+    return f"{bckd_study.estimate_seconds(load(stem), bckd_study.PROTOCOLS[protocol])[part] / 3600:.1f}"
+
+
 INLINE_RENDERERS: dict[str, Callable[..., str]] = {
     f.__name__: f
     for f in (
@@ -679,6 +687,7 @@ INLINE_RENDERERS: dict[str, Callable[..., str]] = {
         loadavg,
         last_line,
         wall_time,
+        det_study_hours,
     )
 }
 
