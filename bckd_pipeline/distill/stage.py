@@ -18,9 +18,8 @@ from torch import nn
 
 from .. import metrics as M
 from ..configs import CheckpointMeta, DataConfig, DistillConfig, Schedule, TrainConfig
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..fileio import write_json
-from ..errors import ConfigError
 from .checkpoint import load_model, plain_values, save_checkpoint
 from .distributed import SINGLE, DistEnv, all_reduce_sum, shard
 from .any_model import check_pair, load_student, load_teacher
