@@ -942,6 +942,14 @@ def qremedy(stem: str, flavour: str, remedy: str, field: str = "delta") -> str:
     return f"{100 * row['pixel_agreement']:.2f}" if field == "agreement" else _delta(row)
 
 
+def det_study_hours(stem: str = "det_study_cost_cpu", part: str = "total_s", protocol: str = "cpu-det") -> str:
+    """The hours of a detection study protocol's training steps (``part``: total_s, teacher_s, gap_step_s, rest_s)
+    from the step times of ``stem``, by benchmarks/bckd_study.py's own ``estimate_seconds``, 1 decimal."""
+    import bckd_study
+
+    return f"{bckd_study.estimate_seconds(load(stem), bckd_study.PROTOCOLS[protocol])[part] / 3600:.1f}"
+
+
 INLINE_RENDERERS: dict[str, Callable[..., str]] = {
     f.__name__: f
     for f in (
@@ -974,6 +982,7 @@ INLINE_RENDERERS: dict[str, Callable[..., str]] = {
         tt_spread,
         qdelta,
         qremedy,
+        det_study_hours,
     )
 }
 

@@ -263,3 +263,107 @@ def test_precisions_run_every_row_once_per_precision_paired_with_the_first(study
     assert s["paired"]["student@fp32"]["student@bf16"]["miou"]["mean"] == pytest.approx(0.5)
     assert s["paired"]["kd+bckd@fp32"]["kd+bckd@bf16"]["miou"]["mean"] == pytest.approx(-1.0)
     assert set(s["paired"]) == {"student@fp32", "kd+bckd@fp32"}
+
+
+# ----------------------------------------------------------------------------------------------
+# --task detection
+
+
+def test_detection_dry_run_prints_the_detector_commands(study, tmp_path, capsys):
+    assert study.main(["--task", "detection", "--out", str(tmp_path), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    teacher = lines[1]
+    assert teacher.startswith("bckd-pipeline train-teacher ") and "--task detection" in teacher
+    assert "--data coco:.bench/camvid_instances" in teacher and "--resize 192,256" in teacher
+    assert "--arch fcos-lite2 --pretrained imagenet" in teacher and "--crop" not in teacher
+    runs = [line for line in lines if line.startswith("bckd-pipeline distill ")]
+    assert len(runs) == 4 * 6  # four seeds x six rows, no segmentation ablation
+    assert [r.split(" --kd ")[1] for r in runs[:6]] == ["none", "kd", "pkd", "bckd", "kd+bckd", "pkd+bckd"]
+    assert all("--task detection" in r and "--student-arch fcos-lite0 --pretrained imagenet" in r for r in runs)
+    assert all("--crop" not in r for r in runs)
+    assert "the first run alone" in "\n".join(lines)
+    gpu = study.resolve(study.parse_args(["--out", str(tmp_path), "--protocol", "gpu-det"]))
+    assert (gpu.task, gpu.device, gpu.size, gpu.teacher_model) == ("detection", "cuda", "352,480", "fcos-lite2")
+    for size in (study.PROTOCOLS["cpu-det"].size, gpu.size):
+        assert all(int(v) % 32 == 0 for v in size.split(","))  # the detectors' coarsest stride
+
+
+def test_detection_arguments_are_checked(study, tmp_path):
+    with pytest.raises(SystemExit, match="cpu-det is a detection protocol and --task is segmentation"):
+        _args(study, tmp_path, "--protocol", "cpu-det", "--task", "segmentation")
+    with pytest.raises(SystemExit, match=r"'cwd'.*Allowed: student, kd, pkd, bckd, kd\+bckd, pkd\+bckd"):
+        _args(study, tmp_path, "--task", "detection", "--rows", "student,cwd")
+    with pytest.raises(SystemExit, match="Put student first"):
+        _args(study, tmp_path, "--task", "detection", "--rows", "kd,student")
+    det = _args(study, tmp_path, "--task", "detection", "--ablation")
+    assert not det.ablation and det.min_gap == study.DET_MIN_GAP and det.preset == "demo"
+    seg = _args(study, tmp_path)
+    assert (seg.task, seg.protocol, seg.min_gap, seg.ablation) == ("segmentation", "cpu", None, True)
+
+
+def _det_metrics(ap):
+    return {"map": ap, "ap50": ap + 20, "ap75": ap - 5, "ap_small": None, "ap_medium": ap - 1, "ap_large": ap + 1}
+
+
+def test_detection_summary_pairs_with_the_student_and_the_best_baseline(study, tmp_path):
+    recs = [
+        {"row": row, "seed": s, "kind": "row", "status": "ok", **_det_metrics(20.0 + s + d)}
+        for row, d in (("student", 0.0), ("kd", 1.0), ("pkd", 2.0), ("bckd", 3.0))
+        for s in range(4)
+    ]
+    s = study.summarize(recs, ["student", "kd", "pkd", "bckd"], 0, {"model": "t", **_det_metrics(30.0)}, "detection")
+    assert s["best_baseline"] == "pkd" and set(s["paired"]) == {"student", "pkd"}
+    assert s["paired"]["pkd"]["bckd"]["map"]["mean"] == pytest.approx(1.0)
+    assert s["paired"]["student"]["kd"]["ap50"]["mean"] == pytest.approx(1.0)
+    assert s["paired"]["student"]["kd"]["ap_small"]["n"] == 0  # no small objects: no pairs, no figure
+    assert s["rows"]["bckd"]["map"]["mean"] == pytest.approx(24.5) and s["ablation"] == []
+    results = {"task": "detection", "data": "coco:.bench/camvid_instances", "summary": s, "settings_line": "x"}
+    text = study.table_md({**results, "jobs": recs})
+    assert "a proxy of instances derived from CamVid" in text and "not comparable with the paper's COCO" in text
+    assert "| AP | AP50 | AP75 | AP small | AP medium | AP large |" in text
+    assert "| bckd | pkd (best baseline) | 4 | 1.00 |" in text and "| teacher (t) | 1 | 30.00 | 50.00" in text
+    assert "CamVid" not in study.table_md({**results, "data": "demo", "jobs": recs})
+
+
+def test_detection_study_stops_when_the_teacher_student_gap_is_small(study, tmp_path, monkeypatch, capsys):
+    teacher = {"status": "given", "checkpoint": str(tmp_path / "t.pt"), "model": "fcos-lite2", **_det_metrics(21.0)}
+    monkeypatch.setattr(study, "ensure_teacher", lambda args: dict(teacher))
+    ran = []
+
+    def fake_job(args, job, *rest):
+        ran.append((job.row, job.seed))
+        return {"row": job.row, "seed": job.seed, "kind": job.kind, "status": "ok", **_det_metrics(20.0)}
+
+    monkeypatch.setattr(study, "run_job", fake_job)
+    argv = ["--task", "detection", "--out", str(tmp_path / "s"), "--seeds", "5,6,7,8"]
+    assert study.main(argv) == study.GAP_TOO_SMALL
+    assert ran == [("student", 5)]  # nothing else ran
+    assert "gap too small to distil" in capsys.readouterr().err
+    saved = json.loads((tmp_path / "s" / "results.json").read_text())
+    assert saved["gap"] == {"metric": "map", "seed": 5, "teacher": 21.0, "student": 20.0, "gap": 1.0, "min_gap": 2.0}
+    ran.clear()
+    assert study.main([*argv, "--min-gap", "0.5", "--jobs", "1"]) == 0
+    assert len(ran) == 24 and ran[0] == ("student", 5) and ran.count(("student", 5)) == 1
+
+
+@pytest.mark.slow
+def test_tiny_detection_study_runs_end_to_end(study, tmp_path):
+    out = tmp_path / "study"
+    argv = [
+        "--task", "detection", "--preset", "smoke", "--data", "demo", "--out", str(out), "--size", "64,64",
+        "--teacher-model", "fcos-tiny-t", "--student-model", "fcos-tiny-s", "--pretrained-teacher", "none",
+        "--pretrained-student", "none", "--teacher-iters", "20", "--iters", "4", "--seeds", "0,1",
+        "--allow-few-seeds", "--jobs", "2", "--min-gap=-1000",
+    ]  # fmt: skip
+    assert study.main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["task"] == "detection" and results["gap"]["metric"] == "map"
+    jobs = results["jobs"]
+    assert len(jobs) == 12 and all(j["status"] == "ok" for j in jobs)
+    assert all(set(study.DET_METRICS) <= set(j) for j in jobs)
+    assert all(" --task detection " in j["command"] for j in jobs)
+    s = results["summary"]
+    assert s["rows"]["pkd+bckd"]["n"] == 2 and s["best_baseline"] in ("kd", "pkd")
+    assert s["paired"]["student"]["bckd"]["map"]["n"] == 2
+    assert s["teacher"]["model"] == "fcos-tiny-t"
+    assert "Paired differences, AP50" in (out / "table.md").read_text()
