@@ -470,6 +470,13 @@ def test_deploy_a_detector_with_nms_inside_the_graph(capsys, tmp_path):
     producer = {o: n for n in int8.node for o in n.output}
     nms_inputs = [producer.get(i) for n in int8.node if n.name.startswith("nms/") for i in n.input]
     assert nms_inputs and not [p.name for p in nms_inputs if p is not None and p.op_type == "DequantizeLinear"]
+    import openvino as ov
+
+    ir = ov.Core().read_model(str(out / "deploy/openvino-cpu/int8/model.xml"))
+    fq = [o for o in ir.get_ordered_ops() if o.get_type_name() == "FakeQuantize"]
+    fq_consumers = {t.get_node().get_friendly_name() for f in fq for o in f.outputs() for t in o.get_target_inputs()}
+    assert fq and not [n for n in fq_consumers if n.startswith("nms/")]  # NNCF left the NMS tail in float
+    assert any(o.get_type_name().startswith("NonMaxSuppression") for o in ir.get_ordered_ops())
     for key in ("onnxruntime-cpu", "openvino-cpu"):
         rows = {r["name"]: r for r in json.loads((out / f"report.{key}.json").read_text())["stages"]}
         raw, nms = rows["onnx"], rows["onnx-simplified"]
