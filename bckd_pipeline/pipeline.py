@@ -178,8 +178,11 @@ def _model_step(deploy: DeployConfig, source: ModelSource | None, onnx, opset: i
 
 
 def _simplify_step(deploy: DeployConfig) -> PlanStep:
+    nms = "; then the decoding and NonMaxSuppression appended (--head nms)" if deploy.head == "nms" else ""
     return PlanStep(
-        "simplify", f"{deploy.simplifier}; ORT before vs after", (str(shared_dir(deploy.batch) / "model.sim.onnx"),)
+        "simplify",
+        f"{deploy.simplifier}; ORT before vs after{nms}",
+        (str(shared_dir(deploy.batch) / "model.sim.onnx"),),
     )
 
 

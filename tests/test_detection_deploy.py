@@ -445,6 +445,9 @@ def test_qat_of_a_detector_is_refused_at_plan_time(capsys, tmp_path):
     rc, _, err = run_cli(capsys, "run", "--task", "detection", "--preset", "smoke", "--qat", "on", "--out",
                          tmp_path / "out", "--dry-run")  # fmt: skip
     assert rc == 2 and "--qat on fine-tunes segmentation models; this is a detection model" in err, err
+    rc, stdout, err = run_cli(capsys, "run", "--task", "detection", "--preset", "smoke", "--head", "nms", "--out",
+                              tmp_path / "out", "--dry-run")  # fmt: skip
+    assert rc == 0 and "NonMaxSuppression appended (--head nms)" in stdout + err, err
 
 
 @pytest.mark.slow
