@@ -107,9 +107,11 @@ def simplify_stage(ctx: DeployContext, out: Path, cache: StageCache, source: Pat
         from ..tasks.detection import DETECTION
         from .detection_nms import nms_graph
 
-        variant = nms.pop("variant")
-        nms_graph(simplified, path, DETECTION.settings, DETECTION.strides, ctx.spec.input_hw, variant, **nms)
-        result["nms"] = {"variant": variant, **nms, "raw_graph": simplified.name}
+        variant, version = nms["variant"], nms.get("trt_version")
+        nms_graph(
+            simplified, path, DETECTION.settings, DETECTION.strides, ctx.spec.input_hw, variant, trt_version=version
+        )
+        result["nms"] = {**nms, "raw_graph": simplified.name}
     cache.store(record, key, [path] + ([simplified] if nms else []), {"check": result})
     return path, result
 

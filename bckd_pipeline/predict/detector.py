@@ -98,6 +98,12 @@ class Detector(Predictor):
     def _check_outputs(self, outputs: Mapping[str, np.ndarray], feed: Mapping[str, np.ndarray]) -> str:
         name = self.artifact.path.name
         if all(n in outputs for n in NMS_OUTPUT_NAMES):  # a graph with NMS inside (--head nms): rows already made
+            if self.score_threshold < DEFAULT_DECODE.score_thresh:
+                raise ConfigError(
+                    f"{name} has NMS inside, which drops scores at or under {DEFAULT_DECODE.score_thresh:g}; "
+                    f"--score-threshold {self.score_threshold:g} cannot bring them back. Give a threshold of at "
+                    f"least {DEFAULT_DECODE.score_thresh:g}, or deploy --head raw."
+                )
             if self.contract.class_names is None:
                 raise ConfigError(
                     f"{name} has NMS inside and carries no class names (bckd.class_names); give them (--classes)."
