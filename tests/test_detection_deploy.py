@@ -491,6 +491,8 @@ def test_deploy_a_detector_with_nms_inside_the_graph(capsys, tmp_path):
         assert rows[f"{'onnxruntime' if key == 'onnxruntime-cpu' else 'openvino'}-int8"]["map"] is not None
     manifest = json.loads((out / "manifest.onnxruntime-cpu.json").read_text())
     assert manifest["output"] == {"name": "num_dets", "names": nms_names, "kind": "nms"}
+    md = (out / "report.onnxruntime-cpu.md").read_text()
+    assert "(reading the rows of its graph, which decodes and suppresses inside)" in md
     found = bckd_pipeline.load(out, target="onnxruntime-cpu")
     image = build_detection_dataset("demo", "val").load(0)[0]
     boxes = found(image)
