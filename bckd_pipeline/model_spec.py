@@ -22,11 +22,9 @@ INPUT_NAME = "image"
 OUTPUT_NAMES = {"logits": "logits", "argmax": "labels"}
 # Each head's outputs, in the graph's order (a detector's raw head: the contract of distill/detection.py).
 HEAD_OUTPUTS = {"logits": ("logits",), "argmax": ("labels",), "raw": ("scores", "boxes", "centerness")}
-# Heads a task declares that this version cannot export yet, and what to use instead.
-NOT_YET_EXPORTED = {
-    "nms": "--head nms (NMS inside the graph) is not available in this version; deploy --head raw, whose host "
-    "decoding and NMS are the same for every runtime."
-}
+# The network a head is exported from: the ``nms`` head is the raw network, with the decoding and NMS appended to
+# the simplified graph (export/stage.py::simplify_stage, export/detection_nms.py).
+NETWORK_HEAD = {"nms": "raw"}
 DYNAMIC_AXES = ("batch", "height", "width")
 
 
@@ -48,8 +46,11 @@ class ExportSpec:
             raise ConfigError(
                 f"--head {self.head!r} is not allowed for a {self.task} model. Allowed: {', '.join(heads)}."
             )
-        if self.head in NOT_YET_EXPORTED:
-            raise ConfigError(NOT_YET_EXPORTED[self.head])
+        if self.head == "nms" and {"height", "width"} & set(self.dynamic):
+            raise ConfigError(
+                f"--head nms with --dynamic {','.join(self.dynamic)}: the NMS graph's anchor points are fixed by the "
+                "input size. Drop height/width from --dynamic, or deploy --head raw (host decoding and NMS)."
+            )
         bad = [a for a in self.dynamic if a not in DYNAMIC_AXES]
         if bad:
             raise ConfigError(
@@ -67,9 +68,24 @@ class ExportSpec:
         return get_task(self.task).export_heads
 
     @property
+    def network_head(self) -> str:
+        """The head the network is exported with (``nms``: the raw head, NMS appended after simplification)."""
+        return NETWORK_HEAD.get(self.head, self.head)
+
+    @property
     def output_names(self) -> tuple[str, ...]:
-        """The graph's outputs, in order (segmentation: one; a detector's raw head: scores, boxes, centerness)."""
-        return HEAD_OUTPUTS[self.head]
+        """The exported network's outputs, in order (segmentation: one; a detector's raw head: scores, boxes,
+        centerness; the ``nms`` head's exported network is the raw one)."""
+        return HEAD_OUTPUTS[self.network_head]
+
+    @property
+    def deployed_output_names(self) -> tuple[str, ...]:
+        """The deployed graph's outputs: the network's, or with ``--head nms`` those of the graph with NMS inside."""
+        if self.head == "nms":
+            from .tasks.detection import NMS_OUTPUT_NAMES
+
+            return NMS_OUTPUT_NAMES
+        return self.output_names
 
     @property
     def output_name(self) -> str:

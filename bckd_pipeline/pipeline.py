@@ -42,7 +42,7 @@ from .plan_checks import (
 from .progress import Stages
 from .ledger import Built, qat_artifact, report_file, shared_dir, target_artifacts
 from .model_spec import ExportSpec, ModelSource
-from .qat.stage import check_qat, qat_stage
+from .qat.stage import check_qat, check_qat_task, qat_stage
 from .report import headlines
 from .report.build import build_report, write_reports
 from .report.manifest import write_manifest
@@ -132,12 +132,17 @@ def deploy_plan(
     check_simplifier(deploy.simplifier)
     onnx = check_onnx_source(source, deploy, profile) if source is not None and source.is_onnx else None
     opset = onnx.opset if onnx else check_opset(deploy.opset, profile)
-    check_export_shape(deploy, profile, opset)
+    check_export_shape(deploy, profile, opset, data.task)
     calibration = check_calibration(deploy, profile, data.eval_split)
     latency = deploy.latency or profile.latency
     check_tensorrt_shape(deploy, profile)
     check_qat(
-        deploy.qat, profile, onnx_source=onnx is not None, dynamic=deploy.dynamic, exclude=deploy.calibration.exclude
+        deploy.qat,
+        profile,
+        onnx_source=onnx is not None,
+        dynamic=deploy.dynamic,
+        exclude=deploy.calibration.exclude,
+        task=data.task,
     )
 
     steps = [*before, _model_step(deploy, source, onnx, opset), _simplify_step(deploy)]
@@ -173,8 +178,11 @@ def _model_step(deploy: DeployConfig, source: ModelSource | None, onnx, opset: i
 
 
 def _simplify_step(deploy: DeployConfig) -> PlanStep:
+    nms = "; then the decoding and NonMaxSuppression appended (--head nms)" if deploy.head == "nms" else ""
     return PlanStep(
-        "simplify", f"{deploy.simplifier}; ORT before vs after", (str(shared_dir(deploy.batch) / "model.sim.onnx"),)
+        "simplify",
+        f"{deploy.simplifier}; ORT before vs after{nms}",
+        (str(shared_dir(deploy.batch) / "model.sim.onnx"),),
     )
 
 
@@ -509,6 +517,7 @@ def deploy_context(
         resolved = resolve_model(source, deploy, first_hw, _classes_of(eval_set))
     model, meta, input_hw, info = resolved.model, resolved.meta, resolved.input_hw, resolved.info
     task = getattr(meta, "task", "segmentation")
+    check_qat_task(deploy.qat.mode, task)  # a checkpoint's own task, which the plan may not have known
     if info is not None:  # the user's graph as it is: nothing of it is chosen here
         spec = ExportSpec(
             input_hw=tuple(input_hw),

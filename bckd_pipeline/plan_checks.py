@@ -186,9 +186,17 @@ def check_simplifier(name: str) -> None:
         raise ConfigError(f"--simplifier {name!r} is not allowed. Allowed: {', '.join(SIMPLIFIERS)}.")
 
 
-def check_export_shape(deploy: DeployConfig, profile: TargetProfile, opset: int) -> None:
-    """--head, --dynamic and the opset make a valid export, with dynamic axes only where the target takes them."""
-    ExportSpec(input_hw=deploy.input_hw or (32, 32), opset=opset, head=deploy.head, dynamic=deploy.dynamic)
+def check_export_shape(deploy: DeployConfig, profile: TargetProfile, opset: int, task: str = "segmentation") -> None:
+    """--head, --dynamic and the opset make a valid export, with dynamic axes only where the target takes them.
+    ``task``: the data's; a head of another task is checked as that task's (a checkpoint of `deploy` says its own
+    task when it is loaded, and pipeline.deploy_context checks the head against it)."""
+    from .tasks import TASKS
+
+    heads = TASKS[task].export_heads
+    head = heads[0] if deploy.head == "logits" and deploy.head not in heads else deploy.head  # the task's default
+    if head not in heads:
+        task = next((t.name for t in TASKS.values() if head in t.export_heads), task)
+    ExportSpec(input_hw=deploy.input_hw or (32, 32), opset=opset, head=head, dynamic=deploy.dynamic, task=task)
     if profile.static_shape and deploy.dynamic and profile.device == "NPU":
         raise ConfigError(
             f"--dynamic {','.join(deploy.dynamic)} was given for --target {profile.name}, whose device compiles "

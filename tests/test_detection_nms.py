@@ -154,7 +154,8 @@ def test_nms_graph_keeps_the_batch_and_its_metadata(tmp_path):
     graph = with_nms(raw, DEFAULT_DECODE, STRIDES, (H, W), "onnx")
     props = {p.key: p.value for p in graph.metadata_props}
     assert props["bckd.task"] == "detection"
-    assert json.loads(props["bckd.output"]) == {"name": list(NMS_OUTPUT_NAMES), "kind": "nms"}
+    want = {"name": NMS_OUTPUT_NAMES[0], "names": list(NMS_OUTPUT_NAMES), "kind": "nms"}
+    assert json.loads(props["bckd.output"]) == want
     assert json.loads(props["bckd.nms"])["detections_per_img"] == 100
     shapes = {o.name: [d.dim_value for d in o.type.tensor_type.shape.dim] for o in graph.graph.output}
     assert shapes == {"num_dets": [2, 1], "det_boxes": [2, 100, 4], "det_scores": [2, 100], "det_labels": [2, 100]}

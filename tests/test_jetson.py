@@ -632,3 +632,26 @@ def test_ingest_refuses_a_result_of_another_bundle_or_altered_files(jetson_run, 
     assert "command.json" in err
     assert not (out / "deploy/tensorrt/device").exists()  # nothing was kept
     assert _json(out / "report.json")["status"] == "pending"
+
+
+@pytest.mark.slow
+def test_a_detectors_device_rows_with_nms_inside_are_ingested_into_its_ledger(tmp_path, capsys):
+    """`run --task detection --head nms --target jetson` (pending here), the agent on the device (ONNX Runtime
+    fallback), then `ingest`: the device's saved detection rows replay into the ledger as the detection task reads
+    them, and score against the Q/DQ ONNX they came from."""
+    if check_availability(get_target("jetson")).can_measure:
+        pytest.skip("this host is a Jetson with TensorRT: the engine would be built here")
+    out = tmp_path / "R"
+    rc, _, err = run_cli(capsys, "run", *SMOKE, "--task", "detection", "--head", "nms", "--out", out, "--target",
+                         "jetson", "--latency-runs", "5")  # fmt: skip
+    assert rc == 3, err[-3000:]
+    result = _agent_locally(out / "deploy/tensorrt/bundle", tmp_path / "device-out")
+    rc, _, err = run_cli(capsys, "ingest", out, result)
+    assert rc == 0, err[-3000:]
+    report = _json(out / "report.json")
+    assert report["task"] == "detection" and report["status"] == "complete"
+    rows = {r["name"]: r for r in report["stages"]}
+    row = rows["onnx-qdq-on-device"]
+    assert row["status"] == "measured" and row["parent"] == "onnx-qdq" and row["parity_passed"]
+    assert row["map"] == rows["onnx-qdq"]["map"] and row["matched_share_vs_parent"] == 1.0
+    assert row["score_agreement"] is None  # a graph with NMS inside: judged by its detections

@@ -282,3 +282,24 @@ def test_the_device_agent_decodes_a_detector_from_all_its_outputs(built, tmp_pat
     assert result["ok"] and result["fallback"] and result["images"] == 2
     with np.load(tmp_path / "out" / DEVICE_LABELS_FILE) as saved:
         assert saved["labels"].shape == (2, 100, 6)
+
+
+def test_a_graph_with_nms_inside_predicts_the_raw_graphs_boxes(built, tmp_path):
+    """An artifact of ``--head nms`` (the raw graph with export/detection_nms.py appended): the Detector reads its
+    four outputs (``bckd.output`` names them) and gives the boxes the host's decoding of the raw graph gives."""
+    from bckd_pipeline.export.detection_nms import nms_graph
+    from bckd_pipeline.tasks.detection import NMS_OUTPUT_NAMES
+
+    task = get_task("detection")
+    path = nms_graph(built.onnx, tmp_path / "nms.onnx", task.settings, task.strides, IN_HW)
+    names = json.loads({p.key: p.value for p in onnx.load(str(path)).metadata_props}["bckd.output"])["names"]
+    assert names == list(NMS_OUTPUT_NAMES)
+    image = scene(45, 70, 1)
+    with Detector.load(built.onnx) as raw, Detector.load(path) as nms, Detector.load(path, score_threshold=0.5) as hi:
+        want, got, fewer = raw(image), nms(image), hi(image)
+        assert nms.info.output_name == ", ".join(NMS_OUTPUT_NAMES) and nms.classes == raw.classes
+    assert len(want) > 0 and len(got) == len(want)
+    np.testing.assert_allclose(got.data, want.data, rtol=1e-5, atol=1e-3)
+    assert 0 < len(fewer) < len(got) and (fewer.conf > 0.5).all()
+    with pytest.raises(ConfigError, match="cannot bring them back"):
+        Detector.load(path, score_threshold=0.1)

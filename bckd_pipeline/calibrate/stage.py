@@ -146,7 +146,14 @@ def _make(ctx: DeployContext, b: Built, path: Path, parent: Path, calib, simplif
     if b.name == "onnx-qdq":
         from .tensorrt import quantize_for_tensorrt
 
-        _, settings = quantize_for_tensorrt(parent, path, calib.feeds, calib.spec, quantizer=ctx.deploy.trt_quantizer)
+        _, settings = quantize_for_tensorrt(
+            parent,
+            path,
+            calib.feeds,
+            calib.spec,
+            quantizer=ctx.deploy.trt_quantizer,
+            float_tail=ctx.task.int8_float_tail,
+        )
     elif b.backend is Backend.ONNXRUNTIME and b.precision is Precision.FP16:
         from .onnxruntime import to_fp16
 

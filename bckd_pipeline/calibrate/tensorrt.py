@@ -58,9 +58,19 @@ FUSIBLE_AFTER_CONV = ("BatchNormalization",)
 
 
 def quantize_for_tensorrt(
-    source: Path, path: Path, feeds: DatasetFeeds, spec: CalibrationSpec, *, quantizer: str = "onnxruntime"
+    source: Path,
+    path: Path,
+    feeds: DatasetFeeds,
+    spec: CalibrationSpec,
+    *,
+    quantizer: str = "onnxruntime",
+    float_tail: bool = False,
 ) -> tuple[Path, dict]:
-    """FP32 ONNX -> Q/DQ ONNX for TensorRT, calibrated on ``feeds``; checked before it is kept."""
+    """FP32 ONNX -> Q/DQ ONNX for TensorRT, calibrated on ``feeds``; checked before it is kept.
+
+    ``float_tail``: the nodes after each output branch's last convolution stay in float, as for ONNX Runtime
+    (``Task.int8_float_tail``: a detector's box decoding, and the NMS of the ``nms`` head; calibrate/exclude.py
+    ``onnx_output_tail``)."""
     if quantizer not in QUANTIZERS:
         raise ConfigError(f"--trt-quantizer {quantizer!r} is not allowed. Allowed: {', '.join(QUANTIZERS)}.")
     write = _modelopt_writer if quantizer == "modelopt" else _ort_writer
@@ -79,9 +89,15 @@ def quantize_for_tensorrt(
         from .exclude import resolve
 
         settings["int8_exclude"] = resolve(Path(source), spec.exclude).as_dict()
+    tail: list[str] = []
+    if float_tail:
+        from .exclude import onnx_output_tail
+
+        tail = onnx_output_tail(Path(source))
+        settings["float_output_tail"] = tail
 
     def write_checked(tmp: Path) -> None:
-        write(Path(source), tmp, feeds, spec)
+        write(Path(source), tmp, feeds, spec, tail)
         settings["residual_adds_fused"] = place_residual_qdq(tmp)
         problems = check_tensorrt_qdq(tmp)
         if problems:
@@ -95,7 +111,7 @@ def quantize_for_tensorrt(
     return Path(path), settings
 
 
-def _ort_writer(source: Path, tmp: Path, feeds: DatasetFeeds, spec: CalibrationSpec) -> None:
+def _ort_writer(source: Path, tmp: Path, feeds: DatasetFeeds, spec: CalibrationSpec, tail: list) -> None:
     extra = {
         "ActivationSymmetric": True,
         "WeightSymmetric": True,
@@ -103,10 +119,12 @@ def _ort_writer(source: Path, tmp: Path, feeds: DatasetFeeds, spec: CalibrationS
         # One Q/DQ pair per consumer: TensorRT fuses each pair into the layer that reads it.
         "DedicatedQDQPair": True,
     }
-    quantize_qdq(source, tmp, feeds, spec, activation_type="QInt8", op_types=list(QUANTIZED_OPS), extra=extra)
+    quantize_qdq(
+        source, tmp, feeds, spec, activation_type="QInt8", op_types=list(QUANTIZED_OPS), extra=extra, keep_float=tail
+    )
 
 
-def _modelopt_writer(source: Path, tmp: Path, feeds: DatasetFeeds, spec: CalibrationSpec) -> None:
+def _modelopt_writer(source: Path, tmp: Path, feeds: DatasetFeeds, spec: CalibrationSpec, tail: list) -> None:
     try:
         from modelopt.onnx.quantization import quantize
     except ImportError:
@@ -131,7 +149,7 @@ def _modelopt_writer(source: Path, tmp: Path, feeds: DatasetFeeds, spec: Calibra
         quantize_mode="int8",
         calibration_data={name: images},
         calibration_method="max" if spec.method == "minmax" else "entropy",
-        nodes_to_exclude=list(ex.nodes) if ex else None,
+        nodes_to_exclude=[*(ex.nodes if ex else ()), *tail] or None,
         op_types_to_exclude=list(ex.op_types) if ex else None,
         calibration_eps=["cpu"],
         output_path=str(tmp),

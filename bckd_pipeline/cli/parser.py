@@ -514,7 +514,12 @@ def _deploy_flags(p: argparse.ArgumentParser) -> None:
         "`bckd-pipeline targets`)",
     )
     g.add_argument("--batch", type=int, default=1, help="static batch of the exported and deployed model")
-    g.add_argument("--head", default="logits", help="logits | argmax (uint8 label map out of the graph)")
+    g.add_argument(
+        "--head",
+        default="logits",
+        help="segmentation: logits | argmax (uint8 label map out of the graph); detection: raw (default: scores, "
+        "boxes, centerness, decoded and NMS on the host) | nms (decoding and NonMaxSuppression inside the graph)",
+    )
     g.add_argument("--dynamic", default="", help="comma-separated dynamic axes: batch,height,width (default: static)")
     g.add_argument(
         "--opset", type=int, help="ONNX opset of the export: the target's up to what torch exports (default: 17)"

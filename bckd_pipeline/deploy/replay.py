@@ -1,4 +1,5 @@
-"""The device's label maps, replayed as a Runtime so the parity ledger judges the device row like any other."""
+"""The device's predictions (label maps, detection rows), replayed as a Runtime so the parity ledger judges the
+device row like any other."""
 
 from __future__ import annotations
 
@@ -8,10 +9,13 @@ from ..context import DeviceOutcome
 from ..errors import StageCheckError
 from ..fileio import array_sha256
 from ..runtimes.base import Feed, Runtime, TensorSpec
+from ..tasks import Task
+from ..tasks.segmentation import SEGMENTATION
 
 
 class ReplayRuntime(Runtime):
-    """The device's label maps, replayed for the parity ledger: infer(feed) returns the device's answer.
+    """The device's predictions, replayed for the parity ledger: infer(feed) returns the device's answer as the
+    named outputs ``task`` reads back (``Task.replayed_outputs``).
 
     Looked up by the digest of the preprocessed input, so an image the device never saw is an error,
     not a silently wrong row.
@@ -19,8 +23,15 @@ class ReplayRuntime(Runtime):
 
     what_is_timed = "not timed here: the device's latency comes from its own run of the protocol"
 
-    def __init__(self, outcome: DeviceOutcome, input_shape: tuple[int, ...], input_name: str = "image") -> None:
+    def __init__(
+        self,
+        outcome: DeviceOutcome,
+        input_shape: tuple[int, ...],
+        input_name: str = "image",
+        task: Task = SEGMENTATION,
+    ) -> None:
         super().__init__(outcome.result["row"])
+        self.task = task
         self.backend = outcome.result["backend"]
         self.precision = outcome.result["precision"]
         self.outcome = outcome
@@ -38,4 +49,4 @@ class ReplayRuntime(Runtime):
         digest = array_sha256(feed[self.input_name])
         if digest not in self._by_digest:
             raise StageCheckError(f"The device returned no output for this input (digest {digest[:12]}).")
-        return {"labels": self._by_digest[digest][None].astype(np.int64)}
+        return self.task.replayed_outputs(self._by_digest[digest])

@@ -34,12 +34,12 @@ def _runtime(ctx: DeployContext, b: Built, *, streams: int = 1):
     if is_device_row(ctx, b):
         from .replay import ReplayRuntime
 
-        return ReplayRuntime(ctx.device, ctx.spec.input_shape(), ctx.eval_feeds.input_name)
+        return ReplayRuntime(ctx.device, ctx.spec.input_shape(), ctx.eval_feeds.input_name, ctx.task)
     if b.backend is Backend.TORCH:
         from ..runtimes.torch import TorchRuntime
 
         normalize = norm(ctx.meta) if ctx.spec.bake_normalization else None
-        wrapper = export_wrapper(ctx.model, normalize=normalize, head=ctx.spec.head, task=ctx.spec.task)
+        wrapper = export_wrapper(ctx.model, normalize=normalize, head=ctx.spec.network_head, task=ctx.spec.task)
         return TorchRuntime(
             wrapper,
             ctx.spec.input_shape(),

@@ -282,7 +282,7 @@ def with_nms(
         ]
     )
     props = {p.key: p.value for p in out.metadata_props}
-    props["bckd.output"] = json.dumps({"name": out_names, "kind": "nms"})
+    props["bckd.output"] = json.dumps({"name": out_names[0], "names": out_names, "kind": "nms"})
     props["bckd.nms"] = json.dumps(
         {
             "variant": "efficient_nms_trt" if use_plugin else "NonMaxSuppression",

@@ -58,9 +58,9 @@ def onnx_metadata(
             }
         ),
         "bckd.output": json.dumps(
-            {"name": output_name or spec.output_name, "kind": spec.head}
+            {"name": output_name or spec.output_name, "kind": spec.network_head}
             if output_name is not None or len(spec.output_names) == 1
-            else {"name": spec.output_names[0], "names": list(spec.output_names), "kind": spec.head}
+            else {"name": spec.output_names[0], "names": list(spec.output_names), "kind": spec.network_head}
         ),
         "bckd.class_names": json.dumps(list(meta.class_names)),
         "bckd.ignore_index": str(meta.ignore_index),
@@ -108,7 +108,7 @@ def to_onnx(
     from ..data.base import Normalization
 
     norm = Normalization(meta.mean, meta.std) if spec.bake_normalization else None
-    wrapper = export_wrapper(student.cpu(), normalize=norm, head=spec.head, task=spec.task).eval()
+    wrapper = export_wrapper(student.cpu(), normalize=norm, head=spec.network_head, task=spec.task).eval()
     dummy = torch.zeros(spec.input_shape())
     exported = wrapper
     if isinstance(student, torch.jit.ScriptModule):

@@ -81,10 +81,15 @@ def take_onnx_stage(ctx: DeployContext, out: Path, cache: StageCache):
 
 
 def simplify_stage(ctx: DeployContext, out: Path, cache: StageCache, source: Path):
+    """The simplified graph, checked against ``source`` on ORT; with ``--head nms`` the simplified raw graph
+    (model.sim.raw.onnx) is checked so, and the deployed model.sim.onnx is it with the decoding and NMS appended
+    (export/detection_nms.py), which the ledger then scores against the exported raw graph."""
     from .simplify import simplify
 
     path = out / shared_dir(ctx.spec.batch) / "model.sim.onnx"
-    opts = {"tool": ctx.deploy.simplifier, "allow": ctx.deploy.allow_unsimplified}
+    nms = nms_options(ctx) if ctx.spec.head == "nms" else None
+    simplified = path.with_suffix(".raw.onnx") if nms else path
+    opts = {"tool": ctx.deploy.simplifier, "allow": ctx.deploy.allow_unsimplified, **({"nms": nms} if nms else {})}
     record = "simplify" if ctx.spec.batch == 1 else f"simplify@batch{ctx.spec.batch}"
     key = stage_key(record, opts, [source])
     hit = cache.lookup(record, key)
@@ -92,11 +97,33 @@ def simplify_stage(ctx: DeployContext, out: Path, cache: StageCache, source: Pat
         return path, hit["check"]
     _, check, counts = simplify(
         source,
-        path,
+        simplified,
         ctx.check_feeds(),
         tool=ctx.deploy.simplifier,
         allow_unsimplified=ctx.deploy.allow_unsimplified,
     )
     result = {**counts, **(check.as_dict() if check else {"passed": None, "note": "simplifier failed; graph copied"})}
-    cache.store(record, key, [path], {"check": result})
+    if nms:
+        from ..tasks.detection import DETECTION
+        from .detection_nms import nms_graph
+
+        variant, version = nms["variant"], nms.get("trt_version")
+        nms_graph(
+            simplified, path, DETECTION.settings, DETECTION.strides, ctx.spec.input_hw, variant, trt_version=version
+        )
+        result["nms"] = {**nms, "raw_graph": simplified.name}
+    cache.store(record, key, [path] + ([simplified] if nms else []), {"check": result})
     return path, result
+
+
+def nms_options(ctx: DeployContext) -> dict:
+    """How the ``nms`` head's graph is built for the target: ONNX's ``NonMaxSuppression`` for ONNX Runtime and
+    OpenVINO; for TensorRT the version rule of export/detection_nms.py at the pipeline's oldest TensorRT
+    (targets/tensorrt.py ``MIN_VERSION``, 8.5: ``INMSLayer``, the same graph)."""
+    from ..targets import Backend
+
+    if ctx.profile.backend is Backend.TENSORRT:
+        from ..targets.tensorrt import MIN_VERSION
+
+        return {"variant": "tensorrt", "trt_version": ".".join(str(v) for v in MIN_VERSION[:2])}
+    return {"variant": "onnx"}

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..errors import ConfigError, DataError
-from ..tasks.detection import Detection
+from ..tasks.detection import NMS_OUTPUT_NAMES, Detection
 from ..tasks.detection_decode import DEFAULT_DECODE, OUTPUT_NAMES, to_source, valid_rows
 from .image import to_rgb
 from .predictor import Predictor
@@ -97,11 +97,28 @@ class Detector(Predictor):
 
     def _check_outputs(self, outputs: Mapping[str, np.ndarray], feed: Mapping[str, np.ndarray]) -> str:
         name = self.artifact.path.name
+        if all(n in outputs for n in NMS_OUTPUT_NAMES):  # a graph with NMS inside (--head nms): rows already made
+            if self.score_threshold < DEFAULT_DECODE.score_thresh:
+                raise ConfigError(
+                    f"{name} has NMS inside, which drops scores at or under {DEFAULT_DECODE.score_thresh:g}; "
+                    f"--score-threshold {self.score_threshold:g} cannot bring them back. Give a threshold of at "
+                    f"least {DEFAULT_DECODE.score_thresh:g}, or deploy --head raw."
+                )
+            if self.contract.class_names is None:
+                raise ConfigError(
+                    f"{name} has NMS inside and carries no class names (bckd.class_names); give them (--classes)."
+                )
+            try:
+                self.task.prediction_of(self.task.raw_output(outputs, feed))
+            except DataError as exc:
+                raise ConfigError(f"{name}: {exc}") from None
+            return ", ".join(NMS_OUTPUT_NAMES)
         missing = [n for n in OUTPUT_NAMES if n not in outputs]
         if missing:
             raise ConfigError(
                 f"{name} outputs {', '.join(outputs)}; a Detector reads the raw head outputs "
-                f"{', '.join(OUTPUT_NAMES)} (missing {', '.join(missing)}). Export the detector with the raw head."
+                f"{', '.join(OUTPUT_NAMES)} (missing {', '.join(missing)}), or those of a graph with NMS inside "
+                f"({', '.join(NMS_OUTPUT_NAMES)}). Export the detector with --head raw or --head nms."
             )
         scores = outputs["scores"]
         if scores.ndim != 3:

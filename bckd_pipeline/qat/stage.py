@@ -46,11 +46,27 @@ def qat_budget(ctx: DeployContext) -> float | None:
     return table.deployed.get(key)
 
 
+def check_qat_task(mode: str, task: str) -> None:
+    """QAT fine-tunes segmentation models only: its losses are segmentation's, on label maps."""
+    if mode != "off" and task != "segmentation":
+        raise ConfigError(
+            f"--qat {mode} fine-tunes segmentation models; this is a {task} model. Drop --qat (its "
+            "post-training INT8 row is deployed), or keep layers in float with --int8-exclude."
+        )
+
+
 def check_qat(
-    q: QatConfig, profile, *, onnx_source: bool, dynamic: tuple[str, ...], exclude: tuple[str, ...] = ()
+    q: QatConfig,
+    profile,
+    *,
+    onnx_source: bool,
+    dynamic: tuple[str, ...],
+    exclude: tuple[str, ...] = (),
+    task: str = "segmentation",
 ) -> None:
     """What ``pipeline.deploy_plan`` refuses before any stage: a mode not allowed, QAT of a non-INT8 target,
-    of a user's ONNX (no PyTorch model to train), of a dynamic-shape export, or with INT8 exclusions."""
+    of a model of another task than segmentation, of a user's ONNX (no PyTorch model to train), of a
+    dynamic-shape export, or with INT8 exclusions."""
     from ..context import QAT_MODES
     from ..targets import Precision
 
@@ -58,6 +74,7 @@ def check_qat(
         raise ConfigError(f"--qat {q.mode!r} is not allowed. Allowed: {', '.join(QAT_MODES)}.")
     if q.mode == "off":
         return
+    check_qat_task(q.mode, task)
     if profile.precision is not Precision.INT8:
         raise ConfigError(
             f"--qat {q.mode} was given for --target {profile.name}, which deploys {profile.precision}: QAT fine-tunes "
@@ -91,11 +108,7 @@ def qat_stage(ctx: DeployContext, out: Path, cache: StageCache, built: list[Buil
     row = qat_artifact(ctx.profile)
     if q.mode == "off" or row is None or calib is None or ctx.model is None:
         return [], None
-    if ctx.task.name != "segmentation":  # the fine-tune trains segmentation's losses on label maps
-        raise ConfigError(
-            f"--qat {q.mode} fine-tunes segmentation models; this is a {ctx.task.name} model. Drop --qat (its "
-            "post-training INT8 row is deployed), or keep layers in float with --int8-exclude."
-        )
+    check_qat_task(q.mode, ctx.task.name)
     budget = qat_budget(ctx)
     ptq = next(b for b in reversed(built) if b.precision.value == "int8")
     record: dict = {"mode": q.mode, "max_miou_drop": budget, "ptq_row": ptq.name}

@@ -5,6 +5,7 @@ It records the git commit of this checkout (machine.git_commit) and the package 
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 from pathlib import Path
 
@@ -108,13 +109,22 @@ def _model_interface(ctx) -> dict:
             "std": list(ctx.meta.std) if normalization_known else None,
             "normalization_in_graph": ctx.spec.bake_normalization,
         },
-        "output": {"name": ctx.output_name, "kind": ctx.spec.head},
+        "output": _output(ctx),
         "class_names": list(ctx.meta.class_names),
         "ignore_index": ctx.meta.ignore_index,
-        "onnx_metadata": onnx_metadata(
-            ctx.meta, ctx.spec, input_name=ctx.eval_feeds.input_name, output_name=ctx.output_name
-        ),
+        "onnx_metadata": {
+            **onnx_metadata(ctx.meta, ctx.spec, input_name=ctx.eval_feeds.input_name, output_name=ctx.output_name),
+            **({"bckd.output": json.dumps(_output(ctx))} if ctx.spec.head == "nms" else {}),
+        },
     }
+
+
+def _output(ctx) -> dict:
+    """The deployed graph's output: its name, every name when it has several (a detector's), and the head."""
+    names = (ctx.output_name,) if ctx.onnx is not None else ctx.spec.deployed_output_names
+    if len(names) == 1:
+        return {"name": ctx.output_name, "kind": ctx.spec.head}
+    return {"name": names[0], "names": list(names), "kind": ctx.spec.head}
 
 
 def _build_flags(ctx, built) -> dict:

@@ -156,9 +156,13 @@ def markdown(report: dict) -> str:
         lines += ["", f"Throughput of `{deployed['name']}` with {t['streams']} requests in flight: {t['fps']:.1f} FPS."]
     if deployed.get("postprocess_ms"):
         post, both = deployed["postprocess_ms"], deployed["end_to_end_ms"]
+        nms_inside = ((report.get("checks") or {}).get("simplify") or {}).get("nms")  # --head nms
+        what = "decoding and NMS, the same for every row"
+        if nms_inside:
+            what = "reading the rows of its graph, which decodes and suppresses inside"
         lines += [
             "",
-            f"Host post-processing of `{deployed['name']}` (decoding and NMS, the same for every row): p50 "
+            f"Host post-processing of `{deployed['name']}` ({what}): p50 "
             f"{post['p50']:.2f} ms; network + post-processing p50 {both['p50']:.2f} ms, p99 {both['p99']:.2f} ms.",
         ]
     if report.get("machine"):

@@ -190,6 +190,12 @@ class Task(ABC):
     def prediction_of(self, output: np.ndarray) -> np.ndarray:
         """A model's raw output batch (``raw_output``) as the prediction batch."""
 
+    def replayed_outputs(self, saved: np.ndarray) -> dict[str, np.ndarray]:
+        """One image's prediction as the device agent saves it (``prediction_of(...)[0]``, device/agent.py) as
+        the named outputs of a runtime of batch 1 whose ``raw_output`` and ``prediction_of`` give it back: how
+        the parity ledger replays a device row (deploy/replay.py). Segmentation: the label map as ``labels``."""
+        return {"labels": np.asarray(saved)[None].astype(np.int64)}
+
     def reference_labels(self, prediction: np.ndarray, like: np.ndarray) -> np.ndarray:
         """The reference's prediction of one image as the labels a label-free ledger scores every row against
         (``like``: the dataset's labels of that image, for their shape and dtype; a static batch's first image)."""

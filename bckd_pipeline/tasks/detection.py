@@ -186,7 +186,8 @@ class DetectionParityMeter(ParityMeter):
         self.sum_ref = dict.fromkeys(HEAD_NAMES, 0.0)
         self.values = dict.fromkeys(HEAD_NAMES, 0)
         self.max_parent = dict.fromkeys(HEAD_NAMES, 0.0)
-        self.has_parent = False
+        self.has_parent = self.parent_heads = False  # a parent; one whose head tensors were compared
+        self.parent_anchors = 0
         self.per_image: list = []
         self.kept: list = []
 
@@ -199,23 +200,29 @@ class DetectionParityMeter(ParityMeter):
             self.kept.append(saved_rows(prediction[0]))
         found, total = matched_share(prediction[0], ref_pred[0])
         self.found_ref, self.total_ref = self.found_ref + found, self.total_ref + total
-        top, ref_top = top_class(output), top_class(ref_out)
-        self.anchors += top.size
-        self.agree_ref += int((top == ref_top).sum())
-        for name in HEAD_NAMES:
-            d = np.abs(getattr(output, name).astype(np.float64) - getattr(ref_out, name).astype(np.float64))
-            self.max_ref[name] = max(self.max_ref[name], float(d.max(initial=0.0)))
-            self.sum_ref[name] += float(d.sum())
-            self.values[name] += d.size
+        # A graph with NMS inside (NmsOutputs) has no head tensors: it is compared by its detections alone.
+        heads = isinstance(output, HeadOutputs) and isinstance(ref_out, HeadOutputs)
+        top = top_class(output) if isinstance(output, HeadOutputs) else None
+        if heads:
+            self.anchors += top.size
+            self.agree_ref += int((top == top_class(ref_out)).sum())
+            for name in HEAD_NAMES:
+                d = np.abs(getattr(output, name).astype(np.float64) - getattr(ref_out, name).astype(np.float64))
+                self.max_ref[name] = max(self.max_ref[name], float(d.max(initial=0.0)))
+                self.sum_ref[name] += float(d.sum())
+                self.values[name] += d.size
         if parent is not None:
             self.has_parent = True
             par_out, par_pred = parent
             found, total = matched_share(prediction[0], par_pred[0])
             self.found_parent, self.total_parent = self.found_parent + found, self.total_parent + total
-            self.agree_parent += int((top == top_class(par_out)).sum())
-            for name in HEAD_NAMES:
-                d = np.abs(getattr(output, name).astype(np.float64) - getattr(par_out, name).astype(np.float64))
-                self.max_parent[name] = max(self.max_parent[name], float(d.max(initial=0.0)))
+            if top is not None and isinstance(par_out, HeadOutputs):
+                self.parent_heads = True
+                self.parent_anchors += top.size
+                self.agree_parent += int((top == top_class(par_out)).sum())
+                for name in HEAD_NAMES:
+                    d = np.abs(getattr(output, name).astype(np.float64) - getattr(par_out, name).astype(np.float64))
+                    self.max_parent[name] = max(self.max_parent[name], float(d.max(initial=0.0)))
 
     def fields(self, reference: ParityMeter, parent: Mapping[str, Any] | None) -> dict:
         mine, ref = ap.coco_summary(self.evidence, self.bins), ap.coco_summary(reference.evidence, self.bins)
@@ -226,7 +233,8 @@ class DetectionParityMeter(ParityMeter):
         def share(found, total):
             return found / total if total else 1.0  # nothing to find: nothing was lost
 
-        p = self.has_parent
+        p, ph = self.has_parent, self.parent_heads
+        heads = bool(self.anchors)  # head tensors compared with the reference's (None: a graph with NMS inside)
         return {
             **{k: mine[k] for k in ("map", "ap50", "ap75", "ap_small", "ap_medium", "ap_large")},
             "map_delta": delta(mine["map"], ref["map"]),
@@ -235,12 +243,12 @@ class DetectionParityMeter(ParityMeter):
             "per_class_delta": [delta(a, ref["per_class_ap"][c]) for c, a in enumerate(mine["per_class_ap"])],
             "matched_share": share(self.found_ref, self.total_ref),
             "matched_share_vs_parent": share(self.found_parent, self.total_parent) if p else None,
-            "score_agreement": self.agree_ref / self.anchors if self.anchors else None,
-            "score_agreement_vs_parent": self.agree_parent / self.anchors if p and self.anchors else None,
-            **{f"max_abs_{n}": self.max_ref[n] for n in HEAD_NAMES},
+            "score_agreement": self.agree_ref / self.anchors if heads else None,
+            "score_agreement_vs_parent": self.agree_parent / self.parent_anchors if ph else None,
+            **{f"max_abs_{n}": self.max_ref[n] if heads else None for n in HEAD_NAMES},
             **{f"mean_abs_{n}": self.sum_ref[n] / self.values[n] if self.values[n] else None for n in HEAD_NAMES},
-            "max_abs_logit_vs_parent": max(self.max_parent["scores"], self.max_parent["centerness"]) if p else None,
-            "max_abs_box_vs_parent": self.max_parent["boxes"] if p else None,
+            "max_abs_logit_vs_parent": max(self.max_parent["scores"], self.max_parent["centerness"]) if ph else None,
+            "max_abs_box_vs_parent": self.max_parent["boxes"] if ph else None,
         }
 
 
@@ -325,8 +333,27 @@ class Detection(Task):
 
     def prediction_of(self, output: HeadOutputs | NmsOutputs) -> np.ndarray:
         if isinstance(output, NmsOutputs):
-            return output.rows(self.settings.detections_per_img)
+            # The graph applied its own score threshold; a higher one of these settings (predict's
+            # --score-threshold) drops the rows at or under it, which sit last (highest score first).
+            rows = output.rows(self.settings.detections_per_img)
+            low = (rows[..., 5] != PAD_LABEL) & (rows[..., 4] <= self.settings.score_thresh)
+            rows[low] = 0.0
+            rows[low, 5] = PAD_LABEL
+            return rows
         return decode(output, self.settings)
+
+    def replayed_outputs(self, saved) -> dict:
+        """One image's ``[D, 6]`` rows as the device saved them, as the outputs of a graph with NMS inside
+        (``NMS_OUTPUT_NAMES``): the valid rows (label not -1) come first, highest score first, as ``decode``
+        writes them."""
+        rows = np.asarray(saved, np.float32).reshape(-1, 6)
+        count = int((rows[:, 5] != PAD_LABEL).sum())
+        return {
+            "num_dets": np.array([[count]], np.int32),
+            "det_boxes": rows[None, :, :4].copy(),
+            "det_scores": rows[None, :, 4].copy(),
+            "det_labels": rows[None, :, 5].astype(np.int32),
+        }
 
     def reference_labels(self, prediction, like) -> np.ndarray:
         """The reference's detections of one image as the ground truth a label-free ledger scores against: its
