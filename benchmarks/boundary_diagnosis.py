@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -236,9 +237,9 @@ def boundary_maps(task, teacher, image: torch.Tensor, grid: tuple[int, int]) -> 
     s_logits = logits_of(student(x)).float()
     feats = task.student_taps.collect(hw)
     fused = task.bckd.student_fusion(feats, grid)
-    maps["student head"] = task.bckd.boundary_head(fused).float()
+    maps["student_head"] = task.bckd.boundary_head(fused).float()
     s_probs = F.interpolate(s_logits, size=hw, mode="bilinear", align_corners=False).softmax(1)
-    maps["student semantic"] = semantic_boundary(F.adaptive_avg_pool2d(s_probs, grid))
+    maps["student_semantic"] = semantic_boundary(F.adaptive_avg_pool2d(s_probs, grid))
     return maps
 
 
@@ -329,7 +330,7 @@ def draw_picture(rows: list, path: Path, scale: int = 2) -> None:
         rgb = (rgb - rgb.min()) / max(float(rgb.max() - rgb.min()), 1e-6)
         pics = [Image.fromarray((rgb * 255).astype(np.uint8))]
         gt = np.where(kept.numpy(), edge.numpy().astype(np.float32), 0.5)
-        for m in (gt, _stretch(maps["teacher"].numpy()), _stretch(maps["student head"].numpy())):
+        for m in (gt, _stretch(maps["teacher"].numpy()), _stretch(maps["student_head"].numpy())):
             pics.append(Image.fromarray((np.clip(m, 0, 1) * 255).astype(np.uint8)).resize((w, h), Image.NEAREST))
         tiles.append([p.convert("RGB").resize((w * scale, h * scale), Image.NEAREST) for p in pics])
     tw, th = tiles[0][0].size
@@ -372,7 +373,7 @@ def main() -> None:
     from bckd_pipeline.distill.trainer import seed_everything, train
 
     started = time.time()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    load_before = os.getloadavg()
     size = tuple(int(v) for v in args.size.split(","))
     extra = {"demo_size": size, "demo_count": args.demo_count} if args.data == "demo" else {}
     data = DataConfig(spec=args.data, resize=size, crop=size, **extra)
@@ -491,6 +492,11 @@ def main() -> None:
         "machine": {"cpu": cpu.get("Model name"), "isa_flags": _isa(cpu.get("Flags", [])), "cpus": cpu.get("CPU(s)")},
         "versions": versions(),
         **state,
+        "torch_threads": torch.get_num_threads(),
+        "loadavg_1_5_15": {
+            "before": [round(v, 2) for v in load_before],
+            "after": [round(v, 2) for v in os.getloadavg()],
+        },
         "train_seconds": round(train_seconds, 1),
         "seconds": round(time.time() - started, 1),
     }
