@@ -164,8 +164,8 @@ class GradientProbe:
                 "iteration": it,
                 "gamma": gamma,
                 "temperature": float(terms["temperature"]),
-                "loss_boundary": float(terms["boundary"]),
-                "loss_context": float(terms["context"]),
+                "loss_boundary": float(terms["boundary"].detach()),
+                "loss_context": float(terms["context"].detach()),
                 "fused": {
                     "cos_boundary_context": cosine(gb_f, gc_f),
                     "norm_boundary_weighted": wb * float(gb_f.norm()),
@@ -399,11 +399,13 @@ def main() -> None:
     )
     probe = GradientProbe(task, args.every, iters)
 
-    def miou() -> float:
+    def miou(model=task.student) -> float:
         cm = M.ConfusionMatrix(info.num_classes, info.ignore_index)
-        for labels, masks, _ in M.predicted_batches(task.student, eval_set, num_classes=info.num_classes):
+        for labels, masks, _ in M.predicted_batches(model, eval_set, num_classes=info.num_classes):
             cm.update(labels, masks)
         return cm.miou()
+
+    teacher_miou = miou(task.teacher.model)
 
     result = train(
         task,
@@ -474,6 +476,7 @@ def main() -> None:
             )
         },
         "data": args.data,
+        "device": "cpu",
         "size": list(size),
         "seed": args.seed,
         "iterations": iters,
@@ -481,6 +484,7 @@ def main() -> None:
         "train_images": len(train_set),
         "epochs": round(iters * args.batch_size / len(train_set), 2),
         "measure_every": args.every,
+        "teacher_val_miou": round(teacher_miou, 2),
         "student_val_miou": round(result.best_score, 2) if math.isfinite(result.best_score) else None,
         "final_temperature": round(t_final, 4),
         "grad_log": rows,
@@ -489,7 +493,7 @@ def main() -> None:
         "probe_summary": probe_summary,
         "boundary_auc": {"images": n_images, "split": data.eval_split, **auc},
         "picture": str(args.picture) if args.picture else None,
-        "machine": {"cpu": cpu.get("Model name"), "isa_flags": _isa(cpu.get("Flags", [])), "cpus": cpu.get("CPU(s)")},
+        "machine": {"cpu": cpu.get("Model name"), "isa": _isa(cpu.get("Flags", [])), "cpus": cpu.get("CPU(s)")},
         "versions": versions(),
         **state,
         "torch_threads": torch.get_num_threads(),
