@@ -222,9 +222,11 @@ def grad_log(history: list[dict]) -> tuple[list[dict], dict]:
 
 
 @torch.no_grad()
-def boundary_maps(task, teacher, image: torch.Tensor, grid: tuple[int, int]) -> dict[str, torch.Tensor]:
-    """Per-cell boundary logits (1 x 1 x h x w) at ``grid``: the teacher's semantic map (what L_b distils), the
-    trained student's boundary head, and the student's own semantic map."""
+def boundary_maps(
+    task, teacher, image: torch.Tensor, grid: tuple[int, int], with_student: bool = True
+) -> dict[str, torch.Tensor]:
+    """Per-cell boundary logits (1 x 1 x h x w) at ``grid``: the teacher's semantic map (what L_b distils), and
+    with ``with_student`` the trained student's boundary head and the student's own semantic map."""
     from bckd_pipeline.distill.losses import semantic_boundary
     from bckd_pipeline.inference import logits_of
 
@@ -233,6 +235,8 @@ def boundary_maps(task, teacher, image: torch.Tensor, grid: tuple[int, int]) -> 
     t_logits = logits_of(teacher(x)).float()
     t_probs = F.interpolate(t_logits, size=hw, mode="bilinear", align_corners=False).softmax(1)
     maps = {"teacher": semantic_boundary(F.adaptive_avg_pool2d(t_probs, grid))}
+    if not with_student:
+        return maps
     student = task.student
     s_logits = logits_of(student(x)).float()
     feats = task.student_taps.collect(hw)
@@ -244,13 +248,25 @@ def boundary_maps(task, teacher, image: torch.Tensor, grid: tuple[int, int]) -> 
 
 
 def evaluate_boundaries(
-    task, teacher, eval_set, num_classes: int, grid_stride: int, radius: int, t_final: float, n_images: int
+    task,
+    teacher,
+    eval_set,
+    num_classes: int,
+    grid_stride: int,
+    radius: int,
+    t_final: float,
+    n_images: int,
+    with_student: bool = True,
+    other_radius: int = 3,
 ) -> tuple[dict, list]:
-    """The AUCs of (c) over the first ``n_images`` evaluation images, and the maps of the first few for a picture."""
+    """The AUCs of (c) over the first ``n_images`` evaluation images, and the maps of the first few for a picture.
+    For the teacher's map, also what the other representations would ask of the student: the per-cell map over
+    the whole grid (``boundary_repr=pixel``) and the pairwise map at ``other_radius``."""
     from bckd_pipeline.distill.losses import PairwiseBoundary
     from relation_auc import cell_labels
 
-    paths = PairwiseBoundary(radius)
+    paths, other_paths = PairwiseBoundary(radius), PairwiseBoundary(other_radius)
+    pixel_maps, other_maps, other_cross = [], [], []
     cell_scores: dict[str, list] = {}
     cell_flags: list = []
     pair_scores: dict[str, list] = {}
@@ -265,7 +281,7 @@ def evaluate_boundaries(
         hw = tuple(image.shape[-2:])
         grid = (hw[0] // grid_stride, hw[1] // grid_stride)
         edge, kept = grid_truth(mask, grid, num_classes)
-        maps = boundary_maps(task, teacher, image, grid)
+        maps = boundary_maps(task, teacher, image, grid, with_student)
         keep = kept.flatten()
         cell_flags.append(edge.flatten()[keep].numpy())
         for name, z in maps.items():
@@ -284,6 +300,10 @@ def evaluate_boundaries(
         pair_ends_scores.append(bt[known].numpy())
         pair_ends_flags.append(different[known].numpy())
         teacher_maps.append(bt[None])
+        pixel_maps.append(maps["teacher"][0])
+        other_maps.append(other_paths(maps["teacher"]))
+        other_src_kept = other_paths((~kept)[None, None].float())[0] < 0.5
+        other_cross.append((other_paths(edge[None, None].float())[0] > 0.5)[other_src_kept].numpy())
         if k < 4:
             kept_images.append((image, mask, edge, kept, {n: torch.sigmoid(z)[0, 0] for n, z in maps.items()}))
         print(f"\r{k + 1}/{n_images} evaluation images", end="", file=sys.stderr, flush=True)
@@ -305,6 +325,9 @@ def evaluate_boundaries(
     bt_all = torch.cat([m.flatten(2) for m in teacher_maps])  # images x P x sources
     out["teacher_softmax"] = [spatial_softmax_stats(bt_all, 1.0), spatial_softmax_stats(bt_all, t_final)]
     h, w = grid
+    out["teacher_softmax_pixel"] = spatial_softmax_stats(torch.stack(pixel_maps), 1.0)
+    out[f"teacher_softmax_radius{other_radius}"] = spatial_softmax_stats(torch.cat(other_maps), 1.0)
+    out[f"crossing_pair_share_radius{other_radius}"] = round(float(np.concatenate(other_cross).mean()), 4)
     out["grid"] = [h, w]
     out["sources"] = [h - radius + 1, w - 2 * (radius - 1)]
     out["source_share_of_grid"] = round((h - radius + 1) * (w - 2 * (radius - 1)) / (h * w), 4)
@@ -362,6 +385,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=0, help="evaluation images for (c) (0: all)")
     ap.add_argument("--demo-count", type=int, help="images of the demo dataset (with --data demo)")
     ap.add_argument("--picture", type=Path, help="PNG: teacher map beside the ground truth at the grid")
+    ap.add_argument("--no-train", action="store_true", help="the teacher's maps only (c): no distillation run")
     ap.add_argument("--note", default="", help="free text kept in the JSON (e.g. how busy the machine was)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
@@ -406,6 +430,10 @@ def main() -> None:
         return cm.miou()
 
     teacher_miou = miou(task.teacher.model)
+    if args.no_train:
+        probe.close()
+        write_teacher_only(args, task, eval_set, info, dcfg.bckd, teacher_miou, started, load_before)
+        return
 
     result = train(
         task,
@@ -512,6 +540,42 @@ def main() -> None:
             indent=1,
         )
     )
+    print(f"wrote {args.out}")
+
+
+def write_teacher_only(args, task, eval_set, info, b, teacher_miou: float, started: float, load_before) -> None:
+    """``--no-train``: (c) for the teacher's map alone, with the run's provenance."""
+    n_images = len(eval_set) if args.images <= 0 else min(args.images, len(eval_set))
+    auc, _ = evaluate_boundaries(
+        task, task.teacher.model, eval_set, info.num_classes, b.grid_stride, b.radius, 1.0, n_images, False
+    )
+    cpu = lscpu()
+    payload = {
+        "command": "python " + " ".join(sys.argv),
+        "what": "BCKD boundary-term diagnosis, teacher only: ROC AUC of the teacher's boundary map at the BCKD grid "
+        "against ground-truth label boundaries, and its spatial softmax in each boundary representation",
+        "note": args.note,
+        "teacher": {"checkpoint": str(args.teacher)},
+        "teacher_val_miou": round(teacher_miou, 2),
+        "data": args.data,
+        "device": "cpu",
+        "size": [int(v) for v in args.size.split(",")],
+        "grid_stride": b.grid_stride,
+        "radius": b.radius,
+        "boundary_auc": {"images": n_images, "split": "val", **auc},
+        "machine": {"cpu": cpu.get("Model name"), "isa": _isa(cpu.get("Flags", [])), "cpus": cpu.get("CPU(s)")},
+        "versions": versions(),
+        **git_state(),
+        "torch_threads": torch.get_num_threads(),
+        "loadavg_1_5_15": {
+            "before": [round(v, 2) for v in load_before],
+            "after": [round(v, 2) for v in os.getloadavg()],
+        },
+        "seconds": round(time.time() - started, 1),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(payload, indent=1) + "\n")
+    print(json.dumps(payload["boundary_auc"], indent=1))
     print(f"wrote {args.out}")
 
 
