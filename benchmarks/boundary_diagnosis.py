@@ -371,8 +371,8 @@ def draw_picture(rows: list, path: Path, scale: int = 2) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--teacher", type=Path, required=True, help="teacher checkpoint (train-teacher's teacher.pt)")
-    ap.add_argument("--data", required=True, help="KIND:PATH, as for the CLI (demo for a quick check)")
+    ap.add_argument("--teacher", type=Path, help="teacher checkpoint (train-teacher's teacher.pt)")
+    ap.add_argument("--data", help="KIND:PATH, as for the CLI (demo for a quick check)")
     ap.add_argument("--size", default="96,128", help="H,W: --resize and --crop")
     ap.add_argument("--student-arch", default="deeplabv3plus-mbv2")
     ap.add_argument("--kd", default="kd+bckd")
@@ -386,6 +386,13 @@ def main() -> None:
     ap.add_argument("--demo-count", type=int, help="images of the demo dataset (with --data demo)")
     ap.add_argument("--picture", type=Path, help="PNG: teacher map beside the ground truth at the grid")
     ap.add_argument("--no-train", action="store_true", help="the teacher's maps only (c): no distillation run")
+    ap.add_argument(
+        "--labels-only",
+        action="append",
+        default=[],
+        metavar="KIND:PATH@H,W",
+        help="the ground truth's geometry at the grid of this data and size (no model); repeatable, with --out",
+    )
     ap.add_argument("--note", default="", help="free text kept in the JSON (e.g. how busy the machine was)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
@@ -398,6 +405,28 @@ def main() -> None:
 
     started = time.time()
     load_before = os.getloadavg()
+    if args.labels_only:
+        rows = []
+        for item in args.labels_only:
+            spec, _, hw = item.rpartition("@")
+            size = tuple(int(v) for v in hw.split(","))
+            rows.append(label_geometry(spec, size, 8, (5, 3), args.images))
+        payload = {
+            "command": "python " + " ".join(sys.argv),
+            "what": "ground-truth boundary geometry at the BCKD "
+            "grid (grid_stride 8): boundary-cell share, source share and boundary-crossing path share per "
+            "radius",
+            "rows": rows,
+            "device": "cpu",
+            "machine": {"cpu": lscpu().get("Model name"), "isa": _isa(lscpu().get("Flags", []))},
+            "versions": versions(),
+            **git_state(),
+            "seconds": round(time.time() - started, 1),
+        }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(payload, indent=1) + "\n")
+        print(json.dumps(rows, indent=1))
+        return
     size = tuple(int(v) for v in args.size.split(","))
     extra = {"demo_size": size, "demo_count": args.demo_count} if args.data == "demo" else {}
     data = DataConfig(spec=args.data, resize=size, crop=size, **extra)
@@ -577,6 +606,42 @@ def write_teacher_only(args, task, eval_set, info, b, teacher_miou: float, start
     args.out.write_text(json.dumps(payload, indent=1) + "\n")
     print(json.dumps(payload["boundary_auc"], indent=1))
     print(f"wrote {args.out}")
+
+
+def label_geometry(spec: str, size: tuple[int, int], grid_stride: int, radii: tuple[int, ...], n_images: int) -> dict:
+    """What the ground truth alone says about a grid: the share of boundary cells, and per radius the share of the
+    grid that can be a source and of the paths that cross a boundary cell (no model involved)."""
+    from bckd_pipeline.configs import DataConfig
+    from bckd_pipeline.distill.losses import PairwiseBoundary
+
+    data = DataConfig(spec=spec, resize=size).eval_set()
+    num_classes = data.info.num_classes
+    n = len(data) if n_images <= 0 else min(n_images, len(data))
+    grid = (size[0] // grid_stride, size[1] // grid_stride)
+    cells, cross = [], {r: [] for r in radii}
+    for k in range(n):
+        _, mask = data[k]
+        edge, kept = grid_truth(mask, grid, num_classes)
+        cells.append(edge[kept].numpy())
+        for r in radii:
+            paths = PairwiseBoundary(r)
+            src_kept = paths((~kept)[None, None].float())[0] < 0.5
+            cross[r].append((paths(edge[None, None].float())[0] > 0.5)[src_kept].numpy())
+    h, w = grid
+    return {
+        "data": spec,
+        "size": list(size),
+        "grid": [h, w],
+        "images": n,
+        "boundary_cell_share": round(float(np.concatenate(cells).mean()), 4),
+        "radii": {
+            str(r): {
+                "source_share_of_grid": round((h - r + 1) * (w - 2 * (r - 1)) / (h * w), 4),
+                "crossing_pair_share": round(float(np.concatenate(cross[r]).mean()), 4),
+            }
+            for r in radii
+        },
+    }
 
 
 def _isa(flags: list[str]) -> list[str]:
