@@ -665,6 +665,42 @@ def qat_table(stem: str) -> str:
     return "\n".join(lines)
 
 
+def boundary_grad_table(stem: str) -> str:
+    """benchmarks/boundary_diagnosis.py (a, b): gradient ratios and cosines, mean over each third of the run."""
+    d = load(stem)
+    g, p = d["grad_log_summary"], d["probe_summary"]
+    rows = [
+        ("10 L_b gradient norm / CE's (trainer's `grad/*`, deepest stage)", g["boundary_over_ce"]),
+        ("50 L_c gradient norm / CE's", g["context_over_ce"]),
+        ("L_b's share of the sum of all terms' gradient norms", g["share_boundary"]),
+        ("cos(grad L_b, grad L_c) on the fused features F^s", p["fused_cos_boundary_context"]),
+        ("cos(grad L_b, grad L_c) at the deepest stage", p["deep_cos_boundary_context"]),
+        ("cos(grad L_b, grad (CE + KD)) at the deepest stage", p["deep_cos_boundary_rest"]),
+        ("cos(grad L_c, grad (CE + KD)) at the deepest stage", p["deep_cos_context_rest"]),
+        ("boundary temperature T", p["temperature"]),
+        ("L_b (unweighted)", p["loss_boundary"]),
+    ]
+    lines = ["| measured (mean over each third of the run) | first | middle | last |", "|---|---:|---:|---:|"]
+    for label, cell in rows:
+        lines.append(f"| {label} | {cell['first_third']:.3f} | {cell['middle_third']:.3f} | {cell['last_third']:.3f} |")
+    return "\n".join(lines)
+
+
+def boundary_auc_table(stem: str) -> str:
+    """benchmarks/boundary_diagnosis.py (c): ROC AUC of boundary maps at the grid against ground-truth boundaries."""
+    a = load(stem)["boundary_auc"]
+    h, w = a["grid"]
+    labels = {
+        "teacher": "teacher B^t (semantic: what L_b distils)",
+        "student_head": "student boundary head, end of the run",
+        "student_semantic": "student's own class probabilities (semantic), end of the run",
+    }
+    lines = [f"| map at the {h}x{w} grid | cell AUC | path AUC |", "|---|---:|---:|"]
+    for key, label in labels.items():
+        lines.append(f"| {label} | {a['cell_auc'][key]:.3f} | {a['pair_auc_crossing'][key]:.3f} |")
+    return "\n".join(lines)
+
+
 RENDERERS: dict[str, Callable[..., str]] = {
     f.__name__: f
     for f in (
@@ -673,6 +709,8 @@ RENDERERS: dict[str, Callable[..., str]] = {
         study_ablation,
         two_teacher_table,
         relation_auc,
+        boundary_grad_table,
+        boundary_auc_table,
         options_table,
         one_seed_table,
         geometry_table,

@@ -210,3 +210,58 @@ def test_kd_and_the_semantic_boundary_share_one_teacher_softmax(monkeypatch):
     warm = _task("kd+bckd")
     warm.cfg = dataclasses.replace(warm.cfg, kd_temperature=4.0)
     assert warm._shared_teacher_probs(*[torch.randn(2, 3, 8, 8)] * 2) is None
+
+
+# The boundary term against the paper (docs/bckd.md, "Boundary term: paper vs code"): each test pins a reading.
+
+
+def test_boundary_maps_at_a_96x128_input_have_8x8_sources_on_the_12x16_grid():
+    """Eq. (2) over IRNet's half-disc, not over every pair: with the defaults (grid_stride 8, radius 5) a 96 x 128
+    input gives a 12 x 16 grid whose sources are cropped to 8 x 8, a third of the grid, each with 34 paths."""
+    cfg = BCKDConfig(boundary=True, context=False)
+    bckd = BCKD(cfg, S_CH, T_CH)
+    assert bckd.grid((96, 128)) == (12, 16)
+    bckd.check_input((96, 128))
+    maps = bckd.paths(torch.randn(2, 1, 12, 16))
+    assert maps.shape == (2, 34, 8, 8)
+
+
+def test_default_spatial_softmax_reads_the_path_max_logits():
+    """Eq. (3)'s softmax runs over the max logit along each path (softmax_input="logit"), not over the paper's
+    delta(.) in [0, 1]: the maps are the path maxima themselves."""
+    bckd = BCKD(_cfg(context=False), S_CH, T_CH)
+    assert bckd.cfg.softmax_input == "logit" and BCKDConfig().softmax_input == "logit"
+    z = torch.randn(2, 1, 6, 8)
+    torch.testing.assert_close(bckd._maps(z), bckd.paths(z))
+
+
+def test_semantic_teacher_map_reads_the_teacher_probabilities_not_its_features():
+    """boundary_teacher="semantic" (the default): B^t comes from the teacher's class probabilities, so L_b does
+    not move when the teacher's features do, and does when its logits do."""
+    torch.manual_seed(0)
+    bckd = BCKD(_cfg(context=False), S_CH, T_CH).eval()
+    assert BCKDConfig().boundary_teacher == "semantic"
+    g = torch.Generator().manual_seed(1)
+    sf = [torch.randn(2, c, 6, 8, generator=g) for c in S_CH]
+    tf = [torch.randn(2, c, 6, 8, generator=g) for c in T_CH]
+    sl, tl = torch.randn(2, 3, 6, 8, generator=g), torch.randn(2, 3, 24, 32, generator=g)
+    base = bckd(sf, tf, sl, tl, (24, 32))["boundary"]
+    other_feats = bckd(sf, [f * 3 + 1 for f in tf], sl, tl, (24, 32))["boundary"]
+    other_logits = bckd(sf, tf, sl, tl * 10, (24, 32))["boundary"]  # sharper class probabilities
+    torch.testing.assert_close(base, other_feats)
+    assert abs(float(base - other_logits)) > 0.02 * float(base)
+
+
+def test_boundary_temperature_follows_the_max_probability_rule_not_the_range():
+    """The paper's T grows "whenever the range of values ... exceeds" a lost threshold; the code follows Phuong &
+    Lampert's code (T x 1.05 when the teacher's mean max-probability exceeds 0.5). Two equal peaks give a range of
+    200 but a max-probability of exactly 0.5: T stays; one peak makes it grow."""
+    from bckd_pipeline.distill.losses import TemperatureSchedule
+
+    two_peaks = torch.full((1, 1, 4, 4), -100.0)
+    two_peaks[..., 0, 0] = two_peaks[..., 3, 3] = 100.0
+    schedule = TemperatureSchedule()
+    assert schedule.update(two_peaks) == 1.0
+    one_peak = torch.full((1, 1, 4, 4), -100.0)
+    one_peak[..., 0, 0] = 100.0
+    assert schedule.update(one_peak) == pytest.approx(1.05)
