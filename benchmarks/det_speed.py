@@ -42,6 +42,10 @@ ROWS = (  # (label, target report, stage name)
 REFERENCE = "pytorch"  # every ΔAP and speed ratio is against this stage
 GOAL_SPEEDUP = 4.0  # the network at least this many times faster than PyTorch eager FP32 (ratio of medians)
 GOAL_MIN_DELTA_AP = -1.0  # the lower bound of ΔAP against PyTorch eager FP32, AP points
+# what --reuse keeps of the JSON of the run that measured: the facts of that run, not of the re-read
+RUN_FACTS = (
+    "command", "wall_s", "loadavg_before", "loadavg_after", "cpu", "lscpu", "versions", "git_commit", "git_dirty",
+)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -143,6 +147,8 @@ def deploy_command(args) -> list[str]:
         cmd += ["--parity-images", str(args.parity_images)]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
+    if args.no_throughput:
+        cmd += ["--no-throughput"]
     return cmd
 
 
@@ -178,6 +184,26 @@ def delta_intervals(report_path: Path) -> dict[str, dict | None]:
     return out
 
 
+def training_facts(path: Path) -> dict:
+    """What train-teacher/distill's metrics.json says of the detector: its AP on its evaluation split and how long
+    it was trained."""
+    m = json.loads(path.read_text())
+    train = m.get("train") or {}
+    cfg = train.get("config") or {}
+    return {
+        "metrics_file": str(path),
+        "model": m.get("model"),
+        "map": m.get("map"),
+        "ap50": m.get("ap50"),
+        "num_images": m.get("num_images"),
+        "iterations": train.get("iterations"),
+        "batch_size": cfg.get("batch_size"),
+        "lr": cfg.get("lr"),
+        "train_seconds": train.get("seconds"),
+        "input_shape": (m.get("cost") or {}).get("input_shape"),
+    }
+
+
 def loadavg() -> list[float] | None:
     try:
         return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
@@ -194,9 +220,16 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=200, help="timed runs per stage")
     ap.add_argument("--calib-size", type=int, default=100)
     ap.add_argument("--parity-images", type=int, help="evaluation images (default: the whole split)")
-    ap.add_argument("--threads", type=int)
+    ap.add_argument("--threads", type=int, help="intra-op threads of every runtime (default: each runtime's)")
+    ap.add_argument("--no-throughput", action="store_true", help="skip deploy's throughput measurement")
     ap.add_argument("--note", default="", help="a sentence stored with the result (e.g. how trained the model is)")
-    ap.add_argument("--reuse", action="store_true", help="read the reports already in --out; run nothing")
+    ap.add_argument("--train-metrics", type=Path, help="the detector's metrics.json from train-teacher/distill")
+    ap.add_argument(
+        "--reuse",
+        action="store_true",
+        help="read the reports already in --out and run nothing; an existing --json keeps its run's command, wall "
+        "time and load, and records this command as reused_by",
+    )
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
@@ -237,10 +270,16 @@ def main() -> None:
             **git_state(),
             "threads": args.threads,
             "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-            "wall_s": None if args.reuse else round(wall, 1),
-            "loadavg_before": None if args.reuse else load_before,
-            "loadavg_after": None if args.reuse else loadavg(),
+            "detector_training": None if args.train_metrics is None else training_facts(args.train_metrics),
+            "wall_s": round(wall, 1),
+            "loadavg_before": load_before,
+            "loadavg_after": loadavg(),
         }
+        if args.reuse and args.json.is_file():
+            run = json.loads(args.json.read_text())
+            payload |= {k: run[k] for k in RUN_FACTS if k in run} | {"reused_by": shlex.join(["python", *sys.argv])}
+        elif args.reuse:
+            payload |= {"wall_s": None, "loadavg_before": None, "loadavg_after": None}
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(payload, indent=1) + "\n")
 
