@@ -42,9 +42,13 @@ ROWS = (  # (label, target report, stage name)
 REFERENCE = "pytorch"  # every ΔAP and speed ratio is against this stage
 GOAL_SPEEDUP = 4.0  # the network at least this many times faster than PyTorch eager FP32 (ratio of medians)
 GOAL_MIN_DELTA_AP = -1.0  # the lower bound of ΔAP against PyTorch eager FP32, AP points
+# deploy's exit codes that leave every row measured: done, a parity criterion failed (the row is still measured and
+# the report says which criterion), pending
+DEPLOY_MEASURED = (0, 1, 3)
 # what --reuse keeps of the JSON of the run that measured: the facts of that run, not of the re-read
 RUN_FACTS = (
-    "command", "wall_s", "loadavg_before", "loadavg_after", "cpu", "lscpu", "versions", "git_commit", "git_dirty",
+    "command", "wall_s", "loadavg_before", "loadavg_after", "deploy_exit_code", "lscpu", "versions", "git_commit",
+    "git_dirty",
 )  # fmt: skip
 
 
@@ -78,6 +82,8 @@ def stage_row(label: str, target: str, stage: dict, interval: dict | None) -> di
         "map_delta": stage.get("map_delta"),
         "map_delta_interval": interval,
         "matched_share": stage.get("matched_share"),
+        "parity_passed": stage.get("parity_passed"),
+        "parity_failures": stage.get("parity_failures"),
     }
 
 
@@ -234,12 +240,12 @@ def main() -> None:
     args = ap.parse_args()
 
     cmd = deploy_command(args)
-    started, load_before = time.time(), loadavg()
+    started, load_before, rc = time.time(), loadavg(), None
     if not args.reuse:
         argv = cli_argv(cmd)
         print("$", shlex.join(argv), flush=True)
         rc = subprocess.run(argv).returncode
-        if rc not in (0, 3):
+        if rc not in DEPLOY_MEASURED:
             raise SystemExit(f"deploy exited {rc}")
     wall = time.time() - started
     paths = {t: args.out / f"report.{t}.json" for t in TARGETS}
@@ -261,10 +267,12 @@ def main() -> None:
             "note": args.note,
             "goals": {"speedup_vs_pytorch_min": GOAL_SPEEDUP, "map_delta_lower_min": GOAL_MIN_DELTA_AP},
             "evaluation_images": {t: evaluation_images(r) for t, r in reports.items()},
+            "deploy_exit_code": rc,
+            "report_status": {t: r.get("status") for t, r in reports.items()},
             "rows": rows,
             "host": host.get("host"),
-            "machine": host.get("machine"),
-            "cpu": cpu_summary(),
+            "machine": cpu_summary(),  # model and vector ISA, as render_results.py's provenance reads them
+            "report_machine": host.get("machine"),
             "lscpu": lscpu(),
             "versions": versions(),
             **git_state(),
