@@ -10,7 +10,7 @@ whether the row meets the goals: the network at least GOAL_SPEEDUP times faster 
 the lower bound of ΔAP at least GOAL_MIN_DELTA_AP.
 
     python benchmarks/det_speed.py --model runs/det/teacher.pt --data coco:.bench/camvid_instances \\
-        --input-size 384,512 --out .bench/det_speed --json docs/results/det_speed_cpu_384x512.json
+        --input-size 384,512 --threads 1 --out .bench/det_speed --json docs/results/det_speed_cpu_384x512.json
 
 Prints a Markdown table and writes every figure, the command, the machine (lscpu model and ISA), the versions,
 the commit and the wall time to --json.
@@ -249,6 +249,9 @@ def main() -> None:
             raise SystemExit(f"deploy exited {rc}")
     wall = time.time() - started
     paths = {t: args.out / f"report.{t}.json" for t in TARGETS}
+    stale = [str(p) for p in paths.values() if not p.is_file() or (not args.reuse and p.stat().st_mtime < started)]
+    if stale:  # exit code 1 is also a crash: never read an older run's reports as this one's
+        raise SystemExit(f"deploy exited {rc} and did not write {', '.join(stale)}")
     reports = {t: json.loads(p.read_text()) for t, p in paths.items()}
     intervals = {}
     for t in TARGETS:
