@@ -82,6 +82,7 @@ def stage_row(label: str, target: str, stage: dict, interval: dict | None) -> di
         "map_delta": stage.get("map_delta"),
         "map_delta_interval": interval,
         "matched_share": stage.get("matched_share"),
+        "runtime_settings": (stage.get("latency") or {}).get("settings"),  # threads, and OpenVINO's compiled precision
         "parity_passed": stage.get("parity_passed"),
         "parity_failures": stage.get("parity_failures"),
     }
