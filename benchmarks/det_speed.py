@@ -47,8 +47,8 @@ GOAL_MIN_DELTA_AP = -1.0  # the lower bound of ΔAP against PyTorch eager FP32, 
 DEPLOY_MEASURED = (0, 1, 3)
 # what --reuse keeps of the JSON of the run that measured: the facts of that run, not of the re-read
 RUN_FACTS = (
-    "command", "wall_s", "loadavg_before", "loadavg_after", "deploy_exit_code", "lscpu", "versions", "git_commit",
-    "git_dirty",
+    "command", "deploy_command", "threads", "omp_num_threads", "wall_s", "loadavg_before", "loadavg_after",
+    "deploy_exit_code", "lscpu", "versions", "git_commit", "git_dirty",
 )  # fmt: skip
 
 
