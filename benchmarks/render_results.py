@@ -515,6 +515,30 @@ def deploy_table(stem: str = "deploy_cpu_camvid96x128") -> str:
     return "\n".join(lines)
 
 
+
+def det_speed_table(stem: str = "det_speed_cpu_384x512") -> str:
+    """benchmarks/det_speed.py: a detector's network latency, host post-processing and end to end per runtime, its
+    speed over PyTorch eager FP32 (ratio of medians of one run), AP, and ΔAP with its paired bootstrap bounds."""
+    d = load(stem)
+    lines = [
+        "| row | network p50 / p99 ms | post-processing p50 ms | end to end p50 ms | × PyTorch eager (network) | "
+        "AP | ΔAP vs PyTorch FP32 [95 % one-sided bounds] | goals (≥ 4x, ΔAP bound ≥ −1.0) |",
+        "|---|---:|---:|---:|---:|---:|---|---|",
+    ]
+
+    def mark(v: bool | None) -> str:
+        return "n/a" if v is None else "met" if v else "not met"
+
+    for r in d["rows"]:
+        ci = r["map_delta_interval"]
+        delta = s2(r["map_delta"], MINUS) + (f" [{s2(ci['lower'], MINUS)}, {s2(ci['upper'], MINUS)}]" if ci else "")
+        goals = "" if r["stage"] == "pytorch" else f"{mark(r['goal_speedup_met'])}, {mark(r['goal_delta_ap_met'])}"
+        lines.append(
+            f"| {r['row']} | {f2(r['p50_ms'])} / {f2(r['p99_ms'])} | {f2(r['postprocess_p50_ms'])} | "
+            f"{f2(r['end_to_end_p50_ms'])} | {f2(r['speedup_vs_pytorch'])} | {f2(r['map'])} | {delta} | {goals} |"
+        )
+    return "\n".join(lines)
+
 ORT_VARIANT_LABELS = {
     "QDQ u8 act / s8 weight, per-channel (ours)": "QDQ, u8 activations / s8 weights, per-channel (**ours**)",
     "QDQ s8 act / s8 weight, per-channel": "QDQ, s8 activations / s8 weights, per-channel",
@@ -722,6 +746,7 @@ RENDERERS: dict[str, Callable[..., str]] = {
         quickstart_ledger,
         deploy_table,
         deploy_ort_variants,
+        det_speed_table,
         quant_table,
         quant_moves,
         quant_latency_notes,
