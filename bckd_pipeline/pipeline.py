@@ -443,7 +443,14 @@ def _eval_set(d: DataConfig, task: str = "segmentation"):
     """The evaluation split: label maps for segmentation, boxes for detection (a folder of plain images either way)."""
     from .data import build_task_dataset
 
-    eval_set = build_task_dataset(d.spec, d.eval_split, task, demo_size=d.demo_size, demo_count=d.demo_count)
+    eval_set = build_task_dataset(
+        d.spec,
+        d.eval_split,
+        task,
+        skip_bad_annotations=d.skip_bad_annotations,
+        demo_size=d.demo_size,
+        demo_count=d.demo_count,
+    )
     if len(eval_set) == 0:
         raise DataError(f"The evaluation split {d.eval_split!r} of {d.spec!r} is empty; parity needs images.")
     return eval_set

@@ -162,6 +162,10 @@ def _task_flags(p: argparse.ArgumentParser) -> None:
         help="segmentation (label maps) or detection (boxes: detector presets, COCO AP); --preset then picks that "
         "task's version",
     )
+    _skip_bad_flag(p)
+
+
+def _skip_bad_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--skip-bad-annotations",
         action="store_true",
@@ -318,6 +322,7 @@ def _deploy_parser(sub, fmt) -> None:
         epilog="Exit codes as for `run`: 0 done, 1 parity failed, 2 bad input, 3 pending on the device.",
     )
     _common(p, training=False, deploys=True)
+    _skip_bad_flag(p)  # the task is the model's: a checkpoint says it, and a detector's data reads boxes
     _model_source_flags(p)
     _deploy_flags(p)
     _gate_flags(p, required=False)
