@@ -70,7 +70,7 @@ DISTILL_FLAGS = {
 }
 DEPLOY_FLAGS = {
     "--target": "(default: onnxruntime-cpu)",
-    "--head": "(default: logits)",
+    "--head": "segmentation: logits (default) | argmax",
     "--opset": "(default: 17)",
     "--simplifier": "(default: onnxsim)",
     "--calib-size": "default: preset",

@@ -286,10 +286,11 @@ def test_score_split_takes_a_detectors_named_outputs_and_target_dicts(detector):
 def test_deploy_context_of_a_detection_checkpoint_reads_boxes_and_exports_the_raw_head(tmp_path):
     from bckd_pipeline.configs import DataConfig
     from bckd_pipeline.context import DeployConfig
-    from bckd_pipeline.pipeline import deploy_context, deploy_plans, export_head
+    from bckd_pipeline.pipeline import deploy_context, deploy_plans
+    from bckd_pipeline.plan_checks import export_head
 
-    assert export_head("logits", "detection") == "raw" and export_head("logits", "segmentation") == "logits"
-    assert export_head("nms", "detection") == "nms"
+    assert export_head(None, "detection") == "raw" and export_head(None, "segmentation") == "logits"
+    assert export_head("nms", "detection") == "nms" and export_head("logits", "detection") == "logits"
     ckpt = tiny_detector_checkpoint(tmp_path)
     data = DataConfig(spec="demo", demo_count=3)
     deploy = DeployConfig(target="onnxruntime-cpu", parity_images=2)
@@ -449,6 +450,32 @@ def test_qat_of_a_detector_is_refused_at_plan_time(capsys, tmp_path):
     rc, stdout, err = run_cli(capsys, "run", "--task", "detection", "--preset", "smoke", "--head", "nms", "--out",
                               tmp_path / "out", "--dry-run")  # fmt: skip
     assert rc == 0 and "NonMaxSuppression appended (--head nms)" in stdout + err, err
+
+
+def test_the_head_is_checked_against_the_runs_task_at_plan_time(capsys, tmp_path):
+    out = tmp_path / "out"
+    for task, head, allowed in [
+        ("detection", "argmax", "raw, nms"),
+        ("detection", "logits", "raw, nms"),
+        ("segmentation", "nms", "logits, argmax"),
+    ]:
+        rc, _, err = run_cli(capsys, "run", "--task", task, "--preset", "smoke", "--head", head, "--out", out,
+                             "--dry-run")  # fmt: skip
+        assert rc == 2 and f"--head {head!r} is not allowed for a {task} model. Allowed: {allowed}." in err, err
+    rc, stdout, err = run_cli(capsys, "run", "--task", "detection", "--preset", "smoke", "--out", out, "--dry-run")
+    assert rc == 0 and "head raw," in stdout, err
+    rc, stdout, err = run_cli(capsys, "run", "--preset", "smoke", "--out", out, "--dry-run")
+    assert rc == 0 and "head logits," in stdout, err
+
+
+def test_deploy_checks_the_head_against_the_checkpoints_task(capsys, tmp_path):
+    ckpt, out = tiny_detector_checkpoint(tmp_path), tmp_path / "out"
+    rc, _, err = run_cli(capsys, "deploy", "--model", ckpt, "--data", "demo", "--head", "argmax", "--out", out,
+                         "--dry-run")  # fmt: skip
+    assert rc == 2 and "--head 'argmax' is not allowed for a detection model. Allowed: raw, nms." in err, err
+    rc, stdout, err = run_cli(capsys, "deploy", "--model", ckpt, "--data", "demo", "--skip-bad-annotations", "--out",
+                              out, "--dry-run")  # fmt: skip
+    assert rc == 0 and "head raw," in stdout, err
 
 
 def _coco_split(root: Path, split: str, seed: int) -> None:

@@ -521,9 +521,9 @@ def _deploy_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch", type=int, default=1, help="static batch of the exported and deployed model")
     g.add_argument(
         "--head",
-        default="logits",
-        help="segmentation: logits | argmax (uint8 label map out of the graph); detection: raw (default: scores, "
-        "boxes, centerness, decoded and NMS on the host) | nms (decoding and NonMaxSuppression inside the graph)",
+        help="segmentation: logits (default) | argmax (uint8 label map out of the graph); detection: raw (default: "
+        "scores, boxes, centerness, decoded and NMS on the host) | nms (decoding and NonMaxSuppression inside the "
+        "graph)",
     )
     g.add_argument("--dynamic", default="", help="comma-separated dynamic axes: batch,height,width (default: static)")
     g.add_argument(
