@@ -70,7 +70,7 @@ class QatConfig:
 @dataclass(frozen=True)
 class DeployConfig:
     target: str = "onnxruntime-cpu"
-    head: str = "logits"
+    head: str | None = None  # None: the model's task's default head (Task.export_heads[0])
     dynamic: tuple[str, ...] = ()
     opset: int | None = None  # None: the target's (pipeline.deploy_plan refuses one older than the target's)
     input_hw: tuple[int, int] | None = None  # default: the checkpoint's training resize, else the eval images'

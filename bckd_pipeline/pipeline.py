@@ -36,6 +36,7 @@ from .plan_checks import (
     check_opset,
     check_simplifier,
     check_tensorrt_shape,
+    export_head,
     with_deploy_options,
     with_tensorrt_options,
 )
@@ -132,7 +133,8 @@ def deploy_plan(
     check_simplifier(deploy.simplifier)
     onnx = check_onnx_source(source, deploy, profile) if source is not None and source.is_onnx else None
     opset = onnx.opset if onnx else check_opset(deploy.opset, profile)
-    check_export_shape(deploy, profile, opset, data.task)
+    task = onnx.task if onnx else _plan_task(source, data)
+    head = check_export_shape(deploy, profile, opset, task)
     calibration = check_calibration(deploy, profile, data.eval_split)
     latency = deploy.latency or profile.latency
     check_tensorrt_shape(deploy, profile)
@@ -142,10 +144,10 @@ def deploy_plan(
         onnx_source=onnx is not None,
         dynamic=deploy.dynamic,
         exclude=deploy.calibration.exclude,
-        task=data.task,
+        task=task or data.task,
     )
 
-    steps = [*before, _model_step(deploy, source, onnx, opset), _simplify_step(deploy)]
+    steps = [*before, _model_step(deploy, source, onnx, opset, head), _simplify_step(deploy)]
     if calibration is not None:
         steps.append(_calibration_step(calibration, data))
     steps += [PlanStep(b.name, _what(b), (str(b.path),)) for b in target_artifacts(profile)]
@@ -158,7 +160,19 @@ def deploy_plan(
     return Plan(profile, calibration, latency, can_measure, note, tuple(steps), deploy)
 
 
-def _model_step(deploy: DeployConfig, source: ModelSource | None, onnx, opset: int) -> PlanStep:
+def _plan_task(source: ModelSource | None, data: DataConfig) -> str | None:
+    """The task of the model to deploy, as far as the plan can tell: `run`'s is --task; a checkpoint's is read from
+    its metadata (None: not readable here, and loading it says why); other files are the data's task."""
+    if source is None:
+        return data.task
+    if source.kind == "checkpoint":
+        from .distill.checkpoint import checkpoint_task
+
+        return checkpoint_task(source.path)
+    return _source_task(source, data)
+
+
+def _model_step(deploy: DeployConfig, source: ModelSource | None, onnx, opset: int, head: str) -> PlanStep:
     """The first deployment step: the user's ONNX taken as it is, or the model exported."""
     if onnx is not None:
         return PlanStep(
@@ -172,7 +186,7 @@ def _model_step(deploy: DeployConfig, source: ModelSource | None, onnx, opset: i
     shape = f"dynamic {','.join(deploy.dynamic)}" if deploy.dynamic else "static shape"
     return PlanStep(
         "export",
-        f"{what}ONNX opset {opset}, head {deploy.head}, {shape}; checker + ORT vs PyTorch",
+        f"{what}ONNX opset {opset}, head {head}, {shape}; checker + ORT vs PyTorch",
         (str(shared_dir(deploy.batch) / "model.onnx"),),
     )
 
@@ -443,7 +457,14 @@ def _eval_set(d: DataConfig, task: str = "segmentation"):
     """The evaluation split: label maps for segmentation, boxes for detection (a folder of plain images either way)."""
     from .data import build_task_dataset
 
-    eval_set = build_task_dataset(d.spec, d.eval_split, task, demo_size=d.demo_size, demo_count=d.demo_count)
+    eval_set = build_task_dataset(
+        d.spec,
+        d.eval_split,
+        task,
+        skip_bad_annotations=d.skip_bad_annotations,
+        demo_size=d.demo_size,
+        demo_count=d.demo_count,
+    )
     if len(eval_set) == 0:
         raise DataError(f"The evaluation split {d.eval_split!r} of {d.spec!r} is empty; parity needs images.")
     return eval_set
@@ -485,14 +506,6 @@ def resolve_model(
     given = deploy.input_hw is not None
     meta = own.torch_meta(source, model, input_hw, dataset_classes, batch=deploy.batch, given_hw=given)
     return ResolvedModel(model, meta, input_hw)
-
-
-def export_head(head: str, task: str) -> str:
-    """``--head`` for a model of ``task``: the segmentation default (``logits``) stands for the task's own default."""
-    from .tasks import get_task
-
-    heads = get_task(task).export_heads
-    return heads[0] if head == "logits" and head not in heads else head
 
 
 def deploy_context(

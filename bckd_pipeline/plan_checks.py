@@ -72,7 +72,7 @@ def check_onnx_source(source: ModelSource, deploy: DeployConfig, profile: Target
     resolve_onnx(info, source.hints, deploy.input_hw)
     given = {
         "--opset": deploy.opset,
-        "--head": None if deploy.head == "logits" else deploy.head,
+        "--head": deploy.head,
         "--dynamic": ",".join(deploy.dynamic) or None,
         "--no-bake-normalization": None if deploy.bake_normalization else True,
         "--batch": None if deploy.batch == 1 else deploy.batch,
@@ -186,22 +186,31 @@ def check_simplifier(name: str) -> None:
         raise ConfigError(f"--simplifier {name!r} is not allowed. Allowed: {', '.join(SIMPLIFIERS)}.")
 
 
-def check_export_shape(deploy: DeployConfig, profile: TargetProfile, opset: int, task: str = "segmentation") -> None:
-    """--head, --dynamic and the opset make a valid export, with dynamic axes only where the target takes them.
-    ``task``: the data's; a head of another task is checked as that task's (a checkpoint of `deploy` says its own
-    task when it is loaded, and pipeline.deploy_context checks the head against it)."""
-    from .tasks import TASKS
+def export_head(head: str | None, task: str) -> str:
+    """``--head`` for a model of ``task``: not given (None), the task's default, its first export head; a head
+    given is kept as it is (``ExportSpec`` refuses one the task lacks, naming the heads allowed)."""
+    from .tasks import get_task
 
-    heads = TASKS[task].export_heads
-    head = heads[0] if deploy.head == "logits" and deploy.head not in heads else deploy.head  # the task's default
-    if head not in heads:
-        task = next((t.name for t in TASKS.values() if head in t.export_heads), task)
+    return get_task(task).export_heads[0] if head is None else head
+
+
+def check_export_shape(deploy: DeployConfig, profile: TargetProfile, opset: int, task: str | None) -> str:
+    """--head, --dynamic and the opset make a valid export, with dynamic axes only where the target takes them;
+    returns the head. ``task``: the model's (`run`: --task; `deploy`: the checkpoint's or the ONNX's, else the
+    data's); None where it is not known before the model is loaded (a checkpoint that cannot be read here, which
+    loading it then explains): the task whose heads hold --head, checked again against the loaded model's."""
+    from .tasks import DEFAULT_TASK, TASKS
+
+    if task is None:
+        task = next((t.name for t in TASKS.values() if deploy.head in t.export_heads), DEFAULT_TASK)
+    head = export_head(deploy.head, task)
     ExportSpec(input_hw=deploy.input_hw or (32, 32), opset=opset, head=head, dynamic=deploy.dynamic, task=task)
     if profile.static_shape and deploy.dynamic and profile.device == "NPU":
         raise ConfigError(
             f"--dynamic {','.join(deploy.dynamic)} was given for --target {profile.name}, whose device compiles "
             "static shapes only. Drop --dynamic."
         )
+    return head
 
 
 def check_calibration(deploy: DeployConfig, profile: TargetProfile, eval_split: str) -> CalibrationSpec | None:

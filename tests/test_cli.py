@@ -70,7 +70,7 @@ DISTILL_FLAGS = {
 }
 DEPLOY_FLAGS = {
     "--target": "(default: onnxruntime-cpu)",
-    "--head": "(default: logits)",
+    "--head": "segmentation: logits (default) | argmax",
     "--opset": "(default: 17)",
     "--simplifier": "(default: onnxsim)",
     "--calib-size": "default: preset",
@@ -84,7 +84,7 @@ HELP_FLAGS = {
     "train-teacher": {**COMMON_FLAGS, **TRAIN_FLAGS, **TASK_FLAGS},
     "distill": {**COMMON_FLAGS, **TRAIN_FLAGS, **DISTILL_FLAGS, **TASK_FLAGS},
     "run": {**COMMON_FLAGS, **TRAIN_FLAGS, **DISTILL_FLAGS, **DEPLOY_FLAGS, **TASK_FLAGS},
-    "deploy": {**COMMON_FLAGS, **DEPLOY_FLAGS},
+    "deploy": {**COMMON_FLAGS, **DEPLOY_FLAGS, "--skip-bad-annotations": "(default: False)"},
     "eval": {**COMMON_FLAGS, **TASK_FLAGS},  # eval trains nothing: no --seed/--epochs/--iters/--crop
 }
 

@@ -264,6 +264,64 @@ def test_kinds_keep_their_task(tmp_path: Path) -> None:
         build_detection_dataset(f"yolo:{tmp_path / 'nowhere'}", "val")
 
 
+def test_task_dataset_skips_bad_annotations_when_asked(tmp_path: Path, capsys) -> None:
+    from bckd_pipeline.data import build_task_dataset
+
+    root = coco_tree(tmp_path, [ann(1, 1, 3, [2, 3, 10, 5]), ann(9, 1, 99, [5, 5, 4, 4])])
+    with pytest.raises(DataError, match="annotation id 9: category_id 99"):
+        build_task_dataset(f"coco:{root}", "val", "detection")
+    ds = build_task_dataset(f"coco:{root}", "val", "detection", skip_bad_annotations=True)
+    assert len(ds) == 3 and "skipped 1 bad annotations" in capsys.readouterr().err
+
+
+def test_calibration_images_of_every_kind_leave_the_labels_unread(tmp_path: Path, capsys) -> None:
+    from bckd_pipeline.data import IGNORE_INDEX, build_images
+
+    coco = coco_tree(tmp_path / "coco", [ann(9, 1, 99, [5, 5, 4, 4])])  # an unknown category
+    yolo = yolo_tree(tmp_path / "yolo", {"a": ["7 0.5 0.5 0.2 0.2"]})  # class 7 of 2
+    voc = voc_tree(tmp_path / "voc", {"x": "<annotation>not xml", "y": voc_xml([("car", (1, 1, 99, 99), 0)])})
+    camvid = tmp_path / "camvid"  # a label-map kind, its mask holding a value no CamVid class has
+    for stem in ("a", "b"):
+        write_image(camvid / "train" / f"{stem}.png", seed=5)
+        (camvid / "trainannot").mkdir(exist_ok=True)
+        Image.fromarray(np.full((H, W), 200, np.uint8)).save(camvid / "trainannot" / f"{stem}.png")
+    cases = [
+        (f"coco:{coco}", "val", ["im0", "im1", "im2"]),
+        (f"yolo:{yolo}", "train", ["a", "b", "c"]),
+        (f"voc:{voc}", "val", ["x", "y"]),
+        (f"camvid:{camvid}", "train", ["a", "b"]),
+    ]
+    for spec, split, names in cases:
+        ds = build_images(spec, split, "detection")
+        assert [ds.name(i) for i in range(len(ds))] == names, spec
+        image, mask = ds.load(0)
+        assert image.shape == (H, W, 3) and (mask == IGNORE_INDEX).all(), spec
+    demo = build_images("demo", "val", "detection", demo_count=2)
+    np.testing.assert_array_equal(demo.load(1)[0], build_detection_dataset("demo", "val", demo_count=2).load(1)[0])
+    assert capsys.readouterr().err == ""
+
+    (coco / "images" / "val" / "im1.png").unlink()
+    with pytest.raises(DataError, match="im1.png' does not exist"):
+        build_images(f"coco:{coco}", "val", "detection")
+    assert len(build_images(f"coco:{coco}", "val", "detection", skip_bad_annotations=True)) == 2
+    assert "skipped 0 bad annotations and 1 images" in capsys.readouterr().err
+
+
+def test_calibration_images_of_a_segmentation_split_feed_as_its_labelled_samples(tmp_path: Path) -> None:
+    from bckd_pipeline.data import build_images
+    from bckd_pipeline.data.feeds import DatasetFeeds
+
+    for i, stem in enumerate(("a", "b", "c")):
+        write_image(tmp_path / "train" / f"{stem}.png", seed=i)
+        (tmp_path / "trainannot").mkdir(exist_ok=True)
+        Image.fromarray(np.full((H, W), i, np.uint8)).save(tmp_path / "trainannot" / f"{stem}.png")
+    spec = f"camvid:{tmp_path}"
+    labelled = DatasetFeeds.from_dataset(build_dataset(spec, "train"), [0, 2], (32, 32))
+    images = DatasetFeeds.from_dataset(build_images(spec, "train", "segmentation"), [0, 2], (32, 32))
+    assert images.manifest() == labelled.manifest()
+    assert all(np.array_equal(x, y) for x, y in zip(images.images, labelled.images, strict=True))
+
+
 # ---------------------------------------------------------------------------------------------- transforms
 def sample() -> tuple[np.ndarray, Instances]:
     image = np.random.default_rng(0).integers(0, 256, (H, W, 3), dtype=np.uint8)

@@ -11,6 +11,7 @@ import onnx
 import pytest
 import torch
 from helpers.cli import run_cli
+from PIL import Image
 
 from bckd_pipeline.configs import CheckpointMeta
 from bckd_pipeline.data import build_detection_dataset
@@ -285,10 +286,11 @@ def test_score_split_takes_a_detectors_named_outputs_and_target_dicts(detector):
 def test_deploy_context_of_a_detection_checkpoint_reads_boxes_and_exports_the_raw_head(tmp_path):
     from bckd_pipeline.configs import DataConfig
     from bckd_pipeline.context import DeployConfig
-    from bckd_pipeline.pipeline import deploy_context, deploy_plans, export_head
+    from bckd_pipeline.pipeline import deploy_context, deploy_plans
+    from bckd_pipeline.plan_checks import export_head
 
-    assert export_head("logits", "detection") == "raw" and export_head("logits", "segmentation") == "logits"
-    assert export_head("nms", "detection") == "nms"
+    assert export_head(None, "detection") == "raw" and export_head(None, "segmentation") == "logits"
+    assert export_head("nms", "detection") == "nms" and export_head("logits", "detection") == "logits"
     ckpt = tiny_detector_checkpoint(tmp_path)
     data = DataConfig(spec="demo", demo_count=3)
     deploy = DeployConfig(target="onnxruntime-cpu", parity_images=2)
@@ -448,6 +450,82 @@ def test_qat_of_a_detector_is_refused_at_plan_time(capsys, tmp_path):
     rc, stdout, err = run_cli(capsys, "run", "--task", "detection", "--preset", "smoke", "--head", "nms", "--out",
                               tmp_path / "out", "--dry-run")  # fmt: skip
     assert rc == 0 and "NonMaxSuppression appended (--head nms)" in stdout + err, err
+
+
+def test_the_head_is_checked_against_the_runs_task_at_plan_time(capsys, tmp_path):
+    out = tmp_path / "out"
+    for task, head, allowed in [
+        ("detection", "argmax", "raw, nms"),
+        ("detection", "logits", "raw, nms"),
+        ("segmentation", "nms", "logits, argmax"),
+    ]:
+        rc, _, err = run_cli(capsys, "run", "--task", task, "--preset", "smoke", "--head", head, "--out", out,
+                             "--dry-run")  # fmt: skip
+        assert rc == 2 and f"--head {head!r} is not allowed for a {task} model. Allowed: {allowed}." in err, err
+    rc, stdout, err = run_cli(capsys, "run", "--task", "detection", "--preset", "smoke", "--out", out, "--dry-run")
+    assert rc == 0 and "head raw," in stdout, err
+    rc, stdout, err = run_cli(capsys, "run", "--preset", "smoke", "--out", out, "--dry-run")
+    assert rc == 0 and "head logits," in stdout, err
+
+
+def test_deploy_checks_the_head_against_the_checkpoints_task(capsys, tmp_path):
+    ckpt, out = tiny_detector_checkpoint(tmp_path), tmp_path / "out"
+    rc, _, err = run_cli(capsys, "deploy", "--model", ckpt, "--data", "demo", "--head", "argmax", "--out", out,
+                         "--dry-run")  # fmt: skip
+    assert rc == 2 and "--head 'argmax' is not allowed for a detection model. Allowed: raw, nms." in err, err
+    rc, stdout, err = run_cli(capsys, "deploy", "--model", ckpt, "--data", "demo", "--skip-bad-annotations", "--out",
+                              out, "--dry-run")  # fmt: skip
+    assert rc == 0 and "head raw," in stdout, err
+
+
+def _coco_split(root: Path, split: str, seed: int) -> None:
+    """Three images of ``split`` in COCO JSON, one annotation of an unknown category among them."""
+    rng = np.random.default_rng(seed)
+    for i in range(3):
+        (root / "images" / split).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(root / "images" / split / f"{i}.png")
+    data = {
+        "images": [{"id": i, "file_name": f"{i}.png", "width": 60, "height": 40} for i in range(3)],
+        "annotations": [
+            {"id": 1, "image_id": 0, "category_id": 1, "bbox": [5, 5, 20, 10], "iscrowd": 0},
+            {"id": 2, "image_id": 1, "category_id": 99, "bbox": [5, 5, 20, 10], "iscrowd": 0},
+        ],
+        "categories": [{"id": 1, "name": "vehicle"}, {"id": 2, "name": "pole"}],
+    }
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(data))
+
+
+def test_deploy_skips_bad_boxes_and_calibrates_a_detector_on_a_label_map_kind(tmp_path):
+    from bckd_pipeline.cache import StageCache
+    from bckd_pipeline.calibrate.stage import calibration_stage
+    from bckd_pipeline.configs import DataConfig
+    from bckd_pipeline.context import DeployConfig
+    from bckd_pipeline.errors import DataError
+    from bckd_pipeline.pipeline import deploy_context, deploy_plans
+    from bckd_pipeline.targets.profiles import CalibrationSpec
+
+    ckpt, out = tiny_detector_checkpoint(tmp_path), tmp_path / "out"
+    coco, camvid = tmp_path / "coco", tmp_path / "camvid"
+    _coco_split(coco, "val", seed=0)
+    for i in range(3):  # CamVid's layout; its label maps are never read
+        (camvid / "train").mkdir(parents=True, exist_ok=True)
+        (camvid / "trainannot").mkdir(exist_ok=True)
+        image = np.random.default_rng(10 + i).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+        Image.fromarray(image).save(camvid / "train" / f"c{i}.png")
+        Image.fromarray(np.zeros((40, 60), np.uint8)).save(camvid / "trainannot" / f"c{i}.png")
+    calibration = CalibrationSpec(size=2, data=f"camvid:{camvid}")
+    deploy = DeployConfig(target="onnxruntime-cpu", precision="int8", parity_images=2, calibration=calibration)
+    data = DataConfig(spec=f"coco:{coco}")
+    plan = deploy_plans(deploy, data)[0]
+    with pytest.raises(DataError, match="annotation id 2: category_id 99"):
+        deploy_context(plan.deploy, data, plan, ckpt, out)
+    data = DataConfig(spec=f"coco:{coco}", skip_bad_annotations=True)
+    ctx = deploy_context(plan.deploy, data, plan, ckpt, out)
+    assert ctx.task.name == "detection" and len(ctx.eval_feeds) == 2
+    calib = calibration_stage(ctx, out, StageCache(out))
+    assert len(calib.feeds) == 2 and {m["name"] for m in calib.feeds.manifest()} < {"c0", "c1", "c2"}
+    assert json.loads(calib.manifest_path.read_text())["data"] == f"camvid:{camvid}"
 
 
 @pytest.mark.slow

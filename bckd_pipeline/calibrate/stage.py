@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..cache import StageCache, file_sha256, stage_key
 from ..context import DeployContext, feed_norm
-from ..data import build_task_dataset
+from ..data import build_images, build_task_dataset
 from ..errors import DataError
 from ..fileio import write_json
 from ..ledger import Built, target_artifacts
@@ -33,13 +33,23 @@ def calibration_stage(ctx: DeployContext, out: Path, cache: StageCache) -> Calib
     if spec is None:
         return None
     d = ctx.data
-    source = spec.data or d.spec  # --calib-data, else --data: only its images are read
-    # Only the images are read: a detector's split is read as boxes (a detection format), its boxes unused.
-    train_set = build_task_dataset(source, spec.split, ctx.task.name, demo_size=d.demo_size, demo_count=d.demo_count)
+    source = spec.data or d.spec  # --calib-data, else --data
+    # Calibration reads the images alone, of any data kind; accuracy control scores the task's metric on the
+    # labels of the images left over, so it reads the split as the task does.
+    read = build_images if spec.max_miou_drop is None else build_task_dataset
+    train_set = read(
+        source,
+        spec.split,
+        ctx.task.name,
+        skip_bad_annotations=d.skip_bad_annotations,
+        demo_size=d.demo_size,
+        demo_count=d.demo_count,
+    )
     indices = pick_indices(spec.size, len(train_set), spec.seed)
     name = ctx.eval_feeds.input_name
+    boxes = ctx.task.name == "detection"  # a detector's images preprocessed as its evaluation images are
     feeds = DatasetFeeds.from_dataset(
-        train_set, indices, ctx.spec.input_hw, normalization=feed_norm(ctx.meta, ctx.spec), input_name=name
+        train_set, indices, ctx.spec.input_hw, normalization=feed_norm(ctx.meta, ctx.spec), input_name=name, boxes=boxes
     )
     check_no_overlap(feeds, ctx.eval_digests)
     feeds = feeds.tiled(ctx.spec.batch)  # a static --batch N: each image repeated N times

@@ -162,6 +162,10 @@ def _task_flags(p: argparse.ArgumentParser) -> None:
         help="segmentation (label maps) or detection (boxes: detector presets, COCO AP); --preset then picks that "
         "task's version",
     )
+    _skip_bad_flag(p)
+
+
+def _skip_bad_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--skip-bad-annotations",
         action="store_true",
@@ -318,6 +322,7 @@ def _deploy_parser(sub, fmt) -> None:
         epilog="Exit codes as for `run`: 0 done, 1 parity failed, 2 bad input, 3 pending on the device.",
     )
     _common(p, training=False, deploys=True)
+    _skip_bad_flag(p)  # the task is the model's: a checkpoint says it, and a detector's data reads boxes
     _model_source_flags(p)
     _deploy_flags(p)
     _gate_flags(p, required=False)
@@ -516,9 +521,9 @@ def _deploy_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch", type=int, default=1, help="static batch of the exported and deployed model")
     g.add_argument(
         "--head",
-        default="logits",
-        help="segmentation: logits | argmax (uint8 label map out of the graph); detection: raw (default: scores, "
-        "boxes, centerness, decoded and NMS on the host) | nms (decoding and NonMaxSuppression inside the graph)",
+        help="segmentation: logits (default) | argmax (uint8 label map out of the graph); detection: raw (default: "
+        "scores, boxes, centerness, decoded and NMS on the host) | nms (decoding and NonMaxSuppression inside the "
+        "graph)",
     )
     g.add_argument("--dynamic", default="", help="comma-separated dynamic axes: batch,height,width (default: static)")
     g.add_argument(

@@ -33,6 +33,7 @@ __all__ = [
     "TrainTransform",
     "build_dataset",
     "build_detection_dataset",
+    "build_images",
     "build_task_dataset",
     "collate_detection",
     "parse_data_spec",
@@ -113,13 +114,48 @@ def build_dataset(
 
 
 def build_task_dataset(
-    spec: str, split: str, task: str, *, demo_size: tuple[int, int] = (96, 128), demo_count: int | None = None
+    spec: str,
+    split: str,
+    task: str,
+    *,
+    skip_bad_annotations: bool = False,
+    demo_size: tuple[int, int] = (96, 128),
+    demo_count: int | None = None,
 ):
-    """The ``split`` of ``spec`` as a model of ``task`` reads it without a transform (evaluation, calibration):
-    label maps for segmentation, boxes for detection; a folder of plain images is the same for every task."""
+    """The ``split`` of ``spec`` as a model of ``task`` reads it without a transform (evaluation, labelled
+    calibration): label maps for segmentation, boxes for detection (``skip_bad_annotations`` as for
+    :func:`build_detection_dataset`); a folder of plain images is the same for every task."""
     if task == "detection" and not is_unlabelled(spec):
-        return build_detection_dataset(spec, split, demo_size=demo_size, demo_count=demo_count)
+        return build_detection_dataset(
+            spec, split, skip_bad_annotations=skip_bad_annotations, demo_size=demo_size, demo_count=demo_count
+        )
     return build_dataset(spec, split, demo_size=demo_size, demo_count=demo_count)
+
+
+def build_images(
+    spec: str,
+    split: str,
+    task: str,
+    *,
+    skip_bad_annotations: bool = False,
+    demo_size: tuple[int, int] = (96, 128),
+    demo_count: int | None = None,
+) -> SegDataset:
+    """The images of the ``split`` of ``spec``, of any kind, their labels unread (INT8 calibration): an
+    :class:`UnlabelledImages` over the split's image files, or the demo scenes. A kind that is both a
+    segmentation and a detection layout (``voc``) lists the split of ``task``'s layout; an image file a
+    detection split lists and lacks is a :class:`DataError`, or left out with ``skip_bad_annotations``."""
+    kind, path = parse_data_spec(spec)
+    if kind == "demo":
+        return DemoDataset(split, seed=int(path or 0), size=demo_size, count=demo_count)
+    root = _root(kind, path)
+    if is_unlabelled(spec):
+        return UnlabelledImages(root, split, None, kind)
+    if kind in DET_LAYOUTS and (task == "detection" or kind not in LAYOUTS):
+        files = DET_LAYOUTS[kind].images(root, split, skip_bad_annotations)
+    else:
+        files = [image for image, _ in LAYOUTS[kind].build(root, split, None).pairs]
+    return UnlabelledImages(root, split, None, kind, files=files)
 
 
 def _root(kind: str, path: str) -> Path:

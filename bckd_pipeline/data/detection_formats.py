@@ -88,15 +88,19 @@ def _coco_paths(root: Path, split: str) -> tuple[Path, Path]:
     )
 
 
+def _coco_json(annotation_path: Path):
+    try:
+        return json.loads(annotation_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"coco: {str(annotation_path)!r} is not readable JSON ({exc}). Fix or replace it.") from None
+
+
 def coco(root: Path, split: str, transform: DetTransform | None, skip_bad: bool = False) -> FileDetDataset:
     """COCO JSON: ``annotations/instances_<split>.json``, images in ``images/<split>/`` (or ``<split>/``,
     or ``images/``) under their ``file_name``."""
     annotation_path, image_dir = _coco_paths(root, split)
     issues = BadAnnotations("coco", skip=skip_bad)
-    try:
-        data = json.loads(annotation_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise DataError(f"coco: {str(annotation_path)!r} is not readable JSON ({exc}). Fix or replace it.") from None
+    data = _coco_json(annotation_path)
     if not isinstance(data, dict) or not isinstance(data.get("categories"), list) or not data["categories"]:
         raise DataError(
             f"coco: {str(annotation_path)!r} has no 'categories' list. A COCO instances file holds 'images', "
@@ -192,10 +196,7 @@ def _yolo_line(fields: list[str]) -> tuple[int, list[float]] | str:
     return int(cls), values
 
 
-def yolo(root: Path, split: str, transform: DetTransform | None, skip_bad: bool = False) -> FileDetDataset:
-    """YOLO txt (Ultralytics): ``images/<split>/*``, ``labels/<split>/<stem>.txt``, names in ``data.yaml``
-    or ``classes.txt``."""
-    names = _yolo_names(root)
+def _yolo_image_files(root: Path, split: str) -> list[Path]:
     image_dir = root / "images" / split
     if not image_dir.is_dir():
         found = sorted(p.name for p in (root / "images").iterdir() if p.is_dir()) if (root / "images").is_dir() else []
@@ -203,9 +204,17 @@ def yolo(root: Path, split: str, transform: DetTransform | None, skip_bad: bool 
             f"yolo: split {split!r} not found; expected {str(image_dir)!r}. Splits found there: "
             f"{', '.join(found) or 'none'}. Pick one of those splits, or fix the PATH."
         )
+    return sorted(p for p in image_dir.iterdir() if p.suffix.lower() in DET_IMAGE_SUFFIXES)
+
+
+def yolo(root: Path, split: str, transform: DetTransform | None, skip_bad: bool = False) -> FileDetDataset:
+    """YOLO txt (Ultralytics): ``images/<split>/*``, ``labels/<split>/<stem>.txt``, names in ``data.yaml``
+    or ``classes.txt``."""
+    names = _yolo_names(root)
+    image_dir = root / "images" / split
     issues = BadAnnotations("yolo", skip=skip_bad)
     records = []
-    for path in sorted(p for p in image_dir.iterdir() if p.suffix.lower() in DET_IMAGE_SUFFIXES):
+    for path in _yolo_image_files(root, split):
         size = _image_size(path, issues)
         if size is None:
             continue
@@ -269,9 +278,8 @@ def _voc_float(node: ET.Element | None, tag: str) -> float:
     return float(text) if text is not None else math.nan
 
 
-def voc(root: Path, split: str, transform: DetTransform | None, skip_bad: bool = False) -> FileDetDataset:
-    """Pascal VOC detection: ``JPEGImages/<id>.jpg``, ``Annotations/<id>.xml``, ``ImageSets/Main/<split>.txt``;
-    PATH is the year folder (or VOCdevkit holding one)."""
+def _voc_split(root: Path, split: str) -> tuple[Path, Path, list[str]]:
+    """The year folder, the split's list file and its image ids."""
     base = _voc_base(root)
     list_file = base / "ImageSets" / "Main" / f"{split}.txt"
     if not list_file.is_file():
@@ -280,11 +288,18 @@ def voc(root: Path, split: str, transform: DetTransform | None, skip_bad: bool =
             f"voc: split {split!r} not found; expected {str(list_file)!r}. Splits found there: "
             f"{', '.join(found) or 'none'}. Pick one of those splits, or fix the PATH."
         )
+    return base, list_file, [line.split()[0] for line in list_file.read_text().splitlines() if line.strip()]
+
+
+def voc(root: Path, split: str, transform: DetTransform | None, skip_bad: bool = False) -> FileDetDataset:
+    """Pascal VOC detection: ``JPEGImages/<id>.jpg``, ``Annotations/<id>.xml``, ``ImageSets/Main/<split>.txt``;
+    PATH is the year folder (or VOCdevkit holding one)."""
+    base, list_file, ids = _voc_split(root, split)
     names = _voc_names(base)
     class_of = {name: k for k, name in enumerate(names)}
     issues = BadAnnotations("voc", skip=skip_bad)
     records = []
-    for image_id in (line.split()[0] for line in list_file.read_text().splitlines() if line.strip()):
+    for image_id in ids:
         xml, image = base / "Annotations" / f"{image_id}.xml", base / "JPEGImages" / f"{image_id}.jpg"
         if not xml.is_file() or not image.is_file():
             missing = xml if not xml.is_file() else image
@@ -318,12 +333,45 @@ def voc(root: Path, split: str, transform: DetTransform | None, skip_bad: bool =
     return _dataset("voc", base, split, names, records, list_file, issues, transform)
 
 
+def _present(kind: str, split: str, paths: list[Path], where: Path, skip_bad: bool) -> list[Path]:
+    """``paths`` that exist; a missing one is a :class:`DataError`, or left out and counted with ``skip_bad``."""
+    issues = BadAnnotations(kind, skip=skip_bad)
+    for path in paths:
+        if not path.is_file():
+            issues.bad(str(where), f"the image {str(path)!r} does not exist",
+                       "Restore it, or remove it from the split.", image=True)  # fmt: skip
+    issues.report(split)
+    return [p for p in paths if p.is_file()]
+
+
+def coco_images(root: Path, split: str, skip_bad: bool = False) -> list[Path]:
+    """The image files of a COCO split, its annotations unread."""
+    annotation_path, image_dir = _coco_paths(root, split)
+    entries = _coco_json(annotation_path)
+    entries = entries.get("images", []) if isinstance(entries, dict) else []
+    paths = [image_dir / str(e.get("file_name", "")) for e in entries if isinstance(e, dict)]
+    return _present("coco", split, paths, annotation_path, skip_bad)
+
+
+def yolo_images(root: Path, split: str, skip_bad: bool = False) -> list[Path]:
+    """The image files of a YOLO split, its label files unread."""
+    return _yolo_image_files(root, split)
+
+
+def voc_images(root: Path, split: str, skip_bad: bool = False) -> list[Path]:
+    """The image files of a VOC detection split, its Annotations/ unread."""
+    base, list_file, ids = _voc_split(root, split)
+    return _present("voc", split, [base / "JPEGImages" / f"{i}.jpg" for i in ids], list_file, skip_bad)
+
+
 @dataclass(frozen=True)
 class DetLayout:
-    """A detection data kind: its one-line layout and its builder."""
+    """A detection data kind: its one-line layout, its builder, and the lister of a split's image files alone
+    (calibration reads images only)."""
 
     description: str
     build: Callable[..., FileDetDataset]
+    images: Callable[[Path, str, bool], list[Path]]
 
 
 DET_LAYOUTS: dict[str, DetLayout] = {
@@ -331,14 +379,17 @@ DET_LAYOUTS: dict[str, DetLayout] = {
         "COCO JSON (detection): annotations/instances_{split}.json, images/{split}/<file_name>; bbox [x,y,w,h] "
         "pixels, iscrowd ignored in evaluation",
         coco,
+        coco_images,
     ),
     "yolo": DetLayout(
         "YOLO txt (detection): images/{split}/*.jpg, labels/{split}/<stem>.txt ('class cx cy w h', normalised), "
         "data.yaml names or classes.txt",
         yolo,
+        yolo_images,
     ),
     "voc": DetLayout(
         "Pascal VOC detection: JPEGImages/, Annotations/*.xml, ImageSets/Main/{split}.txt; difficult ignored",
         voc,
+        voc_images,
     ),
 }

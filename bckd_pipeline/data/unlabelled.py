@@ -34,15 +34,21 @@ def _split_dirs(root: Path) -> list[Path]:
 
 
 class UnlabelledImages(SegDataset):
-    """The images of one split of a folder; each sample's mask is ignore everywhere."""
+    """The images of one split of a folder (or the image ``files`` of any dataset's split, listed by its kind);
+    each sample's mask is ignore everywhere."""
 
     labelled = False
 
-    def __init__(self, root: Path, split: str, transform=None, kind: str = "images") -> None:
+    def __init__(
+        self, root: Path, split: str, transform=None, kind: str = "images", files: list[Path] | None = None
+    ) -> None:
         from ..errors import DataError
 
         root = Path(root)
-        if (root / split).is_dir():
+        if files is not None:
+            if not files:
+                raise DataError(f"{kind}:{root} has no {split!r} images. Point the spec at a split that holds images.")
+        elif (root / split).is_dir():
             files = _images_in(root / split)
         else:
             every = _images_in(root)

@@ -79,6 +79,19 @@ def read_checkpoint(path: Path) -> tuple[CheckpointMeta, dict[str, torch.Tensor]
     return CheckpointMeta(**meta), payload["state_dict"]
 
 
+def checkpoint_task(path: Path) -> str | None:
+    """The task of a checkpoint's model, read from its metadata with the weights memory-mapped, not loaded; None
+    when ``path`` is not a readable checkpoint (``read_checkpoint`` says why). A checkpoint without a task is a
+    segmentation model's."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - any failure is reported when the checkpoint is loaded
+        return None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT or not isinstance(payload.get("meta"), dict):
+        return None
+    return payload["meta"].get("task") or "segmentation"
+
+
 def load_model(
     path: Path, *, expect_classes: int | None = None, expect_model: str | None = None
 ) -> tuple[nn.Module, CheckpointMeta]:
