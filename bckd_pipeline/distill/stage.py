@@ -353,11 +353,33 @@ def distill(
 
 
 def _det_distill_task(student: nn.Module, teacher: nn.Module, dcfg: DistillConfig, example: torch.Tensor):
-    """The detection distillation task of ``dcfg.kd`` (one of detection's methods, ``check_kd``)."""
+    """The detection distillation task of ``dcfg.kd`` (the task refuses a method that is not detection's), with
+    ``--kd-weight`` as the dense score KD's weight."""
     from .detection_task import DetDistillTask
 
-    check_kd(dcfg.kd, "detection")
-    return DetDistillTask(student, teacher, cfg=dcfg, example_input=example, kd=dcfg.kd)
+    _check_det_distill_flags(dcfg)
+    return DetDistillTask(student, teacher, cfg=dcfg, example_input=example, kd=dcfg.kd, kd_weight=dcfg.kd_weight)
+
+
+def _check_det_distill_flags(dcfg: DistillConfig) -> None:
+    """Refuse segmentation's logit-term settings (``--kd-temperature``, ``--cwd-*``) on a detection run: the dense
+    score KD has no temperature and detection has no CWD term, so a value other than the default would be ignored."""
+    defaults = DistillConfig()
+    given = [
+        f"{flag} {value:g}"
+        for flag, value, default in (
+            ("--kd-temperature", dcfg.kd_temperature, defaults.kd_temperature),
+            ("--cwd-temperature", dcfg.cwd_temperature, defaults.cwd_temperature),
+            ("--cwd-weight", dcfg.cwd_weight, defaults.cwd_weight),
+        )
+        if value != default
+    ]
+    if given:
+        raise ConfigError(
+            f"{', '.join(given)}: these are segmentation's settings (its logit KD and CWD terms), and this is a "
+            "--task detection run, whose dense score KD has no temperature and which has no CWD term. Drop them; "
+            "--kd-weight sets the weight of detection's dense score KD."
+        )
 
 
 def _detector_teacher(teacher_ckpt: Path, num_classes: int) -> tuple[nn.Module, CheckpointMeta]:
