@@ -20,6 +20,7 @@ from .. import metrics as M
 from ..configs import CheckpointMeta, DataConfig, DistillConfig, Schedule, TrainConfig
 from ..errors import ConfigError, DataError
 from ..fileio import write_json
+from ..tasks import get_task
 from .checkpoint import load_model, plain_values, save_checkpoint
 from .distributed import SINGLE, DistEnv, all_reduce_sum, shard
 from .any_model import check_pair, load_student, load_teacher
@@ -59,7 +60,8 @@ def _meta(model_name: str, info, data: DataConfig, role: str, extra: dict) -> Ch
 
 def _metric(data: DataConfig) -> tuple[str, str]:
     """The task's headline metric: (metrics.json key, label)."""
-    return ("map", "AP") if data.is_detection else ("miou", "mIoU")
+    task = get_task(data.task)
+    return task.metric, task.metric_label
 
 
 def _ap_only(model: nn.Module, eval_set, info, train_cfg: TrainConfig, env: DistEnv):
