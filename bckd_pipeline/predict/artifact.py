@@ -275,6 +275,7 @@ def contract_from_props(props: dict[str, str], source: str) -> Contract:
                 ("bckd.version", "exported_by_version"),
                 ("bckd.checkpoint_sha256", "checkpoint_sha256"),
                 ("bckd.opset", "opset"),
+                ("bckd.nms", "nms"),  # the settings of a graph with NMS inside (export/detection_nms.py)
             )
             if key in props
         },
