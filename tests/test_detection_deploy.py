@@ -192,7 +192,14 @@ def test_deploy_a_detector_to_ort_and_openvino_with_ap_in_the_ledger(capsys, tmp
 
 
 def test_parity_images_name_the_evidence_and_read_segmentation_files(tmp_path):
-    from bckd_pipeline.parity_images import load_parity_images, save_npz, save_parity_images
+    from bckd_pipeline.errors import DataError
+    from bckd_pipeline.parity_images import (
+        PARITY_IMAGES_FORMAT,
+        PARITY_IMAGES_FORMAT_V1,
+        load_parity_images,
+        save_npz,
+        save_parity_images,
+    )
 
     per_image = {"pytorch": np.arange(6, dtype=np.int64).reshape(2, 3)}
     images = [{"name": "a", "sha256": "0"}, {"name": "b", "sha256": "1"}]
@@ -201,12 +208,16 @@ def test_parity_images_name_the_evidence_and_read_segmentation_files(tmp_path):
         assert z.files == ["evidence/pytorch"]
     got = load_parity_images({"parity_images": record}, tmp_path / "report.json")
     np.testing.assert_array_equal(got.evidence["pytorch"], per_image["pytorch"])
-    save_npz(tmp_path / "old.npz", {"confusion/pytorch": per_image["pytorch"]})  # the segmentation name
+    assert record["format"] == PARITY_IMAGES_FORMAT == "bckd-pipeline/parity-images-v2"
     from bckd_pipeline.fileio import file_sha256
 
-    old = {**record, "path": "old.npz", "sha256": file_sha256(tmp_path / "old.npz")}
-    got = load_parity_images({"parity_images": old}, tmp_path / "report.json")
-    np.testing.assert_array_equal(got.confusion["pytorch"], per_image["pytorch"])
+    for key in ("confusion", "evidence"):  # format v1 files hold either name
+        save_npz(tmp_path / "v1.npz", {f"{key}/pytorch": per_image["pytorch"]})
+        v1 = {**record, "format": PARITY_IMAGES_FORMAT_V1, "path": "v1.npz", "sha256": file_sha256(tmp_path / "v1.npz")}
+        got = load_parity_images({"parity_images": v1}, tmp_path / "report.json")
+        np.testing.assert_array_equal(got.evidence["pytorch"], per_image["pytorch"])
+    with pytest.raises(DataError, match="format 'bckd-pipeline/parity-images-v9'"):
+        load_parity_images({"parity_images": {**record, "format": "bckd-pipeline/parity-images-v9"}}, tmp_path / "r")
 
 
 def test_latency_times_the_network_and_the_host_post_processing_under_one_protocol():
