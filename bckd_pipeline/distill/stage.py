@@ -386,13 +386,7 @@ def _check_det_distill_flags(dcfg: DistillConfig) -> None:
 
 def _detector_teacher(teacher_ckpt: Path, num_classes: int) -> tuple[nn.Module, CheckpointMeta]:
     """The teacher.pt of a detector preset, for the dataset's classes."""
-    teacher, meta = load_model(Path(teacher_ckpt), expect_classes=num_classes)
-    if meta.task != "detection":
-        raise ConfigError(
-            f"--teacher {str(teacher_ckpt)!r} holds a {meta.task} model ({meta.model}), and this is a --task "
-            "detection run. Pass the teacher.pt of a detector (`bckd-pipeline train-teacher --task detection`)."
-        )
-    return teacher, meta
+    return load_model(Path(teacher_ckpt), expect_classes=num_classes, expect_task="detection", flag="--teacher")
 
 
 def distill_detector(
