@@ -282,6 +282,7 @@ def test_predict_writes_what_the_task_writes(agreement, tmp_path):
     path, _ = writer.finish(1.0)
     (entry,) = json.loads(path.read_text())["images"]
     assert entry == {
+        "image_id": 0,
         "path": "x.png",
         "agreement": "agreement/x.npy",
         "pixels": H * W,
