@@ -320,7 +320,8 @@ def _checkpoint_contract(path: Path) -> Contract:
 
 def task_of(artifact: Artifact, contract: Contract) -> str:
     """The artifact's task: what the file says (ONNX/IR ``bckd.task``, a checkpoint's meta), else its run's
-    manifest ``task``, else segmentation (a model exported before tasks were recorded, or elsewhere)."""
+    manifest ``task``, else segmentation (the file format: a file without ``bckd.task`` holds a segmentation model;
+    a model exported elsewhere is read as one)."""
     from ..tasks import DEFAULT_TASK, get_task
 
     in_manifest = (artifact.manifest or {}).get("task")
