@@ -10,6 +10,7 @@ The evidence is stored as ``evidence/<stage>``, the predictions as ``labels/<sta
 holds segmentation's evidence as ``confusion/<stage>`` or ``evidence/<stage>``, and is read too). The parity stage
 writes it; the report and the CI gate read it (numpy only: the gate stays light).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
