@@ -6,10 +6,11 @@ images as the task saves them (``Task.as_saved``; the ledger already ran every s
 images the evidence gives the report's dataset-level metric; resampled over images it gives the bootstrap
 interval of its delta (gate/gate.py). ``report.json["parity_images"]`` names the file with its sha256 and
 lists the images (name and pixel sha256), so a baseline report can be paired with this one image by image.
-The evidence is stored as ``evidence/<stage>`` (a v1 file may hold it as ``confusion/<stage>``, read as well), the
-predictions as ``labels/<stage>``. The parity stage writes it; the report and the CI gate read it (numpy only:
-the gate stays light).
+The evidence is stored as ``evidence/<stage>``, the predictions as ``labels/<stage>`` (format v2; a format v1 file
+holds segmentation's evidence as ``confusion/<stage>`` or ``evidence/<stage>``, and is read too). The parity stage
+writes it; the report and the CI gate read it (numpy only: the gate stays light).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,9 +22,11 @@ from .errors import DataError
 from .fileio import atomic_write, file_sha256
 
 PARITY_IMAGES_FILE = "parity_images.npz"
-PARITY_IMAGES_FORMAT = "bckd-pipeline/parity-images-v1"
+PARITY_IMAGES_FORMAT = "bckd-pipeline/parity-images-v2"  # the format written
+PARITY_IMAGES_FORMAT_V1 = "bckd-pipeline/parity-images-v1"
+READABLE_FORMATS = (PARITY_IMAGES_FORMAT, PARITY_IMAGES_FORMAT_V1)
 EVIDENCE_KEY = "evidence"  # "evidence/<stage>": the task's per-image evidence
-LEGACY_EVIDENCE_KEY = "confusion"  # the same arrays under segmentation's name (format v1 files hold it): still read
+V1_EVIDENCE_KEY = "confusion"  # format v1: "confusion/<stage>", segmentation's confusion matrices
 MASK_IMAGES = 4  # evaluation images whose label maps are kept (report.html's side-by-side figure)
 
 
@@ -73,14 +76,9 @@ class ParityImages:
     digests: tuple[str, ...]
     evidence: dict[str, np.ndarray]  # stage -> the task's evidence per image (segmentation: [images, C, C])
 
-    @property
-    def confusion(self) -> dict[str, np.ndarray]:
-        """``evidence`` under segmentation's name."""
-        return self.evidence
-
 
 def load_parity_images(report: dict, report_path: Path) -> ParityImages | None:
-    """The report's per-image confusions, or None for a report that has no ``parity_images``.
+    """The report's per-image evidence, or None for a report that has no ``parity_images``.
 
     Raises DataError when the report names the file but it is missing or altered: a gate must not
     fall back silently to a weaker check because a file was not copied with the report.
@@ -99,8 +97,15 @@ def load_parity_images(report: dict, report_path: Path) -> ParityImages | None:
             f"{str(path)!r} does not match the sha256 recorded in {report_path} ({ref['sha256'][:12]}...): it belongs "
             "to another run or was altered. Copy the report and its parity_images.npz from the same run."
         )
+    fmt = ref.get("format")
+    if fmt not in READABLE_FORMATS:
+        raise DataError(
+            f"{report_path} records its per-image evidence in format {fmt!r}; this version reads "
+            f"{', '.join(READABLE_FORMATS)}. Read the report with the bckd-pipeline version that wrote it, or rerun it."
+        )
     with np.load(path) as z:
-        prefix = EVIDENCE_KEY if any(k.startswith(f"{EVIDENCE_KEY}/") for k in z.files) else LEGACY_EVIDENCE_KEY
+        v1_key = fmt == PARITY_IMAGES_FORMAT_V1 and not any(k.startswith(f"{EVIDENCE_KEY}/") for k in z.files)
+        prefix = V1_EVIDENCE_KEY if v1_key else EVIDENCE_KEY
         evidence = {s: z[f"{prefix}/{s}"] for s in ref["stages"]}
     names = tuple(i["name"] for i in ref["images"])
     digests = tuple(i["sha256"] for i in ref["images"])

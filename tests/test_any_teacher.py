@@ -161,3 +161,19 @@ def test_an_exported_program_teacher_distils_from_logits_only(tv, tmp_path):
     assert teacher.kind == "pt2" and teacher.taps(None, bckd=False) is None
     with pytest.raises(ConfigError, match="cannot tap its features"):
         teacher.taps(["layer2"], bckd=True)
+
+
+def test_a_detector_teacher_is_refused_by_its_task_not_its_class_count(tmp_path):
+    from bckd_pipeline.configs import CheckpointMeta
+    from bckd_pipeline.distill.any_model import load_teacher
+    from bckd_pipeline.distill.checkpoint import save_checkpoint
+    from bckd_pipeline.distill.detection import build_detector
+    from bckd_pipeline.errors import CheckpointError
+
+    names = ("car", "person")
+    path = tmp_path / "teacher.pt"
+    meta = CheckpointMeta(model="fcos-tiny-t", task="detection", ignore_index=-1, num_classes=2, class_names=names)
+    save_checkpoint(path, build_detector("fcos-tiny-t", 2, class_names=list(names)), meta)
+    with pytest.raises(CheckpointError, match="--teacher .* holds a detection model \\(fcos-tiny-t\\), and this is a "
+                       "--task segmentation run"):  # fmt: skip
+        load_teacher(path, None, None, len(DEMO_CLASSES))

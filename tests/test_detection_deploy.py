@@ -193,7 +193,14 @@ def test_deploy_a_detector_to_ort_and_openvino_with_ap_in_the_ledger(capsys, tmp
 
 
 def test_parity_images_name_the_evidence_and_read_segmentation_files(tmp_path):
-    from bckd_pipeline.parity_images import load_parity_images, save_npz, save_parity_images
+    from bckd_pipeline.errors import DataError
+    from bckd_pipeline.parity_images import (
+        PARITY_IMAGES_FORMAT,
+        PARITY_IMAGES_FORMAT_V1,
+        load_parity_images,
+        save_npz,
+        save_parity_images,
+    )
 
     per_image = {"pytorch": np.arange(6, dtype=np.int64).reshape(2, 3)}
     images = [{"name": "a", "sha256": "0"}, {"name": "b", "sha256": "1"}]
@@ -202,12 +209,16 @@ def test_parity_images_name_the_evidence_and_read_segmentation_files(tmp_path):
         assert z.files == ["evidence/pytorch"]
     got = load_parity_images({"parity_images": record}, tmp_path / "report.json")
     np.testing.assert_array_equal(got.evidence["pytorch"], per_image["pytorch"])
-    save_npz(tmp_path / "old.npz", {"confusion/pytorch": per_image["pytorch"]})  # the segmentation name
+    assert record["format"] == PARITY_IMAGES_FORMAT == "bckd-pipeline/parity-images-v2"
     from bckd_pipeline.fileio import file_sha256
 
-    old = {**record, "path": "old.npz", "sha256": file_sha256(tmp_path / "old.npz")}
-    got = load_parity_images({"parity_images": old}, tmp_path / "report.json")
-    np.testing.assert_array_equal(got.confusion["pytorch"], per_image["pytorch"])
+    for key in ("confusion", "evidence"):  # format v1 files hold either name
+        save_npz(tmp_path / "v1.npz", {f"{key}/pytorch": per_image["pytorch"]})
+        v1 = {**record, "format": PARITY_IMAGES_FORMAT_V1, "path": "v1.npz", "sha256": file_sha256(tmp_path / "v1.npz")}
+        got = load_parity_images({"parity_images": v1}, tmp_path / "report.json")
+        np.testing.assert_array_equal(got.evidence["pytorch"], per_image["pytorch"])
+    with pytest.raises(DataError, match="format 'bckd-pipeline/parity-images-v9'"):
+        load_parity_images({"parity_images": {**record, "format": "bckd-pipeline/parity-images-v9"}}, tmp_path / "r")
 
 
 def test_latency_times_the_network_and_the_host_post_processing_under_one_protocol():
@@ -327,7 +338,9 @@ def test_ort_int8_keeps_the_box_decoding_in_float(detector, tmp_path):
     tail = onnx_output_tail(path)
     assert any("Exp" in n for n in tail) and not any("Conv" in n for n in tail)
     q, settings = quantize_ort(path, tmp_path / "m.int8.onnx", det_feeds(4), CalibrationSpec(size=4), float_tail=True)
-    assert settings["float_output_tail"] == tail
+    recorded = settings["float_output_tail"]  # the tail nodes quant_pre_process kept (it folds the shape arithmetic)
+    assert set(recorded) <= set(tail) & {n.name for n in onnx.load(str(q)).graph.node}
+    assert any("Exp" in n for n in recorded)
     graph = onnx.load(str(q)).graph
     producer = {o: n for n in graph.node for o in n.output}
     exp_inputs = [producer.get(i) for n in graph.node if n.op_type == "Exp" for i in n.input]
@@ -432,7 +445,9 @@ def test_tensorrt_qdq_keeps_a_detectors_output_tail_and_its_nms_in_float(detecto
     assert any(n.startswith("nms/") for n in tail) and any("Exp" in n for n in tail)
     q, settings = quantize_for_tensorrt(path, tmp_path / "m.qdq.onnx", det_feeds(4), CalibrationSpec(size=4),
                                         float_tail=True)  # fmt: skip
-    assert settings["float_output_tail"] == tail and check_tensorrt_qdq(q) == []
+    recorded = settings["float_output_tail"]
+    assert set(recorded) <= set(tail) & {n.name for n in onnx.load(str(q)).graph.node} and check_tensorrt_qdq(q) == []
+    assert any(n.startswith("nms/") for n in recorded) and any("Exp" in n for n in recorded)
     graph = onnx.load(str(q)).graph
     tail_outputs = {o for n in graph.node if n.name in set(tail) for o in n.output}
     quantized = {n.input[0] for n in graph.node if n.op_type == "QuantizeLinear"}
@@ -575,3 +590,66 @@ def test_deploy_a_detector_with_nms_inside_the_graph(capsys, tmp_path):
     image = build_detection_dataset("demo", "val").load(0)[0]
     boxes = found(image)
     assert len(boxes.data) > 0 and found.info.output_name == ", ".join(nms_names)
+
+
+# --------------------------------------------------------------------------------------------
+# The float output tail of an ONNX graph, and what the quantizer really leaves in float
+# --------------------------------------------------------------------------------------------
+def _tail_graph(path, names: dict[str, str]):
+    """image -> Conv -> Neg -> Identity -> Relu -> Sigmoid -> out, node names from ``names`` (op -> name)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    ops = [("Conv", ["image", "w"]), ("Neg", None), ("Identity", None), ("Relu", None), ("Sigmoid", None)]
+    nodes, prev = [], None
+    for i, (op, inputs) in enumerate(ops):
+        out = "out" if i == len(ops) - 1 else f"t{i}"
+        nodes.append(helper.make_node(op, inputs or [prev], [out], name=names.get(op, "")))
+        prev = out
+    w = numpy_helper.from_array(np.random.default_rng(0).normal(size=(2, 3, 1, 1)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        nodes,
+        "tail",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 2, 8, 8])],
+        [w],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_onnx_output_tail_walks_past_unnamed_nodes(tmp_path):
+    from bckd_pipeline.calibrate.exclude import onnx_output_tail
+
+    path = _tail_graph(tmp_path / "m.onnx", {"Conv": "conv", "Neg": "neg"})  # Identity, Relu, Sigmoid unnamed
+    assert onnx_output_tail(path) == ["neg"]
+    named = {"Conv": "conv", "Neg": "neg", "Identity": "ident", "Relu": "relu", "Sigmoid": "sig"}
+    assert onnx_output_tail(_tail_graph(tmp_path / "n.onnx", named)) == ["ident", "neg", "relu", "sig"]
+
+
+def test_the_recorded_float_tail_is_what_the_pre_processing_kept(tmp_path, capsys):
+    from bckd_pipeline.calibrate.onnxruntime import quantize_ort
+    from bckd_pipeline.targets.profiles import CalibrationSpec
+
+    named = {"Conv": "conv", "Neg": "neg", "Identity": "ident", "Relu": "relu", "Sigmoid": "sig"}
+    path = _tail_graph(tmp_path / "m.onnx", named)
+    rng = np.random.default_rng(0)
+    images = [rng.uniform(0, 1, (1, 3, 8, 8)).astype(np.float32) for _ in range(2)]
+    feeds = DatasetFeeds(images=images, labels=[None, None], names=["a", "b"], digests=["a", "b"], split="val")
+    _, settings = quantize_ort(path, tmp_path / "q.onnx", feeds, CalibrationSpec(size=2), float_tail=True)
+    assert "ident" not in {n.name for n in onnx.load(str(tmp_path / "q.onnx")).graph.node}  # removed
+    assert settings["float_output_tail"] == ["neg", "relu", "sig"]
+    assert "warning" not in capsys.readouterr().err  # a removed node leaves nothing to quantize
+
+
+def test_a_tail_node_merged_into_a_quantized_one_is_lost(tmp_path):
+    from bckd_pipeline.calibrate.exclude import tail_nodes_lost
+
+    named = {"Conv": "conv", "Neg": "neg", "Identity": "ident", "Relu": "relu", "Sigmoid": "sig"}
+    source = onnx.load(str(_tail_graph(tmp_path / "m.onnx", named))).graph
+    renamed = onnx.load(str(_tail_graph(tmp_path / "r.onnx", {**named, "Relu": "fused_relu", "Neg": "conv_neg"})))
+    renamed.graph.node[1].op_type = "Conv"  # the Neg merged into the branch's convolution: quantized by design
+    tail = ["ident", "neg", "relu", "sig"]
+    assert tail_nodes_lost(source, renamed.graph, tail) == ["relu"]
+    del renamed.graph.node[2]  # the Identity removed: nothing of it left
+    assert tail_nodes_lost(source, renamed.graph, tail) == ["relu"]
+    assert tail_nodes_lost(source, source, tail) == []

@@ -11,14 +11,14 @@ import math
 import pytest
 import torch
 
-from bckd_pipeline.configs import DistillConfig
+from bckd_pipeline.configs import DET_KD_CHOICES, DistillConfig
 from bckd_pipeline.data import build_detection_dataset
 from bckd_pipeline.data.demo import DEMO_OBJECT_CLASSES
 from bckd_pipeline.data.detection_transforms import DetTrainTransform
 from bckd_pipeline.data.instances import collate_detection
 from bckd_pipeline.distill.detection import build_detector
 from bckd_pipeline.distill.detection_losses import PKD_WEIGHT, PKDLoss, dense_score_kd, pkd_loss
-from bckd_pipeline.distill.detection_task import DET_KD_CHOICES, DetDistillTask
+from bckd_pipeline.distill.detection_task import DetDistillTask
 from bckd_pipeline.distill.task import StepInfo
 from bckd_pipeline.errors import ConfigError
 
@@ -177,7 +177,22 @@ def test_kd_defaults_to_the_config_and_refuses_unknown_names():
     student, teacher = build_detector("fcos-tiny-s", 3), build_detector("fcos-tiny-t", 3)
     x = torch.rand(1, 3, 64, 96)
     assert DetDistillTask(student, teacher, cfg=DistillConfig(kd="kd+bckd"), example_input=x).kd == "kd+bckd"
-    with pytest.raises(ConfigError, match="Allowed: none, kd, pkd, bckd, kd\\+bckd, pkd\\+bckd"):
+    with pytest.raises(ConfigError, match="Allowed for detection: none, kd, pkd, bckd, kd\\+bckd, pkd\\+bckd"):
         DetDistillTask(student, teacher, cfg=DistillConfig(kd="cwd+bckd"), example_input=x)
     with pytest.raises(ConfigError, match="'fgd'"):
         DetDistillTask(student, teacher, cfg=DistillConfig(kd="none"), example_input=x, kd="fgd")
+
+
+def test_the_distill_stage_passes_kd_weight_and_refuses_segmentation_settings():
+    from bckd_pipeline.distill.stage import _det_distill_task
+
+    student, teacher = build_detector("fcos-tiny-s", 3), build_detector("fcos-tiny-t", 3)
+    x = torch.rand(1, 3, 64, 96)
+    assert _det_distill_task(student, teacher, DistillConfig(kd="kd", kd_weight=2.5), x).kd_weight == 2.5
+    for field, value, flag in (
+        ("kd_temperature", 4.0, "--kd-temperature 4"),
+        ("cwd_temperature", 2.0, "--cwd-temperature 2"),
+        ("cwd_weight", 10.0, "--cwd-weight 10"),
+    ):
+        with pytest.raises(ConfigError, match=f"{flag}: these are segmentation's settings"):
+            _det_distill_task(student, teacher, DistillConfig(kd="kd", **{field: value}), x)

@@ -340,5 +340,5 @@ def test_detector_distillation_refuses_segmentation_terms():
     from bckd_pipeline.configs import DistillConfig
 
     student, teacher = build_detector("fcos-tiny-s", 3), build_detector("fcos-tiny-t", 3)
-    with pytest.raises(ConfigError, match="not defined for detectors"):
+    with pytest.raises(ConfigError, match="--kd cwd\\+bckd is not a --task detection method"):
         DetDistillTask(student, teacher, cfg=DistillConfig(kd="cwd+bckd"), example_input=torch.rand(1, 3, H, W))

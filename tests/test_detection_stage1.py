@@ -143,6 +143,16 @@ def test_summarize_detection_and_segmentation_keys():
     assert keys == {"miou", "kd", "teacher", "student", "distilled", "gap_closed_percent", "train_precision"}
 
 
+@pytest.mark.parametrize("who", ["teacher", "alone", "distilled"])
+def test_summarize_leaves_the_gap_unknown_when_an_ap_is_none(who):
+    """AP is None on a split without non-crowd ground truth: the share of the gap closed is unknown."""
+    maps = {"teacher": 30.0, "alone": 20.0, "distilled": 25.0, who: None}
+    d = {"map": maps["distilled"], "kd": "bckd", "teacher_model": "fcos-tiny-t", "model": "fcos-tiny-s"}
+    out = summarize({"map": maps["teacher"]}, {"map": maps["alone"], "model": "fcos-tiny-s"}, d, Path("t.pt"),
+                    Path("s.pt"), task="detection")  # fmt: skip
+    assert out["gap_closed_percent"] is None and out["map"] == maps["distilled"]
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [

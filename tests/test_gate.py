@@ -174,7 +174,7 @@ def test_smoke_report_keeps_timed_runs_per_image_confusions_and_masks(smoke_repo
         assert r["latency_ms"]["p50"] == pytest.approx(float(np.median(r["latency"]["samples_ms"])))
     images = load_parity_images(report, smoke_report / "report.json")
     assert len(images.names) == report["evaluation"]["images"]
-    for name, cm in images.confusion.items():  # summed per-image confusions give the ledger's mIoU
+    for name, cm in images.evidence.items():  # summed per-image confusions give the ledger's mIoU
         assert miou_of(cm.sum(0)) == pytest.approx(rows[name]["miou"])
     assert rows[DEPLOYED]["artifact_bytes"] == (smoke_report / "deploy/onnxruntime-cpu/model.int8.onnx").stat().st_size
     masks = load_qualitative(smoke_report, report["qualitative"])

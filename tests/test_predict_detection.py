@@ -303,3 +303,34 @@ def test_a_graph_with_nms_inside_predicts_the_raw_graphs_boxes(built, tmp_path):
     assert 0 < len(fewer) < len(got) and (fewer.conf > 0.5).all()
     with pytest.raises(ConfigError, match="cannot bring them back"):
         Detector.load(path, score_threshold=0.1)
+
+
+def _with_props(src, dst, changes: dict):
+    """A copy of an ONNX with metadata entries replaced (a value) or dropped (None)."""
+    model = onnx.load(str(src))
+    props = {p.key: p.value for p in model.metadata_props} | changes
+    del model.metadata_props[:]
+    for key, value in props.items():
+        if value is not None:
+            model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(dst))
+    return dst
+
+
+def test_a_graph_with_nms_inside_is_read_at_its_own_threshold_and_class_count(built, tmp_path):
+    from dataclasses import replace
+
+    from bckd_pipeline.export.detection_nms import nms_graph
+
+    task = get_task("detection")
+    path = nms_graph(built.onnx, tmp_path / "nms.onnx", replace(task.settings, score_thresh=0.3), task.strides, IN_HW)
+    with Detector.load(path) as det:
+        assert det.score_threshold == pytest.approx(0.3)
+        assert (det(scene(45, 70, 1)).conf > 0.3).all()
+    with pytest.raises(ConfigError, match="drops scores at or under 0.3; --score-threshold 0.2 cannot"):
+        Detector.load(path, score_threshold=0.2)
+    nameless = _with_props(path, tmp_path / "nameless.onnx", {"bckd.class_names": None})
+    with pytest.raises(ConfigError, match="class id [1-9]\\d*, and 1 class names are given"):
+        with Detector.load(nameless, classes=["only"], score_threshold=0.3) as det:
+            for seed in range(4):
+                det(scene(45, 70, seed))

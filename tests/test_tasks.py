@@ -182,10 +182,10 @@ class Agreement(Task):
         np.save(path, prediction)
         return {"agreement": path.relative_to(out).as_posix(), "pixels": int(prediction.size)}
 
-    def write_overlay(self, prediction, rgb, out, stem, *, colors):
+    def write_overlay(self, prediction, rgb, out, stem, *, colors, classes=()):
         return {"overlay": "none drawn"}
 
-    def draw(self, prediction, colors, *, ignore_index, truth=None):
+    def draw(self, prediction, colors, *, ignore_index, truth=None, image=None):
         same = np.ones(prediction.shape, bool) if truth is None else prediction == truth
         return np.repeat(np.where(same, 255, 0).astype(np.uint8)[..., None], 3, axis=-1)
 
@@ -282,6 +282,7 @@ def test_predict_writes_what_the_task_writes(agreement, tmp_path):
     path, _ = writer.finish(1.0)
     (entry,) = json.loads(path.read_text())["images"]
     assert entry == {
+        "image_id": 0,
         "path": "x.png",
         "agreement": "agreement/x.npy",
         "pixels": H * W,

@@ -138,14 +138,32 @@ def onnx_output_tail(path: Path) -> list[str]:
     from ..onnxfile import load_onnx
 
     graph = load_onnx(path).graph
-    producer = {o: n for n in graph.node for o in n.output}
-    names: set[str] = set()
+    producer = {o: i for i, n in enumerate(graph.node) for o in n.output}  # tensor -> index of its node
+    seen: set[int] = set()  # node indices: a graph may leave node names empty, so names cannot key the walk
     stack = [o.name for o in graph.output]
     while stack:
-        node = producer.get(stack.pop())
-        if node is None or node.name in names or node.op_type in _ONNX_BRANCH_ENDS:
+        index = producer.get(stack.pop())
+        if index is None or index in seen or graph.node[index].op_type in _ONNX_BRANCH_ENDS:
             continue
-        if node.op_type != "Constant":
-            names.add(node.name)
-        stack.extend(node.input)
-    return sorted(names)
+        seen.add(index)
+        stack.extend(graph.node[index].input)
+    # ORT and Model Optimizer exclude nodes by name: an unnamed one cannot be named to them
+    return sorted({graph.node[i].name for i in seen if graph.node[i].op_type != "Constant" and graph.node[i].name})
+
+
+def tail_nodes_lost(source, processed, tail: list[str]) -> list[str]:
+    """The ``tail`` nodes of the ONNX graph ``source`` whose output ``processed`` (the graph after the quantizer's
+    pre-processing) computes in a node of another name that is neither in ``tail`` nor a branch end: merged or
+    renamed, that node is quantized where the tail meant float. A node folded into constants or removed leaves
+    nothing to quantize, and one merged into the branch's last convolution is quantized by design: neither is lost."""
+    kept = {n.name for n in processed.node}
+    producer = {o: n for n in processed.node for o in n.output}
+    wanted = set(tail)
+    lost = []
+    for node in source.node:
+        if node.name not in wanted or node.name in kept:
+            continue
+        now = [producer[o] for o in node.output if o in producer]
+        if any(p.name not in wanted and p.op_type not in _ONNX_BRANCH_ENDS for p in now):
+            lost.append(node.name)
+    return lost

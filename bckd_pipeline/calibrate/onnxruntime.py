@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..errors import BackendMissingError
 from ..fileio import atomic_write
+from ..progress import say
 from ..targets.profiles import CalibrationSpec
 from ..data.feeds import DatasetFeeds
 
@@ -64,8 +65,13 @@ def quantize_ort(
         from .exclude import onnx_output_tail
 
         tail = onnx_output_tail(source)
-        settings["float_output_tail"] = tail
-    atomic_write(path, lambda tmp: quantize_qdq(source, tmp, feeds, spec, activation_type="QUInt8", keep_float=tail))
+
+    def write(tmp: Path) -> None:
+        kept = quantize_qdq(source, tmp, feeds, spec, activation_type="QUInt8", keep_float=tail)
+        if float_tail:
+            settings["float_output_tail"] = kept
+
+    atomic_write(path, write)
     return Path(path), settings
 
 
@@ -79,15 +85,16 @@ def quantize_qdq(
     op_types: list[str] | None = None,
     extra: dict | None = None,
     keep_float: list[str] | None = None,
-) -> None:
+) -> list[str]:
     """``quant_pre_process`` then ORT's static QDQ quantizer (per-channel s8 weights) into ``tmp``; ``keep_float``:
-    more node names left in float (those the pre-processing kept)."""
+    more node names left in float. Returns those of them the pre-processing kept (the ones left in float); warns on
+    stderr when it merged or renamed one into a node that is quantized (``exclude.tail_nodes_lost``)."""
     try:
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
         from onnxruntime.quantization.shape_inference import quant_pre_process
     except ImportError:
         raise BackendMissingError("onnxruntime is not installed: pip install onnxruntime.") from None
-    from .exclude import ort_arguments, resolve
+    from .exclude import ort_arguments, resolve, tail_nodes_lost
 
     options = {"CalibMovingAverage": False, **(extra or {})}
     excluded = resolve(source, spec.exclude) if spec.exclude else None  # refused here when it names nothing
@@ -96,6 +103,7 @@ def quantize_qdq(
     # a hidden working folder beside the artifact: a killed run leaves it, never a file under a final name
     with tempfile.TemporaryDirectory(dir=Path(tmp).parent, prefix=f".{Path(tmp).name}.") as work:
         pre = Path(work) / "pre.onnx"
+        tail: list[str] = []
         quant_pre_process(str(source), str(pre), skip_symbolic_shape=True)
         exclusion = ort_arguments(excluded)
         if excluded is not None and excluded.nodes:
@@ -103,8 +111,10 @@ def quantize_qdq(
         if keep_float:
             from ..onnxfile import load_onnx
 
-            kept = {n.name for n in load_onnx(pre).graph.node}
+            processed = load_onnx(pre).graph
+            kept = {n.name for n in processed.node}
             tail = [n for n in keep_float if n in kept]
+            _warn_lost_tail(tail_nodes_lost(load_onnx(source).graph, processed, keep_float))
             exclusion["nodes_to_exclude"] = [*exclusion.get("nodes_to_exclude", []), *tail]
         if op_types is not None and "op_types_to_quantize" in exclusion:  # the caller's op types, less the excluded
             exclusion["op_types_to_quantize"] = [t for t in op_types if t not in excluded.op_types]
@@ -124,6 +134,15 @@ def quantize_qdq(
             extra_options=options,
             **({"calibration_cache_path": str(cache)} if cache is not None else {}),
             **exclusion,
+        )
+    return tail
+
+
+def _warn_lost_tail(lost: list[str]) -> None:
+    if lost:
+        say(
+            f"warning: quant_pre_process merged or renamed {len(lost)} output-tail node(s) meant to stay in float; "
+            "they are quantized: " + ", ".join(lost[:5]) + (f" (+{len(lost) - 5} more)" if len(lost) > 5 else "")
         )
 
 

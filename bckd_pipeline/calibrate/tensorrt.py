@@ -94,10 +94,11 @@ def quantize_for_tensorrt(
         from .exclude import onnx_output_tail
 
         tail = onnx_output_tail(Path(source))
-        settings["float_output_tail"] = tail
 
     def write_checked(tmp: Path) -> None:
-        write(Path(source), tmp, feeds, spec, tail)
+        kept = write(Path(source), tmp, feeds, spec, tail)
+        if float_tail:
+            settings["float_output_tail"] = kept
         settings["residual_adds_fused"] = place_residual_qdq(tmp)
         problems = check_tensorrt_qdq(tmp)
         if problems:
@@ -111,7 +112,8 @@ def quantize_for_tensorrt(
     return Path(path), settings
 
 
-def _ort_writer(source: Path, tmp: Path, feeds: DatasetFeeds, spec: CalibrationSpec, tail: list) -> None:
+def _ort_writer(source: Path, tmp: Path, feeds: DatasetFeeds, spec: CalibrationSpec, tail: list) -> list[str]:
+    """ORT's quantizer with TensorRT's placement; returns the ``tail`` nodes left in float."""
     extra = {
         "ActivationSymmetric": True,
         "WeightSymmetric": True,
@@ -119,12 +121,13 @@ def _ort_writer(source: Path, tmp: Path, feeds: DatasetFeeds, spec: CalibrationS
         # One Q/DQ pair per consumer: TensorRT fuses each pair into the layer that reads it.
         "DedicatedQDQPair": True,
     }
-    quantize_qdq(
+    return quantize_qdq(
         source, tmp, feeds, spec, activation_type="QInt8", op_types=list(QUANTIZED_OPS), extra=extra, keep_float=tail
     )
 
 
-def _modelopt_writer(source: Path, tmp: Path, feeds: DatasetFeeds, spec: CalibrationSpec, tail: list) -> None:
+def _modelopt_writer(source: Path, tmp: Path, feeds: DatasetFeeds, spec: CalibrationSpec, tail: list) -> list[str]:
+    """Model Optimizer's quantizer on ``source`` itself; returns the ``tail`` nodes left in float (all of them)."""
     try:
         from modelopt.onnx.quantization import quantize
     except ImportError:
@@ -154,6 +157,7 @@ def _modelopt_writer(source: Path, tmp: Path, feeds: DatasetFeeds, spec: Calibra
         calibration_eps=["cpu"],
         output_path=str(tmp),
     )
+    return list(tail)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -29,7 +29,10 @@ def _task(args) -> str:
 
 def _label(args) -> tuple[str, str]:
     """The task's headline metric: (metrics.json key, label)."""
-    return ("map", "AP") if _task(args) == "detection" else ("miou", "mIoU")
+    from ..tasks import get_task
+
+    task = get_task(_task(args))
+    return task.metric, task.metric_label
 
 
 def taps(args) -> int:

@@ -97,7 +97,7 @@ def load_teacher(path: Path | None, factory: str | None, weights: Path | None, n
     path = _existing(path, "--teacher")
     kind = torch_kind(path)
     if kind == "checkpoint":
-        model, meta = load_model(path, expect_classes=num_classes)
+        model, meta = load_model(path, expect_classes=num_classes, expect_task="segmentation", flag="--teacher")
         return LoadedModel(model, meta.model, "checkpoint", "teacher")
     model = load_torch_module(ModelSource(kind, path))
     return LoadedModel(model, path.name, kind, "teacher")

@@ -14,6 +14,7 @@ from typing import Protocol
 
 from ..cache import StageCache, stage_key
 from ..configs import DataConfig, DistillConfig, Schedule, TrainConfig
+from ..tasks import get_task
 from .stage import STATE_FILE, StepOutput, distill, train_teacher
 
 
@@ -117,10 +118,13 @@ def summarize(
     task: str = "segmentation",
 ) -> dict:
     """The run's stage-1 figures: teacher, student alone and distilled student on the task's headline metric
-    (``miou``, or ``map`` for detection), and the share of the teacher-student gap that distillation closed."""
-    key = "map" if task == "detection" else "miou"
+    (the task's ``metric``: ``miou``, or ``map`` for detection), and the share of the teacher-student gap that
+    distillation closed: ``(distilled - alone) / (teacher - alone) * 100``, None (unknown) without a teacher, with a
+    zero gap, or when a figure is None (detection AP of a split without non-crowd ground truth)."""
+    key = get_task(task).metric
     t = teacher[key] if teacher else None
-    gap = (t - alone[key]) if t is not None else None
+    figures = (t, alone[key], distilled[key])
+    gap = t - alone[key] if all(f is not None for f in figures) else None
     closed = (distilled[key] - alone[key]) / gap * 100 if gap else None
     if task == "detection":
         extra = {k: distilled.get(k) for k in ("ap50", "ap75", "ap_small", "ap_medium", "ap_large")}

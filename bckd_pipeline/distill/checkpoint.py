@@ -16,8 +16,7 @@ from torch import nn
 from ..configs import CheckpointMeta
 from ..errors import CheckpointError
 from ..fileio import atomic_write
-from .detection import DETECTOR_PRESETS, build_detector
-from .models import PRESETS, build_model
+from .task_models import build_preset, presets_of
 
 FORMAT = "bckd-pipeline/checkpoint-v1"
 
@@ -93,10 +92,22 @@ def checkpoint_task(path: Path) -> str | None:
 
 
 def load_model(
-    path: Path, *, expect_classes: int | None = None, expect_model: str | None = None
+    path: Path,
+    *,
+    expect_classes: int | None = None,
+    expect_model: str | None = None,
+    expect_task: str | None = None,
+    flag: str = "Checkpoint",
 ) -> tuple[nn.Module, CheckpointMeta]:
-    """Rebuild the checkpoint's model and load its weights, checking it is the model expected."""
+    """Rebuild the checkpoint's model and load its weights, checking it is the model expected (``expect_task``:
+    a model of that task; ``flag`` names the checkpoint in the task refusal, e.g. ``--teacher``)."""
     meta, state = read_checkpoint(path)
+    if expect_task is not None and meta.task != expect_task:
+        raise CheckpointError(
+            f"{flag} {str(path)!r} holds a {meta.task} model ({meta.model}), and this is a --task {expect_task} run. "
+            f"Pass a checkpoint of a {expect_task} model (`bckd-pipeline train-teacher --task {expect_task}`), or "
+            f"pass --task {meta.task}."
+        )
     if expect_model is not None and meta.model != expect_model:
         raise CheckpointError(
             f"Checkpoint {str(path)!r} holds a {meta.model!r} model, but {expect_model!r} was requested. "
@@ -108,16 +119,13 @@ def load_model(
             f"but the dataset has {expect_classes}. Use a checkpoint trained on this dataset's classes, "
             "or pick the --data it was trained on."
         )
-    presets = DETECTOR_PRESETS if meta.task == "detection" else PRESETS
-    if meta.model not in presets:
+    if meta.model not in presets_of(meta.task):
         raise CheckpointError(
             f"Checkpoint {str(path)!r} names {meta.task} model {meta.model!r}, which is not a preset of this "
             "version. Build the model in Python and load the state_dict from read_checkpoint()."
         )
-    if meta.task == "detection":
-        model = build_detector(meta.model, meta.num_classes, class_names=list(meta.class_names))
-    else:
-        model = build_model(meta.model, meta.num_classes)
+    names = list(meta.class_names) if meta.task == "detection" else None  # a detector keeps its class names
+    model = build_preset(meta.model, meta.task, meta.num_classes, pretrained="none", class_names=names)
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]

@@ -13,15 +13,14 @@ import functools
 import torch
 from torch import nn
 
-from ..configs import DET_KD_CHOICES, DistillConfig
+from ..configs import DistillConfig
 from ..errors import ConfigError
 from .bckd import BCKD
 from .detection import FCOSDetector, anchor_points, check_detector_input, dense_class_probs, detector_taps, p3_map
 from .detection_losses import DENSE_KD_WEIGHT, PKD_WEIGHT, FCOSLoss, PKDLoss, dense_score_kd
 from .models import FeatureTaps
 from .task import StepInfo, StudentAndBCKD, Teacher, bckd_gamma
-
-
+from .task_models import check_kd
 
 
 @functools.lru_cache(maxsize=16)
@@ -84,8 +83,8 @@ class DetDistillTask(StudentAndBCKD):
     The step dict reports each unweighted term as ``loss/<name>`` (``cls``, ``box``, ``ctr``, ``kd``, ``pkd``,
     ``boundary``, ``context``) and BCKD's ``bckd/gamma`` and ``bckd/temperature``, as the trainer logs them.
     ``example_input`` (N x 3 x H x W) sizes BCKD's modules and PKD's channel adapters. ``cfg`` gives BCKD's
-    settings; its ``kd_weight``, ``kd_temperature`` and ``cwd_*`` belong to segmentation's logit terms and are not
-    read here (the dense score KD has no temperature).
+    settings; its ``kd_temperature`` and ``cwd_*`` belong to segmentation's logit terms and are not read here (the
+    dense score KD has no temperature); the distill stage passes ``cfg.kd_weight`` as ``kd_weight``.
     """
 
     def __init__(
@@ -101,11 +100,7 @@ class DetDistillTask(StudentAndBCKD):
     ):
         super().__init__()
         kd = cfg.kd if kd is None else kd
-        if kd not in DET_KD_CHOICES:
-            raise ConfigError(
-                f"--kd {kd!r} is not defined for detectors. Allowed: {', '.join(DET_KD_CHOICES)} (cwd acts on "
-                "segmentation logits). Use --kd bckd, or --kd none for the student alone."
-            )
+        check_kd(kd, "detection")
         terms = set() if kd == "none" else set(kd.split("+"))
         if "bckd" in terms and cfg.bckd.balance != "none":
             raise ConfigError(

@@ -20,6 +20,7 @@ from .. import metrics as M
 from ..configs import CheckpointMeta, DataConfig, DistillConfig, Schedule, TrainConfig
 from ..errors import ConfigError, DataError
 from ..fileio import write_json
+from ..tasks import get_task
 from .checkpoint import load_model, plain_values, save_checkpoint
 from .distributed import SINGLE, DistEnv, all_reduce_sum, shard
 from .any_model import check_pair, load_student, load_teacher
@@ -59,7 +60,8 @@ def _meta(model_name: str, info, data: DataConfig, role: str, extra: dict) -> Ch
 
 def _metric(data: DataConfig) -> tuple[str, str]:
     """The task's headline metric: (metrics.json key, label)."""
-    return ("map", "AP") if data.is_detection else ("miou", "mIoU")
+    task = get_task(data.task)
+    return task.metric, task.metric_label
 
 
 def _ap_only(model: nn.Module, eval_set, info, train_cfg: TrainConfig, env: DistEnv):
@@ -353,22 +355,38 @@ def distill(
 
 
 def _det_distill_task(student: nn.Module, teacher: nn.Module, dcfg: DistillConfig, example: torch.Tensor):
-    """The detection distillation task of ``dcfg.kd`` (one of detection's methods, ``check_kd``)."""
+    """The detection distillation task of ``dcfg.kd`` (the task refuses a method that is not detection's), with
+    ``--kd-weight`` as the dense score KD's weight."""
     from .detection_task import DetDistillTask
 
-    check_kd(dcfg.kd, "detection")
-    return DetDistillTask(student, teacher, cfg=dcfg, example_input=example, kd=dcfg.kd)
+    _check_det_distill_flags(dcfg)
+    return DetDistillTask(student, teacher, cfg=dcfg, example_input=example, kd=dcfg.kd, kd_weight=dcfg.kd_weight)
+
+
+def _check_det_distill_flags(dcfg: DistillConfig) -> None:
+    """Refuse segmentation's logit-term settings (``--kd-temperature``, ``--cwd-*``) on a detection run: the dense
+    score KD has no temperature and detection has no CWD term, so a value other than the default would be ignored."""
+    defaults = DistillConfig()
+    given = [
+        f"{flag} {value:g}"
+        for flag, value, default in (
+            ("--kd-temperature", dcfg.kd_temperature, defaults.kd_temperature),
+            ("--cwd-temperature", dcfg.cwd_temperature, defaults.cwd_temperature),
+            ("--cwd-weight", dcfg.cwd_weight, defaults.cwd_weight),
+        )
+        if value != default
+    ]
+    if given:
+        raise ConfigError(
+            f"{', '.join(given)}: these are segmentation's settings (its logit KD and CWD terms), and this is a "
+            "--task detection run, whose dense score KD has no temperature and which has no CWD term. Drop them; "
+            "--kd-weight sets the weight of detection's dense score KD."
+        )
 
 
 def _detector_teacher(teacher_ckpt: Path, num_classes: int) -> tuple[nn.Module, CheckpointMeta]:
     """The teacher.pt of a detector preset, for the dataset's classes."""
-    teacher, meta = load_model(Path(teacher_ckpt), expect_classes=num_classes)
-    if meta.task != "detection":
-        raise ConfigError(
-            f"--teacher {str(teacher_ckpt)!r} holds a {meta.task} model ({meta.model}), and this is a --task "
-            "detection run. Pass the teacher.pt of a detector (`bckd-pipeline train-teacher --task detection`)."
-        )
-    return teacher, meta
+    return load_model(Path(teacher_ckpt), expect_classes=num_classes, expect_task="detection", flag="--teacher")
 
 
 def distill_detector(

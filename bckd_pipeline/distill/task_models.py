@@ -12,6 +12,7 @@ from ..errors import ConfigError, unknown_name
 from .detection import DETECTOR_PRESETS, build_detector
 from .models import PRESETS, build_model
 
+
 def presets_of(task: str) -> dict:
     """The preset registry of ``task``: name -> preset (each with ``role`` and ``description``)."""
     if task not in TASK_NAMES:
@@ -46,9 +47,12 @@ def build_preset(name: str, task: str, num_classes: int, *, pretrained: str, cla
 def check_kd(kd: str, task: str) -> None:
     """``--kd`` names a distillation method of ``task``; a ConfigError lists that task's methods otherwise."""
     allowed = KD_CHOICES_OF_TASK[task]
-    if kd not in allowed:
-        other = next(t for t, methods in KD_CHOICES_OF_TASK.items() if t != task)
-        raise ConfigError(
-            f"--kd {kd} is not a --task {task} method (it is one of --task {other}'s). Allowed for {task}: "
-            f"{', '.join(allowed)}. Pick one of them."
-        )
+    if kd in allowed:
+        return
+    if not any(kd in methods for methods in KD_CHOICES_OF_TASK.values()):
+        raise unknown_name(f"--task {task} --kd method", kd, allowed, "Pick one of them, e.g. --kd bckd.")
+    other = next(t for t, methods in KD_CHOICES_OF_TASK.items() if t != task)
+    raise ConfigError(
+        f"--kd {kd} is not a --task {task} method (it is one of --task {other}'s). Allowed for {task}: "
+        f"{', '.join(allowed)}. Pick one of them."
+    )

@@ -66,7 +66,7 @@ def onnx_metadata(
         "bckd.ignore_index": str(meta.ignore_index),
         "bckd.opset": str(spec.opset),
     }
-    if spec.task != "segmentation":  # absent: a segmentation model (files written before tasks existed)
+    if spec.task != "segmentation":  # the file format: no bckd.task entry means a segmentation model
         props["bckd.task"] = spec.task
     if meta.class_colors is not None:  # absent: readers draw with the project's palette
         props["bckd.class_colors"] = json.dumps([list(c) for c in meta.class_colors])

@@ -23,7 +23,8 @@ from ..model_spec import Head
 
 
 class _Normalize(nn.Module):
-    """``(image - 255 * mean) * 1 / (255 * std)``, or nothing when ``normalize`` is None."""
+    """``(image - 255 * mean) * 1 / (255 * std)``, or nothing when ``normalize`` is None: the normalisation every
+    export wrapper bakes into its graph (0..255 RGB in)."""
 
     def __init__(self, normalize: Normalization | None) -> None:
         super().__init__()
@@ -77,15 +78,10 @@ class SegExportWrapper(nn.Module):
         super().__init__()
         self.student = student.eval()
         self.head = head
-        self.normalize = normalize is not None
-        mean = torch.tensor(normalize.mean if normalize else (0.0, 0.0, 0.0)) * 255.0
-        std = torch.tensor(normalize.std if normalize else (1.0, 1.0, 1.0)) * 255.0
-        # Multiply by 1/std rather than divide: one Mul that quantizers and compilers fold cleanly.
-        self.register_buffer("mean", mean.view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("inv_std", (1.0 / std).view(1, 3, 1, 1), persistent=False)
+        self.normalize = _Normalize(normalize)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        x = (image - self.mean) * self.inv_std if self.normalize else image
+        x = self.normalize(image)
         # Pads bottom/right to the encoder's stride and crops back, as evaluation does; with a static
         # shape the pad amounts are constants in the graph.
         logits = padded_logits(self.student, x)

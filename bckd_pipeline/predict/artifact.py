@@ -275,6 +275,7 @@ def contract_from_props(props: dict[str, str], source: str) -> Contract:
                 ("bckd.version", "exported_by_version"),
                 ("bckd.checkpoint_sha256", "checkpoint_sha256"),
                 ("bckd.opset", "opset"),
+                ("bckd.nms", "nms"),  # the settings of a graph with NMS inside (export/detection_nms.py)
             )
             if key in props
         },
@@ -319,7 +320,8 @@ def _checkpoint_contract(path: Path) -> Contract:
 
 def task_of(artifact: Artifact, contract: Contract) -> str:
     """The artifact's task: what the file says (ONNX/IR ``bckd.task``, a checkpoint's meta), else its run's
-    manifest ``task``, else segmentation (a model exported before tasks were recorded, or elsewhere)."""
+    manifest ``task``, else segmentation (the file format: a file without ``bckd.task`` holds a segmentation model;
+    a model exported elsewhere is read as one)."""
     from ..tasks import DEFAULT_TASK, get_task
 
     in_manifest = (artifact.manifest or {}).get("task")

@@ -16,6 +16,7 @@ host decoding and NMS of every backend), and the boxes are mapped from the model
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -75,7 +76,8 @@ class DetectionResult:
 
 class Detector(Predictor):
     """A detector's Runtime plus the artifact's contract. Build with :meth:`load`; ``score_threshold`` keeps
-    detections scoring above it (default: the decoding's, ``DecodeSettings.score_thresh``)."""
+    detections scoring above it (default: the decoding's, ``DecodeSettings.score_thresh``, or for a graph with NMS
+    inside the threshold it applies, its ``bckd.nms`` metadata)."""
 
     task_name = "detection"
 
@@ -85,10 +87,37 @@ class Detector(Predictor):
                 f"--score-threshold {score_threshold}: scores lie in 0..1; give a threshold in [0, 1) (default "
                 f"{DEFAULT_DECODE.score_thresh:g})."
             )
-        threshold = DEFAULT_DECODE.score_thresh if score_threshold is None else float(score_threshold)
+        self._threshold_given = score_threshold is not None
+        self._set_threshold(DEFAULT_DECODE.score_thresh if score_threshold is None else float(score_threshold))
+        super().__init__(runtime, artifact, contract, **options)
+
+    def _set_threshold(self, threshold: float) -> None:
         self.score_threshold = threshold
         self._task = Detection(replace(DEFAULT_DECODE, score_thresh=threshold))
-        super().__init__(runtime, artifact, contract, **options)
+
+    def _graph_score_thresh(self) -> float:
+        """The score threshold a graph with NMS inside applies (its ``bckd.nms`` metadata; the decoding's default
+        when the graph does not say)."""
+        raw = self.contract.extra.get("nms")
+        try:
+            return float(json.loads(raw)["score_thresh"]) if raw else DEFAULT_DECODE.score_thresh
+        except (ValueError, KeyError, TypeError):
+            raise ConfigError(
+                f"{self.artifact.path.name}: its bckd.nms metadata is not the JSON object export writes (with "
+                f"score_thresh): {str(raw)[:80]!r}. Re-export the model with --head nms."
+            ) from None
+
+    def _check_labels(self, rows: np.ndarray) -> None:
+        """Every class id of ``rows`` (``[..., 6]``, label -1 for padding) names one of the classes."""
+        labels = rows[..., 5]
+        labels = labels[labels != -1]
+        outside = labels[(labels < 0) | (labels >= len(self.classes))]
+        if outside.size:
+            raise ConfigError(
+                f"{self.artifact.path.name} gives class id {int(outside[0])}, and {len(self.classes)} class names are "
+                f"given ({self.contract.source}): ids must lie in 0..{len(self.classes) - 1}. Give one name per class "
+                "the model detects (--classes)."
+            )
 
     @property
     def task(self) -> Detection:
@@ -98,20 +127,24 @@ class Detector(Predictor):
     def _check_outputs(self, outputs: Mapping[str, np.ndarray], feed: Mapping[str, np.ndarray]) -> str:
         name = self.artifact.path.name
         if all(n in outputs for n in NMS_OUTPUT_NAMES):  # a graph with NMS inside (--head nms): rows already made
-            if self.score_threshold < DEFAULT_DECODE.score_thresh:
+            graph_thresh = self._graph_score_thresh()
+            if not self._threshold_given:
+                self._set_threshold(graph_thresh)
+            elif self.score_threshold < graph_thresh:
                 raise ConfigError(
-                    f"{name} has NMS inside, which drops scores at or under {DEFAULT_DECODE.score_thresh:g}; "
+                    f"{name} has NMS inside, which drops scores at or under {graph_thresh:g}; "
                     f"--score-threshold {self.score_threshold:g} cannot bring them back. Give a threshold of at "
-                    f"least {DEFAULT_DECODE.score_thresh:g}, or deploy --head raw."
+                    f"least {graph_thresh:g}, or deploy --head raw."
                 )
             if self.contract.class_names is None:
                 raise ConfigError(
                     f"{name} has NMS inside and carries no class names (bckd.class_names); give them (--classes)."
                 )
             try:
-                self.task.prediction_of(self.task.raw_output(outputs, feed))
+                rows = self.task.prediction_of(self.task.raw_output(outputs, feed))
             except DataError as exc:
                 raise ConfigError(f"{name}: {exc}") from None
+            self._check_labels(rows)
             return ", ".join(NMS_OUTPUT_NAMES)
         missing = [n for n in OUTPUT_NAMES if n not in outputs]
         if missing:
@@ -161,6 +194,7 @@ class Detector(Predictor):
         outputs = self.runtime.infer(feed)
         infer_s = self.runtime.last_latency_s or 0.0
         rows = self.task.prediction_of(self.task.raw_output(outputs, feed))
+        self._check_labels(rows)
         boxes = []
         for i, where in enumerate(placed):
             mapped = to_source(rows[i], source=where.source, inner=where.inner, top=where.top, left=where.left)

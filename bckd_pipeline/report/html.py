@@ -185,11 +185,8 @@ def class_colors(report: dict, n_classes: int) -> np.ndarray:
 
 
 def _draw(task, prediction, colors, ignore: int, truth, image) -> np.ndarray:
-    """``task.draw``, over the input ``image`` where the task draws over one (detection's boxes)."""
-    import inspect
-
-    extra = {"image": image} if "image" in inspect.signature(task.draw).parameters else {}
-    return task.draw(prediction, colors, ignore_index=ignore, truth=truth, **extra)
+    """``task.draw``, given the input ``image`` (detection draws its boxes over it)."""
+    return task.draw(prediction, colors, ignore_index=ignore, truth=truth, image=image)
 
 
 def masks_table(report: dict, out: Path) -> str:

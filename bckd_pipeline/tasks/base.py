@@ -241,10 +241,17 @@ class Task(ABC):
 
     @abstractmethod
     def draw(
-        self, prediction: np.ndarray, colors: np.ndarray, *, ignore_index: int, truth: np.ndarray | None = None
+        self,
+        prediction: np.ndarray,
+        colors: np.ndarray,
+        *,
+        ignore_index: int,
+        truth: np.ndarray | None = None,
+        image: np.ndarray | None = None,
     ) -> np.ndarray:
         """One prediction as an H x W x 3 uint8 picture for report.html; with ``truth`` (the image's label),
-        its errors marked. A label drawn alone is the ground truth's picture."""
+        its errors marked. A label drawn alone is the ground truth's picture. ``image`` (H x W x 3 uint8, the
+        input): what a task that draws over the input draws on (detection's boxes); others may ignore it."""
 
     @abstractmethod
     def caption(self, prediction: np.ndarray, truth: np.ndarray, *, ignore_index: int) -> str:

@@ -353,7 +353,8 @@ class Segmentation(Task):
 
         return write_overlay_file(prediction, rgb, out, stem, colors=colors)
 
-    def draw(self, prediction, colors, *, ignore_index: int, truth=None) -> np.ndarray:
+    def draw(self, prediction, colors, *, ignore_index: int, truth=None, image=None) -> np.ndarray:
+        """The label map in the class colours (``image`` is not drawn on: the map is the picture)."""
         from .segmentation_draw import colorize
 
         return colorize(prediction, colors, ignore_index, truth)
