@@ -115,8 +115,8 @@ def _common(p: argparse.ArgumentParser, *, training: bool = True, deploys: bool 
         p.add_argument(
             "--train-precision",
             default=None,
-            help="auto | fp32 | bf16 | fp16 (default auto: bf16 on CUDA where supported, else fp16; fp32 on the CPU; "
-            "bf16 also on the CPU, fastest with AVX512-BF16 or AMX)",
+            help="auto | fp32 | bf16 | fp16 (default auto: bf16 on CUDA where supported, else fp16; on the CPU bf16 "
+            "where it has native bf16 (AVX512-BF16, AMX-BF16), else fp32)",
         )
         p.add_argument("--channels-last", action="store_true", help="channels_last memory format (CUDA)")
         p.add_argument("--compile", action="store_true", help="torch.compile the training step")

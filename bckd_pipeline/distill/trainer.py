@@ -43,9 +43,9 @@ STATE_FORMAT = "bckd-pipeline/train-state-v1"
 _RESUMABLE = {"num_workers", "checkpoint_every", "device"}
 
 
-# Whether --train-precision auto trains in bf16 on a CPU with native bf16 instructions. Off until a paired-seed
-# accuracy study shows bf16 training matches fp32 there (docs/decisions.md, "bf16 training on the CPU").
-CPU_AUTO_BF16 = False
+# Whether --train-precision auto trains in bf16 on a CPU with native bf16 instructions: on, as the paired-seed study
+# of fp32 against bf16 supports (docs/decisions.md, "bf16 training on the CPU"; docs/benchmarks.md).
+CPU_AUTO_BF16 = True
 
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -100,7 +100,12 @@ def resolve_precision(
     if not units:
         return TrainPrecision("fp32", "auto on a CPU without native bf16 instructions (AVX512-BF16, AMX-BF16)")
     if allow:
-        return TrainPrecision("bf16", f"auto on a CPU with native bf16 ({', '.join(units)})")
+        return TrainPrecision(
+            "bf16",
+            f"auto on a CPU with native bf16 ({', '.join(units)}): bf16 autocast, whose paired-seed accuracy matched "
+            'fp32\'s within the study\'s intervals (docs/decisions.md, "bf16 training on the CPU"); '
+            "--train-precision fp32 trains in fp32",
+        )
     return TrainPrecision(
         "fp32",
         f"auto on the CPU stays fp32: this CPU has native bf16 ({', '.join(units)}), but no paired-seed study has "
