@@ -945,7 +945,8 @@ def provenance(stem: str) -> str:
     versions = d.get("versions") or {"torch": d.get("torch") or env.get("torch")}
     commit = d.get("git_commit") or env.get("git_commit")
     dirty = d.get("git_dirty", env.get("git_dirty"))
-    parts = [f"{machine.get('cpu', env.get('cpu', 'CPU'))} ({', '.join(machine.get('isa', []))})"]
+    isa = machine.get("isa") or env.get("isa") or []
+    parts = [f"{machine.get('cpu', env.get('cpu', 'CPU'))} ({', '.join(isa)})"]
     parts += [f"{k} {str(versions[k]).split('+')[0]}" for k in ("torch", "torchvision", "timm") if versions.get(k)]
     if commit:
         parts.append(f"commit {commit[:7]}" + (" with uncommitted changes" if dirty else ""))
