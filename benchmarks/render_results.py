@@ -482,8 +482,10 @@ def det_step_table(stem: str = "det_step_cpu") -> str:
 
 
 def quickstart_ledger(stem: str) -> str:
-    """The stage ledger of a `bckd-pipeline run` report (report.json), as report.md prints it."""
+    """The stage ledger of a `bckd-pipeline run` report (report.json, or one a benchmarks/record_command.py file
+    embeds as ``report``), as report.md prints it."""
     d = load(stem)
+    d = d.get("report", d)
     lines = [
         "| stage | backend | precision | status | mIoU | ΔmIoU | agreement % | p50 ms | p99 ms | FPS |",
         "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
@@ -820,8 +822,10 @@ def study_seeds(stem: str, row: str, metric: str = "miou", skip: str = "") -> st
 
 
 def distill_miou(stem: str, key: str) -> str:
-    """A run report's distillation mIoU: ``teacher``, ``student`` (alone) or ``distilled``, 2 decimals."""
-    return f"{load(stem)['distill'][f'{key}_miou']:.2f}"
+    """A run report's distillation mIoU: ``teacher``, ``student`` (alone) or ``distilled``, 2 decimals (the report
+    itself, or one a benchmarks/record_command.py file embeds as ``report``)."""
+    d = load(stem)
+    return f"{d.get('report', d)['distill'][f'{key}_miou']:.2f}"
 
 
 def loadavg(stem: str, when: str = "before") -> str:
