@@ -258,11 +258,14 @@ def with_nms(
         valid_i = node("Cast", [valid], "valid_i", to=TensorProto.INT32)
         pad_label = const("pad_label", -1, np.int32)
         num_dets, det_boxes, det_scores, det_labels = out_names
+        # Named, as every node here: quantizers keep nodes in float by name (calibrate/exclude.py)
         nodes += [
-            helper.make_node("ReduceSum", [valid_i, const("axis1", [1], np.int64)], [num_dets], keepdims=1),
-            helper.make_node("Mul", [rows, valid3], [det_boxes]),
-            helper.make_node("Mul", [top_val, valid_f], [det_scores]),
-            helper.make_node("Where", [valid, label, pad_label], [det_labels]),
+            helper.make_node(
+                "ReduceSum", [valid_i, const("axis1", [1], np.int64)], [num_dets], name="nms/num_dets", keepdims=1
+            ),
+            helper.make_node("Mul", [rows, valid3], [det_boxes], name="nms/det_boxes"),
+            helper.make_node("Mul", [top_val, valid_f], [det_scores], name="nms/det_scores"),
+            helper.make_node("Where", [valid, label, pad_label], [det_labels], name="nms/det_labels"),
         ]
 
     out = onnx.ModelProto()
