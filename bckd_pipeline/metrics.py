@@ -503,15 +503,11 @@ def detection_evidence(
     num_workers: int = 0,
 ) -> tuple[np.ndarray, int]:
     """Per-image AP evidence (``DETECTION.image_evidence``) summed over the split (int64), and the image count."""
-    total = np.zeros(0, np.int64)
-    images = 0
+    score = DETECTION.split_score(num_classes, ignore_index=-1)
     batches = detected_batches(model, dataset, batch_size=batch_size, device=device, num_workers=num_workers)
     for rows, targets in batches:
-        for pred, target in zip(rows, targets, strict=True):
-            e = DETECTION.image_evidence(pred, target, num_classes=num_classes).astype(np.int64)
-            total = e if not total.size else total + e
-            images += 1
-    return total, images
+        score.update(rows, targets)
+    return (score.evidence if score.evidence is not None else np.zeros(0, np.int64)), score.images
 
 
 def evaluate_detection(
