@@ -242,7 +242,10 @@ def test_teacher_for_another_class_count(teacher, tmp_path, capsys):
         (["--student-taps", "nope"], "Feature tap 'nope' is not a module of TinySegNet"),
         (["--student-taps", "stages.0,stage.3"], "Did you mean 'stages.3'?"),
         (["--teacher-taps", "stages.9"], "Available modules: stages, stages.0"),
-        (["--kd", "bkcd"], "Unknown --kd method 'bkcd'. Allowed: bckd, cwd, cwd+bckd, kd, kd+bckd, none, pkd, pkd+bckd."),
+        (
+            ["--kd", "bkcd"],
+            "Unknown --kd method 'bkcd'. Allowed: bckd, cwd, cwd+bckd, kd, kd+bckd, none, pkd, pkd+bckd.",
+        ),
         (["--bckd", "radus=3"], "Unknown BCKD option 'radus'"),
         (["--bckd", "relation=l2"], "relation='l2' is not allowed. Allowed: cosine, dot"),
         (["--no-boundary", "--no-context"], "leave BCKD with no term"),

@@ -653,3 +653,45 @@ def test_a_tail_node_merged_into_a_quantized_one_is_lost(tmp_path):
     del renamed.graph.node[2]  # the Identity removed: nothing of it left
     assert tail_nodes_lost(source, renamed.graph, tail) == ["relu"]
     assert tail_nodes_lost(source, source, tail) == []
+
+
+def _tail_feeds():
+    rng = np.random.default_rng(0)
+    images = [rng.uniform(0, 1, (1, 3, 8, 8)).astype(np.float32) for _ in range(2)]
+    return DatasetFeeds(images=images, labels=[None, None], names=["a", "b"], digests=["a", "b"], split="val")
+
+
+def _quantized_tail_outputs(path) -> set[str]:
+    """The outputs of the tail's ops (Neg, Relu, Sigmoid) in the quantized graph that a QuantizeLinear reads."""
+    graph = onnx.load(str(path)).graph
+    quantized = {n.input[0] for n in graph.node if n.op_type == "QuantizeLinear"}
+    tail = {o for n in graph.node if n.op_type in ("Neg", "Relu", "Sigmoid") for o in n.output}
+    return quantized & tail
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "tensorrt"])
+def test_unnamed_tail_nodes_stay_float(tmp_path, backend):
+    from bckd_pipeline.calibrate.onnxruntime import quantize_ort
+    from bckd_pipeline.calibrate.tensorrt import quantize_for_tensorrt
+    from bckd_pipeline.targets.profiles import CalibrationSpec
+
+    path = _tail_graph(tmp_path / "m.onnx", {"Conv": "conv"})  # every node after the convolution unnamed
+    before = path.read_bytes()
+    quantize = quantize_ort if backend == "onnxruntime" else quantize_for_tensorrt
+    q, settings = quantize(path, tmp_path / "q.onnx", _tail_feeds(), CalibrationSpec(size=2), float_tail=True)
+    assert _quantized_tail_outputs(q) == set()
+    assert settings["float_output_tail"] == ["out", "t1", "t3"]  # named after their outputs; the Identity removed
+    assert path.read_bytes() == before  # the user's file is never rewritten
+    assert not list(tmp_path.glob(".*"))  # the named copy is gone
+
+
+def test_unnamed_nodes_get_stable_unique_names(tmp_path):
+    from bckd_pipeline.calibrate.exclude import name_unnamed_nodes
+
+    graph = onnx.load(str(_tail_graph(tmp_path / "m.onnx", {"Conv": "t1", "Sigmoid": "sig"}))).graph
+    assert name_unnamed_nodes(graph) == 3
+    assert [n.name for n in graph.node] == ["t1", "t1_2", "t2", "t3", "sig"]  # "t1" taken by the Conv
+    again = onnx.load(str(tmp_path / "m.onnx")).graph
+    name_unnamed_nodes(again)
+    assert [n.name for n in again.node] == [n.name for n in graph.node]
+    assert name_unnamed_nodes(graph) == 0

@@ -631,3 +631,62 @@ def test_qat_fine_tunes_with_cross_entropy_alone_by_default(tmp_path, capsys):
     assert rc == 2 and "QAT is off (the default)" in err and not (tmp_path / "off").exists()
     rc, _, err = run_cli(capsys, *argv, "--qat-kd", "bogus", "--out", tmp_path / "bad")
     assert rc == 2 and "--qat-kd 'bogus' is not allowed" in err and "Traceback" not in err
+
+
+def detector_checkpoint(folder):
+    """A tiny detector preset (fcos-tiny-t) over the demo dataset's classes, random weights."""
+    from bckd_pipeline.configs import CheckpointMeta
+    from bckd_pipeline.data.demo import DemoDataset
+    from bckd_pipeline.distill.checkpoint import save_checkpoint
+    from bckd_pipeline.distill.detection import build_detector
+
+    names = tuple(DemoDataset("val", size=(32, 32), count=1).info.class_names)
+    torch.manual_seed(0)
+    path = folder / "detector.pt"
+    meta = CheckpointMeta(
+        model="fcos-tiny-t", num_classes=len(names), class_names=names, input_hw=(64, 64), dataset="demo",
+        role="teacher", task="detection",
+    )
+    save_checkpoint(path, build_detector("fcos-tiny-t", len(names)).eval(), meta)
+    return path
+
+
+QAT_TEACHER_REFUSAL = (
+    "holds a detection model (fcos-tiny-t), and the QAT student is a segmentation model",
+    "Pass a checkpoint of a segmentation model (`bckd-pipeline train-teacher --task segmentation`), or drop --teacher",
+)
+
+
+def test_a_qat_teacher_of_another_task_is_refused_before_any_stage(tmp_path, capsys):
+    model, teacher = demo_checkpoint(tmp_path), detector_checkpoint(tmp_path)
+    argv = ["deploy", *SMOKE, "--model", model, "--teacher", teacher, "--qat", "on", "--qat-kd", "kd+bckd", *FAST]
+    rc, _, err = run_cli(capsys, *argv, "--out", tmp_path / "D")
+    assert rc == 2 and "Traceback" not in err, err
+    assert f"--teacher {str(teacher)!r} {QAT_TEACHER_REFUSAL[0]}" in err and QAT_TEACHER_REFUSAL[1] in err
+    assert not (tmp_path / "D").exists()
+
+
+def test_the_qat_stage_checks_its_teachers_task(tmp_path):
+    from types import SimpleNamespace
+
+    from bckd_pipeline.context import QatConfig
+    from bckd_pipeline.errors import ConfigError
+    from bckd_pipeline.qat.stage import _qat_teacher
+    from bckd_pipeline.tasks import get_task
+
+    seg_teacher = demo_checkpoint(tmp_path, "tiny-teacher")
+    num_classes = torch.load(seg_teacher, weights_only=True)["meta"]["num_classes"]
+
+    def ctx(teacher):
+        return SimpleNamespace(
+            deploy=SimpleNamespace(qat=QatConfig(mode="on", kd="kd+bckd", teacher=teacher)),
+            spec=SimpleNamespace(bake_normalization=False),
+            meta=SimpleNamespace(num_classes=num_classes),
+            task=get_task("segmentation"),
+        )
+
+    with pytest.raises(ConfigError) as refused:
+        _qat_teacher(ctx(detector_checkpoint(tmp_path)))
+    assert all(part in str(refused.value) for part in QAT_TEACHER_REFUSAL)
+    _, module, taps, what = _qat_teacher(ctx(seg_teacher))  # a teacher of the student's task is taken
+    assert module is not None and taps and what == f"teacher checkpoint {seg_teacher}"

@@ -10,6 +10,9 @@ refused (exit 2) with the op types the graph has, never silently dropped.
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,8 +150,57 @@ def onnx_output_tail(path: Path) -> list[str]:
             continue
         seen.add(index)
         stack.extend(graph.node[index].input)
-    # ORT and Model Optimizer exclude nodes by name: an unnamed one cannot be named to them
+    # ORT and Model Optimizer exclude nodes by name: an unnamed one cannot be named to them (see named_for_quantizer)
     return sorted({graph.node[i].name for i in seen if graph.node[i].op_type != "Constant" and graph.node[i].name})
+
+
+def name_unnamed_nodes(graph) -> int:
+    """Name each node of the ONNX ``graph`` that has an empty name after its first output tensor (the friendly name
+    OpenVINO gives it), with ``_2``, ``_3``... where another node already has that name; returns how many it named.
+    The names depend only on the graph, so every run names the same nodes the same way."""
+    taken = {n.name for n in graph.node if n.name}
+    named = 0
+    for index, node in enumerate(graph.node):
+        if node.name:
+            continue
+        base = node.output[0] if node.output and node.output[0] else f"{node.op_type}_{index}"
+        name, k = base, 1
+        while name in taken:
+            k += 1
+            name = f"{base}_{k}"
+        node.name = name
+        taken.add(name)
+        named += 1
+    return named
+
+
+# a protobuf holds at most 2 GiB: past 1 GiB of weights the named copy keeps them in a side file
+_INLINE_WEIGHTS_LIMIT = 1 << 30
+
+
+@contextmanager
+def named_for_quantizer(source: Path, beside: Path) -> Iterator[Path]:
+    """The ONNX file the quantizer reads: ``source`` itself when every node has a name, else a copy whose unnamed
+    nodes are named by :func:`name_unnamed_nodes`, in a hidden working folder beside ``beside`` that is removed on
+    exit. ONNX Runtime (``nodes_to_exclude``: ``node.name in nodes_to_exclude``) and Model Optimizer keep nodes in
+    float by name, so an unnamed output-tail node would be quantized. The user's file is never written."""
+    from ..onnxfile import load_onnx
+    from ..progress import say
+
+    if all(n.name for n in load_onnx(source, load_weights=False).graph.node):
+        yield Path(source)
+        return
+    import onnx
+
+    model = load_onnx(source)
+    count = name_unnamed_nodes(model.graph)
+    say(f"naming {count} unnamed node(s) of {Path(source).name} after their outputs, so that the quantizer can keep "
+        "its output tail in float by name (on a copy; the file itself is unchanged)")
+    with tempfile.TemporaryDirectory(dir=Path(beside).parent, prefix=f".{Path(beside).name}.named.") as work:
+        copy = Path(work) / Path(source).name
+        big = sum(len(t.raw_data) for t in model.graph.initializer) > _INLINE_WEIGHTS_LIMIT
+        onnx.save_model(model, str(copy), save_as_external_data=big, location=f"{copy.name}.data")
+        yield copy
 
 
 def tail_nodes_lost(source, processed, tail: list[str]) -> list[str]:

@@ -60,16 +60,18 @@ def quantize_ort(
         from .exclude import resolve
 
         settings["int8_exclude"] = resolve(source, spec.exclude).as_dict()
-    tail: list[str] = []
-    if float_tail:
-        from .exclude import onnx_output_tail
-
-        tail = onnx_output_tail(source)
 
     def write(tmp: Path) -> None:
-        kept = quantize_qdq(source, tmp, feeds, spec, activation_type="QUInt8", keep_float=tail)
-        if float_tail:
-            settings["float_output_tail"] = kept
+        if not float_tail:
+            quantize_qdq(source, tmp, feeds, spec, activation_type="QUInt8")
+            return
+        from .exclude import named_for_quantizer, onnx_output_tail
+
+        with named_for_quantizer(source, tmp) as named:
+            tail = onnx_output_tail(named)
+            settings["float_output_tail"] = quantize_qdq(
+                named, tmp, feeds, spec, activation_type="QUInt8", keep_float=tail
+            )
 
     atomic_write(path, write)
     return Path(path), settings

@@ -89,16 +89,15 @@ def quantize_for_tensorrt(
         from .exclude import resolve
 
         settings["int8_exclude"] = resolve(Path(source), spec.exclude).as_dict()
-    tail: list[str] = []
-    if float_tail:
-        from .exclude import onnx_output_tail
-
-        tail = onnx_output_tail(Path(source))
 
     def write_checked(tmp: Path) -> None:
-        kept = write(Path(source), tmp, feeds, spec, tail)
         if float_tail:
-            settings["float_output_tail"] = kept
+            from .exclude import named_for_quantizer, onnx_output_tail
+
+            with named_for_quantizer(Path(source), tmp) as named:
+                settings["float_output_tail"] = write(named, tmp, feeds, spec, onnx_output_tail(named))
+        else:
+            write(Path(source), tmp, feeds, spec, [])
         settings["residual_adds_fused"] = place_residual_qdq(tmp)
         problems = check_tensorrt_qdq(tmp)
         if problems:

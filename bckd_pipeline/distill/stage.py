@@ -9,6 +9,7 @@ the same trainer with ``DetTrainTask``/``DetDistillTask``, are validated and sco
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from .any_model import check_pair, load_student, load_teacher
 from .models import FeatureTaps, check_input_size, default_taps
 from .task import SegDistillTask, SegTrainTask
 from .task_models import build_preset, check_kd, check_preset
-from .trainer import seed_everything, train
+from .trainer import TrainResult, seed_everything, train
 
 STATE_FILE = "train_state.pt"
 
@@ -150,6 +151,42 @@ def _miou_only(model: nn.Module, eval_set, info, train_cfg: TrainConfig, env: Di
     return run
 
 
+def _train_keeping_best(
+    task: nn.Module,
+    model: nn.Module,
+    train_set,
+    cfg: TrainConfig,
+    data: DataConfig,
+    *,
+    ckpt: Path,
+    meta: CheckpointMeta,
+    evaluate: Callable[[], float],
+    description: str,
+    fingerprint: dict,
+    progress: bool,
+    resume: bool,
+    env: DistEnv,
+) -> TrainResult:
+    """Train ``task`` over ``train_set`` under ``cfg``, saving ``model`` with ``meta`` to ``ckpt`` at each new best
+    of ``evaluate``; the resumable state (``STATE_FILE``, checked against ``fingerprint``) lives beside ``ckpt``, and
+    the batching and the score's name are those of ``data.task``."""
+    return train(
+        task,
+        train_set,
+        cfg,
+        evaluate=evaluate,
+        save_best=lambda it, score: save_checkpoint(ckpt, model, meta),
+        description=description,
+        progress=progress,
+        state_path=Path(ckpt).parent / STATE_FILE,
+        resume=resume,
+        fingerprint=fingerprint,
+        env=env,
+        collate=_collate(data),
+        score_name=_metric(data),
+    )
+
+
 def train_teacher(
     model_name: str,
     data: DataConfig,
@@ -171,26 +208,25 @@ def train_teacher(
     iters = schedule.resolve(len(train_set), train_cfg.batch_size)
     cfg = replace(train_cfg, iters=iters)
     ckpt = Path(out) / "teacher.pt"
-    meta = _meta(model_name, info, data, "teacher", {"pretrained": pretrained})
-    result = train(
+    result = _train_keeping_best(
         _train_task(model, info, data),
+        model,
         train_set,
         cfg,
+        data,
+        ckpt=ckpt,
+        meta=_meta(model_name, info, data, "teacher", {"pretrained": pretrained}),
         evaluate=_score(model, eval_set, info, data, cfg, env),
-        save_best=lambda it, score: save_checkpoint(ckpt, model, meta),
         description=f"teacher {model_name}",
-        progress=progress,
-        state_path=Path(out) / STATE_FILE,
-        resume=resume,
         fingerprint={
             "command": "train-teacher",
             "model": model_name,
             "data": plain_values(data),
             "pretrained": pretrained,
         },
+        progress=progress,
+        resume=resume,
         env=env,
-        collate=_collate(data),
-        score_name=_metric(data),
     )
     if not env.is_main:
         return StepOutput(ckpt)
@@ -306,17 +342,16 @@ def distill(
     extra = {"kd": dcfg.kd, "teacher": teacher_name, "teacher_kind": t.kind}
     if s.factory is not None:
         extra["factory"] = s.factory
-    meta = _meta(student_name, info, data, "student", extra)
-    result = train(
+    result = _train_keeping_best(
         task,
+        student,
         train_set,
         cfg,
+        data,
+        ckpt=ckpt,
+        meta=_meta(student_name, info, data, "student", extra),
         evaluate=_miou_only(student, eval_set, info, cfg, env),
-        save_best=lambda it, score: save_checkpoint(ckpt, student, meta),
         description=f"{student_name} kd={dcfg.kd}",
-        progress=progress,
-        state_path=Path(out) / STATE_FILE,
-        resume=resume,
         fingerprint={
             "command": "distill",
             "student": student_name,
@@ -325,6 +360,8 @@ def distill(
             "data": plain_values(data),
             "taps": [s_taps, t_taps],
         },
+        progress=progress,
+        resume=resume,
         env=env,
     )
     if not env.is_main:
@@ -423,17 +460,16 @@ def distill_detector(
     task = _det_distill_task(student, teacher, dcfg, torch.randn(2, 3, *hw))
     ckpt = Path(out) / "student.pt"
     teacher_name = str(teacher_ckpt)
-    meta = _meta(student_name, info, data, "student", {"kd": dcfg.kd, "teacher": teacher_name})
-    result = train(
+    result = _train_keeping_best(
         task,
+        student,
         train_set,
         cfg,
+        data,
+        ckpt=ckpt,
+        meta=_meta(student_name, info, data, "student", {"kd": dcfg.kd, "teacher": teacher_name}),
         evaluate=_ap_only(student, eval_set, info, cfg, env),
-        save_best=lambda it, score: save_checkpoint(ckpt, student, meta),
         description=f"{student_name} kd={dcfg.kd}",
-        progress=progress,
-        state_path=Path(out) / STATE_FILE,
-        resume=resume,
         fingerprint={
             "command": "distill",
             "task": data.task,
@@ -442,9 +478,9 @@ def distill_detector(
             "distill": plain_values(dcfg),
             "data": plain_values(data),
         },
+        progress=progress,
+        resume=resume,
         env=env,
-        collate=_collate(data),
-        score_name=_metric(data),
     )
     if not env.is_main:
         return StepOutput(ckpt)

@@ -55,6 +55,23 @@ def check_qat_task(mode: str, task: str) -> None:
         )
 
 
+def check_qat_teacher(teacher: Path | None, task: str) -> None:
+    """The QAT fine-tune's ``--teacher`` holds a model of the student's ``task``: its logits and features are the
+    targets of the student's, which a model of another task does not have."""
+    if teacher is None:
+        return
+    from ..distill.checkpoint import read_checkpoint
+
+    meta, _ = read_checkpoint(Path(teacher))
+    if meta.task != task:
+        raise ConfigError(
+            f"--teacher {str(teacher)!r} holds a {meta.task} model ({meta.model}), and the QAT student is a {task} "
+            f"model: the fine-tune distils from a teacher of the student's task. Pass a checkpoint of a {task} model "
+            f"(`bckd-pipeline train-teacher --task {task}`), or drop --teacher to fine-tune against the FP32 student "
+            "itself."
+        )
+
+
 def check_qat(
     q: QatConfig,
     profile,
@@ -65,8 +82,8 @@ def check_qat(
     task: str = "segmentation",
 ) -> None:
     """What ``pipeline.deploy_plan`` refuses before any stage: a mode not allowed, QAT of a non-INT8 target,
-    of a model of another task than segmentation, of a user's ONNX (no PyTorch model to train), of a
-    dynamic-shape export, or with INT8 exclusions."""
+    of a model of another task than segmentation, against a --teacher of another task, of a user's ONNX (no
+    PyTorch model to train), of a dynamic-shape export, or with INT8 exclusions."""
     from ..context import QAT_MODES
     from ..targets import Precision
 
@@ -75,6 +92,7 @@ def check_qat(
     if q.mode == "off":
         return
     check_qat_task(q.mode, task)
+    check_qat_teacher(q.teacher, task)
     if profile.precision is not Precision.INT8:
         raise ConfigError(
             f"--qat {q.mode} was given for --target {profile.name}, which deploys {profile.precision}: QAT fine-tunes "
@@ -294,6 +312,7 @@ def _qat_teacher(ctx: DeployContext):
     if dcfg.kd == "none":
         return dcfg, None, None, "none (cross-entropy alone)"
     if q.teacher is not None:
+        check_qat_teacher(q.teacher, ctx.task.name)
         teacher_model, tmeta = load_model(q.teacher, expect_classes=ctx.meta.num_classes)
         t_norm = norm(tmeta) if spec.bake_normalization else None
         teacher = SegExportWrapper(teacher_model, normalize=t_norm, head="logits").eval()
