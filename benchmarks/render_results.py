@@ -727,6 +727,77 @@ def boundary_auc_table(stem: str) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------------------------------------- grid study
+
+GRID_LABELS = {
+    "student": "student alone",
+    "kd": "logit KD",
+    "kd+lc": "KD + L_c (no boundary term)",
+    "kd+bckd": "KD + BCKD (L_b + L_c)",
+    "kd+bckd[pixel]": "KD + BCKD, `boundary_repr=pixel`",
+}
+
+
+def _grid_rows(size: dict) -> list[str]:
+    """The rows of one size of a grid study, in GRID_LABELS order, then any others."""
+    return [r for r in GRID_LABELS if r in size["rows"]] + [r for r in size["rows"] if r not in GRID_LABELS]
+
+
+def grid_table(stem: str = "bckd_grid_cpu", ref: str = "kd+lc") -> str:
+    """Per input size and row: mIoU per seed and mean ± sd, boundary F mean ± sd, and the paired difference
+    against ``ref`` with its 95 % t interval (benchmarks/bckd_grid.py)."""
+    d = load(stem)
+    lines = [
+        f"| input (BCKD grid) | row | mIoU per seed | mIoU mean ± sd | boundary F mean ± sd | ΔmIoU vs {ref} [95 % t] "
+        f"| Δ boundary F vs {ref} [95 % t] |",
+        "|---|---|---|---:|---:|---|---|",
+    ]
+    for name, size in d["sizes"].items():
+        t = size["teacher"]
+        lines.append(
+            f"| {name} ({size['grid']}) | teacher `{t['model']}` | | {f2(t['miou'])} | {f2(t['boundary_f'])} | | |"
+        )
+        for row in _grid_rows(size):
+            r = size["rows"][row]
+            seeds = ", ".join(f2(r["miou"]["per_seed"][str(s)]) for s in r["seeds"])
+            p = size["paired"].get(f"{row} - {ref}")
+            dm = f"{s2(p['miou']['mean'])} {ci(p['miou']['t_ci'])}" if p else "—"
+            db = f"{s2(p['boundary_f']['mean'])} {ci(p['boundary_f']['t_ci'])}" if p else "—"
+            lines.append(
+                f"| {name} | {GRID_LABELS.get(row, row)} | {seeds} | {mean_sd(r['miou'])} | "
+                f"{mean_sd(r['boundary_f'])} | {dm} | {db} |"
+            )
+    return "\n".join(lines)
+
+
+def _grid_pair(stem: str, size: str, pair: str, metric: str) -> dict:
+    return load(stem)["sizes"][size]["paired"][pair][metric]
+
+
+def gpd(stem: str, size: str, pair: str, metric: str = "miou") -> str:
+    """A grid study's paired mean difference ("a - b" at ``size``), signed, 2 decimals."""
+    return s2(_grid_pair(stem, size, pair, metric)["mean"], MINUS)
+
+
+def gpci(stem: str, size: str, pair: str, metric: str = "miou", interval: str = "t_ci") -> str:
+    """Its 95 % interval (t_ci or bootstrap_ci), "lo to hi"."""
+    lo, hi = _grid_pair(stem, size, pair, metric)[interval]
+    return f"{s2(lo, MINUS)} to {s2(hi, MINUS)}"
+
+
+def gms(stem: str, size: str, row: str, metric: str = "miou") -> str:
+    """A grid study row's mean ± sd at ``size``."""
+    return mean_sd(load(stem)["sizes"][size]["rows"][row][metric])
+
+
+def gwins(stem: str, size: str, a: str, b: str, metric: str = "miou") -> str:
+    """On how many seeds row ``a`` is above row ``b``: "k of n"."""
+    rows = load(stem)["sizes"][size]["rows"]
+    pa, pb = rows[a][metric]["per_seed"], rows[b][metric]["per_seed"]
+    seeds = sorted(set(pa) & set(pb))
+    return f"{sum(pa[s] > pb[s] for s in seeds)} of {len(seeds)}"
+
+
 RENDERERS: dict[str, Callable[..., str]] = {
     f.__name__: f
     for f in (
@@ -756,6 +827,7 @@ RENDERERS: dict[str, Callable[..., str]] = {
         cpu_precision_table,
         compile_table,
         det_step_table,
+        grid_table,
     )
 }
 
@@ -1051,6 +1123,10 @@ INLINE_RENDERERS: dict[str, Callable[..., str]] = {
         qdelta,
         qremedy,
         det_study_hours,
+        gpd,
+        gpci,
+        gms,
+        gwins,
     )
 }
 
