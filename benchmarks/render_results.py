@@ -1134,18 +1134,39 @@ def _values(d, key: str):
             yield from _values(v, key)
 
 
-def _device_is_cpu(d) -> bool:
-    """A run whose recorded device is the CPU used no GPU: that is its GPU record."""
-    return any(isinstance(v, str) and v.startswith("cpu") for v in _values(d, "device"))
+DEVICE_KEYS = ("device", "train_device")
+COMMAND_KEYS = ("command", "commands", "study_command")
+CUDA_FLAG = re.compile(r"--(?:train-)?device[ =]cuda\b")
+
+
+def _strings(v):
+    """Every string in ``v`` (a string, or a list or dict of them at any depth)."""
+    if isinstance(v, str):
+        yield v
+    elif isinstance(v, dict):
+        for x in v.values():
+            yield from _strings(x)
+    elif isinstance(v, list):
+        for x in v:
+            yield from _strings(x)
+
+
+def ran_on_gpu(d) -> bool:
+    """Whether ``d`` records that its measurements ran on a GPU: a ``device`` or ``train_device`` of cuda, or a
+    recorded command given ``--device cuda`` / ``--train-device cuda``. A file's name is not evidence."""
+    if any(s.startswith("cuda") for k in DEVICE_KEYS for v in _values(d, k) for s in _strings(v)):
+        return True
+    return any(CUDA_FLAG.search(s) for k in COMMAND_KEYS for v in _values(d, k) for s in _strings(v))
 
 
 def audit_file(d: dict | list) -> list[str]:
-    """The provenance fields ``d`` lacks."""
+    """The provenance fields ``d`` lacks. The GPU is asked only of a file whose measurements ran on one
+    (``ran_on_gpu``); for a CPU measurement it does not apply."""
     missing = []
     for field, keys in PROVENANCE.items():
         found = any(v not in (None, "") for k in keys for v in _values(d, k))
         if field == "gpu":
-            found = found or _device_is_cpu(d)
+            found = found or not ran_on_gpu(d)  # a CPU measurement has no GPU to record
         if field == "cpu":
             found = found or any(isinstance(v, str) and v not in ARCHES for v in _values(d, "machine") if v)
         if not found:

@@ -104,6 +104,25 @@ def test_the_audit_names_what_a_file_lacks(rr):
     assert rr.audit_file({**full, "git_commit": None}) == ["commit"]
 
 
+def test_the_gpu_is_asked_only_of_a_measurement_that_ran_on_one(rr):
+    cpu_only = {
+        "command": "x --device cpu",
+        "git_commit": "0" * 40,
+        "device": "cpu",
+        "machine": {"cpu": "AMD EPYC", "isa": ["AVX2"]},
+        "versions": {"torch": "2"},
+        "wall_s": 1.0,
+    }
+    assert rr.audit_file(cpu_only) == []
+    assert rr.audit_file({**cpu_only, "device": "cuda"}) == ["gpu"]
+    assert rr.audit_file({**cpu_only, "device": "cuda", "machine": {**cpu_only["machine"], "gpus": ["H100"]}}) == []
+    no_device = {k: v for k, v in cpu_only.items() if k != "device"}
+    assert rr.audit_file({**no_device, "command": "bckd-pipeline train-teacher --device cuda"}) == ["gpu"]
+    assert rr.audit_file({**no_device, "commands": ["a", "b --train-device cuda:0"]}) == ["gpu"]
+    assert rr.audit_file({**no_device, "rows": [{"command": "c --device cuda"}]}) == ["gpu"]
+    assert rr.audit_file({**no_device, "what": "timed on an H100, file h100.json"}) == []
+
+
 def test_record_command_writes_a_complete_results_file(rr, tmp_path):
     out = tmp_path / "r.json"
     subprocess.run(
