@@ -113,59 +113,7 @@ def study_paired(stem: str, ref: str) -> str:
     return "\n".join(lines)
 
 
-def study_ablation(stem: str) -> str:
-    """The Table I ablation (first seed, BCKD without logit KD), against the student alone on that seed."""
-    d = load(stem)
-    seed = next(a["seed"] for a in d["summary"]["ablation"] if a["seed"] is not None)
-    student = next(j["miou"] for j in d["jobs"] if j["row"] == "student" and j["seed"] == seed)
-    lines = [
-        f"| L_b | L_c | WD | mIoU | vs student (seed {seed}: {f2(student)}) | boundary F | LHD |",
-        "|---|---|---|---:|---:|---:|---:|",
-    ]
-    for a in d["summary"]["ablation"]:
-        marks = " | ".join("✓" if a[k] else "" for k in ("L_b", "L_c", "WD"))
-        lines.append(
-            f"| {marks} | {f2(a['miou'])} | {s2(a['miou'] - student)} | {f2(a['boundary_f'])} | {f2(a['lhd'])} |"
-        )
-    return "\n".join(lines)
-
-
 TABLE_ROWS = {"student": "student alone", "kd": "logit KD", "bckd": "BCKD", "kd+bckd": "KD + BCKD"}
-
-
-def two_teacher_table(stem: str) -> str:
-    """A camvid_table.py result made by two invocations (``run_1``, ``run_2``), each with its own teacher:
-    per-seed mIoU, mean ± sd over seeds, and boundary F and LHD means, per row."""
-    import statistics
-
-    d = load(stem)
-    runs = [d[k]["rows"] for k in sorted(k for k in d if k.startswith("run_"))]
-    teachers = [r for rows in runs for r in rows if r["name"] == "teacher"]
-    students = [r for rows in runs for r in rows if r["name"] != "teacher" and r["status"] == "ok"]
-    seeds = sorted({r["seed"] for r in students})
-    lines = [
-        "| row | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± sd | boundary F | LHD (GT) |",
-        "|---|" + "---:|" * (len(seeds) + 3),
-        "| teacher | "
-        + " / ".join(f2(t["miou"]) for t in teachers)
-        + " |" * (len(seeds) + 1)
-        + " "
-        + " / ".join(f2(t["boundary_f"]) for t in teachers)
-        + " | "
-        + " / ".join(f2(t["lhd"]) for t in teachers)
-        + " |",
-    ]
-    for name, label in TABLE_ROWS.items():
-        mine = {r["seed"]: r for r in students if r["name"] == name}
-        if not mine:
-            continue
-        miou = [mine[s]["miou"] for s in seeds]
-        lines.append(
-            f"| {label} | " + " | ".join(f2(v) for v in miou) + f" | {f2(statistics.mean(miou))} ± "
-            f"{f2(statistics.stdev(miou))} | {f2(statistics.mean(r['boundary_f'] for r in mine.values()))} | "
-            f"{f2(statistics.mean(r['lhd'] for r in mine.values()))} |"
-        )
-    return "\n".join(lines)
 
 
 def relation_auc(stem: str) -> str:
@@ -253,34 +201,6 @@ CPU96_LABELS = {
 }
 
 
-def one_seed_table(stem: str) -> str:
-    """A one-seed camvid_table.py result (final phase): each row against the student alone, the share of the
-    teacher-student gap it closes, boundary F, LHD against the labels and the teacher, fragments and MFS."""
-    rows = {r["name"]: r for r in load(stem)["rows"] if r["phase"] == "final" and r["status"] == "ok"}
-    teacher, student = rows["teacher"], rows["student"]
-    gap = teacher["miou"] - student["miou"]
-    lines = [
-        "| row | mIoU | vs student | gap closed | boundary F | LHD (GT) | LHD (teacher) | fragments | MFS |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name, label in CPU96_LABELS.items():
-        if name not in rows:
-            continue
-        r = rows[name]
-        if name == "teacher":
-            label = f"teacher `{r.get('model', 'pspnet-r50')}`"
-        if name in ("teacher", "student"):
-            vs, closed = "", ""
-        else:
-            d = r["miou"] - student["miou"]
-            vs, closed = s2(d), f"{100 * d / gap:.0f}%"
-        lines.append(
-            f"| {label} | {f2(r['miou'])} | {vs} | {closed} | {f2(r['boundary_f'])} | {f2(r['lhd'])} | "
-            f"{f2(r['lhd_vs_teacher'])} | {f2(r['fragment_ratio'])} | {f2(r['mfs'])} |"
-        )
-    return "\n".join(lines)
-
-
 GEOMETRY_LABELS = {
     "none": "student alone",
     "kd": "logit KD",
@@ -289,69 +209,6 @@ GEOMETRY_LABELS = {
     "kd+bckd-g4r3": "KD + BCKD, g4 r3",
     "kd+bckd-g4r3-b5": "KD + BCKD, g4 r3, beta 5",
 }
-
-
-def geometry_table(stem: str, student_stem: str) -> str:
-    """camvid_geometry_study.py: every row's tuning-split mIoU, and val figures for the rows trained in full (the
-    chosen one in bold); the student alone's val mIoU comes from ``student_stem``'s table."""
-    rows = load(stem)
-    tune = {r["name"]: r for r in rows if r["phase"] == "tune" and r["rc"] == 0}
-    final = {r["name"]: r for r in rows if r["phase"] == "final" and r["rc"] == 0}
-    chosen = next(n for n in final if n != "kd")
-    student = next(r for r in load(student_stem)["rows"] if r["name"] == "student" and r["phase"] == "final")
-    lines = [
-        "| row | tuning split mIoU (20 ep) | val mIoU (40 ep) | val boundary F | val LHD |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for name, label in GEOMETRY_LABELS.items():
-        if name not in tune:
-            continue
-        miou = f2(tune[name]["miou"])
-        if name == chosen:
-            label, miou = f"{label} (chosen)", f"**{miou}**"
-        if name in final:
-            f = final[name]
-            val = f"{f2(f['miou'])} | {f2(f['boundary_f'])} | {f2(f['lhd'])}"
-        elif name == "none":
-            val = f"({f2(student['miou'])} in the table above) | |"
-        else:
-            val = None
-        lines.append(f"| {label} | {miou} | {val} |" if val else f"| {label} | {miou} | | | |")
-    return "\n".join(lines)
-
-
-def gpu_cost_table(*stems: str) -> str:
-    """benchmarks/train_cost.py on a GPU, one file per crop and precision: the step time of the student alone,
-    with logit KD and with BCKD, and BCKD / KD."""
-    lines = ["| crop | precision | student alone | + KD | + BCKD | BCKD / KD |", "|---|---|---|---|---|---|"]
-    said_default = False
-    for stem in stems:
-        d = load(stem)
-        precision = "bf16 autocast" if stem.endswith("bf16") else "fp32"
-        if precision.startswith("bf16") and not said_default:
-            precision, said_default = precision + " (the trainer's default on CUDA)", True
-        s = d["seconds_per_step"]
-        lines.append(
-            f"| {d['crop'][0]}x{d['crop'][1]} | {precision} | "
-            + " | ".join(f"{1000 * s[k]:.1f} ms" for k in ("none", "kd", "bckd"))
-            + f" | {d['bckd_over_kd']:.2f} |"
-        )
-    return "\n".join(lines)
-
-
-def context_memory_table(stem: str) -> str:
-    """The context loss's peak memory and value, row-chunked against the naive full matrices."""
-    labels = {
-        "chunked": "exact, row-chunked (512 rows) with activation checkpointing (`relation_kl`)",
-        "naive": "naive full HW x HW matrices",
-    }
-    lines = ["| implementation | peak memory above inputs | value |", "|---|---|---|"]
-    for r in load(stem)["context_memory"]:
-        peak = f"{r['peak_gib']:.3f} GiB"
-        if r["variant"] == "chunked":
-            peak = f"**{peak}**"
-        lines.append(f"| {labels.get(r['variant'], r['variant'])} | {peak} | {r['loss']:.8f} |")
-    return "\n".join(lines)
 
 
 def cpu_cost_table(stem: str) -> str:
@@ -517,7 +374,6 @@ def deploy_table(stem: str = "deploy_cpu_camvid96x128") -> str:
     return "\n".join(lines)
 
 
-
 def det_speed_table(stem: str = "det_speed_cpu_384x512") -> str:
     """benchmarks/det_speed.py: a detector's network latency, host post-processing and end to end per runtime, its
     speed over PyTorch eager FP32 (ratio of medians of one run), AP, and ΔAP with its paired bootstrap bounds."""
@@ -540,6 +396,7 @@ def det_speed_table(stem: str = "det_speed_cpu_384x512") -> str:
             f"{f2(r['end_to_end_p50_ms'])} | {f2(r['speedup_vs_pytorch'])} | {f2(r['map'])} | {delta} | {goals} |"
         )
     return "\n".join(lines)
+
 
 ORT_VARIANT_LABELS = {
     "QDQ u8 act / s8 weight, per-channel (ours)": "QDQ, u8 activations / s8 weights, per-channel (**ours**)",
@@ -732,16 +589,10 @@ RENDERERS: dict[str, Callable[..., str]] = {
     for f in (
         study_rows,
         study_paired,
-        study_ablation,
-        two_teacher_table,
         relation_auc,
         boundary_grad_table,
         boundary_auc_table,
         options_table,
-        one_seed_table,
-        geometry_table,
-        gpu_cost_table,
-        context_memory_table,
         cpu_cost_table,
         det_cost_table,
         balance_table,
@@ -810,15 +661,6 @@ def study_seed(stem: str, row: str, seed: str, metric: str = "miou") -> str:
     """One run of a paired-seed study: ``row`` on ``seed``, 2 decimals."""
     return f2(next(j[metric] for j in load(stem)["jobs"] if j["kind"] == "row" and j["row"] == row
                    and j["seed"] == int(seed) and j["status"] == "ok"))
-
-
-def study_seeds(stem: str, row: str, metric: str = "miou", skip: str = "") -> str:
-    """A paired-seed study row on every seed, in seed order, 2 decimals ("28.50, 28.47, ..."); ``skip`` a
-    comma list of seeds left out."""
-    d = load(stem)
-    left_out = {int(x) for x in skip.split(",") if x}
-    return ", ".join(study_seed(stem, row, str(seed), metric) for seed in d["settings"]["seed_list"]
-                     if seed not in left_out)
 
 
 def distill_miou(stem: str, key: str) -> str:
@@ -914,13 +756,6 @@ def diff_of(stem: str, a: str, b: str, fmt: str = ".1f", scale: str = "1") -> st
     return format((_at(d, a) - _at(d, b)) * float(scale), fmt).replace("-", MINUS)
 
 
-def span(stem: str, items: str, indices: str, field: str, fmt: str = ".2f") -> str:
-    """The range "lo-hi" of ``field`` over some items (``indices``, a comma list) of the list at ``items``."""
-    d = load(stem)
-    values = [_at(d, f"{items}.{i}.{field}") for i in indices.split(",")]
-    return f"{format(min(values), fmt)}-{format(max(values), fmt)}"
-
-
 def over(stem: str, items: str, field: str, how: str = "range", fmt: str = "d") -> str:
     """``field`` over every entry of the dict or list at ``items``: its "range" ("lo to hi"), "max", "min",
     or the entries' "count"."""
@@ -955,36 +790,6 @@ def provenance(stem: str) -> str:
     if commit:
         parts.append(f"commit {commit[:7]}" + (" with uncommitted changes" if dirty else ""))
     return ", ".join(parts)
-
-
-def _tt_runs(stem: str) -> dict[str, dict[int, dict]]:
-    """A two-teacher camvid_table.py result's students: row name -> seed -> its result."""
-    d = load(stem)
-    rows: dict[str, dict[int, dict]] = {}
-    for k in sorted(k for k in d if k.startswith("run_")):
-        for r in d[k]["rows"]:
-            if r["name"] != "teacher" and r["status"] == "ok":
-                rows.setdefault(r["name"], {})[r["seed"]] = r
-    return rows
-
-
-def tt(stem: str, row: str, seed: str = "mean", metric: str = "miou") -> str:
-    """A two-teacher table's ``row``: its ``metric`` on one ``seed``, or the mean over seeds, 2 decimals."""
-    runs = _tt_runs(stem)[row]
-    if seed == "mean":
-        return f2(sum(r[metric] for r in runs.values()) / len(runs))
-    return f2(runs[int(seed)][metric])
-
-
-def tt_diff(stem: str, a: str, b: str, seed: str = "mean", metric: str = "miou") -> str:
-    """``a`` − ``b`` in a two-teacher table, on one ``seed`` or between the means, 2 decimals."""
-    return f2(float(tt(stem, a, seed, metric)) - float(tt(stem, b, seed, metric)))
-
-
-def tt_spread(stem: str, row: str, metric: str = "miou") -> str:
-    """How far apart a row's seeds are in a two-teacher table (largest − smallest), 1 decimal."""
-    values = [r[metric] for r in _tt_runs(stem)[row].values()]
-    return f"{max(values) - min(values):.1f}"
 
 
 def qdelta(stem: str, preset: str, flavour: str, field: str = "delta") -> str:
@@ -1033,7 +838,6 @@ INLINE_RENDERERS: dict[str, Callable[..., str]] = {
         pci,
         ms,
         study_seed,
-        study_seeds,
         distill_miou,
         loadavg,
         last_line,
@@ -1042,12 +846,8 @@ INLINE_RENDERERS: dict[str, Callable[..., str]] = {
         ratios,
         ratio_of,
         diff_of,
-        span,
         over,
         provenance,
-        tt,
-        tt_diff,
-        tt_spread,
         qdelta,
         qremedy,
         det_study_hours,
@@ -1184,6 +984,14 @@ def provenance_table() -> str:
     for stem, missing in audit().items():
         lines.append(f"| `docs/results/{stem}.json` | {', '.join(missing) if missing else 'nothing'} |")
     return "\n".join(lines)
+
+
+def lacks(stem: str) -> str:
+    """The provenance fields a results file lacks, as ``--audit`` lists them ("nothing" when complete)."""
+    return ", ".join(audit_file(load(stem))) or "nothing"
+
+
+INLINE_RENDERERS["lacks"] = lacks
 
 
 def recorded_output(stem: str, last: str = "0", stream: str = "stdout", command: str = "yes") -> str:

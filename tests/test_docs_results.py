@@ -123,6 +123,12 @@ def test_the_gpu_is_asked_only_of_a_measurement_that_ran_on_one(rr):
     assert rr.audit_file({**no_device, "what": "timed on an H100, file h100.json"}) == []
 
 
+def test_a_sentence_can_quote_what_a_results_file_lacks(rr):
+    assert rr.lacks("quant_table_cpu") == "nothing"
+    assert rr.lacks("camvid_h200_144x192") == ", ".join(rr.audit()["camvid_h200_144x192"])
+    assert "gpu" in rr.lacks("camvid_h200_144x192").split(", ")
+
+
 def test_record_command_writes_a_complete_results_file(rr, tmp_path):
     out = tmp_path / "r.json"
     subprocess.run(
