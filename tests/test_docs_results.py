@@ -27,6 +27,7 @@ COMPLETE = {
     "ci_gate_npu_pending_cpu",
     "ci_base_smoke_cpu",
     "ci_gate_baseline_cpu",
+    "camvid_instances_proxy",
 }
 
 
