@@ -357,9 +357,16 @@ def quickstart_ledger(stem: str) -> str:
     return "\n".join(lines)
 
 
+def deploy_run(stem: str) -> dict:
+    """What benchmarks/deploy_table.py wrote: the file itself, or the ``table`` a benchmarks/record_command.py
+    record of it embeds."""
+    d = load(stem)
+    return d.get("table", d)
+
+
 def deploy_table(stem: str = "deploy_cpu_camvid96x128") -> str:
     """The CPU deployment table: accuracy, agreement, latency and speed-up over PyTorch eager per runtime."""
-    d = load(stem)
+    d = deploy_run(stem)
     lines = [
         "| row | mIoU | ΔmIoU | agreement % | p50 ms | p99 ms | FPS | × PyTorch eager |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -408,7 +415,7 @@ ORT_VARIANT_LABELS = {
 
 def deploy_ort_variants(stem: str = "deploy_cpu_camvid96x128") -> str:
     """The ONNX Runtime INT8 settings of the deployment table's run, against ORT FP32."""
-    d = load(stem)
+    d = deploy_run(stem)
     lines = ["| ONNX Runtime setting | p50 ms | × FP32 | ΔmIoU vs FP32 |", "|---|---:|---:|---:|"]
     for v in d["ort_variants"]:
         label = ORT_VARIANT_LABELS.get(v["variant"], v["variant"])
@@ -616,13 +623,13 @@ RENDERERS: dict[str, Callable[..., str]] = {
 
 def ort_int8_over_fp32(stem: str = "deploy_cpu_camvid96x128") -> str:
     """ONNX Runtime INT8 over ONNX Runtime FP32, ratio of mean latencies of the deployment table, 1 decimal."""
-    rows = {r["row"]: r for r in load(stem)["rows"]}
+    rows = {r["row"]: r for r in deploy_run(stem)["rows"]}
     return f"{rows['ONNX Runtime FP32']['mean_ms'] / rows['ONNX Runtime INT8']['mean_ms']:.1f}"
 
 
 def speedup_vs_eager(stem: str, row: str) -> str:
     """A row's speed-up over PyTorch eager FP32 (ratio of mean latencies), 1 decimal."""
-    rows = {r["row"].split(" (")[0]: r for r in load(stem)["rows"]}
+    rows = {r["row"].split(" (")[0]: r for r in deploy_run(stem)["rows"]}
     return f"{rows[row.replace('_', ' ')]['speedup_vs_pytorch']:.1f}"
 
 
@@ -784,8 +791,11 @@ def provenance(stem: str) -> str:
     versions = d.get("versions") or {"torch": d.get("torch") or env.get("torch")}
     commit = d.get("git_commit") or env.get("git_commit")
     dirty = d.get("git_dirty", env.get("git_dirty"))
+    cpu = machine.get("cpu", env.get("cpu", "CPU"))
+    if isinstance(cpu, dict):  # benchmarks/record_command.py: {"model": ..., "isa": [...]}
+        machine, cpu = {**machine, "isa": cpu.get("isa")}, cpu.get("model", "CPU")
     isa = machine.get("isa") or env.get("isa") or []
-    parts = [f"{machine.get('cpu', env.get('cpu', 'CPU'))} ({', '.join(isa)})"]
+    parts = [f"{cpu} ({', '.join(isa)})"]
     parts += [f"{k} {str(versions[k]).split('+')[0]}" for k in ("torch", "torchvision", "timm") if versions.get(k)]
     if commit:
         parts.append(f"commit {commit[:7]}" + (" with uncommitted changes" if dirty else ""))
