@@ -30,6 +30,7 @@ COMPLETE = {
     "camvid_instances_proxy",
     "deploy_cpu_camvid96x128",
     "pretrained_lite_probe",
+    "trt_qat_ready_cpu",
 }
 
 
