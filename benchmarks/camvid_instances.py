@@ -1,7 +1,12 @@
 """A proxy of instances derived from CamVid's semantic labels, written as a COCO-JSON dataset folder.
 
-    python benchmarks/camvid_instances.py --src ../shared/data/camvid --dst .bench/camvid_instances \\
-        --results docs/results/camvid_instances_proxy.json
+    python benchmarks/camvid_instances.py --src ../shared/data/camvid --dst .bench/camvid_instances
+
+Its counts go to docs/results with the command's provenance through benchmarks/record_command.py:
+
+    python benchmarks/record_command.py --json docs/results/camvid_instances_proxy.json \\
+        --embed proxy=/tmp/proxy.json -- python benchmarks/camvid_instances.py --src ../shared/data/camvid \\
+        --dst /tmp/camvid_instances --results /tmp/proxy.json
 
 CamVid has no instance ids, so this is not instance ground truth: each 8-connected component of a
 countable class in a label map becomes one object. Touching objects of one class become one component

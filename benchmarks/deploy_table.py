@@ -6,8 +6,11 @@ with other ONNX Runtime settings to show which ones make INT8 faster than FP32. 
 follows the protocol of bckd_pipeline/deploy/bench.py (warm-up by count and time, then timed runs).
 
     python benchmarks/prepare_camvid.py --src ../shared/data/camvid --dst .bench/camvid96 --size 96,128
-    python benchmarks/deploy_table.py --model .bench/cpu96/final/bckd-s0/student.pt \\
-        --data camvid:.bench/camvid96 --out .bench/deploy --json docs/results/deploy_cpu_camvid96x128.json
+    python benchmarks/deploy_table.py --model .bench/study96-bf16/kd+bckd@fp32/s0/student.pt \\
+        --data camvid:.bench/camvid96 --out .bench/deploy --threads 1 --json /tmp/deploy_table.json
+
+docs/results/deploy_cpu_camvid96x128.json embeds that JSON (``table``) in a benchmarks/record_command.py record
+of the same command (docs/deploy-parity.md shows it).
 
 Prints a Markdown table (ratios to PyTorch eager FP32) and writes every measurement to --json.
 """

@@ -1,7 +1,9 @@
 """Do the offline EfficientNet-Lite ImageNet weights load right, and what does the normalisation mismatch cost?
 
-    python benchmarks/pretrained_lite_probe.py --camvid ../shared/data/camvid \
-        --out docs/results/pretrained_lite_probe.json
+    python benchmarks/pretrained_lite_probe.py --camvid ../shared/data/camvid --out /tmp/probe.json
+
+docs/results/pretrained_lite_probe.json embeds that file in a benchmarks/record_command.py record (its command,
+commit, machine, versions and wall time), with a short train-teacher and distill run on the Lite presets.
 
 Two checks on every CamVid val frame (resized to the model's ImageNet size, centre crop):
 

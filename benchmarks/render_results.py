@@ -113,59 +113,7 @@ def study_paired(stem: str, ref: str) -> str:
     return "\n".join(lines)
 
 
-def study_ablation(stem: str) -> str:
-    """The Table I ablation (first seed, BCKD without logit KD), against the student alone on that seed."""
-    d = load(stem)
-    seed = next(a["seed"] for a in d["summary"]["ablation"] if a["seed"] is not None)
-    student = next(j["miou"] for j in d["jobs"] if j["row"] == "student" and j["seed"] == seed)
-    lines = [
-        f"| L_b | L_c | WD | mIoU | vs student (seed {seed}: {f2(student)}) | boundary F | LHD |",
-        "|---|---|---|---:|---:|---:|---:|",
-    ]
-    for a in d["summary"]["ablation"]:
-        marks = " | ".join("✓" if a[k] else "" for k in ("L_b", "L_c", "WD"))
-        lines.append(
-            f"| {marks} | {f2(a['miou'])} | {s2(a['miou'] - student)} | {f2(a['boundary_f'])} | {f2(a['lhd'])} |"
-        )
-    return "\n".join(lines)
-
-
 TABLE_ROWS = {"student": "student alone", "kd": "logit KD", "bckd": "BCKD", "kd+bckd": "KD + BCKD"}
-
-
-def two_teacher_table(stem: str) -> str:
-    """A camvid_table.py result made by two invocations (``run_1``, ``run_2``), each with its own teacher:
-    per-seed mIoU, mean ± sd over seeds, and boundary F and LHD means, per row."""
-    import statistics
-
-    d = load(stem)
-    runs = [d[k]["rows"] for k in sorted(k for k in d if k.startswith("run_"))]
-    teachers = [r for rows in runs for r in rows if r["name"] == "teacher"]
-    students = [r for rows in runs for r in rows if r["name"] != "teacher" and r["status"] == "ok"]
-    seeds = sorted({r["seed"] for r in students})
-    lines = [
-        "| row | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± sd | boundary F | LHD (GT) |",
-        "|---|" + "---:|" * (len(seeds) + 3),
-        "| teacher | "
-        + " / ".join(f2(t["miou"]) for t in teachers)
-        + " |" * (len(seeds) + 1)
-        + " "
-        + " / ".join(f2(t["boundary_f"]) for t in teachers)
-        + " | "
-        + " / ".join(f2(t["lhd"]) for t in teachers)
-        + " |",
-    ]
-    for name, label in TABLE_ROWS.items():
-        mine = {r["seed"]: r for r in students if r["name"] == name}
-        if not mine:
-            continue
-        miou = [mine[s]["miou"] for s in seeds]
-        lines.append(
-            f"| {label} | " + " | ".join(f2(v) for v in miou) + f" | {f2(statistics.mean(miou))} ± "
-            f"{f2(statistics.stdev(miou))} | {f2(statistics.mean(r['boundary_f'] for r in mine.values()))} | "
-            f"{f2(statistics.mean(r['lhd'] for r in mine.values()))} |"
-        )
-    return "\n".join(lines)
 
 
 def relation_auc(stem: str) -> str:
@@ -253,34 +201,6 @@ CPU96_LABELS = {
 }
 
 
-def one_seed_table(stem: str) -> str:
-    """A one-seed camvid_table.py result (final phase): each row against the student alone, the share of the
-    teacher-student gap it closes, boundary F, LHD against the labels and the teacher, fragments and MFS."""
-    rows = {r["name"]: r for r in load(stem)["rows"] if r["phase"] == "final" and r["status"] == "ok"}
-    teacher, student = rows["teacher"], rows["student"]
-    gap = teacher["miou"] - student["miou"]
-    lines = [
-        "| row | mIoU | vs student | gap closed | boundary F | LHD (GT) | LHD (teacher) | fragments | MFS |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name, label in CPU96_LABELS.items():
-        if name not in rows:
-            continue
-        r = rows[name]
-        if name == "teacher":
-            label = f"teacher `{r.get('model', 'pspnet-r50')}`"
-        if name in ("teacher", "student"):
-            vs, closed = "", ""
-        else:
-            d = r["miou"] - student["miou"]
-            vs, closed = s2(d), f"{100 * d / gap:.0f}%"
-        lines.append(
-            f"| {label} | {f2(r['miou'])} | {vs} | {closed} | {f2(r['boundary_f'])} | {f2(r['lhd'])} | "
-            f"{f2(r['lhd_vs_teacher'])} | {f2(r['fragment_ratio'])} | {f2(r['mfs'])} |"
-        )
-    return "\n".join(lines)
-
-
 GEOMETRY_LABELS = {
     "none": "student alone",
     "kd": "logit KD",
@@ -289,69 +209,6 @@ GEOMETRY_LABELS = {
     "kd+bckd-g4r3": "KD + BCKD, g4 r3",
     "kd+bckd-g4r3-b5": "KD + BCKD, g4 r3, beta 5",
 }
-
-
-def geometry_table(stem: str, student_stem: str) -> str:
-    """camvid_geometry_study.py: every row's tuning-split mIoU, and val figures for the rows trained in full (the
-    chosen one in bold); the student alone's val mIoU comes from ``student_stem``'s table."""
-    rows = load(stem)
-    tune = {r["name"]: r for r in rows if r["phase"] == "tune" and r["rc"] == 0}
-    final = {r["name"]: r for r in rows if r["phase"] == "final" and r["rc"] == 0}
-    chosen = next(n for n in final if n != "kd")
-    student = next(r for r in load(student_stem)["rows"] if r["name"] == "student" and r["phase"] == "final")
-    lines = [
-        "| row | tuning split mIoU (20 ep) | val mIoU (40 ep) | val boundary F | val LHD |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for name, label in GEOMETRY_LABELS.items():
-        if name not in tune:
-            continue
-        miou = f2(tune[name]["miou"])
-        if name == chosen:
-            label, miou = f"{label} (chosen)", f"**{miou}**"
-        if name in final:
-            f = final[name]
-            val = f"{f2(f['miou'])} | {f2(f['boundary_f'])} | {f2(f['lhd'])}"
-        elif name == "none":
-            val = f"({f2(student['miou'])} in the table above) | |"
-        else:
-            val = None
-        lines.append(f"| {label} | {miou} | {val} |" if val else f"| {label} | {miou} | | | |")
-    return "\n".join(lines)
-
-
-def gpu_cost_table(*stems: str) -> str:
-    """benchmarks/train_cost.py on a GPU, one file per crop and precision: the step time of the student alone,
-    with logit KD and with BCKD, and BCKD / KD."""
-    lines = ["| crop | precision | student alone | + KD | + BCKD | BCKD / KD |", "|---|---|---|---|---|---|"]
-    said_default = False
-    for stem in stems:
-        d = load(stem)
-        precision = "bf16 autocast" if stem.endswith("bf16") else "fp32"
-        if precision.startswith("bf16") and not said_default:
-            precision, said_default = precision + " (the trainer's default on CUDA)", True
-        s = d["seconds_per_step"]
-        lines.append(
-            f"| {d['crop'][0]}x{d['crop'][1]} | {precision} | "
-            + " | ".join(f"{1000 * s[k]:.1f} ms" for k in ("none", "kd", "bckd"))
-            + f" | {d['bckd_over_kd']:.2f} |"
-        )
-    return "\n".join(lines)
-
-
-def context_memory_table(stem: str) -> str:
-    """The context loss's peak memory and value, row-chunked against the naive full matrices."""
-    labels = {
-        "chunked": "exact, row-chunked (512 rows) with activation checkpointing (`relation_kl`)",
-        "naive": "naive full HW x HW matrices",
-    }
-    lines = ["| implementation | peak memory above inputs | value |", "|---|---|---|"]
-    for r in load(stem)["context_memory"]:
-        peak = f"{r['peak_gib']:.3f} GiB"
-        if r["variant"] == "chunked":
-            peak = f"**{peak}**"
-        lines.append(f"| {labels.get(r['variant'], r['variant'])} | {peak} | {r['loss']:.8f} |")
-    return "\n".join(lines)
 
 
 def cpu_cost_table(stem: str) -> str:
@@ -500,9 +357,16 @@ def quickstart_ledger(stem: str) -> str:
     return "\n".join(lines)
 
 
+def deploy_run(stem: str) -> dict:
+    """What benchmarks/deploy_table.py wrote: the file itself, or the ``table`` a benchmarks/record_command.py
+    record of it embeds."""
+    d = load(stem)
+    return d.get("table", d)
+
+
 def deploy_table(stem: str = "deploy_cpu_camvid96x128") -> str:
     """The CPU deployment table: accuracy, agreement, latency and speed-up over PyTorch eager per runtime."""
-    d = load(stem)
+    d = deploy_run(stem)
     lines = [
         "| row | mIoU | ΔmIoU | agreement % | p50 ms | p99 ms | FPS | × PyTorch eager |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -515,7 +379,6 @@ def deploy_table(stem: str = "deploy_cpu_camvid96x128") -> str:
             )
         )
     return "\n".join(lines)
-
 
 
 def det_speed_table(stem: str = "det_speed_cpu_384x512") -> str:
@@ -541,6 +404,7 @@ def det_speed_table(stem: str = "det_speed_cpu_384x512") -> str:
         )
     return "\n".join(lines)
 
+
 ORT_VARIANT_LABELS = {
     "QDQ u8 act / s8 weight, per-channel (ours)": "QDQ, u8 activations / s8 weights, per-channel (**ours**)",
     "QDQ s8 act / s8 weight, per-channel": "QDQ, s8 activations / s8 weights, per-channel",
@@ -551,7 +415,7 @@ ORT_VARIANT_LABELS = {
 
 def deploy_ort_variants(stem: str = "deploy_cpu_camvid96x128") -> str:
     """The ONNX Runtime INT8 settings of the deployment table's run, against ORT FP32."""
-    d = load(stem)
+    d = deploy_run(stem)
     lines = ["| ONNX Runtime setting | p50 ms | × FP32 | ΔmIoU vs FP32 |", "|---|---:|---:|---:|"]
     for v in d["ort_variants"]:
         label = ORT_VARIANT_LABELS.get(v["variant"], v["variant"])
@@ -803,16 +667,10 @@ RENDERERS: dict[str, Callable[..., str]] = {
     for f in (
         study_rows,
         study_paired,
-        study_ablation,
-        two_teacher_table,
         relation_auc,
         boundary_grad_table,
         boundary_auc_table,
         options_table,
-        one_seed_table,
-        geometry_table,
-        gpu_cost_table,
-        context_memory_table,
         cpu_cost_table,
         det_cost_table,
         balance_table,
@@ -837,13 +695,13 @@ RENDERERS: dict[str, Callable[..., str]] = {
 
 def ort_int8_over_fp32(stem: str = "deploy_cpu_camvid96x128") -> str:
     """ONNX Runtime INT8 over ONNX Runtime FP32, ratio of mean latencies of the deployment table, 1 decimal."""
-    rows = {r["row"]: r for r in load(stem)["rows"]}
+    rows = {r["row"]: r for r in deploy_run(stem)["rows"]}
     return f"{rows['ONNX Runtime FP32']['mean_ms'] / rows['ONNX Runtime INT8']['mean_ms']:.1f}"
 
 
 def speedup_vs_eager(stem: str, row: str) -> str:
     """A row's speed-up over PyTorch eager FP32 (ratio of mean latencies), 1 decimal."""
-    rows = {r["row"].split(" (")[0]: r for r in load(stem)["rows"]}
+    rows = {r["row"].split(" (")[0]: r for r in deploy_run(stem)["rows"]}
     return f"{rows[row.replace('_', ' ')]['speedup_vs_pytorch']:.1f}"
 
 
@@ -882,15 +740,6 @@ def study_seed(stem: str, row: str, seed: str, metric: str = "miou") -> str:
     """One run of a paired-seed study: ``row`` on ``seed``, 2 decimals."""
     return f2(next(j[metric] for j in load(stem)["jobs"] if j["kind"] == "row" and j["row"] == row
                    and j["seed"] == int(seed) and j["status"] == "ok"))
-
-
-def study_seeds(stem: str, row: str, metric: str = "miou", skip: str = "") -> str:
-    """A paired-seed study row on every seed, in seed order, 2 decimals ("28.50, 28.47, ..."); ``skip`` a
-    comma list of seeds left out."""
-    d = load(stem)
-    left_out = {int(x) for x in skip.split(",") if x}
-    return ", ".join(study_seed(stem, row, str(seed), metric) for seed in d["settings"]["seed_list"]
-                     if seed not in left_out)
 
 
 def distill_miou(stem: str, key: str) -> str:
@@ -986,13 +835,6 @@ def diff_of(stem: str, a: str, b: str, fmt: str = ".1f", scale: str = "1") -> st
     return format((_at(d, a) - _at(d, b)) * float(scale), fmt).replace("-", MINUS)
 
 
-def span(stem: str, items: str, indices: str, field: str, fmt: str = ".2f") -> str:
-    """The range "lo-hi" of ``field`` over some items (``indices``, a comma list) of the list at ``items``."""
-    d = load(stem)
-    values = [_at(d, f"{items}.{i}.{field}") for i in indices.split(",")]
-    return f"{format(min(values), fmt)}-{format(max(values), fmt)}"
-
-
 def over(stem: str, items: str, field: str, how: str = "range", fmt: str = "d") -> str:
     """``field`` over every entry of the dict or list at ``items``: its "range" ("lo to hi"), "max", "min",
     or the entries' "count"."""
@@ -1021,42 +863,15 @@ def provenance(stem: str) -> str:
     versions = d.get("versions") or {"torch": d.get("torch") or env.get("torch")}
     commit = d.get("git_commit") or env.get("git_commit")
     dirty = d.get("git_dirty", env.get("git_dirty"))
+    cpu = machine.get("cpu", env.get("cpu", "CPU"))
+    if isinstance(cpu, dict):  # benchmarks/record_command.py: {"model": ..., "isa": [...]}
+        machine, cpu = {**machine, "isa": cpu.get("isa")}, cpu.get("model", "CPU")
     isa = machine.get("isa") or env.get("isa") or []
-    parts = [f"{machine.get('cpu', env.get('cpu', 'CPU'))} ({', '.join(isa)})"]
+    parts = [f"{cpu} ({', '.join(isa)})"]
     parts += [f"{k} {str(versions[k]).split('+')[0]}" for k in ("torch", "torchvision", "timm") if versions.get(k)]
     if commit:
         parts.append(f"commit {commit[:7]}" + (" with uncommitted changes" if dirty else ""))
     return ", ".join(parts)
-
-
-def _tt_runs(stem: str) -> dict[str, dict[int, dict]]:
-    """A two-teacher camvid_table.py result's students: row name -> seed -> its result."""
-    d = load(stem)
-    rows: dict[str, dict[int, dict]] = {}
-    for k in sorted(k for k in d if k.startswith("run_")):
-        for r in d[k]["rows"]:
-            if r["name"] != "teacher" and r["status"] == "ok":
-                rows.setdefault(r["name"], {})[r["seed"]] = r
-    return rows
-
-
-def tt(stem: str, row: str, seed: str = "mean", metric: str = "miou") -> str:
-    """A two-teacher table's ``row``: its ``metric`` on one ``seed``, or the mean over seeds, 2 decimals."""
-    runs = _tt_runs(stem)[row]
-    if seed == "mean":
-        return f2(sum(r[metric] for r in runs.values()) / len(runs))
-    return f2(runs[int(seed)][metric])
-
-
-def tt_diff(stem: str, a: str, b: str, seed: str = "mean", metric: str = "miou") -> str:
-    """``a`` − ``b`` in a two-teacher table, on one ``seed`` or between the means, 2 decimals."""
-    return f2(float(tt(stem, a, seed, metric)) - float(tt(stem, b, seed, metric)))
-
-
-def tt_spread(stem: str, row: str, metric: str = "miou") -> str:
-    """How far apart a row's seeds are in a two-teacher table (largest − smallest), 1 decimal."""
-    values = [r[metric] for r in _tt_runs(stem)[row].values()]
-    return f"{max(values) - min(values):.1f}"
 
 
 def qdelta(stem: str, preset: str, flavour: str, field: str = "delta") -> str:
@@ -1105,7 +920,6 @@ INLINE_RENDERERS: dict[str, Callable[..., str]] = {
         pci,
         ms,
         study_seed,
-        study_seeds,
         distill_miou,
         loadavg,
         last_line,
@@ -1114,12 +928,8 @@ INLINE_RENDERERS: dict[str, Callable[..., str]] = {
         ratios,
         ratio_of,
         diff_of,
-        span,
         over,
         provenance,
-        tt,
-        tt_diff,
-        tt_spread,
         qdelta,
         qremedy,
         det_study_hours,
@@ -1210,18 +1020,39 @@ def _values(d, key: str):
             yield from _values(v, key)
 
 
-def _device_is_cpu(d) -> bool:
-    """A run whose recorded device is the CPU used no GPU: that is its GPU record."""
-    return any(isinstance(v, str) and v.startswith("cpu") for v in _values(d, "device"))
+DEVICE_KEYS = ("device", "train_device")
+COMMAND_KEYS = ("command", "commands", "study_command")
+CUDA_FLAG = re.compile(r"--(?:train-)?device[ =]cuda\b")
+
+
+def _strings(v):
+    """Every string in ``v`` (a string, or a list or dict of them at any depth)."""
+    if isinstance(v, str):
+        yield v
+    elif isinstance(v, dict):
+        for x in v.values():
+            yield from _strings(x)
+    elif isinstance(v, list):
+        for x in v:
+            yield from _strings(x)
+
+
+def ran_on_gpu(d) -> bool:
+    """Whether ``d`` records that its measurements ran on a GPU: a ``device`` or ``train_device`` of cuda, or a
+    recorded command given ``--device cuda`` / ``--train-device cuda``. A file's name is not evidence."""
+    if any(s.startswith("cuda") for k in DEVICE_KEYS for v in _values(d, k) for s in _strings(v)):
+        return True
+    return any(CUDA_FLAG.search(s) for k in COMMAND_KEYS for v in _values(d, k) for s in _strings(v))
 
 
 def audit_file(d: dict | list) -> list[str]:
-    """The provenance fields ``d`` lacks."""
+    """The provenance fields ``d`` lacks. The GPU is asked only of a file whose measurements ran on one
+    (``ran_on_gpu``); for a CPU measurement it does not apply."""
     missing = []
     for field, keys in PROVENANCE.items():
         found = any(v not in (None, "") for k in keys for v in _values(d, k))
         if field == "gpu":
-            found = found or _device_is_cpu(d)
+            found = found or not ran_on_gpu(d)  # a CPU measurement has no GPU to record
         if field == "cpu":
             found = found or any(isinstance(v, str) and v not in ARCHES for v in _values(d, "machine") if v)
         if not found:
@@ -1239,6 +1070,14 @@ def provenance_table() -> str:
     for stem, missing in audit().items():
         lines.append(f"| `docs/results/{stem}.json` | {', '.join(missing) if missing else 'nothing'} |")
     return "\n".join(lines)
+
+
+def lacks(stem: str) -> str:
+    """The provenance fields a results file lacks, as ``--audit`` lists them ("nothing" when complete)."""
+    return ", ".join(audit_file(load(stem))) or "nothing"
+
+
+INLINE_RENDERERS["lacks"] = lacks
 
 
 def recorded_output(stem: str, last: str = "0", stream: str = "stdout", command: str = "yes") -> str:

@@ -1,7 +1,10 @@
 """Is the TensorRT QAT Q/DQ ONNX TensorRT-ready on real students?
 
     python benchmarks/trt_qat_ready.py --data camvid:.bench/camvid96 \
-        --student deeplabv3plus-mbv2=.bench/study96/kd+bckd/s0/student.pt ... --json docs/results/trt_qat_ready_cpu.json
+        --student deeplabv3plus-mbv2=.bench/study96-bf16/kd+bckd@fp32/s0/student.pt ... --json /tmp/trt_qat_ready.json
+
+docs/results/trt_qat_ready_cpu.json embeds that JSON (``result``) in a benchmarks/record_command.py record; the
+commands are in docs/deploy-int8.md.
 
 Per checkpoint: the QAT stage's TensorRT scheme (``qat/fakequant.py``: NNCF, symmetric s8, Concat inputs on one
 quantizer), ranges from --calib-size training images, no fine-tune (placement does not depend on it), the Q/DQ

@@ -27,6 +27,10 @@ COMPLETE = {
     "ci_gate_npu_pending_cpu",
     "ci_base_smoke_cpu",
     "ci_gate_baseline_cpu",
+    "camvid_instances_proxy",
+    "deploy_cpu_camvid96x128",
+    "pretrained_lite_probe",
+    "trt_qat_ready_cpu",
 }
 
 
@@ -53,12 +57,12 @@ def test_the_docs_have_regions_and_every_region_names_a_renderer(rr):
 
 def test_check_fails_on_a_tampered_table(rr, tmp_path):
     doc = (ROOT / "docs" / "deploy-parity.md").read_text()
-    assert "| ONNX Runtime INT8 | 33.82 |" in doc
+    assert "| ONNX Runtime INT8 | 27.12 |" in doc
     tampered = tmp_path / "deploy-parity.md"
-    tampered.write_text(doc.replace("| ONNX Runtime INT8 | 33.82 |", "| ONNX Runtime INT8 | 34.82 |", 1))
+    tampered.write_text(doc.replace("| ONNX Runtime INT8 | 27.12 |", "| ONNX Runtime INT8 | 28.12 |", 1))
     diffs = rr.check([tampered])
     assert len(diffs) == 1
-    assert "-| ONNX Runtime INT8 | 34.82 |" in diffs[0] and "+| ONNX Runtime INT8 | 33.82 |" in diffs[0]
+    assert "-| ONNX Runtime INT8 | 28.12 |" in diffs[0] and "+| ONNX Runtime INT8 | 27.12 |" in diffs[0]
     assert rr.main(["--check", str(tampered)]) == 1
     rr.main([str(tampered)])
     assert tampered.read_text() == doc
@@ -102,6 +106,31 @@ def test_the_audit_names_what_a_file_lacks(rr):
     assert rr.audit_file(full) == []
     assert rr.audit_file({k: v for k, v in full.items() if k != "wall_s"}) == ["wall_time"]
     assert rr.audit_file({**full, "git_commit": None}) == ["commit"]
+
+
+def test_the_gpu_is_asked_only_of_a_measurement_that_ran_on_one(rr):
+    cpu_only = {
+        "command": "x --device cpu",
+        "git_commit": "0" * 40,
+        "device": "cpu",
+        "machine": {"cpu": "AMD EPYC", "isa": ["AVX2"]},
+        "versions": {"torch": "2"},
+        "wall_s": 1.0,
+    }
+    assert rr.audit_file(cpu_only) == []
+    assert rr.audit_file({**cpu_only, "device": "cuda"}) == ["gpu"]
+    assert rr.audit_file({**cpu_only, "device": "cuda", "machine": {**cpu_only["machine"], "gpus": ["H100"]}}) == []
+    no_device = {k: v for k, v in cpu_only.items() if k != "device"}
+    assert rr.audit_file({**no_device, "command": "bckd-pipeline train-teacher --device cuda"}) == ["gpu"]
+    assert rr.audit_file({**no_device, "commands": ["a", "b --train-device cuda:0"]}) == ["gpu"]
+    assert rr.audit_file({**no_device, "rows": [{"command": "c --device cuda"}]}) == ["gpu"]
+    assert rr.audit_file({**no_device, "what": "timed on an H100, file h100.json"}) == []
+
+
+def test_a_sentence_can_quote_what_a_results_file_lacks(rr):
+    assert rr.lacks("quant_table_cpu") == "nothing"
+    assert rr.lacks("camvid_h200_144x192") == ", ".join(rr.audit()["camvid_h200_144x192"])
+    assert "gpu" in rr.lacks("camvid_h200_144x192").split(", ")
 
 
 def test_record_command_writes_a_complete_results_file(rr, tmp_path):
