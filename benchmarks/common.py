@@ -22,7 +22,8 @@ REPO = Path(__file__).resolve().parent.parent
 BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0
 VERSIONED_PACKAGES = (
-    "torch", "onnx", "onnxruntime", "onnxsim", "openvino", "nncf", "numpy", "segmentation-models-pytorch",
+    "torch", "torchvision", "timm", "onnx", "onnxruntime", "onnxsim", "openvino", "nncf", "numpy",
+    "segmentation-models-pytorch",
 )  # fmt: skip
 
 
@@ -78,15 +79,20 @@ def versions() -> dict:
 
 
 def git_state(repo: Path = REPO) -> dict:
-    """The commit the code was checked out at, and whether the work tree had changes."""
+    """The commit the code was checked out at, whether the work tree had changes (untracked files count), and
+    when it had, the sha256 of ``git diff HEAD`` (the tracked changes), so that a result from a dirty tree still
+    names the code it ran."""
+    import hashlib
 
     def git(*a: str) -> str:
-        return subprocess.run(["git", *a], cwd=repo, capture_output=True, text=True).stdout.strip()
+        return subprocess.run(["git", *a], cwd=repo, capture_output=True, text=True).stdout
 
     try:
-        return {"git_commit": git("rev-parse", "HEAD"), "git_dirty": bool(git("status", "--porcelain"))}
+        dirty = bool(git("status", "--porcelain").strip())
+        diff = hashlib.sha256(git("diff", "HEAD").encode()).hexdigest() if dirty else None
+        return {"git_commit": git("rev-parse", "HEAD").strip() or None, "git_dirty": dirty, "git_diff_sha256": diff}
     except OSError:
-        return {"git_commit": None, "git_dirty": None}
+        return {"git_commit": None, "git_dirty": None, "git_diff_sha256": None}
 
 
 def environment() -> dict:

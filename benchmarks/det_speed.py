@@ -48,7 +48,7 @@ DEPLOY_MEASURED = (0, 1, 3)
 # what --reuse keeps of the JSON of the run that measured: the facts of that run, not of the re-read
 RUN_FACTS = (
     "command", "deploy_command", "threads", "omp_num_threads", "wall_s", "loadavg_before", "loadavg_after",
-    "deploy_exit_code", "lscpu", "versions", "git_commit", "git_dirty",
+    "deploy_exit_code", "lscpu", "versions", "git_commit", "git_dirty", "git_diff_sha256",
 )  # fmt: skip
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import statistics
 import sys
 import time
@@ -196,7 +197,7 @@ def main() -> None:
         ap.error("nothing to time: give --presets, --distill or both")
     rows, distilled = time_rows(names, distill, kds, threads, args)
     result = {
-        "command": "python benchmarks/det_step.py " + " ".join(sys.argv[1:]),
+        "command": shlex.join(["python", "benchmarks/det_step.py", *sys.argv[1:]]),
         "what": "one FCOS training step (forward, losses, backward, SGD), fp32, synthetic batch; "
         "median of interleaved rounds",
         "note": args.note,
@@ -206,7 +207,7 @@ def main() -> None:
         "load_average_after": [round(v, 2) for v in os.getloadavg()],
         "machine": {**cpu_summary(), "lscpu": lscpu()},
         "environment": environment(),
-        "versions": {**versions(), "timm": _version("timm"), "torchvision": _version("torchvision")},
+        "versions": versions(),
         "rows": rows,
         "wall_s": round(time.perf_counter() - started, 1),
     }
@@ -219,15 +220,6 @@ def main() -> None:
         }
     write_json_atomic(args.out, result)
     print(args.out)
-
-
-def _version(name: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
 
 
 if __name__ == "__main__":

@@ -28,13 +28,14 @@ import argparse
 import json
 import os
 import random
+import shlex
 from statistics import median
 import subprocess
 import sys
 import time
 
 import torch
-from common import cpu_summary, git_state
+from common import cpu_summary, git_state, versions
 
 
 ROWS = ("none", "kd", "bckd", "kd+bckd")
@@ -273,7 +274,7 @@ def main() -> None:
         print(json.dumps(round_times(args)))
         return
     result: dict = {
-        "command": "python " + " ".join(sys.argv),
+        "command": shlex.join(["python", *sys.argv]),
         **git_state(),
         "machine": _machine(),
         "rows": args.rows,
@@ -284,6 +285,7 @@ def main() -> None:
         "teacher": args.teacher,
         "student": args.student,
         "torch": torch.__version__,
+        "versions": versions(),
     }
     if not args.memory_only:
         # The machine is shared: the 1, 5 and 15-minute load averages around the timing say how busy it was.
