@@ -70,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--runs {args.runs}: give at least 1")
     trees = [t.resolve() for t in (args.tree or [REPO])]
     for tree in trees:
-        if not (tree / "bckd_pipeline" / "cli").is_dir():
-            ap.error(f"--tree {tree}: no bckd_pipeline/cli there; give the root of a checkout")
+        if not (tree / "bckd_pipeline" / "__init__.py").is_file():
+            ap.error(f"--tree {tree}: no bckd_pipeline package there; give the root of a checkout")
     load_before = os.getloadavg()
     started = time.perf_counter()
     times = time_rounds(trees, args.runs)

@@ -211,27 +211,6 @@ GEOMETRY_LABELS = {
 }
 
 
-def cpu_cost_table(stem: str) -> str:
-    """benchmarks/train_cost.py on the CPU, interleaved rounds in several processes: median step time per row,
-    and each ratio to KD with its paired median and 95 % bootstrap interval."""
-    d = load(stem)
-    s = d["seconds_per_step"]
-
-    def ratio(key: str) -> str:
-        lo, hi = d[f"{key}_over_kd_paired_interval95"]
-        return f"{d[f'{key}_over_kd']:.3f} (paired {d[f'{key}_over_kd_paired']:.3f}, {lo:.3f} to {hi:.3f})"
-
-    return "\n".join(
-        [
-            "| crop | student alone | + KD | + BCKD | + KD + BCKD | BCKD / KD | KD+BCKD / KD |",
-            "|---|---|---|---|---|---|---|",
-            f"| {d['crop'][0]}x{d['crop'][1]}, fp32, half the batch padded | "
-            + " | ".join(f"{1000 * s[k]:.1f} ms" for k in ("none", "kd", "bckd", "kd+bckd"))
-            + f" | {ratio('bckd')} | {ratio('kd+bckd')} |",
-        ]
-    )
-
-
 def det_cost_table(stem: str = "det_cost_cpu") -> str:
     """benchmarks/det_step.py --distill: a detector student's training step with each distillation method, its
     median (min) over interleaved rounds, and its time over the student's plain step (median of the paired
@@ -254,84 +233,6 @@ def det_cost_table(stem: str = "det_cost_cpu") -> str:
             f"| {labels.get(r['kd'], r['kd'])} | {r['threads']} | {r['trainable_params_m']:.2f} M | "
             f"{r['step_s_median']:.2f} s ({r['step_s_min']:.2f} s) | {r['over_student_paired_median']:.2f} |"
         )
-    return "\n".join(lines)
-
-
-PRECISION_ROWS = {"teacher": "teacher ({teacher})", "none": "student alone", "kd": "KD", "kd+bckd": "KD + BCKD"}
-VARIANT_LABELS = {"fp32": "fp32", "bf16": "bf16", "fp32+cl": "fp32 + channels_last", "bf16+cl": "bf16 + channels_last",
-                  "bf16+compile": "bf16 + torch.compile"}
-
-
-def _ratio(d: dict, row: str, variant: str, ref: str) -> str:
-    """A row's paired median ratio ``variant`` / ``ref`` with its 95 % bootstrap interval, "r (lo to hi)"."""
-    key = f"{row} {variant}_over_{ref}_paired"
-    lo, hi = d[f"{key}_interval95"]
-    return f"{d[key]:.2f} ({lo:.2f} to {hi:.2f})"
-
-
-def cpu_precision_table(stem: str, ref: str = "fp32") -> str:
-    """benchmarks/train_cost.py with ``--variants``: the median step time per row and variant, and each
-    variant's paired ratio to ``ref`` (median over rounds of each round's ratio, 95 % bootstrap interval)."""
-    d = load(stem)
-    others = [v for v in d["variants"] if v != ref]
-    lines = [
-        "| row | " + " | ".join(VARIANT_LABELS.get(v, v) for v in d["variants"]) + " | "
-        + " | ".join(f"{v} / {ref}" for v in others) + " |",
-        "|---|" + "---:|" * len(d["variants"]) + "---|" * len(others),
-    ]
-    for row in d["rows"]:
-        label = PRECISION_ROWS.get(row, row).format(teacher=d["teacher"])
-        times = [d["seconds_per_step"][f"{row} {v}"] for v in d["variants"]]
-        lines.append(
-            f"| {label} | " + " | ".join(f"{1000 * t:.0f} ms" for t in times) + " | "
-            + " | ".join(_ratio(d, row, v, ref) for v in others) + " |"
-        )
-    return "\n".join(lines)
-
-
-def compile_table(stem: str = "cost_cpu_96x128_compile", eager: str = "bf16", compiled: str = "bf16+compile") -> str:
-    """benchmarks/train_cost.py, eager against compiled: median and mean step time of each, the ratio of the
-    medians, and the paired ratio (median over rounds of each round's ratio, 95 % bootstrap interval)."""
-    d = load(stem)
-    med, mean = d["seconds_per_step"], d["mean_seconds_per_step"]
-    lines = [
-        "| row | eager median | compiled median | eager mean | compiled mean | ratio of medians | "
-        "paired ratio compiled / eager |",
-        "|---|---:|---:|---:|---:|---:|---|",
-    ]
-    for row in d["rows"]:
-        label = PRECISION_ROWS.get(row, row).format(teacher=d["teacher"])
-        e, c = f"{row} {eager}", f"{row} {compiled}"
-        lines.append(
-            f"| {label} | {1000 * med[e]:.0f} ms | {1000 * med[c]:.0f} ms | {1000 * mean[e]:.0f} ms | "
-            f"{1000 * mean[c]:.0f} ms | {d[f'{row} {compiled}_over_{eager}']:.2f} | {_ratio(d, row, compiled, eager)} |"
-        )
-    return "\n".join(lines)
-
-
-DET_PRESETS = {
-    "fcos-lite0": "`fcos-lite0` (student: Lite0, 64-ch FPN, 2 head convs)",
-    "fcos-r18": "`fcos-r18` (student: ResNet-18, 64-ch FPN, 2 head convs)",
-    "fcos-r50": "`fcos-r50` (teacher: ResNet-50, 128-ch FPN, 4 head convs)",
-}
-
-
-def det_step_table(stem: str = "det_step_cpu") -> str:
-    """benchmarks/det_step.py: per preset its parameters and the median (min) step time per thread count."""
-    rows = load(stem)["rows"]
-    threads = sorted({r["threads"] for r in rows.values()})
-    presets = list(dict.fromkeys(r["preset"] for r in rows.values()))
-    lines = [
-        "| preset | params | " + " | ".join(f"{t} thread{'s' if t > 1 else ''}: median (min)" for t in threads) + " |",
-        "|---|---|" + "---|" * len(threads),
-    ]
-    for preset in presets:
-        mine = {r["threads"]: r for r in rows.values() if r["preset"] == preset}
-        params = next(iter(mine.values()))["params_m"]
-        cells = " | ".join(
-            f"{mine[t]['step_s_median']:#.3g} s ({mine[t]['step_s_min']:#.3g} s)" if t in mine else "-" for t in threads
-        )
-        lines.append(f"| {DET_PRESETS.get(preset, f'`{preset}`')} | {params:.3g} M | {cells} |")
     return "\n".join(lines)
 
 
@@ -671,7 +572,6 @@ RENDERERS: dict[str, Callable[..., str]] = {
         boundary_grad_table,
         boundary_auc_table,
         options_table,
-        cpu_cost_table,
         det_cost_table,
         balance_table,
         quickstart_ledger,
@@ -682,9 +582,6 @@ RENDERERS: dict[str, Callable[..., str]] = {
         quant_moves,
         quant_latency_notes,
         qat_table,
-        cpu_precision_table,
-        compile_table,
-        det_step_table,
         grid_table,
     )
 }
@@ -816,23 +713,9 @@ def wall_time(stem: str) -> str:
     return f"{s} s" if s < 60 else f"{s // 60} min {s % 60} s"
 
 
-def ratios(stem: str, variant: str, ref: str = "fp32") -> str:
-    """Each row's paired ratio ``variant`` / ``ref`` as a phrase: "0.59 (0.54 to 0.64) for the teacher, ..."."""
-    d = load(stem)
-    names = {"teacher": "the teacher", "none": "the student", "kd": "KD", "kd+bckd": "KD + BCKD"}
-    parts = [f"{_ratio(d, row, variant, ref)} for {names.get(row, row)}" for row in d["rows"]]
-    return ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]
-
-
 def ratio_of(stem: str, a: str, b: str, fmt: str = ".1f") -> str:
     """The ratio of two numbers of one results file, ``a`` / ``b`` (dotted paths, as for ``value``)."""
     return format(_at(load(stem), a) / _at(load(stem), b), fmt)
-
-
-def diff_of(stem: str, a: str, b: str, fmt: str = ".1f", scale: str = "1") -> str:
-    """The difference of two numbers of one results file, (``a`` − ``b``) x ``scale`` (dotted paths)."""
-    d = load(stem)
-    return format((_at(d, a) - _at(d, b)) * float(scale), fmt).replace("-", MINUS)
 
 
 def over(stem: str, items: str, field: str, how: str = "range", fmt: str = "d") -> str:
@@ -925,9 +808,7 @@ INLINE_RENDERERS: dict[str, Callable[..., str]] = {
         last_line,
         recorded_match,
         wall_time,
-        ratios,
         ratio_of,
-        diff_of,
         over,
         provenance,
         qdelta,

@@ -3,7 +3,9 @@ renders from its JSON to exactly the committed text, the check catches a region 
 results files whose provenance is complete stay complete."""
 
 import importlib.util
+import inspect
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -127,6 +129,29 @@ def test_the_gpu_is_asked_only_of_a_measurement_that_ran_on_one(rr):
     assert rr.audit_file({**no_device, "what": "timed on an H100, file h100.json"}) == []
 
 
+def _stem(rr, spec: str) -> str:
+    """The results file a region reads: its first word after the renderer's name, or the renderer's default."""
+    name, *args = shlex.split(spec)
+    if args:
+        return args[0]
+    fn = rr.RENDERERS.get(name) or rr.INLINE_RENDERERS[name]
+    return next(iter(inspect.signature(fn).parameters.values())).default
+
+
+def test_no_figure_is_quoted_from_a_file_that_lacks_provenance(rr):
+    """A figure whose results file lacks the command, commit, machine, versions or wall time is dropped: only
+    the regions that say what a file lacks (and the table of them) may read such a file."""
+    audit = rr.audit()
+    quoted = {
+        (p.name, _stem(rr, spec), spec)
+        for p in rr.DOCS
+        for spec in rr.regions(p.read_text())
+        if shlex.split(spec)[0] not in ("lacks", "provenance_table")
+    }
+    assert all(stem in audit for _, stem, _ in quoted)
+    assert [(page, spec) for page, stem, spec in sorted(quoted) if audit[stem]] == []
+
+
 def test_a_sentence_can_quote_what_a_results_file_lacks(rr):
     assert rr.lacks("quant_table_cpu") == "nothing"
     assert rr.lacks("camvid_h200_144x192") == ", ".join(rr.audit()["camvid_h200_144x192"])
@@ -150,8 +175,8 @@ def test_record_command_writes_a_complete_results_file(rr, tmp_path):
 @pytest.mark.parametrize(
     ("page", "figure"),
     [
-        ("benchmarks.md", "| teacher (pspnet-r50) | 157 ms | 112 ms |"),
-        ("benchmarks.md", "| `fcos-r50` (teacher: ResNet-50, 128-ch FPN, 4 head convs) | 25.6 M | 6.90 s"),
+        ("benchmarks.md", "| student@fp32 | 24.75 | 27.61 |"),
+        ("benchmarks.md", "| + PKD | 1 | 3.28 M | 5.33 s (4.91 s) | 2.17 |"),
         ("deploy-int8.md", "`ort-u8s8` was faster than `ort-s8s8` in 14 of 15 cells"),
     ],
 )

@@ -51,7 +51,7 @@ def test_help_time_records_every_tree_and_its_provenance(rr, tmp_path):
 def test_help_time_refuses_a_folder_that_is_not_a_checkout(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         load_script("help_time").main(["--tree", str(tmp_path), "--out", str(tmp_path / "x.json")])
-    assert exc.value.code == 2 and "no bckd_pipeline/cli there" in capsys.readouterr().err
+    assert exc.value.code == 2 and "no bckd_pipeline package there" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
 
 
