@@ -164,6 +164,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--study", action="append", required=True, help="SIZE[:TAG]=RECORD_JSON, once per study")
     ap.add_argument("--json", type=Path, required=True, help="the results file to write")
+    ap.add_argument(
+        "--teacher-command",
+        action="append",
+        default=[],
+        metavar="SIZE=COMMAND",
+        help="the command that trained a size's teacher, when the study was given it (--teacher)",
+    )
     args = ap.parse_args(argv)
     try:
         by_size: dict[str, list[dict]] = {}
@@ -171,6 +178,13 @@ def main(argv: list[str] | None = None) -> int:
             size, tag, path = parse_study(text)
             by_size.setdefault(size, []).append(load_study(size, tag, path))
         sizes = {size: size_summary(size, studies) for size, studies in by_size.items()}
+        for text in args.teacher_command:
+            size, sep, command = text.partition("=")
+            if not sep or size not in sizes:
+                raise GridError(
+                    f"--teacher-command {text[:40]!r}: expected SIZE=COMMAND with SIZE one of {list(sizes)}"
+                )
+            sizes[size]["teacher"]["command"] = command
     except GridError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

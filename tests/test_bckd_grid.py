@@ -106,3 +106,13 @@ def test_the_same_row_twice_without_a_tag_is_refused(grid, tmp_path, capsys):
 def test_a_malformed_study_argument_says_the_form(grid, tmp_path, capsys):
     assert grid.main(["--study", "96=oops.json", "--json", str(tmp_path / "o.json")]) == 2
     assert "SIZE[:TAG]=RECORD_JSON" in capsys.readouterr().err
+
+
+def test_a_teacher_command_is_kept_with_its_size(grid, tmp_path, capsys):
+    a = write(tmp_path, "a", study({"kd+lc": [30.0, 31.0]}))
+    out = tmp_path / "o.json"
+    cmd = "bckd-pipeline train-teacher --out t --epochs 40"
+    assert grid.main(["--study", f"96x128={a}", "--teacher-command", f"96x128={cmd}", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["sizes"]["96x128"]["teacher"]["command"] == cmd
+    assert grid.main(["--study", f"96x128={a}", "--teacher-command", f"1x2={cmd}", "--json", str(out)]) == 2
+    assert "SIZE=COMMAND" in capsys.readouterr().err
