@@ -196,7 +196,12 @@ def main(argv: list[str] | None = None) -> int:
         "machine": records[0].get("machine"),
         "versions": records[0].get("versions"),
         "git_commit": records[0].get("git_commit"),
-        "wall_s": sum(s["results"].get("seconds") or 0 for studies in by_size.values() for s in studies),
+        # The recorded commands' wall time (a resumed study's record counts only its last, resuming command), and
+        # the training seconds of every run as each run recorded them.
+        "wall_s": sum(r.get("wall_s") or 0 for r in records),
+        "run_train_seconds": sum(
+            j.get("train_seconds") or 0 for studies in by_size.values() for s in studies for j in s["results"]["jobs"]
+        ),
         "sizes": sizes,
     }
     write_json_atomic(args.json, out)
