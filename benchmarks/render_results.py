@@ -874,7 +874,9 @@ def check(paths: list[Path]) -> list[str]:
 # ---------------------------------------------------------------------------------------------- audit
 
 # Provenance a results file must record, and the keys that hold it, looked up at any depth (a study records
-# its machine once per configuration). A field counts when one of its keys holds a value other than null/"".
+# its machine once per configuration). A field counts when one of its keys holds a value other than null/"";
+# the commit has two more conditions (``audit_file``): every recorded dirty tree names its diff, and the file
+# does not declare its code unknown.
 PROVENANCE: dict[str, tuple[str, ...]] = {
     "command": ("command", "commands", "study_command"),
     "commit": ("git_commit", "code_hash", "git"),
@@ -901,6 +903,7 @@ def _values(d, key: str):
             yield from _values(v, key)
 
 
+CODE_UNKNOWN = "code_unknown"  # a file's own statement that the code its runs used cannot be identified
 DEVICE_KEYS = ("device", "train_device")
 COMMAND_KEYS = ("command", "commands", "study_command")
 CUDA_FLAG = re.compile(r"--(?:train-)?device[ =]cuda\b")
@@ -926,12 +929,40 @@ def ran_on_gpu(d) -> bool:
     return any(CUDA_FLAG.search(s) for k in COMMAND_KEYS for v in _values(d, k) for s in _strings(v))
 
 
+def _dicts(d):
+    """Every dict in ``d``, ``d`` included, at any depth."""
+    if isinstance(d, dict):
+        yield d
+        for v in d.values():
+            yield from _dicts(v)
+    elif isinstance(d, list):
+        for v in d:
+            yield from _dicts(v)
+
+
+def code_identified(d) -> bool:
+    """Whether the code ``d``'s measurements ran can be named from what it records: no git state in it says
+    ``git_dirty`` without the ``git_diff_sha256`` of that tree's changes beside it (a dirty tree names its
+    code only with its diff), and it does not declare ``code_unknown``."""
+    if any(x.get("git_dirty") and not x.get("git_diff_sha256") for x in _dicts(d)):
+        return False
+    return all(v in (None, "") for v in _values(d, CODE_UNKNOWN))
+
+
 def audit_file(d: dict | list) -> list[str]:
     """The provenance fields ``d`` lacks. The GPU is asked only of a file whose measurements ran on one
-    (``ran_on_gpu``); for a CPU measurement it does not apply."""
+    (``ran_on_gpu``); for a CPU measurement it does not apply.
+
+    The commit counts only when the code is identified (``code_identified``): a git state with ``git_dirty``
+    true needs its ``git_diff_sha256`` in the same object, at every place the file records one; and a file
+    whose own notes say its runs used code no commit, diff or code hash in it names declares so with a
+    ``"code_unknown": "<reason>"`` key (at any depth), which makes the commit lacking whatever else it
+    records (``versions.git`` or ``code_hash`` then name a tree the runs did not use)."""
     missing = []
     for field, keys in PROVENANCE.items():
         found = any(v not in (None, "") for k in keys for v in _values(d, k))
+        if field == "commit":
+            found = found and code_identified(d)
         if field == "gpu":
             found = found or not ran_on_gpu(d)  # a CPU measurement has no GPU to record
         if field == "cpu":

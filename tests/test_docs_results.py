@@ -110,6 +110,34 @@ def test_the_audit_names_what_a_file_lacks(rr):
     assert rr.audit_file({**full, "git_commit": None}) == ["commit"]
 
 
+FULL = {
+    "command": "x",
+    "git_commit": "0" * 40,
+    "machine": {"cpu": "AMD EPYC", "isa": ["AVX2"], "gpus": []},
+    "versions": {"torch": "2"},
+    "wall_s": 1.0,
+}
+
+
+def test_a_dirty_tree_counts_as_a_commit_only_with_its_diff_hash(rr):
+    dirty = {**FULL, "git_dirty": True, "git_diff_sha256": "ab" * 32}
+    assert rr.audit_file(dirty) == []
+    assert rr.audit_file({**dirty, "git_diff_sha256": None}) == ["commit"]
+    assert rr.audit_file({k: v for k, v in dirty.items() if k != "git_diff_sha256"}) == ["commit"]
+    assert rr.audit_file({**dirty, "git_diff_sha256": None, "code_hash": "0123456789ab"}) == ["commit"]
+    assert rr.audit_file({**FULL, "git_dirty": False}) == []
+    # every recorded git state counts: a clean one at the top does not vouch for a dirty one inside
+    env = {"git_commit": "1" * 40, "git_dirty": True}
+    assert rr.audit_file({**FULL, "git_dirty": False, "configs": [{"environment": env}]}) == ["commit"]
+    assert rr.audit_file({**FULL, "configs": [{"environment": {**env, "git_diff_sha256": "cd" * 32}}]}) == []
+
+
+def test_a_file_that_declares_its_code_unknown_lacks_its_commit(rr):
+    assert rr.audit_file({**FULL, "code_unknown": "the runs used an uncommitted tree"}) == ["commit"]
+    assert rr.audit_file({**FULL, "code_hash": "0123456789ab", "code_unknown": "no commit has this hash"}) == ["commit"]
+    assert rr.audit_file({**FULL, "code_unknown": None}) == []
+
+
 def test_the_gpu_is_asked_only_of_a_measurement_that_ran_on_one(rr):
     cpu_only = {
         "command": "x --device cpu",
