@@ -456,9 +456,16 @@ def qat_table(stem: str) -> str:
     return "\n".join(lines)
 
 
+def diagnosis_run(stem: str) -> dict:
+    """What benchmarks/boundary_diagnosis.py wrote: the file itself, or the ``diagnosis`` a
+    benchmarks/record_command.py record of it embeds."""
+    d = load(stem)
+    return d.get("diagnosis", d)
+
+
 def boundary_grad_table(stem: str) -> str:
     """benchmarks/boundary_diagnosis.py (a, b): gradient ratios and cosines, mean over each third of the run."""
-    d = load(stem)
+    d = diagnosis_run(stem)
     g, p = d["grad_log_summary"], d["probe_summary"]
     rows = [
         ("10 L_b gradient norm / CE's (trainer's `grad/*`, deepest stage)", g["boundary_over_ce"]),
@@ -479,7 +486,7 @@ def boundary_grad_table(stem: str) -> str:
 
 def boundary_auc_table(stem: str) -> str:
     """benchmarks/boundary_diagnosis.py (c): ROC AUC of boundary maps at the grid against ground-truth boundaries."""
-    a = load(stem)["boundary_auc"]
+    a = diagnosis_run(stem)["boundary_auc"]
     h, w = a["grid"]
     labels = {
         "teacher": "teacher B^t (semantic: what L_b distils)",
