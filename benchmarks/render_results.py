@@ -519,9 +519,10 @@ def grid_table(stem: str = "bckd_grid_cpu", ref: str = "kd+lc") -> str:
     """Per input size and row: mIoU per seed and mean ± sd, boundary F mean ± sd, and the paired difference
     against ``ref`` with its 95 % t interval (benchmarks/bckd_grid.py)."""
     d = load(stem)
+    name = GRID_LABELS.get(ref, ref).split(" (")[0]
     lines = [
-        f"| input (BCKD grid) | row | mIoU per seed | mIoU mean ± sd | boundary F mean ± sd | ΔmIoU vs {ref} [95 % t] "
-        f"| Δ boundary F vs {ref} [95 % t] |",
+        f"| input (BCKD grid) | row | mIoU per seed | mIoU mean ± sd | boundary F mean ± sd | ΔmIoU vs {name} [95 % t] "
+        f"| Δ boundary F vs {name} [95 % t] |",
         "|---|---|---|---:|---:|---|---|",
     ]
     for name, size in d["sizes"].items():
