@@ -35,7 +35,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from quant.table import markdown as quant_markdown  # noqa: E402
 
 RESULTS = ROOT / "docs" / "results"
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -325,114 +324,6 @@ def deploy_ort_variants(stem: str = "deploy_cpu_camvid96x128") -> str:
     return "\n".join(lines)
 
 
-def quant_table(stem: str = "quant_table_cpu") -> str:
-    """The quantization table, its remedies and sensitivity sweeps (benchmarks/quant/table.py's Markdown)."""
-    return quant_markdown(load(stem))
-
-
-def _quant_rows(stem: str) -> list[tuple[str, str, dict]]:
-    return [
-        (preset, flavour, acc)
-        for preset, s in load(stem)["students"].items()
-        for flavour, acc in s.get("accuracy", {}).items()
-        if "delta_miou" in acc
-    ]
-
-
-def _delta(acc: dict) -> str:
-    return f"{s2(acc['delta_miou'], MINUS)} {ci(acc['delta_miou_ci95'], MINUS)}"
-
-
-def quant_moves(stem: str = "quant_table_cpu") -> str:
-    """Bullets on the quantization table: how many intervals exclude zero, which rows moved up, pixel
-    agreement, and for which students NNCF is the smallest move."""
-    rows = _quant_rows(stem)
-    excludes = [r for r in rows if r[2]["delta_miou_ci95"][0] > 0 or r[2]["delta_miou_ci95"][1] < 0]
-    up = [r for r in rows if r[2]["delta_miou"] > 0]
-    up_excl = [r for r in up if r[2]["delta_miou_ci95"][0] > 0]
-    lowest = min(rows, key=lambda r: r[2]["pixel_agreement"])
-    others = min(100 * r[2]["pixel_agreement"] for r in rows if r is not lowest)
-    bullets = [
-        f"- The moves are small but mostly not noise: {len(excludes)} of the {len(rows)} intervals exclude "
-        f"zero. {len(up)} rows moved up: "
-        + ", ".join(f"`{p}` `{f}` {_delta(a)}" for p, f, a in up)
-        + f"; the intervals of {len(up_excl)} of them exclude zero ("
-        + ", ".join(f"`{p}` `{f}`" for p, f, _ in up_excl)
-        + f"). `{lowest[0]}` `{lowest[1]}` is also the row with the lowest pixel agreement "
-        f"({100 * lowest[2]['pixel_agreement']:.2f} %); every other row agrees with FP32 on at least "
-        f"{others:.2f} % of pixels."
-    ]
-    smallest, not_smallest = [], []
-    for preset in dict.fromkeys(p for p, _, _ in rows):
-        mine = {f: a for p, f, a in rows if p == preset}
-        if "nncf" not in mine:
-            continue
-        best = min(mine, key=lambda f: abs(mine[f]["delta_miou"]))
-        nncf = s2(mine["nncf"]["delta_miou"], MINUS)
-        if best == "nncf":
-            smallest.append(f"`{preset}` ({nncf})")
-        else:
-            not_smallest.append(f"`{preset}` ({nncf}; `{best}` {s2(mine[best]['delta_miou'], MINUS)})")
-    bullets.append(
-        "- NNCF's move is the smallest of the flavours for "
-        + ", ".join(smallest)
-        + " and not for "
-        + ", ".join(not_smallest)
-        + ": mixed. Its interval contains zero for "
-        + ", ".join(
-            f"`{p}` ({_delta(a)})"
-            for p, f, a in rows
-            if f == "nncf" and a["delta_miou_ci95"][0] <= 0 <= a["delta_miou_ci95"][1]
-        )
-        + "."
-    )
-    return "\n".join(bullets)
-
-
-QUANT_COMPARISONS = (
-    ("ort-u8s8", "ort-s8s8"),
-    ("ort-u8s8", "fp32-onnxruntime"),
-    ("nncf", "fp32-openvino"),
-    ("trt-qdq", "fp32-onnxruntime"),
-)
-
-
-def quant_latency_notes(stem: str = "quant_table_cpu") -> str:
-    """Bullets on the quantization table's latency cells (every student at every size): the load they ran
-    under, the widest p99 / p50, and for each pair of flavours in how many cells the first was faster (the
-    range of p50 ratios, the cells where it was not, and the largest ratio's reference spread); then the
-    calibration images each size could hold."""
-    students = load(stem)["students"]
-    cells = [(p, size, c) for p, st in students.items() for size, c in st.get("latency", {}).items()]
-    timings = [(p, size, f, t) for p, size, c in cells for f, t in c.items() if isinstance(t, dict) and "p50_ms" in t]
-    loads = [t["loadavg_1min_before"] for *_, t in timings if t.get("loadavg_1min_before") is not None]
-    wp, wsize, wf, wt = max(timings, key=lambda x: x[3]["p99_ms"] / x[3]["p50_ms"])
-    bullets = [
-        f"- The 1-minute load average before each timing was {min(loads):.2f} to {max(loads):.2f}; p99 was up to "
-        f"{wt['p99_ms'] / wt['p50_ms']:.0f}x p50 (`{wp}` `{wf}` at {wsize}: {wt['p99_ms']:.1f} against "
-        f"{wt['p50_ms']:.2f} ms)."
-    ]
-    for a, ref in QUANT_COMPARISONS:
-        pairs = [(p, size, c[ref], c[a]) for p, size, c in cells if a in c and ref in c]
-        ratios = [(r["p50_ms"] / x["p50_ms"], p, size, r) for p, size, r, x in pairs]
-        slower = [f"`{p}` at {size}" for ratio, p, size, _ in ratios if ratio <= 1]
-        top = max(ratios, key=lambda x: x[0])
-        line = (
-            f"- `{a}` was faster than `{ref}` in {len(ratios) - len(slower)} of {len(ratios)} cells "
-            f"(×{min(ratios)[0]:.2f} to ×{top[0]:.2f}; the largest, `{top[1]}` at {top[2]}, where `{ref}` had a p50 of "
-            f"{top[3]['p50_ms']:.2f} ms and a standard deviation of {top[3]['std_ms']:.0f} ms)"
-        )
-        bullets.append(line + (f"; not in {', '.join(slower)}." if 0 < len(slower) <= 3 else "."))
-    sizes = dict.fromkeys(size for _, size, _ in cells)
-    calib = []
-    for size in list(sizes)[1:]:
-        counts = ", ".join(f"{students[p]['latency'][size]['calibration_images']} for `{p}`"
-                           for p in students if size in students[p].get("latency", {}))
-        calib.append(f"{size}: {counts}")
-    bullets.append("- Calibration images at the larger sizes: " + "; ".join(calib) + ".")
-    return "\n".join(bullets)
-
-
 def qat_table(stem: str) -> str:
     """QAT study: per row the QAT mIoU and the recovered share of the PTQ drop, (QAT − PTQ) / (FP32 − PTQ)."""
     d = load(stem)
@@ -586,9 +477,6 @@ RENDERERS: dict[str, Callable[..., str]] = {
         deploy_table,
         deploy_ort_variants,
         det_speed_table,
-        quant_table,
-        quant_moves,
-        quant_latency_notes,
         qat_table,
         grid_table,
     )
@@ -765,29 +653,6 @@ def provenance(stem: str) -> str:
     return ", ".join(parts)
 
 
-def qdelta(stem: str, preset: str, flavour: str, field: str = "delta") -> str:
-    """A quantization-table row's ΔmIoU with its 95 % interval, "−0.30 [−0.37, −0.23]"; ``field`` "agreement"
-    gives its pixel agreement in %, "bf" its change in boundary F, "fp32" the FP32 mIoU, 2 decimals."""
-    acc = load(stem)["students"][preset]["accuracy"][flavour]
-    if field == "agreement":
-        return f"{100 * acc['pixel_agreement']:.2f}"
-    if field == "bf":
-        return s2(acc["delta_boundary_f"], MINUS)
-    if field == "fp32":
-        return f2(acc["miou_fp32"])
-    return _delta(acc)
-
-
-def qremedy(stem: str, flavour: str, remedy: str, field: str = "delta") -> str:
-    """A remedy of the quantization table's worst rows (by ``flavour``): its ΔmIoU [95 % interval], or with
-    ``field`` "agreement" its pixel agreement in %, "baseline" the row's ΔmIoU before any remedy."""
-    r = next(r for r in load(stem)["remedies"] if r["flavour"] == flavour)
-    if field == "baseline":
-        return s2(r["baseline_delta_miou"], MINUS)
-    row = r["rows"][remedy]
-    return f"{100 * row['pixel_agreement']:.2f}" if field == "agreement" else _delta(row)
-
-
 def det_study_hours(stem: str = "det_study_cost_cpu", part: str = "total_s", protocol: str = "cpu-det") -> str:
     """The hours of a detection study protocol's training steps (``part``: total_s, teacher_s, gap_step_s, rest_s)
     from the step times of ``stem``, by benchmarks/bckd_study.py's own ``estimate_seconds``, 1 decimal."""
@@ -819,8 +684,6 @@ INLINE_RENDERERS: dict[str, Callable[..., str]] = {
         ratio_of,
         over,
         provenance,
-        qdelta,
-        qremedy,
         det_study_hours,
         gpd,
         gpci,
@@ -949,9 +812,12 @@ def _dicts(d):
 
 
 def code_identified(d) -> bool:
-    """Whether the code ``d``'s measurements ran can be named from what it records: no git state in it says
-    ``git_dirty`` without the ``git_diff_sha256`` of that tree's changes beside it (a dirty tree names its
-    code only with its diff), and it does not declare ``code_unknown``."""
+    """Whether the code ``d``'s measurements ran can be named from what it records: it records the tree's
+    state (a ``git_dirty`` of true or false somewhere; a commit alone does not show that the tree was clean),
+    no git state in it says ``git_dirty`` without the ``git_diff_sha256`` of that tree's changes beside it (a
+    dirty tree names its code only with its diff), and it does not declare ``code_unknown``."""
+    if not any(isinstance(x.get("git_dirty"), bool) for x in _dicts(d)):
+        return False
     if any(x.get("git_dirty") and not x.get("git_diff_sha256") for x in _dicts(d)):
         return False
     return all(v in (None, "") for v in _values(d, CODE_UNKNOWN))
@@ -961,8 +827,10 @@ def audit_file(d: dict | list) -> list[str]:
     """The provenance fields ``d`` lacks. The GPU is asked only of a file whose measurements ran on one
     (``ran_on_gpu``); for a CPU measurement it does not apply.
 
-    The commit counts only when the code is identified (``code_identified``): a git state with ``git_dirty``
-    true needs its ``git_diff_sha256`` in the same object, at every place the file records one; and a file
+    The commit counts only when the code is identified (``code_identified``): the file records ``git_dirty``
+    (true or false) somewhere, as every benchmarks/record_command.py record does, since a commit without the
+    tree's state does not show that the runs used that commit's code; a git state with ``git_dirty`` true
+    needs its ``git_diff_sha256`` in the same object, at every place the file records one; and a file
     whose own notes say its runs used code no commit, diff or code hash in it names declares so with a
     ``"code_unknown": "<reason>"`` key (at any depth), which makes the commit lacking whatever else it
     records (``versions.git`` or ``code_hash`` then name a tree the runs did not use)."""

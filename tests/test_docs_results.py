@@ -18,7 +18,6 @@ RECORD = ROOT / "benchmarks" / "record_command.py"
 
 # Results files that record command, commit, CPU model and ISA, GPU, versions and wall time.
 COMPLETE = {
-    "quant_table_cpu",
     "quickstart_smoke_timed_cpu",
     "predict_smoke_camvid_cpu",
     "segmenter_smoke_cpu",
@@ -101,6 +100,7 @@ def test_the_audit_names_what_a_file_lacks(rr):
     full = {
         "command": "x",
         "git_commit": "0" * 40,
+        "git_dirty": False,
         "machine": {"cpu": "AMD EPYC", "isa": ["AVX2"], "gpus": []},
         "versions": {"torch": "2"},
         "wall_s": 1.0,
@@ -113,6 +113,7 @@ def test_the_audit_names_what_a_file_lacks(rr):
 FULL = {
     "command": "x",
     "git_commit": "0" * 40,
+    "git_dirty": False,
     "machine": {"cpu": "AMD EPYC", "isa": ["AVX2"], "gpus": []},
     "versions": {"torch": "2"},
     "wall_s": 1.0,
@@ -132,6 +133,15 @@ def test_a_dirty_tree_counts_as_a_commit_only_with_its_diff_hash(rr):
     assert rr.audit_file({**FULL, "configs": [{"environment": {**env, "git_diff_sha256": "cd" * 32}}]}) == []
 
 
+def test_a_commit_without_a_record_of_the_tree_state_does_not_count(rr):
+    no_state = {k: v for k, v in FULL.items() if k not in ("git_commit", "git_dirty")}
+    assert rr.audit_file({**no_state, "versions": {"torch": "2", "git": "a9ca227"}}) == ["commit"]
+    assert rr.audit_file({**no_state, "git_commit": "0" * 40}) == ["commit"]
+    assert rr.audit_file({**no_state, "git_commit": "0" * 40, "git_dirty": None}) == ["commit"]
+    assert rr.audit_file({**no_state, "versions": {"torch": "2", "git": "a9ca227", "git_dirty": False}}) == []
+    assert rr.audit_file({**no_state, "git_commit": "0" * 40, "runs": [{"git_dirty": False}]}) == []
+
+
 def test_a_file_that_declares_its_code_unknown_lacks_its_commit(rr):
     assert rr.audit_file({**FULL, "code_unknown": "the runs used an uncommitted tree"}) == ["commit"]
     assert rr.audit_file({**FULL, "code_hash": "0123456789ab", "code_unknown": "no commit has this hash"}) == ["commit"]
@@ -142,6 +152,7 @@ def test_the_gpu_is_asked_only_of_a_measurement_that_ran_on_one(rr):
     cpu_only = {
         "command": "x --device cpu",
         "git_commit": "0" * 40,
+        "git_dirty": False,
         "device": "cpu",
         "machine": {"cpu": "AMD EPYC", "isa": ["AVX2"]},
         "versions": {"torch": "2"},
@@ -181,7 +192,8 @@ def test_no_figure_is_quoted_from_a_file_that_lacks_provenance(rr):
 
 
 def test_a_sentence_can_quote_what_a_results_file_lacks(rr):
-    assert rr.lacks("quant_table_cpu") == "nothing"
+    assert rr.lacks("quant_table_cpu") == "commit"
+    assert rr.lacks("deploy_cpu_camvid96x128") == "nothing"
     assert rr.lacks("camvid_h200_144x192") == ", ".join(rr.audit()["camvid_h200_144x192"])
     assert "gpu" in rr.lacks("camvid_h200_144x192").split(", ")
 
@@ -205,7 +217,7 @@ def test_record_command_writes_a_complete_results_file(rr, tmp_path):
     [
         ("benchmarks.md", "| student@fp32 | 24.75 | 27.61 |"),
         ("benchmarks.md", "| + PKD | 1 | 3.28 M | 5.33 s (4.91 s) | 2.17 |"),
-        ("deploy-int8.md", "`ort-u8s8` was faster than `ort-s8s8` in 14 of 15 cells"),
+        ("deploy-parity.md", "| QDQ, u8 / s8, per-tensor weights | 1.47 | 2.28 |"),
     ],
 )
 def test_check_fails_on_a_tampered_figure_of_each_kind_of_table(rr, tmp_path, page, figure):
