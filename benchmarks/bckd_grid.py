@@ -2,13 +2,15 @@
 
 Each ``--study`` is a file written by ``benchmarks/record_command.py`` around a ``bckd_study.py`` command, with
 the study's ``results.json`` embedded as ``results`` (the command, commit, machine, ISA, versions and wall time
-come from the record). Studies of one size must share the teacher (sha256), the seeds, the data, the input
-size and the schedule: their rows are then paired per seed across studies. A tag renames a study's rows, so a
-variant run in its own folder (``--bckd-args`` applies to every BCKD row of a study) keeps its own name:
+come from the record). Studies of one size must share the teacher (sha256), the data, the input size and the
+schedule: their rows are then paired per seed across studies (a size's seeds may be split over studies run side
+by side). A tag renames a study's rows, so a variant run in its own folder (``--bckd-args`` applies to every BCKD
+row of a study) keeps its own name:
 
     python benchmarks/bckd_grid.py --json docs/results/bckd_grid_cpu.json \\
         --study 96x128=.bench/grid96/record.json --study 96x128:pixel=.bench/grid96-pixel/record.json \\
-        --study 192x256=.bench/grid192/record.json --study 192x256:pixel=.bench/grid192-pixel/record.json
+        --study 192x256=.bench/grid192/record.json --study 192x256=.bench/grid192-s3/record.json \\
+        --study 192x256:pixel=.bench/grid192-pixel/record.json
 
 Per size: every row's mean ± sd over seeds (mIoU, boundary F), and every row's paired difference against
 ``kd+lc``, ``kd`` and ``student`` where those rows exist (95% paired-t and bootstrap intervals,
@@ -29,8 +31,9 @@ from common import mean_sd, paired, write_json_atomic  # noqa: E402
 
 REFERENCES = ("kd+lc", "kd", "student")  # rows every other row is paired against, where present
 METRICS = ("miou", "boundary_f")
-# Settings that must agree between studies of one size for their rows to be paired per seed.
-SHARED_SETTINGS = ("data", "size", "epochs", "iters", "seed_list", "preset", "student_model", "pretrained_student")
+# Settings that must agree between studies of one size for their rows to be paired per seed. The seeds need not:
+# one size's seeds may be split over studies run side by side (a row+seed twice is refused in per_seed).
+SHARED_SETTINGS = ("data", "size", "epochs", "iters", "preset", "student_model", "pretrained_student")
 GRID_STRIDE = 8  # BCKD's grid is the input at 1/8 (docs/bckd.md)
 
 

@@ -116,3 +116,17 @@ def test_a_teacher_command_is_kept_with_its_size(grid, tmp_path, capsys):
     assert json.loads(out.read_text())["sizes"]["96x128"]["teacher"]["command"] == cmd
     assert grid.main(["--study", f"96x128={a}", "--teacher-command", f"1x2={cmd}", "--json", str(out)]) == 2
     assert "SIZE=COMMAND" in capsys.readouterr().err
+
+
+def test_a_size_s_seeds_may_be_split_over_studies(grid, tmp_path):
+    first = study({"kd+lc": [30.0, 31.0, 29.0], "kd+bckd": [29.0, 30.5, 28.0]})
+    last = study({"kd+lc": [30.0], "kd+bckd": [29.5]})
+    for job in last["results"]["jobs"]:
+        job["seed"] = 3
+    last["results"]["settings"]["seed_list"] = [3]
+    a, b = write(tmp_path, "a", first), write(tmp_path, "b", last)
+    out = tmp_path / "o.json"
+    assert grid.main(["--study", f"96x128={a}", "--study", f"96x128={b}", "--json", str(out)]) == 0
+    p = json.loads(out.read_text())["sizes"]["96x128"]["paired"]["kd+bckd - kd+lc"]["miou"]
+    assert p["n"] == 4 and p["seeds"] == [0, 1, 2, 3]
+    assert p["mean"] == pytest.approx(-0.75)
