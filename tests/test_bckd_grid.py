@@ -1,23 +1,15 @@
 """benchmarks/bckd_grid.py: studies of one size pair per seed across folders, and refuse what cannot pair."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
-
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+from helpers.scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def grid():
-    sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location("bckd_grid", BENCH / "bckd_grid.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    yield module
-    sys.path.remove(str(BENCH))
+    return load_script("bckd_grid")
 
 
 def study(rows: dict[str, list[float]], *, size="96,128", teacher="aa", bckd_args="", status="ok", exit_code=0):

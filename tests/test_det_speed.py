@@ -1,20 +1,10 @@
 """benchmarks/det_speed.py's pure part: two per-target detection reports (built here) read into the table's rows,
 the speed ratio to PyTorch eager FP32, the ΔAP interval and the goals; and its renderer in render_results.py."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from helpers.scripts import load_script
 
 
 @pytest.fixture(scope="module")

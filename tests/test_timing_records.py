@@ -3,7 +3,6 @@ render_results.py's audit asks of one: the command, the commit (with the diff's 
 the CPU model and ISA, library versions and the wall time of the whole run."""
 
 import hashlib
-import importlib.util
 import json
 import os
 import subprocess
@@ -11,15 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers.scripts import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
