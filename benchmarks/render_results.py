@@ -462,6 +462,80 @@ def gwins(stem: str, size: str, a: str, b: str, metric: str = "miou") -> str:
     return f"{sum(pa[s] > pb[s] for s in seeds)} of {len(seeds)}"
 
 
+DET_LABELS = {
+    "student": "student alone (`--kd none`)",
+    "kd": "dense score-map KD (`--kd kd`)",
+    "pkd": "PKD (`--kd pkd`)",
+    "bckd": "BCKD (`--kd bckd`)",
+    "kd+bckd": "KD + BCKD",
+    "pkd+bckd": "PKD + BCKD",
+}
+DET_COLUMNS = {"ap50": "AP50", "ap75": "AP75", "ap_small": "AP small", "ap_medium": "AP medium", "ap_large": "AP large"}
+
+
+def _mean_sd_or_dash(cell: dict) -> str:
+    if cell.get("mean") is None:
+        return "-"
+    return f2(cell["mean"]) if cell.get("sd") is None else mean_sd(cell)
+
+
+def det_study_table(stem: str = "det_study_cpu", key: str = "study") -> str:
+    """A detection study (benchmarks/bckd_study.py --task detection, recorded under ``key``): per row AP per seed,
+    and the mean ± sd over seeds of AP, AP50, AP75 and AP small/medium/large (points); the teacher's one run."""
+    d = load(stem)[key]
+    s, seeds = d["summary"], d["settings"]["seed_list"]
+    per = {(j["row"], j["seed"]): j["map"] for j in d["jobs"] if j["kind"] == "row" and j["status"] == "ok"}
+    t = s["teacher"]
+    lines = [
+        "| row | AP per seed ("
+        + ", ".join(str(x) for x in seeds)
+        + ") | AP mean ± sd | "
+        + " | ".join(DET_COLUMNS.values())
+        + " |",
+        "|---|---|---:|" + "---:|" * len(DET_COLUMNS),
+        f"| teacher `{t['model']}` | | {f2(t['map'])} | " + " | ".join(f2(t[k]) for k in DET_COLUMNS) + " |",
+    ]
+    for row, r in s["rows"].items():
+        cells = ", ".join(f2(per.get((row, x))) for x in seeds)
+        lines.append(
+            f"| {DET_LABELS.get(row, row)} | {cells} | {_mean_sd_or_dash(r['map'])} | "
+            + " | ".join(_mean_sd_or_dash(r[k]) for k in DET_COLUMNS)
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def det_study_paired(stem: str = "det_study_cpu", key: str = "study") -> str:
+    """A detection study's paired differences (row − reference per seed) against the student alone and the best
+    baseline: ΔAP with its 95 % t and bootstrap intervals, ΔAP50 and ΔAP75 with their t intervals, and on how many
+    seeds the row is above; ** where the t interval of ΔAP excludes 0."""
+    d = load(stem)[key]
+    s = d["summary"]
+    per = {}
+    for j in d["jobs"]:
+        if j["kind"] == "row" and j["status"] == "ok":
+            per.setdefault(j["row"], {})[j["seed"]] = j["map"]
+    lines = [
+        "| row | vs | n | ΔAP | 95 % t | 95 % bootstrap | ΔAP50 [95 % t] | ΔAP75 [95 % t] | above on |",
+        "|---|---|---:|---:|---|---|---|---|---|",
+    ]
+    for ref, rows in s["paired"].items():
+        for row, p in rows.items():
+            m = p["map"]
+            if not m["n"]:
+                continue
+            star = " **" if m["significant"] else ""
+            t_ci = ci(m["t_ci"]) if m["t_ci"] else "-"
+            boot = ci(m["bootstrap_ci"]) if m["bootstrap_ci"] else "-"
+            others = [f"{s2(p[k]['mean'])} {ci(p[k]['t_ci']) if p[k]['t_ci'] else '-'}" for k in ("ap50", "ap75")]
+            above = sum(per[row][x] > per[ref][x] for x in m["seeds"])
+            lines.append(
+                f"| {DET_LABELS.get(row, row)} | {ref} | {m['n']} | {s2(m['mean'])}{star} | {t_ci} | {boot} | "
+                f"{others[0]} | {others[1]} | {above} of {m['n']} |"
+            )
+    return "\n".join(lines)
+
+
 RENDERERS: dict[str, Callable[..., str]] = {
     f.__name__: f
     for f in (
@@ -479,6 +553,8 @@ RENDERERS: dict[str, Callable[..., str]] = {
         det_speed_table,
         qat_table,
         grid_table,
+        det_study_table,
+        det_study_paired,
     )
 }
 
@@ -531,8 +607,13 @@ def ms(stem: str, row: str, metric: str = "miou") -> str:
 
 def study_seed(stem: str, row: str, seed: str, metric: str = "miou") -> str:
     """One run of a paired-seed study: ``row`` on ``seed``, 2 decimals."""
-    return f2(next(j[metric] for j in load(stem)["jobs"] if j["kind"] == "row" and j["row"] == row
-                   and j["seed"] == int(seed) and j["status"] == "ok"))
+    return f2(
+        next(
+            j[metric]
+            for j in load(stem)["jobs"]
+            if j["kind"] == "row" and j["row"] == row and j["seed"] == int(seed) and j["status"] == "ok"
+        )
+    )
 
 
 def distill_miou(stem: str, key: str) -> str:

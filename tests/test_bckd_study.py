@@ -325,6 +325,35 @@ def test_detection_summary_pairs_with_the_student_and_the_best_baseline(study, t
     assert "CamVid" not in study.table_md({**results, "data": "demo", "jobs": recs})
 
 
+def test_the_docs_render_a_recorded_detection_study(study, tmp_path, monkeypatch):
+    from helpers.scripts import load_script
+
+    recs = [
+        {"row": row, "seed": s, "kind": "row", "status": "ok", **_det_metrics(20.0 + s + d + (s == 3) * 2 * d)}
+        for row, d in (("student", 0.0), ("kd", 1.0), ("pkd", -0.5), ("bckd", 0.5))
+        for s in range(4)
+    ]
+    rows = ["student", "kd", "pkd", "bckd"]
+    s = study.summarize(recs, rows, 0, {"model": "fcos-lite2", **_det_metrics(30.0)}, "detection")
+    results = {"summary": s, "jobs": recs, "settings": {"seed_list": [0, 1, 2, 3]}}
+    (tmp_path / "det.json").write_text(json.dumps({"command": "x", "study": results}))
+    rr = load_script("render_results")
+    monkeypatch.setattr(rr, "RESULTS", tmp_path)
+    table = rr.det_study_table("det").splitlines()
+    assert table[2] == "| teacher `fcos-lite2` | | 30.00 | 50.00 | 25.00 | - | 29.00 | 31.00 |"
+    kd = next(ln for ln in table if ln.startswith("| dense score-map KD"))
+    assert kd.startswith(
+        "| dense score-map KD (`--kd kd`) | 21.00, 22.00, 23.00, 26.00 | 23.00 ± 2.16 | 43.00 ± 2.16 |"
+    )
+    assert kd.endswith("| - | 22.00 ± 2.16 | 24.00 ± 2.16 |")  # no small objects: no figure
+    paired = rr.det_study_paired("det").splitlines()
+    assert s["best_baseline"] == "kd"
+    bckd = next(ln for ln in paired if ln.startswith("| BCKD (`--kd bckd`) | kd |"))
+    assert "| 4 | -0.75 | [-1.55, +0.05] |" in bckd and bckd.endswith("| 0 of 4 |")  # t(3) = 3.182, sd 0.5
+    vs_student = next(ln for ln in paired if ln.startswith("| BCKD (`--kd bckd`) | student |"))
+    assert "| 4 | +0.75 | [-0.05, +1.55] |" in vs_student and vs_student.endswith("| 4 of 4 |")
+
+
 def test_detection_study_stops_when_the_teacher_student_gap_is_small(study, tmp_path, monkeypatch, capsys):
     teacher = {"status": "given", "checkpoint": str(tmp_path / "t.pt"), "model": "fcos-lite2", **_det_metrics(21.0)}
     monkeypatch.setattr(study, "ensure_teacher", lambda args: dict(teacher))
