@@ -8,7 +8,11 @@ pre-processed (shape inference + fusion) before quantization, and ``ORT_ENABLE_A
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import re
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import BackendMissingError
@@ -123,21 +127,60 @@ def quantize_qdq(
         cache = None
         if spec.method == "entropy":
             cache = _entropy_ranges(pre, Path(work), feeds, symmetric=bool(options.get("CalibTensorRangeSymmetric")))
-        quantize_static(
-            str(pre),
-            str(tmp),
-            _reader(feeds),
-            quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=exclusion.pop("op_types_to_quantize", op_types),
-            per_channel=True,
-            activation_type=getattr(QuantType, activation_type),
-            weight_type=QuantType.QInt8,
-            calibrate_method=getattr(CalibrationMethod, METHODS[spec.method]),
-            extra_options=options,
-            **({"calibration_cache_path": str(cache)} if cache is not None else {}),
-            **exclusion,
-        )
+        with _per_tensor_fallbacks():
+            quantize_static(
+                str(pre),
+                str(tmp),
+                _reader(feeds),
+                quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=exclusion.pop("op_types_to_quantize", op_types),
+                per_channel=True,
+                activation_type=getattr(QuantType, activation_type),
+                weight_type=QuantType.QInt8,
+                calibrate_method=getattr(CalibrationMethod, METHODS[spec.method]),
+                extra_options=options,
+                **({"calibration_cache_path": str(cache)} if cache is not None else {}),
+                **exclusion,
+            )
     return tail
+
+
+# ORT's QDQ quantizer asks for a channel axis of every weight of a per-channel op; a weight whose rank lacks that axis
+# (the rank-1 scale of the InstanceNormalization a GroupNorm exports to) is quantized per tensor instead, with one
+# root-logger warning per use. They are collected here and said once.
+_NO_CHANNEL_AXIS = re.compile(r"Axis -?\d+ is out-of-range for weight '(?P<name>.+)' with rank \d+$")
+
+
+class _NoChannelAxis(logging.Filter):
+    def __init__(self) -> None:
+        super().__init__()
+        self.weights: dict[str, None] = {}  # ordered, unique
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        match = _NO_CHANNEL_AXIS.match(record.getMessage())
+        if match:
+            self.weights[match["name"]] = None
+        return match is None
+
+
+@contextlib.contextmanager
+def _per_tensor_fallbacks() -> Iterator[_NoChannelAxis]:
+    """While ORT quantizes: its per-tensor fallbacks for weights without a channel axis, one line on stderr."""
+    caught = _NoChannelAxis()
+    root = logging.getLogger()
+    root.addFilter(caught)
+    try:
+        yield caught
+    finally:
+        root.removeFilter(caught)
+    if caught.weights:
+        names = list(caught.weights)
+        say(
+            f"note: {len(names)} weight(s) have no channel axis at their rank (a GroupNorm's InstanceNormalization "
+            "scale, for one), so ONNX Runtime quantized them per tensor: "
+            + ", ".join(names[:3])
+            + (f" (+{len(names) - 3} more)" if len(names) > 3 else "")
+        )
 
 
 def _warn_lost_tail(lost: list[str]) -> None:
