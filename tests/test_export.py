@@ -196,3 +196,31 @@ def test_static_adaptive_pool_has_pytorchs_bins(size):
     x = torch.randn(2, 4, 12, 16)
     want = torch.nn.functional.adaptive_avg_pool2d(x, size)
     torch.testing.assert_close(StaticAdaptiveAvgPool2d(size)(x), want, atol=1e-6, rtol=1e-6)
+
+
+def test_box_outputs_are_checked_relative_to_their_size_and_logits_absolutely():
+    """Box coordinates in pixels differ between runtimes by a share of the value (float32 summation order): the
+    detection task's relative tolerance lets 1.5e-5 of 400 px pass, while the logits keep the absolute one."""
+    from bckd_pipeline.errors import StageCheckError
+    from bckd_pipeline.export.check import compare, require
+    from bckd_pipeline.tasks.detection import DETECTION
+    from bckd_pipeline.tasks.segmentation import SEGMENTATION
+
+    boxes = np.full((1, 6, 4), 400.0, np.float32)
+    scores = np.zeros((1, 6, 2), np.float32)
+    ref = lambda feed: {"scores": scores, "boxes": boxes}  # noqa: E731
+    near = lambda feed: {"scores": scores + 5e-4, "boxes": boxes + 0.006}  # noqa: E731
+    feeds = [{"image": np.zeros((1, 3, 8, 8), np.float32)}]
+    report = compare("export", "pytorch", ref, near, feeds, atol=1e-3, rtol=DETECTION.export_rtol)
+    assert report.passed and report.as_dict()["rtol"] == {"boxes": 1e-4}
+    assert report.max_abs_diff["boxes"] == pytest.approx(0.006, rel=1e-2)  # float32 of 400.006
+    assert SEGMENTATION.export_rtol == {}
+    absolute = compare("export", "pytorch", ref, near, feeds, atol=1e-3, rtol=SEGMENTATION.export_rtol)
+    assert not absolute.passed and "rtol" not in absolute.as_dict()
+    far = lambda feed: {"scores": scores + 2e-3, "boxes": boxes}  # noqa: E731  the logits over, the boxes equal
+    failed = compare("export", "pytorch", ref, far, feeds, atol=1e-3, rtol=DETECTION.export_rtol)
+    with pytest.raises(StageCheckError, match=r"on 'scores' is 0\.002 over 1 real inputs \(allowed 0\.001\)"):
+        require(failed, "fix it")
+    wide = lambda feed: {"scores": scores, "boxes": boxes + 0.05}  # noqa: E731  1.25e-4 of the value: over
+    with pytest.raises(StageCheckError, match=r"on 'boxes' is 0\.05 .*allowed 0\.001 \+ 0\.0001 x \|reference\|"):
+        require(compare("export", "pytorch", ref, wide, feeds, atol=1e-3, rtol=DETECTION.export_rtol), "fix it")

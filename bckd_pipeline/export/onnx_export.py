@@ -16,6 +16,7 @@ from ..errors import ExportError
 from ..fileio import atomic_write
 from .check import CheckReport, Feed, compare, require
 from ..model_spec import INPUT_NAME, ExportSpec
+from ..tasks import get_task
 from .wrapper import export_wrapper, for_static_export, named_outputs
 
 # Logit tolerance between PyTorch eager and ONNX Runtime, both fp32 on CPU: kernels differ in
@@ -160,7 +161,10 @@ def to_onnx(
 
     try:
         with OrtRuntime(path, threads=None) as ort_rt:
-            report = compare("export", "pytorch", eager, ort_rt.infer, check_feeds, atol=EXPORT_ATOL)
+            report = compare(
+                "export", "pytorch", eager, ort_rt.infer, check_feeds, atol=EXPORT_ATOL,
+                rtol=get_task(spec.task).export_rtol,
+            )  # fmt: skip
         require(report, "The ONNX graph does not compute what the PyTorch model does; report the model and opset.")
     except BaseException:
         Path(path).unlink(missing_ok=True)

@@ -7,7 +7,7 @@ A simplifier that fails, or whose graph computes something else, fails the stage
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from ..errors import BackendMissingError, ConfigError, StageCheckError
@@ -50,8 +50,10 @@ def simplify(
     *,
     tool: str = "onnxsim",
     allow_unsimplified: bool = False,
+    rtol: Mapping[str, float] | None = None,
 ) -> tuple[Path, CheckReport | None, dict]:
-    """Simplify ``source`` into ``path``; returns the path, the ORT check against ``source`` and node counts."""
+    """Simplify ``source`` into ``path``; returns the path, the ORT check against ``source`` (``rtol``: the task's
+    relative tolerances per output, export/check.py ``compare``) and node counts."""
     import onnx
 
     from ..runtimes.onnxruntime import OrtRuntime
@@ -87,7 +89,9 @@ def simplify(
     atomic_write(path, write)
     try:
         with OrtRuntime(source) as ref, OrtRuntime(path) as cand:
-            report = compare("simplify", "exported ONNX", ref.infer, cand.infer, check_feeds, atol=EXPORT_ATOL)
+            report = compare(
+                "simplify", "exported ONNX", ref.infer, cand.infer, check_feeds, atol=EXPORT_ATOL, rtol=rtol
+            )
         require(
             report,
             f"The {tool} rewrite is wrong for this model: try --simplifier "

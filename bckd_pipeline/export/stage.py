@@ -8,6 +8,7 @@ from pathlib import Path
 from ..cache import StageCache, file_sha256, stage_key
 from ..context import CHECK_IMAGES, DeployContext
 from ..ledger import shared_dir
+from ..tasks import get_task
 
 
 def export_stage(ctx: DeployContext, out: Path, cache: StageCache):
@@ -101,6 +102,7 @@ def simplify_stage(ctx: DeployContext, out: Path, cache: StageCache, source: Pat
         ctx.check_feeds(),
         tool=ctx.deploy.simplifier,
         allow_unsimplified=ctx.deploy.allow_unsimplified,
+        rtol=get_task(ctx.spec.task).export_rtol,
     )
     result = {**counts, **(check.as_dict() if check else {"passed": None, "note": "simplifier failed; graph copied"})}
     if nms:

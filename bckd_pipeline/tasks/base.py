@@ -40,6 +40,8 @@ pictures need PIL: a task imports it inside those hooks (segmentation: ``tasks/s
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from collections.abc import Callable, Iterable, Mapping
@@ -180,6 +182,10 @@ class Task(ABC):
     int8_float_tail: bool = False
     # The latency stage also times ``prediction_of`` on the host beside the network (detection: decoding and NMS)
     times_postprocess: bool = False
+    # Per output name, a relative tolerance the export and simplify checks add to their absolute one
+    # (export/check.py ``compare``): for outputs whose values grow with the input size, such as box coordinates
+    # in pixels, where float32 rounding differs between runtimes by a share of the value.
+    export_rtol: Mapping[str, float] = MappingProxyType({})
 
     def raw_output(self, outputs: Mapping[str, np.ndarray], feed: Mapping[str, np.ndarray]) -> Any:
         """What ``prediction_of`` takes, from a runtime's named outputs for the input ``feed``: the first output

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -315,6 +316,9 @@ class Detection(Task):
     output_folders = ("overlays",)
     int8_float_tail = True  # exp(s * x) * stride of the box distances, and the outputs' reshapes, stay in float
     times_postprocess = True  # decoding and NMS run on the host for every backend: timed beside the network
+    # Box distances and corners are pixels, up to the input size: ONNX Runtime's float32 differs from PyTorch's by
+    # about 1e-5 of the value (summation order), more than the absolute 1e-3 at a few hundred pixels.
+    export_rtol = MappingProxyType({"boxes": 1e-4, "det_boxes": 1e-4})
     criteria = {"fp32": FLOAT_PARITY, "fp16": FP16_PARITY, "int8": INT8_PARITY}
     int8_budgets = INT8_BUDGETS
 
