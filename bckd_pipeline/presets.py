@@ -90,7 +90,7 @@ DETECTION_PRESETS: dict[str, Preset] = {
         student="fcos-lite0",
         crop=None,
         # From scratch on the demo scenes: a teacher needs a few hundred steps before it detects anything to
-        # distil (at 60 its AP was 0), and a student trained half as long leaves it a gap to close.
+        # distil, and a student trained half as long leaves it a gap to close.
         teacher_iters=400,
         student_iters=200,
         resize=(96, 128),

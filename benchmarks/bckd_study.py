@@ -165,8 +165,8 @@ PROTOCOLS: dict[str, Protocol] = {
     "gpu": Protocol("144,192", 80, 40, 4, "cuda", 3, "camvid:.bench/camvid"),
     # Detection on the CamVid proxy of instances at 192x256 (multiples of 32; half of CamVid's 360x480),
     # FCOS Lite2 teacher and Lite0 students from ImageNet backbones. CPU: two single-thread jobs. Students train
-    # 2 epochs: the Lite0 student alone learns faster than the Lite2 teacher here and after 8 epochs scored above
-    # it (docs/results/det_study_gap_lite2_24ep_cpu.json), which leaves nothing to distil.
+    # 2 epochs: the Lite0 student alone learns faster than the Lite2 teacher on this data, and trained longer it
+    # overtakes the teacher and the gap check stops the study (docs/benchmarks.md, "Choosing the pair").
     "cpu-det": Protocol("192,256", 24, 2, 2, "cpu", 0, DET_DATA, task="detection", preset="demo", **DET_PAIR),
     # The same pair at the proxy's own 352x480 (360 rounded down to a multiple of 32), on one GPU.
     "gpu-det": Protocol("352,480", 48, 24, 4, "cuda", 3, DET_DATA, task="detection", preset="demo", **DET_PAIR),
