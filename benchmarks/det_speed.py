@@ -38,6 +38,7 @@ ROWS = (  # (label, target report, stage name)
     ("ONNX Runtime INT8", "onnxruntime-cpu", "onnxruntime-int8"),
     ("OpenVINO FP32", "openvino-cpu", "openvino-fp32"),
     ("OpenVINO INT8", "openvino-cpu", "openvino-int8"),
+    ("OpenVINO FP16", "openvino-cpu", "openvino-fp16"),  # last: the rows before keep their places in older files
 )
 REFERENCE = "pytorch"  # every ΔAP and speed ratio is against this stage
 GOAL_SPEEDUP = 4.0  # the network at least this many times faster than PyTorch eager FP32 (ratio of medians)
@@ -82,6 +83,7 @@ def stage_row(label: str, target: str, stage: dict, interval: dict | None) -> di
         "map_delta": stage.get("map_delta"),
         "map_delta_interval": interval,
         "matched_share": stage.get("matched_share"),
+        "matched_share_vs_parent": stage.get("matched_share_vs_parent"),  # what the parity criterion judges
         "runtime_settings": (stage.get("latency") or {}).get("settings"),  # threads, and OpenVINO's compiled precision
         "parity_passed": stage.get("parity_passed"),
         "parity_failures": stage.get("parity_failures"),

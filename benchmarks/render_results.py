@@ -287,8 +287,9 @@ def det_speed_table(stem: str = "det_speed_cpu_384x512") -> str:
     d = load(stem)
     lines = [
         "| row | network p50 / p99 ms | post-processing p50 ms | end to end p50 ms | × PyTorch eager (network) | "
-        "AP | ΔAP vs PyTorch FP32 [95 % one-sided bounds] | goals (≥ 4x, ΔAP bound ≥ −1.0) |",
-        "|---|---:|---:|---:|---:|---:|---|---|",
+        "AP | ΔAP vs PyTorch FP32 [95 % one-sided bounds] | goals (≥ 4x, ΔAP bound ≥ −1.0) | "
+        "detections found again, % of parent's | deploy's parity |",
+        "|---|---:|---:|---:|---:|---:|---|---|---:|---|",
     ]
 
     def mark(v: bool | None) -> str:
@@ -298,9 +299,13 @@ def det_speed_table(stem: str = "det_speed_cpu_384x512") -> str:
         ci = r["map_delta_interval"]
         delta = s2(r["map_delta"], MINUS) + (f" [{s2(ci['lower'], MINUS)}, {s2(ci['upper'], MINUS)}]" if ci else "")
         goals = "" if r["stage"] == "pytorch" else f"{mark(r['goal_speedup_met'])}, {mark(r['goal_delta_ap_met'])}"
+        share = r.get("matched_share_vs_parent")  # older files do not record it
+        found = "-" if share is None else f"{100 * share:.1f}"
+        parity = {True: "passed", False: "failed", None: "-"}[r.get("parity_passed")]
         lines.append(
             f"| {r['row']} | {f2(r['p50_ms'])} / {f2(r['p99_ms'])} | {f2(r['postprocess_p50_ms'])} | "
-            f"{f2(r['end_to_end_p50_ms'])} | {f2(r['speedup_vs_pytorch'])} | {f2(r['map'])} | {delta} | {goals} |"
+            f"{f2(r['end_to_end_p50_ms'])} | {f2(r['speedup_vs_pytorch'])} | {f2(r['map'])} | {delta} | {goals} | "
+            f"{found} | {parity} |"
         )
     return "\n".join(lines)
 

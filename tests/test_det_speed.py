@@ -25,6 +25,8 @@ def stage(name, precision, p50, ap, delta, post=1.5):
         "ap50": ap * 2,
         "map_delta": delta,
         "matched_share": 0.9,
+        "matched_share_vs_parent": 0.85,
+        "parity_passed": delta > -1.0,
     }
 
 
@@ -35,7 +37,8 @@ def fake_reports() -> dict:
            "stages": [*shared, stage("onnxruntime-int8", "int8", 80.0, 9.5, -0.5)]}  # fmt: skip
     ov = {"task": "detection", "parity_images": {"images": [{"name": "a"}, {"name": "b"}, {"name": "c"}]},
           "stages": [*shared, stage("openvino-fp32", "fp32", 60.0, 10.0, 0.0),
-                     stage("openvino-int8", "int8", 40.0, 9.0, -1.0)]}  # fmt: skip
+                     stage("openvino-int8", "int8", 40.0, 9.0, -1.0),
+                     stage("openvino-fp16", "fp16", 50.0, 9.9, -0.1)]}  # fmt: skip
     return {"onnxruntime-cpu": ort, "openvino-cpu": ov}
 
 
@@ -77,6 +80,6 @@ def test_the_renderer_writes_the_goals_and_the_bounds(ds, tmp_path, monkeypatch)
     monkeypatch.setattr(rr, "RESULTS", tmp_path)
     text = rr.det_speed_table("fake_det_speed")
     line = next(ln for ln in text.splitlines() if ln.startswith("| OpenVINO INT8 |"))
-    assert "5.00" in line and "−1.00 [−1.60, −0.40]" in line and line.endswith("| met, not met |")
+    assert "5.00" in line and "−1.00 [−1.60, −0.40]" in line and line.endswith("| met, not met | 85.0 | failed |")
     line = next(ln for ln in text.splitlines() if ln.startswith("| ONNX Runtime INT8 |"))
-    assert line.endswith("| not met, n/a |")
+    assert line.endswith("| not met, n/a | 85.0 | passed |")
