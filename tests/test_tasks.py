@@ -266,7 +266,7 @@ def test_task_modules_import_neither_torch_nor_scipy_nor_pil_at_module_level():
         top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
         names = {a.name.split(".")[0] for n in top if isinstance(n, ast.Import) for a in n.names}
         names |= {(n.module or "").split(".")[0] for n in top if isinstance(n, ast.ImportFrom) and n.level == 0}
-        assert names <= {"__future__", "abc", "collections", "dataclasses", "pathlib", "typing", "numpy"}, (
+        assert names <= {"__future__", "abc", "collections", "dataclasses", "pathlib", "types", "typing", "numpy"}, (
             path.name,
             names,
         )
