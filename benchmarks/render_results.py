@@ -78,11 +78,16 @@ def _teacher_label(study: dict) -> str:
     return f"teacher `{t['model']}`" + (" (ImageNet)" if imagenet else "")
 
 
+def per_seed(study: dict, metric: str) -> dict[tuple[str, int], float]:
+    """A paired-seed study's finished runs of its rows (not the ablation): (row, seed) -> ``metric``."""
+    return {(j["row"], j["seed"]): j[metric] for j in study["jobs"] if j["kind"] == "row" and j["status"] == "ok"}
+
+
 def study_rows(stem: str) -> str:
     """Per-seed mIoU, mean ± sd of mIoU, boundary F and LHD per row of a paired-seed BCKD study."""
     d = load(stem)
     seeds = d["settings"]["seed_list"]
-    per = {(j["row"], j["seed"]): j["miou"] for j in d["jobs"] if j["kind"] == "row" and j["status"] == "ok"}
+    per = per_seed(d, "miou")
     t = d["summary"]["teacher"]
     lines = [
         "| row | " + " | ".join(f"seed {s}" for s in seeds) + " | mIoU mean ± sd | boundary F | LHD (GT) |",
@@ -489,7 +494,7 @@ def det_study_table(stem: str = "det_study_cpu", key: str = "study") -> str:
     and the mean ± sd over seeds of AP, AP50, AP75 and AP small/medium/large (points); the teacher's one run."""
     d = load(stem)[key]
     s, seeds = d["summary"], d["settings"]["seed_list"]
-    per = {(j["row"], j["seed"]): j["map"] for j in d["jobs"] if j["kind"] == "row" and j["status"] == "ok"}
+    per = per_seed(d, "map")
     t = s["teacher"]
     lines = [
         "| row | AP per seed ("
@@ -516,10 +521,7 @@ def det_study_paired(stem: str = "det_study_cpu", key: str = "study") -> str:
     seeds the row is above; ** where the t interval of ΔAP excludes 0."""
     d = load(stem)[key]
     s = d["summary"]
-    per = {}
-    for j in d["jobs"]:
-        if j["kind"] == "row" and j["status"] == "ok":
-            per.setdefault(j["row"], {})[j["seed"]] = j["map"]
+    per = per_seed(d, "map")
     lines = [
         "| row | vs | n | ΔAP | 95 % t | 95 % bootstrap | ΔAP50 [95 % t] | ΔAP75 [95 % t] | above on |",
         "|---|---|---:|---:|---|---|---|---|---|",
@@ -533,7 +535,7 @@ def det_study_paired(stem: str = "det_study_cpu", key: str = "study") -> str:
             t_ci = ci(m["t_ci"]) if m["t_ci"] else "-"
             boot = ci(m["bootstrap_ci"]) if m["bootstrap_ci"] else "-"
             others = [f"{s2(p[k]['mean'])} {ci(p[k]['t_ci']) if p[k]['t_ci'] else '-'}" for k in ("ap50", "ap75")]
-            above = sum(per[row][x] > per[ref][x] for x in m["seeds"])
+            above = sum(per[row, x] > per[ref, x] for x in m["seeds"])
             lines.append(
                 f"| {DET_LABELS.get(row, row)} | {ref} | {m['n']} | {s2(m['mean'])}{star} | {t_ci} | {boot} | "
                 f"{others[0]} | {others[1]} | {above} of {m['n']} |"
@@ -587,11 +589,12 @@ def _paired(stem: str, ref: str, row: str, metric: str) -> dict:
         return d["summary"]["paired"][ref][row][metric]
     from common import paired
 
-    per = {}
-    for j in d["jobs"]:
-        if j["kind"] == "row" and j["status"] == "ok":
-            per.setdefault(j["row"], {})[j["seed"]] = j[metric]
-    return paired(per[row], per[ref])
+    runs = per_seed(d, metric)
+
+    def of(name: str) -> dict[int, float]:
+        return {seed: v for (r, seed), v in runs.items() if r == name}
+
+    return paired(of(row), of(ref))
 
 
 def pd(stem: str, ref: str, row: str, metric: str = "miou") -> str:
@@ -848,16 +851,27 @@ PROVENANCE: dict[str, tuple[str, ...]] = {
 ARCHES = {"x86_64", "AMD64", "aarch64", "arm64"}  # platform.machine(): an architecture, not a CPU model
 
 
+def _nodes(d):
+    """``d`` and every value inside it (of dicts and lists) at any depth, parents before their children."""
+    yield d
+    children = d.values() if isinstance(d, dict) else d if isinstance(d, list) else ()
+    for v in children:
+        yield from _nodes(v)
+
+
+def _dicts(d):
+    """Every dict in ``d``, ``d`` included, at any depth."""
+    return (x for x in _nodes(d) if isinstance(x, dict))
+
+
+def _strings(v):
+    """Every string in ``v`` (a string, or a list or dict of them at any depth)."""
+    return (x for x in _nodes(v) if isinstance(x, str))
+
+
 def _values(d, key: str):
     """Every value stored under ``key`` anywhere in ``d``."""
-    if isinstance(d, dict):
-        for k, v in d.items():
-            if k == key:
-                yield v
-            yield from _values(v, key)
-    elif isinstance(d, list):
-        for v in d:
-            yield from _values(v, key)
+    return (x[key] for x in _dicts(d) if key in x)
 
 
 CODE_UNKNOWN = "code_unknown"  # a file's own statement that the code its runs used cannot be identified
@@ -866,35 +880,12 @@ COMMAND_KEYS = ("command", "commands", "study_command")
 CUDA_FLAG = re.compile(r"--(?:train-)?device[ =]cuda\b")
 
 
-def _strings(v):
-    """Every string in ``v`` (a string, or a list or dict of them at any depth)."""
-    if isinstance(v, str):
-        yield v
-    elif isinstance(v, dict):
-        for x in v.values():
-            yield from _strings(x)
-    elif isinstance(v, list):
-        for x in v:
-            yield from _strings(x)
-
-
 def ran_on_gpu(d) -> bool:
     """Whether ``d`` records that its measurements ran on a GPU: a ``device`` or ``train_device`` of cuda, or a
     recorded command given ``--device cuda`` / ``--train-device cuda``. A file's name is not evidence."""
     if any(s.startswith("cuda") for k in DEVICE_KEYS for v in _values(d, k) for s in _strings(v)):
         return True
     return any(CUDA_FLAG.search(s) for k in COMMAND_KEYS for v in _values(d, k) for s in _strings(v))
-
-
-def _dicts(d):
-    """Every dict in ``d``, ``d`` included, at any depth."""
-    if isinstance(d, dict):
-        yield d
-        for v in d.values():
-            yield from _dicts(v)
-    elif isinstance(d, list):
-        for v in d:
-            yield from _dicts(v)
 
 
 def code_identified(d) -> bool:

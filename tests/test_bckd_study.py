@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers.scripts import load_script
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "bckd_study.py"
 
@@ -326,8 +327,6 @@ def test_detection_summary_pairs_with_the_student_and_the_best_baseline(study, t
 
 
 def test_the_docs_render_a_recorded_detection_study(study, tmp_path, monkeypatch):
-    from helpers.scripts import load_script
-
     recs = [
         {"row": row, "seed": s, "kind": "row", "status": "ok", **_det_metrics(20.0 + s + d + (s == 3) * 2 * d)}
         for row, d in (("student", 0.0), ("kd", 1.0), ("pkd", -0.5), ("bckd", 0.5))
